@@ -1,0 +1,227 @@
+"""The `consolidate` command line: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from loader import build as build_stage
+from loader import lineage as lineage_queries
+from loader import load as load_stage
+from loader import report, sample as sample_tree
+from loader.database import DEFAULT_HOME, Target, resolve_target, stop_embedded
+from loader.discover import Discovery, discover as discover_files
+
+app = typer.Typer(
+    help="Consolidate many SQLite databases into one PostgreSQL schema, and prove nothing was lost.",
+    no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="The embedded PostgreSQL used when no --dsn / DATABASE_URL is given.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK = 0
+EXIT_NOT_RECONCILED = 1
+EXIT_SOURCE_UNREADABLE = 3
+
+Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.")]
+Dsn = Annotated[Optional[str], typer.Option(
+    "--dsn", envvar="DATABASE_URL", show_envvar=True,
+    help="PostgreSQL to write to, e.g. postgresql://user@host:10000/db. Default: an embedded PostgreSQL "
+         "kept under --home.")]
+Home = Annotated[Path, typer.Option(
+    "--home", envvar="CONSOLIDATE_HOME", show_envvar=True,
+    help="State folder: the embedded PostgreSQL's data and dbt's target/logs.")]
+Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA",
+                                     help="Schema the marts (unified_memory, ...) are built in.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines instead of tables.")]
+
+
+def print_json(data) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def target_for(dsn: str | None, home: Path, schema: str) -> Target:
+    target = resolve_target(dsn, home, schema)
+    if target.embedded:
+        err.print(f"[dim]Using the embedded PostgreSQL under {home}/pgdata[/dim]")
+    return target
+
+
+def print_warnings(found: Discovery) -> None:
+    for warning in found.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning.path}: {warning.reason}")
+
+
+def discovery_table(found: Discovery) -> Table:
+    table = Table(title=f"{len(found.files)} SQLite databases")
+    for column in ("file", "kind", "size", "sha256", "tables", "rows", "note"):
+        table.add_column(column, justify="right" if column in ("size", "tables", "rows") else "left")
+    for f in found.files:
+        note = f"copy of {f.copy_of}" if f.copy_of else (f"[red]{f.error}[/red]" if f.error else "")
+        table.add_row(f.source_db, f.kind, f"{f.size_bytes:,}", f.sha256[:12], str(len(f.tables)),
+                      f"{sum(f.tables.values()):,}", note)
+    return table
+
+
+@app.command()
+def discover(roots: Roots, as_json: AsJson = False) -> None:
+    """Find SQLite files by their header and classify each by schema (claude-flow-v2, claude-flow-v3,
+    extended-memory, n8n, flowise, other), with size, sha256, tables and row counts."""
+    found = discover_files(roots)
+    if as_json:
+        print_json({"files": [f.to_json() for f in found.files],
+                    "warnings": [w.to_json() for w in found.warnings]})
+        return
+    out.print(discovery_table(found))
+    print_warnings(found)
+
+
+def load_table(outcome: load_stage.LoadOutcome) -> Table:
+    table = Table(title=f"load {outcome.load_id}")
+    for column in ("file", "kind", "status", "rows in SQLite", "rows loaded", "note"):
+        table.add_column(column, justify="right" if column.startswith("rows") else "left")
+    for f in outcome.files:
+        note = "see below" if f.error else (f"copy of {f.source.copy_of}" if f.source.copy_of else "")
+        table.add_row(f.source.source_db, f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
+                      f"{f.rows_loaded:,}", note)
+    return table
+
+
+def print_load_failures(outcome: load_stage.LoadOutcome) -> None:
+    for failed in outcome.failed:
+        err.print(f"[red]could not load[/red] {failed.source.path}: {failed.error}")
+
+
+def run_load(found: Discovery, target: Target, roots: list[Path], force: bool, quiet: bool):
+    def progress(outcome: load_stage.FileOutcome) -> None:
+        if not quiet:
+            colour = "red" if outcome.status == "failed" else "green"
+            err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {outcome.source.source_db} "
+                      f"({outcome.rows_loaded:,} rows)")
+    return load_stage.load(found, target, [str(r.absolute()) for r in roots], force=force, on_file=progress)
+
+
+@app.command()
+def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+         force: Annotated[bool, typer.Option(help="Reload files whose checksums are unchanged.")] = False,
+         as_json: AsJson = False) -> None:
+    """Copy every table of every discovered database into PostgreSQL raw schemas (raw_claude_flow_v2,
+    raw_claude_flow_v3, raw_extended_memory, raw_n8n, raw_flowise, raw_other) from a private copy,
+    each file in one transaction, every row stamped with its lineage. Exit 3 if a file could not be read."""
+    found = discover_files(roots)
+    print_warnings(found)
+    outcome = run_load(found, target_for(dsn, home, schema), roots, force, as_json)
+    if as_json:
+        print_json(outcome.to_json())
+    else:
+        out.print(load_table(outcome))
+        print_load_failures(outcome)
+    raise typer.Exit(EXIT_SOURCE_UNREADABLE if outcome.failed else EXIT_OK)
+
+
+@app.command()
+def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public") -> None:
+    """Run `dbt build` (models and tests: the validation phase) against the database. Exit 1 when a
+    model or test fails."""
+    outcome = build_stage.build(target_for(dsn, home, schema), home)
+    for failure in outcome.failures:
+        err.print(f"[red]failed:[/red] {failure}")
+    raise typer.Exit(EXIT_OK if outcome.success else EXIT_NOT_RECONCILED)
+
+
+def summary_table(rows: list[report.FileSummary]) -> Table:
+    table = Table(title="reconciliation per source file")
+    headers = ("file", "kind", "status", "rows in SQLite", "rows in raw", "memory rows", "kept",
+               "superseded", "moved to performance_metrics", "ok")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("file", "kind", "status") else "right")
+    for r in rows:
+        cells = [r.rows_in_sqlite, r.rows_in_raw, r.memory_rows, r.kept, r.superseded, r.moved]
+        table.add_row(r.source_db, r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
+                      "[green]yes[/green]" if r.reconciled else "[red]NO[/red]")
+    return table
+
+
+@app.command()
+def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+        force: Annotated[bool, typer.Option(help="Reload files whose checksums are unchanged.")] = False,
+        as_json: AsJson = False) -> None:
+    """discover → load → build → a reconciliation table per source file. Exit 0 only when every file
+    reconciles and every dbt test passes; 1 when something does not reconcile or a test fails; 3 when
+    a SQLite source could not be read. Non-SQLite files and orphan -wal files are warnings only."""
+    found = discover_files(roots)
+    print_warnings(found)
+    target = target_for(dsn, home, schema)
+    loaded = run_load(found, target, roots, force, as_json)
+    built = build_stage.build(target, home, quiet=as_json)
+    summary = report.summarize(target, loaded.load_id)
+    reconciled = built.success and all(row.reconciled for row in summary)
+    if as_json:
+        print_json({"load_id": loaded.load_id, "reconciled": reconciled, "build": built.to_json(),
+                    "files": [row.to_json() for row in summary],
+                    "warnings": [w.to_json() for w in found.warnings]})
+    else:
+        out.print(summary_table(summary))
+        for failure in built.failures:
+            err.print(f"[red]failed:[/red] {failure}")
+        print_load_failures(loaded)
+    if loaded.failed:
+        raise typer.Exit(EXIT_SOURCE_UNREADABLE)
+    raise typer.Exit(EXIT_OK if reconciled else EXIT_NOT_RECONCILED)
+
+
+@app.command()
+def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder to write the sample into.")]) -> None:
+    """Write a deterministic sample tree shaped like the plan's inventory (claude-flow v2 and v3
+    `.swarm/memory.db` files, extended_memory.db, n8n and Flowise databases, cross-file duplicates,
+    WAL-only rows, a byte-identical copy, a non-SQLite file and an orphan WAL)."""
+    try:
+        written = sample_tree.write_sample(directory)
+    except FileExistsError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2)
+    for path in written:
+        out.print(str(path))
+
+
+@app.command()
+def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")],
+            namespace: Annotated[Optional[str], typer.Option(help="Only this namespace.")] = None,
+            dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+            as_json: AsJson = False) -> None:
+    """Every version of an entry across files and loads, the winner marked."""
+    versions = lineage_queries.versions(target_for(dsn, home, schema), key, namespace)
+    if as_json:
+        print_json([v.to_json() for v in versions])
+        return
+    if not versions:
+        err.print(f"no entry with key {key!r}" + (f" in namespace {namespace!r}" if namespace else ""))
+        raise typer.Exit(1)
+    table = Table(title=f"versions of {key!r}")
+    for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row("[green]winner[/green]" if v.winner else "", v.namespace, v.source_db,
+                      str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
+                      v.value_preview)
+    out.print(table)
+
+
+@db_app.command("url")
+def db_url(home: Home = DEFAULT_HOME) -> None:
+    """Start the embedded PostgreSQL if needed and print its connection URL (for psql)."""
+    out.print(resolve_target(None, home).dsn, soft_wrap=True)
+
+
+@db_app.command("stop")
+def db_stop(home: Home = DEFAULT_HOME) -> None:
+    """Stop the embedded PostgreSQL."""
+    err.print("stopped" if stop_embedded(home) else "not running")

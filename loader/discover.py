@@ -1,0 +1,173 @@
+"""Find SQLite databases under directory trees and tell what they are.
+
+A database is recognised by its header, never by its name. `-wal`, `-shm` and `-journal` files belong
+to their main file; a `-wal` without one is reported as an orphan. Files named like databases that are
+not SQLite are reported too. A byte-identical copy (same main file, same WAL) of an earlier file is
+marked as a copy of it and is never loaded twice.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from loader.extract import list_tables
+from loader.snapshot import SQLITE_HEADER, private_copy, sha256_of, side_file
+
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    root: Path
+    size_bytes: int
+    sha256: str
+    wal_sha256: str | None
+    kind: str = "other"
+    tables: dict[str, int] = field(default_factory=dict)
+    copy_of: Path | None = None
+    error: str | None = None
+
+    @property
+    def source_db(self) -> str:
+        """The path relative to the root it was found under: a short, readable name."""
+        relative = self.path.relative_to(self.root).as_posix()
+        return relative if relative != "." else self.path.name
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        return (self.sha256, self.wal_sha256)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.update(path=str(self.path), root=str(self.root), source_db=self.source_db,
+                    copy_of=str(self.copy_of) if self.copy_of else None)
+        return data
+
+
+@dataclass
+class DiscoveryWarning:
+    path: Path
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "reason": self.reason}
+
+
+@dataclass
+class Discovery:
+    files: list[SourceFile]
+    warnings: list[DiscoveryWarning]
+
+    @property
+    def to_load(self) -> list[SourceFile]:
+        return [f for f in self.files if f.copy_of is None and f.error is None]
+
+
+def classify(tables: dict[str, list[str]]) -> str:
+    """Name the schema a database follows, from its tables and their columns."""
+    memory_columns = set(tables.get("memory_entries", []))
+    if "content" in memory_columns:
+        return "claude-flow-v3"
+    if "value" in memory_columns:
+        return "claude-flow-v2"
+    if "memory_store" in tables:
+        return "extended-memory"
+    if {"workflow_entity", "execution_entity", "credentials_entity"} & tables.keys():
+        return "n8n"
+    if {"chat_flow", "chat_message"} & tables.keys():
+        return "flowise"
+    return "other"
+
+
+def has_sqlite_header(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+
+
+def is_wal_only_database(path: Path) -> bool:
+    """An empty main file whose content lives entirely in its WAL is still a database."""
+    wal = side_file(path, "-wal")
+    return path.stat().st_size == 0 and wal.exists() and wal.stat().st_size > 0
+
+
+def walk_files(root: Path):
+    """Every regular file under root, following symlinks but never a directory twice."""
+    if root.is_file():
+        yield root
+        return
+    seen: set[str] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file():
+                yield path
+
+
+def fingerprint(path: Path, root: Path) -> SourceFile:
+    wal = side_file(path, "-wal")
+    return SourceFile(
+        path=path, root=root, size_bytes=path.stat().st_size, sha256=sha256_of(path),
+        wal_sha256=sha256_of(wal) if wal.exists() else None,
+    )
+
+
+def inspect_schema(source: SourceFile) -> None:
+    """Fill in kind and table counts from a private copy, or the reason it cannot be read."""
+    path = source.path
+    try:
+        with private_copy(path) as copy:
+            tables = list_tables(copy.path)
+        source.tables = {table.name: table.row_count for table in tables}
+        source.kind = classify({table.name: table.columns for table in tables})
+    except sqlite3.DatabaseError as error:
+        source.error = f"cannot read as SQLite: {error}"
+
+
+def discover(roots: list[Path]) -> Discovery:
+    files: list[SourceFile] = []
+    warnings: list[DiscoveryWarning] = []
+    seen_paths: set[Path] = set()
+    first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
+    for root in roots:
+        root = root.absolute()
+        if not root.exists():
+            warnings.append(DiscoveryWarning(root, "does not exist"))
+            continue
+        for path in walk_files(root):
+            path = path.absolute()
+            real = path.resolve()
+            if real in seen_paths:
+                continue
+            seen_paths.add(real)
+            if path.name.endswith(SIDE_SUFFIXES):
+                main = path.with_name(path.name.rsplit("-", 1)[0])
+                if path.name.endswith("-wal") and not main.exists():
+                    warnings.append(DiscoveryWarning(path, "orphan WAL: its main database file is missing, nothing to recover"))
+                continue
+            if not (has_sqlite_header(path) or is_wal_only_database(path)):
+                if path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
+                    warnings.append(DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped"))
+                continue
+            source = fingerprint(path, root if root.is_dir() else root.parent)
+            original = first_by_identity.setdefault(source.identity, source)
+            if original is source:
+                inspect_schema(source)
+            else:
+                source.copy_of = original.path
+                source.kind, source.tables, source.error = original.kind, original.tables, original.error
+            files.append(source)
+    return Discovery(files=files, warnings=warnings)

@@ -1,0 +1,103 @@
+"""The ledger in PostgreSQL: which loads ran, what each file and table held, what completed."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psycopg
+from psycopg import sql
+
+from loader import __version__
+from loader.raw_contract import CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_SCHEMAS
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_load_id() -> str:
+    return now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:
+    """Create the raw table (source columns as text, then lineage) or add the columns it lacks."""
+    source_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in columns]
+    lineage = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(ddl)) for name, ddl in LINEAGE_COLUMNS]
+    cursor.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} ({})").format(
+        sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(source_columns + lineage)))
+    for column in columns:
+        cursor.execute(sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} text").format(
+            sql.Identifier(schema), sql.Identifier(table), sql.Identifier(column)))
+
+
+def bootstrap(connection: psycopg.Connection) -> None:
+    """Create the ledger, the raw schemas and the raw tables the dbt models read."""
+    with connection.transaction(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.bootstrap'))")
+        cursor.execute(LEDGER_DDL)
+        for schema in RAW_SCHEMAS.values():
+            cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        for (schema, table), columns in CORE_RAW_TABLES.items():
+            ensure_raw_table(cursor, schema, table, columns)
+
+
+def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
+    load_id = new_load_id()
+    with connection.transaction():
+        connection.execute(
+            f"INSERT INTO {LEDGER_SCHEMA}.loads (load_id, started_at, status, roots, tool_version) "
+            "VALUES (%s, %s, 'running', %s, %s)", (load_id, now(), roots, __version__))
+    return load_id
+
+
+def finish_load(connection: psycopg.Connection, load_id: str, status: str) -> None:
+    with connection.transaction():
+        connection.execute(
+            f"UPDATE {LEDGER_SCHEMA}.loads SET finished_at = %s, status = %s WHERE load_id = %s",
+            (now(), status, load_id))
+
+
+@dataclass
+class FileRecord:
+    load_id: str
+    source_path: str
+    source_db: str
+    kind: str
+    source_sha256: str
+    wal_sha256: str | None
+    size_bytes: int
+    status: str
+    started_at: datetime
+    copy_of: str | None = None
+    completed_at: datetime | None = None
+    error_message: str | None = None
+    rows_in_sqlite: int | None = None
+    rows_loaded: int | None = None
+
+
+def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
+    fields = list(record.__dataclass_fields__)
+    cursor.execute(
+        sql.SQL("INSERT INTO {}.load_files ({}) VALUES ({})").format(
+            sql.Identifier(LEDGER_SCHEMA),
+            sql.SQL(", ").join(map(sql.Identifier, fields)),
+            sql.SQL(", ").join(sql.Placeholder() * len(fields))),
+        [getattr(record, f) for f in fields])
+
+
+def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
+                 raw_schema: str, raw_table: str, rows_in_sqlite: int, rows_loaded: int) -> None:
+    cursor.execute(
+        f"INSERT INTO {LEDGER_SCHEMA}.load_tables (load_id, source_path, source_table, raw_schema, "
+        "raw_table, rows_in_sqlite, rows_loaded) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (load_id, source_path, source_table, raw_schema, raw_table, rows_in_sqlite, rows_loaded))
+
+
+def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple[str, str | None] | None:
+    """Checksums of the file's version whose rows are current in raw, if any."""
+    row = connection.execute(
+        f"SELECT source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads WHERE source_path = %s",
+        (source_path,)).fetchone()
+    return (row[0], row[1]) if row else None

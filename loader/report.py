@@ -1,0 +1,56 @@
+"""Per-file reconciliation after a run: rows in SQLite, in raw, and where every memory row went."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from psycopg import sql
+
+from loader.database import Target
+from loader.raw_contract import LEDGER_SCHEMA
+
+
+@dataclass
+class FileSummary:
+    source_path: str
+    source_db: str
+    kind: str
+    status: str
+    rows_in_sqlite: int | None
+    rows_in_raw: int | None
+    memory_rows: int | None
+    kept: int | None
+    superseded: int | None
+    moved: int | None
+    reconciled: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+SUMMARY_QUERY = """
+WITH this_load AS (
+    SELECT source_path, source_db, kind, status FROM {ledger}.load_files WHERE load_id = %(load_id)s
+), current_tables AS (
+    SELECT t.source_path, sum(t.rows_in_sqlite) AS rows_in_sqlite, sum(t.rows_loaded) AS rows_in_raw
+    FROM {ledger}.load_tables AS t
+    JOIN {ledger}.current_loads AS c USING (load_id, source_path)
+    GROUP BY t.source_path
+)
+SELECT l.source_path, l.source_db, l.kind, l.status,
+       t.rows_in_sqlite, t.rows_in_raw,
+       r.rows_in_sqlite AS memory_rows, r.kept, r.superseded, r.moved,
+       coalesce(t.rows_in_sqlite = t.rows_in_raw, l.status NOT IN ('loaded', 'unchanged'))
+         AND coalesce(r.reconciled, true) AS reconciled
+FROM this_load AS l
+LEFT JOIN current_tables AS t USING (source_path)
+LEFT JOIN {marts}.reconciliation AS r USING (source_path)
+ORDER BY l.source_path
+"""
+
+
+def summarize(target: Target, load_id: str) -> list[FileSummary]:
+    query = sql.SQL(SUMMARY_QUERY).format(ledger=sql.Identifier(LEDGER_SCHEMA), marts=sql.Identifier(target.schema))
+    with target.connect() as connection:
+        rows = connection.execute(query, {"load_id": load_id}).fetchall()
+    return [FileSummary(*row) for row in rows]
