@@ -67,6 +67,10 @@ def literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def attach_sqlite(duck: duckdb.DuckDBPyConnection, database: Path, alias: str) -> None:
+    duck.execute(f"ATTACH {literal(database.as_posix())} AS {quote(alias)} (TYPE sqlite, READ_ONLY)")
+
+
 def export_csv(duck: duckdb.DuckDBPyConnection, alias: str, table: SourceTable, target: Path,
                constants: list[str]) -> None:
     """Write the table as CSV: rowid, the source columns, then `constants` on every row. Every
@@ -75,4 +79,4 @@ def export_csv(duck: duckdb.DuckDBPyConnection, alias: str, table: SourceTable, 
     columns = ", ".join([rowid] + [quote(c) for c in table.columns] + [literal(c) for c in constants])
     duck.execute(
         f"COPY (SELECT {columns} FROM {alias}.{quote(table.name)}) "
-        f"TO '{target.as_posix()}' (FORMAT csv, HEADER false, FORCE_QUOTE *)")
+        f"TO {literal(target.as_posix())} (FORMAT csv, HEADER false, FORCE_QUOTE *)")

@@ -6,6 +6,7 @@ with counts verified against the private copy, or none do and the ledger says `f
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.discover import Discovery, SourceFile
-from loader.extract import SourceTable, duckdb_session, export_csv, list_tables, quote
+from loader.extract import SourceTable, attach_sqlite, duckdb_session, export_csv, list_tables, quote
 from loader.raw_contract import RAW_SCHEMAS
 from loader.snapshot import private_copy
 
@@ -59,6 +60,10 @@ class CountMismatch(Exception):
     pass
 
 
+class TableFailed(Exception):
+    """A table of a file could not be loaded; the message names the table and the reason."""
+
+
 def copy_csv_into(cursor: psycopg.Cursor, schema: str, table: SourceTable, csv_path: Path) -> int:
     """COPY an export (rowid, source columns, lineage) into the raw table; return the rows copied."""
     names = ["_source_rowid", *table.columns, *LINEAGE_CONSTANTS]
@@ -68,6 +73,20 @@ def copy_csv_into(cursor: psycopg.Cursor, schema: str, table: SourceTable, csv_p
         while chunk := handle.read(COPY_CHUNK):
             copy.write(chunk)
     return cursor.rowcount
+
+
+def load_table(cursor: psycopg.Cursor, duck, schema: str, table: SourceTable, database: Path,
+               lineage: list[str]) -> int:
+    ledger.ensure_raw_table(cursor, schema, table.name, table.columns)
+    csv_path = database.with_suffix(".csv")
+    export_csv(duck, "src", table, csv_path, lineage)
+    try:
+        copied = copy_csv_into(cursor, schema, table, csv_path)
+    finally:
+        csv_path.unlink()
+    if copied != table.row_count:
+        raise CountMismatch(f"{table.row_count} rows in SQLite, {copied} copied")
+    return copied
 
 
 def load_file(connection: psycopg.Connection, duck, load_id: str, source: SourceFile) -> FileOutcome:
@@ -80,19 +99,15 @@ def load_file(connection: psycopg.Connection, duck, load_id: str, source: Source
     with private_copy(source.path) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256
         tables = list_tables(snapshot.path)
-        duck.execute(f"ATTACH '{snapshot.path.as_posix()}' AS src (TYPE sqlite, READ_ONLY)")
+        attach_sqlite(duck, snapshot.path, "src")
         try:
             with connection.transaction(), connection.cursor() as cursor:
                 lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
                 for table in tables:
-                    ledger.ensure_raw_table(cursor, schema, table.name, table.columns)
-                    csv_path = snapshot.path.with_suffix(".csv")
-                    export_csv(duck, "src", table, csv_path, lineage)
-                    copied = copy_csv_into(cursor, schema, table, csv_path)
-                    csv_path.unlink()
-                    if copied != table.row_count:
-                        raise CountMismatch(
-                            f"table {table.name}: {table.row_count} rows in SQLite, {copied} copied")
+                    try:
+                        copied = load_table(cursor, duck, schema, table, snapshot.path, lineage)
+                    except (psycopg.Error, duckdb.Error, CountMismatch) as error:
+                        raise TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}") from error
                     ledger.record_table(cursor, load_id, record.source_path, table.name, schema,
                                         table.name, table.row_count, copied)
                     outcome.tables[table.name] = copied
@@ -145,7 +160,9 @@ def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceF
         return record_outcome_without_rows(connection, load_id, source, "unchanged")
     try:
         return load_file(connection, duck, load_id, source)
-    except (psycopg.Error, duckdb.Error, CountMismatch, OSError, RuntimeError) as error:
+    except TableFailed as error:
+        return record_outcome_without_rows(connection, load_id, source, "failed", str(error))
+    except (psycopg.Error, duckdb.Error, sqlite3.Error, OSError) as error:
         if connection.broken:
             raise
         return record_outcome_without_rows(connection, load_id, source, "failed",

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real PostgreSQL (DATABASE_URL, or an embedded one) with a fresh database per
+test that asks for one, private copies of SQLite files, and the shared real databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from loader.database import Target, embedded_dsn
+
+REPO = Path(__file__).resolve().parent.parent
+REALDATA = Path(os.environ.get("CONSOLIDATE_REALDATA", REPO.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory) -> str:
+    """A PostgreSQL server for the whole test session."""
+    return os.environ.get("DATABASE_URL") or embedded_dsn(tmp_path_factory.mktemp("pg"))
+
+
+@pytest.fixture
+def target(server_dsn) -> Target:
+    """A new, empty database on the test server, dropped afterwards."""
+    name = "test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(server_dsn)
+    params["dbname"] = name
+    yield Target(dsn=make_conninfo(**params))
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    if not (REALDATA / "MANIFEST.tsv").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared real databases not found at {REALDATA}")
+        pytest.skip(f"shared real databases not found at {REALDATA}")
+    return REALDATA
+
+
+def read_private_copy(source: Path, folder: Path, query: str, params=()) -> list[tuple]:
+    """Run a query on a private copy of `source` (main file + WAL/journal), as the expectation
+    side of a test: independent of the loader's own copying code."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / source.name
+    shutil.copyfile(source, copy)
+    for suffix in ("-wal", "-journal"):
+        side = source.with_name(source.name + suffix)
+        if side.exists():
+            shutil.copyfile(side, copy.with_name(copy.name + suffix))
+    connection = sqlite3.connect(copy)
+    try:
+        return connection.execute(query, params).fetchall()
+    finally:
+        connection.close()
+        shutil.rmtree(folder)

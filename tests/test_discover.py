@@ -1,0 +1,87 @@
+"""Discovery: SQLite recognised by header, classified by schema, copies and traps reported."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from loader.discover import discover
+
+REAL_KINDS = {
+    # Facts from the real data's README and the files' own schemas.
+    "claude-flow/Cornjebus__junie/memory.db": "claude-flow-v2",
+    "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db": "claude-flow-v2",
+    "claude-flow/DrBalls__drballs-custom-claude-code-commands/memory.db": "claude-flow-v2",
+    "claude-flow/ApexSlayer43__apex-os/memory.db": "claude-flow-v3",
+    "claude-flow/ApexSlayer43__apex-os/claude_memory.db": "claude-flow-v3",
+    "n8n/sutazai__sutazaiapp/database.sqlite": "n8n",
+    "flowise/sutazai__sutazaiapp/database.sqlite": "flowise",
+    "flowise/Peeragogy__Peeragogy_ChatBot/database.sqlite": "flowise",
+}
+
+
+def test_real_files_are_classified_by_schema(realdata):
+    found = {f.source_db: f for f in discover([realdata]).files}
+    for source_db, kind in REAL_KINDS.items():
+        assert found[source_db].kind == kind, source_db
+
+
+def test_side_files_and_non_sqlite_are_never_listed_as_databases(realdata):
+    found = discover([realdata])
+    names = {f.path.name for f in found.files}
+    assert not any(n.endswith(("-wal", "-shm", "-journal")) for n in names)
+    assert "ruvector.db" not in names
+    reasons = {w.path.relative_to(realdata).as_posix(): w.reason for w in found.warnings}
+    assert "not a SQLite database" in reasons["claude-flow/AbrahamTad__abraham-career-ops/ruvector.db"]
+    assert "orphan WAL" in reasons["claude-flow/Hulupeep__tidetimes/memory.db-wal"]
+
+
+def test_schema_that_lives_only_in_the_wal_is_found(realdata):
+    source = {f.source_db: f for f in discover([realdata]).files}[
+        "claude-flow/DerAuctor__ct-zen/memory.db"]
+    assert "memory_entries" in source.tables
+
+
+def test_identical_main_files_with_different_wals_are_not_copies(realdata):
+    # DrBalls and DerAuctor share a byte-identical 4 KiB main file; their WALs differ.
+    found = {f.source_db: f for f in discover([realdata]).files}
+    a = found["claude-flow/DrBalls__drballs-custom-claude-code-commands/memory.db"]
+    b = found["claude-flow/DerAuctor__ct-zen/memory.db"]
+    assert a.sha256 == b.sha256 and a.wal_sha256 != b.wal_sha256
+    assert a.copy_of is None and b.copy_of is None
+
+
+def test_byte_identical_copy_is_marked_and_not_loaded(tmp_path, realdata):
+    original = realdata / "claude-flow/Cornjebus__junie/memory.db"
+    for folder in ("a/.swarm", "b/.swarm"):
+        (tmp_path / folder).mkdir(parents=True)
+        shutil.copyfile(original, tmp_path / folder / "memory.db")
+    found = discover([tmp_path])
+    first, second = found.files
+    assert first.copy_of is None and second.copy_of == first.path
+    assert found.to_load == [first]
+
+
+def test_symlink_loop_terminates(tmp_path, realdata):
+    (tmp_path / "data").mkdir()
+    shutil.copyfile(realdata / "claude-flow/00greena__emoji-monogram-generator/memory.db",
+                    tmp_path / "data" / "memory.db")
+    os.symlink(tmp_path, tmp_path / "data" / "loop")
+    found = discover([tmp_path])
+    assert [f.path.name for f in found.files] == ["memory.db"]
+
+
+def test_header_not_name_decides(tmp_path, realdata):
+    shutil.copyfile(realdata / "claude-flow/00greena__emoji-monogram-generator/memory.db",
+                    tmp_path / "notes.bin")
+    (tmp_path / "fake.sqlite").write_bytes(b"not a database at all" * 10)
+    found = discover([tmp_path])
+    assert [f.path.name for f in found.files] == ["notes.bin"]
+    assert [w.path.name for w in found.warnings] == ["fake.sqlite"]
+
+
+def test_corrupt_database_is_listed_with_its_reason(tmp_path):
+    (tmp_path / "broken.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
+    (source,) = discover([tmp_path]).files
+    assert source.error and "SQLite" in source.error

@@ -1,0 +1,195 @@
+"""`consolidate run` end to end, as a user runs it: a subprocess against a real PostgreSQL.
+
+Every expectation is computed here, independently of the loader and the dbt models, by reading
+private copies of the SQLite files with Python's sqlite3 and applying the documented rules.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import read_private_copy
+
+PERFORMANCE = "performance-metrics"
+
+
+def consolidate(*arguments: str, target=None, home: Path | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loader", *arguments]
+    if target is not None:
+        command += ["--dsn", target.dsn]
+    if home is not None:
+        command += ["--home", str(home)]
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def epoch_seconds(value) -> float | None:
+    """The documented unit rule: magnitudes of 1e11 and above are milliseconds."""
+    if value is None:
+        return None
+    number = float(value)
+    return number / 1000 if abs(number) >= 1e11 else number
+
+
+def text_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    layout = "%Y-%m-%d %H:%M:%S.%f" if "." in value else "%Y-%m-%d %H:%M:%S"
+    return datetime.strptime(value, layout).replace(tzinfo=timezone.utc).timestamp()
+
+
+def expected_value(raw: str, data_type_hint: str | None = None):
+    """The documented value rule: JSON → that JSON; __compressed__+base64 JSON → decoded; pickle → the
+    base64 text; anything else → the text as a JSON string."""
+    if data_type_hint == "pickle":
+        return raw, "pickle"
+    if raw.startswith("__compressed__"):
+        try:
+            return json.loads(base64.b64decode(raw[len("__compressed__"):], validate=True)), "json"
+        except ValueError:
+            return raw, "text"
+    try:
+        return json.loads(raw), "json"
+    except ValueError:
+        return raw, "text"
+
+
+def memory_versions(files: list[Path], scratch: Path) -> list[dict]:
+    """Every memory row of every file, normalised by the documented rules."""
+    versions = []
+    for path in files:
+        tables = {name for (name,) in read_private_copy(
+            path, scratch, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = {name for (_, name, *_) in read_private_copy(path, scratch, "PRAGMA table_info(memory_entries)")} \
+            if "memory_entries" in tables else set()
+        if "value" in columns:
+            rows = read_private_copy(path, scratch, "SELECT rowid, key, namespace, value, updated_at, accessed_at, "
+                                     "created_at, access_count, NULL FROM memory_entries")
+            timestamp, table = epoch_seconds, "memory_entries"
+        elif "content" in columns:
+            rows = read_private_copy(path, scratch, "SELECT rowid, key, coalesce(namespace, 'default'), content, "
+                                     "updated_at, last_accessed_at, created_at, access_count, NULL FROM memory_entries")
+            timestamp, table = epoch_seconds, "memory_entries"
+        elif "memory_store" in tables:
+            rows = read_private_copy(path, scratch, "SELECT rowid, key, 'extended-memory', value, updated_at, "
+                                     "accessed_at, created_at, access_count, type FROM memory_store")
+            timestamp, table = text_seconds, "memory_store"
+        else:
+            continue
+        for rowid, key, namespace, value, updated, accessed, created, count, hint in rows:
+            versions.append(dict(
+                path=str(path), rowid=rowid, key=key, namespace=namespace, raw=value, hint=hint,
+                updated=timestamp(updated), accessed=timestamp(accessed), created=timestamp(created),
+                access_count=int(count) if count is not None else None, table=table))
+    return versions
+
+
+def winners(versions: list[dict]) -> dict[tuple[str, str], dict]:
+    """The documented dedupe rule: latest updated_at, then latest accessed_at, then source order."""
+    def rank(v):
+        return (v["updated"] is None, -(v["updated"] or 0), v["accessed"] is None, -(v["accessed"] or 0),
+                v["path"], v["table"], v["rowid"])
+    best: dict[tuple[str, str], dict] = {}
+    for version in sorted(versions, key=rank):
+        best.setdefault((version["key"], version["namespace"]), version)
+    return best
+
+
+def sqlite_files(run_output: dict) -> list[Path]:
+    return [Path(f["source_path"]) for f in run_output["files"] if f["status"] in ("loaded", "unchanged")]
+
+
+@pytest.fixture(scope="module")
+def sample_tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample") / "tree"
+    result = consolidate("sample", str(root))
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sample_tree, target, home, tmp_path):
+    before = checksums(sample_tree)
+    result = consolidate("run", str(sample_tree), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert checksums(sample_tree) == before
+    report = json.loads(result.stdout)
+    assert report["reconciled"] is True
+    warned = {Path(w["path"]).name for w in report["warnings"]}
+    assert {"ruvector.db", "memory.db-wal"} <= warned
+
+    statuses = [f["status"] for f in report["files"]]
+    assert statuses.count("copy") == 1 and "failed" not in statuses
+
+    versions = memory_versions(sqlite_files(report), tmp_path / "scratch")
+    best = winners(versions)
+    with target.connect() as connection:
+        unified = {(k, n): (path, rowid, value, data_type, created, accessed, count)
+                   for k, n, path, rowid, value, data_type, created, accessed, count in connection.execute(
+                       "SELECT key, namespace, source_path, source_rowid, value, data_type, "
+                       "extract(epoch FROM created_at), extract(epoch FROM accessed_at), access_count "
+                       "FROM unified_memory").fetchall()}
+        metrics = {(k, n): (path, rowid) for k, n, path, rowid in connection.execute(
+            "SELECT key, namespace, source_path, source_rowid FROM performance_metrics").fetchall()}
+        history = connection.execute("SELECT count(*) FROM unified_memory_history").fetchone()[0]
+
+    assert set(unified) == {k for k in best if k[1] != PERFORMANCE}
+    assert set(metrics) == {k for k in best if k[1] == PERFORMANCE}
+    assert history == len(versions) - len(best)
+    for identity, winner in best.items():
+        if identity[1] == PERFORMANCE:
+            assert metrics[identity] == (winner["path"], winner["rowid"]), identity
+            continue
+        path, rowid, value, data_type, created, accessed, count = unified[identity]
+        assert (path, rowid) == (winner["path"], winner["rowid"]), identity
+        assert (value, data_type) == expected_value(winner["raw"], winner["hint"]), identity
+        group = [v for v in versions if (v["key"], v["namespace"]) == identity]
+        created_values = [v["created"] for v in group if v["created"] is not None]
+        if created_values:
+            assert float(created) == pytest.approx(min(created_values), abs=1e-3), identity
+        counts = [v["access_count"] for v in group if v["access_count"] is not None]
+        if counts:
+            assert count == max(counts), identity
+
+
+def test_run_over_the_real_databases_reconciles_every_file(realdata, target, home, tmp_path):
+    result = consolidate("run", str(realdata), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    for file in report["files"]:
+        path = Path(file["source_path"])
+        tables = [name for (name,) in read_private_copy(
+            path, tmp_path / "x", "SELECT name FROM sqlite_master WHERE type = 'table'")]
+        expected = sum(read_private_copy(path, tmp_path / "x", f'SELECT count(*) FROM "{t}"')[0][0] for t in tables)
+        assert (file["rows_in_sqlite"], file["rows_in_raw"]) == (expected, expected), path
+        assert file["reconciled"], path
+    versions = memory_versions([Path(f["source_path"]) for f in report["files"]], tmp_path / "y")
+    with target.connect() as connection:
+        represented = connection.execute(
+            "SELECT (SELECT count(*) FROM unified_memory) + (SELECT count(*) FROM performance_metrics)"
+            " + (SELECT count(*) FROM unified_memory_history)").fetchone()[0]
+    assert represented == len(versions)
+
+
+def test_discover_json_lists_kinds_and_copies(sample_tree):
+    result = consolidate("discover", str(sample_tree), "--json")
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)["files"]
+    kinds = {f["kind"] for f in files}
+    assert {"claude-flow-v2", "claude-flow-v3", "extended-memory", "n8n", "flowise"} <= kinds
+    copies = [f for f in files if f["copy_of"]]
+    assert len(copies) == 1
+    original = next(f for f in files if f["path"] == copies[0]["copy_of"])
+    assert (original["sha256"], original["wal_sha256"]) == (copies[0]["sha256"], copies[0]["wal_sha256"])
