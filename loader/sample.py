@@ -58,6 +58,7 @@ Traps the sample contains, on purpose:
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import pickle
 import random
@@ -178,7 +179,8 @@ EXTENDED_MEMORY_DDL = """
 CREATE TABLE memory_store (
   key TEXT PRIMARY KEY, value TEXT NOT NULL, type TEXT NOT NULL, created_at TIMESTAMP,
   updated_at TIMESTAMP, accessed_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, access_count INTEGER DEFAULT 1);
-CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE metadata (
+  key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
 """
 
 N8N_DDL = """
@@ -197,7 +199,8 @@ CREATE TABLE migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp INTEGER
 FLOWISE_DDL = """
 CREATE TABLE chat_flow (id TEXT PRIMARY KEY, name TEXT, flowData TEXT, deployed BOOLEAN,
   createdDate DATETIME, updatedDate DATETIME);
-CREATE TABLE chat_message (id TEXT PRIMARY KEY, role TEXT, chatflowid TEXT, content TEXT, createdDate DATETIME);
+CREATE TABLE chat_message (id TEXT PRIMARY KEY, role TEXT, chatflowid TEXT, content TEXT,
+  createdDate DATETIME);
 CREATE TABLE credential (id TEXT PRIMARY KEY, name TEXT, credentialName TEXT, encryptedData TEXT,
   createdDate DATETIME, updatedDate DATETIME);
 CREATE TABLE apikey (id TEXT PRIMARY KEY, apiKey TEXT, apiSecret TEXT, keyName TEXT, updatedDate DATETIME);
@@ -256,7 +259,8 @@ def _random_id(rng: random.Random, length: int = 9, alphabet: str = BASE36) -> s
 
 def _uuid(rng: random.Random) -> str:
     hexdigits = _random_id(rng, 32, "0123456789abcdef")
-    return "-".join((hexdigits[:8], hexdigits[8:12], "4" + hexdigits[13:16], hexdigits[16:20], hexdigits[20:]))
+    parts = (hexdigits[:8], hexdigits[8:12], "4" + hexdigits[13:16], hexdigits[16:20], hexdigits[20:])
+    return "-".join(parts)
 
 
 def _with_millis(rng: random.Random, epoch_seconds: int) -> int:
@@ -285,7 +289,8 @@ COMMANDS = (
     "npx claude-flow@alpha hooks pre-task", "curl -s localhost:10010/health", "make lint",
     "rm -f /tmp/sutazai-*.lock", "python -m scripts.check_ports", "du -sh /opt/sutazaiapp/data/*",
 )
-PROJECT_DIRS = ("backend/app", "frontend/src", "scripts/mcp", "docker", "agents/core", ".claude", "tests/unit")
+PROJECT_DIRS = ("backend/app", "frontend/src", "scripts/mcp", "docker", "agents/core", ".claude",
+                "tests/unit")
 PROJECT_FILES = ("main.py", "config.yaml", "settings.local.json", "Dockerfile", "wrapper.sh", "router.ts",
                  "README.md", "requirements.txt", "health.py", "compose.yml")
 AGENT_TYPES = ("coder", "reviewer", "tester", "system-admin", "config-specialist", "researcher")
@@ -462,8 +467,7 @@ def _activity_rows(rng: random.Random, start: int, plan: dict[str, int], taken: 
     for kind in kinds:
         at += rng.randint(*gap)
         if kind == "odd":
-            template = next(odd_values)
-            make = lambda rng, at: _odd_value_row(rng, at, template)  # noqa: E731
+            make = functools.partial(_odd_value_row, template=next(odd_values))
         else:
             make = V2_ROW_MAKERS[kind]
         row = make(rng, at)
@@ -564,12 +568,17 @@ def _older_rival(rng: random.Random, row: V2Row, revised_by: str) -> V2Row:
 
 def _dind_rivals(rng: random.Random, main: MainV2Rows, donors: DonorPool) -> list[V2Row]:
     """The 15 dind rows that duplicate main-file rows, one group per tie-breaking case."""
-    settled_before_dind = lambda row: row.updated_at < DIND_START - DAY  # noqa: E731
-    read_after_update = lambda row: settled_before_dind(row) and row.accessed_at > row.updated_at  # noqa: E731
+    def settled_before_dind(row: V2Row) -> bool:
+        return row.updated_at < DIND_START - DAY
+
+    def read_after_update(row: V2Row) -> bool:
+        return settled_before_dind(row) and row.accessed_at > row.updated_at
+
     newer = [_newer_rival(rng, donors.take(settled_before_dind), "dind") for _ in range(6)]
     older = [_older_rival(rng, donors.take(settled_before_dind), "dind") for _ in range(4)]
     wal_row = DonorPool(rng, main.wal_only).take()
-    older_than_wal_row = _rival(wal_row, "dind", updated_at=wal_row.updated_at - rng.randint(2 * DAY, 3 * DAY))
+    older_than_wal_row = _rival(wal_row, "dind",
+                                updated_at=wal_row.updated_at - rng.randint(2 * DAY, 3 * DAY))
     tie_read_later = donors.take(settled_before_dind)
     tie_read_earlier = donors.take(read_after_update)
     full_tie = donors.take(settled_before_dind)
@@ -646,7 +655,8 @@ def _v3_entry(rng: random.Random, at_ms: int, key: str, namespace: str | None, c
 def _v3_command_metrics(rng: random.Random, at_ms: int) -> V3Entry:
     command = rng.choice(COMMANDS)
     content = {"commandLength": len(command), "outputLength": 0, "success": True,
-               "duration": rng.randint(2, 4500), "exitCode": 0, "timestamp": _iso_z(at_ms), "complexity": "low"}
+               "duration": rng.randint(2, 4500), "exitCode": 0, "timestamp": _iso_z(at_ms),
+               "complexity": "low"}
     return _v3_entry(rng, at_ms, f"command-metrics:bash-{at_ms}-{_random_id(rng)}", "performance-metrics",
                      _json(content), "procedural", ["metrics", "bash"], with_embedding=False)
 
@@ -654,7 +664,8 @@ def _v3_command_metrics(rng: random.Random, at_ms: int) -> V3Entry:
 def _v3_semantic_note(rng: random.Random, at_ms: int) -> V3Entry:
     topic = rng.choice(("ports", "mcp-wrappers", "deploy", "agents", "backups", "monitoring"))
     if rng.random() < 0.5:
-        content = _json({"topic": topic, "summary": f"{topic} notes for sutazaiapp", "confidence": rng.randint(1, 9) / 10})
+        content = _json({"topic": topic, "summary": f"{topic} notes for sutazaiapp",
+                         "confidence": rng.randint(1, 9) / 10})
     else:
         content = f"# {topic}\n\n- {rng.choice(COMMANDS)}\n- see {_project_file(rng)}\n"
     return _v3_entry(rng, at_ms, f"knowledge:{topic}:{_random_id(rng, 6)}", "sutazai", content, "semantic",
@@ -696,7 +707,8 @@ def _v3_version_of(rng: random.Random, row: V2Row, updated_at_seconds: int) -> V
     at_ms = _with_millis(rng, min(row.created_at, updated_at_seconds))
     entry = _v3_entry(rng, at_ms, row.key, row.namespace, _revised(row.value, "backend-v3"), "semantic",
                       ["migrated-from-v2"], with_embedding=False)
-    return replace(entry, updated_at=_with_millis(rng, updated_at_seconds), last_accessed_at=None, access_count=0)
+    return replace(entry, updated_at=_with_millis(rng, updated_at_seconds), last_accessed_at=None,
+                   access_count=0)
 
 
 def _null_namespace_entry(rng: random.Random, at_ms: int) -> V3Entry:
@@ -716,13 +728,16 @@ def _backend_v3_entries(taken: set[tuple], donors: DonorPool) -> list[V3Entry]:
             entry = V3_ROW_MAKERS[kind](rng, _with_millis(rng, at))
         taken.add((entry.key, entry.namespace))
         entries.append(entry)
-    for _ in range(2):
+    for direction in (+1, -1, +1, -1):  # two newer, two older than the main file's version
         row = donors.take()
-        entries.insert(rng.randint(0, len(entries)), _v3_version_of(rng, row, row.updated_at + rng.randint(DAY, 2 * DAY)))
-        row = donors.take()
-        entries.insert(rng.randint(0, len(entries)), _v3_version_of(rng, row, row.updated_at - rng.randint(DAY, 2 * DAY)))
+        updated_at = row.updated_at + direction * rng.randint(DAY, 2 * DAY)
+        entries.insert(rng.randint(0, len(entries)), _v3_version_of(rng, row, updated_at))
     entries.insert(rng.randint(0, len(entries)), _null_namespace_entry(rng, _with_millis(rng, at + 60)))
     return entries
+
+
+V3_SESSION_COLUMNS = ("id", "state", "status", "project_path", "branch", "tasks_completed",
+                      "patterns_learned", "created_at", "updated_at", "expires_at")
 
 
 def _backend_v3_sessions(rng: random.Random) -> list[tuple]:
@@ -730,12 +745,13 @@ def _backend_v3_sessions(rng: random.Random) -> list[tuple]:
     for index, status in enumerate(("completed", "completed", "paused", "active", "expired")):
         created = _with_millis(rng, BACKEND_V3_START + index * 5400)
         session_id = f"session-{created}-{_random_id(rng)}"
-        state = {"sessionId": session_id, "agents": rng.sample(AGENT_TYPES, 2), "topology": rng.choice(TOPOLOGIES),
-                 "openTasks": rng.randint(0, 4)}
+        state = {"sessionId": session_id, "agents": rng.sample(AGENT_TYPES, 2),
+                 "topology": rng.choice(TOPOLOGIES), "openTasks": rng.randint(0, 4)}
         updated = created + rng.randint(60_000, 5_000_000)
         expires = created + 86_400_000 if status in ("active", "expired") else None
-        rows.append((session_id, _json(state), status, "/opt/sutazaiapp", rng.choice(("main", "v3-migration")),
-                     rng.randint(0, 15), rng.randint(0, 4), created, updated, expires))
+        branch = rng.choice(("main", "v3-migration"))
+        rows.append((session_id, _json(state), status, "/opt/sutazaiapp", branch, rng.randint(0, 15),
+                     rng.randint(0, 4), created, updated, expires))
     return rows
 
 
@@ -753,6 +769,9 @@ EXTENDED_AREAS = ("project", "agent", "user", "task", "cache")
 EXTENDED_TOPICS = ("sutazai", "deploy", "ports", "preferences", "roadmap", "ollama", "monitoring", "backups")
 
 
+EXTENDED_MEMORY_COLUMNS = ("key", "value", "type", "created_at", "updated_at", "accessed_at", "access_count")
+
+
 def _extended_value(rng: random.Random, kind: str) -> str:
     """The stored text for a value of `kind`: json.dumps, or base64 of a pickle for `pickle`."""
     if kind == "pickle":
@@ -764,7 +783,8 @@ def _extended_value(rng: random.Random, kind: str) -> str:
         "int": lambda: rng.randint(-5, 10_000),
         "float": lambda: round(rng.uniform(0, 100), 3),
         "bool": lambda: rng.random() < 0.5,
-        "dict": lambda: {"owner": rng.choice(AGENT_TYPES), "priority": rng.randint(1, 5), "tags": ["sutazai"]},
+        "dict": lambda: {"owner": rng.choice(AGENT_TYPES), "priority": rng.randint(1, 5),
+                         "tags": ["sutazai"]},
         "list": lambda: [rng.choice(COMMANDS) for _ in range(rng.randint(0, 3))],
     }[kind]()
     return json.dumps(python_value)
@@ -810,7 +830,8 @@ def _n8n_tables(rng: random.Random) -> dict[str, list[tuple]]:
     at = N8N_START
     workflow_ids = [_random_id(rng, 16, ALNUM) for _ in range(3)]
     workflows = []
-    for index, (workflow_id, name) in enumerate(zip(workflow_ids, ("Nightly backup", "Health alerts", "Agent intake"))):
+    names = ("Nightly backup", "Health alerts", "Agent intake")
+    for index, (workflow_id, name) in enumerate(zip(workflow_ids, names)):
         nodes = [{"id": _uuid(rng), "name": "Schedule Trigger", "type": "n8n-nodes-base.scheduleTrigger",
                   "position": [0, 0], "parameters": {}},
                  {"id": _uuid(rng), "name": "HTTP Request", "type": "n8n-nodes-base.httpRequest",
@@ -833,8 +854,10 @@ def _n8n_tables(rng: random.Random) -> dict[str, list[tuple]]:
               _app_time(rng, at - 3600), _app_time(rng, at))]
     settings = [("userManagement.isInstanceOwnerSetUp", "true", 1), ("ui.banners.dismissed", '["V1"]', 1),
                 ("features.ldap", '{"loginEnabled":false}', 1)]
-    migrations = [(1588102412422, "InitialMigration1588102412422"), (1592445003908, "WebhookModel1592445003908"),
-                  (1594825041918, "CreateIndexStoppedAt1594825041918"), (1607431743768, "MakeStoppedAtNullable1607431743768")]
+    migrations = [(1588102412422, "InitialMigration1588102412422"),
+                  (1592445003908, "WebhookModel1592445003908"),
+                  (1594825041918, "CreateIndexStoppedAt1594825041918"),
+                  (1607431743768, "MakeStoppedAtNullable1607431743768")]
     return {"workflow_entity": workflows, "credentials_entity": credentials, "execution_entity": executions,
             "user": users, "settings": settings, "migrations": migrations}
 
@@ -849,23 +872,30 @@ N8N_COLUMNS = {
 }
 
 
+def _api_secret(rng: random.Random) -> str:
+    """Shaped like Flowise's stored secret: a hex hash, a dot, a hex salt."""
+    return _random_id(rng, 64, "0123456789abcdef") + "." + _random_id(rng, 32, "0123456789abcdef")
+
+
 def _flowise_tables(rng: random.Random) -> dict[str, list[tuple]]:
     at = FLOWISE_START
     flows = []
     for index, name in enumerate(("Docs QA", "Ops assistant")):
-        flow_data = {"nodes": [{"id": "chatOllama_0", "data": {"name": "chatOllama", "inputs": {"model": "tinyllama"}}}],
-                     "edges": []}
+        node = {"id": "chatOllama_0", "data": {"name": "chatOllama", "inputs": {"model": "tinyllama"}}}
+        flow_data = {"nodes": [node], "edges": []}
         flows.append((_uuid(rng), name, index % 2, _json(flow_data), _app_time(rng, at + index * 900),
                       _app_time(rng, at + index * 900 + 300)))
     messages = []
     for index in range(6):
         role = "userMessage" if index % 2 == 0 else "apiMessage"
-        content = "How do I restart the backend?" if role == "userMessage" else "Run `docker compose restart backend`."
-        messages.append((_uuid(rng), role, flows[index % 2][0], content, _app_time(rng, at + 3600 + index * 45)))
+        content = ("How do I restart the backend?" if role == "userMessage"
+                   else "Run `docker compose restart backend`.")
+        messages.append((_uuid(rng), role, flows[index % 2][0], content,
+                         _app_time(rng, at + 3600 + index * 45)))
     credentials = [(_uuid(rng), "ollama-local", "ollamaApi", "U2FsdGVkX1" + _random_id(rng, 40, ALNUM),
                     _app_time(rng, at), _app_time(rng, at))]
-    apikeys = [(_uuid(rng), _random_id(rng, 43, ALNUM), _random_id(rng, 64, "0123456789abcdef") + "." + _random_id(rng, 32, "0123456789abcdef"),
-                name, _app_time(rng, at + 120)) for name in ("DefaultKey", "ci")]
+    apikeys = [(_uuid(rng), _random_id(rng, 43, ALNUM), _api_secret(rng), name, _app_time(rng, at + 120))
+               for name in ("DefaultKey", "ci")]
     migrations = [(1693835579790, "Init1693835579790"), (1693920824108, "ModifyChatFlow1693920824108"),
                   (1693921865247, "ModifyChatMessage1693921865247")]
     return {"chat_flow": flows, "chat_message": messages, "credential": credentials, "apikey": apikeys,
@@ -975,13 +1005,20 @@ def _wal_checksum(data: bytes, word_order: str, s0: int, s1: int) -> tuple[int, 
     return s0, s1
 
 
+def _frame_checksum(frame: bytes, word_order: str, previous: tuple[int, int]) -> tuple[int, int]:
+    """A frame's checksum: over its first 8 header bytes and its page, chained from `previous`."""
+    chained = _wal_checksum(frame[:8], word_order, *previous)
+    return _wal_checksum(frame[WAL_FRAME_HEADER_SIZE:], word_order, *chained)
+
+
 def _pin_wal_salts(wal: bytes, salts: tuple[int, int] = PINNED_WAL_SALTS) -> bytes:
     """`wal` with its random salts replaced by `salts` and every checksum recomputed.
 
     Checks first that every frame is valid under the original salts, so pinning can never revive a
     stale frame. The result is what SQLite would have written had its random generator drawn `salts`.
     """
-    magic, _version, page_size, _checkpoint_seq, *old_salts, old_s0, old_s1 = struct.unpack(">8I", wal[:WAL_HEADER_SIZE])
+    magic, _version, page_size, _checkpoint_seq, *old_salts, old_s0, old_s1 = struct.unpack(
+        ">8I", wal[:WAL_HEADER_SIZE])
     if magic not in (WAL_MAGIC_LITTLE_ENDIAN, WAL_MAGIC_BIG_ENDIAN):
         raise ValueError("not a WAL file")
     word_order = "<" if magic == WAL_MAGIC_LITTLE_ENDIAN else ">"
@@ -1000,11 +1037,11 @@ def _pin_wal_salts(wal: bytes, salts: tuple[int, int] = PINNED_WAL_SALTS) -> byt
     for offset in range(WAL_HEADER_SIZE, len(wal), frame_size):
         frame = bytearray(wal[offset:offset + frame_size])
         frame_salts = struct.unpack_from(">2I", frame, 8)
-        old_sums = _wal_checksum(frame[WAL_FRAME_HEADER_SIZE:], word_order, *_wal_checksum(frame[:8], word_order, *old_sums))
+        old_sums = _frame_checksum(frame, word_order, old_sums)
         if list(frame_salts) != old_salts or struct.unpack_from(">2I", frame, 16) != old_sums:
             raise ValueError(f"WAL frame at offset {offset} is not valid; refusing to pin salts")
         struct.pack_into(">2I", frame, 8, *salts)
-        new_sums = _wal_checksum(frame[WAL_FRAME_HEADER_SIZE:], word_order, *_wal_checksum(frame[:8], word_order, *new_sums))
+        new_sums = _frame_checksum(frame, word_order, new_sums)
         struct.pack_into(">2I", frame, 16, *new_sums)
         pinned += frame
     return bytes(pinned)
@@ -1021,7 +1058,8 @@ def _not_sqlite_bytes() -> bytes:
 
 def _ensure_empty_root(root: Path) -> None:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"refusing to write the sample into {root}: it exists and is not an empty directory")
+        raise FileExistsError(
+            f"refusing to write the sample into {root}: it exists and is not an empty directory")
     root.mkdir(parents=True, exist_ok=True)
 
 
@@ -1036,59 +1074,74 @@ def write_sample(root: Path) -> list[Path]:
     """
     root = Path(root)
     _ensure_empty_root(root)
-    taken: set[tuple] = set()
-
-    main = _main_v2_rows(taken)
-    _write_v2_db_with_wal_tail(root / MAIN_V2, main.checkpointed, main.wal_only)
-
-    duplicates_rng = _rng("duplicates")
-    donors = DonorPool(duplicates_rng, [row for row in main.checkpointed if row is not main.millisecond_trap])
-
-    dind_rng = _rng("dind-v2")
-    dind_own = _activity_rows(dind_rng, DIND_START, DIND_PLAN, taken)
-    _write_v2_db(root / DIND_V2, _interleave(dind_rng, dind_own, _dind_rivals(duplicates_rng, main, donors)))
-    (root / BACKUP_OF_DIND).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / DIND_V2, root / BACKUP_OF_DIND)
-
-    claude_flow_rng = _rng("mcp-claude-flow")
-    claude_flow_own = _activity_rows(claude_flow_rng, MCP_CLAUDE_FLOW_START, MCP_CLAUDE_FLOW_PLAN, taken)
-    _write_v2_db(root / MCP_CLAUDE_FLOW, _interleave(claude_flow_rng, claude_flow_own, [
-        _newer_rival(duplicates_rng, donors.take(), "mcp-claude-flow"),
-        _older_rival(duplicates_rng, donors.take(), "mcp-claude-flow")]))
-
-    ruv_swarm_rng = _rng("mcp-ruv-swarm")
-    ruv_swarm_own = _activity_rows(ruv_swarm_rng, MCP_RUV_SWARM_START, MCP_RUV_SWARM_PLAN, taken)
-    _write_v2_db(root / MCP_RUV_SWARM, _interleave(ruv_swarm_rng, ruv_swarm_own, [
-        _newer_rival(duplicates_rng, DonorPool(duplicates_rng, dind_own).take(), "mcp-ruv-swarm"),
-        _older_rival(duplicates_rng, DonorPool(duplicates_rng, claude_flow_own).take(), "mcp-ruv-swarm")]))
-
-    task_master_rng = _rng("mcp-task-master")
-    task_master_own = _activity_rows(task_master_rng, MCP_TASK_MASTER_START, MCP_TASK_MASTER_PLAN, taken)
-    _write_v2_db(root / MCP_TASK_MASTER, _interleave(task_master_rng, task_master_own, [
-        _newer_rival(duplicates_rng, donors.take(), "mcp-task-master"),
-        _older_rival(duplicates_rng, donors.take(), "mcp-task-master")]))
-
-    v3_rng = _rng("backend-v3-tables")
-    _write_db(root / BACKEND_V3, V3_DDL, {
-        "memory_entries": (V3_COLUMNS, [astuple(entry) for entry in _backend_v3_entries(taken, donors)]),
-        "sessions": (("id", "state", "status", "project_path", "branch", "tasks_completed", "patterns_learned",
-                      "created_at", "updated_at", "expires_at"), _backend_v3_sessions(v3_rng)),
-        "metadata": (("key", "value", "updated_at"), _backend_v3_metadata()),
-    })
-
-    _write_db(root / EXTENDED_MEMORY, EXTENDED_MEMORY_DDL, {
-        "memory_store": (("key", "value", "type", "created_at", "updated_at", "accessed_at", "access_count"),
-                         _extended_memory_rows(_rng("extended-memory"))),
-        "metadata": (("key", "value", "updated_at"), _extended_memory_metadata()),
-    })
-    _write_db(root / N8N, N8N_DDL, {table: (N8N_COLUMNS[table], rows) for table, rows in _n8n_tables(_rng("n8n")).items()})
-    _write_db(root / FLOWISE, FLOWISE_DDL,
-              {table: (FLOWISE_COLUMNS[table], rows) for table, rows in _flowise_tables(_rng("flowise")).items()})
-
-    (root / RUVECTOR).write_bytes(_not_sqlite_bytes())
-    (root / ORPHAN_WAL).parent.mkdir(parents=True, exist_ok=True)
-    (root / ORPHAN_WAL).write_bytes(_orphan_wal_bytes(taken))
-
+    taken: set[tuple] = set()  # every (key, namespace) of every claude-flow file, to keep keys apart
+    _write_claude_flow_files(root, taken)
+    _write_other_app_files(root)
+    _write_files_that_are_not_databases(root, taken)
     return sorted(root / relative for relative in (
         MAIN_V2, DIND_V2, BACKUP_OF_DIND, MCP_CLAUDE_FLOW, MCP_RUV_SWARM, MCP_TASK_MASTER, BACKEND_V3,
         EXTENDED_MEMORY, N8N, FLOWISE))
+
+
+def _write_claude_flow_files(root: Path, taken: set[tuple]) -> None:
+    main = _main_v2_rows(taken)
+    _write_v2_db_with_wal_tail(root / MAIN_V2, main.checkpointed, main.wal_only)
+
+    # One stream decides every deliberate duplicate; each main row is duplicated at most once.
+    duplicates_rng = _rng("duplicates")
+    donors = DonorPool(duplicates_rng, [row for row in main.checkpointed if row is not main.millisecond_trap])
+
+    dind_own = _write_v2_file(root / DIND_V2, "dind-v2", DIND_START, DIND_PLAN, taken,
+                              lambda own: _dind_rivals(duplicates_rng, main, donors))
+    (root / BACKUP_OF_DIND).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / DIND_V2, root / BACKUP_OF_DIND)
+
+    def rivals_of_main_rows(revised_by: str) -> Callable[[list[V2Row]], list[V2Row]]:
+        return lambda own: [_newer_rival(duplicates_rng, donors.take(), revised_by),
+                            _older_rival(duplicates_rng, donors.take(), revised_by)]
+
+    claude_flow_own = _write_v2_file(root / MCP_CLAUDE_FLOW, "mcp-claude-flow", MCP_CLAUDE_FLOW_START,
+                                     MCP_CLAUDE_FLOW_PLAN, taken, rivals_of_main_rows("mcp-claude-flow"))
+    def rivals_of_dind_and_claude_flow_rows(own: list[V2Row]) -> list[V2Row]:
+        dind_row = DonorPool(duplicates_rng, dind_own).take()
+        claude_flow_row = DonorPool(duplicates_rng, claude_flow_own).take()
+        return [_newer_rival(duplicates_rng, dind_row, "mcp-ruv-swarm"),
+                _older_rival(duplicates_rng, claude_flow_row, "mcp-ruv-swarm")]
+
+    _write_v2_file(root / MCP_RUV_SWARM, "mcp-ruv-swarm", MCP_RUV_SWARM_START, MCP_RUV_SWARM_PLAN, taken,
+                   rivals_of_dind_and_claude_flow_rows)
+    _write_v2_file(root / MCP_TASK_MASTER, "mcp-task-master", MCP_TASK_MASTER_START, MCP_TASK_MASTER_PLAN,
+                   taken, rivals_of_main_rows("mcp-task-master"))
+
+    _write_db(root / BACKEND_V3, V3_DDL, {
+        "memory_entries": (V3_COLUMNS, [astuple(entry) for entry in _backend_v3_entries(taken, donors)]),
+        "sessions": (V3_SESSION_COLUMNS, _backend_v3_sessions(_rng("backend-v3-tables"))),
+        "metadata": (("key", "value", "updated_at"), _backend_v3_metadata()),
+    })
+
+
+def _write_v2_file(path: Path, label: str, start: int, plan: dict[str, int], taken: set[tuple],
+                   make_rivals: Callable[[list[V2Row]], list[V2Row]]) -> list[V2Row]:
+    """A v2 file of its own activity plus rows duplicating other files; returns its own rows."""
+    rng = _rng(label)
+    own = _activity_rows(rng, start, plan, taken)
+    _write_v2_db(path, _interleave(rng, own, make_rivals(own)))
+    return own
+
+
+def _write_other_app_files(root: Path) -> None:
+    _write_db(root / EXTENDED_MEMORY, EXTENDED_MEMORY_DDL, {
+        "memory_store": (EXTENDED_MEMORY_COLUMNS, _extended_memory_rows(_rng("extended-memory"))),
+        "metadata": (("key", "value", "updated_at"), _extended_memory_metadata()),
+    })
+    n8n_rows = _n8n_tables(_rng("n8n"))
+    _write_db(root / N8N, N8N_DDL, {table: (N8N_COLUMNS[table], rows) for table, rows in n8n_rows.items()})
+    flowise_rows = _flowise_tables(_rng("flowise"))
+    _write_db(root / FLOWISE, FLOWISE_DDL,
+              {table: (FLOWISE_COLUMNS[table], rows) for table, rows in flowise_rows.items()})
+
+
+def _write_files_that_are_not_databases(root: Path, taken: set[tuple]) -> None:
+    (root / RUVECTOR).write_bytes(_not_sqlite_bytes())
+    (root / ORPHAN_WAL).parent.mkdir(parents=True, exist_ok=True)
+    (root / ORPHAN_WAL).write_bytes(_orphan_wal_bytes(taken))

@@ -1,0 +1,56 @@
+{#- Lineage columns the loader appends to every raw row (loader/raw_contract.py LINEAGE_COLUMNS). -#}
+{% macro lineage_columns() -%}
+    {{ return(['_load_id', '_source_path', '_source_sha256', '_source_rowid', '_loaded_at']) }}
+{%- endmacro %}
+
+
+{#-
+    Raw columns a model does not map explicitly, as one jsonb object (NULLs dropped). The loader adds
+    columns a file brings beyond the contract (e.g. claude-flow v3 `provenance_type`); this keeps them
+    instead of dropping them silently. Resolved at compile time from the relation's actual columns.
+-#}
+{% macro unmapped_columns(relation, mapped_columns) -%}
+    {%- set excluded = (mapped_columns + lineage_columns()) | map('lower') | list -%}
+    {%- set extra = [] -%}
+    {%- if execute -%}
+        {%- for column in adapter.get_columns_in_relation(relation) -%}
+            {%- if column.name | lower not in excluded -%}
+                {%- do extra.append(column.name) -%}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {%- if extra | length == 0 -%}
+        '{}'::jsonb
+    {%- else -%}
+        {#- jsonb_build_object takes at most 100 arguments: build in chunks of 50 pairs -#}
+        jsonb_strip_nulls(
+        {%- for chunk in extra | batch(50) %}
+            {% if not loop.first %}|| {% endif %}jsonb_build_object(
+            {%- for name in chunk %}
+                '{{ name | replace("'", "''") }}', {{ adapter.quote(name) }}::text{{ "," if not loop.last }}
+            {%- endfor %}
+            )
+        {%- endfor %}
+        )
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#- The raw memory tables the marts are built from, as (source name, table name). -#}
+{% macro memory_raw_tables() -%}
+    {{ return([
+        ('raw_claude_flow_v2', 'memory_entries'),
+        ('raw_claude_flow_v3', 'memory_entries'),
+        ('raw_extended_memory', 'memory_store'),
+    ]) }}
+{%- endmacro %}
+
+
+{#- The shared column list of the memory staging models, in order. -#}
+{% macro memory_version_columns() -%}
+    {{ return([
+        'key', 'namespace', 'value', 'data_type', 'raw_value', 'metadata',
+        'created_at', 'updated_at', 'accessed_at', 'expires_at', 'access_count', 'ttl',
+        'source_table', 'source_path', 'source_sha256', 'load_id', 'source_rowid', 'loaded_at',
+    ]) }}
+{%- endmacro %}

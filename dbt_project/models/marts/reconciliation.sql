@@ -1,0 +1,98 @@
+{#- Per current source file with memory tables: SQLite rows (ledger) = raw rows = kept + superseded + moved. -#}
+
+with current_loads as (
+
+    select load_id, source_path, source_db, kind
+    from {{ source('consolidate', 'current_loads') }}
+
+),
+
+memory_tables_in_ledger as (
+
+    select
+        load_tables.load_id,
+        load_tables.source_path,
+        sum(load_tables.rows_in_sqlite) as rows_in_sqlite
+    from {{ ref('stg_consolidate__load_tables') }} as load_tables
+    where (load_tables.raw_schema, load_tables.raw_table) in (
+        {%- for source_name, table_name in memory_raw_tables() %}
+        {%- set relation = source(source_name, table_name) %}
+        ('{{ relation.schema }}', '{{ relation.identifier }}'){{ "," if not loop.last }}
+        {%- endfor %}
+    )
+    group by load_tables.load_id, load_tables.source_path
+
+),
+
+memory_files as (
+
+    select
+        current_loads.*,
+        memory_tables_in_ledger.rows_in_sqlite
+    from current_loads
+    inner join memory_tables_in_ledger
+        on current_loads.load_id = memory_tables_in_ledger.load_id
+        and current_loads.source_path = memory_tables_in_ledger.source_path
+
+),
+
+raw_rows as (
+
+    {% for source_name, table_name in memory_raw_tables() %}
+    select _load_id as load_id, _source_path as source_path
+    from {{ source(source_name, table_name) }}
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
+
+),
+
+raw_counts as (
+
+    select load_id, source_path, count(*) as rows_in_raw
+    from raw_rows
+    group by load_id, source_path
+
+),
+
+{% for model, count_name in [
+    ('unified_memory', 'kept'),
+    ('unified_memory_history', 'superseded'),
+    ('performance_metrics', 'moved'),
+] %}
+{{ count_name }}_counts as (
+
+    select load_id, source_path, count(*) as {{ count_name }}
+    from {{ ref(model) }}
+    group by load_id, source_path
+
+),
+
+{% endfor %}
+final as (
+
+    select
+        memory_files.source_path,
+        memory_files.source_db,
+        memory_files.kind,
+        memory_files.load_id,
+        memory_files.rows_in_sqlite::bigint as rows_in_sqlite,
+        coalesce(raw_counts.rows_in_raw, 0) as rows_in_raw,
+        coalesce(kept_counts.kept, 0) as kept,
+        coalesce(superseded_counts.superseded, 0) as superseded,
+        coalesce(moved_counts.moved, 0) as moved
+    from memory_files
+    left join raw_counts
+        on memory_files.load_id = raw_counts.load_id and memory_files.source_path = raw_counts.source_path
+    left join kept_counts
+        on memory_files.load_id = kept_counts.load_id and memory_files.source_path = kept_counts.source_path
+    left join superseded_counts
+        on memory_files.load_id = superseded_counts.load_id and memory_files.source_path = superseded_counts.source_path
+    left join moved_counts
+        on memory_files.load_id = moved_counts.load_id and memory_files.source_path = moved_counts.source_path
+
+)
+
+select
+    *,
+    rows_in_sqlite = rows_in_raw and rows_in_raw = kept + superseded + moved as reconciled
+from final
