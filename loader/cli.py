@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loader import backup as backup_stage
 from loader import build as build_stage
 from loader import lineage as lineage_queries
 from loader import load as load_stage
@@ -29,6 +30,7 @@ err = Console(stderr=True)
 
 EXIT_OK = 0
 EXIT_NOT_RECONCILED = 1
+EXIT_USAGE = 2
 EXIT_SOURCE_UNREADABLE = 3
 
 Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.")]
@@ -111,7 +113,7 @@ def run_load(found: Discovery, target: Target, roots: list[Path], force: bool, q
 
 @app.command()
 def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
-         force: Annotated[bool, typer.Option(help="Reload files whose checksums are unchanged.")] = False,
+         force: Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")] = False,
          as_json: AsJson = False) -> None:
     """Copy every table of every discovered database into PostgreSQL raw schemas (raw_claude_flow_v2,
     raw_claude_flow_v3, raw_extended_memory, raw_n8n, raw_flowise, raw_other) from a private copy,
@@ -152,7 +154,7 @@ def summary_table(rows: list[report.FileSummary]) -> Table:
 
 @app.command()
 def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
-        force: Annotated[bool, typer.Option(help="Reload files whose checksums are unchanged.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")] = False,
         as_json: AsJson = False) -> None:
     """discover → load → build → a reconciliation table per source file. Exit 0 only when every file
     reconciles and every dbt test passes; 1 when something does not reconcile or a test fails; 3 when
@@ -178,6 +180,65 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     raise typer.Exit(EXIT_OK if reconciled else EXIT_NOT_RECONCILED)
 
 
+def backup_table(manifest: backup_stage.BackupManifest) -> Table:
+    table = Table(title=f"{len(manifest.files)} databases")
+    for column in ("file", "kind", "status", "tables", "rows", "note"):
+        table.add_column(column, justify="right" if column in ("tables", "rows") else "left")
+    for entry in manifest.files:
+        table.add_row(entry.source_db, entry.kind, entry.status, str(len(entry.tables)),
+                      f"{sum(entry.tables.values()):,}", entry.reason or "")
+    return table
+
+
+def verify_backup(folder: Path, as_json: bool) -> None:
+    problems = backup_stage.verify(folder)
+    if as_json:
+        print_json({"folder": str(folder), "verified": not problems, "problems": [p.to_json() for p in problems]})
+    else:
+        for problem in problems:
+            err.print(f"[red]{problem.path}[/red]: {problem.problem}")
+        err.print(f"verified {folder}" if not problems else f"{len(problems)} problem(s) in {folder}")
+    raise typer.Exit(EXIT_OK if not problems else EXIT_NOT_RECONCILED)
+
+
+@app.command()
+def backup(
+    roots: Annotated[Optional[list[Path]], typer.Argument(
+        help="Directories (or files) to search for SQLite databases.", show_default=False)] = None,
+    to: Annotated[Optional[Path], typer.Option(
+        "--to", help="Folder for the backups and manifest.json: new, empty, or an earlier backup with --overwrite.")] = None,
+    verify: Annotated[Optional[Path], typer.Option(
+        "--verify", help="Instead of backing up, check this backup folder against its manifest.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace the earlier backup in --to (refused if it holds files its manifest does not list).")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Back up every discovered database (plan phase 1): one consistent single-file copy each, made
+    with SQLite's online backup API from a private copy, and a manifest.json with checksums and
+    per-table counts. `--verify DIR` re-checks a backup. Exit 1 when verification finds problems, 3
+    when a database could not be backed up."""
+    if verify is not None:
+        if roots or to is not None:
+            raise typer.BadParameter("--verify DIR takes no ROOT and no --to")
+        verify_backup(verify, as_json)
+    if not roots or to is None:
+        raise typer.BadParameter("give ROOT... --to DIR (or --verify DIR)")
+
+    def progress(entry: backup_stage.BackupEntry) -> None:
+        if not as_json:
+            err.print(f"  {entry.status:>9} {entry.source_db}")
+    try:
+        manifest = backup_stage.backup(roots, to, on_file=progress, overwrite=overwrite)
+    except backup_stage.BackupError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json(manifest.to_json())
+    else:
+        out.print(backup_table(manifest))
+    raise typer.Exit(EXIT_SOURCE_UNREADABLE if manifest.failed else EXIT_OK)
+
+
 @app.command()
 def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder to write the sample into.")]) -> None:
     """Write a deterministic sample tree shaped like the plan's inventory (claude-flow v2 and v3
@@ -187,7 +248,7 @@ def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder t
         written = sample_tree.write_sample(directory)
     except FileExistsError as error:
         err.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USAGE)
     for path in written:
         out.print(str(path))
 
