@@ -21,7 +21,7 @@ the sha256 and mtime of the main file, `-wal` and `-shm` taken before and after:
   fails ("unable to open database file") when the `-shm` is missing, it still takes locks on the
   source, and the option is barely documented.
 
-Chosen: no source is ever opened. `consistent_copy` hashes the main file, `-wal` and `-journal`, copies
+Chosen: no source is ever opened. `snapshot.consistent_copy` hashes the main file, `-wal` and `-journal`, copies
 them into a private temporary folder (`snapshot.copy_database`), hashes the copies, and hashes the
 source again. The copy is accepted only when all three hash sets agree, which means nothing wrote
 during the copy. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
@@ -74,22 +74,16 @@ from pathlib import Path
 from loader import __version__
 from loader.discover import Discovery, SourceFile, discover
 from loader.extract import list_tables
-from loader.snapshot import copy_database, private_copy, sha256_of, side_file
+from loader.snapshot import (COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, copy_database,
+                             private_copy, sha256_of, side_file)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "consolidate-backup/1"
 BACKED_UP, COPY, FAILED = "backed-up", "copy", "failed"
-COPY_ATTEMPTS = 5
-RETRY_PAUSE_SECONDS = 0.1
-CHANGE_DETECTING_SUFFIXES = ("", "-wal", "-journal")
 
 
 class BackupError(Exception):
     """The destination cannot take this backup. The message says why and what to do."""
-
-
-class SourceKeptChanging(Exception):
-    """Every attempt to copy a source saw it change, so an application is writing to it."""
 
 
 @dataclass
@@ -174,18 +168,6 @@ class Problem:
         return {"path": self.path, "problem": self.problem, "source": self.source}
 
 
-@dataclass
-class CopiedSource:
-    """A private copy of a source (main file plus `-wal`/`-journal`) taken while nothing wrote to it, and
-    the row counts it holds once opened (its WAL replayed)."""
-
-    path: Path
-    sha256: str
-    wal_sha256: str | None
-    attempts: int
-    tables: dict[str, int] = field(default_factory=dict)
-
-
 # ---------------------------------------------------------------------------------------- backing up
 
 def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry], None] | None = None,
@@ -232,8 +214,8 @@ def back_up_file(source: SourceFile, staging: Path, relative: str, attempts: int
         return entry
     target = staging / relative
     try:
-        copied = write_backup(source.path, target, attempts)
-        record_backup(entry, source, copied, target, relative)
+        copied, tables = write_backup(source.path, target, attempts)
+        record_backup(entry, source, copied, tables, target, relative)
     except SourceKeptChanging as error:
         entry.reason, entry.copy_attempts = str(error), attempts
     except (sqlite3.Error, OSError) as error:
@@ -244,70 +226,32 @@ def back_up_file(source: SourceFile, staging: Path, relative: str, attempts: int
     return entry
 
 
-def write_backup(source: Path, target: Path, attempts: int) -> CopiedSource:
-    """Write a single-file backup of `source` to `target`, from a private copy taken while nothing wrote."""
+def write_backup(source: Path, target: Path, attempts: int) -> tuple[Snapshot, dict[str, int]]:
+    """Write a single-file backup of `source` to `target`, from a private copy taken while nothing
+    wrote; return that copy's checksums and row counts."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="consolidate-backup-") as folder:
         copied = consistent_copy(source, Path(folder), attempts)
-        copied.tables = count_rows(copied.path)
+        tables = count_rows(copied.path)
         backup_into_single_file(copied.path, target)
-    return copied
+    return copied, tables
 
 
-def record_backup(entry: BackupEntry, source: SourceFile, copied: CopiedSource, target: Path,
-                  relative: str) -> None:
+def record_backup(entry: BackupEntry, source: SourceFile, copied: Snapshot, tables: dict[str, int],
+                  target: Path, relative: str) -> None:
     """Fill in the entry from the backup file itself: what it holds, and which source bytes it came from."""
     entry.sha256, entry.wal_sha256 = copied.sha256, copied.wal_sha256
     entry.copy_attempts = copied.attempts
     entry.backup = relative
     entry.tables = count_rows(target)
     entry.backup_sha256 = sha256_of(target)
-    if entry.tables != copied.tables:
-        entry.reason = (f"row counts in the backup {describe_count_differences(copied.tables, entry.tables)}"
+    if entry.tables != tables:
+        entry.reason = (f"row counts in the backup {describe_count_differences(tables, entry.tables)}"
                         " from the copy it was made from")
         return
     entry.status = BACKED_UP
     if (copied.sha256, copied.wal_sha256) != source.identity:
         entry.reason = "changed after discovery; the backup holds its newer content"
-
-
-def consistent_copy(source: Path, folder: Path, attempts: int = COPY_ATTEMPTS,
-                    pause: float = RETRY_PAUSE_SECONDS) -> CopiedSource:
-    """Copy `source` with its `-wal`/`-journal` into `folder`, accepting the copy only when the source's
-    checksums before, the copy's, and the source's after are all equal. Never opens the source."""
-    for attempt in range(1, attempts + 1):
-        before = file_set_state(source)
-        if before[0] is None:
-            raise FileNotFoundError(f"{source} no longer exists")
-        try:
-            copy = copy_database(source, folder)
-        except FileNotFoundError:  # a -wal or -journal disappeared between listing and copying
-            copy = None
-        if copy is not None and file_set_state(copy) == before == file_set_state(source):
-            return CopiedSource(path=copy, sha256=before[0], wal_sha256=before[1], attempts=attempt)
-        empty_folder(folder)
-        if attempt < attempts:
-            time.sleep(pause * attempt)
-    raise SourceKeptChanging(
-        f"changed while being copied, {attempts} times in a row: an application is writing to it; "
-        "back it up again when it is idle")
-
-
-def file_set_state(path: Path) -> tuple[str | None, ...]:
-    """sha256 of the main file, its `-wal` and its `-journal` (None for one that does not exist)."""
-    return tuple(sha256_or_none(side_file(path, suffix)) for suffix in CHANGE_DETECTING_SUFFIXES)
-
-
-def sha256_or_none(path: Path) -> str | None:
-    try:
-        return sha256_of(path)
-    except FileNotFoundError:
-        return None
-
-
-def empty_folder(folder: Path) -> None:
-    for child in folder.iterdir():
-        child.unlink()
 
 
 def backup_into_single_file(copy: Path, target: Path) -> None:

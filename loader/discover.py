@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loader.extract import list_tables
-from loader.snapshot import SQLITE_HEADER, private_copy, sha256_of, side_file
+from loader.snapshot import SQLITE_HEADER, SourceKeptChanging, private_copy, sha256_of, side_file
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
@@ -135,6 +135,8 @@ def inspect_schema(source: SourceFile) -> None:
         source.kind = classify({table.name: table.columns for table in tables})
     except sqlite3.DatabaseError as error:
         source.error = f"cannot read as SQLite: {error}"
+    except (SourceKeptChanging, OSError) as error:
+        source.error = f"cannot copy: {error}"
 
 
 def discover(roots: list[Path]) -> Discovery:

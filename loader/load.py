@@ -20,7 +20,7 @@ from loader.database import Target
 from loader.discover import Discovery, SourceFile
 from loader.extract import SourceTable, attach_sqlite, duckdb_session, export_csv, list_tables, quote
 from loader.raw_contract import RAW_SCHEMAS
-from loader.snapshot import private_copy
+from loader.snapshot import SourceKeptChanging, private_copy
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.
@@ -162,7 +162,7 @@ def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceF
         return load_file(connection, duck, load_id, source)
     except TableFailed as error:
         return record_outcome_without_rows(connection, load_id, source, "failed", str(error))
-    except (psycopg.Error, duckdb.Error, sqlite3.Error, OSError) as error:
+    except (psycopg.Error, duckdb.Error, sqlite3.Error, OSError, SourceKeptChanging) as error:
         if connection.broken:
             raise
         return record_outcome_without_rows(connection, load_id, source, "failed",

@@ -14,6 +14,7 @@ import hashlib
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,21 +55,69 @@ def fold_into_single_file(path: Path) -> None:
         connection.close()
 
 
+COPY_ATTEMPTS = 5
+RETRY_PAUSE_SECONDS = 0.1
+CHANGE_DETECTING_SUFFIXES = ("", "-wal", "-journal")
+
+
+class SourceKeptChanging(Exception):
+    """The source changed during every copy attempt: an application is writing to it."""
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """A private single-file copy, with the checksums of the bytes it was made from."""
+    """A private copy, with the checksums of the source bytes it was made from."""
 
     path: Path
     sha256: str
     wal_sha256: str | None
+    attempts: int = 1
+
+
+def sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_of(path)
+    except FileNotFoundError:
+        return None
+
+
+def file_set_state(path: Path) -> tuple[str | None, ...]:
+    """sha256 of the main file, its `-wal` and its `-journal` (None for one that does not exist)."""
+    return tuple(sha256_or_none(side_file(path, suffix)) for suffix in CHANGE_DETECTING_SUFFIXES)
+
+
+def empty_folder(folder: Path) -> None:
+    for child in folder.iterdir():
+        child.unlink()
+
+
+def consistent_copy(source: Path, folder: Path, attempts: int = COPY_ATTEMPTS,
+                    pause: float = RETRY_PAUSE_SECONDS) -> Snapshot:
+    """Copy `source` with its `-wal`/`-journal` into `folder`, accepting the copy only when the source's
+    checksums before, the copy's, and the source's after are all equal: one consistent snapshot even
+    while an application writes. Never opens the source."""
+    for attempt in range(1, attempts + 1):
+        before = file_set_state(source)
+        if before[0] is None:
+            raise FileNotFoundError(f"{source} no longer exists")
+        try:
+            copy = copy_database(source, folder)
+        except FileNotFoundError:  # a -wal or -journal disappeared between listing and copying
+            copy = None
+        if copy is not None and file_set_state(copy) == before == file_set_state(source):
+            return Snapshot(path=copy, sha256=before[0], wal_sha256=before[1], attempts=attempt)
+        empty_folder(folder)
+        if attempt < attempts:
+            time.sleep(pause * attempt)
+    raise SourceKeptChanging(
+        f"changed while being copied, {attempts} times in a row: an application is writing to it; "
+        "try again when it is idle")
 
 
 @contextlib.contextmanager
 def private_copy(source: Path) -> Iterator[Snapshot]:
-    """A consolidated private copy of `source`, removed on exit."""
+    """A consistent, consolidated (single-file) private copy of `source`, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="consolidate-") as folder:
-        copy = copy_database(source, Path(folder))
-        wal = side_file(copy, "-wal")
-        snapshot = Snapshot(copy, sha256_of(copy), sha256_of(wal) if wal.exists() else None)
-        fold_into_single_file(copy)
+        snapshot = consistent_copy(source, Path(folder))
+        fold_into_single_file(snapshot.path)
         yield snapshot

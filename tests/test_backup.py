@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import loader
-from loader import backup as backup_module
+from loader import snapshot as snapshot_module
 from loader.backup import BackupError, backup, verify
 from loader.discover import discover
 from conftest import read_private_copy
@@ -314,17 +314,18 @@ def test_an_interrupted_run_leaves_no_partial_backup(tmp_path):
 
 def copy_then_write(monkeypatch, source: Path, times: int) -> list[int]:
     """Make the backup's copy step see a writer: after each of the first `times` copies, add a row."""
-    real_copy = backup_module.copy_database
+    real_copy = snapshot_module.copy_database
     calls = []
 
     def copy_and_write(path, folder):
         copy = real_copy(path, folder)
-        calls.append(1)
-        if len(calls) <= times:
-            add_row(source)
+        if folder.name.startswith("consolidate-backup-"):  # the backup's copy, not discovery's
+            calls.append(1)
+            if len(calls) <= times:
+                add_row(source)
         return copy
 
-    monkeypatch.setattr(backup_module, "copy_database", copy_and_write)
+    monkeypatch.setattr(snapshot_module, "copy_database", copy_and_write)
     return calls
 
 

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from loader.discover import discover
 from loader.load import load
-from tests.conftest import read_private_copy
+from conftest import read_private_copy
 
 WAL_ROWS_FILE = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"
 

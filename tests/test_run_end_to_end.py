@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_private_copy
+from conftest import read_private_copy
 
 PERFORMANCE = "performance-metrics"
 
