@@ -105,5 +105,5 @@ CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_loads AS
 SELECT DISTINCT ON (source_path) load_id, source_path, source_db, kind, source_sha256, wal_sha256
 FROM {LEDGER_SCHEMA}.load_files
 WHERE status = 'loaded'
-ORDER BY source_path, completed_at DESC;
+ORDER BY source_path, completed_at DESC, load_id DESC;
 """

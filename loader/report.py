@@ -32,7 +32,7 @@ SUMMARY_QUERY = """
 WITH this_load AS (
     SELECT source_path, source_db, kind, status FROM {ledger}.load_files WHERE load_id = %(load_id)s
 ), current_tables AS (
-    SELECT t.source_path, sum(t.rows_in_sqlite) AS rows_in_sqlite, sum(t.rows_loaded) AS rows_in_raw
+    SELECT t.source_path, sum(t.rows_in_sqlite)::bigint AS rows_in_sqlite, sum(t.rows_loaded)::bigint AS rows_in_raw
     FROM {ledger}.load_tables AS t
     JOIN {ledger}.current_loads AS c USING (load_id, source_path)
     GROUP BY t.source_path

@@ -2,12 +2,23 @@
     on-run-start: parsing helpers that never raise, so one bad raw value can never fail the build.
     They live in the ledger schema `consolidate`. The hot paths are inlinable SQL functions; the
     exception-catching plpgsql functions only run for the rare values the cheap checks cannot vouch for.
+    Those are PARALLEL RESTRICTED: an exception block starts a subtransaction, which a parallel worker
+    cannot do ("cannot start subtransactions during a parallel operation").
 -#}
 {% macro create_udfs() %}
     {%- set server_version_num = 0 -%}
+    {%- set max_stack_depth_kb = 2048 -%}
     {%- if execute -%}
-        {%- set server_version_num = run_query("select current_setting('server_version_num')::int").columns[0].values()[0] -%}
+        {%- set settings = run_query(
+            "select current_setting('server_version_num')::int,
+                    pg_size_bytes(current_setting('max_stack_depth')) / 1024"
+        ).rows[0] -%}
+        {%- set server_version_num = settings[0] -%}
+        {%- set max_stack_depth_kb = settings[1] -%}
     {%- endif %}
+    {#- JSON nested deeper than the stack allows makes even `IS JSON` raise; nesting depth is at most half the
+        length, and with the default 2MB stack depth ~12000 parses fine: 5 bytes per kB keeps a 2x margin. -#}
+    {%- set json_fast_path_max_bytes = (max_stack_depth_kb * 5) | int -%}
 create schema if not exists consolidate;
 
 -- Numeric text (optionally signed, decimal, small exponent) -> numeric; anything else -> NULL.
@@ -15,7 +26,7 @@ create or replace function consolidate.try_numeric(t text) returns numeric
 language sql immutable parallel safe
 as $fn$
     select case
-        when length(t) <= 1000
+        when octet_length(t) <= 1000
          and t ~ '^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?\s*$'
         then t::numeric
     end
@@ -26,15 +37,14 @@ create or replace function consolidate.try_int(t text) returns integer
 language sql immutable parallel safe
 as $fn$
     select case
-        when consolidate.try_numeric(t) between -2147483648 and 2147483647
-         and consolidate.try_numeric(t) = trunc(consolidate.try_numeric(t))
-        then consolidate.try_numeric(t)::integer
+        when t !~ '^\s*[+-]?[0-9]{1,10}(\.0*)?\s*$' then null
+        when t::numeric between -2147483648 and 2147483647 then t::numeric::integer
     end
 $fn$;
 
 -- Text -> jsonb, catching every error; the fallback for what try_jsonb cannot check cheaply.
 create or replace function consolidate.try_jsonb_strict(t text) returns jsonb
-language plpgsql immutable parallel safe
+language plpgsql immutable parallel restricted
 as $fn$
 begin
     return t::jsonb;
@@ -44,12 +54,14 @@ end
 $fn$;
 
 {% if server_version_num >= 160000 %}
--- Text -> jsonb when it is JSON, else NULL. `IS JSON` accepts a few documents jsonb rejects
--- (\u0000, lone UTF-16 surrogates, numbers beyond numeric's range): those take the catching path.
+-- Text -> jsonb when it is JSON, else NULL. Take the catching path for long texts (possibly nested
+-- too deep for the stack) and for the few documents `IS JSON` accepts but jsonb rejects (\u0000,
+-- lone UTF-16 surrogates, numbers beyond numeric's range).
 create or replace function consolidate.try_jsonb(t text) returns jsonb
-language sql immutable parallel safe
+language sql immutable parallel restricted
 as $fn$
     select case
+        when octet_length(t) > {{ json_fast_path_max_bytes }} then consolidate.try_jsonb_strict(t)
         when t is not json then null
         when t ~ '\\u(0000|[dD][89abcdefABCDEF])|[eE][+-]?[0-9]{5}' then consolidate.try_jsonb_strict(t)
         else t::jsonb
@@ -58,7 +70,7 @@ $fn$;
 {% else %}
 -- PostgreSQL < 16 has no `IS JSON`: every value takes the catching path.
 create or replace function consolidate.try_jsonb(t text) returns jsonb
-language sql immutable parallel safe
+language sql immutable parallel restricted
 as $fn$
     select consolidate.try_jsonb_strict(t)
 $fn$;
@@ -66,7 +78,7 @@ $fn$;
 
 -- claude-flow's `__compressed__<base64 of JSON>` -> that JSON; bad base64, bad UTF-8 or non-JSON -> NULL.
 create or replace function consolidate.try_decode_compressed(t text) returns jsonb
-language plpgsql immutable parallel safe
+language plpgsql immutable parallel restricted
 as $fn$
 begin
     if t is null or left(t, 14) <> '__compressed__' then

@@ -8,7 +8,6 @@
     The original text is kept alongside as raw_value.
 -#}
 {% macro normalize_memory_value(raw_value, storage_type=none) -%}
-    {%- set is_pickle = storage_type ~ " = 'pickle'" if storage_type else "false" -%}
     {%- set parsed_json -%}
         case
             when left({{ raw_value }}, 14) = '__compressed__' then consolidate.try_decode_compressed({{ raw_value }})
@@ -17,12 +16,16 @@
     {%- endset -%}
     case
         when {{ raw_value }} is null then 'null'::jsonb
-        when {{ is_pickle }} then to_jsonb({{ raw_value }})
+        {% if storage_type -%}
+        when {{ storage_type }} = 'pickle' then to_jsonb({{ raw_value }})
+        {% endif -%}
         else coalesce({{ parsed_json }}, to_jsonb({{ raw_value }}))
     end as value,
     case
         when {{ raw_value }} is null then 'json'
-        when {{ is_pickle }} then 'pickle'
+        {% if storage_type -%}
+        when {{ storage_type }} = 'pickle' then 'pickle'
+        {% endif -%}
         when {{ parsed_json }} is not null then 'json'
         else 'text'
     end as data_type
@@ -41,10 +44,14 @@
     "metadata" so nothing is overwritten. An empty fields object leaves the metadata untouched.
 -#}
 {% macro attach_to_metadata(metadata, fields_key, fields) -%}
+    {%- if fields | trim == "'{}'::jsonb" -%}
+        {{ metadata }}
+    {%- else -%}
     case
         when {{ fields }} = '{}'::jsonb then {{ metadata }}
         when {{ metadata }} is null or jsonb_typeof({{ metadata }}) = 'object'
             then coalesce({{ metadata }}, '{}'::jsonb) || jsonb_build_object('{{ fields_key }}', {{ fields }})
         else jsonb_build_object('metadata', {{ metadata }}, '{{ fields_key }}', {{ fields }})
     end
+    {%- endif -%}
 {%- endmacro %}

@@ -3,7 +3,8 @@
     can hold the other unit, so the magnitude decides: |x| >= 1e11 is milliseconds (1e11 s would be the
     year 5138), else seconds. |x| >= 1e14 fits neither and becomes NULL, as does non-numeric text.
 -#}
-{% macro epoch_to_timestamptz(column) -%}
+{% macro epoch_to_timestamptz(expression) -%}
+    {%- set column = '(' ~ expression ~ ')' -%}
     case
         when abs(consolidate.try_numeric({{ column }})) < 1e11
             then to_timestamp(consolidate.try_numeric({{ column }})::double precision)
@@ -17,7 +18,8 @@
     ISO-like text `YYYY-MM-DD[ T]HH:MM:SS[.fff…][Z|±HH[:MM]]` -> timestamptz; naive values are UTC
     (SQLite's CURRENT_TIMESTAMP, Python's str(datetime.utcnow())). Anything else -> NULL, never an error.
 -#}
-{% macro text_to_timestamptz(column) -%}
+{% macro text_to_timestamptz(expression) -%}
+    {%- set column = '(' ~ expression ~ ')' -%}
     case
         when {{ column }} !~ '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[ T]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3])(:?[0-5][0-9])?)?$'
             then null
