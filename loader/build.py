@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def dbt_arguments(command: str, home: Path, quiet: bool) -> list[str]:
         "--target-path", str((home / "dbt" / "target").absolute()),
         "--log-path", str((home / "dbt" / "logs").absolute()),
     ]
+    arguments.append("--use-colors" if sys.stdout.isatty() else "--no-use-colors")
     return arguments + (["--quiet"] if quiet else [])
 
 
