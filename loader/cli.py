@@ -15,7 +15,7 @@ from loader import build as build_stage
 from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
-from loader.database import DEFAULT_HOME, Target, resolve_target, stop_embedded
+from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
 from loader.discover import Discovery, discover as discover_files
 
 app = typer.Typer(
@@ -270,7 +270,7 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
     for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
         table.add_column(column)
     for v in versions:
-        table.add_row("[green]winner[/green]" if v.winner else "", v.namespace, v.source_db,
+        table.add_row("[green]winner[/green]" if v.winner else v.role, v.namespace, v.source_db,
                       str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
                       v.value_preview)
     out.print(table)
@@ -279,7 +279,7 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
 @db_app.command("url")
 def db_url(home: Home = DEFAULT_HOME) -> None:
     """Start the embedded PostgreSQL if needed and print its connection URL (for psql)."""
-    out.print(resolve_target(None, home).dsn, soft_wrap=True)
+    out.print(embedded_dsn(home), soft_wrap=True)
 
 
 @db_app.command("stop")

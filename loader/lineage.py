@@ -1,1 +1,60 @@
 """Where a memory entry came from: every version of it across files and loads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from loader.database import Target
+
+VERSIONS_QUERY = """
+SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load_id,
+       l.source_db, v.updated_at, v.accessed_at, v.value, v.data_type,
+       CASE WHEN r.is_winner THEN 'winner'
+            WHEN r.is_winner IS NOT NULL THEN 'superseded'
+            ELSE 'earlier load' END AS role
+FROM intermediate.int_memory_all_loads AS v
+JOIN consolidate.load_files AS l ON l.load_id = v.load_id AND l.source_path = v.source_path
+LEFT JOIN intermediate.int_memory_ranked AS r
+       ON r.load_id = v.load_id AND r.source_path = v.source_path
+      AND r.source_table = v.source_table AND r.source_rowid = v.source_rowid
+WHERE v.key = %(key)s AND (%(namespace)s::text IS NULL OR v.namespace = %(namespace)s)
+ORDER BY v.namespace, r.version_rank NULLS LAST, v.loaded_at DESC, v.source_path, v.source_rowid
+"""
+
+
+@dataclass
+class Version:
+    key: str
+    namespace: str
+    source_path: str
+    source_table: str
+    source_rowid: int | None
+    load_id: str
+    source_db: str
+    updated_at: datetime | None
+    accessed_at: datetime | None
+    value: object
+    data_type: str
+    role: str
+
+    @property
+    def winner(self) -> bool:
+        return self.role == "winner"
+
+    @property
+    def value_preview(self) -> str:
+        text = json.dumps(self.value, ensure_ascii=False)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def versions(target: Target, key: str, namespace: str | None = None) -> list[Version]:
+    """Every version of `key` (in `namespace`, or in any): the current winner, the versions it
+    superseded, and versions from earlier loads of a file."""
+    with target.connect() as connection:
+        rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
+    return [Version(*row) for row in rows]

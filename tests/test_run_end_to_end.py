@@ -163,6 +163,17 @@ def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sam
         if counts:
             assert count == max(counts), identity
 
+    duplicated = next(identity for identity, winner in best.items()
+                      if identity[1] != PERFORMANCE and sum(
+                          (v["key"], v["namespace"]) == identity for v in versions) > 1)
+    traced = consolidate("lineage", duplicated[0], "--namespace", duplicated[1], "--json", target=target, home=home)
+    assert traced.returncode == 0, traced.stderr
+    lineage = json.loads(traced.stdout)
+    expected_sources = sorted((v["path"], v["rowid"]) for v in versions if (v["key"], v["namespace"]) == duplicated)
+    assert sorted((v["source_path"], v["source_rowid"]) for v in lineage) == expected_sources
+    (winner,) = [v for v in lineage if v["role"] == "winner"]
+    assert (winner["source_path"], winner["source_rowid"]) == (best[duplicated]["path"], best[duplicated]["rowid"])
+
 
 def test_run_over_the_real_databases_reconciles_every_file(realdata, target, home, tmp_path):
     result = consolidate("run", str(realdata), "--json", target=target, home=home)

@@ -1,19 +1,9 @@
 {{ config(materialized='view') }}
 {#- A view: int_memory_ranked reads it once, so a table would only store every version twice. -#}
 
-{%- set memory_models = [
-    'stg_claude_flow_v2__memory_entries',
-    'stg_claude_flow_v3__memory_entries',
-    'stg_extended_memory__memory_store',
-] -%}
-
 with all_memory_versions as (
 
-    {% for model in memory_models %}
-    select {{ memory_version_columns() | join(', ') }}
-    from {{ ref(model) }}
-    {% if not loop.last %}union all{% endif %}
-    {% endfor %}
+    select * from {{ ref('int_memory_all_loads') }}
 
 ),
 
