@@ -171,13 +171,13 @@ class Problem:
 # ---------------------------------------------------------------------------------------- backing up
 
 def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry], None] | None = None,
-           overwrite: bool = False, attempts: int = COPY_ATTEMPTS) -> BackupManifest:
+           overwrite: bool = False, attempts: int = COPY_ATTEMPTS, exclude: list[Path] = ()) -> BackupManifest:
     """Back up every database discovered under `roots` into `destination`. Raise `BackupError` if the
     destination may not be written (see the module docstring). Call `on_file` with each entry as it is done."""
     roots = [root.absolute() for root in roots]
     destination = destination.absolute()
-    check_destination(destination, roots, overwrite)
-    found = discover(roots)
+    check_destination(destination, roots, overwrite, exclude)
+    found = discover(roots, exclude)
     staging = make_staging_folder(destination)
     try:
         entries = []
@@ -298,10 +298,10 @@ def root_index(source: SourceFile, roots: list[Path]) -> int:
 
 # ------------------------------------------------------------------------------------- destination
 
-def check_destination(destination: Path, roots: list[Path], overwrite: bool) -> None:
+def check_destination(destination: Path, roots: list[Path], overwrite: bool, exclude: list[Path] = ()) -> None:
     """Raise `BackupError` unless `destination` is missing, empty, or (with `overwrite`) an earlier backup
     holding nothing but what its manifest lists."""
-    refuse_overlap_with_roots(destination, roots)
+    refuse_overlap_with_roots(destination, roots, exclude)
     if not destination.exists():
         return
     if not destination.is_dir():
@@ -318,8 +318,12 @@ def check_destination(destination: Path, roots: list[Path], overwrite: bool) -> 
                           f"{', ...' if len(unlisted) > 5 else ''}); not replacing it")
 
 
-def refuse_overlap_with_roots(destination: Path, roots: list[Path]) -> None:
+def refuse_overlap_with_roots(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
+    """A destination inside a root would be backed up by the next run, unless it lies in a folder
+    discovery never searches (`exclude`: the tool's own state folder)."""
     real_destination = destination.resolve()
+    if any(real_destination.is_relative_to(folder.resolve()) for folder in exclude):
+        return
     for root in roots:
         real_root = root.resolve()
         if real_root.is_dir() and real_destination.is_relative_to(real_root):

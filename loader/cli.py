@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -74,10 +75,10 @@ def discovery_table(found: Discovery) -> Table:
 
 
 @app.command()
-def discover(roots: Roots, as_json: AsJson = False) -> None:
+def discover(roots: Roots, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
     """Find SQLite files by their header and classify each by schema (claude-flow-v2, claude-flow-v3,
     extended-memory, n8n, flowise, other), with size, sha256, tables and row counts."""
-    found = discover_files(roots)
+    found = discover_files(roots, exclude=[home])
     if as_json:
         print_json({"files": [f.to_json() for f in found.files],
                     "warnings": [w.to_json() for w in found.warnings]})
@@ -118,7 +119,7 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     """Copy every table of every discovered database into PostgreSQL raw schemas (raw_claude_flow_v2,
     raw_claude_flow_v3, raw_extended_memory, raw_n8n, raw_flowise, raw_other) from a private copy,
     each file in one transaction, every row stamped with its lineage. Exit 3 if a file could not be read."""
-    found = discover_files(roots)
+    found = discover_files(roots, exclude=[home])
     print_warnings(found)
     outcome = run_load(found, target_for(dsn, home, schema), roots, force, as_json)
     if as_json:
@@ -152,14 +153,36 @@ def summary_table(rows: list[report.FileSummary]) -> Table:
     return table
 
 
+def default_backup_folder(home: Path) -> Path:
+    return home / "backups" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool) -> Path:
+    """Plan phase 1 before anything is loaded: a verified backup, or stop the run."""
+    if not quiet:
+        err.print(f"Backing up to {folder}")
+    try:
+        manifest = backup_stage.backup(roots, folder, exclude=[home])
+    except backup_stage.BackupError as error:
+        err.print(f"[red]backup refused:[/red] {error} (or pass --no-backup)")
+        raise typer.Exit(EXIT_USAGE)
+    for entry in manifest.failed:
+        err.print(f"[red]could not back up[/red] {entry.path}: {entry.reason}")
+    return folder
+
+
 @app.command()
 def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
         force: Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")] = False,
+        no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the backup taken before loading.")] = False,
+        backup_to: Annotated[Optional[Path], typer.Option(
+            "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         as_json: AsJson = False) -> None:
     """discover → load → build → a reconciliation table per source file. Exit 0 only when every file
     reconciles and every dbt test passes; 1 when something does not reconcile or a test fails; 3 when
     a SQLite source could not be read. Non-SQLite files and orphan -wal files are warnings only."""
-    found = discover_files(roots)
+    backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json)
+    found = discover_files(roots, exclude=[home])
     print_warnings(found)
     target = target_for(dsn, home, schema)
     loaded = run_load(found, target, roots, force, as_json)
@@ -168,6 +191,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     reconciled = built.success and all(row.reconciled for row in summary)
     if as_json:
         print_json({"load_id": loaded.load_id, "reconciled": reconciled, "build": built.to_json(),
+                    "backup": str(backed_up) if backed_up else None,
                     "files": [row.to_json() for row in summary],
                     "warnings": [w.to_json() for w in found.warnings]})
     else:
@@ -211,6 +235,7 @@ def backup(
         "--verify", help="Instead of backing up, check this backup folder against its manifest.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the earlier backup in --to (refused if it holds files its manifest does not list).")] = False,
+    home: Home = DEFAULT_HOME,
     as_json: AsJson = False,
 ) -> None:
     """Back up every discovered database (plan phase 1): one consistent single-file copy each, made
@@ -228,7 +253,7 @@ def backup(
         if not as_json:
             err.print(f"  {entry.status:>9} {entry.source_db}")
     try:
-        manifest = backup_stage.backup(roots, to, on_file=progress, overwrite=overwrite)
+        manifest = backup_stage.backup(roots, to, on_file=progress, overwrite=overwrite, exclude=[home])
     except backup_stage.BackupError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(EXIT_USAGE)

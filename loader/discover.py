@@ -98,15 +98,21 @@ def is_wal_only_database(path: Path) -> bool:
     return path.stat().st_size == 0 and wal.exists() and wal.stat().st_size > 0
 
 
-def walk_files(root: Path):
-    """Every regular file under root, following symlinks but never a directory twice."""
+def is_inside(path: str, folders: list[str]) -> bool:
+    return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
+
+
+def walk_files(root: Path, exclude: list[Path] = ()):
+    """Every regular file under root, following symlinks but never a directory twice, and never
+    inside an excluded folder (the tool's own state: its backups are SQLite files too)."""
     if root.is_file():
         yield root
         return
     seen: set[str] = set()
+    excluded = [os.path.realpath(folder) for folder in exclude]
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in seen or is_inside(real, excluded):
             subfolders[:] = []
             continue
         seen.add(real)
@@ -139,7 +145,7 @@ def inspect_schema(source: SourceFile) -> None:
         source.error = f"cannot copy: {error}"
 
 
-def discover(roots: list[Path]) -> Discovery:
+def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
     files: list[SourceFile] = []
     warnings: list[DiscoveryWarning] = []
     seen_paths: set[Path] = set()
@@ -149,7 +155,7 @@ def discover(roots: list[Path]) -> Discovery:
         if not root.exists():
             warnings.append(DiscoveryWarning(root, "does not exist"))
             continue
-        for path in walk_files(root):
+        for path in walk_files(root, exclude):
             path = path.absolute()
             real = path.resolve()
             if real in seen_paths:

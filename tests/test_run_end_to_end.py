@@ -127,6 +127,8 @@ def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sam
     assert checksums(sample_tree) == before
     report = json.loads(result.stdout)
     assert report["reconciled"] is True
+    assert Path(report["backup"]).is_relative_to(home)
+    assert consolidate("backup", "--verify", report["backup"]).returncode == 0
     warned = {Path(w["path"]).name for w in report["warnings"]}
     assert {"ruvector.db", "memory.db-wal"} <= warned
 
@@ -204,3 +206,32 @@ def test_discover_json_lists_kinds_and_copies(sample_tree):
     assert len(copies) == 1
     original = next(f for f in files if f["path"] == copies[0]["copy_of"])
     assert (original["sha256"], original["wal_sha256"]) == (copies[0]["sha256"], copies[0]["wal_sha256"])
+
+
+def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, target, home, realdata):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "good.db").write_bytes((realdata / "claude-flow/Agentist-Elder__transformers-predictions/memory.db").read_bytes())
+    (tree / "broken.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    result = consolidate("run", str(tree), "--json", target=target, home=home)
+    assert result.returncode == 3, result.stderr[-2000:]
+    files = {Path(f["source_path"]).name: f for f in json.loads(result.stdout)["files"]}
+    assert files["broken.db"]["status"] == "failed" and files["good.db"]["status"] == "loaded"
+    assert files["good.db"]["reconciled"]
+    with target.connect() as connection:
+        (message,) = connection.execute(
+            "SELECT error_message FROM migration_metadata WHERE source_file = %s", (str(tree / "broken.db"),)).fetchone()
+    assert message
+
+
+def test_build_exits_1_when_raw_no_longer_matches_the_ledger(tmp_path, target, home, realdata):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "memory.db").write_bytes((realdata / "claude-flow/Agentist-Elder__transformers-predictions/memory.db").read_bytes())
+    assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
+    with target.connect() as connection:
+        connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE _source_rowid = "
+                           "(SELECT min(_source_rowid) FROM raw_claude_flow_v2.memory_entries)")
+    result = consolidate("build", target=target, home=home)
+    assert result.returncode == 1
+    assert "assert_ledger_counts_match_raw" in result.stdout + result.stderr

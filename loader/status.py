@@ -1,0 +1,262 @@
+"""`consolidate status`: the ledger at a glance, and whether each file on disk still matches it.
+
+For every source path the ledger has ever seen: the kind and status of its latest ledger row, its
+current load (the load whose rows are current in raw, `consolidate.current_loads`) with rows in SQLite,
+rows loaded and checksums, how the file on disk compares with that load, its last failure, and the
+time since it was last in sync. Plus totals and the latest `consolidate load` as a whole.
+
+On disk, a file is `unchanged` (main file and `-wal` have the current load's sha256), `changed`,
+`missing`, or None when it exists but has no current load to compare with (it only ever failed, or
+is a copy of another file). Files are hashed, never opened as databases.
+
+"In sync" means the ledger's latest row saying raw holds exactly this file's content: a `loaded`
+row, or an `unchanged` one (checked, same checksums as the loaded version).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from loader.database import Target
+from loader.raw_contract import LEDGER_SCHEMA
+from loader.snapshot import sha256_or_none, side_file
+
+UNCHANGED, CHANGED, MISSING = "unchanged", "changed", "missing"
+LEDGER_RELATIONS = ("loads", "load_files", "current_loads")
+NO_LEDGER_MESSAGE = ("no load has run against this database yet (there is no consolidate ledger); "
+                     "run `consolidate load` or `consolidate run`")
+EMPTY_LEDGER_MESSAGE = "the ledger records no file yet"
+
+
+def iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+@dataclass
+class CurrentLoad:
+    """The load whose rows are current in raw for one file."""
+
+    load_id: str
+    loaded_at: datetime
+    rows_in_sqlite: int | None
+    rows_loaded: int | None
+    sha256: str
+    wal_sha256: str | None
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "loaded_at": iso(self.loaded_at),
+                "rows_in_sqlite": self.rows_in_sqlite, "rows_loaded": self.rows_loaded,
+                "sha256": self.sha256, "wal_sha256": self.wal_sha256}
+
+
+@dataclass
+class Failure:
+    load_id: str
+    failed_at: datetime
+    error_message: str | None
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "failed_at": iso(self.failed_at), "error_message": self.error_message}
+
+
+@dataclass
+class FileStatus:
+    source_path: str
+    source_db: str
+    kind: str
+    status: str
+    last_load_id: str
+    last_load_at: datetime
+    current: CurrentLoad | None
+    on_disk: str | None
+    last_failure: Failure | None
+    last_synced_at: datetime | None
+    seconds_since_sync: float | None
+
+    def to_json(self) -> dict:
+        return {"source_path": self.source_path, "source_db": self.source_db, "kind": self.kind,
+                "status": self.status, "last_load_id": self.last_load_id,
+                "last_load_at": iso(self.last_load_at),
+                "current": self.current.to_json() if self.current else None, "on_disk": self.on_disk,
+                "last_failure": self.last_failure.to_json() if self.last_failure else None,
+                "last_synced_at": iso(self.last_synced_at), "seconds_since_sync": self.seconds_since_sync}
+
+
+@dataclass
+class LoadRun:
+    """One `consolidate load` invocation, from `consolidate.loads`."""
+
+    load_id: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    roots: list[str]
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "started_at": iso(self.started_at),
+                "finished_at": iso(self.finished_at), "status": self.status, "roots": self.roots}
+
+
+@dataclass
+class Totals:
+    files: int
+    rows_in_sqlite: int
+    rows_loaded: int
+    failed_files: int
+    changed_files: int
+    missing_files: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StatusReport:
+    files: list[FileStatus]
+    last_load: LoadRun | None
+    message: str | None = None
+
+    @property
+    def totals(self) -> Totals:
+        current = [f.current for f in self.files if f.current]
+        return Totals(
+            files=len(self.files),
+            rows_in_sqlite=sum(c.rows_in_sqlite or 0 for c in current),
+            rows_loaded=sum(c.rows_loaded or 0 for c in current),
+            failed_files=sum(f.status == "failed" for f in self.files),
+            changed_files=sum(f.on_disk == CHANGED for f in self.files),
+            missing_files=sum(f.on_disk == MISSING for f in self.files))
+
+    def to_json(self) -> dict:
+        return {"message": self.message, "last_load": self.last_load.to_json() if self.last_load else None,
+                "totals": self.totals.to_json(), "files": [f.to_json() for f in self.files]}
+
+
+# ------------------------------------------------------------------------------------------ ledger
+
+def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether a table or view `schema.name` exists (names taken literally, never parsed)."""
+    row = connection.execute(
+        "SELECT 1 FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+    return row is not None
+
+
+def ledger_exists(connection: psycopg.Connection) -> bool:
+    return all(relation_exists(connection, LEDGER_SCHEMA, name) for name in LEDGER_RELATIONS)
+
+
+FILES_QUERY = """
+WITH latest AS (
+    SELECT DISTINCT ON (source_path) source_path, source_db, kind, status, load_id,
+           coalesce(completed_at, started_at) AS at
+    FROM {ledger}.load_files
+    ORDER BY source_path, started_at DESC, load_id DESC
+), current_load AS (
+    SELECT f.source_path, f.load_id, f.completed_at, f.rows_in_sqlite, f.rows_loaded,
+           f.source_sha256, f.wal_sha256
+    FROM {ledger}.current_loads AS c
+    JOIN {ledger}.load_files AS f USING (load_id, source_path)
+), last_failure AS (
+    SELECT DISTINCT ON (source_path) source_path, load_id, coalesce(completed_at, started_at) AS at,
+           error_message
+    FROM {ledger}.load_files
+    WHERE status = 'failed'
+    ORDER BY source_path, started_at DESC, load_id DESC
+), last_sync AS (
+    SELECT source_path, max(completed_at) AS at
+    FROM {ledger}.load_files
+    WHERE status IN ('loaded', 'unchanged')
+    GROUP BY source_path
+)
+SELECT latest.source_path, latest.source_db, latest.kind, latest.status,
+       latest.load_id AS last_load_id, latest.at AS last_load_at,
+       current_load.load_id AS current_load_id, current_load.completed_at AS current_loaded_at,
+       current_load.rows_in_sqlite, current_load.rows_loaded,
+       current_load.source_sha256, current_load.wal_sha256,
+       last_failure.load_id AS failed_load_id, last_failure.at AS failed_at, last_failure.error_message,
+       last_sync.at AS synced_at
+FROM latest
+LEFT JOIN current_load USING (source_path)
+LEFT JOIN last_failure USING (source_path)
+LEFT JOIN last_sync USING (source_path)
+ORDER BY latest.source_path
+"""
+
+LAST_LOAD_QUERY = """
+SELECT load_id, started_at, finished_at, status, roots
+FROM {ledger}.loads
+ORDER BY started_at DESC, load_id DESC
+LIMIT 1
+"""
+
+
+def ledger_query(text: str) -> sql.Composed:
+    return sql.SQL(text).format(ledger=sql.Identifier(LEDGER_SCHEMA))
+
+
+def read_last_load(connection: psycopg.Connection) -> LoadRun | None:
+    row = connection.execute(ledger_query(LAST_LOAD_QUERY)).fetchone()
+    return LoadRun(*row) if row else None
+
+
+# ------------------------------------------------------------------------------------------- disk
+
+def disk_checksums(path: Path) -> tuple[str | None, str | None]:
+    """sha256 of the main file and of its `-wal` as they are now (None for one that does not exist)."""
+    return sha256_or_none(path), sha256_or_none(side_file(path, "-wal"))
+
+
+def compare_with_disk(path: Path, current: CurrentLoad | None) -> str | None:
+    if current is None:
+        return None if path.exists() else MISSING
+    main, wal = disk_checksums(path)
+    if main is None:
+        return MISSING
+    return UNCHANGED if (main, wal) == (current.sha256, current.wal_sha256) else CHANGED
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def current_load_of(row: dict) -> CurrentLoad | None:
+    if row["current_load_id"] is None:
+        return None
+    return CurrentLoad(load_id=row["current_load_id"], loaded_at=row["current_loaded_at"],
+                       rows_in_sqlite=row["rows_in_sqlite"], rows_loaded=row["rows_loaded"],
+                       sha256=row["source_sha256"], wal_sha256=row["wal_sha256"])
+
+
+def failure_of(row: dict) -> Failure | None:
+    if row["failed_load_id"] is None:
+        return None
+    return Failure(load_id=row["failed_load_id"], failed_at=row["failed_at"], error_message=row["error_message"])
+
+
+def file_status(row: dict, now: datetime) -> FileStatus:
+    current = current_load_of(row)
+    synced_at = row["synced_at"]
+    return FileStatus(
+        source_path=row["source_path"], source_db=row["source_db"], kind=row["kind"], status=row["status"],
+        last_load_id=row["last_load_id"], last_load_at=row["last_load_at"], current=current,
+        on_disk=compare_with_disk(Path(row["source_path"]), current), last_failure=failure_of(row),
+        last_synced_at=synced_at, seconds_since_sync=(now - synced_at).total_seconds() if synced_at else None)
+
+
+def status(target: Target) -> StatusReport:
+    """What the ledger in `target` says about every file it has seen, and how each file on disk compares.
+    A database without a ledger gives an empty report whose message says so."""
+    with target.connect() as connection:
+        if not ledger_exists(connection):
+            return StatusReport(files=[], last_load=None, message=NO_LEDGER_MESSAGE)
+        last_load = read_last_load(connection)
+        with connection.cursor(row_factory=dict_row) as cursor:
+            rows = cursor.execute(ledger_query(FILES_QUERY)).fetchall()
+    now = datetime.now(timezone.utc)
+    files = [file_status(row, now) for row in rows]
+    return StatusReport(files=files, last_load=last_load, message=None if files else EMPTY_LEDGER_MESSAGE)
