@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
 
 from loader.database import Target
 
@@ -35,13 +38,27 @@ def dbt_arguments(command: str, home: Path, quiet: bool) -> list[str]:
     return arguments + (["--quiet"] if quiet else [])
 
 
+@contextlib.contextmanager
+def password_free_argv(target: Target):
+    """dbt logs the process's command line, which may hold `--dsn` with a password: hide it."""
+    password = conninfo_to_dict(target.dsn).get("password")
+    original = sys.argv
+    if password:
+        sys.argv = [argument.replace(password, "***") for argument in original]
+    try:
+        yield
+    finally:
+        sys.argv = original
+
+
 def run_dbt(command: str, target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
     """Invoke dbt in-process with the connection settings of `target`."""
     from dbt.cli.main import dbtRunner
 
     os.environ.update(target.dbt_environment())
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    result = dbtRunner().invoke(dbt_arguments(command, home, quiet))
+    with password_free_argv(target):
+        result = dbtRunner().invoke(dbt_arguments(command, home, quiet))
     outcome = BuildOutcome(success=bool(result.success))
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)

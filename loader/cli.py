@@ -18,6 +18,7 @@ from loader import load as load_stage
 from loader import report, sample as sample_tree
 from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
 from loader.discover import Discovery, discover as discover_files
+from loader.secret_policy import PolicyError, load_policy
 
 app = typer.Typer(
     help="Consolidate many SQLite databases into one PostgreSQL schema, and prove nothing was lost.",
@@ -44,6 +45,9 @@ Home = Annotated[Path, typer.Option(
     help="State folder: the embedded PostgreSQL's data and dbt's target/logs.")]
 Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA",
                                      help="Schema the marts (unified_memory, ...) are built in.")]
+Secrets = Annotated[Optional[Path], typer.Option(
+    "--secrets", exists=True, dir_okay=False,
+    help="TOML file overriding the secret-column policy (hash / exclude / keep per kind.table.column).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines instead of tables.")]
 
 
@@ -103,17 +107,25 @@ def print_load_failures(outcome: load_stage.LoadOutcome) -> None:
         err.print(f"[red]could not load[/red] {failed.source.path}: {failed.error}")
 
 
-def run_load(found: Discovery, target: Target, roots: list[Path], force: bool, quiet: bool):
+def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, secrets: Path | None,
+             force: bool, quiet: bool):
     def progress(outcome: load_stage.FileOutcome) -> None:
         if not quiet:
             colour = "red" if outcome.status == "failed" else "green"
             err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {outcome.source.source_db} "
                       f"({outcome.rows_loaded:,} rows)")
-    return load_stage.load(found, target, [str(r.absolute()) for r in roots], force=force, on_file=progress)
+    try:
+        policy = load_policy(home, secrets)
+    except PolicyError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE)
+    return load_stage.load(found, target, [str(r.absolute()) for r in roots], policy, force=force,
+                           on_file=progress)
 
 
 @app.command()
 def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+         secrets: Secrets = None,
          force: Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")] = False,
          as_json: AsJson = False) -> None:
     """Copy every table of every discovered database into PostgreSQL raw schemas (raw_claude_flow_v2,
@@ -121,7 +133,7 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     each file in one transaction, every row stamped with its lineage. Exit 3 if a file could not be read."""
     found = discover_files(roots, exclude=[home])
     print_warnings(found)
-    outcome = run_load(found, target_for(dsn, home, schema), roots, force, as_json)
+    outcome = run_load(found, target_for(dsn, home, schema), roots, home, secrets, force, as_json)
     if as_json:
         print_json(outcome.to_json())
     else:
@@ -173,6 +185,7 @@ def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool) -> Path
 
 @app.command()
 def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+        secrets: Secrets = None,
         force: Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")] = False,
         no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the backup taken before loading.")] = False,
         backup_to: Annotated[Optional[Path], typer.Option(
@@ -185,7 +198,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     found = discover_files(roots, exclude=[home])
     print_warnings(found)
     target = target_for(dsn, home, schema)
-    loaded = run_load(found, target, roots, force, as_json)
+    loaded = run_load(found, target, roots, home, secrets, force, as_json)
     built = build_stage.build(target, home, quiet=as_json)
     summary = report.summarize(target, loaded.load_id)
     reconciled = built.success and all(row.reconciled for row in summary)

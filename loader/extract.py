@@ -72,11 +72,12 @@ def attach_sqlite(duck: duckdb.DuckDBPyConnection, database: Path, alias: str) -
 
 
 def export_csv(duck: duckdb.DuckDBPyConnection, alias: str, table: SourceTable, target: Path,
-               constants: list[str]) -> None:
-    """Write the table as CSV: rowid, the source columns, then `constants` on every row. Every
-    non-NULL value is quoted, so PostgreSQL tells NULL (unquoted empty) from '' (quoted empty)."""
+               column_expressions: list[str], constants: list[str]) -> None:
+    """Write the table as CSV: rowid, one value per source column (`column_expressions`, in the
+    order of table.columns), then `constants` on every row. Every non-NULL value is quoted, so
+    PostgreSQL tells NULL (unquoted empty) from '' (quoted empty)."""
     rowid = "rowid" if table.has_rowid else "NULL"
-    columns = ", ".join([rowid] + [quote(c) for c in table.columns] + [literal(c) for c in constants])
+    columns = ", ".join([rowid, *column_expressions] + [literal(c) for c in constants])
     duck.execute(
         f"COPY (SELECT {columns} FROM {alias}.{quote(table.name)}) "
         f"TO {literal(target.as_posix())} (FORMAT csv, HEADER false, FORCE_QUOTE *)")

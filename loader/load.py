@@ -20,6 +20,7 @@ from loader.database import Target
 from loader.discover import Discovery, SourceFile
 from loader.extract import SourceTable, attach_sqlite, duckdb_session, export_csv, list_tables, quote
 from loader.raw_contract import RAW_SCHEMAS
+from loader.secret_policy import SecretPolicy
 from loader.snapshot import SourceKeptChanging, private_copy
 
 COPY_CHUNK = 1 << 20
@@ -76,10 +77,10 @@ def copy_csv_into(cursor: psycopg.Cursor, schema: str, table: SourceTable, csv_p
 
 
 def load_table(cursor: psycopg.Cursor, duck, schema: str, table: SourceTable, database: Path,
-               lineage: list[str]) -> int:
+               column_expressions: list[str], lineage: list[str]) -> int:
     ledger.ensure_raw_table(cursor, schema, table.name, table.columns)
     csv_path = database.with_suffix(".csv")
-    export_csv(duck, "src", table, csv_path, lineage)
+    export_csv(duck, "src", table, csv_path, column_expressions, lineage)
     try:
         copied = copy_csv_into(cursor, schema, table, csv_path)
     finally:
@@ -89,7 +90,8 @@ def load_table(cursor: psycopg.Cursor, duck, schema: str, table: SourceTable, da
     return copied
 
 
-def load_file(connection: psycopg.Connection, duck, load_id: str, source: SourceFile) -> FileOutcome:
+def load_file(connection: psycopg.Connection, duck, load_id: str, source: SourceFile,
+              policy: SecretPolicy) -> FileOutcome:
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
@@ -105,7 +107,9 @@ def load_file(connection: psycopg.Connection, duck, load_id: str, source: Source
                 lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
                 for table in tables:
                     try:
-                        copied = load_table(cursor, duck, schema, table, snapshot.path, lineage)
+                        columns = [policy.select_expression(source.kind, table.name, column, quote(column))
+                                   for column in table.columns]
+                        copied = load_table(cursor, duck, schema, table, snapshot.path, columns, lineage)
                     except (psycopg.Error, duckdb.Error, CountMismatch) as error:
                         raise TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}") from error
                     ledger.record_table(cursor, load_id, record.source_path, table.name, schema,
@@ -131,8 +135,8 @@ def record_outcome_without_rows(connection: psycopg.Connection, load_id: str, so
     return FileOutcome(source, status, error=error)
 
 
-def load(discovery: Discovery, target: Target, roots: list[str], *, force: bool = False,
-         on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> LoadOutcome:
+def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretPolicy, *,
+         force: bool = False, on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> LoadOutcome:
     """Load every discovered file; return what happened to each. Never raises for a bad file."""
     with target.connect() as connection:
         ledger.bootstrap(connection)
@@ -141,7 +145,7 @@ def load(discovery: Discovery, target: Target, roots: list[str], *, force: bool 
         duck = duckdb_session()
         try:
             for source in discovery.files:
-                outcome = load_one(connection, duck, load_id, source, force)
+                outcome = load_one(connection, duck, load_id, source, policy, force)
                 outcomes.append(outcome)
                 on_file(outcome)
         finally:
@@ -151,7 +155,8 @@ def load(discovery: Discovery, target: Target, roots: list[str], *, force: bool 
         return LoadOutcome(load_id, outcomes)
 
 
-def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceFile, force: bool) -> FileOutcome:
+def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceFile, policy: SecretPolicy,
+             force: bool) -> FileOutcome:
     if source.copy_of is not None:
         return record_outcome_without_rows(connection, load_id, source, "copy")
     if source.error is not None:
@@ -159,7 +164,7 @@ def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceF
     if not force and ledger.current_checksums(connection, str(source.path)) == source.identity:
         return record_outcome_without_rows(connection, load_id, source, "unchanged")
     try:
-        return load_file(connection, duck, load_id, source)
+        return load_file(connection, duck, load_id, source, policy)
     except TableFailed as error:
         return record_outcome_without_rows(connection, load_id, source, "failed", str(error))
     except (psycopg.Error, duckdb.Error, sqlite3.Error, OSError, SourceKeptChanging) as error:

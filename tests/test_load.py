@@ -12,13 +12,14 @@ from psycopg import sql
 
 from loader.discover import discover
 from loader.load import load
+from loader.secret_policy import SecretPolicy
 from conftest import read_private_copy
 
 WAL_ROWS_FILE = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"
 
 
 def run_load(roots: list[Path], target, **kwargs):
-    return load(discover(roots), target, [str(r) for r in roots], **kwargs)
+    return load(discover(roots), target, [str(r) for r in roots], SecretPolicy(key=b"test key"), **kwargs)
 
 
 def raw_count(target, schema: str, table: str, source_path: Path) -> int:

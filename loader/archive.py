@@ -1,0 +1,614 @@
+"""Archive (plan phase 5): zip the SQLite files whose exact bytes were migrated and validated, then
+optionally remove the originals.
+
+Which files pass
+----------------
+A discovered file passes when all of these hold:
+- the ledger has a current load for its path (`consolidate.current_loads`);
+- its bytes now have that load's sha256 (main file) and WAL sha256 (or, like then, no `-wal`);
+- every table of that load has rows_in_sqlite = rows_loaded in `consolidate.load_tables`;
+- if that load brought memory tables, the `reconciliation` mart in `target.schema` has a row for the
+  path, built for that same load, with reconciled = true.
+Every other file is refused with the reason, and nothing of it is archived or removed.
+
+The archive
+-----------
+`<destination>/consolidate-archive-<UTC stamp>-<hex>.zip` (deflate) holds `manifest.json` and, under
+`files/`, each passing file's main file with its `-wal` and `-journal` exactly as they are on disk.
+They are copied by `snapshot.consistent_copy`, never opened, and the copy is accepted only if its
+checksums are the ledger's. The `-shm` is not archived: it is only an index of the WAL. Member paths
+follow backup.py: `files/<source_db>` with one root, `files/<n>-<root folder name>/<source_db>` with
+several. Beside the zip, `<archive>.zip.sha256` holds its sha256 in `sha256sum` format.
+
+`manifest.json` (see `ArchiveManifest.to_json`, format `consolidate-archive/1`) lists every archived
+file (original path, kind, the ledger load id, sha256 and WAL sha256) with its members (name in the zip,
+original path, sha256, size), and every refused file with the reason. It also records archived_at,
+the tool version, the roots and the schema of the reconciliation mart.
+
+Destination rules
+-----------------
+A missing or empty folder, or a folder holding nothing but consolidate archives, is written to: each
+run adds one archive. Anything else is refused (`ArchiveError`), as is a folder inside a root or one
+that contains a root. The archive is written and verified in a hidden sibling folder
+(`.<name>.partial-*`, mode 0700, since the databases hold credentials), then moved in. If no file
+passes, nothing is written.
+
+Removing originals
+------------------
+`remove_archived_originals` deletes a file's main file, `-wal`, `-shm` and `-journal` only when the
+whole archive verifies, the ledger still shows the file fully migrated (the rules above), and its
+main file, `-wal` and `-journal` on disk still have exactly the archived checksums. Otherwise it
+refuses that file, with the reason, and deletes nothing of it. The main file goes first, so an
+interruption leaves at worst an orphan `-wal`, which discovery reports, rather than a main file
+silently missing its WAL rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from psycopg import sql
+
+from loader import __version__
+from loader.backup import backup_relative_path, flush_to_disk
+from loader.database import Target
+from loader.discover import SourceFile, discover
+from loader.raw_contract import LEDGER_SCHEMA
+from loader.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
+                             sha256_of, side_file)
+from loader.status import ledger_exists, relation_exists
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "consolidate-archive/1"
+MEMBERS_FOLDER = "files"
+CHECKSUM_SUFFIX = ".sha256"
+ARCHIVE_FILE = re.compile(r"consolidate-archive-\d{8}T\d{6}Z-[0-9a-f]+\.zip(\.sha256)?")
+# The bytes archived per file, and their labels in reasons: main file, WAL, hot journal.
+ARCHIVED_SUFFIXES = CHANGE_DETECTING_SUFFIXES
+SUFFIX_LABELS = {"": "main file", "-wal": "-wal", "-journal": "-journal"}
+REMOVED_SUFFIXES = ("", "-wal", "-shm", "-journal")
+# The raw tables the reconciliation mart counts: the dbt macro memory_raw_tables().
+MEMORY_RAW_TABLES = ["raw_claude_flow_v2.memory_entries", "raw_claude_flow_v3.memory_entries",
+                     "raw_extended_memory.memory_store"]
+READ_CHUNK = 1 << 20
+NO_LEDGER_REASON = "no load has run against this database (there is no consolidate ledger)"
+
+
+class ArchiveError(Exception):
+    """The archive cannot be written or read. The message says why and what to do."""
+
+
+# -------------------------------------------------------------------------------------- manifest
+
+@dataclass
+class Member:
+    """One file inside the archive."""
+
+    name: str
+    original: str
+    sha256: str
+    size_bytes: int
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "original": self.original, "sha256": self.sha256, "size_bytes": self.size_bytes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Member:
+        return cls(name=data["name"], original=data["original"], sha256=data["sha256"],
+                   size_bytes=data["size_bytes"])
+
+
+@dataclass
+class ArchivedFile:
+    """A source database in the archive: its main file and side files, and the load that migrated it."""
+
+    path: str
+    source_db: str
+    kind: str
+    load_id: str
+    sha256: str
+    wal_sha256: str | None
+    members: list[Member]
+
+    def archived_state(self) -> tuple[str | None, ...]:
+        """sha256 of the archived main file, `-wal` and `-journal` (None for one not archived), in the
+        shape of `snapshot.file_set_state`."""
+        by_original = {member.original: member.sha256 for member in self.members}
+        return tuple(by_original.get(str(side_file(Path(self.path), suffix))) for suffix in ARCHIVED_SUFFIXES)
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "source_db": self.source_db, "kind": self.kind, "load_id": self.load_id,
+                "sha256": self.sha256, "wal_sha256": self.wal_sha256,
+                "members": [member.to_json() for member in self.members]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArchivedFile:
+        return cls(path=data["path"], source_db=data["source_db"], kind=data["kind"], load_id=data["load_id"],
+                   sha256=data["sha256"], wal_sha256=data.get("wal_sha256"),
+                   members=[Member.from_json(member) for member in data["members"]])
+
+
+@dataclass
+class Refusal:
+    """A file that was not archived, and why."""
+
+    path: str
+    reason: str
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Refusal:
+        return cls(path=data["path"], reason=data["reason"])
+
+
+@dataclass
+class ArchiveManifest:
+    archived_at: str
+    version: str
+    roots: list[str]
+    schema: str
+    files: list[ArchivedFile] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"format": MANIFEST_FORMAT, "tool": "consolidate", "version": self.version,
+                "archived_at": self.archived_at, "roots": self.roots, "schema": self.schema,
+                "files": [entry.to_json() for entry in self.files],
+                "refused": [refusal.to_json() for refusal in self.refused]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArchiveManifest:
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not a {MANIFEST_FORMAT} manifest")
+        try:
+            return cls(archived_at=data["archived_at"], version=data["version"], roots=list(data["roots"]),
+                       schema=data["schema"], files=[ArchivedFile.from_json(entry) for entry in data["files"]],
+                       refused=[Refusal.from_json(refusal) for refusal in data["refused"]])
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{MANIFEST_NAME} lacks or mangles {error}") from error
+
+
+@dataclass
+class Removal:
+    """What `remove_archived_originals` did with one archived file: the files it deleted, or why none."""
+
+    path: str
+    removed: list[str] = field(default_factory=list)
+    refused: str | None = None
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "removed": self.removed, "refused": self.refused}
+
+
+@dataclass
+class ArchiveReport:
+    archive: Path | None
+    manifest: ArchiveManifest
+    removals: list[Removal] = field(default_factory=list)
+
+    @property
+    def archived(self) -> list[ArchivedFile]:
+        return self.manifest.files
+
+    @property
+    def refused(self) -> list[Refusal]:
+        return self.manifest.refused
+
+    def to_json(self) -> dict:
+        return {"archive": str(self.archive) if self.archive else None,
+                "checksum_file": str(checksum_file(self.archive)) if self.archive else None,
+                **self.manifest.to_json(), "removals": [removal.to_json() for removal in self.removals]}
+
+
+@dataclass
+class Problem:
+    """Something `verify_archive` found wrong. `path` is a member of the archive, or the archive's own
+    file name; `source` the original file the member was copied from."""
+
+    path: str
+    problem: str
+    source: str | None = None
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "problem": self.problem, "source": self.source}
+
+
+# ------------------------------------------------------------------------------------------ ledger
+
+@dataclass(frozen=True)
+class CurrentLoad:
+    """What the ledger holds about the current load of one path."""
+
+    load_id: str
+    sha256: str
+    wal_sha256: str | None
+    miscounted_tables: list[str]
+    has_memory_tables: bool
+
+
+@dataclass(frozen=True)
+class LatestRow:
+    status: str
+    error_message: str | None
+    copy_of: str | None
+
+
+@dataclass
+class LedgerFacts:
+    schema: str
+    current: dict[str, CurrentLoad]
+    latest: dict[str, LatestRow]
+    reconciliation: dict[str, tuple[str, bool]] | None  # path → (load_id, reconciled); None: no mart
+
+
+CURRENT_QUERY = """
+SELECT c.source_path, c.load_id, c.source_sha256, c.wal_sha256,
+       array_agg(t.source_table ORDER BY t.source_table) FILTER (WHERE t.rows_in_sqlite <> t.rows_loaded),
+       bool_or(t.raw_schema || '.' || t.raw_table = ANY(%(memory_tables)s))
+FROM {ledger}.current_loads AS c
+LEFT JOIN {ledger}.load_tables AS t USING (load_id, source_path)
+GROUP BY c.source_path, c.load_id, c.source_sha256, c.wal_sha256
+"""
+
+LATEST_QUERY = """
+SELECT DISTINCT ON (source_path) source_path, status, error_message, copy_of
+FROM {ledger}.load_files
+ORDER BY source_path, started_at DESC, load_id DESC
+"""
+
+
+def read_ledger_facts(target: Target) -> LedgerFacts | None:
+    """The ledger's current loads, latest rows and reconciliation verdicts; None without a ledger."""
+    ledger = sql.Identifier(LEDGER_SCHEMA)
+    with target.connect() as connection:
+        if not ledger_exists(connection):
+            return None
+        current_rows = connection.execute(sql.SQL(CURRENT_QUERY).format(ledger=ledger),
+                                          {"memory_tables": MEMORY_RAW_TABLES}).fetchall()
+        latest_rows = connection.execute(sql.SQL(LATEST_QUERY).format(ledger=ledger)).fetchall()
+        reconciliation = None
+        if relation_exists(connection, target.schema, "reconciliation"):
+            reconciliation = {path: (load_id, reconciled) for path, load_id, reconciled in connection.execute(
+                sql.SQL("SELECT source_path, load_id, reconciled FROM {}").format(
+                    sql.Identifier(target.schema, "reconciliation")))}
+    return LedgerFacts(
+        schema=target.schema,
+        current={path: CurrentLoad(load_id, sha, wal, miscounted or [], bool(memory))
+                 for path, load_id, sha, wal, miscounted, memory in current_rows},
+        latest={path: LatestRow(status, error, copy_of) for path, status, error, copy_of in latest_rows},
+        reconciliation=reconciliation)
+
+
+# ----------------------------------------------------------------------------------- which pass
+
+def ledger_refusal(path: str, facts: LedgerFacts | None) -> str | None:
+    """Why the ledger does not show `path` fully migrated; None when it does."""
+    if facts is None:
+        return NO_LEDGER_REASON
+    current = facts.current.get(path)
+    if current is None:
+        return no_current_load_reason(facts.latest.get(path))
+    if current.miscounted_tables:
+        return (f"its current load {current.load_id} loaded a different number of rows than SQLite held "
+                f"for table(s) {', '.join(current.miscounted_tables)}")
+    if current.has_memory_tables:
+        return reconciliation_refusal(path, current.load_id, facts)
+    return None
+
+
+def no_current_load_reason(latest: LatestRow | None) -> str:
+    if latest is None:
+        return "never loaded: the ledger has no row for it"
+    if latest.status == "failed":
+        return f"never loaded successfully; its last load failed: {latest.error_message}"
+    if latest.status == "copy":
+        return f"a byte-identical copy of {latest.copy_of}; only that file was loaded, so only it is archived"
+    return f"the ledger has no loaded version of it (latest status: {latest.status})"
+
+
+def reconciliation_refusal(path: str, load_id: str, facts: LedgerFacts) -> str | None:
+    mart = f"{facts.schema}.reconciliation"
+    if facts.reconciliation is None:
+        return f"{mart} does not exist; run `consolidate build`"
+    if path not in facts.reconciliation:
+        return f"no row in {mart}; run `consolidate build`"
+    built_for, reconciled = facts.reconciliation[path]
+    if built_for != load_id:
+        return f"{mart} was built for load {built_for}, not the current load {load_id}; run `consolidate build`"
+    return None if reconciled else f"not reconciled in {mart}"
+
+
+def differing_parts(expected: tuple[str | None, ...], actual: tuple[str | None, ...]) -> list[str]:
+    """Labels (main file, -wal, -journal) of the parts whose sha256 differ, in ARCHIVED_SUFFIXES order."""
+    return [SUFFIX_LABELS[suffix] for suffix, then, now in zip(ARCHIVED_SUFFIXES, expected, actual) if then != now]
+
+
+def checksum_refusal(current: CurrentLoad, sha256: str | None, wal_sha256: str | None) -> str | None:
+    """Why these bytes are not the ones the current load migrated; None when they are."""
+    changed = differing_parts((current.sha256, current.wal_sha256), (sha256, wal_sha256))
+    if not changed:
+        return None
+    return (f"changed since its current load {current.load_id}: the {' and the '.join(changed)} "
+            "no longer have the ledger's sha256; load and build again first")
+
+
+# ------------------------------------------------------------------------------------- archiving
+
+def archive(target: Target, roots: list[Path], destination: Path, *,
+            remove_originals: bool = False) -> ArchiveReport:
+    """Archive every discovered database under `roots` that passes (see the module docstring) into a new
+    zip in `destination`; list the others with the reason. With `remove_originals`, then delete the
+    originals of the archived files that `remove_archived_originals` allows. Raise `ArchiveError` if the
+    destination may not be written."""
+    roots = [root.absolute() for root in roots]
+    destination = destination.absolute()
+    check_destination(destination, roots)
+    found = discover(roots)
+    facts = read_ledger_facts(target)
+    manifest = ArchiveManifest(archived_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               version=__version__, roots=[str(root) for root in roots], schema=target.schema)
+    staging = make_staging_folder(destination)
+    try:
+        written = write_archive(staging / new_archive_name(), found.files, roots, facts, manifest)
+        published = publish(written, destination) if manifest.files else None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    removals = remove_archived_originals(target, published) if published and remove_originals else []
+    return ArchiveReport(archive=published, manifest=manifest, removals=removals)
+
+
+def new_archive_name() -> str:
+    return f"consolidate-archive-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.zip"
+
+
+def write_archive(path: Path, sources: list[SourceFile], roots: list[Path], facts: LedgerFacts | None,
+                  manifest: ArchiveManifest) -> Path:
+    """Write the zip of every passing source, filling in `manifest`; seal it with its checksum file and
+    verify it. Raise `ArchiveError` if what was written does not verify."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for source in sources:
+            outcome = archive_file(bundle, source, f"{MEMBERS_FOLDER}/{backup_relative_path(source, roots)}", facts)
+            (manifest.files if isinstance(outcome, ArchivedFile) else manifest.refused).append(outcome)
+        bundle.writestr(MANIFEST_NAME, json.dumps(manifest.to_json(), indent=2) + "\n")
+    seal(path)
+    problems = verify_archive(path)
+    if problems:
+        raise ArchiveError("the archive just written does not verify: "
+                           + "; ".join(f"{p.path}: {p.problem}" for p in problems[:5]))
+    return path
+
+
+def archive_file(bundle: zipfile.ZipFile, source: SourceFile, member_name: str,
+                 facts: LedgerFacts | None) -> ArchivedFile | Refusal:
+    """Add `source` to the archive if it passes; otherwise say why not."""
+    path = str(source.path)
+    reason = ledger_refusal(path, facts)
+    if reason:
+        return Refusal(path, reason)
+    current = facts.current[path]
+    with tempfile.TemporaryDirectory(prefix="consolidate-archive-") as folder:
+        try:
+            snapshot = consistent_copy(source.path, Path(folder))
+        except (SourceKeptChanging, OSError) as error:
+            return Refusal(path, f"cannot copy: {error}")
+        reason = checksum_refusal(current, snapshot.sha256, snapshot.wal_sha256)
+        if reason:
+            return Refusal(path, reason)
+        members = add_members(bundle, snapshot.path, source.path, member_name)
+    return ArchivedFile(path=path, source_db=source.source_db, kind=source.kind, load_id=current.load_id,
+                        sha256=snapshot.sha256, wal_sha256=snapshot.wal_sha256, members=members)
+
+
+def add_members(bundle: zipfile.ZipFile, copy: Path, original: Path, name: str) -> list[Member]:
+    """Add the copied main file and its copied side files to the archive, named after `name`."""
+    members = []
+    for suffix in ARCHIVED_SUFFIXES:
+        copied = side_file(copy, suffix)
+        if copied.exists():
+            member = Member(name=name + suffix, original=str(side_file(original, suffix)),
+                            sha256=sha256_of(copied), size_bytes=copied.stat().st_size)
+            bundle.write(copied, arcname=member.name)
+            members.append(member)
+    return members
+
+
+def checksum_file(archive_path: Path) -> Path:
+    return archive_path.with_name(archive_path.name + CHECKSUM_SUFFIX)
+
+
+def seal(archive_path: Path) -> None:
+    """Make the archive private and durable, and write its checksum file beside it."""
+    archive_path.chmod(0o600)
+    flush_to_disk(archive_path)
+    sums = checksum_file(archive_path)
+    sums.write_text(f"{sha256_of(archive_path)}  {archive_path.name}\n", encoding="utf-8")
+    flush_to_disk(sums)
+
+
+# ----------------------------------------------------------------------------------- destination
+
+def check_destination(destination: Path, roots: list[Path]) -> None:
+    """Raise `ArchiveError` unless `destination` is missing, empty, or holds only consolidate archives."""
+    refuse_overlap_with_roots(destination, roots)
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise ArchiveError(f"{destination} exists and is not a folder")
+    foreign = sorted(child.name for child in destination.iterdir()
+                     if not (child.is_file() and ARCHIVE_FILE.fullmatch(child.name)))
+    if foreign:
+        raise ArchiveError(f"{destination} holds more than consolidate archives ({', '.join(foreign[:5])}"
+                           f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty folder, or one "
+                           "holding only archives")
+
+
+def refuse_overlap_with_roots(destination: Path, roots: list[Path]) -> None:
+    real_destination = destination.resolve()
+    for root in roots:
+        real_root = root.resolve()
+        if real_root.is_dir() and real_destination.is_relative_to(real_root):
+            raise ArchiveError(f"{destination} is inside the root {root}: the archives would sit among the "
+                               "files they replace; choose a folder outside the roots")
+        if real_root.is_relative_to(real_destination):
+            raise ArchiveError(f"the root {root} is inside {destination}; choose another folder")
+
+
+def make_staging_folder(destination: Path) -> Path:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+
+
+def publish(archive_path: Path, destination: Path) -> Path:
+    """Move the finished archive, then its checksum file, into `destination`; return the archive's new path."""
+    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    published = destination / archive_path.name
+    os.rename(archive_path, published)
+    os.rename(checksum_file(archive_path), checksum_file(published))
+    return published
+
+
+# ---------------------------------------------------------------------------------------- verify
+
+def verify_archive(path: Path) -> list[Problem]:
+    """Re-read the archive: every member its manifest lists present with its sha256, no member it does
+    not list, and, when the `.sha256` file is beside it, the archive's own sha256. Returns the problems;
+    an empty list means verified."""
+    if not path.is_file():
+        return [Problem(path.name, "no such file")]
+    problems = whole_archive_problems(path)
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            problems.extend(member_problems(bundle, manifest_in(bundle)))
+    except (zipfile.BadZipFile, OSError) as error:
+        problems.append(Problem(path.name, f"cannot be read as a zip archive: {error}"))
+    except ValueError as error:
+        problems.append(Problem(MANIFEST_NAME, f"{error}: not a consolidate archive"))
+    return problems
+
+
+def whole_archive_problems(path: Path) -> list[Problem]:
+    sums = checksum_file(path)
+    if not sums.is_file():
+        return []
+    recorded = sums.read_text(encoding="utf-8").split(maxsplit=1)[:1]
+    actual = sha256_of(path)
+    if recorded != [actual]:
+        return [Problem(path.name, f"sha256 {actual} differs from the one recorded in {sums.name}")]
+    return []
+
+
+def manifest_in(bundle: zipfile.ZipFile) -> ArchiveManifest:
+    """The archive's manifest. Raise ValueError if it is missing or not a consolidate archive manifest."""
+    try:
+        data = json.loads(bundle.read(MANIFEST_NAME))
+    except KeyError as error:
+        raise ValueError(f"no {MANIFEST_NAME}") from error
+    except (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {MANIFEST_NAME}: {error}") from error
+    return ArchiveManifest.from_json(data)
+
+
+def member_problems(bundle: zipfile.ZipFile, manifest: ArchiveManifest) -> list[Problem]:
+    problems = []
+    listed = {MANIFEST_NAME}
+    for entry in manifest.files:
+        for member in entry.members:
+            listed.add(member.name)
+            problem = member_problem(bundle, member)
+            if problem:
+                problems.append(Problem(member.name, problem, member.original))
+    problems.extend(Problem(name, "not recorded in the manifest") for name in bundle.namelist() if name not in listed)
+    return problems
+
+
+def member_problem(bundle: zipfile.ZipFile, member: Member) -> str | None:
+    try:
+        actual = sha256_of_member(bundle, member.name)
+    except KeyError:
+        return "missing: listed in the manifest, not in the archive"
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        return f"cannot be read: {error}"
+    if actual != member.sha256:
+        return f"sha256 {actual} differs from the manifest's {member.sha256}"
+    return None
+
+
+def sha256_of_member(bundle: zipfile.ZipFile, name: str) -> str:
+    digest = hashlib.sha256()
+    with bundle.open(name) as handle:
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_archive_manifest(path: Path) -> ArchiveManifest:
+    """The manifest inside an archive. Raise `ArchiveError` if the archive or its manifest cannot be read."""
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            return manifest_in(bundle)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ArchiveError(f"{path} is not a readable consolidate archive: {error}") from error
+
+
+# -------------------------------------------------------------------------------------- removing
+
+def remove_archived_originals(target: Target, archive_path: Path) -> list[Removal]:
+    """Delete the originals (main file, -wal, -shm, -journal) of the files in the archive at
+    `archive_path`, each only if the archive verifies, the ledger in `target` shows it fully migrated and
+    its bytes on disk are still the archived ones. Every other file is refused with the reason."""
+    manifest = read_archive_manifest(archive_path)
+    problems = verify_archive(archive_path)
+    if problems:
+        reason = (f"the archive does not verify ({len(problems)} problem(s), first: "
+                  f"{problems[0].path}: {problems[0].problem})")
+        return [Removal(entry.path, refused=reason) for entry in manifest.files]
+    facts = read_ledger_facts(target)
+    return [remove_original(entry, facts) for entry in manifest.files]
+
+
+def remove_original(entry: ArchivedFile, facts: LedgerFacts | None) -> Removal:
+    reason = removal_refusal(entry, facts)
+    if reason:
+        return Removal(entry.path, refused=reason)
+    return Removal(entry.path, removed=delete_database_files(Path(entry.path)))
+
+
+def removal_refusal(entry: ArchivedFile, facts: LedgerFacts | None) -> str | None:
+    """Why the original of `entry` may not be deleted; None when it may."""
+    reason = ledger_refusal(entry.path, facts)
+    if reason:
+        return reason
+    on_disk = file_set_state(Path(entry.path))
+    if on_disk[0] is None:
+        return "no longer on disk"
+    changed = differing_parts(entry.archived_state(), on_disk)
+    if changed:
+        return (f"changed since it was archived: the {' and the '.join(changed)} on disk no longer "
+                "have the archived sha256")
+    return checksum_refusal(facts.current[entry.path], on_disk[0], on_disk[1])
+
+
+def delete_database_files(path: Path) -> list[str]:
+    """Delete the main file first, then its side files; return the paths deleted."""
+    removed = []
+    for suffix in REMOVED_SUFFIXES:
+        file = side_file(path, suffix)
+        try:
+            file.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(str(file))
+    return removed

@@ -1,0 +1,232 @@
+"""A small Python client for the consolidated memory: get, set, search and delete entries of
+`unified_memory` in PostgreSQL, optionally behind a Redis cache (loader.cache, cache-aside).
+
+    with MemoryClient("postgresql://consolidate@db.internal:10000/memory", cache=Cache()) as memory:
+        memory.set("agent:coder", {"status": "idle"}, namespace="swarm", ttl=3600)
+        memory.get("agent:coder", namespace="swarm")        # {'status': 'idle'}
+
+CAVEAT, writes: `unified_memory` is a dbt table, rebuilt from the raw schemas by every
+`consolidate build` / `consolidate run`. A rebuild throws away everything written through this client
+(set, delete, access counts) and renumbers `id`. During the parallel-run period, when the SQLite
+sources are still being loaded, use the client to READ only; write through it in the cutover phase,
+after the last build. A build running at the same time as a write can also lose that write.
+
+Values are stored as jsonb: a Python `str` with data_type `text` (so the compat view
+`compat.memory_entries` shows the string itself, as claude-flow v2 stored it), anything else
+JSON-serializable with data_type `json`. `get` returns the stored JSON value decoded, whatever the
+data_type (a `pickle` entry is its base64 string). A stored JSON null and an absent key both read as None.
+
+New rows need an `id` (bigint primary key without a default; dbt's contract). The client takes
+`max(id) + 1` while holding a transaction-level advisory lock private to the table, so concurrent writers
+through any number of clients and processes never pick the same id; the lock is held only for the one
+INSERT and its commit, needs no privilege beyond INSERT/UPDATE, and `max(id)` is one primary-key index
+lookup. A sequence would not survive the next build's renumbering, and creating one needs CREATE on the
+schema. A writer that bypasses the client and takes ids its own way fails on the primary key rather
+than overwriting a row.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+if TYPE_CHECKING:
+    from loader.cache import Cache
+
+DEFAULT_NAMESPACE = "default"
+CLIENT_SOURCE_DB = "memory-client"
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+LIVE = sql.SQL("(expires_at IS NULL OR expires_at > now())")
+SECONDS_LEFT = sql.SQL("extract(epoch FROM expires_at - now())::float8")
+
+
+class EntryKey(NamedTuple):
+    namespace: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A live entry as read from PostgreSQL; seconds_left is None when it never expires."""
+
+    namespace: str
+    key: str
+    value: Any
+    seconds_left: float | None
+
+
+def encode_value(value: Any) -> tuple[str, str]:
+    """(JSON text, data_type) for a Python value; TypeError/ValueError when it is not JSON."""
+    data_type = "text" if isinstance(value, str) else "json"
+    return json.dumps(value, allow_nan=False), data_type
+
+
+def encode_metadata(metadata: Any) -> str | None:
+    return None if metadata is None else json.dumps(metadata, allow_nan=False)
+
+
+def check_ttl(ttl: int | None) -> None:
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ValueError(f"ttl must be a positive number of seconds or None, not {ttl!r}")
+
+
+def check_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ValueError(f"limit must be a positive integer, not {limit!r}")
+
+
+def open_pool(dsn: str, size: int) -> ConnectionPool:
+    """A pool that is ready to use, or a clear error now rather than at the first query."""
+    pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True, name="consolidate-memory-client")
+    try:
+        pool.wait(timeout=CONNECT_TIMEOUT_SECONDS)
+    except PoolTimeout:
+        pool.close()
+        raise
+    return pool
+
+
+class MemoryClient:
+    """get / set / search / delete on `<schema>.unified_memory`, through a connection pool.
+
+    With a `cache`, reads are cache-aside (a hit never touches PostgreSQL; a miss reads PostgreSQL
+    and fills the cache) and set/delete remove the cache key after their commit. With
+    `track_access` (default), a read that reaches PostgreSQL also bumps access_count and accessed_at in
+    the same statement; cache hits are not counted.
+    """
+
+    def __init__(self, dsn: str, *, schema: str = "public", cache: Cache | None = None,
+                 pool_size: int = 4, track_access: bool = True):
+        self.schema = schema
+        self.cache = cache
+        self.track_access = track_access
+        self._table = sql.Identifier(schema, "unified_memory")
+        self._id_lock_name = f"consolidate:{schema}.unified_memory.id"
+        self._pool = open_pool(dsn, pool_size)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def get(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> Any:
+        """The value of a live entry; None when it is absent or expired (expires_at in the past)."""
+        if self.cache is not None:
+            cached = self.cache.lookup(namespace, key)
+            if cached is not None:
+                return cached.value
+        entry = self.read_entry(key, namespace)
+        if entry is None:
+            return None
+        if self.cache is not None:
+            self.cache.store(entry)
+        return entry.value
+
+    def read_entry(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> Entry | None:
+        """The live entry from PostgreSQL (never the cache)."""
+        query = self._tracked_read_query() if self.track_access else self._plain_read_query()
+        with self._pool.connection() as connection:
+            row = connection.execute(query, {"key": key, "namespace": namespace}).fetchone()
+        return None if row is None else Entry(*row)
+
+    def search(self, prefix: str, namespace: str | None = None, limit: int = 100) -> list[EntryKey]:
+        """Live entries whose key starts with `prefix` (taken literally: no wildcards), in one
+        namespace or all, ordered by namespace then key (bytewise)."""
+        check_limit(limit)
+        query = sql.SQL(
+            "SELECT namespace, key FROM {table}"
+            " WHERE starts_with(key, %(prefix)s)"
+            " AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s) AND {live}"
+            ' ORDER BY namespace COLLATE "C", key COLLATE "C" LIMIT %(limit)s'
+        ).format(table=self._table, live=LIVE)
+        with self._pool.connection() as connection:
+            rows = connection.execute(query, {"prefix": prefix, "namespace": namespace, "limit": limit})
+            return [EntryKey(*row) for row in rows]
+
+    def hottest(self, top: int) -> list[Entry]:
+        """The `top` live entries most worth caching: access_count desc, then accessed_at desc
+        (NULLs last), then namespace and key (bytewise) so ties are decided the same way every time."""
+        check_limit(top)
+        query = sql.SQL(
+            "SELECT namespace, key, value, {seconds_left} FROM {table} WHERE {live}"
+            " ORDER BY access_count DESC NULLS LAST, accessed_at DESC NULLS LAST,"
+            ' namespace COLLATE "C", key COLLATE "C" LIMIT %(top)s'
+        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT)
+        with self._pool.connection() as connection:
+            return [Entry(*row) for row in connection.execute(query, {"top": top})]
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, namespace: str = DEFAULT_NAMESPACE, *, ttl: int | None = None,
+            metadata: Any = None) -> None:
+        """Insert or replace the entry (key, namespace). ttl (seconds) sets expires_at = now() + ttl;
+        None means it never expires. metadata=None keeps the entry's existing metadata. The entry's
+        lineage becomes source_db 'memory-client' (its source file no longer holds this value)."""
+        check_ttl(ttl)
+        value_json, data_type = encode_value(value)
+        parameters = {"key": key, "namespace": namespace, "value": value_json, "data_type": data_type,
+                      "metadata": encode_metadata(metadata), "ttl": ttl, "source_db": CLIENT_SOURCE_DB}
+        with self._pool.connection() as connection:
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._id_lock_name,))
+            connection.execute(self._upsert_query(), parameters)
+        self._invalidate(key, namespace)
+
+    def delete(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
+        """Remove the entry; True when a row (live or expired) was deleted."""
+        query = sql.SQL("DELETE FROM {table} WHERE key = %(key)s AND namespace = %(namespace)s RETURNING 1") \
+            .format(table=self._table)
+        with self._pool.connection() as connection:
+            deleted = connection.execute(query, {"key": key, "namespace": namespace}).fetchone() is not None
+        self._invalidate(key, namespace)
+        return deleted
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the pool. The cache belongs to the caller and stays open."""
+        self._pool.close()
+
+    def __enter__(self) -> MemoryClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _invalidate(self, key: str, namespace: str) -> None:
+        if self.cache is not None:
+            self.cache.invalidate(namespace, key)
+
+    def _plain_read_query(self) -> sql.Composed:
+        return sql.SQL(
+            "SELECT namespace, key, value, {seconds_left} FROM {table}"
+            " WHERE key = %(key)s AND namespace = %(namespace)s AND {live}"
+        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT)
+
+    def _tracked_read_query(self) -> sql.Composed:
+        return sql.SQL(
+            "UPDATE {table} SET access_count = coalesce(access_count, 0) + 1, accessed_at = now()"
+            " WHERE key = %(key)s AND namespace = %(namespace)s AND {live}"
+            " RETURNING namespace, key, value, {seconds_left}"
+        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT)
+
+    def _upsert_query(self) -> sql.Composed:
+        """One statement: a new row takes max(id) + 1 (the caller holds the id lock); an existing
+        (key, namespace) keeps its id, created_at and access bookkeeping."""
+        return sql.SQL(
+            "INSERT INTO {table} AS existing (id, key, namespace, value, data_type, metadata, source_db,"
+            " created_at, updated_at, accessed_at, expires_at, access_count, ttl, version_count)"
+            " SELECT coalesce(max(id), 0) + 1, %(key)s, %(namespace)s, %(value)s::jsonb, %(data_type)s,"
+            " %(metadata)s::jsonb, %(source_db)s, now(), now(), now(),"
+            " now() + make_interval(secs => %(ttl)s::integer), 0, %(ttl)s::integer, 1"
+            " FROM {table}"
+            " ON CONFLICT (key, namespace) DO UPDATE SET"
+            " value = excluded.value, data_type = excluded.data_type,"
+            " metadata = coalesce(excluded.metadata, existing.metadata),"
+            " updated_at = excluded.updated_at, expires_at = excluded.expires_at, ttl = excluded.ttl,"
+            " source_db = excluded.source_db, source_path = NULL, source_table = NULL,"
+            " source_rowid = NULL, source_sha256 = NULL, load_id = NULL"
+        ).format(table=self._table)
