@@ -29,7 +29,8 @@ Destination rules
 -----------------
 A missing or empty folder, or a folder holding nothing but consolidate archives, is written to: each
 run adds one archive. Anything else is refused (`ArchiveError`), as is a folder inside a root or one
-that contains a root. The archive is written and verified in a hidden sibling folder
+that contains a root (unless it lies in an excluded folder, such as the tool's state folder, which
+discovery never searches). The archive is written and verified in a hidden sibling folder
 (`.<name>.partial-*`, mode 0700, since the databases hold credentials), then moved in. If no file
 passes, nothing is written.
 
@@ -347,16 +348,16 @@ def checksum_refusal(current: CurrentLoad, sha256: str | None, wal_sha256: str |
 
 # ------------------------------------------------------------------------------------- archiving
 
-def archive(target: Target, roots: list[Path], destination: Path, *,
-            remove_originals: bool = False) -> ArchiveReport:
-    """Archive every discovered database under `roots` that passes (see the module docstring) into a new
-    zip in `destination`; list the others with the reason. With `remove_originals`, then delete the
-    originals of the archived files that `remove_archived_originals` allows. Raise `ArchiveError` if the
-    destination may not be written."""
+def archive(target: Target, roots: list[Path], destination: Path, *, remove_originals: bool = False,
+            exclude: list[Path] = ()) -> ArchiveReport:
+    """Archive every database discovered under `roots` (never inside `exclude`: the tool's state folder)
+    that passes (see the module docstring) into a new zip in `destination`; list the others with the
+    reason. With `remove_originals`, then delete the originals of the archived files that
+    `remove_archived_originals` allows. Raise `ArchiveError` if the destination may not be written."""
     roots = [root.absolute() for root in roots]
     destination = destination.absolute()
-    check_destination(destination, roots)
-    found = discover(roots)
+    check_destination(destination, roots, exclude)
+    found = discover(roots, exclude)
     facts = read_ledger_facts(target)
     manifest = ArchiveManifest(archived_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                version=__version__, roots=[str(root) for root in roots], schema=target.schema)
@@ -440,9 +441,9 @@ def seal(archive_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------- destination
 
-def check_destination(destination: Path, roots: list[Path]) -> None:
+def check_destination(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
     """Raise `ArchiveError` unless `destination` is missing, empty, or holds only consolidate archives."""
-    refuse_overlap_with_roots(destination, roots)
+    refuse_overlap_with_roots(destination, roots, exclude)
     if not destination.exists():
         return
     if not destination.is_dir():
@@ -455,8 +456,11 @@ def check_destination(destination: Path, roots: list[Path]) -> None:
                            "holding only archives")
 
 
-def refuse_overlap_with_roots(destination: Path, roots: list[Path]) -> None:
+def refuse_overlap_with_roots(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
+    """A destination inside a root is refused, unless it lies in a folder discovery never searches."""
     real_destination = destination.resolve()
+    if any(real_destination.is_relative_to(folder.resolve()) for folder in exclude):
+        return
     for root in roots:
         real_root = root.resolve()
         if real_root.is_dir() and real_destination.is_relative_to(real_root):

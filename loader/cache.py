@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
@@ -61,6 +62,16 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def decoded(text: str | None) -> Cached | None:
+    """A cache hit from the stored text; None for a miss or text that is not JSON (not ours)."""
+    if text is None:
+        return None
+    try:
+        return Cached(json.loads(text))
+    except ValueError:
+        return None
+
+
 def milliseconds_to_live(entry: Entry) -> int | None:
     """PX for the entry: None = no expiry, <= 0 = already expired (do not cache)."""
     return None if entry.seconds_left is None else int(entry.seconds_left * 1000)
@@ -79,6 +90,7 @@ class Cache:
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                            decode_responses=True)
         self._warned = False
+        self._warning_lock = threading.Lock()
         self._unreachable_until = 0.0
 
     @property
@@ -92,11 +104,12 @@ class Cache:
         text = self._guarded(lambda: self._redis.get(cache_key(namespace, key)), fallback=UNREACHABLE)
         if text is UNREACHABLE:
             return None
-        if text is None:
+        cached = decoded(text)
+        if cached is None:
             self.misses += 1
-            return None
-        self.hits += 1
-        return Cached(json.loads(text))
+        else:
+            self.hits += 1
+        return cached
 
     def store(self, entry: Entry) -> bool:
         """Cache a live entry until it expires; False when it was not cached."""
@@ -164,8 +177,9 @@ class Cache:
     def _mark_unreachable(self, error: RedisError) -> None:
         self.errors += 1
         self._unreachable_until = time.monotonic() + self.retry_interval
-        if not self._warned:
-            self._warned = True
+        with self._warning_lock:
+            already_warned, self._warned = self._warned, True
+        if not already_warned:
             log.warning("Redis cache at %s is unreachable (%s); reading from PostgreSQL without the cache",
                         self.redacted_url, error)
 

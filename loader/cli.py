@@ -13,6 +13,7 @@ from rich.table import Table
 
 from loader import backup as backup_stage
 from loader import build as build_stage
+from loader import cache as cache_layer
 from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
@@ -26,6 +27,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="The embedded PostgreSQL used when no --dsn / DATABASE_URL is given.",
                      no_args_is_help=True)
 app.add_typer(db_app, name="db")
+cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-aside; see loader.client).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 out = Console()
 err = Console(stderr=True)
@@ -48,6 +52,9 @@ Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHE
 Secrets = Annotated[Optional[Path], typer.Option(
     "--secrets", exists=True, dir_okay=False,
     help="TOML file overriding the secret-column policy (hash / exclude / keep per kind.table.column).")]
+RedisUrl = Annotated[str, typer.Option(
+    "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
+    help="The Redis cache, e.g. redis://127.0.0.1:10001/0 (a password in the URL is never printed).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines instead of tables.")]
 
 
@@ -324,3 +331,39 @@ def db_url(home: Home = DEFAULT_HOME) -> None:
 def db_stop(home: Home = DEFAULT_HOME) -> None:
     """Stop the embedded PostgreSQL."""
     err.print("stopped" if stop_embedded(home) else "not running")
+
+
+@cache_app.command("warm")
+def cache_warm(
+    top: Annotated[int, typer.Option("--top", min=1, help="How many of the hottest entries to cache.")] = 1000,
+    redis_url: RedisUrl = cache_layer.DEFAULT_URL,
+    dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+) -> None:
+    """Cache the hottest live entries of unified_memory (access_count desc, then accessed_at desc), each
+    until its expires_at. Exit 1 when Redis cannot be reached."""
+    cache = cache_layer.Cache(redis_url)
+    if not cache.available():
+        err.print(f"[red]error:[/red] Redis at {cache.redacted_url} cannot be reached")
+        raise typer.Exit(EXIT_NOT_RECONCILED)
+    warmed = cache.warm(target_for(dsn, home, schema).dsn, top, schema=schema)
+    err.print(f"cached {warmed:,} entries in {cache.redacted_url}")
+
+
+@cache_app.command("stats")
+def cache_stats(redis_url: RedisUrl = cache_layer.DEFAULT_URL, as_json: AsJson = False) -> None:
+    """Cached entries (mem:* keys), memory used and the server's hit/miss counters from Redis INFO.
+    Exit 1 when Redis cannot be reached."""
+    stats = cache_layer.Cache(redis_url).stats()
+    for counter in ("hits", "misses", "errors"):  # this process's own counters: always 0 here
+        stats.pop(counter)
+    if as_json:
+        print_json(stats)
+    else:
+        table = Table(title=f"Redis cache {stats['url']}")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        for name, value in stats.items():
+            if name != "url":
+                table.add_row(name, "" if value is None else str(value))
+        out.print(table)
+    raise typer.Exit(EXIT_OK if stats["connected"] else EXIT_NOT_RECONCILED)

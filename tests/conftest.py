@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from loader.database import Target, embedded_dsn
+from loader.database import Target, embedded_dsn, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("CONSOLIDATE_REALDATA", REPO.parent / "shared" / "realdata"))
@@ -22,8 +22,13 @@ REALDATA = Path(os.environ.get("CONSOLIDATE_REALDATA", REPO.parent / "shared" / 
 
 @pytest.fixture(scope="session")
 def server_dsn(tmp_path_factory) -> str:
-    """A PostgreSQL server for the whole test session."""
-    return os.environ.get("DATABASE_URL") or embedded_dsn(tmp_path_factory.mktemp("pg"))
+    """A PostgreSQL server for the whole test session: DATABASE_URL, or an embedded one stopped at the end."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    home = tmp_path_factory.mktemp("pg")
+    yield embedded_dsn(home)
+    stop_embedded(home)
 
 
 @pytest.fixture

@@ -1,0 +1,216 @@
+"""`archive`: only files whose exact bytes were migrated and reconciled go into the zip; the zip
+verifies member by member; originals are removed only when everything still checks out.
+
+Trees are consolidated by the real CLI first. Expectations use plain hashlib, zipfile and SQL, never the
+archive module's own helpers. The shared real databases are copied to tmp_path before anything could
+delete them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from loader.archive import ArchiveError, archive, remove_archived_originals, verify_archive
+from loader.sample import write_sample
+from test_status import add_table, consolidate, sha256, write_and_run_sample
+
+MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"
+N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
+FLOWISE = "opt/sutazaiapp/data/flowise/database.sqlite"
+DIND_COPY = "opt/sutazaiapp/docker/dind/.swarm/memory.db"
+NOT_SQLITE = "opt/sutazaiapp/.swarm/ruvector.db"
+ORPHAN_WAL = "opt/sutazaiapp/old/.swarm/memory.db-wal"
+SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
+
+
+@pytest.fixture
+def loaded_sample(tmp_path, target, home) -> Path:
+    root = tmp_path / "tree"
+    write_and_run_sample(root, target, home)
+    return root
+
+
+def sidecars(path: Path) -> list[Path]:
+    return [path.with_name(path.name + suffix) for suffix in SIDE_SUFFIXES]
+
+
+def zip_manifest(archive_path: Path) -> dict:
+    with zipfile.ZipFile(archive_path) as bundle:
+        return json.loads(bundle.read("manifest.json"))
+
+
+def member_hashes(archive_path: Path) -> dict[str, str]:
+    with zipfile.ZipFile(archive_path) as bundle:
+        return {name: hashlib.sha256(bundle.read(name)).hexdigest() for name in bundle.namelist()
+                if name != "manifest.json"}
+
+
+def flip_byte_in_member(archive_path: Path, name: str) -> None:
+    """Invert one byte in the middle of a member's compressed data (after its local header)."""
+    with zipfile.ZipFile(archive_path) as bundle:
+        info = bundle.getinfo(name)
+    with open(archive_path, "r+b") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+        offset = info.header_offset + 30 + name_length + extra_length + info.compress_size // 2
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0xFF]))
+
+
+def reasons_by_path(refusals) -> dict[Path, str]:
+    return {Path(item.path): item.reason for item in refusals}
+
+
+def test_archive_takes_only_passing_files_and_refuses_a_modified_one(loaded_sample, target, tmp_path):
+    root = loaded_sample
+    add_table(root / N8N)
+    originals = {path: sha256(path) for path in root.rglob("*") if path.is_file()}
+
+    report = archive(target, [root], tmp_path / "archives")
+
+    refused = reasons_by_path(report.refused)
+    assert set(refused) == {root / N8N, root / DIND_COPY}
+    assert "changed since its current load" in refused[root / N8N]
+    assert "byte-identical copy" in refused[root / DIND_COPY]
+    archived = {Path(entry.path) for entry in report.archived}
+    assert root / MAIN_V2 in archived and root / FLOWISE in archived and len(archived) == 8
+
+    manifest = zip_manifest(report.archive)
+    assert manifest["format"] == "consolidate-archive/1" and manifest["archived_at"]
+    hashes = member_hashes(report.archive)
+    listed = {member["name"]: member for entry in manifest["files"] for member in entry["members"]}
+    assert set(hashes) == set(listed)
+    for name, member in listed.items():
+        assert hashes[name] == member["sha256"] == originals[Path(member["original"])], name
+    main_members = {Path(m["original"]).name for e in manifest["files"] if Path(e["path"]) == root / MAIN_V2
+                    for m in e["members"]}
+    assert main_members == {"memory.db", "memory.db-wal"}
+
+    recorded = Path(str(report.archive) + ".sha256").read_text().split()
+    assert recorded == [sha256(report.archive), report.archive.name]
+    assert verify_archive(report.archive) == []
+    assert {path: sha256(path) for path in originals} == originals  # nothing touched, nothing removed
+
+    second = archive(target, [root], tmp_path / "archives")  # a folder of archives takes another one
+    assert second.archive != report.archive and len(list((tmp_path / "archives").glob("*.zip"))) == 2
+
+
+def test_verify_names_the_member_whose_bytes_changed(loaded_sample, target, tmp_path):
+    report = archive(target, [loaded_sample], tmp_path / "archives")
+    assert verify_archive(report.archive) == []
+    member = f"files/{FLOWISE}"
+    flip_byte_in_member(report.archive, member)
+
+    problems = verify_archive(report.archive)
+    assert member in {problem.path for problem in problems}
+    assert next(p for p in problems if p.path == member).source == str(loaded_sample / FLOWISE)
+    assert {problem.path for problem in problems} <= {member, report.archive.name}
+
+
+def test_remove_originals_removes_only_passing_files(loaded_sample, target, tmp_path):
+    root = loaded_sample
+    add_table(root / N8N)
+    (root / MAIN_V2).with_name("memory.db-shm").write_bytes(bytes(32768))
+    report = archive(target, [root], tmp_path / "archives", remove_originals=True)
+
+    archived = {Path(entry.path) for entry in report.archived}
+    assert {Path(removal.path) for removal in report.removals} == archived
+    assert all(removal.refused is None for removal in report.removals)
+    for path in archived:
+        assert not path.exists() and not any(side.exists() for side in sidecars(path)), path
+    main_removal = next(r for r in report.removals if Path(r.path) == root / MAIN_V2)
+    assert {Path(p).name for p in main_removal.removed} == {"memory.db", "memory.db-wal", "memory.db-shm"}
+    for kept in (N8N, DIND_COPY, NOT_SQLITE, ORPHAN_WAL):
+        assert (root / kept).exists(), kept
+    assert verify_archive(report.archive) == []
+
+
+def test_remove_originals_refuses_when_the_archive_does_not_verify(loaded_sample, target, tmp_path):
+    report = archive(target, [loaded_sample], tmp_path / "archives")
+    flip_byte_in_member(report.archive, f"files/{FLOWISE}")
+    before = {path: sha256(path) for path in loaded_sample.rglob("*") if path.is_file()}
+
+    removals = remove_archived_originals(target, report.archive)
+
+    assert len(removals) == len(report.archived)
+    assert all(not r.removed and "does not verify" in r.refused for r in removals)
+    assert {path: sha256(path) for path in before} == before
+
+
+def test_remove_originals_refuses_what_the_ledger_no_longer_shows_migrated(loaded_sample, target, tmp_path):
+    root = loaded_sample
+    report = archive(target, [root], tmp_path / "archives")
+    with target.connect() as connection:
+        connection.execute("UPDATE public.reconciliation SET reconciled = false WHERE source_path = %s",
+                           (str(root / MAIN_V2),))
+        connection.execute("UPDATE consolidate.load_tables SET rows_loaded = rows_loaded - 1 WHERE source_path = %s",
+                           (str(root / N8N),))
+    add_table(root / FLOWISE)
+
+    removals = {Path(r.path): r for r in remove_archived_originals(target, report.archive)}
+
+    assert "not reconciled" in removals[root / MAIN_V2].refused
+    assert "different number of rows" in removals[root / N8N].refused
+    assert "changed since" in removals[root / FLOWISE].refused
+    for path in (MAIN_V2, N8N, FLOWISE):
+        assert not removals[root / path].removed and (root / path).exists()
+    assert (root / MAIN_V2).with_name("memory.db-wal").exists()
+    others = [r for path, r in removals.items() if path not in (root / MAIN_V2, root / N8N, root / FLOWISE)]
+    assert others and all(r.refused is None and not Path(r.path).exists() for r in others)
+
+
+def test_archive_refuses_unsuitable_destinations(tmp_path, target):
+    root = tmp_path / "tree"
+    root.mkdir()
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(ArchiveError, match="holds more than consolidate archives"):
+        archive(target, [root], occupied)
+    with pytest.raises(ArchiveError, match="inside the root"):
+        archive(target, [root], root / "archives")
+    assert (occupied / "notes.txt").read_text() == "mine" and not (root / "archives").exists()
+
+
+def test_archive_without_a_ledger_refuses_every_file_and_writes_nothing(tmp_path, target):
+    root = tmp_path / "tree"
+    write_sample(root)
+    state = root / ".consolidate"
+    (state / "backups").mkdir(parents=True)
+    shutil.copyfile(root / FLOWISE, state / "backups" / "database.sqlite")
+
+    report = archive(target, [root], state / "archives", exclude=[state])
+
+    assert report.archive is None and report.archived == []
+    assert report.refused and all("no load has run" in r.reason for r in report.refused)
+    assert not any(Path(r.path).is_relative_to(state) for r in report.refused)
+    assert not (state / "archives").exists()
+
+
+def test_archive_and_remove_the_real_databases(realdata, target, home, tmp_path):
+    root = tmp_path / "realdata"
+    shutil.copytree(realdata, root)
+    result = consolidate("run", str(root), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = json.loads(result.stdout)
+    originals = {path: sha256(path) for path in root.rglob("*") if path.is_file()}
+
+    report = archive(target, [root], tmp_path / "archives", remove_originals=True)
+
+    loaded = {Path(f["source_path"]) for f in run["files"] if f["status"] == "loaded"}
+    assert {Path(entry.path) for entry in report.archived} == loaded
+    hashes = member_hashes(report.archive)
+    for entry in zip_manifest(report.archive)["files"]:
+        for member in entry["members"]:
+            assert hashes[member["name"]] == originals[Path(member["original"])]
+    for path in loaded:
+        assert not path.exists() and not any(side.exists() for side in sidecars(path)), path
+

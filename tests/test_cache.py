@@ -1,0 +1,267 @@
+"""loader.cache.Cache with loader.client.MemoryClient: cache-aside reads, invalidation on write, Redis
+being unreachable, warm and stats. Against a real PostgreSQL (the sample, consolidated by the CLI) and a
+real redis-server that this module starts on a free loopback port; Redis is observed directly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from loader.cache import Cache, cache_key
+from loader.client import MemoryClient
+from test_client import consolidated, fetch  # noqa: F401  (module-scoped consolidated database)
+
+LIVE = "(expires_at IS NULL OR expires_at > now())"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_ready(url: str, server: subprocess.Popen, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            return redis.Redis.from_url(url).ping()
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    return False
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    executable = shutil.which("redis-server")
+    for _ in range(3):  # a free port can be taken between probing and binding
+        port = free_port()
+        server = subprocess.Popen([executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                   "--appendonly", "no", "--dir", str(folder)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        if wait_until_ready(url, server):
+            return server, url
+        server.terminate()
+        server.wait(timeout=10)
+    raise RuntimeError("redis-server did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A private redis-server for the session (no persistence)."""
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_db(redis_url) -> redis.Redis:
+    """Direct access to the test Redis, emptied for each test."""
+    connection = redis.Redis.from_url(redis_url, decode_responses=True)
+    connection.flushdb()
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def cache(redis_url, redis_db) -> Cache:
+    cache = Cache(redis_url)
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def client(consolidated, cache):
+    with MemoryClient(consolidated.dsn, cache=cache, pool_size=2) as memory:
+        yield memory
+
+
+@pytest.fixture
+def closed_port():
+    """A loopback port that is bound but not listening: connecting is refused at once."""
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        yield blocker.getsockname()[1]
+
+
+def new_key(label: str) -> str:
+    return f"test:{label}:{uuid.uuid4().hex[:8]}"
+
+
+def live_entry(target, condition: str) -> tuple[str, str, object]:
+    return fetch(target, f"SELECT key, namespace, value FROM unified_memory WHERE {LIVE} AND {condition} "
+                         "ORDER BY id LIMIT 1")[0]
+
+
+def cached_keys(redis_db: redis.Redis) -> set[str]:
+    return set(redis_db.scan_iter(match="mem:*"))
+
+
+def change_in_postgresql(target, key: str, namespace: str, value) -> None:
+    """A write that bypasses the client, so the cache cannot know about it."""
+    with target.connect() as connection:
+        connection.execute("UPDATE unified_memory SET value = %s::jsonb WHERE key = %s AND namespace = %s",
+                           (json.dumps(value), key, namespace))
+
+
+# -- cache-aside reads -----------------------------------------------------------------------------
+
+def test_first_read_fills_the_cache_without_ttl_when_the_entry_never_expires(consolidated, client, redis_db):
+    key, namespace, value = live_entry(consolidated, "expires_at IS NULL")
+    assert client.get(key, namespace) == value
+    assert json.loads(redis_db.get(cache_key(namespace, key))) == value
+    assert redis_db.ttl(cache_key(namespace, key)) == -1
+
+
+def test_first_read_caches_until_expires_at(consolidated, client, redis_db):
+    key = new_key("ttl")
+    client.set(key, {"n": 1}, ttl=600)
+    assert client.get(key) == {"n": 1}
+    assert 595_000 < redis_db.pttl(cache_key("default", key)) <= 600_000
+
+
+def test_second_read_is_a_hit_served_by_redis(consolidated, client, cache):
+    key, namespace, value = live_entry(consolidated, "expires_at IS NULL AND namespace <> 'default'")
+    client.get(key, namespace)
+    change_in_postgresql(consolidated, key, namespace, "changed behind the cache's back")
+    assert client.get(key, namespace) == value
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_expired_and_absent_entries_are_not_cached(consolidated, client, redis_db):
+    expired = fetch(consolidated, "SELECT key, namespace FROM unified_memory WHERE expires_at <= now() LIMIT 5")
+    assert [client.get(k, n) for k, n in expired] == [None] * len(expired)
+    assert client.get("no such key") is None
+    assert cached_keys(redis_db) == set()
+
+
+def test_namespaces_with_colons_get_distinct_cache_keys(client, redis_db):
+    client.set("pre-bash:x", "in namespace hooks", "hooks")
+    client.set("x", "in namespace hooks:pre-bash", "hooks:pre-bash")
+    assert (client.get("pre-bash:x", "hooks"), client.get("x", "hooks:pre-bash")) == \
+           ("in namespace hooks", "in namespace hooks:pre-bash")
+    assert cached_keys(redis_db) == {"mem:hooks:pre-bash:x", "mem:hooks%3Apre-bash:x"}
+
+
+# -- invalidation ----------------------------------------------------------------------------------
+
+def test_set_invalidates_the_cached_value(consolidated, client, redis_db):
+    key, namespace, _ = live_entry(consolidated, "expires_at IS NULL AND namespace = 'default'")
+    client.get(key, namespace)
+    client.set(key, {"version": 2}, namespace)
+    assert not redis_db.exists(cache_key(namespace, key))
+    assert client.get(key, namespace) == {"version": 2}
+    assert json.loads(redis_db.get(cache_key(namespace, key))) == {"version": 2}
+
+
+def test_delete_invalidates_the_cached_value(client, redis_db):
+    key = new_key("delete")
+    client.set(key, "short-lived", "cache-tests")
+    assert client.get(key, "cache-tests") == "short-lived"
+    assert client.delete(key, "cache-tests") is True
+    assert not redis_db.exists(cache_key("cache-tests", key))
+    assert client.get(key, "cache-tests") is None
+
+
+# -- Redis unreachable -----------------------------------------------------------------------------
+
+def test_unreachable_redis_falls_back_to_postgresql_with_one_warning(consolidated, closed_port, caplog):
+    entries = fetch(consolidated, f"SELECT key, namespace, value FROM unified_memory WHERE {LIVE} ORDER BY id LIMIT 5")
+    unreachable = Cache(f"redis://:secret@127.0.0.1:{closed_port}/0")
+    caplog.set_level(logging.WARNING, logger="loader.cache")
+    with MemoryClient(consolidated.dsn, cache=unreachable, pool_size=1) as client:
+        assert [client.get(k, n) for k, n, _ in entries] == [v for _, _, v in entries]
+        key = new_key("no-redis")
+        client.set(key, [1])
+        assert client.get(key) == [1]
+        assert client.delete(key) is True
+
+    warnings = [r for r in caplog.records if r.name == "loader.cache" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "unreachable" in warnings[0].getMessage() and "secret" not in warnings[0].getMessage()
+    assert unreachable.stats()["connected"] is False
+
+
+# -- warm and stats --------------------------------------------------------------------------------
+
+def hottest_identities(target, top: int) -> set[str]:
+    """The documented order, computed in Python from the whole table: access_count desc, accessed_at
+    desc (NULLs last for both), then namespace and key."""
+    rows = fetch(target, f"SELECT namespace, key, access_count, extract(epoch FROM accessed_at) "
+                         f"FROM unified_memory WHERE {LIVE}")
+    def order(row):
+        namespace, key, count, accessed = row
+        return (count is None, -(count or 0), accessed is None, -(accessed or 0), namespace, key)
+    return {cache_key(namespace, key) for namespace, key, *_ in sorted(rows, key=order)[:top]}
+
+
+@pytest.mark.parametrize("top", [1, 7, 50])
+def test_warm_caches_exactly_the_hottest_entries(consolidated, client, cache, redis_db, top):
+    expected = hottest_identities(consolidated, top)
+    assert cache.warm(client, top) == top
+    assert cached_keys(redis_db) == expected
+
+
+def test_warm_from_a_dsn(consolidated, cache, redis_db):
+    expected = hottest_identities(consolidated, 10)
+    assert cache.warm(consolidated.dsn, 10) == 10
+    assert cached_keys(redis_db) == expected
+
+
+def test_warm_with_redis_unreachable_caches_nothing(consolidated, closed_port):
+    assert Cache(f"redis://127.0.0.1:{closed_port}/0").warm(consolidated.dsn, 5) == 0
+
+
+def test_stats_report_counters_and_server_figures(consolidated, client, cache):
+    key, namespace, _ = live_entry(consolidated, "expires_at IS NULL")
+    client.get(key, namespace)
+    client.get(key, namespace)
+    client.get("no such key")
+    stats = cache.stats()
+    assert stats["connected"] is True
+    assert (stats["keys"], stats["hits"], stats["misses"], stats["errors"]) == (1, 1, 2, 0)
+    assert stats["used_memory"] > 0 and stats["keyspace_hits"] >= 1
+
+
+def consolidate_cache(*arguments: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CONSOLIDATE_REDIS_URL")}
+    return subprocess.run([sys.executable, "-m", "loader", "cache", *arguments], capture_output=True, text=True,
+                          env=environment, timeout=300)
+
+
+def test_cli_warm_then_stats(consolidated, redis_url, redis_db, tmp_path):
+    expected = hottest_identities(consolidated, 12)
+    warmed = consolidate_cache("warm", "--top", "12", "--redis-url", redis_url, "--dsn", consolidated.dsn,
+                               "--home", str(tmp_path / "state"))
+    assert warmed.returncode == 0, warmed.stderr
+    assert cached_keys(redis_db) == expected
+
+    stats = consolidate_cache("stats", "--redis-url", redis_url, "--json")
+    assert stats.returncode == 0, stats.stderr
+    report = json.loads(stats.stdout)
+    assert (report["connected"], report["keys"]) == (True, 12) and report["used_memory"] > 0
+
+
+def test_cli_with_redis_unreachable_exits_1_without_the_password(consolidated, closed_port, tmp_path):
+    url = f"redis://:secret@127.0.0.1:{closed_port}/0"
+    warmed = consolidate_cache("warm", "--redis-url", url, "--dsn", consolidated.dsn, "--home", str(tmp_path / "state"))
+    stats = consolidate_cache("stats", "--redis-url", url, "--json")
+    assert (warmed.returncode, stats.returncode) == (1, 1)
+    assert json.loads(stats.stdout)["connected"] is False
+    assert "secret" not in warmed.stdout + warmed.stderr + stats.stdout + stats.stderr

@@ -1,0 +1,357 @@
+"""`consolidate validate` (loader/validate.py) against a real PostgreSQL, after a real `consolidate run`.
+
+Expected values are computed here from private copies of the SQLite files (Python's sqlite3) and the
+documented rules, never taken from the loader's or the validator's output.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import read_private_copy
+from loader.validate import (ValidationError, epoch_timestamp, normalized_value, secret_policy_in_use,
+                             text_timestamp, validate)
+
+EVERY_ROW = 100_000
+SQLITE_HEADER = b"SQLite format 3\x00"
+BROKEN_JSON = '{"truncated": '
+
+
+def consolidate(*arguments: str, target=None, home: Path | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loader", *arguments]
+    if target is not None:
+        command += ["--dsn", target.dsn]
+    if home is not None:
+        command += ["--home", str(home)]
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CONSOLIDATE_SECRET_KEY")}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+
+
+def run_ok(root: Path, target, home: Path, *options: str) -> None:
+    result = consolidate("run", str(root), *options, target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------------ independent expectations
+
+def sqlite_main_files(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file() and path.read_bytes()[:16] == SQLITE_HEADER)
+
+
+def identity(path: Path) -> tuple[str, str | None]:
+    wal = path.with_name(path.name + "-wal")
+    return (hashlib.sha256(path.read_bytes()).hexdigest(),
+            hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists() else None)
+
+
+def table_counts(path: Path, scratch: Path) -> dict[str, int]:
+    names = [name for (name,) in read_private_copy(
+        path, scratch, "SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE '%WITHOUT ROWID%'")]
+    return {name: read_private_copy(path, scratch, f'SELECT count(*) FROM "{name}"')[0][0] for name in names}
+
+
+MEMORY_TABLE_VALUES = {  # (table, value column, storage type column) of each memory layout
+    "value": ("memory_entries", "value", None),
+    "content": ("memory_entries", "content", None),
+    "memory_store": ("memory_store", "value", "type"),
+}
+
+
+def memory_values(path: Path, scratch: Path) -> list[tuple[str | None, str | None]] | None:
+    """Every memory value of the file as (text, storage type), or None when it has no memory table."""
+    tables = {name for (name,) in read_private_copy(path, scratch, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    columns = {row[1] for row in read_private_copy(path, scratch, "PRAGMA table_info(memory_entries)")}
+    layout = next((MEMORY_TABLE_VALUES[name] for name in ("content", "value") if name in columns), None)
+    if layout is None and "memory_store" in tables:
+        layout = MEMORY_TABLE_VALUES["memory_store"]
+    if layout is None:
+        return None
+    table, value, storage = layout
+    return read_private_copy(path, scratch, f"SELECT {value}, {storage or 'NULL'} FROM {table}")
+
+
+def looks_like_failed_json(text: str | None, storage_type: str | None) -> bool:
+    if text is None or storage_type == "pickle" or not text.lstrip().startswith(("{", "[", '"', "__compressed__")):
+        return False
+    try:
+        if text.startswith("__compressed__"):
+            json.loads(base64.b64decode(text[len("__compressed__"):], validate=True))
+        else:
+            json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def add_row(path: Path, statement: str, parameters=()) -> None:
+    """Write to a database in place (our own copy: on purpose)."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(statement, parameters)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def add_table_of_every_storage_class(path: Path) -> None:
+    """An `other` database whose values are REAL, BLOB, INTEGER, TEXT and NULL, in typed and untyped columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("CREATE TABLE readings (id INTEGER PRIMARY KEY, measured REAL, payload BLOB, anything)")
+        connection.executemany("INSERT INTO readings (measured, payload, anything) VALUES (?, ?, ?)", [
+            (0.1, b"bytes", 1e20), (1 / 3, "text in a blob column", 3.0), (123456789012345678.0, b"", None),
+            (-0.0, None, "42"), (1754378470.5, b"{\"a\": 1}", 2**62)])
+        connection.commit()
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def sample_tree(tmp_path) -> Path:
+    root = tmp_path / "tree"
+    result = consolidate("sample", str(root))
+    assert result.returncode == 0, result.stderr
+    return root / "opt" / "sutazaiapp"
+
+
+def stored_files(target, run_id: str) -> dict[str, dict]:
+    with target.connect() as connection, connection.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+        rows = cursor.execute("SELECT * FROM consolidate.validation_files WHERE run_id = %s", [run_id]).fetchall()
+    return {row["source_path"]: row for row in rows}
+
+
+# ----------------------------------------------------------------------------------------- tests
+
+def test_a_consolidated_sample_validates_and_the_results_are_queryable(sample_tree, target, home, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.delenv("CONSOLIDATE_SECRET_KEY", raising=False)
+    broken = sample_tree / "mcp" / "claude-flow" / ".swarm" / "memory.db"
+    add_row(broken, "INSERT INTO memory_entries (key, value, namespace) VALUES ('broken:1', ?, 'default')",
+            [BROKEN_JSON])
+    add_table_of_every_storage_class(sample_tree / "misc" / "readings.db")
+    run_ok(sample_tree, target, home)
+    (backup_dir,) = (home / "backups").iterdir()
+
+    report = validate(target, sample_size=EVERY_ROW, seed=1, backup_dir=backup_dir,
+                      secret_policy=secret_policy_in_use(home))
+
+    assert report.passed, [(f.source_path, f.problems, f.mismatches[:3]) for f in report.files]
+    by_path = {file.source_path: file for file in report.files}
+    groups: dict[tuple, list[Path]] = {}
+    for path in sqlite_main_files(sample_tree):
+        groups.setdefault(identity(path), []).append(path)
+    assert len(by_path) == len(groups)  # byte-identical copies are loaded (and validated) once
+    for paths in groups.values():
+        (path,) = [p for p in paths if str(p) in by_path]
+        file = by_path[str(path)]
+        counts = table_counts(path, tmp_path / "scratch")
+        assert (file.rows_in_sqlite, file.rows_in_raw, file.spot_checked) == (sum(counts.values()),) * 3, path
+        assert (file.checksum_status, file.backup_checksum_status) == ("unchanged", "matches"), path
+        values = memory_values(path, tmp_path / "scratch")
+        if values is None:
+            assert (file.kept, file.superseded, file.moved, file.flagged) == (None,) * 4, path
+        else:
+            assert file.kept + file.superseded + file.moved == len(values), path
+            assert file.flagged == sum(looks_like_failed_json(*value) for value in values), path
+    assert by_path[str(broken)].flagged == 1
+    assert by_path[str(sample_tree / "misc" / "readings.db")].kind == "other"
+
+    stored = stored_files(target, report.run_id)
+    assert set(stored) == set(by_path)
+    assert all(row["passed"] and row["spot_mismatches"] == 0 and row["mismatch_details"] == [] for row in stored.values())
+    assert {path: row["spot_checked"] for path, row in stored.items()} == {
+        path: file.spot_checked for path, file in by_path.items()}
+    with target.connect() as connection:
+        run = connection.execute("SELECT passed, sample_size, seed FROM consolidate.validation_runs "
+                                 "WHERE run_id = %s", [report.run_id]).fetchone()
+    assert run == (True, EVERY_ROW, 1)
+
+    # The backup's manifest no longer matching a file's loaded bytes fails that file only.
+    manifest_path = backup_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    altered = next(entry for entry in manifest["files"] if entry["path"] == str(broken))
+    altered["sha256"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    again = validate(target, sample_size=0, backup_dir=backup_dir)
+    failed = [file for file in again.files if not file.passed]
+    assert [(f.source_path, f.backup_checksum_status) for f in failed] == [(str(broken), "differs")]
+    assert not again.passed
+
+
+def test_tampered_marts_and_raw_and_changed_or_missing_sources_are_named(sample_tree, target, home, tmp_path):
+    run_ok(sample_tree, target, home, "--no-backup")
+    memory_file = sample_tree / "mcp" / "ruv-swarm" / ".swarm" / "memory.db"
+    n8n_file = sample_tree / "data" / "n8n" / "database.sqlite"
+    flowise_file = sample_tree / "data" / "flowise" / "database.sqlite"
+    changed_file = sample_tree / "mcp" / "task-master" / ".swarm" / "memory.db"
+    missing_file = sample_tree / "mcp" / "claude-flow" / ".swarm" / "memory.db"
+
+    # the shortest JSON value of the memory file whose row won (is in unified_memory), read from SQLite
+    with target.connect() as connection:
+        kept = {rowid for (rowid,) in connection.execute(
+            "SELECT source_rowid FROM unified_memory WHERE source_path = %s", [str(memory_file)])}
+    rows = read_private_copy(memory_file, tmp_path / "x", "SELECT rowid, value FROM memory_entries")
+    tampered_rowid, original_value = min(((rowid, value) for rowid, value in rows if rowid in kept and is_json(value)),
+                                         key=lambda row: len(row[1]))
+    workflow_rowid, workflow_name = read_private_copy(
+        n8n_file, tmp_path / "x", "SELECT rowid, name FROM workflow_entity ORDER BY rowid LIMIT 1")[0]
+    (deleted_rowid,) = read_private_copy(flowise_file, tmp_path / "x", "SELECT min(rowid) FROM chat_message")[0]
+    flowise_rows = sum(table_counts(flowise_file, tmp_path / "x").values())
+
+    with target.connect() as connection:
+        connection.execute("UPDATE unified_memory SET value = '\"tampered\"' WHERE source_path = %s "
+                           "AND source_rowid = %s", [str(memory_file), tampered_rowid])
+        connection.execute("UPDATE raw_n8n.workflow_entity SET name = 'tampered' WHERE _source_path = %s "
+                           "AND _source_rowid = %s", [str(n8n_file), workflow_rowid])
+        connection.execute("DELETE FROM raw_flowise.chat_message WHERE _source_path = %s AND _source_rowid = %s",
+                           [str(flowise_file), deleted_rowid])
+    add_row(changed_file, "INSERT INTO memory_entries (key, value) VALUES ('added:after-load', '1')")
+    missing_file.unlink()
+
+    report = validate(target, sample_size=EVERY_ROW, seed=7)
+
+    by_path = {file.source_path: file for file in report.files}
+    memory = by_path[str(memory_file)]
+    ((where, field, expected, actual),) = [(m.against, m.field, m.expected, m.actual) for m in memory.mismatches]
+    assert (where, field, actual) == ("unified_memory", "value", '"tampered"')
+    assert json.loads(expected) == json.loads(original_value)
+
+    n8n = by_path[str(n8n_file)]
+    assert [(m.source_table, m.source_rowid, m.field, m.expected, m.actual) for m in n8n.mismatches] == [
+        ("workflow_entity", workflow_rowid, "name", json.dumps(workflow_name, ensure_ascii=False), '"tampered"')]
+
+    flowise = by_path[str(flowise_file)]
+    assert flowise.rows_in_raw == flowise_rows - 1
+    assert [(m.source_table, m.source_rowid, m.field, m.actual) for m in flowise.mismatches] == [
+        ("chat_message", deleted_rowid, "row", "0 rows")]
+    assert any("chat_message" in problem for problem in flowise.problems)
+
+    changed, missing = by_path[str(changed_file)], by_path[str(missing_file)]
+    assert (changed.checksum_status, changed.spot_checked) == ("changed", 0)
+    assert any("changed on disk since its load" in problem for problem in changed.problems)
+    assert (missing.checksum_status, missing.spot_checked) == ("missing", 0)
+
+    failed = {path for path, file in by_path.items() if not file.passed}
+    assert failed == {str(memory_file), str(n8n_file), str(flowise_file), str(changed_file), str(missing_file)}
+    assert not report.passed
+
+    stored = stored_files(target, report.run_id)
+    assert {path for path, row in stored.items() if not row["passed"]} == failed
+    assert [(d["source_rowid"], d["against"], d["field"]) for d in stored[str(memory_file)]["mismatch_details"]] == [
+        (tampered_rowid, "unified_memory", "value")]
+    assert stored[str(changed_file)]["checksum_status"] == "changed"
+
+
+def test_real_databases_validate_every_row_and_hashed_secrets_need_the_key(realdata, target, home, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.delenv("CONSOLIDATE_SECRET_KEY", raising=False)
+    chosen = ["claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db",  # rows only in the -wal
+              "claude-flow/ApexSlayer43__apex-os/memory.db",  # claude-flow v3
+              "claude-flow/Cornjebus__junie/memory.db",  # v2 with many performance metrics
+              "flowise/Peeragogy__Peeragogy_ChatBot/database.sqlite"]  # hashed secrets
+    root = tmp_path / "real"
+    for relative in chosen:
+        for suffix in ("", "-wal"):
+            source = realdata / (relative + suffix)
+            if source.exists():
+                (root / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, root / (relative + suffix))
+    run_ok(root, target, home, "--no-backup")
+    policy = secret_policy_in_use(home)
+
+    report = validate(target, sample_size=EVERY_ROW, seed=3, secret_policy=policy)
+
+    assert report.passed, [(f.source_path, f.problems, f.mismatches[:3]) for f in report.files]
+    assert sorted(file.source_path for file in report.files) == sorted(str(root / relative) for relative in chosen)
+    for file in report.files:
+        counts = table_counts(Path(file.source_path), tmp_path / "scratch")
+        assert (file.rows_in_sqlite, file.rows_in_raw, file.spot_checked) == (sum(counts.values()),) * 3
+
+    flowise = root / chosen[-1]
+    (credential_rowid,) = read_private_copy(flowise, tmp_path / "x", "SELECT min(rowid) FROM credential")[0]
+    with target.connect() as connection:
+        connection.execute('UPDATE raw_flowise.credential SET "encryptedData" = %s WHERE _source_rowid = %s',
+                           ["hmac-sha256:" + "0" * 64, credential_rowid])
+    with_key = validate(target, sample_size=EVERY_ROW, seed=3, secret_policy=policy)
+    without_key = validate(target, sample_size=EVERY_ROW, seed=3)
+    (tampered,) = [f for f in with_key.files if not f.passed]
+    assert [(m.source_table, m.source_rowid, m.field) for m in tampered.mismatches] == [
+        ("credential", credential_rowid, "encryptedData")]
+    assert without_key.passed  # the hash's shape is right; only the key can tell it is not the value's
+
+
+def test_validate_refuses_a_database_nothing_was_loaded_into(target):
+    with pytest.raises(ValidationError, match="not found"):
+        validate(target)
+
+
+@pytest.mark.parametrize(("raw", "storage_type", "expected_json", "data_type"), [
+    ('{"a": [1, 2]}', None, '{"a": [1, 2]}', "json"),
+    ("42", None, "42", "json"),
+    ('"42"', None, '"42"', "json"),
+    (None, None, "null", "json"),
+    ("hello world, not JSON", None, '"hello world, not JSON"', "text"),
+    ("__compressed__eyJzZXNzaW9uSWQiOiJzMSJ9", None, '{"sessionId": "s1"}', "json"),
+    ("__compressed__cGxhaW4=", None, '"__compressed__cGxhaW4="', "text"),
+    ("__compressed__//79", None, '"__compressed__//79"', "text"),
+    ('"\\u0000"', None, '"\\"\\\\u0000\\""', "text"),
+    ("1e1000000", None, '"1e1000000"', "text"),
+    ("NaN", None, '"NaN"', "text"),
+    ("12345678", "pickle", '"12345678"', "pickle"),
+])
+def test_value_rule_matches_the_documented_cases(raw, storage_type, expected_json, data_type):
+    value, kind = normalized_value(raw, storage_type)
+    assert (value, kind) == (json.loads(expected_json), data_type)
+
+
+def as_datetime(epoch_seconds: Decimal | None) -> datetime | None:
+    if epoch_seconds is None:
+        return None
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(epoch_seconds * 1_000_000))
+
+
+UTC = timezone.utc
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1754378470", datetime(2025, 8, 5, 7, 21, 10, tzinfo=UTC)),
+    ("1762578862860", datetime(2025, 11, 8, 5, 14, 22, 860000, tzinfo=UTC)),  # milliseconds by magnitude
+    ("1754378470.5", datetime(2025, 8, 5, 7, 21, 10, 500000, tzinfo=UTC)),
+    ("-1", datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC)),
+    ("yesterday", None), ("100000000000000", None), ("", None)])
+def test_epoch_rule_reads_seconds_and_milliseconds_by_magnitude(text, expected):
+    assert as_datetime(epoch_timestamp(text)) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2025-08-01 20:01:03", datetime(2025, 8, 1, 20, 1, 3, tzinfo=UTC)),
+    ("2025-08-01 20:01:03.449123", datetime(2025, 8, 1, 20, 1, 3, 449123, tzinfo=UTC)),
+    ("2025-08-01T20:01:03.5", datetime(2025, 8, 1, 20, 1, 3, 500000, tzinfo=UTC)),
+    ("2025-08-01 20:01:03+02:00", datetime(2025, 8, 1, 18, 1, 3, tzinfo=UTC)),
+    ("2024-02-29 23:59:59", datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC)),
+    ("2025-02-31 10:00:00", None), ("2025-13-01 10:00:00", None), ("0000-01-01 00:00:00", None),
+    ("garbage", None)])
+def test_text_timestamps_are_naive_utc_and_impossible_dates_are_null(text, expected):
+    assert as_datetime(text_timestamp(text)) == expected
