@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from loader import archive as archive_stage
 from loader import backup as backup_stage
 from loader import build as build_stage
 from loader import cache as cache_layer
 from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
+from loader import status as status_stage
 from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
 from loader.discover import Discovery, discover as discover_files
 from loader.secret_policy import PolicyError, load_policy
@@ -319,6 +321,112 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
                       str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
                       v.value_preview)
     out.print(table)
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def status_table(report: status_stage.StatusReport) -> Table:
+    table = Table(title="ledger status per source file")
+    for column in ("file", "kind", "status", "current load", "rows in SQLite", "rows loaded", "on disk",
+                   "since sync", "last failure"):
+        table.add_column(column, justify="right" if column.startswith(("rows", "since")) else "left")
+    for f in report.files:
+        current = f.current
+        on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
+        failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {f.last_failure.error_message}[/red]"
+                   if f.last_failure else "")
+        table.add_row(f.source_db, f.kind, f.status, current.load_id if current else "",
+                      f"{current.rows_in_sqlite:,}" if current and current.rows_in_sqlite is not None else "",
+                      f"{current.rows_loaded:,}" if current and current.rows_loaded is not None else "",
+                      on_disk, format_age(f.seconds_since_sync), failure)
+    return table
+
+
+@app.command()
+def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
+    """The ledger at a glance: per source file its latest status, current load, rows, whether the file
+    on disk still has the loaded checksums (unchanged / changed / missing), last failure and time since
+    its last sync; totals and the last load's status."""
+    report = status_stage.status(target_for(dsn, home, "public"))
+    if as_json:
+        print_json(report.to_json())
+        return
+    if report.message:
+        err.print(report.message)
+    if report.files:
+        out.print(status_table(report))
+    totals, last = report.totals, report.last_load
+    err.print(f"{totals.files} files, {totals.rows_loaded:,} of {totals.rows_in_sqlite:,} rows loaded, "
+              f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing"
+              + (f"; last load {last.load_id}: {last.status}" if last else ""))
+
+
+def archive_table(report: archive_stage.ArchiveReport) -> Table:
+    table = Table(title=str(report.archive) if report.archive else "nothing archived")
+    for column in ("file", "archived", "removed", "reason"):
+        table.add_column(column)
+    removals = {removal.path: removal for removal in report.removals}
+    for entry in report.archived:
+        removal = removals.get(entry.path)
+        removed = "" if removal is None else ("[green]yes[/green]" if removal.removed else "[red]no[/red]")
+        table.add_row(entry.path, "[green]yes[/green]", removed, (removal.refused or "") if removal else "")
+    for refusal in report.refused:
+        table.add_row(refusal.path, "[red]no[/red]", "", refusal.reason)
+    return table
+
+
+def verify_archive_file(path: Path, as_json: bool) -> None:
+    problems = archive_stage.verify_archive(path)
+    if as_json:
+        print_json({"archive": str(path), "verified": not problems, "problems": [p.to_json() for p in problems]})
+    else:
+        for problem in problems:
+            err.print(f"[red]{problem.path}[/red]: {problem.problem}")
+        err.print(f"verified {path}" if not problems else f"{len(problems)} problem(s) in {path}")
+    raise typer.Exit(EXIT_OK if not problems else EXIT_NOT_RECONCILED)
+
+
+@app.command()
+def archive(
+    roots: Annotated[Optional[list[Path]], typer.Argument(
+        help="Directories (or files) to search for SQLite databases.", show_default=False)] = None,
+    to: Annotated[Optional[Path], typer.Option(
+        "--to", help="Folder for the archive: new, empty, or holding only consolidate archives.")] = None,
+    verify: Annotated[Optional[Path], typer.Option(
+        "--verify", help="Instead of archiving, re-check this archive (.zip) member by member.")] = None,
+    remove_originals: Annotated[bool, typer.Option(
+        "--remove-originals", help="After archiving, delete each archived file (main, -wal, -shm, -journal) "
+                                   "whose archive verifies, whose migration the ledger confirms and whose "
+                                   "bytes are still the archived ones.")] = False,
+    dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", as_json: AsJson = False,
+) -> None:
+    """Archive (plan phase 5) every file whose exact bytes were loaded and reconciled into a zip with a
+    manifest and checksums; list the others with the reason. `--verify PATH` re-checks an archive.
+    Exit 1 when a file or a removal was refused or verification finds problems."""
+    if verify is not None:
+        if roots or to is not None or remove_originals:
+            raise typer.BadParameter("--verify PATH takes no ROOT, no --to and no --remove-originals")
+        verify_archive_file(verify, as_json)
+    if not roots or to is None:
+        raise typer.BadParameter("give ROOT... --to DIR (or --verify PATH)")
+    try:
+        report = archive_stage.archive(target_for(dsn, home, schema), roots, to,
+                                       remove_originals=remove_originals, exclude=[home])
+    except archive_stage.ArchiveError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        out.print(archive_table(report))
+    refused_removal = any(removal.refused for removal in report.removals)
+    raise typer.Exit(EXIT_NOT_RECONCILED if report.refused or refused_removal else EXIT_OK)
 
 
 @db_app.command("url")

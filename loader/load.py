@@ -148,6 +148,10 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
                 outcome = load_one(connection, duck, load_id, source, policy, force)
                 outcomes.append(outcome)
                 on_file(outcome)
+        except BaseException:
+            if not connection.broken:
+                ledger.finish_load(connection, load_id, "failed")
+            raise
         finally:
             duck.close()
         ledger.finish_load(connection, load_id, "failed" if any(o.status == "failed" for o in outcomes)
