@@ -19,6 +19,7 @@ from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
 from loader import status as status_stage
+from loader import validate as validate_stage
 from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
 from loader.discover import Discovery, discover as discover_files
 from loader.secret_policy import PolicyError, load_policy
@@ -200,7 +201,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         backup_to: Annotated[Optional[Path], typer.Option(
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         as_json: AsJson = False) -> None:
-    """discover → load → build → a reconciliation table per source file. Exit 0 only when every file
+    """backup → discover → load → build → validate → a reconciliation table per source file. Exit 0 only when every file
     reconciles and every dbt test passes; 1 when something does not reconcile or a test fails; 3 when
     a SQLite source could not be read. Non-SQLite files and orphan -wal files are warnings only."""
     backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json)
@@ -210,14 +211,21 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     loaded = run_load(found, target, roots, home, secrets, force, as_json)
     built = build_stage.build(target, home, quiet=as_json)
     summary = report.summarize(target, loaded.load_id)
-    reconciled = built.success and all(row.reconciled for row in summary)
+    validation = validate_stage.validate(target, backup_dir=backed_up,
+                                         secret_policy=validate_stage.secret_policy_in_use(home, secrets)) \
+        if built.success else None
+    reconciled = built.success and all(row.reconciled for row in summary) and validation.passed
     if as_json:
         print_json({"load_id": loaded.load_id, "reconciled": reconciled, "build": built.to_json(),
                     "backup": str(backed_up) if backed_up else None,
+                    "validation": validation.to_json() if validation else None,
                     "files": [row.to_json() for row in summary],
                     "warnings": [w.to_json() for w in found.warnings]})
     else:
         out.print(summary_table(summary))
+        if validation:
+            out.print(validation_table(validation))
+            print_validation_problems(validation)
         for failure in built.failures:
             err.print(f"[red]failed:[/red] {failure}")
         print_load_failures(loaded)
@@ -284,6 +292,60 @@ def backup(
     else:
         out.print(backup_table(manifest))
     raise typer.Exit(EXIT_SOURCE_UNREADABLE if manifest.failed else EXIT_OK)
+
+
+def validation_table(report: validate_stage.ValidationReport) -> Table:
+    table = Table(title=f"validation {report.run_id} (sample {report.sample_size}, seed {report.seed})")
+    headers = ("file", "rows in SQLite", "rows in raw", "kept", "superseded", "moved", "flagged",
+               "on disk", "backup", "spot-checked", "mismatches", "ok")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("file", "on disk", "backup") else "right")
+    for f in report.files:
+        counts = [f.rows_in_sqlite, f.rows_in_raw, f.kept, f.superseded, f.moved, f.flagged]
+        table.add_row(f.source_db, *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
+                      f.backup_checksum_status or "", f"{f.spot_checked:,}", f"{len(f.mismatches):,}",
+                      "[green]yes[/green]" if f.passed else "[red]NO[/red]")
+    return table
+
+
+def print_validation_problems(report: validate_stage.ValidationReport) -> None:
+    for f in report.files:
+        for problem in f.problems:
+            err.print(f"[red]{f.source_db}[/red]: {problem}")
+        for m in f.mismatches[:10]:
+            err.print(f"  {m.source_table} rowid {m.source_rowid} {m.against}.{m.field}: "
+                      f"expected {m.expected}, found {m.actual}", markup=False, highlight=False)
+
+
+@app.command()
+def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", secrets: Secrets = None,
+             sample: Annotated[int, typer.Option("--sample", min=0,
+                 help="Random rows spot-checked per file (memory rows, and rows of the other tables).")] = 20,
+             seed: Annotated[Optional[int], typer.Option("--seed", help="Repeat an earlier run's choice of rows.")] = None,
+             backup: Annotated[Optional[Path], typer.Option("--backup", exists=True, file_okay=False,
+                 help="Backup folder (manifest.json) that must hold the loaded bytes of every file.")] = None,
+             as_json: AsJson = False) -> None:
+    """Validation report (plan phase 3): per current source file, counts (SQLite, raw, kept, superseded,
+    moved, flagged), sha256 on disk (and in --backup) against the loaded bytes, and a field-by-field spot
+    check of random rows against the marts and raw. Stored in consolidate.validation_runs/_files. Exit 0
+    when every file passes, 1 otherwise, 2 when nothing can be validated."""
+    try:
+        policy = validate_stage.secret_policy_in_use(home, secrets)
+        report = validate_stage.validate(target_for(dsn, home, schema), sample_size=sample, seed=seed,
+                                         backup_dir=backup, secret_policy=policy)
+    except (validate_stage.ValidationError, PolicyError) as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        out.print(validation_table(report))
+        print_validation_problems(report)
+    raise typer.Exit(EXIT_OK if report.passed else EXIT_NOT_RECONCILED)
+# --- end of snippet ---
+
+if __name__ == "__main__":
+    app()
 
 
 @app.command()

@@ -39,7 +39,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -575,7 +575,8 @@ def raw_rows(connection: psycopg.Connection, raw_table: tuple[str, str], columns
 
 # ------------------------------------------------------------------- the documented rules, in Python
 
-SPACE = "[ \t\n\r\f\v]"
+SPACE_CHARACTERS = " \t\n\r\f\v"  # [[:space:]] in PostgreSQL regular expressions
+SPACE = f"[{SPACE_CHARACTERS}]"
 NUMERIC_TEXT = re.compile(rf"{SPACE}*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{{1,3}})?{SPACE}*")
 INTEGER_TEXT = re.compile(rf"{SPACE}*[+-]?[0-9]{{1,10}}(\.0*)?{SPACE}*")
 TIMESTAMP_TEXT = re.compile(
@@ -593,13 +594,13 @@ NUMERIC_MAX_WEIGHT, NUMERIC_MAX_SCALE = 131071, 16383
 def try_numeric(text: str | None) -> Decimal | None:
     if text is None or len(text.encode()) > 1000 or not NUMERIC_TEXT.fullmatch(text):
         return None
-    return Decimal(text.strip(" \t\n\r\f\v"))
+    return Decimal(text.strip(SPACE_CHARACTERS))
 
 
 def try_int(text: str | None) -> int | None:
     if text is None or not INTEGER_TEXT.fullmatch(text):
         return None
-    number = Decimal(text.strip(" \t\n\r\f\v"))
+    number = Decimal(text.strip(SPACE_CHARACTERS))
     return int(number) if INT4_MIN <= number <= INT4_MAX else None
 
 

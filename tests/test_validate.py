@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg
+from psycopg.rows import dict_row
 import pytest
 
 from conftest import read_private_copy
@@ -137,7 +137,7 @@ def sample_tree(tmp_path) -> Path:
 
 
 def stored_files(target, run_id: str) -> dict[str, dict]:
-    with target.connect() as connection, connection.cursor(row_factory=psycopg.rows.dict_row) as cursor:
+    with target.connect() as connection, connection.cursor(row_factory=dict_row) as cursor:
         rows = cursor.execute("SELECT * FROM consolidate.validation_files WHERE run_id = %s", [run_id]).fetchall()
     return {row["source_path"]: row for row in rows}
 
