@@ -28,7 +28,7 @@ class BuildOutcome:
 
 def dbt_arguments(command: str, home: Path, quiet: bool) -> list[str]:
     arguments = [
-        command,
+        *command.split(),
         "--project-dir", str(PROJECT_DIR),
         "--profiles-dir", str(PROFILES_DIR),
         "--target-path", str((home / "dbt" / "target").absolute()),

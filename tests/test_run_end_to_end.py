@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import read_private_copy
+from test_load import manifest_mismatches
 
 PERFORMANCE = "performance-metrics"
 
@@ -180,7 +181,9 @@ def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sam
 def test_run_over_the_real_databases_reconciles_every_file(realdata, target, home, tmp_path):
     result = consolidate("run", str(realdata), "--json", target=target, home=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert manifest_mismatches(realdata) == []
     report = json.loads(result.stdout)
+    assert report["validation"]["files"] and all(f["passed"] for f in report["validation"]["files"])
     for file in report["files"]:
         path = Path(file["source_path"])
         tables = [name for (name,) in read_private_copy(
@@ -235,3 +238,16 @@ def test_build_exits_1_when_raw_no_longer_matches_the_ledger(tmp_path, target, h
     result = consolidate("build", target=target, home=home)
     assert result.returncode == 1
     assert "assert_ledger_counts_match_raw" in result.stdout + result.stderr
+
+
+def test_dbt_docs_generate_works_offline(target, home, tmp_path):
+    tree = tmp_path / "tree"
+    assert consolidate("sample", str(tree)).returncode == 0
+    assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
+    script = ("import sys; from pathlib import Path; from loader.build import run_dbt; from loader.database import Target; "
+              "sys.exit(0 if run_dbt('docs generate', Target(sys.argv[1]), Path(sys.argv[2])).success else 1)")
+    result = subprocess.run([sys.executable, "-c", script, target.dsn, str(home)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:]
+    catalog = json.loads((home / "dbt" / "target" / "catalog.json").read_text())
+    assert any(node.endswith(".unified_memory") for node in catalog["nodes"])
