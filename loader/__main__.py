@@ -1,3 +1,3 @@
-from loader.cli import app
+from loader.cli import main
 
-app(prog_name="consolidate")
+main()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -26,7 +28,7 @@ from loader.secret_policy import PolicyError, load_policy
 
 app = typer.Typer(
     help="Consolidate many SQLite databases into one PostgreSQL schema, and prove nothing was lost.",
-    no_args_is_help=True, add_completion=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 db_app = typer.Typer(help="The embedded PostgreSQL used when no --dsn / DATABASE_URL is given.",
                      no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -41,6 +43,7 @@ EXIT_OK = 0
 EXIT_NOT_RECONCILED = 1
 EXIT_USAGE = 2
 EXIT_SOURCE_UNREADABLE = 3
+EXIT_DATABASE_UNAVAILABLE = 4
 
 Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.")]
 Dsn = Annotated[Optional[str], typer.Option(
@@ -537,3 +540,14 @@ def cache_stats(redis_url: RedisUrl = cache_layer.DEFAULT_URL, as_json: AsJson =
                 table.add_row(name, "" if value is None else str(value))
         out.print(table)
     raise typer.Exit(EXIT_OK if stats["connected"] else EXIT_NOT_RECONCILED)
+
+
+def main() -> None:
+    """The console script: the app, with a lost or unreachable PostgreSQL reported in one line."""
+    try:
+        app(prog_name="consolidate")
+    except psycopg.OperationalError as error:
+        err.print(f"[red]PostgreSQL unavailable:[/red] {str(error).strip()}\n"
+                  "Nothing half-done was kept: every file loads in one transaction. "
+                  "Run the same command again once the server is back; unchanged files are skipped.")
+        sys.exit(EXIT_DATABASE_UNAVAILABLE)

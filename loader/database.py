@@ -58,11 +58,13 @@ def embedded_dsn(home: Path) -> str:
 
     home.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
+    with server._lock:  # a handle cached in this process may outlive its server: start it again
+        server.ensure_postgres_running()
     return server.get_uri()
 
 
-def stop_embedded(home: Path) -> bool:
-    """Stop the private PostgreSQL under `home`; False when there is none."""
+def stop_embedded(home: Path, mode: str = "fast") -> bool:
+    """Stop the private PostgreSQL under `home` (pg_ctl's smart / fast / immediate); False when there is none."""
     pgdata = home / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
@@ -72,7 +74,7 @@ def stop_embedded(home: Path) -> bool:
         from pgserver._commands import pg_ctl
 
     server = pgserver.get_server(pgdata, cleanup_mode=None)
-    pg_ctl(["-w", "stop"], pgdata=server.pgdata, user=server.system_user)
+    pg_ctl(["-w", "-m", mode, "stop"], pgdata=server.pgdata, user=server.system_user)
     return True
 
 

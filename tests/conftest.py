@@ -3,6 +3,7 @@ test that asks for one, private copies of SQLite files, and the shared real data
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
@@ -31,17 +32,26 @@ def server_dsn(tmp_path_factory) -> str:
     stop_embedded(home)
 
 
-@pytest.fixture
-def target(server_dsn) -> Target:
-    """A new, empty database on the test server, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database(server_dsn: str):
+    """A new, empty database on the server, dropped afterwards."""
     name = "test_" + uuid.uuid4().hex[:12]
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     params = conninfo_to_dict(server_dsn)
     params["dbname"] = name
-    yield Target(dsn=make_conninfo(**params))
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    try:
+        yield Target(dsn=make_conninfo(**params))
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def target(server_dsn) -> Target:
+    """A new, empty database on the test server, dropped afterwards."""
+    with fresh_database(server_dsn) as database:
+        yield database
 
 
 @pytest.fixture
