@@ -69,6 +69,7 @@ from loader.raw_contract import LEDGER_SCHEMA
 from loader.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
                              sha256_of, side_file)
 from loader.status import ledger_exists, relation_exists
+from loader.destination import make_staging_folder, root_overlap
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "consolidate-archive/1"
@@ -443,7 +444,9 @@ def seal(archive_path: Path) -> None:
 
 def check_destination(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
     """Raise `ArchiveError` unless `destination` is missing, empty, or holds only consolidate archives."""
-    refuse_overlap_with_roots(destination, roots, exclude)
+    overlap = root_overlap(destination, roots, exclude)
+    if overlap:
+        raise ArchiveError(f"{overlap}: the archives would sit among the files they replace; choose a folder outside the roots")
     if not destination.exists():
         return
     if not destination.is_dir():
@@ -454,25 +457,6 @@ def check_destination(destination: Path, roots: list[Path], exclude: list[Path] 
         raise ArchiveError(f"{destination} holds more than consolidate archives ({', '.join(foreign[:5])}"
                            f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty folder, or one "
                            "holding only archives")
-
-
-def refuse_overlap_with_roots(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
-    """A destination inside a root is refused, unless it lies in a folder discovery never searches."""
-    real_destination = destination.resolve()
-    if any(real_destination.is_relative_to(folder.resolve()) for folder in exclude):
-        return
-    for root in roots:
-        real_root = root.resolve()
-        if real_root.is_dir() and real_destination.is_relative_to(real_root):
-            raise ArchiveError(f"{destination} is inside the root {root}: the archives would sit among the "
-                               "files they replace; choose a folder outside the roots")
-        if real_root.is_relative_to(real_destination):
-            raise ArchiveError(f"the root {root} is inside {destination}; choose another folder")
-
-
-def make_staging_folder(destination: Path) -> Path:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
 
 
 def publish(archive_path: Path, destination: Path) -> Path:

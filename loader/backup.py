@@ -65,7 +65,6 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -73,9 +72,9 @@ from pathlib import Path
 
 from loader import __version__
 from loader.discover import Discovery, SourceFile, discover
+from loader.destination import make_staging_folder, root_overlap
 from loader.extract import list_tables
-from loader.snapshot import (COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, copy_database,
-                             private_copy, sha256_of, side_file)
+from loader.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "consolidate-backup/1"
@@ -301,7 +300,9 @@ def root_index(source: SourceFile, roots: list[Path]) -> int:
 def check_destination(destination: Path, roots: list[Path], overwrite: bool, exclude: list[Path] = ()) -> None:
     """Raise `BackupError` unless `destination` is missing, empty, or (with `overwrite`) an earlier backup
     holding nothing but what its manifest lists."""
-    refuse_overlap_with_roots(destination, roots, exclude)
+    overlap = root_overlap(destination, roots, exclude)
+    if overlap:
+        raise BackupError(f"{overlap}: a later run would back up the backups; choose a folder outside the roots")
     if not destination.exists():
         return
     if not destination.is_dir():
@@ -318,21 +319,6 @@ def check_destination(destination: Path, roots: list[Path], overwrite: bool, exc
                           f"{', ...' if len(unlisted) > 5 else ''}); not replacing it")
 
 
-def refuse_overlap_with_roots(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
-    """A destination inside a root would be backed up by the next run, unless it lies in a folder
-    discovery never searches (`exclude`: the tool's own state folder)."""
-    real_destination = destination.resolve()
-    if any(real_destination.is_relative_to(folder.resolve()) for folder in exclude):
-        return
-    for root in roots:
-        real_root = root.resolve()
-        if real_root.is_dir() and real_destination.is_relative_to(real_root):
-            raise BackupError(f"{destination} is inside the root {root}: a later run would back up the "
-                              "backups; choose a folder outside the roots")
-        if real_root.is_relative_to(real_destination):
-            raise BackupError(f"the root {root} is inside {destination}; choose another folder")
-
-
 def read_earlier_backup(destination: Path) -> BackupManifest:
     if not (destination / MANIFEST_NAME).is_file():
         raise BackupError(f"{destination} is not empty and is not a backup (no {MANIFEST_NAME}); "
@@ -342,11 +328,6 @@ def read_earlier_backup(destination: Path) -> BackupManifest:
     except ValueError as error:
         raise BackupError(f"{destination / MANIFEST_NAME} is not a consolidate backup manifest ({error}); "
                           "choose an empty or new folder") from error
-
-
-def make_staging_folder(destination: Path) -> Path:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
 
 
 def publish(staging: Path, destination: Path) -> None:

@@ -7,6 +7,8 @@ import contextlib
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -54,6 +56,24 @@ def target(server_dsn) -> Target:
         yield database
 
 
+@pytest.fixture(scope="module")
+def consolidated(server_dsn, tmp_path_factory) -> Target:
+    """A new database with the sample tree loaded and built, shared by a module's tests (each test
+    writes only keys of its own)."""
+    folder = tmp_path_factory.mktemp("consolidated")
+    with fresh_database(server_dsn) as target:
+        for arguments in (("sample", str(folder / "tree")),
+                          ("run", str(folder / "tree"), "--dsn", target.dsn, "--home", str(folder / "state"))):
+            result = consolidate(*arguments)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        yield target
+
+
+def fetch(target: Target, query: str, parameters=()) -> list[tuple]:
+    with target.connect() as connection:
+        return connection.execute(query, parameters).fetchall()
+
+
 @pytest.fixture
 def home(tmp_path) -> Path:
     return tmp_path / "state"
@@ -66,6 +86,23 @@ def realdata() -> Path:
             pytest.fail(f"shared real databases not found at {REALDATA}")
         pytest.skip(f"shared real databases not found at {REALDATA}")
     return REALDATA
+
+
+# Variables that would point a CLI run under test somewhere else than the test says.
+AMBIENT_SETTINGS = ("DATABASE_URL", "CONSOLIDATE_SECRET_KEY", "CONSOLIDATE_REDIS_URL", "CONSOLIDATE_HOME",
+                    "CONSOLIDATE_TARGET_SCHEMA")
+
+
+def consolidate(*arguments: str, target: Target | None = None, home: Path | None = None,
+                timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the CLI as a user does: a separate process, with only the settings given here."""
+    command = [sys.executable, "-m", "loader", *arguments]
+    if target is not None:
+        command += ["--dsn", target.dsn]
+    if home is not None:
+        command += ["--home", str(home)]
+    environment = {k: v for k, v in os.environ.items() if k not in AMBIENT_SETTINGS}
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
 
 
 def read_private_copy(source: Path, folder: Path, query: str, params=()) -> list[tuple]:

@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from conftest import consolidate, fetch
 from loader.cache import Cache, cache_key
 from loader.client import MemoryClient
-from test_client import consolidated, fetch  # noqa: F401  (module-scoped consolidated database)
 
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
@@ -240,9 +239,7 @@ def test_stats_report_counters_and_server_figures(consolidated, client, cache):
 
 
 def consolidate_cache(*arguments: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CONSOLIDATE_REDIS_URL")}
-    return subprocess.run([sys.executable, "-m", "loader", "cache", *arguments], capture_output=True, text=True,
-                          env=environment, timeout=300)
+    return consolidate("cache", *arguments, timeout=300)
 
 
 def test_cli_warm_then_stats(consolidated, redis_url, redis_db, tmp_path):

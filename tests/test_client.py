@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import psycopg
+import uuid
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from conftest import fetch
 from loader.client import MemoryClient
 from loader.database import Target
 
@@ -25,38 +20,10 @@ PERFORMANCE = "performance-metrics"
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
 
-def consolidate(*arguments: str) -> None:
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = subprocess.run([sys.executable, "-m", "loader", *arguments], capture_output=True, text=True,
-                            env=environment, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def consolidated(server_dsn, tmp_path_factory) -> Target:
-    """A new database with the sample tree loaded and built, shared by a module's tests (each test
-    writes only keys of its own)."""
-    name = "test_client_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    target = Target(dsn=make_conninfo(**{**conninfo_to_dict(server_dsn), "dbname": name}))
-    folder = tmp_path_factory.mktemp("consolidated")
-    consolidate("sample", str(folder / "tree"))
-    consolidate("run", str(folder / "tree"), "--dsn", target.dsn, "--home", str(folder / "state"))
-    yield target
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture
 def client(consolidated):
     with MemoryClient(consolidated.dsn, pool_size=2) as memory:
         yield memory
-
-
-def fetch(target: Target, query: str, parameters=()) -> list[tuple]:
-    with target.connect() as connection:
-        return connection.execute(query, parameters).fetchall()
 
 
 def row_of(target: Target, key: str, namespace: str) -> dict | None:

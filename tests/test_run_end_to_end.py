@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -17,20 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_private_copy
+from conftest import consolidate, read_private_copy
 from test_load import manifest_mismatches
 
 PERFORMANCE = "performance-metrics"
-
-
-def consolidate(*arguments: str, target=None, home: Path | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loader", *arguments]
-    if target is not None:
-        command += ["--dsn", target.dsn]
-    if home is not None:
-        command += ["--home", str(home)]
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
 
 
 def checksums(root: Path) -> dict[str, str]:

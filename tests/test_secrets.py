@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from pathlib import Path
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from conftest import read_private_copy
-from test_run_end_to_end import consolidate
+from conftest import consolidate
 
 SECRET_COLUMNS = {  # the documented default policy: (database, table, column)
     ("n8n", "credentials_entity", "data"), ("n8n", "user", "password"),

@@ -7,29 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import read_private_copy
+from conftest import consolidate, read_private_copy
 from loader.status import CHANGED, MISSING, UNCHANGED, status
 
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
 EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"
-
-
-def consolidate(*arguments: str, target=None, home: Path | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loader", *arguments]
-    if target is not None:
-        command += ["--dsn", target.dsn]
-    if home is not None:
-        command += ["--home", str(home)]
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
 
 
 def sha256(path: Path) -> str | None:

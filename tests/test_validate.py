@@ -9,11 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,23 +18,13 @@ from pathlib import Path
 from psycopg.rows import dict_row
 import pytest
 
-from conftest import read_private_copy
+from conftest import consolidate, read_private_copy
 from loader.validate import (ValidationError, epoch_timestamp, normalized_value, secret_policy_in_use,
                              text_timestamp, validate)
 
 EVERY_ROW = 100_000
 SQLITE_HEADER = b"SQLite format 3\x00"
 BROKEN_JSON = '{"truncated": '
-
-
-def consolidate(*arguments: str, target=None, home: Path | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loader", *arguments]
-    if target is not None:
-        command += ["--dsn", target.dsn]
-    if home is not None:
-        command += ["--home", str(home)]
-    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CONSOLIDATE_SECRET_KEY")}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
 
 
 def run_ok(root: Path, target, home: Path, *options: str) -> None:
