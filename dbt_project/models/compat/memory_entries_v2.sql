@@ -69,7 +69,7 @@ entries as (
 select
     id,
     key,
-    case when data_type = 'json' then value::text else value #>> '{}' end as value,
+    {{ compat_text_value('value', 'data_type') }} as value,
     namespace,
     metadata::text as metadata,
     floor(extract(epoch from created_at))::bigint as created_at,

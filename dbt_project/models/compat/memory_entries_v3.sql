@@ -1,0 +1,43 @@
+{{ config(alias='memory_entries', schema='compat_claude_flow_v3', materialized='view') }}
+
+{#-
+    claude-flow v3's `memory_entries`, read from unified_memory, for applications of the v3 shape
+    (search_path = compat_claude_flow_v3): content as text (the same rule as compat.memory_entries),
+    times in epoch milliseconds, v3's own fields (type, tags, status, owner_id) taken back out of the
+    metadata staging kept them in. Embeddings stay in raw (raw_claude_flow_v3.memory_entries).
+-#}
+
+with entries as (
+
+    select
+        id,
+        key,
+        namespace,
+        {{ compat_text_value('value', 'data_type') }} as content,
+        metadata -> 'claude_flow_v3' as v3_fields,
+        metadata - 'claude_flow_v3' as metadata,
+        created_at,
+        updated_at,
+        expires_at,
+        accessed_at,
+        access_count
+    from {{ ref('unified_memory') }}
+
+)
+
+select
+    'unified-' || id as id,
+    key,
+    namespace,
+    content,
+    coalesce(v3_fields ->> 'type', 'semantic') as type,
+    v3_fields ->> 'tags' as tags,
+    metadata::text as metadata,
+    v3_fields ->> 'owner_id' as owner_id,
+    {{ epoch_milliseconds('created_at') }} as created_at,
+    {{ epoch_milliseconds('updated_at') }} as updated_at,
+    {{ epoch_milliseconds('expires_at') }} as expires_at,
+    {{ epoch_milliseconds('accessed_at') }} as last_accessed_at,
+    access_count,
+    coalesce(v3_fields ->> 'status', 'active') as status
+from entries

@@ -1,0 +1,18 @@
+{{ config(alias='memory_store', schema='compat_extended_memory', materialized='view') }}
+
+{#-
+    extended-memory's `memory_store`, read from unified_memory's `extended-memory` namespace, for the
+    extended-memory application (search_path = compat_extended_memory): value as text, type as the
+    application wrote it, times as naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`.
+-#}
+
+select
+    key,
+    {{ compat_text_value('value', 'data_type') }} as value,
+    coalesce(metadata -> 'extended_memory' ->> 'type', data_type) as type,
+    to_char(created_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') as created_at,
+    to_char(updated_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') as updated_at,
+    to_char(accessed_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') as accessed_at,
+    access_count
+from {{ ref('unified_memory') }}
+where namespace = 'extended-memory'
