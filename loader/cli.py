@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from loader import archive as archive_stage
@@ -21,6 +22,7 @@ from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
 from loader import status as status_stage
+from loader import sync as sync_stage
 from loader import validate as validate_stage
 from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
 from loader.discover import Discovery, discover as discover_files
@@ -345,10 +347,6 @@ def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "publi
         out.print(validation_table(report))
         print_validation_problems(report)
     raise typer.Exit(EXIT_OK if report.passed else EXIT_NOT_RECONCILED)
-# --- end of snippet ---
-
-if __name__ == "__main__":
-    app()
 
 
 @app.command()
@@ -492,6 +490,90 @@ def archive(
         out.print(archive_table(report))
     refused_removal = any(removal.refused for removal in report.removals)
     raise typer.Exit(EXIT_NOT_RECONCILED if report.refused or refused_removal else EXIT_OK)
+
+
+def sync_table(report: sync_stage.SyncReport) -> Table:
+    table = Table(title=f"sync {report.load_id}")
+    for column in ("file", "kind", "status", "rows", "inserted", "updated", "deleted", "note"):
+        table.add_column(column, justify="right" if column in ("rows", "inserted", "updated", "deleted") else "left")
+    for f in report.files:
+        note = (f"[red]{escape(f.error)}[/red]" if f.error else
+                "not on disk any more: its last load stays current" if f.status == "missing" else "")
+        table.add_row(f.source_db, f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
+                      f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note)
+    return table
+
+
+def sync_line(report: sync_stage.SyncReport) -> str:
+    colour = "red" if report.exit_code else ("dim" if report.idle else "green")
+    return f"[{colour}]{escape(report.status_line())}[/{colour}]"
+
+
+def print_sync_problems(report: sync_stage.SyncReport) -> None:
+    for f in report.failed:
+        err.print(f"[red]could not load[/red] {f.source_path}: {escape(f.error or '')}")
+    for failure in report.build.failures if report.build else []:
+        err.print(f"[red]failed:[/red] {escape(failure)}")
+
+
+def watch_sync(roots: list[Path], target: Target, home: Path, secrets: Path | None, interval: float,
+               build: bool, as_json: bool) -> None:
+    """One status line per cycle: JSON Lines with --json; else a line on stdout per cycle that did
+    something and, on a terminal, a live line on stderr updated every cycle."""
+    live = err.status("first sync...") if err.is_terminal and not as_json else None
+
+    def on_cycle(report: sync_stage.SyncReport) -> None:
+        if as_json:
+            out.file.write(json.dumps(report.to_json(), default=str) + "\n")
+            out.file.flush()
+        elif not report.idle:
+            out.print(sync_line(report))
+            print_sync_problems(report)
+        if live is not None:
+            live.update(f"{sync_line(report)} [dim]- every {interval:g}s, Ctrl-C to stop[/dim]")
+
+    if live is not None:
+        live.start()
+    try:
+        sync_stage.watch(roots, target, home, interval, on_cycle, secrets=secrets, build=build)
+    finally:
+        if live is not None:
+            live.stop()
+    if not as_json:
+        err.print("stopped")
+
+
+@app.command()
+def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+         secrets: Secrets = None,
+         watch: Annotated[Optional[float], typer.Option(
+             "--watch", metavar="SECONDS", min=0.1,
+             help="Keep syncing, SECONDS after the end of each cycle, until Ctrl-C (SIGINT) or SIGTERM; "
+                  "a cycle that finds no file changed does nothing.")] = None,
+         no_build: Annotated[bool, typer.Option(
+             "--no-build", help="Load and detect changes only; leave the marts as they are.")] = False,
+         as_json: AsJson = False) -> None:
+    """For the parallel run: discover → load what changed (unchanged files are skipped by checksum, a
+    changed file is reloaded as its new current load) → change detection per table (inserted / updated
+    / deleted rows, stored in consolidate.load_changes and consolidate.deleted_rows; deletions are
+    recorded, never applied to history) → dbt build. Exit 0 ok, 1 when a dbt model or test failed, 3
+    when a SQLite source could not be read. With --watch: until interrupted, then 0."""
+    target = target_for(dsn, home, schema)
+    try:
+        if watch is not None:
+            watch_sync(roots, target, home, secrets, watch, not no_build, as_json)
+            raise typer.Exit(EXIT_OK)
+        report = sync_stage.sync(roots, target, home, secrets=secrets, build=not no_build)
+    except PolicyError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        out.print(sync_table(report))
+        out.print(sync_line(report))
+        print_sync_problems(report)
+    raise typer.Exit(report.exit_code)
 
 
 @db_app.command("url")

@@ -1,0 +1,499 @@
+"""Incremental sync for the parallel-run period: discover → load → change detection → dbt build.
+
+The data model is the loader's: raw is append-only per load, and a file whose checksums changed is
+reloaded in full as its new current load (`consolidate.current_loads`); an unchanged file is skipped.
+What sync adds is **change detection**: after a file's new load, its raw rows are compared, set-based in
+PostgreSQL, with the rows of the file's previous `loaded` load, table by table:
+
+- by `_source_rowid` (SQLite's rowid): only in the new load → inserted, only in the previous → deleted,
+  in both with a different md5 of the row's content (every raw column but the lineage that names the
+  load: _load_id, _source_path, _source_sha256, _source_rowid, _loaded_at) → updated, else unchanged;
+- for a table without rowids (WITHOUT ROWID), by the whole row (a multiset of row digests): a changed
+  row counts as one deletion and one insertion.
+
+The counts go to `consolidate.load_changes` (one row per load, file and table) and every deleted row's
+identity to `consolidate.deleted_rows`. Deletions are recorded, never applied to history: the deleted
+row's raw version stays in raw under the previous load (`consolidate lineage` shows it as
+'earlier load'), and the marts, built from current loads only, reflect each file's current state.
+
+Loads made by `consolidate load` / `run` are diffed too: every sync first detects the changes of any
+`loaded` file version that has none recorded yet.
+
+`watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
+KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
+nothing (no ledger rows, no build) and reports itself idle.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from loader import ledger
+from loader.build import BuildOutcome, build as dbt_build
+from loader.database import Target
+from loader.discover import Discovery, discover
+from loader.load import FileOutcome, load
+from loader.raw_contract import LEDGER_SCHEMA, LINEAGE_COLUMNS
+from loader.secret_policy import SecretPolicy, load_policy
+
+# Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
+# value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content.
+CONTENT_LINEAGE = {"_binary_columns"}
+NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - CONTENT_LINEAGE
+
+SYNC_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
+
+-- One row per table of a loaded file version: how its raw rows differ from the file's previous
+-- `loaded` version (previous_load_id NULL: the file's first load, every row inserted).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_changes (
+    load_id          text NOT NULL,
+    previous_load_id text,
+    source_path      text NOT NULL,
+    source_table     text NOT NULL,
+    inserted         bigint NOT NULL,
+    updated          bigint NOT NULL,
+    deleted          bigint NOT NULL,
+    unchanged        bigint NOT NULL,
+    detected_at      timestamptz NOT NULL,
+    PRIMARY KEY (load_id, source_path, source_table),
+    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
+);
+
+-- Rows present in the previous load of a file and absent from this one. The row itself stays in raw
+-- under previous_load_id (raw is append-only); row_md5 is the md5 of its source columns, which
+-- identifies it in a table without rowids (source_rowid NULL).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.deleted_rows (
+    load_id          text NOT NULL,
+    source_path      text NOT NULL,
+    source_table     text NOT NULL,
+    source_rowid     bigint,
+    row_md5          text NOT NULL,
+    previous_load_id text NOT NULL,
+    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
+);
+CREATE INDEX IF NOT EXISTS deleted_rows_by_file
+    ON {LEDGER_SCHEMA}.deleted_rows (source_path, source_table, load_id);
+"""
+
+# The file version loaded just before (load_id, source_path): same order as consolidate.current_loads.
+PREVIOUS_LOAD = f"""
+SELECT earlier.load_id
+FROM {LEDGER_SCHEMA}.load_files AS this
+JOIN {LEDGER_SCHEMA}.load_files AS earlier
+  ON earlier.source_path = this.source_path AND earlier.status = 'loaded'
+ AND (earlier.completed_at, earlier.load_id) < (this.completed_at, this.load_id)
+WHERE this.load_id = %(load_id)s AND this.source_path = %(source_path)s
+ORDER BY earlier.completed_at DESC, earlier.load_id DESC
+LIMIT 1
+"""
+
+# Every table of either version, with where its raw rows are.
+TABLES_OF_TWO_LOADS = f"""
+SELECT coalesce(new.source_table, old.source_table), new.raw_schema, new.raw_table, old.raw_schema, old.raw_table
+FROM (SELECT * FROM {LEDGER_SCHEMA}.load_tables WHERE load_id = %(load_id)s AND source_path = %(source_path)s) AS new
+FULL JOIN (SELECT * FROM {LEDGER_SCHEMA}.load_tables
+           WHERE load_id = %(previous_load_id)s AND source_path = %(source_path)s) AS old
+  ON old.source_table = new.source_table
+ORDER BY 1
+"""
+
+# `loaded` file versions whose changes were never detected (loaded by `load`/`run`, or by a sync that
+# stopped between the load and the detection), oldest first.
+PENDING_LOADS = f"""
+SELECT f.load_id, f.source_path
+FROM {LEDGER_SCHEMA}.load_files AS f
+WHERE f.status = 'loaded'
+  AND NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.load_changes AS c
+                  WHERE c.load_id = f.load_id AND c.source_path = f.source_path)
+ORDER BY f.completed_at, f.load_id
+"""
+
+# The diff of one table between two loads of a file, stored in one statement. {old} / {new} select
+# (rowid, digest) of each side; a side the table does not exist in selects nothing.
+DIFF_TABLE = """
+WITH old_rows AS ({old}),
+new_rows AS ({new}),
+by_content AS (
+    -- no rowids on either side (a WITHOUT ROWID table): rows are identified by their content
+    SELECT coalesce(bool_or(rowid IS NULL), false) AS yes
+    FROM (SELECT rowid FROM old_rows UNION ALL SELECT rowid FROM new_rows) AS both_sides
+),
+old_keyed AS (
+    SELECT rowid, digest, identity, row_number() OVER (PARTITION BY identity) AS occurrence
+    FROM (SELECT rowid, digest, CASE WHEN by_content.yes THEN 'c' || digest ELSE 'r' || rowid END AS identity
+          FROM old_rows, by_content) AS keyed
+),
+new_keyed AS (
+    SELECT rowid, digest, identity, row_number() OVER (PARTITION BY identity) AS occurrence
+    FROM (SELECT rowid, digest, CASE WHEN by_content.yes THEN 'c' || digest ELSE 'r' || rowid END AS identity
+          FROM new_rows, by_content) AS keyed
+),
+diff AS (
+    SELECT old_keyed.rowid AS old_rowid, old_keyed.digest AS old_digest, new_keyed.digest AS new_digest,
+           old_keyed.identity IS NOT NULL AS in_old, new_keyed.identity IS NOT NULL AS in_new
+    FROM old_keyed
+    FULL JOIN new_keyed
+      ON new_keyed.identity = old_keyed.identity AND new_keyed.occurrence = old_keyed.occurrence
+),
+recorded_deletions AS (
+    INSERT INTO {ledger}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
+    SELECT %(load_id)s, %(source_path)s, %(source_table)s, old_rowid, old_digest, %(previous_load_id)s
+    FROM diff
+    WHERE in_old AND NOT in_new
+    RETURNING 1
+)
+INSERT INTO {ledger}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
+                                   deleted, unchanged, detected_at)
+SELECT %(load_id)s, %(previous_load_id)s, %(source_path)s, %(source_table)s,
+       count(*) FILTER (WHERE in_new AND NOT in_old),
+       count(*) FILTER (WHERE in_new AND in_old AND new_digest <> old_digest),
+       count(*) FILTER (WHERE in_old AND NOT in_new),
+       count(*) FILTER (WHERE in_new AND in_old AND new_digest = old_digest),
+       now()
+FROM diff
+RETURNING inserted, updated, deleted, unchanged
+"""
+
+
+# ------------------------------------------------------------------------------------------ results
+
+@dataclass
+class TableChanges:
+    source_table: str
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+    def to_json(self) -> dict:
+        return {"source_table": self.source_table, "inserted": self.inserted, "updated": self.updated,
+                "deleted": self.deleted, "unchanged": self.unchanged}
+
+
+@dataclass
+class FileChanges:
+    load_id: str
+    source_path: str
+    previous_load_id: str | None
+    tables: list[TableChanges] = field(default_factory=list)
+
+
+@dataclass
+class FileSync:
+    """What one sync did to one discovered file (or to a ledger file no longer found: `missing`)."""
+
+    source_path: str
+    source_db: str
+    kind: str
+    status: str  # loaded / unchanged / copy / failed / missing
+    load_id: str | None = None  # the load whose rows are current for this file after the sync
+    previous_load_id: str | None = None
+    rows: int | None = None  # rows of the current load
+    error: str | None = None
+    tables: list[TableChanges] = field(default_factory=list)
+
+    # The file's totals count application rows: SQLite's own tables (sqlite_sequence, sqlite_stat1),
+    # which change with them, are listed in `tables` but not counted.
+    def total(self, kind: str) -> int:
+        return sum(getattr(t, kind) for t in self.tables if not t.source_table.startswith("sqlite_"))
+
+    @property
+    def inserted(self) -> int:
+        return self.total("inserted")
+
+    @property
+    def updated(self) -> int:
+        return self.total("updated")
+
+    @property
+    def deleted(self) -> int:
+        return self.total("deleted")
+
+    def to_json(self) -> dict:
+        return {"source_path": self.source_path, "source_db": self.source_db, "kind": self.kind,
+                "status": self.status, "load_id": self.load_id, "previous_load_id": self.previous_load_id,
+                "rows": self.rows, "inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
+                "error": self.error, "tables": [t.to_json() for t in self.tables]}
+
+
+EXIT_OK, EXIT_BUILD_FAILED, EXIT_SOURCE_UNREADABLE = 0, 1, 3
+
+
+@dataclass
+class SyncReport:
+    started_at: datetime
+    finished_at: datetime | None = None
+    load_id: str | None = None  # None when nothing was loaded (an idle watch cycle)
+    files: list[FileSync] = field(default_factory=list)
+    build: BuildOutcome | None = None  # None: not built (--no-build, or an idle cycle)
+    caught_up: int = 0  # earlier loads (by `load` / `run`) whose changes this sync detected
+    warnings: list[dict] = field(default_factory=list)
+    idle: bool = False  # a watch cycle that found every file as the previous cycle left it
+    cycle: int | None = None  # the watch cycle's number
+    error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
+    checked: int = 0  # files discovered
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.files)
+
+    @property
+    def totals(self) -> dict:
+        return {"files": len(self.files), **{s: self.count(s) for s in
+                                             ("loaded", "unchanged", "copy", "failed", "missing")},
+                "inserted": sum(f.inserted for f in self.files), "updated": sum(f.updated for f in self.files),
+                "deleted": sum(f.deleted for f in self.files),
+                "rows": sum(f.rows or 0 for f in self.files if f.status != "missing")}
+
+    @property
+    def failed(self) -> list[FileSync]:
+        return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, else 0."""
+        if self.failed:
+            return EXIT_SOURCE_UNREADABLE
+        if self.error or (self.build is not None and not self.build.success):
+            return EXIT_BUILD_FAILED
+        return EXIT_OK
+
+    def status_line(self) -> str:
+        """One line of plain text for a person watching the sync."""
+        at = (self.finished_at or self.started_at).astimezone().strftime("%H:%M:%S")
+        prefix = f"{at}" + (f" #{self.cycle}" if self.cycle is not None else "")
+        if self.error:
+            return f"{prefix} error: {self.error}"
+        if self.idle:
+            return f"{prefix} no change ({self.checked} files)"
+        t = self.totals
+        line = (f"{prefix} {t['loaded']} loaded (+{t['inserted']} ~{t['updated']} -{t['deleted']}), "
+                f"{t['unchanged']} unchanged, {t['failed']} failed")
+        if t["missing"]:
+            line += f", {t['missing']} missing"
+        if self.build is not None:
+            line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
+        return line
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "started_at": self.started_at.isoformat(),
+                "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+                "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
+                "totals": self.totals, "caught_up": self.caught_up,
+                "build": self.build.to_json() if self.build else None,
+                "files": [f.to_json() for f in self.files], "warnings": self.warnings}
+
+
+# ---------------------------------------------------------------------------------- change detection
+
+def bootstrap(connection: psycopg.Connection) -> None:
+    """Create the ledger (the loader's) and the change tables, idempotently."""
+    ledger.bootstrap(connection)
+    with connection.transaction(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.sync.bootstrap'))")
+        cursor.execute(SYNC_DDL)
+
+
+def source_columns(cursor: psycopg.Cursor, schema: str, table: str) -> list[str]:
+    """The raw table's content columns, in order (every column but the load's lineage)."""
+    cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                   "AND table_name = %s ORDER BY ordinal_position", (schema, table))
+    return [name for (name,) in cursor.fetchall() if name not in NOT_CONTENT]
+
+
+def side_query(schema: str | None, table: str | None, columns: list[str], present: set[str],
+               load_param: str) -> sql.Composable:
+    """(rowid, md5 of the source columns) of one load's rows of a table; nothing if it has no such table.
+    A column the raw table lacks counts as NULL, so two raw tables with different columns compare."""
+    if schema is None:
+        return sql.SQL("SELECT NULL::bigint AS rowid, NULL::text AS digest WHERE false")
+    values = [sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
+    return sql.SQL("SELECT _source_rowid AS rowid, md5(ROW({})::text) AS digest FROM {} "
+                   "WHERE _load_id = {} AND _source_path = %(source_path)s").format(
+        sql.SQL(", ").join(values) if values else sql.SQL(""), sql.Identifier(schema, table),
+        sql.Placeholder(load_param))
+
+
+def detect_changes(connection: psycopg.Connection, load_id: str, source_path: str) -> FileChanges:
+    """Compare the raw rows of (load_id, source_path) with the file's previous `loaded` version and
+    store the result in load_changes / deleted_rows (replacing an earlier detection of the same load).
+    One transaction; set-based SQL."""
+    with connection.transaction(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"consolidate.sync:{load_id}:{source_path}",))
+        parameters = {"load_id": load_id, "source_path": source_path}
+        cursor.execute(PREVIOUS_LOAD, parameters)
+        row = cursor.fetchone()
+        parameters["previous_load_id"] = row[0] if row else None
+        for table in ("deleted_rows", "load_changes"):
+            cursor.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s AND source_path = %s").format(
+                sql.Identifier(LEDGER_SCHEMA, table)), (load_id, source_path))
+        changes = FileChanges(load_id, source_path, parameters["previous_load_id"])
+        cursor.execute(TABLES_OF_TWO_LOADS, parameters)
+        for source_table, new_schema, new_table, old_schema, old_table in cursor.fetchall():
+            new_columns = source_columns(cursor, new_schema, new_table) if new_schema else []
+            old_columns = source_columns(cursor, old_schema, old_table) if old_schema else []
+            columns = new_columns + [c for c in old_columns if c not in new_columns]
+            statement = sql.SQL(DIFF_TABLE).format(
+                old=side_query(old_schema, old_table, columns, set(old_columns), "previous_load_id"),
+                new=side_query(new_schema, new_table, columns, set(new_columns), "load_id"),
+                ledger=sql.Identifier(LEDGER_SCHEMA))
+            cursor.execute(statement, {**parameters, "source_table": source_table})
+            inserted, updated, deleted, unchanged = cursor.fetchone()
+            changes.tables.append(TableChanges(source_table, inserted, updated, deleted, unchanged))
+    return changes
+
+
+def detect_pending(connection: psycopg.Connection) -> list[FileChanges]:
+    """Detect the changes of every `loaded` file version that has none recorded yet, oldest first."""
+    pending = connection.execute(PENDING_LOADS).fetchall()
+    return [detect_changes(connection, load_id, source_path) for load_id, source_path in pending]
+
+
+# ------------------------------------------------------------------------------------------- sync
+
+def is_under(path: str, roots: Sequence[Path]) -> bool:
+    candidate = Path(path)
+    return any(candidate == root or root in candidate.parents for root in roots)
+
+
+def current_rows(connection: psycopg.Connection) -> dict[str, tuple[str, int | None]]:
+    """source_path → (current load_id, rows loaded)."""
+    rows = connection.execute(
+        f"SELECT c.source_path, c.load_id, f.rows_loaded FROM {LEDGER_SCHEMA}.current_loads AS c "
+        f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)").fetchall()
+    return {path: (load_id, count) for path, load_id, count in rows}
+
+
+def file_result(outcome: FileOutcome, changes: dict[tuple[str, str], FileChanges],
+                current: dict[str, tuple[str, int | None]], load_id: str) -> FileSync:
+    source = outcome.source
+    path = str(source.path)
+    result = FileSync(source_path=path, source_db=source.source_db, kind=source.kind, status=outcome.status,
+                      error=outcome.error)
+    result.load_id, result.rows = current.get(path, (None, None))
+    if outcome.status == "loaded":
+        detected = changes.get((load_id, path))
+        if detected is not None:
+            result.previous_load_id, result.tables = detected.previous_load_id, detected.tables
+    return result
+
+
+def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None,
+         policy: SecretPolicy | None = None, build: bool = True, quiet: bool = True,
+         discovery: Discovery | None = None, force: bool = False,
+         on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> SyncReport:
+    """One sync: discover → load (unchanged files skipped by checksum, changed ones reloaded) → change
+    detection → `dbt build` (unless build=False). Never raises for a bad source file: it is reported
+    with status `failed` (exit code 3). Raises PolicyError for a bad secrets file, psycopg errors when
+    PostgreSQL cannot be reached."""
+    report = SyncReport(started_at=ledger.now())
+    roots = [Path(root).absolute() for root in roots]
+    found = discovery if discovery is not None else discover(roots, exclude=[home])
+    report.warnings = [w.to_json() for w in found.warnings]
+    report.checked = len(found.files)
+    policy = policy if policy is not None else load_policy(home, secrets)
+    with target.connect() as connection:
+        bootstrap(connection)
+    loaded = load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
+    report.load_id = loaded.load_id
+    with target.connect() as connection:
+        detected = detect_pending(connection)
+        current = current_rows(connection)
+    by_load = {(c.load_id, c.source_path): c for c in detected}
+    report.caught_up = sum(c.load_id != loaded.load_id for c in detected)
+    report.files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
+    discovered = {f.source_path for f in report.files}
+    for path in sorted(set(current) - discovered):
+        if is_under(path, roots):
+            # in the ledger, no longer on disk: its last load stays current (reported, not applied)
+            report.files.append(FileSync(source_path=path, source_db=Path(path).name, kind="", status="missing",
+                                         load_id=current[path][0], rows=current[path][1]))
+    if build:
+        report.build = dbt_build(target, home, quiet=quiet)
+    report.finished_at = ledger.now()
+    return report
+
+
+# ------------------------------------------------------------------------------------------ watch
+
+def discovery_state(found: Discovery) -> frozenset:
+    """What a watch cycle compares with the previous one: every file's path, checksums and verdict."""
+    return frozenset((str(f.path), f.sha256, f.wal_sha256, str(f.copy_of), f.error) for f in found.files)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask the watch to stop after the cycle under way; a second one interrupts it.
+    The handler only sets a flag (taking a lock in a signal handler could deadlock the main thread)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def pause(seconds: float, stopping: Callable[[], bool], step: float = 0.1) -> None:
+    deadline = time.monotonic() + seconds
+    while not stopping() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, step))
+
+
+def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
+          on_cycle: Callable[[SyncReport], None] = lambda report: None, *, secrets: Path | None = None,
+          build: bool = True, stop: threading.Event | None = None) -> SyncReport | None:
+    """Sync every `interval` seconds (from the end of one cycle to the start of the next) until
+    SIGINT/SIGTERM (the cycle under way finishes first; a second signal interrupts it),
+    KeyboardInterrupt, or `stop` is set. `on_cycle` gets every cycle's report: an idle one when no file
+    changed since the previous cycle, one with `error` set when the cycle raised (the watch goes on).
+    Returns the last non-idle report."""
+    stop = stop or threading.Event()
+    request = StopRequest()
+    roots = [Path(root).absolute() for root in roots]
+    policy = load_policy(home, secrets)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handlers[signum] = signal.signal(signum, request)
+
+    def stopping() -> bool:
+        return request.requested or stop.is_set()
+
+    last_state, last_report, cycle = None, None, 0
+    try:
+        while not stopping():
+            cycle += 1
+            started = ledger.now()
+            try:
+                found = discover(roots, exclude=[home])
+                state = discovery_state(found)
+                if state == last_state:
+                    report = SyncReport(started_at=started, finished_at=ledger.now(), idle=True,
+                                        checked=len(found.files))
+                else:
+                    report = sync(roots, target, home, policy=policy, build=build, discovery=found)
+                    last_state = state
+                    last_report = report
+            except (psycopg.Error, OSError) as error:
+                # PostgreSQL unreachable, a root unmounted...: report it and try again next cycle
+                report = SyncReport(started_at=started, finished_at=ledger.now(),
+                                    error=f"{type(error).__name__}: {error}".strip())
+            report.cycle = cycle
+            on_cycle(report)
+            pause(interval, stopping)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    return last_report

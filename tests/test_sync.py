@@ -1,0 +1,461 @@
+"""`consolidate sync`: discover → load → change detection → dbt build, against real PostgreSQL, real
+SQLite files and real dbt. Expectations about changes are computed here from private copies of the
+SQLite files (Python's sqlite3), independently of the loader."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from conftest import read_private_copy
+from loader.build import build
+from loader.database import Target
+from loader.discover import discover
+from loader.lineage import versions
+from loader.load import load
+from loader.sample import V2_DDL, V3_DDL
+from loader.secret_policy import SecretPolicy
+from loader.sync import sync, watch
+
+KEY = b"sync test key"
+POLICY = SecretPolicy(key=KEY)
+T0 = 1_750_000_000  # epoch seconds
+PERFORMANCE = "performance-metrics"
+# Columns that name a load or its time: they differ between an incremental and a fresh database.
+LOAD_COLUMNS = {"id", "load_id", "winner_load_id", "loaded_at", "source_sha256"}
+MARTS = ("unified_memory", "performance_metrics", "unified_memory_history")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+def v2_file(path: Path, rows: list[tuple]) -> Path:
+    """A claude-flow v2 memory.db with rows (key, value, namespace, updated_at)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(V2_DDL)
+        for key, value, namespace, at in rows:
+            connection.execute(
+                "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1)", (key, value, namespace, at, at, at))
+        connection.commit()
+    return path
+
+
+def write(path: Path, statement: str, parameters=()) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(statement, parameters)
+        connection.commit()
+
+
+def do_sync(root: Path, target: Target, home: Path, **kwargs):
+    report = sync([root], target, home, policy=POLICY, **kwargs)
+    assert not report.failed, [f.error for f in report.failed]
+    assert report.build is None or report.build.success, report.build.failures
+    return report
+
+
+def unified(target: Target) -> dict[tuple[str, str], object]:
+    with target.connect() as connection:
+        return {(k, n): v for k, n, v in connection.execute("SELECT key, namespace, value FROM unified_memory")}
+
+
+def consolidate(*arguments: str, target=None, home: Path | None = None, **kwargs):
+    command = [sys.executable, "-m", "loader", *arguments]
+    if target is not None:
+        command += ["--dsn", target.dsn]
+    if home is not None:
+        command += ["--home", str(home)]
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment["CONSOLIDATE_SECRET_KEY"] = KEY.decode()
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, **kwargs)
+
+
+@contextlib.contextmanager
+def fresh_database(server_dsn: str):
+    """Another empty database on the test server (as conftest's `target`), dropped afterwards."""
+    name = "test_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(server_dsn)
+    params["dbname"] = name
+    try:
+        yield Target(dsn=make_conninfo(**params))
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def mart_rows(target: Target, table: str) -> list[tuple]:
+    """The mart's content: every column but ids, load ids and load times, rows sorted."""
+    with target.connect() as connection:
+        columns = [name for (name,) in connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name = %s ORDER BY column_name", (table,)) if name not in LOAD_COLUMNS]
+        rows = connection.execute(sql.SQL("SELECT {} FROM {}").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(table))).fetchall()
+    return sorted(tuple(json.dumps(value, sort_keys=True, default=str) for value in row) for row in rows)
+
+
+def load_changes(target: Target, load_id: str, source_path: Path) -> dict[str, tuple[int, int, int, int]]:
+    """table -> (inserted, updated, deleted, unchanged) recorded for this load of the file."""
+    with target.connect() as connection:
+        rows = connection.execute(
+            "SELECT source_table, inserted, updated, deleted, unchanged FROM consolidate.load_changes "
+            "WHERE load_id = %s AND source_path = %s", (load_id, str(source_path))).fetchall()
+    return {table: tuple(counts) for table, *counts in rows}
+
+
+# --------------------------------------------------------------------------------- the done-when
+
+def test_a_sync_after_an_insert_and_an_update_shows_both_in_unified_memory(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", [
+        ("alpha", '{"v": 1}', "default", T0), ("beta", '"old"', "default", T0)])
+    first = do_sync(root, target, home)
+    assert first.totals["loaded"] == 1 and unified(target) == {("alpha", "default"): {"v": 1},
+                                                              ("beta", "default"): "old"}
+    write(db, "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
+              "VALUES ('gamma', '{\"v\": 3}', 'default', ?, ?, ?)", (T0 + 60,) * 3)
+    write(db, "UPDATE memory_entries SET value = '\"new\"', updated_at = ? WHERE key = 'beta'", (T0 + 60,))
+
+    report = do_sync(root, target, home)
+
+    assert unified(target) == {("alpha", "default"): {"v": 1}, ("beta", "default"): "new",
+                               ("gamma", "default"): {"v": 3}}
+    (file,) = report.files
+    assert (file.status, file.previous_load_id) == ("loaded", first.load_id)
+    changes = load_changes(target, report.load_id, db)
+    assert changes["memory_entries"] == (1, 1, 0, 1)  # inserted, updated, deleted, unchanged
+    memory = next(t for t in file.tables if t.source_table == "memory_entries")
+    assert (memory.inserted, memory.updated, memory.deleted) == (1, 1, 0)
+    assert report.to_json()["files"][0]["inserted"] >= 1
+
+    again = do_sync(root, target, home, build=False)
+    assert [f.status for f in again.files] == ["unchanged"] and again.totals["rows"] == file.rows
+    assert load_changes(target, again.load_id, db) == {}
+
+
+def test_a_deletion_is_recorded_and_leaves_the_marts_but_not_raw(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])
+    first = do_sync(root, target, home)
+    (rowid,) = read_private_copy(db, tmp_path / "x", "SELECT rowid FROM memory_entries WHERE key = 'k1'")[0]
+    write(db, "DELETE FROM memory_entries WHERE key = 'k1'")
+
+    report = do_sync(root, target, home)
+
+    assert report.totals["deleted"] == 1
+    assert ("k1", "default") not in unified(target) and ("k0", "default") in unified(target)
+    with target.connect() as connection:
+        recorded = connection.execute(
+            "SELECT load_id, source_table, source_rowid, previous_load_id FROM consolidate.deleted_rows").fetchall()
+        in_raw = connection.execute(
+            "SELECT _load_id, value FROM raw_claude_flow_v2.memory_entries WHERE key = 'k1'").fetchall()
+    assert recorded == [(report.load_id, "memory_entries", rowid, first.load_id)]
+    assert in_raw == [(first.load_id, '"v1"')]
+    roles = {(v.load_id, v.role) for v in versions(target, "k1")}
+    assert roles == {(first.load_id, "earlier load")}
+
+
+def test_changes_of_loads_made_outside_sync_are_caught_up_and_rows_without_rowid_compare_by_content(
+        tmp_path, target, home):
+    root = tmp_path / "tree"
+    root.mkdir()
+    db = root / "other.db"
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("CREATE TABLE pairs (a TEXT PRIMARY KEY, b TEXT) WITHOUT ROWID")
+        connection.executemany("INSERT INTO pairs VALUES (?, ?)", [("x", "1"), ("y", "2"), ("z", None)])
+        connection.commit()
+    first = load(discover([root]), target, [str(root)], POLICY)  # like `consolidate load`
+    write(db, "UPDATE pairs SET b = '' WHERE a = 'z'")  # NULL -> '' is a change
+
+    report = do_sync(root, target, home, build=False)
+
+    assert report.caught_up == 1
+    assert load_changes(target, first.load_id, db) == {"pairs": (3, 0, 0, 0)}
+    assert load_changes(target, report.load_id, db) == {"pairs": (1, 0, 1, 2)}
+    with target.connect() as connection:
+        (deleted,) = connection.execute("SELECT source_rowid, row_md5 FROM consolidate.deleted_rows").fetchall()
+        # the documented digest: md5 of the row of every raw column but the lineage naming the load
+        content = sql.SQL(", ").join(sql.Identifier(name) for (name,) in connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw_other' "
+            "AND table_name = 'pairs' AND column_name <> ALL (%s) ORDER BY ordinal_position",
+            (["_load_id", "_source_path", "_source_sha256", "_source_rowid", "_loaded_at"],)))
+        matching = connection.execute(sql.SQL(
+            "SELECT a FROM raw_other.pairs WHERE _load_id = %s AND md5(ROW({})::text) = %s").format(content),
+            (first.load_id, deleted[1])).fetchall()
+    assert deleted[0] is None and matching == [("z",)]
+
+
+# ------------------------------------------------------------------------------ the property test
+
+class SourceFiles:
+    """Claude-flow files under `root` changed at random: inserts, updates, upserts (INSERT OR REPLACE:
+    a new rowid), deletes, on keys shared across files; some files switch to WAL mode and keep a writer
+    connection open, so their newest rows live only in the -wal file."""
+
+    KEYS = [f"key-{i}" for i in range(8)]
+    NAMESPACES = ["default", "sessions", PERFORMANCE]
+
+    def __init__(self, root: Path, rng: random.Random):
+        self.rng = rng
+        self.kinds = {root / "a/.swarm/memory.db": "v2", root / "b/.swarm/memory.db": "v2",
+                      root / "c/memory.db": "v2", root / "backend/.swarm/memory.db": "v3"}
+        self.writers: dict[Path, sqlite3.Connection] = {}
+        for path, kind in self.kinds.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(path)) as connection:
+                connection.executescript(V2_DDL if kind == "v2" else V3_DDL)
+            for _ in range(3):
+                self.insert(path)
+        self.to_wal(next(iter(self.kinds)))
+
+    @contextlib.contextmanager
+    def connection(self, path: Path):
+        if path in self.writers:
+            yield self.writers[path]
+            self.writers[path].commit()
+            return
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            yield connection
+            connection.commit()
+
+    def close(self) -> None:
+        for connection in self.writers.values():
+            connection.close()
+        self.writers.clear()
+
+    def value(self, namespace: str) -> str:
+        if namespace == PERFORMANCE:
+            return json.dumps({"duration": self.rng.randint(1, 500), "timestamp": T0 + self.rng.randint(0, 9)})
+        return self.rng.choice([json.dumps({"n": self.rng.randint(0, 99)}), f"text {self.rng.randint(0, 99)}",
+                                str(self.rng.randint(0, 9))])
+
+    def moment(self, path: Path) -> int:
+        """Few distinct instants, so equal updated_at / accessed_at across files happen."""
+        seconds = T0 + 100 * self.rng.randint(0, 5)
+        return seconds * 1000 if self.kinds[path] == "v3" else seconds
+
+    def rows(self, path: Path) -> list[tuple]:
+        with self.connection(path) as connection:
+            namespace = "coalesce(namespace, 'default')" if self.kinds[path] == "v3" else "namespace"
+            return connection.execute(f"SELECT rowid, key, {namespace} FROM memory_entries").fetchall()
+
+    def insert(self, path: Path, replace: bool = False) -> str:
+        taken = {(k, n) for _, k, n in self.rows(path)}
+        free = [(k, n) for k in self.KEYS for n in self.NAMESPACES if (k, n) not in taken]
+        if replace and taken:
+            key, namespace = self.rng.choice(sorted(taken))
+        elif free:
+            key, namespace = self.rng.choice(free)
+        else:
+            return "full"
+        at, seen = self.moment(path), self.moment(path)
+        count, metadata = self.rng.randint(0, 9), self.rng.choice([None, '{"m": 1}'])
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        with self.connection(path) as connection:
+            if self.kinds[path] == "v2":
+                connection.execute(
+                    f"{verb} INTO memory_entries (key, value, namespace, metadata, created_at, updated_at, "
+                    "accessed_at, access_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, self.value(namespace), namespace, metadata, at, at, seen, count))
+            else:
+                connection.execute(
+                    "INSERT INTO memory_entries (id, key, namespace, content, metadata, created_at, updated_at, "
+                    "last_accessed_at, access_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (uuid.UUID(int=self.rng.getrandbits(128)).hex, key, namespace, self.value(namespace),
+                     metadata, at, at, seen, count))
+        return "upsert" if replace else "insert"
+
+    def update(self, path: Path) -> str:
+        rows = self.rows(path)
+        if not rows:
+            return self.insert(path)
+        rowid, _, namespace = self.rng.choice(rows)
+        value_column, seen_column = ("value", "accessed_at") if self.kinds[path] == "v2" else \
+            ("content", "last_accessed_at")
+        with self.connection(path) as connection:
+            connection.execute(
+                f"UPDATE memory_entries SET {value_column} = ?, updated_at = ?, {seen_column} = ?, "
+                "access_count = access_count + 1 WHERE rowid = ?",
+                (self.value(namespace), self.moment(path), self.moment(path), rowid))
+        return "update"
+
+    def delete(self, path: Path) -> str:
+        rows = self.rows(path)
+        if not rows:
+            return self.insert(path)
+        with self.connection(path) as connection:
+            connection.execute("DELETE FROM memory_entries WHERE rowid = ?", (self.rng.choice(rows)[0],))
+        return "delete"
+
+    def to_wal(self, path: Path) -> str:
+        """WAL mode with a writer that stays open and never checkpoints: later writes stay in -wal."""
+        if path in self.writers:
+            self.writers.pop(path).close()  # the last connection closing checkpoints the WAL
+            return "checkpoint"
+        writer = sqlite3.connect(path)
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA wal_autocheckpoint = 0")
+        self.writers[path] = writer
+        return "wal"
+
+    def step(self) -> list[str]:
+        done = []
+        for _ in range(self.rng.randint(2, 5)):
+            path = self.rng.choice(list(self.kinds))
+            operation = self.rng.choices(["insert", "update", "delete", "upsert", "wal"], [3, 3, 2, 1, 1])[0]
+            if operation == "upsert" and self.kinds[path] == "v3":
+                operation = "update"
+            done.append({"insert": self.insert, "update": self.update, "delete": self.delete,
+                         "upsert": lambda p: self.insert(p, replace=True), "wal": self.to_wal}[operation](path))
+        return done
+
+
+def table_rows(path: Path, scratch: Path) -> dict[str, dict[int, tuple]]:
+    """Every table's rows by rowid, from a private copy (main file + -wal)."""
+    tables = [name for (name,) in read_private_copy(path, scratch, "SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {table: {row[0]: row[1:] for row in read_private_copy(path, scratch, f'SELECT rowid, * FROM "{table}"')}
+            for table in tables}
+
+
+def expected_changes(before: dict, after: dict) -> dict[str, tuple[int, int, int, int]]:
+    changes = {}
+    for table in before.keys() | after.keys():
+        old, new = before.get(table, {}), after.get(table, {})
+        common = old.keys() & new.keys()
+        updated = sum(old[rowid] != new[rowid] for rowid in common)
+        changes[table] = (len(new.keys() - old.keys()), updated, len(old.keys() - new.keys()), len(common) - updated)
+    return changes
+
+
+@pytest.mark.parametrize("seed", [11, 23, 37])
+def test_random_changes_synced_step_by_step_equal_a_full_rebuild(seed, tmp_path, target, home, server_dsn):
+    rng = random.Random(seed)
+    root = tmp_path / "tree"
+    files = SourceFiles(root, rng)
+    try:
+        do_sync(root, target, home)
+        seen = {path: table_rows(path, tmp_path / "scratch") for path in files.kinds}
+        operations, totals, synced_wal_rows = [], {"inserted": 0, "updated": 0, "deleted": 0}, 0
+        for _ in range(4):
+            operations += files.step()
+            synced_wal_rows += sum(path.with_name(path.name + "-wal").exists() and
+                                   path.with_name(path.name + "-wal").stat().st_size > 0 for path in files.kinds)
+            report = do_sync(root, target, home)
+            for file in report.files:
+                path = Path(file.source_path)
+                now = table_rows(path, tmp_path / "scratch")
+                if file.status == "loaded":
+                    assert load_changes(target, report.load_id, path) == expected_changes(seen[path], now), \
+                        (path, operations)
+                else:
+                    assert (file.status, now) == ("unchanged", seen[path]), (path, operations)
+                seen[path] = now
+            for name in totals:
+                totals[name] += report.totals[name]
+        assert synced_wal_rows and all(totals.values()), (totals, operations)
+
+        with fresh_database(server_dsn) as fresh:
+            rebuilt = load(discover([root]), fresh, [str(root)], POLICY)
+            assert not rebuilt.failed
+            assert build(fresh, tmp_path / "fresh-home", quiet=True).success
+            for mart in MARTS:
+                assert mart_rows(target, mart) == mart_rows(fresh, mart), (mart, operations)
+        assert mart_rows(target, "unified_memory") and mart_rows(target, "unified_memory_history")
+    finally:
+        files.close()
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+def test_sync_command_json_reports_changes_and_exit_code(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [("alpha", '"a"', "default", T0)])
+    result = consolidate("sync", str(root), "--json", "--no-build", target=target, home=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = json.loads(result.stdout)
+    assert (first["exit_code"], first["build"], first["totals"]["loaded"]) == (0, None, 1)
+    assert memory_table(first)["inserted"] == 1
+    write(db, "UPDATE memory_entries SET value = '\"b\"', updated_at = ? WHERE key = 'alpha'", (T0 + 1,))
+    result = consolidate("sync", str(root), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["build"]["success"] and memory_table(report)["updated"] == 1
+    assert unified(target) == {("alpha", "default"): "b"}
+
+
+def memory_table(report: dict) -> dict:
+    (file,) = report["files"]
+    return next(t for t in file["tables"] if t["source_table"] == "memory_entries")
+
+
+def test_watch_cycles_that_find_nothing_changed_write_nothing(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [("alpha", '"a"', "default", T0)])
+    stop, reports = threading.Event(), []
+
+    def on_cycle(report):
+        reports.append(report)
+        if len(reports) == 2:
+            write(db, "DELETE FROM memory_entries")
+        if len(reports) == 4:
+            stop.set()
+
+    last = watch([root], target, home, 0.05, on_cycle, build=False, stop=stop)
+
+    assert [(r.cycle, r.idle) for r in reports] == [(1, False), (2, True), (3, False), (4, True)]
+    assert last is reports[2] and last.totals["deleted"] == 1 and "no change" in reports[3].status_line()
+    with target.connect() as connection:
+        assert connection.execute("SELECT count(*) FROM consolidate.loads").fetchone()[0] == 2
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except psycopg.errors.UndefinedTable:
+            pass  # the first build has not made the marts yet
+        time.sleep(0.5)
+    raise AssertionError(f"waited {seconds}s for {what}")
+
+
+def test_watch_syncs_a_changed_file_and_stops_cleanly_on_sigint(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [("alpha", '"first"', "default", T0)])
+    command = [sys.executable, "-m", "loader", "sync", str(root), "--dsn", target.dsn, "--home", str(home),
+               "--watch", "1"]
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment["CONSOLIDATE_SECRET_KEY"] = KEY.decode()
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    try:
+        wait_for(lambda: unified(target).get(("alpha", "default")) == "first", 60, "the first sync")
+        write(db, "UPDATE memory_entries SET value = '\"second\"', updated_at = ? WHERE key = 'alpha'", (T0 + 5,))
+        write(db, "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
+                  "VALUES ('beta', '\"new\"', 'default', ?, ?, ?)", (T0 + 5,) * 3)
+        wait_for(lambda: unified(target) == {("alpha", "default"): "second", ("beta", "default"): "new"}, 30,
+                 "the watcher to sync the change")
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        stdout, stderr = watcher.communicate(timeout=120)
+    assert watcher.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout
+    lines = [line for line in stdout.splitlines() if " loaded " in line]
+    assert len(lines) >= 2 and "+1 ~1 -0" in lines[-1], stdout
