@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from loader import archive as archive_stage
 from loader import backup as backup_stage
@@ -73,13 +74,13 @@ def print_json(data) -> None:
 def target_for(dsn: str | None, home: Path, schema: str) -> Target:
     target = resolve_target(dsn, home, schema)
     if target.embedded:
-        err.print(f"[dim]Using the embedded PostgreSQL under {home}/pgdata[/dim]")
+        err.print(f"[dim]Using the embedded PostgreSQL under {escape(str(home))}/pgdata[/dim]")
     return target
 
 
 def print_warnings(found: Discovery) -> None:
     for warning in found.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning.path}: {warning.reason}")
+        err.print(f"[yellow]warning:[/yellow] {escape(str(warning.path))}: {escape(str(warning.reason))}")
 
 
 def discovery_table(found: Discovery) -> Table:
@@ -87,8 +88,8 @@ def discovery_table(found: Discovery) -> Table:
     for column in ("file", "kind", "size", "sha256", "tables", "rows", "note"):
         table.add_column(column, justify="right" if column in ("size", "tables", "rows") else "left")
     for f in found.files:
-        note = f"copy of {f.copy_of}" if f.copy_of else (f"[red]{f.error}[/red]" if f.error else "")
-        table.add_row(f.source_db, f.kind, f"{f.size_bytes:,}", f.sha256[:12], str(len(f.tables)),
+        note = f"copy of {escape(str(f.copy_of))}" if f.copy_of else (f"[red]{escape(f.error)}[/red]" if f.error else "")
+        table.add_row(Text(f.source_db), f.kind, f"{f.size_bytes:,}", f.sha256[:12], str(len(f.tables)),
                       f"{sum(f.tables.values()):,}", note)
     return table
 
@@ -111,15 +112,15 @@ def load_table(outcome: load_stage.LoadOutcome) -> Table:
     for column in ("file", "kind", "status", "rows in SQLite", "rows loaded", "note"):
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
     for f in outcome.files:
-        note = "see below" if f.error else (f"copy of {f.source.copy_of}" if f.source.copy_of else "")
-        table.add_row(f.source.source_db, f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
+        note = "see below" if f.error else (f"copy of {escape(str(f.source.copy_of))}" if f.source.copy_of else "")
+        table.add_row(Text(f.source.source_db), f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
                       f"{f.rows_loaded:,}", note)
     return table
 
 
 def print_load_failures(outcome: load_stage.LoadOutcome) -> None:
     for failed in outcome.failed:
-        err.print(f"[red]could not load[/red] {failed.source.path}: {failed.error}")
+        err.print(f"[red]could not load[/red] {escape(str(failed.source.path))}: {escape(str(failed.error))}")
 
 
 def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, secrets: Path | None,
@@ -127,12 +128,12 @@ def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, se
     def progress(outcome: load_stage.FileOutcome) -> None:
         if not quiet:
             colour = "red" if outcome.status == "failed" else "green"
-            err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {outcome.source.source_db} "
+            err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {escape(str(outcome.source.source_db))} "
                       f"({outcome.rows_loaded:,} rows)")
     try:
         policy = load_policy(home, secrets)
     except PolicyError as error:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
     return load_stage.load(found, target, [str(r.absolute()) for r in roots], policy, force=force,
                            on_file=progress)
@@ -163,7 +164,7 @@ def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public")
     model or test fails."""
     outcome = build_stage.build(target_for(dsn, home, schema), home)
     for failure in outcome.failures:
-        err.print(f"[red]failed:[/red] {failure}")
+        err.print(f"[red]failed:[/red] {escape(str(failure))}")
     raise typer.Exit(EXIT_OK if outcome.success else EXIT_NOT_RECONCILED)
 
 
@@ -175,7 +176,7 @@ def summary_table(rows: list[report.FileSummary]) -> Table:
         table.add_column(header, justify="left" if header in ("file", "kind", "status") else "right")
     for r in rows:
         cells = [r.rows_in_sqlite, r.rows_in_raw, r.memory_rows, r.kept, r.superseded, r.moved]
-        table.add_row(r.source_db, r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
+        table.add_row(Text(r.source_db), r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
                       "[green]yes[/green]" if r.reconciled else "[red]NO[/red]")
     return table
 
@@ -187,14 +188,14 @@ def default_backup_folder(home: Path) -> Path:
 def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool) -> Path:
     """Plan phase 1 before anything is loaded: a verified backup, or stop the run."""
     if not quiet:
-        err.print(f"Backing up to {folder}")
+        err.print(f"Backing up to {escape(str(folder))}")
     try:
         manifest = backup_stage.backup(roots, folder, exclude=[home])
     except backup_stage.BackupError as error:
-        err.print(f"[red]backup refused:[/red] {error} (or pass --no-backup)")
+        err.print(f"[red]backup refused:[/red] {escape(str(error))} (or pass --no-backup)")
         raise typer.Exit(EXIT_USAGE)
     for entry in manifest.failed:
-        err.print(f"[red]could not back up[/red] {entry.path}: {entry.reason}")
+        err.print(f"[red]could not back up[/red] {escape(str(entry.path))}: {escape(str(entry.reason))}")
     return folder
 
 
@@ -232,7 +233,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
             out.print(validation_table(validation))
             print_validation_problems(validation)
         for failure in built.failures:
-            err.print(f"[red]failed:[/red] {failure}")
+            err.print(f"[red]failed:[/red] {escape(str(failure))}")
         print_load_failures(loaded)
     if loaded.failed:
         raise typer.Exit(EXIT_SOURCE_UNREADABLE)
@@ -244,8 +245,8 @@ def backup_table(manifest: backup_stage.BackupManifest) -> Table:
     for column in ("file", "kind", "status", "tables", "rows", "note"):
         table.add_column(column, justify="right" if column in ("tables", "rows") else "left")
     for entry in manifest.files:
-        table.add_row(entry.source_db, entry.kind, entry.status, str(len(entry.tables)),
-                      f"{sum(entry.tables.values()):,}", entry.reason or "")
+        table.add_row(Text(entry.source_db), entry.kind, entry.status, str(len(entry.tables)),
+                      f"{sum(entry.tables.values()):,}", Text(entry.reason or ""))
     return table
 
 
@@ -255,8 +256,8 @@ def verify_backup(folder: Path, as_json: bool) -> None:
         print_json({"folder": str(folder), "verified": not problems, "problems": [p.to_json() for p in problems]})
     else:
         for problem in problems:
-            err.print(f"[red]{problem.path}[/red]: {problem.problem}")
-        err.print(f"verified {folder}" if not problems else f"{len(problems)} problem(s) in {folder}")
+            err.print(f"[red]{escape(str(problem.path))}[/red]: {escape(str(problem.problem))}")
+        err.print(f"verified {escape(str(folder))}" if not problems else f"{len(problems)} problem(s) in {escape(str(folder))}")
     raise typer.Exit(EXIT_OK if not problems else EXIT_NOT_RECONCILED)
 
 
@@ -286,11 +287,11 @@ def backup(
 
     def progress(entry: backup_stage.BackupEntry) -> None:
         if not as_json:
-            err.print(f"  {entry.status:>9} {entry.source_db}")
+            err.print(f"  {entry.status:>9} {escape(str(entry.source_db))}")
     try:
         manifest = backup_stage.backup(roots, to, on_file=progress, overwrite=overwrite, exclude=[home])
     except backup_stage.BackupError as error:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
     if as_json:
         print_json(manifest.to_json())
@@ -307,7 +308,7 @@ def validation_table(report: validate_stage.ValidationReport) -> Table:
         table.add_column(header, justify="left" if header in ("file", "on disk", "backup") else "right")
     for f in report.files:
         counts = [f.rows_in_sqlite, f.rows_in_raw, f.kept, f.superseded, f.moved, f.flagged]
-        table.add_row(f.source_db, *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
+        table.add_row(Text(f.source_db), *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
                       f.backup_checksum_status or "", f"{f.spot_checked:,}", f"{len(f.mismatches):,}",
                       "[green]yes[/green]" if f.passed else "[red]NO[/red]")
     return table
@@ -316,7 +317,7 @@ def validation_table(report: validate_stage.ValidationReport) -> Table:
 def print_validation_problems(report: validate_stage.ValidationReport) -> None:
     for f in report.files:
         for problem in f.problems:
-            err.print(f"[red]{f.source_db}[/red]: {problem}")
+            err.print(f"[red]{escape(str(f.source_db))}[/red]: {escape(str(problem))}")
         for m in f.mismatches[:10]:
             err.print(f"  {m.source_table} rowid {m.source_rowid} {m.against}.{m.field}: "
                       f"expected {m.expected}, found {m.actual}", markup=False, highlight=False)
@@ -339,7 +340,7 @@ def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "publi
         report = validate_stage.validate(target_for(dsn, home, schema), sample_size=sample, seed=seed,
                                          backup_dir=backup, secret_policy=policy)
     except (validate_stage.ValidationError, PolicyError) as error:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
     if as_json:
         print_json(report.to_json())
@@ -357,7 +358,7 @@ def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder t
     try:
         written = sample_tree.write_sample(directory)
     except FileExistsError as error:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
     for path in written:
         out.print(str(path))
@@ -374,15 +375,15 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
         print_json([v.to_json() for v in versions])
         return
     if not versions:
-        err.print(f"no entry with key {key!r}" + (f" in namespace {namespace!r}" if namespace else ""))
+        err.print(f"no entry with key {escape(repr(key))}" + (f" in namespace {escape(repr(namespace))}" if namespace else ""))
         raise typer.Exit(1)
     table = Table(title=f"versions of {key!r}")
     for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
         table.add_column(column)
     for v in versions:
-        table.add_row("[green]winner[/green]" if v.winner else v.role, v.namespace, v.source_db,
+        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace), Text(v.source_db),
                       str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
-                      v.value_preview)
+                      Text(v.value_preview))
     out.print(table)
 
 def format_age(seconds: float | None) -> str:
@@ -402,9 +403,9 @@ def status_table(report: status_stage.StatusReport) -> Table:
     for f in report.files:
         current = f.current
         on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
-        failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {f.last_failure.error_message}[/red]"
+        failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
                    if f.last_failure else "")
-        table.add_row(f.source_db, f.kind, f.status, current.load_id if current else "",
+        table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
                       f"{current.rows_in_sqlite:,}" if current and current.rows_in_sqlite is not None else "",
                       f"{current.rows_loaded:,}" if current and current.rows_loaded is not None else "",
                       on_disk, format_age(f.seconds_since_sync), failure)
@@ -438,9 +439,9 @@ def archive_table(report: archive_stage.ArchiveReport) -> Table:
     for entry in report.archived:
         removal = removals.get(entry.path)
         removed = "" if removal is None else ("[green]yes[/green]" if removal.removed else "[red]no[/red]")
-        table.add_row(entry.path, "[green]yes[/green]", removed, (removal.refused or "") if removal else "")
+        table.add_row(Text(str(entry.path)), "[green]yes[/green]", removed, Text((removal.refused or "") if removal else ""))
     for refusal in report.refused:
-        table.add_row(refusal.path, "[red]no[/red]", "", refusal.reason)
+        table.add_row(Text(str(refusal.path)), "[red]no[/red]", "", Text(refusal.reason))
     return table
 
 
@@ -450,8 +451,8 @@ def verify_archive_file(path: Path, as_json: bool) -> None:
         print_json({"archive": str(path), "verified": not problems, "problems": [p.to_json() for p in problems]})
     else:
         for problem in problems:
-            err.print(f"[red]{problem.path}[/red]: {problem.problem}")
-        err.print(f"verified {path}" if not problems else f"{len(problems)} problem(s) in {path}")
+            err.print(f"[red]{escape(str(problem.path))}[/red]: {escape(str(problem.problem))}")
+        err.print(f"verified {escape(str(path))}" if not problems else f"{len(problems)} problem(s) in {escape(str(path))}")
     raise typer.Exit(EXIT_OK if not problems else EXIT_NOT_RECONCILED)
 
 
@@ -482,7 +483,7 @@ def archive(
         report = archive_stage.archive(target_for(dsn, home, schema), roots, to,
                                        remove_originals=remove_originals, exclude=[home])
     except archive_stage.ArchiveError as error:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
     if as_json:
         print_json(report.to_json())
@@ -499,7 +500,7 @@ def sync_table(report: sync_stage.SyncReport) -> Table:
     for f in report.files:
         note = (f"[red]{escape(f.error)}[/red]" if f.error else
                 "not on disk any more: its last load stays current" if f.status == "missing" else "")
-        table.add_row(f.source_db, f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
+        table.add_row(Text(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
                       f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note)
     return table
 
@@ -511,7 +512,7 @@ def sync_line(report: sync_stage.SyncReport) -> str:
 
 def print_sync_problems(report: sync_stage.SyncReport) -> None:
     for f in report.failed:
-        err.print(f"[red]could not load[/red] {f.source_path}: {escape(f.error or '')}")
+        err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
     for failure in report.build.failures if report.build else []:
         err.print(f"[red]failed:[/red] {escape(failure)}")
 
@@ -565,7 +566,7 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
             raise typer.Exit(EXIT_OK)
         report = sync_stage.sync(roots, target, home, secrets=secrets, build=not no_build)
     except PolicyError as error:
-        err.print(f"[red]error:[/red] {error}")
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
     if as_json:
         print_json(report.to_json())
@@ -598,10 +599,10 @@ def cache_warm(
     until its expires_at. Exit 1 when Redis cannot be reached."""
     cache = cache_layer.Cache(redis_url)
     if not cache.available():
-        err.print(f"[red]error:[/red] Redis at {cache.redacted_url} cannot be reached")
+        err.print(f"[red]error:[/red] Redis at {escape(str(cache.redacted_url))} cannot be reached")
         raise typer.Exit(EXIT_NOT_RECONCILED)
     warmed = cache.warm(target_for(dsn, home, schema).dsn, top, schema=schema)
-    err.print(f"cached {warmed:,} entries in {cache.redacted_url}")
+    err.print(f"cached {warmed:,} entries in {escape(str(cache.redacted_url))}")
 
 
 @cache_app.command("stats")
@@ -629,7 +630,7 @@ def main() -> None:
     try:
         app(prog_name="consolidate")
     except psycopg.OperationalError as error:
-        err.print(f"[red]PostgreSQL unavailable:[/red] {str(error).strip()}\n"
+        err.print(f"[red]PostgreSQL unavailable:[/red] {escape(str(error).strip())}\n"
                   "Nothing half-done was kept: every file loads in one transaction. "
                   "Run the same command again once the server is back; unchanged files are skipped.")
         sys.exit(EXIT_DATABASE_UNAVAILABLE)

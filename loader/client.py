@@ -228,5 +228,5 @@ class MemoryClient:
             " metadata = coalesce(excluded.metadata, existing.metadata),"
             " updated_at = excluded.updated_at, expires_at = excluded.expires_at, ttl = excluded.ttl,"
             " source_db = excluded.source_db, source_path = NULL, source_table = NULL,"
-            " source_rowid = NULL, source_sha256 = NULL, load_id = NULL"
+            " source_rowid = NULL, source_sha256 = NULL, load_id = NULL, flags = excluded.flags"
         ).format(table=self._table)

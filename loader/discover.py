@@ -4,6 +4,11 @@ A database is recognised by its header, never by its name. `-wal`, `-shm` and `-
 to their main file; a `-wal` without one is reported as an orphan. Files named like databases that are
 not SQLite are reported too. A byte-identical copy (same main file, same WAL) of an earlier file is
 marked as a copy of it and is never loaded twice.
+
+A file that cannot be read (permissions) is a failed source with its reason when it looks like a
+database (a database-looking name, or a `-wal`/`-journal` beside it), since it may hold rows that would
+otherwise be lost silently; any other unreadable file is a warning. A file that disappears while being
+looked at is a warning too (it is gone: there is nothing to load).
 """
 
 from __future__ import annotations
@@ -85,11 +90,24 @@ def classify(tables: dict[str, list[str]]) -> str:
 
 
 def has_sqlite_header(path: Path) -> bool:
+    """Whether the file starts with SQLite's header; raises OSError when it cannot be read."""
+    with open(path, "rb") as handle:
+        return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
+def looks_like_database(path: Path) -> bool:
+    return path.suffix.lower() in DATABASE_LOOKING_SUFFIXES or any(
+        side_file(path, suffix).exists() for suffix in ("-wal", "-journal"))
+
+
+def unreadable_source(path: Path, root: Path, error: OSError) -> SourceFile:
+    """A database-looking file that cannot be read: listed, failed, with the reason."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+        size = path.stat().st_size
     except OSError:
-        return False
+        size = 0
+    return SourceFile(path=path, root=root, size_bytes=size, sha256="", wal_sha256=None,
+                      error=f"cannot read: {type(error).__name__}: {error}")
 
 
 def is_wal_only_database(path: Path) -> bool:
@@ -143,6 +161,8 @@ def inspect_schema(source: SourceFile) -> None:
         source.error = f"cannot read as SQLite: {error}"
     except (SourceKeptChanging, OSError) as error:
         source.error = f"cannot copy: {error}"
+    except Exception as error:  # whatever a hostile file does, it is named, never a traceback
+        source.error = f"cannot read: {type(error).__name__}: {error}"
 
 
 def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
@@ -166,11 +186,25 @@ def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
                 if path.name.endswith("-wal") and not main.exists():
                     warnings.append(DiscoveryWarning(path, "orphan WAL: its main database file is missing, nothing to recover"))
                 continue
-            if not (has_sqlite_header(path) or is_wal_only_database(path)):
+            base = root if root.is_dir() else root.parent
+            try:
+                is_database = has_sqlite_header(path) or is_wal_only_database(path)
+                source = fingerprint(path, base) if is_database else None
+            except FileNotFoundError:
+                warnings.append(DiscoveryWarning(path, "disappeared while being discovered; skipped"))
+                continue
+            except OSError as error:
+                if looks_like_database(path):
+                    files.append(unreadable_source(path, base, error))
+                else:
+                    warnings.append(DiscoveryWarning(
+                        path, f"cannot be read ({type(error).__name__}: {error}), so "
+                              "whether it is SQLite is unknown; skipped"))
+                continue
+            if source is None:
                 if path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
                     warnings.append(DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped"))
                 continue
-            source = fingerprint(path, root if root.is_dir() else root.parent)
             original = first_by_identity.setdefault(source.identity, source)
             if original is source:
                 inspect_schema(source)

@@ -22,14 +22,24 @@ def new_load_id() -> str:
 
 
 def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:
-    """Create the raw table (source columns as text, then lineage) or add the columns it lacks."""
+    """Create the raw table (source columns as text, then lineage) or add the columns it lacks (a
+    table made before a lineage column existed gets it too). `table` and `columns` are raw names
+    (raw_contract.raw_name / raw_column_names): PostgreSQL would truncate longer ones."""
     source_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in columns]
     lineage = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(ddl)) for name, ddl in LINEAGE_COLUMNS]
     cursor.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} ({})").format(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(source_columns + lineage)))
-    for column in columns:
-        cursor.execute(sql.SQL("ALTER TABLE {}.{} ADD COLUMN IF NOT EXISTS {} text").format(
-            sql.Identifier(schema), sql.Identifier(table), sql.Identifier(column)))
+    existing = {row[0] for row in cursor.execute(
+        "SELECT a.attname FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid "
+        "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped", [schema, table])}
+    missing = [sql.SQL("ADD COLUMN IF NOT EXISTS {} text").format(sql.Identifier(c))
+               for c in columns if c not in existing]
+    missing += [sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name), sql.SQL(ddl.replace(" NOT NULL", "")))
+                for name, ddl in LINEAGE_COLUMNS if name not in existing]
+    if missing:
+        cursor.execute(sql.SQL("ALTER TABLE {}.{} {}").format(
+            sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(missing)))
 
 
 def bootstrap(connection: psycopg.Connection) -> None:
@@ -41,6 +51,11 @@ def bootstrap(connection: psycopg.Connection) -> None:
             cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         for (schema, table), columns in CORE_RAW_TABLES.items():
             ensure_raw_table(cursor, schema, table, columns)
+        # Raw tables made before a lineage column existed (and no file loads into them now) get it too.
+        for schema, table in cursor.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'", [list(RAW_SCHEMAS.values())]).fetchall():
+            ensure_raw_table(cursor, schema, table, [])
 
 
 def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
@@ -88,11 +103,23 @@ def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
 
 
 def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
-                 raw_schema: str, raw_table: str, rows_in_sqlite: int, rows_loaded: int) -> None:
+                 raw_schema: str, raw_table: str, rows_in_sqlite: int, rows_loaded: int, *,
+                 reader: str | None = None, notes: str | None = None, rows_with_binary: int | None = None) -> None:
     cursor.execute(
         f"INSERT INTO {LEDGER_SCHEMA}.load_tables (load_id, source_path, source_table, raw_schema, "
-        "raw_table, rows_in_sqlite, rows_loaded) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (load_id, source_path, source_table, raw_schema, raw_table, rows_in_sqlite, rows_loaded))
+        "raw_table, rows_in_sqlite, rows_loaded, reader, notes, rows_with_binary) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (load_id, source_path, source_table, raw_schema, raw_table, rows_in_sqlite, rows_loaded, reader,
+         notes, rows_with_binary))
+
+
+def record_columns(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
+                   columns: list[tuple[str, str]]) -> None:
+    """Every (source column, raw column) pair of a loaded table."""
+    cursor.executemany(
+        f"INSERT INTO {LEDGER_SCHEMA}.load_columns (load_id, source_path, source_table, source_column, "
+        "raw_column) VALUES (%s, %s, %s, %s, %s)",
+        [(load_id, source_path, source_table, source, raw) for source, raw in columns])
 
 
 def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple[str, str | None] | None:

@@ -1,7 +1,15 @@
 """Copy every table of every discovered database into PostgreSQL raw schemas.
 
 Each file loads in one transaction together with its ledger rows: either all of its tables arrive,
-with counts verified against the private copy, or none do and the ledger says `failed` and why.
+with counts verified against the private copy, or none do and the ledger says `failed` and why. The
+private copy must pass SQLite's `PRAGMA quick_check` first: a damaged b-tree can hide rows from every
+count and every read alike, so a file that fails it is `failed`, never loaded partially.
+
+Each table is read by DuckDB unless `extract.needs_fallback` names a reason to read it with the Python
+fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names); a DuckDB path that fails anyway is
+rolled back to a savepoint and retried with the fallback. The ledger's `load_tables.reader` and
+`notes` say which reader each table used and why; `load_columns` maps every source column to its raw
+column (raw_contract.raw_column_names); `load_tables.raw_table` is raw_contract.raw_name of the table.
 """
 
 from __future__ import annotations
@@ -18,14 +26,18 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.discover import Discovery, SourceFile
-from loader.extract import SourceTable, attach_sqlite, duckdb_session, export_csv, list_tables, quote
-from loader.raw_contract import RAW_SCHEMAS
+from loader.extract import (
+    DUCKDB, PYTHON_FALLBACK, ColumnRead, FallbackExport, SourceTable, attach_sqlite, duckdb_session, export_csv,
+    export_csv_python, list_tables, needs_fallback, open_for_reading, quote)
+from loader.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
 from loader.secret_policy import SecretPolicy
-from loader.snapshot import SourceKeptChanging, private_copy
+from loader.snapshot import private_copy
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.
 LINEAGE_CONSTANTS = ["_load_id", "_source_path", "_source_sha256", "_loaded_at"]
+BINARY_COLUMNS = "_binary_columns"
+QUICK_CHECK_MAX_ERRORS = 10
 
 
 @dataclass
@@ -36,11 +48,14 @@ class FileOutcome:
     rows_loaded: int = 0
     error: str | None = None
     tables: dict[str, int] = field(default_factory=dict)
+    # Tables read by the Python fallback, with the ledger's note (why, and what was stored as hex).
+    fallback_tables: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"source_path": str(self.source.path), "source_db": self.source.source_db,
                 "kind": self.source.kind, "status": self.status, "rows_in_sqlite": self.rows_in_sqlite,
                 "rows_loaded": self.rows_loaded, "error": self.error, "tables": self.tables,
+                "fallback_tables": self.fallback_tables,
                 "copy_of": str(self.source.copy_of) if self.source.copy_of else None}
 
 
@@ -65,29 +80,149 @@ class TableFailed(Exception):
     """A table of a file could not be loaded; the message names the table and the reason."""
 
 
-def copy_csv_into(cursor: psycopg.Cursor, schema: str, table: SourceTable, csv_path: Path) -> int:
-    """COPY an export (rowid, source columns, lineage) into the raw table; return the rows copied."""
-    names = ["_source_rowid", *table.columns, *LINEAGE_CONSTANTS]
-    columns = sql.SQL(", ").join(map(sql.Identifier, names))
-    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(schema, table.name), columns)
+class FileFailed(Exception):
+    """The file cannot be loaded at all; the message says why."""
+
+
+@dataclass
+class TablePlan:
+    """A source table, where it goes and how it is read (fallback_reason None: DuckDB)."""
+
+    table: SourceTable
+    raw_table: str
+    raw_columns: list[str]
+    fallback_reason: str | None
+
+
+@dataclass
+class TableResult:
+    copied: int
+    reader: str
+    notes: str | None = None
+    rows_with_binary: int = 0
+
+
+def check_integrity(reader: sqlite3.Connection) -> None:
+    """Refuse a copy SQLite itself finds damaged (its b-trees, free list and overflow chains)."""
+    rows = [row[0] for row in reader.execute(f"PRAGMA quick_check({QUICK_CHECK_MAX_ERRORS})")]
+    messages = [r.decode("utf-8", "replace") if isinstance(r, bytes) else str(r) for r in rows]
+    if messages != ["ok"]:
+        raise FileFailed("damaged database: SQLite's integrity check (PRAGMA quick_check) reports: "
+                         + " | ".join(m.replace("\n", " ") for m in messages))
+
+
+def plan_tables(reader: sqlite3.Connection, tables: list[SourceTable]) -> list[TablePlan]:
+    plans, owners = [], {}
+    for table in tables:
+        target = raw_name(table.name)
+        if target in owners:
+            raise TableFailed(f"table {table.name!r}: its raw name {target!r} is also that of table "
+                              f"{owners[target]!r} of the same file")
+        owners[target] = table.name
+        try:
+            reason = needs_fallback(reader, table)
+        except sqlite3.Error as error:
+            raise TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}") from error
+        plans.append(TablePlan(table, target, raw_column_names(table.columns), reason))
+    return plans
+
+
+def copy_csv_into(cursor: psycopg.Cursor, schema: str, raw_table: str, columns: list[str],
+                  csv_path: Path) -> int:
+    """COPY an export (its fields in the order of `columns`) into the raw table; return the rows copied."""
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(sql.Identifier(schema, raw_table), names)
     with cursor.copy(statement) as copy, open(csv_path, "rb") as handle:
         while chunk := handle.read(COPY_CHUNK):
             copy.write(chunk)
     return cursor.rowcount
 
 
-def load_table(cursor: psycopg.Cursor, duck, schema: str, table: SourceTable, database: Path,
-               column_expressions: list[str], lineage: list[str]) -> int:
-    ledger.ensure_raw_table(cursor, schema, table.name, table.columns)
-    csv_path = database.with_suffix(".csv")
-    export_csv(duck, "src", table, csv_path, column_expressions, lineage)
+@dataclass
+class FileContext:
+    """What every table of one file's load shares."""
+
+    connection: psycopg.Connection
+    cursor: psycopg.Cursor
+    duck: duckdb.DuckDBPyConnection
+    reader: sqlite3.Connection
+    database: Path
+    schema: str
+    kind: str
+    policy: SecretPolicy
+    lineage: list[str]
+    attached: bool = False
+
+    @property
+    def csv_path(self) -> Path:
+        # Next to the private copy, under a name no copied file can have.
+        return self.database.with_name(self.database.name + ".export.csv")
+
+    def attach(self) -> None:
+        if not self.attached:
+            attach_sqlite(self.duck, self.database, "src")
+            self.attached = True
+
+
+def read_with_duckdb(context: FileContext, plan: TablePlan) -> int:
+    table = plan.table
+    columns = [context.policy.select_expression(context.kind, table.name, column, quote(column))
+               for column in table.columns]
+    context.attach()
     try:
-        copied = copy_csv_into(cursor, schema, table, csv_path)
+        export_csv(context.duck, "src", table, context.csv_path, columns, context.lineage)
+        return copy_csv_into(context.cursor, context.schema, plan.raw_table,
+                             ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS], context.csv_path)
     finally:
-        csv_path.unlink()
-    if copied != table.row_count:
-        raise CountMismatch(f"{table.row_count} rows in SQLite, {copied} copied")
-    return copied
+        context.csv_path.unlink(missing_ok=True)
+
+
+def read_with_python(context: FileContext, plan: TablePlan) -> tuple[int, FallbackExport]:
+    table = plan.table
+    columns = [ColumnRead(column, raw, context.policy.action(context.kind, table.name, column))
+               for column, raw in zip(table.columns, plan.raw_columns)]
+    try:
+        exported = export_csv_python(context.reader, table, context.csv_path, columns, context.lineage,
+                                     context.policy.key)
+        copied = copy_csv_into(context.cursor, context.schema, plan.raw_table,
+                               ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS, BINARY_COLUMNS],
+                               context.csv_path)
+    finally:
+        context.csv_path.unlink(missing_ok=True)
+    if exported.rows != copied:
+        raise CountMismatch(f"{exported.rows} rows read, {copied} copied")
+    return copied, exported
+
+
+def load_table(context: FileContext, plan: TablePlan) -> TableResult:
+    """One table into raw, in a savepoint: its rows arrive counted, or nothing of it does."""
+    table = plan.table
+    ledger.ensure_raw_table(context.cursor, context.schema, plan.raw_table, plan.raw_columns)
+    reason = plan.fallback_reason
+    result = None
+    if reason is None:
+        try:
+            with context.connection.transaction():
+                result = TableResult(read_with_duckdb(context, plan), DUCKDB)
+        except (duckdb.Error, psycopg.errors.DataError) as error:
+            if context.connection.broken:
+                raise
+            reason = f"the DuckDB path failed ({type(error).__name__}: {first_line(error)})"
+    if result is None:
+        with context.connection.transaction():
+            copied, exported = read_with_python(context, plan)
+        notes = [reason, exported.describe()]
+        if table.has_rowid and table.rowid_column is None:
+            notes.append("_source_rowid is NULL: columns named rowid, _rowid_ and oid hide the rowid")
+        result = TableResult(copied, PYTHON_FALLBACK, "; ".join(notes), exported.rows_with_binary)
+    if result.copied != table.row_count:
+        raise CountMismatch(f"{table.row_count} rows in SQLite, {result.copied} copied")
+    return result
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def load_file(connection: psycopg.Connection, duck, load_id: str, source: SourceFile,
@@ -100,27 +235,41 @@ def load_file(connection: psycopg.Connection, duck, load_id: str, source: Source
     outcome = FileOutcome(source, "loaded")
     with private_copy(source.path) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256
-        tables = list_tables(snapshot.path)
-        attach_sqlite(duck, snapshot.path, "src")
+        reader = open_for_reading(snapshot.path)
+        context = None
         try:
+            check_integrity(reader)
+            tables = list_tables(snapshot.path)
+            plans = plan_tables(reader, tables)
             with connection.transaction(), connection.cursor() as cursor:
                 lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
-                for table in tables:
+                context = FileContext(connection, cursor, duck, reader, snapshot.path, schema, source.kind,
+                                      policy, lineage)
+                for plan in plans:
+                    table = plan.table
                     try:
-                        columns = [policy.select_expression(source.kind, table.name, column, quote(column))
-                                   for column in table.columns]
-                        copied = load_table(cursor, duck, schema, table, snapshot.path, columns, lineage)
-                    except (psycopg.Error, duckdb.Error, CountMismatch) as error:
+                        result = load_table(context, plan)
+                    except (psycopg.Error, duckdb.Error, sqlite3.Error, CountMismatch, ValueError,
+                            OSError) as error:
+                        if connection.broken:
+                            raise
                         raise TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}") from error
                     ledger.record_table(cursor, load_id, record.source_path, table.name, schema,
-                                        table.name, table.row_count, copied)
-                    outcome.tables[table.name] = copied
+                                        plan.raw_table, table.row_count, result.copied, reader=result.reader,
+                                        notes=result.notes, rows_with_binary=result.rows_with_binary)
+                    ledger.record_columns(cursor, load_id, record.source_path, table.name,
+                                          list(zip(table.columns, plan.raw_columns)))
+                    outcome.tables[table.name] = result.copied
+                    if result.reader == PYTHON_FALLBACK:
+                        outcome.fallback_tables[table.name] = result.notes
                 outcome.rows_in_sqlite = record.rows_in_sqlite = sum(t.row_count for t in tables)
                 outcome.rows_loaded = record.rows_loaded = sum(outcome.tables.values())
                 record.completed_at = ledger.now()
                 ledger.record_file(cursor, record)
         finally:
-            duck.execute("DETACH src")
+            reader.close()
+            if context is not None and context.attached:
+                duck.execute("DETACH src")
     return outcome
 
 
@@ -169,9 +318,11 @@ def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceF
         return record_outcome_without_rows(connection, load_id, source, "unchanged")
     try:
         return load_file(connection, duck, load_id, source, policy)
-    except TableFailed as error:
+    except (TableFailed, FileFailed) as error:
+        if connection.broken:
+            raise
         return record_outcome_without_rows(connection, load_id, source, "failed", str(error))
-    except (psycopg.Error, duckdb.Error, sqlite3.Error, OSError, SourceKeptChanging) as error:
+    except Exception as error:  # a bad file is named with its reason; the run goes on
         if connection.broken:
             raise
         return record_outcome_without_rows(connection, load_id, source, "failed",

@@ -4,9 +4,21 @@ This is the contract between the loader and the dbt project. Raw tables keep eve
 TEXT (the original value, untouched; staging does the typing) plus the lineage columns below. The
 memory tables the dbt models read are created up front with their known columns, so the models compile
 even when no file of that kind was found; columns a file brings beyond these are added on arrival.
+
+Values: every value is its text (SQLite's own text of it: what `CAST(x AS TEXT)` gives, numbers
+included), except a value PostgreSQL text cannot hold as it is: a BLOB, TEXT that is not valid UTF-8,
+or TEXT containing NUL. Such a value is stored as `\\x` followed by the lowercase hex of its exact bytes,
+and the row's `_binary_columns` lists the raw columns of that row stored so (NULL when none), so
+`decode(substr(value, 3), 'hex')` gives the original bytes back.
+
+Names: SQLite names are kept as they are when PostgreSQL can hold them (see `raw_name`); others are
+mapped deterministically, and `consolidate.load_tables.raw_table` / `consolidate.load_columns` record
+every table's and column's raw name.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 LEDGER_SCHEMA = "consolidate"
 
@@ -27,7 +39,55 @@ LINEAGE_COLUMNS = [
     ("_source_sha256", "text NOT NULL"),
     ("_source_rowid", "bigint"),
     ("_loaded_at", "timestamptz NOT NULL"),
+    # The raw columns whose value in this row is `\x` + hex of its bytes (see the docstring); NULL: none.
+    ("_binary_columns", "text[]"),
 ]
+LINEAGE_NAMES = frozenset(name for name, _ in LINEAGE_COLUMNS)
+
+# PostgreSQL silently truncates identifiers to NAMEDATALEN - 1 bytes.
+MAX_IDENTIFIER_BYTES = 63
+HASH_SUFFIX_HEX = 8
+# Appended to a source column whose name is a lineage column's (then mapped by raw_name as usual).
+LINEAGE_CLASH_SUFFIX = "__source"
+
+
+def name_hash(name: str) -> str:
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_SUFFIX_HEX]
+
+
+def raw_name(name: str) -> str:
+    """The PostgreSQL name of a SQLite table or column: the name itself when it is 1 to 63 bytes of
+    UTF-8; otherwise (longer, which PostgreSQL would truncate, or empty, which it refuses) its longest
+    prefix cut on a character boundary that leaves room for `_` + the first 8 hex digits of
+    sha256(name), so distinct names that share their first 63 bytes stay distinct."""
+    encoded = name.encode("utf-8", "surrogatepass")
+    if 0 < len(encoded) <= MAX_IDENTIFIER_BYTES:
+        return name
+    room = MAX_IDENTIFIER_BYTES - 1 - HASH_SUFFIX_HEX
+    prefix = encoded[:room].decode("utf-8", "ignore")  # drops a character cut in the middle
+    return f"{prefix}_{name_hash(name)}"
+
+
+def raw_column_names(columns: list[str]) -> list[str]:
+    """The raw column of each source column, in order. A name PostgreSQL holds as it is (`raw_name`
+    keeps it) and that is no lineage column's stays. Then, in column order, every other column gets
+    raw_name(name), or raw_name(name + '__source') for a lineage column's name; if that is taken
+    (by a lineage column or another column), raw_name(name + '__2'), '__3', ... until one is free."""
+    kept = {column for column in columns if column not in LINEAGE_NAMES and raw_name(column) == column}
+    taken = set(LINEAGE_NAMES) | kept
+    mapped = []
+    for column in columns:
+        if column in kept:
+            mapped.append(column)
+            continue
+        candidate = raw_name(column + LINEAGE_CLASH_SUFFIX if column in LINEAGE_NAMES else column)
+        counter = 1
+        while candidate in taken:
+            counter += 1
+            candidate = raw_name(f"{column}__{counter}")
+        taken.add(candidate)
+        mapped.append(candidate)
+    return mapped
 
 # Tables the dbt models read; always present, even if empty.
 CORE_RAW_TABLES = {
@@ -97,6 +157,28 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_tables (
     rows_loaded    bigint NOT NULL,
     PRIMARY KEY (load_id, source_path, source_table),
     FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
+        DEFERRABLE INITIALLY DEFERRED
+);
+-- How the table was read (NULL on rows written before these columns existed):
+--   reader           : 'duckdb' (the sqlite scanner) or 'python-fallback' (sqlite3, for tables whose
+--                      values DuckDB or PostgreSQL text cannot carry: BLOBs, invalid UTF-8, NUL)
+--   notes            : why the fallback was used, and what it stored as \\x hex
+--   rows_with_binary : rows with a non-NULL _binary_columns
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS reader text;
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS notes text;
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS rows_with_binary bigint;
+
+-- Every column of every loaded table and its raw column (raw_contract.raw_column_names): the same name
+-- unless it was longer than 63 bytes, empty, a lineage column's name, or taken.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_columns (
+    load_id       text NOT NULL,
+    source_path   text NOT NULL,
+    source_table  text NOT NULL,
+    source_column text NOT NULL,
+    raw_column    text NOT NULL,
+    PRIMARY KEY (load_id, source_path, source_table, source_column),
+    FOREIGN KEY (load_id, source_path, source_table)
+        REFERENCES {LEDGER_SCHEMA}.load_tables (load_id, source_path, source_table)
         DEFERRABLE INITIALLY DEFERRED
 );
 

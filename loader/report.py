@@ -44,13 +44,20 @@ SELECT l.source_path, l.source_db, l.kind, l.status,
          AND coalesce(r.reconciled, true) AS reconciled
 FROM this_load AS l
 LEFT JOIN current_tables AS t USING (source_path)
-LEFT JOIN {marts}.reconciliation AS r USING (source_path)
+LEFT JOIN {reconciliation} AS r USING (source_path)
 ORDER BY l.source_path
 """
 
+# Stands in for the reconciliation mart when no build has made it yet.
+NO_RECONCILIATION = """(SELECT NULL::text AS source_path, NULL::bigint AS rows_in_sqlite, NULL::bigint AS kept,
+    NULL::bigint AS superseded, NULL::bigint AS moved, NULL::boolean AS reconciled WHERE false)"""
+
 
 def summarize(target: Target, load_id: str) -> list[FileSummary]:
-    query = sql.SQL(SUMMARY_QUERY).format(ledger=sql.Identifier(LEDGER_SCHEMA), marts=sql.Identifier(target.schema))
     with target.connect() as connection:
+        mart = sql.Identifier(target.schema, "reconciliation")
+        exists = connection.execute("SELECT to_regclass(%s)", (mart.as_string(connection),)).fetchone()[0]
+        reconciliation = mart if exists else sql.SQL(NO_RECONCILIATION)
+        query = sql.SQL(SUMMARY_QUERY).format(ledger=sql.Identifier(LEDGER_SCHEMA), reconciliation=reconciliation)
         rows = connection.execute(query, {"load_id": load_id}).fetchall()
     return [FileSummary(*row) for row in rows]

@@ -4,8 +4,10 @@ For each file of `consolidate.current_loads`:
 
 - counts: rows in SQLite (the ledger's, per table) against rows counted in raw now, and the file's
   memory rows in raw against kept + superseded + moved (the `reconciliation` mart);
-- flagged: current memory versions a rule in FLAG_RULES marks as suspect (today: stored as `text`
-  although they look like JSON or a `__compressed__` payload, i.e. a parse that failed);
+- flagged: current memory versions whose `flags` (set in dbt staging, see
+  dbt_project/macros/memory_flags.sql) name a problem: text in an INTEGER column, an unparsable or
+  missing timestamp, a unit the magnitude rule corrected, JSON jsonb rejects, a bad `__compressed__`
+  payload, a value stored as `\\x` hex bytes... The row is loaded all the same; this counts it;
 - checksums: the file on disk now (main file and `-wal`) against the ledger's checksums of its current
   load, and, given a backup folder, the ledger's checksums against the backup manifest's for that path
   (does the backup hold exactly the bytes that were loaded?);
@@ -98,12 +100,9 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.validation_files (
 MARTS = ("unified_memory", "performance_metrics", "unified_memory_history", "reconciliation")
 RANKED_VERSIONS = ("intermediate", "int_memory_ranked")
 
-# Rules marking a current memory version as suspect: SQL predicates over int_memory_ranked's columns.
-# Add a rule here and `flagged` counts it.
-FLAG_RULES = {
-    "text that looks like JSON or a __compressed__ payload (a failed parse)":
-        r"data_type = 'text' and raw_value ~ '^[[:space:]]*([[{\"]|__compressed__)'",
-}
+# A current memory version is flagged when staging recorded a problem of its source row (a non-empty
+# `flags` array in int_memory_ranked and the marts; the rules live in dbt_project/macros/memory_flags.sql).
+FLAGGED = "cardinality(flags) > 0"
 
 DETAIL_MAX_CHARS = 200
 SQLITE_IN_LIST_CHUNK = 500
@@ -330,10 +329,9 @@ def reconciliation_row(connection: psycopg.Connection, schema: str, current: Cur
 
 
 def count_flagged(connection: psycopg.Connection, current: CurrentFile) -> int:
-    rules = sql.SQL(" OR ").join(sql.SQL("({})").format(sql.SQL(rule)) for rule in FLAG_RULES.values())
     return connection.execute(sql.SQL(
-        "SELECT count(*) FROM {} WHERE load_id = %s AND source_path = %s AND ({})").format(
-        sql.Identifier(*RANKED_VERSIONS), rules), [current.load_id, current.source_path]).fetchone()[0]
+        "SELECT count(*) FROM {} WHERE load_id = %s AND source_path = %s AND {}").format(
+        sql.Identifier(*RANKED_VERSIONS), sql.SQL(FLAGGED)), [current.load_id, current.source_path]).fetchone()[0]
 
 
 def count_problems(current: CurrentFile, tables: list[TableCount], reconciliation: dict) -> list[str]:
@@ -423,15 +421,17 @@ def spot_check(connection: psycopg.Connection, database: Path, current: CurrentF
     layout = MEMORY_LAYOUTS.get(current.kind)
     memory_table = layout.table if layout is not None else None
     sqlite = sqlite3.connect(database)
+    sqlite.text_factory = bytes  # raw holds the exact bytes of what is not UTF-8 text (see loaded_value)
     try:
-        tables = {table.name: table for table in list_tables(database) if table.has_rowid}  # rowid = lineage
+        # the rowid is the lineage: tables without one (WITHOUT ROWID, or every alias hidden) are not sampled
+        tables = {table.name: table for table in list_tables(database) if table.has_rowid and table.rowid_column}
         memory_rows = sample_rows(sqlite, [t for t in tables.values() if t.name == memory_table],
                                   options.sample_size, rng)
         other_rows = sample_rows(sqlite, [t for t in tables.values() if t.name != memory_table],
                                  options.sample_size, rng)
         result = SpotCheck(checked=len(memory_rows) + len(other_rows))
         for name, rowids in group_by_table(memory_rows).items():
-            versions = read_memory_versions(sqlite, layout, rowids)
+            versions = read_memory_versions(sqlite, layout, tables[name], rowids)
             result.mismatches += compare_with_marts(connection, options.schema, current, name, versions)
         raw_tables = raw_table_names(connection, current)
         for name, rowids in group_by_table(memory_rows + other_rows).items():
@@ -446,7 +446,7 @@ def sample_rows(sqlite: sqlite3.Connection, tables: list[SourceTable], size: int
                 rng: random.Random) -> list[tuple[str, int]]:
     """`size` random (table, rowid) pairs drawn from all rows of `tables` (all of them when fewer)."""
     pool = [(table.name, rowid) for table in tables
-            for (rowid,) in sqlite.execute(f"SELECT rowid FROM {quote(table.name)} ORDER BY rowid")]
+            for (rowid,) in sqlite.execute(f"SELECT {table.rowid_column} FROM {quote(table.name)} ORDER BY 1")]
     return sorted(rng.sample(pool, min(size, len(pool))))
 
 
@@ -462,16 +462,40 @@ def chunks(items: list, size: int = SQLITE_IN_LIST_CHUNK) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def read_as_text(sqlite: sqlite3.Connection, table: str, expressions: dict[str, str],
-                 rowids: list[int]) -> dict[int, dict[str, str | None]]:
-    """{rowid: {name: text}} for the given rows; each expression is SQL over the table's columns."""
-    select = ", ".join(expressions.values())
+def read_as_loaded(sqlite: sqlite3.Connection, table: SourceTable, columns: dict[str, str | None],
+                   rowids: list[int]) -> dict[int, dict[str, str | None]]:
+    """{rowid: {name: value as raw holds it (see loaded_value)}} for the given rows; `columns` maps each
+    name to a source column (None: NULL). `sqlite` reads TEXT as bytes."""
+    select = ", ".join(f"typeof({quote(c)}), {as_text(c)}" if c is not None else "NULL, NULL"
+                       for c in columns.values())
     rows = {}
     for chunk in chunks(rowids):
-        cursor = sqlite.execute(f"SELECT rowid, {select} FROM {quote(table)} "
-                                f"WHERE rowid IN ({', '.join('?' * len(chunk))})", chunk)
-        rows.update({row[0]: dict(zip(expressions, row[1:])) for row in cursor})
+        cursor = sqlite.execute(f"SELECT {table.rowid_column}, {select} FROM {quote(table.name)} "
+                                f"WHERE {table.rowid_column} IN ({', '.join('?' * len(chunk))})", chunk)
+        rows.update({row[0]: {name: loaded_value(row[1 + 2 * i], row[2 + 2 * i]) for i, name in enumerate(columns)}
+                     for row in cursor})
     return rows
+
+
+class Binary(str):
+    """A value raw holds as `\\x` + lowercase hex of its exact bytes (loader/raw_contract.py)."""
+
+    @property
+    def original(self) -> bytes:
+        return bytes.fromhex(self[2:])
+
+
+def loaded_value(storage_class: bytes | None, text: bytes | None) -> str | None:
+    """A SQLite value as raw holds it: its text (SQLite's text of a number), or Binary for a BLOB,
+    TEXT that is not valid UTF-8 or TEXT containing NUL."""
+    if text is None:
+        return None
+    if storage_class != b"blob" and b"\x00" not in text:
+        try:
+            return text.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return Binary("\\x" + text.hex())
 
 
 def as_text(column: str) -> str:
@@ -508,10 +532,12 @@ def raw_table_names(connection: psycopg.Connection, current: CurrentFile) -> dic
 def compare_with_raw(connection: psycopg.Connection, sqlite: sqlite3.Connection, current: CurrentFile,
                      table: SourceTable, raw_table: tuple[str, str], rowids: list[int],
                      policy: SecretPolicy | None) -> list[Mismatch]:
-    """Every column's SQLite text against the raw row with the same rowid: raw keeps the text untouched,
-    except secret columns (see expected_in_raw)."""
-    source = read_as_text(sqlite, table.name, {column: as_text(column) for column in table.columns}, rowids)
-    raw = raw_rows(connection, raw_table, table.columns, current, rowids)
+    """Every column's SQLite text against the raw row with the same rowid: raw keeps the text untouched
+    (or its bytes as Binary), except secret columns (see expected_in_raw). Columns are found under their
+    raw names (consolidate.load_columns)."""
+    source = read_as_loaded(sqlite, table, {column: column for column in table.columns}, rowids)
+    names = raw_column_names(connection, current, table)
+    raw = raw_rows(connection, raw_table, [names[column] for column in table.columns], current, rowids)
     actions = {column: secret_action(policy, current.kind, table.name, column) for column in table.columns}
     key = policy.key if policy is not None else None
     against = ".".join(raw_table)
@@ -523,13 +549,26 @@ def compare_with_raw(connection: psycopg.Connection, sqlite: sqlite3.Connection,
             continue
         for column, text in source[rowid].items():
             expected = expected_in_raw(text, actions[column], key)
-            if not raw_matches(expected, found[0][column]):
+            if not raw_matches(expected, found[0][names[column]]):
                 mismatches.append(Mismatch(table.name, rowid, against, column, describe_raw(expected),
-                                           describe(found[0][column])))
+                                           describe(found[0][names[column]])))
     return mismatches
 
 
 HMAC_SHAPE = re.compile("hmac-sha256:[0-9a-f]{64}")
+
+
+def raw_column_names(connection: psycopg.Connection, current: CurrentFile, table: SourceTable) -> dict[str, str]:
+    """Source column -> raw column for the table in the file's current load (the same name when the
+    ledger predates consolidate.load_columns or does not list the column)."""
+    names = {column: column for column in table.columns}
+    if connection.execute("SELECT to_regclass(%s) IS NOT NULL",
+                          [sql.Identifier(LEDGER_SCHEMA, "load_columns").as_string(connection)]).fetchone()[0]:
+        names.update(connection.execute(sql.SQL(
+            "SELECT source_column, raw_column FROM {} WHERE load_id = %s AND source_path = %s AND source_table = %s"
+        ).format(sql.Identifier(LEDGER_SCHEMA, "load_columns")),
+            [current.load_id, current.source_path, table.name]).fetchall())
+    return names
 
 
 def secret_action(policy: SecretPolicy | None, kind: str, table: str, column: str) -> str:
@@ -547,7 +586,8 @@ def expected_in_raw(text: str | None, action: str, key: bytes | None) -> str | r
         return text
     if key is None:
         return HMAC_SHAPE
-    return "hmac-sha256:" + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+    original = text.original if isinstance(text, Binary) else text.encode()
+    return "hmac-sha256:" + hmac.new(key, original, hashlib.sha256).hexdigest()
 
 
 def raw_matches(expected: str | re.Pattern | None, actual: str | None) -> bool:
@@ -678,16 +718,34 @@ def decode_compressed(text: str):
 
 
 def normalized_value(raw: str | None, storage_type: str | None) -> tuple[object, str]:
-    """(value, data_type) by the documented rule: NULL -> JSON null; pickle -> the base64 text;
-    __compressed__ + base64 JSON -> decoded; JSON text -> that JSON; anything else -> the text."""
+    """(value, data_type) by the documented rule (dbt_project/macros/memory_values.sql): NULL -> JSON
+    null; pickle -> the base64 text; __compressed__ + base64 JSON -> decoded; JSON text -> that JSON;
+    JSON Python accepts but jsonb rejects (NaN, Infinity, \\u0000, ...) -> the text, unsupported_json;
+    anything else -> the text."""
     if raw is None:
         return None, "json"
+    if isinstance(raw, Binary):
+        return str(raw), "binary"
     if storage_type == "pickle":
         return raw, "pickle"
+    if raw.startswith("__compressed__"):
+        try:
+            return decode_compressed(raw), "json"
+        except ValueError:
+            return raw, "text"
     try:
-        return (decode_compressed(raw) if raw.startswith("__compressed__") else parse_json(raw)), "json"
+        return parse_json(raw), "json"
     except ValueError:
-        return raw, "text"
+        return raw, "unsupported_json" if python_accepts_json(raw) else "text"
+
+
+def python_accepts_json(text: str) -> bool:
+    """Whether Python's json module parses the text (it accepts NaN, Infinity, \\u0000, lone surrogates)."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def same(expected, actual) -> bool:
@@ -700,6 +758,8 @@ def same(expected, actual) -> bool:
         return len(expected) == len(actual) and all(map(same, expected, actual))
     if isinstance(expected, dict) and isinstance(actual, dict):
         return expected.keys() == actual.keys() and all(same(expected[k], actual[k]) for k in expected)
+    if isinstance(expected, str) and isinstance(actual, str):  # Binary is a str
+        return expected == actual
     return type(expected) is type(actual) and expected == actual
 
 
@@ -752,11 +812,11 @@ class MemoryVersion:
     ttl: int | None
 
 
-def read_memory_versions(sqlite: sqlite3.Connection, layout: MemoryLayout, rowids: list[int]) -> list[MemoryVersion]:
-    present = {row[1] for row in sqlite.execute(f"PRAGMA table_info({quote(layout.table)})")}
-    expressions = {name: as_text(layout.columns[name]) if layout.columns.get(name) in present else "NULL"
-                   for name in MEMORY_FIELDS}
-    rows = read_as_text(sqlite, layout.table, expressions, rowids)
+def read_memory_versions(sqlite: sqlite3.Connection, layout: MemoryLayout, table: SourceTable,
+                         rowids: list[int]) -> list[MemoryVersion]:
+    columns = {name: layout.columns[name] if layout.columns.get(name) in table.columns else None
+               for name in MEMORY_FIELDS}
+    rows = read_as_loaded(sqlite, table, columns, rowids)
     return [memory_version(rowid, rows[rowid], layout) for rowid in rowids]
 
 

@@ -97,29 +97,3 @@ def test_unchanged_file_is_skipped_and_changed_file_reloaded(tmp_path, realdata,
         current = connection.execute("SELECT load_id FROM consolidate.current_loads").fetchall()
     assert per_load[third.load_id] == per_load[first.load_id] + 1
     assert current == [(third.load_id,)]
-
-
-def test_a_file_that_fails_midway_leaves_no_rows_and_a_failed_ledger_row(tmp_path, target):
-    folder = tmp_path / "tree"
-    folder.mkdir()
-    good = sqlite3.connect(folder / "a_good.db")
-    good.execute("CREATE TABLE notes (body TEXT)")
-    good.execute("INSERT INTO notes VALUES ('fine')")
-    good.commit()
-    bad = sqlite3.connect(folder / "b_bad.db")
-    bad.execute("CREATE TABLE aaa (body TEXT)")
-    bad.execute("INSERT INTO aaa VALUES ('loaded before the failure')")
-    bad.execute("CREATE TABLE zzz (body TEXT)")
-    bad.execute("INSERT INTO zzz VALUES (?)", ("NUL \x00 byte PostgreSQL text cannot hold",))
-    bad.commit()
-    good.close(), bad.close()
-    outcome = run_load([folder], target)
-    assert [f.status for f in outcome.files] == ["loaded", "failed"]
-    assert "'zzz'" in outcome.files[1].error and "0x00" in outcome.files[1].error
-    with target.connect() as connection:
-        assert connection.execute("SELECT count(*) FROM raw_other.notes").fetchone()[0] == 1
-        assert connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('aaa', 'zzz')").fetchone()[0] == 0
-        status, message = connection.execute(
-            "SELECT status, error_message FROM consolidate.load_files WHERE source_path LIKE '%b_bad.db'").fetchone()
-    assert status == "failed" and message

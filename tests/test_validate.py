@@ -55,19 +55,31 @@ MEMORY_TABLE_VALUES = {  # (table, value column, storage type column) of each me
     "content": ("memory_entries", "content", None),
     "memory_store": ("memory_store", "value", "type"),
 }
+# Epoch-second columns of each memory layout (claude-flow v2's): a magnitude >= 1e11 there is milliseconds.
+SECONDS_COLUMNS = {"value": ("created_at", "updated_at", "accessed_at", "expires_at")}
 
 
-def memory_values(path: Path, scratch: Path) -> list[tuple[str | None, str | None]] | None:
-    """Every memory value of the file as (text, storage type), or None when it has no memory table."""
+def memory_values(path: Path, scratch: Path) -> list[tuple[str | None, str | None, int]] | None:
+    """Every memory value of the file as (text, storage type, 1 when a seconds column holds epoch
+    milliseconds else 0), or None when it has no memory table."""
     tables = {name for (name,) in read_private_copy(path, scratch, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     columns = {row[1] for row in read_private_copy(path, scratch, "PRAGMA table_info(memory_entries)")}
-    layout = next((MEMORY_TABLE_VALUES[name] for name in ("content", "value") if name in columns), None)
-    if layout is None and "memory_store" in tables:
-        layout = MEMORY_TABLE_VALUES["memory_store"]
-    if layout is None:
+    name = next((name for name in ("content", "value") if name in columns), None)
+    if name is None and "memory_store" in tables:
+        name = "memory_store"
+    if name is None:
         return None
-    table, value, storage = layout
-    return read_private_copy(path, scratch, f"SELECT {value}, {storage or 'NULL'} FROM {table}")
+    table, value, storage = MEMORY_TABLE_VALUES[name]
+    milliseconds = " OR ".join(f"abs({column}) >= 1e11" for column in SECONDS_COLUMNS.get(name, ())) or "0"
+    return read_private_copy(path, scratch, f"SELECT {value}, {storage or 'NULL'}, {milliseconds} FROM {table}")
+
+
+def flagged(text: str | None, storage_type: str | None, milliseconds_in_seconds: int) -> bool:
+    """Whether staging flags the row, for the problems the sample holds: a JSON document or
+    __compressed__ payload that does not parse, and epoch milliseconds in a v2 seconds column (the
+    sample's deliberate trap). Its rows have no other problem (no text in INTEGER columns, no NULL
+    timestamps, no BLOBs)."""
+    return looks_like_failed_json(text, storage_type) or bool(milliseconds_in_seconds)
 
 
 def looks_like_failed_json(text: str | None, storage_type: str | None) -> bool:
@@ -161,7 +173,7 @@ def test_a_consolidated_sample_validates_and_the_results_are_queryable(sample_tr
             assert (file.kept, file.superseded, file.moved, file.flagged) == (None,) * 4, path
         else:
             assert file.kept + file.superseded + file.moved == len(values), path
-            assert file.flagged == sum(looks_like_failed_json(*value) for value in values), path
+            assert file.flagged == sum(flagged(*value) for value in values), path
     assert by_path[str(broken)].flagged == 1
     assert by_path[str(sample_tree / "misc" / "readings.db")].kind == "other"
 
@@ -303,9 +315,9 @@ def test_validate_refuses_a_database_nothing_was_loaded_into(target):
     ("__compressed__eyJzZXNzaW9uSWQiOiJzMSJ9", None, '{"sessionId": "s1"}', "json"),
     ("__compressed__cGxhaW4=", None, '"__compressed__cGxhaW4="', "text"),
     ("__compressed__//79", None, '"__compressed__//79"', "text"),
-    ('"\\u0000"', None, '"\\"\\\\u0000\\""', "text"),
-    ("1e1000000", None, '"1e1000000"', "text"),
-    ("NaN", None, '"NaN"', "text"),
+    ('"\\u0000"', None, '"\\"\\\\u0000\\""', "unsupported_json"),
+    ("1e1000000", None, '"1e1000000"', "unsupported_json"),
+    ("NaN", None, '"NaN"', "unsupported_json"),
     ("12345678", "pickle", '"12345678"', "pickle"),
 ])
 def test_value_rule_matches_the_documented_cases(raw, storage_type, expected_json, data_type):

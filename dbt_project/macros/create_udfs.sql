@@ -76,6 +76,24 @@ as $fn$
 $fn$;
 {% endif %}
 
+-- For text jsonb rejected (the caller knows): is it JSON that Python's json module accepts? Those are
+-- documents using what jsonb refuses: NaN, Infinity, -Infinity, \u0000, lone UTF-16 surrogates, numbers
+-- beyond numeric's range. They are neutralised (NaN -> ` null `, which cannot glue onto a neighbouring
+-- token; the escapes -> \u0020; huge exponents -> e0; inside strings this only changes the string) and
+-- the result parsed again. The first regular expression keeps every other text off the slow path.
+create or replace function consolidate.is_python_json(t text) returns boolean
+language sql immutable parallel restricted
+as $fn$
+    select t ~ '(NaN|Infinity|\\u(0000|[dD][89abcdefABCDEF])|[eE][+-]?[0-9]{5})'
+       and consolidate.try_jsonb(
+               regexp_replace(
+                   regexp_replace(
+                       regexp_replace(t, '-?Infinity|NaN', ' null ', 'g'),
+                       '\\u(0000|[dD][89abcdefABCDEF][0-9a-fA-F]{2})', '\\u0020', 'g'),
+                   '[eE][+-]?[0-9]{5,}', 'e0', 'g')
+           ) is not null
+$fn$;
+
 -- claude-flow's `__compressed__<base64 of JSON>` -> that JSON; bad base64, bad UTF-8 or non-JSON -> NULL.
 create or replace function consolidate.try_decode_compressed(t text) returns jsonb
 language plpgsql immutable parallel restricted

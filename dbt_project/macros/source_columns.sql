@@ -1,6 +1,10 @@
-{#- Lineage columns the loader appends to every raw row (loader/raw_contract.py LINEAGE_COLUMNS). -#}
+{#-
+    Lineage columns the loader appends to every raw row (loader/raw_contract.py LINEAGE_COLUMNS).
+    `_binary_columns` (text[], NULL when none) lists the source columns whose value in that row is stored
+    as `\x` + lowercase hex of its exact bytes (a BLOB, text that is not UTF-8, or text holding NUL).
+-#}
 {% macro lineage_columns() -%}
-    {{ return(['_load_id', '_source_path', '_source_sha256', '_source_rowid', '_loaded_at']) }}
+    {{ return(['_load_id', '_source_path', '_source_sha256', '_source_rowid', '_loaded_at', '_binary_columns']) }}
 {%- endmacro %}
 
 
@@ -27,7 +31,7 @@
         {%- for chunk in extra | batch(50) %}
             {% if not loop.first %}|| {% endif %}jsonb_build_object(
             {%- for name in chunk %}
-                '{{ name | replace("'", "''") }}', {{ adapter.quote(name) }}::text{{ "," if not loop.last }}
+                '{{ name | replace("'", "''") }}', {{ quote_identifier(name) }}::text{{ "," if not loop.last }}
             {%- endfor %}
             )
         {%- endfor %}
@@ -51,6 +55,15 @@
     {{ return([
         'key', 'namespace', 'value', 'data_type', 'raw_value', 'metadata',
         'created_at', 'updated_at', 'accessed_at', 'expires_at', 'access_count', 'ttl',
-        'source_table', 'source_path', 'source_sha256', 'load_id', 'source_rowid', 'loaded_at',
+        'source_table', 'source_path', 'source_sha256', 'load_id', 'source_rowid', 'loaded_at', 'flags',
     ]) }}
+{%- endmacro %}
+
+
+{#-
+    A PostgreSQL identifier, quoted whatever it holds: embedded double quotes are doubled. (dbt-postgres's
+    adapter.quote does not double them, so a table named `say "hi"` would break the statement.)
+-#}
+{% macro quote_identifier(name) -%}
+    "{{ name | replace('"', '""') }}"
 {%- endmacro %}

@@ -4,12 +4,18 @@
     year 5138), else seconds. |x| >= 1e14 fits neither and becomes NULL, as does non-numeric text.
 -#}
 {% macro epoch_to_timestamptz(expression) -%}
-    {%- set column = '(' ~ expression ~ ')' -%}
+    {{ epoch_number_to_timestamptz('consolidate.try_numeric(' ~ expression ~ ')') }}
+{%- endmacro %}
+
+
+{#- The same rule from the number itself (consolidate.try_numeric of the text, computed once). -#}
+{% macro epoch_number_to_timestamptz(number) -%}
+    {%- set number = '(' ~ number ~ ')' -%}
     case
-        when abs(consolidate.try_numeric({{ column }})) < 1e11
-            then to_timestamp(consolidate.try_numeric({{ column }})::double precision)
-        when abs(consolidate.try_numeric({{ column }})) < 1e14
-            then to_timestamp(consolidate.try_numeric({{ column }})::double precision / 1000)
+        when abs({{ number }}) < 1e11
+            then to_timestamp({{ number }}::double precision)
+        when abs({{ number }}) < 1e14
+            then to_timestamp({{ number }}::double precision / 1000)
     end
 {%- endmacro %}
 

@@ -41,7 +41,7 @@ actual as (
         _load_id as load_id,
         _source_path as source_path,
         count(*) as rows_in_raw
-    from {{ adapter.quote(raw_schema) }}.{{ adapter.quote(raw_table) }}
+    from {{ quote_identifier(raw_schema) }}.{{ quote_identifier(raw_table) }}
     group by _load_id, _source_path
     {% if not loop.last %}union all{% endif %}
     {% else %}

@@ -26,7 +26,8 @@ final as (
         source_db,
         load_id,
         source_table,
-        source_rowid
+        source_rowid,
+        flags
     from metric_winners
 
 )

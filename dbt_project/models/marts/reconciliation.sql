@@ -1,4 +1,7 @@
-{#- Per current source file with memory tables: SQLite rows (ledger) = raw rows = kept + superseded + moved. -#}
+{#-
+    Per current source file with memory tables: SQLite rows (ledger) = raw rows = kept + superseded + moved,
+    and how many of those rows carry a flag (a problem recorded in staging; the row is loaded all the same).
+-#}
 
 with current_loads as (
 
@@ -61,7 +64,11 @@ raw_counts as (
 ] %}
 {{ count_name }}_counts as (
 
-    select load_id, source_path, count(*) as {{ count_name }}
+    select
+        load_id,
+        source_path,
+        count(*) as {{ count_name }},
+        count(*) filter (where cardinality(flags) > 0) as flagged
     from {{ ref(model) }}
     group by load_id, source_path
 
@@ -79,7 +86,9 @@ final as (
         coalesce(raw_counts.rows_in_raw, 0) as rows_in_raw,
         coalesce(kept_counts.kept, 0) as kept,
         coalesce(superseded_counts.superseded, 0) as superseded,
-        coalesce(moved_counts.moved, 0) as moved
+        coalesce(moved_counts.moved, 0) as moved,
+        coalesce(kept_counts.flagged, 0) + coalesce(superseded_counts.flagged, 0)
+            + coalesce(moved_counts.flagged, 0) as flagged
     from memory_files
     left join raw_counts
         on memory_files.load_id = raw_counts.load_id and memory_files.source_path = raw_counts.source_path
@@ -93,6 +102,15 @@ final as (
 )
 
 select
-    *,
+    source_path,
+    source_db,
+    kind,
+    load_id,
+    rows_in_sqlite,
+    rows_in_raw,
+    kept,
+    superseded,
+    moved,
+    flagged,
     rows_in_sqlite = rows_in_raw and rows_in_raw = kept + superseded + moved as reconciled
 from final

@@ -28,7 +28,8 @@ final as (
         source_table,
         source_rowid,
         source_sha256,
-        version_count::integer as version_count
+        version_count::integer as version_count,
+        flags
     from winners
 
 )

@@ -33,7 +33,8 @@ final as (
         winner_load_id,
         winner_source_path,
         winner_source_table,
-        winner_source_rowid
+        winner_source_rowid,
+        flags
     from superseded_versions
 
 )

@@ -1,0 +1,81 @@
+-- Flags recorded in staging reach the marts unchanged, every flag names a known problem and a column,
+-- and reconciliation.flagged counts exactly the flagged rows of each file.
+
+with versions as (
+
+    select load_id, source_path, source_table, source_rowid, flags
+    from {{ ref('int_memory_ranked') }}
+
+),
+
+mart_rows as (
+
+    select load_id, source_path, source_table, source_rowid, flags, 'unified_memory' as model from {{ ref('unified_memory') }}
+    union all
+    select load_id, source_path, source_table, source_rowid, flags, 'performance_metrics' from {{ ref('performance_metrics') }}
+    union all
+    select load_id, source_path, source_table, source_rowid, flags, 'unified_memory_history' from {{ ref('unified_memory_history') }}
+
+),
+
+flags_changed as (
+
+    select
+        'flags differ between int_memory_ranked and ' || coalesce(mart_rows.model, 'the marts') as problem,
+        versions.source_path,
+        versions.source_rowid,
+        versions.flags::text as expected,
+        mart_rows.flags::text as actual
+    from versions
+    left join mart_rows
+        on versions.load_id = mart_rows.load_id
+        and versions.source_path = mart_rows.source_path
+        and versions.source_table = mart_rows.source_table
+        and versions.source_rowid is not distinct from mart_rows.source_rowid
+    where mart_rows.flags is distinct from versions.flags
+
+),
+
+unknown_flags as (
+
+    select
+        'unknown flag in ' || mart_rows.model as problem,
+        mart_rows.source_path,
+        mart_rows.source_rowid,
+        'one of {{ flag_problems() | join(", ") }}, then :<column>' as expected,
+        flag as actual
+    from mart_rows
+    cross join lateral unnest(mart_rows.flags) as flag
+    where flag !~ '^({{ flag_problems() | join("|") }}):.+$'
+
+),
+
+flagged_per_file as (
+
+    select load_id, source_path, count(*) filter (where cardinality(flags) > 0) as flagged
+    from versions
+    group by load_id, source_path
+
+),
+
+miscounted as (
+
+    select
+        'reconciliation.flagged' as problem,
+        reconciliation.source_path,
+        null::bigint as source_rowid,
+        coalesce(flagged_per_file.flagged, 0)::text as expected,
+        reconciliation.flagged::text as actual
+    from {{ ref('reconciliation') }} as reconciliation
+    left join flagged_per_file
+        on reconciliation.load_id = flagged_per_file.load_id
+        and reconciliation.source_path = flagged_per_file.source_path
+    where reconciliation.flagged is distinct from coalesce(flagged_per_file.flagged, 0)
+
+)
+
+select * from flags_changed
+union all
+select * from unknown_flags
+union all
+select * from miscounted
