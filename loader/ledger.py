@@ -59,8 +59,14 @@ def bootstrap(connection: psycopg.Connection) -> None:
 
 
 def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
+    """Register a new load. Loads run one at a time (a session lock held until the connection
+    closes), so a load still `running` when the lock is ours died mid-way: it is marked interrupted."""
     load_id = new_load_id()
+    connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.load'))")
     with connection.transaction():
+        connection.execute(
+            f"UPDATE {LEDGER_SCHEMA}.loads SET status = 'interrupted', finished_at = %s WHERE status = 'running'",
+            (now(),))
         connection.execute(
             f"INSERT INTO {LEDGER_SCHEMA}.loads (load_id, started_at, status, roots, tool_version) "
             "VALUES (%s, %s, 'running', %s, %s)", (load_id, now(), roots, __version__))

@@ -287,7 +287,8 @@ def record_outcome_without_rows(connection: psycopg.Connection, load_id: str, so
 def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretPolicy, *,
          force: bool = False, on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> LoadOutcome:
     """Load every discovered file; return what happened to each. Never raises for a bad file."""
-    with target.connect() as connection:
+    # autocommit: each file's `transaction()` is a real transaction, committed when the file is done
+    with target.connect(autocommit=True) as connection:
         ledger.bootstrap(connection)
         load_id = ledger.start_load(connection, roots)
         outcomes = []

@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.loads (
     load_id      text PRIMARY KEY,
     started_at   timestamptz NOT NULL,
     finished_at  timestamptz,
-    status       text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    -- interrupted: the process died (kill -9, power) while loading; found and marked by the next load
+    status       text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
     roots        text[] NOT NULL,
     tool_version text NOT NULL
 );

@@ -401,11 +401,11 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.warnings = [w.to_json() for w in found.warnings]
     report.checked = len(found.files)
     policy = policy if policy is not None else load_policy(home, secrets)
-    with target.connect() as connection:
+    with target.connect(autocommit=True) as connection:
         bootstrap(connection)
     loaded = load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
     report.load_id = loaded.load_id
-    with target.connect() as connection:
+    with target.connect(autocommit=True) as connection:  # each file's detection commits on its own
         detected = detect_pending(connection)
         current = current_rows(connection)
     by_load = {(c.load_id, c.source_path): c for c in detected}

@@ -93,6 +93,9 @@ def test_kill_9_at_any_moment_then_rerun_gives_the_clean_state(tree, target, hom
     assert "Traceback" not in result.stderr
     assert duplicate_or_orphan_raw_rows(target) == []
     assert final_state(target) == clean_state
+    with target.connect() as connection:
+        statuses = dict(connection.execute("SELECT status, count(*) FROM consolidate.loads GROUP BY 1").fetchall())
+    assert "running" not in statuses and statuses["completed"] >= 1
 
 
 def test_postgresql_going_away_is_a_clear_error_and_the_rerun_resumes(tree, tmp_path, clean_state):

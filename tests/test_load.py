@@ -97,3 +97,16 @@ def test_unchanged_file_is_skipped_and_changed_file_reloaded(tmp_path, realdata,
         current = connection.execute("SELECT load_id FROM consolidate.current_loads").fetchall()
     assert per_load[third.load_id] == per_load[first.load_id] + 1
     assert current == [(third.load_id,)]
+
+
+def test_each_file_is_committed_as_soon_as_it_is_loaded(realdata, target):
+    """What a `kill -9` cannot take back: every file reported done is already visible to others."""
+    seen_by_another_session = []
+
+    def look(outcome):
+        with target.connect() as other:
+            seen_by_another_session.append(other.execute(
+                "SELECT status FROM consolidate.load_files WHERE source_path = %s",
+                (str(outcome.source.path),)).fetchall())
+    run_load([realdata / "claude-flow"], target, on_file=look)
+    assert seen_by_another_session and all(rows == [("loaded",)] for rows in seen_by_another_session)
