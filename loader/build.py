@@ -21,9 +21,10 @@ class BuildOutcome:
     success: bool
     passed: int = 0
     failures: list[str] = field(default_factory=list)
+    skipped: bool = False
 
     def to_json(self) -> dict:
-        return {"success": self.success, "passed": self.passed, "failures": self.failures}
+        return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped}
 
 
 def dbt_arguments(command: str, home: Path, quiet: bool) -> list[str]:

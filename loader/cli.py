@@ -19,6 +19,7 @@ from loader import archive as archive_stage
 from loader import backup as backup_stage
 from loader import build as build_stage
 from loader import cache as cache_layer
+from loader import freshness
 from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
@@ -206,21 +207,34 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the backup taken before loading.")] = False,
         backup_to: Annotated[Optional[Path], typer.Option(
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
+        rebuild: Annotated[bool, typer.Option(
+            "--rebuild", help="Build and validate even when nothing changed since the last passing build.")] = False,
         as_json: AsJson = False) -> None:
-    """backup → discover → load → build → validate → a reconciliation table per source file. Exit 0 only when every file
-    reconciles and every dbt test passes; 1 when something does not reconcile or a test fails; 3 when
-    a SQLite source could not be read. Non-SQLite files and orphan -wal files are warnings only."""
+    """backup → discover → load → build → validate → a reconciliation table per source file.
+
+    When no file changed since the last build that passed its tests and validation, build and
+    validation are skipped (the marts are current). Exit 0 only when every file reconciles and every
+    dbt test passes; 1 when something does not reconcile or a test fails; 3 when a SQLite source
+    could not be read. Non-SQLite files and orphan -wal files are warnings only."""
     backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json)
     found = discover_files(roots, exclude=[home])
     print_warnings(found)
     target = target_for(dsn, home, schema)
     loaded = run_load(found, target, roots, home, secrets, force, as_json)
-    built = build_stage.build(target, home, quiet=as_json)
+    built_from = freshness.fingerprint(target)
+    current = not rebuild and freshness.marts_are_current(target, built_from)
+    if current:
+        err.print("Nothing changed since the last build that passed its tests and validation: "
+                  "the marts are current (--rebuild to build and validate again).")
+        built, validation = build_stage.BuildOutcome(success=True, skipped=True), None
+    else:
+        built = build_stage.build(target, home, quiet=as_json)
+        validation = validate_stage.validate(target, backup_dir=backed_up,
+                                             secret_policy=validate_stage.secret_policy_in_use(home, secrets)) \
+            if built.success else None
+        freshness.record_build(target, built_from, built.success, validation.passed if validation else None)
     summary = report.summarize(target, loaded.load_id)
-    validation = validate_stage.validate(target, backup_dir=backed_up,
-                                         secret_policy=validate_stage.secret_policy_in_use(home, secrets)) \
-        if built.success else None
-    reconciled = built.success and all(row.reconciled for row in summary) and validation.passed
+    reconciled = built.success and all(row.reconciled for row in summary) and (current or validation.passed)
     if as_json:
         print_json({"load_id": loaded.load_id, "reconciled": reconciled, "build": built.to_json(),
                     "backup": str(backed_up) if backed_up else None,

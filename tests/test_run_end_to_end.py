@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -240,3 +241,22 @@ def test_dbt_docs_generate_works_offline(target, home, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     catalog = json.loads((home / "dbt" / "target" / "catalog.json").read_text())
     assert any(node.endswith(".unified_memory") for node in catalog["nodes"])
+
+
+def test_rerun_on_unchanged_files_skips_build_and_validation_until_something_changes(tmp_path, target, home):
+    tree = tmp_path / "tree"
+    assert consolidate("sample", str(tree)).returncode == 0
+    first = json.loads(consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home).stdout)
+    again = json.loads(consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home).stdout)
+    assert first["build"]["skipped"] is False and first["reconciled"]
+    assert again["build"]["skipped"] is True and again["reconciled"] and again["validation"] is None
+    assert {f["status"] for f in again["files"]} <= {"unchanged", "copy"}
+
+    (database,) = tree.rglob("mcp/claude-flow/.swarm/memory.db")
+    with sqlite3.connect(database) as connection:
+        connection.execute("INSERT INTO memory_entries (key, value, namespace) VALUES ('new-key', '1', 'default')")
+    connection.close()
+    changed = json.loads(consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home).stdout)
+    assert changed["build"]["skipped"] is False and changed["reconciled"]
+    forced = json.loads(consolidate("run", str(tree), "--no-backup", "--rebuild", "--json", target=target, home=home).stdout)
+    assert forced["build"]["skipped"] is False and forced["validation"]["files"]
