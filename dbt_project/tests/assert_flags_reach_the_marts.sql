@@ -31,7 +31,9 @@ flags_changed as (
         on versions.load_id = mart_rows.load_id
         and versions.source_path = mart_rows.source_path
         and versions.source_table = mart_rows.source_table
-        and versions.source_rowid is not distinct from mart_rows.source_rowid
+        -- NULL-safe and still hashable (IS NOT DISTINCT FROM would force a nested loop)
+        and coalesce(versions.source_rowid, 0) = coalesce(mart_rows.source_rowid, 0)
+        and (versions.source_rowid is null) = (mart_rows.source_rowid is null)
     where mart_rows.flags is distinct from versions.flags
 
 ),

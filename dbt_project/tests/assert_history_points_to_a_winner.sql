@@ -15,5 +15,7 @@ left join winners
     and history.winner_load_id = winners.load_id
     and history.winner_source_path = winners.source_path
     and history.winner_source_table = winners.source_table
-    and history.winner_source_rowid is not distinct from winners.source_rowid
+    -- NULL-safe and still hashable (IS NOT DISTINCT FROM would force a nested loop)
+    and coalesce(history.winner_source_rowid, 0) = coalesce(winners.source_rowid, 0)
+    and (history.winner_source_rowid is null) = (winners.source_rowid is null)
 where winners.key is null

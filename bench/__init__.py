@@ -1,0 +1,1 @@
+"""Benchmarks: bench/run (runner.py), the corpus generator and the timing harness."""
