@@ -234,7 +234,8 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
     with target.connect() as connection:
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all reads
         require_relations(connection, target.schema)
-        files = [validate_file(connection, current, options) for current in current_files(connection)]
+        flagged = flagged_by_file(connection)
+        files = [validate_file(connection, current, options, flagged) for current in current_files(connection)]
         connection.commit()
         report = ValidationReport(run_id=new_run_id(started_at), started_at=started_at, finished_at=now(),
                                   sample_size=sample_size, seed=options.seed, marts_schema=target.schema,
@@ -271,7 +272,8 @@ def current_files(connection: psycopg.Connection) -> list[CurrentFile]:
     return [CurrentFile(*row) for row in rows]
 
 
-def validate_file(connection: psycopg.Connection, current: CurrentFile, options: Options) -> FileValidation:
+def validate_file(connection: psycopg.Connection, current: CurrentFile, options: Options,
+                  flagged: dict[tuple[str, str], int]) -> FileValidation:
     tables = table_counts(connection, current)
     reconciliation = reconciliation_row(connection, options.schema, current)
     checksum_status, spot = check_source(connection, current, options)
@@ -285,7 +287,7 @@ def validate_file(connection: psycopg.Connection, current: CurrentFile, options:
         source_path=current.source_path, source_db=current.source_db, kind=current.kind,
         load_id=current.load_id, rows_in_sqlite=current.rows_in_sqlite, tables=tables,
         kept=reconciliation.get("kept"), superseded=reconciliation.get("superseded"),
-        moved=reconciliation.get("moved"), flagged=count_flagged(connection, current) if is_memory_file else None,
+        moved=reconciliation.get("moved"), flagged=flagged.get((current.load_id, current.source_path), 0) if is_memory_file else None,
         checksum_status=checksum_status, backup_checksum_status=backup_status, spot_checked=spot.checked,
         mismatches=spot.mismatches, problems=problems)
 
@@ -328,10 +330,12 @@ def reconciliation_row(connection: psycopg.Connection, schema: str, current: Cur
     return row or {}
 
 
-def count_flagged(connection: psycopg.Connection, current: CurrentFile) -> int:
-    return connection.execute(sql.SQL(
-        "SELECT count(*) FROM {} WHERE load_id = %s AND source_path = %s AND {}").format(
-        sql.Identifier(*RANKED_VERSIONS), sql.SQL(FLAGGED)), [current.load_id, current.source_path]).fetchone()[0]
+def flagged_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], int]:
+    """Flagged current versions per (load_id, source_path), in one pass over the ranked versions."""
+    rows = connection.execute(sql.SQL(
+        "SELECT load_id, source_path, count(*) FROM {} WHERE {} GROUP BY 1, 2").format(
+        sql.Identifier(*RANKED_VERSIONS), sql.SQL(FLAGGED))).fetchall()
+    return {(load_id, source_path): count for load_id, source_path, count in rows}
 
 
 def count_problems(current: CurrentFile, tables: list[TableCount], reconciliation: dict) -> list[str]:
