@@ -48,6 +48,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loader.sample import V2_DDL
+
 SQLITE_HEADER = b"SQLite format 3\x00"
 PAGE_SIZE = 4096
 T0 = 1754378470            # 2025-08-05 07:21:10 UTC, epoch seconds
@@ -212,15 +214,6 @@ def table_counts(path: Path) -> dict[str, int]:
 
 # -------------------------------------------------------------------------------------------- DDL
 
-V2_DDL = """
-CREATE TABLE memory_entries (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT NOT NULL,
-  namespace TEXT NOT NULL DEFAULT 'default', metadata TEXT,
-  created_at INTEGER DEFAULT (strftime('%s', 'now')), updated_at INTEGER DEFAULT (strftime('%s', 'now')),
-  accessed_at INTEGER DEFAULT (strftime('%s', 'now')), access_count INTEGER DEFAULT 0,
-  ttl INTEGER, expires_at INTEGER, UNIQUE(key, namespace));
-CREATE INDEX idx_memory_namespace ON memory_entries(namespace);
-"""
 
 # claude-flow 3.x's memory_entries, as a fork wrote it: created_at / updated_at without NOT NULL.
 V3_DDL = """

@@ -20,9 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import read_private_copy
+from conftest import fresh_database, read_private_copy
 from loader.build import build
 from loader.database import Target
 from loader.discover import discover
@@ -83,21 +82,6 @@ def consolidate(*arguments: str, target=None, home: Path | None = None, **kwargs
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     environment["CONSOLIDATE_SECRET_KEY"] = KEY.decode()
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, **kwargs)
-
-
-@contextlib.contextmanager
-def fresh_database(server_dsn: str):
-    """Another empty database on the test server (as conftest's `target`), dropped afterwards."""
-    name = "test_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(server_dsn)
-    params["dbname"] = name
-    try:
-        yield Target(dsn=make_conninfo(**params))
-    finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def mart_rows(target: Target, table: str) -> list[tuple]:
