@@ -8,6 +8,17 @@
 {%- endmacro %}
 
 
+{#- A staging model's lineage columns: where each row came from, named as the later models read them. -#}
+{% macro staging_lineage(source_table) -%}
+    '{{ source_table }}'::text as source_table,
+        _source_path as source_path,
+        _source_sha256 as source_sha256,
+        _load_id as load_id,
+        _source_rowid as source_rowid,
+        _loaded_at as loaded_at
+{%- endmacro %}
+
+
 {#-
     Raw columns a model does not map explicitly, as one jsonb object (NULLs dropped). The loader adds
     columns a file brings beyond the contract (e.g. claude-flow v3 `provenance_type`); this keeps them

@@ -58,12 +58,7 @@ normalized as (
         {%- endfor %}
         stg__access_count as access_count,
         stg__ttl as ttl,
-        'memory_entries'::text as source_table,
-        _source_path as source_path,
-        _source_sha256 as source_sha256,
-        _load_id as load_id,
-        _source_rowid as source_rowid,
-        _loaded_at as loaded_at,
+        {{ staging_lineage('memory_entries') }},
         {%- set flags = [memory_value_flag('stg__value_kind', 'value'),
                          json_column_flag('metadata', 'stg__parsed_metadata', 'stg__binary_columns')] -%}
         {%- for column in epoch_columns -%}

@@ -61,12 +61,7 @@ normalized as (
         {{ epoch_number_to_timestamptz('stg__expires_at_number') }} as expires_at,
         stg__access_count as access_count,
         null::integer as ttl,
-        'memory_entries'::text as source_table,
-        _source_path as source_path,
-        _source_sha256 as source_sha256,
-        _load_id as load_id,
-        _source_rowid as source_rowid,
-        _loaded_at as loaded_at,
+        {{ staging_lineage('memory_entries') }},
         {%- set flags = [memory_value_flag('stg__value_kind', 'content'),
                          json_column_flag('metadata', 'stg__parsed_metadata', 'stg__binary_columns'),
                          json_column_flag('tags', 'stg__parsed_tags', 'stg__binary_columns')] -%}

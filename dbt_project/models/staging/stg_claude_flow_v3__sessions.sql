@@ -22,12 +22,7 @@ normalized as (
         {{ epoch_to_timestamptz('updated_at') }} as updated_at,
         {{ epoch_to_timestamptz('expires_at') }} as expires_at,
         {{ unmapped_columns(raw_sessions, mapped_columns) }} as unmapped_fields,
-        'sessions'::text as source_table,
-        _source_path as source_path,
-        _source_sha256 as source_sha256,
-        _load_id as load_id,
-        _source_rowid as source_rowid,
-        _loaded_at as loaded_at
+        {{ staging_lineage('sessions') }}
     from source
 
 )

@@ -59,12 +59,7 @@ normalized as (
         null::timestamptz as expires_at,
         stg__access_count as access_count,
         null::integer as ttl,
-        'memory_store'::text as source_table,
-        _source_path as source_path,
-        _source_sha256 as source_sha256,
-        _load_id as load_id,
-        _source_rowid as source_rowid,
-        _loaded_at as loaded_at,
+        {{ staging_lineage('memory_store') }},
         {%- set flags = [memory_value_flag('stg__value_kind', 'value')] -%}
         {%- for column in timestamp_columns -%}
             {%- do flags.extend(text_timestamp_flags(column, 'stg__' ~ column,
