@@ -21,10 +21,10 @@ the sha256 and mtime of the main file, `-wal` and `-shm` taken before and after:
   fails ("unable to open database file") when the `-shm` is missing, it still takes locks on the
   source, and the option is barely documented.
 
-Chosen: no source is ever opened. `snapshot.consistent_copy` hashes the main file, `-wal` and `-journal`, copies
-them into a private temporary folder (`snapshot.copy_database`), hashes the copies, and hashes the
-source again. The copy is accepted only when all three hash sets agree, which means nothing wrote
-during the copy. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
+Chosen: no source is ever opened. `snapshot.consistent_copy` copies the main file, `-wal` and `-journal`
+into a private temporary folder (`snapshot.copy_database`), hashing the bytes as it copies them, then
+hashes the source again. The copy is accepted only when the two hash sets agree, which means nothing
+wrote to a part of the files after it was copied: the copy is one state the files were in. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
 manifest). A file that keeps changing is recorded as `failed` with that reason instead of being
 backed up inconsistently. This approach has a limit: a database that commits more often than it takes
 to hash and copy it stays `failed` until its application pauses.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from loader.snapshot import SQLITE_HEADER, SourceKeptChanging, private_copy, sha
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
+# Files hashed, copied and counted two at a time: sha256 and file copies release the GIL.
+DISCOVERY_JOBS = 2
 
 
 @dataclass
@@ -165,16 +168,42 @@ def inspect_schema(source: SourceFile) -> None:
         source.error = f"cannot read: {type(error).__name__}: {error}"
 
 
-def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
-    files: list[SourceFile] = []
-    warnings: list[DiscoveryWarning] = []
-    seen_paths: set[Path] = set()
-    first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
+@dataclass(frozen=True)
+class KnownFile:
+    """What the ledger holds of a file's current load: its checksums, kind and table counts."""
+
+    sha256: str
+    wal_sha256: str | None
+    kind: str
+    tables: dict[str, int]
+
+
+def examine(path: Path, base: Path) -> SourceFile | DiscoveryWarning | None:
+    """A database file with its checksums, a warning, or None for a file that is not SQLite."""
+    try:
+        is_database = has_sqlite_header(path) or is_wal_only_database(path)
+        source = fingerprint(path, base) if is_database else None
+    except FileNotFoundError:
+        return DiscoveryWarning(path, "disappeared while being discovered; skipped")
+    except OSError as error:
+        if looks_like_database(path):
+            return unreadable_source(path, base, error)
+        return DiscoveryWarning(path, f"cannot be read ({type(error).__name__}: {error}), so "
+                                      "whether it is SQLite is unknown; skipped")
+    if source is None and path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
+        return DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped")
+    return source
+
+
+def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryWarning]) -> list[tuple[Path, Path]]:
+    """(path, the root folder it is named relative to) of every file that may be a main database file."""
+    found, seen_paths = [], set()
     for root in roots:
         root = root.absolute()
         if not root.exists():
             warnings.append(DiscoveryWarning(root, "does not exist"))
             continue
+        base = root if root.is_dir() else root.parent
         for path in walk_files(root, exclude):
             path = path.absolute()
             real = path.resolve()
@@ -186,30 +215,43 @@ def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
                 if path.name.endswith("-wal") and not main.exists():
                     warnings.append(DiscoveryWarning(path, "orphan WAL: its main database file is missing, nothing to recover"))
                 continue
-            base = root if root.is_dir() else root.parent
-            try:
-                is_database = has_sqlite_header(path) or is_wal_only_database(path)
-                source = fingerprint(path, base) if is_database else None
-            except FileNotFoundError:
-                warnings.append(DiscoveryWarning(path, "disappeared while being discovered; skipped"))
+            found.append((path, base))
+    return found
+
+
+def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, KnownFile] | None = None,
+             jobs: int = DISCOVERY_JOBS) -> Discovery:
+    """Find and classify every database under `roots`, `jobs` files at a time. A file whose checksums
+    equal those `known` (the ledger's current loads) takes its kind and table counts from there
+    instead of being copied and counted again: the same bytes hold the same tables."""
+    files: list[SourceFile] = []
+    warnings: list[DiscoveryWarning] = []
+    paths = candidates(roots, list(exclude), warnings)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        examined = list(pool.map(lambda item: examine(*item), paths))
+        to_inspect, copies = [], []
+        first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
+        for result in examined:
+            if isinstance(result, DiscoveryWarning):
+                warnings.append(result)
                 continue
-            except OSError as error:
-                if looks_like_database(path):
-                    files.append(unreadable_source(path, base, error))
-                else:
-                    warnings.append(DiscoveryWarning(
-                        path, f"cannot be read ({type(error).__name__}: {error}), so "
-                              "whether it is SQLite is unknown; skipped"))
+            if result is None:
                 continue
-            if source is None:
-                if path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
-                    warnings.append(DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped"))
+            source = result
+            files.append(source)
+            if source.error is not None:
                 continue
             original = first_by_identity.setdefault(source.identity, source)
-            if original is source:
-                inspect_schema(source)
-            else:
+            if original is not source:
                 source.copy_of = original.path
-                source.kind, source.tables, source.error = original.kind, original.tables, original.error
-            files.append(source)
+                copies.append((source, original))
+                continue
+            remembered = (known or {}).get(str(source.path))
+            if remembered is not None and (remembered.sha256, remembered.wal_sha256) == source.identity:
+                source.kind, source.tables = remembered.kind, dict(remembered.tables)
+            else:
+                to_inspect.append(source)
+        list(pool.map(inspect_schema, to_inspect))
+    for copy, original in copies:
+        copy.kind, copy.tables, copy.error = original.kind, original.tables, original.error
     return Discovery(files=files, warnings=warnings)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import shutil
 import sqlite3
 import tempfile
 import time
@@ -35,15 +34,25 @@ def side_file(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def copy_database(source: Path, folder: Path) -> Path:
-    """Copy `source` with its `-wal`/`-journal` into `folder`; return the copy of the main file."""
+def copy_hashing(source: Path, target: Path, chunk_size: int = 1 << 20) -> str:
+    """Copy `source` to `target` and return the sha256 of the bytes copied: one read for both."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        while chunk := reading.read(chunk_size):
+            digest.update(chunk)
+            writing.write(chunk)
+    return digest.hexdigest()
+
+
+def copy_database(source: Path, folder: Path) -> tuple[Path, tuple[str | None, ...]]:
+    """Copy `source` with its `-wal`/`-journal` into `folder`; return the copy of the main file and the
+    sha256 of what was copied, in the shape of `file_set_state` (None: that file does not exist)."""
     target = folder / source.name
-    shutil.copyfile(source, target)
+    state = [copy_hashing(source, target)]
     for suffix in SIDE_FILES:
         side = side_file(source, suffix)
-        if side.exists():
-            shutil.copyfile(side, side_file(target, suffix))
-    return target
+        state.append(copy_hashing(side, side_file(target, suffix)) if side.exists() else None)
+    return target, tuple(state)
 
 
 def fold_into_single_file(path: Path) -> None:
@@ -93,19 +102,19 @@ def empty_folder(folder: Path) -> None:
 
 def consistent_copy(source: Path, folder: Path, attempts: int = COPY_ATTEMPTS,
                     pause: float = RETRY_PAUSE_SECONDS) -> Snapshot:
-    """Copy `source` with its `-wal`/`-journal` into `folder`, accepting the copy only when the source's
-    checksums before, the copy's, and the source's after are all equal: one consistent snapshot even
-    while an application writes. Never opens the source."""
+    """Copy `source` with its `-wal`/`-journal` into `folder`, hashing what is read, and accept the copy
+    only when the source hashes the same afterwards: a byte changed after it was copied would show
+    there, and one changed before it was read is simply part of the copy, so the copy is one state the
+    files were in — a consistent snapshot even while an application writes. Never opens the source."""
     for attempt in range(1, attempts + 1):
-        before = file_set_state(source)
-        if before[0] is None:
+        if not source.exists():
             raise FileNotFoundError(f"{source} no longer exists")
         try:
-            copy = copy_database(source, folder)
+            copy, copied = copy_database(source, folder)
         except FileNotFoundError:  # a -wal or -journal disappeared between listing and copying
-            copy = None
-        if copy is not None and file_set_state(copy) == before == file_set_state(source):
-            return Snapshot(path=copy, sha256=before[0], wal_sha256=before[1], attempts=attempt)
+            copy, copied = None, None
+        if copy is not None and copied == file_set_state(source):
+            return Snapshot(path=copy, sha256=copied[0], wal_sha256=copied[1], attempts=attempt)
         empty_folder(folder)
         if attempt < attempts:
             time.sleep(pause * attempt)
