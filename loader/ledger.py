@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from loader import __version__
 from loader.database import Target
@@ -127,6 +128,7 @@ class FileRecord:
     error_message: str | None = None
     rows_in_sqlite: int | None = None
     rows_loaded: int | None = None
+    stat: dict | None = None  # discover.stat_signature of the file when its checksums were taken
 
 
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
@@ -136,7 +138,7 @@ def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
             sql.Identifier(LEDGER_SCHEMA),
             sql.SQL(", ").join(map(sql.Identifier, fields)),
             sql.SQL(", ").join(sql.Placeholder() * len(fields))),
-        [getattr(record, f) for f in fields])
+        [Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields])
 
 
 def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
@@ -175,8 +177,9 @@ def known_files(target: Target) -> dict[str, KnownFile]:
             return {}
         rows = connection.execute(
             f"SELECT c.source_path, c.source_sha256, c.wal_sha256, c.kind, "
-            f"coalesce(jsonb_object_agg(t.source_table, t.rows_in_sqlite) FILTER (WHERE t.source_table IS NOT NULL), '{{}}') "
-            f"FROM {LEDGER_SCHEMA}.current_loads AS c "
+            f"coalesce(jsonb_object_agg(t.source_table, t.rows_in_sqlite) FILTER (WHERE t.source_table IS NOT NULL), '{{}}'), "
+            f"f.stat FROM {LEDGER_SCHEMA}.current_loads AS c "
+            f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path) "
             f"LEFT JOIN {LEDGER_SCHEMA}.load_tables AS t USING (load_id, source_path) "
-            "GROUP BY c.source_path, c.source_sha256, c.wal_sha256, c.kind").fetchall()
-    return {path: KnownFile(sha256, wal_sha256, kind, tables) for path, sha256, wal_sha256, kind, tables in rows}
+            "GROUP BY c.source_path, c.source_sha256, c.wal_sha256, c.kind, f.stat").fetchall()
+    return {path: KnownFile(*known) for path, *known in rows}

@@ -163,6 +163,9 @@ class Worker:
     def open_duckdb(self) -> None:
         if self._duck is None:
             self._duck = duckdb_session()
+            # Parallelism is across files, one per worker: a second DuckDB thread per worker only
+            # competes for the same cores (measured: 0.38 -> 0.99 CPU-s for the same 250k rows).
+            self._duck.execute("SET threads = 1")
             try:
                 attach_postgres(self._duck, self.target.dsn)
             except AttachFailed as error:
@@ -373,7 +376,7 @@ def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPo
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
-        status="loaded", started_at=ledger.now())
+        status="loaded", started_at=ledger.now(), stat=source.stat)
     schema = RAW_SCHEMAS[source.kind]
     with private_copy(source.path) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256

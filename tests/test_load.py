@@ -139,7 +139,7 @@ def test_files_loading_at_once_that_need_the_same_new_raw_table_get_every_column
     folder = tmp_path / "tree"
     for number in range(6):
         make_database(folder / f"app{number}.db", f"CREATE TABLE things (shared TEXT, only_in_{number} TEXT)",
-                      (f"INSERT INTO things VALUES (?, ?)", [(f"s{number}-{row}", f"v{row}") for row in range(50)]))
+                      ("INSERT INTO things VALUES (?, ?)", [(f"s{number}-{row}", f"v{row}") for row in range(50)]))
     outcome = run_load([folder], target, jobs=2)
     assert [f.status for f in outcome.files] == ["loaded"] * 6
     with target.connect() as connection:
@@ -188,7 +188,6 @@ def test_text_postgresql_refuses_sends_the_file_through_csv_and_names_the_value(
 
 
 def test_a_failed_attach_never_shows_the_password(server_dsn):
-    import duckdb
     import pytest
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from loader.duckdb_postgres import AttachFailed, attach_postgres
