@@ -74,9 +74,12 @@ from loader import __version__
 from loader.discover import Discovery, SourceFile, discover
 from loader.destination import make_staging_folder, root_overlap
 from loader.extract import list_tables
+from loader.parallel import run_in_order
 from loader.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
 
 MANIFEST_NAME = "manifest.json"
+# Two files at a time: copying, hashing and SQLite's backup API leave the GIL while they work.
+BACKUP_JOBS = 2
 MANIFEST_FORMAT = "consolidate-backup/1"
 BACKED_UP, COPY, FAILED = "backed-up", "copy", "failed"
 
@@ -179,12 +182,8 @@ def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry]
     found = discover(roots, exclude)
     staging = make_staging_folder(destination)
     try:
-        entries = []
-        for source in found.files:
-            entry = back_up_file(source, staging, backup_relative_path(source, roots), attempts)
-            entries.append(entry)
-            if on_file:
-                on_file(entry)
+        entries = run_in_order(lambda source: back_up_file(source, staging, backup_relative_path(source, roots), attempts),
+                               found.files, BACKUP_JOBS, on_file or (lambda entry: None))
         manifest = new_manifest(roots, entries, found)
         write_manifest(staging, manifest)
         publish(staging, destination)

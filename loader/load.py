@@ -23,7 +23,6 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from loader.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, 
 from loader.extract import (
     DUCKDB, PYTHON_FALLBACK, ColumnRead, FallbackExport, SourceTable, attach_sqlite, duckdb_session, export_csv,
     export_csv_python, list_tables, needs_fallback, open_for_reading, quote, select_rows)
+from loader.parallel import run_in_order
 from loader.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
 from loader.secret_policy import SecretPolicy
 from loader.snapshot import private_copy
@@ -435,23 +435,11 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
 
 def load_in_parallel(files: list[SourceFile], target: Target, load_id: str, policy: SecretPolicy, force: bool,
                      jobs: int, on_file: Callable[[FileOutcome], None]) -> list[FileOutcome]:
-    """Each file by the next free worker; outcomes reported in discovery order. On an error (the
-    server gone, an interrupt) the files not started are cancelled and those in flight finish."""
+    """Each file by the next free worker; outcomes reported in discovery order."""
     pool = WorkerPool(target)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="consolidate-load") as executor:
-            futures = [executor.submit(lambda source=source: load_one(pool.worker(), load_id, source, policy, force))
-                       for source in files]
-            outcomes = []
-            try:
-                for future in futures:
-                    outcomes.append(future.result())
-                    on_file(outcomes[-1])
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            return outcomes
+        return run_in_order(lambda source: load_one(pool.worker(), load_id, source, policy, force), files, jobs,
+                            on_file)
     finally:
         pool.close()
 
