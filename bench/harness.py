@@ -6,7 +6,7 @@
 The command is the real one (`loader.cli.app`, the code path a user runs); the harness only wraps the
 library calls it makes, so a phase's time is the time of that call:
 
-    backup    cli.run_backup (discovers on its own, copies, hashes, verifies)
+    backup    cli.run_backup (copies, hashes, verifies the files discovered)
     discover  cli.discover_files
     load      cli.run_load (the loader: private copies, checksums, DuckDB → PostgreSQL, ledger)
     build     loader.build.build (dbt build: models and tests)

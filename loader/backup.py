@@ -173,13 +173,15 @@ class Problem:
 # ---------------------------------------------------------------------------------------- backing up
 
 def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry], None] | None = None,
-           overwrite: bool = False, attempts: int = COPY_ATTEMPTS, exclude: list[Path] = ()) -> BackupManifest:
-    """Back up every database discovered under `roots` into `destination`. Raise `BackupError` if the
-    destination may not be written (see the module docstring). Call `on_file` with each entry as it is done."""
+           overwrite: bool = False, attempts: int = COPY_ATTEMPTS, exclude: list[Path] = (),
+           found: Discovery | None = None) -> BackupManifest:
+    """Back up every database discovered under `roots` (or listed in `found`, a discovery of them the
+    caller already made) into `destination`. Raise `BackupError` if the destination may not be written
+    (see the module docstring). Call `on_file` with each entry as it is done."""
     roots = [root.absolute() for root in roots]
     destination = destination.absolute()
     check_destination(destination, roots, overwrite, exclude)
-    found = discover(roots, exclude)
+    found = found if found is not None else discover(roots, exclude)
     staging = make_staging_folder(destination)
     try:
         entries = run_in_order(lambda source: back_up_file(source, staging, backup_relative_path(source, roots), attempts),

@@ -190,12 +190,12 @@ def default_backup_folder(home: Path) -> Path:
     return home / "backups" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool) -> Path:
+def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool, found: Discovery) -> Path:
     """Plan phase 1 before anything is loaded: a verified backup, or stop the run."""
     if not quiet:
         err.print(f"Backing up to {escape(str(folder))}")
     try:
-        manifest = backup_stage.backup(roots, folder, exclude=[home])
+        manifest = backup_stage.backup(roots, folder, exclude=[home], found=found)
     except backup_stage.BackupError as error:
         err.print(f"[red]backup refused:[/red] {escape(str(error))} (or pass --no-backup)")
         raise typer.Exit(EXIT_USAGE)
@@ -214,16 +214,17 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         rebuild: Annotated[bool, typer.Option(
             "--rebuild", help="Build and validate even when nothing changed since the last passing build.")] = False,
         jobs: Jobs = load_stage.DEFAULT_JOBS, as_json: AsJson = False) -> None:
-    """backup → discover → load → build → validate → a reconciliation table per source file.
+    """discover → backup → load → build → validate → a reconciliation table per source file.
 
     When no file changed since the last build that passed its tests and validation, build and
     validation are skipped (the marts are current). Exit 0 only when every file reconciles and every
     dbt test passes; 1 when something does not reconcile or a test fails; 3 when a SQLite source
     could not be read. Non-SQLite files and orphan -wal files are warnings only."""
-    backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json)
     target = target_for(dsn, home, schema)
     found = discover_files(roots, exclude=[home], known=ledger.known_files(target))
     print_warnings(found)
+    backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json,
+                                                  found)
     loaded = run_load(found, target, roots, home, secrets, force, as_json, jobs)
     built_from = freshness.fingerprint(target)
     current = not rebuild and freshness.marts_are_current(target, built_from)
