@@ -234,8 +234,15 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
     with target.connect() as connection:
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all reads
         require_relations(connection, target.schema)
+        currents = current_files(connection)
         flagged = flagged_by_file(connection)
-        files = [validate_file(connection, current, options, flagged) for current in current_files(connection)]
+        raw_counts = raw_rows_by_file(connection)
+        sources = [check_source(connection, current, options) for current in currents]
+        found = fetch_sampled_rows(connection, options.schema,
+                                   [(current, sample) for current, (_, sample) in zip(currents, sources)])
+        files = [validate_file(connection, current, options, flagged, raw_counts, status,
+                               compare_sample(current, sample, found, options.secret_policy))
+                 for current, (status, sample) in zip(currents, sources)]
         connection.commit()
         report = ValidationReport(run_id=new_run_id(started_at), started_at=started_at, finished_at=now(),
                                   sample_size=sample_size, seed=options.seed, marts_schema=target.schema,
@@ -273,10 +280,10 @@ def current_files(connection: psycopg.Connection) -> list[CurrentFile]:
 
 
 def validate_file(connection: psycopg.Connection, current: CurrentFile, options: Options,
-                  flagged: dict[tuple[str, str], int]) -> FileValidation:
-    tables = table_counts(connection, current)
+                  flagged: dict[tuple[str, str], int], raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]],
+                  checksum_status: str, spot: SpotCheck) -> FileValidation:
+    tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
-    checksum_status, spot = check_source(connection, current, options)
     backup_status = backup_checksum_status(options.backup, current)
     is_memory_file = current.kind in MEMORY_TABLES
     problems = (count_problems(current, tables, reconciliation)
@@ -302,23 +309,33 @@ MEMORY_TABLES = {
 }
 
 
-def table_counts(connection: psycopg.Connection, current: CurrentFile) -> list[TableCount]:
+def table_counts(connection: psycopg.Connection, current: CurrentFile,
+                 raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]]) -> list[TableCount]:
     ledger_rows = connection.execute(sql.SQL(
         "SELECT source_table, raw_schema, raw_table, rows_in_sqlite FROM {}.load_tables "
         "WHERE load_id = %s AND source_path = %s ORDER BY source_table").format(sql.Identifier(LEDGER_SCHEMA)),
         [current.load_id, current.source_path]).fetchall()
-    return [TableCount(table, schema, raw_table, rows, count_raw_rows(connection, schema, raw_table, current))
+    return [TableCount(table, schema, raw_table, rows,
+                       raw_counts.get((schema, raw_table), {}).get((current.load_id, current.source_path), 0))
             for table, schema, raw_table, rows in ledger_rows]
 
 
-def count_raw_rows(connection: psycopg.Connection, schema: str, table: str, current: CurrentFile) -> int:
-    exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL",
-                                [sql.Identifier(schema, table).as_string(connection)]).fetchone()[0]
-    if not exists:
-        return 0
-    return connection.execute(sql.SQL(
-        "SELECT count(*) FROM {} WHERE _load_id = %s AND _source_path = %s").format(sql.Identifier(schema, table)),
-        [current.load_id, current.source_path]).fetchone()[0]
+def raw_rows_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], dict[tuple[str, str], int]]:
+    """{(raw schema, raw table): {(load_id, source_path): rows now in raw}} for every raw table of a current
+    load: one pass over each table for all files (a missing table counts 0 rows)."""
+    tables = connection.execute(sql.SQL(
+        "SELECT DISTINCT t.raw_schema, t.raw_table FROM {ledger}.load_tables AS t "
+        "JOIN {ledger}.current_loads AS c USING (load_id, source_path) ORDER BY 1, 2").format(
+        ledger=sql.Identifier(LEDGER_SCHEMA))).fetchall()
+    counts = {}
+    for schema, table in tables:
+        if connection.execute("SELECT to_regclass(%s) IS NOT NULL",
+                              [sql.Identifier(schema, table).as_string(connection)]).fetchone()[0]:
+            rows = connection.execute(sql.SQL(
+                "SELECT _load_id, _source_path, count(*) FROM {} GROUP BY 1, 2").format(
+                sql.Identifier(schema, table))).fetchall()
+            counts[(schema, table)] = {(load_id, path): count for load_id, path, count in rows}
+    return counts
 
 
 def reconciliation_row(connection: psycopg.Connection, schema: str, current: CurrentFile) -> dict:
@@ -405,22 +422,43 @@ class SpotCheck:
     reason: str | None = None
 
 
-def check_source(connection: psycopg.Connection, current: CurrentFile, options: Options) -> tuple[str, SpotCheck]:
-    """The file's checksum status, and the spot check of a private copy when the file is unchanged.
-    The copy's checksums are those of the bytes on disk now (taken while nothing wrote)."""
+@dataclass
+class RawSample:
+    """Sampled rows of one source table as raw should hold them, read from the private copy."""
+
+    table: SourceTable
+    raw_table: tuple[str, str]
+    rows: dict[int, dict[str, str | None]]  # rowid -> {source column: value as loaded}
+    raw_columns: dict[str, str]  # source column -> raw column
+
+
+@dataclass
+class Sample:
+    """What the spot check read from a file's private copy. The rows it is compared with are fetched
+    afterwards for every file at once (one scan per mart and raw table instead of one per file)."""
+
+    checked: int = 0
+    memory: dict[str, list[MemoryVersion]] = field(default_factory=dict)  # source table -> versions
+    raw: list[RawSample] = field(default_factory=list)
+    reason: str | None = None
+
+
+def check_source(connection: psycopg.Connection, current: CurrentFile, options: Options) -> tuple[str, Sample]:
+    """The file's checksum status, and the spot check's sample of a private copy when the file is
+    unchanged. The copy's checksums are those of the bytes on disk now (taken while nothing wrote)."""
     try:
         with private_copy(Path(current.source_path)) as snapshot:
             if (snapshot.sha256, snapshot.wal_sha256) != current.identity:
-                return CHANGED, SpotCheck()
-            return UNCHANGED, spot_check(connection, snapshot.path, current, options)
+                return CHANGED, Sample()
+            return UNCHANGED, sample_file(connection, snapshot.path, current, options)
     except FileNotFoundError:
-        return MISSING, SpotCheck()
+        return MISSING, Sample()
     except (SourceKeptChanging, OSError) as error:
-        return UNREADABLE, SpotCheck(reason=f"{type(error).__name__}: {error}")
+        return UNREADABLE, Sample(reason=f"{type(error).__name__}: {error}")
 
 
-def spot_check(connection: psycopg.Connection, database: Path, current: CurrentFile, options: Options) -> SpotCheck:
-    """N random memory rows against the marts and raw, and N random rows of the other tables against raw."""
+def sample_file(connection: psycopg.Connection, database: Path, current: CurrentFile, options: Options) -> Sample:
+    """N random memory rows (for the marts and raw) and N random rows of the other tables (for raw)."""
     rng = random.Random(f"{options.seed}:{current.source_path}")
     layout = MEMORY_LAYOUTS.get(current.kind)
     memory_table = layout.table if layout is not None else None
@@ -433,17 +471,51 @@ def spot_check(connection: psycopg.Connection, database: Path, current: CurrentF
                                   options.sample_size, rng)
         other_rows = sample_rows(sqlite, [t for t in tables.values() if t.name != memory_table],
                                  options.sample_size, rng)
-        result = SpotCheck(checked=len(memory_rows) + len(other_rows))
-        for name, rowids in group_by_table(memory_rows).items():
-            versions = read_memory_versions(sqlite, layout, tables[name], rowids)
-            result.mismatches += compare_with_marts(connection, options.schema, current, name, versions)
         raw_tables = raw_table_names(connection, current)
-        for name, rowids in group_by_table(memory_rows + other_rows).items():
-            result.mismatches += compare_with_raw(connection, sqlite, current, tables[name], raw_tables[name],
-                                                  rowids, options.secret_policy)
-        return result
+        return Sample(
+            checked=len(memory_rows) + len(other_rows),
+            memory={name: read_memory_versions(sqlite, layout, tables[name], rowids)
+                    for name, rowids in group_by_table(memory_rows).items()},
+            raw=[RawSample(tables[name], raw_tables[name],
+                           read_as_loaded(sqlite, tables[name], {c: c for c in tables[name].columns}, rowids),
+                           raw_column_names(connection, current, tables[name]))
+                 for name, rowids in group_by_table(memory_rows + other_rows).items()])
     finally:
         sqlite.close()
+
+
+@dataclass
+class SampledRows:
+    """The marts, history aggregates and raw rows of every file's sample, by (load_id, source_path,
+    source_table or raw table, rowid)."""
+
+    marts: dict[str, dict[tuple, list[dict]]]
+    losers: dict[tuple, Losers]
+    raw: dict[tuple[str, str], dict[tuple, list[dict]]]
+
+
+def fetch_sampled_rows(connection: psycopg.Connection, schema: str,
+                       samples: list[tuple[CurrentFile, Sample]]) -> SampledRows:
+    versions = [(current.load_id, current.source_path, table, version.rowid)
+                for current, sample in samples for table, table_versions in sample.memory.items()
+                for version in table_versions]
+    raw_samples: dict[tuple[str, str], list[tuple[CurrentFile, RawSample]]] = {}
+    for current, sample in samples:
+        for raw_sample in sample.raw:
+            raw_samples.setdefault(raw_sample.raw_table, []).append((current, raw_sample))
+    return SampledRows(
+        marts={mart: mart_rows(connection, schema, mart, versions) for mart in MART_COLUMNS},
+        losers=losers_of(connection, schema, versions),
+        raw={raw_table: raw_rows(connection, raw_table, sampled) for raw_table, sampled in raw_samples.items()})
+
+
+def compare_sample(current: CurrentFile, sample: Sample, found: SampledRows, policy: SecretPolicy | None) -> SpotCheck:
+    result = SpotCheck(checked=sample.checked, reason=sample.reason)
+    for table, versions in sample.memory.items():
+        result.mismatches += compare_with_marts(current, table, versions, found)
+    for raw_sample in sample.raw:
+        result.mismatches += compare_with_raw(current, raw_sample, found.raw[raw_sample.raw_table], policy)
+    return result
 
 
 def sample_rows(sqlite: sqlite3.Connection, tables: list[SourceTable], size: int,
@@ -533,21 +605,18 @@ def raw_table_names(connection: psycopg.Connection, current: CurrentFile) -> dic
     return {table: (schema, raw_table) for table, schema, raw_table in rows}
 
 
-def compare_with_raw(connection: psycopg.Connection, sqlite: sqlite3.Connection, current: CurrentFile,
-                     table: SourceTable, raw_table: tuple[str, str], rowids: list[int],
+def compare_with_raw(current: CurrentFile, sample: RawSample, raw: dict[tuple, list[dict]],
                      policy: SecretPolicy | None) -> list[Mismatch]:
     """Every column's SQLite text against the raw row with the same rowid: raw keeps the text untouched
     (or its bytes as Binary), except secret columns (see expected_in_raw). Columns are found under their
     raw names (consolidate.load_columns)."""
-    source = read_as_loaded(sqlite, table, {column: column for column in table.columns}, rowids)
-    names = raw_column_names(connection, current, table)
-    raw = raw_rows(connection, raw_table, [names[column] for column in table.columns], current, rowids)
+    table, source, names = sample.table, sample.rows, sample.raw_columns
     actions = {column: secret_action(policy, current.kind, table.name, column) for column in table.columns}
     key = policy.key if policy is not None else None
-    against = ".".join(raw_table)
+    against = ".".join(sample.raw_table)
     mismatches = []
-    for rowid in rowids:
-        found = raw.get(rowid, [])
+    for rowid in source:
+        found = raw.get((current.load_id, current.source_path, rowid), [])
         if len(found) != 1:
             mismatches.append(row_count_mismatch(table.name, rowid, against, len(found)))
             continue
@@ -604,16 +673,20 @@ def describe_raw(expected: str | re.Pattern | None) -> str:
     return "hmac-sha256:<64 hex digits>" if isinstance(expected, re.Pattern) else describe(expected)
 
 
-def raw_rows(connection: psycopg.Connection, raw_table: tuple[str, str], columns: list[str], current: CurrentFile,
-             rowids: list[int]) -> dict[int, list[dict]]:
-    query = sql.SQL("SELECT _source_rowid, {} FROM {} WHERE _load_id = %s AND _source_path = %s "
-                    "AND _source_rowid = ANY(%s)").format(
+def raw_rows(connection: psycopg.Connection, raw_table: tuple[str, str],
+             sampled: list[tuple[CurrentFile, RawSample]]) -> dict[tuple, list[dict]]:
+    """{(load_id, source_path, rowid): raw rows} of the sampled rows of every file loaded into `raw_table`."""
+    columns = sorted({sample.raw_columns[column] for _, sample in sampled for column in sample.table.columns})
+    keys = [(current.load_id, current.source_path, rowid) for current, sample in sampled for rowid in sample.rows]
+    query = sql.SQL("SELECT _load_id, _source_path, _source_rowid, {} FROM {} "
+                    "WHERE (_load_id, _source_path, _source_rowid) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))").format(
         sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(*raw_table))
     with connection.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(query, [current.load_id, current.source_path, rowids]).fetchall()
-    found: dict[int, list[dict]] = {}
+        rows = cursor.execute(query, arrays(keys, 3)).fetchall()
+    found: dict[tuple, list[dict]] = {}
     for row in rows:
-        found.setdefault(row.pop("_source_rowid"), []).append(row)
+        found.setdefault((row.pop("_load_id"), row.pop("_source_path"), row.pop("_source_rowid")), []).append(row)
     return found
 
 
@@ -917,50 +990,58 @@ MART_COLUMNS = {
 JSON_COLUMNS = ("value", "metric_data")
 
 
-def compare_with_marts(connection: psycopg.Connection, schema: str, current: CurrentFile, table: str,
-                       versions: list[MemoryVersion]) -> list[Mismatch]:
-    rowids = [version.rowid for version in versions]
-    found = {mart: mart_rows(connection, schema, mart, current, table, rowids) for mart in MART_COLUMNS}
-    losers = losers_of(connection, schema, current, table, rowids)
+def compare_with_marts(current: CurrentFile, table: str, versions: list[MemoryVersion],
+                       found: SampledRows) -> list[Mismatch]:
     mismatches = []
     for version in versions:
-        rows = [(mart, row) for mart, by_rowid in found.items() for row in by_rowid.get(version.rowid, [])]
+        identity = (current.load_id, current.source_path, table, version.rowid)
+        rows = [(mart, row) for mart, by_identity in found.marts.items() for row in by_identity.get(identity, [])]
         if len(rows) != 1:
             mismatches.append(row_count_mismatch(table, version.rowid, "marts", len(rows)))
             continue
         mart, row = rows[0]
-        expected = MART_COLUMNS[mart][1](version, losers.get(version.rowid, Losers()))
+        expected = MART_COLUMNS[mart][1](version, found.losers.get(identity, Losers()))
         mismatches += [Mismatch(table, version.rowid, mart, name, shown(name, value), shown(name, row[name]))
                        for name, value in expected.items() if not same(value, row[name])]
     return mismatches
 
 
-def mart_rows(connection: psycopg.Connection, schema: str, mart: str, current: CurrentFile, table: str,
-              rowids: list[int]) -> dict[int, list[dict]]:
+# The sampled versions (load_id, source_path, source_table, source_rowid), passed as four arrays (see arrays).
+SAMPLED_VERSIONS = "(SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]))"
+
+
+def arrays(keys: list[tuple], width: int) -> list[list]:
+    """Tuples of `width` values as `width` parallel lists, for unnest()."""
+    return [list(column) for column in zip(*keys)] or [[] for _ in range(width)]
+
+
+def mart_rows(connection: psycopg.Connection, schema: str, mart: str,
+              versions: list[tuple[str, str, str, int]]) -> dict[tuple, list[dict]]:
     columns = sql.SQL(", ").join(sql.SQL(column) for column in MART_COLUMNS[mart][0])
-    query = sql.SQL("SELECT source_rowid, {} FROM {} WHERE load_id = %s AND source_path = %s "
-                    "AND source_table = %s AND source_rowid = ANY(%s)").format(columns, sql.Identifier(schema, mart))
+    query = sql.SQL("SELECT load_id, source_path, source_table, source_rowid, {} FROM {} "
+                    "WHERE (load_id, source_path, source_table, source_rowid) IN " + SAMPLED_VERSIONS).format(
+        columns, sql.Identifier(schema, mart))
     with connection.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(query, [current.load_id, current.source_path, table, rowids]).fetchall()
-    found: dict[int, list[dict]] = {}
+        rows = cursor.execute(query, arrays(versions, 4)).fetchall()
+    found: dict[tuple, list[dict]] = {}
     for row in rows:
         for name in JSON_COLUMNS:
             if row.get(name) is not None:
                 row[name] = parse_json(row[name])
-        found.setdefault(row.pop("source_rowid"), []).append(row)
+        identity = (row.pop("load_id"), row.pop("source_path"), row.pop("source_table"), row.pop("source_rowid"))
+        found.setdefault(identity, []).append(row)
     return found
 
 
-def losers_of(connection: psycopg.Connection, schema: str, current: CurrentFile, table: str,
-              rowids: list[int]) -> dict[int, Losers]:
+def losers_of(connection: psycopg.Connection, schema: str,
+              versions: list[tuple[str, str, str, int]]) -> dict[tuple, Losers]:
     rows = connection.execute(sql.SQL(
-        "SELECT winner_source_rowid, count(*), min(extract(epoch FROM created_at)), "
-        "max(extract(epoch FROM accessed_at)), max(access_count) FROM {} "
-        "WHERE winner_load_id = %s AND winner_source_path = %s AND winner_source_table = %s "
-        "AND winner_source_rowid = ANY(%s) GROUP BY winner_source_rowid").format(
-        sql.Identifier(schema, "unified_memory_history")),
-        [current.load_id, current.source_path, table, rowids]).fetchall()
-    return {rowid: Losers(*aggregates) for rowid, *aggregates in rows}
+        "SELECT winner_load_id, winner_source_path, winner_source_table, winner_source_rowid, count(*), "
+        "min(extract(epoch FROM created_at)), max(extract(epoch FROM accessed_at)), max(access_count) FROM {} "
+        "WHERE (winner_load_id, winner_source_path, winner_source_table, winner_source_rowid) IN "
+        + SAMPLED_VERSIONS + " GROUP BY 1, 2, 3, 4").format(sql.Identifier(schema, "unified_memory_history")),
+        arrays(versions, 4)).fetchall()
+    return {tuple(row[:4]): Losers(*row[4:]) for row in rows}
 
 
 def shown(name: str, value) -> str:

@@ -4,6 +4,10 @@
     (source_path, source_table, source_rowid). NULL timestamps lose to any timestamp.
     Aggregates over all versions feed the winner: earliest created_at, latest accessed_at, largest
     access_count. Every version carries a pointer to its winner.
+    mart_id numbers the (key, namespace) pairs as their mart numbers its rows: by (namespace, key) for
+    unified_memory, by key for performance_metrics (one namespace). Every window below partitions or
+    orders by (in_performance_metrics, namespace, key) first, so one sort of these wide rows serves them
+    all and the marts do not sort them again.
 -#}
 
 with memory_versions as (
@@ -24,18 +28,23 @@ ranked as (
         first_value(load_id) over newest_first as winner_load_id,
         first_value(source_path) over newest_first as winner_source_path,
         first_value(source_table) over newest_first as winner_source_table,
-        first_value(source_rowid) over newest_first as winner_source_rowid
+        first_value(source_rowid) over newest_first as winner_source_rowid,
+        dense_rank() over mart_order as mart_id
     from memory_versions
     window
-        same_key as (partition by key, namespace),
+        same_key as (partition by namespace = '{{ var("performance_metrics_namespace") }}', namespace, key),
         newest_first as (
-            partition by key, namespace
+            partition by namespace = '{{ var("performance_metrics_namespace") }}', namespace, key
             order by
                 updated_at desc nulls last,
                 accessed_at desc nulls last,
                 source_path asc,
                 source_table asc,
                 source_rowid asc nulls last
+        ),
+        mart_order as (
+            partition by namespace = '{{ var("performance_metrics_namespace") }}'
+            order by namespace, key
         )
 
 )

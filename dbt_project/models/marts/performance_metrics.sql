@@ -10,7 +10,7 @@ with metric_winners as (
 final as (
 
     select
-        row_number() over (order by key)::bigint as id,
+        mart_id as id,
         -- `command-metrics:bash-<ms>-<id>` -> `command-metrics`; keys without ':' are their own name
         split_part(key, ':', 1) as metric_name,
         consolidate.try_numeric(value ->> 'duration') as metric_value,

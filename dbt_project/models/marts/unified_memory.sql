@@ -10,7 +10,7 @@ with winners as (
 final as (
 
     select
-        row_number() over (order by namespace, key)::bigint as id,
+        mart_id as id,
         key,
         value,
         namespace,
