@@ -23,8 +23,8 @@ the sha256 and mtime of the main file, `-wal` and `-shm` taken before and after:
 
 Chosen: no source is ever opened. `snapshot.consistent_copy` copies the main file, `-wal` and `-journal`
 into a private temporary folder (`snapshot.copy_database`), hashing the bytes as it copies them, then
-hashes the source again. The copy is accepted only when the two hash sets agree, which means nothing
-wrote to a part of the files after it was copied: the copy is one state the files were in. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
+compares the source with the copy byte for byte. The copy is accepted only when they are equal, which
+means nothing wrote to a part of the files after it was copied: the copy is one state the files were in. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
 manifest). A file that keeps changing is recorded as `failed` with that reason instead of being
 backed up inconsistently. This approach has a limit: a database that commits more often than it takes
 to hash and copy it stays `failed` until its application pauses.

@@ -188,7 +188,7 @@ def inspect_schema(source: SourceFile) -> None:
     """Fill in kind and table counts from a private copy, or the reason it cannot be read."""
     path = source.path
     try:
-        with private_copy(path) as copy:
+        with private_copy(path, hashing=False) as copy:  # fingerprint hashed it; only the schema is read here
             tables = list_tables(copy.path)
         source.tables = {table.name: table.row_count for table in tables}
         source.kind = classify({table.name: table.columns for table in tables})

@@ -317,8 +317,8 @@ def copy_then_write(monkeypatch, source: Path, times: int) -> list[int]:
     real_copy = snapshot_module.copy_database
     calls = []
 
-    def copy_and_write(path, folder):
-        copied = real_copy(path, folder)
+    def copy_and_write(path, folder, *options):
+        copied = real_copy(path, folder, *options)
         if folder.name.startswith("consolidate-backup-"):  # the backup's copy, not discovery's
             calls.append(1)
             if len(calls) <= times:
