@@ -10,28 +10,19 @@ their ledger rows commit together or not at all (checked: a ROLLBACK leaves none
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import duckdb
 import duckdb_extension_postgres_scanner
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from loader.extract import literal, quote
+from loader.extract import extension_path, literal, quote
 
 ALIAS = "pg"
 
 
 class AttachFailed(Exception):
     """DuckDB could not connect to PostgreSQL; the message never holds the password."""
-
-
-def postgres_scanner_path() -> Path:
-    folder = Path(duckdb_extension_postgres_scanner.__file__).parent / "extensions"
-    found = sorted(folder.glob("*/postgres_scanner.duckdb_extension"))
-    if not found:
-        raise RuntimeError(f"postgres_scanner extension missing from its wheel ({folder})")
-    return found[-1]
 
 
 def without_password(text: str, dsn: str) -> str:
@@ -41,7 +32,7 @@ def without_password(text: str, dsn: str) -> str:
 
 def attach_postgres(duck: duckdb.DuckDBPyConnection, dsn: str) -> None:
     """Attach the target database as `pg` (DuckDB needs a libpq connection string, as psycopg does)."""
-    duck.execute(f"LOAD {literal(postgres_scanner_path().as_posix())}")
+    duck.execute(f"LOAD {literal(extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner').as_posix())}")
     conninfo = make_conninfo(dsn)
     try:
         duck.execute(f"ATTACH {literal(conninfo)} AS {ALIAS} (TYPE postgres)")

@@ -60,11 +60,12 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def sqlite_scanner_path() -> Path:
-    folder = Path(duckdb_extension_sqlite_scanner.__file__).parent / "extensions"
-    found = sorted(folder.glob("*/sqlite_scanner.duckdb_extension"))
+def extension_path(package, name: str) -> Path:
+    """A DuckDB extension inside its PyPI wheel (`package`, e.g. duckdb_extension_sqlite_scanner)."""
+    folder = Path(package.__file__).parent / "extensions"
+    found = sorted(folder.glob(f"*/{name}.duckdb_extension"))
     if not found:
-        raise RuntimeError(f"sqlite_scanner extension missing from its wheel ({folder})")
+        raise RuntimeError(f"{name} extension missing from its wheel ({folder})")
     return found[-1]
 
 
@@ -73,7 +74,7 @@ def duckdb_session() -> duckdb.DuckDBPyConnection:
         "autoinstall_known_extensions": "false",
         "autoload_known_extensions": "false",
     })
-    connection.execute(f"LOAD {literal(sqlite_scanner_path().as_posix())}")
+    connection.execute(f"LOAD {literal(extension_path(duckdb_extension_sqlite_scanner, 'sqlite_scanner').as_posix())}")
     connection.execute("SET sqlite_all_varchar = true")
     return connection
 

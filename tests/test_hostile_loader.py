@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from conftest import consolidate
+from conftest import consolidate, make_db
 from loader import load as load_module
 from loader.discover import discover
 from loader.load import load
@@ -37,22 +37,6 @@ LINEAGE = ["_load_id", "_source_path", "_source_sha256", "_source_rowid", "_load
 
 def run_load(roots: list[Path], target, **kwargs):
     return load(discover(roots), target, [str(r) for r in roots], SecretPolicy(key=KEY), **kwargs)
-
-
-def make_db(path: Path, *statements: str | tuple, encoding: str | None = None) -> Path:
-    """A SQLite file from statements: a string, or (sql, rows) run with executemany."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path)
-    if encoding:
-        connection.execute(f"PRAGMA encoding = '{encoding}'")
-    for statement in statements:
-        if isinstance(statement, tuple):
-            connection.executemany(*statement)
-        else:
-            connection.execute(statement)
-    connection.commit()
-    connection.close()
-    return path
 
 
 def q(name: str) -> str:

@@ -13,7 +13,7 @@ from psycopg import sql
 from loader.discover import discover
 from loader.load import load
 from loader.secret_policy import SecretPolicy
-from conftest import read_private_copy
+from conftest import make_db, read_private_copy
 
 WAL_ROWS_FILE = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"
 
@@ -114,19 +114,6 @@ def test_each_file_is_committed_as_soon_as_it_is_loaded(realdata, target):
 
 # ------------------------------------------------------------ two files at a time, direct and through CSV
 
-def make_database(path: Path, *statements) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path)
-    for statement in statements:
-        if isinstance(statement, tuple):
-            connection.executemany(*statement)
-        else:
-            connection.execute(statement)
-    connection.commit()
-    connection.close()
-    return path
-
-
 def ledger_readers(target) -> dict[tuple[str, str], tuple[str, str | None]]:
     with target.connect() as connection:
         return {(Path(path).name, table): (reader, notes) for path, table, reader, notes in connection.execute(
@@ -138,7 +125,7 @@ def test_files_loading_at_once_that_need_the_same_new_raw_table_get_every_column
     whichever creates it, the others add their columns, and every row arrives under its column."""
     folder = tmp_path / "tree"
     for number in range(6):
-        make_database(folder / f"app{number}.db", f"CREATE TABLE things (shared TEXT, only_in_{number} TEXT)",
+        make_db(folder / f"app{number}.db", f"CREATE TABLE things (shared TEXT, only_in_{number} TEXT)",
                       ("INSERT INTO things VALUES (?, ?)", [(f"s{number}-{row}", f"v{row}") for row in range(50)]))
     outcome = run_load([folder], target, jobs=2)
     assert [f.status for f in outcome.files] == ["loaded"] * 6
@@ -170,7 +157,7 @@ def test_text_postgresql_refuses_sends_the_file_through_csv_and_names_the_value(
     """The direct path leaves text to PostgreSQL; invalid UTF-8 makes it roll the file back, and the
     file goes through CSV, where the fallback stores that value as hex and the ledger says why."""
     folder = tmp_path / "tree"
-    database = make_database(folder / "mixed.db", "CREATE TABLE good (body TEXT)",
+    database = make_db(folder / "mixed.db", "CREATE TABLE good (body TEXT)",
                              ("INSERT INTO good VALUES (?)", [("fine",), ("also fine",)]),
                              "CREATE TABLE bad (body TEXT)",
                              ("INSERT INTO bad VALUES (CAST(? AS TEXT))", [(b"ok",), (b"ab\xffcd",)]))
@@ -204,8 +191,8 @@ def test_a_failed_attach_never_shows_the_password(server_dsn):
 def test_discovery_takes_unchanged_files_from_the_ledger_and_reads_changed_ones(tmp_path):
     from loader.discover import KnownFile
     folder = tmp_path / "tree"
-    same = make_database(folder / "same.db", "CREATE TABLE memory_store (k TEXT)", "INSERT INTO memory_store VALUES ('a')")
-    changed = make_database(folder / "changed.db", "CREATE TABLE memory_store (k TEXT)")
+    same = make_db(folder / "same.db", "CREATE TABLE memory_store (k TEXT)", "INSERT INTO memory_store VALUES ('a')")
+    changed = make_db(folder / "changed.db", "CREATE TABLE memory_store (k TEXT)")
     first = {f.path.name: f for f in discover([folder]).files}
     # what a ledger would say; the counts differ from the files' so that using them shows
     known = {str(same): KnownFile(first["same.db"].sha256, first["same.db"].wal_sha256, "extended-memory",
