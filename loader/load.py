@@ -428,9 +428,21 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
             with contextlib.suppress(psycopg.Error):
                 ledger.finish_load(connection, load_id, "failed")
             raise
+        analyze_loaded_tables(connection, load_id)
         ledger.finish_load(connection, load_id, "failed" if any(o.status == "failed" for o in outcomes)
                            else "completed")
         return LoadOutcome(load_id, outcomes)
+
+
+def analyze_loaded_tables(connection: psycopg.Connection, load_id: str) -> None:
+    """Fresh planner statistics for every raw table this load added rows to, before dbt reads them:
+    right after a bulk load a table has none until autovacuum gets to it, and the build's joins and
+    aggregations are planned blind (measured at 1M: ANALYZE 0.5-1.6 s, int_memory_ranked 24 -> 19 s)."""
+    tables = connection.execute(
+        f"SELECT DISTINCT raw_schema, raw_table FROM {ledger.LEDGER_SCHEMA}.load_tables "
+        "WHERE load_id = %s AND rows_loaded > 0 ORDER BY 1, 2", [load_id]).fetchall()
+    for schema, table in tables:
+        connection.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
 
 def load_in_parallel(files: list[SourceFile], target: Target, load_id: str, policy: SecretPolicy, force: bool,

@@ -201,3 +201,15 @@ def test_discovery_takes_unchanged_files_from_the_ledger_and_reads_changed_ones(
     found = {f.path.name: f for f in discover([folder], known=known).files}
     assert found["same.db"].tables == {"memory_store": 41}
     assert found["changed.db"].tables == {"memory_store": 0} and found["changed.db"].kind == "extended-memory"
+
+
+def test_the_tables_a_load_fills_have_planner_statistics_when_it_returns(tmp_path, target):
+    folder = tmp_path / "tree"
+    make_db(folder / "one.db", "CREATE TABLE filled (v TEXT)", ("INSERT INTO filled VALUES (?)", [("x",)] * 10),
+            "CREATE TABLE empty (v TEXT)")
+    run_load([folder], target)
+    with target.connect() as connection:
+        analyzed = dict(connection.execute(
+            "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "
+            "WHERE schemaname = 'raw_other'").fetchall())
+    assert analyzed == {"filled": True, "empty": False}
