@@ -54,17 +54,16 @@ end
 $fn$;
 
 {% if server_version_num >= 160000 %}
--- Text -> jsonb when it is JSON, else NULL. Take the catching path for long texts (possibly nested
--- too deep for the stack) and for the few documents `IS JSON` accepts but jsonb rejects (\u0000,
--- lone UTF-16 surrogates, numbers beyond numeric's range).
+-- Text -> jsonb when jsonb accepts it, else NULL. pg_input_is_valid reports jsonb's input errors (not
+-- JSON, \u0000, lone UTF-16 surrogates, numbers beyond numeric's range) without raising; long texts
+-- (possibly nested too deep for the stack, which raises all the same) take the catching path.
+-- STABLE like pg_input_is_valid: an IMMUTABLE SQL function calling it would not be inlined.
 create or replace function consolidate.try_jsonb(t text) returns jsonb
-language sql immutable parallel restricted
+language sql stable parallel restricted
 as $fn$
     select case
         when octet_length(t) > {{ json_fast_path_max_bytes }} then consolidate.try_jsonb_strict(t)
-        when t is not json then null
-        when t ~ '\\u(0000|[dD][89abcdefABCDEF])|[eE][+-]?[0-9]{5}' then consolidate.try_jsonb_strict(t)
-        else t::jsonb
+        when pg_input_is_valid(t, 'jsonb') then t::jsonb
     end
 $fn$;
 {% else %}
@@ -82,7 +81,7 @@ $fn$;
 -- token; the escapes -> \u0020; huge exponents -> e0; inside strings this only changes the string) and
 -- the result parsed again. The first regular expression keeps every other text off the slow path.
 create or replace function consolidate.is_python_json(t text) returns boolean
-language sql immutable parallel restricted
+language sql stable parallel restricted
 as $fn$
     select t ~ '(NaN|Infinity|\\u(0000|[dD][89abcdefABCDEF])|[eE][+-]?[0-9]{5})'
        and consolidate.try_jsonb(
@@ -96,7 +95,7 @@ $fn$;
 
 -- claude-flow's `__compressed__<base64 of JSON>` -> that JSON; bad base64, bad UTF-8 or non-JSON -> NULL.
 create or replace function consolidate.try_decode_compressed(t text) returns jsonb
-language plpgsql immutable parallel restricted
+language plpgsql stable parallel restricted
 as $fn$
 begin
     if t is null or left(t, 14) <> '__compressed__' then

@@ -1,7 +1,16 @@
 -- Flags recorded in staging reach the marts unchanged, every flag names a known problem and a column,
 -- and reconciliation.flagged counts exactly the flagged rows of each file.
+-- Versions and mart rows are matched on a number per current load instead of its two long texts
+-- (int_memory_ranked holds current loads only; mart rows of other loads are assert_raw_memory_rows_represented_once's).
 
-with versions as (
+with current_loads as (
+
+    select load_id, source_path, row_number() over (order by source_path) as file_no
+    from {{ source('consolidate', 'current_loads') }}
+
+),
+
+versions as (
 
     select load_id, source_path, source_table, source_rowid, flags
     from {{ ref('int_memory_ranked') }}
@@ -18,6 +27,16 @@ mart_rows as (
 
 ),
 
+current_mart_rows as (
+
+    select current_loads.file_no, mart_rows.source_table, mart_rows.source_rowid, mart_rows.flags, mart_rows.model
+    from mart_rows
+    inner join current_loads
+        on mart_rows.load_id = current_loads.load_id
+        and mart_rows.source_path = current_loads.source_path
+
+),
+
 flags_changed as (
 
     select
@@ -27,9 +46,11 @@ flags_changed as (
         versions.flags::text as expected,
         mart_rows.flags::text as actual
     from versions
-    left join mart_rows
-        on versions.load_id = mart_rows.load_id
-        and versions.source_path = mart_rows.source_path
+    left join current_loads
+        on versions.load_id = current_loads.load_id
+        and versions.source_path = current_loads.source_path
+    left join current_mart_rows as mart_rows
+        on current_loads.file_no = mart_rows.file_no
         and versions.source_table = mart_rows.source_table
         -- NULL-safe and still hashable (IS NOT DISTINCT FROM would force a nested loop)
         and coalesce(versions.source_rowid, 0) = coalesce(mart_rows.source_rowid, 0)

@@ -33,6 +33,7 @@ metric_winners as (
     select *
     from {{ ref('int_memory_ranked') }}
     where is_winner
+      and namespace = '{{ var("performance_metrics_namespace") }}'
 
 ),
 
