@@ -37,7 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import runner  # noqa: E402
-from loader.extract import duckdb_session, quote  # noqa: E402
+import duckdb_extension_postgres_scanner  # noqa: E402
+from loader.extract import duckdb_session, extension_path, quote  # noqa: E402
 from loader.snapshot import sha256_of  # noqa: E402
 
 COLUMNS = ["id", "key", "value", "namespace", "metadata", "created_at", "updated_at", "accessed_at",
@@ -74,7 +75,7 @@ def session(with_postgres: bool = False):
         LOCAL.duck = duckdb_session()
         LOCAL.postgres = False
     if with_postgres and not LOCAL.postgres:
-        LOCAL.duck.execute(f"LOAD '{postgres_scanner_path()}'")
+        LOCAL.duck.execute(f"LOAD '{extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner')}'")
         LOCAL.postgres = True
     return LOCAL.duck
 
@@ -131,13 +132,6 @@ def load_fifo(dsn: str, path: Path, folder: Path) -> int:
     if failure:
         raise failure[0]
     return rows
-
-
-def postgres_scanner_path() -> Path:
-    import duckdb_extension_postgres_scanner
-
-    folder = Path(duckdb_extension_postgres_scanner.__file__).parent / "extensions"
-    return sorted(folder.glob("*/postgres_scanner.duckdb_extension"))[-1]
 
 
 def load_duckdb_pg(dsn: str, path: Path, folder: Path) -> int:

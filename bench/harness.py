@@ -6,9 +6,9 @@
 The command is the real one (`loader.cli.app`, the code path a user runs); the harness only wraps the
 library calls it makes, so a phase's time is the time of that call:
 
-    backup    cli.run_backup (discovers on its own, copies, hashes, verifies)
+    backup    cli.run_backup (copies, hashes, verifies the files discovered)
     discover  cli.discover_files
-    load      cli.run_load (the loader: private copies, checksums, DuckDB → CSV → COPY, ledger)
+    load      cli.run_load (the loader: private copies, checksums, DuckDB → PostgreSQL, ledger)
     build     loader.build.build (dbt build: models and tests)
     reconcile loader.report.summarize
     validate  loader.validate.validate
@@ -75,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     wrap(build_stage, "build", "build", phases, missing)
     wrap(report, "summarize", "reconcile", phases, missing)
     wrap(validate_stage, "validate", "validate", phases, missing)
-    # inside the load phase, per file (summed over files): where the loader's time goes
+    # inside the load phase, per file, summed over files (so over the workers too: with two files at a
+    # time these add up to about twice the load's wall time): where the loader's time goes
     from loader import ledger, load as load_stage, snapshot
     wrap(snapshot, "consistent_copy", "load: private copy + sha256", phases, missing)
     wrap(snapshot, "fold_into_single_file", "load: fold WAL", phases, missing)
+    wrap(load_stage, "check_integrity", "load: quick_check", phases, missing)
     wrap(load_stage, "list_tables", "load: list tables + count(*)", phases, missing)
+    wrap(load_stage, "plan_tables", "load: choose readers", phases, missing)
+    wrap(load_stage, "insert_rows", "load: DuckDB → binary COPY", phases, missing)
     wrap(load_stage, "export_csv", "load: DuckDB → CSV", phases, missing)
     wrap(load_stage, "copy_csv_into", "load: COPY CSV", phases, missing)
     wrap(ledger, "current_checksums", "load: ledger look-up", phases, missing)

@@ -21,10 +21,10 @@ the sha256 and mtime of the main file, `-wal` and `-shm` taken before and after:
   fails ("unable to open database file") when the `-shm` is missing, it still takes locks on the
   source, and the option is barely documented.
 
-Chosen: no source is ever opened. `snapshot.consistent_copy` hashes the main file, `-wal` and `-journal`, copies
-them into a private temporary folder (`snapshot.copy_database`), hashes the copies, and hashes the
-source again. The copy is accepted only when all three hash sets agree, which means nothing wrote
-during the copy. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
+Chosen: no source is ever opened. `snapshot.consistent_copy` copies the main file, `-wal` and `-journal`
+into a private temporary folder (`snapshot.copy_database`), hashing the bytes as it copies them, then
+compares the source with the copy byte for byte. The copy is accepted only when they are equal, which
+means nothing wrote to a part of the files after it was copied: the copy is one state the files were in. Otherwise it waits and tries again (`attempts` times, `copy_attempts` in the
 manifest). A file that keeps changing is recorded as `failed` with that reason instead of being
 backed up inconsistently. This approach has a limit: a database that commits more often than it takes
 to hash and copy it stays `failed` until its application pauses.
@@ -74,9 +74,12 @@ from loader import __version__
 from loader.discover import Discovery, SourceFile, discover
 from loader.destination import make_staging_folder, root_overlap
 from loader.extract import list_tables
+from loader.parallel import run_in_order
 from loader.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
 
 MANIFEST_NAME = "manifest.json"
+# Two files at a time: copying, hashing and SQLite's backup API leave the GIL while they work.
+BACKUP_JOBS = 2
 MANIFEST_FORMAT = "consolidate-backup/1"
 BACKED_UP, COPY, FAILED = "backed-up", "copy", "failed"
 
@@ -170,21 +173,19 @@ class Problem:
 # ---------------------------------------------------------------------------------------- backing up
 
 def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry], None] | None = None,
-           overwrite: bool = False, attempts: int = COPY_ATTEMPTS, exclude: list[Path] = ()) -> BackupManifest:
-    """Back up every database discovered under `roots` into `destination`. Raise `BackupError` if the
-    destination may not be written (see the module docstring). Call `on_file` with each entry as it is done."""
+           overwrite: bool = False, attempts: int = COPY_ATTEMPTS, exclude: list[Path] = (),
+           found: Discovery | None = None) -> BackupManifest:
+    """Back up every database discovered under `roots` (or listed in `found`, a discovery of them the
+    caller already made) into `destination`. Raise `BackupError` if the destination may not be written
+    (see the module docstring). Call `on_file` with each entry as it is done."""
     roots = [root.absolute() for root in roots]
     destination = destination.absolute()
     check_destination(destination, roots, overwrite, exclude)
-    found = discover(roots, exclude)
+    found = found if found is not None else discover(roots, exclude)
     staging = make_staging_folder(destination)
     try:
-        entries = []
-        for source in found.files:
-            entry = back_up_file(source, staging, backup_relative_path(source, roots), attempts)
-            entries.append(entry)
-            if on_file:
-                on_file(entry)
+        entries = run_in_order(lambda source: back_up_file(source, staging, backup_relative_path(source, roots), attempts),
+                               found.files, BACKUP_JOBS, on_file or (lambda entry: None))
         manifest = new_manifest(roots, entries, found)
         write_manifest(staging, manifest)
         publish(staging, destination)

@@ -20,6 +20,7 @@ from loader import backup as backup_stage
 from loader import build as build_stage
 from loader import cache as cache_layer
 from loader import freshness
+from loader import ledger
 from loader import lineage as lineage_queries
 from loader import load as load_stage
 from loader import report, sample as sample_tree
@@ -66,6 +67,8 @@ RedisUrl = Annotated[str, typer.Option(
     "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
     help="The Redis cache, e.g. redis://127.0.0.1:10001/0 (a password in the URL is never printed).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines instead of tables.")]
+Jobs = Annotated[int, typer.Option(
+    "--jobs", min=1, help="Files loaded at a time, each in its own PostgreSQL session (two use both of two cores).")]
 
 
 def print_json(data) -> None:
@@ -125,7 +128,7 @@ def print_load_failures(outcome: load_stage.LoadOutcome) -> None:
 
 
 def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, secrets: Path | None,
-             force: bool, quiet: bool):
+             force: bool, quiet: bool, jobs: int = load_stage.DEFAULT_JOBS):
     def progress(outcome: load_stage.FileOutcome) -> None:
         if not quiet:
             colour = "red" if outcome.status == "failed" else "green"
@@ -136,7 +139,7 @@ def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, se
     except PolicyError as error:
         err.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE)
-    return load_stage.load(found, target, [str(r.absolute()) for r in roots], policy, force=force,
+    return load_stage.load(found, target, [str(r.absolute()) for r in roots], policy, force=force, jobs=jobs,
                            on_file=progress)
 
 
@@ -144,13 +147,14 @@ def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, se
 def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
          secrets: Secrets = None,
          force: Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")] = False,
-         as_json: AsJson = False) -> None:
+         jobs: Jobs = load_stage.DEFAULT_JOBS, as_json: AsJson = False) -> None:
     """Copy every table of every discovered database into PostgreSQL raw schemas (raw_claude_flow_v2,
     raw_claude_flow_v3, raw_extended_memory, raw_n8n, raw_flowise, raw_other) from a private copy,
     each file in one transaction, every row stamped with its lineage. Exit 3 if a file could not be read."""
-    found = discover_files(roots, exclude=[home])
+    target = target_for(dsn, home, schema)
+    found = discover_files(roots, exclude=[home], known=ledger.known_files(target))
     print_warnings(found)
-    outcome = run_load(found, target_for(dsn, home, schema), roots, home, secrets, force, as_json)
+    outcome = run_load(found, target, roots, home, secrets, force, as_json, jobs)
     if as_json:
         print_json(outcome.to_json())
     else:
@@ -186,12 +190,12 @@ def default_backup_folder(home: Path) -> Path:
     return home / "backups" / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool) -> Path:
+def run_backup(roots: list[Path], folder: Path, home: Path, quiet: bool, found: Discovery) -> Path:
     """Plan phase 1 before anything is loaded: a verified backup, or stop the run."""
     if not quiet:
         err.print(f"Backing up to {escape(str(folder))}")
     try:
-        manifest = backup_stage.backup(roots, folder, exclude=[home])
+        manifest = backup_stage.backup(roots, folder, exclude=[home], found=found)
     except backup_stage.BackupError as error:
         err.print(f"[red]backup refused:[/red] {escape(str(error))} (or pass --no-backup)")
         raise typer.Exit(EXIT_USAGE)
@@ -209,18 +213,19 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         rebuild: Annotated[bool, typer.Option(
             "--rebuild", help="Build and validate even when nothing changed since the last passing build.")] = False,
-        as_json: AsJson = False) -> None:
-    """backup → discover → load → build → validate → a reconciliation table per source file.
+        jobs: Jobs = load_stage.DEFAULT_JOBS, as_json: AsJson = False) -> None:
+    """discover → backup → load → build → validate → a reconciliation table per source file.
 
     When no file changed since the last build that passed its tests and validation, build and
     validation are skipped (the marts are current). Exit 0 only when every file reconciles and every
     dbt test passes; 1 when something does not reconcile or a test fails; 3 when a SQLite source
     could not be read. Non-SQLite files and orphan -wal files are warnings only."""
-    backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json)
-    found = discover_files(roots, exclude=[home])
-    print_warnings(found)
     target = target_for(dsn, home, schema)
-    loaded = run_load(found, target, roots, home, secrets, force, as_json)
+    found = discover_files(roots, exclude=[home], known=ledger.known_files(target))
+    print_warnings(found)
+    backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json,
+                                                  found)
+    loaded = run_load(found, target, roots, home, secrets, force, as_json, jobs)
     built_from = freshness.fingerprint(target)
     current = not rebuild and freshness.marts_are_current(target, built_from)
     if current:

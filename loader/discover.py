@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,10 @@ from loader.snapshot import SQLITE_HEADER, SourceKeptChanging, private_copy, sha
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
+# Files hashed, copied and counted two at a time: sha256 and file copies release the GIL.
+DISCOVERY_JOBS = 2
+# See unchanged_since; coarse file systems keep mtime to 1-2 s.
+RACY_NANOSECONDS = 2_000_000_000
 
 
 @dataclass
@@ -36,6 +42,7 @@ class SourceFile:
     tables: dict[str, int] = field(default_factory=dict)
     copy_of: Path | None = None
     error: str | None = None
+    stat: dict | None = None  # stat_signature, taken before the checksums
 
     @property
     def source_db(self) -> str:
@@ -141,19 +148,47 @@ def walk_files(root: Path, exclude: list[Path] = ()):
                 yield path
 
 
-def fingerprint(path: Path, root: Path) -> SourceFile:
-    wal = side_file(path, "-wal")
-    return SourceFile(
-        path=path, root=root, size_bytes=path.stat().st_size, sha256=sha256_of(path),
-        wal_sha256=sha256_of(wal) if wal.exists() else None,
-    )
+def stat_signature(path: Path) -> dict:
+    """Size, mtime, ctime, inode and device of the main file and its `-wal` (None when absent), and
+    when they were read."""
+    def entry(stat: os.stat_result) -> list[int]:
+        return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+    taken_ns = time.time_ns()
+    main = entry(path.stat())
+    try:
+        wal = entry(side_file(path, "-wal").stat())
+    except FileNotFoundError:
+        wal = None
+    return {"main": main, "wal": wal, "taken_ns": taken_ns}
+
+
+def unchanged_since(recorded: dict | None, current: dict) -> bool:
+    """Whether the files provably hold the bytes they held when `recorded` was read: the same stat
+    (a write changes mtime and ctime, and ctime cannot be set back), and no timestamp so close to the
+    moment it was read that a write in the same clock tick could hide behind it (git's "racy" files)."""
+    if not recorded or [recorded.get("main"), recorded.get("wal")] != [current["main"], current["wal"]]:
+        return False
+    stamps = [stamp for entry in (current["main"], current["wal"]) if entry for stamp in entry[1:3]]
+    return max(stamps) < recorded["taken_ns"] - RACY_NANOSECONDS
+
+
+def fingerprint(path: Path, root: Path, known: KnownFile | None = None) -> SourceFile:
+    """The file's checksums: those `known` when its stat proves it unchanged since, else read."""
+    stat = stat_signature(path)
+    if known is not None and unchanged_since(known.stat, stat):
+        sha256, wal_sha256 = known.sha256, known.wal_sha256
+    else:
+        wal = side_file(path, "-wal")
+        sha256, wal_sha256 = sha256_of(path), sha256_of(wal) if stat["wal"] is not None else None
+    return SourceFile(path=path, root=root, size_bytes=stat["main"][0], sha256=sha256, wal_sha256=wal_sha256,
+                      stat=stat)
 
 
 def inspect_schema(source: SourceFile) -> None:
     """Fill in kind and table counts from a private copy, or the reason it cannot be read."""
     path = source.path
     try:
-        with private_copy(path) as copy:
+        with private_copy(path, hashing=False) as copy:  # fingerprint hashed it; only the schema is read here
             tables = list_tables(copy.path)
         source.tables = {table.name: table.row_count for table in tables}
         source.kind = classify({table.name: table.columns for table in tables})
@@ -165,16 +200,43 @@ def inspect_schema(source: SourceFile) -> None:
         source.error = f"cannot read: {type(error).__name__}: {error}"
 
 
-def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
-    files: list[SourceFile] = []
-    warnings: list[DiscoveryWarning] = []
-    seen_paths: set[Path] = set()
-    first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
+@dataclass(frozen=True)
+class KnownFile:
+    """What the ledger holds of a file's current load: its checksums, kind and table counts."""
+
+    sha256: str
+    wal_sha256: str | None
+    kind: str
+    tables: dict[str, int]
+    stat: dict | None = None
+
+
+def examine(path: Path, base: Path, known: KnownFile | None) -> SourceFile | DiscoveryWarning | None:
+    """A database file with its checksums, a warning, or None for a file that is not SQLite."""
+    try:
+        is_database = has_sqlite_header(path) or is_wal_only_database(path)
+        source = fingerprint(path, base, known) if is_database else None
+    except FileNotFoundError:
+        return DiscoveryWarning(path, "disappeared while being discovered; skipped")
+    except OSError as error:
+        if looks_like_database(path):
+            return unreadable_source(path, base, error)
+        return DiscoveryWarning(path, f"cannot be read ({type(error).__name__}: {error}), so "
+                                      "whether it is SQLite is unknown; skipped")
+    if source is None and path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
+        return DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped")
+    return source
+
+
+def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryWarning]) -> list[tuple[Path, Path]]:
+    """(path, the root folder it is named relative to) of every file that may be a main database file."""
+    found, seen_paths = [], set()
     for root in roots:
         root = root.absolute()
         if not root.exists():
             warnings.append(DiscoveryWarning(root, "does not exist"))
             continue
+        base = root if root.is_dir() else root.parent
         for path in walk_files(root, exclude):
             path = path.absolute()
             real = path.resolve()
@@ -186,30 +248,45 @@ def discover(roots: list[Path], exclude: list[Path] = ()) -> Discovery:
                 if path.name.endswith("-wal") and not main.exists():
                     warnings.append(DiscoveryWarning(path, "orphan WAL: its main database file is missing, nothing to recover"))
                 continue
-            base = root if root.is_dir() else root.parent
-            try:
-                is_database = has_sqlite_header(path) or is_wal_only_database(path)
-                source = fingerprint(path, base) if is_database else None
-            except FileNotFoundError:
-                warnings.append(DiscoveryWarning(path, "disappeared while being discovered; skipped"))
+            found.append((path, base))
+    return found
+
+
+def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, KnownFile] | None = None,
+             jobs: int = DISCOVERY_JOBS) -> Discovery:
+    """Find and classify every database under `roots`, `jobs` files at a time. A file whose checksums
+    equal those `known` (the ledger's current loads) takes its kind and table counts from there
+    instead of being copied and counted again: the same bytes hold the same tables; one whose stat
+    proves it unchanged since (`unchanged_since`) is not even read."""
+    files: list[SourceFile] = []
+    warnings: list[DiscoveryWarning] = []
+    paths = candidates(roots, list(exclude), warnings)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        known = known or {}
+        examined = list(pool.map(lambda item: examine(*item, known.get(str(item[0]))), paths))
+        to_inspect, copies = [], []
+        first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
+        for result in examined:
+            if isinstance(result, DiscoveryWarning):
+                warnings.append(result)
                 continue
-            except OSError as error:
-                if looks_like_database(path):
-                    files.append(unreadable_source(path, base, error))
-                else:
-                    warnings.append(DiscoveryWarning(
-                        path, f"cannot be read ({type(error).__name__}: {error}), so "
-                              "whether it is SQLite is unknown; skipped"))
+            if result is None:
                 continue
-            if source is None:
-                if path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
-                    warnings.append(DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped"))
+            source = result
+            files.append(source)
+            if source.error is not None:
                 continue
             original = first_by_identity.setdefault(source.identity, source)
-            if original is source:
-                inspect_schema(source)
-            else:
+            if original is not source:
                 source.copy_of = original.path
-                source.kind, source.tables, source.error = original.kind, original.tables, original.error
-            files.append(source)
+                copies.append((source, original))
+                continue
+            remembered = known.get(str(source.path))
+            if remembered is not None and (remembered.sha256, remembered.wal_sha256) == source.identity:
+                source.kind, source.tables = remembered.kind, dict(remembered.tables)
+            else:
+                to_inspect.append(source)
+        list(pool.map(inspect_schema, to_inspect))
+    for copy, original in copies:
+        copy.kind, copy.tables, copy.error = original.kind, original.tables, original.error
     return Discovery(files=files, warnings=warnings)

@@ -1,4 +1,4 @@
-"""Read SQLite tables into CSV files ready for PostgreSQL's COPY.
+"""Read SQLite tables as rows ready for PostgreSQL: a SELECT for DuckDB, or CSV files for COPY.
 
 Every column is read as text: raw keeps the original value and typing happens in dbt staging. Two
 readers write the same CSV shape:
@@ -60,11 +60,12 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def sqlite_scanner_path() -> Path:
-    folder = Path(duckdb_extension_sqlite_scanner.__file__).parent / "extensions"
-    found = sorted(folder.glob("*/sqlite_scanner.duckdb_extension"))
+def extension_path(package, name: str) -> Path:
+    """A DuckDB extension inside its PyPI wheel (`package`, e.g. duckdb_extension_sqlite_scanner)."""
+    folder = Path(package.__file__).parent / "extensions"
+    found = sorted(folder.glob(f"*/{name}.duckdb_extension"))
     if not found:
-        raise RuntimeError(f"sqlite_scanner extension missing from its wheel ({folder})")
+        raise RuntimeError(f"{name} extension missing from its wheel ({folder})")
     return found[-1]
 
 
@@ -73,7 +74,7 @@ def duckdb_session() -> duckdb.DuckDBPyConnection:
         "autoinstall_known_extensions": "false",
         "autoload_known_extensions": "false",
     })
-    connection.execute(f"LOAD {literal(sqlite_scanner_path().as_posix())}")
+    connection.execute(f"LOAD {literal(extension_path(duckdb_extension_sqlite_scanner, 'sqlite_scanner').as_posix())}")
     connection.execute("SET sqlite_all_varchar = true")
     return connection
 
@@ -128,18 +129,22 @@ def attach_sqlite(duck: duckdb.DuckDBPyConnection, database: Path, alias: str) -
     duck.execute(f"ATTACH {literal(database.as_posix())} AS {quote(alias)} (TYPE sqlite, READ_ONLY)")
 
 
-def export_csv(duck: duckdb.DuckDBPyConnection, alias: str, table: SourceTable, target: Path,
-               column_expressions: list[str], constants: list[str]) -> None:
-    """Write the table as CSV: rowid, one value per source column (`column_expressions`, in the
-    order of table.columns), then `constants` on every row. Every non-NULL value is quoted, so
-    PostgreSQL tells NULL (unquoted empty) from '' (quoted empty)."""
+def select_rows(alias: str, table: SourceTable, column_expressions: list[str], constants: list[str]) -> str:
+    """DuckDB's SELECT of the table's rows as loaded: rowid, one value per source column
+    (`column_expressions`, in the order of table.columns), then `constants` on every row."""
     if table.has_rowid and table.rowid_column != "rowid":
         raise ValueError(f"table {table.name!r}: DuckDB cannot read its rowid (a column is named rowid)")
-    rowid = "rowid" if table.has_rowid else "NULL"
+    rowid = "rowid" if table.has_rowid else "CAST(NULL AS BIGINT)"
     columns = ", ".join([rowid, *column_expressions] + [literal(c) for c in constants])
-    duck.execute(
-        f"COPY (SELECT {columns} FROM {quote(alias)}.{quote(table.name)}) "
-        f"TO {literal(target.as_posix())} (FORMAT csv, HEADER false, FORCE_QUOTE *)")
+    return f"SELECT {columns} FROM {quote(alias)}.{quote(table.name)}"
+
+
+def export_csv(duck: duckdb.DuckDBPyConnection, alias: str, table: SourceTable, target: Path,
+               column_expressions: list[str], constants: list[str]) -> None:
+    """Write `select_rows` as CSV. Every non-NULL value is quoted, so PostgreSQL tells NULL (unquoted
+    empty) from '' (quoted empty)."""
+    duck.execute(f"COPY ({select_rows(alias, table, column_expressions, constants)}) "
+                 f"TO {literal(target.as_posix())} (FORMAT csv, HEADER false, FORCE_QUOTE *)")
 
 
 # ----------------------------------------------------------------------------- choosing the reader
@@ -185,13 +190,16 @@ def chunks(items: list, size: int = COLUMNS_PER_CHECK) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
-def needs_fallback(connection: sqlite3.Connection, table: SourceTable) -> str | None:
+def needs_fallback(connection: sqlite3.Connection, table: SourceTable, check_text: bool = True) -> str | None:
     """Why `table` must be read by the Python fallback, or None when DuckDB can read it. `connection`
     comes from `open_for_reading`. One query over the table, stopping at the first row holding a
     value DuckDB or PostgreSQL text cannot carry: BLOBs by `typeof` in SQLite; for NUL and invalid
-    UTF-8, one call per row of a Python function over the row's values joined by a newline (a joint
-    that can neither hide nor make a NUL or an invalid sequence). The reason names the column and the
-    row. (Columns go in groups of COLUMNS_PER_CHECK: SQLite limits expression depth.)"""
+    UTF-8 (only with `check_text`), one call per row of a Python function over the row's values joined
+    by a newline (a joint that can neither hide nor make a NUL or an invalid sequence). The reason
+    names the column and the row. (Columns go in groups of COLUMNS_PER_CHECK: SQLite limits expression
+    depth.) Without `check_text` the query runs at SQLite's speed and text is left to the writer:
+    DuckDB refuses NUL and PostgreSQL refuses invalid UTF-8 (both checked), so a bad value fails the
+    load of its file instead of passing, and the caller retries with `check_text`."""
     if table.has_rowid and table.rowid_column != "rowid":
         return "a column named rowid hides the rowid from DuckDB"
     if "" in (table.name, *table.columns):
@@ -203,9 +211,10 @@ def needs_fallback(connection: sqlite3.Connection, table: SourceTable) -> str | 
         return f"the database's text encoding is {encoding}"
     conditions = []
     for group in chunks([quote(column) for column in table.columns]):
-        blobs = " OR ".join(f"typeof({c}) = 'blob'" for c in group)
-        joined = " || x'0a' || ".join(f"coalesce(CAST({c} AS BLOB), x'')" for c in group)
-        conditions.append(f"({blobs} OR {BAD_TEXT_FUNCTION}(CAST({joined} AS BLOB)))")
+        conditions += [f"typeof({c}) = 'blob'" for c in group]
+        if check_text:
+            joined = " || x'0a' || ".join(f"coalesce(CAST({c} AS BLOB), x'')" for c in group)
+            conditions.append(f"{BAD_TEXT_FUNCTION}(CAST({joined} AS BLOB))")
     values = ", ".join(f"typeof({quote(c)}), CAST({quote(c)} AS BLOB)" for c in table.columns)
     rowid = table.rowid_column or "NULL"
     row = connection.execute(f"SELECT {rowid}, {values} FROM {quote(table.name)} "

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from loader import __version__
+from loader.database import Target
+from loader.discover import KnownFile
 from loader.raw_contract import CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_SCHEMAS
 
 
@@ -21,25 +26,52 @@ def new_load_id() -> str:
     return now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
-def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:
-    """Create the raw table (source columns as text, then lineage) or add the columns it lacks (a
-    table made before a lineage column existed gets it too). `table` and `columns` are raw names
+def raw_table_statements(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> list[sql.Composed]:
+    """What makes the raw table exist with `columns` (source columns as text, then lineage): nothing
+    when `cursor` finds it complete; else a CREATE TABLE IF NOT EXISTS when it is missing and an ALTER
+    TABLE adding whatever columns are still missing (a table made before a lineage column existed gets
+    it too). The statements are idempotent and complete whatever another session created meanwhile, so
+    they may run later, after RAW_DDL_LOCK. `table` and `columns` are raw names
     (raw_contract.raw_name / raw_column_names): PostgreSQL would truncate longer ones."""
-    source_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in columns]
-    lineage = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(ddl)) for name, ddl in LINEAGE_COLUMNS]
-    cursor.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.{} ({})").format(
-        sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(source_columns + lineage)))
     existing = {row[0] for row in cursor.execute(
         "SELECT a.attname FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid "
         "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped", [schema, table])}
+    relation = sql.Identifier(schema, table)
+    statements = []
+    if not existing:
+        source_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in columns]
+        lineage = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(ddl)) for name, ddl in LINEAGE_COLUMNS]
+        statements.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
+            relation, sql.SQL(", ").join(source_columns + lineage)))
     missing = [sql.SQL("ADD COLUMN IF NOT EXISTS {} text").format(sql.Identifier(c))
                for c in columns if c not in existing]
     missing += [sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name), sql.SQL(ddl.replace(" NOT NULL", "")))
                 for name, ddl in LINEAGE_COLUMNS if name not in existing]
     if missing:
-        cursor.execute(sql.SQL("ALTER TABLE {}.{} {}").format(
-            sql.Identifier(schema), sql.Identifier(table), sql.SQL(", ").join(missing)))
+        statements.append(sql.SQL("ALTER TABLE {} {}").format(relation, sql.SQL(", ").join(missing)))
+    return statements
+
+
+@contextlib.contextmanager
+def raw_ddl_lock(connection: psycopg.Connection, needed: bool = True) -> Iterator[None]:
+    """Held (a session lock of `connection`) while a file's transaction creates or alters raw tables and
+    until it ends: two files loading at once that need the same new table would otherwise both create
+    it. Taken before that transaction starts, so its snapshot sees what the previous holder committed."""
+    if not needed:
+        yield
+        return
+    connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.raw-ddl'))")
+    try:
+        yield
+    finally:
+        if not connection.broken:
+            connection.execute("SELECT pg_advisory_unlock(hashtext('consolidate.raw-ddl'))")
+
+
+def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:
+    for statement in raw_table_statements(cursor, schema, table, columns):
+        cursor.execute(statement)
 
 
 def bootstrap(connection: psycopg.Connection) -> None:
@@ -96,6 +128,7 @@ class FileRecord:
     error_message: str | None = None
     rows_in_sqlite: int | None = None
     rows_loaded: int | None = None
+    stat: dict | None = None  # discover.stat_signature of the file when its checksums were taken
 
 
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
@@ -105,7 +138,7 @@ def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
             sql.Identifier(LEDGER_SCHEMA),
             sql.SQL(", ").join(map(sql.Identifier, fields)),
             sql.SQL(", ").join(sql.Placeholder() * len(fields))),
-        [getattr(record, f) for f in fields])
+        [Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields])
 
 
 def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
@@ -134,3 +167,19 @@ def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple
         f"SELECT source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads WHERE source_path = %s",
         (source_path,)).fetchone()
     return (row[0], row[1]) if row else None
+
+
+def known_files(target: Target) -> dict[str, KnownFile]:
+    """Every source path's current load: checksums, kind and table counts (empty before the first
+    load). Discovery takes unchanged files' kind and counts from here instead of copying them."""
+    with target.connect() as connection:
+        if connection.execute(f"SELECT to_regclass('{LEDGER_SCHEMA}.current_loads')").fetchone()[0] is None:
+            return {}
+        rows = connection.execute(
+            f"SELECT c.source_path, c.source_sha256, c.wal_sha256, c.kind, "
+            f"coalesce(jsonb_object_agg(t.source_table, t.rows_in_sqlite) FILTER (WHERE t.source_table IS NOT NULL), '{{}}'), "
+            f"f.stat FROM {LEDGER_SCHEMA}.current_loads AS c "
+            f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path) "
+            f"LEFT JOIN {LEDGER_SCHEMA}.load_tables AS t USING (load_id, source_path) "
+            "GROUP BY c.source_path, c.source_sha256, c.wal_sha256, c.kind, f.stat").fetchall()
+    return {path: KnownFile(*known) for path, *known in rows}

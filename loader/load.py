@@ -5,16 +5,23 @@ with counts verified against the private copy, or none do and the ledger says `f
 private copy must pass SQLite's `PRAGMA quick_check` first: a damaged b-tree can hide rows from every
 count and every read alike, so a file that fails it is `failed`, never loaded partially.
 
-Each table is read by DuckDB unless `extract.needs_fallback` names a reason to read it with the Python
-fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names); a DuckDB path that fails anyway is
-rolled back to a savepoint and retried with the fallback. The ledger's `load_tables.reader` and
-`notes` say which reader each table used and why; `load_columns` maps every source column to its raw
-column (raw_contract.raw_column_names); `load_tables.raw_table` is raw_contract.raw_name of the table.
+Files load `jobs` at a time (default 2), each by a worker with its own PostgreSQL session and DuckDB
+session. A file whose tables DuckDB can all read goes **directly**: DuckDB's postgres extension sends
+the rows by binary COPY, and the file's DDL and ledger rows run in the same PostgreSQL transaction
+(duckdb_postgres). Otherwise, or when the direct path fails, the file goes **through CSV** in a psycopg
+transaction: each table is read by DuckDB into a CSV file unless `extract.needs_fallback` names a reason
+to read it with the Python fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names); a DuckDB
+read that fails anyway is rolled back to a savepoint and retried with the fallback. The ledger's
+`load_tables.reader` and `notes` say which reader each table used and why; `load_columns` maps every
+source column to its raw column (raw_contract.raw_column_names); `load_tables.raw_table` is
+raw_contract.raw_name of the table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +33,11 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.discover import Discovery, SourceFile
+from loader.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
 from loader.extract import (
     DUCKDB, PYTHON_FALLBACK, ColumnRead, FallbackExport, SourceTable, attach_sqlite, duckdb_session, export_csv,
-    export_csv_python, list_tables, needs_fallback, open_for_reading, quote)
+    export_csv_python, list_tables, needs_fallback, open_for_reading, quote, select_rows)
+from loader.parallel import run_in_order
 from loader.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
 from loader.secret_policy import SecretPolicy
 from loader.snapshot import private_copy
@@ -38,6 +47,8 @@ COPY_CHUNK = 1 << 20
 LINEAGE_CONSTANTS = ["_load_id", "_source_path", "_source_sha256", "_loaded_at"]
 BINARY_COLUMNS = "_binary_columns"
 QUICK_CHECK_MAX_ERRORS = 10
+# Two files at a time: on two cores one worker's DuckDB reads SQLite while the server takes the other's rows.
+DEFAULT_JOBS = 2
 
 
 @dataclass
@@ -111,7 +122,7 @@ def check_integrity(reader: sqlite3.Connection) -> None:
                          + " | ".join(m.replace("\n", " ") for m in messages))
 
 
-def plan_tables(reader: sqlite3.Connection, tables: list[SourceTable]) -> list[TablePlan]:
+def plan_tables(reader: sqlite3.Connection, tables: list[SourceTable], check_text: bool = True) -> list[TablePlan]:
     plans, owners = [], {}
     for table in tables:
         target = raw_name(table.name)
@@ -120,7 +131,7 @@ def plan_tables(reader: sqlite3.Connection, tables: list[SourceTable]) -> list[T
                               f"{owners[target]!r} of the same file")
         owners[target] = table.name
         try:
-            reason = needs_fallback(reader, table)
+            reason = needs_fallback(reader, table, check_text)
         except sqlite3.Error as error:
             raise TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}") from error
         plans.append(TablePlan(table, target, raw_column_names(table.columns), reason))
@@ -138,53 +149,114 @@ def copy_csv_into(cursor: psycopg.Cursor, schema: str, raw_table: str, columns: 
     return cursor.rowcount
 
 
+class Worker:
+    """Loads one file at a time: a PostgreSQL session, and a DuckDB session attached to the same
+    database, opened when a file first needs it (`direct_unavailable`: why DuckDB could not attach
+    PostgreSQL; every file then goes through CSV)."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.connection = target.connect(autocommit=True)
+        self._duck: duckdb.DuckDBPyConnection | None = None
+        self._direct_unavailable: str | None = None
+
+    def open_duckdb(self) -> None:
+        if self._duck is None:
+            self._duck = duckdb_session()
+            # Parallelism is across files, one per worker: a second DuckDB thread per worker only
+            # competes for the same cores (measured: 0.38 -> 0.99 CPU-s for the same 250k rows).
+            self._duck.execute("SET threads = 1")
+            try:
+                attach_postgres(self._duck, self.target.dsn)
+            except AttachFailed as error:
+                self._direct_unavailable = f"DuckDB could not attach PostgreSQL: {error}"
+
+    @property
+    def duck(self) -> duckdb.DuckDBPyConnection:
+        self.open_duckdb()
+        return self._duck
+
+    @property
+    def direct_unavailable(self) -> str | None:
+        self.open_duckdb()
+        return self._direct_unavailable
+
+    def close(self) -> None:
+        if self._duck is not None:
+            self._duck.close()
+        self.connection.close()
+
+
+class WorkerPool:
+    """One Worker per thread, opened on first use and all closed together."""
+
+    def __init__(self, target: Target):
+        self.target = target
+        self.local = threading.local()
+        self.opened: list[Worker] = []
+        self.lock = threading.Lock()
+
+    def worker(self) -> Worker:
+        if getattr(self.local, "worker", None) is None:
+            self.local.worker = Worker(self.target)
+            with self.lock:
+                self.opened.append(self.local.worker)
+        return self.local.worker
+
+    def close(self) -> None:
+        for worker in self.opened:
+            worker.close()
+
+
 @dataclass
 class FileContext:
     """What every table of one file's load shares."""
 
-    connection: psycopg.Connection
-    cursor: psycopg.Cursor
-    duck: duckdb.DuckDBPyConnection
+    worker: Worker
     reader: sqlite3.Connection
     database: Path
     schema: str
     kind: str
     policy: SecretPolicy
     lineage: list[str]
-    attached: bool = False
 
     @property
     def csv_path(self) -> Path:
         # Next to the private copy, under a name no copied file can have.
         return self.database.with_name(self.database.name + ".export.csv")
 
-    def attach(self) -> None:
-        if not self.attached:
-            attach_sqlite(self.duck, self.database, "src")
-            self.attached = True
+    def duckdb_columns(self, table: SourceTable) -> list[str]:
+        return [self.policy.select_expression(self.kind, table.name, column, quote(column))
+                for column in table.columns]
 
 
-def read_with_duckdb(context: FileContext, plan: TablePlan) -> int:
-    table = plan.table
-    columns = [context.policy.select_expression(context.kind, table.name, column, quote(column))
-               for column in table.columns]
-    context.attach()
+@contextlib.contextmanager
+def sqlite_attached(context: FileContext):
+    attach_sqlite(context.worker.duck, context.database, "src")
     try:
-        export_csv(context.duck, "src", table, context.csv_path, columns, context.lineage)
-        return copy_csv_into(context.cursor, context.schema, plan.raw_table,
+        yield
+    finally:
+        context.worker.duck.execute("DETACH src")
+
+
+def read_with_duckdb(context: FileContext, plan: TablePlan, cursor: psycopg.Cursor) -> int:
+    try:
+        export_csv(context.worker.duck, "src", plan.table, context.csv_path, context.duckdb_columns(plan.table),
+                   context.lineage)
+        return copy_csv_into(cursor, context.schema, plan.raw_table,
                              ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS], context.csv_path)
     finally:
         context.csv_path.unlink(missing_ok=True)
 
 
-def read_with_python(context: FileContext, plan: TablePlan) -> tuple[int, FallbackExport]:
+def read_with_python(context: FileContext, plan: TablePlan, cursor: psycopg.Cursor) -> tuple[int, FallbackExport]:
     table = plan.table
     columns = [ColumnRead(column, raw, context.policy.action(context.kind, table.name, column))
                for column, raw in zip(table.columns, plan.raw_columns)]
     try:
         exported = export_csv_python(context.reader, table, context.csv_path, columns, context.lineage,
                                      context.policy.key)
-        copied = copy_csv_into(context.cursor, context.schema, plan.raw_table,
+        copied = copy_csv_into(cursor, context.schema, plan.raw_table,
                                ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS, BINARY_COLUMNS],
                                context.csv_path)
     finally:
@@ -194,23 +266,24 @@ def read_with_python(context: FileContext, plan: TablePlan) -> tuple[int, Fallba
     return copied, exported
 
 
-def load_table(context: FileContext, plan: TablePlan) -> TableResult:
+def load_table_through_csv(context: FileContext, plan: TablePlan, cursor: psycopg.Cursor,
+                           direct_failure: str | None) -> TableResult:
     """One table into raw, in a savepoint: its rows arrive counted, or nothing of it does."""
+    connection = context.worker.connection
     table = plan.table
-    ledger.ensure_raw_table(context.cursor, context.schema, plan.raw_table, plan.raw_columns)
     reason = plan.fallback_reason
     result = None
     if reason is None:
         try:
-            with context.connection.transaction():
-                result = TableResult(read_with_duckdb(context, plan), DUCKDB)
+            with connection.transaction():
+                result = TableResult(read_with_duckdb(context, plan, cursor), DUCKDB, direct_failure)
         except (duckdb.Error, psycopg.errors.DataError) as error:
-            if context.connection.broken:
+            if connection.broken:
                 raise
             reason = f"the DuckDB path failed ({type(error).__name__}: {first_line(error)})"
     if result is None:
-        with context.connection.transaction():
-            copied, exported = read_with_python(context, plan)
+        with connection.transaction():
+            copied, exported = read_with_python(context, plan, cursor)
         notes = [reason, exported.describe()]
         if table.has_rowid and table.rowid_column is None:
             notes.append("_source_rowid is NULL: columns named rowid, _rowid_ and oid hide the rowid")
@@ -225,52 +298,109 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def load_file(connection: psycopg.Connection, duck, load_id: str, source: SourceFile,
-              policy: SecretPolicy) -> FileOutcome:
+def table_failed(table: SourceTable, error: BaseException) -> TableFailed:
+    return TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}")
+
+
+def record_table(cursor, context: FileContext, record: ledger.FileRecord, plan: TablePlan, result: TableResult,
+                 outcome: FileOutcome) -> None:
+    table = plan.table
+    ledger.record_table(cursor, record.load_id, record.source_path, table.name, context.schema, plan.raw_table,
+                        table.row_count, result.copied, reader=result.reader, notes=result.notes,
+                        rows_with_binary=result.rows_with_binary)
+    ledger.record_columns(cursor, record.load_id, record.source_path, table.name,
+                          list(zip(table.columns, plan.raw_columns)))
+    outcome.tables[table.name] = result.copied
+    if result.reader == PYTHON_FALLBACK:
+        outcome.fallback_tables[table.name] = result.notes
+
+
+def record_file(cursor, record: ledger.FileRecord, plans: list[TablePlan], outcome: FileOutcome) -> None:
+    outcome.rows_in_sqlite = record.rows_in_sqlite = sum(plan.table.row_count for plan in plans)
+    outcome.rows_loaded = record.rows_loaded = sum(outcome.tables.values())
+    record.completed_at = ledger.now()
+    ledger.record_file(cursor, record)
+
+
+def create_raw_tables(cursor, ddl: list[sql.Composed]) -> None:
+    for statement in ddl:
+        cursor.execute(statement)
+
+
+def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Composed],
+                  record: ledger.FileRecord, outcome: FileOutcome) -> FileOutcome:
+    """The whole file in one DuckDB transaction (one PostgreSQL transaction): rows by binary COPY."""
+    duck = context.worker.duck
+    cursor = LedgerCursor(duck, context.worker.connection)
+    with sqlite_attached(context):
+        duck.execute("BEGIN")
+        try:
+            create_raw_tables(cursor, ddl)
+            refresh_catalog(duck)
+            for plan in plans:
+                table = plan.table
+                copied = insert_rows(duck, context.schema, plan.raw_table,
+                                     ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS],
+                                     select_rows("src", table, context.duckdb_columns(table), context.lineage))
+                if copied != table.row_count:
+                    raise CountMismatch(f"table {table.name!r}: {table.row_count} rows in SQLite, {copied} copied")
+                record_table(cursor, context, record, plan, TableResult(copied, DUCKDB), outcome)
+            record_file(cursor, record, plans, outcome)
+            duck.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                duck.execute("ROLLBACK")
+            raise
+    return outcome
+
+
+def load_through_csv(context: FileContext, plans: list[TablePlan], ddl: list[sql.Composed],
+                     record: ledger.FileRecord, outcome: FileOutcome, direct_failure: str | None) -> FileOutcome:
+    """The whole file in one psycopg transaction, table by table through a CSV file and COPY."""
+    connection = context.worker.connection
+    with connection.transaction(), connection.cursor() as cursor, sqlite_attached(context):
+        create_raw_tables(cursor, ddl)
+        for plan in plans:
+            try:
+                result = load_table_through_csv(context, plan, cursor, direct_failure)
+            except (psycopg.Error, duckdb.Error, sqlite3.Error, CountMismatch, ValueError, OSError) as error:
+                if connection.broken:
+                    raise
+                raise table_failed(plan.table, error) from error
+            record_table(cursor, context, record, plan, result, outcome)
+        record_file(cursor, record, plans, outcome)
+    return outcome
+
+
+def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy) -> FileOutcome:
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
-        status="loaded", started_at=ledger.now())
+        status="loaded", started_at=ledger.now(), stat=source.stat)
     schema = RAW_SCHEMAS[source.kind]
-    outcome = FileOutcome(source, "loaded")
     with private_copy(source.path) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256
         reader = open_for_reading(snapshot.path)
-        context = None
         try:
             check_integrity(reader)
             tables = list_tables(snapshot.path)
-            plans = plan_tables(reader, tables)
-            with connection.transaction(), connection.cursor() as cursor:
-                lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
-                context = FileContext(connection, cursor, duck, reader, snapshot.path, schema, source.kind,
-                                      policy, lineage)
-                for plan in plans:
-                    table = plan.table
+            plans = plan_tables(reader, tables, check_text=False)
+            with worker.connection.cursor() as cursor:
+                ddl = [statement for plan in plans for statement in
+                       ledger.raw_table_statements(cursor, schema, plan.raw_table, plan.raw_columns)]
+            lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
+            context = FileContext(worker, reader, snapshot.path, schema, source.kind, policy, lineage)
+            direct_failure = worker.direct_unavailable
+            with ledger.raw_ddl_lock(worker.connection, needed=bool(ddl)):
+                if direct_failure is None and all(plan.fallback_reason is None for plan in plans):
                     try:
-                        result = load_table(context, plan)
-                    except (psycopg.Error, duckdb.Error, sqlite3.Error, CountMismatch, ValueError,
-                            OSError) as error:
-                        if connection.broken:
-                            raise
-                        raise TableFailed(f"table {table.name!r}: {type(error).__name__}: {error}") from error
-                    ledger.record_table(cursor, load_id, record.source_path, table.name, schema,
-                                        plan.raw_table, table.row_count, result.copied, reader=result.reader,
-                                        notes=result.notes, rows_with_binary=result.rows_with_binary)
-                    ledger.record_columns(cursor, load_id, record.source_path, table.name,
-                                          list(zip(table.columns, plan.raw_columns)))
-                    outcome.tables[table.name] = result.copied
-                    if result.reader == PYTHON_FALLBACK:
-                        outcome.fallback_tables[table.name] = result.notes
-                outcome.rows_in_sqlite = record.rows_in_sqlite = sum(t.row_count for t in tables)
-                outcome.rows_loaded = record.rows_loaded = sum(outcome.tables.values())
-                record.completed_at = ledger.now()
-                ledger.record_file(cursor, record)
+                        return load_directly(context, plans, ddl, record, FileOutcome(source, "loaded"))
+                    except (duckdb.Error, CountMismatch) as error:
+                        direct_failure = f"through CSV: the direct path failed ({type(error).__name__}: {first_line(error)})"
+                plans = plan_tables(reader, tables)  # with the text check: each table's reader, and why
+                return load_through_csv(context, plans, ddl, record, FileOutcome(source, "loaded"), direct_failure)
         finally:
             reader.close()
-            if context is not None and context.attached:
-                duck.execute("DETACH src")
-    return outcome
 
 
 def record_outcome_without_rows(connection: psycopg.Connection, load_id: str, source: SourceFile,
@@ -285,32 +415,49 @@ def record_outcome_without_rows(connection: psycopg.Connection, load_id: str, so
 
 
 def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretPolicy, *,
-         force: bool = False, on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> LoadOutcome:
-    """Load every discovered file; return what happened to each. Never raises for a bad file."""
-    # autocommit: each file's `transaction()` is a real transaction, committed when the file is done
+         force: bool = False, jobs: int = DEFAULT_JOBS,
+         on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> LoadOutcome:
+    """Load every discovered file, `jobs` at a time; return what happened to each, in discovery
+    order. Never raises for a bad file."""
     with target.connect(autocommit=True) as connection:
         ledger.bootstrap(connection)
         load_id = ledger.start_load(connection, roots)
-        outcomes = []
-        duck = duckdb_session()
         try:
-            for source in discovery.files:
-                outcome = load_one(connection, duck, load_id, source, policy, force)
-                outcomes.append(outcome)
-                on_file(outcome)
+            outcomes = load_in_parallel(discovery.files, target, load_id, policy, force, jobs, on_file)
         except BaseException:
-            if not connection.broken:
+            with contextlib.suppress(psycopg.Error):
                 ledger.finish_load(connection, load_id, "failed")
             raise
-        finally:
-            duck.close()
+        analyze_loaded_tables(connection, load_id)
         ledger.finish_load(connection, load_id, "failed" if any(o.status == "failed" for o in outcomes)
                            else "completed")
         return LoadOutcome(load_id, outcomes)
 
 
-def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceFile, policy: SecretPolicy,
-             force: bool) -> FileOutcome:
+def analyze_loaded_tables(connection: psycopg.Connection, load_id: str) -> None:
+    """Fresh planner statistics for every raw table this load added rows to, before dbt reads them:
+    right after a bulk load a table has none until autovacuum gets to it, and the build's joins and
+    aggregations are planned blind (measured at 1M: ANALYZE 0.5-1.6 s, int_memory_ranked 24 -> 19 s)."""
+    tables = connection.execute(
+        f"SELECT DISTINCT raw_schema, raw_table FROM {ledger.LEDGER_SCHEMA}.load_tables "
+        "WHERE load_id = %s AND rows_loaded > 0 ORDER BY 1, 2", [load_id]).fetchall()
+    for schema, table in tables:
+        connection.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+
+
+def load_in_parallel(files: list[SourceFile], target: Target, load_id: str, policy: SecretPolicy, force: bool,
+                     jobs: int, on_file: Callable[[FileOutcome], None]) -> list[FileOutcome]:
+    """Each file by the next free worker; outcomes reported in discovery order."""
+    pool = WorkerPool(target)
+    try:
+        return run_in_order(lambda source: load_one(pool.worker(), load_id, source, policy, force), files, jobs,
+                            on_file)
+    finally:
+        pool.close()
+
+
+def load_one(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy, force: bool) -> FileOutcome:
+    connection = worker.connection
     if source.copy_of is not None:
         return record_outcome_without_rows(connection, load_id, source, "copy")
     if source.error is not None:
@@ -318,7 +465,7 @@ def load_one(connection: psycopg.Connection, duck, load_id: str, source: SourceF
     if not force and ledger.current_checksums(connection, str(source.path)) == source.identity:
         return record_outcome_without_rows(connection, load_id, source, "unchanged")
     try:
-        return load_file(connection, duck, load_id, source, policy)
+        return load_file(worker, load_id, source, policy)
     except (TableFailed, FileFailed) as error:
         if connection.broken:
             raise

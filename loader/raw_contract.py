@@ -147,6 +147,10 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_files (
     PRIMARY KEY (load_id, source_path)
 );
 
+-- The stat of the main file and its -wal when the checksums were taken (discover.stat_signature):
+-- a later discovery that finds the same stat trusts these checksums instead of reading the file.
+ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS stat jsonb;
+
 -- One row per table of a loaded file.
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_tables (
     load_id        text NOT NULL,

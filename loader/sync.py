@@ -397,7 +397,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     PostgreSQL cannot be reached."""
     report = SyncReport(started_at=ledger.now())
     roots = [Path(root).absolute() for root in roots]
-    found = discovery if discovery is not None else discover(roots, exclude=[home])
+    found = discovery if discovery is not None else discover(roots, exclude=[home], known=ledger.known_files(target))
     report.warnings = [w.to_json() for w in found.warnings]
     report.checked = len(found.files)
     policy = policy if policy is not None else load_policy(home, secrets)
@@ -475,7 +475,7 @@ def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
             cycle += 1
             started = ledger.now()
             try:
-                found = discover(roots, exclude=[home])
+                found = discover(roots, exclude=[home], known=ledger.known_files(target))
                 state = discovery_state(found)
                 if state == last_state:
                     report = SyncReport(started_at=started, finished_at=ledger.now(), idle=True,

@@ -121,3 +121,19 @@ def read_private_copy(source: Path, folder: Path, query: str, params=()) -> list
     finally:
         connection.close()
         shutil.rmtree(folder)
+
+
+def make_db(path: Path, *statements: str | tuple, encoding: str | None = None) -> Path:
+    """A SQLite file from statements: a string, or (sql, rows) run with executemany."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path)
+    if encoding:
+        connection.execute(f"PRAGMA encoding = '{encoding}'")
+    for statement in statements:
+        if isinstance(statement, tuple):
+            connection.executemany(*statement)
+        else:
+            connection.execute(statement)
+    connection.commit()
+    connection.close()
+    return path

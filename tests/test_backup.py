@@ -317,13 +317,13 @@ def copy_then_write(monkeypatch, source: Path, times: int) -> list[int]:
     real_copy = snapshot_module.copy_database
     calls = []
 
-    def copy_and_write(path, folder):
-        copy = real_copy(path, folder)
+    def copy_and_write(path, folder, *options):
+        copied = real_copy(path, folder, *options)
         if folder.name.startswith("consolidate-backup-"):  # the backup's copy, not discovery's
             calls.append(1)
             if len(calls) <= times:
                 add_row(source)
-        return copy
+        return copied
 
     monkeypatch.setattr(snapshot_module, "copy_database", copy_and_write)
     return calls

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import sqlite3
 
 from loader.discover import discover
 
@@ -84,3 +86,30 @@ def test_corrupt_database_is_listed_with_its_reason(tmp_path):
     (tmp_path / "broken.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
     (source,) = discover([tmp_path]).files
     assert source.error and "SQLite" in source.error
+
+
+def test_a_file_whose_stat_proves_it_unchanged_is_not_read_again(tmp_path):
+    from loader.discover import KnownFile, stat_signature
+    folder = tmp_path / "tree"
+    folder.mkdir()
+    database = folder / "memory.db"
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE memory_store (k TEXT)")
+    connection.commit()
+    connection.close()
+    real_sha = hashlib.sha256(database.read_bytes()).hexdigest()
+
+    def discovered_sha(recorded_stat: dict) -> str:
+        # a checksum no file has: seeing it back means the file was not read
+        known = {str(database): KnownFile("f" * 64, None, "extended-memory", {"memory_store": 0}, recorded_stat)}
+        (found,) = discover([folder], known=known).files
+        return found.sha256
+
+    recorded = stat_signature(database)
+    long_after = dict(recorded, taken_ns=recorded["taken_ns"] + 3600 * 10**9)
+    assert discovered_sha(long_after) == "f" * 64
+    # taken in the same instant the file was written: a write in that clock tick could hide behind it
+    assert discovered_sha(recorded) == real_sha
+    with open(database, "ab") as handle:
+        handle.write(b"\0")
+    assert discovered_sha(long_after) == hashlib.sha256(database.read_bytes()).hexdigest()

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from conftest import consolidate
+from conftest import consolidate, make_db
 from loader import load as load_module
 from loader.discover import discover
 from loader.load import load
@@ -37,22 +37,6 @@ LINEAGE = ["_load_id", "_source_path", "_source_sha256", "_source_rowid", "_load
 
 def run_load(roots: list[Path], target, **kwargs):
     return load(discover(roots), target, [str(r) for r in roots], SecretPolicy(key=KEY), **kwargs)
-
-
-def make_db(path: Path, *statements: str | tuple, encoding: str | None = None) -> Path:
-    """A SQLite file from statements: a string, or (sql, rows) run with executemany."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path)
-    if encoding:
-        connection.execute(f"PRAGMA encoding = '{encoding}'")
-    for statement in statements:
-        if isinstance(statement, tuple):
-            connection.executemany(*statement)
-        else:
-            connection.execute(statement)
-    connection.commit()
-    connection.close()
-    return path
 
 
 def q(name: str) -> str:
@@ -496,17 +480,19 @@ def test_a_writer_mid_transaction_never_shows_uncommitted_rows(tmp_path, target,
     assert sqlite3.connect(database).execute("SELECT count(*) FROM t").fetchone()[0] == 1300
 
 
-class OpenConnection:
-    """A Target whose connection was opened before the process dropped its privileges."""
+class OpenConnections:
+    """A Target whose connections were opened before the process dropped its privileges: each
+    `connect` hands out the next one (a load with jobs=1 needs two: its own and its worker's)."""
 
-    def __init__(self, connection):
-        self.connection = connection
+    def __init__(self, connections, dsn):
+        self.connections = list(connections)
+        self.dsn = dsn  # DuckDB's attach tries it, fails as nobody, and the worker goes through CSV
 
     def connect(self, **kwargs):
-        return self.connection
+        return self.connections.pop(0)
 
 
-def in_child_as_nobody(work, target) -> dict:
+def in_child_as_nobody(work, target, connections: int = 2) -> dict:
     """Run `work(target)` in a forked child that connects to PostgreSQL as root and then runs as uid
     65534 (as root, chmod 000 does not stop reads). Returns what `work` returned, or the traceback."""
     reader, writer = os.pipe()
@@ -514,10 +500,10 @@ def in_child_as_nobody(work, target) -> dict:
     if pid == 0:  # the child
         try:
             os.close(reader)
-            connection = target.connect()
+            opened = [target.connect(autocommit=True) for _ in range(connections)]
             os.setgid(65534)
             os.setuid(65534)
-            payload = {"result": work(OpenConnection(connection))}
+            payload = {"result": work(OpenConnections(opened, target.dsn))}
         except BaseException:
             payload = {"traceback": traceback.format_exc()}
         with os.fdopen(writer, "w") as handle:
@@ -545,7 +531,7 @@ def test_unreadable_database_is_named_and_the_rest_loads(target):
 
         def work(target_for_child):
             found = discover([folder])
-            outcome = load(found, target_for_child, [str(folder)], SecretPolicy(key=KEY))
+            outcome = load(found, target_for_child, [str(folder)], SecretPolicy(key=KEY), jobs=1)
             return {"files": [(f.source.path.name, f.status, f.error) for f in outcome.files],
                     "warnings": [(w.path.name, w.reason) for w in found.warnings]}
 
@@ -602,7 +588,7 @@ def test_a_failing_table_leaves_nothing_of_its_file(tmp_path, target):
 def test_a_duckdb_path_that_fails_anyway_falls_back_inside_a_savepoint(tmp_path, target, monkeypatch):
     """Were detection to miss a table, PostgreSQL's refusal of what DuckDB wrote (invalid UTF-8, NUL)
     is rolled back to the table's savepoint and the fallback loads it."""
-    monkeypatch.setattr(load_module, "needs_fallback", lambda reader, table: None)
+    monkeypatch.setattr(load_module, "needs_fallback", lambda reader, table, check_text=True: None)
     database = make_db(tmp_path / "tree" / "missed.db",
                        "CREATE TABLE clean (v TEXT)", "INSERT INTO clean VALUES ('ok')",
                        "CREATE TABLE invalid (v TEXT)", ("INSERT INTO invalid VALUES (CAST(? AS TEXT))", [(b"a\xffb",)]),

@@ -13,7 +13,7 @@ from psycopg import sql
 from loader.discover import discover
 from loader.load import load
 from loader.secret_policy import SecretPolicy
-from conftest import read_private_copy
+from conftest import make_db, read_private_copy
 
 WAL_ROWS_FILE = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"
 
@@ -110,3 +110,106 @@ def test_each_file_is_committed_as_soon_as_it_is_loaded(realdata, target):
                 (str(outcome.source.path),)).fetchall())
     run_load([realdata / "claude-flow"], target, on_file=look)
     assert seen_by_another_session and all(rows == [("loaded",)] for rows in seen_by_another_session)
+
+
+# ------------------------------------------------------------ two files at a time, direct and through CSV
+
+def ledger_readers(target) -> dict[tuple[str, str], tuple[str, str | None]]:
+    with target.connect() as connection:
+        return {(Path(path).name, table): (reader, notes) for path, table, reader, notes in connection.execute(
+            "SELECT source_path, source_table, reader, notes FROM consolidate.load_tables")}
+
+
+def test_files_loading_at_once_that_need_the_same_new_raw_table_get_every_column(tmp_path, target):
+    """Six files, loaded two at a time, each with its own columns of a table no raw schema has yet:
+    whichever creates it, the others add their columns, and every row arrives under its column."""
+    folder = tmp_path / "tree"
+    for number in range(6):
+        make_db(folder / f"app{number}.db", f"CREATE TABLE things (shared TEXT, only_in_{number} TEXT)",
+                      ("INSERT INTO things VALUES (?, ?)", [(f"s{number}-{row}", f"v{row}") for row in range(50)]))
+    outcome = run_load([folder], target, jobs=2)
+    assert [f.status for f in outcome.files] == ["loaded"] * 6
+    with target.connect() as connection:
+        for number in range(6):
+            rows = connection.execute(
+                sql.SQL("SELECT shared, {} FROM raw_other.things WHERE _source_path = %s ORDER BY _source_rowid").format(
+                    sql.Identifier(f"only_in_{number}")), [str(folder / f"app{number}.db")]).fetchall()
+            assert rows == [(f"s{number}-{row}", f"v{row}") for row in range(50)]
+    assert {reader for reader, _ in ledger_readers(target).values()} == {"duckdb"}
+
+
+def test_one_worker_and_two_load_the_same_rows(realdata, server_dsn, tmp_path):
+    from conftest import fresh_database
+    contents = []
+    for jobs in (1, 2):
+        with fresh_database(server_dsn) as database:
+            run_load([realdata / "claude-flow"], database, jobs=jobs)
+            with database.connect() as connection:
+                contents.append(sorted(connection.execute(
+                    "SELECT _source_path, _source_rowid, md5(t::text) FROM ("
+                    "SELECT id, key, value, namespace, metadata, created_at, updated_at, accessed_at, access_count, "
+                    "ttl, expires_at, _source_path, _source_rowid, _source_sha256 FROM raw_claude_flow_v2.memory_entries) AS t"
+                ).fetchall()))
+    assert contents[0] and contents[0] == contents[1]
+
+
+def test_text_postgresql_refuses_sends_the_file_through_csv_and_names_the_value(tmp_path, target):
+    """The direct path leaves text to PostgreSQL; invalid UTF-8 makes it roll the file back, and the
+    file goes through CSV, where the fallback stores that value as hex and the ledger says why."""
+    folder = tmp_path / "tree"
+    database = make_db(folder / "mixed.db", "CREATE TABLE good (body TEXT)",
+                             ("INSERT INTO good VALUES (?)", [("fine",), ("also fine",)]),
+                             "CREATE TABLE bad (body TEXT)",
+                             ("INSERT INTO bad VALUES (CAST(? AS TEXT))", [(b"ok",), (b"ab\xffcd",)]))
+    outcome = run_load([folder], target)
+    assert [f.status for f in outcome.files] == ["loaded"]
+    readers = ledger_readers(target)
+    assert readers[("mixed.db", "bad")][0] == "python-fallback"
+    assert "not valid UTF-8" in readers[("mixed.db", "bad")][1] and "rowid 2" in readers[("mixed.db", "bad")][1]
+    assert readers[("mixed.db", "good")][0] == "duckdb"
+    assert "the direct path failed" in readers[("mixed.db", "good")][1]
+    with target.connect() as connection:
+        assert connection.execute("SELECT body, _binary_columns FROM raw_other.bad ORDER BY _source_rowid").fetchall() == \
+            [("ok", None), ("\\x" + b"ab\xffcd".hex(), ["body"])]
+    assert sqlite3.connect(database).execute("SELECT count(*) FROM bad").fetchone()[0] == 2
+
+
+def test_a_failed_attach_never_shows_the_password(server_dsn):
+    import pytest
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from loader.duckdb_postgres import AttachFailed, attach_postgres
+    from loader.extract import duckdb_session
+    params = conninfo_to_dict(server_dsn)
+    params.update(password="pw-never-shown-4711", dbname="no_such_database_here")
+    duck = duckdb_session()
+    with pytest.raises(AttachFailed) as failure:
+        attach_postgres(duck, make_conninfo(**params))
+    assert "no_such_database_here" in str(failure.value) and "pw-never-shown-4711" not in str(failure.value)
+    duck.close()
+
+
+def test_discovery_takes_unchanged_files_from_the_ledger_and_reads_changed_ones(tmp_path):
+    from loader.discover import KnownFile
+    folder = tmp_path / "tree"
+    same = make_db(folder / "same.db", "CREATE TABLE memory_store (k TEXT)", "INSERT INTO memory_store VALUES ('a')")
+    changed = make_db(folder / "changed.db", "CREATE TABLE memory_store (k TEXT)")
+    first = {f.path.name: f for f in discover([folder]).files}
+    # what a ledger would say; the counts differ from the files' so that using them shows
+    known = {str(same): KnownFile(first["same.db"].sha256, first["same.db"].wal_sha256, "extended-memory",
+                                  {"memory_store": 41}),
+             str(changed): KnownFile("0" * 64, None, "extended-memory", {"memory_store": 41})}
+    found = {f.path.name: f for f in discover([folder], known=known).files}
+    assert found["same.db"].tables == {"memory_store": 41}
+    assert found["changed.db"].tables == {"memory_store": 0} and found["changed.db"].kind == "extended-memory"
+
+
+def test_the_tables_a_load_fills_have_planner_statistics_when_it_returns(tmp_path, target):
+    folder = tmp_path / "tree"
+    make_db(folder / "one.db", "CREATE TABLE filled (v TEXT)", ("INSERT INTO filled VALUES (?)", [("x",)] * 10),
+            "CREATE TABLE empty (v TEXT)")
+    run_load([folder], target)
+    with target.connect() as connection:
+        analyzed = dict(connection.execute(
+            "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "
+            "WHERE schemaname = 'raw_other'").fetchall())
+    assert analyzed == {"filled": True, "empty": False}
