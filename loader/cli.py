@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
@@ -152,9 +153,10 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     raw_claude_flow_v3, raw_extended_memory, raw_n8n, raw_flowise, raw_other) from a private copy,
     each file in one transaction, every row stamped with its lineage. Exit 3 if a file could not be read."""
     target = target_for(dsn, home, schema)
-    found = discover_files(roots, exclude=[home], known=ledger.known_files(target))
-    print_warnings(found)
-    outcome = run_load(found, target, roots, home, secrets, force, as_json, jobs)
+    with tempfile.TemporaryDirectory(prefix="consolidate-copies-") as copies:
+        found = discover_files(roots, exclude=[home], known=ledger.known_files(target), keep_copies_in=Path(copies))
+        print_warnings(found)
+        outcome = run_load(found, target, roots, home, secrets, force, as_json, jobs)
     if as_json:
         print_json(outcome.to_json())
     else:
@@ -221,11 +223,12 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     dbt test passes; 1 when something does not reconcile or a test fails; 3 when a SQLite source
     could not be read. Non-SQLite files and orphan -wal files are warnings only."""
     target = target_for(dsn, home, schema)
-    found = discover_files(roots, exclude=[home], known=ledger.known_files(target))
-    print_warnings(found)
-    backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home, as_json,
-                                                  found)
-    loaded = run_load(found, target, roots, home, secrets, force, as_json, jobs)
+    with tempfile.TemporaryDirectory(prefix="consolidate-copies-") as copies:
+        found = discover_files(roots, exclude=[home], known=ledger.known_files(target), keep_copies_in=Path(copies))
+        print_warnings(found)
+        backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home,
+                                                      as_json, found)
+        loaded = run_load(found, target, roots, home, secrets, force, as_json, jobs)
     built_from = freshness.fingerprint(target)
     current = not rebuild and freshness.marts_are_current(target, built_from)
     if current:

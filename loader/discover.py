@@ -14,14 +14,17 @@ looked at is a warning too (it is gone: there is nothing to load).
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loader.extract import list_tables
-from loader.snapshot import SQLITE_HEADER, SourceKeptChanging, private_copy, sha256_of, side_file
+from loader.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consistent_copy, fold_into_single_file,
+                             private_copy, sha256_of, side_file)
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
@@ -43,6 +46,8 @@ class SourceFile:
     copy_of: Path | None = None
     error: str | None = None
     stat: dict | None = None  # stat_signature, taken before the checksums
+    # A consistent private copy discovery kept for the load (discover's keep_copies_in); not in JSON.
+    snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
 
     @property
     def source_db(self) -> str:
@@ -56,6 +61,7 @@ class SourceFile:
 
     def to_json(self) -> dict:
         data = asdict(self)
+        del data["snapshot"]
         data.update(path=str(self.path), root=str(self.root), source_db=self.source_db,
                     copy_of=str(self.copy_of) if self.copy_of else None)
         return data
@@ -184,12 +190,18 @@ def fingerprint(path: Path, root: Path, known: KnownFile | None = None) -> Sourc
                       stat=stat)
 
 
-def inspect_schema(source: SourceFile) -> None:
-    """Fill in kind and table counts from a private copy, or the reason it cannot be read."""
+def inspect_schema(source: SourceFile, keep_in: Path | None = None) -> None:
+    """Fill in kind and table counts from a private copy, or the reason it cannot be read. With
+    `keep_in` (a folder), the copy is a hashed, consistent snapshot kept there as `source.snapshot`
+    for the load to use instead of copying the file again."""
     path = source.path
     try:
-        with private_copy(path, hashing=False) as copy:  # fingerprint hashed it; only the schema is read here
-            tables = list_tables(copy.path)
+        if keep_in is None:
+            with private_copy(path, hashing=False) as copy:  # fingerprint hashed it; only the schema is read here
+                tables = list_tables(copy.path)
+        else:
+            source.snapshot = kept_copy(path, Path(tempfile.mkdtemp(dir=keep_in)))
+            tables = list_tables(source.snapshot.path)
         source.tables = {table.name: table.row_count for table in tables}
         source.kind = classify({table.name: table.columns for table in tables})
     except sqlite3.DatabaseError as error:
@@ -198,6 +210,29 @@ def inspect_schema(source: SourceFile) -> None:
         source.error = f"cannot copy: {error}"
     except Exception as error:  # whatever a hostile file does, it is named, never a traceback
         source.error = f"cannot read: {type(error).__name__}: {error}"
+    if source.error is not None and source.snapshot is not None:
+        shutil.rmtree(source.snapshot.path.parent, ignore_errors=True)
+        source.snapshot = None
+
+
+def kept_copy(path: Path, folder: Path) -> Snapshot:
+    snapshot = consistent_copy(path, folder)
+    fold_into_single_file(snapshot.path)
+    return snapshot
+
+
+def copies_to_keep(sources: list[SourceFile], folder: Path | None) -> set[Path]:
+    """The paths of the sources whose private copies fit, in order, into half the free space of `folder`."""
+    if folder is None:
+        return set()
+    budget, kept = shutil.disk_usage(folder).free // 2, set()
+    for source in sources:
+        wal_bytes = source.stat["wal"][0] if source.stat and source.stat["wal"] else 0
+        budget -= source.size_bytes + wal_bytes
+        if budget < 0:
+            break
+        kept.add(source.path)
+    return kept
 
 
 @dataclass(frozen=True)
@@ -253,11 +288,13 @@ def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryW
 
 
 def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, KnownFile] | None = None,
-             jobs: int = DISCOVERY_JOBS) -> Discovery:
+             jobs: int = DISCOVERY_JOBS, keep_copies_in: Path | None = None) -> Discovery:
     """Find and classify every database under `roots`, `jobs` files at a time. A file whose checksums
     equal those `known` (the ledger's current loads) takes its kind and table counts from there
     instead of being copied and counted again: the same bytes hold the same tables; one whose stat
-    proves it unchanged since (`unchanged_since`) is not even read."""
+    proves it unchanged since (`unchanged_since`) is not even read. With `keep_copies_in`, the private
+    copies made to classify files stay there (`SourceFile.snapshot`) for the load, as long as they
+    take at most half the folder's free space: the others are copied again when loaded."""
     files: list[SourceFile] = []
     warnings: list[DiscoveryWarning] = []
     paths = candidates(roots, list(exclude), warnings)
@@ -286,7 +323,8 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
                 source.kind, source.tables = remembered.kind, dict(remembered.tables)
             else:
                 to_inspect.append(source)
-        list(pool.map(inspect_schema, to_inspect))
+        keep = copies_to_keep(to_inspect, keep_copies_in)
+        list(pool.map(lambda source: inspect_schema(source, keep_copies_in if source.path in keep else None), to_inspect))
     for copy, original in copies:
         copy.kind, copy.tables, copy.error = original.kind, original.tables, original.error
     return Discovery(files=files, warnings=warnings)

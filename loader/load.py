@@ -20,9 +20,10 @@ raw_contract.raw_name of the table.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from loader.extract import (
 from loader.parallel import run_in_order
 from loader.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
 from loader.secret_policy import SecretPolicy
-from loader.snapshot import private_copy
+from loader.snapshot import Snapshot, private_copy
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.
@@ -372,13 +373,27 @@ def load_through_csv(context: FileContext, plans: list[TablePlan], ddl: list[sql
     return outcome
 
 
+@contextlib.contextmanager
+def snapshot_of(source: SourceFile) -> Iterator[Snapshot]:
+    """The private copy discovery kept for this file (removed once loaded), or a new one."""
+    if source.snapshot is None:
+        with private_copy(source.path) as snapshot:
+            yield snapshot
+        return
+    try:
+        yield source.snapshot
+    finally:
+        shutil.rmtree(source.snapshot.path.parent, ignore_errors=True)
+        source.snapshot = None
+
+
 def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy) -> FileOutcome:
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
         status="loaded", started_at=ledger.now(), stat=source.stat)
     schema = RAW_SCHEMAS[source.kind]
-    with private_copy(source.path) as snapshot:
+    with snapshot_of(source) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256
         reader = open_for_reading(snapshot.path)
         try:

@@ -213,3 +213,20 @@ def test_the_tables_a_load_fills_have_planner_statistics_when_it_returns(tmp_pat
             "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables "
             "WHERE schemaname = 'raw_other'").fetchall())
     assert analyzed == {"filled": True, "empty": False}
+
+
+def test_discovery_keeps_its_private_copies_for_the_load_which_removes_them(tmp_path, target):
+    folder, copies = tmp_path / "tree", tmp_path / "copies"
+    copies.mkdir()
+    sources = [make_db(folder / f"app{n}.db", "CREATE TABLE things (v TEXT)",
+                       ("INSERT INTO things VALUES (?)", [(str(row),) for row in range(n + 3)])) for n in range(2)]
+    found = discover([folder], keep_copies_in=copies)
+    for file in found.files:
+        assert file.snapshot is not None and file.snapshot.path.is_relative_to(copies)
+        assert file.snapshot.sha256 == hashlib.sha256(file.path.read_bytes()).hexdigest()
+    outcome = load(found, target, [str(folder)], SecretPolicy(key=b"test key"))
+    assert [f.status for f in outcome.files] == ["loaded", "loaded"]
+    assert list(copies.iterdir()) == []
+    for source in sources:
+        assert raw_count(target, "raw_other", "things", source) == \
+            sqlite3.connect(source).execute("SELECT count(*) FROM things").fetchone()[0]
