@@ -77,10 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     wrap(validate_stage, "validate", "validate", phases, missing)
     # inside the load phase, per file, summed over files (so over the workers too: with two files at a
     # time these add up to about twice the load's wall time): where the loader's time goes
-    from loader import discover as discover_stage, ledger, load as load_stage, snapshot
+    from loader import ledger, load as load_stage, snapshot
+    # the load's private copies, which discovery makes and keeps for it (inside the discover phase)
     wrap(snapshot, "consistent_copy", "load: private copy + sha256", phases, missing)
-    # the same copy when discovery makes it and keeps it for the load (inside the discover phase)
-    wrap(discover_stage, "kept_copy", "load: private copy + sha256", phases, missing)
     wrap(snapshot, "fold_into_single_file", "load: fold WAL", phases, missing)
     wrap(load_stage, "check_integrity", "load: quick_check", phases, missing)
     wrap(load_stage, "list_tables", "load: list tables + count(*)", phases, missing)

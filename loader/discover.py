@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loader.extract import list_tables
-from loader.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consistent_copy, fold_into_single_file,
-                             private_copy, sha256_of, side_file)
+from loader.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consolidated_copy, private_copy, sha256_of,
+                             side_file)
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
@@ -200,7 +200,7 @@ def inspect_schema(source: SourceFile, keep_in: Path | None = None) -> None:
             with private_copy(path, hashing=False) as copy:  # fingerprint hashed it; only the schema is read here
                 tables = list_tables(copy.path)
         else:
-            source.snapshot = kept_copy(path, Path(tempfile.mkdtemp(dir=keep_in)))
+            source.snapshot = consolidated_copy(path, Path(tempfile.mkdtemp(dir=keep_in)))
             tables = list_tables(source.snapshot.path)
         source.tables = {table.name: table.row_count for table in tables}
         source.kind = classify({table.name: table.columns for table in tables})
@@ -213,12 +213,6 @@ def inspect_schema(source: SourceFile, keep_in: Path | None = None) -> None:
     if source.error is not None and source.snapshot is not None:
         shutil.rmtree(source.snapshot.path.parent, ignore_errors=True)
         source.snapshot = None
-
-
-def kept_copy(path: Path, folder: Path) -> Snapshot:
-    snapshot = consistent_copy(path, folder)
-    fold_into_single_file(snapshot.path)
-    return snapshot
 
 
 def copies_to_keep(sources: list[SourceFile], folder: Path | None) -> set[Path]:

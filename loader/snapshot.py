@@ -153,10 +153,15 @@ def consistent_copy(source: Path, folder: Path, attempts: int = COPY_ATTEMPTS,
         "try again when it is idle")
 
 
+def consolidated_copy(source: Path, folder: Path, hashing: bool = True) -> Snapshot:
+    """A consistent copy of `source` in `folder`, its WAL replayed into one self-contained file."""
+    snapshot = consistent_copy(source, folder, hashing=hashing)
+    fold_into_single_file(snapshot.path)
+    return snapshot
+
+
 @contextlib.contextmanager
 def private_copy(source: Path, hashing: bool = True) -> Iterator[Snapshot]:
-    """A consistent, consolidated (single-file) private copy of `source`, removed on exit."""
+    """A consolidated_copy of `source` in a private folder, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="consolidate-") as folder:
-        snapshot = consistent_copy(source, Path(folder), hashing=hashing)
-        fold_into_single_file(snapshot.path)
-        yield snapshot
+        yield consolidated_copy(source, Path(folder), hashing)
