@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
@@ -128,6 +130,16 @@ def print_load_failures(outcome: load_stage.LoadOutcome) -> None:
         err.print(f"[red]could not load[/red] {escape(str(failed.source.path))}: {escape(str(failed.error))}")
 
 
+@contextlib.contextmanager
+def discovered_for_loading(roots: list[Path], home: Path, target: Target) -> Iterator[Discovery]:
+    """Discovery for a load: unchanged files known from the ledger, and the private copies it makes
+    kept (in a temporary folder, gone on exit) for the load to use."""
+    with tempfile.TemporaryDirectory(prefix="consolidate-copies-") as copies:
+        found = discover_files(roots, exclude=[home], known=ledger.known_files(target), keep_copies_in=Path(copies))
+        print_warnings(found)
+        yield found
+
+
 def run_load(found: Discovery, target: Target, roots: list[Path], home: Path, secrets: Path | None,
              force: bool, quiet: bool, jobs: int = load_stage.DEFAULT_JOBS):
     def progress(outcome: load_stage.FileOutcome) -> None:
@@ -153,9 +165,7 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     raw_claude_flow_v3, raw_extended_memory, raw_n8n, raw_flowise, raw_other) from a private copy,
     each file in one transaction, every row stamped with its lineage. Exit 3 if a file could not be read."""
     target = target_for(dsn, home, schema)
-    with tempfile.TemporaryDirectory(prefix="consolidate-copies-") as copies:
-        found = discover_files(roots, exclude=[home], known=ledger.known_files(target), keep_copies_in=Path(copies))
-        print_warnings(found)
+    with discovered_for_loading(roots, home, target) as found:
         outcome = run_load(found, target, roots, home, secrets, force, as_json, jobs)
     if as_json:
         print_json(outcome.to_json())
@@ -223,9 +233,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     dbt test passes; 1 when something does not reconcile or a test fails; 3 when a SQLite source
     could not be read. Non-SQLite files and orphan -wal files are warnings only."""
     target = target_for(dsn, home, schema)
-    with tempfile.TemporaryDirectory(prefix="consolidate-copies-") as copies:
-        found = discover_files(roots, exclude=[home], known=ledger.known_files(target), keep_copies_in=Path(copies))
-        print_warnings(found)
+    with discovered_for_loading(roots, home, target) as found:
         backed_up = None if no_backup else run_backup(roots, backup_to or default_backup_folder(home), home,
                                                       as_json, found)
         loaded = run_load(found, target, roots, home, secrets, force, as_json, jobs)
