@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 
 from bench import runner  # noqa: E402
 import duckdb_extension_postgres_scanner  # noqa: E402
-from loader.extract import duckdb_session, extension_path, quote  # noqa: E402
-from loader.snapshot import sha256_of  # noqa: E402
+from loader.sources.sqlite_reader import duckdb_session, extension_path, quote  # noqa: E402
+from loader.sources.snapshot import sha256_of  # noqa: E402
 
 COLUMNS = ["id", "key", "value", "namespace", "metadata", "created_at", "updated_at", "accessed_at",
            "access_count", "ttl", "expires_at"]

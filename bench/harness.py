@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, int] = {}
 
     imported = time.perf_counter()
-    from loader import build as build_stage
-    from loader import cli
-    from loader import report
-    from loader import validate as validate_stage
+    from loader.transform import build as build_stage
+    from loader.cli import app as cli
+    from loader.verify import report
+    from loader.verify import validate as validate_stage
 
     def count_statuses(outcome) -> None:
         for f in getattr(outcome, "files", []):
@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     wrap(validate_stage, "validate", "validate", phases, missing)
     # inside the load phase, per file, summed over files (so over the workers too: with two files at a
     # time these add up to about twice the load's wall time): where the loader's time goes
-    from loader import ledger, load as load_stage, snapshot
+    from loader import ledger
+    from loader.load import load as load_stage
+    from loader.sources import snapshot
     # the load's private copies, which discovery makes and keeps for it (inside the discover phase)
     wrap(snapshot, "consistent_copy", "load: private copy + sha256", phases, missing)
     wrap(snapshot, "fold_into_single_file", "load: fold WAL", phases, missing)

@@ -14,8 +14,8 @@ from psycopg.types.json import Jsonb
 
 from loader import __version__
 from loader.database import Target
-from loader.discover import KnownFile
-from loader.raw_contract import CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_SCHEMAS
+from loader.sources.discover import KnownFile
+from loader.load.raw_contract import CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_SCHEMAS
 
 
 def now() -> datetime:

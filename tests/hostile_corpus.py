@@ -48,7 +48,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loader.sample import V2_DDL
+from loader.fixtures.sample import V2_DDL
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 PAGE_SIZE = 4096

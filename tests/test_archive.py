@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from loader.archive import ArchiveError, archive, remove_archived_originals, verify_archive
-from loader.sample import write_sample
+from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
+from loader.fixtures.sample import write_sample
 from test_status import add_table, consolidate, sha256, write_and_run_sample
 
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import loader
-from loader import snapshot as snapshot_module
-from loader.backup import BackupError, backup, verify
-from loader.discover import discover
+from loader.sources import snapshot as snapshot_module
+from loader.backup.backup import BackupError, backup, verify
+from loader.sources.discover import discover
 from conftest import read_private_copy
 
 CHRIS = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"

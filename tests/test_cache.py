@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from conftest import consolidate, fetch
-from loader.cache import Cache, cache_key
-from loader.client import MemoryClient
+from loader.serve.cache import Cache, cache_key
+from loader.serve.client import MemoryClient
 
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
@@ -183,7 +183,7 @@ def test_delete_invalidates_the_cached_value(client, redis_db):
 def test_unreachable_redis_falls_back_to_postgresql_with_one_warning(consolidated, closed_port, caplog):
     entries = fetch(consolidated, f"SELECT key, namespace, value FROM unified_memory WHERE {LIVE} ORDER BY id LIMIT 5")
     unreachable = Cache(f"redis://:secret@127.0.0.1:{closed_port}/0")
-    caplog.set_level(logging.WARNING, logger="loader.cache")
+    caplog.set_level(logging.WARNING, logger="loader.serve.cache")
     with MemoryClient(consolidated.dsn, cache=unreachable, pool_size=1) as client:
         assert [client.get(k, n) for k, n, _ in entries] == [v for _, _, v in entries]
         key = new_key("no-redis")
@@ -191,7 +191,7 @@ def test_unreachable_redis_falls_back_to_postgresql_with_one_warning(consolidate
         assert client.get(key) == [1]
         assert client.delete(key) is True
 
-    warnings = [r for r in caplog.records if r.name == "loader.cache" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "loader.serve.cache" and r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "unreachable" in warnings[0].getMessage() and "secret" not in warnings[0].getMessage()
     assert unreachable.stats()["connected"] is False

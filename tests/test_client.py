@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from conftest import fetch
-from loader.client import MemoryClient
+from loader.serve.client import MemoryClient
 from loader.database import Target
 
 PERFORMANCE = "performance-metrics"

@@ -7,7 +7,7 @@ import os
 import shutil
 import sqlite3
 
-from loader.discover import discover
+from loader.sources.discover import discover
 
 REAL_KINDS = {
     # Facts from the real data's README and the files' own schemas.
@@ -89,7 +89,7 @@ def test_corrupt_database_is_listed_with_its_reason(tmp_path):
 
 
 def test_a_file_whose_stat_proves_it_unchanged_is_not_read_again(tmp_path):
-    from loader.discover import KnownFile, stat_signature
+    from loader.sources.discover import KnownFile, stat_signature
     folder = tmp_path / "tree"
     folder.mkdir()
     database = folder / "memory.db"

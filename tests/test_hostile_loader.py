@@ -24,10 +24,10 @@ import pytest
 from psycopg import sql
 
 from conftest import consolidate, make_db
-from loader import load as load_module
-from loader.discover import discover
-from loader.load import load
-from loader.secret_policy import SecretPolicy
+from loader.load import load as load_module
+from loader.sources.discover import discover
+from loader.load.load import load
+from loader.load.secret_policy import SecretPolicy
 
 KEY = b"hostile test key"
 LINEAGE = ["_load_id", "_source_path", "_source_sha256", "_source_rowid", "_loaded_at", "_binary_columns"]

@@ -234,7 +234,7 @@ def test_dbt_docs_generate_works_offline(target, home, tmp_path):
     tree = tmp_path / "tree"
     assert consolidate("sample", str(tree)).returncode == 0
     assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
-    script = ("import sys; from pathlib import Path; from loader.build import run_dbt; from loader.database import Target; "
+    script = ("import sys; from pathlib import Path; from loader.transform.build import run_dbt; from loader.database import Target; "
               "sys.exit(0 if run_dbt('docs generate', Target(sys.argv[1]), Path(sys.argv[2])).success else 1)")
     result = subprocess.run([sys.executable, "-c", script, target.dsn, str(home)], capture_output=True, text=True,
                             timeout=300)

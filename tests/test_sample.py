@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.sample import write_sample
+from loader.fixtures.sample import write_sample
 
 REPO = Path(__file__).resolve().parent.parent
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -102,7 +102,7 @@ def _is_json(text: str) -> bool:
 def test_every_file_has_the_same_bytes_on_every_run(tmp_path):
     write_sample(tmp_path / "here")
     # Once more in another interpreter with another string-hash seed.
-    script = ("import sys, pathlib; from loader.sample import write_sample; "
+    script = ("import sys, pathlib; from loader.fixtures.sample import write_sample; "
               "write_sample(pathlib.Path(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "there")], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import consolidate, read_private_copy
-from loader.status import CHANGED, MISSING, UNCHANGED, status
+from loader.operate.status import CHANGED, MISSING, UNCHANGED, status
 
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
 EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"

@@ -22,14 +22,14 @@ import pytest
 from psycopg import sql
 
 from conftest import fresh_database, read_private_copy
-from loader.build import build
+from loader.transform.build import build
 from loader.database import Target
-from loader.discover import discover
-from loader.lineage import versions
-from loader.load import load
-from loader.sample import V2_DDL, V3_DDL
-from loader.secret_policy import SecretPolicy
-from loader.sync import sync, watch
+from loader.sources.discover import discover
+from loader.verify.lineage import versions
+from loader.load.load import load
+from loader.fixtures.sample import V2_DDL, V3_DDL
+from loader.load.secret_policy import SecretPolicy
+from loader.operate.sync import sync, watch
 
 KEY = b"sync test key"
 POLICY = SecretPolicy(key=KEY)

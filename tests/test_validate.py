@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 import pytest
 
 from conftest import consolidate, read_private_copy
-from loader.validate import (ValidationError, epoch_timestamp, normalized_value, secret_policy_in_use,
+from loader.verify.validate import (ValidationError, epoch_timestamp, normalized_value, secret_policy_in_use,
                              text_timestamp, validate)
 
 EVERY_ROW = 100_000

@@ -71,11 +71,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from loader import __version__
-from loader.discover import Discovery, SourceFile, discover
-from loader.destination import make_staging_folder, root_overlap
-from loader.extract import list_tables
+from loader.sources.discover import Discovery, SourceFile, discover
+from loader.backup.destination import make_staging_folder, root_overlap
+from loader.sources.sqlite_reader import list_tables
 from loader.parallel import run_in_order
-from loader.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
+from loader.sources.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
 
 MANIFEST_NAME = "manifest.json"
 # Two files at a time: copying, hashing and SQLite's backup API leave the GIL while they work.

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from psycopg import sql
 
 from loader.database import Target
-from loader.raw_contract import LEDGER_SCHEMA
+from loader.load.raw_contract import LEDGER_SCHEMA
 
 
 @dataclass

@@ -49,13 +49,13 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from loader.backup import BACKED_UP, COPY, BackupEntry, read_manifest
+from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
 from loader.database import Target
-from loader.extract import SourceTable, list_tables, quote
+from loader.sources.sqlite_reader import SourceTable, list_tables, quote
 from loader.ledger import now
-from loader.raw_contract import LEDGER_SCHEMA
-from loader.secret_policy import DEFAULT_POLICY, SecretPolicy, load_policy
-from loader.snapshot import SourceKeptChanging, private_copy
+from loader.load.raw_contract import LEDGER_SCHEMA
+from loader.load.secret_policy import DEFAULT_POLICY, SecretPolicy, load_policy
+from loader.sources.snapshot import SourceKeptChanging, private_copy
 
 UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"

@@ -16,7 +16,7 @@ import duckdb_extension_postgres_scanner
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from loader.extract import extension_path, literal, quote
+from loader.sources.sqlite_reader import extension_path, literal, quote
 
 ALIAS = "pg"
 

@@ -18,21 +18,22 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from loader import archive as archive_stage
-from loader import backup as backup_stage
-from loader import build as build_stage
-from loader import cache as cache_layer
-from loader import freshness
+from loader.operate import archive as archive_stage
+from loader.backup import backup as backup_stage
+from loader.transform import build as build_stage
+from loader.serve import cache as cache_layer
+from loader.transform import freshness
 from loader import ledger
-from loader import lineage as lineage_queries
-from loader import load as load_stage
-from loader import report, sample as sample_tree
-from loader import status as status_stage
-from loader import sync as sync_stage
-from loader import validate as validate_stage
+from loader.verify import lineage as lineage_queries
+from loader.load import load as load_stage
+from loader.verify import report
+from loader.fixtures import sample as sample_tree
+from loader.operate import status as status_stage
+from loader.operate import sync as sync_stage
+from loader.verify import validate as validate_stage
 from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
-from loader.discover import Discovery, discover as discover_files
-from loader.secret_policy import PolicyError, load_policy
+from loader.sources.discover import Discovery, discover as discover_files
+from loader.load.secret_policy import PolicyError, load_policy
 
 app = typer.Typer(
     help="Consolidate many SQLite databases into one PostgreSQL schema, and prove nothing was lost.",

@@ -29,7 +29,7 @@ import redis
 from redis.exceptions import RedisError
 
 if TYPE_CHECKING:
-    from loader.client import Entry, MemoryClient
+    from loader.serve.client import Entry, MemoryClient
 
 DEFAULT_URL = "redis://127.0.0.1:10001/0"
 KEY_PREFIX = "mem"
@@ -192,7 +192,7 @@ def server_figures(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def hottest_entries(client_or_dsn: MemoryClient | str, top: int, schema: str) -> list[Entry]:
-    from loader.client import MemoryClient
+    from loader.serve.client import MemoryClient
 
     if isinstance(client_or_dsn, MemoryClient):
         return client_or_dsn.hottest(top)

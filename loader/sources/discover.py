@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from loader.extract import list_tables
-from loader.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consolidated_copy, private_copy, sha256_of,
+from loader.sources.sqlite_reader import list_tables
+from loader.sources.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consolidated_copy, private_copy, sha256_of,
                              side_file)
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")

@@ -13,9 +13,9 @@ import hashlib
 
 from psycopg import sql
 
-from loader.build import PROJECT_DIR
+from loader.transform.build import PROJECT_DIR
 from loader.database import Target
-from loader.raw_contract import LEDGER_SCHEMA
+from loader.load.raw_contract import LEDGER_SCHEMA
 
 BUILDS_DDL = f"""
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.builds (

@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from loader.database import Target
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 PROFILES_DIR = PROJECT_DIR / "profiles"
 
 

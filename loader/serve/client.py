@@ -35,7 +35,7 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 if TYPE_CHECKING:
-    from loader.cache import Cache
+    from loader.serve.cache import Cache
 
 DEFAULT_NAMESPACE = "default"
 CLIENT_SOURCE_DB = "memory-client"

@@ -38,12 +38,12 @@ import psycopg
 from psycopg import sql
 
 from loader import ledger
-from loader.build import BuildOutcome, build as dbt_build
+from loader.transform.build import BuildOutcome, build as dbt_build
 from loader.database import Target
-from loader.discover import Discovery, discover
-from loader.load import FileOutcome, load
-from loader.raw_contract import LEDGER_SCHEMA, LINEAGE_COLUMNS
-from loader.secret_policy import SecretPolicy, load_policy
+from loader.sources.discover import Discovery, discover
+from loader.load.load import FileOutcome, load
+from loader.load.raw_contract import LEDGER_SCHEMA, LINEAGE_COLUMNS
+from loader.load.secret_policy import SecretPolicy, load_policy
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
 # value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content.

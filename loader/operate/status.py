@@ -24,8 +24,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader.database import Target
-from loader.raw_contract import LEDGER_SCHEMA
-from loader.snapshot import sha256_or_none, side_file
+from loader.load.raw_contract import LEDGER_SCHEMA
+from loader.sources.snapshot import sha256_or_none, side_file
 
 UNCHANGED, CHANGED, MISSING = "unchanged", "changed", "missing"
 LEDGER_RELATIONS = ("loads", "load_files", "current_loads")

@@ -62,14 +62,14 @@ from pathlib import Path
 from psycopg import sql
 
 from loader import __version__
-from loader.backup import backup_relative_path, flush_to_disk
+from loader.backup.backup import backup_relative_path, flush_to_disk
 from loader.database import Target
-from loader.discover import SourceFile, discover
-from loader.raw_contract import LEDGER_SCHEMA
-from loader.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
+from loader.sources.discover import SourceFile, discover
+from loader.load.raw_contract import LEDGER_SCHEMA
+from loader.sources.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
                              sha256_of, side_file)
-from loader.status import ledger_exists, relation_exists
-from loader.destination import make_staging_folder, root_overlap
+from loader.operate.status import ledger_exists, relation_exists
+from loader.backup.destination import make_staging_folder, root_overlap
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "consolidate-archive/1"

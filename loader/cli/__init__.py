@@ -1,0 +1,5 @@
+"""The `consolidate` command line: commands that parse, call one library function and render."""
+
+from loader.cli.app import app, main
+
+__all__ = ["app", "main"]

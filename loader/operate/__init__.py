@@ -1,0 +1,1 @@
+"""Running alongside the applications: incremental sync, status, archiving the migrated files."""
