@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     imported = time.perf_counter()
     from loader.transform import build as build_stage
-    from loader.cli import app as cli
+    from loader.cli import commands as cli
     from loader.verify import report
     from loader.verify import validate as validate_stage
 
