@@ -129,6 +129,7 @@ class FileRecord:
     rows_in_sqlite: int | None = None
     rows_loaded: int | None = None
     stat: dict | None = None  # discover.stat_signature of the file when its checksums were taken
+    link_paths: list[str] | None = None  # paths that reached the file through a symbolic link
 
 
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:

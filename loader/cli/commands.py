@@ -41,7 +41,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="The embedded PostgreSQL used when no --dsn / DATABASE_URL is given.",
                      no_args_is_help=True)
 app.add_typer(db_app, name="db")
-cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-aside; see loader.client).",
+cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-aside; see loader.serve.client).",
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 

@@ -387,11 +387,15 @@ def snapshot_of(source: SourceFile) -> Iterator[Snapshot]:
         source.snapshot = None
 
 
+def link_paths(source: SourceFile) -> list[str] | None:
+    return [str(link) for link in source.link_paths] or None
+
+
 def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy) -> FileOutcome:
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
-        status="loaded", started_at=ledger.now(), stat=source.stat)
+        status="loaded", started_at=ledger.now(), stat=source.stat, link_paths=link_paths(source))
     schema = RAW_SCHEMAS[source.kind]
     with snapshot_of(source) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256
@@ -425,7 +429,7 @@ def record_outcome_without_rows(connection: psycopg.Connection, load_id: str, so
             load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
             source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
             status=status, started_at=ledger.now(), completed_at=ledger.now(), error_message=error,
-            copy_of=str(source.copy_of) if source.copy_of else None))
+            copy_of=str(source.copy_of) if source.copy_of else None, link_paths=link_paths(source)))
     return FileOutcome(source, status, error=error)
 
 

@@ -150,6 +150,9 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_files (
 -- The stat of the main file and its -wal when the checksums were taken (discover.stat_signature):
 -- a later discovery that finds the same stat trusts these checksums instead of reading the file.
 ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS stat jsonb;
+-- source_path is the file's real path (symbolic links resolved); link_paths lists the paths under a
+-- root that reached it through a symbolic link below that root (NULL: none, or before this column).
+ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS link_paths text[];
 
 -- One row per table of a loaded file.
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_tables (

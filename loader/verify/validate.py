@@ -14,7 +14,7 @@ For each file of `consolidate.current_loads`:
 - a spot check of N random rows, read with Python's sqlite3 from a private copy (never DuckDB, never
   dbt): memory rows are compared field by field with the marts row that represents them
   (unified_memory, performance_metrics or unified_memory_history) after applying the documented rules
-  independently, and with their raw row; rows of every other table are compared column by column with
+  independently (whether the value is flagged `json_too_deep` included), and with their raw row; rows of every other table are compared column by column with
   their raw row. Raw holds `sqlite3_column_text` of every value, which is what SQLite's
   `CAST(x AS TEXT)` returns, so the comparison is exact for every storage class (REAL and BLOB too).
   Secret columns (loader/secret_policy.py) are expected as the policy stores them: NULL for
@@ -52,6 +52,7 @@ from psycopg.types.json import Jsonb
 from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
 from loader.database import Target
 from loader.sources.sqlite_reader import SourceTable, list_tables, quote
+from loader.json_depth import MAX_JSON_DEPTH, too_deep
 from loader.ledger import now
 from loader.load.raw_contract import LEDGER_SCHEMA
 from loader.load.secret_policy import DEFAULT_POLICY, SecretPolicy, load_policy
@@ -761,7 +762,10 @@ def reject_constant(name: str):
 
 
 def parse_json(text: str):
-    """JSON text -> Python, as PostgreSQL's jsonb accepts it (numbers as Decimal); ValueError otherwise."""
+    """JSON text -> Python, as PostgreSQL's jsonb accepts it (numbers as Decimal), nested at most
+    MAX_JSON_DEPTH levels (deeper is never parsed, see loader/json_depth.py); ValueError otherwise."""
+    if too_deep(text):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=reject_constant)
     except RecursionError as error:
@@ -772,15 +776,22 @@ def parse_json(text: str):
 
 
 def jsonb_accepts(value) -> bool:
-    """jsonb rejects \\u0000, lone UTF-16 surrogates and numbers beyond numeric's range."""
-    if isinstance(value, str):
-        return "\x00" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
-    if isinstance(value, Decimal):
-        return value.adjusted() <= NUMERIC_MAX_WEIGHT and -value.as_tuple().exponent <= NUMERIC_MAX_SCALE
-    if isinstance(value, list):
-        return all(jsonb_accepts(item) for item in value)
-    if isinstance(value, dict):
-        return all(jsonb_accepts(key) and jsonb_accepts(item) for key, item in value.items())
+    """jsonb rejects \\u0000, lone UTF-16 surrogates and numbers beyond numeric's range. Walks the
+    document with a list, not recursion: it may nest MAX_JSON_DEPTH levels."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item or any("\ud800" <= char <= "\udfff" for char in item):
+                return False
+        elif isinstance(item, Decimal):
+            if item.adjusted() > NUMERIC_MAX_WEIGHT or -item.as_tuple().exponent > NUMERIC_MAX_SCALE:
+                return False
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
     return True
 
 
@@ -798,7 +809,7 @@ def normalized_value(raw: str | None, storage_type: str | None) -> tuple[object,
     """(value, data_type) by the documented rule (dbt_project/macros/memory_values.sql): NULL -> JSON
     null; pickle -> the base64 text; __compressed__ + base64 JSON -> decoded; JSON text -> that JSON;
     JSON Python accepts but jsonb rejects (NaN, Infinity, \\u0000, ...) -> the text, unsupported_json;
-    anything else -> the text."""
+    anything else (text nested deeper than MAX_JSON_DEPTH too) -> the text."""
     if raw is None:
         return None, "json"
     if isinstance(raw, Binary):
@@ -813,7 +824,14 @@ def normalized_value(raw: str | None, storage_type: str | None) -> tuple[object,
     try:
         return parse_json(raw), "json"
     except ValueError:
-        return raw, "unsupported_json" if python_accepts_json(raw) else "text"
+        return raw, "unsupported_json" if not too_deep(raw) and python_accepts_json(raw) else "text"
+
+
+def value_too_deep(raw: str | None, storage_type: str | None) -> bool:
+    """Whether staging flags the value `json_too_deep`: text (not binary, pickle or `__compressed__`)
+    nested deeper than MAX_JSON_DEPTH."""
+    return (isinstance(raw, str) and not isinstance(raw, Binary) and storage_type != "pickle"
+            and not raw.startswith("__compressed__") and too_deep(raw))
 
 
 def python_accepts_json(text: str) -> bool:
@@ -826,18 +844,28 @@ def python_accepts_json(text: str) -> bool:
 
 
 def same(expected, actual) -> bool:
-    """Strict JSON-like equality: numbers by value, but never a boolean for a number or a string for either."""
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return type(expected) is type(actual) and expected == actual
-    if isinstance(expected, (int, Decimal)) and isinstance(actual, (int, Decimal)):
-        return expected == actual
-    if isinstance(expected, list) and isinstance(actual, list):
-        return len(expected) == len(actual) and all(map(same, expected, actual))
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        return expected.keys() == actual.keys() and all(same(expected[k], actual[k]) for k in expected)
-    if isinstance(expected, str) and isinstance(actual, str):  # Binary is a str
-        return expected == actual
-    return type(expected) is type(actual) and expected == actual
+    """Strict JSON-like equality: numbers by value, but never a boolean for a number or a string for
+    either. Walks both documents with a list, not recursion: they may nest MAX_JSON_DEPTH levels."""
+    pending = [(expected, actual)]
+    while pending:
+        expected, actual = pending.pop()
+        if isinstance(expected, bool) or isinstance(actual, bool):
+            equal = type(expected) is type(actual) and expected == actual
+        elif isinstance(expected, (int, Decimal)) and isinstance(actual, (int, Decimal)):
+            equal = expected == actual
+        elif isinstance(expected, list) and isinstance(actual, list):
+            equal = len(expected) == len(actual)
+            pending.extend(zip(expected, actual))
+        elif isinstance(expected, dict) and isinstance(actual, dict):
+            equal = expected.keys() == actual.keys()
+            pending.extend((expected[key], actual[key]) for key in expected if key in actual)
+        elif isinstance(expected, str) and isinstance(actual, str):  # Binary is a str
+            equal = expected == actual
+        else:
+            equal = type(expected) is type(actual) and expected == actual
+        if not equal:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------- memory rows
@@ -887,6 +915,8 @@ class MemoryVersion:
     expires_at: Decimal | None
     access_count: int | None
     ttl: int | None
+    value_column: str = "value"  # the source column holding the value (v3: content)
+    value_too_deep: bool = False  # staging flags it json_too_deep:<value_column>
 
 
 def read_memory_versions(sqlite: sqlite3.Connection, layout: MemoryLayout, table: SourceTable,
@@ -904,7 +934,8 @@ def memory_version(rowid: int, text: dict[str, str | None], layout: MemoryLayout
         data_type=data_type, raw_value=text["value"], created_at=layout.to_timestamp(text["created_at"]),
         updated_at=layout.to_timestamp(text["updated_at"]), accessed_at=layout.to_timestamp(text["accessed_at"]),
         expires_at=layout.to_timestamp(text["expires_at"]), access_count=try_int(text["access_count"]),
-        ttl=try_int(text["ttl"]))
+        ttl=try_int(text["ttl"]), value_column=layout.columns["value"],
+        value_too_deep=value_too_deep(text["value"], text["storage_type"]))
 
 
 # ---------------------------------------------------------------------------------- against marts
@@ -938,7 +969,7 @@ def coalesce(*values):
 
 def expected_unified_memory(version: MemoryVersion, losers: Losers) -> dict:
     return {"key": version.key, "namespace": version.namespace, "value": version.value,
-            "data_type": version.data_type, "created_at": sql_min(version.created_at, losers.created_at),
+            "data_type": version.data_type, "json_too_deep": version.value_too_deep, "created_at": sql_min(version.created_at, losers.created_at),
             "updated_at": version.updated_at, "accessed_at": sql_max(version.accessed_at, losers.accessed_at),
             "expires_at": version.expires_at, "access_count": sql_max(version.access_count, losers.access_count),
             "ttl": version.ttl, "version_count": 1 + losers.count}
@@ -946,7 +977,7 @@ def expected_unified_memory(version: MemoryVersion, losers: Losers) -> dict:
 
 def expected_history(version: MemoryVersion, losers: Losers) -> dict:
     return {"key": version.key, "namespace": version.namespace, "value": version.value,
-            "data_type": version.data_type, "raw_value": version.raw_value, "created_at": version.created_at,
+            "data_type": version.data_type, "json_too_deep": version.value_too_deep, "raw_value": version.raw_value, "created_at": version.created_at,
             "updated_at": version.updated_at, "accessed_at": version.accessed_at,
             "expires_at": version.expires_at, "access_count": version.access_count, "ttl": version.ttl}
 
@@ -954,6 +985,7 @@ def expected_history(version: MemoryVersion, losers: Losers) -> dict:
 def expected_performance_metrics(version: MemoryVersion, losers: Losers) -> dict:
     fields = version.value if isinstance(version.value, dict) else {}
     return {"key": version.key, "namespace": version.namespace, "metric_data": version.value,
+            "json_too_deep": version.value_too_deep,
             "metric_name": version.key.split(":", 1)[0] if version.key is not None else None,
             "metric_value": json_field_as_numeric(fields.get("duration")),
             "timestamp": coalesce(
@@ -979,13 +1011,13 @@ def epoch(column: str) -> str:
 MART_COLUMNS = {
     "unified_memory": (["key", "namespace", "value::text AS value", "data_type", epoch("created_at"),
                         epoch("updated_at"), epoch("accessed_at"), epoch("expires_at"), "access_count", "ttl",
-                        "version_count"], expected_unified_memory),
+                        "version_count", "flags"], expected_unified_memory),
     "performance_metrics": (["key", "namespace", "metric_data::text AS metric_data", "metric_name",
-                             "metric_value", 'extract(epoch FROM "timestamp") AS "timestamp"'],
+                             "metric_value", 'extract(epoch FROM "timestamp") AS "timestamp"', "flags"],
                             expected_performance_metrics),
     "unified_memory_history": (["key", "namespace", "value::text AS value", "data_type", "raw_value",
                                 epoch("created_at"), epoch("updated_at"), epoch("accessed_at"),
-                                epoch("expires_at"), "access_count", "ttl"], expected_history),
+                                epoch("expires_at"), "access_count", "ttl", "flags"], expected_history),
 }
 JSON_COLUMNS = ("value", "metric_data")
 
@@ -1000,6 +1032,7 @@ def compare_with_marts(current: CurrentFile, table: str, versions: list[MemoryVe
             mismatches.append(row_count_mismatch(table, version.rowid, "marts", len(rows)))
             continue
         mart, row = rows[0]
+        row = {**row, "json_too_deep": f"json_too_deep:{version.value_column}" in (row["flags"] or [])}
         expected = MART_COLUMNS[mart][1](version, found.losers.get(identity, Losers()))
         mismatches += [Mismatch(table, version.rowid, mart, name, shown(name, value), shown(name, row[name]))
                        for name, value in expected.items() if not same(value, row[name])]
@@ -1027,7 +1060,9 @@ def mart_rows(connection: psycopg.Connection, schema: str, mart: str,
     for row in rows:
         for name in JSON_COLUMNS:
             if row.get(name) is not None:
-                row[name] = parse_json(row[name])
+                # A document nested too deep to decode is compared as its text (its data_type and flag
+                # then tell it apart from the text staging keeps).
+                row[name] = row[name] if too_deep(row[name]) else parse_json(row[name])
         identity = (row.pop("load_id"), row.pop("source_path"), row.pop("source_table"), row.pop("source_rowid"))
         found.setdefault(identity, []).append(row)
     return found
