@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import shutil
+import sqlite3
+import uuid
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from conftest import read_private_copy
@@ -85,3 +90,203 @@ def test_bad_policy_file_is_a_usage_error(sample_tree, target, home, tmp_path):
     result = consolidate("load", str(sample_tree), "--secrets", str(policy), target=target, home=home)
     assert result.returncode == 2
     assert "n8n.credentials_entity.data" in result.stderr
+
+
+# ------------------------------------------------------------------ marker secrets in real app files
+
+# Every secret-bearing column of the real n8n and Flowise schemas (issue 9), planted with a marker.
+HASHED_COLUMNS = [
+    ("user_api_keys", "apiKey"), ("variables", "value"), ("invalid_auth_token", "token"),
+    ("credentials_entity", "data"), ("user", "password"), ("user", "apiKey"), ("user", "mfaSecret"),
+    ("user", "mfaRecoveryCodes"),
+    ("credential", "encryptedData"), ("apikey", "apiKey"), ("apikey", "apiSecret"), ("user", "credential"),
+    ("user", "tempToken"), ("variable", "value"), ("login_sessions", "sid"),
+]
+# Columns holding JSON: a marker under a secret key and one in a Bearer header, beside a key that must survive.
+JSON_COLUMNS = [
+    ("event_destinations", "destination"), ("workflow_entity", "nodes"), ("workflow_history", "nodes"),
+    ("execution_data", "workflowData"), ("login_method", "config"), ("login_sessions", "sess"),
+    ("chat_flow", "flowData"), ("assistant", "details"),
+]
+N8N_SETTINGS = {"features.ldap": "bindingAdminPassword", "features.oidc": "clientSecret",
+                "features.sourceControl.sshKeys": "encryptedPrivateKey"}
+
+
+class Planter:
+    """Plants distinct marker secrets in a private copy, remembering what a correct load must show."""
+
+    def __init__(self):
+        self.markers: list[str] = []
+        self.hashed: list[tuple[str, str, str, str]] = []    # (file, table, column, marker)
+        self.json: list[tuple[str, str, str, dict]] = []      # (file, table, column, expected fields)
+        self.flatted: list[tuple[str, str, str]] = []         # (file, marker under a key, bearer marker)
+
+    def marker(self) -> str:
+        self.markers.append(f"MRK{len(self.markers):04d}x{uuid.uuid4().hex[:10]}")
+        return self.markers[-1]
+
+    @staticmethod
+    def columns(connection: sqlite3.Connection, table: str) -> list[tuple]:
+        return connection.execute(f'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(\'{table}\')').fetchall()
+
+    def put(self, connection: sqlite3.Connection, table: str, column: str, value: str, where: str | None = None) -> None:
+        """Write `value` into `column` of the table's first row (or the row `where` names), adding a
+        row with placeholder values first when there is none."""
+        condition = where or f'rowid = (SELECT min(rowid) FROM "{table}")'
+        if connection.execute(f'SELECT count(*) FROM "{table}" WHERE {condition}').fetchone()[0] == 0:
+            needed = [(name, kind) for name, kind, not_null, default, pk in self.columns(connection, table)
+                      if (not_null or pk) and default is None and name != column]
+            values = [("2025-01-01 00:00:00.000" if "date" in kind.lower() or "time" in kind.lower()
+                       else 0 if any(t in kind.lower() for t in ("int", "bool")) else f"placeholder-{uuid.uuid4().hex[:8]}")
+                      for _, kind in needed]
+            names = ", ".join(f'"{name}"' for name, _ in needed + [(column, "")])
+            connection.execute(f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * (len(values) + 1))})',
+                               [*values, value])
+            return
+        connection.execute(f'UPDATE "{table}" SET "{column}" = ? WHERE {condition}', [value])
+
+    def plant(self, database: Path, label: str) -> None:
+        connection = sqlite3.connect(database)
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        has = lambda table, column: table in tables and column in [c[0] for c in self.columns(connection, table)]
+        for table, column in HASHED_COLUMNS:
+            if has(table, column):
+                marker = self.marker()
+                self.put(connection, table, column, marker)
+                self.hashed.append((label, table, column, marker))
+        for table, column in JSON_COLUMNS:
+            if has(table, column):
+                secret, bearer, visible = self.marker(), self.marker(), f"visible-{uuid.uuid4().hex[:8]}"
+                header = {"name": "Authorization", "value": f"Bearer {bearer}"}
+                document = {"keep_me": visible, "clientSecret": secret,
+                            "headerParameters": {"parameters": [header]}}
+                self.put(connection, table, column, json.dumps([document] if column == "nodes" else document))
+                self.json.append((label, table, column, {"keep_me": visible, "clientSecret": secret,
+                                                         "header": f"Bearer {bearer}"}))
+        if has("execution_data", "data"):  # n8n's flatted format: strings referred to by index
+            secret, bearer = self.marker(), self.marker()
+            flatted = [{"resultData": "1"}, {"password": "2", "headers": "3", "note": "5"}, secret,
+                       {"authorization": "4"}, f"Bearer {bearer}", "kept note"]
+            self.put(connection, "execution_data", "data", json.dumps(flatted))
+            self.flatted.append((label, secret, bearer))
+        if has("settings", "value"):
+            for key, field_name in N8N_SETTINGS.items():
+                secret = self.marker()
+                row = connection.execute("SELECT value FROM settings WHERE key = ?", [key]).fetchone()
+                document = {**(json.loads(row[0]) if row else {}), field_name: secret, "keep_me": key}
+                if row:
+                    connection.execute("UPDATE settings SET value = ? WHERE key = ?", [json.dumps(document), key])
+                else:
+                    connection.execute("INSERT INTO settings (key, value, loadOnStartup) VALUES (?, ?, 1)",
+                                       [key, json.dumps(document)])
+                self.json.append((label, "settings", "value", {"keep_me": key, field_name: secret}))
+        connection.commit()
+        connection.close()
+
+
+def private_app_copy(source: Path, destination: Path) -> Path:
+    destination.mkdir(parents=True)
+    for side in ("", "-wal", "-journal"):
+        if source.with_name(source.name + side).exists():
+            shutil.copyfile(source.with_name(source.name + side), destination / ("database.sqlite" + side))
+    return destination / "database.sqlite"
+
+
+@pytest.fixture(scope="module")
+def planted_tree(realdata, tmp_path_factory):
+    """Private copies of every real n8n / Flowise file, one more Flowise copy without its chat tables
+    (so it is classified `other`), each with a distinct marker in every secret-bearing column."""
+    root = tmp_path_factory.mktemp("planted") / "tree"
+    planter = Planter()
+    sources = {f"{app}-{folder.name}": folder / "database.sqlite"
+               for app in ("n8n", "flowise") for folder in sorted((realdata / app).iterdir())}
+    apps = realdata.parent / "apps" / "n8n-1.100.1" / "database.sqlite"
+    if apps.exists():
+        sources["n8n-1.100.1"] = apps
+    for label, source in sources.items():
+        copy = private_app_copy(source, root / label)
+        if label == "n8n-1.100.1":  # n8n before 1.0 kept API keys on the user row
+            sqlite3.connect(copy).execute('ALTER TABLE "user" ADD COLUMN "apiKey" TEXT').connection.close()
+        planter.plant(copy, label)
+    flowise = next(source for label, source in sources.items() if label.startswith("flowise")
+                   and "login_sessions" in str(read_private_copy(source, root.parent / "probe",
+                                                                  "SELECT group_concat(name) FROM sqlite_master")))
+    copy = private_app_copy(flowise, root / "flowise-without-chats")
+    connection = sqlite3.connect(copy)
+    for table in ("chat_flow", "chat_message", "chat_message_feedback"):
+        connection.execute(f"DROP TABLE {table}")
+    connection.commit()
+    connection.close()
+    planter.plant(copy, "flowise-without-chats")
+    return root, planter
+
+
+def relation_texts(target) -> str:
+    """Every row of every table and view of every schema (the ledger included), as text."""
+    with target.connect() as connection:
+        relations = connection.execute(
+            "SELECT n.nspname, c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'v', 'm', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%'").fetchall()
+        return "\n".join(row[0] for schema, name in relations
+                         for row in connection.execute(
+                             sql.SQL("SELECT t::text FROM {} AS t").format(sql.Identifier(schema, name))).fetchall())
+
+
+def files_text(folder: Path, skip: tuple[str, ...]) -> str:
+    return "\n".join(path.read_text(errors="replace") for path in folder.rglob("*")
+                     if path.is_file() and not any(part in skip for part in path.relative_to(folder).parts))
+
+
+def keyed(key: bytes, text: str) -> str:
+    return "hmac-sha256:" + hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
+
+
+def test_no_planted_secret_reaches_postgresql_logs_or_output(planted_tree, target, home):
+    root, planter = planted_tree
+    result = consolidate("run", str(root), target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert {table for _, table, _, _ in planter.hashed} >= {t for t, _ in HASHED_COLUMNS}, "every column planted"
+    assert {table for _, table, _, _ in planter.json} >= {t for t, _ in JSON_COLUMNS} | {"settings"}
+
+    everything = "\n".join([relation_texts(target), result.stdout, result.stderr,
+                            files_text(home, skip=("pgdata", "backups", "secret.key"))])
+    leaked = [marker for marker in planter.markers if marker in everything]
+    assert not leaked, f"{len(leaked)} of {len(planter.markers)} planted secrets in clear: {leaked[:5]}"
+
+    key = (home / "secret.key").read_text().strip().encode()
+    with target.connect() as connection:
+        kinds = dict(connection.execute("SELECT source_path, kind FROM consolidate.current_loads").fetchall())
+        assert kinds[str(root / "flowise-without-chats" / "database.sqlite")] == "other"
+
+        def raw_values(label: str, table: str, column: str) -> list[str]:
+            path = str(root / label / "database.sqlite")
+            schema = {"n8n": "raw_n8n", "flowise": "raw_flowise", "other": "raw_other"}[kinds[path]]
+            return [value for (value,) in connection.execute(
+                sql.SQL("SELECT {} FROM {} WHERE _source_path = %s").format(
+                    sql.Identifier(column), sql.Identifier(schema, table)), [path])]
+
+        for label, table, column, marker in planter.hashed:
+            assert keyed(key, marker) in raw_values(label, table, column), (label, table, column)
+        for label, table, column, expected in planter.json:
+            documents = [json.loads(value) for value in raw_values(label, table, column) if expected["keep_me"] in value]
+            assert len(documents) == 1, (label, table, column)
+            document = documents[0][0] if isinstance(documents[0], list) else documents[0]
+            assert document["keep_me"] == expected["keep_me"]  # what is not secret survives unchanged
+            for name, value in expected.items():
+                if name == "header":
+                    assert document["headerParameters"]["parameters"][0] == {"name": "Authorization",
+                                                                             "value": keyed(key, value)}
+                elif name != "keep_me":
+                    assert document[name] == keyed(key, value), (label, table, column, name)
+        assert planter.flatted
+        for label, secret, bearer in planter.flatted:  # hashed in place: every index still points right
+            (flatted,) = [json.loads(v) for v in raw_values(label, "execution_data", "data") if "kept note" in v]
+            assert flatted == [{"resultData": "1"}, {"password": "2", "headers": "3", "note": "5"},
+                               keyed(key, secret), {"authorization": "4"}, keyed(key, f"Bearer {bearer}"),
+                               "kept note"]
+        (policy, digest), = connection.execute(
+            "SELECT secret_policy, secret_policy_digest FROM consolidate.loads").fetchall()
+    assert {"n8n.user_api_keys.apiKey", "flowise.login_method.config"} <= set(policy["rules"])
+    assert digest == hashlib.sha256(json.dumps(policy, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert "hmac-sha256" not in json.dumps(policy) and key.decode() not in json.dumps(policy)
