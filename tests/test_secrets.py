@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
+import os
 import shutil
+import socket
 import sqlite3
+import subprocess
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
+import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import read_private_copy
-from conftest import consolidate
+from conftest import consolidate, read_private_copy
+from loader.database import Target
 
 SECRET_COLUMNS = {  # the documented default policy: (database, table, column)
     ("n8n", "credentials_entity", "data"), ("n8n", "user", "password"),
@@ -290,3 +299,186 @@ def test_no_planted_secret_reaches_postgresql_logs_or_output(planted_tree, targe
     assert {"n8n.user_api_keys.apiKey", "flowise.login_method.config"} <= set(policy["rules"])
     assert digest == hashlib.sha256(json.dumps(policy, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert "hmac-sha256" not in json.dumps(policy) and key.decode() not in json.dumps(policy)
+
+
+# ------------------------------------------------------------------------------ injection and leaks
+
+def test_a_schema_that_is_not_a_plain_identifier_is_refused_before_anything_runs(sample_tree, target, home):
+    injected = 'm"; create table public.pwned(i int); --'
+    result = consolidate("run", str(sample_tree), "--no-backup", "--schema", injected, target=target, home=home)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "plain identifier" in result.stderr
+    with target.connect() as connection:
+        assert connection.execute("SELECT to_regclass('public.pwned'), to_regclass('consolidate.loads')").fetchone() \
+            == (None, None)
+
+
+PASSWORD_ROLE = "consolidate_pw"
+
+
+@pytest.fixture(scope="module")
+def password_protected(tmp_path_factory):
+    """A PostgreSQL of its own where one role must give its password (scram-sha-256 on the socket and
+    on TCP), a password holding '@' and '%', and a database that role owns. Yields (URL, password)."""
+    from loader.database import embedded_dsn, stop_embedded
+    home = tmp_path_factory.mktemp("password-pg")
+    admin_dsn = embedded_dsn(home)
+    hba = home / "pgdata" / "pg_hba.conf"
+    hba.write_text(f"local all {PASSWORD_ROLE} scram-sha-256\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
+                   + hba.read_text())
+    password = f"Pw@{uuid.uuid4().hex[:8]}%Secret"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(PASSWORD_ROLE),
+                                                                         sql.Literal(password)))
+        admin.execute(sql.SQL("CREATE DATABASE consolidate_pw OWNER {}").format(sql.Identifier(PASSWORD_ROLE)))
+        admin.execute("SELECT pg_reload_conf()")
+    socket_folder = conninfo_to_dict(admin_dsn)["host"]
+    url = f"postgresql://{PASSWORD_ROLE}:{quote(password, safe='')}@/consolidate_pw?host={socket_folder}"
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(url.replace(quote(password, safe=""), "wrong")).close()
+    yield url, password, admin_dsn
+    stop_embedded(home)
+
+
+def forms_of(password: str) -> set[str]:
+    """The password decoded, percent-encoded, and its distinctive part."""
+    return {password, quote(password, safe=""), quote(password), password.split("@")[1].split("%")[0]}
+
+
+def shown(forms: set[str], text: str) -> list[str]:
+    return [form for form in forms if form in text]
+
+
+@pytest.fixture(scope="module")
+def loaded_with_password(password_protected, sample_tree, tmp_path_factory):
+    url, password, admin_dsn = password_protected
+    home = tmp_path_factory.mktemp("password-home")
+    result = consolidate("run", str(sample_tree), "--no-backup", "--dsn", url, "--home", str(home))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, home
+
+
+def test_a_percent_encoded_password_appears_in_no_log_artifact_output_or_table(password_protected,
+                                                                            loaded_with_password):
+    url, password, admin_dsn = password_protected
+    result, home = loaded_with_password
+    artifacts = files_text(home, skip=("secret.key",))
+    assert (home / "dbt" / "target" / "run_results.json").exists() and list((home / "dbt" / "logs").iterdir())
+    stored = relation_texts(Target(dsn=admin_dsn.replace("/postgres?", "/consolidate_pw?")))
+    assert not shown(forms_of(password), result.stdout + result.stderr + artifacts + stored)
+    with psycopg.connect(url) as connection:  # every file went the direct way: DuckDB attached with the password
+        assert connection.execute("SELECT count(*) FROM consolidate.load_tables WHERE notes LIKE '%attach%'").fetchone() == (0,)
+
+
+def test_dbt_gets_the_password_only_while_it_runs(password_protected, loaded_with_password):
+    from loader.build import build
+    url, password, _ = password_protected
+    _, home = loaded_with_password
+    outcome = build(Target(dsn=url), home, quiet=True)
+    assert outcome.success, outcome.failures
+    assert not [name for name, value in os.environ.items() if shown(forms_of(password), value)]
+    assert "CONSOLIDATE_PG_PASSWORD" not in os.environ
+
+
+def test_a_failed_attach_leaves_no_password_in_the_ledger_or_the_output(password_protected, sample_tree, tmp_path):
+    """The role may open two sessions: the load's and its worker's; DuckDB's attach is refused, so the
+    file goes through CSV and the ledger says why."""
+    url, password, admin_dsn = password_protected
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 2").format(sql.Identifier(PASSWORD_ROLE)))
+    try:
+        result = consolidate("load", str(sample_tree), "--force", "--jobs", "1", "--dsn", url,
+                             "--home", str(tmp_path / "state"))
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT -1").format(sql.Identifier(PASSWORD_ROLE)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with psycopg.connect(url) as connection:
+        notes = [note for (note,) in connection.execute(
+            "SELECT notes FROM consolidate.load_tables WHERE notes LIKE '%could not attach%'").fetchall()]
+    assert notes and "too many connections" in notes[0]
+    assert not shown(forms_of(password), "\n".join(notes) + result.stdout + result.stderr)
+
+
+def test_an_attach_error_never_quotes_the_password_in_any_form(password_protected):
+    from loader.duckdb_postgres import AttachFailed, attach_postgres
+    from loader.extract import duckdb_session
+    url, password, _ = password_protected
+    duck = duckdb_session()
+    with pytest.raises(AttachFailed) as failure:
+        attach_postgres(duck, Target(dsn=url.replace("/consolidate_pw?", "/no_such_database?")))
+    duck.close()
+    assert "no_such_database" in str(failure.value)
+    assert not shown(forms_of(password), str(failure.value))
+
+
+def test_an_unreachable_server_is_reported_without_the_password(password_protected, sample_tree, tmp_path):
+    url, password, _ = password_protected
+    result = consolidate("load", str(sample_tree), "--dsn", url.replace("/consolidate_pw?", "/no_such_database?"),
+                         "--home", str(tmp_path / "state"))
+    assert result.returncode == 4 and "no_such_database" in result.stderr
+    assert not shown(forms_of(password), result.stdout + result.stderr)
+
+
+# ---------------------------------------------------------------------------------------- Redis
+
+@pytest.fixture(scope="module")
+def redis_with_password(tmp_path_factory):
+    """A private redis-server that requires a password holding '@' and '%'. Yields (port, password)."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    password = f"R3d@{uuid.uuid4().hex[:8]}%pw"
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                   "--appendonly", "no", "--requirepass", password,
+                                   "--dir", str(tmp_path_factory.mktemp("redis-pw"))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            with contextlib.suppress(redis.RedisError):
+                if redis.Redis(port=port, password=password).ping():
+                    yield port, password
+                    server.terminate()
+                    server.wait(timeout=10)
+                    return
+            time.sleep(0.05)
+        server.terminate()
+        server.wait(timeout=10)
+    raise RuntimeError("redis-server did not start")
+
+
+@pytest.mark.parametrize("shape", ["query", "userinfo"])
+def test_cache_commands_never_print_the_redis_password(redis_with_password, shape, tmp_path):
+    port, password = redis_with_password
+    encoded = quote(password, safe="")
+    url = {"query": f"redis://127.0.0.1:{port}/0?password={encoded}",
+           "userinfo": f"redis://:{encoded}@127.0.0.1:{port}/0"}[shape]
+    wrong = url.replace(encoded, quote(password + "-wrong", safe=""))
+    forms = {password, encoded, password.split("@")[1].split("%")[0]}
+
+    stats = consolidate("cache", "stats", "--json", "--redis-url", url)
+    assert stats.returncode == 0, stats.stderr  # connected: the password reached Redis
+    assert json.loads(stats.stdout)["connected"] is True and "***" in json.loads(stats.stdout)["url"]
+    refused = consolidate("cache", "stats", "--json", "--redis-url", wrong)
+    warm = consolidate("cache", "warm", "--redis-url", wrong, "--home", str(tmp_path / "state"))
+    assert (refused.returncode, warm.returncode) == (1, 1)
+    assert json.loads(refused.stdout)["connected"] is False
+    outputs = "".join(r.stdout + r.stderr for r in (stats, refused, warm))
+    assert not shown(forms, outputs)
+
+
+def test_the_unreachable_cache_warning_never_shows_the_password(redis_with_password, caplog):
+    from loader.cache import Cache
+    port, password = redis_with_password
+    encoded = quote(password + "-wrong", safe="")
+    cache = Cache(f"redis://127.0.0.1:{port}/0?password={encoded}")
+    with caplog.at_level(logging.WARNING, logger="loader.cache"):
+        assert cache.lookup("ns", "key") is None
+    cache.close()
+    assert "unreachable" in caplog.text
+    assert not shown({password, encoded, password.split("@")[1].split("%")[0]}, caplog.text)
