@@ -23,7 +23,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import consolidate, read_private_copy
+from conftest import consolidate, make_db, read_private_copy
 from loader.database import Target
 
 SECRET_COLUMNS = {  # the documented default policy: (database, table, column)
@@ -482,3 +482,29 @@ def test_the_unreachable_cache_warning_never_shows_the_password(redis_with_passw
     cache.close()
     assert "unreachable" in caplog.text
     assert not shown({password, encoded, password.split("@")[1].split("%")[0]}, caplog.text)
+
+
+def test_the_python_reader_hashes_and_scrubs_like_duckdb(target, home, tmp_path):
+    """A BLOB sends the table to the Python reader, and bytes that are not UTF-8 a hashed value too:
+    the stored values are those of the documented rules, computed here."""
+    secret, bearer = uuid.uuid4().hex, uuid.uuid4().hex
+    config = json.dumps({"clientID": "visible-id", "clientSecret": secret,
+                         "headers": [{"name": "Authorization", "value": f"Bearer {bearer}"}]})
+    make_db(tmp_path / "tree" / "flowise-auth.sqlite",
+            "CREATE TABLE login_method (id TEXT, name TEXT, config TEXT, icon BLOB)",
+            ("INSERT INTO login_method VALUES (?, ?, ?, ?)",
+             [("1", "azure", config, b"\x89PNG\x00"), ("2", "plain", "not json " + secret, None)]),
+            "CREATE TABLE variable (id TEXT, value TEXT)",
+            ("INSERT INTO variable VALUES (?, CAST(? AS TEXT))", [("1", b"\xffsecret-" + secret.encode())]))
+    result = consolidate("run", str(tmp_path / "tree"), "--no-backup", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    key = (home / "secret.key").read_text().strip().encode()
+    with target.connect() as connection:
+        readers = dict(connection.execute("SELECT source_table, reader FROM consolidate.load_tables").fetchall())
+        configs = connection.execute("SELECT config FROM raw_other.login_method ORDER BY id").fetchall()
+        (variable,) = connection.execute("SELECT value FROM raw_other.variable").fetchone()
+    assert readers == {"login_method": "python-fallback", "variable": "python-fallback"}
+    assert json.loads(configs[0][0]) == {"clientID": "visible-id", "clientSecret": keyed(key, secret),
+                                         "headers": [{"name": "Authorization", "value": keyed(key, f"Bearer {bearer}")}]}
+    assert configs[1][0] == keyed(key, "not json " + secret)  # not JSON: hashed whole
+    assert variable == "hmac-sha256:" + hmac.new(key, b"\xffsecret-" + secret.encode(), hashlib.sha256).hexdigest()
