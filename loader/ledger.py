@@ -90,9 +90,11 @@ def bootstrap(connection: psycopg.Connection) -> None:
             ensure_raw_table(cursor, schema, table, [])
 
 
-def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
-    """Register a new load. Loads run one at a time (a session lock held until the connection
-    closes), so a load still `running` when the lock is ours died mid-way: it is marked interrupted."""
+def start_load(connection: psycopg.Connection, roots: list[str], secret_policy: dict | None = None,
+               secret_policy_digest: str | None = None) -> str:
+    """Register a new load, with the secret policy it runs under (secret_policy.SecretPolicy.describe
+    and its digest). Loads run one at a time (a session lock held until the connection closes), so a
+    load still `running` when the lock is ours died mid-way: it is marked interrupted."""
     load_id = new_load_id()
     connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.load'))")
     with connection.transaction():
@@ -100,8 +102,10 @@ def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
             f"UPDATE {LEDGER_SCHEMA}.loads SET status = 'interrupted', finished_at = %s WHERE status = 'running'",
             (now(),))
         connection.execute(
-            f"INSERT INTO {LEDGER_SCHEMA}.loads (load_id, started_at, status, roots, tool_version) "
-            "VALUES (%s, %s, 'running', %s, %s)", (load_id, now(), roots, __version__))
+            f"INSERT INTO {LEDGER_SCHEMA}.loads (load_id, started_at, status, roots, tool_version, "
+            "secret_policy_digest, secret_policy) VALUES (%s, %s, 'running', %s, %s, %s, %s)",
+            (load_id, now(), roots, __version__, secret_policy_digest,
+             Jsonb(secret_policy) if secret_policy is not None else None))
     return load_id
 
 

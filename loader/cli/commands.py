@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,8 @@ from loader.fixtures import sample as sample_tree
 from loader.operate import status as status_stage
 from loader.operate import sync as sync_stage
 from loader.verify import validate as validate_stage
-from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
+from loader.database import (DEFAULT_HOME, Target, embedded_dsn, plain_identifier_problem, redact_password,
+                             resolve_target, stop_embedded)
 from loader.sources.discover import Discovery, discover as discover_files
 from loader.load.secret_policy import PolicyError, load_policy
 
@@ -62,8 +64,16 @@ Dsn = Annotated[Optional[str], typer.Option(
 Home = Annotated[Path, typer.Option(
     "--home", envvar="CONSOLIDATE_HOME", show_envvar=True,
     help="State folder: the embedded PostgreSQL's data and dbt's target/logs.")]
-Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA",
-                                     help="Schema the marts (unified_memory, ...) are built in.")]
+def plain_identifier(name: str) -> str:
+    problem = plain_identifier_problem(name)
+    if problem:
+        raise typer.BadParameter(problem)
+    return name
+
+
+Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA", callback=plain_identifier,
+                                     help="Schema the marts (unified_memory, ...) are built in: a plain "
+                                          "identifier (letters, digits, underscores).")]
 Secrets = Annotated[Optional[Path], typer.Option(
     "--secrets", exists=True, dir_okay=False,
     help="TOML file overriding the secret-column policy (hash / exclude / keep per kind.table.column).")]
@@ -656,12 +666,30 @@ def cache_stats(redis_url: RedisUrl = cache_layer.DEFAULT_URL, as_json: AsJson =
     raise typer.Exit(EXIT_OK if stats["connected"] else EXIT_NOT_RECONCILED)
 
 
+def given_dsns(argv: list[str]) -> list[str]:
+    """The DSNs this process was given (`--dsn`, DATABASE_URL), whose passwords no message may show."""
+    dsns = [os.environ.get("DATABASE_URL") or ""]
+    for index, argument in enumerate(argv):
+        if argument == "--dsn" and index + 1 < len(argv):
+            dsns.append(argv[index + 1])
+        elif argument.startswith("--dsn="):
+            dsns.append(argument.removeprefix("--dsn="))
+    return [dsn for dsn in dsns if dsn]
+
+
+def redacted_message(error: BaseException) -> str:
+    text = str(error).strip()
+    for dsn in given_dsns(sys.argv):
+        text = redact_password(text, dsn)
+    return text
+
+
 def main() -> None:
     """The console script: the app, with a lost or unreachable PostgreSQL reported in one line."""
     try:
         app(prog_name="consolidate")
     except psycopg.OperationalError as error:
-        err.print(f"[red]PostgreSQL unavailable:[/red] {escape(str(error).strip())}\n"
+        err.print(f"[red]PostgreSQL unavailable:[/red] {escape(redacted_message(error))}\n"
                   "Nothing half-done was kept: every file loads in one transaction. "
                   "Run the same command again once the server is back; unchanged files are skipped.")
         sys.exit(EXIT_DATABASE_UNAVAILABLE)

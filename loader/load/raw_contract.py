@@ -123,6 +123,11 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.loads (
     roots        text[] NOT NULL,
     tool_version text NOT NULL
 );
+-- The secret policy the load ran under (loader/secret_policy.py: its rules, how `scrub` finds secrets
+-- and an identifier of the key, never the key) and the sha256 of that document. NULL on loads made
+-- before these columns existed.
+ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy_digest text;
+ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy jsonb;
 
 -- One row per discovered SQLite file per load.
 --   loaded    : every table copied, in one transaction, counts verified

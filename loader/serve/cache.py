@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis.exceptions import RedisError
@@ -88,15 +89,42 @@ def version_key(namespace: str, key: str) -> str:
     return cache_key(namespace, key, VERSION_PREFIX)
 
 
+def url_passwords(url: str) -> list[str]:
+    """Every text the URL's passwords can appear as (in `user:password@` or `?password=`), as written
+    and decoded, longest first."""
+    try:
+        parts = urlsplit(url)
+        written = [parts.password or ""]
+    except ValueError:
+        parts, written = None, []
+    written += [value for name, value in parse_qsl(parts.query if parts else url.partition("?")[2],
+                                                   keep_blank_values=True) if name.lower() == "password"]
+    written += re.findall(r"(?i)[?&]password=([^&#]*)", url)
+    forms = {form for value in written for form in (value, unquote(value), quote(unquote(value), safe=""))}
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
+def without_passwords(text: str, url: str) -> str:
+    for form in url_passwords(url):
+        text = text.replace(form, "***")
+    return text
+
+
 def redacted(url: str) -> str:
-    """The URL as it may be shown to a person: never with its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else (parts.hostname or "")
-    netloc = user + (f"{host}:{parts.port}" if parts.port else host)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL as it may be shown to a person: never with a password (`user:password@` or `?password=`)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL urllib can take apart: show only its scheme
+        return url.partition(":")[0] + "://***"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else (parts.hostname or "")
+        netloc = user + (f"{host}:{port}" if port else host)
+    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + \
+        (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def decoded(text: str | None) -> Cached | None:
@@ -181,7 +209,7 @@ class Cache:
             info = self._redis.info()
             return {**counters, "connected": True, "keys": self._count_keys(), **server_figures(info)}
         except RedisError as error:
-            return {**counters, "connected": False, "error": str(error)}
+            return {**counters, "connected": False, "error": without_passwords(str(error), self.url)}
 
     def available(self) -> bool:
         try:
@@ -227,7 +255,7 @@ class Cache:
             already_warned, self._warned = self._warned, True
         if not already_warned:
             log.warning("Redis cache at %s is unreachable (%s); reading from PostgreSQL without the cache",
-                        self.redacted_url, error)
+                        self.redacted_url, without_passwords(str(error), self.url))
 
 
 def server_figures(info: dict[str, Any]) -> dict[str, Any]:

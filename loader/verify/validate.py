@@ -17,9 +17,11 @@ For each file of `consolidate.current_loads`:
   independently (whether the value is flagged `json_too_deep` included), and with their raw row; rows of every other table are compared column by column with
   their raw row. Raw holds `sqlite3_column_text` of every value, which is what SQLite's
   `CAST(x AS TEXT)` returns, so the comparison is exact for every storage class (REAL and BLOB too).
-  Secret columns (loader/secret_policy.py) are expected as the policy stores them: NULL for
-  `exclude`, and for `hash` the exact HMAC when the policy (with its key) is given, else only the
-  shape `hmac-sha256:<64 hex>`. The ledger does not record the policy a load used.
+  Secret columns (loader/secret_policy.py) are expected as the policy stores them, under the rules
+  the file's load recorded in `consolidate.loads.secret_policy` (the given or default rules for loads
+  made before it was recorded): NULL for `exclude`; for `hash` the exact HMAC, and for `scrub` the
+  exact scrubbed JSON, when the key in use is the one the load used (same `key_id`), else only their
+  shape (`hmac-sha256:<64 hex>` where a hash stands).
 
 A file passes when its counts reconcile, it is unchanged on disk, no spot-checked field differs and
 (given a backup) the backup holds the loaded bytes. Results are stored in `consolidate.validation_runs`
@@ -55,7 +57,8 @@ from loader.sources.sqlite_reader import SourceTable, list_tables, quote
 from loader.json_depth import MAX_JSON_DEPTH, too_deep
 from loader.ledger import now
 from loader.load.raw_contract import LEDGER_SCHEMA
-from loader.load.secret_policy import DEFAULT_POLICY, SecretPolicy, load_policy
+from loader.load.secret_policy import SecretPolicy, default_action, load_policy
+from loader.secret_scrub import HMAC_PREFIX, scrub_json_bytes
 from loader.sources.snapshot import SourceKeptChanging, private_copy
 
 UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
@@ -238,11 +241,13 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         currents = current_files(connection)
         flagged = flagged_by_file(connection)
         raw_counts = raw_rows_by_file(connection)
+        recorded = recorded_policies(connection)
         sources = [check_source(connection, current, options) for current in currents]
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
         files = [validate_file(connection, current, options, flagged, raw_counts, status,
-                               compare_sample(current, sample, found, options.secret_policy))
+                               compare_sample(current, sample, found,
+                                              policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
         connection.commit()
         report = ValidationReport(run_id=new_run_id(started_at), started_at=started_at, finished_at=now(),
@@ -250,6 +255,24 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
                                   backup_dir=str(backup_dir) if backup_dir is not None else None, files=files)
         store(connection, report)
     return report
+
+
+def recorded_policies(connection: psycopg.Connection) -> dict[str, dict]:
+    """The secret policy each load recorded (SecretPolicy.describe), by load_id."""
+    if not connection.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+                              "AND table_name = 'loads' AND column_name = 'secret_policy'", [LEDGER_SCHEMA]).fetchone():
+        return {}
+    return dict(connection.execute(sql.SQL("SELECT load_id, secret_policy FROM {} WHERE secret_policy IS NOT NULL")
+                                   .format(sql.Identifier(LEDGER_SCHEMA, "loads"))).fetchall())
+
+
+def policy_of_load(recorded: dict | None, given: SecretPolicy | None) -> SecretPolicy | None:
+    """The rules a load ran under, with the given key when it is the key that load used (else no key:
+    hashes are checked by shape). Without a recorded policy: the given one."""
+    if recorded is None:
+        return given
+    same_key = given is not None and given.describe()["key_id"] == recorded.get("key_id")
+    return SecretPolicy(key=given.key if same_key else None, rules=dict(recorded["rules"]))
 
 
 def secret_policy_in_use(home: Path, overrides: Path | None = None) -> SecretPolicy | None:
@@ -612,7 +635,7 @@ def compare_with_raw(current: CurrentFile, sample: RawSample, raw: dict[tuple, l
     (or its bytes as Binary), except secret columns (see expected_in_raw). Columns are found under their
     raw names (consolidate.load_columns)."""
     table, source, names = sample.table, sample.rows, sample.raw_columns
-    actions = {column: secret_action(policy, current.kind, table.name, column) for column in table.columns}
+    actions = {column: secret_action(policy, table.name, column) for column in table.columns}
     key = policy.key if policy is not None else None
     against = ".".join(sample.raw_table)
     mismatches = []
@@ -645,23 +668,32 @@ def raw_column_names(connection: psycopg.Connection, current: CurrentFile, table
     return names
 
 
-def secret_action(policy: SecretPolicy | None, kind: str, table: str, column: str) -> str:
+def secret_action(policy: SecretPolicy | None, table: str, column: str) -> str:
     if policy is not None:
-        return policy.action(kind, table, column)
-    return DEFAULT_POLICY.get(f"{kind}.{table}.{column}", "keep")
+        return policy.action(table, column)
+    return default_action(table, column)
+
+
+SHAPE_ONLY_KEY = b"validation without the load's key"
 
 
 def expected_in_raw(text: str | None, action: str, key: bytes | None) -> str | re.Pattern | None:
     """What raw holds for a source value under its secret-policy action: the text (`keep`), NULL
-    (`exclude`), or HMAC-SHA256 of its UTF-8 text (`hash`; only its shape when the key is unknown)."""
+    (`exclude`), HMAC-SHA256 of its bytes (`hash`), or the JSON with its secrets hashed (`scrub`).
+    When the key is unknown, a pattern: the same text with any HMAC where a hash stands."""
     if text is None or action == "exclude":
         return None
     if action == "keep":
         return text
+    original = text.original if isinstance(text, Binary) else text.encode()
+    if action == "scrub":
+        scrubbed = scrub_json_bytes(key if key is not None else SHAPE_ONLY_KEY, original)
+        if key is not None:
+            return scrubbed
+        return re.compile(HMAC_SHAPE.pattern.join(re.escape(part) for part in HMAC_SHAPE.split(scrubbed)))
     if key is None:
         return HMAC_SHAPE
-    original = text.original if isinstance(text, Binary) else text.encode()
-    return "hmac-sha256:" + hmac.new(key, original, hashlib.sha256).hexdigest()
+    return HMAC_PREFIX + hmac.new(key, original, hashlib.sha256).hexdigest()
 
 
 def raw_matches(expected: str | re.Pattern | None, actual: str | None) -> bool:
@@ -671,7 +703,11 @@ def raw_matches(expected: str | re.Pattern | None, actual: str | None) -> bool:
 
 
 def describe_raw(expected: str | re.Pattern | None) -> str:
-    return "hmac-sha256:<64 hex digits>" if isinstance(expected, re.Pattern) else describe(expected)
+    if expected is HMAC_SHAPE:
+        return "hmac-sha256:<64 hex digits>"
+    if isinstance(expected, re.Pattern):
+        return "the scrubbed JSON (hashes by shape): " + describe(expected.pattern)
+    return describe(expected)
 
 
 def raw_rows(connection: psycopg.Connection, raw_table: tuple[str, str],
