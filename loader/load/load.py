@@ -39,7 +39,7 @@ from loader.sources.sqlite_reader import (
     DUCKDB, PYTHON_FALLBACK, ColumnRead, FallbackExport, SourceTable, attach_sqlite, duckdb_session, export_csv,
     export_csv_python, list_tables, needs_fallback, open_for_reading, quote, select_rows)
 from loader.parallel import run_in_order
-from loader.load.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
+from loader.load.raw_contract import LINEAGE_COLUMNS, POSTGRES_MAX_COLUMNS, RAW_SCHEMAS, raw_column_names, raw_name
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import Snapshot, private_copy
 
@@ -131,6 +131,11 @@ def plan_tables(reader: sqlite3.Connection, tables: list[SourceTable], check_tex
             raise TableFailed(f"table {table.name!r}: its raw name {target!r} is also that of table "
                               f"{owners[target]!r} of the same file")
         owners[target] = table.name
+        width = len(table.columns) + len(LINEAGE_COLUMNS)
+        if width > POSTGRES_MAX_COLUMNS:
+            raise TableFailed(f"table {table.name!r} has {len(table.columns)} columns: with the "
+                              f"{len(LINEAGE_COLUMNS)} lineage columns its raw table would have {width}, more "
+                              f"than the {POSTGRES_MAX_COLUMNS} columns a PostgreSQL table can have")
         try:
             reason = needs_fallback(reader, table, check_text)
         except sqlite3.Error as error:
