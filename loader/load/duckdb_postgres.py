@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import duckdb
 import duckdb_extension_postgres_scanner
 import psycopg
+
 from loader.database import Target
 from loader.sources.sqlite_reader import extension_path, literal, quote
 
