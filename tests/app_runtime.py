@@ -126,11 +126,9 @@ def flowise_versions() -> list[str]:
 
 def flowise_migrations(version: str, database_type: str) -> list[str]:
     """The names of the migrations a Flowise version ships for `database_type` (sqlite / postgres), in order."""
-    script = (f"const m = require({json.dumps(str(FLOWISE_DIR / f'flowise-{version}'))} + "
-              f"'/dist/database/migrations/{database_type}'); "
-              f"console.log(JSON.stringify(m.{database_type}Migrations.map(c => new c().name || c.name)))")
-    result = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "NODE_PATH": str(FLOWISE_DIR / "node_modules")})
+    result = subprocess.run(["node", str(FLOWISE_MIGRATE), str(FLOWISE_DIR / f"flowise-{version}"), "--list",
+                             database_type], capture_output=True, text=True, timeout=120,
+                            env={"PATH": os.environ["PATH"], "NODE_PATH": str(FLOWISE_DIR / "node_modules")})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 

@@ -4,7 +4,9 @@
 // the connecting role's search_path.
 //
 // Usage: NODE_PATH=<install>/node_modules node flowise_migrate.js <install>/flowise-<version>
-// with DATABASE_HOST, DATABASE_PORT, DATABASE_NAME, DATABASE_USER, DATABASE_PASSWORD as for Flowise.
+// with DATABASE_HOST, DATABASE_PORT, DATABASE_NAME, DATABASE_USER, DATABASE_PASSWORD as for Flowise;
+// or `... flowise_migrate.js <install>/flowise-<version> --list sqlite|postgres` to print the names of
+// the migrations that version ships for that database type (JSON).
 'use strict';
 const path = require('path');
 const Module = require('module');
@@ -22,7 +24,10 @@ Module._load = function (request, parent, isMain) {
 };
 
 const { DataSource } = require('typeorm');
-const { postgresMigrations } = require(path.join(flowise, 'dist', 'database', 'migrations', 'postgres'));
+
+function migrationsFor(databaseType) {
+    return require(path.join(flowise, 'dist', 'database', 'migrations', databaseType))[`${databaseType}Migrations`];
+}
 
 async function main() {
     const dataSource = new DataSource({
@@ -35,7 +40,7 @@ async function main() {
         synchronize: false,
         migrationsRun: false,
         entities: [],
-        migrations: postgresMigrations,
+        migrations: migrationsFor('postgres'),
     });
     await dataSource.initialize();
     // Flowise's migrations call uuid_generate_v4() (the uuid-ossp extension, which typeorm creates for
@@ -50,4 +55,8 @@ async function main() {
     await dataSource.destroy();
 }
 
-main().catch((error) => { console.error(error); process.exit(1); });
+if (process.argv[3] === '--list') {
+    console.log(JSON.stringify(migrationsFor(process.argv[4]).map((migration) => new migration().name || migration.name)));
+} else {
+    main().catch((error) => { console.error(error); process.exit(1); });
+}
