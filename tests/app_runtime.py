@@ -26,6 +26,7 @@ N8N_KEY = "fixture-key-n8n-1"
 # What real applications made (shared/apps, beside shared/realdata).
 SHARED_APPS = Path(os.environ.get("CONSOLIDATE_APPS", REALDATA.parent / "apps"))
 FLOWISE_MIGRATE = REPO / "tests" / "apps" / "flowise_migrate.js"
+FLOWISE_READ = REPO / "tests" / "apps" / "flowise_read.js"
 
 
 def require_installed(path: Path, what: str, script: str) -> Path:
@@ -128,7 +129,7 @@ def flowise_migrations(version: str, database_type: str) -> list[str]:
     """The names of the migrations a Flowise version ships for `database_type` (sqlite / postgres), in order."""
     result = subprocess.run(["node", str(FLOWISE_MIGRATE), str(FLOWISE_DIR / f"flowise-{version}"), "--list",
                              database_type], capture_output=True, text=True, timeout=120,
-                            env={"PATH": os.environ["PATH"], "NODE_PATH": str(FLOWISE_DIR / "node_modules")})
+                            env=flowise_environment(None))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
@@ -136,11 +137,25 @@ def flowise_migrations(version: str, database_type: str) -> list[str]:
 def flowise_build_schema(database: AppDatabase, version: str) -> None:
     """Flowise's own migrations of `version`, run as Flowise runs them at start, as the Flowise role."""
     require_installed(FLOWISE_DIR / f"flowise-{version}", f"Flowise {version}", ".ci/install-flowise")
-    environment = {
-        "PATH": os.environ["PATH"], "NODE_PATH": str(FLOWISE_DIR / "node_modules"),
-        "DATABASE_TYPE": "postgres", "DATABASE_HOST": database.host, "DATABASE_PORT": database.port,
-        "DATABASE_NAME": database.dbname, "DATABASE_USER": database.role, "DATABASE_PASSWORD": database.password,
-    }
     result = subprocess.run(["node", str(FLOWISE_MIGRATE), str(FLOWISE_DIR / f"flowise-{version}")],
-                            capture_output=True, text=True, env=environment, timeout=300)
+                            capture_output=True, text=True, env=flowise_environment(database), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def flowise_environment(database: AppDatabase | None) -> dict[str, str]:
+    environment = {"PATH": os.environ["PATH"], "NODE_PATH": str(FLOWISE_DIR / "node_modules"), "TZ": "UTC"}
+    if database is not None:
+        environment.update(DATABASE_TYPE="postgres", DATABASE_HOST=database.host, DATABASE_PORT=database.port,
+                           DATABASE_NAME=database.dbname, DATABASE_USER=database.role,
+                           DATABASE_PASSWORD=database.password)
+    return environment
+
+
+def flowise_entities(version: str, database: AppDatabase | None = None, sqlite_copy: Path | None = None) -> dict:
+    """Every row of Flowise's own entities, read through typeorm as Flowise's server reads them, from
+    PostgreSQL as the Flowise role, or from a (private copy of a) SQLite file."""
+    where = ["sqlite", str(sqlite_copy)] if sqlite_copy else ["postgres"]
+    result = subprocess.run(["node", str(FLOWISE_READ), str(FLOWISE_DIR / f"flowise-{version}"), *where],
+                            capture_output=True, text=True, env=flowise_environment(database), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)

@@ -11,12 +11,13 @@ copies and from the packages' own migration lists.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from app_runtime import (FLOWISE_DIR, app_database, flowise_build_schema, flowise_migrations, flowise_versions,
-                         require_installed)
+from app_runtime import (FLOWISE_DIR, app_database, flowise_build_schema, flowise_entities, flowise_migrations,
+                         flowise_versions, require_installed)
 from conftest import consolidate, read_private_copy
 
 VERSIONS = ("3.0.1", "2.2.3")  # .ci/install-flowise
@@ -65,11 +66,23 @@ def test_every_realdata_flowise_file_copies_into_its_version_or_is_refused(reald
                 assert result.returncode == 0, (source, version, result.stdout[-3000:], result.stderr[-2000:])
                 assert report["status"] == "verified" and all(t["matches"] for t in report["tables"])
                 check_rows(source, database, tmp_path / "rows")
+                assert_flowise_sees_the_same(source, database, version, tmp_path / "entities")
             else:
                 assert result.returncode == 5, (source, version, result.stdout[-3000:])
                 assert "flowise versions differ" in report["message"]
                 assert state(database) == before, "a refused copy writes nothing"
     assert matched == set(files), "every realdata Flowise file has its version's schema here"
+
+
+def assert_flowise_sees_the_same(source: Path, database, version: str, scratch: Path) -> None:
+    """Flowise's own entities (its server's typeorm layer) read the same rows from PostgreSQL as from SQLite."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    copy = scratch / "database.sqlite"
+    shutil.copyfile(source, copy)  # realdata Flowise files have no -wal (journal mode delete)
+    assert not source.with_name(source.name + "-wal").exists()
+    from_sqlite = flowise_entities(version, sqlite_copy=copy)
+    assert any(from_sqlite.values()), "the file holds rows Flowise reads"
+    assert flowise_entities(version, database=database) == from_sqlite
 
 
 def check_rows(source: Path, database, scratch: Path) -> None:
