@@ -149,7 +149,10 @@ def to_numeric(value, scale: int | None) -> tuple[object, str]:
     if not number.is_finite():
         raise ConversionError(f"{value!r} is not a finite number")
     if scale is not None:
-        number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+        try:
+            number = number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+        except InvalidOperation:
+            raise ConversionError(f"{value!r} has too many digits for its numeric column") from None
     text = format(number, "f")
     if number.is_zero():
         text = text.lstrip("-")

@@ -48,6 +48,7 @@ class Refused(Exception):
 class TableReport:
     table: str
     action: str                 # copied / first-start rows replaced / first-start rows kept / emptied / skipped
+                                # (--verify-only: compared / first-start rows kept / emptied / skipped)
     source_rows: int | None     # None: the source has no such table
     target_rows_before: int | None
     target_rows: int | None = None
@@ -141,28 +142,27 @@ def lock_tables(connection: psycopg.Connection, schema: target_db.TargetSchema, 
                       f"running against it? stop it first)") from None
 
 
-def real_data(connection, schema, application: Application, counts: dict[str, int]) -> list[str]:
-    """The target tables holding rows that are not the application's first-start rows."""
-    found = []
+def real_data(connection, schema, application: Application, counts: dict[str, int]) -> dict[str, str]:
+    """The target tables holding rows that are not the application's first-start rows, described."""
+    found = {}
     for table, rows in sorted(counts.items()):
         if not rows or table == MIGRATIONS_TABLE:
             continue
         if table not in application.first_start_tables:
-            found.append(f"{table} ({rows} rows)")
+            found[table] = f"{table} ({rows} rows)"
             continue
         condition = application.first_start_tables[table]
         if condition and (real := target_db.count(connection, schema, table, condition)):
-            found.append(f"{table} ({real} rows beyond the first start's)")
+            found[table] = f"{table} ({real} rows beyond the first start's)"
     return found
 
 
 def plan_tables(source: source_db.SourceDatabase, connection: psycopg.Connection, schema: target_db.TargetSchema,
-                application: Application, counts: dict[str, int], real: list[str]) -> list[TablePlan]:
+                application: Application, counts: dict[str, int], real: dict[str, str]) -> list[TablePlan]:
     """Every table of either side (migrations and SQLite's own tables aside): what happens to it.
     Raises Refused when source data has no place in the target."""
     source_tables = {name: columns for name, columns in source.tables().items() if is_copied_table(name)}
     problems, plans = [], []
-    real_tables = {entry.split(" ")[0] for entry in real}
     for name in sorted(set(source_tables) | {t for t in schema.tables if is_copied_table(t)}):
         source_rows = source.count(name) if name in source_tables else None
         table = schema.tables.get(name)
@@ -188,7 +188,7 @@ def plan_tables(source: source_db.SourceDatabase, connection: psycopg.Connection
         converters = [converter_for(c, table.column(c).type) for c in shared]
         keys = [c for c in table.primary_key if c in shared]
         action, note = "copied", None
-        if name in application.first_start_tables and before and name not in real_tables:
+        if name in application.first_start_tables and before and name not in real:
             if source_rows:
                 action = "first-start rows replaced"
                 note = f"the target's {before} first-start rows replaced by the source's {source_rows}"
@@ -327,7 +327,10 @@ def run(connection: psycopg.Connection, source: source_db.SourceDatabase, applic
     if not target_db.schema_exists(connection, schema_name):
         raise AppCopyUsageError(f"schema {schema_name} does not exist: create it and start {application.name} once "
                                 f"against it ({application.postgres_settings}) so it builds its own tables")
-    connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.app-copy:' || %s))", [schema_name])
+    try:
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.app-copy:' || %s))", [schema_name])
+    except psycopg.errors.LockNotAvailable:
+        raise Refused(f"another app-copy into schema {schema_name} is running") from None
     schema = target_db.inspect(connection, schema_name)
     target_application = recognise(set(schema.tables))
     if target_application is not application:
@@ -341,13 +344,13 @@ def run(connection: psycopg.Connection, source: source_db.SourceDatabase, applic
     counts = {table: target_db.count(connection, schema, table) for table in schema.tables}
     real = real_data(connection, schema, application, counts)
     if real and not replace and not verify_only:
-        raise Refused(f"schema {schema_name} already holds {application.name} data: " + ", ".join(real)
+        raise Refused(f"schema {schema_name} already holds {application.name} data: " + ", ".join(real.values())
                       + ". Pass --replace to replace it with the source's. Nothing was written.")
-    plans = plan_tables(source, connection, schema, application, counts, real if not verify_only else [])
+    plans = plan_tables(source, connection, schema, application, counts, {} if verify_only else real)
     if verify_only:
-        for plan in plans:  # nothing is cleared or kept now: compare the tables as they are
-            if plan.action == "first-start rows replaced":
-                plan.action = "copied"
+        for plan in plans:  # nothing is cleared or copied now: compare the tables as they are
+            if plan.copies:
+                plan.action = "compared"
     else:
         started = time.monotonic()
         clear_and_copy(connection, schema, source, plans)
@@ -384,9 +387,10 @@ def clear_and_copy(connection: psycopg.Connection, schema: target_db.TargetSchem
 
 @contextlib.contextmanager
 def refused_on_bad_data(table: str, doing: str) -> Iterator[None]:
-    """A value or row PostgreSQL refuses (too long for its varchar, a broken foreign key...) refuses the copy."""
+    """A value or row PostgreSQL refuses (too long for its varchar, a broken foreign key, a GENERATED ALWAYS
+    column...) refuses the copy."""
     try:
         yield
-    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as error:
+    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.NotSupportedError) as error:
         context = f" ({error.diag.context.strip()})" if error.diag.context else ""
         raise Refused(f"table {table}, {doing}: {error.diag.message_primary}{context}. Nothing was written.") from None
