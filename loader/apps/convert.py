@@ -195,7 +195,19 @@ def round_to(moment: datetime, extra_nanoseconds: int, precision: int) -> dateti
     return moment.replace(microsecond=0) + timedelta(microseconds=rounded // 1000)
 
 
+# What both applications write: naive UTC, a space, at most microseconds (the common case, kept fast).
+PLAIN_DATE_TIME = re.compile(r"(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?")
+
+
 def to_timestamp(value, column: ColumnType) -> tuple[object, str]:
+    plain = PLAIN_DATE_TIME.fullmatch(value) if isinstance(value, str) else None
+    if plain and len(plain.group(2) or "") <= column.precision:  # nothing to round
+        try:
+            datetime.fromisoformat(plain.group(1))
+        except ValueError as error:
+            raise ConversionError(f"{value!r} is not a valid date-time: {error}") from None
+        text = f"{plain.group(1)}.{(plain.group(2) or '').ljust(6, '0')}"
+        return (text + "+00" if column.name == "timestamptz" else text), text
     moment, extra = parse_utc(value)
     moment = round_to(moment, extra, column.precision)
     if not 1 <= moment.year <= 9999:
