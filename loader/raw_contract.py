@@ -213,6 +213,11 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
     tool_version    text NOT NULL
 );
 
+-- The type each column's CREATE TABLE declared (loader/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36),
+-- DATETIME(3), BOOLEAN...; NULL: none declared, or rows written before this column existed). The typed
+-- staging models of the application tables cast by it.
+ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type text;
+
 -- The load whose rows are current for each source path: its latest `loaded` row.
 CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_loads AS
 SELECT DISTINCT ON (source_path) load_id, source_path, source_db, kind, source_sha256, wal_sha256
