@@ -5,7 +5,10 @@ the documented rules, not taken from app-copy."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,25 @@ def test_a_source_column_the_target_lacks_is_refused(tmp_path, target):
     result, report = app_copy(source, target)
     assert result.returncode == 5
     assert "column workflow_entity.weight holds 1 values but schema app has no such column" in report["message"]
+
+
+def test_rows_only_in_the_wal_arrive_and_the_source_files_stay_as_they_were(tmp_path, target):
+    """An application still holding its database open: the newest rows live only in `-wal`."""
+    scratch = app_pair(tmp_path / "scratch", target, GOOD_ROW)
+    connection = sqlite3.connect(scratch)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL").fetchone()
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+        connection.execute("INSERT INTO workflow_entity (id, active, createdAt) VALUES ('in-wal', 0, '2025-01-01 00:00:00')")
+        connection.commit()
+        source = tmp_path / "app" / "database.sqlite"
+        source.parent.mkdir(parents=True)
+        shutil.copyfile(scratch, source)
+        shutil.copyfile(f"{scratch}-wal", f"{source}-wal")
+    finally:
+        connection.close()
+    before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in source.parent.iterdir()}
+    result, report = app_copy(source, target)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert fetch(target, "SELECT id FROM app.workflow_entity ORDER BY id") == [("in-wal",), ("w1",)]
+    assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in source.parent.iterdir()} == before
