@@ -233,6 +233,8 @@ def parse_json(text: str):
         document = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=reject_constant)
     except json.JSONDecodeError as error:
         raise ConversionError(f"not JSON: {error}") from None
+    except RecursionError:
+        raise ConversionError("JSON nested too deeply to check") from None
     return document
 
 
