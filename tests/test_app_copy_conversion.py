@@ -146,3 +146,21 @@ def test_rows_only_in_the_wal_arrive_and_the_source_files_stay_as_they_were(tmp_
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert fetch(target, "SELECT id FROM app.workflow_entity ORDER BY id") == [("in-wal",), ("w1",)]
     assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in source.parent.iterdir()} == before
+
+
+def test_a_target_that_changes_what_it_receives_fails_verification_and_keeps_nothing(tmp_path, target):
+    """A trigger in the target rewriting a value on its way in: the copy does not verify, so it is rolled back."""
+    source = app_pair(tmp_path, target, GOOD_ROW)
+    with target.connect() as connection:
+        connection.execute("""
+            CREATE FUNCTION app.shout() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN NEW.name := upper(NEW.name); RETURN NEW; END $$;
+            CREATE TRIGGER shout BEFORE INSERT ON app.workflow_entity FOR EACH ROW EXECUTE FUNCTION app.shout();""")
+    result, report = app_copy(source, target)
+    assert result.returncode == 1
+    assert report["status"] == "mismatch" and "rolled back" in report["message"]
+    (differing,) = [t for t in report["tables"] if not t["matches"]]
+    assert differing["table"] == "workflow_entity" and differing["differences"] == ["row id='w1': values differ"]
+    assert fetch(target, "SELECT count(*) FROM app.workflow_entity") == [(0,)]
+    assert fetch(target, "SELECT count(*) FROM app.execution_entity") == [(0,)]
+    assert fetch(target, "SELECT status FROM consolidate.app_copies") == [("mismatch",)]
