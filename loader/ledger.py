@@ -158,12 +158,13 @@ def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_
 
 
 def record_columns(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
-                   columns: list[tuple[str, str]]) -> None:
-    """Every (source column, raw column) pair of a loaded table."""
+                   columns: list[tuple[str, str]], declared: dict[str, str] | None = None) -> None:
+    """Every (source column, raw column) pair of a loaded table, with the column's declared type."""
+    declared = declared or {}
     cursor.executemany(
         f"INSERT INTO {LEDGER_SCHEMA}.load_columns (load_id, source_path, source_table, source_column, "
-        "raw_column) VALUES (%s, %s, %s, %s, %s)",
-        [(load_id, source_path, source_table, source, raw) for source, raw in columns])
+        "raw_column, declared_type) VALUES (%s, %s, %s, %s, %s, %s)",
+        [(load_id, source_path, source_table, source, raw, declared.get(source)) for source, raw in columns])
 
 
 def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple[str, str | None] | None:

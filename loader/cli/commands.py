@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from loader import apps as app_databases
 from loader.operate import archive as archive_stage
 from loader.backup import backup as backup_stage
 from loader.transform import build as build_stage
@@ -55,6 +56,7 @@ EXIT_NOT_RECONCILED = 1
 EXIT_USAGE = 2
 EXIT_SOURCE_UNREADABLE = 3
 EXIT_DATABASE_UNAVAILABLE = 4
+EXIT_REFUSED = 5
 
 Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.")]
 Dsn = Annotated[Optional[str], typer.Option(
@@ -616,6 +618,80 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
         out.print(sync_line(report))
         print_sync_problems(report)
     raise typer.Exit(report.exit_code)
+
+
+def app_copy_table(result: app_databases.AppCopyResult) -> Table:
+    table = Table(title=f"app-copy {result.copy_id}: {result.application} → schema {result.schema} ({result.mode})")
+    for column in ("table", "action", "rows in source", "rows in target before", "rows in target", "digest", "ok"):
+        table.add_column(column, justify="right" if column.startswith("rows") else "left")
+    for t in result.tables:
+        cells = [t.source_rows, t.target_rows_before, t.target_rows]
+        ok = "" if t.matches is None else ("[green]yes[/green]" if t.matches else "[red]NO[/red]")
+        table.add_row(Text(t.table), t.action, *("" if c is None else f"{c:,}" for c in cells),
+                      (t.target_digest or "")[:12], ok)
+    return table
+
+
+def print_app_copy(result: app_databases.AppCopyResult) -> None:
+    if result.tables:
+        out.print(app_copy_table(result))
+    for t in result.tables:
+        if t.note and t.action != "copied":
+            err.print(f"{escape(t.table)}: {escape(t.note)}")
+        for difference in t.differences:
+            err.print(f"[red]{escape(t.table)}[/red]: {escape(difference)}")
+    for moved in result.sequences:
+        err.print(f"sequence {escape(moved['sequence'])}: {moved['from']} → {moved['to']}")
+    if result.status == "verified":
+        timing = "" if result.copy_seconds is None else f"copied in {result.copy_seconds:.2f} s, "
+        err.print(f"[green]verified[/green]: {len(result.tables)} tables, {result.copied_rows:,} source rows "
+                  f"({timing}verified in {result.verify_seconds:.2f} s)")
+    else:
+        err.print(f"[red]{result.status}:[/red] {escape(result.message or '')}")
+
+
+APP_COPY_EXIT = {"verified": EXIT_OK, "mismatch": EXIT_NOT_RECONCILED, "refused": EXIT_REFUSED}
+
+
+@app.command("app-copy")
+def app_copy(
+    source: Annotated[Path, typer.Argument(help="The n8n or Flowise SQLite database (database.sqlite).")],
+    schema: Annotated[str, typer.Option(
+        "--schema", help="The schema the application made in PostgreSQL by starting once against it.")],
+    dsn: Dsn = None, home: Home = DEFAULT_HOME,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Replace application data the schema already holds (beyond its first-start rows).")] = False,
+    verify_only: Annotated[bool, typer.Option(
+        "--verify-only", help="Write nothing: compare every table of the schema with the source as it is now.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Copy an n8n or Flowise SQLite database (read from a private copy) into the schema the application
+    itself created in PostgreSQL, each value converted to its column's type, then verify every table
+    (row count and a digest of every row's values on both sides). One transaction, committed only when
+    every table matches. Refused, writing nothing, when the migrations of the two sides differ or the
+    schema already holds application data (unless --replace). Recorded in consolidate.app_copies.
+
+    Exit 0 verified; 1 a table differs (the copy is rolled back); 2 bad usage (no such schema, not an
+    n8n/Flowise file); 3 the source cannot be read; 4 PostgreSQL unavailable; 5 refused, nothing written.
+
+    Example: consolidate app-copy /srv/n8n/database.sqlite --schema n8n --dsn postgresql://consolidate@db/apps
+    """
+    if replace and verify_only:
+        raise typer.BadParameter("--verify-only writes nothing: it takes no --replace")
+    try:
+        result = app_databases.app_copy(source, target_for(dsn, home, "public"), schema, replace=replace,
+                                        verify_only=verify_only)
+    except app_databases.AppCopyUsageError as error:
+        err.print(f"[red]error:[/red] {escape(str(error))}")
+        raise typer.Exit(EXIT_USAGE)
+    except app_databases.SourceUnreadable as error:
+        err.print(f"[red]cannot read the source:[/red] {escape(str(error))}")
+        raise typer.Exit(EXIT_SOURCE_UNREADABLE)
+    if as_json:
+        print_json(result.to_json())
+    else:
+        print_app_copy(result)
+    raise typer.Exit(APP_COPY_EXIT[result.status])
 
 
 @db_app.command("url")

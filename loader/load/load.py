@@ -42,6 +42,7 @@ from loader.parallel import run_in_order
 from loader.load.raw_contract import LINEAGE_COLUMNS, POSTGRES_MAX_COLUMNS, RAW_SCHEMAS, raw_column_names, raw_name
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import Snapshot, private_copy
+from loader.sqlite_ddl import declared_types
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.
@@ -327,7 +328,7 @@ def record_table(cursor, context: FileContext, record: ledger.FileRecord, plan: 
                         table.row_count, result.copied, reader=result.reader, notes=notes,
                         rows_with_binary=result.rows_with_binary)
     ledger.record_columns(cursor, record.load_id, record.source_path, table.name,
-                          list(zip(table.columns, plan.raw_columns)))
+                          list(zip(table.columns, plan.raw_columns)), declared_types(table.ddl))
     outcome.tables[table.name] = result.copied
     if result.reader == PYTHON_FALLBACK:
         outcome.fallback_tables[table.name] = result.notes

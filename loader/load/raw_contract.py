@@ -197,6 +197,37 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_columns (
         DEFERRABLE INITIALLY DEFERRED
 );
 
+-- One row per `consolidate app-copy` (a copy, or a re-verification with --verify-only) of an n8n or
+-- Flowise database into the schema the application made (loader/apps):
+--   verified : every table's rows and digest matched (a copy was committed)
+--   mismatch : a table differed (a copy was rolled back: nothing of it was kept)
+--   refused  : nothing was written; message says why (versions differ, application data in the target...)
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
+    copy_id         text PRIMARY KEY,
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL,
+    mode            text NOT NULL CHECK (mode IN ('copy', 'verify')),
+    status          text NOT NULL CHECK (status IN ('verified', 'mismatch', 'refused')),
+    application     text,
+    source_path     text NOT NULL,
+    source_sha256   text,
+    wal_sha256      text,
+    target_schema   text NOT NULL,
+    source_migration text,
+    target_migration text,
+    replace         boolean NOT NULL,
+    message         text,
+    tables          jsonb,
+    copy_seconds    double precision,
+    verify_seconds  double precision,
+    tool_version    text NOT NULL
+);
+
+-- The type each column's CREATE TABLE declared (loader/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36),
+-- DATETIME(3), BOOLEAN...; NULL: none declared, or rows written before this column existed). The typed
+-- staging models of the application tables cast by it.
+ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type text;
+
 -- The load whose rows are current for each source path: its latest `loaded` row.
 CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_loads AS
 SELECT DISTINCT ON (source_path) load_id, source_path, source_db, kind, source_sha256, wal_sha256

@@ -48,6 +48,8 @@ class SourceTable:
     # The name that selects the rowid: the first of rowid, _rowid_, oid that no column hides; None
     # for a WITHOUT ROWID table, or when columns hide all three.
     rowid_column: str | None = None
+    # Its CREATE TABLE statement in sqlite_master (None for tables SQLite made without one).
+    ddl: str | None = None
 
 
 class UnreadableName(sqlite3.DatabaseError):
@@ -114,7 +116,7 @@ def list_tables(database: Path) -> list[SourceTable]:
             has_rowid = not without_rowid(connection, name, ddl)
             hidden = {column.lower() for column in columns}
             alias = next((a for a in ROWID_ALIASES if a not in hidden), None) if has_rowid else None
-            tables.append(SourceTable(name, columns, has_rowid, count, alias))
+            tables.append(SourceTable(name, columns, has_rowid, count, alias, ddl))
         return tables
     finally:
         connection.close()
