@@ -181,3 +181,31 @@ def test_bytes_changed_between_the_check_and_the_move_are_kept_and_named(realdat
     assert "main file changed" in removal.refused and "put back" in removal.refused
     assert changed.endswith(b"written by an application at the last moment")
     assert not list(root.glob(".consolidate-quarantine-*"))
+
+
+def test_changed_bytes_stay_in_quarantine_when_a_new_file_took_their_place(realdata, tmp_path, target, home,
+                                                                             monkeypatch):
+    root = tmp_path / "root"
+    database = private_copy_of(realdata, PLAIN_V2, root)
+    run(root, target, home)
+    report = archive(target, [root], tmp_path / "archives")
+    move = archive_module.move_into_quarantine
+
+    def move_then_write(folder, quarantine, names):
+        moved = move(folder, quarantine, names)
+        # The application still had the file open and wrote to it, then created a new database in its place.
+        [quarantined] = root.glob(".consolidate-quarantine-*/memory.db")
+        with open(quarantined, "ab") as handle:
+            handle.write(b"late write")
+        database.write_bytes(b"a new file")
+        return moved
+
+    monkeypatch.setattr(archive_module, "move_into_quarantine", move_then_write)
+
+    [removal] = remove_archived_originals(target, report.archive)
+
+    [quarantined] = root.glob(".consolidate-quarantine-*/memory.db")
+    assert removal.removed == [] and "main file changed" in removal.refused
+    assert str(quarantined.parent) in removal.refused
+    assert quarantined.read_bytes().endswith(b"late write")
+    assert database.read_bytes() == b"a new file"

@@ -510,7 +510,9 @@ def archive(
     remove_originals: Annotated[bool, typer.Option(
         "--remove-originals", help="After archiving, delete each archived file (main, -wal, -shm, -journal) "
                                    "whose archive verifies, whose migration the ledger confirms and whose "
-                                   "bytes are still the archived ones.")] = False,
+                                   "bytes are still the archived ones (checked again after a move into a "
+                                   "quarantine folder beside it); never a file reached through a symbolic "
+                                   "link or outside the roots.")] = False,
     dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", as_json: AsJson = False,
 ) -> None:
     """Archive (plan phase 5) every file whose exact bytes were loaded and reconciled into a zip with a
