@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from loader import ledger
-from loader.database import Target
+from loader.database import Target, redact_password
 from loader.discover import Discovery, SourceFile
 from loader.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
 from loader.extract import (
@@ -170,7 +170,7 @@ class Worker:
             # competes for the same cores (measured: 0.38 -> 0.99 CPU-s for the same 250k rows).
             self._duck.execute("SET threads = 1")
             try:
-                attach_postgres(self._duck, self.target)
+                attach_postgres(self._duck, self.target.dsn)
             except AttachFailed as error:
                 self._direct_unavailable = f"DuckDB could not attach PostgreSQL: {error}"
 
@@ -317,7 +317,7 @@ def table_failed(table: SourceTable, error: BaseException) -> TableFailed:
 def record_table(cursor, context: FileContext, record: ledger.FileRecord, plan: TablePlan, result: TableResult,
                  outcome: FileOutcome) -> None:
     table = plan.table
-    notes = context.worker.target.redact(result.notes) if result.notes else result.notes
+    notes = redact_password(result.notes, context.worker.target.dsn) if result.notes else result.notes
     ledger.record_table(cursor, record.load_id, record.source_path, table.name, context.schema, plan.raw_table,
                         table.row_count, result.copied, reader=result.reader, notes=notes,
                         rows_with_binary=result.rows_with_binary)
@@ -496,9 +496,9 @@ def load_one(worker: Worker, load_id: str, source: SourceFile, policy: SecretPol
     except (TableFailed, FileFailed) as error:
         if connection.broken:
             raise
-        return record_outcome_without_rows(connection, load_id, source, "failed", worker.target.redact(str(error)))
+        return record_outcome_without_rows(connection, load_id, source, "failed", redact_password(str(error), worker.target.dsn))
     except Exception as error:  # a bad file is named with its reason; the run goes on
         if connection.broken:
             raise
         return record_outcome_without_rows(connection, load_id, source, "failed",
-                                           worker.target.redact(f"{type(error).__name__}: {error}".strip()))
+                                           redact_password(f"{type(error).__name__}: {error}".strip(), worker.target.dsn))
