@@ -34,7 +34,8 @@ def attach_postgres(duck: duckdb.DuckDBPyConnection, dsn: str) -> None:
     options = "TYPE postgres"
     password = dsn_password(dsn)
     if password:
-        duck.execute(f"CREATE OR REPLACE TEMPORARY SECRET {PASSWORD_SECRET} (TYPE postgres, PASSWORD {literal(password)})")
+        duck.execute(f"CREATE OR REPLACE TEMPORARY SECRET {PASSWORD_SECRET} "
+                     f"(TYPE postgres, PASSWORD {literal(password)})")
         options += f", SECRET {PASSWORD_SECRET}"
     try:
         duck.execute(f"ATTACH {literal(dsn_without_password(dsn))} AS {ALIAS} ({options})")
