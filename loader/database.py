@@ -49,17 +49,6 @@ class Target:
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.dsn, **kwargs)
 
-    @property
-    def password(self) -> str | None:
-        return conninfo_to_dict(self.dsn).get("password") or None
-
-    @property
-    def without_password(self) -> str:
-        """The DSN as `key=value` settings, its password left out (libpq takes it from elsewhere)."""
-        params = conninfo_to_dict(self.dsn)
-        params.pop("password", None)
-        return make_conninfo(**params)
-
     def redact(self, text: str) -> str:
         return redact_password(text, self.dsn)
 
@@ -91,6 +80,17 @@ class Target:
 
 DBT_PASSWORD_VARIABLE = "DBT_ENV_SECRET_CONSOLIDATE_PG_PASSWORD"
 REDACTED = "***"
+
+
+def dsn_password(dsn: str) -> str | None:
+    return conninfo_to_dict(dsn).get("password") or None
+
+
+def dsn_without_password(dsn: str) -> str:
+    """The DSN as `key=value` settings, its password left out (libpq takes it from elsewhere)."""
+    params = conninfo_to_dict(dsn)
+    params.pop("password", None)
+    return make_conninfo(**params)
 
 
 def password_forms(dsn: str) -> list[str]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -49,9 +50,17 @@ SECRET_HEADERS = frozenset({"cookie", "setcookie"})
 SECRET_QUERY_PARAMETERS = frozenset({"key", "sig", "signature", "code"})
 PAIR_NAME_FIELDS = ("name", "key", "header")
 
+SECRET_NAME = re.compile("|".join(SECRET_NAME_PARTS) + "|(?:" + "|".join(SECRET_NAME_ENDINGS) + ")$|^(?:"
+                         + "|".join(sorted(SECRET_NAMES)) + ")$")
+# What a string must contain for one of the string rules below to apply (a cheap test before them).
+STRING_TRIGGER = re.compile(r"(?i)bearer\s|basic\s|://|[?&][A-Za-z0-9_.\-\[\]]+=")
+# Names and words that must appear in a document's text, normalised as names are, for a secret to be in it.
+DOCUMENT_TRIGGERS = tuple(word.encode() for word in [*SECRET_NAME_PARTS, *SECRET_NAME_ENDINGS, *sorted(SECRET_NAMES),
+                                                      *sorted(SECRET_HEADERS), "bearer", "basic"])
+NOT_NAME_BYTES = bytes(byte for byte in range(128) if not chr(byte).isalnum() or chr(byte).isupper())
 BEARER = re.compile(r"(?i)\b(bearer\s+)([A-Za-z0-9\-._~+/]{8,}=*)")
 BASIC = re.compile(r"(?i)\b(basic\s+)([A-Za-z0-9+/]{4,}={0,2})")
-URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/?#@:]*:)([^\s/?#@]+)(@)")
+URL_PASSWORD = re.compile(r"(://[^\s/?#@:]*:)([^\s/?#@]+)(@)")
 QUERY_PARAMETER = re.compile(r"([?&])([A-Za-z0-9_.\-\[\]]+)=([^&#\s\"'<>]+)")
 
 
@@ -59,14 +68,30 @@ def keyed_hash(key: bytes, value: bytes) -> str:
     return HMAC_PREFIX + hmac.new(key, value, hashlib.sha256).hexdigest()
 
 
+NOT_LETTER_OR_DIGIT = re.compile("[^a-z0-9]")
+
+
 def normalised(name: str) -> str:
-    return "".join(character for character in name.lower() if character.isascii() and character.isalnum())
+    return NOT_LETTER_OR_DIGIT.sub("", name.lower())
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
-    flat = normalised(name)
-    return (flat in SECRET_NAMES or flat.endswith(SECRET_NAME_ENDINGS)
-            or any(part in flat for part in SECRET_NAME_PARTS))
+    return SECRET_NAME.search(normalised(name)) is not None
+
+
+def may_hold_secrets(text: str) -> bool:
+    """False only when no rule can apply to the document, so it is kept without walking it. Without a
+    backslash (an escape could spell anything) every string of the document is a piece of its text, so
+    what the string rules find in a string, they find in the text."""
+    flat = text.lower().encode("ascii", "ignore").translate(None, NOT_NAME_BYTES)  # normalised(text), faster
+    if "\\" in text or any(word in flat for word in DOCUMENT_TRIGGERS) or URL_PASSWORD.search(text):
+        return True
+    return ("?" in text or "&" in text) and any(is_secret_query_parameter(match.group(2)) for match in QUERY_PARAMETER.finditer(text))
+
+
+def is_secret_query_parameter(name: str) -> bool:
+    return is_secret_name(name) or normalised(name) in SECRET_QUERY_PARAMETERS
 
 
 def is_secret_header(name: str) -> bool:
@@ -113,6 +138,8 @@ class Scrubber:
         embedded = self.embedded_json(text, depth)
         if embedded is not None:
             return embedded
+        if not STRING_TRIGGER.search(text):
+            return text
         text = BEARER.sub(lambda m: m.group(1) + self.hash_text(m.group(2)), text)
         text = BASIC.sub(self.basic_credentials, text)
         text = URL_PASSWORD.sub(lambda m: m.group(1) + self.hash_text(m.group(2)) + m.group(3), text)
@@ -127,7 +154,7 @@ class Scrubber:
 
     def query_parameter(self, match: re.Match) -> str:
         name = match.group(2)
-        if is_secret_name(name) or normalised(name) in SECRET_QUERY_PARAMETERS:
+        if is_secret_query_parameter(name):
             return f"{match.group(1)}{name}={self.hash_text(match.group(3))}"
         return match.group(0)
 
@@ -188,8 +215,9 @@ class Scrubber:
             if isinstance(element, str):
                 result[index] = self.hash_text(element) if index in secret else self.string(element, 1)
             elif isinstance(element, dict):
-                result[index] = {name: self.secret_value(item) if is_secret_name(name) and not is_reference(item, document)
-                                 else item for name, item in element.items()}
+                result[index] = {name: self.secret_value(item)  # an inline number under a secret key
+                                 if is_secret_name(name) and not is_reference(item, document) else item
+                                 for name, item in element.items()}
             changed = changed or result[index] != element
         return result, changed
 
@@ -244,6 +272,8 @@ def scrub_json(key: bytes, text: str) -> str:
         return scrubber.hash_text(text)
     if not isinstance(document, (dict, list)):
         return scrubber.hash_text(text) if isinstance(document, str) else text
+    if not may_hold_secrets(text):
+        return text
     try:
         scrubbed, changed = scrubber.flatted(document) if is_flatted(document) else scrubber.value(document, 0)
     except (TooDeep, RecursionError):

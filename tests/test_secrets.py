@@ -406,7 +406,7 @@ def test_an_attach_error_never_quotes_the_password_in_any_form(password_protecte
     url, password, _ = password_protected
     duck = duckdb_session()
     with pytest.raises(AttachFailed) as failure:
-        attach_postgres(duck, Target(dsn=url.replace("/consolidate_pw?", "/no_such_database?")))
+        attach_postgres(duck, url.replace("/consolidate_pw?", "/no_such_database?"))
     duck.close()
     assert "no_such_database" in str(failure.value)
     assert not shown(forms_of(password), str(failure.value))

@@ -15,7 +15,7 @@ import duckdb
 import duckdb_extension_postgres_scanner
 import psycopg
 
-from loader.database import Target
+from loader.database import dsn_password, dsn_without_password, redact_password
 from loader.sources.sqlite_reader import extension_path, literal, quote
 
 ALIAS = "pg"
@@ -26,20 +26,21 @@ class AttachFailed(Exception):
     """DuckDB could not connect to PostgreSQL; the message never holds the password."""
 
 
-def attach_postgres(duck: duckdb.DuckDBPyConnection, target: Target) -> None:
+def attach_postgres(duck: duckdb.DuckDBPyConnection, dsn: str) -> None:
     """Attach the target database as `pg`. DuckDB quotes the connection string in its errors, so it
     gets the DSN without its password; the password goes into a temporary (in-memory) DuckDB secret
     that the attach uses."""
     duck.execute(f"LOAD {literal(extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner').as_posix())}")
     options = "TYPE postgres"
-    if target.password:
+    password = dsn_password(dsn)
+    if password:
         duck.execute(f"CREATE OR REPLACE TEMPORARY SECRET {PASSWORD_SECRET} "
-                     f"(TYPE postgres, PASSWORD {literal(target.password)})")
+                     f"(TYPE postgres, PASSWORD {literal(password)})")
         options += f", SECRET {PASSWORD_SECRET}"
     try:
-        duck.execute(f"ATTACH {literal(target.without_password)} AS {ALIAS} ({options})")
+        duck.execute(f"ATTACH {literal(dsn_without_password(dsn))} AS {ALIAS} ({options})")
     except duckdb.Error as error:
-        raise AttachFailed(target.redact(str(error)).splitlines()[0]) from None
+        raise AttachFailed(redact_password(str(error), dsn).splitlines()[0]) from None
 
 
 class LedgerCursor:

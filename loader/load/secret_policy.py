@@ -43,12 +43,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
-
 from loader import secret_scrub
 
 ACTIONS = ("hash", "scrub", "exclude", "keep")
-SCRUB_FUNCTION = "consolidate_scrub_json"
 # Changes whenever what `scrub` does to a document changes, so the recorded digest tells policies apart.
 SCRUB_VERSION = 1
 
@@ -133,21 +130,16 @@ class SecretPolicy:
         return self.by_shape.get((table.casefold(), column.casefold()), "keep")
 
     def select_expression(self, table: str, column: str, quoted_column: str) -> str:
-        """The DuckDB expression that reads `column` under this policy (`scrub` needs register_functions)."""
+        """The DuckDB expression that reads `column` under this policy. `scrub` has none: a table with
+        such a column is read by the Python reader (see `stored_value`)."""
         action = self.action(table, column)
+        if action == "scrub":
+            raise ValueError(f"{table}.{column} is scrubbed in Python, not read by DuckDB")
         if action == "exclude":
             return "NULL"
         if action == "hash":
             return hmac_sha256_expression(self.key, quoted_column)
-        if action == "scrub":
-            return f"{SCRUB_FUNCTION}({quoted_column})"
         return quoted_column
-
-    def register_functions(self, duck: duckdb.DuckDBPyConnection) -> None:
-        """Make `scrub` available to DuckDB: a Python function, called once per non-NULL value."""
-        key = self.key
-        duck.create_function(SCRUB_FUNCTION, lambda text: secret_scrub.scrub_json(key, text),
-                             [duckdb.sqltype("VARCHAR")], duckdb.sqltype("VARCHAR"), side_effects=False)
 
     def stored_value(self, action: str, value: bytes) -> str:
         """What `hash` or `scrub` stores for a value's bytes (the Python reader's and validation's side)."""
