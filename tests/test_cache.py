@@ -255,10 +255,10 @@ def test_cli_warm_then_stats(consolidated, redis_url, redis_db, tmp_path):
     assert (report["connected"], report["keys"]) == (True, 12) and report["used_memory"] > 0
 
 
-def test_cli_with_redis_unreachable_exits_1_without_the_password(consolidated, closed_port, tmp_path):
+def test_cli_with_redis_unreachable_exits_6_without_the_password(consolidated, closed_port, tmp_path):
     url = f"redis://:secret@127.0.0.1:{closed_port}/0"
     warmed = consolidate_cache("warm", "--redis-url", url, "--dsn", consolidated.dsn, "--home", str(tmp_path / "state"))
     stats = consolidate_cache("stats", "--redis-url", url, "--json")
-    assert (warmed.returncode, stats.returncode) == (1, 1)
+    assert (warmed.returncode, stats.returncode) == (6, 6)
     assert json.loads(stats.stdout)["connected"] is False
     assert "secret" not in warmed.stdout + warmed.stderr + stats.stdout + stats.stderr

@@ -189,7 +189,7 @@ def test_a_failed_attach_never_shows_the_password(server_dsn):
 
 
 def test_discovery_takes_unchanged_files_from_the_ledger_and_reads_changed_ones(tmp_path):
-    from loader.sources.discover import KnownFile
+    from loader.ledger import KnownFile
     folder = tmp_path / "tree"
     same = make_db(folder / "same.db", "CREATE TABLE memory_store (k TEXT)", "INSERT INTO memory_store VALUES ('a')")
     changed = make_db(folder / "changed.db", "CREATE TABLE memory_store (k TEXT)")

@@ -29,7 +29,7 @@ from loader.verify.lineage import versions
 from loader.load.load import load
 from loader.fixtures.sample import V2_DDL, V3_DDL
 from loader.load.secret_policy import SecretPolicy
-from loader.operate.sync import sync, watch
+from loader.pipeline import sync, watch
 
 KEY = b"sync test key"
 POLICY = SecretPolicy(key=KEY)

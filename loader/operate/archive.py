@@ -65,10 +65,10 @@ from loader import __version__
 from loader.backup.backup import backup_relative_path, flush_to_disk
 from loader.database import Target
 from loader.sources.discover import SourceFile, discover
-from loader.load.raw_contract import LEDGER_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, relation_exists
+from loader.ledger import exists as ledger_exists
 from loader.sources.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
                              sha256_of, side_file)
-from loader.operate.status import ledger_exists, relation_exists
 from loader.backup.destination import make_staging_folder, root_overlap
 
 MANIFEST_NAME = "manifest.json"

@@ -24,11 +24,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader.database import Target
-from loader.load.raw_contract import LEDGER_SCHEMA
+from loader import ledger
+from loader.ledger import LEDGER_SCHEMA
 from loader.sources.snapshot import sha256_or_none, side_file
 
 UNCHANGED, CHANGED, MISSING = "unchanged", "changed", "missing"
-LEDGER_RELATIONS = ("loads", "load_files", "current_loads")
 NO_LEDGER_MESSAGE = ("no load has run against this database yet (there is no consolidate ledger); "
                      "run `consolidate load` or `consolidate run`")
 EMPTY_LEDGER_MESSAGE = "the ledger records no file yet"
@@ -140,18 +140,6 @@ class StatusReport:
 
 # ------------------------------------------------------------------------------------------ ledger
 
-def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> bool:
-    """Whether a table or view `schema.name` exists (names taken literally, never parsed)."""
-    row = connection.execute(
-        "SELECT 1 FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
-    return row is not None
-
-
-def ledger_exists(connection: psycopg.Connection) -> bool:
-    return all(relation_exists(connection, LEDGER_SCHEMA, name) for name in LEDGER_RELATIONS)
-
-
 FILES_QUERY = """
 WITH latest AS (
     SELECT DISTINCT ON (source_path) source_path, source_db, kind, status, load_id,
@@ -252,7 +240,7 @@ def status(target: Target) -> StatusReport:
     """What the ledger in `target` says about every file it has seen, and how each file on disk compares.
     A database without a ledger gives an empty report whose message says so."""
     with target.connect() as connection:
-        if not ledger_exists(connection):
+        if not ledger.exists(connection):
             return StatusReport(files=[], last_load=None, message=NO_LEDGER_MESSAGE)
         last_load = read_last_load(connection)
         with connection.cursor(row_factory=dict_row) as cursor:

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loader.ledger import KnownFile
 from loader.sources.sqlite_reader import list_tables
 from loader.sources.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consolidated_copy, private_copy, sha256_of,
                              side_file)
@@ -227,17 +228,6 @@ def copies_to_keep(sources: list[SourceFile], folder: Path | None) -> set[Path]:
             break
         kept.add(source.path)
     return kept
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    """What the ledger holds of a file's current load: its checksums, kind and table counts."""
-
-    sha256: str
-    wal_sha256: str | None
-    kind: str
-    tables: dict[str, int]
-    stat: dict | None = None
 
 
 def examine(path: Path, base: Path, known: KnownFile | None) -> SourceFile | DiscoveryWarning | None:

@@ -52,53 +52,17 @@ from psycopg.types.json import Jsonb
 from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
 from loader.database import Target
 from loader.sources.sqlite_reader import SourceTable, list_tables, quote
-from loader.ledger import now
-from loader.load.raw_contract import LEDGER_SCHEMA
+from loader import ledger
+from loader.ledger import LEDGER_SCHEMA, now
 from loader.load.secret_policy import DEFAULT_POLICY, SecretPolicy, load_policy
 from loader.sources.snapshot import SourceKeptChanging, private_copy
+from loader.transform.relations import MEMORY_RANKED
 
 UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
 
-RESULTS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.validation_runs (
-    run_id       text PRIMARY KEY,
-    started_at   timestamptz NOT NULL,
-    finished_at  timestamptz NOT NULL,
-    passed       boolean NOT NULL,
-    sample_size  integer NOT NULL,
-    seed         bigint NOT NULL,
-    marts_schema text NOT NULL,
-    backup_dir   text
-);
-
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.validation_files (
-    run_id                 text NOT NULL REFERENCES {LEDGER_SCHEMA}.validation_runs (run_id),
-    source_path            text NOT NULL,
-    load_id                text NOT NULL,
-    rows_in_sqlite         bigint,
-    rows_in_raw            bigint NOT NULL,
-    kept                   bigint,
-    superseded             bigint,
-    moved                  bigint,
-    flagged                bigint,
-    checksum_status        text NOT NULL
-        CHECK (checksum_status IN ('{UNCHANGED}', '{CHANGED}', '{MISSING}', '{UNREADABLE}')),
-    backup_checksum_status text
-        CHECK (backup_checksum_status IN ('{BACKUP_MATCHES}', '{BACKUP_DIFFERS}', '{NOT_BACKED_UP}')),
-    spot_checked           integer NOT NULL,
-    spot_mismatches        integer NOT NULL,
-    mismatch_details       jsonb NOT NULL,
-    tables                 jsonb NOT NULL,
-    problems               text[] NOT NULL,
-    passed                 boolean NOT NULL,
-    PRIMARY KEY (run_id, source_path)
-);
-"""
-
 # Relations validate reads besides the ledger: the marts (in Target.schema) and the ranked versions.
 MARTS = ("unified_memory", "performance_metrics", "unified_memory_history", "reconciliation")
-RANKED_VERSIONS = ("intermediate", "int_memory_ranked")
 
 # A current memory version is flagged when staging recorded a problem of its source row (a non-empty
 # `flags` array in int_memory_ranked and the marts; the rules live in dbt_project/macros/memory_flags.sql).
@@ -264,7 +228,7 @@ def new_run_id(started_at: datetime) -> str:
 
 
 def require_relations(connection: psycopg.Connection, schema: str) -> None:
-    needed = [(LEDGER_SCHEMA, "current_loads"), RANKED_VERSIONS, *((schema, mart) for mart in MARTS)]
+    needed = [(LEDGER_SCHEMA, "current_loads"), MEMORY_RANKED, *((schema, mart) for mart in MARTS)]
     missing = [f"{namespace}.{name}" for namespace, name in needed if connection.execute(
         "SELECT to_regclass(%s) IS NULL", [sql.Identifier(namespace, name).as_string(connection)]).fetchone()[0]]
     if missing:
@@ -351,7 +315,7 @@ def flagged_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], int
     """Flagged current versions per (load_id, source_path), in one pass over the ranked versions."""
     rows = connection.execute(sql.SQL(
         "SELECT load_id, source_path, count(*) FROM {} WHERE {} GROUP BY 1, 2").format(
-        sql.Identifier(*RANKED_VERSIONS), sql.SQL(FLAGGED))).fetchall()
+        sql.Identifier(*MEMORY_RANKED), sql.SQL(FLAGGED))).fetchall()
     return {(load_id, source_path): count for load_id, source_path, count in rows}
 
 
@@ -1057,9 +1021,9 @@ def shown(name: str, value) -> str:
 # ------------------------------------------------------------------------------------------ storing
 
 def store(connection: psycopg.Connection, report: ValidationReport) -> None:
+    ledger.ensure(connection)
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.validation'))")
-        connection.execute(RESULTS_DDL)
         connection.execute(
             f"INSERT INTO {LEDGER_SCHEMA}.validation_runs (run_id, started_at, finished_at, passed, sample_size, "
             "seed, marts_schema, backup_dir) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
