@@ -17,7 +17,6 @@ they complete such a ledger whatever of it exists, and change nothing it already
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -360,6 +359,44 @@ class KnownFile:
     kind: str
     tables: dict[str, int]
     stat: dict | None = None
+
+
+@dataclass(frozen=True)
+class CurrentLoad:
+    """A source path's current load: the load whose rows are current in raw (`current_loads`)."""
+
+    source_path: str
+    source_db: str
+    kind: str
+    load_id: str
+    loaded_at: datetime | None
+    sha256: str
+    wal_sha256: str | None
+    rows_in_sqlite: int | None
+    rows_loaded: int | None
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        return (self.sha256, self.wal_sha256)
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
+                "rows_in_sqlite": self.rows_in_sqlite, "rows_loaded": self.rows_loaded,
+                "sha256": self.sha256, "wal_sha256": self.wal_sha256}
+
+
+CURRENT_LOADS_QUERY = f"""
+SELECT c.source_path, c.source_db, c.kind, c.load_id, f.completed_at, c.source_sha256, c.wal_sha256,
+       f.rows_in_sqlite, f.rows_loaded
+FROM {LEDGER_SCHEMA}.current_loads AS c
+JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)
+ORDER BY c.source_path
+"""
+
+
+def current_loads(connection: psycopg.Connection) -> list[CurrentLoad]:
+    """Every source path's current load, by path."""
+    return [CurrentLoad(*row) for row in connection.execute(CURRENT_LOADS_QUERY).fetchall()]
 
 
 def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple[str, str | None] | None:

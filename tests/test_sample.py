@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from loader.fixtures.sample import write_sample
+from loader.sources.snapshot import SQLITE_HEADER
 
 REPO = Path(__file__).resolve().parent.parent
-SQLITE_HEADER = b"SQLite format 3\x00"
 APP = Path("opt/sutazaiapp")
 MAIN = APP / ".swarm/memory.db"
 DIND = APP / "docker/dind/.swarm/memory.db"

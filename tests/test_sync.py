@@ -27,7 +27,8 @@ from loader.database import Target
 from loader.sources.discover import discover
 from loader.verify.lineage import versions
 from loader.load.load import load
-from loader.fixtures.sample import V2_DDL, V3_DDL
+from loader.fixtures.claude_flow_v2 import V2_DDL
+from loader.fixtures.claude_flow_v3 import V3_DDL
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import sync, watch
 

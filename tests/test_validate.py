@@ -19,11 +19,12 @@ from psycopg.rows import dict_row
 import pytest
 
 from conftest import consolidate, read_private_copy
-from loader.verify.validate import (ValidationError, epoch_timestamp, normalized_value, secret_policy_in_use,
-                             text_timestamp, validate)
+from loader.verify.results import ValidationError
+from loader.verify.rules import epoch_timestamp, normalized_value, text_timestamp
+from loader.verify.validate import secret_policy_in_use, validate
+from loader.sources.snapshot import SQLITE_HEADER
 
 EVERY_ROW = 100_000
-SQLITE_HEADER = b"SQLite format 3\x00"
 BROKEN_JSON = '{"truncated": '
 
 

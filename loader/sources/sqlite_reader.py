@@ -186,7 +186,7 @@ def value_problem(kind: bytes | None, value: bytes | None) -> str | None:
     return None
 
 
-def chunks(items: list, size: int = COLUMNS_PER_CHECK) -> list[list]:
+def chunks(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
@@ -210,7 +210,7 @@ def needs_fallback(connection: sqlite3.Connection, table: SourceTable, check_tex
     if encoding != "UTF-8":  # CAST(x AS BLOB) would give UTF-16 bytes: leave every table to Python
         return f"the database's text encoding is {encoding}"
     conditions = []
-    for group in chunks([quote(column) for column in table.columns]):
+    for group in chunks([quote(column) for column in table.columns], COLUMNS_PER_CHECK):
         conditions += [f"typeof({c}) = 'blob'" for c in group]
         if check_text:
             joined = " || x'0a' || ".join(f"coalesce(CAST({c} AS BLOB), x'')" for c in group)
