@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = returned if isinstance(returned, int) else 0
     except SystemExit as stop:  # typer.Exit inside standalone_mode=False comes back as an exit code
         exit_code = stop.code if isinstance(stop.code, int) else 1
-    except Exception as error:  # noqa: BLE001 - the runner reports it
+    except Exception as error:
         print(f"harness: {type(error).__name__}: {error}", file=sys.stderr)
         exit_code = 99
     finally:

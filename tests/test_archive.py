@@ -15,10 +15,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
-from loader.fixtures.sample import write_sample
 from test_status import add_table, consolidate, sha256, write_and_run_sample
+
+from loader.fixtures.sample import write_sample
+from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
 
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"

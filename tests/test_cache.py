@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import consolidate, fetch
 from loader.serve.cache import Cache, cache_key
 from loader.serve.client import MemoryClient
+
+from conftest import consolidate, fetch
 
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import uuid
 import pytest
 
-from conftest import fetch
-from loader.serve.client import MemoryClient
 from loader.database import Target
+from loader.serve.client import MemoryClient
+
+from conftest import fetch
 
 PERFORMANCE = "performance-metrics"
 LIVE = "(expires_at IS NULL OR expires_at > now())"

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from loader.database import Target, embedded_dsn, stop_embedded
+
 from conftest import consolidate
 
 KILL_AFTER_SECONDS = [0.4, 0.9, 1.5, 2.2, 3.0]

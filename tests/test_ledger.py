@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import consolidate, fetch
 from loader import ledger
 from loader.fixtures.sample import write_sample
+
+from conftest import consolidate, fetch
 
 DUMP = Path(__file__).parent / "data" / "ledger-0.1.0.sql.gz"
 DUMPED_ROOT = "/tmp/restructure_old/SAMPLEROOT"

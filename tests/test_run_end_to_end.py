@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from test_load import manifest_mismatches
 
 from conftest import consolidate, read_private_copy
-from test_load import manifest_mismatches
 
 PERFORMANCE = "performance-metrics"
 
@@ -152,6 +152,11 @@ def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sam
         created_values = [v["created"] for v in group if v["created"] is not None]
         if created_values:
             assert float(created) == pytest.approx(min(created_values), abs=1e-3), identity
+        accessed_values = [v["accessed"] for v in group if v["accessed"] is not None]
+        if accessed_values:  # the winner takes the latest accessed_at of its versions
+            assert float(accessed) == pytest.approx(max(accessed_values), abs=1e-3), identity
+        else:
+            assert accessed is None, identity
         counts = [v["access_count"] for v in group if v["access_count"] is not None]
         if counts:
             assert count == max(counts), identity
@@ -235,7 +240,7 @@ def test_dbt_docs_generate_works_offline(target, home, tmp_path):
     assert consolidate("sample", str(tree)).returncode == 0
     assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
     script = ("import sys; from pathlib import Path; from loader.transform.build import run_dbt; from loader.database import Target; "
-              "sys.exit(0 if run_dbt('docs generate', Target(sys.argv[1]), Path(sys.argv[2])).success else 1)")
+              "sys.exit(0 if run_dbt(['docs', 'generate'], Target(sys.argv[1]), Path(sys.argv[2])).success else 1)")
     result = subprocess.run([sys.executable, "-c", script, target.dsn, str(home)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]

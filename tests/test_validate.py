@@ -15,14 +15,15 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from psycopg.rows import dict_row
 import pytest
+from psycopg.rows import dict_row
 
-from conftest import consolidate, read_private_copy
+from loader.sources.snapshot import SQLITE_HEADER
 from loader.verify.results import ValidationError
 from loader.verify.rules import epoch_timestamp, normalized_value, text_timestamp
 from loader.verify.validate import secret_policy_in_use, validate
-from loader.sources.snapshot import SQLITE_HEADER
+
+from conftest import consolidate, read_private_copy
 
 EVERY_ROW = 100_000
 BROKEN_JSON = '{"truncated": '

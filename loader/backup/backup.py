@@ -71,12 +71,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from loader import __version__
-from loader.sources.discover import Discovery, SourceFile, discover
-from loader.backup.destination import (Problem, destination_refusal, is_new_or_empty, make_staging_folder,
-                                       publish_folder)
-from loader.sources.sqlite_reader import list_tables
+from loader.backup.destination import Problem, destination_refusal, is_new_or_empty, make_staging_folder, publish_folder
 from loader.parallel import run_in_order
-from loader.sources.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
+from loader.sources.discover import Discovery, SourceFile, discover
+from loader.sources.snapshot import (
+    COPY_ATTEMPTS,
+    Snapshot,
+    SourceKeptChanging,
+    consistent_copy,
+    private_copy,
+    sha256_of,
+)
+from loader.sources.sqlite_reader import list_tables
 
 MANIFEST_NAME = "manifest.json"
 # Two files at a time: copying, hashing and SQLite's backup API leave the GIL while they work.

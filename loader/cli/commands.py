@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import psycopg
 import typer
@@ -37,9 +37,9 @@ cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-
 app.add_typer(cache_app, name="cache")
 
 Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.")]
-OptionalRoots = Annotated[Optional[list[Path]], typer.Argument(
+OptionalRoots = Annotated[list[Path] | None, typer.Argument(
     help="Directories (or files) to search for SQLite databases.", show_default=False)]
-Dsn = Annotated[Optional[str], typer.Option(
+Dsn = Annotated[str | None, typer.Option(
     "--dsn", envvar="DATABASE_URL", show_envvar=True,
     help="PostgreSQL to write to, e.g. postgresql://user@host:10000/db. Default: an embedded PostgreSQL "
          "kept under --home.")]
@@ -48,7 +48,7 @@ Home = Annotated[Path, typer.Option(
     help="State folder: the embedded PostgreSQL's data and dbt's target/logs.")]
 Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA",
                                      help="Schema the marts (unified_memory, ...) are built in.")]
-Secrets = Annotated[Optional[Path], typer.Option(
+Secrets = Annotated[Path | None, typer.Option(
     "--secrets", exists=True, dir_okay=False,
     help="TOML file overriding the secret-column policy (hash / exclude / keep per kind.table.column).")]
 RedisUrl = Annotated[str, typer.Option(
@@ -110,11 +110,26 @@ def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
     raise typer.Exit(ExitCode.OK if outcome.success else ExitCode.NOT_RECONCILED)
 
 
+@app.command(context_settings={"ignore_unknown_options": True})
+def dbt(arguments: Annotated[list[str], typer.Argument(
+            help="A dbt command and its arguments, after `--`: build, test --select X, docs generate, "
+                 "docs serve, source freshness...", show_default=False)],
+        dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public") -> None:
+    """Run any dbt command against the database the other commands use, with the project and profile
+    shipped in the package; artifacts (manifest, catalog, run results) and logs go under HOME/dbt.
+    Exit 0 when dbt succeeds, 1 when a model, test or freshness check fails, 2 when dbt itself fails
+    (unknown command, bad selector).
+
+    Example: consolidate dbt -- test --select unified_memory"""
+    outcome = build_stage.run_dbt(arguments, target_for(dsn, home, schema), home)
+    raise typer.Exit(ExitCode.OK if outcome.success else ExitCode.USAGE if outcome.crashed else ExitCode.NOT_RECONCILED)
+
+
 @app.command()
 def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
         secrets: Secrets = None, force: Force = False,
         no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the backup taken before loading.")] = False,
-        backup_to: Annotated[Optional[Path], typer.Option(
+        backup_to: Annotated[Path | None, typer.Option(
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         rebuild: Annotated[bool, typer.Option(
             "--rebuild", help="Build and validate even when nothing changed since the last passing build.")] = False,
@@ -145,9 +160,9 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
 @app.command()
 def backup(
     roots: OptionalRoots = None,
-    to: Annotated[Optional[Path], typer.Option(
+    to: Annotated[Path | None, typer.Option(
         "--to", help="Folder for the backups and manifest.json: new, empty, or an earlier backup with --overwrite.")] = None,
-    verify: Annotated[Optional[Path], typer.Option(
+    verify: Annotated[Path | None, typer.Option(
         "--verify", help="Instead of backing up, check this backup folder against its manifest.")] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace the earlier backup in --to (refused if it holds files its manifest does not list).")] = False,
@@ -181,8 +196,8 @@ def backup(
 def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", secrets: Secrets = None,
              sample: Annotated[int, typer.Option("--sample", min=0,
                  help="Random rows spot-checked per file (memory rows, and rows of the other tables).")] = 20,
-             seed: Annotated[Optional[int], typer.Option("--seed", help="Repeat an earlier run's choice of rows.")] = None,
-             backup: Annotated[Optional[Path], typer.Option("--backup", exists=True, file_okay=False,
+             seed: Annotated[int | None, typer.Option("--seed", help="Repeat an earlier run's choice of rows.")] = None,
+             backup: Annotated[Path | None, typer.Option("--backup", exists=True, file_okay=False,
                  help="Backup folder (manifest.json) that must hold the loaded bytes of every file.")] = None,
              as_json: AsJson = False) -> None:
     """Validation report (plan phase 3): per current source file, counts (SQLite, raw, kept, superseded,
@@ -217,7 +232,7 @@ def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder t
 
 @app.command()
 def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")],
-            namespace: Annotated[Optional[str], typer.Option(help="Only this namespace.")] = None,
+            namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
             as_json: AsJson = False) -> None:
     """Every version of an entry across files and loads, the winner marked. Exit 5 when there is no
@@ -242,9 +257,9 @@ def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) 
 @app.command()
 def archive(
     roots: OptionalRoots = None,
-    to: Annotated[Optional[Path], typer.Option(
+    to: Annotated[Path | None, typer.Option(
         "--to", help="Folder for the archive: new, empty, or holding only consolidate archives.")] = None,
-    verify: Annotated[Optional[Path], typer.Option(
+    verify: Annotated[Path | None, typer.Option(
         "--verify", help="Instead of archiving, re-check this archive (.zip) member by member.")] = None,
     remove_originals: Annotated[bool, typer.Option(
         "--remove-originals", help="After archiving, delete each archived file (main, -wal, -shm, -journal) "
@@ -278,7 +293,7 @@ def archive(
 @app.command()
 def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
          secrets: Secrets = None,
-         watch: Annotated[Optional[float], typer.Option(
+         watch: Annotated[float | None, typer.Option(
              "--watch", metavar="SECONDS", min=0.1,
              help="Keep syncing, SECONDS after the end of each cycle, until Ctrl-C (SIGINT) or SIGTERM; "
                   "a cycle that finds no file changed does nothing.")] = None,

@@ -33,16 +33,29 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
-from loader.sources.discover import Discovery, DiscoveryWarning, SourceFile
-from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
-from loader.sources.sqlite_reader import (
-    DUCKDB, PYTHON_FALLBACK, ColumnRead, FallbackExport, SourceTable, attach_sqlite, duckdb_session, export_csv,
-    export_csv_python, list_tables, needs_fallback, open_for_reading, quote, select_rows)
-from loader.parallel import run_in_order
 from loader.load import raw_tables
+from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
 from loader.load.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
 from loader.load.secret_policy import SecretPolicy
+from loader.parallel import run_in_order
+from loader.sources.discover import Discovery, DiscoveryWarning, SourceFile
 from loader.sources.snapshot import Snapshot, private_copy
+from loader.sources.sqlite_reader import (
+    DUCKDB,
+    PYTHON_FALLBACK,
+    ColumnRead,
+    FallbackExport,
+    SourceTable,
+    attach_sqlite,
+    duckdb_session,
+    export_csv,
+    export_csv_python,
+    list_tables,
+    needs_fallback,
+    open_for_reading,
+    quote,
+    select_rows,
+)
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.

@@ -62,13 +62,19 @@ from psycopg import sql
 
 from loader import __version__
 from loader.backup.backup import backup_relative_path, flush_to_disk
+from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
 from loader.database import Target
-from loader.sources.discover import SourceFile, discover
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
-from loader.sources.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
-                             sha256_of, side_file)
-from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
+from loader.sources.discover import SourceFile, discover
+from loader.sources.snapshot import (
+    CHANGE_DETECTING_SUFFIXES,
+    SourceKeptChanging,
+    consistent_copy,
+    file_set_state,
+    sha256_of,
+    side_file,
+)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "consolidate-archive/1"

@@ -23,8 +23,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from loader.database import Target
 from loader import ledger
+from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad
 from loader.sources.snapshot import sha256_or_none, side_file
 

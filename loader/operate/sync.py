@@ -38,11 +38,10 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.exit_codes import ExitCode
-from loader.load.load import FileOutcome, LoadOutcome
 from loader.ledger import LEDGER_SCHEMA
+from loader.load.load import FileOutcome, LoadOutcome
 from loader.load.raw_contract import LINEAGE_COLUMNS
 from loader.transform.build import BuildOutcome
-
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
 # value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content.

@@ -23,9 +23,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from loader.ledger import KnownFile
+from loader.sources.snapshot import (
+    SQLITE_HEADER,
+    Snapshot,
+    SourceKeptChanging,
+    consolidated_copy,
+    private_copy,
+    sha256_of,
+    side_file,
+)
 from loader.sources.sqlite_reader import list_tables
-from loader.sources.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consolidated_copy, private_copy, sha256_of,
-                             side_file)
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")

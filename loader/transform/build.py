@@ -11,9 +11,7 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 
 from loader.database import Target
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-PROFILES_DIR = PROJECT_DIR / "profiles"
+from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
 
 @dataclass
@@ -22,14 +20,17 @@ class BuildOutcome:
     passed: int = 0
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
+    crashed: bool = False  # dbt itself failed (bad arguments, no connection): no model or test ran to fail
 
     def to_json(self) -> dict:
-        return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped}
+        return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped,
+                "crashed": self.crashed}
 
 
-def dbt_arguments(command: str, home: Path, quiet: bool) -> list[str]:
+def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
+    """`command` (a dbt command and its own arguments) pointed at the project, its profile and `home`."""
     arguments = [
-        *command.split(),
+        *command,
         "--project-dir", str(PROJECT_DIR),
         "--profiles-dir", str(PROFILES_DIR),
         "--target-path", str((home / "dbt" / "target").absolute()),
@@ -52,15 +53,18 @@ def password_free_argv(target: Target):
         sys.argv = original
 
 
-def run_dbt(command: str, target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
-    """Invoke dbt in-process with the connection settings of `target`."""
+def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
+    """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
+    in-process, against `target` (the profile reads its connection settings from the environment) with
+    its artifacts and logs under `home`/dbt. `crashed` tells a dbt error (bad arguments, no connection)
+    from models or tests that failed."""
     from dbt.cli.main import dbtRunner
 
     os.environ.update(target.dbt_environment())
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     with password_free_argv(target):
         result = dbtRunner().invoke(dbt_arguments(command, home, quiet))
-    outcome = BuildOutcome(success=bool(result.success))
+    outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)
         if status in ("error", "fail", "runtime error"):
@@ -73,4 +77,4 @@ def run_dbt(command: str, target: Target, home: Path, *, quiet: bool = False) ->
 
 
 def build(target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
-    return run_dbt("build", target, home, quiet=quiet)
+    return run_dbt(["build"], target, home, quiet=quiet)

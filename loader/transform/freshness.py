@@ -13,7 +13,7 @@ import hashlib
 
 from loader import ledger
 from loader.database import Target
-from loader.transform.build import PROJECT_DIR
+from loader.transform.project import PROJECT_DIR
 
 
 def project_digest() -> str:

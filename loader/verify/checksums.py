@@ -9,7 +9,6 @@ from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
 from loader.ledger import CurrentLoad
 from loader.verify.results import ValidationError
 
-
 UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
 

@@ -11,7 +11,6 @@ from loader.ledger import LEDGER_SCHEMA, CurrentLoad
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.results import TableCount
 
-
 # The raw memory tables the marts are built from (dbt macro memory_raw_tables), by kind.
 MEMORY_TABLES = {
     "claude-flow-v2": {("raw_claude_flow_v2", "memory_entries")},

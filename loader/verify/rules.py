@@ -18,7 +18,6 @@ from decimal import Decimal
 
 from loader.load.secret_policy import DEFAULT_POLICY, SecretPolicy
 
-
 SPACE_CHARACTERS = " \t\n\r\f\v"  # [[:space:]] in PostgreSQL regular expressions
 SPACE = f"[{SPACE_CHARACTERS}]"
 NUMERIC_TEXT = re.compile(rf"{SPACE}*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{{1,3}})?{SPACE}*")

@@ -26,10 +26,24 @@ from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
 from loader.verify.checksums import CHANGED, MISSING, UNCHANGED, UNREADABLE
 from loader.verify.results import Mismatch
 from loader.verify.rules import (
-    MEMORY_FIELDS, MEMORY_LAYOUTS, TIMESTAMP_FIELDS, UNIX_EPOCH, Losers, MemoryLayout, MemoryVersion,
-    expected_history, expected_in_raw, expected_performance_metrics, expected_unified_memory, loaded_value,
-    memory_version, parse_json, raw_matches, same, secret_action)
-
+    MEMORY_FIELDS,
+    MEMORY_LAYOUTS,
+    TIMESTAMP_FIELDS,
+    UNIX_EPOCH,
+    Losers,
+    MemoryLayout,
+    MemoryVersion,
+    expected_history,
+    expected_in_raw,
+    expected_performance_metrics,
+    expected_unified_memory,
+    loaded_value,
+    memory_version,
+    parse_json,
+    raw_matches,
+    same,
+    secret_action,
+)
 
 DETAIL_MAX_CHARS = 200
 SQLITE_IN_LIST_CHUNK = 500

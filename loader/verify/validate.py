@@ -42,11 +42,16 @@ from loader.ledger import LEDGER_SCHEMA, CurrentLoad, now
 from loader.load.secret_policy import SecretPolicy, load_policy
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.checksums import backup_checksum_status, backup_entries, backup_problems, checksum_problems
-from loader.verify.counts import (MEMORY_TABLES, count_problems, flagged_by_file, raw_rows_by_file,
-                                  reconciliation_row, table_counts)
+from loader.verify.counts import (
+    MEMORY_TABLES,
+    count_problems,
+    flagged_by_file,
+    raw_rows_by_file,
+    reconciliation_row,
+    table_counts,
+)
 from loader.verify.results import FileValidation, ValidationError, ValidationReport, store
 from loader.verify.spot_check import Options, SpotCheck, check_source, compare_sample, fetch_sampled_rows
-
 
 # Relations validate reads besides the ledger: the marts (in Target.schema) and the ranked versions.
 MARTS = ("unified_memory", "performance_metrics", "unified_memory_history", "reconciliation")
