@@ -7,15 +7,30 @@ next command and an analyst's `psql "$(consolidate db url)"` find it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, quote_plus, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DEFAULT_HOME = Path(".consolidate")
+# A schema name the tool accepts: a plain PostgreSQL identifier, nothing to quote or escape anywhere
+# (dbt writes it into its SQL without escaping quotes).
+PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def plain_identifier_problem(name: str) -> str | None:
+    """Why `name` is not a plain identifier, or None."""
+    if PLAIN_IDENTIFIER.fullmatch(name):
+        return None
+    return (f"{name!r} is not a plain identifier: 1 to 63 ASCII letters, digits and underscores, "
+            "not starting with a digit")
 
 
 @dataclass(frozen=True)
@@ -26,28 +41,85 @@ class Target:
     schema: str = "public"
     embedded: bool = False
 
+    def __post_init__(self):
+        problem = plain_identifier_problem(self.schema)
+        if problem:
+            raise ValueError(f"schema {problem}")
+
     def connect(self, **kwargs) -> psycopg.Connection:
         return psycopg.connect(self.dsn, **kwargs)
 
     @property
-    def redacted(self) -> str:
-        """The DSN as it may be shown to a person: never with its password."""
+    def password(self) -> str | None:
+        return conninfo_to_dict(self.dsn).get("password") or None
+
+    @property
+    def without_password(self) -> str:
+        """The DSN as `key=value` settings, its password left out (libpq takes it from elsewhere)."""
         params = conninfo_to_dict(self.dsn)
-        if params.get("password"):
-            params["password"] = "***"
+        params.pop("password", None)
         return make_conninfo(**params)
 
-    def dbt_environment(self) -> dict[str, str]:
-        """The variables profiles/profiles.yml reads."""
+    def redact(self, text: str) -> str:
+        return redact_password(text, self.dsn)
+
+    @contextlib.contextmanager
+    def dbt_environment(self) -> Iterator[None]:
+        """The variables profiles/profiles.yml reads, set only while dbt runs and then restored (the
+        password is never left in the environment). dbt scrubs the values of DBT_ENV_SECRET_* variables
+        from its logs and artifacts."""
         params = conninfo_to_dict(self.dsn)
-        return {
+        settings = {
             "CONSOLIDATE_PG_HOST": params.get("host") or "localhost",
             "CONSOLIDATE_PG_PORT": str(params.get("port") or 5432),
             "CONSOLIDATE_PG_USER": params.get("user") or os.environ.get("PGUSER", "postgres"),
-            "CONSOLIDATE_PG_PASSWORD": params.get("password") or os.environ.get("PGPASSWORD", ""),
+            DBT_PASSWORD_VARIABLE: params.get("password") or os.environ.get("PGPASSWORD", ""),
             "CONSOLIDATE_PG_DBNAME": params.get("dbname") or "postgres",
             "CONSOLIDATE_TARGET_SCHEMA": self.schema,
         }
+        before = {name: os.environ.get(name) for name in settings}
+        os.environ.update(settings)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+DBT_PASSWORD_VARIABLE = "DBT_ENV_SECRET_CONSOLIDATE_PG_PASSWORD"
+REDACTED = "***"
+
+
+def password_forms(dsn: str) -> list[str]:
+    """Every text the password of `dsn` can appear as: itself, as written in the DSN (percent-encoded
+    in a URL, quoted and escaped in key=value settings), and percent-encoded the usual ways. Longest
+    first, so a longer form is replaced before a shorter one inside it."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:  # a malformed DSN: its raw forms below still count
+        password = None
+    forms = set()
+    if password:
+        forms |= {password, quote(password, safe=""), quote(password), quote_plus(password),
+                  password.replace("\\", "\\\\").replace("'", "\\'")}
+    if dsn.startswith(("postgres://", "postgresql://")):
+        with contextlib.suppress(ValueError):
+            forms.add(urlsplit(dsn).password or "")
+        forms |= set(re.findall(r"[?&]password=([^&#]*)", dsn))
+    else:
+        forms |= {match[0] or match[1] for match in
+                  re.findall(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))", dsn)}
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
+def redact_password(text: str, dsn: str) -> str:
+    """`text` with every form of the DSN's password replaced by ***."""
+    for form in password_forms(dsn):
+        text = text.replace(form, REDACTED)
+    return text
 
 
 def embedded_dsn(home: Path) -> str:

@@ -196,6 +196,15 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.validation_files (
     PRIMARY KEY (run_id, source_path)
 );
 """,
+    # 5: the secret policy each load ran under (loader/load/secret_policy.py: its rules, how `scrub`
+    # finds secrets and an identifier of the key, never the key) and the sha256 of that document; and
+    # the paths that reached a file through a symbolic link (source_path is the real path). NULL on
+    # rows written before.
+    f"""
+ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy_digest text;
+ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy jsonb;
+ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS link_paths text[];
+""",
 ]
 
 VERSION_DDL = f"""
@@ -270,9 +279,11 @@ def ensure(connection: psycopg.Connection) -> int:
 
 # ------------------------------------------------------------------------------------------- loads
 
-def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
-    """Register a new load. Loads run one at a time (a session lock held until the connection
-    closes), so a load still `running` when the lock is ours died mid-way: it is marked interrupted."""
+def start_load(connection: psycopg.Connection, roots: list[str], secret_policy: dict | None = None,
+               secret_policy_digest: str | None = None) -> str:
+    """Register a new load, with the secret policy it runs under (secret_policy.SecretPolicy.describe
+    and its digest). Loads run one at a time (a session lock held until the connection closes), so a
+    load still `running` when the lock is ours died mid-way: it is marked interrupted."""
     load_id = new_load_id()
     connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.load'))")
     with connection.transaction():
@@ -280,8 +291,10 @@ def start_load(connection: psycopg.Connection, roots: list[str]) -> str:
             f"UPDATE {LEDGER_SCHEMA}.loads SET status = 'interrupted', finished_at = %s WHERE status = 'running'",
             (now(),))
         connection.execute(
-            f"INSERT INTO {LEDGER_SCHEMA}.loads (load_id, started_at, status, roots, tool_version) "
-            "VALUES (%s, %s, 'running', %s, %s)", (load_id, now(), roots, __version__))
+            f"INSERT INTO {LEDGER_SCHEMA}.loads (load_id, started_at, status, roots, tool_version, "
+            "secret_policy_digest, secret_policy) VALUES (%s, %s, 'running', %s, %s, %s, %s)",
+            (load_id, now(), roots, __version__, secret_policy_digest,
+             Jsonb(secret_policy) if secret_policy is not None else None))
     return load_id
 
 
@@ -309,6 +322,7 @@ class FileRecord:
     rows_in_sqlite: int | None = None
     rows_loaded: int | None = None
     stat: dict | None = None  # discover.stat_signature of the file when its checksums were taken
+    link_paths: list[str] | None = None  # paths that reached the file through a symbolic link
 
 
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
@@ -436,6 +450,15 @@ def current_loads_text(connection: psycopg.Connection) -> str:
     return connection.execute(
         f"SELECT coalesce(string_agg(load_id || ' ' || source_path, E'\\n' ORDER BY source_path), '') "
         f"FROM {LEDGER_SCHEMA}.current_loads").fetchone()[0]
+
+
+def secret_policies(connection: psycopg.Connection) -> dict[str, dict]:
+    """The secret policy each load recorded (SecretPolicy.describe), by load_id."""
+    if not connection.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+                              "AND table_name = 'loads' AND column_name = 'secret_policy'", [LEDGER_SCHEMA]).fetchone():
+        return {}
+    return dict(connection.execute(sql.SQL("SELECT load_id, secret_policy FROM {} WHERE secret_policy IS NOT NULL")
+                                   .format(sql.Identifier(LEDGER_SCHEMA, "loads"))).fetchall())
 
 
 # ------------------------------------------------------------------------------------------ builds

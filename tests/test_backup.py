@@ -251,6 +251,28 @@ def test_roots_with_the_same_relative_paths_do_not_collide(tmp_path):
     assert verify(tmp_path / "backup") == []
 
 
+def test_verify_refuses_a_manifest_path_outside_the_folder(tmp_path):
+    """A manifest entry `../outside.db` that matches the file outside in every checksum and count is still
+    refused, unread, through the library and the CLI (exit 1, the entry named)."""
+    make_database(tmp_path / "root" / "app.db", rows=3)
+    make_database(tmp_path / "root" / "other.db", rows=2)
+    folder = tmp_path / "backup"
+    backup([tmp_path / "root"], folder)
+    shutil.move(folder / "app.db", tmp_path / "outside.db")
+    manifest_path = folder / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    next(item for item in data["files"] if item["backup"] == "app.db")["backup"] = "../outside.db"
+    manifest_path.write_text(json.dumps(data))
+
+    (problem,) = verify(folder)
+
+    assert problem.path == "../outside.db" and "outside" in problem.problem and "refused" in problem.problem
+    result = subprocess.run([sys.executable, "-m", "loader", "backup", "--verify", str(folder)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "../outside.db" in result.stderr and "refused" in result.stderr
+
+
 # ---------------------------------------------------------------------------------- destination rules
 
 def test_refuses_a_non_empty_folder_that_is_not_a_backup(tmp_path):

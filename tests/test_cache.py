@@ -122,11 +122,21 @@ def change_in_postgresql(target, key: str, namespace: str, value) -> None:
 
 # -- cache-aside reads -----------------------------------------------------------------------------
 
-def test_first_read_fills_the_cache_without_ttl_when_the_entry_never_expires(consolidated, client, redis_db):
+def test_first_read_caches_an_entry_that_never_expires_for_at_most_an_hour(consolidated, client, redis_db):
     key, namespace, value = live_entry(consolidated, "expires_at IS NULL")
     assert client.get(key, namespace) == value
     assert json.loads(redis_db.get(cache_key(namespace, key))) == value
-    assert redis_db.ttl(cache_key(namespace, key)) == -1
+    assert 3_595_000 < redis_db.pttl(cache_key(namespace, key)) <= 3_600_000
+
+
+def test_an_entry_expiring_in_days_is_cached_for_at_most_an_hour(client, cache, redis_db):
+    key = new_key("long-ttl")
+    client.set(key, "lives two days", ttl=2 * 86400)
+    assert client.get(key) == "lives two days"
+    assert 3_595_000 < redis_db.pttl(cache_key("default", key)) <= 3_600_000
+    client.get("no such key")
+    cache.warm(client, 50)
+    assert all(0 < redis_db.pttl(name) <= 3_600_000 for name in cached_keys(redis_db))
 
 
 def test_first_read_caches_until_expires_at(consolidated, client, redis_db):
@@ -168,6 +178,43 @@ def test_set_invalidates_the_cached_value(consolidated, client, redis_db):
     assert not redis_db.exists(cache_key(namespace, key))
     assert client.get(key, namespace) == {"version": 2}
     assert json.loads(redis_db.get(cache_key(namespace, key))) == {"version": 2}
+
+
+def test_a_fill_of_a_version_older_than_a_write_is_refused(client, cache, redis_db):
+    """The race, step by step: a reader reads v1 from PostgreSQL; a writer sets v2 and invalidates; the
+    reader's fill of v1 comes last. Redis must not keep v1 (before: v1, with no expiry)."""
+    key = new_key("race")
+    client.set(key, "v1")
+    read_by_the_reader = client.read_entry(key)
+    assert read_by_the_reader.value == "v1"
+
+    client.set(key, "v2")
+    assert cache.store(read_by_the_reader) is False
+
+    assert not redis_db.exists(cache_key("default", key))
+    assert client.get(key) == "v2"
+    assert json.loads(redis_db.get(cache_key("default", key))) == "v2"
+    assert 0 < redis_db.pttl(cache_key("default", key)) <= 3_600_000
+    assert cache.store(read_by_the_reader) is False  # nor over the newer cached value
+    assert json.loads(redis_db.get(cache_key("default", key))) == "v2"
+
+
+def test_a_fill_of_a_deleted_entry_is_refused(client, cache, redis_db):
+    key = new_key("race-delete")
+    client.set(key, "gone soon")
+    read_by_the_reader = client.read_entry(key)
+    assert client.delete(key) is True
+    assert cache.store(read_by_the_reader) is False
+    assert not redis_db.exists(cache_key("default", key)) and client.get(key) is None
+
+
+def test_every_write_through_the_client_moves_the_version_forward(client):
+    key = new_key("versions")
+    versions = []
+    for value in range(5):
+        client.set(key, value)
+        versions.append(client.read_entry(key).version)
+    assert versions == sorted(set(versions))
 
 
 def test_delete_invalidates_the_cached_value(client, redis_db):

@@ -179,13 +179,14 @@ def test_a_failed_attach_never_shows_the_password(server_dsn):
     import pytest
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+    from loader.database import Target
     from loader.load.duckdb_postgres import AttachFailed, attach_postgres
     from loader.sources.sqlite_reader import duckdb_session
     params = conninfo_to_dict(server_dsn)
     params.update(password="pw-never-shown-4711", dbname="no_such_database_here")
     duck = duckdb_session()
     with pytest.raises(AttachFailed) as failure:
-        attach_postgres(duck, make_conninfo(**params))
+        attach_postgres(duck, Target(dsn=make_conninfo(**params)))
     assert "no_such_database_here" in str(failure.value) and "pw-never-shown-4711" not in str(failure.value)
     duck.close()
 

@@ -19,6 +19,11 @@
     {#- JSON nested deeper than the stack allows makes even `IS JSON` raise; nesting depth is at most half the
         length, and with the default 2MB stack depth ~12000 parses fine: 5 bytes per kB keeps a 2x margin. -#}
     {%- set json_fast_path_max_bytes = (max_stack_depth_kb * 5) | int -%}
+    {#- JSON nested deeper than this is not parsed into jsonb (kept as text, flagged json_too_deep): Python's
+        json module, which every reader of the marts uses (validate, the client, psycopg), stops near 1000
+        levels. The same number is loader/json_depth.py's MAX_JSON_DEPTH. -#}
+    {%- set json_max_depth = 512 -%}
+    {%- set container_below_max_depth = 'strict $.**{' ~ json_max_depth ~ '} ? (@.type() == "array" || @.type() == "object")' -%}
 create schema if not exists consolidate;
 
 -- Numeric text (optionally signed, decimal, small exponent) -> numeric; anything else -> NULL.
@@ -53,15 +58,81 @@ exception when others then
 end
 $fn$;
 
+-- How deep the brackets of a text nest, outside its JSON strings: [ and { open, ] and } close. For JSON,
+-- the nesting depth of arrays and objects ('1' 0, '[]' 1, '{"a": [1]}' 2), read without parsing.
+create or replace function consolidate.json_nesting_depth(t text) returns integer
+language plpgsql immutable parallel safe
+as $fn$
+declare
+    brackets bytea := convert_to(regexp_replace(regexp_replace(t, '"(\\.|[^"\\])*"', '', 'g'), '[^][{}]', '', 'g'), 'UTF8');
+    depth integer := 0;
+    deepest integer := 0;
+begin
+    for i in 0 .. length(brackets) - 1 loop
+        if get_byte(brackets, i) in (91, 123) then
+            depth := depth + 1;
+            deepest := greatest(deepest, depth);
+        else
+            depth := depth - 1;
+        end if;
+    end loop;
+    return deepest;
+end
+$fn$;
+
+-- Whether a text nests deeper than {{ json_max_depth }} levels (json_nesting_depth). Only texts holding more
+-- opening brackets than that get past the first test; JSON jsonb parses is then checked on the parsed
+-- document (in C), anything else by scanning its text.
+create or replace function consolidate.json_too_deep(t text) returns boolean
+language plpgsql stable parallel restricted
+as $fn$
+declare
+    parsed jsonb;
+begin
+    if not coalesce(octet_length(t) > {{ json_max_depth }}
+                    and octet_length(t) - octet_length(translate(t, '[{', '')) > {{ json_max_depth }}, false) then
+        return false;
+    end if;
+    begin
+        parsed := t::jsonb;
+    exception when others then
+        return consolidate.json_nesting_depth(t) > {{ json_max_depth }};
+    end;
+    return jsonb_path_exists(parsed, '{{ container_below_max_depth }}');
+end
+$fn$;
+
+-- Text -> jsonb unless it nests deeper than {{ json_max_depth }} levels (then NULL, like any text jsonb refuses).
+create or replace function consolidate.try_shallow_jsonb(t text) returns jsonb
+language plpgsql stable parallel restricted
+as $fn$
+declare
+    parsed jsonb;
+begin
+    parsed := t::jsonb;
+    if jsonb_path_exists(parsed, '{{ container_below_max_depth }}') then
+        return null;
+    end if;
+    return parsed;
+exception when others then
+    return null;
+end
+$fn$;
+
 {% if server_version_num >= 160000 %}
--- Text -> jsonb when jsonb accepts it, else NULL. pg_input_is_valid reports jsonb's input errors (not
--- JSON, \u0000, lone UTF-16 surrogates, numbers beyond numeric's range) without raising; long texts
--- (possibly nested too deep for the stack, which raises all the same) take the catching path.
+-- Text -> jsonb when jsonb accepts it and it nests at most {{ json_max_depth }} levels, else NULL.
+-- pg_input_is_valid reports jsonb's input errors (not JSON, \u0000, lone UTF-16 surrogates, numbers
+-- beyond numeric's range) without raising; long texts (possibly nested too deep for the stack, which
+-- raises all the same) take the catching path, and texts with more opening brackets than the depth
+-- limit the one that also checks the depth.
 -- STABLE like pg_input_is_valid: an IMMUTABLE SQL function calling it would not be inlined.
 create or replace function consolidate.try_jsonb(t text) returns jsonb
 language sql stable parallel restricted
 as $fn$
     select case
+        when octet_length(t) > {{ json_max_depth }}
+         and octet_length(t) - octet_length(translate(t, '[{', '')) > {{ json_max_depth }}
+            then consolidate.try_shallow_jsonb(t)
         when octet_length(t) > {{ json_fast_path_max_bytes }} then consolidate.try_jsonb_strict(t)
         when pg_input_is_valid(t, 'jsonb') then t::jsonb
     end
@@ -71,7 +142,12 @@ $fn$;
 create or replace function consolidate.try_jsonb(t text) returns jsonb
 language sql immutable parallel restricted
 as $fn$
-    select consolidate.try_jsonb_strict(t)
+    select case
+        when octet_length(t) > {{ json_max_depth }}
+         and octet_length(t) - octet_length(translate(t, '[{', '')) > {{ json_max_depth }}
+            then consolidate.try_shallow_jsonb(t)
+        else consolidate.try_jsonb_strict(t)
+    end
 $fn$;
 {% endif %}
 

@@ -14,6 +14,8 @@
       json_rejected_by_postgres      JSON Python accepts but jsonb rejects (NaN, Infinity, \u0000, lone
                                      surrogates, huge exponents): kept as a JSON string, data_type unsupported_json
       malformed_json                 text that starts like JSON ({, [ or ") but is not JSON (e.g. truncated)
+      json_too_deep                  brackets nested deeper than 512 levels (outside JSON strings): not parsed,
+                                     kept as a JSON string of the text, data_type text
       invalid_compressed             a `__compressed__` payload that does not decode to JSON
       binary_value                   the loader stored the value as `\x` + hex of its exact bytes (a BLOB,
                                      text that is not UTF-8, or text holding NUL): listed in _binary_columns
@@ -22,7 +24,7 @@
 {% macro flag_problems() -%}
     {{ return(['non_numeric_integer', 'non_integer_number', 'unparsable_timestamp', 'null_timestamp',
                'milliseconds_in_seconds_column', 'seconds_in_milliseconds_column', 'json_rejected_by_postgres',
-               'malformed_json', 'invalid_compressed', 'binary_value']) }}
+               'malformed_json', 'json_too_deep', 'invalid_compressed', 'binary_value']) }}
 {%- endmacro %}
 
 
@@ -108,6 +110,7 @@
         case {{ json_text_problem(column_name) }}
             when 'unsupported_json' then 'json_rejected_by_postgres:{{ column_name }}'
             when 'malformed_json' then 'malformed_json:{{ column_name }}'
+            when 'too_deep_json' then 'json_too_deep:{{ column_name }}'
         end
     end
 {%- endmacro %}

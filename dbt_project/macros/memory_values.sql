@@ -17,6 +17,9 @@
                        (JSON Python accepts, jsonb rejects: NaN, ±Infinity, \u0000, lone surrogates, huge exponents)
     malformed_json     the text as a JSON string            text              malformed_json:<col>
                        (opens like a JSON object, array or string but is no JSON at all, e.g. truncated)
+    too_deep_json      the text as a JSON string            text              json_too_deep:<col>
+                       (brackets nested deeper than 512 levels outside JSON strings: not parsed, since
+                       Python's json, which every reader of the marts uses, stops near 1000 levels)
     text               the text as a JSON string            text
     The original text is kept alongside as raw_value, and untouched in raw.
 -#}
@@ -47,13 +50,15 @@
 
 
 {#-
-    For text jsonb rejected: 'unsupported_json', 'malformed_json' or 'text' (plain text, no problem).
+    For text consolidate.try_jsonb rejected: 'too_deep_json' (consolidate.json_too_deep: nested deeper than the
+    limit, JSON or not), 'unsupported_json', 'malformed_json' or 'text' (plain text, no problem).
     Malformed JSON is text that opens like a JSON document but does not parse: `{` followed by `"` or `}`,
     `[` followed by what can start a JSON value or `]`, or a whole text in double quotes. So a truncated
     document is flagged, while `[INFO] started`, `{{ template }}` or `"Hi," she said` are just text.
 -#}
 {% macro json_text_problem(raw_text) -%}
     case
+        when consolidate.json_too_deep({{ raw_text }}) then 'too_deep_json'
         when consolidate.is_python_json({{ raw_text }}) then 'unsupported_json'
         when {{ raw_text }} ~ '^[[:space:]]*(\{[[:space:]]*("|\}|$)|\[[[:space:]]*([][{"0-9tfn-]|$)|"(.*")?[[:space:]]*$)'
             then 'malformed_json'
@@ -89,6 +94,7 @@
         when 'invalid_compressed' then 'invalid_compressed:{{ column_name }}'
         when 'unsupported_json' then 'json_rejected_by_postgres:{{ column_name }}'
         when 'malformed_json' then 'malformed_json:{{ column_name }}'
+        when 'too_deep_json' then 'json_too_deep:{{ column_name }}'
     end
 {%- endmacro %}
 

@@ -37,7 +37,16 @@ with cases (raw_value, storage_type, is_binary, expected_value, expected_data_ty
         ('\x7b7d',                                    'pickle', true,  '"\\x7b7d"',                     'binary',           null),
         ('gASVCAAAAAAAAACMBGFiY2SULg==',              'pickle', false, '"gASVCAAAAAAAAACMBGFiY2SULg=="', 'pickle',          null),
         ('12345678',                                  'pickle', false, '"12345678"',                    'pickle',           null),
-        ('"str"',                                     'str',    false, '"str"',                         'json',             null)
+        ('"str"',                                     'str',    false, '"str"',                         'json',             null),
+        -- nested 512 levels: JSON; 513 (arrays, objects, or not even JSON): the text, flagged, never parsed
+        (repeat('[', 512) || repeat(']', 512),        null,     false, repeat('[', 512) || repeat(']', 512), 'json',    null),
+        (repeat('[', 513) || repeat(']', 513),        null,     false, to_jsonb(repeat('[', 513) || repeat(']', 513))::text, 'text', 'json_too_deep:value'),
+        (repeat('{"a":', 513) || '1' || repeat('}', 513), null, false, to_jsonb(repeat('{"a":', 513) || '1' || repeat('}', 513))::text, 'text', 'json_too_deep:value'),
+        (repeat('[', 3000),                           null,     false, to_jsonb(repeat('[', 3000))::text, 'text',             'json_too_deep:value'),
+        ('["' || repeat('[', 3000) || '"]',           null,     false, '["' || repeat('[', 3000) || '"]', 'json',           null),
+        ('__compressed__' || encode(convert_to(repeat('[', 600) || repeat(']', 600), 'UTF8'), 'base64'),
+                                                      null,     false, to_jsonb('__compressed__' || encode(convert_to(repeat('[', 600) || repeat(']', 600), 'UTF8'), 'base64'))::text,
+                                                                                                        'text',             'invalid_compressed:value')
 
 ),
 

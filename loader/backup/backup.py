@@ -286,7 +286,7 @@ def backup_relative_path(source: SourceFile, roots: list[Path]) -> str:
 def root_index(source: SourceFile, roots: list[Path]) -> int:
     """The position of the root that discovery found `source` under (a file root counts as its file)."""
     for index, root in enumerate(roots):
-        if (root.is_dir() and source.root == root) or source.path == root:
+        if (root.is_dir() and source.root == root) or (source.found_as or source.path) == root:
             return index
     raise ValueError(f"{source.path} was not found under any of {roots}")
 
@@ -360,9 +360,10 @@ def files_under(folder: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ verify
 
 def verify(destination: Path) -> list[Problem]:
-    """Check a backup folder against its manifest: every listed backup present, with its sha256, passing
-    `PRAGMA integrity_check`, with its per-table row counts (read from a private copy), and no file
-    that the manifest does not list. Returns the problems; an empty list means verified."""
+    """Check a backup folder against its manifest: every listed backup inside the folder (an entry that
+    resolves outside it is refused unread), present, with its sha256, passing `PRAGMA integrity_check`,
+    with its per-table row counts (read from a private copy), and no file that the manifest does not
+    list. Returns the problems; an empty list means verified."""
     try:
         manifest = read_manifest(destination)
     except ValueError as error:
@@ -375,12 +376,26 @@ def verify(destination: Path) -> list[Problem]:
     return problems
 
 
+def escapes(destination: Path, relative) -> str | None:
+    """Why the manifest path `relative` does not name a file inside `destination`, or None. Such an entry
+    is never hashed nor opened: a manifest is no licence to read a file elsewhere."""
+    if not isinstance(relative, str) or not relative:
+        return f"the manifest gives no backup path ({relative!r})"
+    real_folder = destination.resolve()
+    real = (destination / relative).resolve()
+    if Path(relative).is_absolute() or not real.is_relative_to(real_folder) or real == real_folder:
+        return f"the manifest path {relative!r} resolves to {real}, outside {real_folder}: refused, not read"
+    return None
+
+
 def verify_entry(destination: Path, entry: BackupEntry) -> list[Problem]:
-    path = destination / entry.backup
-
     def problem(text: str) -> Problem:
-        return Problem(entry.backup, text, str(entry.path))
+        return Problem(str(entry.backup), text, str(entry.path))
 
+    outside = escapes(destination, entry.backup)
+    if outside:
+        return [problem(outside)]
+    path = destination / entry.backup
     if not path.is_file():
         return [problem("missing: listed in the manifest, not in the folder")]
     problems = []

@@ -3,6 +3,7 @@ result (loader.cli.render). What runs in which order is loader.pipeline's busine
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -13,7 +14,15 @@ import typer
 from loader import pipeline
 from loader.backup import backup as backup_stage
 from loader.cli import render
-from loader.database import DEFAULT_HOME, Target, embedded_dsn, resolve_target, stop_embedded
+from loader.database import (
+    DEFAULT_HOME,
+    Target,
+    embedded_dsn,
+    plain_identifier_problem,
+    redact_password,
+    resolve_target,
+    stop_embedded,
+)
 from loader.exit_codes import ExitCode
 from loader.fixtures import sample as sample_tree
 from loader.load.load import DEFAULT_JOBS
@@ -46,8 +55,18 @@ Dsn = Annotated[str | None, typer.Option(
 Home = Annotated[Path, typer.Option(
     "--home", envvar="CONSOLIDATE_HOME", show_envvar=True,
     help="State folder: the embedded PostgreSQL's data and dbt's target/logs.")]
-Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA",
-                                     help="Schema the marts (unified_memory, ...) are built in.")]
+
+
+def plain_identifier(name: str) -> str:
+    problem = plain_identifier_problem(name)
+    if problem:
+        raise typer.BadParameter(problem)
+    return name
+
+
+Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHEMA", callback=plain_identifier,
+                                     help="Schema the marts (unified_memory, ...) are built in: a plain "
+                                          "identifier (letters, digits, underscores).")]
 Secrets = Annotated[Path | None, typer.Option(
     "--secrets", exists=True, dir_okay=False,
     help="TOML file overriding the secret-column policy (hash / exclude / keep per kind.table.column).")]
@@ -364,10 +383,28 @@ def cache_stats(redis_url: RedisUrl = cache_layer.DEFAULT_URL, as_json: AsJson =
     raise typer.Exit(ExitCode.OK if stats["connected"] else ExitCode.CACHE_UNAVAILABLE)
 
 
+def given_dsns(argv: list[str]) -> list[str]:
+    """The DSNs this process was given (`--dsn`, DATABASE_URL), whose passwords no message may show."""
+    dsns = [os.environ.get("DATABASE_URL") or ""]
+    for index, argument in enumerate(argv):
+        if argument == "--dsn" and index + 1 < len(argv):
+            dsns.append(argv[index + 1])
+        elif argument.startswith("--dsn="):
+            dsns.append(argument.removeprefix("--dsn="))
+    return [dsn for dsn in dsns if dsn]
+
+
+def redacted_message(error: BaseException) -> str:
+    text = str(error).strip()
+    for dsn in given_dsns(sys.argv):
+        text = redact_password(text, dsn)
+    return text
+
+
 def main() -> None:
     """The console script: the app, with a lost or unreachable PostgreSQL reported in one line."""
     try:
         app(prog_name="consolidate")
     except psycopg.OperationalError as error:
-        render.database_unavailable(error)
+        render.database_unavailable(redacted_message(error))
         sys.exit(ExitCode.DATABASE_UNAVAILABLE)

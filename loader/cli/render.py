@@ -36,8 +36,8 @@ def error(message: object) -> None:
     err.print(f"[red]error:[/red] {escape(str(message))}")
 
 
-def database_unavailable(problem: Exception) -> None:
-    err.print(f"[red]PostgreSQL unavailable:[/red] {escape(str(problem).strip())}\n"
+def database_unavailable(message: str) -> None:
+    err.print(f"[red]PostgreSQL unavailable:[/red] {escape(message)}\n"
               "Nothing half-done was kept: every file loads in one transaction. "
               "Run the same command again once the server is back; unchanged files are skipped.")
 

@@ -14,30 +14,32 @@ from collections.abc import Iterable, Sequence
 import duckdb
 import duckdb_extension_postgres_scanner
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from loader.database import Target
 from loader.sources.sqlite_reader import extension_path, literal, quote
 
 ALIAS = "pg"
+PASSWORD_SECRET = "consolidate_pg_password"
 
 
 class AttachFailed(Exception):
     """DuckDB could not connect to PostgreSQL; the message never holds the password."""
 
 
-def without_password(text: str, dsn: str) -> str:
-    password = conninfo_to_dict(dsn).get("password")
-    return text.replace(password, "***") if password else text
-
-
-def attach_postgres(duck: duckdb.DuckDBPyConnection, dsn: str) -> None:
-    """Attach the target database as `pg` (DuckDB needs a libpq connection string, as psycopg does)."""
+def attach_postgres(duck: duckdb.DuckDBPyConnection, target: Target) -> None:
+    """Attach the target database as `pg`. DuckDB quotes the connection string in its errors, so it
+    gets the DSN without its password; the password goes into a temporary (in-memory) DuckDB secret
+    that the attach uses."""
     duck.execute(f"LOAD {literal(extension_path(duckdb_extension_postgres_scanner, 'postgres_scanner').as_posix())}")
-    conninfo = make_conninfo(dsn)
+    options = "TYPE postgres"
+    if target.password:
+        duck.execute(f"CREATE OR REPLACE TEMPORARY SECRET {PASSWORD_SECRET} "
+                     f"(TYPE postgres, PASSWORD {literal(target.password)})")
+        options += f", SECRET {PASSWORD_SECRET}"
     try:
-        duck.execute(f"ATTACH {literal(conninfo)} AS {ALIAS} (TYPE postgres)")
-    except duckdb.Error as error:  # DuckDB quotes the whole connection string in its message
-        raise AttachFailed(without_password(str(error), conninfo).splitlines()[0]) from None
+        duck.execute(f"ATTACH {literal(target.without_password)} AS {ALIAS} ({options})")
+    except duckdb.Error as error:
+        raise AttachFailed(target.redact(str(error)).splitlines()[0]) from None
 
 
 class LedgerCursor:

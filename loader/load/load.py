@@ -171,11 +171,13 @@ class Worker:
     database, opened when a file first needs it (`direct_unavailable`: why DuckDB could not attach
     PostgreSQL; every file then goes through CSV)."""
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, policy: SecretPolicy):
         self.target = target
+        self.policy = policy
         self.connection = target.connect(autocommit=True)
         self._duck: duckdb.DuckDBPyConnection | None = None
         self._direct_unavailable: str | None = None
+        self._scrub_registered = False
 
     def open_duckdb(self) -> None:
         if self._duck is None:
@@ -184,7 +186,7 @@ class Worker:
             # competes for the same cores (measured: 0.38 -> 0.99 CPU-s for the same 250k rows).
             self._duck.execute("SET threads = 1")
             try:
-                attach_postgres(self._duck, self.target.dsn)
+                attach_postgres(self._duck, self.target)
             except AttachFailed as error:
                 self._direct_unavailable = f"DuckDB could not attach PostgreSQL: {error}"
 
@@ -192,6 +194,12 @@ class Worker:
     def duck(self) -> duckdb.DuckDBPyConnection:
         self.open_duckdb()
         return self._duck
+
+    def ensure_scrub_function(self) -> None:
+        """Register the policy's JSON scrub in DuckDB, the first time a table needs it."""
+        if not self._scrub_registered:
+            self.policy.register_functions(self.duck)
+            self._scrub_registered = True
 
     @property
     def direct_unavailable(self) -> str | None:
@@ -207,15 +215,16 @@ class Worker:
 class WorkerPool:
     """One Worker per thread, opened on first use and all closed together."""
 
-    def __init__(self, target: Target):
+    def __init__(self, target: Target, policy: SecretPolicy):
         self.target = target
+        self.policy = policy
         self.local = threading.local()
         self.opened: list[Worker] = []
         self.lock = threading.Lock()
 
     def worker(self) -> Worker:
         if getattr(self.local, "worker", None) is None:
-            self.local.worker = Worker(self.target)
+            self.local.worker = Worker(self.target, self.policy)
             with self.lock:
                 self.opened.append(self.local.worker)
         return self.local.worker
@@ -243,7 +252,9 @@ class FileContext:
         return self.database.with_name(self.database.name + ".export.csv")
 
     def duckdb_columns(self, table: SourceTable) -> list[str]:
-        return [self.policy.select_expression(self.kind, table.name, column, quote(column))
+        if any(self.policy.action(table.name, column) == "scrub" for column in table.columns):
+            self.worker.ensure_scrub_function()
+        return [self.policy.select_expression(table.name, column, quote(column))
                 for column in table.columns]
 
 
@@ -268,11 +279,11 @@ def read_with_duckdb(context: FileContext, plan: TablePlan, cursor: psycopg.Curs
 
 def read_with_python(context: FileContext, plan: TablePlan, cursor: psycopg.Cursor) -> tuple[int, FallbackExport]:
     table = plan.table
-    columns = [ColumnRead(column, raw, context.policy.action(context.kind, table.name, column))
+    columns = [ColumnRead(column, raw, context.policy.action(table.name, column))
                for column, raw in zip(table.columns, plan.raw_columns)]
     try:
         exported = export_csv_python(context.reader, table, context.csv_path, columns, context.lineage,
-                                     context.policy.key)
+                                     context.policy.stored_value)
         copied = copy_csv_into(cursor, context.schema, plan.raw_table,
                                ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS, BINARY_COLUMNS],
                                context.csv_path)
@@ -322,8 +333,9 @@ def table_failed(table: SourceTable, error: BaseException) -> TableFailed:
 def record_table(cursor, context: FileContext, record: ledger.FileRecord, plan: TablePlan, result: TableResult,
                  outcome: FileOutcome) -> None:
     table = plan.table
+    notes = context.worker.target.redact(result.notes) if result.notes else result.notes
     ledger.record_table(cursor, record.load_id, record.source_path, table.name, context.schema, plan.raw_table,
-                        table.row_count, result.copied, reader=result.reader, notes=result.notes,
+                        table.row_count, result.copied, reader=result.reader, notes=notes,
                         rows_with_binary=result.rows_with_binary)
     ledger.record_columns(cursor, record.load_id, record.source_path, table.name,
                           list(zip(table.columns, plan.raw_columns)))
@@ -403,11 +415,15 @@ def snapshot_of(source: SourceFile) -> Iterator[Snapshot]:
         source.snapshot = None
 
 
+def link_paths(source: SourceFile) -> list[str] | None:
+    return [str(link) for link in source.link_paths] or None
+
+
 def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy) -> FileOutcome:
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
-        status="loaded", started_at=ledger.now(), stat=source.stat)
+        status="loaded", started_at=ledger.now(), stat=source.stat, link_paths=link_paths(source))
     schema = RAW_SCHEMAS[source.kind]
     with snapshot_of(source) as snapshot:
         record.source_sha256, record.wal_sha256 = snapshot.sha256, snapshot.wal_sha256
@@ -441,7 +457,7 @@ def record_outcome_without_rows(connection: psycopg.Connection, load_id: str, so
             load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
             source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
             status=status, started_at=ledger.now(), completed_at=ledger.now(), error_message=error,
-            copy_of=str(source.copy_of) if source.copy_of else None))
+            copy_of=str(source.copy_of) if source.copy_of else None, link_paths=link_paths(source)))
     return FileOutcome(source, status, error=error)
 
 
@@ -452,7 +468,7 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
     order. Never raises for a bad file."""
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
-        load_id = ledger.start_load(connection, roots)
+        load_id = ledger.start_load(connection, roots, policy.describe(), policy.digest)
         try:
             outcomes = load_in_parallel(discovery.files, target, load_id, policy, force, jobs, on_file)
         except BaseException:
@@ -476,7 +492,7 @@ def analyze_loaded_tables(connection: psycopg.Connection, load_id: str) -> None:
 def load_in_parallel(files: list[SourceFile], target: Target, load_id: str, policy: SecretPolicy, force: bool,
                      jobs: int, on_file: Callable[[FileOutcome], None]) -> list[FileOutcome]:
     """Each file by the next free worker; outcomes reported in discovery order."""
-    pool = WorkerPool(target)
+    pool = WorkerPool(target, policy)
     try:
         return run_in_order(lambda source: load_one(pool.worker(), load_id, source, policy, force), files, jobs,
                             on_file)
@@ -497,9 +513,9 @@ def load_one(worker: Worker, load_id: str, source: SourceFile, policy: SecretPol
     except (TableFailed, FileFailed) as error:
         if connection.broken:
             raise
-        return record_outcome_without_rows(connection, load_id, source, "failed", str(error))
+        return record_outcome_without_rows(connection, load_id, source, "failed", worker.target.redact(str(error)))
     except Exception as error:  # a bad file is named with its reason; the run goes on
         if connection.broken:
             raise
         return record_outcome_without_rows(connection, load_id, source, "failed",
-                                           f"{type(error).__name__}: {error}".strip())
+                                           worker.target.redact(f"{type(error).__name__}: {error}".strip()))

@@ -38,19 +38,30 @@ Removing originals
 ------------------
 `remove_archived_originals` deletes a file's main file, `-wal`, `-shm` and `-journal` only when the
 whole archive verifies, the ledger still shows the file fully migrated (the rules above), and its
-main file, `-wal` and `-journal` on disk still have exactly the archived checksums. Otherwise it
-refuses that file, with the reason, and deletes nothing of it. The main file goes first, so an
-interruption leaves at worst an orphan `-wal`, which discovery reports, rather than a main file
-silently missing its WAL rows.
+main file, `-wal` and `-journal` on disk still have exactly the archived checksums. Never through a
+symbolic link and never outside the roots: a file discovery reached through a link (its manifest
+entry's `link_paths`), whose path now goes through a link, whose real path lies outside every root of
+the archive, or whose parts are not regular files is refused. Otherwise it refuses that file, with the
+reason, and deletes nothing of it.
+
+The deletion itself: the folder is opened component by component without following any link, the parts
+are moved (renamed, main file first) into a new `.consolidate-quarantine-<UTC stamp>-<hex>` folder
+beside them (same file system, mode 0700), hashed again there, and deleted only if they still hold the
+archived bytes. Bytes that changed between the check and the move are kept: moved back where they were
+(never over a file that appeared meanwhile), or else left in the quarantine folder, which the refusal
+names. An interruption leaves the parts in the quarantine folder, never lost.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -85,6 +96,7 @@ ARCHIVE_FILE = re.compile(r"consolidate-archive-\d{8}T\d{6}Z-[0-9a-f]+\.zip(\.sh
 ARCHIVED_SUFFIXES = CHANGE_DETECTING_SUFFIXES
 SUFFIX_LABELS = {"": "main file", "-wal": "-wal", "-journal": "-journal"}
 REMOVED_SUFFIXES = ("", "-wal", "-shm", "-journal")
+QUARANTINE_PREFIX = ".consolidate-quarantine-"
 # The raw tables the reconciliation mart counts: the dbt macro memory_raw_tables().
 MEMORY_RAW_TABLES = ["raw_claude_flow_v2.memory_entries", "raw_claude_flow_v3.memory_entries",
                      "raw_extended_memory.memory_store"]
@@ -127,6 +139,8 @@ class ArchivedFile:
     sha256: str
     wal_sha256: str | None
     members: list[Member]
+    # Paths that reached the file through a symbolic link when it was archived: never deleted through.
+    link_paths: list[str] = field(default_factory=list)
 
     def archived_state(self) -> tuple[str | None, ...]:
         """sha256 of the archived main file, `-wal` and `-journal` (None for one not archived), in the
@@ -137,13 +151,14 @@ class ArchivedFile:
     def to_json(self) -> dict:
         return {"path": self.path, "source_db": self.source_db, "kind": self.kind, "load_id": self.load_id,
                 "sha256": self.sha256, "wal_sha256": self.wal_sha256,
-                "members": [member.to_json() for member in self.members]}
+                "members": [member.to_json() for member in self.members], "link_paths": self.link_paths}
 
     @classmethod
     def from_json(cls, data: dict) -> ArchivedFile:
         return cls(path=data["path"], source_db=data["source_db"], kind=data["kind"], load_id=data["load_id"],
                    sha256=data["sha256"], wal_sha256=data.get("wal_sha256"),
-                   members=[Member.from_json(member) for member in data["members"]])
+                   members=[Member.from_json(member) for member in data["members"]],
+                   link_paths=list(data.get("link_paths") or []))
 
 
 @dataclass
@@ -403,7 +418,8 @@ def archive_file(bundle: zipfile.ZipFile, source: SourceFile, member_name: str,
             return Refusal(path, reason)
         members = add_members(bundle, snapshot.path, source.path, member_name)
     return ArchivedFile(path=path, source_db=source.source_db, kind=source.kind, load_id=current.load_id,
-                        sha256=snapshot.sha256, wal_sha256=snapshot.wal_sha256, members=members)
+                        sha256=snapshot.sha256, wal_sha256=snapshot.wal_sha256, members=members,
+                        link_paths=[str(link) for link in source.link_paths])
 
 
 def add_members(bundle: zipfile.ZipFile, copy: Path, original: Path, name: str) -> list[Member]:
@@ -536,8 +552,10 @@ def read_archive_manifest(path: Path) -> ArchiveManifest:
 
 def remove_archived_originals(target: Target, archive_path: Path) -> list[Removal]:
     """Delete the originals (main file, -wal, -shm, -journal) of the files in the archive at
-    `archive_path`, each only if the archive verifies, the ledger in `target` shows it fully migrated and
-    its bytes on disk are still the archived ones. Every other file is refused with the reason."""
+    `archive_path`, each only if the archive verifies, the ledger in `target` shows it fully migrated, it
+    lies inside the archive's roots and was not reached through a link, and its bytes on disk are still
+    the archived ones (checked again after they were moved into quarantine). Every other file is
+    refused with the reason."""
     manifest = read_archive_manifest(archive_path)
     problems = verify_archive(archive_path)
     if problems:
@@ -545,14 +563,28 @@ def remove_archived_originals(target: Target, archive_path: Path) -> list[Remova
                   f"{problems[0].path}: {problems[0].problem})")
         return [Removal(entry.path, refused=reason) for entry in manifest.files]
     facts = read_ledger_facts(target)
-    return [remove_original(entry, facts) for entry in manifest.files]
+    roots = [os.path.realpath(root) for root in manifest.roots]
+    return [remove_original(entry, facts, roots) for entry in manifest.files]
 
 
-def remove_original(entry: ArchivedFile, facts: LedgerFacts | None) -> Removal:
-    reason = removal_refusal(entry, facts)
+def remove_original(entry: ArchivedFile, facts: LedgerFacts | None, real_roots: list[str]) -> Removal:
+    reason = location_refusal(entry, real_roots) or removal_refusal(entry, facts)
     if reason:
         return Removal(entry.path, refused=reason)
-    return Removal(entry.path, removed=delete_database_files(Path(entry.path)))
+    return remove_through_quarantine(entry)
+
+
+def location_refusal(entry: ArchivedFile, real_roots: list[str]) -> str | None:
+    """Why `entry.path` may not be deleted where it is: reached through a link, or outside every root."""
+    if entry.link_paths:
+        return (f"reached through a symbolic link ({', '.join(entry.link_paths)}): nothing is deleted "
+                "through a link; remove the file and its link by hand if that is meant")
+    real = os.path.realpath(entry.path)
+    if real != entry.path:
+        return f"its path goes through a symbolic link (it resolves to {real}): nothing is deleted through a link"
+    if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots):
+        return f"its real path is outside every root of the archive ({', '.join(real_roots)})"
+    return None
 
 
 def removal_refusal(entry: ArchivedFile, facts: LedgerFacts | None) -> str | None:
@@ -570,14 +602,125 @@ def removal_refusal(entry: ArchivedFile, facts: LedgerFacts | None) -> str | Non
     return checksum_refusal(facts.current[entry.path], on_disk[0], on_disk[1])
 
 
-def delete_database_files(path: Path) -> list[str]:
-    """Delete the main file first, then its side files; return the paths deleted."""
-    removed = []
+class NotDeletable(Exception):
+    """A part of the file, or a folder on its path, is not what may be deleted (a link, not a file)."""
+
+
+def open_folder_without_links(folder: Path) -> int:
+    """A descriptor of `folder`, opened one component at a time from `/` without following any symbolic
+    link: every later step works relative to it, so no link swapped in meanwhile can lead elsewhere."""
+    descriptor = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in folder.parts[1:]:
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise NotDeletable(f"the folder {part!r} on its path is a symbolic link or not a folder") from error
+                raise
+            os.close(descriptor)
+            descriptor = child
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def parts_present(folder: int, name: str) -> list[str]:
+    """The names of the file's parts (main file first, then side files) present in `folder`; raise
+    NotDeletable when one is a link or not a regular file."""
+    present = []
     for suffix in REMOVED_SUFFIXES:
-        file = side_file(path, suffix)
         try:
-            file.unlink()
+            info = os.lstat(name + suffix, dir_fd=folder)
         except FileNotFoundError:
             continue
-        removed.append(str(file))
-    return removed
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a regular file"
+            raise NotDeletable(f"{name + suffix} is {kind}")
+        present.append(name + suffix)
+    return present
+
+
+def move_into_quarantine(folder: int, quarantine: int, names: list[str]) -> list[str]:
+    """Rename each of `names` from `folder` into `quarantine` (same file system: nothing is copied);
+    return those moved."""
+    moved = []
+    for name in names:
+        try:
+            os.rename(name, name, src_dir_fd=folder, dst_dir_fd=quarantine)
+        except FileNotFoundError:
+            continue
+        moved.append(name)
+    return moved
+
+
+def sha256_in(folder: int, name: str) -> str | None:
+    """sha256 of `name` in `folder`, never following a link; None when it is not there."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+    except FileNotFoundError:
+        return None
+    digest = hashlib.sha256()
+    with os.fdopen(descriptor, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def put_back(folder: int, quarantine: int, names: list[str]) -> list[str]:
+    """Move `names` back from quarantine, each only where no file appeared meanwhile (a hard link then an
+    unlink: never overwrites); return the names left in quarantine."""
+    left = []
+    for name in names:
+        try:
+            os.link(name, name, src_dir_fd=quarantine, dst_dir_fd=folder, follow_symlinks=False)
+        except OSError:
+            left.append(name)
+            continue
+        os.unlink(name, dir_fd=quarantine)
+    return left
+
+
+def remove_through_quarantine(entry: ArchivedFile) -> Removal:
+    """Move the file's parts into a quarantine folder beside them, hash them there, and delete them only
+    if they still hold the archived bytes; otherwise put them back (see the module docstring)."""
+    path = Path(entry.path)
+    try:
+        folder = open_folder_without_links(path.parent)
+    except (NotDeletable, OSError) as error:
+        return Removal(entry.path, refused=f"not deleted: {error}")
+    try:
+        try:
+            names = parts_present(folder, path.name)
+        except NotDeletable as error:
+            return Removal(entry.path, refused=f"not deleted: {error}")
+        quarantine_name = f"{QUARANTINE_PREFIX}{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        os.mkdir(quarantine_name, 0o700, dir_fd=folder)
+        quarantine = os.open(quarantine_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
+        try:
+            moved = move_into_quarantine(folder, quarantine, names)
+            try:
+                state = tuple(sha256_in(quarantine, path.name + suffix) for suffix in ARCHIVED_SUFFIXES)
+            except OSError as error:  # a link renamed in at the last moment: O_NOFOLLOW refuses it
+                state, problem = None, f"cannot be read in quarantine ({error})"
+            else:
+                changed = differing_parts(entry.archived_state(), state)
+                problem = f"the {' and the '.join(changed)} changed" if changed else None
+            if problem is None:
+                for name in moved:
+                    os.unlink(name, dir_fd=quarantine)
+                os.rmdir(quarantine_name, dir_fd=folder)
+                return Removal(entry.path, removed=[str(path.with_name(name)) for name in moved])
+            left = put_back(folder, quarantine, moved)
+            if not left:
+                os.rmdir(quarantine_name, dir_fd=folder)
+                kept = "nothing deleted, put back in place"
+            else:
+                kept = (f"nothing deleted; kept in {path.parent / quarantine_name} ({', '.join(left)}: a file "
+                        "of that name appeared in its place)")
+            return Removal(entry.path, refused=f"between the check and the removal {problem}: {kept}")
+        finally:
+            os.close(quarantine)
+    finally:
+        os.close(folder)

@@ -2,38 +2,71 @@
 
 Keys are `mem:{namespace}:{key}` holding the value's JSON text; a ':' or '%' in the namespace is
 percent-encoded (`hooks:pre-bash` -> `hooks%3Apre-bash`) so two entries can never share a cache key.
-A cached entry expires when its row does (expires_at); entries without expires_at are cached without a
-TTL, and entries already expired are not cached.
+A cached entry expires when its row does (expires_at), and at the latest after MAX_TTL_SECONDS (one
+hour), entries without expires_at included; entries already expired are not cached.
+
+Fills never overwrite a newer version. Every entry read from PostgreSQL carries its version (updated_at
+in epoch microseconds; every write through loader.serve.client moves it strictly forward). A write, after its
+commit, deletes the cached value and leaves its version in `memver:{namespace}:{key}` (for
+MAX_TTL_SECONDS); a fill is one Lua script that refuses a version older than that marker. So a reader
+that read v1, then lost the race to a writer's set("v2") and its invalidation, cannot cache v1.
 
 Redis is optional at run time. When it cannot be reached, lookups are misses (the client reads
 PostgreSQL), stores and invalidations are skipped, one warning is logged per Cache instance, and Redis
 is not tried again for `retry_interval` seconds; no Redis error ever reaches the caller.
 
-Known limits of cache-aside without versioning: a reader that missed, read PostgreSQL and fills the
-cache just after a writer invalidated can leave the older value cached (until its TTL; for ever when the
-entry has no expires_at); an invalidation skipped while Redis was unreachable leaves a stale value in a
-Redis that comes back. `consolidate cache warm` after such an outage, or a FLUSHDB, clears it.
+Known limits: writes that bypass the client (SQL, a `consolidate build`) leave no marker, and an
+invalidation skipped while Redis was unreachable leaves a stale value in a Redis that comes back; either
+stays cached at most MAX_TTL_SECONDS. `consolidate cache warm` after such an outage, or a FLUSHDB, clears it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis.exceptions import RedisError
+
+from loader.json_depth import loads_within_depth
 
 if TYPE_CHECKING:
     from loader.serve.client import Entry, MemoryClient
 
 DEFAULT_URL = "redis://127.0.0.1:10001/0"
 KEY_PREFIX = "mem"
+VERSION_PREFIX = "memver"
+MAX_TTL_SECONDS = 3600
+
+# KEYS: value, version marker. ARGV: JSON text, TTL in ms, the entry's version ('' when unknown).
+# Refused (0) when a write of a newer version invalidated the key; else cached (1).
+FILL_SCRIPT = """
+local newest = redis.call('GET', KEYS[2])
+if newest and (ARGV[3] == '' or tonumber(ARGV[3]) < tonumber(newest)) then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+# KEYS: value, version marker. ARGV: the written version ('' when none: just delete), marker TTL in ms.
+INVALIDATE_SCRIPT = """
+redis.call('DEL', KEYS[1])
+if ARGV[1] ~= '' then
+    local newest = redis.call('GET', KEYS[2])
+    if not newest or tonumber(newest) < tonumber(ARGV[1]) then
+        newest = ARGV[1]
+    end
+    redis.call('SET', KEYS[2], newest, 'PX', ARGV[2])
+end
+return 1
+"""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,20 +80,52 @@ class Cached:
     value: Any
 
 
-def cache_key(namespace: str, key: str) -> str:
+def cache_key(namespace: str, key: str, prefix: str = KEY_PREFIX) -> str:
     escaped_namespace = namespace.replace("%", "%25").replace(":", "%3A")
-    return f"{KEY_PREFIX}:{escaped_namespace}:{key}"
+    return f"{prefix}:{escaped_namespace}:{key}"
+
+
+def version_key(namespace: str, key: str) -> str:
+    """Where the newest version written to an entry is kept (see the module docstring)."""
+    return cache_key(namespace, key, VERSION_PREFIX)
+
+
+def url_passwords(url: str) -> list[str]:
+    """Every text the URL's passwords can appear as (in `user:password@` or `?password=`), as written
+    and decoded, longest first."""
+    try:
+        parts = urlsplit(url)
+        written = [parts.password or ""]
+    except ValueError:
+        parts, written = None, []
+    written += [value for name, value in parse_qsl(parts.query if parts else url.partition("?")[2],
+                                                   keep_blank_values=True) if name.lower() == "password"]
+    written += re.findall(r"(?i)[?&]password=([^&#]*)", url)
+    forms = {form for value in written for form in (value, unquote(value), quote(unquote(value), safe=""))}
+    return sorted((form for form in forms if form), key=len, reverse=True)
+
+
+def without_passwords(text: str, url: str) -> str:
+    for form in url_passwords(url):
+        text = text.replace(form, "***")
+    return text
 
 
 def redacted(url: str) -> str:
-    """The URL as it may be shown to a person: never with its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else (parts.hostname or "")
-    netloc = user + (f"{host}:{parts.port}" if parts.port else host)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The URL as it may be shown to a person: never with a password (`user:password@` or `?password=`)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL urllib can take apart: show only its scheme
+        return url.partition(":")[0] + "://***"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else (parts.hostname or "")
+        netloc = user + (f"{host}:{port}" if port else host)
+    query = re.sub(r"(?i)(^|&)(password)=[^&]*", r"\1\2=***", parts.query)
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + \
+        (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def decoded(text: str | None) -> Cached | None:
@@ -68,14 +133,15 @@ def decoded(text: str | None) -> Cached | None:
     if text is None:
         return None
     try:
-        return Cached(json.loads(text))
+        return Cached(loads_within_depth(text))
     except ValueError:
         return None
 
 
-def milliseconds_to_live(entry: Entry) -> int | None:
-    """PX for the entry: None = no expiry, <= 0 = already expired (do not cache)."""
-    return None if entry.seconds_left is None else int(entry.seconds_left * 1000)
+def milliseconds_to_live(entry: Entry) -> int:
+    """PX for the entry: until it expires, at most MAX_TTL_SECONDS; <= 0 = already expired (do not cache)."""
+    cap = MAX_TTL_SECONDS * 1000
+    return cap if entry.seconds_left is None else min(int(entry.seconds_left * 1000), cap)
 
 
 class Cache:
@@ -93,6 +159,8 @@ class Cache:
         self._warned = False
         self._warning_lock = threading.Lock()
         self._unreachable_until = 0.0
+        self._fill = self._redis.register_script(FILL_SCRIPT)
+        self._invalidate = self._redis.register_script(INVALIDATE_SCRIPT)
 
     @property
     def redacted_url(self) -> str:
@@ -113,16 +181,18 @@ class Cache:
         return cached
 
     def store(self, entry: Entry) -> bool:
-        """Cache a live entry until it expires; False when it was not cached."""
-        ttl_ms = milliseconds_to_live(entry)
-        if ttl_ms is not None and ttl_ms <= 0:
+        """Cache a live entry until it expires (at most MAX_TTL_SECONDS); False when it was not cached:
+        expired, Redis unreachable, or a write of a newer version invalidated the key since."""
+        if milliseconds_to_live(entry) <= 0:
             return False
-        text = json.dumps(entry.value)
-        return bool(self._guarded(
-            lambda: self._redis.set(cache_key(entry.namespace, entry.key), text, px=ttl_ms), fallback=False))
+        return bool(self._guarded(lambda: self._fill_entry(entry), fallback=False))
 
-    def invalidate(self, namespace: str, key: str) -> None:
-        self._guarded(lambda: self._redis.delete(cache_key(namespace, key)), fallback=None)
+    def invalidate(self, namespace: str, key: str, version: int | None = None) -> None:
+        """Delete the cached value after a write; with the written `version`, refuse later fills of
+        older versions (for MAX_TTL_SECONDS)."""
+        self._guarded(lambda: self._invalidate(keys=[cache_key(namespace, key), version_key(namespace, key)],
+                                               args=["" if version is None else version, MAX_TTL_SECONDS * 1000]),
+                      fallback=None)
 
     # -- warming and statistics ------------------------------------------------------------------
 
@@ -140,7 +210,7 @@ class Cache:
             info = self._redis.info()
             return {**counters, "connected": True, "keys": self._count_keys(), **server_figures(info)}
         except RedisError as error:
-            return {**counters, "connected": False, "error": str(error)}
+            return {**counters, "connected": False, "error": without_passwords(str(error), self.url)}
 
     def available(self) -> bool:
         try:
@@ -153,12 +223,16 @@ class Cache:
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _fill_entry(self, entry: Entry, client=None):
+        return self._fill(keys=[cache_key(entry.namespace, entry.key), version_key(entry.namespace, entry.key)],
+                          args=[json.dumps(entry.value), milliseconds_to_live(entry),
+                                "" if entry.version is None else entry.version], client=client)
+
     def _store_all(self, entries: Iterable[Entry]) -> int:
         pipeline = self._redis.pipeline(transaction=False)
         for entry in entries:
-            ttl_ms = milliseconds_to_live(entry)
-            if ttl_ms is None or ttl_ms > 0:
-                pipeline.set(cache_key(entry.namespace, entry.key), json.dumps(entry.value), px=ttl_ms)
+            if milliseconds_to_live(entry) > 0:
+                self._fill_entry(entry, client=pipeline)
         return sum(1 for reply in pipeline.execute() if reply)
 
     def _count_keys(self) -> int:
@@ -182,7 +256,7 @@ class Cache:
             already_warned, self._warned = self._warned, True
         if not already_warned:
             log.warning("Redis cache at %s is unreachable (%s); reading from PostgreSQL without the cache",
-                        self.redacted_url, error)
+                        self.redacted_url, without_passwords(str(error), self.url))
 
 
 def server_figures(info: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """A small Python client for the consolidated memory: get, set, search and delete entries of
-`unified_memory` in PostgreSQL, optionally behind a Redis cache (loader.cache, cache-aside).
+`unified_memory` in PostgreSQL, optionally behind a Redis cache (loader.serve.cache, cache-aside).
 
     with MemoryClient("postgresql://consolidate@db.internal:10000/memory", cache=Cache()) as memory:
         memory.set("agent:coder", {"status": "idle"}, namespace="swarm", ttl=3600)
@@ -15,6 +15,8 @@ Values are stored as jsonb: a Python `str` with data_type `text` (so the compat 
 `compat.memory_entries` shows the string itself, as claude-flow v2 stored it), anything else
 JSON-serializable with data_type `json`. `get` returns the stored JSON value decoded, whatever the
 data_type (a `pickle` entry is its base64 string). A stored JSON null and an absent key both read as None.
+A document nested deeper than loader.json_depth.MAX_JSON_DEPTH levels reads as its JSON text (a `str`),
+as staging keeps such values, instead of raising RecursionError.
 
 New rows need an `id` (bigint primary key without a default; dbt's contract). The client takes
 `max(id) + 1` while holding a transaction-level advisory lock private to the table, so concurrent writers
@@ -31,8 +33,12 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
+
+from loader.json_depth import loads_within_depth
 
 if TYPE_CHECKING:
     from loader.serve.cache import Cache
@@ -43,6 +49,8 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 
 LIVE = sql.SQL("(expires_at IS NULL OR expires_at > now())")
 SECONDS_LEFT = sql.SQL("extract(epoch FROM expires_at - now())::float8")
+# An entry's version for the cache (loader.serve.cache): its updated_at in epoch microseconds.
+VERSION = sql.SQL("(extract(epoch FROM updated_at) * 1000000)::bigint")
 
 
 class EntryKey(NamedTuple):
@@ -52,12 +60,14 @@ class EntryKey(NamedTuple):
 
 @dataclass(frozen=True)
 class Entry:
-    """A live entry as read from PostgreSQL; seconds_left is None when it never expires."""
+    """A live entry as read from PostgreSQL; seconds_left is None when it never expires; version is its
+    updated_at in epoch microseconds (None when unknown), which every write through the client raises."""
 
     namespace: str
     key: str
     value: Any
     seconds_left: float | None
+    version: int | None = None
 
 
 def encode_value(value: Any) -> tuple[str, str]:
@@ -80,9 +90,14 @@ def check_limit(limit: int) -> None:
         raise ValueError(f"limit must be a positive integer, not {limit!r}")
 
 
+def decode_json_within_depth(connection: psycopg.Connection) -> None:
+    set_json_loads(loads_within_depth, connection)
+
+
 def open_pool(dsn: str, size: int) -> ConnectionPool:
     """A pool that is ready to use, or a clear error now rather than at the first query."""
-    pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True, name="consolidate-memory-client")
+    pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True, name="consolidate-memory-client",
+                          configure=decode_json_within_depth)
     try:
         pool.wait(timeout=CONNECT_TIMEOUT_SECONDS)
     except PoolTimeout:
@@ -95,7 +110,8 @@ class MemoryClient:
     """get / set / search / delete on `<schema>.unified_memory`, through a connection pool.
 
     With a `cache`, reads are cache-aside (a hit never touches PostgreSQL; a miss reads PostgreSQL
-    and fills the cache) and set/delete remove the cache key after their commit. With
+    and fills the cache, unless a write of a newer version invalidated it meanwhile) and set/delete
+    remove the cache key after their commit, leaving the version they wrote behind. With
     `track_access` (default), a read that reaches PostgreSQL also bumps access_count and accessed_at in
     the same statement; cache hits are not counted.
     """
@@ -150,10 +166,10 @@ class MemoryClient:
         (NULLs last), then namespace and key (bytewise) so ties are decided the same way every time."""
         check_limit(top)
         query = sql.SQL(
-            "SELECT namespace, key, value, {seconds_left} FROM {table} WHERE {live}"
+            "SELECT namespace, key, value, {seconds_left}, {version} FROM {table} WHERE {live}"
             " ORDER BY access_count DESC NULLS LAST, accessed_at DESC NULLS LAST,"
             ' namespace COLLATE "C", key COLLATE "C" LIMIT %(top)s'
-        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT)
+        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT, version=VERSION)
         with self._pool.connection() as connection:
             return [Entry(*row) for row in connection.execute(query, {"top": top})]
 
@@ -170,17 +186,20 @@ class MemoryClient:
                       "metadata": encode_metadata(metadata), "ttl": ttl, "source_db": CLIENT_SOURCE_DB}
         with self._pool.connection() as connection:
             connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._id_lock_name,))
-            connection.execute(self._upsert_query(), parameters)
-        self._invalidate(key, namespace)
+            version = connection.execute(self._upsert_query(), parameters).fetchone()[0]
+        self._invalidate(key, namespace, version)
 
     def delete(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
         """Remove the entry; True when a row (live or expired) was deleted."""
-        query = sql.SQL("DELETE FROM {table} WHERE key = %(key)s AND namespace = %(namespace)s RETURNING 1") \
-            .format(table=self._table)
+        # The deletion's version: after the deleted row's, so no fill of that row is taken afterwards.
+        query = sql.SQL(
+            "DELETE FROM {table} WHERE key = %(key)s AND namespace = %(namespace)s RETURNING"
+            " (extract(epoch FROM greatest(clock_timestamp(), updated_at + interval '1 microsecond'))"
+            " * 1000000)::bigint").format(table=self._table)
         with self._pool.connection() as connection:
-            deleted = connection.execute(query, {"key": key, "namespace": namespace}).fetchone() is not None
-        self._invalidate(key, namespace)
-        return deleted
+            row = connection.execute(query, {"key": key, "namespace": namespace}).fetchone()
+        self._invalidate(key, namespace, row[0] if row is not None else None)
+        return row is not None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -196,26 +215,27 @@ class MemoryClient:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _invalidate(self, key: str, namespace: str) -> None:
+    def _invalidate(self, key: str, namespace: str, version: int | None) -> None:
         if self.cache is not None:
-            self.cache.invalidate(namespace, key)
+            self.cache.invalidate(namespace, key, version)
 
     def _plain_read_query(self) -> sql.Composed:
         return sql.SQL(
-            "SELECT namespace, key, value, {seconds_left} FROM {table}"
+            "SELECT namespace, key, value, {seconds_left}, {version} FROM {table}"
             " WHERE key = %(key)s AND namespace = %(namespace)s AND {live}"
-        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT)
+        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT, version=VERSION)
 
     def _tracked_read_query(self) -> sql.Composed:
         return sql.SQL(
             "UPDATE {table} SET access_count = coalesce(access_count, 0) + 1, accessed_at = now()"
             " WHERE key = %(key)s AND namespace = %(namespace)s AND {live}"
-            " RETURNING namespace, key, value, {seconds_left}"
-        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT)
+            " RETURNING namespace, key, value, {seconds_left}, {version}"
+        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT, version=VERSION)
 
     def _upsert_query(self) -> sql.Composed:
         """One statement: a new row takes max(id) + 1 (the caller holds the id lock); an existing
-        (key, namespace) keeps its id, created_at and access bookkeeping."""
+        (key, namespace) keeps its id, created_at and access bookkeeping, and its updated_at moves
+        strictly forward (the version the cache compares). Returns the new version."""
         return sql.SQL(
             "INSERT INTO {table} AS existing (id, key, namespace, value, data_type, metadata, source_db,"
             " created_at, updated_at, accessed_at, expires_at, access_count, ttl, version_count)"
@@ -226,7 +246,9 @@ class MemoryClient:
             " ON CONFLICT (key, namespace) DO UPDATE SET"
             " value = excluded.value, data_type = excluded.data_type,"
             " metadata = coalesce(excluded.metadata, existing.metadata),"
-            " updated_at = excluded.updated_at, expires_at = excluded.expires_at, ttl = excluded.ttl,"
+            " updated_at = greatest(excluded.updated_at, existing.updated_at + interval '1 microsecond'),"
+            " expires_at = excluded.expires_at, ttl = excluded.ttl,"
             " source_db = excluded.source_db, source_path = NULL, source_table = NULL,"
             " source_rowid = NULL, source_sha256 = NULL, load_id = NULL, flags = excluded.flags"
-        ).format(table=self._table)
+            " RETURNING {version}"
+        ).format(table=self._table, version=VERSION)

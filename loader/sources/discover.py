@@ -5,6 +5,11 @@ to their main file; a `-wal` without one is reported as an orphan. Files named l
 not SQLite are reported too. A byte-identical copy (same main file, same WAL) of an earlier file is
 marked as a copy of it and is never loaded twice.
 
+Every file is known by its real path (symbolic links resolved once, here): its `-wal`, `-shm` and
+`-journal` are the ones beside the real file, where SQLite looks for them, and a file reached several
+times (through links, or under several roots) is listed once. The paths through which it was reached
+via a link below its root are kept in `SourceFile.link_paths`: nothing is ever deleted through them.
+
 A file that cannot be read (permissions) is a failed source with its reason when it looks like a
 database (a database-looking name, or a `-wal`/`-journal` beside it), since it may hold rows that would
 otherwise be lost silently; any other unreadable file is a warning. A file that disappears while being
@@ -54,14 +59,19 @@ class SourceFile:
     copy_of: Path | None = None
     error: str | None = None
     stat: dict | None = None  # stat_signature, taken before the checksums
+    # The path under `root` it was found as (path itself, unless a link or a linked root led to it).
+    found_as: Path | None = None
+    # Paths under a root that reach this file through a symbolic link below that root.
+    link_paths: list[Path] = field(default_factory=list)
     # A consistent private copy discovery kept for the load (discover's keep_copies_in); not in JSON.
     snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
 
     @property
     def source_db(self) -> str:
         """The path relative to the root it was found under: a short, readable name."""
-        relative = self.path.relative_to(self.root).as_posix()
-        return relative if relative != "." else self.path.name
+        found_as = self.found_as or self.path
+        relative = found_as.relative_to(self.root).as_posix()
+        return relative if relative != "." else found_as.name
 
     @property
     def identity(self) -> tuple[str, str | None]:
@@ -71,7 +81,8 @@ class SourceFile:
         data = asdict(self)
         del data["snapshot"]
         data.update(path=str(self.path), root=str(self.root), source_db=self.source_db,
-                    copy_of=str(self.copy_of) if self.copy_of else None)
+                    copy_of=str(self.copy_of) if self.copy_of else None,
+                    found_as=str(self.found_as or self.path), link_paths=[str(link) for link in self.link_paths])
         return data
 
 
@@ -187,7 +198,8 @@ def unchanged_since(recorded: dict | None, current: dict) -> bool:
 
 
 def fingerprint(path: Path, root: Path, known: KnownFile | None = None) -> SourceFile:
-    """The file's checksums: those `known` when its stat proves it unchanged since, else read."""
+    """The file's checksums: those `known` when its stat proves it unchanged since, else read. `path`
+    is a real path (see the module docstring), so its `-wal` is the one SQLite uses."""
     stat = stat_signature(path)
     if known is not None and unchanged_since(known.stat, stat):
         sha256, wal_sha256 = known.sha256, known.wal_sha256
@@ -237,26 +249,47 @@ def copies_to_keep(sources: list[SourceFile], folder: Path | None) -> set[Path]:
     return kept
 
 
-def examine(path: Path, base: Path, known: KnownFile | None) -> SourceFile | DiscoveryWarning | None:
+@dataclass
+class Candidate:
+    """A file that may be a main database file: its real path, and how discovery reached it."""
+
+    path: Path  # real: every symbolic link resolved
+    base: Path  # the root folder it is named relative to
+    found_as: Path  # the path under `base` it was first found as without a link below the root, if any
+    link_paths: list[Path] = field(default_factory=list)
+
+
+def reached_through_link(path: Path, base: Path, real: Path) -> bool:
+    """Whether `path` (under `base`) reaches `real` through a symbolic link below `base` (a root
+    that is itself a link, as the operator named it, does not count)."""
+    return Path(os.path.realpath(base)) / path.relative_to(base) != real
+
+
+def examine(candidate: Candidate, known: KnownFile | None) -> SourceFile | DiscoveryWarning | None:
     """A database file with its checksums, a warning, or None for a file that is not SQLite."""
+    path, base = candidate.path, candidate.base
     try:
         is_database = has_sqlite_header(path) or is_wal_only_database(path)
         source = fingerprint(path, base, known) if is_database else None
     except FileNotFoundError:
-        return DiscoveryWarning(path, "disappeared while being discovered; skipped")
+        return DiscoveryWarning(candidate.found_as, "disappeared while being discovered; skipped")
     except OSError as error:
         if looks_like_database(path):
-            return unreadable_source(path, base, error)
-        return DiscoveryWarning(path, f"cannot be read ({type(error).__name__}: {error}), so "
-                                      "whether it is SQLite is unknown; skipped")
-    if source is None and path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
-        return DiscoveryWarning(path, "not a SQLite database (no SQLite header); skipped")
+            source = unreadable_source(path, base, error)
+        else:
+            return DiscoveryWarning(candidate.found_as, f"cannot be read ({type(error).__name__}: {error}), so "
+                                                        "whether it is SQLite is unknown; skipped")
+    if source is None:
+        if path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
+            return DiscoveryWarning(candidate.found_as, "not a SQLite database (no SQLite header); skipped")
+        return None
+    source.found_as, source.link_paths = candidate.found_as, list(candidate.link_paths)
     return source
 
 
-def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryWarning]) -> list[tuple[Path, Path]]:
-    """(path, the root folder it is named relative to) of every file that may be a main database file."""
-    found, seen_paths = [], set()
+def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryWarning]) -> list[Candidate]:
+    """Every file that may be a main database file, once per real path, in the order first found."""
+    found: dict[Path, Candidate | None] = {}  # None: a side file
     for root in roots:
         root = root.absolute()
         if not root.exists():
@@ -265,17 +298,22 @@ def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryW
         base = root if root.is_dir() else root.parent
         for path in walk_files(root, exclude):
             path = path.absolute()
-            real = path.resolve()
-            if real in seen_paths:
-                continue
-            seen_paths.add(real)
-            if path.name.endswith(SIDE_SUFFIXES):
-                main = path.with_name(path.name.rsplit("-", 1)[0])
-                if path.name.endswith("-wal") and not main.exists():
+            real = Path(os.path.realpath(path))
+            if real.name.endswith(SIDE_SUFFIXES):
+                main = real.with_name(real.name.rsplit("-", 1)[0])
+                if real.name.endswith("-wal") and not main.exists() and real not in found:
                     warnings.append(DiscoveryWarning(path, "orphan WAL: its main database file is missing, nothing to recover"))
+                found.setdefault(real, None)
                 continue
-            found.append((path, base))
-    return found
+            linked = reached_through_link(path, base, real)
+            candidate = found.get(real)
+            if candidate is None:
+                candidate = found[real] = Candidate(real, base, path)
+            elif reached_through_link(candidate.found_as, candidate.base, real) and not linked:
+                candidate.base, candidate.found_as = base, path  # named after a path without a link
+            if linked and path not in candidate.link_paths:
+                candidate.link_paths.append(path)
+    return [candidate for candidate in found.values() if candidate is not None]
 
 
 def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, KnownFile] | None = None,
@@ -291,7 +329,7 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
     paths = candidates(roots, list(exclude), warnings)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         known = known or {}
-        examined = list(pool.map(lambda item: examine(*item, known.get(str(item[0]))), paths))
+        examined = list(pool.map(lambda candidate: examine(candidate, known.get(str(candidate.path))), paths))
         to_inspect, copies = [], []
         first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
         for result in examined:

@@ -24,9 +24,8 @@ BLOB holding valid UTF-8 would arrive as text without its flag.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,7 +234,7 @@ class ColumnRead:
 
     name: str
     raw_name: str
-    action: str = "keep"  # keep / hash / exclude (secret_policy)
+    action: str = "keep"  # keep / hash / scrub / exclude (secret_policy)
 
 
 @dataclass
@@ -261,16 +260,13 @@ def array_literal(names: list[str]) -> str:
     return "{" + ",".join('"' + n.replace("\\", "\\\\").replace('"', '\\"') + '"' for n in names) + "}"
 
 
-def hmac_sha256(key: bytes, value: bytes) -> str:
-    """What secret_policy.hmac_sha256_expression computes inside DuckDB, over the value's bytes."""
-    return "hmac-sha256:" + hmac.new(key, value, hashlib.sha256).hexdigest()
-
-
 def export_csv_python(connection: sqlite3.Connection, table: SourceTable, target: Path,
-                      columns: list[ColumnRead], constants: list[str], secret_key: bytes | None) -> FallbackExport:
+                      columns: list[ColumnRead], constants: list[str],
+                      secret_value: Callable[[str, bytes], str] | None) -> FallbackExport:
     """Write the CSV `export_csv` writes, plus a last field `_binary_columns`, with sqlite3: rowid, one
     value per column (SQLite's text of a number, the text of valid UTF-8 TEXT without NUL, else `\\x` +
-    hex of the bytes), then `constants`. Streams: one row in memory at a time."""
+    hex of the bytes), then `constants`. A column to `hash` or `scrub` gets secret_value(action, its
+    bytes) instead (secret_policy.SecretPolicy.stored_value). Streams: one row in memory at a time."""
     selected = []
     for column in columns:
         c = quote(column.name)
@@ -291,10 +287,10 @@ def export_csv_python(connection: sqlite3.Connection, table: SourceTable, target
                 if value is None or column.action == "exclude":
                     fields.append("")
                     continue
-                if column.action == "hash":
-                    if secret_key is None:
-                        raise ValueError(f"column {column.name!r} is to be hashed but no secret key was given")
-                    fields.append(csv_field(hmac_sha256(secret_key, value if isinstance(value, bytes) else str(value).encode())))
+                if column.action in ("hash", "scrub"):
+                    if secret_value is None:
+                        raise ValueError(f"column {column.name!r} is to be hashed but no secret policy was given")
+                    fields.append(csv_field(secret_value(column.action, value if isinstance(value, bytes) else str(value).encode())))
                     continue
                 text = None
                 if kind != b"blob" and b"\x00" not in value:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from psycopg.conninfo import conninfo_to_dict
 
 from loader.database import Target
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
@@ -41,12 +40,11 @@ def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
 
 
 @contextlib.contextmanager
-def password_free_argv(target: Target):
-    """dbt logs the process's command line, which may hold `--dsn` with a password: hide it."""
-    password = conninfo_to_dict(target.dsn).get("password")
+def dbt_argv(arguments: list[str]) -> Iterator[None]:
+    """dbt records the process's command line (its logs, `invocation_command` in run_results.json),
+    which may hold `--dsn` and its password: while dbt runs, the command line is dbt's own arguments."""
     original = sys.argv
-    if password:
-        sys.argv = [argument.replace(password, "***") for argument in original]
+    sys.argv = ["dbt", *arguments]
     try:
         yield
     finally:
@@ -55,24 +53,24 @@ def password_free_argv(target: Target):
 
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
-    in-process, against `target` (the profile reads its connection settings from the environment) with
-    its artifacts and logs under `home`/dbt. `crashed` tells a dbt error (bad arguments, no connection)
-    from models or tests that failed."""
+    in-process, against `target` (the profile reads its connection settings from the environment, see
+    Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
+    (bad arguments, no connection) from models or tests that failed."""
     from dbt.cli.main import dbtRunner
 
-    os.environ.update(target.dbt_environment())
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    with password_free_argv(target):
-        result = dbtRunner().invoke(dbt_arguments(command, home, quiet))
+    arguments = dbt_arguments(command, home, quiet)
+    with target.dbt_environment(), dbt_argv(arguments):
+        result = dbtRunner().invoke(arguments)
     outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)
         if status in ("error", "fail", "runtime error"):
-            outcome.failures.append(f"{node_result.node.unique_id}: {node_result.message}")
+            outcome.failures.append(target.redact(f"{node_result.node.unique_id}: {node_result.message}"))
         else:
             outcome.passed += 1
     if not outcome.success and not outcome.failures:
-        outcome.failures.append(str(result.exception or "dbt failed; see its output above"))
+        outcome.failures.append(target.redact(str(result.exception or "dbt failed; see its output above")))
     return outcome
 
 

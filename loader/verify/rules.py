@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from loader.load.secret_policy import DEFAULT_POLICY, SecretPolicy
+from loader.json_depth import MAX_JSON_DEPTH, too_deep
+from loader.load.secret_policy import SecretPolicy, default_action
+from loader.secret_scrub import HMAC_PREFIX, scrub_json_bytes
 
 SPACE_CHARACTERS = " \t\n\r\f\v"  # [[:space:]] in PostgreSQL regular expressions
 SPACE = f"[{SPACE_CHARACTERS}]"
@@ -87,7 +89,10 @@ def reject_constant(name: str):
 
 
 def parse_json(text: str):
-    """JSON text -> Python, as PostgreSQL's jsonb accepts it (numbers as Decimal); ValueError otherwise."""
+    """JSON text -> Python, as PostgreSQL's jsonb accepts it (numbers as Decimal), nested at most
+    MAX_JSON_DEPTH levels (deeper is never parsed, see loader/json_depth.py); ValueError otherwise."""
+    if too_deep(text):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=reject_constant)
     except RecursionError as error:
@@ -98,15 +103,22 @@ def parse_json(text: str):
 
 
 def jsonb_accepts(value) -> bool:
-    """jsonb rejects \\u0000, lone UTF-16 surrogates and numbers beyond numeric's range."""
-    if isinstance(value, str):
-        return "\x00" not in value and not any("\ud800" <= char <= "\udfff" for char in value)
-    if isinstance(value, Decimal):
-        return value.adjusted() <= NUMERIC_MAX_WEIGHT and -value.as_tuple().exponent <= NUMERIC_MAX_SCALE
-    if isinstance(value, list):
-        return all(jsonb_accepts(item) for item in value)
-    if isinstance(value, dict):
-        return all(jsonb_accepts(key) and jsonb_accepts(item) for key, item in value.items())
+    """jsonb rejects \\u0000, lone UTF-16 surrogates and numbers beyond numeric's range. Walks the
+    document with a list, not recursion: it may nest MAX_JSON_DEPTH levels."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item or any("\ud800" <= char <= "\udfff" for char in item):
+                return False
+        elif isinstance(item, Decimal):
+            if item.adjusted() > NUMERIC_MAX_WEIGHT or -item.as_tuple().exponent > NUMERIC_MAX_SCALE:
+                return False
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
     return True
 
 
@@ -124,7 +136,7 @@ def normalized_value(raw: str | None, storage_type: str | None) -> tuple[object,
     """(value, data_type) by the documented rule (dbt_project/macros/memory_values.sql): NULL -> JSON
     null; pickle -> the base64 text; __compressed__ + base64 JSON -> decoded; JSON text -> that JSON;
     JSON Python accepts but jsonb rejects (NaN, Infinity, \\u0000, ...) -> the text, unsupported_json;
-    anything else -> the text."""
+    anything else (text nested deeper than MAX_JSON_DEPTH too) -> the text."""
     if raw is None:
         return None, "json"
     if isinstance(raw, Binary):
@@ -139,7 +151,7 @@ def normalized_value(raw: str | None, storage_type: str | None) -> tuple[object,
     try:
         return parse_json(raw), "json"
     except ValueError:
-        return raw, "unsupported_json" if python_accepts_json(raw) else "text"
+        return raw, "unsupported_json" if not too_deep(raw) and python_accepts_json(raw) else "text"
 
 
 def python_accepts_json(text: str) -> bool:
@@ -152,18 +164,35 @@ def python_accepts_json(text: str) -> bool:
 
 
 def same(expected, actual) -> bool:
-    """Strict JSON-like equality: numbers by value, but never a boolean for a number or a string for either."""
-    if isinstance(expected, bool) or isinstance(actual, bool):
-        return type(expected) is type(actual) and expected == actual
-    if isinstance(expected, (int, Decimal)) and isinstance(actual, (int, Decimal)):
-        return expected == actual
-    if isinstance(expected, list) and isinstance(actual, list):
-        return len(expected) == len(actual) and all(map(same, expected, actual))
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        return expected.keys() == actual.keys() and all(same(expected[k], actual[k]) for k in expected)
-    if isinstance(expected, str) and isinstance(actual, str):  # Binary is a str
-        return expected == actual
-    return type(expected) is type(actual) and expected == actual
+    """Strict JSON-like equality: numbers by value, but never a boolean for a number or a string for
+    either. Walks both documents with a list, not recursion: they may nest MAX_JSON_DEPTH levels."""
+    pending = [(expected, actual)]
+    while pending:
+        expected, actual = pending.pop()
+        if isinstance(expected, bool) or isinstance(actual, bool):
+            equal = type(expected) is type(actual) and expected == actual
+        elif isinstance(expected, (int, Decimal)) and isinstance(actual, (int, Decimal)):
+            equal = expected == actual
+        elif isinstance(expected, list) and isinstance(actual, list):
+            equal = len(expected) == len(actual)
+            pending.extend(zip(expected, actual))
+        elif isinstance(expected, dict) and isinstance(actual, dict):
+            equal = expected.keys() == actual.keys()
+            pending.extend((expected[key], actual[key]) for key in expected if key in actual)
+        elif isinstance(expected, str) and isinstance(actual, str):  # Binary is a str
+            equal = expected == actual
+        else:
+            equal = type(expected) is type(actual) and expected == actual
+        if not equal:
+            return False
+    return True
+
+
+def value_too_deep(raw: str | None, storage_type: str | None) -> bool:
+    """Whether staging flags the value `json_too_deep`: text (not binary, pickle or `__compressed__`)
+    nested deeper than MAX_JSON_DEPTH."""
+    return (isinstance(raw, str) and not isinstance(raw, Binary) and storage_type != "pickle"
+            and not raw.startswith("__compressed__") and too_deep(raw))
 
 
 class Binary(str):
@@ -190,23 +219,32 @@ def loaded_value(storage_class: bytes | None, text: bytes | None) -> str | None:
 HMAC_SHAPE = re.compile("hmac-sha256:[0-9a-f]{64}")
 
 
-def secret_action(policy: SecretPolicy | None, kind: str, table: str, column: str) -> str:
+def secret_action(policy: SecretPolicy | None, table: str, column: str) -> str:
     if policy is not None:
-        return policy.action(kind, table, column)
-    return DEFAULT_POLICY.get(f"{kind}.{table}.{column}", "keep")
+        return policy.action(table, column)
+    return default_action(table, column)
+
+
+SHAPE_ONLY_KEY = b"validation without the load's key"
 
 
 def expected_in_raw(text: str | None, action: str, key: bytes | None) -> str | re.Pattern | None:
     """What raw holds for a source value under its secret-policy action: the text (`keep`), NULL
-    (`exclude`), or HMAC-SHA256 of its UTF-8 text (`hash`; only its shape when the key is unknown)."""
+    (`exclude`), HMAC-SHA256 of its bytes (`hash`), or the JSON with its secrets hashed (`scrub`).
+    When the key is unknown, a pattern: the same text with any HMAC where a hash stands."""
     if text is None or action == "exclude":
         return None
     if action == "keep":
         return text
+    original = text.original if isinstance(text, Binary) else text.encode()
+    if action == "scrub":
+        scrubbed = scrub_json_bytes(key if key is not None else SHAPE_ONLY_KEY, original)
+        if key is not None:
+            return scrubbed
+        return re.compile(HMAC_SHAPE.pattern.join(re.escape(part) for part in HMAC_SHAPE.split(scrubbed)))
     if key is None:
         return HMAC_SHAPE
-    original = text.original if isinstance(text, Binary) else text.encode()
-    return "hmac-sha256:" + hmac.new(key, original, hashlib.sha256).hexdigest()
+    return HMAC_PREFIX + hmac.new(key, original, hashlib.sha256).hexdigest()
 
 
 def raw_matches(expected: str | re.Pattern | None, actual: str | None) -> bool:
@@ -260,6 +298,8 @@ class MemoryVersion:
     expires_at: Decimal | None
     access_count: int | None
     ttl: int | None
+    value_column: str = "value"  # the source column holding the value (v3: content)
+    value_too_deep: bool = False  # staging flags it json_too_deep:<value_column>
 
 
 def memory_version(rowid: int, text: dict[str, str | None], layout: MemoryLayout) -> MemoryVersion:
@@ -269,7 +309,8 @@ def memory_version(rowid: int, text: dict[str, str | None], layout: MemoryLayout
         data_type=data_type, raw_value=text["value"], created_at=layout.to_timestamp(text["created_at"]),
         updated_at=layout.to_timestamp(text["updated_at"]), accessed_at=layout.to_timestamp(text["accessed_at"]),
         expires_at=layout.to_timestamp(text["expires_at"]), access_count=try_int(text["access_count"]),
-        ttl=try_int(text["ttl"]))
+        ttl=try_int(text["ttl"]), value_column=layout.columns["value"],
+        value_too_deep=value_too_deep(text["value"], text["storage_type"]))
 
 
 @dataclass(frozen=True)
@@ -301,7 +342,7 @@ def coalesce(*values):
 
 def expected_unified_memory(version: MemoryVersion, losers: Losers) -> dict:
     return {"key": version.key, "namespace": version.namespace, "value": version.value,
-            "data_type": version.data_type, "created_at": sql_min(version.created_at, losers.created_at),
+            "data_type": version.data_type, "json_too_deep": version.value_too_deep, "created_at": sql_min(version.created_at, losers.created_at),
             "updated_at": version.updated_at, "accessed_at": sql_max(version.accessed_at, losers.accessed_at),
             "expires_at": version.expires_at, "access_count": sql_max(version.access_count, losers.access_count),
             "ttl": version.ttl, "version_count": 1 + losers.count}
@@ -309,7 +350,7 @@ def expected_unified_memory(version: MemoryVersion, losers: Losers) -> dict:
 
 def expected_history(version: MemoryVersion, losers: Losers) -> dict:
     return {"key": version.key, "namespace": version.namespace, "value": version.value,
-            "data_type": version.data_type, "raw_value": version.raw_value, "created_at": version.created_at,
+            "data_type": version.data_type, "json_too_deep": version.value_too_deep, "raw_value": version.raw_value, "created_at": version.created_at,
             "updated_at": version.updated_at, "accessed_at": version.accessed_at,
             "expires_at": version.expires_at, "access_count": version.access_count, "ttl": version.ttl}
 
@@ -317,6 +358,7 @@ def expected_history(version: MemoryVersion, losers: Losers) -> dict:
 def expected_performance_metrics(version: MemoryVersion, losers: Losers) -> dict:
     fields = version.value if isinstance(version.value, dict) else {}
     return {"key": version.key, "namespace": version.namespace, "metric_data": version.value,
+            "json_too_deep": version.value_too_deep,
             "metric_name": version.key.split(":", 1)[0] if version.key is not None else None,
             "metric_value": json_field_as_numeric(fields.get("duration")),
             "timestamp": coalesce(

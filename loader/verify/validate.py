@@ -14,12 +14,14 @@ For each file of `consolidate.current_loads`:
 - a spot check of N random rows, read with Python's sqlite3 from a private copy (never DuckDB, never
   dbt): memory rows are compared field by field with the marts row that represents them
   (unified_memory, performance_metrics or unified_memory_history) after applying the documented rules
-  independently, and with their raw row; rows of every other table are compared column by column with
+  independently (whether the value is flagged `json_too_deep` included), and with their raw row; rows of every other table are compared column by column with
   their raw row. Raw holds `sqlite3_column_text` of every value, which is what SQLite's
   `CAST(x AS TEXT)` returns, so the comparison is exact for every storage class (REAL and BLOB too).
-  Secret columns (loader/load/secret_policy.py) are expected as the policy stores them: NULL for
-  `exclude`, and for `hash` the exact HMAC when the policy (with its key) is given, else only the
-  shape `hmac-sha256:<64 hex>`. The ledger does not record the policy a load used.
+  Secret columns (loader/load/secret_policy.py) are expected as the policy stores them, under the rules
+  the file's load recorded in `consolidate.loads.secret_policy` (the given or default rules for loads
+  made before it was recorded): NULL for `exclude`; for `hash` the exact HMAC, and for `scrub` the
+  exact scrubbed JSON, when the key in use is the one the load used (same `key_id`), else only their
+  shape (`hmac-sha256:<64 hex>` where a hash stands).
 
 A file passes when its counts reconcile, it is unchanged on disk, no spot-checked field differs and
 (given a backup) the backup holds the loaded bytes. Results are stored in `consolidate.validation_runs`
@@ -77,11 +79,13 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         currents = ledger.current_loads(connection)
         flagged = flagged_by_file(connection)
         raw_counts = raw_rows_by_file(connection)
+        recorded = ledger.secret_policies(connection)
         sources = [check_source(connection, current, options) for current in currents]
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
         files = [validate_file(connection, current, options, flagged, raw_counts, status,
-                               compare_sample(current, sample, found, options.secret_policy))
+                               compare_sample(current, sample, found,
+                                              policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
         connection.commit()
         report = ValidationReport(run_id=new_run_id(started_at), started_at=started_at, finished_at=now(),
@@ -89,6 +93,15 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
                                   backup_dir=str(backup_dir) if backup_dir is not None else None, files=files)
         store(connection, report)
     return report
+
+
+def policy_of_load(recorded: dict | None, given: SecretPolicy | None) -> SecretPolicy | None:
+    """The rules a load ran under, with the given key when it is the key that load used (else no key:
+    hashes are checked by shape). Without a recorded policy: the given one."""
+    if recorded is None:
+        return given
+    same_key = given is not None and given.describe()["key_id"] == recorded.get("key_id")
+    return SecretPolicy(key=given.key if same_key else None, rules=dict(recorded["rules"]))
 
 
 def secret_policy_in_use(home: Path, overrides: Path | None = None) -> SecretPolicy | None:
