@@ -348,6 +348,15 @@ def db_url(home: Home = DEFAULT_HOME) -> None:
     render.out.print(embedded_dsn(home), soft_wrap=True)
 
 
+@db_app.command("env")
+def db_env(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public") -> None:
+    """Print the dbt profile's variables for the database the other commands use, as shell `export`
+    lines, to run plain dbt against it (never the password: libpq takes it from PGPASSWORD or ~/.pgpass).
+
+    Example: eval "$(consolidate db env)" && dbt build --profiles-dir profiles"""
+    render.shell_exports(target_for(dsn, home, schema).dbt_settings())
+
+
 @db_app.command("stop")
 def db_stop(home: Home = DEFAULT_HOME) -> None:
     """Stop the embedded PostgreSQL.

@@ -4,6 +4,7 @@ Tables and results go to stdout, progress, warnings and problems to stderr."""
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -364,6 +365,13 @@ class WatchLines:
             print_sync_problems(report)
         if self.live is not None:
             self.live.update(f"{sync_line(report)} [dim]- every {self.interval:g}s, Ctrl-C to stop[/dim]")
+
+
+# ------------------------------------------------------------------------------------------------ db
+
+def shell_exports(variables: dict[str, str]) -> None:
+    for name, value in variables.items():
+        out.print(f"export {name}={shlex.quote(value)}", markup=False, highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- cache
