@@ -134,7 +134,10 @@ def test_refuses_a_root_that_is_a_file(tmp_path):
 
 
 def test_writes_into_an_existing_empty_directory(tmp_path):
-    assert write_sample(tmp_path)
+    written = write_sample(tmp_path)
+    databases = sorted(path for path in tmp_path.rglob("*")
+                       if path.is_file() and path.read_bytes()[:16] == SQLITE_HEADER)
+    assert written == databases and len(written) == 10
 
 
 # ------------------------------------------------------------------------------------ the main file

@@ -58,6 +58,9 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     (bad arguments, no connection) from models or tests that failed."""
     from dbt.cli.main import dbtRunner
 
+    with target.connect(connect_timeout=10):  # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4)
+        pass
+
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     arguments = dbt_arguments(command, home, quiet)
     with target.dbt_environment(), dbt_argv(arguments):
