@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from loader.serve.cache import Cache, cache_key
-from loader.serve.client import MemoryClient
+from loader.serve.client import MemoryClient, warm_cache
 
 from conftest import consolidate, fetch
 
@@ -135,7 +135,7 @@ def test_an_entry_expiring_in_days_is_cached_for_at_most_an_hour(client, cache, 
     assert client.get(key) == "lives two days"
     assert 3_595_000 < redis_db.pttl(cache_key("default", key)) <= 3_600_000
     client.get("no such key")
-    cache.warm(client, 50)
+    cache.warm(client.hottest(50))
     assert all(0 < redis_db.pttl(name) <= 3_600_000 for name in cached_keys(redis_db))
 
 
@@ -261,18 +261,18 @@ def hottest_identities(target, top: int) -> set[str]:
 @pytest.mark.parametrize("top", [1, 7, 50])
 def test_warm_caches_exactly_the_hottest_entries(consolidated, client, cache, redis_db, top):
     expected = hottest_identities(consolidated, top)
-    assert cache.warm(client, top) == top
+    assert cache.warm(client.hottest(top)) == top
     assert cached_keys(redis_db) == expected
 
 
 def test_warm_from_a_dsn(consolidated, cache, redis_db):
     expected = hottest_identities(consolidated, 10)
-    assert cache.warm(consolidated.dsn, 10) == 10
+    assert warm_cache(consolidated.dsn, cache, 10) == 10
     assert cached_keys(redis_db) == expected
 
 
 def test_warm_with_redis_unreachable_caches_nothing(consolidated, closed_port):
-    assert Cache(f"redis://127.0.0.1:{closed_port}/0").warm(consolidated.dsn, 5) == 0
+    assert warm_cache(consolidated.dsn, Cache(f"redis://127.0.0.1:{closed_port}/0"), 5) == 0
 
 
 def test_stats_report_counters_and_server_figures(consolidated, client, cache):

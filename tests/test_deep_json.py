@@ -19,7 +19,7 @@ from test_cache import start_redis
 
 from loader.fixtures.sample import V2_DDL
 from loader.serve.cache import Cache, cache_key
-from loader.serve.client import MemoryClient
+from loader.serve.client import MemoryClient, warm_cache
 
 from conftest import consolidate, fetch
 
@@ -142,7 +142,7 @@ def test_cache_warm_and_reads_through_the_cache_work(deep_run, redis_url):
     redis.Redis.from_url(redis_url).flushdb()
     cache = Cache(redis_url)
     try:
-        assert cache.warm(target.dsn, 100) == len(NORMAL) + len(DEEP) + 1
+        assert warm_cache(target.dsn, cache, 100) == len(NORMAL) + len(DEEP) + 1
         with MemoryClient(target.dsn, cache=cache, pool_size=1) as client:
             assert client.get("object-2000") == DEEP["object-2000"][0]
             assert client.get("exactly-512") == json.loads(DEEP["exactly-512"][0])

@@ -30,6 +30,7 @@ from loader.load.secret_policy import PolicyError
 from loader.operate import archive as archive_stage
 from loader.operate import status as status_stage
 from loader.serve import cache as cache_layer
+from loader.serve import client as memory_client
 from loader.sources.discover import discover as discover_files
 from loader.transform import build as build_stage
 from loader.verify import lineage as lineage_queries
@@ -376,7 +377,8 @@ def cache_warm(
 
     Example: consolidate cache warm --top 1000 --redis-url redis://127.0.0.1:10001/0"""
     cache = cache_layer.Cache(redis_url)
-    warmed = cache.warm(target_for(dsn, home, schema).dsn, top, schema=schema) if cache.available() else None
+    warmed = memory_client.warm_cache(target_for(dsn, home, schema).dsn, cache, top, schema=schema) \
+        if cache.available() else None
     render.cache_warmed(cache.redacted_url, warmed, as_json)
     raise typer.Exit(ExitCode.OK if warmed is not None else ExitCode.CACHE_UNAVAILABLE)
 
