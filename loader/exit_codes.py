@@ -17,7 +17,10 @@ class ExitCode(IntEnum):
     SOURCE_UNREADABLE = 3
     # PostgreSQL unavailable, or lost mid-run (nothing half-done is kept: run the same command again).
     DATABASE_UNAVAILABLE = 4
+    # Refused before writing anything: `app-copy` into a schema whose application version differs or
+    # that already holds application data.
+    REFUSED = 5
     # What was asked for does not exist (`lineage KEY` with no such entry).
-    NOT_FOUND = 5
+    NOT_FOUND = 6
     # The Redis cache cannot be reached (`cache warm`, `cache stats`).
-    CACHE_UNAVAILABLE = 6
+    CACHE_UNAVAILABLE = 7

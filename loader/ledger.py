@@ -205,6 +205,34 @@ ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy_digest 
 ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy jsonb;
 ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS link_paths text[];
 """,
+    # 6: every `consolidate app-copy` of an n8n or Flowise database into the schema the application
+    # made (loader/apps): verified (every table's rows and digest matched, the copy committed), mismatch
+    # (rolled back) or refused (nothing written; message says why); and the type each column's CREATE
+    # TABLE declared (loader/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36), DATETIME(3), BOOLEAN...;
+    # NULL: none declared, or rows written before), which the typed app staging models cast by.
+    f"""
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
+    copy_id         text PRIMARY KEY,
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL,
+    mode            text NOT NULL CHECK (mode IN ('copy', 'verify')),
+    status          text NOT NULL CHECK (status IN ('verified', 'mismatch', 'refused')),
+    application     text,
+    source_path     text NOT NULL,
+    source_sha256   text,
+    wal_sha256      text,
+    target_schema   text NOT NULL,
+    source_migration text,
+    target_migration text,
+    replace         boolean NOT NULL,
+    message         text,
+    tables          jsonb,
+    copy_seconds    double precision,
+    verify_seconds  double precision,
+    tool_version    text NOT NULL
+);
+ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type text;
+""",
 ]
 
 VERSION_DDL = f"""
@@ -347,12 +375,13 @@ def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_
 
 
 def record_columns(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
-                   columns: list[tuple[str, str]]) -> None:
-    """Every (source column, raw column) pair of a loaded table."""
+                   columns: list[tuple[str, str]], declared: dict[str, str] | None = None) -> None:
+    """Every (source column, raw column) pair of a loaded table, with the column's declared type."""
+    declared = declared or {}
     cursor.executemany(
         f"INSERT INTO {LEDGER_SCHEMA}.load_columns (load_id, source_path, source_table, source_column, "
-        "raw_column) VALUES (%s, %s, %s, %s, %s)",
-        [(load_id, source_path, source_table, source, raw) for source, raw in columns])
+        "raw_column, declared_type) VALUES (%s, %s, %s, %s, %s, %s)",
+        [(load_id, source_path, source_table, source, raw, declared.get(source)) for source, raw in columns])
 
 
 def tables_loaded(connection: psycopg.Connection, load_id: str) -> list[tuple[str, str]]:

@@ -1,4 +1,4 @@
-"""loader.cache.Cache with loader.client.MemoryClient: cache-aside reads, invalidation on write, Redis
+"""loader.serve.cache.Cache with loader.serve.client.MemoryClient: cache-aside reads, invalidation on write, Redis
 being unreachable, warm and stats. Against a real PostgreSQL (the sample, consolidated by the CLI) and a
 real redis-server that this module starts on a free loopback port; Redis is observed directly."""
 
@@ -303,10 +303,10 @@ def test_cli_warm_then_stats(consolidated, redis_url, redis_db, tmp_path):
     assert (report["connected"], report["keys"]) == (True, 12) and report["used_memory"] > 0
 
 
-def test_cli_with_redis_unreachable_exits_6_without_the_password(consolidated, closed_port, tmp_path):
+def test_cli_with_redis_unreachable_exits_7_without_the_password(consolidated, closed_port, tmp_path):
     url = f"redis://:secret@127.0.0.1:{closed_port}/0"
     warmed = consolidate_cache("warm", "--redis-url", url, "--dsn", consolidated.dsn, "--home", str(tmp_path / "state"))
     stats = consolidate_cache("stats", "--redis-url", url, "--json")
-    assert (warmed.returncode, stats.returncode) == (6, 6)
+    assert (warmed.returncode, stats.returncode) == (7, 7)
     assert json.loads(stats.stdout)["connected"] is False
     assert "secret" not in warmed.stdout + warmed.stderr + stats.stdout + stats.stderr

@@ -1,4 +1,4 @@
-"""loader.client.MemoryClient and the compat view `compat.memory_entries`, against a real PostgreSQL
+"""loader.serve.client.MemoryClient and the compat view `compat.memory_entries`, against a real PostgreSQL
 holding the marts built by `consolidate run` over the sample tree (run as a user runs it: the CLI as a
 subprocess). Expectations are read from the tables with plain SQL, never through the client."""
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "loader"
 # Lower layers first. A module may import its own layer and the ones before it, never a later one.
 LAYERS = [
     {"loader", "loader.__init__", "loader.database", "loader.exit_codes", "loader.parallel", "loader.json_depth",
-     "loader.secret_scrub"},
+     "loader.secret_scrub", "loader.sqlite_ddl"},
     {"loader.ledger"},
     {"loader.sources"},
     {"loader.backup"},
@@ -22,6 +22,7 @@ LAYERS = [
     {"loader.transform"},
     {"loader.verify"},
     {"loader.operate"},
+    {"loader.apps"},
     {"loader.serve"},
     {"loader.fixtures"},
     {"loader.pipeline"},
@@ -61,7 +62,7 @@ MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
 
 def test_the_stage_packages_are_there_in_the_data_order():
     packages = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
-    stages = [member.removeprefix("loader.") for layer in LAYERS[2:10] for member in layer]
+    stages = [member.removeprefix("loader.") for layer in LAYERS[2:11] for member in layer]
     assert sorted(stages) == sorted(set(packages) - {"cli"})
 
 

@@ -1,6 +1,6 @@
 """Promises of the README that no other test kept: the options and commands around a run (--schema,
 --backup-to, load --force, db url / db stop, consolidate dbt, build --json), what each exit code
-means (4 with PostgreSQL down from the start, 5 for a lineage key that is not there, sync --watch
+means (4 with PostgreSQL down from the start, 6 for a lineage key that is not there, sync --watch
 exiting with its last cycle's code), and a rerun after a failed build. Every command runs as a user
 runs it (a separate process); expectations come from sqlite3 on the source files and plain SQL."""
 
@@ -205,7 +205,7 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     found = consolidate("lineage", "alpha", "--json", target=target, home=home)
     assert found.returncode == 0 and {v["role"] for v in json.loads(found.stdout)} == {"winner", "superseded"}
     missing = consolidate("lineage", "no-such-key", "--json", target=target, home=home)
-    assert missing.returncode == 5 and json.loads(missing.stdout) == []
+    assert missing.returncode == 6 and json.loads(missing.stdout) == []
 
 
 # ------------------------------------------------------------------------------ sync --watch exit code

@@ -1,4 +1,4 @@
-"""`consolidate validate` (loader/validate.py) against a real PostgreSQL, after a real `consolidate run`.
+"""`consolidate validate` (loader/verify/) against a real PostgreSQL, after a real `consolidate run`.
 
 Expected values are computed here from private copies of the SQLite files (Python's sqlite3) and the
 documented rules, never taken from the loader's or the validator's output.

@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 import psycopg
 import typer
 
+from loader import apps as app_databases
 from loader import pipeline
 from loader.backup import backup as backup_stage
 from loader.cli import render
@@ -255,7 +256,7 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
             namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
             as_json: AsJson = False) -> None:
-    """Every version of an entry across files and loads, the winner marked. Exit 5 when there is no
+    """Every version of an entry across files and loads, the winner marked. Exit 6 when there is no
     entry with that key.
 
     Example: consolidate lineage session:abc --namespace default"""
@@ -341,6 +342,46 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     raise typer.Exit(report.exit_code)
 
 
+APP_COPY_EXIT = {"verified": ExitCode.OK, "mismatch": ExitCode.NOT_RECONCILED, "refused": ExitCode.REFUSED}
+
+
+@app.command("app-copy")
+def app_copy(
+    source: Annotated[Path, typer.Argument(help="The n8n or Flowise SQLite database (database.sqlite).")],
+    schema: Annotated[str, typer.Option(
+        "--schema", help="The schema the application made in PostgreSQL by starting once against it.")],
+    dsn: Dsn = None, home: Home = DEFAULT_HOME,
+    replace: Annotated[bool, typer.Option(
+        "--replace", help="Replace application data the schema already holds (beyond its first-start rows).")] = False,
+    verify_only: Annotated[bool, typer.Option(
+        "--verify-only", help="Write nothing: compare every table of the schema with the source as it is now.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Copy an n8n or Flowise SQLite database (read from a private copy) into the schema the application
+    itself created in PostgreSQL, each value converted to its column's type, then verify every table
+    (row count and a digest of every row's values on both sides). One transaction, committed only when
+    every table matches. Refused, writing nothing, when the migrations of the two sides differ or the
+    schema already holds application data (unless --replace). Recorded in consolidate.app_copies.
+
+    Exit 0 verified; 1 a table differs (the copy is rolled back); 2 bad usage (no such schema, not an
+    n8n/Flowise file); 3 the source cannot be read; 4 PostgreSQL unavailable; 5 refused, nothing written.
+
+    Example: consolidate app-copy /srv/n8n/database.sqlite --schema n8n --dsn postgresql://consolidate@db/apps
+    """
+    if replace and verify_only:
+        raise typer.BadParameter("--verify-only writes nothing: it takes no --replace")
+    try:
+        result = app_databases.app_copy(source, target_for(dsn, home, "public"), schema, replace=replace,
+                                        verify_only=verify_only)
+    except app_databases.AppCopyUsageError as error:
+        usage_error(error)
+    except app_databases.SourceUnreadable as error:
+        render.error(f"cannot read the source: {error}")
+        raise typer.Exit(ExitCode.SOURCE_UNREADABLE) from None
+    render.app_copied(result, as_json)
+    raise typer.Exit(APP_COPY_EXIT[result.status])
+
+
 @db_app.command("url")
 def db_url(home: Home = DEFAULT_HOME) -> None:
     """Start the embedded PostgreSQL if needed and print its connection URL (for psql).
@@ -373,7 +414,7 @@ def cache_warm(
     dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", as_json: AsJson = False,
 ) -> None:
     """Cache the hottest live entries of unified_memory (access_count desc, then accessed_at desc), each
-    until its expires_at. Exit 6 when Redis cannot be reached.
+    until its expires_at. Exit 7 when Redis cannot be reached.
 
     Example: consolidate cache warm --top 1000 --redis-url redis://127.0.0.1:10001/0"""
     cache = cache_layer.Cache(redis_url)
@@ -386,7 +427,7 @@ def cache_warm(
 @cache_app.command("stats")
 def cache_stats(redis_url: RedisUrl = cache_layer.DEFAULT_URL, as_json: AsJson = False) -> None:
     """Cached entries (mem:* keys), memory used and the server's hit/miss counters from Redis INFO.
-    Exit 6 when Redis cannot be reached.
+    Exit 7 when Redis cannot be reached.
 
     Example: consolidate cache stats --json"""
     stats = cache_layer.Cache(redis_url).stats()

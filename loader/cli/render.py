@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from loader.apps import AppCopyResult
 from loader.backup.backup import BackupEntry, BackupManifest
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
@@ -365,6 +366,41 @@ class WatchLines:
             print_sync_problems(report)
         if self.live is not None:
             self.live.update(f"{sync_line(report)} [dim]- every {self.interval:g}s, Ctrl-C to stop[/dim]")
+
+
+# ------------------------------------------------------------------------------------------ app-copy
+
+def app_copy_table(result: AppCopyResult) -> Table:
+    table = Table(title=f"app-copy {result.copy_id}: {result.application} → schema {result.schema} ({result.mode})")
+    for column in ("table", "action", "rows in source", "rows in target before", "rows in target", "digest", "ok"):
+        table.add_column(column, justify="right" if column.startswith("rows") else "left")
+    for t in result.tables:
+        cells = [t.source_rows, t.target_rows_before, t.target_rows]
+        ok = "" if t.matches is None else ("[green]yes[/green]" if t.matches else "[red]NO[/red]")
+        table.add_row(Text(t.table), t.action, *("" if c is None else f"{c:,}" for c in cells),
+                      (t.target_digest or "")[:12], ok)
+    return table
+
+
+def app_copied(result: AppCopyResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_json())
+        return
+    if result.tables:
+        out.print(app_copy_table(result))
+    for t in result.tables:
+        if t.note and t.action != "copied":
+            err.print(f"{escape(t.table)}: {escape(t.note)}")
+        for difference in t.differences:
+            err.print(f"[red]{escape(t.table)}[/red]: {escape(difference)}")
+    for moved in result.sequences:
+        err.print(f"sequence {escape(moved['sequence'])}: {moved['from']} → {moved['to']}")
+    if result.status == "verified":
+        timing = "" if result.copy_seconds is None else f"copied in {result.copy_seconds:.2f} s, "
+        err.print(f"[green]verified[/green]: {len(result.tables)} tables, {result.copied_rows:,} source rows "
+                  f"({timing}verified in {result.verify_seconds:.2f} s)")
+    else:
+        err.print(f"[red]{result.status}:[/red] {escape(result.message or '')}")
 
 
 # ------------------------------------------------------------------------------------------------ db

@@ -35,7 +35,7 @@ from loader import ledger
 from loader.database import Target
 from loader.load import raw_tables
 from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
-from loader.load.raw_contract import RAW_SCHEMAS, raw_column_names, raw_name
+from loader.load.raw_contract import LINEAGE_COLUMNS, POSTGRES_MAX_COLUMNS, RAW_SCHEMAS, raw_column_names, raw_name
 from loader.load.secret_policy import SecretPolicy
 from loader.parallel import run_in_order
 from loader.sources.discover import Discovery, DiscoveryWarning, SourceFile
@@ -56,6 +56,7 @@ from loader.sources.sqlite_reader import (
     quote,
     select_rows,
 )
+from loader.sqlite_ddl import declared_types
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.
@@ -147,6 +148,11 @@ def plan_tables(reader: sqlite3.Connection, tables: list[SourceTable], check_tex
             raise TableFailed(f"table {table.name!r}: its raw name {target!r} is also that of table "
                               f"{owners[target]!r} of the same file")
         owners[target] = table.name
+        width = len(table.columns) + len(LINEAGE_COLUMNS)
+        if width > POSTGRES_MAX_COLUMNS:
+            raise TableFailed(f"table {table.name!r} has {len(table.columns)} columns: with the "
+                              f"{len(LINEAGE_COLUMNS)} lineage columns its raw table would have {width}, more "
+                              f"than the {POSTGRES_MAX_COLUMNS} columns a PostgreSQL table can have")
         try:
             reason = needs_fallback(reader, table, check_text)
         except sqlite3.Error as error:
@@ -338,7 +344,7 @@ def record_table(cursor, context: FileContext, record: ledger.FileRecord, plan: 
                         table.row_count, result.copied, reader=result.reader, notes=notes,
                         rows_with_binary=result.rows_with_binary)
     ledger.record_columns(cursor, record.load_id, record.source_path, table.name,
-                          list(zip(table.columns, plan.raw_columns)))
+                          list(zip(table.columns, plan.raw_columns)), declared_types(table.ddl))
     outcome.tables[table.name] = result.copied
     if result.reader == PYTHON_FALLBACK:
         outcome.fallback_tables[table.name] = result.notes

@@ -44,6 +44,8 @@ LINEAGE_NAMES = frozenset(name for name, _ in LINEAGE_COLUMNS)
 
 # PostgreSQL silently truncates identifiers to NAMEDATALEN - 1 bytes.
 MAX_IDENTIFIER_BYTES = 63
+# PostgreSQL's MaxHeapAttributeNumber: a raw table holds a source table's columns plus LINEAGE_COLUMNS.
+POSTGRES_MAX_COLUMNS = 1600
 HASH_SUFFIX_HEX = 8
 # Appended to a source column whose name is a lineage column's (then mapped by raw_name as usual).
 LINEAGE_CLASH_SUFFIX = "__source"

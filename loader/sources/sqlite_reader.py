@@ -5,7 +5,7 @@ readers write the same CSV shape:
 
 - **duckdb** (the fast path): DuckDB's sqlite scanner with `sqlite_all_varchar`. The extension is
   loaded from its PyPI wheel; nothing is ever downloaded.
-- **python-fallback**: sqlite3 with `text_factory=bytes`, streamed row by row, for a table DuckDB or
+- **python-fallback**: sqlite3 returning TEXT as bytes (`SqliteText`), streamed row by row, for a table DuckDB or
   PostgreSQL text cannot carry: one holding a BLOB (DuckDB writes its raw bytes), TEXT that is not
   valid UTF-8 or TEXT containing NUL (PostgreSQL refuses both), or whose rowid a column named `rowid`
   hides from DuckDB, or with an empty name. Such values are written as `\\x` + lowercase hex of their exact bytes and the row's
@@ -48,6 +48,8 @@ class SourceTable:
     # The name that selects the rowid: the first of rowid, _rowid_, oid that no column hides; None
     # for a WITHOUT ROWID table, or when columns hide all three.
     rowid_column: str | None = None
+    # Its CREATE TABLE statement in sqlite_master (None for tables SQLite made without one).
+    ddl: str | None = None
 
 
 class UnreadableName(sqlite3.DatabaseError):
@@ -114,7 +116,7 @@ def list_tables(database: Path) -> list[SourceTable]:
             has_rowid = not without_rowid(connection, name, ddl)
             hidden = {column.lower() for column in columns}
             alias = next((a for a in ROWID_ALIASES if a not in hidden), None) if has_rowid else None
-            tables.append(SourceTable(name, columns, has_rowid, count, alias))
+            tables.append(SourceTable(name, columns, has_rowid, count, alias, ddl))
         return tables
     finally:
         connection.close()
@@ -163,9 +165,14 @@ def bad_text(value: bytes | None) -> int:
     return 0
 
 
+class SqliteText(bytes):
+    """The bytes of a TEXT value (a BLOB's come back as plain bytes): sqlite3's text_factory of
+    open_for_reading, so one result column per value tells both apart."""
+
+
 def open_for_reading(database: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(database)
-    connection.text_factory = bytes
+    connection.text_factory = SqliteText
     connection.create_function(BAD_TEXT_FUNCTION, 1, bad_text, deterministic=True)
     return connection
 
@@ -191,14 +198,15 @@ def chunks(items: list, size: int) -> list[list]:
 
 def needs_fallback(connection: sqlite3.Connection, table: SourceTable, check_text: bool = True) -> str | None:
     """Why `table` must be read by the Python fallback, or None when DuckDB can read it. `connection`
-    comes from `open_for_reading`. One query over the table, stopping at the first row holding a
-    value DuckDB or PostgreSQL text cannot carry: BLOBs by `typeof` in SQLite; for NUL and invalid
-    UTF-8 (only with `check_text`), one call per row of a Python function over the row's values joined
-    by a newline (a joint that can neither hide nor make a NUL or an invalid sequence). The reason
-    names the column and the row. (Columns go in groups of COLUMNS_PER_CHECK: SQLite limits expression
-    depth.) Without `check_text` the query runs at SQLite's speed and text is left to the writer:
-    DuckDB refuses NUL and PostgreSQL refuses invalid UTF-8 (both checked), so a bad value fails the
-    load of its file instead of passing, and the caller retries with `check_text`."""
+    comes from `open_for_reading`. One query per group of COLUMNS_PER_CHECK columns (one for most
+    tables), stopping at the first row holding a value DuckDB or PostgreSQL text cannot carry: BLOBs by
+    `typeof` in SQLite; for NUL and invalid UTF-8 (only with `check_text`), one call per row of a Python
+    function over the group's values joined by a newline (a joint that can neither hide nor make a NUL
+    or an invalid sequence). The reason names the column and the row. (Groups, because SQLite limits
+    expression depth to 1000 and result columns to 2000: a table may have up to 2000 columns.) Without
+    `check_text` the query runs at SQLite's speed and text is left to the writer: DuckDB refuses NUL and
+    PostgreSQL refuses invalid UTF-8 (both checked), so a bad value fails the load of its file instead
+    of passing, and the caller retries with `check_text`."""
     if table.has_rowid and table.rowid_column != "rowid":
         return "a column named rowid hides the rowid from DuckDB"
     if "" in (table.name, *table.columns):
@@ -208,20 +216,29 @@ def needs_fallback(connection: sqlite3.Connection, table: SourceTable, check_tex
     encoding = text_encoding(connection)
     if encoding != "UTF-8":  # CAST(x AS BLOB) would give UTF-16 bytes: leave every table to Python
         return f"the database's text encoding is {encoding}"
-    conditions = []
-    for group in chunks([quote(column) for column in table.columns], COLUMNS_PER_CHECK):
-        conditions += [f"typeof({c}) = 'blob'" for c in group]
-        if check_text:
-            joined = " || x'0a' || ".join(f"coalesce(CAST({c} AS BLOB), x'')" for c in group)
-            conditions.append(f"{BAD_TEXT_FUNCTION}(CAST({joined} AS BLOB))")
-    values = ", ".join(f"typeof({quote(c)}), CAST({quote(c)} AS BLOB)" for c in table.columns)
+    for group in chunks(table.columns, COLUMNS_PER_CHECK):
+        reason = first_problem_in(connection, table, group, check_text)
+        if reason is not None:
+            return reason
+    return None
+
+
+def first_problem_in(connection: sqlite3.Connection, table: SourceTable, columns: list[str],
+                     check_text: bool) -> str | None:
+    """The reason `needs_fallback` gives for the first row whose `columns` hold a problem value, or None."""
+    quoted = [quote(column) for column in columns]
+    conditions = [f"typeof({c}) = 'blob'" for c in quoted]
+    if check_text:
+        joined = " || x'0a' || ".join(f"coalesce(CAST({c} AS BLOB), x'')" for c in quoted)
+        conditions.append(f"{BAD_TEXT_FUNCTION}(CAST({joined} AS BLOB))")
+    values = ", ".join(f"typeof({c}), CAST({c} AS BLOB)" for c in quoted)
     rowid = table.rowid_column or "NULL"
     row = connection.execute(f"SELECT {rowid}, {values} FROM {quote(table.name)} "
                              f"WHERE {' OR '.join(conditions)} LIMIT 1").fetchone()
     if row is None:
         return None
     where = f"rowid {row[0]}" if row[0] is not None else "a row without rowid"
-    problems = [(column, value_problem(row[1 + 2 * i], row[2 + 2 * i])) for i, column in enumerate(table.columns)]
+    problems = [(column, value_problem(row[1 + 2 * i], row[2 + 2 * i])) for i, column in enumerate(columns)]
     return "; ".join(f"column {column!r} {problem} (first at {where})" for column, problem in problems if problem) \
         or f"{where} holds a value DuckDB or PostgreSQL text cannot carry"
 
@@ -263,17 +280,16 @@ def array_literal(names: list[str]) -> str:
 def export_csv_python(connection: sqlite3.Connection, table: SourceTable, target: Path,
                       columns: list[ColumnRead], constants: list[str],
                       secret_value: Callable[[str, bytes], str] | None) -> FallbackExport:
-    """Write the CSV `export_csv` writes, plus a last field `_binary_columns`, with sqlite3: rowid, one
-    value per column (SQLite's text of a number, the text of valid UTF-8 TEXT without NUL, else `\\x` +
-    hex of the bytes), then `constants`. A column to `hash` or `scrub` gets secret_value(action, its
-    bytes) instead (secret_policy.SecretPolicy.stored_value). Streams: one row in memory at a time."""
+    """Write the CSV `export_csv` writes, plus a last field `_binary_columns`, with sqlite3 (`connection`
+    from `open_for_reading`): rowid, one value per column (SQLite's text of a number, the text of valid
+    UTF-8 TEXT without NUL, else `\\x` + hex of the bytes), then `constants`. A column to `hash` or `scrub`
+    gets secret_value(action, its bytes) instead (secret_policy.SecretPolicy.stored_value). Streams: one
+    row in memory at a time; one result column per source column (SQLite allows 2000)."""
     selected = []
     for column in columns:
         c = quote(column.name)
-        if column.action == "exclude":
-            selected += ["NULL", "NULL"]
-        else:
-            selected += [f"typeof({c})", f"CASE WHEN typeof({c}) IN ('integer', 'real') THEN CAST({c} AS TEXT) ELSE {c} END"]
+        selected.append("NULL" if column.action == "exclude" else
+                        f"CASE WHEN typeof({c}) IN ('integer', 'real') THEN CAST({c} AS TEXT) ELSE {c} END")
     rowid = table.rowid_column or "NULL"
     query = f"SELECT {rowid}{''.join(', ' + s for s in selected)} FROM {quote(table.name)}"
     tail = "".join("," + csv_field(c) for c in constants)
@@ -283,7 +299,7 @@ def export_csv_python(connection: sqlite3.Connection, table: SourceTable, target
             fields = ["" if row[0] is None else str(row[0])]
             binary = []
             for index, column in enumerate(columns):
-                kind, value = row[1 + 2 * index], row[2 + 2 * index]
+                value = row[1 + index]
                 if value is None or column.action == "exclude":
                     fields.append("")
                     continue
@@ -293,7 +309,7 @@ def export_csv_python(connection: sqlite3.Connection, table: SourceTable, target
                     fields.append(csv_field(secret_value(column.action, value if isinstance(value, bytes) else str(value).encode())))
                     continue
                 text = None
-                if kind != b"blob" and b"\x00" not in value:
+                if isinstance(value, SqliteText) and b"\x00" not in value:
                     try:
                         text = value.decode("utf-8")
                     except UnicodeDecodeError:

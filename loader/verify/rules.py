@@ -196,7 +196,7 @@ def value_too_deep(raw: str | None, storage_type: str | None) -> bool:
 
 
 class Binary(str):
-    """A value raw holds as `\\x` + lowercase hex of its exact bytes (loader/raw_contract.py)."""
+    """A value raw holds as `\\x` + lowercase hex of its exact bytes (loader/load/raw_contract.py)."""
 
     @property
     def original(self) -> bytes:

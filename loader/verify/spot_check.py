@@ -49,6 +49,7 @@ from loader.verify.rules import (
 
 DETAIL_MAX_CHARS = 200
 SQLITE_IN_LIST_CHUNK = 500
+COLUMNS_PER_READ = 500  # two result columns each; SQLite returns at most 2000
 
 
 @dataclass(frozen=True)
@@ -182,14 +183,17 @@ def read_as_loaded(sqlite: sqlite3.Connection, table: SourceTable, columns: dict
                    rowids: list[int]) -> dict[int, dict[str, str | None]]:
     """{rowid: {name: value as raw holds it (see loaded_value)}} for the given rows; `columns` maps each
     name to a source column (None: NULL). `sqlite` reads TEXT as bytes."""
-    select = ", ".join(f"typeof({quote(c)}), {as_text(c)}" if c is not None else "NULL, NULL"
-                       for c in columns.values())
-    rows = {}
-    for chunk in chunks(rowids, SQLITE_IN_LIST_CHUNK):
-        cursor = sqlite.execute(f"SELECT {table.rowid_column}, {select} FROM {quote(table.name)} "
-                                f"WHERE {table.rowid_column} IN ({', '.join('?' * len(chunk))})", chunk)
-        rows.update({row[0]: {name: loaded_value(row[1 + 2 * i], row[2 + 2 * i]) for i, name in enumerate(columns)}
-                     for row in cursor})
+    rows: dict[int, dict[str, str | None]] = {}
+    # Columns in groups: SQLite returns at most 2000 columns, and a table may have that many.
+    for names in chunks(list(columns), COLUMNS_PER_READ):
+        select = ", ".join(f"typeof({quote(columns[n])}), {as_text(columns[n])}" if columns[n] is not None
+                           else "NULL, NULL" for n in names)
+        for chunk in chunks(rowids, SQLITE_IN_LIST_CHUNK):
+            cursor = sqlite.execute(f"SELECT {table.rowid_column}, {select} FROM {quote(table.name)} "
+                                    f"WHERE {table.rowid_column} IN ({', '.join('?' * len(chunk))})", chunk)
+            for row in cursor:
+                rows.setdefault(row[0], {}).update(
+                    {name: loaded_value(row[1 + 2 * i], row[2 + 2 * i]) for i, name in enumerate(names)})
     return rows
 
 

@@ -1,0 +1,1 @@
+{{ typed_app_table('raw_flowise', 'execution') }}

@@ -1,0 +1,395 @@
+"""`app_copy`: an n8n or Flowise SQLite database into the schema the application made in PostgreSQL.
+
+In one transaction, after checking the versions and that the target holds no application data (or
+`replace`): the target's rows are deleted (children first), except the first-start rows of a table
+the source has none of; the source's rows are sent by COPY, parents first, each value converted to
+its column's type (convert.py); every sequence is moved past the copied ids; then every table is
+verified (verify.py). The transaction commits only when every table matches. A ledger row records
+each attempt (consolidate.app_copies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from loader import __version__, ledger
+from loader.apps import source as source_db
+from loader.apps import target as target_db
+from loader.apps import verify
+from loader.apps.applications import MIGRATIONS_TABLE, Application, is_copied_table, recognise
+from loader.apps.convert import ConversionError, Converter, converter_for
+from loader.apps.migrations import VersionCheck, compare
+from loader.database import Target
+from loader.ledger import LEDGER_SCHEMA, now
+
+VERIFIED, MISMATCH, REFUSED = "verified", "mismatch", "refused"
+LOCK_TIMEOUT = "10s"
+
+
+class AppCopyUsageError(Exception):
+    """The command cannot apply: the schema does not exist, or the source is no n8n/Flowise database."""
+
+
+class Refused(Exception):
+    """Nothing was written, for the reason given."""
+
+
+@dataclass
+class TableReport:
+    table: str
+    action: str                 # copied / first-start rows replaced / first-start rows kept / emptied / skipped
+                                # (--verify-only: compared / first-start rows kept / emptied / skipped)
+    source_rows: int | None     # None: the source has no such table
+    target_rows_before: int | None
+    target_rows: int | None = None
+    source_digest: str | None = None
+    target_digest: str | None = None
+    matches: bool | None = None
+    differences: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class AppCopyResult:
+    copy_id: str
+    mode: str                   # copy / verify
+    status: str                 # verified / mismatch / refused
+    source_path: str
+    schema: str
+    replace: bool
+    application: str | None = None
+    source_sha256: str | None = None
+    wal_sha256: str | None = None
+    message: str | None = None
+    versions: VersionCheck | None = None
+    tables: list[TableReport] = field(default_factory=list)
+    sequences: list[dict] = field(default_factory=list)
+    copy_seconds: float | None = None
+    verify_seconds: float | None = None
+
+    @property
+    def replaced_first_start(self) -> list[TableReport]:
+        return [t for t in self.tables if t.action == "first-start rows replaced"]
+
+    @property
+    def copied_rows(self) -> int:
+        return sum(t.source_rows or 0 for t in self.tables if t.action in ("copied", "first-start rows replaced"))
+
+    def to_json(self) -> dict:
+        data = {name: getattr(self, name) for name in (
+            "copy_id", "mode", "status", "application", "source_path", "source_sha256", "wal_sha256", "schema",
+            "replace", "message", "sequences", "copy_seconds", "verify_seconds", "copied_rows")}
+        data["versions"] = self.versions.to_json() if self.versions else None
+        data["replaced_first_start_rows"] = [
+            {"table": t.table, "target_rows_replaced": t.target_rows_before, "source_rows": t.source_rows}
+            for t in self.replaced_first_start]
+        data["tables"] = [t.to_json() for t in self.tables]
+        return data
+
+
+@dataclass
+class TablePlan:
+    """How one table is handled."""
+
+    name: str
+    source_rows: int | None
+    target_rows_before: int
+    converters: list[Converter]   # the columns both sides have, with the target's types
+    key_columns: list[str]
+    action: str
+    note: str | None = None
+
+    @property
+    def copies(self) -> bool:
+        return self.action in ("copied", "first-start rows replaced")
+
+    @property
+    def clears(self) -> bool:
+        return self.action != "first-start rows kept" and self.target_rows_before > 0
+
+
+def new_copy_id() -> str:
+    return now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def session_settings(connection: psycopg.Connection) -> None:
+    """UTC and ISO for every rendering; a lock held by a running application fails fast."""
+    connection.execute("SET LOCAL TimeZone = 'UTC'")
+    connection.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+    connection.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+
+
+def lock_tables(connection: psycopg.Connection, schema: target_db.TargetSchema, exclusive: bool) -> None:
+    relations = sql.SQL(", ").join(schema.relation(t) for t in sorted(schema.tables))
+    mode = "ACCESS EXCLUSIVE" if exclusive else "SHARE"
+    try:
+        connection.execute(sql.SQL("LOCK TABLE {} IN " + mode + " MODE").format(relations))
+    except psycopg.errors.LockNotAvailable:
+        raise Refused(f"the tables of schema {schema.name} are in use by another session (is the application "
+                      f"running against it? stop it first)") from None
+
+
+def real_data(connection, schema, application: Application, counts: dict[str, int]) -> dict[str, str]:
+    """The target tables holding rows that are not the application's first-start rows, described."""
+    found = {}
+    for table, rows in sorted(counts.items()):
+        if not rows or table == MIGRATIONS_TABLE:
+            continue
+        if table not in application.first_start_tables:
+            found[table] = f"{table} ({rows} rows)"
+            continue
+        condition = application.first_start_tables[table]
+        if condition and (real := target_db.count(connection, schema, table, condition)):
+            found[table] = f"{table} ({real} rows beyond the first start's)"
+    return found
+
+
+def plan_tables(source: source_db.SourceDatabase, connection: psycopg.Connection, schema: target_db.TargetSchema,
+                application: Application, counts: dict[str, int], real: dict[str, str]) -> list[TablePlan]:
+    """Every table of either side (migrations and SQLite's own tables aside): what happens to it.
+    Raises Refused when source data has no place in the target."""
+    source_tables = {name: columns for name, columns in source.tables().items() if is_copied_table(name)}
+    problems, plans = [], []
+    for name in sorted(set(source_tables) | {t for t in schema.tables if is_copied_table(t)}):
+        source_rows = source.count(name) if name in source_tables else None
+        table = schema.tables.get(name)
+        if table is None:
+            if source_rows:
+                problems.append(f"table {name} ({source_rows} rows) has no counterpart in schema {schema.name}")
+            plans.append(TablePlan(name, source_rows, 0, [], [], "skipped", "not in the target; empty in the source"))
+            continue
+        before = counts[name]
+        if name not in source_tables:
+            plans.append(TablePlan(name, None, before, [], list(table.primary_key), "emptied",
+                                   "not in the source"))
+            continue
+        shared = [c for c in source_tables[name] if table.column(c)]
+        for column in source_tables[name]:
+            if not table.column(column) and (values := source.non_null_count(name, column)):
+                problems.append(f"column {name}.{column} holds {values} values but schema {schema.name} has no "
+                                "such column")
+        for column in table.columns:
+            if column.name not in shared and column.not_null and not column.has_default and source_rows:
+                problems.append(f"column {name}.{column.name} is NOT NULL without a default and the source has "
+                                "no such column")
+        converters = [converter_for(c, table.column(c).type) for c in shared]
+        keys = [c for c in table.primary_key if c in shared]
+        action, note = "copied", None
+        if name in application.first_start_tables and before and name not in real:
+            if source_rows:
+                action = "first-start rows replaced"
+                note = f"the target's {before} first-start rows replaced by the source's {source_rows}"
+            else:
+                action, note = "first-start rows kept", f"the source has none: the target's {before} kept"
+        missing = [c.name for c in table.columns if c.name not in shared]
+        if missing:
+            note = "; ".join(filter(None, [note, "target columns left to their defaults: " + ", ".join(missing)]))
+        plans.append(TablePlan(name, source_rows, before, converters, keys, action, note))
+    if problems:
+        raise Refused("; ".join(problems) + ". Nothing was written.")
+    return plans
+
+
+def copy_rows(connection: psycopg.Connection, schema: target_db.TargetSchema, source: source_db.SourceDatabase,
+              plan: TablePlan) -> None:
+    columns = [c.column for c in plan.converters]
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        schema.relation(plan.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
+    with connection.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in source.rows(plan.name, columns):
+            values = []
+            for converter, value in zip(plan.converters, row):
+                try:
+                    values.append(converter.convert(value)[0])
+                except ConversionError as error:
+                    key = ", ".join(f"{k}={row[columns.index(k)]!r}" for k in plan.key_columns) or "?"
+                    raise Refused(f"{source.path}: table {plan.name}, row {key}, column {converter.column} "
+                                  f"({converter.type.declared}): {error}. Nothing was written.") from None
+            copy.write_row(values)
+
+
+def move_sequences(connection: psycopg.Connection, schema: target_db.TargetSchema, copied: set[str]) -> list[dict]:
+    """Every sequence feeding a copied table's column: past the largest copied value (never backwards)."""
+    moved = []
+    for use in schema.sequences:
+        if use.table not in copied:
+            continue
+        largest = connection.execute(sql.SQL("SELECT max({}) FROM {}").format(
+            sql.Identifier(use.column), schema.relation(use.table))).fetchone()[0]
+        last, called = connection.execute(
+            sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(use.sequence))).fetchone()
+        current = last if called else last - 1
+        if largest is not None and largest > current:
+            connection.execute("SELECT setval(%s::regclass, %s, true)", [use.sequence, largest])
+            moved.append({"sequence": use.sequence, "table": use.table, "column": use.column,
+                          "from": current, "to": largest})
+    return moved
+
+
+def verify_tables(connection: psycopg.Connection, schema: target_db.TargetSchema, source: source_db.SourceDatabase,
+                  plans: list[TablePlan]) -> list[TableReport]:
+    reports = []
+    for plan in plans:
+        report = TableReport(plan.name, plan.action, plan.source_rows, plan.target_rows_before, note=plan.note)
+        reports.append(report)
+        if plan.name not in schema.tables:
+            report.matches = True
+            continue
+        expected = verify.TableDigest()
+        if plan.action != "first-start rows kept" and plan.source_rows is not None:
+            try:
+                expected = verify.source_digest(source, plan.name, plan.converters, plan.key_columns)
+            except ConversionError as error:
+                report.matches, report.differences = False, [str(error)]
+                continue
+        found = verify.target_digest(connection, schema, plan.name, plan.converters, plan.key_columns)
+        report.target_rows, report.target_digest = found.rows, found.digest
+        if plan.action == "first-start rows kept":
+            report.matches = True  # the target's own rows, untouched; the source has none to compare
+            continue
+        report.source_digest = expected.digest
+        report.matches = expected.rows == found.rows and expected.digest == found.digest
+        if not report.matches:
+            report.differences = ([f"{expected.rows} rows in the source, {found.rows} in the target"]
+                                  if expected.rows != found.rows else []) + verify.differences(expected, found)
+    return reports
+
+
+def record(connection: psycopg.Connection, result: AppCopyResult, started_at) -> None:
+    """The ledger row of this attempt (in the caller's transaction)."""
+    ledger.ensure(connection)
+    connection.execute(
+        f"INSERT INTO {LEDGER_SCHEMA}.app_copies (copy_id, started_at, finished_at, mode, status, application, "
+        "source_path, source_sha256, wal_sha256, target_schema, source_migration, target_migration, replace, "
+        "message, tables, copy_seconds, verify_seconds, tool_version) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        [result.copy_id, started_at, now(), result.mode, result.status, result.application, result.source_path,
+         result.source_sha256, result.wal_sha256, result.schema,
+         str(result.versions.source_newest) if result.versions and result.versions.source_newest else None,
+         str(result.versions.target_newest) if result.versions and result.versions.target_newest else None,
+         result.replace, result.message, Jsonb([t.to_json() for t in result.tables]),
+         result.copy_seconds, result.verify_seconds, __version__])
+
+
+class RollBack(Exception):
+    """Leaves the copy's transaction without committing (the verification did not match)."""
+
+
+def app_copy(source_path: Path, target: Target, schema: str, *, replace: bool = False,
+             verify_only: bool = False) -> AppCopyResult:
+    """Copy (or with `verify_only`, only verify) `source_path` into `schema`. Raises
+    source.SourceUnreadable (the source cannot be read), AppCopyUsageError, and psycopg.OperationalError
+    (PostgreSQL unavailable); a refusal or a mismatch is a result, with its ledger row."""
+    started_at = now()
+    result = AppCopyResult(new_copy_id(), "verify" if verify_only else "copy", REFUSED,
+                           str(source_path.absolute()), schema, replace)
+    with source_db.open_source(source_path) as source:
+        result.source_sha256, result.wal_sha256 = source.snapshot.sha256, source.snapshot.wal_sha256
+        application = recognise(set(source.tables()))
+        if application is None:
+            raise AppCopyUsageError(f"{source_path} is neither an n8n nor a Flowise database")
+        result.application = application.name
+        with target.connect() as connection:
+            try:
+                with connection.transaction():
+                    run(connection, source, application, result, replace, verify_only)
+                    if result.status == VERIFIED:
+                        record(connection, result, started_at)
+                    else:
+                        raise RollBack
+            except Refused as refusal:
+                result.status, result.message = REFUSED, str(refusal)
+            except RollBack:
+                pass
+            if result.status != VERIFIED:
+                with connection.transaction():
+                    record(connection, result, started_at)
+    return result
+
+
+def run(connection: psycopg.Connection, source: source_db.SourceDatabase, application: Application,
+        result: AppCopyResult, replace: bool, verify_only: bool) -> None:
+    session_settings(connection)
+    schema_name = result.schema
+    if not target_db.schema_exists(connection, schema_name):
+        raise AppCopyUsageError(f"schema {schema_name} does not exist: create it and start {application.name} once "
+                                f"against it ({application.postgres_settings}) so it builds its own tables")
+    try:
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.app-copy:' || %s))", [schema_name])
+    except psycopg.errors.LockNotAvailable:
+        raise Refused(f"another app-copy into schema {schema_name} is running") from None
+    schema = target_db.inspect(connection, schema_name)
+    target_application = recognise(set(schema.tables))
+    if target_application is not application:
+        raise Refused(f"schema {schema_name} is not a {application.name} schema"
+                      + (f" (it is {target_application.name}'s)" if target_application else "")
+                      + f": start {application.name} once against it so it builds its own tables")
+    result.versions = compare(application, source.migrations(), target_db.migrations(connection, schema), schema_name)
+    if not result.versions.matches:
+        raise Refused(result.versions.message)
+    lock_tables(connection, schema, exclusive=not verify_only)
+    counts = {table: target_db.count(connection, schema, table) for table in schema.tables}
+    real = real_data(connection, schema, application, counts)
+    if real and not replace and not verify_only:
+        raise Refused(f"schema {schema_name} already holds {application.name} data: " + ", ".join(real.values())
+                      + ". Pass --replace to replace it with the source's. Nothing was written.")
+    plans = plan_tables(source, connection, schema, application, counts, {} if verify_only else real)
+    if verify_only:
+        for plan in plans:  # nothing is cleared or copied now: compare the tables as they are
+            if plan.copies:
+                plan.action = "compared"
+    else:
+        started = time.monotonic()
+        clear_and_copy(connection, schema, source, plans)
+        result.sequences = move_sequences(connection, schema, {p.name for p in plans if p.copies})
+        result.copy_seconds = round(time.monotonic() - started, 3)
+    started = time.monotonic()
+    result.tables = verify_tables(connection, schema, source, plans)
+    result.verify_seconds = round(time.monotonic() - started, 3)
+    mismatched = [t.table for t in result.tables if not t.matches]
+    result.status = MISMATCH if mismatched else VERIFIED
+    if mismatched:
+        result.message = ("tables differing from the source: " + ", ".join(mismatched)
+                          + ("" if verify_only else ". The copy was rolled back: nothing of it was kept."))
+
+
+def clear_and_copy(connection: psycopg.Connection, schema: target_db.TargetSchema,
+                   source: source_db.SourceDatabase, plans: list[TablePlan]) -> None:
+    in_target = [p for p in plans if p.name in schema.tables]
+    try:
+        order = target_db.dependency_order([p.name for p in in_target], schema.foreign_keys)
+    except ValueError as error:
+        raise Refused(f"schema {schema.name}: {error}; app-copy cannot order the copy") from None
+    by_name = {p.name: p for p in in_target}
+    for name in reversed(order):
+        if by_name[name].clears:
+            with refused_on_bad_data(name, "deleting the target's rows"):
+                connection.execute(sql.SQL("DELETE FROM {}").format(schema.relation(name)))
+    for name in order:
+        plan = by_name[name]
+        if plan.copies and plan.source_rows:
+            with refused_on_bad_data(name, f"copying from {source.path}"):
+                copy_rows(connection, schema, source, plan)
+
+
+@contextlib.contextmanager
+def refused_on_bad_data(table: str, doing: str) -> Iterator[None]:
+    """A value or row PostgreSQL refuses (too long for its varchar, a broken foreign key, a GENERATED ALWAYS
+    column...) refuses the copy."""
+    try:
+        yield
+    except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.NotSupportedError) as error:
+        context = f" ({error.diag.context.strip()})" if error.diag.context else ""
+        raise Refused(f"table {table}, {doing}: {error.diag.message_primary}{context}. Nothing was written.") from None
