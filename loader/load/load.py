@@ -9,7 +9,7 @@ Files load `jobs` at a time (default 2), each by a worker with its own PostgreSQ
 session. A file whose tables DuckDB can all read goes **directly**: DuckDB's postgres extension sends
 the rows by binary COPY, and the file's DDL and ledger rows run in the same PostgreSQL transaction
 (duckdb_postgres). Otherwise, or when the direct path fails, the file goes **through CSV** in a psycopg
-transaction: each table is read by DuckDB into a CSV file unless `extract.needs_fallback` names a reason
+transaction: each table is read by DuckDB into a CSV file unless `sqlite_reader.needs_fallback` names a reason
 to read it with the Python fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names); a DuckDB
 read that fails anyway is rolled back to a savepoint and retried with the fallback. The ledger's
 `load_tables.reader` and `notes` say which reader each table used and why; `load_columns` maps every
