@@ -153,17 +153,19 @@ def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, 
     first = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
     assert first.returncode == 0, first.stderr[-2000:]
 
-    # raw no longer holds what the ledger counted: the build's tests fail (nothing on disk changed)
+    # raw no longer holds what the ledger counted: the build's tests fail (nothing on disk changed, so
+    # only --rebuild builds)
     with target.connect() as connection:
         connection.execute("CREATE TABLE public.kept_aside AS SELECT * FROM raw_claude_flow_v2.memory_entries "
                            "WHERE key = 'gamma'")
         connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE key = 'gamma'")
-    failed = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
+    failed = consolidate("run", str(tree), "--no-backup", "--rebuild", "--json", target=target, home=home)
     assert failed.returncode == 1, failed.stderr[-2000:]
     report = json.loads(failed.stdout)
     assert not report["build"]["success"] and not report["build"]["skipped"] and not report["reconciled"]
     assert any("assert_ledger_counts_match_raw" in failure for failure in report["build"]["failures"])
 
+    # the same run again, without --rebuild: the last build failed, so it builds and validates again
     with target.connect() as connection:
         connection.execute("INSERT INTO raw_claude_flow_v2.memory_entries SELECT * FROM public.kept_aside")
     again = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
