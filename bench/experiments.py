@@ -36,10 +36,11 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import runner  # noqa: E402
 import duckdb_extension_postgres_scanner  # noqa: E402
-from loader.sources.sqlite_reader import duckdb_session, extension_path, quote  # noqa: E402
+
+from bench import runner  # noqa: E402
 from loader.sources.snapshot import sha256_of  # noqa: E402
+from loader.sources.sqlite_reader import duckdb_session, extension_path, quote  # noqa: E402
 
 COLUMNS = ["id", "key", "value", "namespace", "metadata", "created_at", "updated_at", "accessed_at",
            "access_count", "ttl", "expires_at"]
@@ -114,7 +115,7 @@ def load_fifo(dsn: str, path: Path, folder: Path) -> int:
         try:
             duck.execute(f"COPY ({select_sql('src', path)}) TO '{fifo}' "
                          f"(FORMAT csv, HEADER false, FORCE_QUOTE *, USE_TMP_FILE false)")
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             failure.append(error)
             # unblock a reader still waiting in open(): an empty pipe reads as end of file
             threading.Thread(target=lambda: os.close(os.open(fifo, os.O_WRONLY)), daemon=True).start()
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 create_raw(dsn)
                 load, workers = VARIANTS[variant]
                 with ThreadPoolExecutor(max_workers=workers) as pool:
-                    rows = sum(pool.map(lambda p: load(dsn, p, folder), files))
+                    rows = sum(pool.map(lambda p: load(dsn, p, folder), files))  # noqa: B023 - consumed here
                 line = {"variant": variant, "wall_s": round(time.perf_counter() - started, 1),
                         "cpu_s": round(cpu_self() - cpu, 1),
                         "server_cpu_s": round(runner.server_cpu_seconds() - server_cpu, 1)

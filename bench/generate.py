@@ -2,7 +2,7 @@
 
     python bench/generate.py OUT --rows 1M [--files 16] [--seed 4] [--jobs 2]
 
-Writes OUT/proj-NN/.swarm/memory.db (the v2 DDL of loader/sample.py) and OUT/corpus.json (what was
+Writes OUT/proj-NN/.swarm/memory.db (the v2 DDL of loader/fixtures/claude_flow_v2.py) and OUT/corpus.json (what was
 written: rows per file and namespace, duplicate keys, bytes). Deterministic: the same arguments write
 the same rows (every file has its own seeded random stream, so `--jobs` does not change the output).
 
@@ -41,7 +41,7 @@ STEP_MS = 1_750                    # one row every 1.75 s of a swarm's activity,
 DUPLICATE_PER_MILLE = 30           # rows of file f > 0 that repeat a key of file f - 1
 INSERT_BATCH = 20_000
 
-# claude-flow v2 (loader/sample.py V2_DDL, copied so the generator runs without the package)
+# claude-flow v2 (loader/fixtures/claude_flow_v2.py V2_DDL, copied so the generator runs without the package)
 V2_TABLE = """
 CREATE TABLE memory_entries (
   id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, value TEXT NOT NULL,

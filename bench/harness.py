@@ -6,12 +6,12 @@
 The command is the real one (`loader.cli.app`, the code path a user runs); the harness only wraps the
 library calls it makes, so a phase's time is the time of that call:
 
-    backup    cli.run_backup (copies, hashes, verifies the files discovered)
-    discover  cli.discover_files
-    load      cli.run_load (the loader: private copies, checksums, DuckDB → PostgreSQL, ledger)
-    build     loader.build.build (dbt build: models and tests)
-    reconcile loader.report.summarize
-    validate  loader.validate.validate
+    backup    loader.backup.backup.backup (copies, hashes, verifies the files discovered)
+    discover  loader.sources.discover.discover
+    load      loader.load.load.load (the loader: private copies, checksums, DuckDB → PostgreSQL, ledger)
+    build     loader.transform.build.build (dbt build: models and tests)
+    reconcile loader.verify.report.summarize
+    validate  loader.verify.validate.validate
     imports   importing loader.cli (typer, rich, duckdb, psycopg, ...)
 
 FILE gets {"exit_code", "phases": {name: seconds}, "wall": seconds in process, "statuses": {...}}.
@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, int] = {}
 
     imported = time.perf_counter()
-    from loader.transform import build as build_stage
+    from loader.backup import backup as backup_stage
     from loader.cli import commands as cli
+    from loader.load import load as load_stage
+    from loader.sources import discover as discovery
+    from loader.transform import build as build_stage
     from loader.verify import report
     from loader.verify import validate as validate_stage
 
@@ -69,16 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         for f in getattr(outcome, "files", []):
             statuses[f.status] = statuses.get(f.status, 0) + 1
 
-    wrap(cli, "run_backup", "backup", phases, missing)
-    wrap(cli, "discover_files", "discover", phases, missing)
-    wrap(cli, "run_load", "load", phases, missing, keep=count_statuses)
+    wrap(backup_stage, "backup", "backup", phases, missing)
+    wrap(discovery, "discover", "discover", phases, missing)
+    wrap(load_stage, "load", "load", phases, missing, keep=count_statuses)
     wrap(build_stage, "build", "build", phases, missing)
     wrap(report, "summarize", "reconcile", phases, missing)
     wrap(validate_stage, "validate", "validate", phases, missing)
     # inside the load phase, per file, summed over files (so over the workers too: with two files at a
     # time these add up to about twice the load's wall time): where the loader's time goes
     from loader import ledger
-    from loader.load import load as load_stage
     from loader.sources import snapshot
     # the load's private copies, which discovery makes and keeps for it (inside the discover phase)
     wrap(snapshot, "consistent_copy", "load: private copy + sha256", phases, missing)
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         exit_code = returned if isinstance(returned, int) else 0
     except SystemExit as stop:  # typer.Exit inside standalone_mode=False comes back as an exit code
         exit_code = stop.code if isinstance(stop.code, int) else 1
-    except Exception as error:  # noqa: BLE001 - the runner reports it
+    except Exception as error:
         print(f"harness: {type(error).__name__}: {error}", file=sys.stderr)
         exit_code = 99
     finally:

@@ -52,20 +52,26 @@ class Target:
     def redact(self, text: str) -> str:
         return redact_password(text, self.dsn)
 
+    def dbt_settings(self) -> dict[str, str]:
+        """The connection variables profiles/profiles.yml reads, but the password (which libpq then
+        takes from PGPASSWORD or ~/.pgpass)."""
+        params = conninfo_to_dict(self.dsn)
+        return {
+            "CONSOLIDATE_PG_HOST": params.get("host") or "localhost",
+            "CONSOLIDATE_PG_PORT": str(params.get("port") or 5432),
+            "CONSOLIDATE_PG_USER": params.get("user") or os.environ.get("PGUSER", "postgres"),
+            "CONSOLIDATE_PG_DBNAME": params.get("dbname") or "postgres",
+            "CONSOLIDATE_TARGET_SCHEMA": self.schema,
+        }
+
     @contextlib.contextmanager
     def dbt_environment(self) -> Iterator[None]:
         """The variables profiles/profiles.yml reads, set only while dbt runs and then restored (the
         password is never left in the environment). dbt scrubs the values of DBT_ENV_SECRET_* variables
         from its logs and artifacts."""
         params = conninfo_to_dict(self.dsn)
-        settings = {
-            "CONSOLIDATE_PG_HOST": params.get("host") or "localhost",
-            "CONSOLIDATE_PG_PORT": str(params.get("port") or 5432),
-            "CONSOLIDATE_PG_USER": params.get("user") or os.environ.get("PGUSER", "postgres"),
-            DBT_PASSWORD_VARIABLE: params.get("password") or os.environ.get("PGPASSWORD", ""),
-            "CONSOLIDATE_PG_DBNAME": params.get("dbname") or "postgres",
-            "CONSOLIDATE_TARGET_SCHEMA": self.schema,
-        }
+        settings = {**self.dbt_settings(),
+                    DBT_PASSWORD_VARIABLE: params.get("password") or os.environ.get("PGPASSWORD", "")}
         before = {name: os.environ.get(name) for name in settings}
         os.environ.update(settings)
         try:

@@ -1,10 +1,23 @@
-"""The ledger in PostgreSQL: which loads ran, what each file and table held, what completed."""
+"""The ledger: every `consolidate.*` table (what was loaded, when, from where, how it changed, what was
+built and validated), its versions, and the queries the stages share.
+
+Versions
+--------
+`MIGRATIONS[n - 1]` brings a ledger at version n - 1 to version n; `consolidate.schema_version` has one
+row per version applied. `ensure` applies the missing ones in order, in one transaction, so a ledger
+made by an earlier release is upgraded in place the first time a newer one writes to it. To change
+the ledger, append a migration (never edit one that has shipped):
+
+    MIGRATIONS.append(f"ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS note text;")
+
+Ledgers made before versions existed (release 0.1.0, no `schema_version`) count as version 0. The
+four migrations below are what that release created, from its four modules, with `IF NOT EXISTS`: so
+they complete such a ledger whatever of it exists, and change nothing it already holds.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -14,8 +27,226 @@ from psycopg.types.json import Jsonb
 
 from loader import __version__
 from loader.database import Target
-from loader.sources.discover import KnownFile
-from loader.load.raw_contract import CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_SCHEMAS
+
+LEDGER_SCHEMA = "consolidate"
+
+MIGRATIONS: list[str] = [
+    # 1: loads, the files and tables each load found, every column's raw name, and the current loads.
+    f"""
+CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
+
+-- One row per `consolidate load` invocation.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.loads (
+    load_id      text PRIMARY KEY,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz,
+    -- interrupted: the process died (kill -9, power) while loading; found and marked by the next load
+    status       text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+    roots        text[] NOT NULL,
+    tool_version text NOT NULL
+);
+
+-- One row per discovered SQLite file per load.
+--   loaded    : every table copied, in one transaction, counts verified
+--   failed    : nothing of the file is in raw; error_message says why
+--   copy      : byte-identical (main file and WAL) to copy_of, which is loaded instead
+--   unchanged : same checksums as the file's last loaded version; its rows are already in raw
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_files (
+    load_id        text NOT NULL REFERENCES {LEDGER_SCHEMA}.loads (load_id),
+    source_path    text NOT NULL,
+    source_db      text NOT NULL,
+    kind           text NOT NULL,
+    source_sha256  text NOT NULL,
+    wal_sha256     text,
+    size_bytes     bigint NOT NULL,
+    status         text NOT NULL CHECK (status IN ('loaded', 'failed', 'copy', 'unchanged')),
+    copy_of        text,
+    started_at     timestamptz NOT NULL,
+    completed_at   timestamptz,
+    error_message  text,
+    rows_in_sqlite bigint,
+    rows_loaded    bigint,
+    PRIMARY KEY (load_id, source_path)
+);
+
+-- The stat of the main file and its -wal when the checksums were taken (discover.stat_signature):
+-- a later discovery that finds the same stat trusts these checksums instead of reading the file.
+ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS stat jsonb;
+
+-- One row per table of a loaded file.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_tables (
+    load_id        text NOT NULL,
+    source_path    text NOT NULL,
+    source_table   text NOT NULL,
+    raw_schema     text NOT NULL,
+    raw_table      text NOT NULL,
+    rows_in_sqlite bigint NOT NULL,
+    rows_loaded    bigint NOT NULL,
+    PRIMARY KEY (load_id, source_path, source_table),
+    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
+        DEFERRABLE INITIALLY DEFERRED
+);
+-- How the table was read (NULL on rows written before these columns existed):
+--   reader           : 'duckdb' (the sqlite scanner) or 'python-fallback' (sqlite3, for tables whose
+--                      values DuckDB or PostgreSQL text cannot carry: BLOBs, invalid UTF-8, NUL)
+--   notes            : why the fallback was used, and what it stored as \\x hex
+--   rows_with_binary : rows with a non-NULL _binary_columns
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS reader text;
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS notes text;
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS rows_with_binary bigint;
+
+-- Every column of every loaded table and its raw column (raw_contract.raw_column_names): the same name
+-- unless it was longer than 63 bytes, empty, a lineage column's name, or taken.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_columns (
+    load_id       text NOT NULL,
+    source_path   text NOT NULL,
+    source_table  text NOT NULL,
+    source_column text NOT NULL,
+    raw_column    text NOT NULL,
+    PRIMARY KEY (load_id, source_path, source_table, source_column),
+    FOREIGN KEY (load_id, source_path, source_table)
+        REFERENCES {LEDGER_SCHEMA}.load_tables (load_id, source_path, source_table)
+        DEFERRABLE INITIALLY DEFERRED
+);
+
+-- The load whose rows are current for each source path: its latest `loaded` row.
+CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_loads AS
+SELECT DISTINCT ON (source_path) load_id, source_path, source_db, kind, source_sha256, wal_sha256
+FROM {LEDGER_SCHEMA}.load_files
+WHERE status = 'loaded'
+ORDER BY source_path, completed_at DESC, load_id DESC;
+""",
+    # 2: change detection (loader.operate.sync): per load, file and table the rows inserted, updated,
+    # deleted and unchanged since the file's previous load, and every deleted row's identity.
+    f"""
+-- One row per table of a loaded file version: how its raw rows differ from the file's previous
+-- `loaded` version (previous_load_id NULL: the file's first load, every row inserted).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_changes (
+    load_id          text NOT NULL,
+    previous_load_id text,
+    source_path      text NOT NULL,
+    source_table     text NOT NULL,
+    inserted         bigint NOT NULL,
+    updated          bigint NOT NULL,
+    deleted          bigint NOT NULL,
+    unchanged        bigint NOT NULL,
+    detected_at      timestamptz NOT NULL,
+    PRIMARY KEY (load_id, source_path, source_table),
+    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
+);
+
+-- Rows present in the previous load of a file and absent from this one. The row itself stays in raw
+-- under previous_load_id (raw is append-only); row_md5 is the md5 of its source columns, which
+-- identifies it in a table without rowids (source_rowid NULL).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.deleted_rows (
+    load_id          text NOT NULL,
+    source_path      text NOT NULL,
+    source_table     text NOT NULL,
+    source_rowid     bigint,
+    row_md5          text NOT NULL,
+    previous_load_id text NOT NULL,
+    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
+);
+CREATE INDEX IF NOT EXISTS deleted_rows_by_file
+    ON {LEDGER_SCHEMA}.deleted_rows (source_path, source_table, load_id);
+""",
+    # 3: every build of the marts and what it was built from (loader.transform.freshness).
+    f"""
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.builds (
+    built_at          timestamptz NOT NULL DEFAULT now(),
+    marts_schema      text NOT NULL,
+    fingerprint       text NOT NULL,
+    build_passed      boolean NOT NULL,
+    validation_passed boolean
+);
+""",
+    # 4: validation runs and their per-file results (loader.verify).
+    f"""
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.validation_runs (
+    run_id       text PRIMARY KEY,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL,
+    passed       boolean NOT NULL,
+    sample_size  integer NOT NULL,
+    seed         bigint NOT NULL,
+    marts_schema text NOT NULL,
+    backup_dir   text
+);
+
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.validation_files (
+    run_id                 text NOT NULL REFERENCES {LEDGER_SCHEMA}.validation_runs (run_id),
+    source_path            text NOT NULL,
+    load_id                text NOT NULL,
+    rows_in_sqlite         bigint,
+    rows_in_raw            bigint NOT NULL,
+    kept                   bigint,
+    superseded             bigint,
+    moved                  bigint,
+    flagged                bigint,
+    checksum_status        text NOT NULL
+        CHECK (checksum_status IN ('unchanged', 'changed', 'missing', 'unreadable')),
+    backup_checksum_status text
+        CHECK (backup_checksum_status IN ('matches', 'differs', 'not backed up')),
+    spot_checked           integer NOT NULL,
+    spot_mismatches        integer NOT NULL,
+    mismatch_details       jsonb NOT NULL,
+    tables                 jsonb NOT NULL,
+    problems               text[] NOT NULL,
+    passed                 boolean NOT NULL,
+    PRIMARY KEY (run_id, source_path)
+);
+""",
+    # 5: the secret policy each load ran under (loader/load/secret_policy.py: its rules, how `scrub`
+    # finds secrets and an identifier of the key, never the key) and the sha256 of that document; and
+    # the paths that reached a file through a symbolic link (source_path is the real path). NULL on
+    # rows written before.
+    f"""
+ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy_digest text;
+ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy jsonb;
+ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS link_paths text[];
+""",
+    # 6: every `consolidate app-copy` of an n8n or Flowise database into the schema the application
+    # made (loader/apps): verified (every table's rows and digest matched, the copy committed), mismatch
+    # (rolled back) or refused (nothing written; message says why); and the type each column's CREATE
+    # TABLE declared (loader/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36), DATETIME(3), BOOLEAN...;
+    # NULL: none declared, or rows written before), which the typed app staging models cast by.
+    f"""
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
+    copy_id         text PRIMARY KEY,
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz NOT NULL,
+    mode            text NOT NULL CHECK (mode IN ('copy', 'verify')),
+    status          text NOT NULL CHECK (status IN ('verified', 'mismatch', 'refused')),
+    application     text,
+    source_path     text NOT NULL,
+    source_sha256   text,
+    wal_sha256      text,
+    target_schema   text NOT NULL,
+    source_migration text,
+    target_migration text,
+    replace         boolean NOT NULL,
+    message         text,
+    tables          jsonb,
+    copy_seconds    double precision,
+    verify_seconds  double precision,
+    tool_version    text NOT NULL
+);
+ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type text;
+""",
+]
+
+VERSION_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.schema_version (
+    version      integer PRIMARY KEY,
+    applied_at   timestamptz NOT NULL DEFAULT now(),
+    tool_version text NOT NULL
+);
+"""
+
+
+class LedgerTooNew(RuntimeError):
+    """The ledger was written by a newer consolidate: this one would not know its tables."""
 
 
 def now() -> datetime:
@@ -26,69 +257,55 @@ def new_load_id() -> str:
     return now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
-def raw_table_statements(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> list[sql.Composed]:
-    """What makes the raw table exist with `columns` (source columns as text, then lineage): nothing
-    when `cursor` finds it complete; else a CREATE TABLE IF NOT EXISTS when it is missing and an ALTER
-    TABLE adding whatever columns are still missing (a table made before a lineage column existed gets
-    it too). The statements are idempotent and complete whatever another session created meanwhile, so
-    they may run later, after RAW_DDL_LOCK. `table` and `columns` are raw names
-    (raw_contract.raw_name / raw_column_names): PostgreSQL would truncate longer ones."""
-    existing = {row[0] for row in cursor.execute(
-        "SELECT a.attname FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid "
-        "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped", [schema, table])}
-    relation = sql.Identifier(schema, table)
-    statements = []
-    if not existing:
-        source_columns = [sql.SQL("{} text").format(sql.Identifier(c)) for c in columns]
-        lineage = [sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(ddl)) for name, ddl in LINEAGE_COLUMNS]
-        statements.append(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(
-            relation, sql.SQL(", ").join(source_columns + lineage)))
-    missing = [sql.SQL("ADD COLUMN IF NOT EXISTS {} text").format(sql.Identifier(c))
-               for c in columns if c not in existing]
-    missing += [sql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(sql.Identifier(name), sql.SQL(ddl.replace(" NOT NULL", "")))
-                for name, ddl in LINEAGE_COLUMNS if name not in existing]
-    if missing:
-        statements.append(sql.SQL("ALTER TABLE {} {}").format(relation, sql.SQL(", ").join(missing)))
-    return statements
+def table(name: str) -> sql.Identifier:
+    """A ledger table or view, quoted: `sql.SQL("SELECT ... FROM {}").format(ledger.table("loads"))`."""
+    return sql.Identifier(LEDGER_SCHEMA, name)
 
 
-@contextlib.contextmanager
-def raw_ddl_lock(connection: psycopg.Connection, needed: bool = True) -> Iterator[None]:
-    """Held (a session lock of `connection`) while a file's transaction creates or alters raw tables and
-    until it ends: two files loading at once that need the same new table would otherwise both create
-    it. Taken before that transaction starts, so its snapshot sees what the previous holder committed."""
-    if not needed:
-        yield
-        return
-    connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.raw-ddl'))")
-    try:
-        yield
-    finally:
-        if not connection.broken:
-            connection.execute("SELECT pg_advisory_unlock(hashtext('consolidate.raw-ddl'))")
+# ---------------------------------------------------------------------------------------- versions
+
+def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> bool:
+    """Whether a table or view `schema.name` exists (names taken literally, never parsed)."""
+    row = connection.execute(
+        "SELECT 1 FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
+    return row is not None
 
 
-def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:
-    for statement in raw_table_statements(cursor, schema, table, columns):
-        cursor.execute(statement)
+def exists(connection: psycopg.Connection) -> bool:
+    """Whether a load has ever written a ledger here (its loads, files and current loads)."""
+    return all(relation_exists(connection, LEDGER_SCHEMA, name) for name in ("loads", "load_files", "current_loads"))
 
 
-def bootstrap(connection: psycopg.Connection) -> None:
-    """Create the ledger, the raw schemas and the raw tables the dbt models read."""
+def version(connection: psycopg.Connection) -> int:
+    """The ledger's version: 0 when there is none, or one made before versions existed."""
+    if not relation_exists(connection, LEDGER_SCHEMA, "schema_version"):
+        return 0
+    return connection.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(
+        table("schema_version"))).fetchone()[0]
+
+
+def ensure(connection: psycopg.Connection) -> int:
+    """Create the ledger, or bring it to the latest version (see the module docstring); return that
+    version. Raises LedgerTooNew for a ledger of a later release."""
+    latest = len(MIGRATIONS)
+    if version(connection) == latest:
+        return latest
     with connection.transaction(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.bootstrap'))")
-        cursor.execute(LEDGER_DDL)
-        for schema in RAW_SCHEMAS.values():
-            cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        for (schema, table), columns in CORE_RAW_TABLES.items():
-            ensure_raw_table(cursor, schema, table, columns)
-        # Raw tables made before a lineage column existed (and no file loads into them now) get it too.
-        for schema, table in cursor.execute(
-                "SELECT table_schema, table_name FROM information_schema.tables "
-                "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'", [list(RAW_SCHEMAS.values())]).fetchall():
-            ensure_raw_table(cursor, schema, table, [])
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.ledger'))")
+        cursor.execute(VERSION_DDL)
+        current = version(connection)
+        if current > latest:
+            raise LedgerTooNew(f"the {LEDGER_SCHEMA} ledger is at version {current}, newer than this "
+                               f"consolidate {__version__} knows ({latest}): upgrade consolidate")
+        for number, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            cursor.execute(migration)
+            cursor.execute(sql.SQL("INSERT INTO {} (version, tool_version) VALUES (%s, %s)").format(
+                table("schema_version")), (number, __version__))
+    return latest
 
+
+# ------------------------------------------------------------------------------------------- loads
 
 def start_load(connection: psycopg.Connection, roots: list[str], secret_policy: dict | None = None,
                secret_policy_digest: str | None = None) -> str:
@@ -139,8 +356,8 @@ class FileRecord:
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
     fields = list(record.__dataclass_fields__)
     cursor.execute(
-        sql.SQL("INSERT INTO {}.load_files ({}) VALUES ({})").format(
-            sql.Identifier(LEDGER_SCHEMA),
+        sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+            table("load_files"),
             sql.SQL(", ").join(map(sql.Identifier, fields)),
             sql.SQL(", ").join(sql.Placeholder() * len(fields))),
         [Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields])
@@ -167,6 +384,64 @@ def record_columns(cursor: psycopg.Cursor, load_id: str, source_path: str, sourc
         [(load_id, source_path, source_table, source, raw, declared.get(source)) for source, raw in columns])
 
 
+def tables_loaded(connection: psycopg.Connection, load_id: str) -> list[tuple[str, str]]:
+    """(raw schema, raw table) of every table the load added rows to."""
+    return connection.execute(
+        f"SELECT DISTINCT raw_schema, raw_table FROM {LEDGER_SCHEMA}.load_tables "
+        "WHERE load_id = %s AND rows_loaded > 0 ORDER BY 1, 2", [load_id]).fetchall()
+
+
+# ---------------------------------------------------------------------------------- current loads
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the ledger holds of a file's current load: its checksums, kind and table counts."""
+
+    sha256: str
+    wal_sha256: str | None
+    kind: str
+    tables: dict[str, int]
+    stat: dict | None = None
+
+
+@dataclass(frozen=True)
+class CurrentLoad:
+    """A source path's current load: the load whose rows are current in raw (`current_loads`)."""
+
+    source_path: str
+    source_db: str
+    kind: str
+    load_id: str
+    loaded_at: datetime | None
+    sha256: str
+    wal_sha256: str | None
+    rows_in_sqlite: int | None
+    rows_loaded: int | None
+
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        return (self.sha256, self.wal_sha256)
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "loaded_at": self.loaded_at.isoformat() if self.loaded_at else None,
+                "rows_in_sqlite": self.rows_in_sqlite, "rows_loaded": self.rows_loaded,
+                "sha256": self.sha256, "wal_sha256": self.wal_sha256}
+
+
+CURRENT_LOADS_QUERY = f"""
+SELECT c.source_path, c.source_db, c.kind, c.load_id, f.completed_at, c.source_sha256, c.wal_sha256,
+       f.rows_in_sqlite, f.rows_loaded
+FROM {LEDGER_SCHEMA}.current_loads AS c
+JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)
+ORDER BY c.source_path
+"""
+
+
+def current_loads(connection: psycopg.Connection) -> list[CurrentLoad]:
+    """Every source path's current load, by path."""
+    return [CurrentLoad(*row) for row in connection.execute(CURRENT_LOADS_QUERY).fetchall()]
+
+
 def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple[str, str | None] | None:
     """Checksums of the file's version whose rows are current in raw, if any."""
     row = connection.execute(
@@ -179,7 +454,7 @@ def known_files(target: Target) -> dict[str, KnownFile]:
     """Every source path's current load: checksums, kind and table counts (empty before the first
     load). Discovery takes unchanged files' kind and counts from here instead of copying them."""
     with target.connect() as connection:
-        if connection.execute(f"SELECT to_regclass('{LEDGER_SCHEMA}.current_loads')").fetchone()[0] is None:
+        if not relation_exists(connection, LEDGER_SCHEMA, "current_loads"):
             return {}
         rows = connection.execute(
             f"SELECT c.source_path, c.source_sha256, c.wal_sha256, c.kind, "
@@ -189,3 +464,48 @@ def known_files(target: Target) -> dict[str, KnownFile]:
             f"LEFT JOIN {LEDGER_SCHEMA}.load_tables AS t USING (load_id, source_path) "
             "GROUP BY c.source_path, c.source_sha256, c.wal_sha256, c.kind, f.stat").fetchall()
     return {path: KnownFile(*known) for path, *known in rows}
+
+
+def current_rows(connection: psycopg.Connection) -> dict[str, tuple[str, int | None]]:
+    """source_path → (current load_id, rows loaded)."""
+    rows = connection.execute(
+        f"SELECT c.source_path, c.load_id, f.rows_loaded FROM {LEDGER_SCHEMA}.current_loads AS c "
+        f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)").fetchall()
+    return {path: (load_id, count) for path, load_id, count in rows}
+
+
+def current_loads_text(connection: psycopg.Connection) -> str:
+    """Every current load as `load_id source_path` lines, by path: what the marts are built from."""
+    return connection.execute(
+        f"SELECT coalesce(string_agg(load_id || ' ' || source_path, E'\\n' ORDER BY source_path), '') "
+        f"FROM {LEDGER_SCHEMA}.current_loads").fetchone()[0]
+
+
+def secret_policies(connection: psycopg.Connection) -> dict[str, dict]:
+    """The secret policy each load recorded (SecretPolicy.describe), by load_id."""
+    if not connection.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+                              "AND table_name = 'loads' AND column_name = 'secret_policy'", [LEDGER_SCHEMA]).fetchone():
+        return {}
+    return dict(connection.execute(sql.SQL("SELECT load_id, secret_policy FROM {} WHERE secret_policy IS NOT NULL")
+                                   .format(sql.Identifier(LEDGER_SCHEMA, "loads"))).fetchall())
+
+
+# ------------------------------------------------------------------------------------------ builds
+
+def record_build(target: Target, fingerprint: str, build_passed: bool, validation_passed: bool | None) -> None:
+    with target.connect() as connection:
+        ensure(connection)
+        connection.execute(
+            sql.SQL("INSERT INTO {} (marts_schema, fingerprint, build_passed, validation_passed) "
+                    "VALUES (%s, %s, %s, %s)").format(table("builds")),
+            (target.schema, fingerprint, build_passed, validation_passed))
+
+
+def latest_build(target: Target) -> tuple[str, bool, bool | None] | None:
+    """(fingerprint, build passed, validation passed) of the latest build of the marts' schema."""
+    with target.connect() as connection:
+        ensure(connection)
+        return connection.execute(
+            sql.SQL("SELECT fingerprint, build_passed, validation_passed FROM {} "
+                    "WHERE marts_schema = %s ORDER BY built_at DESC LIMIT 1").format(table("builds")),
+            (target.schema,)).fetchone()

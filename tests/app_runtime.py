@@ -17,8 +17,9 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import REALDATA, REPO, fresh_database
 from loader.database import Target
+
+from conftest import REALDATA, REPO, fresh_database
 
 N8N_DIR = Path(os.environ.get("N8N_INSTALL_DIR", "/opt/consolidate-n8n"))
 FLOWISE_DIR = Path(os.environ.get("FLOWISE_INSTALL_DIR", "/opt/consolidate-flowise"))

@@ -48,9 +48,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loader.fixtures.sample import V2_DDL
+from loader.fixtures.claude_flow_v2 import V2_DDL
+from loader.fixtures.wal import wal_checksum
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 PAGE_SIZE = 4096
 T0 = 1754378470            # 2025-08-05 07:21:10 UTC, epoch seconds
 T0_MS = 1774537423202      # 2026-03-26 15:03:43.202 UTC, epoch milliseconds
@@ -547,15 +547,6 @@ def not_sqlite(root: Path) -> ExpectedFile:
     return ExpectedFile(path, WARNING, reason="not a sqlite database")
 
 
-def wal_checksum(data: bytes, s0: int = 0, s1: int = 0) -> tuple[int, int]:
-    """SQLite's WAL checksum over big-endian 32-bit words (magic 0x377f0683)."""
-    words = struct.unpack(f">{len(data) // 4}I", data)
-    for i in range(0, len(words), 2):
-        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
-        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
-    return s0, s1
-
-
 def orphan_wal(root: Path) -> ExpectedFile:
     """A valid WAL (one commit frame holding a real page 1) next to no main file."""
     path = root / "broken/orphan/memory.db-wal"
@@ -567,10 +558,10 @@ def orphan_wal(root: Path) -> ExpectedFile:
     scratch.unlink()
     salt1, salt2 = 0x0BADC0DE, 0x5EED5EED
     header = struct.pack(">IIII", 0x377F0683, 3007000, PAGE_SIZE, 0) + struct.pack(">II", salt1, salt2)
-    c0, c1 = wal_checksum(header)
+    c0, c1 = wal_checksum(header, ">")  # big-endian words: magic 0x377f0683
     header += struct.pack(">II", c0, c1)
     frame_start = struct.pack(">II", 1, 1)  # page 1, commit frame (database size 1 page)
-    f0, f1 = wal_checksum(frame_start + page, c0, c1)
+    f0, f1 = wal_checksum(frame_start + page, ">", c0, c1)
     frame = frame_start + struct.pack(">IIII", salt1, salt2, f0, f1) + page
     path.write_bytes(header + frame)
     return ExpectedFile(path, WARNING, reason="orphan")

@@ -142,7 +142,7 @@ def test_rows_only_in_the_wal_arrive_and_the_source_files_stay_as_they_were(tmp_
     finally:
         connection.close()
     before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in source.parent.iterdir()}
-    result, report = app_copy(source, target)
+    result, _ = app_copy(source, target)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert fetch(target, "SELECT id FROM app.workflow_entity ORDER BY id") == [("in-wal",), ("w1",)]
     assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in source.parent.iterdir()} == before

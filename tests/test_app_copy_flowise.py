@@ -15,9 +15,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from app_runtime import (
+    FLOWISE_DIR,
+    app_database,
+    flowise_build_schema,
+    flowise_entities,
+    flowise_migrations,
+    flowise_versions,
+    require_installed,
+)
 
-from app_runtime import (FLOWISE_DIR, app_database, flowise_build_schema, flowise_entities, flowise_migrations,
-                         flowise_versions, require_installed)
 from conftest import consolidate, read_private_copy
 
 VERSIONS = ("3.0.1", "2.2.3")  # .ci/install-flowise

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from app_runtime import SHARED_APPS, app_database, n8n, n8n_export, require_installed
+
 from conftest import REALDATA, consolidate, read_private_copy
 
 FIXTURE = SHARED_APPS / "n8n-1.100.1"

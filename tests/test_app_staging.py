@@ -6,12 +6,11 @@ loader does."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
-
 from app_runtime import SHARED_APPS
+
 from conftest import consolidate, fetch, read_private_copy
 
 MODELS = {  # model -> (kind, table, columns left out)
@@ -58,7 +57,7 @@ def declared_columns(path: Path, table: str, scratch: Path) -> dict[str, str]:
 
 def test_each_column_has_its_declared_type(staged, tmp_path):
     target, files = staged
-    for model, (kind, table, left_out) in MODELS.items():
+    for model, (_, table, left_out) in MODELS.items():
         found = fetch(target, "SELECT column_name, data_type FROM information_schema.columns "
                               "WHERE table_schema = 'staging' AND table_name = %s ORDER BY ordinal_position", [model])
         assert found, model

@@ -15,10 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
-from loader.fixtures.sample import write_sample
 from test_status import add_table, consolidate, sha256, write_and_run_sample
+
+from loader.database import Target
+from loader.fixtures.sample import write_sample
+from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
 
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
@@ -145,11 +146,17 @@ def test_remove_originals_refuses_when_the_archive_does_not_verify(loaded_sample
     assert {path: sha256(path) for path in before} == before
 
 
-def test_remove_originals_refuses_what_the_ledger_no_longer_shows_migrated(loaded_sample, target, tmp_path):
-    root = loaded_sample
+def test_remove_originals_refuses_what_the_ledger_no_longer_shows_migrated(tmp_path, target, home):
+    """With the marts in a schema of their own (--schema): archive reads reconciliation there."""
+    root = tmp_path / "tree"
+    assert consolidate("sample", str(root)).returncode == 0
+    result = consolidate("run", str(root), "--no-backup", "--schema", "marts", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    target = Target(target.dsn, schema="marts")
     report = archive(target, [root], tmp_path / "archives")
+    assert {Path(entry.path) for entry in report.archived} >= {root / MAIN_V2, root / N8N, root / FLOWISE}
     with target.connect() as connection:
-        connection.execute("UPDATE public.reconciliation SET reconciled = false WHERE source_path = %s",
+        connection.execute("UPDATE marts.reconciliation SET reconciled = false WHERE source_path = %s",
                            (str(root / MAIN_V2),))
         connection.execute("UPDATE consolidate.load_tables SET rows_loaded = rows_loaded - 1 WHERE source_path = %s",
                            (str(root / N8N),))

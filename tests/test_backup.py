@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 import loader
-from loader.sources import snapshot as snapshot_module
 from loader.backup.backup import BackupError, backup, verify
+from loader.sources import snapshot as snapshot_module
 from loader.sources.discover import discover
+
 from conftest import read_private_copy
 
 CHRIS = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"
@@ -309,7 +310,7 @@ def test_overwrite_refuses_a_backup_folder_holding_unlisted_files(tmp_path):
     make_database(tmp_path / "root" / "app.db", rows=1)
     backup([tmp_path / "root"], tmp_path / "backup")
     (tmp_path / "backup" / "notes.txt").write_text("mine")
-    with pytest.raises(BackupError, match="notes.txt"):
+    with pytest.raises(BackupError, match=r"notes\.txt"):
         backup([tmp_path / "root"], tmp_path / "backup", overwrite=True)
     assert (tmp_path / "backup" / "notes.txt").read_text() == "mine"
 

@@ -1,4 +1,4 @@
-"""loader.cache.Cache with loader.client.MemoryClient: cache-aside reads, invalidation on write, Redis
+"""loader.serve.cache.Cache with loader.serve.client.MemoryClient: cache-aside reads, invalidation on write, Redis
 being unreachable, warm and stats. Against a real PostgreSQL (the sample, consolidated by the CLI) and a
 real redis-server that this module starts on a free loopback port; Redis is observed directly."""
 
@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import consolidate, fetch
 from loader.serve.cache import Cache, cache_key
-from loader.serve.client import MemoryClient
+from loader.serve.client import MemoryClient, warm_cache
+
+from conftest import consolidate, fetch
 
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
@@ -134,7 +135,7 @@ def test_an_entry_expiring_in_days_is_cached_for_at_most_an_hour(client, cache, 
     assert client.get(key) == "lives two days"
     assert 3_595_000 < redis_db.pttl(cache_key("default", key)) <= 3_600_000
     client.get("no such key")
-    cache.warm(client, 50)
+    cache.warm(client.hottest(50))
     assert all(0 < redis_db.pttl(name) <= 3_600_000 for name in cached_keys(redis_db))
 
 
@@ -260,18 +261,18 @@ def hottest_identities(target, top: int) -> set[str]:
 @pytest.mark.parametrize("top", [1, 7, 50])
 def test_warm_caches_exactly_the_hottest_entries(consolidated, client, cache, redis_db, top):
     expected = hottest_identities(consolidated, top)
-    assert cache.warm(client, top) == top
+    assert cache.warm(client.hottest(top)) == top
     assert cached_keys(redis_db) == expected
 
 
 def test_warm_from_a_dsn(consolidated, cache, redis_db):
     expected = hottest_identities(consolidated, 10)
-    assert cache.warm(consolidated.dsn, 10) == 10
+    assert warm_cache(consolidated.dsn, cache, 10) == 10
     assert cached_keys(redis_db) == expected
 
 
 def test_warm_with_redis_unreachable_caches_nothing(consolidated, closed_port):
-    assert Cache(f"redis://127.0.0.1:{closed_port}/0").warm(consolidated.dsn, 5) == 0
+    assert warm_cache(consolidated.dsn, Cache(f"redis://127.0.0.1:{closed_port}/0"), 5) == 0
 
 
 def test_stats_report_counters_and_server_figures(consolidated, client, cache):
@@ -302,10 +303,10 @@ def test_cli_warm_then_stats(consolidated, redis_url, redis_db, tmp_path):
     assert (report["connected"], report["keys"]) == (True, 12) and report["used_memory"] > 0
 
 
-def test_cli_with_redis_unreachable_exits_1_without_the_password(consolidated, closed_port, tmp_path):
+def test_cli_with_redis_unreachable_exits_7_without_the_password(consolidated, closed_port, tmp_path):
     url = f"redis://:secret@127.0.0.1:{closed_port}/0"
     warmed = consolidate_cache("warm", "--redis-url", url, "--dsn", consolidated.dsn, "--home", str(tmp_path / "state"))
     stats = consolidate_cache("stats", "--redis-url", url, "--json")
-    assert (warmed.returncode, stats.returncode) == (1, 1)
+    assert (warmed.returncode, stats.returncode) == (7, 7)
     assert json.loads(stats.stdout)["connected"] is False
     assert "secret" not in warmed.stdout + warmed.stderr + stats.stdout + stats.stderr

@@ -1,4 +1,4 @@
-"""loader.client.MemoryClient and the compat view `compat.memory_entries`, against a real PostgreSQL
+"""loader.serve.client.MemoryClient and the compat view `compat.memory_entries`, against a real PostgreSQL
 holding the marts built by `consolidate run` over the sample tree (run as a user runs it: the CLI as a
 subprocess). Expectations are read from the tables with plain SQL, never through the client."""
 
@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import uuid
 import pytest
 
-from conftest import fetch
-from loader.serve.client import MemoryClient
 from loader.database import Target
+from loader.serve.client import MemoryClient
+
+from conftest import fetch
 
 PERFORMANCE = "performance-metrics"
 LIVE = "(expires_at IS NULL OR expires_at > now())"

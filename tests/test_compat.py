@@ -63,6 +63,7 @@ def test_v3_application_reads_back_its_entries_in_milliseconds(migrated, target,
             continue  # a newer version from another file won: its content is checked elsewhere
         stored_content, stored_kind, stored_status, stored_created = view[(key, namespace)]
         assert same_value(stored_content, content) and (stored_kind, stored_status) == (kind, status), key
+        assert stored_created <= int(created_at), key  # the earliest created_at of the entry's versions
         checked += 1
     assert checked > 0
     (count,) = fetch(target, "SELECT count(*) FROM compat_claude_flow_v3.memory_entries")[0]

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from test_cache import start_redis
+
+from loader.fixtures.claude_flow_v2 import V2_DDL
+from loader.serve.cache import Cache, cache_key
+from loader.serve.client import MemoryClient, warm_cache
 
 from conftest import consolidate, fetch
-from loader.serve.cache import Cache, cache_key
-from loader.serve.client import MemoryClient
-from loader.fixtures.sample import V2_DDL
-from test_cache import start_redis
 
 NORMAL = {f"normal-{n}": json.dumps({"n": n, "list": [n, [n]]}) for n in range(6)}
 # key -> (value text, whether it nests deeper than 512 levels)
@@ -141,7 +142,7 @@ def test_cache_warm_and_reads_through_the_cache_work(deep_run, redis_url):
     redis.Redis.from_url(redis_url).flushdb()
     cache = Cache(redis_url)
     try:
-        assert cache.warm(target.dsn, 100) == len(NORMAL) + len(DEEP) + 1
+        assert warm_cache(target.dsn, cache, 100) == len(NORMAL) + len(DEEP) + 1
         with MemoryClient(target.dsn, cache=cache, pool_size=1) as client:
             assert client.get("object-2000") == DEEP["object-2000"][0]
             assert client.get("exactly-512") == json.loads(DEEP["exactly-512"][0])

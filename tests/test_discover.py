@@ -89,7 +89,8 @@ def test_corrupt_database_is_listed_with_its_reason(tmp_path):
 
 
 def test_a_file_whose_stat_proves_it_unchanged_is_not_read_again(tmp_path):
-    from loader.sources.discover import KnownFile, stat_signature
+    from loader.ledger import KnownFile
+    from loader.sources.discover import stat_signature
     folder = tmp_path / "tree"
     folder.mkdir()
     database = folder / "memory.db"

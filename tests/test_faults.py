@@ -3,6 +3,7 @@ the same final state as one clean run: no duplicate raw rows, no half-loaded fil
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,8 @@ import psycopg
 import pytest
 
 from loader.database import Target, embedded_dsn, stop_embedded
-from conftest import consolidate
+
+from conftest import consolidate, fetch
 
 KILL_AFTER_SECONDS = [0.4, 0.9, 1.5, 2.2, 3.0]
 
@@ -108,6 +110,25 @@ def caught_mid_load(target: Target, process: subprocess.Popen) -> bool:
                 return True
         time.sleep(0.01)
     return False
+
+
+def test_a_load_killed_mid_way_is_marked_interrupted_by_the_next_load(tree, target, home):
+    for _ in range(3):  # the load must be caught mid-way; on a fast machine it may end first
+        process = start("load", str(tree), "--dsn", target.dsn, "--home", str(home))
+        if not caught_mid_load(target, process):
+            process.communicate()
+            continue
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        (dead,) = [row[0] for row in fetch(target, "SELECT load_id FROM consolidate.loads WHERE status = 'running'")]
+        result = consolidate("load", str(tree), "--json", target=target, home=home)
+        assert result.returncode == 0, result.stderr[-2000:]
+        statuses = dict(fetch(target, "SELECT load_id, status FROM consolidate.loads"))
+        assert statuses[dead] == "interrupted" and statuses[json.loads(result.stdout)["load_id"]] == "completed"
+        assert fetch(target, "SELECT finished_at IS NOT NULL FROM consolidate.loads WHERE load_id = %s",
+                     (dead,)) == [(True,)]
+        return
+    pytest.fail("the load always finished before it could be interrupted")
 
 
 def test_postgresql_going_away_is_a_clear_error_and_the_rerun_resumes(tree, tmp_path, clean_state):

@@ -21,10 +21,19 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from conftest import consolidate, fresh_database, read_private_copy
-from hostile_corpus import (FAILED, LOADED, WARNING, HostileCorpus, MemoryRow, is_binary, sqlite_text,
-                            write_hostile_corpus)
 from loader.database import Target
+
+from conftest import consolidate, fresh_database, read_private_copy
+from hostile_corpus import (
+    FAILED,
+    LOADED,
+    WARNING,
+    HostileCorpus,
+    MemoryRow,
+    is_binary,
+    sqlite_text,
+    write_hostile_corpus,
+)
 
 RAW_SCHEMAS = {"claude-flow-v2": "raw_claude_flow_v2", "claude-flow-v3": "raw_claude_flow_v3",
                "extended-memory": "raw_extended_memory", "other": "raw_other"}

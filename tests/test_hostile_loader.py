@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from conftest import consolidate, make_db
 from loader.load import load as load_module
-from loader.sources.discover import discover
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
+from loader.sources.discover import discover
+
+from conftest import consolidate, make_db
 
 KEY = b"hostile test key"
 LINEAGE = ["_load_id", "_source_path", "_source_sha256", "_source_rowid", "_loaded_at", "_binary_columns"]
@@ -83,8 +84,7 @@ def expected_rows(path: Path, table: str, columns: list[str], raw_columns: list[
 def original_bytes(path: Path, table: str, column: str) -> dict:
     connection = sqlite3.connect(path)
     connection.text_factory = bytes
-    found = {rowid: value for rowid, value in connection.execute(
-        f"SELECT rowid, CAST({q(column)} AS BLOB) FROM {q(table)}")}
+    found = dict(connection.execute(f"SELECT rowid, CAST({q(column)} AS BLOB) FROM {q(table)}"))
     connection.close()
     return found
 
@@ -148,7 +148,7 @@ INVALID_UTF8 = {
 def test_blobs_invalid_utf8_and_nul_are_kept_as_hex_and_flagged(tmp_path, target):
     rows = [(b"\x00\x01\xfe\xff", "plain", None, 1),
             (b"", "caf\u00e9 \U0001F600", "ok", 2.5),
-            (b"valid utf-8 text as a blob", "x", "NUL \x00 inside".encode(), 3)]
+            (b"valid utf-8 text as a blob", "x", b"NUL \x00 inside", 3)]
     rows += [(None, "row of " + name, value, 4) for name, value in INVALID_UTF8.items()]
     database = make_db(tmp_path / "tree" / "binary.db",
                        "CREATE TABLE things (payload BLOB, label TEXT, body TEXT, n)",

@@ -15,10 +15,11 @@ import sqlite3
 import zipfile
 from pathlib import Path
 
-from conftest import consolidate, fetch
 from loader.operate import archive as archive_module
 from loader.operate.archive import archive, remove_archived_originals
 from loader.sources.discover import discover
+
+from conftest import consolidate, fetch
 
 WAL_ONLY_ROWS = "claude-flow/ChrisRoyse__myclaudeflowsetup"  # rows that live only in its -wal
 PLAIN_V2 = "claude-flow/00greena__emoji-monogram-generator"
@@ -145,7 +146,7 @@ def test_remove_originals_never_deletes_through_a_link_or_outside_the_roots(real
 def test_remove_originals_refuses_an_archived_path_that_now_goes_through_a_link(realdata, tmp_path, target, home):
     """A folder replaced by a link after archiving: the path still names the archived bytes, but through a link."""
     root = tmp_path / "root"
-    database = private_copy_of(realdata, PLAIN_V2, root / "data")
+    private_copy_of(realdata, PLAIN_V2, root / "data")
     run(root, target, home)
     report = archive(target, [root], tmp_path / "archives")
     moved = tmp_path / "moved-away"

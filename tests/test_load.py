@@ -10,9 +10,10 @@ from pathlib import Path
 
 from psycopg import sql
 
-from loader.sources.discover import discover
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
+from loader.sources.discover import discover
+
 from conftest import make_db, read_private_copy
 
 WAL_ROWS_FILE = "claude-flow/ChrisRoyse__myclaudeflowsetup/memory.db"
@@ -177,6 +178,7 @@ def test_text_postgresql_refuses_sends_the_file_through_csv_and_names_the_value(
 def test_a_failed_attach_never_shows_the_password(server_dsn):
     import pytest
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
     from loader.load.duckdb_postgres import AttachFailed, attach_postgres
     from loader.sources.sqlite_reader import duckdb_session
     params = conninfo_to_dict(server_dsn)
@@ -189,7 +191,7 @@ def test_a_failed_attach_never_shows_the_password(server_dsn):
 
 
 def test_discovery_takes_unchanged_files_from_the_ledger_and_reads_changed_ones(tmp_path):
-    from loader.sources.discover import KnownFile
+    from loader.ledger import KnownFile
     folder = tmp_path / "tree"
     same = make_db(folder / "same.db", "CREATE TABLE memory_store (k TEXT)", "INSERT INTO memory_store VALUES ('a')")
     changed = make_db(folder / "changed.db", "CREATE TABLE memory_store (k TEXT)")

@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from test_load import manifest_mismatches
 
 from conftest import consolidate, read_private_copy
-from test_load import manifest_mismatches
 
 PERFORMANCE = "performance-metrics"
 
@@ -99,6 +99,40 @@ def winners(versions: list[dict]) -> dict[tuple[str, str], dict]:
     return best
 
 
+def expected_active_sessions(versions: list[dict], best: dict, files: list[Path], scratch: Path) -> dict:
+    """session_id -> (source_path, status, agent_type) by the documented rule: memory winners of namespace
+    `sessions` keyed `session:<id>` (status and agentType from the value; activity: the latest of
+    updated_at and the versions' latest accessed_at, else the earliest created_at) and rows of the v3
+    `sessions` tables (status column, agentType from state; activity: updated_at, else created_at);
+    per id the latest activity wins, then the source order (path, table, rowid)."""
+    candidates = []
+    for (key, namespace), winner in best.items():
+        if namespace != "sessions" or not key.startswith("session:") or key == "session:":
+            continue
+        group = [v for v in versions if (v["key"], v["namespace"]) == (key, namespace)]
+        accessed = max((v["accessed"] for v in group if v["accessed"] is not None), default=None)
+        created = min((v["created"] for v in group if v["created"] is not None), default=None)
+        activity = max((t for t in (winner["updated"], accessed) if t is not None), default=created)
+        value, _ = expected_value(winner["raw"], winner["hint"])
+        fields = value if isinstance(value, dict) else {}
+        candidates.append((key[len("session:"):], activity, winner["path"], winner["table"], winner["rowid"],
+                           fields.get("status"), fields.get("agentType")))
+    for path in files:
+        tables = {name for (name,) in read_private_copy(path, scratch, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        memory_columns = {row[1] for row in read_private_copy(path, scratch, "PRAGMA table_info(memory_entries)")}
+        if "sessions" not in tables or "content" not in memory_columns:  # only claude-flow v3 has the table
+            continue
+        for rowid, session_id, state, status, created, updated in read_private_copy(
+                path, scratch, "SELECT rowid, id, state, status, created_at, updated_at FROM sessions"):
+            activity = epoch_seconds(updated) if updated is not None else epoch_seconds(created)
+            candidates.append((session_id, activity, str(path), "sessions", rowid, status,
+                               json.loads(state).get("agentType")))
+    chosen: dict[str, tuple] = {}
+    for candidate in sorted(candidates, key=lambda c: (c[1] is None, -(c[1] or 0), c[2], c[3], c[4])):
+        chosen.setdefault(candidate[0], candidate)
+    return {session_id: (c[2], c[5], c[6]) for session_id, c in chosen.items()}
+
+
 def sqlite_files(run_output: dict) -> list[Path]:
     return [Path(f["source_path"]) for f in run_output["files"] if f["status"] in ("loaded", "unchanged")]
 
@@ -137,6 +171,14 @@ def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sam
         metrics = {(k, n): (path, rowid) for k, n, path, rowid in connection.execute(
             "SELECT key, namespace, source_path, source_rowid FROM performance_metrics").fetchall()}
         history = connection.execute("SELECT count(*) FROM unified_memory_history").fetchone()[0]
+        sessions = {session_id: (path, status, agent_type) for session_id, path, status, agent_type in
+                    connection.execute("SELECT session_id, source_path, status, agent_type FROM active_sessions")}
+        session_sources = dict(connection.execute(
+            "SELECT source_table, count(*) FROM active_sessions GROUP BY 1").fetchall())
+
+    expected_sessions = expected_active_sessions(versions, best, sqlite_files(report), tmp_path / "sessions")
+    assert sessions == expected_sessions
+    assert session_sources.get("memory_entries", 0) > 0 and session_sources.get("sessions", 0) > 0  # both feed it
 
     assert set(unified) == {k for k in best if k[1] != PERFORMANCE}
     assert set(metrics) == {k for k in best if k[1] == PERFORMANCE}
@@ -152,6 +194,11 @@ def test_run_over_the_sample_reconciles_and_matches_independent_expectations(sam
         created_values = [v["created"] for v in group if v["created"] is not None]
         if created_values:
             assert float(created) == pytest.approx(min(created_values), abs=1e-3), identity
+        accessed_values = [v["accessed"] for v in group if v["accessed"] is not None]
+        if accessed_values:  # the winner takes the latest accessed_at of its versions
+            assert float(accessed) == pytest.approx(max(accessed_values), abs=1e-3), identity
+        else:
+            assert accessed is None, identity
         counts = [v["access_count"] for v in group if v["access_count"] is not None]
         if counts:
             assert count == max(counts), identity
@@ -214,7 +261,9 @@ def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, t
     with target.connect() as connection:
         (message,) = connection.execute(
             "SELECT error_message FROM migration_metadata WHERE source_file = %s", (str(tree / "broken.db"),)).fetchone()
-    assert message
+    with pytest.raises(sqlite3.DatabaseError) as refused:  # what SQLite itself says of the file
+        read_private_copy(tree / "broken.db", tmp_path / "x", "PRAGMA quick_check")
+    assert str(refused.value) in message
 
 
 def test_build_exits_1_when_raw_no_longer_matches_the_ledger(tmp_path, target, home, realdata):
@@ -235,7 +284,7 @@ def test_dbt_docs_generate_works_offline(target, home, tmp_path):
     assert consolidate("sample", str(tree)).returncode == 0
     assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
     script = ("import sys; from pathlib import Path; from loader.transform.build import run_dbt; from loader.database import Target; "
-              "sys.exit(0 if run_dbt('docs generate', Target(sys.argv[1]), Path(sys.argv[2])).success else 1)")
+              "sys.exit(0 if run_dbt(['docs', 'generate'], Target(sys.argv[1]), Path(sys.argv[2])).success else 1)")
     result = subprocess.run([sys.executable, "-c", script, target.dsn, str(home)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from loader.fixtures.sample import write_sample
+from loader.sources.snapshot import SQLITE_HEADER
 
 REPO = Path(__file__).resolve().parent.parent
-SQLITE_HEADER = b"SQLite format 3\x00"
 APP = Path("opt/sutazaiapp")
 MAIN = APP / ".swarm/memory.db"
 DIND = APP / "docker/dind/.swarm/memory.db"
@@ -134,7 +134,10 @@ def test_refuses_a_root_that_is_a_file(tmp_path):
 
 
 def test_writes_into_an_existing_empty_directory(tmp_path):
-    assert write_sample(tmp_path)
+    written = write_sample(tmp_path)
+    databases = sorted(path for path in tmp_path.rglob("*")
+                       if path.is_file() and path.read_bytes()[:16] == SQLITE_HEADER)
+    assert written == databases and len(written) == 10
 
 
 # ------------------------------------------------------------------------------------ the main file

@@ -12,6 +12,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,8 +24,9 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from conftest import consolidate, make_db, read_private_copy
 from loader.database import Target
+
+from conftest import AMBIENT_SETTINGS, consolidate, make_db, read_private_copy
 
 SECRET_COLUMNS = {  # the documented default policy: (database, table, column)
     ("n8n", "credentials_entity", "data"), ("n8n", "user", "password"),
@@ -157,7 +159,10 @@ class Planter:
     def plant(self, database: Path, label: str) -> None:
         connection = sqlite3.connect(database)
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        has = lambda table, column: table in tables and column in [c[0] for c in self.columns(connection, table)]
+
+        def has(table: str, column: str) -> bool:
+            return table in tables and column in [c[0] for c in self.columns(connection, table)]
+
         for table, column in HASHED_COLUMNS:
             if has(table, column):
                 marker = self.marker()
@@ -351,7 +356,7 @@ def shown(forms: set[str], text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def loaded_with_password(password_protected, sample_tree, tmp_path_factory):
-    url, password, admin_dsn = password_protected
+    url, _, _ = password_protected
     home = tmp_path_factory.mktemp("password-home")
     result = consolidate("run", str(sample_tree), "--no-backup", "--dsn", url, "--home", str(home))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -508,3 +513,45 @@ def test_the_python_reader_hashes_and_scrubs_like_duckdb(target, home, tmp_path)
                                          "headers": [{"name": "Authorization", "value": keyed(key, f"Bearer {bearer}")}]}
     assert configs[1][0] == keyed(key, "not json " + secret)  # not JSON: hashed whole
     assert variable == "hmac-sha256:" + hmac.new(key, b"\xffsecret-" + secret.encode(), hashlib.sha256).hexdigest()
+
+
+def test_the_password_can_come_from_pgpassword_or_pgpass(password_protected, tmp_path):
+    """README: `DATABASE_URL` without its password, the password in PGPASSWORD or ~/.pgpass. The load,
+    DuckDB's attach and dbt all connect; a run without the password is refused with exit 4."""
+    _, password, admin_dsn = password_protected
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE consolidate_pw_files OWNER {}").format(sql.Identifier(PASSWORD_ROLE)))
+    socket_folder = conninfo_to_dict(admin_dsn)["host"]
+    without_password = f"postgresql://{PASSWORD_ROLE}@/consolidate_pw_files?host={socket_folder}"
+    tree = tmp_path / "tree"
+    make_db(tree / "memory.db", "CREATE TABLE memory_entries (key TEXT, value TEXT, namespace TEXT, "
+            "created_at INTEGER, updated_at INTEGER, accessed_at INTEGER, access_count INTEGER, ttl INTEGER, "
+            "expires_at INTEGER, metadata TEXT, id INTEGER PRIMARY KEY)",
+            ("INSERT INTO memory_entries (key, value, namespace, updated_at) VALUES (?, ?, 'default', ?)",
+             [("alpha", '"a"', 1_750_000_000), ("beta", '"b"', 1_750_000_001)]))
+    environment = {k: v for k, v in os.environ.items() if k not in (*AMBIENT_SETTINGS, "PGPASSWORD", "PGPASSFILE")}
+    user_home = tmp_path / "user"
+    user_home.mkdir()
+    environment["HOME"] = str(user_home)
+
+    def run(*extra: str, **variables: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "loader", "run", str(tree), "--no-backup", "--json",
+                   "--dsn", without_password, "--home", str(tmp_path / "state"), *extra]
+        return subprocess.run(command, capture_output=True, text=True, env={**environment, **variables}, timeout=600)
+
+    refused = run()
+    assert refused.returncode == 4, refused.stderr[-2000:]
+
+    with_variable = run(PGPASSWORD=password)
+    assert with_variable.returncode == 0, with_variable.stdout[-2000:] + with_variable.stderr[-2000:]
+    assert json.loads(with_variable.stdout)["reconciled"]
+
+    pgpass = user_home / ".pgpass"
+    pgpass.write_text(f"*:*:consolidate_pw_files:{PASSWORD_ROLE}:{password}\n")
+    pgpass.chmod(0o600)
+    with_file = run("--rebuild")  # build and validate again: dbt must connect through ~/.pgpass too
+    assert with_file.returncode == 0, with_file.stdout[-2000:] + with_file.stderr[-2000:]
+    report = json.loads(with_file.stdout)
+    assert report["reconciled"] and not report["build"]["skipped"] and report["validation"]["passed"]
+    for result in (refused, with_variable, with_file):
+        assert not shown(forms_of(password), result.stdout + result.stderr)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import consolidate, read_private_copy
 from loader.operate.status import CHANGED, MISSING, UNCHANGED, status
+
+from conftest import consolidate, read_private_copy
 
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
 EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"
@@ -61,7 +62,7 @@ def by_path(report) -> dict:
 
 
 def test_status_lists_every_file_with_independent_counts_and_checksums(loaded_sample, target, tmp_path):
-    root, run = loaded_sample
+    _, run = loaded_sample
     report = status(target)
     files = by_path(report)
     assert set(files) == {Path(f["source_path"]) for f in run["files"]}

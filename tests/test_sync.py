@@ -21,15 +21,17 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import fresh_database, read_private_copy
-from loader.transform.build import build
 from loader.database import Target
-from loader.sources.discover import discover
-from loader.verify.lineage import versions
+from loader.fixtures.claude_flow_v2 import V2_DDL
+from loader.fixtures.claude_flow_v3 import V3_DDL
 from loader.load.load import load
-from loader.fixtures.sample import V2_DDL, V3_DDL
 from loader.load.secret_policy import SecretPolicy
-from loader.operate.sync import sync, watch
+from loader.pipeline import sync, watch
+from loader.sources.discover import discover
+from loader.transform.build import build
+from loader.verify.lineage import versions
+
+from conftest import fresh_database, read_private_copy
 
 KEY = b"sync test key"
 POLICY = SecretPolicy(key=KEY)
@@ -193,8 +195,8 @@ class SourceFiles:
     a new rowid), deletes, on keys shared across files; some files switch to WAL mode and keep a writer
     connection open, so their newest rows live only in the -wal file."""
 
-    KEYS = [f"key-{i}" for i in range(8)]
-    NAMESPACES = ["default", "sessions", PERFORMANCE]
+    KEYS = tuple(f"key-{i}" for i in range(8))
+    NAMESPACES = ("default", "sessions", PERFORMANCE)
 
     def __init__(self, root: Path, rng: random.Random):
         self.rng = rng

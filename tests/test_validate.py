@@ -1,4 +1,4 @@
-"""`consolidate validate` (loader/validate.py) against a real PostgreSQL, after a real `consolidate run`.
+"""`consolidate validate` (loader/verify/) against a real PostgreSQL, after a real `consolidate run`.
 
 Expected values are computed here from private copies of the SQLite files (Python's sqlite3) and the
 documented rules, never taken from the loader's or the validator's output.
@@ -15,15 +15,17 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from psycopg.rows import dict_row
 import pytest
+from psycopg.rows import dict_row
+
+from loader.sources.snapshot import SQLITE_HEADER
+from loader.verify.results import ValidationError
+from loader.verify.rules import epoch_timestamp, normalized_value, text_timestamp
+from loader.verify.validate import secret_policy_in_use, validate
 
 from conftest import consolidate, read_private_copy
-from loader.verify.validate import (ValidationError, epoch_timestamp, normalized_value, secret_policy_in_use,
-                             text_timestamp, validate)
 
 EVERY_ROW = 100_000
-SQLITE_HEADER = b"SQLite format 3\x00"
 BROKEN_JSON = '{"truncated": '
 
 

@@ -29,7 +29,7 @@
 
 
 {#-
-    The raw table's `_binary_columns` (loader/raw_contract.py LINEAGE_COLUMNS), or a NULL text[] when the
+    The raw table's `_binary_columns` (loader/load/raw_contract.py LINEAGE_COLUMNS), or a NULL text[] when the
     table predates it: resolved at compile time from the table's actual columns. The table is found
     through the graph rather than source(), which a unit test replaces by its fixture (and a unit test's
     context has no graph: there the raw schemas are named like their sources, see _sources.yml).

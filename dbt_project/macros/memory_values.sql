@@ -27,7 +27,7 @@
     case
         when {{ raw_value }} is null or {{ is_binary }} then null
         {% if storage_type -%}
-        when {{ storage_type }} is not distinct from 'pickle' then null
+        when coalesce({{ storage_type }} = 'pickle', false) then null
         {% endif -%}
         when left({{ raw_value }}, 14) = '__compressed__' then consolidate.try_decode_compressed({{ raw_value }})
         else consolidate.try_jsonb({{ raw_value }})
@@ -40,7 +40,7 @@
         when {{ raw_value }} is null then 'null'
         when {{ is_binary }} then 'binary'
         {% if storage_type -%}
-        when {{ storage_type }} is not distinct from 'pickle' then 'pickle'
+        when coalesce({{ storage_type }} = 'pickle', false) then 'pickle'
         {% endif -%}
         when {{ parsed_value }} is not null then 'json'
         when left({{ raw_value }}, 14) = '__compressed__' then 'invalid_compressed'

@@ -1,5 +1,5 @@
 {#-
-    Lineage columns the loader appends to every raw row (loader/raw_contract.py LINEAGE_COLUMNS).
+    Lineage columns the loader appends to every raw row (loader/load/raw_contract.py LINEAGE_COLUMNS).
     `_binary_columns` (text[], NULL when none) lists the source columns whose value in that row is stored
     as `\x` + lowercase hex of its exact bytes (a BLOB, text that is not UTF-8, or text holding NUL).
 -#}

@@ -45,7 +45,8 @@ actual as (
     group by _load_id, _source_path
     {% if not loop.last %}union all{% endif %}
     {% else %}
-    select null::text as raw_schema, null::text as raw_table, null::text as load_id, null::text as source_path, null::bigint as rows_in_raw where false
+    select null::text as raw_schema, null::text as raw_table, null::text as load_id, null::text as source_path, null::bigint as rows_in_raw
+    where false
     {% endfor %}
 
 ),

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from loader import __version__
+from loader import __version__, ledger
 from loader.apps import source as source_db
 from loader.apps import target as target_db
 from loader.apps import verify
@@ -29,8 +29,7 @@ from loader.apps.applications import MIGRATIONS_TABLE, Application, is_copied_ta
 from loader.apps.convert import ConversionError, Converter, converter_for
 from loader.apps.migrations import VersionCheck, compare
 from loader.database import Target
-from loader.ledger import now
-from loader.load.raw_contract import LEDGER_DDL, LEDGER_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, now
 
 VERIFIED, MISMATCH, REFUSED = "verified", "mismatch", "refused"
 LOCK_TIMEOUT = "10s"
@@ -270,7 +269,7 @@ def verify_tables(connection: psycopg.Connection, schema: target_db.TargetSchema
 
 def record(connection: psycopg.Connection, result: AppCopyResult, started_at) -> None:
     """The ledger row of this attempt (in the caller's transaction)."""
-    connection.execute(LEDGER_DDL)
+    ledger.ensure(connection)
     connection.execute(
         f"INSERT INTO {LEDGER_SCHEMA}.app_copies (copy_id, started_at, finished_at, mode, status, application, "
         "source_path, source_sha256, wal_sha256, target_schema, source_migration, target_migration, replace, "

@@ -71,11 +71,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from loader import __version__
-from loader.sources.discover import Discovery, SourceFile, discover
-from loader.backup.destination import make_staging_folder, root_overlap
-from loader.sources.sqlite_reader import list_tables
+from loader.backup.destination import Problem, destination_refusal, is_new_or_empty, make_staging_folder, publish_folder
 from loader.parallel import run_in_order
-from loader.sources.snapshot import COPY_ATTEMPTS, Snapshot, SourceKeptChanging, consistent_copy, private_copy, sha256_of
+from loader.sources.discover import Discovery, SourceFile, discover
+from loader.sources.snapshot import (
+    COPY_ATTEMPTS,
+    Snapshot,
+    SourceKeptChanging,
+    consistent_copy,
+    private_copy,
+    sha256_of,
+)
+from loader.sources.sqlite_reader import list_tables
 
 MANIFEST_NAME = "manifest.json"
 # Two files at a time: copying, hashing and SQLite's backup API leave the GIL while they work.
@@ -158,18 +165,6 @@ class BackupManifest:
                    warnings=list(data.get("warnings") or []))
 
 
-@dataclass
-class Problem:
-    """Something `verify` found wrong. `path` is relative to the backup folder."""
-
-    path: str
-    problem: str
-    source: str | None = None
-
-    def to_json(self) -> dict:
-        return {"path": self.path, "problem": self.problem, "source": self.source}
-
-
 # ---------------------------------------------------------------------------------------- backing up
 
 def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry], None] | None = None,
@@ -188,7 +183,7 @@ def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry]
                                found.files, BACKUP_JOBS, on_file or (lambda entry: None))
         manifest = new_manifest(roots, entries, found)
         write_manifest(staging, manifest)
-        publish(staging, destination)
+        publish_folder(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -301,14 +296,10 @@ def root_index(source: SourceFile, roots: list[Path]) -> int:
 def check_destination(destination: Path, roots: list[Path], overwrite: bool, exclude: list[Path] = ()) -> None:
     """Raise `BackupError` unless `destination` is missing, empty, or (with `overwrite`) an earlier backup
     holding nothing but what its manifest lists."""
-    overlap = root_overlap(destination, roots, exclude)
-    if overlap:
-        raise BackupError(f"{overlap}: a later run would back up the backups; choose a folder outside the roots")
-    if not destination.exists():
-        return
-    if not destination.is_dir():
-        raise BackupError(f"{destination} exists and is not a folder")
-    if not any(destination.iterdir()):
+    refusal = destination_refusal(destination, roots, exclude, "a later run would back up the backups")
+    if refusal:
+        raise BackupError(refusal)
+    if is_new_or_empty(destination):
         return
     earlier = read_earlier_backup(destination)
     if not overwrite:
@@ -329,26 +320,6 @@ def read_earlier_backup(destination: Path) -> BackupManifest:
     except ValueError as error:
         raise BackupError(f"{destination / MANIFEST_NAME} is not a consolidate backup manifest ({error}); "
                           "choose an empty or new folder") from error
-
-
-def publish(staging: Path, destination: Path) -> None:
-    """Put the finished backup in place of `destination` (missing, empty, or an earlier backup)."""
-    if not destination.exists():
-        os.rename(staging, destination)
-    elif not any(destination.iterdir()):
-        destination.rmdir()
-        os.rename(staging, destination)
-    else:
-        replaced = Path(tempfile.mkdtemp(prefix=f".{destination.name}.replaced-", dir=destination.parent))
-        earlier = replaced / destination.name
-        os.rename(destination, earlier)
-        try:
-            os.rename(staging, destination)
-        except OSError:
-            os.rename(earlier, destination)  # put the earlier backup back
-            replaced.rmdir()
-            raise
-        shutil.rmtree(replaced)
 
 
 # ---------------------------------------------------------------------------------------- manifest

@@ -9,7 +9,7 @@ Files load `jobs` at a time (default 2), each by a worker with its own PostgreSQ
 session. A file whose tables DuckDB can all read goes **directly**: DuckDB's postgres extension sends
 the rows by binary COPY, and the file's DDL and ledger rows run in the same PostgreSQL transaction
 (duckdb_postgres). Otherwise, or when the direct path fails, the file goes **through CSV** in a psycopg
-transaction: each table is read by DuckDB into a CSV file unless `extract.needs_fallback` names a reason
+transaction: each table is read by DuckDB into a CSV file unless `sqlite_reader.needs_fallback` names a reason
 to read it with the Python fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names); a DuckDB
 read that fails anyway is rolled back to a savepoint and retried with the fallback. The ledger's
 `load_tables.reader` and `notes` say which reader each table used and why; `load_columns` maps every
@@ -33,15 +33,29 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target, redact_password
-from loader.sources.discover import Discovery, SourceFile
+from loader.load import raw_tables
 from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
-from loader.sources.sqlite_reader import (
-    DUCKDB, PYTHON_FALLBACK, ColumnRead, FallbackExport, SourceTable, attach_sqlite, duckdb_session, export_csv,
-    export_csv_python, list_tables, needs_fallback, open_for_reading, quote, select_rows)
-from loader.parallel import run_in_order
 from loader.load.raw_contract import LINEAGE_COLUMNS, POSTGRES_MAX_COLUMNS, RAW_SCHEMAS, raw_column_names, raw_name
 from loader.load.secret_policy import SecretPolicy
+from loader.parallel import run_in_order
+from loader.sources.discover import Discovery, DiscoveryWarning, SourceFile
 from loader.sources.snapshot import Snapshot, private_copy
+from loader.sources.sqlite_reader import (
+    DUCKDB,
+    PYTHON_FALLBACK,
+    ColumnRead,
+    FallbackExport,
+    SourceTable,
+    attach_sqlite,
+    duckdb_session,
+    export_csv,
+    export_csv_python,
+    list_tables,
+    needs_fallback,
+    open_for_reading,
+    quote,
+    select_rows,
+)
 from loader.sqlite_ddl import declared_types
 
 COPY_CHUNK = 1 << 20
@@ -76,13 +90,15 @@ class FileOutcome:
 class LoadOutcome:
     load_id: str
     files: list[FileOutcome]
+    warnings: list[DiscoveryWarning] = field(default_factory=list)  # discovery's: not SQLite, orphan -wal...
 
     @property
     def failed(self) -> list[FileOutcome]:
         return [f for f in self.files if f.status == "failed"]
 
     def to_json(self) -> dict:
-        return {"load_id": self.load_id, "files": [f.to_json() for f in self.files]}
+        return {"load_id": self.load_id, "files": [f.to_json() for f in self.files],
+                "warnings": [w.to_json() for w in self.warnings]}
 
 
 class CountMismatch(Exception):
@@ -424,11 +440,11 @@ def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPo
             plans = plan_tables(reader, tables, policy, check_text=False)
             with worker.connection.cursor() as cursor:
                 ddl = [statement for plan in plans for statement in
-                       ledger.raw_table_statements(cursor, schema, plan.raw_table, plan.raw_columns)]
+                       raw_tables.raw_table_statements(cursor, schema, plan.raw_table, plan.raw_columns)]
             lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
             context = FileContext(worker, reader, snapshot.path, schema, source.kind, policy, lineage)
             direct_failure = worker.direct_unavailable
-            with ledger.raw_ddl_lock(worker.connection, needed=bool(ddl)):
+            with raw_tables.raw_ddl_lock(worker.connection, needed=bool(ddl)):
                 if direct_failure is None and all(plan.fallback_reason is None for plan in plans):
                     try:
                         return load_directly(context, plans, ddl, record, FileOutcome(source, "loaded"))
@@ -457,7 +473,7 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
     """Load every discovered file, `jobs` at a time; return what happened to each, in discovery
     order. Never raises for a bad file."""
     with target.connect(autocommit=True) as connection:
-        ledger.bootstrap(connection)
+        raw_tables.bootstrap(connection)
         load_id = ledger.start_load(connection, roots, policy.describe(), policy.digest)
         try:
             outcomes = load_in_parallel(discovery.files, target, load_id, policy, force, jobs, on_file)
@@ -468,17 +484,14 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
         analyze_loaded_tables(connection, load_id)
         ledger.finish_load(connection, load_id, "failed" if any(o.status == "failed" for o in outcomes)
                            else "completed")
-        return LoadOutcome(load_id, outcomes)
+        return LoadOutcome(load_id, outcomes, discovery.warnings)
 
 
 def analyze_loaded_tables(connection: psycopg.Connection, load_id: str) -> None:
     """Fresh planner statistics for every raw table this load added rows to, before dbt reads them:
     right after a bulk load a table has none until autovacuum gets to it, and the build's joins and
     aggregations are planned blind (measured at 1M: ANALYZE 0.5-1.6 s, int_memory_ranked 24 -> 19 s)."""
-    tables = connection.execute(
-        f"SELECT DISTINCT raw_schema, raw_table FROM {ledger.LEDGER_SCHEMA}.load_tables "
-        "WHERE load_id = %s AND rows_loaded > 0 ORDER BY 1, 2", [load_id]).fetchall()
-    for schema, table in tables:
+    for schema, table in ledger.tables_loaded(connection, load_id):
         connection.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
 
 

@@ -1,4 +1,4 @@
-"""The shape of what `load` writes into PostgreSQL: ledger tables and raw schemas.
+"""The shape of what `load` writes into PostgreSQL: the raw schemas (its ledger rows: loader.ledger).
 
 This is the contract between the loader and the dbt project. Raw tables keep every source column as
 TEXT (the original value, untouched; staging does the typing) plus the lineage columns below. The
@@ -19,8 +19,6 @@ every table's and column's raw name.
 from __future__ import annotations
 
 import hashlib
-
-LEDGER_SCHEMA = "consolidate"
 
 # Schema kinds a discovered file is classified into, and the raw schema each one loads into.
 RAW_SCHEMAS = {
@@ -111,127 +109,3 @@ CORE_RAW_TABLES = {
     ],
     ("raw_extended_memory", "metadata"): ["key", "value", "updated_at"],
 }
-
-LEDGER_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
-
--- One row per `consolidate load` invocation.
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.loads (
-    load_id      text PRIMARY KEY,
-    started_at   timestamptz NOT NULL,
-    finished_at  timestamptz,
-    -- interrupted: the process died (kill -9, power) while loading; found and marked by the next load
-    status       text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
-    roots        text[] NOT NULL,
-    tool_version text NOT NULL
-);
--- The secret policy the load ran under (loader/secret_policy.py: its rules, how `scrub` finds secrets
--- and an identifier of the key, never the key) and the sha256 of that document. NULL on loads made
--- before these columns existed.
-ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy_digest text;
-ALTER TABLE {LEDGER_SCHEMA}.loads ADD COLUMN IF NOT EXISTS secret_policy jsonb;
-
--- One row per discovered SQLite file per load.
---   loaded    : every table copied, in one transaction, counts verified
---   failed    : nothing of the file is in raw; error_message says why
---   copy      : byte-identical (main file and WAL) to copy_of, which is loaded instead
---   unchanged : same checksums as the file's last loaded version; its rows are already in raw
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_files (
-    load_id        text NOT NULL REFERENCES {LEDGER_SCHEMA}.loads (load_id),
-    source_path    text NOT NULL,
-    source_db      text NOT NULL,
-    kind           text NOT NULL,
-    source_sha256  text NOT NULL,
-    wal_sha256     text,
-    size_bytes     bigint NOT NULL,
-    status         text NOT NULL CHECK (status IN ('loaded', 'failed', 'copy', 'unchanged')),
-    copy_of        text,
-    started_at     timestamptz NOT NULL,
-    completed_at   timestamptz,
-    error_message  text,
-    rows_in_sqlite bigint,
-    rows_loaded    bigint,
-    PRIMARY KEY (load_id, source_path)
-);
-
--- The stat of the main file and its -wal when the checksums were taken (discover.stat_signature):
--- a later discovery that finds the same stat trusts these checksums instead of reading the file.
-ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS stat jsonb;
--- source_path is the file's real path (symbolic links resolved); link_paths lists the paths under a
--- root that reached it through a symbolic link below that root (NULL: none, or before this column).
-ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS link_paths text[];
-
--- One row per table of a loaded file.
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_tables (
-    load_id        text NOT NULL,
-    source_path    text NOT NULL,
-    source_table   text NOT NULL,
-    raw_schema     text NOT NULL,
-    raw_table      text NOT NULL,
-    rows_in_sqlite bigint NOT NULL,
-    rows_loaded    bigint NOT NULL,
-    PRIMARY KEY (load_id, source_path, source_table),
-    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
-        DEFERRABLE INITIALLY DEFERRED
-);
--- How the table was read (NULL on rows written before these columns existed):
---   reader           : 'duckdb' (the sqlite scanner) or 'python-fallback' (sqlite3, for tables whose
---                      values DuckDB or PostgreSQL text cannot carry: BLOBs, invalid UTF-8, NUL)
---   notes            : why the fallback was used, and what it stored as \\x hex
---   rows_with_binary : rows with a non-NULL _binary_columns
-ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS reader text;
-ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS notes text;
-ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS rows_with_binary bigint;
-
--- Every column of every loaded table and its raw column (raw_contract.raw_column_names): the same name
--- unless it was longer than 63 bytes, empty, a lineage column's name, or taken.
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_columns (
-    load_id       text NOT NULL,
-    source_path   text NOT NULL,
-    source_table  text NOT NULL,
-    source_column text NOT NULL,
-    raw_column    text NOT NULL,
-    PRIMARY KEY (load_id, source_path, source_table, source_column),
-    FOREIGN KEY (load_id, source_path, source_table)
-        REFERENCES {LEDGER_SCHEMA}.load_tables (load_id, source_path, source_table)
-        DEFERRABLE INITIALLY DEFERRED
-);
-
--- One row per `consolidate app-copy` (a copy, or a re-verification with --verify-only) of an n8n or
--- Flowise database into the schema the application made (loader/apps):
---   verified : every table's rows and digest matched (a copy was committed)
---   mismatch : a table differed (a copy was rolled back: nothing of it was kept)
---   refused  : nothing was written; message says why (versions differ, application data in the target...)
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
-    copy_id         text PRIMARY KEY,
-    started_at      timestamptz NOT NULL,
-    finished_at     timestamptz NOT NULL,
-    mode            text NOT NULL CHECK (mode IN ('copy', 'verify')),
-    status          text NOT NULL CHECK (status IN ('verified', 'mismatch', 'refused')),
-    application     text,
-    source_path     text NOT NULL,
-    source_sha256   text,
-    wal_sha256      text,
-    target_schema   text NOT NULL,
-    source_migration text,
-    target_migration text,
-    replace         boolean NOT NULL,
-    message         text,
-    tables          jsonb,
-    copy_seconds    double precision,
-    verify_seconds  double precision,
-    tool_version    text NOT NULL
-);
-
--- The type each column's CREATE TABLE declared (loader/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36),
--- DATETIME(3), BOOLEAN...; NULL: none declared, or rows written before this column existed). The typed
--- staging models of the application tables cast by it.
-ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type text;
-
--- The load whose rows are current for each source path: its latest `loaded` row.
-CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_loads AS
-SELECT DISTINCT ON (source_path) load_id, source_path, source_db, kind, source_sha256, wal_sha256
-FROM {LEDGER_SCHEMA}.load_files
-WHERE status = 'loaded'
-ORDER BY source_path, completed_at DESC, load_id DESC;
-"""

@@ -73,13 +73,19 @@ from psycopg import sql
 
 from loader import __version__
 from loader.backup.backup import backup_relative_path, flush_to_disk
+from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
 from loader.database import Target
+from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
+from loader.ledger import exists as ledger_exists
 from loader.sources.discover import SourceFile, discover
-from loader.load.raw_contract import LEDGER_SCHEMA
-from loader.sources.snapshot import (CHANGE_DETECTING_SUFFIXES, SourceKeptChanging, consistent_copy, file_set_state,
-                             sha256_of, side_file)
-from loader.operate.status import ledger_exists, relation_exists
-from loader.backup.destination import make_staging_folder, root_overlap
+from loader.sources.snapshot import (
+    CHANGE_DETECTING_SUFFIXES,
+    SourceKeptChanging,
+    consistent_copy,
+    file_set_state,
+    sha256_of,
+    side_file,
+)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "consolidate-archive/1"
@@ -229,29 +235,13 @@ class ArchiveReport:
                 **self.manifest.to_json(), "removals": [removal.to_json() for removal in self.removals]}
 
 
-@dataclass
-class Problem:
-    """Something `verify_archive` found wrong. `path` is a member of the archive, or the archive's own
-    file name; `source` the original file the member was copied from."""
-
-    path: str
-    problem: str
-    source: str | None = None
-
-    def to_json(self) -> dict:
-        return {"path": self.path, "problem": self.problem, "source": self.source}
-
-
 # ------------------------------------------------------------------------------------------ ledger
 
 @dataclass(frozen=True)
-class CurrentLoad:
-    """What the ledger holds about the current load of one path."""
+class LoadedTables:
+    """What the ledger holds about the tables of a path's current load."""
 
-    load_id: str
-    sha256: str
-    wal_sha256: str | None
-    miscounted_tables: list[str]
+    miscounted: list[str]  # rows loaded differ from rows in SQLite
     has_memory_tables: bool
 
 
@@ -266,17 +256,18 @@ class LatestRow:
 class LedgerFacts:
     schema: str
     current: dict[str, CurrentLoad]
+    tables: dict[str, LoadedTables]
     latest: dict[str, LatestRow]
     reconciliation: dict[str, tuple[str, bool]] | None  # path → (load_id, reconciled); None: no mart
 
 
-CURRENT_QUERY = """
-SELECT c.source_path, c.load_id, c.source_sha256, c.wal_sha256,
+TABLES_QUERY = """
+SELECT c.source_path,
        array_agg(t.source_table ORDER BY t.source_table) FILTER (WHERE t.rows_in_sqlite <> t.rows_loaded),
        bool_or(t.raw_schema || '.' || t.raw_table = ANY(%(memory_tables)s))
 FROM {ledger}.current_loads AS c
 LEFT JOIN {ledger}.load_tables AS t USING (load_id, source_path)
-GROUP BY c.source_path, c.load_id, c.source_sha256, c.wal_sha256
+GROUP BY c.source_path
 """
 
 LATEST_QUERY = """
@@ -292,8 +283,9 @@ def read_ledger_facts(target: Target) -> LedgerFacts | None:
     with target.connect() as connection:
         if not ledger_exists(connection):
             return None
-        current_rows = connection.execute(sql.SQL(CURRENT_QUERY).format(ledger=ledger),
-                                          {"memory_tables": MEMORY_RAW_TABLES}).fetchall()
+        current = current_loads(connection)
+        table_rows = connection.execute(sql.SQL(TABLES_QUERY).format(ledger=ledger),
+                                        {"memory_tables": MEMORY_RAW_TABLES}).fetchall()
         latest_rows = connection.execute(sql.SQL(LATEST_QUERY).format(ledger=ledger)).fetchall()
         reconciliation = None
         if relation_exists(connection, target.schema, "reconciliation"):
@@ -302,8 +294,8 @@ def read_ledger_facts(target: Target) -> LedgerFacts | None:
                     sql.Identifier(target.schema, "reconciliation")))}
     return LedgerFacts(
         schema=target.schema,
-        current={path: CurrentLoad(load_id, sha, wal, miscounted or [], bool(memory))
-                 for path, load_id, sha, wal, miscounted, memory in current_rows},
+        current={load.source_path: load for load in current},
+        tables={path: LoadedTables(miscounted or [], bool(memory)) for path, miscounted, memory in table_rows},
         latest={path: LatestRow(status, error, copy_of) for path, status, error, copy_of in latest_rows},
         reconciliation=reconciliation)
 
@@ -317,10 +309,11 @@ def ledger_refusal(path: str, facts: LedgerFacts | None) -> str | None:
     current = facts.current.get(path)
     if current is None:
         return no_current_load_reason(facts.latest.get(path))
-    if current.miscounted_tables:
+    tables = facts.tables[path]
+    if tables.miscounted:
         return (f"its current load {current.load_id} loaded a different number of rows than SQLite held "
-                f"for table(s) {', '.join(current.miscounted_tables)}")
-    if current.has_memory_tables:
+                f"for table(s) {', '.join(tables.miscounted)}")
+    if tables.has_memory_tables:
         return reconciliation_refusal(path, current.load_id, facts)
     return None
 
@@ -379,7 +372,7 @@ def archive(target: Target, roots: list[Path], destination: Path, *, remove_orig
     staging = make_staging_folder(destination)
     try:
         written = write_archive(staging / new_archive_name(), found.files, roots, facts, manifest)
-        published = publish(written, destination) if manifest.files else None
+        published = publish_files([written, checksum_file(written)], destination)[0] if manifest.files else None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     removals = remove_archived_originals(target, published) if published and remove_originals else []
@@ -459,28 +452,17 @@ def seal(archive_path: Path) -> None:
 
 def check_destination(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> None:
     """Raise `ArchiveError` unless `destination` is missing, empty, or holds only consolidate archives."""
-    overlap = root_overlap(destination, roots, exclude)
-    if overlap:
-        raise ArchiveError(f"{overlap}: the archives would sit among the files they replace; choose a folder outside the roots")
+    refusal = destination_refusal(destination, roots, exclude, "the archives would sit among the files they replace")
+    if refusal:
+        raise ArchiveError(refusal)
     if not destination.exists():
         return
-    if not destination.is_dir():
-        raise ArchiveError(f"{destination} exists and is not a folder")
     foreign = sorted(child.name for child in destination.iterdir()
                      if not (child.is_file() and ARCHIVE_FILE.fullmatch(child.name)))
     if foreign:
         raise ArchiveError(f"{destination} holds more than consolidate archives ({', '.join(foreign[:5])}"
                            f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty folder, or one "
                            "holding only archives")
-
-
-def publish(archive_path: Path, destination: Path) -> Path:
-    """Move the finished archive, then its checksum file, into `destination`; return the archive's new path."""
-    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
-    published = destination / archive_path.name
-    os.rename(archive_path, published)
-    os.rename(checksum_file(archive_path), checksum_file(published))
-    return published
 
 
 # ---------------------------------------------------------------------------------------- verify

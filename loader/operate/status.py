@@ -23,12 +23,12 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from loader import ledger
 from loader.database import Target
-from loader.load.raw_contract import LEDGER_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, CurrentLoad
 from loader.sources.snapshot import sha256_or_none, side_file
 
 UNCHANGED, CHANGED, MISSING = "unchanged", "changed", "missing"
-LEDGER_RELATIONS = ("loads", "load_files", "current_loads")
 NO_LEDGER_MESSAGE = ("no load has run against this database yet (there is no consolidate ledger); "
                      "run `consolidate load` or `consolidate run`")
 EMPTY_LEDGER_MESSAGE = "the ledger records no file yet"
@@ -36,23 +36,6 @@ EMPTY_LEDGER_MESSAGE = "the ledger records no file yet"
 
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
-
-
-@dataclass
-class CurrentLoad:
-    """The load whose rows are current in raw for one file."""
-
-    load_id: str
-    loaded_at: datetime
-    rows_in_sqlite: int | None
-    rows_loaded: int | None
-    sha256: str
-    wal_sha256: str | None
-
-    def to_json(self) -> dict:
-        return {"load_id": self.load_id, "loaded_at": iso(self.loaded_at),
-                "rows_in_sqlite": self.rows_in_sqlite, "rows_loaded": self.rows_loaded,
-                "sha256": self.sha256, "wal_sha256": self.wal_sha256}
 
 
 @dataclass
@@ -140,18 +123,6 @@ class StatusReport:
 
 # ------------------------------------------------------------------------------------------ ledger
 
-def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> bool:
-    """Whether a table or view `schema.name` exists (names taken literally, never parsed)."""
-    row = connection.execute(
-        "SELECT 1 FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
-    return row is not None
-
-
-def ledger_exists(connection: psycopg.Connection) -> bool:
-    return all(relation_exists(connection, LEDGER_SCHEMA, name) for name in LEDGER_RELATIONS)
-
-
 FILES_QUERY = """
 WITH latest AS (
     SELECT DISTINCT ON (source_path) source_path, source_db, kind, status, load_id,
@@ -159,7 +130,7 @@ WITH latest AS (
     FROM {ledger}.load_files
     ORDER BY source_path, started_at DESC, load_id DESC
 ), current_load AS (
-    SELECT f.source_path, f.load_id, f.completed_at, f.rows_in_sqlite, f.rows_loaded,
+    SELECT f.source_path, f.source_db, f.kind, f.load_id, f.completed_at, f.rows_in_sqlite, f.rows_loaded,
            f.source_sha256, f.wal_sha256
     FROM {ledger}.current_loads AS c
     JOIN {ledger}.load_files AS f USING (load_id, source_path)
@@ -177,6 +148,7 @@ WITH latest AS (
 )
 SELECT latest.source_path, latest.source_db, latest.kind, latest.status,
        latest.load_id AS last_load_id, latest.at AS last_load_at,
+       current_load.source_db AS current_source_db, current_load.kind AS current_kind,
        current_load.load_id AS current_load_id, current_load.completed_at AS current_loaded_at,
        current_load.rows_in_sqlite, current_load.rows_loaded,
        current_load.source_sha256, current_load.wal_sha256,
@@ -227,7 +199,8 @@ def compare_with_disk(path: Path, current: CurrentLoad | None) -> str | None:
 def current_load_of(row: dict) -> CurrentLoad | None:
     if row["current_load_id"] is None:
         return None
-    return CurrentLoad(load_id=row["current_load_id"], loaded_at=row["current_loaded_at"],
+    return CurrentLoad(source_path=row["source_path"], source_db=row["current_source_db"], kind=row["current_kind"],
+                       load_id=row["current_load_id"], loaded_at=row["current_loaded_at"],
                        rows_in_sqlite=row["rows_in_sqlite"], rows_loaded=row["rows_loaded"],
                        sha256=row["source_sha256"], wal_sha256=row["wal_sha256"])
 
@@ -252,7 +225,7 @@ def status(target: Target) -> StatusReport:
     """What the ledger in `target` says about every file it has seen, and how each file on disk compares.
     A database without a ledger gives an empty report whose message says so."""
     with target.connect() as connection:
-        if not ledger_exists(connection):
+        if not ledger.exists(connection):
             return StatusReport(files=[], last_load=None, message=NO_LEDGER_MESSAGE)
         last_load = read_last_load(connection)
         with connection.cursor(row_factory=dict_row) as cursor:

@@ -1,4 +1,5 @@
-"""Incremental sync for the parallel-run period: discover → load → change detection → dbt build.
+"""Change detection for the incremental sync of the parallel-run period (the sync itself, discover →
+load → change detection → dbt build, is ordered by loader.pipeline.sync and .watch).
 
 The data model is the loader's: raw is append-only per load, and a file whose checksums changed is
 reloaded in full as its new current load (`consolidate.current_loads`); an unchanged file is skipped.
@@ -19,17 +20,14 @@ row's raw version stays in raw under the previous load (`consolidate lineage` sh
 Loads made by `consolidate load` / `run` are diffed too: every sync first detects the changes of any
 `loaded` file version that has none recorded yet.
 
-`watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
+`pipeline.watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
-nothing (no ledger rows, no build) and reports itself idle.
+nothing (no ledger rows, no build) and reports itself idle (`SyncReport.idle`).
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,52 +36,17 @@ import psycopg
 from psycopg import sql
 
 from loader import ledger
-from loader.transform.build import BuildOutcome, build as dbt_build
 from loader.database import Target
-from loader.sources.discover import Discovery, discover
-from loader.load.load import FileOutcome, load
-from loader.load.raw_contract import LEDGER_SCHEMA, LINEAGE_COLUMNS
-from loader.load.secret_policy import SecretPolicy, load_policy
+from loader.exit_codes import ExitCode
+from loader.ledger import LEDGER_SCHEMA
+from loader.load.load import FileOutcome, LoadOutcome
+from loader.load.raw_contract import LINEAGE_COLUMNS
+from loader.transform.build import BuildOutcome
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
 # value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content.
 CONTENT_LINEAGE = {"_binary_columns"}
 NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - CONTENT_LINEAGE
-
-SYNC_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
-
--- One row per table of a loaded file version: how its raw rows differ from the file's previous
--- `loaded` version (previous_load_id NULL: the file's first load, every row inserted).
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_changes (
-    load_id          text NOT NULL,
-    previous_load_id text,
-    source_path      text NOT NULL,
-    source_table     text NOT NULL,
-    inserted         bigint NOT NULL,
-    updated          bigint NOT NULL,
-    deleted          bigint NOT NULL,
-    unchanged        bigint NOT NULL,
-    detected_at      timestamptz NOT NULL,
-    PRIMARY KEY (load_id, source_path, source_table),
-    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
-);
-
--- Rows present in the previous load of a file and absent from this one. The row itself stays in raw
--- under previous_load_id (raw is append-only); row_md5 is the md5 of its source columns, which
--- identifies it in a table without rowids (source_rowid NULL).
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.deleted_rows (
-    load_id          text NOT NULL,
-    source_path      text NOT NULL,
-    source_table     text NOT NULL,
-    source_rowid     bigint,
-    row_md5          text NOT NULL,
-    previous_load_id text NOT NULL,
-    FOREIGN KEY (load_id, source_path) REFERENCES {LEDGER_SCHEMA}.load_files (load_id, source_path)
-);
-CREATE INDEX IF NOT EXISTS deleted_rows_by_file
-    ON {LEDGER_SCHEMA}.deleted_rows (source_path, source_table, load_id);
-"""
 
 # The file version loaded just before (load_id, source_path): same order as consolidate.current_loads.
 PREVIOUS_LOAD = f"""
@@ -226,9 +189,6 @@ class FileSync:
                 "error": self.error, "tables": [t.to_json() for t in self.tables]}
 
 
-EXIT_OK, EXIT_BUILD_FAILED, EXIT_SOURCE_UNREADABLE = 0, 1, 3
-
-
 @dataclass
 class SyncReport:
     started_at: datetime
@@ -241,7 +201,13 @@ class SyncReport:
     idle: bool = False  # a watch cycle that found every file as the previous cycle left it
     cycle: int | None = None  # the watch cycle's number
     error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
+    error_exit_code: ExitCode | None = None  # what that error means (ExitCode)
     checked: int = 0  # files discovered
+
+    @classmethod
+    def failed_cycle(cls, started_at: datetime, error: Exception, exit_code: ExitCode) -> SyncReport:
+        return cls(started_at=started_at, finished_at=ledger.now(), error=f"{type(error).__name__}: {error}".strip(),
+                   error_exit_code=exit_code)
 
     def count(self, status: str) -> int:
         return sum(f.status == status for f in self.files)
@@ -259,13 +225,16 @@ class SyncReport:
         return [f for f in self.files if f.status == "failed"]
 
     @property
-    def exit_code(self) -> int:
-        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, else 0."""
+    def exit_code(self) -> ExitCode:
+        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, else 0;
+        a cycle that raised: what its error means (4 PostgreSQL unavailable, 3 a root unreadable)."""
+        if self.error_exit_code is not None:
+            return self.error_exit_code
         if self.failed:
-            return EXIT_SOURCE_UNREADABLE
-        if self.error or (self.build is not None and not self.build.success):
-            return EXIT_BUILD_FAILED
-        return EXIT_OK
+            return ExitCode.SOURCE_UNREADABLE
+        if self.build is not None and not self.build.success:
+            return ExitCode.NOT_RECONCILED
+        return ExitCode.OK
 
     def status_line(self) -> str:
         """One line of plain text for a person watching the sync."""
@@ -294,14 +263,6 @@ class SyncReport:
 
 
 # ---------------------------------------------------------------------------------- change detection
-
-def bootstrap(connection: psycopg.Connection) -> None:
-    """Create the ledger (the loader's) and the change tables, idempotently."""
-    ledger.bootstrap(connection)
-    with connection.transaction(), connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.sync.bootstrap'))")
-        cursor.execute(SYNC_DDL)
-
 
 def source_columns(cursor: psycopg.Cursor, schema: str, table: str) -> list[str]:
     """The raw table's content columns, in order (every column but the load's lineage)."""
@@ -358,19 +319,11 @@ def detect_pending(connection: psycopg.Connection) -> list[FileChanges]:
     return [detect_changes(connection, load_id, source_path) for load_id, source_path in pending]
 
 
-# ------------------------------------------------------------------------------------------- sync
+# ------------------------------------------------------------------------------------ what sync did
 
 def is_under(path: str, roots: Sequence[Path]) -> bool:
     candidate = Path(path)
     return any(candidate == root or root in candidate.parents for root in roots)
-
-
-def current_rows(connection: psycopg.Connection) -> dict[str, tuple[str, int | None]]:
-    """source_path → (current load_id, rows loaded)."""
-    rows = connection.execute(
-        f"SELECT c.source_path, c.load_id, f.rows_loaded FROM {LEDGER_SCHEMA}.current_loads AS c "
-        f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)").fetchall()
-    return {path: (load_id, count) for path, load_id, count in rows}
 
 
 def file_result(outcome: FileOutcome, changes: dict[tuple[str, str], FileChanges],
@@ -387,113 +340,21 @@ def file_result(outcome: FileOutcome, changes: dict[tuple[str, str], FileChanges
     return result
 
 
-def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None,
-         policy: SecretPolicy | None = None, build: bool = True, quiet: bool = True,
-         discovery: Discovery | None = None, force: bool = False,
-         on_file: Callable[[FileOutcome], None] = lambda outcome: None) -> SyncReport:
-    """One sync: discover → load (unchanged files skipped by checksum, changed ones reloaded) → change
-    detection → `dbt build` (unless build=False). Never raises for a bad source file: it is reported
-    with status `failed` (exit code 3). Raises PolicyError for a bad secrets file, psycopg errors when
-    PostgreSQL cannot be reached."""
-    report = SyncReport(started_at=ledger.now())
-    roots = [Path(root).absolute() for root in roots]
-    found = discovery if discovery is not None else discover(roots, exclude=[home], known=ledger.known_files(target))
-    report.warnings = [w.to_json() for w in found.warnings]
-    report.checked = len(found.files)
-    policy = policy if policy is not None else load_policy(home, secrets)
-    with target.connect(autocommit=True) as connection:
-        bootstrap(connection)
-    loaded = load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
-    report.load_id = loaded.load_id
+def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[int, list[FileSync]]:
+    """After `loaded`: detect the changes of every `loaded` file version that has none yet, and say
+    per file what the sync did; a file of the ledger under `roots` that was not discovered any more
+    is `missing` (its last load stays current: reported, not applied). Returns how many earlier loads
+    (by `load` / `run`) were caught up, and the files."""
     with target.connect(autocommit=True) as connection:  # each file's detection commits on its own
+        ledger.ensure(connection)
         detected = detect_pending(connection)
-        current = current_rows(connection)
+        current = ledger.current_rows(connection)
     by_load = {(c.load_id, c.source_path): c for c in detected}
-    report.caught_up = sum(c.load_id != loaded.load_id for c in detected)
-    report.files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
-    discovered = {f.source_path for f in report.files}
+    caught_up = sum(c.load_id != loaded.load_id for c in detected)
+    files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
+    discovered = {f.source_path for f in files}
     for path in sorted(set(current) - discovered):
         if is_under(path, roots):
-            # in the ledger, no longer on disk: its last load stays current (reported, not applied)
-            report.files.append(FileSync(source_path=path, source_db=Path(path).name, kind="", status="missing",
-                                         load_id=current[path][0], rows=current[path][1]))
-    if build:
-        report.build = dbt_build(target, home, quiet=quiet)
-    report.finished_at = ledger.now()
-    return report
-
-
-# ------------------------------------------------------------------------------------------ watch
-
-def discovery_state(found: Discovery) -> frozenset:
-    """What a watch cycle compares with the previous one: every file's path, checksums and verdict."""
-    return frozenset((str(f.path), f.sha256, f.wal_sha256, str(f.copy_of), f.error) for f in found.files)
-
-
-class StopRequest:
-    """SIGINT / SIGTERM ask the watch to stop after the cycle under way; a second one interrupts it.
-    The handler only sets a flag (taking a lock in a signal handler could deadlock the main thread)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-def pause(seconds: float, stopping: Callable[[], bool], step: float = 0.1) -> None:
-    deadline = time.monotonic() + seconds
-    while not stopping() and (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, step))
-
-
-def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
-          on_cycle: Callable[[SyncReport], None] = lambda report: None, *, secrets: Path | None = None,
-          build: bool = True, stop: threading.Event | None = None) -> SyncReport | None:
-    """Sync every `interval` seconds (from the end of one cycle to the start of the next) until
-    SIGINT/SIGTERM (the cycle under way finishes first; a second signal interrupts it),
-    KeyboardInterrupt, or `stop` is set. `on_cycle` gets every cycle's report: an idle one when no file
-    changed since the previous cycle, one with `error` set when the cycle raised (the watch goes on).
-    Returns the last non-idle report."""
-    stop = stop or threading.Event()
-    request = StopRequest()
-    roots = [Path(root).absolute() for root in roots]
-    policy = load_policy(home, secrets)
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            handlers[signum] = signal.signal(signum, request)
-
-    def stopping() -> bool:
-        return request.requested or stop.is_set()
-
-    last_state, last_report, cycle = None, None, 0
-    try:
-        while not stopping():
-            cycle += 1
-            started = ledger.now()
-            try:
-                found = discover(roots, exclude=[home], known=ledger.known_files(target))
-                state = discovery_state(found)
-                if state == last_state:
-                    report = SyncReport(started_at=started, finished_at=ledger.now(), idle=True,
-                                        checked=len(found.files))
-                else:
-                    report = sync(roots, target, home, policy=policy, build=build, discovery=found)
-                    last_state = state
-                    last_report = report
-            except (psycopg.Error, OSError) as error:
-                # PostgreSQL unreachable, a root unmounted...: report it and try again next cycle
-                report = SyncReport(started_at=started, finished_at=ledger.now(),
-                                    error=f"{type(error).__name__}: {error}".strip())
-            report.cycle = cycle
-            on_cycle(report)
-            pause(interval, stopping)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    return last_report
+            files.append(FileSync(source_path=path, source_db=Path(path).name, kind="", status="missing",
+                                  load_id=current[path][0], rows=current[path][1]))
+    return caught_up, files

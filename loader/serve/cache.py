@@ -1,4 +1,4 @@
-"""A Redis cache in front of `unified_memory` (cache-aside), used by loader.client.MemoryClient.
+"""A Redis cache in front of `unified_memory` (cache-aside), used by loader.serve.client.MemoryClient.
 
 Keys are `mem:{namespace}:{key}` holding the value's JSON text; a ':' or '%' in the namespace is
 percent-encoded (`hooks:pre-bash` -> `hooks%3Apre-bash`) so two entries can never share a cache key.
@@ -27,17 +27,16 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 from redis.exceptions import RedisError
 
 from loader.json_depth import loads_within_depth
-
-if TYPE_CHECKING:
-    from loader.serve.client import Entry, MemoryClient
+from loader.serve.entries import Entry
 
 DEFAULT_URL = "redis://127.0.0.1:10001/0"
 KEY_PREFIX = "mem"
@@ -195,10 +194,10 @@ class Cache:
 
     # -- warming and statistics ------------------------------------------------------------------
 
-    def warm(self, client_or_dsn: MemoryClient | str, top: int, *, schema: str = "public") -> int:
-        """Cache the `top` hottest live entries (access_count desc, then accessed_at desc); returns how
-        many were cached (0 when Redis is unreachable)."""
-        entries = hottest_entries(client_or_dsn, top, schema)
+    def warm(self, entries: Iterable[Entry]) -> int:
+        """Cache these live entries (MemoryClient.hottest gives the hottest); returns how many were
+        cached (0 when Redis is unreachable)."""
+        entries = list(entries)
         return self._guarded(lambda: self._store_all(entries), fallback=0)
 
     def stats(self) -> dict[str, Any]:
@@ -264,11 +263,3 @@ def server_figures(info: dict[str, Any]) -> dict[str, Any]:
              "keyspace_hits", "keyspace_misses", "expired_keys", "evicted_keys", "connected_clients")
     return {name: info.get(name) for name in names}
 
-
-def hottest_entries(client_or_dsn: MemoryClient | str, top: int, schema: str) -> list[Entry]:
-    from loader.serve.client import MemoryClient
-
-    if isinstance(client_or_dsn, MemoryClient):
-        return client_or_dsn.hottest(top)
-    with MemoryClient(client_or_dsn, schema=schema, pool_size=1) as client:
-        return client.hottest(top)

@@ -30,8 +30,7 @@ than overwriting a row.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -39,6 +38,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
+from loader.serve.entries import Entry, EntryKey
 
 if TYPE_CHECKING:
     from loader.serve.cache import Cache
@@ -51,23 +51,6 @@ LIVE = sql.SQL("(expires_at IS NULL OR expires_at > now())")
 SECONDS_LEFT = sql.SQL("extract(epoch FROM expires_at - now())::float8")
 # An entry's version for the cache (loader.serve.cache): its updated_at in epoch microseconds.
 VERSION = sql.SQL("(extract(epoch FROM updated_at) * 1000000)::bigint")
-
-
-class EntryKey(NamedTuple):
-    namespace: str
-    key: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A live entry as read from PostgreSQL; seconds_left is None when it never expires; version is its
-    updated_at in epoch microseconds (None when unknown), which every write through the client raises."""
-
-    namespace: str
-    key: str
-    value: Any
-    seconds_left: float | None
-    version: int | None = None
 
 
 def encode_value(value: Any) -> tuple[str, str]:
@@ -252,3 +235,10 @@ class MemoryClient:
             " source_rowid = NULL, source_sha256 = NULL, load_id = NULL, flags = excluded.flags"
             " RETURNING {version}"
         ).format(table=self._table, version=VERSION)
+
+
+def warm_cache(dsn: str, cache: Cache, top: int, *, schema: str = "public") -> int:
+    """Cache the `top` hottest live entries of unified_memory (access_count desc, then accessed_at
+    desc); returns how many were cached (0 when Redis is unreachable)."""
+    with MemoryClient(dsn, schema=schema, pool_size=1) as client:
+        return cache.warm(client.hottest(top))

@@ -27,9 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loader.ledger import KnownFile
+from loader.sources.snapshot import (
+    SQLITE_HEADER,
+    Snapshot,
+    SourceKeptChanging,
+    consolidated_copy,
+    private_copy,
+    sha256_of,
+    side_file,
+)
 from loader.sources.sqlite_reader import list_tables
-from loader.sources.snapshot import (SQLITE_HEADER, Snapshot, SourceKeptChanging, consolidated_copy, private_copy, sha256_of,
-                             side_file)
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
@@ -239,17 +247,6 @@ def copies_to_keep(sources: list[SourceFile], folder: Path | None) -> set[Path]:
             break
         kept.add(source.path)
     return kept
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    """What the ledger holds of a file's current load: its checksums, kind and table counts."""
-
-    sha256: str
-    wal_sha256: str | None
-    kind: str
-    tables: dict[str, int]
-    stat: dict | None = None
 
 
 @dataclass

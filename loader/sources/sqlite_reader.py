@@ -192,7 +192,7 @@ def value_problem(kind: bytes | None, value: bytes | None) -> str | None:
     return None
 
 
-def chunks(items: list, size: int = COLUMNS_PER_CHECK) -> list[list]:
+def chunks(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
@@ -216,7 +216,7 @@ def needs_fallback(connection: sqlite3.Connection, table: SourceTable, check_tex
     encoding = text_encoding(connection)
     if encoding != "UTF-8":  # CAST(x AS BLOB) would give UTF-16 bytes: leave every table to Python
         return f"the database's text encoding is {encoding}"
-    for group in chunks(table.columns):
+    for group in chunks(table.columns, COLUMNS_PER_CHECK):
         reason = first_problem_in(connection, table, group, check_text)
         if reason is not None:
             return reason

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loader.database import Target
-
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-PROFILES_DIR = PROJECT_DIR / "profiles"
+from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
 
 @dataclass
@@ -21,14 +19,17 @@ class BuildOutcome:
     passed: int = 0
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
+    crashed: bool = False  # dbt itself failed (bad arguments, no connection): no model or test ran to fail
 
     def to_json(self) -> dict:
-        return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped}
+        return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped,
+                "crashed": self.crashed}
 
 
-def dbt_arguments(command: str, home: Path, quiet: bool) -> list[str]:
+def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
+    """`command` (a dbt command and its own arguments) pointed at the project, its profile and `home`."""
     arguments = [
-        *command.split(),
+        *command,
         "--project-dir", str(PROJECT_DIR),
         "--profiles-dir", str(PROFILES_DIR),
         "--target-path", str((home / "dbt" / "target").absolute()),
@@ -50,15 +51,21 @@ def dbt_argv(arguments: list[str]) -> Iterator[None]:
         sys.argv = original
 
 
-def run_dbt(command: str, target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
-    """Invoke dbt in-process with the connection settings of `target` (see Target.dbt_environment)."""
+def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
+    """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
+    in-process, against `target` (the profile reads its connection settings from the environment, see
+    Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
+    (bad arguments, no connection) from models or tests that failed."""
     from dbt.cli.main import dbtRunner
+
+    with target.connect(connect_timeout=10):  # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4)
+        pass
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     arguments = dbt_arguments(command, home, quiet)
     with target.dbt_environment(), dbt_argv(arguments):
         result = dbtRunner().invoke(arguments)
-    outcome = BuildOutcome(success=bool(result.success))
+    outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)
         if status in ("error", "fail", "runtime error"):
@@ -71,4 +78,4 @@ def run_dbt(command: str, target: Target, home: Path, *, quiet: bool = False) ->
 
 
 def build(target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
-    return run_dbt("build", target, home, quiet=quiet)
+    return run_dbt(["build"], target, home, quiet=quiet)

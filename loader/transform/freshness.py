@@ -11,26 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-from psycopg import sql
-
-from loader.transform.build import PROJECT_DIR
+from loader import ledger
 from loader.database import Target
-from loader.load.raw_contract import LEDGER_SCHEMA
-
-BUILDS_DDL = f"""
-CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.builds (
-    built_at          timestamptz NOT NULL DEFAULT now(),
-    marts_schema      text NOT NULL,
-    fingerprint       text NOT NULL,
-    build_passed      boolean NOT NULL,
-    validation_passed boolean
-)
-"""
-
-CURRENT_LOADS = f"""
-SELECT coalesce(string_agg(load_id || ' ' || source_path, E'\\n' ORDER BY source_path), '')
-FROM {LEDGER_SCHEMA}.current_loads
-"""
+from loader.transform.project import PROJECT_DIR
 
 
 def project_digest() -> str:
@@ -45,26 +28,11 @@ def project_digest() -> str:
 
 def fingerprint(target: Target) -> str:
     with target.connect() as connection:
-        (loads,) = connection.execute(CURRENT_LOADS).fetchone()
+        loads = ledger.current_loads_text(connection)
     return hashlib.sha256(f"{target.schema}\n{project_digest()}\n{loads}".encode()).hexdigest()
-
-
-def record_build(target: Target, build_fingerprint: str, build_passed: bool, validation_passed: bool | None) -> None:
-    with target.connect() as connection:
-        connection.execute(BUILDS_DDL)
-        connection.execute(
-            sql.SQL("INSERT INTO {}.builds (marts_schema, fingerprint, build_passed, validation_passed) "
-                    "VALUES (%s, %s, %s, %s)").format(sql.Identifier(LEDGER_SCHEMA)),
-            (target.schema, build_fingerprint, build_passed, validation_passed))
 
 
 def marts_are_current(target: Target, build_fingerprint: str) -> bool:
     """True when the latest build of the marts' schema had this fingerprint and passed its tests and
     its validation."""
-    with target.connect() as connection:
-        connection.execute(BUILDS_DDL)
-        row = connection.execute(
-            sql.SQL("SELECT fingerprint, build_passed, validation_passed FROM {}.builds "
-                    "WHERE marts_schema = %s ORDER BY built_at DESC LIMIT 1").format(sql.Identifier(LEDGER_SCHEMA)),
-            (target.schema,)).fetchone()
-    return row == (build_fingerprint, True, True)
+    return ledger.latest_build(target) == (build_fingerprint, True, True)

@@ -6,22 +6,27 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from loader.database import Target
+from psycopg import sql
 
-VERSIONS_QUERY = """
+from loader import ledger
+from loader.database import Target
+from loader.transform.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
+
+VERSIONS_QUERY = sql.SQL("""
 SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load_id,
        l.source_db, v.updated_at, v.accessed_at, v.value, v.data_type,
        CASE WHEN r.is_winner THEN 'winner'
             WHEN r.is_winner IS NOT NULL THEN 'superseded'
             ELSE 'earlier load' END AS role
-FROM intermediate.int_memory_all_loads AS v
-JOIN consolidate.load_files AS l ON l.load_id = v.load_id AND l.source_path = v.source_path
-LEFT JOIN intermediate.int_memory_ranked AS r
+FROM {all_loads} AS v
+JOIN {load_files} AS l ON l.load_id = v.load_id AND l.source_path = v.source_path
+LEFT JOIN {ranked} AS r
        ON r.load_id = v.load_id AND r.source_path = v.source_path
       AND r.source_table = v.source_table AND r.source_rowid = v.source_rowid
 WHERE v.key = %(key)s AND (%(namespace)s::text IS NULL OR v.namespace = %(namespace)s)
 ORDER BY v.namespace, r.version_rank NULLS LAST, v.loaded_at DESC, v.source_path, v.source_rowid
-"""
+""").format(all_loads=sql.Identifier(*MEMORY_ALL_LOADS), load_files=ledger.table("load_files"),
+           ranked=sql.Identifier(*MEMORY_RANKED))
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from psycopg import sql
 
 from loader.database import Target
-from loader.load.raw_contract import LEDGER_SCHEMA
+from loader.ledger import LEDGER_SCHEMA
 
 
 @dataclass

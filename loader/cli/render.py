@@ -1,0 +1,437 @@
+"""How the command line shows results: tables and lines for people, one JSON document for machines.
+Tables and results go to stdout, progress, warnings and problems to stderr."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from loader.apps import AppCopyResult
+from loader.backup.backup import BackupEntry, BackupManifest
+from loader.load.load import FileOutcome, LoadOutcome
+from loader.operate.archive import ArchiveReport
+from loader.operate.status import StatusReport
+from loader.operate.sync import SyncReport
+from loader.pipeline import RunReport
+from loader.sources.discover import Discovery, DiscoveryWarning
+from loader.transform.build import BuildOutcome
+from loader.verify.lineage import Version
+from loader.verify.report import FileSummary
+from loader.verify.validate import ValidationReport
+
+out = Console()
+err = Console(stderr=True)
+
+
+def print_json(data) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def error(message: object) -> None:
+    err.print(f"[red]error:[/red] {escape(str(message))}")
+
+
+def database_unavailable(message: str) -> None:
+    err.print(f"[red]PostgreSQL unavailable:[/red] {escape(message)}\n"
+              "Nothing half-done was kept: every file loads in one transaction. "
+              "Run the same command again once the server is back; unchanged files are skipped.")
+
+
+def note(message: str) -> None:
+    err.print(f"[dim]{escape(message)}[/dim]")
+
+
+def print_warnings(warnings: list[DiscoveryWarning]) -> None:
+    for warning in warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(str(warning.path))}: {escape(str(warning.reason))}")
+
+
+def print_problems(problems: list, where: Path) -> None:
+    """A verification's problems (backup or archive), then one line saying whether it verified."""
+    for problem in problems:
+        err.print(f"[red]{escape(str(problem.path))}[/red]: {escape(str(problem.problem))}")
+    err.print(f"verified {escape(str(where))}" if not problems else f"{len(problems)} problem(s) in {escape(str(where))}")
+
+
+def verification(problems: list, key: str, where: Path, as_json: bool) -> None:
+    if as_json:
+        print_json({key: str(where), "verified": not problems, "problems": [p.to_json() for p in problems]})
+    else:
+        print_problems(problems, where)
+
+
+# ------------------------------------------------------------------------------------ discover, load
+
+def discovery(found: Discovery, as_json: bool) -> None:
+    if as_json:
+        print_json({"files": [f.to_json() for f in found.files], "warnings": [w.to_json() for w in found.warnings]})
+        return
+    table = Table(title=f"{len(found.files)} SQLite databases")
+    for column in ("file", "kind", "size", "sha256", "tables", "rows", "note"):
+        table.add_column(column, justify="right" if column in ("size", "tables", "rows") else "left")
+    for f in found.files:
+        note_text = f"copy of {escape(str(f.copy_of))}" if f.copy_of else (f"[red]{escape(f.error)}[/red]" if f.error else "")
+        table.add_row(Text(f.source_db), f.kind, f"{f.size_bytes:,}", f.sha256[:12], str(len(f.tables)),
+                      f"{sum(f.tables.values()):,}", note_text)
+    out.print(table)
+    print_warnings(found.warnings)
+
+
+def load_progress(quiet: bool) -> Callable[[FileOutcome], None]:
+    def progress(outcome: FileOutcome) -> None:
+        if not quiet:
+            colour = "red" if outcome.status == "failed" else "green"
+            err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {escape(str(outcome.source.source_db))} "
+                      f"({outcome.rows_loaded:,} rows)")
+    return progress
+
+
+def load_table(outcome: LoadOutcome) -> Table:
+    table = Table(title=f"load {outcome.load_id}")
+    for column in ("file", "kind", "status", "rows in SQLite", "rows loaded", "note"):
+        table.add_column(column, justify="right" if column.startswith("rows") else "left")
+    for f in outcome.files:
+        note_text = "see below" if f.error else (f"copy of {escape(str(f.source.copy_of))}" if f.source.copy_of else "")
+        table.add_row(Text(f.source.source_db), f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
+                      f"{f.rows_loaded:,}", note_text)
+    return table
+
+
+def print_load_failures(outcome: LoadOutcome) -> None:
+    for failed in outcome.failed:
+        err.print(f"[red]could not load[/red] {escape(str(failed.source.path))}: {escape(str(failed.error))}")
+
+
+def loaded(outcome: LoadOutcome, as_json: bool) -> None:
+    if as_json:
+        print_json(outcome.to_json())
+        return
+    print_warnings(outcome.warnings)
+    out.print(load_table(outcome))
+    print_load_failures(outcome)
+
+
+# -------------------------------------------------------------------------------------- build, run
+
+def print_build_failures(outcome: BuildOutcome) -> None:
+    for failure in outcome.failures:
+        err.print(f"[red]failed:[/red] {escape(str(failure))}")
+
+
+def built(outcome: BuildOutcome, as_json: bool) -> None:
+    if as_json:
+        print_json(outcome.to_json())
+    else:
+        print_build_failures(outcome)
+
+
+def summary_table(rows: list[FileSummary]) -> Table:
+    table = Table(title="reconciliation per source file")
+    headers = ("file", "kind", "status", "rows in SQLite", "rows in raw", "memory rows", "kept",
+               "superseded", "moved to performance_metrics", "ok")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("file", "kind", "status") else "right")
+    for r in rows:
+        cells = [r.rows_in_sqlite, r.rows_in_raw, r.memory_rows, r.kept, r.superseded, r.moved]
+        table.add_row(Text(r.source_db), r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
+                      "[green]yes[/green]" if r.reconciled else "[red]NO[/red]")
+    return table
+
+
+def print_backup_failures(manifest: BackupManifest) -> None:
+    for entry in manifest.failed:
+        err.print(f"[red]could not back up[/red] {escape(str(entry.path))}: {escape(str(entry.reason))}")
+
+
+def run(report: RunReport, as_json: bool) -> None:
+    if report.marts_were_current:
+        err.print("Nothing changed since the last build that passed its tests and validation: "
+                  "the marts are current (--rebuild to build and validate again).")
+    if as_json:
+        print_json(report.to_json())
+        return
+    print_warnings(report.loaded.warnings)
+    if report.backup is not None:
+        print_backup_failures(report.backup)
+    out.print(summary_table(report.files))
+    if report.validation:
+        out.print(validation_table(report.validation))
+        print_validation_problems(report.validation)
+    print_build_failures(report.build)
+    print_load_failures(report.loaded)
+
+
+# -------------------------------------------------------------------------------------------- backup
+
+def backup_progress(quiet: bool) -> Callable[[BackupEntry], None]:
+    def progress(entry: BackupEntry) -> None:
+        if not quiet:
+            err.print(f"  {entry.status:>9} {escape(str(entry.source_db))}")
+    return progress
+
+
+def backed_up(manifest: BackupManifest, as_json: bool) -> None:
+    if as_json:
+        print_json(manifest.to_json())
+        return
+    table = Table(title=f"{len(manifest.files)} databases")
+    for column in ("file", "kind", "status", "tables", "rows", "note"):
+        table.add_column(column, justify="right" if column in ("tables", "rows") else "left")
+    for entry in manifest.files:
+        table.add_row(Text(entry.source_db), entry.kind, entry.status, str(len(entry.tables)),
+                      f"{sum(entry.tables.values()):,}", Text(entry.reason or ""))
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------ validate
+
+def validation_table(report: ValidationReport) -> Table:
+    table = Table(title=f"validation {report.run_id} (sample {report.sample_size}, seed {report.seed})")
+    headers = ("file", "rows in SQLite", "rows in raw", "kept", "superseded", "moved", "flagged",
+               "on disk", "backup", "spot-checked", "mismatches", "ok")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("file", "on disk", "backup") else "right")
+    for f in report.files:
+        counts = [f.rows_in_sqlite, f.rows_in_raw, f.kept, f.superseded, f.moved, f.flagged]
+        table.add_row(Text(f.source_db), *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
+                      f.backup_checksum_status or "", f"{f.spot_checked:,}", f"{len(f.mismatches):,}",
+                      "[green]yes[/green]" if f.passed else "[red]NO[/red]")
+    return table
+
+
+def print_validation_problems(report: ValidationReport) -> None:
+    for f in report.files:
+        for problem in f.problems:
+            err.print(f"[red]{escape(str(f.source_db))}[/red]: {escape(str(problem))}")
+        for m in f.mismatches[:10]:
+            err.print(f"  {m.source_table} rowid {m.source_rowid} {m.against}.{m.field}: "
+                      f"expected {m.expected}, found {m.actual}", markup=False, highlight=False)
+
+
+def validated(report: ValidationReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_json())
+    else:
+        out.print(validation_table(report))
+        print_validation_problems(report)
+
+
+# ------------------------------------------------------------------------------------------- lineage
+
+def lineage(key: str, namespace: str | None, versions: list[Version], as_json: bool) -> None:
+    if as_json:
+        print_json([v.to_json() for v in versions])
+        return
+    if not versions:
+        err.print(f"no entry with key {escape(repr(key))}" + (f" in namespace {escape(repr(namespace))}" if namespace else ""))
+        return
+    table = Table(title=f"versions of {key!r}")
+    for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace), Text(v.source_db),
+                      str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
+                      Text(v.value_preview))
+    out.print(table)
+
+
+# -------------------------------------------------------------------------------------------- status
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def status_table(report: StatusReport) -> Table:
+    table = Table(title="ledger status per source file")
+    for column in ("file", "kind", "status", "current load", "rows in SQLite", "rows loaded", "on disk",
+                   "since sync", "last failure"):
+        table.add_column(column, justify="right" if column.startswith(("rows", "since")) else "left")
+    for f in report.files:
+        current = f.current
+        on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
+        failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
+                   if f.last_failure else "")
+        table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
+                      f"{current.rows_in_sqlite:,}" if current and current.rows_in_sqlite is not None else "",
+                      f"{current.rows_loaded:,}" if current and current.rows_loaded is not None else "",
+                      on_disk, format_age(f.seconds_since_sync), failure)
+    return table
+
+
+def status(report: StatusReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_json())
+        return
+    if report.message:
+        err.print(report.message)
+    if report.files:
+        out.print(status_table(report))
+    totals, last = report.totals, report.last_load
+    err.print(f"{totals.files} files, {totals.rows_loaded:,} of {totals.rows_in_sqlite:,} rows loaded, "
+              f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing"
+              + (f"; last load {last.load_id}: {last.status}" if last else ""))
+
+
+# ------------------------------------------------------------------------------------------- archive
+
+def archived(report: ArchiveReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_json())
+        return
+    table = Table(title=str(report.archive) if report.archive else "nothing archived")
+    for column in ("file", "archived", "removed", "reason"):
+        table.add_column(column)
+    removals = {removal.path: removal for removal in report.removals}
+    for entry in report.archived:
+        removal = removals.get(entry.path)
+        removed = "" if removal is None else ("[green]yes[/green]" if removal.removed else "[red]no[/red]")
+        table.add_row(Text(str(entry.path)), "[green]yes[/green]", removed, Text((removal.refused or "") if removal else ""))
+    for refusal in report.refused:
+        table.add_row(Text(str(refusal.path)), "[red]no[/red]", "", Text(refusal.reason))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- sync
+
+def sync_table(report: SyncReport) -> Table:
+    table = Table(title=f"sync {report.load_id}")
+    for column in ("file", "kind", "status", "rows", "inserted", "updated", "deleted", "note"):
+        table.add_column(column, justify="right" if column in ("rows", "inserted", "updated", "deleted") else "left")
+    for f in report.files:
+        note_text = (f"[red]{escape(f.error)}[/red]" if f.error else
+                     "not on disk any more: its last load stays current" if f.status == "missing" else "")
+        table.add_row(Text(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
+                      f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note_text)
+    return table
+
+
+def sync_line(report: SyncReport) -> str:
+    colour = "red" if report.exit_code else ("dim" if report.idle else "green")
+    return f"[{colour}]{escape(report.status_line())}[/{colour}]"
+
+
+def print_sync_problems(report: SyncReport) -> None:
+    for f in report.failed:
+        err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
+    for failure in report.build.failures if report.build else []:
+        err.print(f"[red]failed:[/red] {escape(failure)}")
+
+
+def synced(report: SyncReport, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_json())
+    else:
+        out.print(sync_table(report))
+        out.print(sync_line(report))
+        print_sync_problems(report)
+
+
+class WatchLines:
+    """One status line per watch cycle: JSON Lines with --json; else a line on stdout per cycle that did
+    something and, on a terminal, a live line on stderr updated every cycle. A context manager."""
+
+    def __init__(self, interval: float, as_json: bool):
+        self.interval, self.as_json = interval, as_json
+        self.live = err.status("first sync...") if err.is_terminal and not as_json else None
+
+    def __enter__(self) -> WatchLines:
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.live is not None:
+            self.live.stop()
+        if not self.as_json:
+            err.print("stopped")
+
+    def __call__(self, report: SyncReport) -> None:
+        if self.as_json:
+            out.file.write(json.dumps(report.to_json(), default=str) + "\n")
+            out.file.flush()
+        elif not report.idle:
+            out.print(sync_line(report))
+            print_sync_problems(report)
+        if self.live is not None:
+            self.live.update(f"{sync_line(report)} [dim]- every {self.interval:g}s, Ctrl-C to stop[/dim]")
+
+
+# ------------------------------------------------------------------------------------------ app-copy
+
+def app_copy_table(result: AppCopyResult) -> Table:
+    table = Table(title=f"app-copy {result.copy_id}: {result.application} → schema {result.schema} ({result.mode})")
+    for column in ("table", "action", "rows in source", "rows in target before", "rows in target", "digest", "ok"):
+        table.add_column(column, justify="right" if column.startswith("rows") else "left")
+    for t in result.tables:
+        cells = [t.source_rows, t.target_rows_before, t.target_rows]
+        ok = "" if t.matches is None else ("[green]yes[/green]" if t.matches else "[red]NO[/red]")
+        table.add_row(Text(t.table), t.action, *("" if c is None else f"{c:,}" for c in cells),
+                      (t.target_digest or "")[:12], ok)
+    return table
+
+
+def app_copied(result: AppCopyResult, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_json())
+        return
+    if result.tables:
+        out.print(app_copy_table(result))
+    for t in result.tables:
+        if t.note and t.action != "copied":
+            err.print(f"{escape(t.table)}: {escape(t.note)}")
+        for difference in t.differences:
+            err.print(f"[red]{escape(t.table)}[/red]: {escape(difference)}")
+    for moved in result.sequences:
+        err.print(f"sequence {escape(moved['sequence'])}: {moved['from']} → {moved['to']}")
+    if result.status == "verified":
+        timing = "" if result.copy_seconds is None else f"copied in {result.copy_seconds:.2f} s, "
+        err.print(f"[green]verified[/green]: {len(result.tables)} tables, {result.copied_rows:,} source rows "
+                  f"({timing}verified in {result.verify_seconds:.2f} s)")
+    else:
+        err.print(f"[red]{result.status}:[/red] {escape(result.message or '')}")
+
+
+# ------------------------------------------------------------------------------------------------ db
+
+def shell_exports(variables: dict[str, str]) -> None:
+    for name, value in variables.items():
+        out.print(f"export {name}={shlex.quote(value)}", markup=False, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------- cache
+
+def cache_warmed(url: str, warmed: int | None, as_json: bool) -> None:
+    """`warmed` None: Redis could not be reached."""
+    if as_json:
+        print_json({"url": url, "connected": warmed is not None, "cached": warmed or 0})
+    elif warmed is None:
+        error(f"Redis at {url} cannot be reached")
+    else:
+        err.print(f"cached {warmed:,} entries in {escape(url)}")
+
+
+def cache_stats(stats: dict, as_json: bool) -> None:
+    """The server's figures: the counters of this process (hits, misses, errors) are always 0 here."""
+    stats = {name: value for name, value in stats.items() if name not in ("hits", "misses", "errors")}
+    if as_json:
+        print_json(stats)
+        return
+    table = Table(title=f"Redis cache {stats['url']}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for name, value in stats.items():
+        if name != "url":
+            table.add_row(name, "" if value is None else str(value))
+    out.print(table)

@@ -1,0 +1,51 @@
+"""Checksums: is the file on disk (main file and `-wal`) still the current load's bytes, and does the
+backup hold exactly those bytes?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
+from loader.ledger import CurrentLoad
+from loader.verify.results import ValidationError
+
+UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
+BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
+
+
+def backup_entries(backup_dir: Path) -> dict[str, BackupEntry]:
+    try:
+        manifest = read_manifest(backup_dir)
+    except ValueError as error:
+        raise ValidationError(f"{backup_dir}: {error}") from error
+    return {str(entry.path): entry for entry in manifest.files}
+
+
+def backup_checksum_status(entries: dict[str, BackupEntry] | None, current: CurrentLoad) -> str | None:
+    """Whether the backup holds the bytes of the current load (a `copy` entry: through its original)."""
+    if entries is None:
+        return None
+    entry = entries.get(current.source_path)
+    if entry is not None and entry.status == COPY and entry.copy_of is not None:
+        entry = entries.get(str(entry.copy_of))
+    if entry is None or entry.status != BACKED_UP:
+        return NOT_BACKED_UP
+    return BACKUP_MATCHES if (entry.sha256, entry.wal_sha256) == current.identity else BACKUP_DIFFERS
+
+
+def checksum_problems(status: str, reason: str | None) -> list[str]:
+    return {
+        UNCHANGED: [],
+        CHANGED: ["changed on disk since its load (main file or -wal): not validated; load it again"],
+        MISSING: ["no longer exists on disk: not validated"],
+        UNREADABLE: [f"could not be read: {reason}"],
+    }[status]
+
+
+def backup_problems(status: str | None) -> list[str]:
+    return {
+        None: [],
+        BACKUP_MATCHES: [],
+        BACKUP_DIFFERS: ["the backup holds other bytes than the current load"],
+        NOT_BACKED_UP: ["not in the backup"],
+    }[status]

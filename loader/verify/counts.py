@@ -1,0 +1,86 @@
+"""Counts: rows in SQLite (the ledger's, per table) against rows in raw now, and a file's memory rows
+in raw against kept + superseded + moved (the `reconciliation` mart); flagged versions per file."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from loader.ledger import LEDGER_SCHEMA, CurrentLoad
+from loader.transform.relations import MEMORY_RANKED
+from loader.verify.results import TableCount
+
+# The raw memory tables the marts are built from (dbt macro memory_raw_tables), by kind.
+MEMORY_TABLES = {
+    "claude-flow-v2": {("raw_claude_flow_v2", "memory_entries")},
+    "claude-flow-v3": {("raw_claude_flow_v3", "memory_entries")},
+    "extended-memory": {("raw_extended_memory", "memory_store")},
+}
+# A current memory version is flagged when staging recorded a problem of its source row (a non-empty
+# `flags` array in int_memory_ranked and the marts; the rules live in dbt_project/macros/memory_flags.sql).
+FLAGGED = "cardinality(flags) > 0"
+
+
+def table_counts(connection: psycopg.Connection, current: CurrentLoad,
+                 raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]]) -> list[TableCount]:
+    ledger_rows = connection.execute(sql.SQL(
+        "SELECT source_table, raw_schema, raw_table, rows_in_sqlite FROM {}.load_tables "
+        "WHERE load_id = %s AND source_path = %s ORDER BY source_table").format(sql.Identifier(LEDGER_SCHEMA)),
+        [current.load_id, current.source_path]).fetchall()
+    return [TableCount(table, schema, raw_table, rows,
+                       raw_counts.get((schema, raw_table), {}).get((current.load_id, current.source_path), 0))
+            for table, schema, raw_table, rows in ledger_rows]
+
+
+def raw_rows_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], dict[tuple[str, str], int]]:
+    """{(raw schema, raw table): {(load_id, source_path): rows now in raw}} for every raw table of a current
+    load: one pass over each table for all files (a missing table counts 0 rows)."""
+    tables = connection.execute(sql.SQL(
+        "SELECT DISTINCT t.raw_schema, t.raw_table FROM {ledger}.load_tables AS t "
+        "JOIN {ledger}.current_loads AS c USING (load_id, source_path) ORDER BY 1, 2").format(
+        ledger=sql.Identifier(LEDGER_SCHEMA))).fetchall()
+    counts = {}
+    for schema, table in tables:
+        if connection.execute("SELECT to_regclass(%s) IS NOT NULL",
+                              [sql.Identifier(schema, table).as_string(connection)]).fetchone()[0]:
+            rows = connection.execute(sql.SQL(
+                "SELECT _load_id, _source_path, count(*) FROM {} GROUP BY 1, 2").format(
+                sql.Identifier(schema, table))).fetchall()
+            counts[(schema, table)] = {(load_id, path): count for load_id, path, count in rows}
+    return counts
+
+
+def reconciliation_row(connection: psycopg.Connection, schema: str, current: CurrentLoad) -> dict:
+    """The file's row of the reconciliation mart ({} when it has none: no memory tables, or not built)."""
+    with connection.cursor(row_factory=dict_row) as cursor:
+        row = cursor.execute(sql.SQL(
+            "SELECT load_id, kept, superseded, moved FROM {}.reconciliation WHERE source_path = %s").format(
+            sql.Identifier(schema)), [current.source_path]).fetchone()
+    return row or {}
+
+
+def flagged_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], int]:
+    """Flagged current versions per (load_id, source_path), in one pass over the ranked versions."""
+    rows = connection.execute(sql.SQL(
+        "SELECT load_id, source_path, count(*) FROM {} WHERE {} GROUP BY 1, 2").format(
+        sql.Identifier(*MEMORY_RANKED), sql.SQL(FLAGGED))).fetchall()
+    return {(load_id, source_path): count for load_id, source_path, count in rows}
+
+
+def count_problems(current: CurrentLoad, tables: list[TableCount], reconciliation: dict) -> list[str]:
+    problems = [f"table {t.source_table}: {t.rows_in_sqlite} rows in SQLite (ledger), {t.rows_in_raw} in "
+                f"{t.raw_schema}.{t.raw_table}" for t in tables if t.rows_in_sqlite != t.rows_in_raw]
+    ledger_total = sum(t.rows_in_sqlite for t in tables)
+    if current.rows_in_sqlite != ledger_total:
+        problems.append(f"the ledger's file total ({current.rows_in_sqlite}) differs from its tables' ({ledger_total})")
+    if current.kind not in MEMORY_TABLES:
+        return problems
+    if reconciliation.get("load_id") != current.load_id:
+        problems.append(f"the marts were not built from the current load {current.load_id}: run consolidate build")
+        return problems
+    memory_in_raw = sum(t.rows_in_raw for t in tables if (t.raw_schema, t.raw_table) in MEMORY_TABLES[current.kind])
+    represented = reconciliation["kept"] + reconciliation["superseded"] + reconciliation["moved"]
+    if memory_in_raw != represented:
+        problems.append(f"{memory_in_raw} memory rows in raw, but kept + superseded + moved = {represented}")
+    return problems

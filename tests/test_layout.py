@@ -1,0 +1,95 @@
+"""The package's shape (README, "How the code is laid out"): stages as packages in the data's order, no
+module importing from a layer above its own, and no import cycles. Imports are read from the source
+(every `import`, including those inside functions and under TYPE_CHECKING), never executed."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "loader"
+
+# Lower layers first. A module may import its own layer and the ones before it, never a later one.
+LAYERS = [
+    {"loader", "loader.__init__", "loader.database", "loader.exit_codes", "loader.parallel", "loader.json_depth",
+     "loader.secret_scrub", "loader.sqlite_ddl"},
+    {"loader.ledger"},
+    {"loader.sources"},
+    {"loader.backup"},
+    {"loader.load"},
+    {"loader.transform"},
+    {"loader.verify"},
+    {"loader.operate"},
+    {"loader.apps"},
+    {"loader.serve"},
+    {"loader.fixtures"},
+    {"loader.pipeline"},
+    {"loader.cli", "loader.__main__"},
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    for index, members in enumerate(LAYERS):
+        if any(module == member or module.startswith(member + ".") for member in members if member != "loader"):
+            return index
+    if module == "loader":
+        return 0
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to the README's tree)")
+
+
+def imports_of(path: Path) -> set[str]:
+    """The loader modules `path` imports (a `from loader.x import y` counts as loader.x.y when that is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("loader")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("loader"):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if candidate in MODULES else node.module)
+    return found
+
+
+MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def test_the_stage_packages_are_there_in_the_data_order():
+    packages = sorted(path.parent.name for path in PACKAGE.glob("*/__init__.py"))
+    stages = [member.removeprefix("loader.") for layer in LAYERS[2:11] for member in layer]
+    assert sorted(stages) == sorted(set(packages) - {"cli"})
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_imports_from_a_layer_above_its_own(module):
+    own = layer_of(module)
+    above = sorted(name for name in imports_of(MODULES[module]) if layer_of(name) > own)
+    assert above == [], f"{module} (layer {own}) imports {above}"
+
+
+def test_no_import_cycles():
+    graph = {module: {name for name in imports_of(path) if name in MODULES and name != module}
+             for module, path in MODULES.items()}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in done:
+            return
+        if module in visiting:
+            cycles.append(trail[trail.index(module):] + [module])
+            return
+        visiting.add(module)
+        for name in sorted(graph[module]):
+            visit(name, [*trail, module])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert cycles == []

@@ -1,0 +1,237 @@
+"""Promises of the README that no other test kept: the options and commands around a run (--schema,
+--backup-to, load --force, db url / db stop, consolidate dbt, build --json), what each exit code
+means (4 with PostgreSQL down from the start, 6 for a lineage key that is not there, sync --watch
+exiting with its last cycle's code), and a rerun after a failed build. Every command runs as a user
+runs it (a separate process); expectations come from sqlite3 on the source files and plain SQL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from loader.database import Target
+from loader.fixtures.claude_flow_v2 import V2_DDL
+
+from conftest import AMBIENT_SETTINGS, consolidate, fetch
+
+T0 = 1_750_000_000  # epoch seconds
+
+
+def v2_file(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    """A claude-flow v2 memory.db with rows (key, value, namespace), updated one second apart."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(V2_DDL)
+        for offset, (key, value, namespace) in enumerate(rows):
+            at = T0 + offset
+            connection.execute(
+                "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1)", (key, value, namespace, at, at, at))
+        connection.commit()
+    return path
+
+
+def small_tree(root: Path) -> Path:
+    v2_file(root / "a" / "memory.db", [("alpha", '"a"', "default"), ("beta", '{"n": 1}', "default"),
+                                      ("perf:1", '{"duration": 3}', "performance-metrics")])
+    v2_file(root / "b" / "memory.db", [("gamma", "plain text", "notes"), ("alpha", '"newer"', "default")])
+    return root
+
+
+def sqlite_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute("SELECT count(*) FROM memory_entries").fetchone()[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the probe is closed
+
+
+def relation(target: Target, schema: str, name: str) -> str | None:
+    return fetch(target, "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text))::text", (schema, name))[0][0]
+
+
+# ----------------------------------------------------------------------------- --schema, --backup-to
+
+def test_schema_puts_the_marts_outside_public_and_backup_to_holds_a_verified_backup(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    backups = tmp_path / "backups" / "before-migration"
+    result = consolidate("run", str(tree), "--schema", "marts", "--backup-to", str(backups), "--json",
+                         target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["reconciled"] and report["backup"] == str(backups)
+    assert report["validation"]["marts_schema"] == "marts"
+
+    for mart in ("unified_memory", "performance_metrics", "unified_memory_history", "active_sessions",
+                 "migration_metadata", "reconciliation"):
+        assert relation(target, "marts", mart) == f"marts.{mart}", mart
+        assert relation(target, "public", mart) is None, mart
+    assert dict(fetch(target, "SELECT key, value #>> '{}' FROM marts.unified_memory WHERE namespace = 'default'")) \
+        == {"alpha": "newer", "beta": '{"n": 1}'}
+
+    manifest = json.loads((backups / "manifest.json").read_text())
+    assert sorted(Path(f["path"]) for f in manifest["files"]) == sorted(tree.rglob("memory.db"))
+    assert consolidate("backup", "--verify", str(backups)).returncode == 0
+
+    validated = consolidate("validate", "--schema", "marts", "--backup", str(backups), "--json",
+                            target=target, home=home)
+    assert validated.returncode == 0, validated.stderr[-2000:]
+    assert {f["backup_checksum_status"] for f in json.loads(validated.stdout)["files"]} == {"matches"}
+
+
+# ---------------------------------------------------------------------------------------- load --force
+
+def test_load_force_reloads_unchanged_files_as_their_new_current_load(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    files = sorted(tree.rglob("memory.db"))
+    runs = [json.loads(consolidate("load", str(tree), *extra, "--json", target=target, home=home).stdout)
+            for extra in ((), (), ("--force",))]
+    statuses = [sorted(f["status"] for f in run["files"]) for run in runs]
+    assert statuses == [["loaded", "loaded"], ["unchanged", "unchanged"], ["loaded", "loaded"]]
+
+    forced = runs[2]["load_id"]
+    assert dict(fetch(target, "SELECT source_path, load_id FROM consolidate.current_loads")) \
+        == {str(path): forced for path in files}
+    for path in files:  # raw keeps the first load's rows and holds the forced load's complete
+        by_load = dict(fetch(target, "SELECT _load_id, count(*) FROM raw_claude_flow_v2.memory_entries "
+                                     "WHERE _source_path = %s GROUP BY 1", (str(path),)))
+        assert by_load == {runs[0]["load_id"]: sqlite_rows(path), forced: sqlite_rows(path)}, path
+
+
+# ------------------------------------------------------------------------------------- db url / stop
+
+def test_db_url_starts_the_embedded_postgresql_and_db_stop_stops_it(tmp_path):
+    home = tmp_path / "state"
+    url = consolidate("db", "url", "--home", str(home))
+    assert url.returncode == 0, url.stderr
+    dsn = url.stdout.strip()
+    with psycopg.connect(dsn) as connection:
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    assert (home / "pgdata" / "postmaster.pid").exists()
+
+    stopped = consolidate("db", "stop", "--home", str(home))
+    assert stopped.returncode == 0 and "stopped" in stopped.stderr
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5).close()
+    again = consolidate("db", "stop", "--home", str(home))
+    assert again.returncode == 0 and "not running" in again.stderr
+
+
+# ------------------------------------------------------------------------------------------ exit 4
+
+@pytest.mark.parametrize("command", [("load", "TREE"), ("run", "TREE", "--no-backup"), ("sync", "TREE"),
+                                     ("status",), ("validate",), ("lineage", "alpha"), ("build",)])
+def test_postgresql_down_from_the_start_exits_4_without_a_traceback(tmp_path, command):
+    tree = small_tree(tmp_path / "tree")
+    before = {path: path.read_bytes() for path in tree.rglob("*") if path.is_file()}
+    dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres?connect_timeout=5"
+    arguments = [str(tree) if part == "TREE" else part for part in command]
+    result = consolidate(*arguments, "--dsn", dsn, "--home", str(tmp_path / "state"))
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "PostgreSQL unavailable" in result.stderr and "Traceback" not in result.stderr
+    assert {path: path.read_bytes() for path in tree.rglob("*") if path.is_file()} == before
+
+
+# ------------------------------------------------------------- a failed build, then the same run again
+
+def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    first = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    # raw no longer holds what the ledger counted: the build's tests fail (nothing on disk changed, so
+    # only --rebuild builds)
+    with target.connect() as connection:
+        connection.execute("CREATE TABLE public.kept_aside AS SELECT * FROM raw_claude_flow_v2.memory_entries "
+                           "WHERE key = 'gamma'")
+        connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE key = 'gamma'")
+    failed = consolidate("run", str(tree), "--no-backup", "--rebuild", "--json", target=target, home=home)
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    report = json.loads(failed.stdout)
+    assert not report["build"]["success"] and not report["build"]["skipped"] and not report["reconciled"]
+    assert any("assert_ledger_counts_match_raw" in failure for failure in report["build"]["failures"])
+
+    # the same run again, without --rebuild: the last build failed, so it builds and validates again
+    with target.connect() as connection:
+        connection.execute("INSERT INTO raw_claude_flow_v2.memory_entries SELECT * FROM public.kept_aside")
+    again = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    report = json.loads(again.stdout)
+    assert report["build"]["success"] and not report["build"]["skipped"] and report["validation"]["passed"]
+    assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'gamma'") == [("plain text",)]
+
+    # now the marts are current: the next run skips build and validation
+    current = json.loads(consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home).stdout)
+    assert current["build"]["skipped"] and current["reconciled"]
+
+
+# ---------------------------------------------------------------- build --json, consolidate dbt, lineage
+
+def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    assert consolidate("load", str(tree), target=target, home=home).returncode == 0
+
+    built = consolidate("build", "--json", target=target, home=home)
+    assert built.returncode == 0, built.stderr[-2000:]
+    outcome = json.loads(built.stdout)
+    assert outcome["success"] and outcome["passed"] > 0 and outcome["failures"] == []
+
+    def dbt(*arguments: str):
+        return consolidate("dbt", "--dsn", target.dsn, "--home", str(home), "--", *arguments)
+
+    tested = dbt("test", "--select", "unified_memory")
+    assert tested.returncode == 0, tested.stdout[-2000:]
+    results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
+    tests = [r for r in results if r["unique_id"].startswith("test.")]  # the rest: the on-run-start hook
+    assert tests and all(r["status"] == "pass" for r in tests)
+    fresh = dbt("source", "freshness", "--select", "source:consolidate.load_files")
+    assert fresh.returncode == 0, fresh.stdout[-2000:]
+    sources = json.loads((home / "dbt" / "target" / "sources.json").read_text())
+    assert [r["status"] for r in sources["results"]] == ["pass"]
+    assert dbt("no-such-command").returncode == 2
+
+    found = consolidate("lineage", "alpha", "--json", target=target, home=home)
+    assert found.returncode == 0 and {v["role"] for v in json.loads(found.stdout)} == {"winner", "superseded"}
+    missing = consolidate("lineage", "no-such-key", "--json", target=target, home=home)
+    assert missing.returncode == 6 and json.loads(missing.stdout) == []
+
+
+# ------------------------------------------------------------------------------ sync --watch exit code
+
+def test_sync_watch_exits_with_the_code_of_its_last_cycle_that_did_something(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    (tree / "broken.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    environment = {k: v for k, v in os.environ.items() if k not in AMBIENT_SETTINGS}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "loader", "sync", str(tree), "--watch", "0.2", "--no-build", "--json",
+         "--dsn", target.dsn, "--home", str(home)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not fetch(target, "SELECT to_regclass('consolidate.loads')")[0][0]:
+            time.sleep(0.5)
+        while time.monotonic() < deadline and not fetch(
+                target, "SELECT count(*) FROM consolidate.loads WHERE status <> 'running'")[0][0]:
+            time.sleep(0.5)
+        time.sleep(1)  # a few idle cycles after the first
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        stdout, stderr = watcher.communicate(timeout=120)
+    cycles = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert cycles and cycles[0]["exit_code"] == 3 and not cycles[0]["idle"]
+    assert all(cycle["idle"] for cycle in cycles[1:])
+    assert watcher.returncode == 3, stderr[-2000:]
