@@ -29,6 +29,10 @@ ORDER BY v.namespace, r.version_rank NULLS LAST, v.loaded_at DESC, v.source_path
            ranked=sql.Identifier(*MEMORY_RANKED))
 
 
+class NotBuilt(Exception):
+    """The relations lineage reads are not there yet: nothing was loaded and built."""
+
+
 @dataclass
 class Version:
     key: str
@@ -59,7 +63,11 @@ class Version:
 
 def versions(target: Target, key: str, namespace: str | None = None) -> list[Version]:
     """Every version of `key` (in `namespace`, or in any): the current winner, the versions it
-    superseded, and versions from earlier loads of a file."""
+    superseded, and versions from earlier loads of a file. Raises NotBuilt before the first build."""
     with target.connect() as connection:
+        needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (ledger.LEDGER_SCHEMA, "load_files")]
+        missing = [".".join(name) for name in needed if not ledger.relation_exists(connection, *name)]
+        if missing:
+            raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
     return [Version(*row) for row in rows]
