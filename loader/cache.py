@@ -35,8 +35,24 @@ DEFAULT_URL = "redis://127.0.0.1:10001/0"
 KEY_PREFIX = "mem"
 
 log = logging.getLogger(__name__)
+
 T = TypeVar("T")
 UNREACHABLE = object()
+
+# Per key asked: when it is cached, its position (1-based), its text and its PTTL (-1: no expiry), in
+# one round trip and one atomic step (a key cannot expire between its GET and its PTTL).
+LOOKUP_MANY_SCRIPT = """
+local found = {}
+for i, key in ipairs(KEYS) do
+  local text = redis.call('GET', key)
+  if text then
+    found[#found + 1] = i
+    found[#found + 1] = text
+    found[#found + 1] = redis.call('PTTL', key)
+  end
+end
+return found
+"""
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,7 @@ class Cache:
         self._warned = False
         self._warning_lock = threading.Lock()
         self._unreachable_until = 0.0
+        self._lookup_many_script = self._redis.register_script(LOOKUP_MANY_SCRIPT)
 
     @property
     def redacted_url(self) -> str:
@@ -111,12 +128,25 @@ class Cache:
             self.hits += 1
         return cached
 
+    def lookup_many(self, namespace: str, keys: list[str]) -> dict[str, tuple[str, float | None]]:
+        """{key: (JSON text, seconds left or None for no expiry)} for the keys that are cached; {} when
+        Redis is unreachable."""
+        found = self._guarded(lambda: self._lookup_many_script(keys=[cache_key(namespace, key) for key in keys]),
+                              fallback=UNREACHABLE)
+        if found is UNREACHABLE:
+            return {}
+        cached = {keys[found[i] - 1]: (found[i + 1], None if found[i + 2] < 0 else found[i + 2] / 1000)
+                  for i in range(0, len(found), 3)}
+        self.hits += len(cached)
+        self.misses += len(keys) - len(cached)
+        return cached
+
     def store(self, entry: Entry) -> bool:
         """Cache a live entry until it expires; False when it was not cached."""
         ttl_ms = milliseconds_to_live(entry)
         if ttl_ms is not None and ttl_ms <= 0:
             return False
-        text = json.dumps(entry.value)
+        text = entry.text if entry.text is not None else json.dumps(entry.value)
         return bool(self._guarded(
             lambda: self._redis.set(cache_key(entry.namespace, entry.key), text, px=ttl_ms), fallback=False))
 
