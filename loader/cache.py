@@ -11,7 +11,8 @@ is not tried again for `retry_interval` seconds; no Redis error ever reaches the
 
 Known limits of cache-aside without versioning: a reader that missed, read PostgreSQL and fills the
 cache just after a writer invalidated can leave the older value cached (until its TTL; for ever when the
-entry has no expires_at); an invalidation skipped while Redis was unreachable leaves a stale value in a
+entry has no expires_at) — except fills through `store_fenced` (MemoryClient.get_many and every read of
+a client with a near cache), which an invalidation since their lookup voids; an invalidation skipped while Redis was unreachable leaves a stale value in a
 Redis that comes back. `consolidate cache warm` after such an outage, or a FLUSHDB, clears it.
 """
 
@@ -39,19 +40,45 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNREACHABLE = object()
 
-# Per key asked: when it is cached, its position (1-based), its text and its PTTL (-1: no expiry), in
-# one round trip and one atomic step (a key cannot expire between its GET and its PTTL).
+FENCE_TTL_MS = 60_000
+GLOBAL_FENCE = f"fence:{KEY_PREFIX}"
+
+# Fenced fills (MemoryClient.get_many and every read of a client with a near cache): an invalidation
+# also bumps a fence beside the key (`fence:mem:{namespace}:{key}`, kept FENCE_TTL_MS), invalidate_all
+# bumps GLOBAL_FENCE; a reader notes both fences when it misses and fills only if they are unchanged, so
+# a value read from PostgreSQL before a write committed is never stored after that write's invalidation
+# (unless the read took longer than FENCE_TTL_MS).
+
+# Per key asked (KEYS: the cache keys, their fences, then GLOBAL_FENCE): its text (false on a miss), its
+# PTTL (-1: no expiry) and its fences, in one round trip and one atomic step.
 LOOKUP_MANY_SCRIPT = """
 local found = {}
-for i, key in ipairs(KEYS) do
-  local text = redis.call('GET', key)
-  if text then
-    found[#found + 1] = i
-    found[#found + 1] = text
-    found[#found + 1] = redis.call('PTTL', key)
-  end
+local count = (#KEYS - 1) / 2
+local global = redis.call('GET', KEYS[#KEYS]) or ''
+for i = 1, count do
+  local text = redis.call('GET', KEYS[i])
+  found[#found + 1] = text
+  found[#found + 1] = text and redis.call('PTTL', KEYS[i]) or -2
+  found[#found + 1] = (redis.call('GET', KEYS[count + i]) or '') .. '/' .. global
 end
 return found
+"""
+FENCED_STORE_SCRIPT = """
+if (redis.call('GET', KEYS[2]) or '') .. '/' .. (redis.call('GET', KEYS[3]) or '') ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+end
+return 1
+"""
+INVALIDATE_SCRIPT = """
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
 """
 
 
@@ -65,6 +92,10 @@ class Cached:
 def cache_key(namespace: str, key: str) -> str:
     escaped_namespace = namespace.replace("%", "%25").replace(":", "%3A")
     return f"{KEY_PREFIX}:{escaped_namespace}:{key}"
+
+
+def fence_key(namespace: str, key: str) -> str:
+    return "fence:" + cache_key(namespace, key)
 
 
 def redacted(url: str) -> str:
@@ -109,6 +140,8 @@ class Cache:
         self._warning_lock = threading.Lock()
         self._unreachable_until = 0.0
         self._lookup_many_script = self._redis.register_script(LOOKUP_MANY_SCRIPT)
+        self._fenced_store_script = self._redis.register_script(FENCED_STORE_SCRIPT)
+        self._invalidate_script = self._redis.register_script(INVALIDATE_SCRIPT)
 
     @property
     def redacted_url(self) -> str:
@@ -128,18 +161,34 @@ class Cache:
             self.hits += 1
         return cached
 
-    def lookup_many(self, namespace: str, keys: list[str]) -> dict[str, tuple[str, float | None]]:
-        """{key: (JSON text, seconds left or None for no expiry)} for the keys that are cached; {} when
-        Redis is unreachable."""
-        found = self._guarded(lambda: self._lookup_many_script(keys=[cache_key(namespace, key) for key in keys]),
-                              fallback=UNREACHABLE)
+    def lookup_many(self, namespace: str, keys: list[str]) -> dict[str, tuple[str | None, float | None, str]] | None:
+        """{key: (JSON text or None on a miss, seconds left or None for no expiry, fence)} for every key
+        asked; None when Redis is unreachable."""
+        found = self._guarded(lambda: self._lookup_many_script(
+            keys=[cache_key(namespace, key) for key in keys] + [fence_key(namespace, key) for key in keys]
+            + [GLOBAL_FENCE]),
+            fallback=UNREACHABLE)
         if found is UNREACHABLE:
-            return {}
-        cached = {keys[found[i] - 1]: (found[i + 1], None if found[i + 2] < 0 else found[i + 2] / 1000)
-                  for i in range(0, len(found), 3)}
-        self.hits += len(cached)
-        self.misses += len(keys) - len(cached)
-        return cached
+            return None
+        looked_up = {}
+        for i, key in enumerate(keys):
+            text, pttl, fence = found[3 * i: 3 * i + 3]
+            looked_up[key] = (text, None if pttl < 0 else pttl / 1000, fence)
+        hits = sum(1 for text, _, _ in looked_up.values() if text is not None)
+        self.hits += hits
+        self.misses += len(keys) - hits
+        return looked_up
+
+    def store_fenced(self, entry: Entry, fence: str) -> bool:
+        """store(), only if no invalidation of the entry happened since lookup_many returned `fence`."""
+        ttl_ms = milliseconds_to_live(entry)
+        if ttl_ms is not None and ttl_ms <= 0:
+            return False
+        text = entry.text if entry.text is not None else json.dumps(entry.value)
+        keys = [cache_key(entry.namespace, entry.key), fence_key(entry.namespace, entry.key), GLOBAL_FENCE]
+        return bool(self._guarded(
+            lambda: self._fenced_store_script(keys=keys, args=[text, fence, "" if ttl_ms is None else ttl_ms]),
+            fallback=False))
 
     def store(self, entry: Entry) -> bool:
         """Cache a live entry until it expires; False when it was not cached."""
@@ -150,8 +199,16 @@ class Cache:
         return bool(self._guarded(
             lambda: self._redis.set(cache_key(entry.namespace, entry.key), text, px=ttl_ms), fallback=False))
 
-    def invalidate(self, namespace: str, key: str) -> None:
-        self._guarded(lambda: self._redis.delete(cache_key(namespace, key)), fallback=None)
+    def invalidate(self, namespace: str, key: str) -> bool:
+        """Remove the cached value and bump its fence (see FENCED_STORE_SCRIPT), in one round trip;
+        False when Redis was unreachable."""
+        keys = [cache_key(namespace, key), fence_key(namespace, key)]
+        return bool(self._guarded(lambda: self._invalidate_script(keys=keys, args=[FENCE_TTL_MS]), fallback=False))
+
+    def invalidate_all(self) -> bool:
+        """Remove every cached value (`mem:*`), after bumping the global fence so that no fill that
+        looked before can store afterwards; False when Redis was unreachable."""
+        return self._guarded(self._invalidate_all, fallback=False)
 
     # -- warming and statistics ------------------------------------------------------------------
 
@@ -189,6 +246,18 @@ class Cache:
             if ttl_ms is None or ttl_ms > 0:
                 pipeline.set(cache_key(entry.namespace, entry.key), json.dumps(entry.value), px=ttl_ms)
         return sum(1 for reply in pipeline.execute() if reply)
+
+    def _invalidate_all(self) -> bool:
+        self._redis.incr(GLOBAL_FENCE)
+        batch = []
+        for key in self._redis.scan_iter(match=f"{KEY_PREFIX}:*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                self._redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            self._redis.unlink(*batch)
+        return True
 
     def _count_keys(self) -> int:
         return sum(1 for _ in self._redis.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))

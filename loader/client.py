@@ -137,7 +137,7 @@ class MemoryClient:
         self._pool = open_pool(dsn, pool_size)
         self._owns_near_cache = near_cache is True
         if near_cache is True:
-            near_cache = NearCache(dsn, schema=schema, redis_url=None if cache is None else cache.url)
+            near_cache = NearCache(dsn, schema=schema, cache=cache)
         self.near_cache: NearCache | None = near_cache or None
 
     # -- reading ---------------------------------------------------------------------------------
@@ -261,50 +261,56 @@ class MemoryClient:
             self.near_cache.invalidate(namespace, key)
 
     def _read_through(self, keys: list[str], namespace: str) -> dict[str, Any]:
-        """Values of `keys` from Redis, else PostgreSQL, held by the near cache when there is one. The
-        fill token is taken before anything is read, so a write that commits meanwhile voids the fill."""
-        token = self.near_cache.fill_token() if self.near_cache is not None else 0
+        """Values of `keys` from Redis, else PostgreSQL, held by the near cache when there is one (from
+        PostgreSQL alone while the near cache is bypassed). The fill token is taken before anything is
+        read, so a write that commits meanwhile voids the fill; Redis is filled only through its fences
+        (Cache.store_fenced) for the same reason."""
+        near = self.near_cache
+        token = near.fill_token() if near is not None else 0
         started = time.monotonic()
         values: dict[str, Any] = {}
-        if self.cache is not None:
-            for key, (text, seconds_left) in self.cache.lookup_many(namespace, keys).items():
-                try:
-                    values[key] = json.loads(text)
-                except ValueError:
-                    continue        # not a value of ours: read PostgreSQL and replace it
-                if self.near_cache is not None:
-                    self.near_cache.fill(token, namespace, key, values[key], len(text), seconds_left, started)
+        fences: dict[str, str] = {}
+        # while the near cache is bypassed, its listener may not have forwarded a recent write to Redis
+        trust_redis = self.cache is not None and (near is None or near.serving)
+        looked_up = self.cache.lookup_many(namespace, keys) if trust_redis else None
+        for key, (text, seconds_left, fence) in (looked_up or {}).items():
+            try:
+                values[key] = json.loads(text)
+            except (TypeError, ValueError):     # a miss, or not a value of ours: read PostgreSQL
+                fences[key] = fence
+                continue
+            if near is not None:
+                near.fill(token, namespace, key, values[key], len(text), seconds_left, started)
         missing = [key for key in keys if key not in values]
         if missing:
-            values.update(self._read_postgresql(missing, namespace, token, started))
+            values.update(self._read_postgresql(missing, namespace, token, started, fences))
         return values
 
-    def _read_postgresql(self, keys: list[str], namespace: str, token: int, started: float) -> dict[str, Any]:
+    def _read_postgresql(self, keys: list[str], namespace: str, token: int, started: float,
+                         fences: dict[str, str] | None = None) -> dict[str, Any]:
+        """Read PostgreSQL, fill Redis (through the fences when given: only the keys that have one) and
+        the near cache."""
         entries = {entry.key: entry for entry in self.read_entries(keys, namespace)}
         values = {}
         for key in keys:
             entry = entries.get(key)
             values[key] = None if entry is None else entry.value
-            if entry is not None and self.cache is not None:
-                self._share(entry, token, started)
+            if entry is not None and self.cache is not None and (fences is None or key in fences):
+                self._share(entry, started, None if fences is None else fences[key])
             if self.near_cache is not None:
                 self.near_cache.fill(token, namespace, key, values[key],
                                      ABSENT_TEXT_LENGTH if entry is None else len(entry.text),
                                      None if entry is None else entry.seconds_left, started)
         return values
 
-    def _share(self, entry: Entry, token: int, started: float) -> None:
-        """Fill Redis with what PostgreSQL returned, its TTL counted from before the read. With a near
-        cache, not when a write to the entry committed since the read began, and a copy that a write
-        committed just before turns out to have superseded is removed again (watch_shared_copy)."""
+    def _share(self, entry: Entry, started: float, fence: str | None) -> None:
+        """Fill Redis with what PostgreSQL returned, its TTL counted from before the read."""
         if entry.seconds_left is not None:
             entry = replace(entry, seconds_left=entry.seconds_left - (time.monotonic() - started))
-        near = self.near_cache
-        if near is None:
+        if fence is None:
             self.cache.store(entry)
-        elif near.serving and not near.changed_since(token, entry.namespace, entry.key) and self.cache.store(entry):
-            near.watch_shared_copy(token, entry.namespace, entry.key,
-                                   lambda: self.cache.invalidate(entry.namespace, entry.key))
+        else:
+            self.cache.store_fenced(entry, fence)
 
     @contextmanager
     def _autocommit_connection(self) -> Iterator[Any]:

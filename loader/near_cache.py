@@ -3,7 +3,7 @@ consistent by the servers telling it what changed, never by guessing a TTL.
 
     client = MemoryClient(dsn, cache=Cache(url), near_cache=True)
 
-Where invalidations come from (every configured channel must be up for the near cache to answer):
+Where invalidations come from (every channel must be up for the near cache to answer):
 
 - PostgreSQL, always: a connection LISTENs on `consolidate_memory_writes`. Row triggers on
   `unified_memory` and `performance_metrics` (install_notify_triggers) send
@@ -11,31 +11,39 @@ Where invalidations come from (every configured channel must be up for the near 
   or the identity of a row, and {"schema", "flush": true} for a TRUNCATE, for a key too long for a
   NOTIFY payload, and once per transaction instead of more than NOTIFY_ROWS_PER_TRANSACTION row messages.
   PostgreSQL delivers a NOTIFY when its transaction commits, whoever wrote (this client, another
-  process, psql, the write path of another service) as long as the triggers fired (they are ENABLE
-  ALWAYS, so `session_replication_role = replica` does not silence them).
+  process, psql, the compat views, another service) as long as the triggers fired (they are ENABLE
+  ALWAYS, so `session_replication_role = replica` does not silence them). The listener also forwards
+  each of them to Redis (Cache.invalidate, invalidate_all for a flush) before dropping the held copy,
+  so Redis follows writes that did not go through a client with this Redis.
 - Redis, when the client has a Cache: `CLIENT TRACKING on REDIRECT <own id> BCAST PREFIX mem:` on a
   connection SUBSCRIBEd to `__redis__:invalidate` (RESP2; redis-py's own client-side caching needs a
-  server >= 7.4). Every change of a `mem:` key (a writer's invalidation, a fill, an expiry, an
-  eviction, FLUSHDB) drops the local copy, so copies taken from Redis follow Redis.
+  server >= 7.4). Every change of a `mem:` key (an invalidation, a fill, an expiry, an eviction,
+  FLUSHDB) drops the held copy, so copies taken from Redis follow Redis.
 
 Both channels are checked by a heartbeat every `max_staleness / 5` seconds (PostgreSQL: a query that also
-checks the triggers are in place on the same table; Redis: PING). A server sends a notification
-ahead of the reply to any command it reads after the change, so when a heartbeat sent at time H has
-been answered, every invalidation for a change made before H has been applied.
+checks that the triggers are in place on the same table; Redis: PING). A server sends a notification
+ahead of its reply to any command it reads after the change, so once a heartbeat sent at time H is
+answered, every invalidation for a change committed before H has been applied (and forwarded).
 
-The guarantee (W: a write to a row, committed at time C, that fired the triggers):
-1. No read through the near cache that starts after C + max_staleness (default 0.25 s) returns the value
-   W replaced or deleted: a hit is served only while every channel has been confirmed up to within
-   max_staleness of now; otherwise the read goes to Redis/PostgreSQL.
+The guarantee, for a write W committed at time C that fired the triggers, to every read through a
+client with a near cache:
+1. A read that starts after C + max_staleness (default 0.25 s) never returns the value W replaced or
+   deleted, whether the near cache, Redis or PostgreSQL answers it. The near cache answers only while
+   every channel was confirmed within max_staleness (so W's invalidation was applied and forwarded
+   to Redis); otherwise the read goes to PostgreSQL alone (not Redis). Redis is filled by these
+   clients only through fences (Cache.store_fenced) that any invalidation since the reader's lookup
+   voids. (A client without a near cache still fills Redis unfenced from `get`: loader.cache's
+   known limit.)
 2. Read-your-writes: once `set`/`delete` returned, no read in this process returns the replaced value
-   (the client drops its own copy after the commit, and a fill that began before a write can never
-   store what it read: fills carry a token, and an invalidation since the token voids them).
+   (the client drops its own copy after the commit; a fill carries a token taken before its read, and
+   an invalidation since then voids it).
 3. An entry is never served past its `expires_at` (the deadline is counted from before the read).
-4. Whatever path wrote (even one without the triggers), a hit returns a value that Redis or PostgreSQL
-   returned at most max_entry_age seconds (default 5) before.
-When a channel drops (connection lost, Redis or PostgreSQL restarted, the triggers dropped or disabled,
-the table replaced) the near cache is flushed and bypassed until the channel is back and confirmed;
-it then fills again from reads.
+4. Whatever path wrote (even one that fired no trigger), a near-cache hit returns a value that Redis or
+   PostgreSQL returned at most max_entry_age seconds (default 5) before.
+When a channel drops (connection lost, server restarted, an invalidation that could not be forwarded,
+the triggers dropped or disabled, the table replaced) the near cache is flushed and bypassed until the
+channel is back; before serving again it empties Redis's `mem:*` keys (writes made while nothing
+forwarded them may have left it stale), so every process start and every reconnect empties Redis.
 
 Values are held decoded; a hit returns a fresh copy of a dict or list (marshal, about 1 µs), so a caller
 that mutates what it got changes nothing for other readers. Bounded by entries and by bytes (the
@@ -51,14 +59,14 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 import redis
 from psycopg import sql
 from redis.exceptions import RedisError
 
-from loader.cache import KEY_PREFIX
+from loader.cache import KEY_PREFIX, Cache
 
 NOTIFY_CHANNEL = "consolidate_memory_writes"
 REDIS_INVALIDATION_CHANNEL = "__redis__:invalidate"
@@ -110,7 +118,7 @@ BEGIN
         payload := json_build_object('schema', TG_TABLE_SCHEMA, 'namespace', OLD.namespace, 'key', OLD.key)::text;
         PERFORM pg_notify({channel}, CASE WHEN octet_length(payload) > {max_payload} THEN flush ELSE payload END);
     END IF;
-    IF TG_OP = 'INSERT' OR (NEW.namespace, NEW.key) IS DISTINCT FROM (OLD.namespace, OLD.key) THEN
+    IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' AND (NEW.namespace, NEW.key) IS DISTINCT FROM (OLD.namespace, OLD.key) THEN
         payload := json_build_object('schema', TG_TABLE_SCHEMA, 'namespace', NEW.namespace, 'key', NEW.key)::text;
         PERFORM pg_notify({channel}, CASE WHEN octet_length(payload) > {max_payload} THEN flush ELSE payload END);
     END IF;
@@ -168,9 +176,13 @@ class NearCache:
     max_entries / max_bytes bound what is held (a single value larger than max_bytes is never held).
     max_staleness bounds how late an invalidation can be applied before the cache stops answering.
     max_entry_age is the safety net for writes that do not fire the triggers.
+    cache (the client's Redis, optional): a change of its `mem:` keys drops the held copy (CLIENT
+    TRACKING), and every committed change PostgreSQL notifies is forwarded to it (Cache.invalidate, or
+    invalidate_all for a flush) before the held copy is dropped, so Redis follows writes that did not go
+    through a client with this cache (psql, the compat views, a service without Redis).
     """
 
-    def __init__(self, dsn: str, *, schema: str = "public", redis_url: str | None = None,
+    def __init__(self, dsn: str, *, schema: str = "public", cache: Cache | None = None,
                  max_entries: int = 10_000, max_bytes: int = 64 * 1024 * 1024, max_staleness: float = 0.25,
                  max_entry_age: float = 5.0, reconnect_interval: float = 0.2):
         if max_entries <= 0 or max_bytes <= 0 or max_staleness <= 0 or max_entry_age <= 0:
@@ -193,12 +205,12 @@ class NearCache:
         self._sequence = 0
         self._floor = 0
         self._invalidated: dict[tuple[str, str], int] = {}
-        self._watches: dict[tuple[str, str], list[tuple[int, float, Callable[[], None]]]] = {}
         self._serving_until = -math.inf
         self._stopping = threading.Event()
         channels: list[_Channel] = [_PostgresChannel(self, dsn, schema, reconnect_interval)]
-        if redis_url is not None:
-            channels.append(_RedisChannel(self, redis_url, reconnect_interval))
+        self.shared_cache = cache
+        if cache is not None:
+            channels.append(_RedisChannel(self, cache.url, reconnect_interval))
         self._channels = channels
         for channel in channels:
             channel.start()
@@ -267,24 +279,6 @@ class NearCache:
                 self._drop(next(iter(self._entries)))
         return True
 
-    def changed_since(self, token: int, namespace: str, key: str) -> bool:
-        """True when the key was invalidated (or everything flushed) after `token` was taken."""
-        with self._lock:
-            return self._voided(token, (namespace, key))
-
-    def watch_shared_copy(self, token: int, namespace: str, key: str, on_stale: Callable[[], None]) -> None:
-        """The caller has just written what it read since `token` into a cache other processes read
-        (Redis). If that value turns out to be superseded by a write committed before the copy was
-        made (its invalidation arrives now, or arrived since `token`), call `on_stale` (which removes
-        the copy). The watch ends once every channel has been confirmed after this call."""
-        identity = (namespace, key)
-        with self._lock:
-            stale = self._voided(token, identity)
-            if not stale:
-                self._watches.setdefault(identity, []).append((token, time.monotonic(), on_stale))
-        if stale:
-            on_stale()
-
     # -- invalidating ----------------------------------------------------------------------------
 
     def invalidate(self, namespace: str, key: str) -> None:
@@ -294,8 +288,7 @@ class NearCache:
     def flush(self) -> None:
         """Drop every local copy and void every fill in flight."""
         with self._lock:
-            watched = self._flush_locked()
-        _call_all(watched)
+            self._flush_locked()
 
     # -- statistics and lifecycle ----------------------------------------------------------------
 
@@ -322,8 +315,25 @@ class NearCache:
 
     # -- called by the channels ------------------------------------------------------------------
 
+    def _invalidate_committed(self, identity: tuple[str, str] | None) -> bool:
+        """A committed change in PostgreSQL (None: possibly every entry). Redis is invalidated first, so
+        a read that misses here afterwards cannot find the old value there; this forwards the writes
+        that did not go through a client with this Redis (psql, compat views, other services). False
+        when Redis could not be told (the held copy is dropped all the same)."""
+        if identity is None:
+            forwarded = self.shared_cache is None or self.shared_cache.invalidate_all()
+            self.flush()
+        else:
+            forwarded = self.shared_cache is None or self.shared_cache.invalidate(*identity)
+            self._invalidate_many([identity])
+        return forwarded
+
+    def _empty_shared_cache(self) -> bool:
+        """Before serving after a channel (re)connects: writes made while nothing forwarded them may have
+        left Redis stale, so empty it (True when there is no Redis or it was emptied)."""
+        return self.shared_cache is None or self.shared_cache.invalidate_all()
+
     def _invalidate_many(self, identities: list[tuple[str, str]]) -> None:
-        watched: list[Callable[[], None]] = []
         with self._lock:
             self._sequence += 1
             self.invalidations += len(identities)
@@ -335,29 +345,18 @@ class NearCache:
                 self._invalidated[identity] = self._sequence
                 if identity in self._entries:
                     self._drop(identity)
-                watched += [on_stale for _, _, on_stale in self._watches.pop(identity, ())]
-        _call_all(watched)
 
     def _channel_confirmed(self, channel: _Channel, heartbeat_sent: float) -> None:
-        """A channel's heartbeat came back: serve until max_staleness after the oldest confirmation;
-        watches made before every channel's confirmation are over."""
+        """A channel's heartbeat came back: serve until max_staleness after the oldest confirmation."""
         with self._lock:
             channel.confirmed_at = heartbeat_sent
-            confirmed = min(each.confirmed_at for each in self._channels)
-            self._serving_until = confirmed + self.max_staleness
-            for identity, watches in list(self._watches.items()):
-                kept = [watch for watch in watches if watch[1] >= confirmed]
-                if kept:
-                    self._watches[identity] = kept
-                else:
-                    del self._watches[identity]
+            self._serving_until = min(each.confirmed_at for each in self._channels) + self.max_staleness
 
     def _channel_lost(self, channel: _Channel) -> None:
         with self._lock:
             channel.confirmed_at = -math.inf
             self._serving_until = -math.inf
-            watched = self._flush_locked()
-        _call_all(watched)
+            self._flush_locked()
 
     # -- helpers (call with the lock held) -------------------------------------------------------
 
@@ -367,24 +366,13 @@ class NearCache:
     def _drop(self, identity: tuple[str, str]) -> None:
         self._bytes -= self._entries.pop(identity).size
 
-    def _flush_locked(self) -> list[Callable[[], None]]:
+    def _flush_locked(self) -> None:
         self._sequence += 1
         self._floor = self._sequence
         self._invalidated.clear()
         self._entries.clear()
         self._bytes = 0
         self.flushes += 1
-        watched = [on_stale for watches in self._watches.values() for _, _, on_stale in watches]
-        self._watches.clear()
-        return watched
-
-
-def _call_all(callbacks: list[Callable[[], None]]) -> None:
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:  # a failing clean-up must not stop invalidations from being applied
-            log.exception("near cache: removing a superseded shared copy failed")
 
 
 # -- the channels ----------------------------------------------------------------------------------
@@ -395,10 +383,10 @@ class _Channel:
 
     kind = "channel"
 
-    def __init__(self, cache: NearCache, reconnect_interval: float):
-        self.cache = cache
+    def __init__(self, near: NearCache, reconnect_interval: float):
+        self.near = near
         self.reconnect_interval = reconnect_interval
-        self.heartbeat_interval = cache.max_staleness / 5
+        self.heartbeat_interval = near.max_staleness / 5
         self.confirmed_at = -math.inf
         self.connected = False
         self._outage_reported = False
@@ -411,27 +399,30 @@ class _Channel:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self.cache._stopping.is_set():
+        while not self.near._stopping.is_set():
             try:
                 self.listen()
             except Exception as error:  # any failure of the channel means invalidations may be lost
                 self.lost(error)
-                self.cache._stopping.wait(self.reconnect_interval)
+                self.near._stopping.wait(self.reconnect_interval)
 
     def confirm(self, heartbeat_sent: float) -> None:
         if not self.connected:
-            # invalidations were not received while down: start again from an empty cache
-            self.cache.flush()
+            # invalidations were not received while down: start again from empty caches
+            if not self.near._empty_shared_cache():
+                self.lost("Redis could not be emptied")
+                return
+            self.near.flush()
             self.connected = True
             if self._outage_reported:
                 log.warning("near cache: %s invalidations are back; serving again", self.kind)
                 self._outage_reported = False
-        self.cache._channel_confirmed(self, heartbeat_sent)
+        self.near._channel_confirmed(self, heartbeat_sent)
 
     def lost(self, error: BaseException | str) -> None:
         self.connected = False
-        self.cache._channel_lost(self)
-        if not self._outage_reported and not self.cache._stopping.is_set():
+        self.near._channel_lost(self)
+        if not self._outage_reported and not self.near._stopping.is_set():
             log.warning("near cache: %s invalidations unavailable (%s); flushed, reading through until they are back",
                         self.kind, error)
             self._outage_reported = True
@@ -443,12 +434,14 @@ class _Channel:
 class _PostgresChannel(_Channel):
     kind = "postgresql"
 
-    def __init__(self, cache: NearCache, dsn: str, schema: str, reconnect_interval: float):
-        super().__init__(cache, reconnect_interval)
+    def __init__(self, near: NearCache, dsn: str, schema: str, reconnect_interval: float):
+        super().__init__(near, reconnect_interval)
         self.dsn = dsn
         self.schema = schema
+        self.forwarded = True
 
     def listen(self) -> None:
+        self.forwarded = True
         with psycopg.connect(self.dsn, autocommit=True, application_name=LISTENER_APPLICATION_NAME,
                              connect_timeout=5) as connection:
             connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
@@ -457,41 +450,39 @@ class _PostgresChannel(_Channel):
                          " WHERE tgrelid = to_regclass(%(table)s) AND tgname = ANY(%(names)s) AND tgenabled = 'A')")
             parameters = {"table": table, "names": list(TRIGGERS)}
             table_oid = None
-            while not self.cache._stopping.is_set():
+            while not self.near._stopping.is_set():
                 sent = time.monotonic()
                 oid, triggers = connection.execute(heartbeat, parameters, prepare=True).fetchone()
-                for notification in connection.notifies(timeout=0):
-                    self.apply(notification.payload)
-                if oid is None or triggers < len(TRIGGERS):
+                forwarded = all([self.apply(notification.payload) for notification in connection.notifies(timeout=0)])
+                if not (forwarded and self.forwarded):
+                    self.lost("an invalidation could not be forwarded to Redis")
+                elif oid is None or triggers < len(TRIGGERS):
                     self.lost(f"the notify triggers are not installed on {table}: run install_notify_triggers")
                 elif table_oid is not None and oid != table_oid:
                     self.lost(f"{table} was replaced")
                 else:
                     self.confirm(sent)
                 table_oid = oid
-                for notification in connection.notifies(timeout=self.heartbeat_interval):
-                    self.apply(notification.payload)
+                self.forwarded = all([self.apply(notification.payload)
+                                      for notification in connection.notifies(timeout=self.heartbeat_interval)])
 
-    def apply(self, payload: str) -> None:
+    def apply(self, payload: str) -> bool:
         try:
             message = json.loads(payload)
             if message.get("schema") != self.schema:
-                return
+                return True
             identity = None if message.get("flush") else (message["namespace"], message["key"])
         except (ValueError, AttributeError, KeyError, TypeError):
             identity = None     # not a message of ours on our channel: assume the worst
-        if identity is None:
-            self.cache.flush()
-        else:
-            self.cache._invalidate_many([identity])
+        return self.near._invalidate_committed(identity)
 
 
 class _RedisChannel(_Channel):
     kind = "redis"
     pong_timeout = 2.0
 
-    def __init__(self, cache: NearCache, url: str, reconnect_interval: float):
-        super().__init__(cache, reconnect_interval)
+    def __init__(self, near: NearCache, url: str, reconnect_interval: float):
+        super().__init__(near, reconnect_interval)
         # RESP2: invalidations come as messages on the subscribed channel (RESP3 would push them)
         self.pool = redis.ConnectionPool.from_url(url, protocol=2, socket_timeout=self.pong_timeout,
                                                   socket_connect_timeout=self.pong_timeout, decode_responses=True)
@@ -506,7 +497,7 @@ class _RedisChannel(_Channel):
             self.command(connection, "SUBSCRIBE", REDIS_INVALIDATION_CHANNEL)
             ping_sent: float | None = None
             next_ping = time.monotonic()
-            while not self.cache._stopping.is_set():
+            while not self.near._stopping.is_set():
                 now = time.monotonic()
                 if ping_sent is None and now >= next_ping:
                     connection.send_command("PING")
@@ -531,11 +522,11 @@ class _RedisChannel(_Channel):
 
     def apply(self, keys: list[str] | None) -> None:
         if keys is None:          # FLUSHDB / FLUSHALL
-            self.cache.flush()
+            self.near.flush()
             return
         identities = [identity for identity in map(identity_of_cache_key, keys) if identity is not None]
         if identities:
-            self.cache._invalidate_many(identities)
+            self.near._invalidate_many(identities)
 
 
 def identity_of_cache_key(cache_key: str) -> tuple[str, str] | None:
