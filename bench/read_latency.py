@@ -13,7 +13,8 @@ into a fresh database, the notify triggers installed, a private redis-server on 
    postgresql    MemoryClient(dsn).get (access bookkeeping on, the default), and with track_access=False;
    redis hit     MemoryClient(dsn, cache=Cache(url)).get, every key cached;
    near hit      MemoryClient(dsn, cache=Cache(url), near_cache=True).get, every key held;
-   get_many      MemoryClient(dsn).get_many of 20 keys from PostgreSQL, per call.
+   get_many      MemoryClient(dsn).get_many of 20 keys (one namespace) from PostgreSQL, per call, with and
+                 without the access bookkeeping.
 2. Staleness: a reader process polls `get` of one key (near cache + Redis, a poll every ~0.2 ms) while
    this process changes the key every 10-30 ms, through MemoryClient.set (with Redis) and through a
    plain SQL UPDATE (no client: the listeners forward it); staleness = the reader's first sight of the
@@ -63,6 +64,8 @@ PATHS = [  # (name in the JSON, label in the table, target p50 µs, target p99 �
     ("redis_hit", "`MemoryClient.get`, Redis hit", 150, None),
     ("near_hit", "`MemoryClient.get`, near-cache hit", 10, 50),
     ("get_many_20", "`MemoryClient.get_many` of 20 keys, PostgreSQL (per call)", None, None),
+    ("get_many_20_untracked", "`MemoryClient.get_many` of 20 keys, PostgreSQL, `track_access=False` (per call)",
+     None, None),
 ]
 STALENESS = [
     ("after_client_set", "staleness after `MemoryClient.set` (writer with Redis)", None, 50_000),
@@ -172,6 +175,8 @@ def measure_paths(dsn: str, redis_url: str, sqlite_file: Path, keys: list[tuple[
         results["get_many_20"] = timed(client.get_many, batches_of(keys, 20), reads // 4, random.Random(seed))
     with MemoryClient(dsn, track_access=False) as client:
         results["postgresql_untracked"] = timed(client.get, keys, reads, random.Random(seed))
+        results["get_many_20_untracked"] = timed(client.get_many, batches_of(keys, 20), reads // 4,
+                                                 random.Random(seed))
     say(f"postgresql {results['postgresql']}")
 
     cache = Cache(redis_url)
@@ -285,6 +290,10 @@ def measure_size(rows: int, args, server: Server) -> dict:
 
 # ----------------------------------------------------------------------------------------- reporting
 
+def cell(figures: dict | None) -> str:
+    return "— | —" if figures is None else f"{fmt(figures['p50_us'])} | {fmt(figures['p99_us'])}"
+
+
 def fmt(microseconds: float | None) -> str:
     if microseconds is None:
         return "—"
@@ -307,10 +316,10 @@ def markdown_section(results: dict) -> str:
     lines = [f"### Read latency and staleness (`bench/run read-latency`)", "", header,
              "|---|" + "---:|---:|" * len(sizes) + "---|"]
     for name, label, p50, p99 in PATHS:
-        cells = [f"{fmt(s['paths'][name]['p50_us'])} | {fmt(s['paths'][name]['p99_us'])}" for s in sizes]
+        cells = [cell(s["paths"].get(name)) for s in sizes]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {target(p50, p99)} |")
     for name, label, p50, p99 in STALENESS:
-        cells = [f"{fmt(s['staleness'][name]['p50_us'])} | {fmt(s['staleness'][name]['p99_us'])}" for s in sizes]
+        cells = [cell(s["staleness"].get(name)) for s in sizes]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {target(p50, p99)} |")
     lines.append("")
     for s in sizes:
