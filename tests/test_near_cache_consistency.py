@@ -212,6 +212,20 @@ def test_without_triggers_the_near_cache_stays_bypassed(with_triggers, scratch_s
     assert any("run install_notify_triggers" in record.getMessage() for record in caplog.records)
 
 
+def test_a_table_replaced_under_the_cache_flushes_it(with_triggers, scratch_schema):
+    """What a `dbt build` does to a table: a new one under the same name, filled without notifying."""
+    s = scratch_schema
+    with NearCache(with_triggers.dsn, schema=s) as near:
+        assert near.wait_until_serving(10)
+        assert near.fill(near.fill_token(), "ns", "k", "before the build", 16, None, time.monotonic())
+        with with_triggers.connect() as connection:
+            connection.execute(f"ALTER TABLE {s}.unified_memory RENAME TO unified_memory_old")
+            connection.execute(f"CREATE TABLE {s}.unified_memory (LIKE {s}.unified_memory_old INCLUDING ALL)")
+            install_notify_triggers(connection, s)
+        assert wait_for(lambda: near.lookup("ns", "k") is NOT_HELD, MAX_STALENESS)
+        assert near.wait_until_serving(5)
+
+
 # -- one process ----------------------------------------------------------------------------------
 
 def test_second_read_is_served_in_process_and_a_write_elsewhere_invalidates_it(with_triggers, near):
@@ -256,8 +270,8 @@ def test_expired_entries_are_never_served(near, redis_server):
     assert not redis.Redis.from_url(redis_server.url).exists(cache_key(namespace, "k"))
 
 
-def test_fills_are_void_after_an_invalidation_and_the_cache_is_bounded(with_triggers):
-    with NearCache(with_triggers.dsn, max_entries=3, max_bytes=2_000) as bounded:
+def test_fills_are_void_after_an_invalidation_and_the_cache_is_bounded_in_count_bytes_and_age(with_triggers):
+    with NearCache(with_triggers.dsn, max_entries=3, max_bytes=2_000, max_entry_age=0.5) as bounded:
         assert bounded.wait_until_serving(10)
         token = bounded.fill_token()
         bounded.invalidate("ns", "raced")
@@ -275,6 +289,11 @@ def test_fills_are_void_after_an_invalidation_and_the_cache_is_bounded(with_trig
         assert [bounded.lookup("lru", k) for k in ("k3", "k4", "k2")] == [NOT_HELD, NOT_HELD, 2]
         assert bounded.lookup("lru", "big") == "x" * 1_500
         assert not bounded.fill(token, "lru", "huge", "x" * 3_000, 3_000, None, time.monotonic())
+
+        assert bounded.fill(bounded.fill_token(), "age", "k", 1, 1, None, time.monotonic() - 0.45)
+        assert bounded.lookup("age", "k") == 1
+        time.sleep(0.06)
+        assert bounded.lookup("age", "k") is NOT_HELD          # older than max_entry_age
 
 
 def test_get_many_matches_postgresql_in_the_order_asked(with_triggers, near):
