@@ -12,8 +12,10 @@ is not tried again for `retry_interval` seconds; no Redis error ever reaches the
 Known limits of cache-aside without versioning: a reader that missed, read PostgreSQL and fills the
 cache just after a writer invalidated can leave the older value cached (until its TTL; for ever when the
 entry has no expires_at) — except fills through `store_fenced` (MemoryClient.get_many and every read of
-a client with a near cache), which an invalidation since their lookup voids; an invalidation skipped while Redis was unreachable leaves a stale value in a
-Redis that comes back. `consolidate cache warm` after such an outage, or a FLUSHDB, clears it.
+a client with a near cache), which an invalidation since their lookup voids; an invalidation skipped
+while Redis was unreachable leaves a stale value in a Redis that comes back. `consolidate cache warm`
+after such an outage, or a FLUSHDB, clears it (and so does a near-cache client, whenever its
+invalidation channels reconnect: loader.near_cache).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ DEFAULT_URL = "redis://127.0.0.1:10001/0"
 KEY_PREFIX = "mem"
 
 log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 UNREACHABLE = object()
 
