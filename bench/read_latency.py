@@ -50,7 +50,6 @@ from bench import generate  # noqa: E402
 from bench.runner import Server, machine, source_revision  # noqa: E402
 from loader.serve.cache import Cache  # noqa: E402
 from loader.serve.client import MemoryClient  # noqa: E402
-from loader.serve.near_cache import install_notify_triggers  # noqa: E402
 
 SAMPLE_KEYS = 2_000
 STALENESS_WRITES = 300
@@ -136,9 +135,7 @@ def consolidated(server: Server, corpus: Path, out: Path, label: str, prefix: st
                              "--no-backup"], capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         raise RuntimeError(f"consolidate run failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    say(f"consolidated {label} in {time.perf_counter() - started:.0f} s")
-    with psycopg.connect(dsn) as connection:
-        install_notify_triggers(connection)
+    say(f"consolidated {label} in {time.perf_counter() - started:.0f} s")   # the build installs the notify triggers
     return dsn
 
 

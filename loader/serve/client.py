@@ -120,8 +120,9 @@ class MemoryClient:
 
     `near_cache=True` adds an in-process near cache in front (loader.serve.near_cache.NearCache over this
     dsn, schema and the cache's Redis, closed with the client), or pass a NearCache of your own (it
-    stays yours). It needs the notify triggers (loader.serve.near_cache.install_notify_triggers); without
-    them it stays bypassed, with a warning. set/delete drop the local copy after their commit.
+    stays yours). It needs the notify triggers, which every build installs on the marts
+    (loader.serve.near_cache.install_notify_triggers for tables made otherwise); without them it stays
+    bypassed, with a warning. set/delete drop the local copy after their commit.
     """
 
     def __init__(self, dsn: str, *, schema: str = "public", cache: Cache | None = None,

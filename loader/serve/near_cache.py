@@ -92,7 +92,8 @@ log = logging.getLogger(__name__)
 # -- the triggers that send the notifications ------------------------------------------------------
 
 def notify_trigger_statements(schema: str) -> list[sql.Composed]:
-    """The statements install_notify_triggers runs (for a dbt post-hook or a migration script)."""
+    """The statements install_notify_triggers runs. The build installs the same ones itself
+    (dbt_project/macros/notify_triggers.sql: on-run-start and a post-hook of each watched mart)."""
     function = sql.Identifier(schema, NOTIFY_FUNCTION)
     statements = [sql.SQL("""
 CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $body$
@@ -151,8 +152,9 @@ $body$""").format(function=function, channel=sql.Literal(NOTIFY_CHANNEL),
 def install_notify_triggers(connection: psycopg.Connection, schema: str = "public") -> None:
     """Create (or replace) the notify function and its triggers on the watched tables of `schema`, in one
     transaction; running it again changes nothing. Needs CREATE on the schema and ownership of the tables.
-    A table rebuilt by `dbt build` (table materialization) loses its triggers: install them again after
-    a build (the near cache stays bypassed, with a warning, while they are missing)."""
+    Every `consolidate build` / `run` / `dbt -- build` puts them back on the marts it replaces (a dbt
+    post-hook); this is for tables made otherwise (the near cache stays bypassed, with a warning, while
+    they are missing)."""
     with connection.transaction():
         for statement in notify_trigger_statements(schema):
             connection.execute(statement)
