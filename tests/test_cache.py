@@ -208,6 +208,38 @@ def test_a_fill_of_a_deleted_entry_is_refused(client, cache, redis_db):
     assert not redis_db.exists(cache_key("default", key)) and client.get(key) is None
 
 
+def test_a_fill_is_refused_when_the_key_was_invalidated_since_its_lookup(client, cache, redis_db):
+    """The fence half of the one fill protocol: an invalidation that carries no version (what a near
+    cache's listener forwards for a write by psql) still voids a fill that looked the key up before it."""
+    key = new_key("fence")
+    client.set(key, "v1")
+    text, _, fence = cache.lookup_many("default", [key])[key]
+    assert text is None
+    read_by_the_reader = client.read_entry(key)
+    cache.invalidate("default", key)
+    assert cache.store(read_by_the_reader, fence) is False
+    assert not redis_db.exists(cache_key("default", key))
+
+    fence = cache.lookup_many("default", [key])[key][2]
+    assert cache.invalidate_all() is True                  # bumps the global fence
+    assert cache.store(read_by_the_reader, fence) is False
+    assert cache.store(read_by_the_reader, cache.lookup_many("default", [key])[key][2]) is True
+    assert json.loads(redis_db.get(cache_key("default", key))) == "v1"
+
+
+def test_a_fenced_fill_of_an_older_version_is_refused_though_its_fence_did_not_move(client, cache, redis_db):
+    """The version half: the reader looked up after the write's invalidation (so its fence is current)
+    but read PostgreSQL before the write committed."""
+    key = new_key("fence-version")
+    client.set(key, "v1")
+    read_by_the_reader = client.read_entry(key)
+    client.set(key, "v2")
+    fence = cache.lookup_many("default", [key])[key][2]
+    assert cache.store(read_by_the_reader, fence) is False
+    assert not redis_db.exists(cache_key("default", key))
+    assert client.get(key) == "v2" and json.loads(redis_db.get(cache_key("default", key))) == "v2"
+
+
 def test_every_write_through_the_client_moves_the_version_forward(client):
     key = new_key("versions")
     versions = []

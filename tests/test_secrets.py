@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.database import Target
+from loader.exit_codes import ExitCode
 
 from conftest import AMBIENT_SETTINGS, consolidate, make_db, read_private_copy
 
@@ -471,7 +472,7 @@ def test_cache_commands_never_print_the_redis_password(redis_with_password, shap
     assert json.loads(stats.stdout)["connected"] is True and "***" in json.loads(stats.stdout)["url"]
     refused = consolidate("cache", "stats", "--json", "--redis-url", wrong)
     warm = consolidate("cache", "warm", "--redis-url", wrong, "--home", str(tmp_path / "state"))
-    assert (refused.returncode, warm.returncode) == (1, 1)
+    assert (refused.returncode, warm.returncode) == (ExitCode.CACHE_UNAVAILABLE, ExitCode.CACHE_UNAVAILABLE)
     assert json.loads(refused.stdout)["connected"] is False
     outputs = "".join(r.stdout + r.stderr for r in (stats, refused, warm))
     assert not shown(forms, outputs)

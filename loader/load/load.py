@@ -10,7 +10,8 @@ session. A file whose tables DuckDB can all read goes **directly**: DuckDB's pos
 the rows by binary COPY, and the file's DDL and ledger rows run in the same PostgreSQL transaction
 (duckdb_postgres). Otherwise, or when the direct path fails, the file goes **through CSV** in a psycopg
 transaction: each table is read by DuckDB into a CSV file unless `sqlite_reader.needs_fallback` names a reason
-to read it with the Python fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names); a DuckDB
+to read it with the Python fallback (BLOBs, invalid UTF-8, NUL, hidden rowid, empty names), or the
+secret policy scrubs JSON in one of its columns (`scrub_reason`); a DuckDB
 read that fails anyway is rolled back to a savepoint and retried with the fallback. The ledger's
 `load_tables.reader` and `notes` say which reader each table used and why; `load_columns` maps every
 source column to its raw column (raw_contract.raw_column_names); `load_tables.raw_table` is

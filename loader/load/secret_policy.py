@@ -7,7 +7,8 @@ A rule names a column as `app.table.column` and says what the load stores for it
 - `scrub`: the value is JSON holding secrets among other things: every secret inside it is hashed the
   same way and everything else is kept (loader/secret_scrub.py: keys with secret-looking names,
   credential headers given as name/value pairs, `Bearer ...`, URL passwords and secret query
-  parameters inside strings); a value that is not JSON is hashed whole;
+  parameters inside strings); a value that is not JSON is hashed whole. A table with such a column is
+  read by the Python reader (load.scrub_reason), where the scrub runs;
 - `exclude`: NULL is loaded instead;
 - `keep`: the value as it is (the default for every column no rule names).
 

@@ -5,19 +5,30 @@ percent-encoded (`hooks:pre-bash` -> `hooks%3Apre-bash`) so two entries can neve
 A cached entry expires when its row does (expires_at), and at the latest after MAX_TTL_SECONDS (one
 hour), entries without expires_at included; entries already expired are not cached.
 
-Fills never overwrite a newer version. Every entry read from PostgreSQL carries its version (updated_at
-in epoch microseconds; every write through loader.serve.client moves it strictly forward). A write, after its
-commit, deletes the cached value and leaves its version in `memver:{namespace}:{key}` (for
-MAX_TTL_SECONDS); a fill is one Lua script that refuses a version older than that marker. So a reader
-that read v1, then lost the race to a writer's set("v2") and its invalidation, cannot cache v1.
+Fills follow one protocol, one Lua script (FILL_SCRIPT), with two conditions:
+- Version: every entry read from PostgreSQL carries its version (updated_at in epoch microseconds; every
+  write through loader.serve.client moves it strictly forward). A write, after its commit, deletes the
+  cached value and leaves its version in `memver:{namespace}:{key}` (for MAX_TTL_SECONDS); a fill of an
+  older version (or of an unknown one while a marker exists) is refused. So a reader that read v1, then
+  lost the race to a writer's set("v2") and its invalidation, cannot cache v1.
+- Fence: every invalidation also bumps a counter beside the key (`fence:mem:{namespace}:{key}`, kept
+  FENCE_TTL_MS), invalidate_all bumps GLOBAL_FENCE. A reader notes both when it looks the key up
+  (lookup_many) and its fill stores only if neither has moved since. This voids the fill even when the
+  write carried no version: a change PostgreSQL notified to a near cache (loader.serve.near_cache), made
+  by psql, the compat views or another service, and forwarded here by its listener.
+MemoryClient fills only after a lookup_many, so both conditions apply to every read it fills; `warm` and a
+`store` without a fence (nothing was looked up) rely on the version alone.
 
 Redis is optional at run time. When it cannot be reached, lookups are misses (the client reads
 PostgreSQL), stores and invalidations are skipped, one warning is logged per Cache instance, and Redis
 is not tried again for `retry_interval` seconds; no Redis error ever reaches the caller.
 
-Known limits: writes that bypass the client (SQL, a `consolidate build`) leave no marker, and an
-invalidation skipped while Redis was unreachable leaves a stale value in a Redis that comes back; either
-stays cached at most MAX_TTL_SECONDS. `consolidate cache warm` after such an outage, or a FLUSHDB, clears it.
+Known limits: writes that bypass the client (SQL, a `consolidate build`) leave no marker (only a near
+cache's listener, when one runs, invalidates them and bumps their fence), a fill whose read took longer
+than FENCE_TTL_MS is checked by version only, and an invalidation skipped while Redis was unreachable
+leaves a stale value in a Redis that comes back; either stays cached at most MAX_TTL_SECONDS.
+`consolidate cache warm` after such an outage, or a FLUSHDB, clears it (and so does a near-cache client
+whenever its invalidation channels reconnect).
 """
 
 from __future__ import annotations
@@ -43,9 +54,31 @@ KEY_PREFIX = "mem"
 VERSION_PREFIX = "memver"
 MAX_TTL_SECONDS = 3600
 
-# KEYS: value, version marker. ARGV: JSON text, TTL in ms, the entry's version ('' when unknown).
-# Refused (0) when a write of a newer version invalidated the key; else cached (1).
+FENCE_TTL_MS = 60_000
+GLOBAL_FENCE = f"fence:{KEY_PREFIX}"
+
+# Per key asked (KEYS: the cache keys, their fences, then GLOBAL_FENCE): its text (false on a miss), its
+# PTTL and its fence ('{key fence}/{global fence}'), in one round trip and one atomic step.
+LOOKUP_MANY_SCRIPT = """
+local found = {}
+local count = (#KEYS - 1) / 2
+local global = redis.call('GET', KEYS[#KEYS]) or ''
+for i = 1, count do
+    local text = redis.call('GET', KEYS[i])
+    found[#found + 1] = text
+    found[#found + 1] = text and redis.call('PTTL', KEYS[i]) or -2
+    found[#found + 1] = (redis.call('GET', KEYS[count + i]) or '') .. '/' .. global
+end
+return found
+"""
+# KEYS: value, version marker, key fence, GLOBAL_FENCE. ARGV: JSON text, TTL in ms, the entry's version
+# ('' when unknown), the fence noted at lookup ('' when nothing was looked up). Refused (0) when an
+# invalidation happened since that lookup, or a write of a newer version invalidated the key; else
+# cached (1).
 FILL_SCRIPT = """
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[3]) or '') .. '/' .. (redis.call('GET', KEYS[4]) or '') ~= ARGV[4] then
+    return 0
+end
 local newest = redis.call('GET', KEYS[2])
 if newest and (ARGV[3] == '' or tonumber(ARGV[3]) < tonumber(newest)) then
     return 0
@@ -53,9 +86,12 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
-# KEYS: value, version marker. ARGV: the written version ('' when none: just delete), marker TTL in ms.
+# KEYS: value, version marker, key fence. ARGV: the written version ('' when none: no marker), marker TTL
+# in ms, fence TTL in ms.
 INVALIDATE_SCRIPT = """
 redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 if ARGV[1] ~= '' then
     local newest = redis.call('GET', KEYS[2])
     if not newest or tonumber(newest) < tonumber(ARGV[1]) then
@@ -86,6 +122,16 @@ def cache_key(namespace: str, key: str, prefix: str = KEY_PREFIX) -> str:
 def version_key(namespace: str, key: str) -> str:
     """Where the newest version written to an entry is kept (see the module docstring)."""
     return cache_key(namespace, key, VERSION_PREFIX)
+
+
+def fence_key(namespace: str, key: str) -> str:
+    """The counter every invalidation of the entry bumps (see the module docstring)."""
+    return "fence:" + cache_key(namespace, key)
+
+
+def text_of(entry: Entry) -> str:
+    """The JSON text to cache: as PostgreSQL sent it when the entry was read as text."""
+    return entry.text if entry.text is not None else json.dumps(entry.value)
 
 
 def url_passwords(url: str) -> list[str]:
@@ -157,6 +203,7 @@ class Cache:
         self._warned = False
         self._warning_lock = threading.Lock()
         self._unreachable_until = 0.0
+        self._lookup_many = self._redis.register_script(LOOKUP_MANY_SCRIPT)
         self._fill = self._redis.register_script(FILL_SCRIPT)
         self._invalidate = self._redis.register_script(INVALIDATE_SCRIPT)
 
@@ -178,19 +225,44 @@ class Cache:
             self.hits += 1
         return cached
 
-    def store(self, entry: Entry) -> bool:
+    def lookup_many(self, namespace: str, keys: list[str]) -> dict[str, tuple[str | None, float | None, str]] | None:
+        """{key: (JSON text or None on a miss, seconds left, fence to pass to store)} for every key
+        asked, in one round trip; None when Redis is unreachable."""
+        found = self._guarded(lambda: self._lookup_many(
+            keys=[cache_key(namespace, key) for key in keys] + [fence_key(namespace, key) for key in keys]
+            + [GLOBAL_FENCE]), fallback=UNREACHABLE)
+        if found is UNREACHABLE:
+            return None
+        looked_up = {}
+        for i, key in enumerate(keys):
+            text, pttl, fence = found[3 * i: 3 * i + 3]
+            looked_up[key] = (text, None if pttl < 0 else pttl / 1000, fence)
+        hits = sum(1 for text, _, _ in looked_up.values() if text is not None)
+        self.hits += hits
+        self.misses += len(keys) - hits
+        return looked_up
+
+    def store(self, entry: Entry, fence: str | None = None) -> bool:
         """Cache a live entry until it expires (at most MAX_TTL_SECONDS); False when it was not cached:
-        expired, Redis unreachable, or a write of a newer version invalidated the key since."""
+        expired, Redis unreachable, a write of a newer version invalidated the key, or (with the `fence`
+        lookup_many returned) any invalidation of the key happened since that lookup."""
         if milliseconds_to_live(entry) <= 0:
             return False
-        return bool(self._guarded(lambda: self._fill_entry(entry), fallback=False))
+        return bool(self._guarded(lambda: self._fill_entry(entry, fence), fallback=False))
 
-    def invalidate(self, namespace: str, key: str, version: int | None = None) -> None:
-        """Delete the cached value after a write; with the written `version`, refuse later fills of
-        older versions (for MAX_TTL_SECONDS)."""
-        self._guarded(lambda: self._invalidate(keys=[cache_key(namespace, key), version_key(namespace, key)],
-                                               args=["" if version is None else version, MAX_TTL_SECONDS * 1000]),
-                      fallback=None)
+    def invalidate(self, namespace: str, key: str, version: int | None = None) -> bool:
+        """Delete the cached value after a write and bump its fence (voiding fills that looked it up
+        before); with the written `version`, also refuse later fills of older versions (for
+        MAX_TTL_SECONDS). False when Redis was unreachable."""
+        return bool(self._guarded(
+            lambda: self._invalidate(keys=[cache_key(namespace, key), version_key(namespace, key), fence_key(namespace, key)],
+                                     args=["" if version is None else version, MAX_TTL_SECONDS * 1000, FENCE_TTL_MS]),
+            fallback=False))
+
+    def invalidate_all(self) -> bool:
+        """Remove every cached value (`mem:*`), after bumping the global fence so that no fill that
+        looked up before can store afterwards; False when Redis was unreachable."""
+        return self._guarded(self._invalidate_all, fallback=False)
 
     # -- warming and statistics ------------------------------------------------------------------
 
@@ -221,17 +293,32 @@ class Cache:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _fill_entry(self, entry: Entry, client=None):
-        return self._fill(keys=[cache_key(entry.namespace, entry.key), version_key(entry.namespace, entry.key)],
-                          args=[json.dumps(entry.value), milliseconds_to_live(entry),
-                                "" if entry.version is None else entry.version], client=client)
+    def _fill_entry(self, entry: Entry, fence: str | None, client=None):
+        namespace, key = entry.namespace, entry.key
+        return self._fill(keys=[cache_key(namespace, key), version_key(namespace, key), fence_key(namespace, key),
+                                GLOBAL_FENCE],
+                          args=[text_of(entry), milliseconds_to_live(entry),
+                                "" if entry.version is None else entry.version, "" if fence is None else fence],
+                          client=client)
 
     def _store_all(self, entries: Iterable[Entry]) -> int:
         pipeline = self._redis.pipeline(transaction=False)
         for entry in entries:
             if milliseconds_to_live(entry) > 0:
-                self._fill_entry(entry, client=pipeline)
+                self._fill_entry(entry, None, client=pipeline)
         return sum(1 for reply in pipeline.execute() if reply)
+
+    def _invalidate_all(self) -> bool:
+        self._redis.incr(GLOBAL_FENCE)
+        batch = []
+        for key in self._redis.scan_iter(match=f"{KEY_PREFIX}:*", count=1000):
+            batch.append(key)
+            if len(batch) == 1000:
+                self._redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            self._redis.unlink(*batch)
+        return True
 
     def _count_keys(self) -> int:
         return sum(1 for _ in self._redis.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))

@@ -25,11 +25,29 @@ INSERT and its commit, needs no privilege beyond INSERT/UPDATE, and `max(id)` is
 lookup. A sequence would not survive the next build's renumbering, and creating one needs CREATE on the
 schema. A writer that bypasses the client and takes ids its own way fails on the primary key rather
 than overwriting a row.
+
+Read paths, fastest first: a near-cache hit (`near_cache=True`, loader.serve.near_cache: in-process, a few µs,
+consistent through server-sent invalidations), a Redis hit (one round trip), PostgreSQL (one prepared
+statement in its own implicit transaction: one round trip). A read that reaches PostgreSQL bumps the
+access bookkeeping in the same statement, committed with synchronous_commit off for that statement only:
+a server crash can lose the last fraction of a second of access counts, never a write. Values travel as
+JSON text from PostgreSQL (`value::text`) and are decoded once; the same text is what Redis stores.
+
+Pool sizing: `pool_size` is the most PostgreSQL connections this client opens (it keeps one open).
+Only reads that miss every cache and writes take a connection, for one statement (a write: its
+transaction), so size it to the threads that may be in PostgreSQL at the same moment, not to all
+threads: 4 (the default) serves a service whose hot set is cached. With `near_cache=True` each client
+also holds one listening PostgreSQL connection and, with a cache, one Redis connection. The server
+needs max_connections >= processes x (pool_size + 1) plus its other users.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -39,6 +57,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
 from loader.serve.entries import Entry, EntryKey
+from loader.serve.near_cache import NOT_HELD, NearCache
 
 if TYPE_CHECKING:
     from loader.serve.cache import Cache
@@ -48,6 +67,7 @@ CLIENT_SOURCE_DB = "memory-client"
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 LIVE = sql.SQL("(expires_at IS NULL OR expires_at > now())")
+ABSENT_TEXT_LENGTH = len("null")
 SECONDS_LEFT = sql.SQL("extract(epoch FROM expires_at - now())::float8")
 # An entry's version for the cache (loader.serve.cache): its updated_at in epoch microseconds.
 VERSION = sql.SQL("(extract(epoch FROM updated_at) * 1000000)::bigint")
@@ -97,38 +117,70 @@ class MemoryClient:
     remove the cache key after their commit, leaving the version they wrote behind. With
     `track_access` (default), a read that reaches PostgreSQL also bumps access_count and accessed_at in
     the same statement; cache hits are not counted.
+
+    `near_cache=True` adds an in-process near cache in front (loader.serve.near_cache.NearCache over this
+    dsn, schema and the cache's Redis, closed with the client), or pass a NearCache of your own (it
+    stays yours). It needs the notify triggers, which every build installs on the marts
+    (loader.serve.near_cache.install_notify_triggers for tables made otherwise); without them it stays
+    bypassed, with a warning. set/delete drop the local copy after their commit.
     """
 
     def __init__(self, dsn: str, *, schema: str = "public", cache: Cache | None = None,
-                 pool_size: int = 4, track_access: bool = True):
+                 pool_size: int = 4, track_access: bool = True, near_cache: NearCache | bool = False):
         self.schema = schema
         self.cache = cache
         self.track_access = track_access
         self._table = sql.Identifier(schema, "unified_memory")
         self._id_lock_name = f"consolidate:{schema}.unified_memory.id"
+        self._read_one_query = self._compose_read_query(sql.SQL("key = %(key)s"))
+        self._read_many_query = self._compose_read_query(sql.SQL("key = ANY(%(keys)s)"))   # slower to bind
         self._pool = open_pool(dsn, pool_size)
+        self._owns_near_cache = near_cache is True
+        if near_cache is True:
+            near_cache = NearCache(dsn, schema=schema, cache=cache)
+        self.near_cache: NearCache | None = near_cache or None
 
     # -- reading ---------------------------------------------------------------------------------
 
     def get(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> Any:
         """The value of a live entry; None when it is absent or expired (expires_at in the past)."""
-        if self.cache is not None:
-            cached = self.cache.lookup(namespace, key)
-            if cached is not None:
-                return cached.value
-        entry = self.read_entry(key, namespace)
-        if entry is None:
-            return None
-        if self.cache is not None:
-            self.cache.store(entry)
-        return entry.value
+        if self.near_cache is not None:
+            held = self.near_cache.lookup(namespace, key)
+            if held is not NOT_HELD:
+                return held
+        return self._read_through([key], namespace)[key]
+
+    def get_many(self, keys: Iterable[str], namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        """{key: value} for every key asked, in the order asked (None when absent or expired): near-cache
+        hits first, then one Redis round trip for the rest, then one PostgreSQL statement."""
+        wanted = list(dict.fromkeys(keys))
+        values: dict[str, Any] = {}
+        missing = wanted
+        if self.near_cache is not None:
+            missing = []
+            for key in wanted:
+                held = self.near_cache.lookup(namespace, key)
+                if held is NOT_HELD:
+                    missing.append(key)
+                else:
+                    values[key] = held
+        if missing:
+            values.update(self._read_through(missing, namespace))
+        return {key: values[key] for key in wanted}
 
     def read_entry(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> Entry | None:
         """The live entry from PostgreSQL (never the cache)."""
-        query = self._tracked_read_query() if self.track_access else self._plain_read_query()
-        with self._pool.connection() as connection:
-            row = connection.execute(query, {"key": key, "namespace": namespace}).fetchone()
-        return None if row is None else Entry(*row)
+        entries = self.read_entries([key], namespace)
+        return entries[0] if entries else None
+
+    def read_entries(self, keys: list[str], namespace: str = DEFAULT_NAMESPACE) -> list[Entry]:
+        """The live entries among `keys` from PostgreSQL (never the cache), in one prepared statement."""
+        query, parameters = ((self._read_one_query, {"key": keys[0], "namespace": namespace}) if len(keys) == 1
+                             else (self._read_many_query, {"keys": keys, "namespace": namespace}))
+        with self._autocommit_connection() as connection:
+            rows = connection.execute(query, parameters, prepare=True).fetchall()
+        return [Entry(namespace, key, loads_within_depth(text), seconds_left, version, text)
+                for namespace, key, text, seconds_left, version in rows]
 
     def search(self, prefix: str, namespace: str | None = None, limit: int = 100) -> list[EntryKey]:
         """Live entries whose key starts with `prefix` (taken literally: no wildcards), in one
@@ -187,8 +239,11 @@ class MemoryClient:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the pool. The cache belongs to the caller and stays open."""
+        """Close the pool (and the near cache this client made). The cache belongs to the caller and
+        stays open."""
         self._pool.close()
+        if self._owns_near_cache:
+            self.near_cache.close()
 
     def __enter__(self) -> MemoryClient:
         return self
@@ -201,19 +256,84 @@ class MemoryClient:
     def _invalidate(self, key: str, namespace: str, version: int | None) -> None:
         if self.cache is not None:
             self.cache.invalidate(namespace, key, version)
+        if self.near_cache is not None:
+            self.near_cache.invalidate(namespace, key)
 
-    def _plain_read_query(self) -> sql.Composed:
-        return sql.SQL(
-            "SELECT namespace, key, value, {seconds_left}, {version} FROM {table}"
-            " WHERE key = %(key)s AND namespace = %(namespace)s AND {live}"
-        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT, version=VERSION)
+    def _read_through(self, keys: list[str], namespace: str) -> dict[str, Any]:
+        """Values of `keys` from Redis, else PostgreSQL, held by the near cache when there is one (from
+        PostgreSQL alone while the near cache is bypassed). The fill token is taken before anything is
+        read, so a write that commits meanwhile voids the fill; Redis is filled only with the fence its
+        lookup returned (loader.serve.cache: fence and version) for the same reason."""
+        near = self.near_cache
+        token = near.fill_token() if near is not None else 0
+        started = time.monotonic()
+        values: dict[str, Any] = {}
+        fences: dict[str, str] = {}
+        # while the near cache is bypassed, its listener may not have forwarded a recent write to Redis
+        trust_redis = self.cache is not None and (near is None or near.serving)
+        looked_up = self.cache.lookup_many(namespace, keys) if trust_redis else None
+        for key, (text, seconds_left, fence) in (looked_up or {}).items():
+            try:
+                values[key] = loads_within_depth(text)
+            except (TypeError, ValueError):     # a miss, or not a value of ours: read PostgreSQL
+                fences[key] = fence
+                continue
+            if near is not None:
+                near.fill(token, namespace, key, values[key], len(text), seconds_left, started)
+        missing = [key for key in keys if key not in values]
+        if missing:
+            values.update(self._read_postgresql(missing, namespace, token, started, fences))
+        return values
 
-    def _tracked_read_query(self) -> sql.Composed:
-        return sql.SQL(
-            "UPDATE {table} SET access_count = coalesce(access_count, 0) + 1, accessed_at = now()"
-            " WHERE key = %(key)s AND namespace = %(namespace)s AND {live}"
-            " RETURNING namespace, key, value, {seconds_left}, {version}"
-        ).format(table=self._table, live=LIVE, seconds_left=SECONDS_LEFT, version=VERSION)
+    def _read_postgresql(self, keys: list[str], namespace: str, token: int, started: float,
+                         fences: dict[str, str]) -> dict[str, Any]:
+        """Read PostgreSQL, fill Redis (only the keys looked up there: those with a fence) and the near
+        cache."""
+        entries = {entry.key: entry for entry in self.read_entries(keys, namespace)}
+        values = {}
+        for key in keys:
+            entry = entries.get(key)
+            values[key] = None if entry is None else entry.value
+            if entry is not None and self.cache is not None and key in fences:
+                self._share(entry, started, fences[key])
+            if self.near_cache is not None:
+                self.near_cache.fill(token, namespace, key, values[key],
+                                     ABSENT_TEXT_LENGTH if entry is None else len(entry.text),
+                                     None if entry is None else entry.seconds_left, started)
+        return values
+
+    def _share(self, entry: Entry, started: float, fence: str) -> None:
+        """Fill Redis with what PostgreSQL returned, its TTL counted from before the read."""
+        if entry.seconds_left is not None:
+            entry = replace(entry, seconds_left=entry.seconds_left - (time.monotonic() - started))
+        self.cache.store(entry, fence)
+
+    @contextmanager
+    def _autocommit_connection(self) -> Iterator[Any]:
+        """A pooled connection in autocommit for one statement (one round trip, no BEGIN/COMMIT), handed
+        back in the pool's default transaction mode that the writes rely on."""
+        with self._pool.connection() as connection:
+            connection.autocommit = True
+            try:
+                yield connection
+            finally:
+                if not connection.broken:
+                    connection.autocommit = False
+
+    def _compose_read_query(self, key_condition: sql.Composable) -> str:
+        columns = sql.SQL("namespace, key, value::text, {seconds_left}, {version}").format(
+            seconds_left=SECONDS_LEFT, version=VERSION)
+        where = sql.SQL("namespace = %(namespace)s AND {key_condition} AND {live}").format(
+            key_condition=key_condition, live=LIVE)
+        if not self.track_access:
+            query = sql.SQL("SELECT {columns} FROM {table} WHERE {where}")
+        else:
+            # the access bookkeeping commits without waiting for the WAL flush (this statement only)
+            query = sql.SQL(
+                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
+                " UPDATE {table} SET access_count = coalesce(access_count, 0) + 1, accessed_at = now()"
+                " FROM relaxed WHERE {where} RETURNING {columns}")
+        return query.format(table=self._table, columns=columns, where=where).as_string(None)
 
     def _upsert_query(self) -> sql.Composed:
         """One statement: a new row takes max(id) + 1 (the caller holds the id lock); an existing

@@ -3,7 +3,7 @@ to import the other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 
@@ -15,10 +15,12 @@ class EntryKey(NamedTuple):
 @dataclass(frozen=True)
 class Entry:
     """A live entry as read from PostgreSQL; seconds_left is None when it never expires; version is its
-    updated_at in epoch microseconds (None when unknown), which every write through the client raises."""
+    updated_at in epoch microseconds (None when unknown), which every write through the client raises;
+    text is the value's JSON text as PostgreSQL sent it (None when the value was read decoded)."""
 
     namespace: str
     key: str
     value: Any
     seconds_left: float | None
     version: int | None = None
+    text: str | None = field(default=None, repr=False, compare=False)

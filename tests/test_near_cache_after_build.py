@@ -1,0 +1,127 @@
+"""The near cache works after `consolidate run` with no manual step: the build puts the notify triggers
+on the marts it replaces (dbt post-hook, dbt_project/macros/notify_triggers.sql), the same triggers
+loader.serve.near_cache.install_notify_triggers installs. This module never installs them on `public`
+itself: its `consolidated` database holds only what the build made."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from loader.serve.cache import Cache
+from loader.serve.client import MemoryClient
+from loader.serve.near_cache import TRIGGERS, WATCHED_TABLES, install_notify_triggers
+
+from conftest import RedisServer, consolidate, fetch
+
+MAX_STALENESS = 0.25          # NearCache's default
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("near-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def wait_for(condition, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return False
+
+
+def served_in_process(client: MemoryClient, key: str, namespace: str) -> bool:
+    hits = client.near_cache.hits
+    client.get(key, namespace)
+    return client.near_cache.hits == hits + 1
+
+
+def write_elsewhere(target, key: str, namespace: str, value) -> None:
+    """A write by another connection that no client knows of (psql would do the same)."""
+    with target.connect() as connection:
+        connection.execute("UPDATE unified_memory SET value = %s::jsonb WHERE key = %s AND namespace = %s",
+                           (json.dumps(value), key, namespace))
+
+
+def stored_value(target, key: str, namespace: str):
+    return fetch(target, "SELECT value FROM unified_memory WHERE key = %s AND namespace = %s", (key, namespace))[0][0]
+
+
+def test_after_consolidate_run_a_near_cache_client_serves_and_sees_writes_from_elsewhere_across_rebuilds(
+        consolidated, redis_server, tmp_path):
+    key, namespace = fetch(consolidated, "SELECT key, namespace FROM unified_memory WHERE expires_at IS NULL"
+                                         " ORDER BY namespace, key LIMIT 1")[0]
+    built_value = stored_value(consolidated, key, namespace)
+    cache = Cache(redis_server.url)
+    with MemoryClient(consolidated.dsn, cache=cache, near_cache=True, pool_size=2) as client:
+        assert client.near_cache.wait_until_serving(10), client.near_cache.stats()   # not bypassed
+        assert client.get(key, namespace) == built_value
+        assert wait_for(lambda: served_in_process(client, key, namespace), 5)
+
+        write_elsewhere(consolidated, key, namespace, {"written": "elsewhere"})
+        written = time.monotonic()
+        assert wait_for(lambda: client.get(key, namespace) == {"written": "elsewhere"}, MAX_STALENESS)
+        assert time.monotonic() - written < MAX_STALENESS
+
+        # `consolidate dbt -- build` replaces the marts (from raw: the build's value is back); the
+        # near cache flushes, finds the triggers on the new tables and serves again
+        result = consolidate("dbt", "--dsn", consolidated.dsn, "--home", str(tmp_path), "--",
+                             "build", "--select", "unified_memory", "performance_metrics")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert stored_value(consolidated, key, namespace) == built_value
+        assert wait_for(lambda: client.get(key, namespace) == built_value, 5)
+        assert client.near_cache.wait_until_serving(10), client.near_cache.stats()
+        assert wait_for(lambda: served_in_process(client, key, namespace), 5)
+
+        write_elsewhere(consolidated, key, namespace, {"written": "after the rebuild"})
+        written = time.monotonic()
+        assert wait_for(lambda: client.get(key, namespace) == {"written": "after the rebuild"}, MAX_STALENESS)
+        assert time.monotonic() - written < MAX_STALENESS
+    cache.close()
+
+
+def notify_definitions(target, schema: str) -> list[str]:
+    """The notify function's and triggers' definitions on `schema`'s watched tables, with the schema
+    name taken out and whitespace collapsed."""
+    with psycopg.connect(target.dsn) as connection:
+        function = connection.execute("SELECT pg_get_functiondef(to_regprocedure(%s))",
+                                      (f'"{schema}".consolidate_notify_memory_write()',)).fetchone()
+        triggers = connection.execute(
+            "SELECT c.relname, t.tgname, t.tgenabled, pg_get_triggerdef(t.oid) FROM pg_trigger t"
+            " JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = ANY(%s) AND NOT t.tgisinternal ORDER BY 1, 2",
+            (schema, list(WATCHED_TABLES))).fetchall()
+    texts = [function[0] or ""] + [" ".join(map(str, row)) for row in triggers]
+    return [re.sub(r"\s+", " ", text.replace(f'"{schema}".', "").replace(f"{schema}.", "")).strip()
+            for text in texts]
+
+
+def test_the_build_installs_the_triggers_install_notify_triggers_installs(consolidated):
+    built = notify_definitions(consolidated, "public")
+    assert len(built) == 1 + len(WATCHED_TABLES) * len(TRIGGERS)
+    assert all(" A CREATE TRIGGER " in trigger for trigger in built[1:])          # ENABLE ALWAYS
+
+    scratch = f"scratch_{uuid.uuid4().hex[:8]}"
+    with consolidated.connect() as connection:
+        connection.execute(f"CREATE SCHEMA {scratch}")
+        for table in WATCHED_TABLES:
+            connection.execute(f"CREATE TABLE {scratch}.{table} (LIKE public.{table})")
+        connection.commit()
+        install_notify_triggers(connection, scratch)
+    try:
+        assert notify_definitions(consolidated, scratch) == built
+    finally:
+        with consolidated.connect() as connection:
+            connection.execute(f"DROP SCHEMA {scratch} CASCADE")
