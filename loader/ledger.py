@@ -15,7 +15,8 @@ from psycopg.types.json import Jsonb
 from loader import __version__
 from loader.database import Target
 from loader.sources.discover import KnownFile
-from loader.load.raw_contract import CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_SCHEMAS
+from loader.load.raw_contract import (
+    CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_MEMORY_INDEXES, RAW_SCHEMAS, WRITE_LOG_DDL)
 
 
 def now() -> datetime:
@@ -75,7 +76,8 @@ def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: l
 
 
 def bootstrap(connection: psycopg.Connection) -> None:
-    """Create the ledger, the raw schemas and the raw tables the dbt models read."""
+    """Create the ledger, the raw schemas, the raw tables the dbt models read and the write log of
+    writes made in PostgreSQL (raw_contract.WRITE_LOG_DDL)."""
     with connection.transaction(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.bootstrap'))")
         cursor.execute(LEDGER_DDL)
@@ -88,6 +90,8 @@ def bootstrap(connection: psycopg.Connection) -> None:
                 "SELECT table_schema, table_name FROM information_schema.tables "
                 "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'", [list(RAW_SCHEMAS.values())]).fetchall():
             ensure_raw_table(cursor, schema, table, [])
+        cursor.execute(RAW_MEMORY_INDEXES)
+        cursor.execute(WRITE_LOG_DDL)
 
 
 def start_load(connection: psycopg.Connection, roots: list[str]) -> str:

@@ -89,6 +89,9 @@ def raw_column_names(columns: list[str]) -> list[str]:
         mapped.append(candidate)
     return mapped
 
+# Where writes made in PostgreSQL are kept (WRITE_LOG_DDL): the one raw schema no SQLite file loads into.
+WRITE_LOG_SCHEMA = "raw_postgres"
+
 # Tables the dbt models read; always present, even if empty.
 CORE_RAW_TABLES = {
     ("raw_claude_flow_v2", "memory_entries"): [
@@ -193,4 +196,99 @@ SELECT DISTINCT ON (source_path) load_id, source_path, source_db, kind, source_s
 FROM {LEDGER_SCHEMA}.load_files
 WHERE status = 'loaded'
 ORDER BY source_path, completed_at DESC, load_id DESC;
+"""
+
+# Raw memory tables are read per load by the incremental build (the rows of the loads new since the last
+# build): an index on _load_id finds them without scanning every earlier load.
+RAW_MEMORY_TABLES = [("raw_claude_flow_v2", "memory_entries"), ("raw_claude_flow_v3", "memory_entries"),
+                     ("raw_extended_memory", "memory_store")]
+RAW_MEMORY_INDEXES = "\n".join(
+    f"CREATE INDEX IF NOT EXISTS {table}__load_id ON {schema}.{table} (_load_id);"
+    for schema, table in RAW_MEMORY_TABLES)
+
+# PostgreSQL as the system of record (issue 11). Every write made in PostgreSQL to a memory entry (through
+# loader.client.MemoryClient, the compatibility views or DML on the marts) is one row of
+# raw_postgres.memory_writes, appended in the transaction that changes the marts. The dbt project reads
+# it as the source `raw_postgres.memory_writes`: each row is a version of its (key, namespace) like a
+# SQLite row of a current load (an `upsert` a value, a `delete` a tombstone), ranked by the same rule.
+# The rows are never updated or deleted (a trigger refuses it), so a build (full refresh included)
+# always finds every write again.
+WRITE_LOG_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {WRITE_LOG_SCHEMA};
+
+CREATE TABLE IF NOT EXISTS {WRITE_LOG_SCHEMA}.memory_writes (
+    write_id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- who and when: the writer's clock at the write, its transaction, its connection's application_name
+    -- (MemoryClient sets `consolidate-memory-client` unless the DSN names one) and role
+    written_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    txid             bigint NOT NULL DEFAULT txid_current(),
+    application_name text DEFAULT current_setting('application_name'),
+    db_user          text NOT NULL DEFAULT current_user,
+    -- the path: 'client' (MemoryClient), 'compat.memory_entries', 'compat_claude_flow_v3.memory_entries',
+    -- 'compat_extended_memory.memory_store', '<schema>.unified_memory', '<schema>.performance_metrics'
+    via              text NOT NULL,
+    -- upsert: this row is the entry's new value; delete: a tombstone (the entry leaves the marts, its
+    -- versions stay in unified_memory_history)
+    operation        text NOT NULL CHECK (operation IN ('upsert', 'delete')),
+    key              text NOT NULL,
+    namespace        text NOT NULL,
+    -- the version, in the marts' types (NULL for a delete but updated_at): value and data_type as in
+    -- unified_memory, times as timestamptz. updated_at is what ranks the version (see the README).
+    value            jsonb,
+    data_type        text,
+    metadata         jsonb,
+    created_at       timestamptz,
+    updated_at       timestamptz NOT NULL,
+    accessed_at      timestamptz,
+    expires_at       timestamptz,
+    access_count     integer,
+    ttl              integer,
+    -- the SQLite file whose service wrote this entry (MemoryClient(source=...)); NULL when unknown
+    home_source_path text,
+    CHECK (operation = 'delete' OR (value IS NOT NULL AND data_type IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS memory_writes_by_entry ON {WRITE_LOG_SCHEMA}.memory_writes (namespace, key, write_id);
+
+-- Reads through MemoryClient bump an entry's access_count and accessed_at. They are bookkeeping, not
+-- versions: one row per entry holding the latest, folded into the marts' accessed_at (latest) and
+-- access_count (largest) by every build.
+CREATE TABLE IF NOT EXISTS {WRITE_LOG_SCHEMA}.memory_accesses (
+    namespace    text NOT NULL,
+    key          text NOT NULL,
+    accessed_at  timestamptz NOT NULL,
+    access_count integer NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+
+CREATE OR REPLACE FUNCTION {LEDGER_SCHEMA}.refuse_rewriting_the_write_log() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION '%.% is append-only: % refused', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING HINT = 'Every write made in PostgreSQL is kept as a version; write a new one instead.';
+END
+$fn$;
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = '{WRITE_LOG_SCHEMA}.memory_writes'::regclass AND tgname = 'append_only') THEN
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {WRITE_LOG_SCHEMA}.memory_writes
+            FOR EACH STATEMENT EXECUTE FUNCTION {LEDGER_SCHEMA}.refuse_rewriting_the_write_log();
+    END IF;
+END
+$do$;
+
+-- Every (namespace, key) ever seen gets its mart id once and keeps it: ids are never renumbered, not even
+-- by a full refresh. New pairs of a build are numbered after the mart's highest id in (namespace, key)
+-- order (the order the marts were numbered in before ids were kept, so a first build gives those same
+-- ids); a pair first written in PostgreSQL gets the next id at its write. An entry that is deleted keeps
+-- its id for when it comes back.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.entry_ids (
+    namespace   text NOT NULL,
+    key         text NOT NULL,
+    mart        text NOT NULL CHECK (mart IN ('unified_memory', 'performance_metrics')),
+    id          bigint NOT NULL,
+    assigned_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, key),
+    UNIQUE (mart, id)
+);
 """
