@@ -16,7 +16,7 @@ from loader import __version__
 from loader.database import Target
 from loader.sources.discover import KnownFile
 from loader.load.raw_contract import (
-    CORE_RAW_TABLES, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_MEMORY_INDEXES, RAW_SCHEMAS, WRITE_LOG_DDL)
+    CORE_RAW_TABLES, CUTOVER_DDL, LEDGER_DDL, LEDGER_SCHEMA, LINEAGE_COLUMNS, RAW_MEMORY_INDEXES, RAW_SCHEMAS, WRITE_LOG_DDL)
 
 
 def now() -> datetime:
@@ -76,11 +76,12 @@ def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: l
 
 
 def bootstrap(connection: psycopg.Connection) -> None:
-    """Create the ledger, the raw schemas, the raw tables the dbt models read and the write log of
-    writes made in PostgreSQL (raw_contract.WRITE_LOG_DDL)."""
+    """Create the ledger (cutovers included), the raw schemas, the raw tables the dbt models read and the
+    write log of writes made in PostgreSQL (raw_contract.WRITE_LOG_DDL)."""
     with connection.transaction(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.bootstrap'))")
         cursor.execute(LEDGER_DDL)
+        cursor.execute(CUTOVER_DDL)
         for schema in RAW_SCHEMAS.values():
             cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         for (schema, table), columns in CORE_RAW_TABLES.items():

@@ -19,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from loader.operate import archive as archive_stage
+from loader.operate import cutover as cutover_stage
+from loader.operate import rollback as rollback_stage
 from loader.backup import backup as backup_stage
 from loader.transform import build as build_stage
 from loader.serve import cache as cache_layer
@@ -429,7 +431,7 @@ def format_age(seconds: float | None) -> str:
 def status_table(report: status_stage.StatusReport) -> Table:
     table = Table(title="ledger status per source file")
     for column in ("file", "kind", "status", "current load", "rows in SQLite", "rows loaded", "on disk",
-                   "since sync", "last failure"):
+                   "since sync", "cut over", "last failure"):
         table.add_column(column, justify="right" if column.startswith(("rows", "since")) else "left")
     for f in report.files:
         current = f.current
@@ -439,15 +441,27 @@ def status_table(report: status_stage.StatusReport) -> Table:
         table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
                       f"{current.rows_in_sqlite:,}" if current and current.rows_in_sqlite is not None else "",
                       f"{current.rows_loaded:,}" if current and current.rows_loaded is not None else "",
-                      on_disk, format_age(f.seconds_since_sync), failure)
+                      on_disk, format_age(f.seconds_since_sync), cut_over_cell(f.cut_over), failure)
     return table
+
+
+def cut_over_cell(cut_over: status_stage.CutOver | None) -> str:
+    if cut_over is None:
+        return ""
+    cell = f"since {cut_over.cut_over_at.astimezone():%Y-%m-%d %H:%M} by {escape(cut_over.cut_over_by)}"
+    if cut_over.split_brain_loads:
+        cell += f" [red]split brain ({cut_over.split_brain_loads} load{'s' if cut_over.split_brain_loads > 1 else ''})[/red]"
+    return cell
 
 
 @app.command()
 def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
     """The ledger at a glance: per source file its latest status, current load, rows, whether the file
-    on disk still has the loaded checksums (unchanged / changed / missing), last failure and time since
-    its last sync; totals and the last load's status."""
+    on disk still has the loaded checksums (unchanged / changed / missing), time since its last sync,
+    whether its service is cut over to PostgreSQL (since when, by whom, split-brain loads since) and its
+    last failure; totals and the last load's status.
+
+    Example: consolidate status --json"""
     report = status_stage.status(target_for(dsn, home, "public"))
     if as_json:
         print_json(report.to_json())
@@ -458,7 +472,8 @@ def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) 
         out.print(status_table(report))
     totals, last = report.totals, report.last_load
     err.print(f"{totals.files} files, {totals.rows_loaded:,} of {totals.rows_in_sqlite:,} rows loaded, "
-              f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing"
+              f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing, "
+              f"{totals.cut_over_files} cut over"
               + (f"; last load {last.load_id}: {last.status}" if last else ""))
 
 
@@ -542,6 +557,8 @@ def sync_line(report: sync_stage.SyncReport) -> str:
 
 
 def print_sync_problems(report: sync_stage.SyncReport) -> None:
+    for split in report.split_brain:
+        err.print(f"[yellow]warning:[/yellow] {escape(split.message())}")
     for f in report.failed:
         err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
     for failure in report.build.failures if report.build else []:
@@ -606,6 +623,83 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
         out.print(sync_line(report))
         print_sync_problems(report)
     raise typer.Exit(report.exit_code)
+
+
+Sources = Annotated[list[Path], typer.Argument(help="SQLite files, as the ledger knows them (see `consolidate status`).")]
+Note = Annotated[Optional[str], typer.Option("--note", help="Why, or which deployment: kept in the ledger.")]
+
+
+def cutover_table(outcomes: list[cutover_stage.CutoverOutcome]) -> Table:
+    table = Table(title="cutover")
+    for column in ("file", "outcome", "cut over at", "by", "baseline load"):
+        table.add_column(column)
+    for o in outcomes:
+        c = o.cutover
+        table.add_row(Text(o.source_path), o.outcome, f"{c.cut_over_at.astimezone():%Y-%m-%d %H:%M:%S}" if c else "",
+                      Text(c.cut_over_by) if c else "", c.load_id if c else "")
+    return table
+
+
+@app.command()
+def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: Note = None,
+            undo: Annotated[bool, typer.Option(
+                "--undo", help="Record instead that these files' services write to their SQLite files again "
+                               "(after `consolidate rollback`).")] = False,
+            as_json: AsJson = False) -> None:
+    """Record in the ledger (consolidate.cutovers) that each SOURCE's service now writes to PostgreSQL
+    (give it MemoryClient(..., source=SOURCE)). Refused, for all, unless every SOURCE is a memory file
+    whose bytes on disk are its current load's: stop its writes and `consolidate sync` first. From then
+    on, a sync that finds SOURCE changed still loads it and warns of split brain, naming the entries
+    written on both sides. `consolidate status` shows the files cut over. Exit 2 when refused.
+
+    Example: consolidate cutover /opt/app/.swarm/memory.db --note 'coder agents on PostgreSQL'"""
+    target = target_for(dsn, home, "public")
+    try:
+        outcomes = (cutover_stage.undo if undo else cutover_stage.cutover)(target, sources, note=note)
+    except cutover_stage.CutoverError as error:
+        err.print(f"[red]refused:[/red] {escape(str(error))}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json([o.to_json() for o in outcomes])
+    else:
+        out.print(cutover_table(outcomes))
+
+
+@app.command()
+def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose entries to write back.")],
+             to: Annotated[Path, typer.Option("--to", help="The new SQLite file to write (beside it, then moved into place).")],
+             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace FILE if it exists.")] = False,
+             as_json: AsJson = False) -> None:
+    """Write FILE: a new SQLite database in SOURCE's own schema (claude-flow v2, v3 or extended-memory:
+    same tables, indexes, triggers, views and pragmas) holding PostgreSQL's current state of every
+    entry whose home is SOURCE (its rows, and the entries its service wrote in PostgreSQL), deletes
+    applied, times in SOURCE's units; rows PostgreSQL never changed are SOURCE's own, byte for byte.
+    SOURCE is never opened; FILE is never replaced without --overwrite. Recorded in
+    consolidate.rollbacks. Exit 2 when refused (SOURCE changed since its last sync, marts not built,
+    FILE exists).
+
+    Example: consolidate rollback /opt/app/.swarm/memory.db --to /opt/app/.swarm/memory.rollback.db"""
+    try:
+        result = rollback_stage.rollback(target_for(dsn, home, schema), source, to, overwrite=overwrite)
+    except rollback_stage.RollbackError as error:
+        err.print(f"[red]refused:[/red] {escape(str(error))}")
+        raise typer.Exit(EXIT_USAGE)
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table(title=f"rollback of {result.source_path} ({result.kind}, load {result.load_id})")
+    for column in ("unchanged", "changed", "created", "deleted", "skipped"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{n:,}" for n in (len(result.unchanged), len(result.changed), len(result.created),
+                                       len(result.deleted), len(result.skipped))))
+    out.print(table)
+    for skipped in result.skipped:
+        err.print(f"[yellow]skipped[/yellow] {escape(skipped['namespace'])}/{escape(skipped['key'])}: "
+                  f"{escape(skipped['reason'])}")
+    for note in result.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note)}")
+    err.print(f"wrote {escape(result.written_to)} (sha256 {result.sha256[:16]}...)")
 
 
 @db_app.command("url")

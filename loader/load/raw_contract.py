@@ -198,6 +198,70 @@ WHERE status = 'loaded'
 ORDER BY source_path, completed_at DESC, load_id DESC;
 """
 
+# Services cut over to PostgreSQL (issue 11; loader/operate/cutover.py and rollback.py). Append-only: every
+# `consolidate cutover`, `cutover --undo` and `rollback` adds a row, so the history of each switch stays.
+CUTOVER_DDL = f"""
+-- One row per `consolidate cutover SOURCE` (action 'cutover': from now on the file's service writes to
+-- PostgreSQL) and per `consolidate cutover --undo SOURCE` ('undo': it writes to its SQLite file again). A
+-- file is cut over while its latest row is a 'cutover'. load_id and the checksums are the file's current
+-- load when the row was written: for a cutover, the version later loads are compared with (split brain).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.cutovers (
+    cutover_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source_path   text NOT NULL,
+    action        text NOT NULL CHECK (action IN ('cutover', 'undo')),
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    recorded_by   text NOT NULL,
+    note          text,
+    load_id       text,
+    source_sha256 text,
+    wal_sha256    text
+);
+CREATE INDEX IF NOT EXISTS cutovers_by_file ON {LEDGER_SCHEMA}.cutovers (source_path, cutover_id);
+
+-- The files cut over now, each with the cutover that holds.
+CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.cut_over_files AS
+SELECT cutover_id, source_path, recorded_at AS cut_over_at, recorded_by AS cut_over_by, note, load_id,
+       source_sha256, wal_sha256
+FROM (SELECT DISTINCT ON (source_path) *
+      FROM {LEDGER_SCHEMA}.cutovers
+      ORDER BY source_path, cutover_id DESC) AS latest
+WHERE action = 'cutover';
+
+-- A load of a cut-over file made after its cutover, checked by `consolidate sync`: the file changed
+-- although its service writes to PostgreSQL. sqlite_entries counts the memory entries the file changed
+-- since the cutover's load; `entries` names those also written in PostgreSQL since the cutover (written
+-- on both sides): [{{"namespace", "key", "sqlite_change" (inserted / updated / deleted), "postgres_writes",
+-- "last_written_at", "last_written_by"}}]. Loads whose file is byte for byte the cutover's are recorded
+-- with changed = false.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.split_brain (
+    load_id        text NOT NULL,
+    source_path    text NOT NULL,
+    cutover_id     bigint NOT NULL REFERENCES {LEDGER_SCHEMA}.cutovers (cutover_id),
+    detected_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    changed        boolean NOT NULL,
+    sqlite_entries bigint NOT NULL,
+    entries        jsonb NOT NULL,
+    PRIMARY KEY (load_id, source_path)
+);
+
+-- One row per `consolidate rollback SOURCE --to FILE`: the SQLite file written from PostgreSQL's state
+-- (the cutover itself is undone by `consolidate cutover --undo`, once the service writes to SQLite again).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.rollbacks (
+    rollback_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source_path  text NOT NULL,
+    written_to   text NOT NULL,
+    written_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    written_by   text NOT NULL,
+    load_id      text NOT NULL,
+    sha256       text NOT NULL,
+    unchanged    bigint NOT NULL,
+    changed      bigint NOT NULL,
+    created      bigint NOT NULL,
+    deleted      bigint NOT NULL,
+    skipped      jsonb NOT NULL
+);
+"""
+
 # Raw memory tables are read per load by the incremental build (the rows of the loads new since the last
 # build): an index on _load_id finds them without scanning every earlier load.
 RAW_MEMORY_TABLES = [("raw_claude_flow_v2", "memory_entries"), ("raw_claude_flow_v3", "memory_entries"),

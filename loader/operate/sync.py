@@ -19,6 +19,10 @@ row's raw version stays in raw under the previous load (`consolidate lineage` sh
 Loads made by `consolidate load` / `run` are diffed too: every sync first detects the changes of any
 `loaded` file version that has none recorded yet.
 
+A load of a file cut over to PostgreSQL (`consolidate cutover`) made after its cutover is checked for
+split brain (loader/operate/cutover.py): the file changed although its service writes to PostgreSQL. It
+is loaded all the same (nothing lost); the report warns and names the entries written on both sides.
+
 `watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
 nothing (no ledger rows, no build) and reports itself idle.
@@ -38,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from loader import ledger
+from loader.operate import cutover
 from loader.transform.build import BuildOutcome, build as dbt_build
 from loader.database import Target
 from loader.sources.discover import Discovery, discover
@@ -242,6 +247,7 @@ class SyncReport:
     cycle: int | None = None  # the watch cycle's number
     error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
     checked: int = 0  # files discovered
+    split_brain: list[cutover.SplitBrain] = field(default_factory=list)  # cut-over files that changed
 
     def count(self, status: str) -> int:
         return sum(f.status == status for f in self.files)
@@ -280,6 +286,8 @@ class SyncReport:
                 f"{t['unchanged']} unchanged, {t['failed']} failed")
         if t["missing"]:
             line += f", {t['missing']} missing"
+        if self.split_brain:
+            line += f", {len(self.split_brain)} split brain"
         if self.build is not None:
             line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
         return line
@@ -290,7 +298,8 @@ class SyncReport:
                 "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
                 "totals": self.totals, "caught_up": self.caught_up,
                 "build": self.build.to_json() if self.build else None,
-                "files": [f.to_json() for f in self.files], "warnings": self.warnings}
+                "files": [f.to_json() for f in self.files], "warnings": self.warnings,
+                "split_brain": [s.to_json() for s in self.split_brain]}
 
 
 # ---------------------------------------------------------------------------------- change detection
@@ -407,6 +416,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.load_id = loaded.load_id
     with target.connect(autocommit=True) as connection:  # each file's detection commits on its own
         detected = detect_pending(connection)
+        report.split_brain = cutover.detect_split_brain(connection)
         current = current_rows(connection)
     by_load = {(c.load_id, c.source_path): c for c in detected}
     report.caught_up = sum(c.load_id != loaded.load_id for c in detected)
