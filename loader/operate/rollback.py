@@ -519,7 +519,7 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
     source_path = ledger_path(source)
     source, destination = Path(source_path), Path(destination).absolute()
     check_destination(source, destination, overwrite)
-    with target.connect() as connection:
+    with target.connect(autocommit=True) as connection:
         ledger.bootstrap(connection)
         current = current_load_of(connection, source_path)
         if current is None:
@@ -537,13 +537,13 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
             if (snapshot.sha256, snapshot.wal_sha256) != (sha256, wal_sha256):
                 raise RollbackError(f"{source_path}: changed since its current load {load_id}; run `consolidate "
                                     "sync` first so PostgreSQL, and the rollback, hold those changes")
-            with connection.transaction():
-                connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                if not marts_hold_load(connection, load_id, source_path, raw_table):
+            with target.connect() as reading:  # one snapshot of PostgreSQL for every read
+                reading.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                if not marts_hold_load(reading, load_id, source_path, raw_table):
                     raise RollbackError(f"{source_path}: the marts do not hold its current load {load_id} yet; "
                                         "run `consolidate build` (or `sync`) first")
-                entries = read_entries(connection, target, source_path, load_id, kind, raw_table)
-                null_keys = [rowid for (rowid,) in connection.execute(
+                entries = read_entries(reading, target, source_path, load_id, kind, raw_table)
+                null_keys = [rowid for (rowid,) in reading.execute(
                     sql.SQL("SELECT _source_rowid FROM {} WHERE _load_id = %s AND _source_path = %s AND key IS NULL")
                     .format(sql.Identifier(*raw_table)), (load_id, source_path))]
             plan = plan_memory_table(kind, entries, source_path, load_id, null_keys, report)
