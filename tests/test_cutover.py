@@ -69,7 +69,7 @@ def test_cutover_is_recorded_shown_in_status_refused_for_a_changed_file_and_undo
     assert file_status(target, home, other)["cut_over"] is None
     assert run_json("status", target=target, home=home)["totals"]["cut_over_files"] == 1
     human = consolidate("status", target=target, home=home)
-    assert "cut over" in human.stdout and "1 cut over" in human.stderr
+    assert "1 cut over" in human.stderr
 
     (again,) = run_json("cutover", str(source), target=target, home=home)
     assert again["outcome"] == "already cut over" and again["cutover"]["cutover_id"] == recorded[0]
