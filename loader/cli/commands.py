@@ -179,10 +179,17 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
 
 
 @app.command()
-def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public") -> None:
-    """Run `dbt build` (models and tests: the validation phase) against the database. Exit 1 when a
-    model or test fails."""
-    outcome = build_stage.build(target_for(dsn, home, schema), home)
+def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+          full_refresh: Annotated[bool, typer.Option(
+              "--full-refresh", help="Rebuild every model from raw and the write log instead of applying "
+                                     "only what is new since the last build (same result, ids included).")] = False,
+          ) -> None:
+    """Run `dbt build` (models and tests: the validation phase) against the database: incremental, only
+    the loads and writes new since the last build, unless --full-refresh (or there is no previous build).
+    Exit 1 when a model or test fails.
+
+    Example: consolidate build --full-refresh --dsn postgresql://consolidate@db.internal:10000/memory"""
+    outcome = build_stage.build(target_for(dsn, home, schema), home, full_refresh=full_refresh)
     for failure in outcome.failures:
         err.print(f"[red]failed:[/red] {escape(str(failure))}")
     raise typer.Exit(EXIT_OK if outcome.success else EXIT_NOT_RECONCILED)
@@ -227,7 +234,8 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         backup_to: Annotated[Optional[Path], typer.Option(
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         rebuild: Annotated[bool, typer.Option(
-            "--rebuild", help="Build and validate even when nothing changed since the last passing build.")] = False,
+            "--rebuild", help="Build (a full refresh from raw and the write log) and validate even when "
+                              "nothing changed since the last passing build.")] = False,
         jobs: Jobs = load_stage.DEFAULT_JOBS, as_json: AsJson = False) -> None:
     """discover → backup → load → build → validate → a reconciliation table per source file.
 
@@ -247,7 +255,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
                   "the marts are current (--rebuild to build and validate again).")
         built, validation = build_stage.BuildOutcome(success=True, skipped=True), None
     else:
-        built = build_stage.build(target, home, quiet=as_json)
+        built = build_stage.build(target, home, quiet=as_json, full_refresh=rebuild)
         validation = validate_stage.validate(target, backup_dir=backed_up,
                                              secret_policy=validate_stage.secret_policy_in_use(home, secrets)) \
             if built.success else None
@@ -402,7 +410,10 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
             namespace: Annotated[Optional[str], typer.Option(help="Only this namespace.")] = None,
             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
             as_json: AsJson = False) -> None:
-    """Every version of an entry across files and loads, the winner marked."""
+    """Every version of an entry across files, loads and writes made in PostgreSQL ("written in
+    PostgreSQL by APP (USER) via PATH at TIME"), the winner marked.
+
+    Example: consolidate lineage session:abc --namespace sessions"""
     versions = lineage_queries.versions(target_for(dsn, home, schema), key, namespace)
     if as_json:
         print_json([v.to_json() for v in versions])
@@ -414,9 +425,9 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
     for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
         table.add_column(column)
     for v in versions:
-        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace), Text(v.source_db),
-                      str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
-                      Text(v.value_preview))
+        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace), Text(v.origin),
+                      str(v.source_rowid), v.load_id or f"write {v.write_id}", str(v.updated_at),
+                      str(v.accessed_at), Text(v.value_preview))
     out.print(table)
 
 def format_age(seconds: float | None) -> str:
