@@ -189,7 +189,7 @@ def test_rollback_holds_postgresql_changes_new_entries_and_deletes(migrated, lab
     unit = UNITS[label]
 
     def row_of(namespace, key):
-        found = written.execute(f'SELECT rowid, * FROM memory_entries WHERE namespace = ? AND key = ?',
+        found = written.execute('SELECT rowid AS source_rowid, * FROM memory_entries WHERE namespace = ? AND key = ?',
                                 (namespace, key))
         names = [c[0] for c in found.description]
         rows = [dict(zip(names, row)) for row in found]
@@ -210,7 +210,7 @@ def test_rollback_holds_postgresql_changes_new_entries_and_deletes(migrated, lab
     rowid = next(r for r, row in original.items() if entry_of(row) == (namespace, key))
     changed = row_of(namespace, key)
     pg = marts_row(namespace, key)
-    assert changed["rowid"] == rowid and changed["id"] == original[rowid]["id"][1]
+    assert changed["source_rowid"] == rowid and changed["id"] == original[rowid]["id"][1]
     assert changed[value_column] == expected_text(changed_value)
     assert changed["updated_at"] == floor_epoch(pg["updated_at"], unit) > original[rowid]["updated_at"][1]
     assert changed["created_at"] == original[rowid]["created_at"][1] == floor_epoch(pg["created_at"], unit)
@@ -250,6 +250,7 @@ def test_consolidating_the_rollback_file_gives_postgresql_entries(migrated, labe
             UNION SELECT namespace, key FROM performance_metrics WHERE source_path = %(source)s
             UNION SELECT namespace, key FROM raw_postgres.memory_writes WHERE home_source_path = %(source)s)
     """, {"source": source})
+    assert len(home_entries) == len(migrated["rows"][label])  # one deleted, one created
     folder = tmp_path / "alone"
     folder.mkdir()
     shutil.copyfile(destination, folder / "memory.db")

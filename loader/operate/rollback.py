@@ -47,7 +47,7 @@ import secrets
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -99,8 +99,8 @@ class RollbackReport:
 # ------------------------------------------------------------------------------ PostgreSQL's state
 
 # Every entry at home in the source, with its state in the marts (mart NULL: absent) and the rowids of
-# the source's rows of it. performance_metrics does not hold every field: a winner written in PostgreSQL
-# has them in the write log; any other winner's come from int_memory_all_loads (entries_won_elsewhere).
+# the source's rows of it. performance_metrics keeps only a metric's value and time: the other fields of
+# its winner come from int_memory_ranked, which every build and every write keep in step with the marts.
 ENTRIES_QUERY = """
 WITH base AS (
     SELECT _source_rowid AS rowid, key, {namespace} AS namespace
@@ -118,14 +118,13 @@ state AS (
            source_rowid
     FROM {unified_memory}
     UNION ALL
-    SELECT 'performance_metrics', metrics.id, metrics.namespace, metrics.key,
-           coalesce(writes.value, metrics.metric_data), writes.data_type, writes.metadata, writes.created_at,
-           writes.updated_at, writes.accessed_at, writes.expires_at, writes.access_count, writes.ttl,
+    SELECT 'performance_metrics', metrics.id, metrics.namespace, metrics.key, metrics.metric_data,
+           ranked.data_type, ranked.metadata, ranked.first_created_at, ranked.updated_at,
+           ranked.last_accessed_at, ranked.expires_at, ranked.max_access_count, ranked.ttl,
            metrics.source_path, metrics.load_id, metrics.source_table, metrics.source_rowid
     FROM {performance_metrics} AS metrics
-    LEFT JOIN {write_log} AS writes
-           ON metrics.load_id IS NULL AND metrics.source_table = 'memory_writes'
-          AND writes.write_id = metrics.source_rowid
+    LEFT JOIN intermediate.int_memory_ranked AS ranked
+           ON ranked.namespace = metrics.namespace AND ranked.key = metrics.key AND ranked.is_winner
 )
 SELECT home.namespace, home.key, state.mart, state.id, state.data_type,
        state.value::text AS value_json, state.value #>> '{{}}' AS value_string,
@@ -145,21 +144,6 @@ LEFT JOIN state ON state.namespace = home.namespace AND state.key = home.key
 ORDER BY home.namespace, home.key
 """
 
-# The fields of performance_metrics winners that are rows of a file (not the source's own), from the
-# versions' view: rare (a metric of the source superseded by another file's), and slow (the view parses).
-VERSIONS_QUERY = """
-SELECT namespace, key, data_type, value::text AS value_json, value #>> '{{}}' AS value_string,
-       jsonb_typeof(value) AS json_type, metadata::text AS metadata,
-       (CASE WHEN jsonb_typeof(metadata) = 'object' THEN metadata - 'claude_flow_v3' ELSE metadata END)::text
-           AS metadata_without_v3,
-       {v3_fields},
-       CASE WHEN jsonb_typeof(metadata -> 'extended_memory') = 'object'
-            THEN metadata -> 'extended_memory' ->> 'type' END AS extended_type,
-       created_at, updated_at, accessed_at, expires_at, access_count, ttl
-FROM intermediate.int_memory_all_loads
-WHERE (load_id, source_path, source_table, source_rowid) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]))
-"""
-
 # v3's own fields, which staging keeps under the metadata's `claude_flow_v3` (compat_claude_flow_v3's rule).
 V3_FIELDS = ("type", "tags", "status", "owner_id")
 
@@ -168,11 +152,6 @@ def v3_fields(metadata: str) -> sql.Composable:
     return sql.SQL(", ").join(
         sql.SQL("CASE WHEN jsonb_typeof({m} -> 'claude_flow_v3') = 'object' THEN {m} -> 'claude_flow_v3' ->> {f} END AS {a}")
         .format(m=sql.SQL(metadata), f=sql.Literal(name), a=sql.Identifier("v3_" + name)) for name in V3_FIELDS)
-
-
-STATE_FIELDS = ("data_type", "value_json", "value_string", "json_type", "metadata", "metadata_without_v3",
-                *(f"v3_{name}" for name in V3_FIELDS), "extended_type", "created_at", "updated_at", "accessed_at", "expires_at",
-                "access_count", "ttl")
 
 
 def raw_memory_table(connection: psycopg.Connection, load_id: str, source_path: str, table: str) -> tuple[str, str] | None:
@@ -200,19 +179,10 @@ def read_entries(connection: psycopg.Connection, target: Target, source_path: st
         namespace=NAMESPACE_OF_ROW[kind], raw_table=sql.Identifier(*raw_table),
         write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
         unified_memory=sql.Identifier(target.schema, "unified_memory"),
-        performance_metrics=sql.Identifier(target.schema, "performance_metrics"), v3_fields=v3_fields("state.metadata"))
+        performance_metrics=sql.Identifier(target.schema, "performance_metrics"),
+        v3_fields=v3_fields("state.metadata"))
     with connection.cursor(row_factory=dict_row) as cursor:
-        entries = cursor.execute(statement, {"load_id": load_id, "source_path": source_path}).fetchall()
-        elsewhere = [e for e in entries if e["mart"] == "performance_metrics" and e["load_id"] is not None
-                     and not is_own(e, source_path, load_id, MEMORY_TABLES[kind])]
-        if elsewhere:
-            columns = list(zip(*[(e["load_id"], e["source_path"], e["source_table"], e["source_rowid"])
-                                 for e in elsewhere]))
-            versions = {(v["namespace"], v["key"]): v for v in cursor.execute(
-                sql.SQL(VERSIONS_QUERY).format(v3_fields=v3_fields("metadata")), columns)}
-            for entry in elsewhere:
-                entry.update({name: versions[(entry["namespace"], entry["key"])][name] for name in STATE_FIELDS})
-    return entries
+        return cursor.execute(statement, {"load_id": load_id, "source_path": source_path}).fetchall()
 
 
 def is_own(entry: dict, source_path: str, load_id: str, table: str) -> bool:
@@ -224,19 +194,15 @@ def is_own(entry: dict, source_path: str, load_id: str, table: str) -> bool:
 # ------------------------------------------------------------------------- rows in the source's shape
 
 def epoch_seconds(moment: datetime | None) -> int | None:
-    return None if moment is None else (moment - EPOCH) // _second
+    return None if moment is None else (moment - EPOCH) // timedelta(seconds=1)
 
 
 def epoch_milliseconds(moment: datetime | None) -> int | None:
-    return None if moment is None else (moment - EPOCH) // _millisecond
+    return None if moment is None else (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def naive_utc_text(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-_second = datetime(1970, 1, 1, 0, 0, 1, tzinfo=timezone.utc) - EPOCH
-_millisecond = _second / 1000
 
 
 def value_bytes_or_text(entry: dict) -> str | bytes:

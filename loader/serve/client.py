@@ -25,12 +25,17 @@ and `set` work on it all the same, `search` and `hottest` cover unified_memory o
 
 Ids: a new entry's id comes from consolidate.entry_ids, given once per (namespace, key) and never
 renumbered by a build.
+
+A service cut over from a SQLite file (`consolidate cutover`) passes `source=` that file: every write it
+makes records the file as its entry's home (memory_writes.home_source_path, the path as the ledger spells
+it: absolute, symlinks kept), so `consolidate rollback` of that file holds the entries it created.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from psycopg import sql
@@ -107,8 +112,9 @@ class MemoryClient:
     """
 
     def __init__(self, dsn: str, *, schema: str = "public", cache: Cache | None = None,
-                 pool_size: int = 4, track_access: bool = True):
+                 pool_size: int = 4, track_access: bool = True, source: str | Path | None = None):
         self.schema = schema
+        self.home_source_path = None if source is None else str(Path(source).absolute())
         self.cache = cache
         self.track_access = track_access
         self._table = sql.Identifier(schema, "unified_memory")
@@ -178,9 +184,11 @@ class MemoryClient:
                 "SELECT consolidate.write_memory_entry(%(schema)s, %(via)s, 'upsert', %(namespace)s, %(key)s, "
                 "%(given)s, p_value => %(value)s::jsonb, p_data_type => %(data_type)s, "
                 "p_metadata => %(metadata)s::jsonb, p_ttl => %(ttl)s::integer, "
-                "p_expires_at => now() + make_interval(secs => %(ttl)s::integer))",
+                "p_expires_at => now() + make_interval(secs => %(ttl)s::integer), "
+                "p_home_source_path => %(home)s)",
                 {"schema": self.schema, "via": WRITE_VIA, "namespace": namespace, "key": key, "given": given,
-                 "value": value_json, "data_type": data_type, "metadata": encode_metadata(metadata), "ttl": ttl})
+                 "value": value_json, "data_type": data_type, "metadata": encode_metadata(metadata), "ttl": ttl,
+                 "home": self.home_source_path})
         self._invalidate(key, namespace)
 
     def delete(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
@@ -188,8 +196,8 @@ class MemoryClient:
         True when it had a value (live or expired), False when there was nothing to delete."""
         with self._pool.connection() as connection:
             (write_id,) = connection.execute(
-                "SELECT consolidate.write_memory_entry(%s, %s, 'delete', %s, %s)",
-                (self.schema, WRITE_VIA, namespace, key)).fetchone()
+                "SELECT consolidate.write_memory_entry(%s, %s, 'delete', %s, %s, p_home_source_path => %s)",
+                (self.schema, WRITE_VIA, namespace, key, self.home_source_path)).fetchone()
         self._invalidate(key, namespace)
         return write_id is not None
 
