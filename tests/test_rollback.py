@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import consolidate, fresh_database
+from conftest import consolidate, fetch, fresh_database
 from loader.database import Target
 from loader.serve.client import MemoryClient
 
@@ -286,3 +286,52 @@ def test_rollback_never_replaces_a_file_without_overwrite(migrated, tmp_path):
                               "--overwrite", target=migrated["target"], home=migrated["folder"] / "state")
     assert onto_source.returncode == 2
     assert migrated["checksums"]["v2"] == sha256_of_folder(migrated["sources"]["v2"].parent)
+
+
+def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
+    """The sample's extended_memory.db (naive UTC text times, a `type` per value, no namespace column)."""
+    target = consolidated
+    (source,) = [Path(path) for (path,) in fetch(
+        target, "SELECT source_path FROM consolidate.current_loads WHERE kind = 'extended-memory'")]
+    before = sha256_of_folder(source.parent)
+    original = opened_copy(source, tmp_path / "source")
+    rows = typed_rows(original, "memory_store")
+    by_key = {row["key"][1]: rowid for rowid, row in rows.items()}
+    changed_key = next(key for key, rowid in by_key.items() if rows[rowid]["type"][1] == "int")
+    deleted_key = next(key for key, rowid in by_key.items() if rows[rowid]["type"][1] == "pickle")
+    with MemoryClient(target.dsn, track_access=False, source=source) as memory:
+        memory.set(changed_key, "now a string", namespace="extended-memory")
+        memory.set("rollback:new", {"a": [1, 2]}, namespace="extended-memory")
+        memory.set("rollback:elsewhere", 1, namespace="not-extended-memory")
+        assert memory.delete(deleted_key, namespace="extended-memory")
+    destination = tmp_path / "rolled-back.db"
+
+    result = consolidate("rollback", str(source), "--to", str(destination), "--json", target=target)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    written = opened_copy(destination, tmp_path / "rollback")
+    assert written.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert schema_of(written) == schema_of(original)
+    assert typed_rows(written, "metadata") == typed_rows(original, "metadata")
+    after = typed_rows(written, "memory_store")
+    assert {r: row for r, row in after.items() if row["key"][1] not in (changed_key, "rollback:new")} == \
+        {r: row for r, row in rows.items() if row["key"][1] not in (changed_key, deleted_key)}
+    pg = {key: postgres_rows(target, "SELECT * FROM unified_memory WHERE namespace = 'extended-memory' AND key = %s",
+                             (key,))[0] for key in (changed_key, "rollback:new")}
+
+    def naive_utc(moment: datetime) -> str:
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    changed = next(row for row in after.values() if row["key"][1] == changed_key)
+    own = rows[by_key[changed_key]]
+    assert changed["value"] == ("text", '"now a string"') and changed["type"] == ("text", "str")
+    assert changed["updated_at"] == ("text", naive_utc(pg[changed_key]["updated_at"]))
+    assert changed["created_at"] == own["created_at"]  # the same instant: the row's own text stays
+    created = next(row for row in after.values() if row["key"][1] == "rollback:new")
+    assert created["value"] == ("text", jsonb_text(target, {"a": [1, 2]})) and created["type"] == ("text", "dict")
+    assert created["created_at"] == ("text", naive_utc(pg["rollback:new"]["created_at"]))
+    assert report["skipped"] == [{"namespace": "not-extended-memory", "key": "rollback:elsewhere",
+                                  "reason": report["skipped"][0]["reason"]}]
+    assert [e["key"] for e in report["deleted"]] == [deleted_key]
+    assert sha256_of_folder(source.parent) == before

@@ -19,6 +19,7 @@ cutover (`memory_writes.written_at`) are named as written on both sides.
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,9 +51,16 @@ class CutoverError(Exception):
     """A cutover or undo refused; nothing was recorded."""
 
 
-def ledger_path(path: Path | str) -> str:
-    """How the ledger spells a file: discovery's absolute path (symlinks kept, as found under its root)."""
-    return str(Path(path).absolute())
+def ledger_path(connection: psycopg.Connection, path: Path | str) -> str:
+    """How the ledger spells a file: discovery's absolute path (symlinks kept, as found under its root);
+    failing that, the one ledger path that is the same file once symlinks and `..` are resolved."""
+    spelled = str(Path(path).absolute())
+    known = [row[0] for row in connection.execute(f"SELECT DISTINCT source_path FROM {LEDGER_SCHEMA}.load_files")]
+    if spelled in known:
+        return spelled
+    real = os.path.realpath(spelled)
+    same = [candidate for candidate in known if os.path.realpath(candidate) == real]
+    return same[0] if len(same) == 1 else spelled
 
 
 def who() -> str:
@@ -125,9 +133,9 @@ def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None =
             by: str | None = None) -> list[CutoverOutcome]:
     """Record that each of `sources` (files of the ledger) is cut over, all or none: a CutoverError names
     every file refused. A file already cut over keeps its cutover."""
-    paths = list(dict.fromkeys(ledger_path(source) for source in sources))
     with target.connect() as connection:
         ledger.bootstrap(connection)
+        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
             held = cut_over_files(connection)
@@ -151,9 +159,9 @@ def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None =
 def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
          by: str | None = None) -> list[CutoverOutcome]:
     """Record that each of `sources` writes to its SQLite file again (a file not cut over is reported so)."""
-    paths = list(dict.fromkeys(ledger_path(source) for source in sources))
     with target.connect() as connection:
         ledger.bootstrap(connection)
+        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
             held = cut_over_files(connection)

@@ -24,7 +24,8 @@ holds it, with PostgreSQL's state.
     epoch milliseconds, floored; extended-memory naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`), v3's type,
     tags, status and owner_id taken back out of the metadata, extended-memory's `type` kept when it fits
     the value, else named from it. A column the marts hold NULL that SOURCE declares NOT NULL keeps its
-    row's (or its default) value. An entry SOURCE has no row of becomes a new row: v2 the next id, v3 id
+    row's (or its default) value, and a value PostgreSQL holds unchanged keeps the row's own text (the
+    same JSON, the same instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 id
     `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers them);
   - an entry extended-memory cannot hold (a namespace other than `extended-memory`) is skipped and listed.
   Several rows of SOURCE with one (namespace, key) (a schema without its UNIQUE constraint) become one:
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 import sqlite3
@@ -59,7 +61,7 @@ from loader import ledger
 from loader.database import Target
 from loader.load.raw_contract import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.operate.cutover import MEMORY_TABLES, NAMESPACE_OF_ROW, current_load_of, ledger_path, who
-from loader.sources.snapshot import consistent_copy, side_file
+from loader.sources.snapshot import SourceKeptChanging, consistent_copy, side_file
 from loader.sources.sqlite_reader import quote
 
 PRAGMAS = ("page_size", "auto_vacuum", "encoding", "user_version", "application_id", "journal_mode")
@@ -355,6 +357,38 @@ def settable(table: Table, values: dict[str, object]) -> dict[str, object]:
     return {c: v for c, v in values.items() if c in table.columns and not (v is None and c in table.not_null)}
 
 
+# Columns holding JSON text, and extended-memory's text times: a changed row keeps its own text of a value
+# PostgreSQL holds unchanged (not jsonb's or the marts' spelling of it).
+JSON_COLUMNS = {"value", "content", "metadata", "tags"}
+TEXT_TIME_COLUMNS = {"created_at", "updated_at", "accessed_at"}
+
+
+def canonical_json(text: str) -> str | None:
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except ValueError:
+        return None
+
+
+def instant(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def says_the_same(column: str, own, new) -> bool:
+    """Whether a row's own value of `column` says what PostgreSQL's value says, so its bytes stay."""
+    if own == new and type(own) is type(new):
+        return True
+    if not (isinstance(own, str) and isinstance(new, str)):
+        return False
+    if column in TEXT_TIME_COLUMNS:
+        return instant(own) is not None and instant(own) == instant(new)
+    return column in JSON_COLUMNS and canonical_json(own) is not None and canonical_json(own) == canonical_json(new)
+
+
 def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
     connection.execute("CREATE TEMP TABLE kept (rowid INTEGER PRIMARY KEY)")
     connection.executemany("INSERT OR IGNORE INTO temp.kept VALUES (?)",
@@ -363,9 +397,13 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
     connection.execute("DROP TABLE temp.kept")
     for rowid, values in plan.updates:
         values = settable(table, values)
-        assignments = ", ".join(f"{quote(c)} = ?" for c in values)
-        connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
-                           [*values.values(), rowid])
+        kept = connection.execute(f"SELECT {', '.join(map(quote, values))} FROM main.{quote(table.name)} "
+                                  f"WHERE {table.rowid} = ?", (rowid,)).fetchone()
+        values = {c: v for (c, v), own in zip(values.items(), kept) if not says_the_same(c, own, v)}
+        if values:
+            assignments = ", ".join(f"{quote(c)} = ?" for c in values)
+            connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
+                               [*values.values(), rowid])
     for values in plan.inserts:
         values = settable(table, values)
         connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
@@ -482,11 +520,12 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
     """Write `destination`, a new SQLite database in `source`'s schema holding PostgreSQL's current state
     of every entry at home in `source` (the module's docstring has the rules). Raises RollbackError, with
     nothing written, when the rollback is refused or fails."""
-    source_path = ledger_path(source)
-    source, destination = Path(source_path), Path(destination).absolute()
-    check_destination(source, destination, overwrite)
+    destination = Path(destination).absolute()
     with target.connect(autocommit=True) as connection:
         ledger.bootstrap(connection)
+        source_path = ledger_path(connection, source)
+        source = Path(source_path)
+        check_destination(source, destination, overwrite)
         current = current_load_of(connection, source_path)
         if current is None:
             raise RollbackError(f"{source_path}: never loaded (no current load in the ledger)")
@@ -499,7 +538,10 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
         if raw_table is None:
             raise RollbackError(f"{source_path}: its current load has no {MEMORY_TABLES[kind]} table")
         with tempfile.TemporaryDirectory(prefix="consolidate-rollback-") as folder:
-            snapshot = consistent_copy(source, Path(folder))
+            try:
+                snapshot = consistent_copy(source, Path(folder))
+            except (OSError, SourceKeptChanging) as error:
+                raise RollbackError(f"{source_path}: cannot be copied: {error}") from error
             if (snapshot.sha256, snapshot.wal_sha256) != (sha256, wal_sha256):
                 raise RollbackError(f"{source_path}: changed since its current load {load_id}; run `consolidate "
                                     "sync` first so PostgreSQL, and the rollback, hold those changes")
