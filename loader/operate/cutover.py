@@ -170,11 +170,11 @@ def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = No
                 if path not in held:
                     outcomes.append(CutoverOutcome(path, "was not cut over"))
                     continue
-                current = current_load_of(connection, path)
+                load_id, _, sha256, wal_sha256 = current_load_of(connection, path) or (None,) * 4
                 connection.execute(
                     f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, "
                     "source_sha256, wal_sha256) VALUES (%s, 'undo', %s, %s, %s, %s, %s)",
-                    (path, by or who(), note, *(current[:1] + current[2:] if current else (None, None, None))))
+                    (path, by or who(), note, load_id, sha256, wal_sha256))
                 outcomes.append(CutoverOutcome(path, "undone", held[path]))
     return outcomes
 
