@@ -105,12 +105,13 @@ class RollbackReport:
 # its winner come from int_memory_ranked, which every build and every write keep in step with the marts.
 ENTRIES_QUERY = """
 WITH base AS (
-    SELECT _source_rowid AS rowid, key, {namespace} AS namespace
+    SELECT {namespace} AS namespace, key, array_agg(_source_rowid ORDER BY _source_rowid) AS rowids
     FROM {raw_table}
-    WHERE _load_id = %(load_id)s AND _source_path = %(source_path)s
+    WHERE _load_id = %(load_id)s AND _source_path = %(source_path)s AND key IS NOT NULL
+    GROUP BY 1, 2
 ),
 home AS (
-    SELECT namespace, key FROM base WHERE key IS NOT NULL
+    SELECT namespace, key FROM base
     UNION
     SELECT namespace, key FROM {write_log} WHERE home_source_path = %(source_path)s
 ),
@@ -138,11 +139,10 @@ SELECT home.namespace, home.key, state.mart, state.id, state.data_type,
        CASE WHEN jsonb_typeof(state.metadata -> 'extended_memory') = 'object'
             THEN state.metadata -> 'extended_memory' ->> 'type' END AS extended_type,
        state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
-       state.source_path, state.load_id, state.source_table, state.source_rowid,
-       (SELECT array_agg(base.rowid ORDER BY base.rowid) FROM base
-        WHERE base.namespace = home.namespace AND base.key = home.key) AS base_rowids
+       state.source_path, state.load_id, state.source_table, state.source_rowid, base.rowids AS base_rowids
 FROM home
 LEFT JOIN state ON state.namespace = home.namespace AND state.key = home.key
+LEFT JOIN base ON base.namespace = home.namespace AND base.key = home.key
 ORDER BY home.namespace, home.key
 """
 
