@@ -702,7 +702,7 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
     table = Table(title=f"rollback of {result.source_path} ({result.kind}, load {result.load_id})")
     for column in ("unchanged", "changed", "created", "deleted", "skipped"):
         table.add_column(column, justify="right")
-    table.add_row(*(f"{n:,}" for n in (len(result.unchanged), len(result.changed), len(result.created),
+    table.add_row(*(f"{n:,}" for n in (result.unchanged, len(result.changed), len(result.created),
                                        len(result.deleted), len(result.skipped))))
     out.print(table)
     for skipped in result.skipped:

@@ -81,7 +81,7 @@ class RollbackReport:
     load_id: str
     sha256: str = ""
     tables: dict[str, int] = field(default_factory=dict)  # rows per table in FILE
-    unchanged: list[tuple[str, str]] = field(default_factory=list)
+    unchanged: int = 0  # the source's rows copied as they are
     changed: list[tuple[str, str]] = field(default_factory=list)
     created: list[tuple[str, str]] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
@@ -93,43 +93,44 @@ class RollbackReport:
             return [{"namespace": namespace, "key": key} for namespace, key in pairs]
         return {"source_path": self.source_path, "written_to": self.written_to, "kind": self.kind,
                 "load_id": self.load_id, "sha256": self.sha256, "tables": self.tables,
-                "unchanged": len(self.unchanged), "changed": entries(self.changed),
+                "unchanged": self.unchanged, "changed": entries(self.changed),
                 "created": entries(self.created), "deleted": entries(self.deleted), "skipped": self.skipped,
                 "notes": self.notes}
 
 
 # ------------------------------------------------------------------------------ PostgreSQL's state
 
-# Every entry at home in the source, with its state in the marts (mart NULL: absent) and the rowids of
-# the source's rows of it. performance_metrics keeps only a metric's value and time: the other fields of
-# its winner come from int_memory_ranked, which every build and every write keep in step with the marts.
-ENTRIES_QUERY = """
-WITH base AS (
-    SELECT {namespace} AS namespace, key, array_agg(_source_rowid ORDER BY _source_rowid) AS rowids
-    FROM {raw_table}
-    WHERE _load_id = %(load_id)s AND _source_path = %(source_path)s AND key IS NOT NULL
-    GROUP BY 1, 2
-),
-home AS (
-    SELECT namespace, key FROM base
-    UNION
-    SELECT namespace, key FROM {write_log} WHERE home_source_path = %(source_path)s
-),
-state AS (
-    SELECT 'unified_memory'::text AS mart, id, namespace, key, value, data_type, metadata, created_at,
-           updated_at, accessed_at, expires_at, access_count, ttl, source_path, load_id, source_table,
-           source_rowid
-    FROM {unified_memory}
+# The source's rows that are the marts' winners (untouched: copied as they are). An entry at home in the
+# source whose winner is not one of them is read with its state by CHANGED_ENTRIES.
+UNTOUCHED_ROWS = """
+SELECT source_rowid FROM {unified_memory}
+WHERE source_path = %(source_path)s AND load_id = %(load_id)s AND source_table = %(source_table)s
+UNION ALL
+SELECT source_rowid FROM {performance_metrics}
+WHERE source_path = %(source_path)s AND load_id = %(load_id)s AND source_table = %(source_table)s
+"""
+
+# Every other entry at home in the source (its rows that are not winners, and the entries written in
+# PostgreSQL with the source as their home), with its state in the marts (mart NULL: absent) and the
+# rowids of the source's rows of it. Shaped for a few changed entries among millions of rows: an anti-join
+# on rowids, then the marts' rows of those entries only. performance_metrics keeps only a metric's value and time: the
+# other fields of its winner come from int_memory_ranked, which every build and write keep in step with it.
+CHANGED_ENTRIES = """
+WITH untouched AS ({untouched}),
+candidates AS MATERIALIZED (
+    SELECT {namespace} AS namespace, source.key, source._source_rowid AS rowid
+    FROM {raw_table} AS source
+    WHERE source._load_id = %(load_id)s AND source._source_path = %(source_path)s AND source.key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM untouched WHERE untouched.source_rowid = source._source_rowid)
     UNION ALL
-    SELECT 'performance_metrics', metrics.id, metrics.namespace, metrics.key, metrics.metric_data,
-           ranked.data_type, ranked.metadata, ranked.first_created_at, ranked.updated_at,
-           ranked.last_accessed_at, ranked.expires_at, ranked.max_access_count, ranked.ttl,
-           metrics.source_path, metrics.load_id, metrics.source_table, metrics.source_rowid
-    FROM {performance_metrics} AS metrics
-    LEFT JOIN intermediate.int_memory_ranked AS ranked
-           ON ranked.namespace = metrics.namespace AND ranked.key = metrics.key AND ranked.is_winner
+    SELECT namespace, key, NULL FROM {write_log} WHERE home_source_path = %(source_path)s
+),
+entries AS MATERIALIZED (
+    SELECT namespace, key, array_agg(rowid ORDER BY rowid) FILTER (WHERE rowid IS NOT NULL) AS rowids
+    FROM candidates
+    GROUP BY namespace, key
 )
-SELECT home.namespace, home.key, state.mart, state.id, state.data_type,
+SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart, state.id, state.data_type,
        state.value::text AS value_json, state.value #>> '{{}}' AS value_string,
        jsonb_typeof(state.value) AS json_type,
        state.metadata::text AS metadata,
@@ -139,11 +140,23 @@ SELECT home.namespace, home.key, state.mart, state.id, state.data_type,
        CASE WHEN jsonb_typeof(state.metadata -> 'extended_memory') = 'object'
             THEN state.metadata -> 'extended_memory' ->> 'type' END AS extended_type,
        state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
-       state.source_path, state.load_id, state.source_table, state.source_rowid, base.rowids AS base_rowids
-FROM home
-LEFT JOIN state ON state.namespace = home.namespace AND state.key = home.key
-LEFT JOIN base ON base.namespace = home.namespace AND base.key = home.key
-ORDER BY home.namespace, home.key
+       state.source_path = %(source_path)s AND state.load_id = %(load_id)s
+           AND state.source_table = %(source_table)s AS won_by_another_row
+FROM entries
+LEFT JOIN (
+    SELECT 'unified_memory'::text AS mart, id, namespace, key, value, data_type, metadata, created_at, updated_at,
+           accessed_at, expires_at, access_count, ttl, source_path, load_id, source_table
+    FROM {unified_memory}
+    WHERE (namespace, key) IN (SELECT namespace, key FROM entries)
+    UNION ALL
+    SELECT 'performance_metrics', metrics.id, metrics.namespace, metrics.key, metrics.metric_data, ranked.data_type,
+           ranked.metadata, ranked.first_created_at, ranked.updated_at, ranked.last_accessed_at, ranked.expires_at,
+           ranked.max_access_count, ranked.ttl, metrics.source_path, metrics.load_id, metrics.source_table
+    FROM {performance_metrics} AS metrics
+    LEFT JOIN intermediate.int_memory_ranked AS ranked
+           ON ranked.namespace = metrics.namespace AND ranked.key = metrics.key AND ranked.is_winner
+    WHERE (metrics.namespace, metrics.key) IN (SELECT namespace, key FROM entries)
+) AS state ON state.namespace = entries.namespace AND state.key = entries.key
 """
 
 # v3's own fields, which staging keeps under the metadata's `claude_flow_v3` (compat_claude_flow_v3's rule).
@@ -173,24 +186,20 @@ def marts_hold_load(connection: psycopg.Connection, load_id: str, source_path: s
         (load_id, source_path)).fetchone()[0]
 
 
-def read_entries(connection: psycopg.Connection, target: Target, source_path: str, load_id: str, kind: str,
-                 raw_table: tuple[str, str]) -> list[dict]:
-    """Every entry at home in the source with its state (one snapshot of PostgreSQL: the caller's
-    transaction)."""
-    statement = sql.SQL(ENTRIES_QUERY).format(
-        namespace=NAMESPACE_OF_ROW[kind], raw_table=sql.Identifier(*raw_table),
-        write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
-        unified_memory=sql.Identifier(target.schema, "unified_memory"),
-        performance_metrics=sql.Identifier(target.schema, "performance_metrics"),
-        v3_fields=v3_fields("state.metadata"))
+def read_state(connection: psycopg.Connection, target: Target, source_path: str, load_id: str, kind: str,
+               raw_table: tuple[str, str]) -> tuple[list[int], list[dict]]:
+    """The source's untouched rows (rowids), and every other entry at home in it with its state."""
+    names = {"namespace": NAMESPACE_OF_ROW[kind], "raw_table": sql.Identifier(*raw_table),
+             "write_log": sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
+             "unified_memory": sql.Identifier(target.schema, "unified_memory"),
+             "performance_metrics": sql.Identifier(target.schema, "performance_metrics"),
+             "v3_fields": v3_fields("state.metadata")}
+    parameters = {"load_id": load_id, "source_path": source_path, "source_table": MEMORY_TABLES[kind]}
+    untouched = sql.SQL(UNTOUCHED_ROWS).format(**names)
+    rowids = [rowid for (rowid,) in connection.execute(untouched, parameters)]
     with connection.cursor(row_factory=dict_row) as cursor:
-        return cursor.execute(statement, {"load_id": load_id, "source_path": source_path}).fetchall()
-
-
-def is_own(entry: dict, source_path: str, load_id: str, table: str) -> bool:
-    """Whether the entry's winner is one of the source's rows of its current load."""
-    return (entry["source_path"] == source_path and entry["load_id"] == load_id and entry["source_table"] == table
-            and entry["base_rowids"] is not None and entry["source_rowid"] in entry["base_rowids"])
+        return rowids, cursor.execute(sql.SQL(CHANGED_ENTRIES).format(untouched=untouched, **names),
+                                      parameters).fetchall()
 
 
 # ------------------------------------------------------------------------- rows in the source's shape
@@ -282,19 +291,17 @@ class Plan:
     inserts: list[dict] = field(default_factory=list)  # new rows: these columns, defaults for the rest
 
 
-def plan_memory_table(kind: str, entries: list[dict], source_path: str, load_id: str,
-                      null_key_rowids: list[int], report: RollbackReport) -> Plan:
-    table = MEMORY_TABLES[kind]
-    plan = Plan(kept_rowids=list(null_key_rowids))
-    for entry in entries:
+def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], report: RollbackReport) -> Plan:
+    plan = Plan(kept_rowids=untouched)
+    duplicates = 0
+    for entry in sorted(entries, key=lambda e: (e["namespace"], e["key"])):
         name = (entry["namespace"], entry["key"])
         rowids = entry["base_rowids"] or []
-        if entry["mart"] is None:
+        if entry["won_by_another_row"]:
+            duplicates += len(rowids)  # the source holds the entry twice (no UNIQUE): its winner row is kept
+        elif entry["mart"] is None:
             if rowids:
                 report.deleted.append(name)
-        elif is_own(entry, source_path, load_id, table):
-            plan.kept_rowids.append(entry["source_rowid"])
-            report.unchanged.append(name)
         elif kind == "extended-memory" and entry["namespace"] != EXTENDED_NAMESPACE:
             report.skipped.append({"namespace": entry["namespace"], "key": entry["key"],
                                    "reason": "extended-memory has no namespace column: only namespace "
@@ -305,6 +312,9 @@ def plan_memory_table(kind: str, entries: list[dict], source_path: str, load_id:
         else:
             plan.inserts.append({**new_row_identity(kind, entry), **row_values(kind, entry)})
             report.created.append(name)
+    if duplicates:
+        report.notes.append(f"{duplicates} row(s) not written: another row of the source with the same "
+                            "(namespace, key) is the entry's winner")
     return plan
 
 
@@ -422,6 +432,10 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
         for name in ("page_size", "auto_vacuum", "user_version", "application_id"):  # the first two: before any table
             connection.execute(f"PRAGMA {name} = {int(pragmas[name])}")
         connection.execute(f"PRAGMA encoding = '{pragmas['encoding']}'")
+        # a file being written beside its destination: nothing to recover on a crash (it is removed), and
+        # move_into_place syncs it to disk before it is moved
+        connection.execute("PRAGMA journal_mode = OFF")
+        connection.execute("PRAGMA synchronous = OFF")
         connection.execute("ATTACH ? AS source", (str(snapshot),))
         connection.execute("BEGIN")
         for item in objects:  # tables first: rows go in before indexes, and before triggers could fire
@@ -550,11 +564,12 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                 if not marts_hold_load(reading, load_id, source_path, raw_table):
                     raise RollbackError(f"{source_path}: the marts do not hold its current load {load_id} yet; "
                                         "run `consolidate build` (or `sync`) first")
-                entries = read_entries(reading, target, source_path, load_id, kind, raw_table)
-                null_keys = [rowid for (rowid,) in reading.execute(
+                untouched, entries = read_state(reading, target, source_path, load_id, kind, raw_table)
+                untouched += [rowid for (rowid,) in reading.execute(  # rows that are no entry: as they are
                     sql.SQL("SELECT _source_rowid FROM {} WHERE _load_id = %s AND _source_path = %s AND key IS NULL")
                     .format(sql.Identifier(*raw_table)), (load_id, source_path))]
-            plan = plan_memory_table(kind, entries, source_path, load_id, null_keys, report)
+            report.unchanged = len(untouched)
+            plan = plan_memory_table(kind, untouched, entries, report)
             written = destination.with_name(f".{destination.name}.rollback-{secrets.token_hex(4)}")
             try:
                 create_database(snapshot.path, written, kind, plan, report)
@@ -565,6 +580,6 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                     leftover.unlink(missing_ok=True)
         with connection.transaction():
             connection.execute(RECORD, (source_path, str(destination), by or who(), load_id, report.sha256,
-                                        len(report.unchanged), len(report.changed), len(report.created),
+                                        report.unchanged, len(report.changed), len(report.created),
                                         len(report.deleted), Jsonb(report.skipped)))
     return report
