@@ -425,10 +425,14 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
     for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
         table.add_column(column)
     for v in versions:
-        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace), Text(v.origin),
-                      str(v.source_rowid), v.load_id or f"write {v.write_id}", str(v.updated_at),
-                      str(v.accessed_at), Text(v.value_preview))
+        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace),
+                      Text(v.source_db if v.write_id is None else "PostgreSQL"), str(v.source_rowid),
+                      v.load_id or f"write {v.write_id}", str(v.updated_at), str(v.accessed_at),
+                      Text(v.value_preview))
     out.print(table)
+    for v in versions:
+        if v.write_id is not None:
+            out.print(Text(f"write {v.write_id}: {v.origin}"), soft_wrap=True)
 
 def format_age(seconds: float | None) -> str:
     if seconds is None:
