@@ -19,8 +19,8 @@ import psycopg
 import pytest
 
 from conftest import consolidate, fresh_database, read_private_copy
-from loader.build import build, run_dbt
-from loader.client import MemoryClient
+from loader.transform.build import build, run_dbt
+from loader.serve.client import MemoryClient
 from loader.database import Target
 from test_sync import PERFORMANCE, T0, SourceFiles, do_sync, v2_file
 
