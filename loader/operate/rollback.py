@@ -34,15 +34,14 @@ holds it, with PostgreSQL's state.
 Rows are copied from a private consistent copy of SOURCE checked to be byte for byte the version loaded
 as its current load (so they are exactly the rows raw holds, with SQLite's own types and bytes, which
 raw's text alone cannot restore in every case: a column without affinity, a REAL beyond 15 digits, TEXT
-raw keeps as hex). A SOURCE changed since its current load is refused: `consolidate sync` it first. SOURCE
-is never opened; FILE is written beside itself and moved into place (never over an existing FILE unless
+raw keeps as hex). A SOURCE changed since its current load is refused (`consolidate sync` it first), and
+so are marts not built since that load. SOURCE is never opened; FILE is written beside itself and moved into place (never over an existing FILE unless
 `overwrite`); each rollback is recorded in `consolidate.rollbacks`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import secrets
@@ -61,7 +60,7 @@ from loader import ledger
 from loader.database import Target
 from loader.load.raw_contract import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.operate.cutover import MEMORY_TABLES, NAMESPACE_OF_ROW, current_load_of, ledger_path, who
-from loader.sources.snapshot import SourceKeptChanging, consistent_copy, side_file
+from loader.sources.snapshot import SourceKeptChanging, consistent_copy, sha256_of, side_file
 from loader.sources.sqlite_reader import quote
 
 PRAGMAS = ("page_size", "auto_vacuum", "encoding", "user_version", "application_id", "journal_mode")
@@ -477,14 +476,6 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
         connection.close()
 
 
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -573,7 +564,7 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
             written = destination.with_name(f".{destination.name}.rollback-{secrets.token_hex(4)}")
             try:
                 create_database(snapshot.path, written, kind, plan, report)
-                report.sha256 = sha256_of_file(written)
+                report.sha256 = sha256_of(written)
                 move_into_place(written, destination, overwrite)
             finally:
                 for leftover in (written, *(side_file(written, s) for s in ("-wal", "-shm", "-journal"))):
