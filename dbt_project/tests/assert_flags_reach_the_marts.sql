@@ -14,6 +14,7 @@ versions as (
 
     select load_id, source_path, source_table, source_rowid, flags
     from {{ ref('int_memory_ranked') }}
+    where load_id is not null  -- written in PostgreSQL: nothing to flag, and no file to match on
 
 ),
 

@@ -1,5 +1,7 @@
--- Every raw memory row of a current load is in exactly one of unified_memory, performance_metrics,
--- unified_memory_history, and nothing else is in them. Identity: load_id, source_path, source_table, source_rowid.
+-- Every raw memory row of a current load, and every write in the write log (raw_postgres.memory_writes), is in
+-- exactly one of unified_memory, performance_metrics, unified_memory_history, and nothing else is in them.
+-- Identity: load_id, source_path, source_table, source_rowid (for a write: source_table memory_writes, rowid =
+-- write_id, no load).
 -- Rows are grouped by (file_no, source_table, source_rowid): a number per current load stands in for its
 -- two long texts, which makes the two million-row aggregations several times cheaper.
 
@@ -94,9 +96,35 @@ rows_of_other_loads as (
         on mart_rows.load_id = current_loads.load_id
         and mart_rows.source_path = current_loads.source_path
     where current_loads.file_no is null
+      and not (mart_rows.load_id is null and mart_rows.source_table = 'memory_writes')
+
+),
+
+written_rows as (
+
+    select mart_rows.source_rowid as write_id, count(*) as in_marts, string_agg(mart_rows.model, ', ') as models
+    from mart_rows
+    where mart_rows.load_id is null and mart_rows.source_table = 'memory_writes'
+    group by mart_rows.source_rowid
+
+),
+
+rows_of_the_write_log as (
+
+    select null::text as load_id, null::text as source_path, 'memory_writes'::text as source_table,
+           coalesce(writes.write_id, written_rows.write_id) as source_rowid,
+           case when writes.write_id is null then null else 1 end::bigint as in_raw,
+           written_rows.in_marts, written_rows.models
+    from {{ source('raw_postgres', 'memory_writes') }} as writes
+    full outer join written_rows
+        on written_rows.write_id = writes.write_id
+    where writes.write_id is null
+       or written_rows.in_marts is distinct from 1
 
 )
 
 select * from rows_of_current_loads
 union all
 select * from rows_of_other_loads
+union all
+select * from rows_of_the_write_log

@@ -20,6 +20,11 @@ row's raw version stays in raw under the previous load (`consolidate lineage` sh
 Loads made by `consolidate load` / `run` are diffed too: every sync first detects the changes of any
 `loaded` file version that has none recorded yet.
 
+A load of a file cut over to PostgreSQL (`consolidate cutover`) made after its cutover is checked for
+split brain (loader/operate/cutover.py, called by pipeline.sync after the change detection): the file
+changed although its service writes to PostgreSQL. It is loaded all the same (nothing lost); the report
+warns and names the entries written on both sides (`SyncReport.split_brain`).
+
 `pipeline.watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
 nothing (no ledger rows, no build) and reports itself idle (`SyncReport.idle`).
@@ -41,6 +46,7 @@ from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.load.raw_contract import LINEAGE_COLUMNS
+from loader.operate import cutover
 from loader.transform.build import BuildOutcome
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
@@ -203,6 +209,7 @@ class SyncReport:
     error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
     error_exit_code: ExitCode | None = None  # what that error means (ExitCode)
     checked: int = 0  # files discovered
+    split_brain: list[cutover.SplitBrain] = field(default_factory=list)  # cut-over files that changed
 
     @classmethod
     def failed_cycle(cls, started_at: datetime, error: Exception, exit_code: ExitCode) -> SyncReport:
@@ -249,6 +256,8 @@ class SyncReport:
                 f"{t['unchanged']} unchanged, {t['failed']} failed")
         if t["missing"]:
             line += f", {t['missing']} missing"
+        if self.split_brain:
+            line += f", {len(self.split_brain)} split brain"
         if self.build is not None:
             line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
         return line
@@ -259,7 +268,8 @@ class SyncReport:
                 "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
                 "totals": self.totals, "caught_up": self.caught_up,
                 "build": self.build.to_json() if self.build else None,
-                "files": [f.to_json() for f in self.files], "warnings": self.warnings}
+                "files": [f.to_json() for f in self.files], "warnings": self.warnings,
+                "split_brain": [s.to_json() for s in self.split_brain]}
 
 
 # ---------------------------------------------------------------------------------- change detection
