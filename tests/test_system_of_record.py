@@ -52,9 +52,9 @@ def execute(target: Target, statement: str, parameters=()) -> int:
 def full_refresh_models(target: Target, home: Path) -> None:
     """`dbt run --full-refresh` of the memory models only (the whole `build --full-refresh` is tested
     through the CLI below; this keeps the property test's many rebuilds short)."""
-    outcome = run_dbt("run --full-refresh --select int_memory_load_changes int_memory_new_versions "
-                      "int_memory_changed_keys int_memory_ranked unified_memory performance_metrics "
-                      "unified_memory_history", target, home, quiet=True)
+    outcome = run_dbt(["run", "--full-refresh", "--select", "int_memory_load_changes", "int_memory_new_versions",
+                       "int_memory_changed_keys", "int_memory_ranked", "unified_memory", "performance_metrics",
+                       "unified_memory_history"], target, home, quiet=True)
     assert outcome.success, outcome.failures
 
 
@@ -194,7 +194,7 @@ def test_a_read_through_the_client_is_counted_and_kept_by_a_full_refresh(migrate
     assert read["access_count"] == (before["access_count"] or 0) + 2 and read["accessed_at"] > before["accessed_at"]
     assert before["accessed_at"] is not None  # (the namespace's rows all have one)
     assert read["updated_at"] == before["updated_at"]
-    assert run_dbt("build --full-refresh --select int_memory_ranked+ int_memory_load_changes+", target, home,
+    assert run_dbt(["build", "--full-refresh", "--select", "int_memory_ranked+", "int_memory_load_changes+"], target, home,
                    quiet=True).success
     assert entry(target, key, ns) == read
 
@@ -446,7 +446,7 @@ class Writer:
                                 [self.rng.randint(0, 9)], self.rng.randint(0, 9)])
 
     def step(self) -> None:
-        entry = (self.rng.choice(SourceFiles.NAMESPACES), self.rng.choice(SourceFiles.KEYS + ["pg-only-0", "pg-only-1"]))
+        entry = (self.rng.choice(SourceFiles.NAMESPACES), self.rng.choice((*SourceFiles.KEYS, "pg-only-0", "pg-only-1")))
         operation = self.rng.choice(["set", "delete", "compat insert", "compat insert dated", "compat update",
                                      "compat delete"])
         value = self.value()

@@ -105,7 +105,7 @@ written_rows as (
     select mart_rows.source_rowid as write_id, count(*) as in_marts, string_agg(mart_rows.model, ', ') as models
     from mart_rows
     where mart_rows.load_id is null and mart_rows.source_table = 'memory_writes'
-    group by mart_rows.source_rowid
+    group by 1
 
 ),
 
