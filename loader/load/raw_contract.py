@@ -227,12 +227,12 @@ FROM (SELECT DISTINCT ON (source_path) *
       ORDER BY source_path, cutover_id DESC) AS latest
 WHERE action = 'cutover';
 
--- A load of a cut-over file made after its cutover, checked by `consolidate sync`: the file changed
--- although its service writes to PostgreSQL. sqlite_entries counts the memory entries the file changed
--- since the cutover's load; `entries` names those also written in PostgreSQL since the cutover (written
--- on both sides): [{{"namespace", "key", "sqlite_change" (inserted / updated / deleted), "postgres_writes",
--- "last_written_at", "last_written_by"}}]. Loads whose file is byte for byte the cutover's are recorded
--- with changed = false.
+-- Every load of a cut-over file made after its cutover, checked once by `consolidate sync`. changed: its
+-- rows differ from the cutover's load although the service writes to PostgreSQL (split brain).
+-- sqlite_entries counts the memory entries the file changed since the cutover's load, other_rows the rows
+-- of its other tables changed since; `entries` names the memory entries also written in PostgreSQL since
+-- the cutover (written on both sides): [{{"namespace", "key", "sqlite_change" (inserted / updated /
+-- deleted), "postgres_writes", "last_written_at", "last_written_by"}}].
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.split_brain (
     load_id        text NOT NULL,
     source_path    text NOT NULL,
@@ -240,6 +240,7 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.split_brain (
     detected_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     changed        boolean NOT NULL,
     sqlite_entries bigint NOT NULL,
+    other_rows     bigint NOT NULL,
     entries        jsonb NOT NULL,
     PRIMARY KEY (load_id, source_path)
 );
