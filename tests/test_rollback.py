@@ -176,8 +176,8 @@ def test_rollback_keeps_the_schema_and_every_untouched_row_byte_for_byte(migrate
         if table == "memory_entries":
             before = {rowid: row for rowid, row in before.items() if entry_of(row) not in touched}
             after = {rowid: row for rowid, row in after.items() if entry_of(row) not in touched | {writes["new"]}}
-        elif table == "sqlite_sequence":
-            continue  # checked below: the new v2 row moves it on
+        elif table == "sqlite_sequence" and label == "v2":
+            continue  # the new v2 row moves it on: checked by the next test
         assert after == before, table
     if label == "v2":  # the WAL-only rows PostgreSQL did not change are there, as they were
         assert all(typed_rows(written, "memory_entries")[rowid] == migrated["rows"]["v2"][rowid]
