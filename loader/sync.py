@@ -19,6 +19,10 @@ row's raw version stays in raw under the previous load (`consolidate lineage` sh
 Loads made by `consolidate load` / `run` are diffed too: every sync first detects the changes of any
 `loaded` file version that has none recorded yet.
 
+The build is incremental (loader/build.py): only the entries of the files whose current load changed are
+recomputed, and, after a build whose tests passed, the heavy tests check only those. dbt's unit tests
+(the project's SQL on fixed rows) are left to `consolidate build` and `run`.
+
 `watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
 nothing (no ledger rows, no build) and reports itself idle.
@@ -418,7 +422,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
             report.files.append(FileSync(source_path=path, source_db=Path(path).name, kind="", status="missing",
                                          load_id=current[path][0], rows=current[path][1]))
     if build:
-        report.build = dbt_build(target, home, quiet=quiet)
+        report.build = dbt_build(target, home, quiet=quiet, unit_tests=False)
     report.finished_at = ledger.now()
     return report
 
