@@ -23,6 +23,10 @@ A load of a file cut over to PostgreSQL (`consolidate cutover`) made after its c
 split brain (loader/operate/cutover.py): the file changed although its service writes to PostgreSQL. It
 is loaded all the same (nothing lost); the report warns and names the entries written on both sides.
 
+The build is incremental (loader/transform/build.py): only the entries of the files whose current load
+changed are recomputed, and, after a build whose tests passed, the heavy tests check only those. dbt's
+unit tests (the project's SQL on fixed rows) are left to `consolidate build` and `run`.
+
 `watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
 nothing (no ledger rows, no build) and reports itself idle.
@@ -428,7 +432,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
             report.files.append(FileSync(source_path=path, source_db=Path(path).name, kind="", status="missing",
                                          load_id=current[path][0], rows=current[path][1]))
     if build:
-        report.build = dbt_build(target, home, quiet=quiet)
+        report.build = dbt_build(target, home, quiet=quiet, unit_tests=False)
     report.finished_at = ledger.now()
     return report
 
