@@ -241,7 +241,8 @@ ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type 
     # reads it as the source `raw_postgres.memory_writes`: each row is a version of its (key, namespace)
     # like a SQLite row of a current load (an `upsert` a value, a `delete` a tombstone), ranked by the
     # same rule. The rows are never updated or deleted (a trigger refuses it), so a build (full refresh
-    # included) always finds every write again. And the marts' ids, given once per (namespace, key).
+    # included) always finds every write again. And the marts' ids, given once per (namespace, key), and the
+    # record of the builds an incremental build's tests start from.
     f"""
 CREATE SCHEMA IF NOT EXISTS {WRITE_LOG_SCHEMA};
 
@@ -320,6 +321,19 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.entry_ids (
     PRIMARY KEY (namespace, key),
     UNIQUE (mart, id)
 );
+
+-- One row per dbt invocation against the memory marts (dbt_project/macros/incremental_memory.sql:
+-- on-run-start adds it, on-run-end marks it passed when it ran tests and none failed). An incremental
+-- build after a passing one tests only the entries changed since (memory_test_scope).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.memory_builds (
+    invocation_id   text PRIMARY KEY,
+    marts_schema    text NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    -- the write log's highest write_id when the build started
+    write_watermark bigint NOT NULL,
+    tests_run       integer,
+    passed          boolean
+);
 """,
     # 8: services cut over to PostgreSQL (issue 11; loader/operate/cutover.py and rollback.py).
     # Append-only: every `consolidate cutover`, `cutover --undo` and `rollback` adds a row, so the
@@ -351,12 +365,12 @@ FROM (SELECT DISTINCT ON (source_path) *
       ORDER BY source_path, cutover_id DESC) AS latest
 WHERE action = 'cutover';
 
--- A load of a cut-over file made after its cutover, checked by `consolidate sync`: the file changed
--- although its service writes to PostgreSQL. sqlite_entries counts the memory entries the file changed
--- since the cutover's load; `entries` names those also written in PostgreSQL since the cutover (written
--- on both sides): [{{"namespace", "key", "sqlite_change" (inserted / updated / deleted), "postgres_writes",
--- "last_written_at", "last_written_by"}}]. Loads whose file is byte for byte the cutover's are recorded
--- with changed = false.
+-- Every load of a cut-over file made after its cutover, checked once by `consolidate sync`. changed: its
+-- rows differ from the cutover's load although the service writes to PostgreSQL (split brain).
+-- sqlite_entries counts the memory entries the file changed since the cutover's load, other_rows the rows
+-- of its other tables changed since; `entries` names the memory entries also written in PostgreSQL since
+-- the cutover (written on both sides): [{{"namespace", "key", "sqlite_change" (inserted / updated /
+-- deleted), "postgres_writes", "last_written_at", "last_written_by"}}].
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.split_brain (
     load_id        text NOT NULL,
     source_path    text NOT NULL,
@@ -364,6 +378,7 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.split_brain (
     detected_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     changed        boolean NOT NULL,
     sqlite_entries bigint NOT NULL,
+    other_rows     bigint NOT NULL,
     entries        jsonb NOT NULL,
     PRIMARY KEY (load_id, source_path)
 );

@@ -173,8 +173,8 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
     report.split_brain = cutover.check_split_brain(target)
-    if build:
-        report.build = build_stage.build(target, home, quiet=quiet)
+    if build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
+        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False)
     report.finished_at = ledger.now()
     return report
 

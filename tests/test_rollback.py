@@ -102,6 +102,10 @@ def migrated(realdata, server_dsn, tmp_path_factory):
             if path.name not in ("memory.db", "memory.db-wal", "memory.db-shm"):
                 path.unlink()
         sources[label] = tree / label / "memory.db"
+    # a v3 file whose memory_entries is empty (its other tables are not): only what its service creates
+    (tree / "v3-empty").mkdir()
+    shutil.copyfile(realdata / V3 / "claude_memory.db", tree / "v3-empty/claude_memory.db")
+    sources["v3-empty"] = tree / "v3-empty/claude_memory.db"
     checksums = {label: sha256_of_folder(path.parent) for label, path in sources.items()}
     with fresh_database(server_dsn) as target:
         result = consolidate("run", str(tree), "--no-backup", target=target, home=folder / "state")
@@ -123,7 +127,8 @@ def migrated(realdata, server_dsn, tmp_path_factory):
         }
         values = {"v2": ("text written in PostgreSQL", {"written": "in postgresql", "n": [1, 2.5]}),
                   "v3": ({"content": "changed", "ok": True}, "a new v3 entry")}
-        for label, source in sources.items():
+        for label in ("v2", "v3"):
+            source = sources[label]
             changed_value, new_value = values[label]
             with MemoryClient(target.dsn, track_access=False, source=str(source)) as memory:
                 namespace, key = writes[label]["set"]
@@ -132,6 +137,8 @@ def migrated(realdata, server_dsn, tmp_path_factory):
                 memory.set(key, new_value, namespace=namespace, metadata={"from": "test"})
                 namespace, key = writes[label]["delete"]
                 assert memory.delete(key, namespace=namespace)
+        with MemoryClient(target.dsn, track_access=False, source=str(sources["v3-empty"])) as memory:
+            memory.set("created-for-an-empty-file", ["a", "list"], namespace="rollback-test")
         yield {"target": target, "folder": folder, "sources": sources, "checksums": checksums,
                "writes": writes, "values": values, "rows": {"v2": v2_all, "v3": v3_all}, "wal_only": wal_only}
 
@@ -169,8 +176,8 @@ def test_rollback_keeps_the_schema_and_every_untouched_row_byte_for_byte(migrate
         if table == "memory_entries":
             before = {rowid: row for rowid, row in before.items() if entry_of(row) not in touched}
             after = {rowid: row for rowid, row in after.items() if entry_of(row) not in touched | {writes["new"]}}
-        elif table == "sqlite_sequence":
-            continue  # checked below: the new v2 row moves it on
+        elif table == "sqlite_sequence" and label == "v2":
+            continue  # the new v2 row moves it on: checked by the next test
         assert after == before, table
     if label == "v2":  # the WAL-only rows PostgreSQL did not change are there, as they were
         assert all(typed_rows(written, "memory_entries")[rowid] == migrated["rows"]["v2"][rowid]
@@ -335,3 +342,26 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
                                   "reason": report["skipped"][0]["reason"]}]
     assert [e["key"] for e in report["deleted"]] == [deleted_key]
     assert sha256_of_folder(source.parent) == before
+
+
+def test_rollback_of_a_v3_file_without_memory_rows_holds_what_its_service_created(migrated):
+    destination, report = rollback_file(migrated, "v3-empty")
+    source = migrated["sources"]["v3-empty"]
+    original = opened_copy(source, migrated["folder"] / "empty-source")
+    written = opened_copy(destination, migrated["folder"] / "empty-rollback")
+    assert written.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert schema_of(written) == schema_of(original)
+    tables = [name for (name,) in original.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert "vector_indexes" in tables and typed_rows(original, "vector_indexes")
+    for table in tables:
+        if table != "memory_entries":
+            assert typed_rows(written, table) == typed_rows(original, table), table
+    assert typed_rows(original, "memory_entries") == {}
+    (pg,) = postgres_rows(migrated["target"], "SELECT id, updated_at FROM unified_memory WHERE key = %s",
+                          ("created-for-an-empty-file",))
+    (row,) = written.execute("SELECT id, key, namespace, content, type, status, updated_at FROM memory_entries")
+    assert row == (f"unified-{pg['id']}", "created-for-an-empty-file", "rollback-test",
+                   jsonb_text(migrated["target"], ["a", "list"]), "semantic", "active",
+                   floor_epoch(pg["updated_at"], UNITS["v3"]))
+    assert (report["unchanged"], len(report["created"])) == (0, 1)
+    assert migrated["checksums"]["v3-empty"] == sha256_of_folder(source.parent)

@@ -137,3 +137,56 @@ left join (
 ) as highest
     on highest.mart = new_entries.mart
 {%- endmacro %}
+
+
+{#-
+    What the tests of an incremental build look at. A build that changed only some entries, after a build
+    whose tests all passed, needs to check only what changed since: the loads that became current, the
+    entries it recomputed (int_memory_changed_keys) and the entries written in PostgreSQL since that
+    build started (their write_id is above its watermark). Anything else is as the passing build left it
+    (only builds and the write path change these tables, and both replace whole entries by the same SQL).
+    Otherwise (a full build, no passing build before, or a failed one) the tests check everything.
+    consolidate.memory_builds (loader/ledger.py, migration 7) is that record: one row per dbt invocation
+    (on-run-start), marked passed at its end (on-run-end) when it ran tests and none failed.
+-#}
+{% macro start_memory_build() -%}
+insert into consolidate.memory_builds (invocation_id, marts_schema, write_watermark)
+select '{{ invocation_id }}', '{{ target.schema }}', coalesce(max(write_id), 0)
+from {{ api.Relation.create(database=target.database, schema='raw_postgres', identifier='memory_writes') }}
+{%- endmacro %}
+
+
+{% macro finish_memory_build(results) -%}
+    {%- set tests = results | selectattr('node.resource_type', 'equalto', 'test') | list -%}
+    {%- set failed = results | selectattr('status', 'in', ['error', 'fail', 'runtime error']) | list -%}
+update consolidate.memory_builds
+set tests_run = {{ tests | length }}, passed = {{ 'true' if not failed else 'false' }}
+where invocation_id = '{{ invocation_id }}'
+{%- endmacro %}
+
+
+{#- 'incremental' (check only what changed, see above) or 'full'; read when a test is compiled. -#}
+{% macro memory_test_scope() -%}
+    {%- if not execute -%}
+        {{ return('full') }}
+    {%- endif -%}
+    {%- set found = run_query(
+        "select exists (select 1 from " ~ ref('int_memory_load_changes') ~ " where change = 'full'), "
+        ~ "(select passed and tests_run > 0 from consolidate.memory_builds where marts_schema = '"
+        ~ target.schema ~ "' and invocation_id <> '" ~ invocation_id ~ "' order by started_at desc limit 1)").rows[0] -%}
+    {{ return('incremental' if not found[0] and found[1] else 'full') }}
+{%- endmacro %}
+
+
+{#- The entries an incremental build's tests check (see memory_test_scope). -#}
+{% macro memory_test_entries() -%}
+select namespace, key from {{ ref('int_memory_changed_keys') }}
+union
+select namespace, key from {{ source('raw_postgres', 'memory_writes') }}
+where write_id > (
+    select coalesce(max(write_watermark), 0) from consolidate.memory_builds
+    where marts_schema = '{{ target.schema }}' and invocation_id <> '{{ invocation_id }}'
+      and started_at = (select max(started_at) from consolidate.memory_builds
+                        where marts_schema = '{{ target.schema }}' and invocation_id <> '{{ invocation_id }}')
+)
+{%- endmacro %}

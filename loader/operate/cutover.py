@@ -10,10 +10,11 @@ its SQLite file again (after a rollback); the history of both stays.
 
 Split brain: a cut-over file that changes afterwards is still loaded by `sync` (nothing is lost: its rows
 are versions like any other and the latest `updated_at` wins), and every load of it made after its
-cutover is checked once (`consolidate.split_brain`): when its bytes differ from the baseline's, the
-memory entries whose rows differ between the baseline load and this one (by rowid, row content) are the
-entries the file changed since the cutover, and those of them also written in PostgreSQL since the
-cutover (`memory_writes.written_at`) are named as written on both sides.
+cutover is checked once (`consolidate.split_brain`): the memory entries whose rows differ between the
+baseline load and this one (by rowid and row content) are the entries the file changed since the
+cutover, and those of them also written in PostgreSQL since the cutover (`memory_writes.written_at`) are
+named as written on both sides. Rows of its other tables changed since count too (sync's change
+detection); a file with new bytes but the same rows (a WAL checkpoint, a VACUUM) is no split brain.
 """
 
 from __future__ import annotations
@@ -185,18 +186,19 @@ def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = No
 
 @dataclass
 class SplitBrain:
-    """A load of a cut-over file made after its cutover whose bytes differ from the cutover's."""
+    """A load of a cut-over file made after its cutover whose rows differ from the cutover's."""
 
     source_path: str
     load_id: str
     cutover: Cutover
     sqlite_entries: int  # memory entries the file changed since the cutover
-    entries: list[dict] = field(default_factory=list)  # of those, the ones also written in PostgreSQL
+    other_rows: int  # rows of its other tables changed since (sync's load_changes)
+    entries: list[dict] = field(default_factory=list)  # of the entries, those also written in PostgreSQL
 
     def to_json(self) -> dict:
         return {"source_path": self.source_path, "load_id": self.load_id,
                 "cut_over_at": self.cutover.cut_over_at.isoformat(), "sqlite_entries": self.sqlite_entries,
-                "written_on_both_sides": self.entries}
+                "other_rows": self.other_rows, "written_on_both_sides": self.entries}
 
     def message(self) -> str:
         both = ", ".join(f"{e['namespace']}/{e['key']} ({e['sqlite_change']} in SQLite, "
@@ -204,14 +206,15 @@ class SplitBrain:
         return (f"split brain: {self.source_path} changed after its cutover at {self.cutover.cut_over_at:%Y-%m-%d %H:%M:%S%z} "
                 f"(loaded, nothing lost: the latest updated_at wins); {self.sqlite_entries} entr"
                 f"{'y' if self.sqlite_entries == 1 else 'ies'} changed in SQLite"
-                + (f"; written on both sides: {both}" if both else "; none of them written in PostgreSQL since"))
+                + (f" and {self.other_rows} row(s) of its other tables" if self.other_rows else "")
+                + (f"; written on both sides: {both}" if both else "; none written in PostgreSQL since"))
 
 
 # Loads of cut-over files after their cutover's baseline load, not checked yet, oldest first. "After" in
 # the ledger's own order (completed_at, load_id: consolidate.current_loads'), never across two clocks.
 PENDING_CHECKS = f"""
 SELECT later.load_id, later.source_path, later.kind, later.source_sha256, later.wal_sha256,
-       c.cutover_id, c.cut_over_at, c.cut_over_by, c.note, c.load_id AS baseline_load_id,
+       later.completed_at, baseline.completed_at AS baseline_completed_at, c.cutover_id, c.cut_over_at, c.cut_over_by, c.note, c.load_id AS baseline_load_id,
        c.source_sha256 AS baseline_sha256, c.wal_sha256 AS baseline_wal_sha256
 FROM {LEDGER_SCHEMA}.cut_over_files AS c
 JOIN {LEDGER_SCHEMA}.load_files AS baseline
@@ -301,26 +304,47 @@ def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -
     return count, entries
 
 
+# Rows of the file's other tables changed by its loads after the baseline up to this one, as sync's change
+# detection counted them load by load (SQLite's own tables, which change with the others, left out).
+OTHER_ROWS_CHANGED = f"""
+SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)
+FROM {LEDGER_SCHEMA}.load_changes AS c
+JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = c.load_id AND f.source_path = c.source_path
+WHERE c.source_path = %(source_path)s AND c.source_table <> %(memory_table)s AND c.source_table NOT LIKE 'sqlite\\_%%'
+  AND (f.completed_at, f.load_id) > (%(baseline_completed_at)s, %(baseline_load_id)s)
+  AND (f.completed_at, f.load_id) <= (%(completed_at)s, %(load_id)s)
+"""
+
+
 def detect_split_brain(connection: psycopg.Connection) -> list[SplitBrain]:
-    """Check every load of a cut-over file made after its cutover and not checked yet; record each
-    (`consolidate.split_brain`, one transaction per load) and return those whose file had changed."""
+    """Check every load of a cut-over file made after its cutover and not checked yet (after sync's
+    change detection, whose counts it reads); record each (`consolidate.split_brain`, one transaction
+    per load) and return those whose rows had changed. A file whose bytes changed but not its rows (a
+    WAL checkpoint) is recorded as unchanged."""
     with connection.cursor(row_factory=dict_row) as cursor:
         pending = cursor.execute(PENDING_CHECKS).fetchall()
     found = []
     for check in pending:
         cutover_record = Cutover(check["cutover_id"], check["source_path"], check["cut_over_at"],
                                  check["cut_over_by"], check["note"], check["baseline_load_id"])
-        changed = (check["source_sha256"], check["wal_sha256"]) != (check["baseline_sha256"],
-                                                                    check["baseline_wal_sha256"])
+        same_bytes = (check["source_sha256"], check["wal_sha256"]) == (check["baseline_sha256"],
+                                                                       check["baseline_wal_sha256"])
         with connection.transaction():
-            count, entries = entries_written_on_both_sides(connection, check) if changed else (0, [])
+            count, entries, other_rows = 0, [], 0
+            if not same_bytes:
+                count, entries = entries_written_on_both_sides(connection, check)
+                (other_rows,) = connection.execute(
+                    OTHER_ROWS_CHANGED, {**check, "memory_table": MEMORY_TABLES[check["kind"]]}).fetchone()
+            changed = count > 0 or other_rows > 0
             inserted = connection.execute(
                 f"INSERT INTO {LEDGER_SCHEMA}.split_brain (load_id, source_path, cutover_id, changed, "
-                "sqlite_entries, entries) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
-                (check["load_id"], check["source_path"], check["cutover_id"], changed, count,
+                "sqlite_entries, other_rows, entries) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                (check["load_id"], check["source_path"], check["cutover_id"], changed, count, other_rows,
                  Jsonb(entries))).fetchone()
         if changed and inserted:
-            found.append(SplitBrain(check["source_path"], check["load_id"], cutover_record, count, entries))
+            found.append(SplitBrain(check["source_path"], check["load_id"], cutover_record, count, other_rows,
+                                    entries))
     return found
 
 

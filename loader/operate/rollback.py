@@ -403,6 +403,7 @@ def says_the_same(column: str, own, new) -> bool:
 
 
 def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
+    """The source's rows the plan keeps, those it changes changed (new rows: insert_new_rows)."""
     connection.execute("CREATE TEMP TABLE kept (rowid INTEGER PRIMARY KEY)")
     connection.executemany("INSERT OR IGNORE INTO temp.kept VALUES (?)",
                            [(rowid,) for rowid in plan.kept_rowids + [rowid for rowid, _ in plan.updates]])
@@ -417,6 +418,11 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
             assignments = ", ".join(f"{quote(c)} = ?" for c in values)
             connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
                                [*values.values(), rowid])
+
+
+def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
+    """The entries the source has no row of; an AUTOINCREMENT id moves sqlite_sequence on, as it would
+    in the source."""
     for values in plan.inserts:
         values = settable(table, values)
         connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
@@ -447,8 +453,9 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
                 connection.execute(item.sql)
         if any(name.startswith("sqlite_stat") for name in tables):
             connection.execute("ANALYZE main")
-        # SQLite's own tables first: sqlite_sequence as the source has it, before ids are written
-        for table in sorted(tables.values(), key=lambda t: not t.name.startswith("sqlite_")):
+        # sqlite_sequence last, as the source has it: an INSERT into an AUTOINCREMENT table writes its
+        # row there even when it copies no row
+        for table in sorted(tables.values(), key=lambda t: t.name == "sqlite_sequence"):
             present = connection.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?",
                                          (table.name,)).fetchone()
             if table.virtual or not present:
@@ -460,6 +467,7 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
                 write_memory_table(connection, table, plan)
             else:
                 copy_rows(connection, table)
+        insert_new_rows(connection, memory, plan)
         connection.execute("COMMIT")
         connection.execute("DETACH source")
         connection.execute("BEGIN")

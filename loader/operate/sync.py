@@ -25,6 +25,10 @@ split brain (loader/operate/cutover.py, called by pipeline.sync after the change
 changed although its service writes to PostgreSQL. It is loaded all the same (nothing lost); the report
 warns and names the entries written on both sides (`SyncReport.split_brain`).
 
+The build is incremental (loader/transform/build.py): only the entries of the files whose current load
+changed are recomputed, and, after a build whose tests passed, the heavy tests check only those. dbt's
+unit tests (the project's SQL on fixed rows) are left to `consolidate build` and `run`.
+
 `pipeline.watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
 nothing (no ledger rows, no build) and reports itself idle (`SyncReport.idle`).

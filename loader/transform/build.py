@@ -102,10 +102,13 @@ def can_build_incrementally(connection, schema: str) -> bool:
     return not ids_missing
 
 
-def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False) -> BuildOutcome:
+def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
+          unit_tests: bool = True) -> BuildOutcome:
     """dbt build: incremental unless `full_refresh` or there is no state to continue from. The ledger and
-    the write log are created first, so a build never lacks its sources."""
+    the write log are created first, so a build never lacks its sources. `unit_tests=False` leaves out
+    dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle)."""
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
         full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
-    return run_dbt(["build", "--full-refresh"] if full_refresh else ["build"], target, home, quiet=quiet)
+    command = ["build", "--full-refresh"] if full_refresh else ["build"]
+    return run_dbt(command if unit_tests else [*command, "--exclude", "test_type:unit"], target, home, quiet=quiet)

@@ -8,12 +8,25 @@
 
 {% if memory_incremental_build() %}
 
-with built_loads as (
+with recursive built_loads as (
 
-    select load_id, source_path
-    from {{ ranked }}
-    where write_id is null
-    group by load_id, source_path
+    -- the distinct (load_id, source_path) of int_memory_ranked, one index probe each (a loose index scan:
+    -- a handful of loads among a million rows)
+    (
+        select load_id, source_path from {{ ranked }}
+        where load_id is not null
+        order by load_id, source_path
+        limit 1
+    )
+    union all
+    select next_load.load_id, next_load.source_path
+    from built_loads
+    cross join lateral (
+        select load_id, source_path from {{ ranked }} as ranked
+        where (ranked.load_id, ranked.source_path) > (built_loads.load_id, built_loads.source_path)
+        order by ranked.load_id, ranked.source_path
+        limit 1
+    ) as next_load
 
 ),
 

@@ -2,6 +2,7 @@
     materialized='incremental',
     incremental_strategy='replace_keys',
     on_schema_change='fail',
+    indexes=[{'columns': ['key', 'namespace'], 'unique': true}],
     pre_hook=["{{ lock_memory_marts() }}"],
     post_hook=[
         "{{ ensure_trigger(this, 'capture_writes', 'before', 'insert or update or delete', 'consolidate.capture_performance_metrics_write()') }}",
