@@ -167,7 +167,8 @@ where invocation_id = '{{ invocation_id }}'
 
 {#- 'incremental' (check only what changed, see above) or 'full'; read when a test is compiled. -#}
 {% macro memory_test_scope() -%}
-    {%- if not execute -%}
+    {#- nothing built yet (a first build; a compile or lint on a loaded database): everything -#}
+    {%- if not execute or load_relation(ref('int_memory_load_changes')) is none -%}
         {{ return('full') }}
     {%- endif -%}
     {%- set found = run_query(
