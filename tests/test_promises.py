@@ -184,6 +184,8 @@ def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, 
 def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, home):
     tree = small_tree(tmp_path / "tree")
     assert consolidate("load", str(tree), target=target, home=home).returncode == 0
+    not_built = consolidate("lineage", "alpha", target=target, home=home)
+    assert not_built.returncode == 2 and "build first" in not_built.stderr
 
     built = consolidate("build", "--json", target=target, home=home)
     assert built.returncode == 0, built.stderr[-2000:]

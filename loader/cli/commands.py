@@ -266,10 +266,13 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
             as_json: AsJson = False) -> None:
     """Every version of an entry across files, loads and writes made in PostgreSQL ("written in
     PostgreSQL by APP (USER) via PATH at TIME"), the winner marked. Exit 6 when there is no entry with
-    that key.
+    that key, 2 before anything was loaded and built.
 
     Example: consolidate lineage session:abc --namespace default"""
-    versions = lineage_queries.versions(target_for(dsn, home, schema), key, namespace)
+    try:
+        versions = lineage_queries.versions(target_for(dsn, home, schema), key, namespace)
+    except lineage_queries.NotBuilt as error:
+        usage_error(error)
     render.lineage(key, namespace, versions, as_json)
     raise typer.Exit(ExitCode.OK if versions else ExitCode.NOT_FOUND)
 

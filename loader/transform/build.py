@@ -62,7 +62,8 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
     in-process, against `target` (the profile reads its connection settings from the environment, see
     Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
-    (bad arguments, no connection) from models or tests that failed."""
+    (bad arguments, no connection) from models or tests that failed. `quiet`: dbt prints only its
+    errors, and to stderr, so stdout stays the caller's (one JSON document with --json)."""
     from dbt.cli.main import dbtRunner
 
     with target.connect(connect_timeout=10):  # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4)
@@ -70,7 +71,8 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     arguments = dbt_arguments(command, home, quiet)
-    with target.dbt_environment(), dbt_argv(arguments):
+    output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
+    with target.dbt_environment(), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
     outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
     for node_result in getattr(result.result, "results", None) or []:

@@ -44,6 +44,10 @@ ORDER BY 2, 19 NULLS LAST, 20 DESC, 3, 5
            ranked=sql.Identifier(*MEMORY_RANKED), memory_writes=sql.Identifier(ledger.WRITE_LOG_SCHEMA, "memory_writes"))
 
 
+class NotBuilt(Exception):
+    """The relations lineage reads are not there yet: nothing was loaded and built."""
+
+
 @dataclass
 class Version:
     key: str
@@ -92,7 +96,13 @@ class Version:
 
 def versions(target: Target, key: str, namespace: str | None = None) -> list[Version]:
     """Every version of `key` (in `namespace`, or in any): the current winner, the versions it
-    superseded (writes made in PostgreSQL among them), and versions from earlier loads of a file."""
+    superseded (writes made in PostgreSQL among them), and versions from earlier loads of a file. Raises
+    NotBuilt before the first build."""
     with target.connect() as connection:
+        needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (ledger.LEDGER_SCHEMA, "load_files"),
+                  (ledger.WRITE_LOG_SCHEMA, "memory_writes")]
+        missing = [".".join(name) for name in needed if not ledger.relation_exists(connection, *name)]
+        if missing:
+            raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
     return [Version(*row[:18]) for row in rows]
