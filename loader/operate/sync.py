@@ -116,6 +116,17 @@ FULL JOIN (SELECT * FROM {LEDGER_SCHEMA}.load_tables
 ORDER BY 1
 """
 
+# A file's first load: every table's rows, as loaded, are inserted.
+FIRST_LOAD_CHANGES = f"""
+INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
+                                          deleted, unchanged, detected_at)
+SELECT load_id, NULL, source_path, source_table, rows_loaded, 0, 0, 0, now()
+FROM {LEDGER_SCHEMA}.load_tables
+WHERE load_id = %(load_id)s AND source_path = %(source_path)s
+ORDER BY source_table
+RETURNING source_table, inserted
+"""
+
 # `loaded` file versions whose changes were never detected (loaded by `load`/`run`, or by a sync that
 # stopped between the load and the detection), oldest first.
 PENDING_LOADS = f"""
@@ -350,6 +361,11 @@ def detect_changes(connection: psycopg.Connection, load_id: str, source_path: st
             cursor.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s AND source_path = %s").format(
                 sql.Identifier(LEDGER_SCHEMA, table)), (load_id, source_path))
         changes = FileChanges(load_id, source_path, parameters["previous_load_id"])
+        if parameters["previous_load_id"] is None:
+            # the file's first load: every row is inserted, as the ledger counted them (no row to compare)
+            cursor.execute(FIRST_LOAD_CHANGES, parameters)
+            changes.tables = [TableChanges(table, inserted) for table, inserted in cursor.fetchall()]
+            return changes
         cursor.execute(TABLES_OF_TWO_LOADS, parameters)
         for source_table, new_schema, new_table, old_schema, old_table in cursor.fetchall():
             new_columns = source_columns(cursor, new_schema, new_table) if new_schema else []
