@@ -25,7 +25,7 @@ N8N_DIR = Path(os.environ.get("N8N_INSTALL_DIR", "/opt/consolidate-n8n"))
 FLOWISE_DIR = Path(os.environ.get("FLOWISE_INSTALL_DIR", "/opt/consolidate-flowise"))
 N8N_KEY = "fixture-key-n8n-1"
 # What real applications made (shared/apps, beside shared/realdata).
-SHARED_APPS = Path(os.environ.get("CONSOLIDATE_APPS", REALDATA.parent / "apps"))
+SHARED_APPS = Path(os.environ.get("CONSOLIDATE_APPS", REALDATA.parent / "apps")).resolve()
 FLOWISE_MIGRATE = REPO / "tests" / "apps" / "flowise_migrate.js"
 FLOWISE_READ = REPO / "tests" / "apps" / "flowise_read.js"
 

@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from loader.database import Target, embedded_dsn, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
-REALDATA = Path(os.environ.get("CONSOLIDATE_REALDATA", REPO.parent / "shared" / "realdata"))
+REALDATA = Path(os.environ.get("CONSOLIDATE_REALDATA", REPO.parent / "shared" / "realdata")).resolve()   # as discovery records it: real paths
 
 
 @pytest.fixture(scope="session")
