@@ -1,3 +1,5 @@
+{#- Analyzed, so that what joins it is planned by its real size (often a handful of rows). -#}
+{{ config(post_hook=['analyze {{ this }}']) }}
 {#-
     The entries an incremental build recomputes: those with a version in a new load, a version in a load
     that is no longer current, or a write in the write log that int_memory_ranked does not hold (the

@@ -1,3 +1,5 @@
+{#- Analyzed, so that what joins it is planned by its real size (often a handful of rows). -#}
+{{ config(post_hook=['analyze {{ this }}']) }}
 {#-
     What changed in the loads since the last build of int_memory_ranked: memory files' current loads it
     does not hold yet (`new`) and loads it holds that are no longer current (`gone`). A full build (the

@@ -1,3 +1,5 @@
+{#- Analyzed, so that what joins it is planned by its real size (often a handful of rows). -#}
+{{ config(post_hook=['analyze {{ this }}']) }}
 {#-
     The versions of the loads new since the last build (int_memory_load_changes), through the same staging
     SQL as the staging views but over those loads' raw rows only (found by the raw tables' _load_id index).
