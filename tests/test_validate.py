@@ -222,6 +222,9 @@ def test_tampered_marts_and_raw_and_changed_or_missing_sources_are_named(sample_
     flowise_rows = sum(table_counts(flowise_file, tmp_path / "x").values())
 
     with target.connect() as connection:
+        # DML on unified_memory is a write (the write path keeps it as a version): tamper past the
+        # triggers, as a corruption would
+        connection.execute("SET LOCAL session_replication_role = replica")
         connection.execute("UPDATE unified_memory SET value = '\"tampered\"' WHERE source_path = %s "
                            "AND source_rowid = %s", [str(memory_file), tampered_rowid])
         connection.execute("UPDATE raw_n8n.workflow_entity SET name = 'tampered' WHERE _source_path = %s "

@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psycopg import sql
+
+from loader import ledger
 from loader.database import Target
 from loader.load import raw_tables
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
@@ -90,9 +93,17 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
 INCREMENTAL_STATE = (("intermediate", "int_memory_ranked", "write_id"), (None, "unified_memory_history", "deleted"))
 
 
+# The latest dbt invocation against the marts' schema (dbt_project/macros/incremental_memory.sql): passed
+# NULL when it never finished, false when a model or test failed.
+LAST_BUILD = sql.SQL("SELECT passed FROM {} WHERE marts_schema = %s ORDER BY started_at DESC LIMIT 1").format(
+    ledger.table("memory_builds"))
+
+
 def can_build_incrementally(connection, schema: str) -> bool:
     """Whether the memory models hold state an incremental build can continue from: every table with
-    its current shape, and ids for its entries (an emptied consolidate.entry_ids needs a full refresh)."""
+    its current shape, ids for its entries (an emptied consolidate.entry_ids needs a full refresh), and a
+    last build that finished and passed (one that failed or died may have left marts that an incremental
+    build, which recomputes only what changed since, would keep: the next build starts from raw)."""
     for table_schema, table, column in INCREMENTAL_STATE:
         if connection.execute(
                 "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
@@ -101,7 +112,8 @@ def can_build_incrementally(connection, schema: str) -> bool:
     (ids_missing,) = connection.execute(
         "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked) "
         "AND NOT EXISTS (SELECT 1 FROM consolidate.entry_ids)").fetchone()
-    return not ids_missing
+    last = connection.execute(LAST_BUILD, (schema,)).fetchone()
+    return not ids_missing and (last is None or last[0] is True)
 
 
 def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
