@@ -12,6 +12,7 @@ library calls it makes, so a phase's time is the time of that call:
     build     loader.transform.build.build (dbt build: models and tests)
     reconcile loader.verify.report.summarize
     validate  loader.verify.validate.validate
+    detect changes  loader.operate.sync.detect_pending (sync only)
     imports   importing loader.cli (typer, rich, duckdb, psycopg, ...)
 
 FILE gets {"exit_code", "phases": {name: seconds}, "wall": seconds in process, "statuses": {...}}.
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     wrap(build_stage, "build", "build", phases, missing)
     wrap(report, "summarize", "reconcile", phases, missing)
     wrap(validate_stage, "validate", "validate", phases, missing)
+    # `consolidate sync` (loader.pipeline.sync) calls the stages above, and change detection
+    from loader.operate import sync as sync_stage
+    wrap(sync_stage, "detect_pending", "detect changes", phases, missing)
     # inside the load phase, per file, summed over files (so over the workers too: with two files at a
     # time these add up to about twice the load's wall time): where the loader's time goes
     from loader import ledger

@@ -16,7 +16,12 @@
    pgloader the Debian package, one process, one LOAD DATABASE per file into its own schema (defaults:
             it also builds the source's unique and namespace indexes);
    floor    psql `\\copy ... FROM file (FORMAT binary)` (and csv) of exactly the rows `consolidate load`
-            wrote into raw (source columns and lineage), exported beforehand, outside the timing.
+            wrote into raw (source columns and lineage), exported beforehand, outside the timing;
+   anchor   DuckDB attaching every SQLite file and PostgreSQL, one `CREATE TABLE ... AS SELECT` per file
+            (bench/duckdb_anchor.py): what a user could run instead of `consolidate load`;
+   parallel run  after the cold `run`, one row changed in one file and one MemoryClient write, then
+            `consolidate sync` (its time as a share of the cold run; both changes checked in the marts),
+            and the client's get / set latencies (bench/parallel_run.py).
 4. Row counts are checked for every system (raw = generated, pgloader's tables = generated, floor =
    generated, marts = generated keys) and written with the timings to OUT/results-<rows>.json; the
    table goes to stdout and into BENCHMARKS.md between `<!-- bench:<rows>:begin/end -->` markers.
@@ -46,9 +51,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench import generate  # noqa: E402
+from bench import generate, parallel_run  # noqa: E402
 
 RAW_TABLE = ("raw_claude_flow_v2", "memory_entries")
+SYNC_STEP = "consolidate sync (one row changed + one client write)"
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -326,6 +332,20 @@ def run_floor(server: Server, columns: list[tuple[str, str]], source: Path, form
     return measured
 
 
+def run_anchor(server: Server, corpus: Path, manifest: dict, log: Path, prefix: str) -> Measured:
+    database = f"{prefix}_duckdb_anchor"
+    dsn = server.recreate(database)
+    files = [str(corpus / f["path"]) for f in manifest["file_list"]]
+    measured = measure("DuckDB ATTACH + CREATE TABLE AS (anchor)",
+                       [sys.executable, "-m", "bench.duckdb_anchor", "--dsn", dsn, *files], log)
+    with psycopg.connect(dsn) as connection:
+        measured.checks = {"rows": sum(connection.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"f{number:02d}"))).fetchone()[0]
+            for number in range(len(files))), "tables": len(files)}
+    server.drop(database)
+    return measured
+
+
 # ----------------------------------------------------------------------------------------- reporting
 
 
@@ -421,8 +441,22 @@ def results_table(results: dict) -> str:
 
 def notes(results: dict) -> list[str]:
     lines = [f"- {m['name']}: {m['note']}." for m in results["measured"] if m.get("note")]
+    measured = {m["name"]: m for m in results["measured"]}
+    load, anchor = measured.get("consolidate load"), measured.get("DuckDB ATTACH + CREATE TABLE AS (anchor)")
+    if load and anchor:
+        lines.append(f"`consolidate load` against the DuckDB one-statement anchor: {ratio(load['wall'], anchor['wall'])} "
+                     f"by wall time ({ratio(total_cpu(load), total_cpu(anchor)) or 'n/a'} by total CPU).")
+    sync, cold = measured.get(SYNC_STEP), measured.get("consolidate run --no-backup")
+    if sync and cold:
+        lines.append(f"Parallel run: `consolidate sync` after one changed row and one client write took "
+                     f"{sync['wall']:.1f} s, {sync['wall'] / cold['wall']:.1%} of the cold `run` ({cold['wall']:.1f} s); "
+                     f"both changes in the marts afterwards: {sync['checks'].get('synced_row_in_marts')} / "
+                     f"{sync['checks'].get('client_write_in_marts')}.")
+    for name, figures in results.get("client", {}).items():
+        lines.append(f"MemoryClient {name}: p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
+                     f"over {figures['n']:,} calls" + (f" ({figures['hits']:,} hits)" if "hits" in figures else "") + ".")
     lines += [f"- {note}" for note in results.get("notes", [])]
-    return [""] + lines if lines else []
+    return [""] + [line if line.startswith("- ") else f"- {line}" for line in lines] if lines else []
 
 
 def markdown_section(results: dict) -> str:
@@ -483,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-run", action="store_true", help="only `consolidate load` (no dbt build)")
     parser.add_argument("--skip-rerun", action="store_true",
                         help="skip the second `consolidate run` on the unchanged corpus (the load re-run stays)")
+    parser.add_argument("--skip-parallel-run", action="store_true",
+                        help="skip the sync after one changed row and one client write, and the client latencies")
+    parser.add_argument("--skip-anchor", action="store_true", help="skip the DuckDB one-statement anchor")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the cold `consolidate load` and `run` (OUT/*.pstats; adds overhead)")
     markdown = parser.add_mutually_exclusive_group()
@@ -518,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.dsn, out)
     say(f"server PostgreSQL {server.describe()['version']}; log {log}")
     measured: list[Measured] = []
+    client: dict[str, dict] = {}
     expected_keys = rows - manifest["duplicate_rows"] - (args.files - 1)
     raw_count = f"SELECT count(*) FROM {RAW_TABLE[0]}.{RAW_TABLE[1]}"
 
@@ -542,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             columns, _ = export_raw(dsn, work / f"raw.{form}", form)
             step(run_floor(server, columns, work / f"raw.{form}", form, log, args.db_prefix))
             (work / f"raw.{form}").unlink()
+        if not args.skip_anchor:
+            step(run_anchor(server, corpus, manifest, log, args.db_prefix))
         if not args.keep_databases:
             server.drop(f"{args.db_prefix}_ours_load")
 
@@ -549,13 +589,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_run and not args.only_pgloader:
         dsn = server.recreate(f"{args.db_prefix}_ours_run")
         home = work / "home-run"
-        m = step(harness("consolidate run --no-backup", ours_command("run", corpus, dsn, home, "--no-backup"),
-                         work, log, profile("run")))
+        m = cold_run = step(harness("consolidate run --no-backup", ours_command("run", corpus, dsn, home, "--no-backup"),
+                                    work, log, profile("run")))
         m.checks = {"raw_rows": count(dsn, raw_count), **mart_counts(dsn), "keys_expected": expected_keys}
         m.dbt_nodes = dbt_nodes(home)
         if not args.skip_rerun:
             step(harness("consolidate run --no-backup (re-run, unchanged)",
                          ours_command("run", corpus, dsn, home, "--no-backup"), work, log)).dbt_nodes = dbt_nodes(home)
+        if not args.skip_parallel_run:
+            with parallel_run.changed_file(corpus / manifest["file_list"][0]["path"]) as changed:
+                parallel_run.client_write(dsn)
+                m = step(harness(SYNC_STEP, ours_command("sync", corpus, dsn, home), work, log))
+            m.checks = {**parallel_run.both_changes_in_the_marts(dsn, changed),
+                        "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}"}
+            m.dbt_nodes = dbt_nodes(home)
+            client.update(parallel_run.client_latencies(dsn, work))
+            say(f"  client {client}")
         if not args.keep_databases:
             server.drop(f"{args.db_prefix}_ours_run")
         if not args.skip_backup_run:
@@ -585,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                    "bytes": manifest["bytes"], "duplicate_rows": manifest["duplicate_rows"],
                    "keys_expected": expected_keys, "generated_in_s": manifest["seconds"]},
         "server": server.describe(), "machine": machine(), "versions": versions(),
-        "measured": [m.to_json() for m in sorted(measured, key=order)], "work": str(work),
+        "measured": [m.to_json() for m in sorted(measured, key=order)], "work": str(work), "client": client,
     }
     results_path = args.json or out / f"results-{label}.json"
     results_path.write_text(json.dumps(results, indent=1) + "\n")

@@ -29,6 +29,8 @@ from loader import __version__
 from loader.database import Target
 
 LEDGER_SCHEMA = "consolidate"
+# Where writes made in PostgreSQL are kept (migration 7): the one raw schema no SQLite file loads into.
+WRITE_LOG_SCHEMA = "raw_postgres"
 
 MIGRATIONS: list[str] = [
     # 1: loads, the files and tables each load found, every column's raw name, and the current loads.
@@ -232,6 +234,171 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
     tool_version    text NOT NULL
 );
 ALTER TABLE {LEDGER_SCHEMA}.load_columns ADD COLUMN IF NOT EXISTS declared_type text;
+""",
+    # 7: PostgreSQL as the system of record (issue 11). Every write made in PostgreSQL to a memory entry
+    # (through loader.serve.client.MemoryClient, the compatibility views or DML on the marts) is one row
+    # of raw_postgres.memory_writes, appended in the transaction that changes the marts. The dbt project
+    # reads it as the source `raw_postgres.memory_writes`: each row is a version of its (key, namespace)
+    # like a SQLite row of a current load (an `upsert` a value, a `delete` a tombstone), ranked by the
+    # same rule. The rows are never updated or deleted (a trigger refuses it), so a build (full refresh
+    # included) always finds every write again. And the marts' ids, given once per (namespace, key), and the
+    # record of the builds an incremental build's tests start from.
+    f"""
+CREATE SCHEMA IF NOT EXISTS {WRITE_LOG_SCHEMA};
+
+CREATE TABLE IF NOT EXISTS {WRITE_LOG_SCHEMA}.memory_writes (
+    write_id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- who and when: the writer's clock at the write, its transaction, its connection's application_name
+    -- (MemoryClient sets `consolidate-memory-client` unless the DSN names one) and role
+    written_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+    txid             bigint NOT NULL DEFAULT txid_current(),
+    application_name text DEFAULT current_setting('application_name'),
+    db_user          text NOT NULL DEFAULT current_user,
+    -- the path: 'client' (MemoryClient), 'compat.memory_entries', 'compat_claude_flow_v3.memory_entries',
+    -- 'compat_extended_memory.memory_store', '<schema>.unified_memory', '<schema>.performance_metrics'
+    via              text NOT NULL,
+    -- upsert: this row is the entry's new value; delete: a tombstone (the entry leaves the marts, its
+    -- versions stay in unified_memory_history)
+    operation        text NOT NULL CHECK (operation IN ('upsert', 'delete')),
+    key              text NOT NULL,
+    namespace        text NOT NULL,
+    -- the version, in the marts' types (NULL for a delete but updated_at): value and data_type as in
+    -- unified_memory, times as timestamptz. updated_at is what ranks the version (see the README).
+    value            jsonb,
+    data_type        text,
+    metadata         jsonb,
+    created_at       timestamptz,
+    updated_at       timestamptz NOT NULL,
+    accessed_at      timestamptz,
+    expires_at       timestamptz,
+    access_count     integer,
+    ttl              integer,
+    -- the SQLite file whose service wrote this entry (MemoryClient(source=...)); NULL when unknown
+    home_source_path text,
+    CHECK (operation = 'delete' OR (value IS NOT NULL AND data_type IS NOT NULL))
+);
+CREATE INDEX IF NOT EXISTS memory_writes_by_entry ON {WRITE_LOG_SCHEMA}.memory_writes (namespace, key, write_id);
+
+-- Reads through MemoryClient bump an entry's access_count and accessed_at. They are bookkeeping, not
+-- versions: one row per entry holding the latest, folded into the marts' accessed_at (latest) and
+-- access_count (largest) by every build.
+CREATE TABLE IF NOT EXISTS {WRITE_LOG_SCHEMA}.memory_accesses (
+    namespace    text NOT NULL,
+    key          text NOT NULL,
+    accessed_at  timestamptz NOT NULL,
+    access_count integer NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+
+CREATE OR REPLACE FUNCTION {LEDGER_SCHEMA}.refuse_rewriting_the_write_log() RETURNS trigger
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION '%.% is append-only: % refused', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING HINT = 'Every write made in PostgreSQL is kept as a version; write a new one instead.';
+END
+$fn$;
+DO $do$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = '{WRITE_LOG_SCHEMA}.memory_writes'::regclass AND tgname = 'append_only') THEN
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {WRITE_LOG_SCHEMA}.memory_writes
+            FOR EACH STATEMENT EXECUTE FUNCTION {LEDGER_SCHEMA}.refuse_rewriting_the_write_log();
+    END IF;
+END
+$do$;
+
+-- Every (namespace, key) ever seen gets its mart id once and keeps it: ids are never renumbered, not even
+-- by a full refresh. New pairs of a build are numbered after the mart's highest id in (namespace, key)
+-- order (the order the marts were numbered in before ids were kept, so a first build gives those same
+-- ids); a pair first written in PostgreSQL gets the next id at its write. An entry that is deleted keeps
+-- its id for when it comes back.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.entry_ids (
+    namespace   text NOT NULL,
+    key         text NOT NULL,
+    mart        text NOT NULL CHECK (mart IN ('unified_memory', 'performance_metrics')),
+    id          bigint NOT NULL,
+    assigned_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace, key),
+    UNIQUE (mart, id)
+);
+
+-- One row per dbt invocation against the memory marts (dbt_project/macros/incremental_memory.sql:
+-- on-run-start adds it, on-run-end marks it passed when it ran tests and none failed). An incremental
+-- build after a passing one tests only the entries changed since (memory_test_scope).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.memory_builds (
+    invocation_id   text PRIMARY KEY,
+    marts_schema    text NOT NULL,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    -- the write log's highest write_id when the build started
+    write_watermark bigint NOT NULL,
+    tests_run       integer,
+    passed          boolean
+);
+""",
+    # 8: services cut over to PostgreSQL (issue 11; loader/operate/cutover.py and rollback.py).
+    # Append-only: every `consolidate cutover`, `cutover --undo` and `rollback` adds a row, so the
+    # history of each switch stays.
+    f"""
+-- One row per `consolidate cutover SOURCE` (action 'cutover': from now on the file's service writes to
+-- PostgreSQL) and per `consolidate cutover --undo SOURCE` ('undo': it writes to its SQLite file again). A
+-- file is cut over while its latest row is a 'cutover'. load_id and the checksums are the file's current
+-- load when the row was written: for a cutover, the version later loads are compared with (split brain).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.cutovers (
+    cutover_id    bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source_path   text NOT NULL,
+    action        text NOT NULL CHECK (action IN ('cutover', 'undo')),
+    recorded_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    recorded_by   text NOT NULL,
+    note          text,
+    load_id       text,
+    source_sha256 text,
+    wal_sha256    text
+);
+CREATE INDEX IF NOT EXISTS cutovers_by_file ON {LEDGER_SCHEMA}.cutovers (source_path, cutover_id);
+
+-- The files cut over now, each with the cutover that holds.
+CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.cut_over_files AS
+SELECT cutover_id, source_path, recorded_at AS cut_over_at, recorded_by AS cut_over_by, note, load_id,
+       source_sha256, wal_sha256
+FROM (SELECT DISTINCT ON (source_path) *
+      FROM {LEDGER_SCHEMA}.cutovers
+      ORDER BY source_path, cutover_id DESC) AS latest
+WHERE action = 'cutover';
+
+-- Every load of a cut-over file made after its cutover, checked once by `consolidate sync`. changed: its
+-- rows differ from the cutover's load although the service writes to PostgreSQL (split brain).
+-- sqlite_entries counts the memory entries the file changed since the cutover's load, other_rows the rows
+-- of its other tables changed since; `entries` names the memory entries also written in PostgreSQL since
+-- the cutover (written on both sides): [{{"namespace", "key", "sqlite_change" (inserted / updated /
+-- deleted), "postgres_writes", "last_written_at", "last_written_by"}}].
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.split_brain (
+    load_id        text NOT NULL,
+    source_path    text NOT NULL,
+    cutover_id     bigint NOT NULL REFERENCES {LEDGER_SCHEMA}.cutovers (cutover_id),
+    detected_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    changed        boolean NOT NULL,
+    sqlite_entries bigint NOT NULL,
+    other_rows     bigint NOT NULL,
+    entries        jsonb NOT NULL,
+    PRIMARY KEY (load_id, source_path)
+);
+
+-- One row per `consolidate rollback SOURCE --to FILE`: the SQLite file written from PostgreSQL's state
+-- (the cutover itself is undone by `consolidate cutover --undo`, once the service writes to SQLite again).
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.rollbacks (
+    rollback_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source_path  text NOT NULL,
+    written_to   text NOT NULL,
+    written_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    written_by   text NOT NULL,
+    load_id      text NOT NULL,
+    sha256       text NOT NULL,
+    unchanged    bigint NOT NULL,
+    changed      bigint NOT NULL,
+    created      bigint NOT NULL,
+    deleted      bigint NOT NULL,
+    skipped      jsonb NOT NULL
+);
 """,
 ]
 

@@ -3,7 +3,8 @@
     load():  discover → load
     run():   discover → backup → load → build → validate → reconcile, per source file
     validate(): the validation stage on its own, with the secret policy the loads used
-    sync():  discover → load what changed → detect the changes → build
+    sync():  discover → load what changed → detect the changes → check cut-over files for split brain
+             → build (incremental: only the loads and writes new since the last build)
     watch(): sync every few seconds, a cycle that finds nothing changed doing nothing
 
 Each function takes the roots and a `Target` once and hands them down to the stages; none of them
@@ -31,6 +32,7 @@ from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.load import load as load_stage
 from loader.load.secret_policy import SecretPolicy, load_policy
+from loader.operate import cutover
 from loader.operate import sync as change_detection
 from loader.sources import discover as discovery
 from loader.transform import build as build_stage
@@ -114,7 +116,8 @@ def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | 
     """discover → backup (into `backup_to`; None: no backup) → load → build → validate → reconcile.
 
     When the current loads, the dbt project and the marts' schema are those of the last build that
-    passed its tests and its validation, build and validation are skipped (`rebuild` forces them).
+    passed its tests and its validation, build and validation are skipped (`rebuild` forces them, the
+    build then a full refresh from raw and the write log).
     Raises PolicyError for a bad secrets file and BackupError when `backup_to` may not be used, both
     before anything is loaded. `quiet` silences dbt."""
     policy = load_policy(home, secrets)
@@ -127,7 +130,7 @@ def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | 
     if not rebuild and freshness.marts_are_current(target, built_from):
         built, validation = build_stage.BuildOutcome(success=True, skipped=True), None
     else:
-        built = build_stage.build(target, home, quiet=quiet)
+        built = build_stage.build(target, home, quiet=quiet, full_refresh=rebuild)
         validation = validate_stage.validate(target, backup_dir=backup_to, secret_policy=policy) \
             if built.success else None
         ledger.record_build(target, built_from, built.success, validation.passed if validation else None)
@@ -153,7 +156,8 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
          found: discovery.Discovery | None = None, force: bool = False,
          on_file: FileCallback = no_progress) -> change_detection.SyncReport:
     """discover (unless `found` is given) → load (unchanged files skipped by checksum, changed ones
-    reloaded) → change detection → `dbt build` (unless build=False). Never raises for a bad source
+    reloaded) → change detection → split-brain check of cut-over files → `dbt build` (unless
+    build=False). Never raises for a bad source
     file: it is reported with status `failed` (exit code 3). Raises PolicyError for a bad secrets
     file, psycopg errors when PostgreSQL cannot be reached."""
     if found is None:
@@ -168,8 +172,9 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
-    if build:
-        report.build = build_stage.build(target, home, quiet=quiet)
+    report.split_brain = cutover.check_split_brain(target)
+    if build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
+        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False)
     report.finished_at = ledger.now()
     return report
 

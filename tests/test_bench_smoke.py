@@ -76,6 +76,10 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
 
     for form in ("binary", "csv"):
         assert measured[f"floor ({form} COPY)"]["checks"]["rows"] == corpus["rows"]
+    assert measured["DuckDB ATTACH + CREATE TABLE AS (anchor)"]["checks"]["rows"] == corpus["rows"]
+    synced = measured["consolidate sync (one row changed + one client write)"]
+    assert synced["checks"]["synced_row_in_marts"] and synced["checks"]["client_write_in_marts"], synced
+    assert {"get (PostgreSQL, no Redis)", "set"} <= set(report["client"])
     if pgloader:
         loaded = measured["pgloader"]["checks"]
         assert loaded["tables"] == corpus["files"]

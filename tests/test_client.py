@@ -75,7 +75,7 @@ def test_set_inserts_a_new_entry_with_its_data_type_and_a_fresh_id(consolidated,
     row = row_of(consolidated, key, "client-tests")
     assert (row["value"], row["data_type"], row["metadata"]) == (value, data_type, {"by": "test"})
     assert row["id"] > highest_id
-    assert (row["source_db"], row["source_path"], row["expires_at"], row["ttl"]) == ("memory-client", None, None, None)
+    assert (row["source_db"], row["source_path"], row["expires_at"], row["ttl"]) == ("postgresql", None, None, None)
     assert client.get(key, "client-tests") == value
 
 
@@ -97,7 +97,7 @@ def test_set_replaces_a_consolidated_entry_in_place(consolidated, client):
     assert after["value"] == ["replaced"] and after["updated_at"] > before["updated_at"]
     assert {c: after[c] for c in ("id", "created_at", "metadata")} == \
            {c: before[c] for c in ("id", "created_at", "metadata")}
-    assert (after["source_db"], after["source_path"], after["load_id"]) == ("memory-client", None, None)
+    assert (after["source_db"], after["source_path"], after["load_id"]) == ("postgresql", None, None)
     assert client.get(key, namespace) == ["replaced"]
 
 

@@ -7,3 +7,213 @@
 {% macro epoch_milliseconds(timestamp) -%}
     floor(extract(epoch from {{ timestamp }}) * 1000)::bigint
 {%- endmacro %}
+
+
+{#-
+    The compatibility views are writable: INSTEAD OF triggers turn an application's INSERT / UPDATE /
+    DELETE into writes of the entry (consolidate.write_memory_entry, see macros/memory_writes.sql), with
+    the view's shape read back the way the view shows it: a value is JSON when it parses, else text
+    (extended-memory's `pickle` type stays the base64 text); epoch seconds (v2) or milliseconds (v3), or
+    naive UTC text (extended-memory), become timestamptz. An INSERT of an existing entry replaces its value
+    (claude-flow writes with INSERT OR REPLACE); columns an INSERT leaves NULL among created_at, updated_at,
+    accessed_at and access_count keep the entry's (or now() / 0 for a new one). An UPDATE writes the
+    columns it changes; one that changes only the access columns records a read. id, key and namespace
+    cannot change; an `id` given to an INSERT is ignored (ids are the marts'). The trigger's argument is
+    the marts' schema.
+-#}
+{#- In a trigger the text is a constant to the planner, which would fold try_jsonb's cast of it and raise:
+    the exception-catching parse is used instead. -#}
+{% macro compat_value_kind(text) -%}
+    case when {{ text }} is null or consolidate.try_jsonb_strict({{ text }}) is not null then 'json' else 'text' end
+{%- endmacro %}
+
+
+{% macro compat_text_to_jsonb(text) -%}
+    coalesce(consolidate.try_jsonb_strict({{ text }}), to_jsonb({{ text }}))
+{%- endmacro %}
+
+
+{% macro compat_given(columns, access_columns=[]) -%}
+        if TG_OP = 'UPDATE' then
+            {%- for column, fields in columns.items() %}
+            if NEW.{{ column }} is distinct from OLD.{{ column }} then given := given || array[{% for f in fields %}'{{ f }}'{{ ", " if not loop.last }}{% endfor %}]::text[]; end if;
+            {%- endfor %}
+            {%- for column, field in access_columns %}
+            if NEW.{{ column }} is distinct from OLD.{{ column }} then accessed := true; end if;
+            {%- endfor %}
+        end if;
+{%- endmacro %}
+
+
+{% macro create_compat_write_functions() -%}
+create or replace function consolidate.write_compat_memory_entries_v2() returns trigger
+language plpgsql as $fn$
+declare
+    marts_schema text := TG_ARGV[0];
+    via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+    given text[] := '{}';
+    accessed boolean := false;
+begin
+    if TG_OP = 'DELETE' then
+        perform consolidate.write_memory_entry(marts_schema, via, 'delete', OLD.namespace, OLD.key);
+        return OLD;
+    end if;
+    if TG_OP = 'UPDATE' then
+        if (NEW.id, NEW.key, NEW.namespace) is distinct from (OLD.id, OLD.key, OLD.namespace) then
+            raise exception 'an entry''s id, key and namespace cannot change (id %): delete it and insert a new one', OLD.id;
+        end if;
+        {{ compat_given({'value': ['value', 'data_type'], 'metadata': ['metadata'], 'created_at': ['created_at'],
+                         'updated_at': ['updated_at'], 'ttl': ['ttl'], 'expires_at': ['expires_at']},
+                        [('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
+        if given = '{}' then
+            if accessed then
+                perform consolidate.check_memory_marts_schema(marts_schema);
+                perform consolidate.record_memory_access(NEW.namespace, NEW.key,
+                    coalesce({{ epoch_number_to_timestamptz('NEW.accessed_at::numeric') }}, now()), NEW.access_count);
+            end if;
+            return NEW;
+        end if;
+        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+    else
+        given := array['value', 'data_type', 'metadata', 'ttl', 'expires_at'];
+        if NEW.created_at is not null then given := given || 'created_at'::text; end if;
+        if NEW.updated_at is not null then given := given || 'updated_at'::text; end if;
+        if NEW.accessed_at is not null then given := given || 'accessed_at'::text; end if;
+        if NEW.access_count is not null then given := given || 'access_count'::text; end if;
+    end if;
+    perform consolidate.write_memory_entry(
+        marts_schema, via, 'upsert', coalesce(NEW.namespace, 'default'), NEW.key, given,
+        p_value => {{ compat_text_to_jsonb('NEW.value') }},
+        p_data_type => {{ compat_value_kind('NEW.value') }},
+        p_metadata => {{ compat_text_to_jsonb('NEW.metadata') }},
+        p_created_at => {{ epoch_number_to_timestamptz('NEW.created_at::numeric') }},
+        p_updated_at => {{ epoch_number_to_timestamptz('NEW.updated_at::numeric') }},
+        p_accessed_at => {{ epoch_number_to_timestamptz('NEW.accessed_at::numeric') }},
+        p_expires_at => {{ epoch_number_to_timestamptz('NEW.expires_at::numeric') }},
+        p_access_count => NEW.access_count,
+        p_ttl => NEW.ttl);
+    return NEW;
+end
+$fn$;
+
+create or replace function consolidate.write_compat_memory_entries_v3() returns trigger
+language plpgsql as $fn$
+declare
+    marts_schema text := TG_ARGV[0];
+    via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+    given text[] := '{}';
+    accessed boolean := false;
+    entry_namespace text;
+    current_metadata jsonb;
+    base_metadata jsonb;
+    v3_fields jsonb;
+begin
+    if TG_OP = 'DELETE' then
+        perform consolidate.write_memory_entry(marts_schema, via, 'delete', OLD.namespace, OLD.key);
+        return OLD;
+    end if;
+    entry_namespace := coalesce(NEW.namespace, 'default');
+    if TG_OP = 'UPDATE' then
+        if (NEW.id, NEW.key, NEW.namespace) is distinct from (OLD.id, OLD.key, OLD.namespace) then
+            raise exception 'an entry''s id, key and namespace cannot change (id %): delete it and insert a new one', OLD.id;
+        end if;
+        {{ compat_given({'content': ['value', 'data_type'], 'metadata': ['metadata'], 'type': ['metadata'],
+                         'tags': ['metadata'], 'status': ['metadata'], 'owner_id': ['metadata'],
+                         'created_at': ['created_at'], 'updated_at': ['updated_at'], 'expires_at': ['expires_at']},
+                        [('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
+        if given = '{}' then
+            if accessed then
+                perform consolidate.check_memory_marts_schema(marts_schema);
+                perform consolidate.record_memory_access(entry_namespace, NEW.key,
+                    coalesce({{ epoch_number_to_timestamptz('NEW.last_accessed_at::numeric') }}, now()), NEW.access_count);
+            end if;
+            return NEW;
+        end if;
+        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+        execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
+            into current_metadata using entry_namespace, NEW.key;
+    else
+        given := array['value', 'data_type', 'metadata', 'expires_at'];
+        if NEW.created_at is not null then given := given || 'created_at'::text; end if;
+        if NEW.updated_at is not null then given := given || 'updated_at'::text; end if;
+        if NEW.last_accessed_at is not null then given := given || 'accessed_at'::text; end if;
+        if NEW.access_count is not null then given := given || 'access_count'::text; end if;
+    end if;
+    -- v3's own fields live in metadata under claude_flow_v3, as staging puts them
+    base_metadata := {{ compat_text_to_jsonb('NEW.metadata') }};
+    v3_fields := (coalesce(current_metadata -> 'claude_flow_v3', '{}'::jsonb) - array['type', 'tags', 'status', 'owner_id'])
+                 || jsonb_strip_nulls(jsonb_build_object('type', NEW.type, 'tags', {{ compat_text_to_jsonb('NEW.tags') }},
+                                                         'status', NEW.status, 'owner_id', NEW.owner_id));
+    perform consolidate.write_memory_entry(
+        marts_schema, via, 'upsert', entry_namespace, NEW.key, given,
+        p_value => {{ compat_text_to_jsonb('NEW.content') }},
+        p_data_type => {{ compat_value_kind('NEW.content') }},
+        p_metadata => {{ attach_to_metadata('base_metadata', 'claude_flow_v3', 'v3_fields') }},
+        p_created_at => {{ epoch_number_to_timestamptz('NEW.created_at::numeric') }},
+        p_updated_at => {{ epoch_number_to_timestamptz('NEW.updated_at::numeric') }},
+        p_accessed_at => {{ epoch_number_to_timestamptz('NEW.last_accessed_at::numeric') }},
+        p_expires_at => {{ epoch_number_to_timestamptz('NEW.expires_at::numeric') }},
+        p_access_count => NEW.access_count);
+    return NEW;
+end
+$fn$;
+
+create or replace function consolidate.write_compat_memory_store() returns trigger
+language plpgsql as $fn$
+declare
+    marts_schema text := TG_ARGV[0];
+    via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
+    given text[] := '{}';
+    accessed boolean := false;
+    current_metadata jsonb;
+begin
+    if TG_OP = 'DELETE' then
+        perform consolidate.write_memory_entry(marts_schema, via, 'delete', 'extended-memory', OLD.key);
+        return OLD;
+    end if;
+    if TG_OP = 'UPDATE' then
+        if NEW.key is distinct from OLD.key then
+            raise exception 'an entry''s key cannot change (%): delete it and insert a new one', quote_literal(OLD.key);
+        end if;
+        {{ compat_given({'value': ['value', 'data_type'], 'type': ['value', 'data_type', 'metadata'],
+                         'created_at': ['created_at'], 'updated_at': ['updated_at']},
+                        [('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
+        if given = '{}' then
+            if accessed then
+                perform consolidate.check_memory_marts_schema(marts_schema);
+                perform consolidate.record_memory_access('extended-memory', NEW.key,
+                    coalesce({{ text_to_timestamptz('NEW.accessed_at') }}, now()), NEW.access_count);
+            end if;
+            return NEW;
+        end if;
+        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+        execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
+            into current_metadata using 'extended-memory', NEW.key;
+    else
+        given := array['value', 'data_type', 'metadata'];
+        if NEW.created_at is not null then given := given || 'created_at'::text; end if;
+        if NEW.updated_at is not null then given := given || 'updated_at'::text; end if;
+        if NEW.accessed_at is not null then given := given || 'accessed_at'::text; end if;
+        if NEW.access_count is not null then given := given || 'access_count'::text; end if;
+    end if;
+    perform consolidate.write_memory_entry(
+        marts_schema, via, 'upsert', 'extended-memory', NEW.key, given,
+        p_value => case when NEW.type = 'pickle' then to_jsonb(NEW.value) else {{ compat_text_to_jsonb('NEW.value') }} end,
+        p_data_type => case when NEW.type = 'pickle' then 'pickle' else {{ compat_value_kind('NEW.value') }} end,
+        p_metadata => jsonb_build_object('extended_memory',
+            coalesce(current_metadata -> 'extended_memory', '{}'::jsonb) || jsonb_build_object('type', NEW.type)),
+        p_created_at => {{ text_to_timestamptz('NEW.created_at') }},
+        p_updated_at => {{ text_to_timestamptz('NEW.updated_at') }},
+        p_accessed_at => {{ text_to_timestamptz('NEW.accessed_at') }},
+        p_access_count => NEW.access_count);
+    return NEW;
+end
+$fn$;
+{%- endmacro %}
+
+
+{#- post_hook of a compatibility view: its INSTEAD OF trigger (a view is created anew by every build). -#}
+{% macro compat_write_trigger(view, function) -%}
+    {{ ensure_trigger(view, 'write_through', 'instead of', 'insert or update or delete',
+                      "consolidate." ~ function ~ "('" ~ target.schema ~ "')") }}
+{%- endmacro %}

@@ -2,8 +2,25 @@
 -- and reconciliation.flagged counts exactly the flagged rows of each file.
 -- Versions and mart rows are matched on a number per current load instead of its two long texts
 -- (int_memory_ranked holds current loads only; mart rows of other loads are assert_raw_memory_rows_represented_once's).
+-- An incremental build after a passing one checks the changed entries and the loads that became current only
+-- (macros/incremental_memory.sql memory_test_scope).
+-- depends_on: {{ ref('int_memory_load_changes') }}
+-- depends_on: {{ ref('int_memory_changed_keys') }}
+{%- set scoped = memory_test_scope() == 'incremental' %}
 
-with current_loads as (
+with {% if scoped %}entries as (
+
+    {{ memory_test_entries() }}
+
+),
+
+new_loads as (
+
+    select load_id, source_path from {{ ref('int_memory_load_changes') }} where change = 'new'
+
+),
+
+{% endif %}current_loads as (
 
     select load_id, source_path, row_number() over (order by source_path) as file_no
     from {{ source('consolidate', 'current_loads') }}
@@ -12,18 +29,25 @@ with current_loads as (
 
 versions as (
 
-    select load_id, source_path, source_table, source_rowid, flags
-    from {{ ref('int_memory_ranked') }}
+    select ranked.load_id, ranked.source_path, ranked.source_table, ranked.source_rowid, ranked.flags
+    from {{ ref('int_memory_ranked') }} as ranked
+    {%- if scoped %}
+    inner join entries on entries.namespace = ranked.namespace and entries.key = ranked.key
+    {%- endif %}
+    where ranked.load_id is not null  -- written in PostgreSQL: nothing to flag, and no file to match on
 
 ),
 
 mart_rows as (
 
-    select load_id, source_path, source_table, source_rowid, flags, 'unified_memory' as model from {{ ref('unified_memory') }}
-    union all
-    select load_id, source_path, source_table, source_rowid, flags, 'performance_metrics' from {{ ref('performance_metrics') }}
-    union all
-    select load_id, source_path, source_table, source_rowid, flags, 'unified_memory_history' from {{ ref('unified_memory_history') }}
+    {% for model in ['unified_memory', 'performance_metrics', 'unified_memory_history'] %}
+    select mart.load_id, mart.source_path, mart.source_table, mart.source_rowid, mart.flags, '{{ model }}'::text as model
+    from {{ ref(model) }} as mart
+    {%- if scoped %}
+    inner join entries on entries.namespace = mart.namespace and entries.key = mart.key
+    {%- endif %}
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
 
 ),
 
@@ -75,9 +99,17 @@ unknown_flags as (
 
 flagged_per_file as (
 
+    {%- if scoped %}
+    select ranked.load_id, ranked.source_path, count(*) filter (where cardinality(ranked.flags) > 0) as flagged
+    from new_loads
+    inner join {{ ref('int_memory_ranked') }} as ranked
+        on ranked.load_id = new_loads.load_id and ranked.source_path = new_loads.source_path
+    group by ranked.load_id, ranked.source_path
+    {%- else %}
     select load_id, source_path, count(*) filter (where cardinality(flags) > 0) as flagged
     from versions
     group by load_id, source_path
+    {%- endif %}
 
 ),
 
@@ -90,6 +122,10 @@ miscounted as (
         coalesce(flagged_per_file.flagged, 0)::text as expected,
         reconciliation.flagged::text as actual
     from {{ ref('reconciliation') }} as reconciliation
+    {%- if scoped %}
+    inner join new_loads
+        on new_loads.load_id = reconciliation.load_id and new_loads.source_path = reconciliation.source_path
+    {%- endif %}
     left join flagged_per_file
         on reconciliation.load_id = flagged_per_file.load_id
         and reconciliation.source_path = flagged_per_file.source_path

@@ -29,6 +29,8 @@ from loader.fixtures import sample as sample_tree
 from loader.load.load import DEFAULT_JOBS
 from loader.load.secret_policy import PolicyError
 from loader.operate import archive as archive_stage
+from loader.operate import cutover as cutover_stage
+from loader.operate import rollback as rollback_stage
 from loader.operate import status as status_stage
 from loader.serve import cache as cache_layer
 from loader.serve import client as memory_client
@@ -121,12 +123,17 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
 
 
 @app.command()
-def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", as_json: AsJson = False) -> None:
-    """Run `dbt build` (models and tests: the validation phase) against the database. Exit 1 when a
-    model or test fails. For any other dbt command, see `consolidate dbt`.
+def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+          full_refresh: Annotated[bool, typer.Option(
+              "--full-refresh", help="Rebuild every model from raw and the write log instead of applying "
+                                     "only what is new since the last build (same result, ids included).")] = False,
+          as_json: AsJson = False) -> None:
+    """Run `dbt build` (models and tests: the validation phase) against the database: incremental, only
+    the loads and writes new since the last build, unless --full-refresh (or there is no previous build).
+    Exit 1 when a model or test fails. For any other dbt command, see `consolidate dbt`.
 
-    Example: consolidate build --schema marts --json"""
-    outcome = build_stage.build(target_for(dsn, home, schema), home, quiet=as_json)
+    Example: consolidate build --full-refresh --schema marts --json"""
+    outcome = build_stage.build(target_for(dsn, home, schema), home, quiet=as_json, full_refresh=full_refresh)
     render.built(outcome, as_json)
     raise typer.Exit(ExitCode.OK if outcome.success else ExitCode.NOT_RECONCILED)
 
@@ -153,7 +160,8 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         backup_to: Annotated[Path | None, typer.Option(
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         rebuild: Annotated[bool, typer.Option(
-            "--rebuild", help="Build and validate even when nothing changed since the last passing build.")] = False,
+            "--rebuild", help="Build (a full refresh from raw and the write log) and validate even when "
+                              "nothing changed since the last passing build.")] = False,
         jobs: Jobs = DEFAULT_JOBS, as_json: AsJson = False) -> None:
     """discover → backup → load → build → validate → a reconciliation table per source file.
 
@@ -256,8 +264,9 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
             namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
             as_json: AsJson = False) -> None:
-    """Every version of an entry across files and loads, the winner marked. Exit 6 when there is no
-    entry with that key, 2 before anything was loaded and built.
+    """Every version of an entry across files, loads and writes made in PostgreSQL ("written in
+    PostgreSQL by APP (USER) via PATH at TIME"), the winner marked. Exit 6 when there is no entry with
+    that key, 2 before anything was loaded and built.
 
     Example: consolidate lineage session:abc --namespace default"""
     try:
@@ -271,8 +280,9 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
 @app.command()
 def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
     """The ledger at a glance: per source file its latest status, current load, rows, whether the file
-    on disk still has the loaded checksums (unchanged / changed / missing), last failure and time since
-    its last sync; totals and the last load's status.
+    on disk still has the loaded checksums (unchanged / changed / missing), time since its last sync,
+    whether its service is cut over to PostgreSQL (since when, by whom, split-brain loads since) and its
+    last failure; totals and the last load's status.
 
     Example: consolidate status --json"""
     render.status(status_stage.status(target_for(dsn, home, "public")), as_json)
@@ -385,6 +395,58 @@ def app_copy(
         raise typer.Exit(ExitCode.SOURCE_UNREADABLE) from None
     render.app_copied(result, as_json)
     raise typer.Exit(APP_COPY_EXIT[result.status])
+
+
+Sources = Annotated[list[Path], typer.Argument(help="SQLite files, as the ledger knows them (see `consolidate status`).")]
+Note = Annotated[str | None, typer.Option("--note", help="Why, or which deployment: kept in the ledger.")]
+
+
+@app.command()
+def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: Note = None,
+            undo: Annotated[bool, typer.Option(
+                "--undo", help="Record instead that these files' services write to their SQLite files again "
+                               "(after `consolidate rollback`).")] = False,
+            as_json: AsJson = False) -> None:
+    """Record in the ledger (consolidate.cutovers) that each SOURCE's service now writes to PostgreSQL
+    (give it MemoryClient(..., source=SOURCE)). Refused, for all, unless every SOURCE is a memory file
+    whose bytes on disk are its current load's: stop its writes and `consolidate sync` first. From then
+    on, a sync that finds SOURCE changed still loads it and warns of split brain, naming the entries
+    written on both sides. `consolidate status` shows the files cut over. Exit 5 when refused (nothing
+    recorded).
+
+    Example: consolidate cutover /opt/app/.swarm/memory.db --note 'coder agents on PostgreSQL'"""
+    try:
+        outcomes = (cutover_stage.undo if undo else cutover_stage.cutover)(target_for(dsn, home, "public"), sources,
+                                                                           note=note)
+    except cutover_stage.CutoverError as error:
+        render.refused(error)
+        raise typer.Exit(ExitCode.REFUSED) from None
+    render.cutovers(outcomes, as_json)
+
+
+@app.command()
+def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose entries to write back.")],
+             to: Annotated[Path, typer.Option("--to", help="The new SQLite file to write (beside it, then moved into place).")],
+             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
+             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace FILE if it exists.")] = False,
+             as_json: AsJson = False) -> None:
+    """Write FILE: a new SQLite database in SOURCE's own schema (claude-flow v2, v3 or extended-memory:
+    same tables, indexes, triggers, views and pragmas) holding PostgreSQL's current state of every
+    entry whose home is SOURCE (its rows, and the entries its service wrote in PostgreSQL), deletes
+    applied, times in SOURCE's units; rows PostgreSQL never changed are SOURCE's own, byte for byte.
+    SOURCE is never opened; FILE is never replaced without --overwrite. Recorded in
+    consolidate.rollbacks. Exit 2 when FILE may not be used (it exists, it is SOURCE, no such folder);
+    5 when refused, nothing written (SOURCE changed since its last sync, not loaded, marts not built).
+
+    Example: consolidate rollback /opt/app/.swarm/memory.db --to /opt/app/.swarm/memory.rollback.db"""
+    try:
+        result = rollback_stage.rollback(target_for(dsn, home, schema), source, to, overwrite=overwrite)
+    except rollback_stage.DestinationRefused as error:
+        usage_error(error)
+    except rollback_stage.RollbackError as error:
+        render.refused(error)
+        raise typer.Exit(ExitCode.REFUSED) from None
+    render.rolled_back(result, as_json)
 
 
 @db_app.command("url")

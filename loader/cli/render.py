@@ -17,7 +17,9 @@ from loader.apps import AppCopyResult
 from loader.backup.backup import BackupEntry, BackupManifest
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
-from loader.operate.status import StatusReport
+from loader.operate.cutover import CutoverOutcome
+from loader.operate.rollback import RollbackReport
+from loader.operate.status import CutOver, StatusReport
 from loader.operate.sync import SyncReport
 from loader.pipeline import RunReport
 from loader.sources.discover import Discovery, DiscoveryWarning
@@ -43,6 +45,10 @@ def database_unavailable(message: str) -> None:
     err.print(f"[red]PostgreSQL unavailable:[/red] {escape(message)}\n"
               "Nothing half-done was kept: every file loads in one transaction. "
               "Run the same command again once the server is back; unchanged files are skipped.")
+
+
+def refused(message: object) -> None:
+    err.print(f"[red]refused:[/red] {escape(str(message))}")
 
 
 def note(message: str) -> None:
@@ -237,10 +243,14 @@ def lineage(key: str, namespace: str | None, versions: list[Version], as_json: b
     for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
         table.add_column(column)
     for v in versions:
-        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace), Text(v.source_db),
-                      str(v.source_rowid), v.load_id, str(v.updated_at), str(v.accessed_at),
+        table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace),
+                      Text(v.source_db if v.write_id is None else "PostgreSQL"), str(v.source_rowid),
+                      v.load_id or f"write {v.write_id}", str(v.updated_at), str(v.accessed_at),
                       Text(v.value_preview))
     out.print(table)
+    for v in versions:
+        if v.write_id is not None:
+            out.print(Text(f"write {v.write_id}: {v.origin}"), soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------------- status
@@ -257,7 +267,7 @@ def format_age(seconds: float | None) -> str:
 def status_table(report: StatusReport) -> Table:
     table = Table(title="ledger status per source file")
     for column in ("file", "kind", "status", "current load", "rows in SQLite", "rows loaded", "on disk",
-                   "since sync", "last failure"):
+                   "since sync", "cut over", "last failure"):
         table.add_column(column, justify="right" if column.startswith(("rows", "since")) else "left")
     for f in report.files:
         current = f.current
@@ -267,8 +277,17 @@ def status_table(report: StatusReport) -> Table:
         table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
                       f"{current.rows_in_sqlite:,}" if current and current.rows_in_sqlite is not None else "",
                       f"{current.rows_loaded:,}" if current and current.rows_loaded is not None else "",
-                      on_disk, format_age(f.seconds_since_sync), failure)
+                      on_disk, format_age(f.seconds_since_sync), cut_over_cell(f.cut_over), failure)
     return table
+
+
+def cut_over_cell(cut_over: CutOver | None) -> str:
+    if cut_over is None:
+        return ""
+    cell = f"since {cut_over.cut_over_at.astimezone():%Y-%m-%d %H:%M} by {escape(cut_over.cut_over_by)}"
+    if cut_over.split_brain_loads:
+        cell += f" [red]split brain ({cut_over.split_brain_loads} load{'s' if cut_over.split_brain_loads > 1 else ''})[/red]"
+    return cell
 
 
 def status(report: StatusReport, as_json: bool) -> None:
@@ -281,7 +300,8 @@ def status(report: StatusReport, as_json: bool) -> None:
         out.print(status_table(report))
     totals, last = report.totals, report.last_load
     err.print(f"{totals.files} files, {totals.rows_loaded:,} of {totals.rows_in_sqlite:,} rows loaded, "
-              f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing"
+              f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing, "
+              f"{totals.cut_over_files} cut over"
               + (f"; last load {last.load_id}: {last.status}" if last else ""))
 
 
@@ -304,6 +324,44 @@ def archived(report: ArchiveReport, as_json: bool) -> None:
     out.print(table)
 
 
+# ------------------------------------------------------------------------------------------- cutover
+
+def cutover_table(outcomes: list[CutoverOutcome]) -> Table:
+    table = Table(title="cutover")
+    for column in ("file", "outcome", "cut over at", "by", "baseline load"):
+        table.add_column(column)
+    for o in outcomes:
+        c = o.cutover
+        table.add_row(Text(o.source_path), o.outcome, f"{c.cut_over_at.astimezone():%Y-%m-%d %H:%M:%S}" if c else "",
+                      Text(c.cut_over_by) if c else "", c.load_id if c else "")
+    return table
+
+
+def cutovers(outcomes: list[CutoverOutcome], as_json: bool) -> None:
+    if as_json:
+        print_json([o.to_json() for o in outcomes])
+    else:
+        out.print(cutover_table(outcomes))
+
+
+def rolled_back(result: RollbackReport, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_json())
+        return
+    table = Table(title=f"rollback of {result.source_path} ({result.kind}, load {result.load_id})")
+    for column in ("unchanged", "changed", "created", "deleted", "skipped"):
+        table.add_column(column, justify="right")
+    table.add_row(*(f"{n:,}" for n in (result.unchanged, len(result.changed), len(result.created),
+                                       len(result.deleted), len(result.skipped))))
+    out.print(table)
+    for skipped in result.skipped:
+        err.print(f"[yellow]skipped[/yellow] {escape(skipped['namespace'])}/{escape(skipped['key'])}: "
+                  f"{escape(skipped['reason'])}")
+    for note_text in result.notes:
+        err.print(f"[yellow]note:[/yellow] {escape(note_text)}")
+    err.print(f"wrote {escape(result.written_to)} (sha256 {result.sha256[:16]}...)")
+
+
 # ---------------------------------------------------------------------------------------------- sync
 
 def sync_table(report: SyncReport) -> Table:
@@ -324,6 +382,8 @@ def sync_line(report: SyncReport) -> str:
 
 
 def print_sync_problems(report: SyncReport) -> None:
+    for split in report.split_brain:
+        err.print(f"[yellow]warning:[/yellow] {escape(split.message())}")
     for f in report.failed:
         err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
     for failure in report.build.failures if report.build else []:

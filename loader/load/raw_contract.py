@@ -109,3 +109,11 @@ CORE_RAW_TABLES = {
     ],
     ("raw_extended_memory", "metadata"): ["key", "value", "updated_at"],
 }
+
+# Raw memory tables are read per load by the incremental build (the rows of the loads new since the last
+# build): an index on _load_id finds them without scanning every earlier load (raw_tables.bootstrap).
+RAW_MEMORY_TABLES = [("raw_claude_flow_v2", "memory_entries"), ("raw_claude_flow_v3", "memory_entries"),
+                     ("raw_extended_memory", "memory_store")]
+RAW_MEMORY_INDEXES = "\n".join(
+    f"CREATE INDEX IF NOT EXISTS {table}__load_id ON {schema}.{table} (_load_id);"
+    for schema, table in RAW_MEMORY_TABLES)

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from loader import ledger
-from loader.load.raw_contract import CORE_RAW_TABLES, LINEAGE_COLUMNS, RAW_SCHEMAS
+from loader.load.raw_contract import CORE_RAW_TABLES, LINEAGE_COLUMNS, RAW_MEMORY_INDEXES, RAW_SCHEMAS
 
 
 def raw_table_statements(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> list[sql.Composed]:
@@ -62,7 +62,8 @@ def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: l
 
 
 def bootstrap(connection: psycopg.Connection) -> None:
-    """Create (or upgrade) the ledger, the raw schemas and the raw tables the dbt models read."""
+    """Create (or upgrade) the ledger (the write log of writes made in PostgreSQL included), the raw
+    schemas and the raw tables the dbt models read, with the index the incremental build reads them by."""
     ledger.ensure(connection)
     with connection.transaction(), connection.cursor() as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.bootstrap'))")
@@ -75,3 +76,4 @@ def bootstrap(connection: psycopg.Connection) -> None:
                 "SELECT table_schema, table_name FROM information_schema.tables "
                 "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'", [list(RAW_SCHEMAS.values())]).fetchall():
             ensure_raw_table(cursor, schema, table, [])
+        cursor.execute(RAW_MEMORY_INDEXES)

@@ -11,6 +11,9 @@ is a copy of another file). Files are hashed, never opened as databases.
 
 "In sync" means the ledger's latest row saying raw holds exactly this file's content: a `loaded`
 row, or an `unchanged` one (checked, same checksums as the loaded version).
+
+A file cut over to PostgreSQL (`consolidate cutover`, loader/operate/cutover.py) shows since when and by
+whom, and how many of its loads since then found it changed (split brain).
 """
 
 from __future__ import annotations
@@ -49,6 +52,20 @@ class Failure:
 
 
 @dataclass
+class CutOver:
+    """The cutover that holds for a file, and its loads since that found the file changed."""
+
+    cut_over_at: datetime
+    cut_over_by: str
+    note: str | None
+    split_brain_loads: int
+
+    def to_json(self) -> dict:
+        return {"cut_over_at": iso(self.cut_over_at), "cut_over_by": self.cut_over_by, "note": self.note,
+                "split_brain_loads": self.split_brain_loads}
+
+
+@dataclass
 class FileStatus:
     source_path: str
     source_db: str
@@ -61,6 +78,7 @@ class FileStatus:
     last_failure: Failure | None
     last_synced_at: datetime | None
     seconds_since_sync: float | None
+    cut_over: CutOver | None = None
 
     def to_json(self) -> dict:
         return {"source_path": self.source_path, "source_db": self.source_db, "kind": self.kind,
@@ -68,7 +86,8 @@ class FileStatus:
                 "last_load_at": iso(self.last_load_at),
                 "current": self.current.to_json() if self.current else None, "on_disk": self.on_disk,
                 "last_failure": self.last_failure.to_json() if self.last_failure else None,
-                "last_synced_at": iso(self.last_synced_at), "seconds_since_sync": self.seconds_since_sync}
+                "last_synced_at": iso(self.last_synced_at), "seconds_since_sync": self.seconds_since_sync,
+                "cut_over": self.cut_over.to_json() if self.cut_over else None}
 
 
 @dataclass
@@ -94,6 +113,7 @@ class Totals:
     failed_files: int
     changed_files: int
     missing_files: int
+    cut_over_files: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -114,7 +134,8 @@ class StatusReport:
             rows_loaded=sum(c.rows_loaded or 0 for c in current),
             failed_files=sum(f.status == "failed" for f in self.files),
             changed_files=sum(f.on_disk == CHANGED for f in self.files),
-            missing_files=sum(f.on_disk == MISSING for f in self.files))
+            missing_files=sum(f.on_disk == MISSING for f in self.files),
+            cut_over_files=sum(f.cut_over is not None for f in self.files))
 
     def to_json(self) -> dict:
         return {"message": self.message, "last_load": self.last_load.to_json() if self.last_load else None,
@@ -122,6 +143,20 @@ class StatusReport:
 
 
 # ------------------------------------------------------------------------------------------ ledger
+
+# A ledger before migration 8 (status reads, never upgrades) has no cut_over_files: no file is cut over.
+CUT_OVER_QUERY = """
+SELECT c.source_path, c.cut_over_at, c.cut_over_by, c.note,
+       (SELECT count(*) FROM {ledger}.split_brain AS s WHERE s.cutover_id = c.cutover_id AND s.changed)
+FROM {ledger}.cut_over_files AS c
+"""
+
+
+def read_cut_over(connection: psycopg.Connection) -> dict[str, CutOver]:
+    if not ledger.relation_exists(connection, LEDGER_SCHEMA, "cut_over_files"):
+        return {}
+    return {path: CutOver(*rest) for path, *rest in connection.execute(ledger_query(CUT_OVER_QUERY))}
+
 
 FILES_QUERY = """
 WITH latest AS (
@@ -211,14 +246,15 @@ def failure_of(row: dict) -> Failure | None:
     return Failure(load_id=row["failed_load_id"], failed_at=row["failed_at"], error_message=row["error_message"])
 
 
-def file_status(row: dict, now: datetime) -> FileStatus:
+def file_status(row: dict, now: datetime, cut_over: CutOver | None = None) -> FileStatus:
     current = current_load_of(row)
     synced_at = row["synced_at"]
     return FileStatus(
         source_path=row["source_path"], source_db=row["source_db"], kind=row["kind"], status=row["status"],
         last_load_id=row["last_load_id"], last_load_at=row["last_load_at"], current=current,
         on_disk=compare_with_disk(Path(row["source_path"]), current), last_failure=failure_of(row),
-        last_synced_at=synced_at, seconds_since_sync=(now - synced_at).total_seconds() if synced_at else None)
+        last_synced_at=synced_at, seconds_since_sync=(now - synced_at).total_seconds() if synced_at else None,
+        cut_over=cut_over)
 
 
 def status(target: Target) -> StatusReport:
@@ -230,6 +266,7 @@ def status(target: Target) -> StatusReport:
         last_load = read_last_load(connection)
         with connection.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(ledger_query(FILES_QUERY)).fetchall()
+        cut_over = read_cut_over(connection)
     now = datetime.now(timezone.utc)
-    files = [file_status(row, now) for row in rows]
+    files = [file_status(row, now, cut_over.get(row["source_path"])) for row in rows]
     return StatusReport(files=files, last_load=last_load, message=None if files else EMPTY_LEDGER_MESSAGE)

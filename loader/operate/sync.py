@@ -20,6 +20,15 @@ row's raw version stays in raw under the previous load (`consolidate lineage` sh
 Loads made by `consolidate load` / `run` are diffed too: every sync first detects the changes of any
 `loaded` file version that has none recorded yet.
 
+A load of a file cut over to PostgreSQL (`consolidate cutover`) made after its cutover is checked for
+split brain (loader/operate/cutover.py, called by pipeline.sync after the change detection): the file
+changed although its service writes to PostgreSQL. It is loaded all the same (nothing lost); the report
+warns and names the entries written on both sides (`SyncReport.split_brain`).
+
+The build is incremental (loader/transform/build.py): only the entries of the files whose current load
+changed are recomputed, and, after a build whose tests passed, the heavy tests check only those. dbt's
+unit tests (the project's SQL on fixed rows) are left to `consolidate build` and `run`.
+
 `pipeline.watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
 KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
 nothing (no ledger rows, no build) and reports itself idle (`SyncReport.idle`).
@@ -41,6 +50,7 @@ from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.load.raw_contract import LINEAGE_COLUMNS
+from loader.operate import cutover
 from loader.transform.build import BuildOutcome
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
@@ -68,6 +78,17 @@ FULL JOIN (SELECT * FROM {LEDGER_SCHEMA}.load_tables
            WHERE load_id = %(previous_load_id)s AND source_path = %(source_path)s) AS old
   ON old.source_table = new.source_table
 ORDER BY 1
+"""
+
+# A file's first load: every table's rows, as loaded, are inserted.
+FIRST_LOAD_CHANGES = f"""
+INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
+                                          deleted, unchanged, detected_at)
+SELECT load_id, NULL, source_path, source_table, rows_loaded, 0, 0, 0, now()
+FROM {LEDGER_SCHEMA}.load_tables
+WHERE load_id = %(load_id)s AND source_path = %(source_path)s
+ORDER BY source_table
+RETURNING source_table, inserted
 """
 
 # `loaded` file versions whose changes were never detected (loaded by `load`/`run`, or by a sync that
@@ -203,6 +224,7 @@ class SyncReport:
     error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
     error_exit_code: ExitCode | None = None  # what that error means (ExitCode)
     checked: int = 0  # files discovered
+    split_brain: list[cutover.SplitBrain] = field(default_factory=list)  # cut-over files that changed
 
     @classmethod
     def failed_cycle(cls, started_at: datetime, error: Exception, exit_code: ExitCode) -> SyncReport:
@@ -249,6 +271,8 @@ class SyncReport:
                 f"{t['unchanged']} unchanged, {t['failed']} failed")
         if t["missing"]:
             line += f", {t['missing']} missing"
+        if self.split_brain:
+            line += f", {len(self.split_brain)} split brain"
         if self.build is not None:
             line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
         return line
@@ -259,7 +283,8 @@ class SyncReport:
                 "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
                 "totals": self.totals, "caught_up": self.caught_up,
                 "build": self.build.to_json() if self.build else None,
-                "files": [f.to_json() for f in self.files], "warnings": self.warnings}
+                "files": [f.to_json() for f in self.files], "warnings": self.warnings,
+                "split_brain": [s.to_json() for s in self.split_brain]}
 
 
 # ---------------------------------------------------------------------------------- change detection
@@ -298,6 +323,11 @@ def detect_changes(connection: psycopg.Connection, load_id: str, source_path: st
             cursor.execute(sql.SQL("DELETE FROM {} WHERE load_id = %s AND source_path = %s").format(
                 sql.Identifier(LEDGER_SCHEMA, table)), (load_id, source_path))
         changes = FileChanges(load_id, source_path, parameters["previous_load_id"])
+        if parameters["previous_load_id"] is None:
+            # the file's first load: every row is inserted, as the ledger counted them (no row to compare)
+            cursor.execute(FIRST_LOAD_CHANGES, parameters)
+            changes.tables = [TableChanges(table, inserted) for table, inserted in cursor.fetchall()]
+            return changes
         cursor.execute(TABLES_OF_TWO_LOADS, parameters)
         for source_table, new_schema, new_table, old_schema, old_table in cursor.fetchall():
             new_columns = source_columns(cursor, new_schema, new_table) if new_schema else []

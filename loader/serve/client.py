@@ -5,11 +5,17 @@
         memory.set("agent:coder", {"status": "idle"}, namespace="swarm", ttl=3600)
         memory.get("agent:coder", namespace="swarm")        # {'status': 'idle'}
 
-CAVEAT, writes: `unified_memory` is a dbt table, rebuilt from the raw schemas by every
-`consolidate build` / `consolidate run`. A rebuild throws away everything written through this client
-(set, delete, access counts) and renumbers `id`. During the parallel-run period, when the SQLite
-sources are still being loaded, use the client to READ only; write through it in the cutover phase,
-after the last build. A build running at the same time as a write can also lose that write.
+Writes are kept. PostgreSQL is the system of record: `set` and `delete` go through
+consolidate.write_memory_entry (dbt_project/macros/memory_writes.sql), which appends the write to
+raw_postgres.memory_writes (a delete as a tombstone) and updates the marts in the same transaction, by the
+same rule every build applies. So a write is visible as soon as it commits, and no later
+`consolidate sync`, `run` or `build` (full refresh included) loses it: the write is one more version of
+its entry, and it stays the winner until a version with a later updated_at arrives (a SQLite file still
+written during the parallel run). A write's updated_at is now(), or one microsecond after the entry's
+current updated_at when a source clock put that in the future: every write moves its entry's updated_at
+(the cache's version, Entry.version) strictly forward. Writes wait while a build holds the marts (seconds for an
+incremental build, the whole build for a full refresh). Each connection's application_name (the DSN's,
+else `consolidate-memory-client`) is recorded with every write; `consolidate lineage KEY` shows them.
 
 Values are stored as jsonb: a Python `str` with data_type `text` (so the compat view
 `compat.memory_entries` shows the string itself, as claude-flow v2 stored it), anything else
@@ -17,14 +23,15 @@ JSON-serializable with data_type `json`. `get` returns the stored JSON value dec
 data_type (a `pickle` entry is its base64 string). A stored JSON null and an absent key both read as None.
 A document nested deeper than loader.json_depth.MAX_JSON_DEPTH levels reads as its JSON text (a `str`),
 as staging keeps such values, instead of raising RecursionError.
+An entry of namespace `performance-metrics` lives in `performance_metrics` (as the builds put it); `get`
+and `set` work on it all the same, `search` and `hottest` cover unified_memory only.
 
-New rows need an `id` (bigint primary key without a default; dbt's contract). The client takes
-`max(id) + 1` while holding a transaction-level advisory lock private to the table, so concurrent writers
-through any number of clients and processes never pick the same id; the lock is held only for the one
-INSERT and its commit, needs no privilege beyond INSERT/UPDATE, and `max(id)` is one primary-key index
-lookup. A sequence would not survive the next build's renumbering, and creating one needs CREATE on the
-schema. A writer that bypasses the client and takes ids its own way fails on the primary key rather
-than overwriting a row.
+Ids: a new entry's id comes from consolidate.entry_ids, given once per (namespace, key) and never
+renumbered by a build.
+
+A service cut over from a SQLite file (`consolidate cutover`) passes `source=` that file: every write it
+makes records the file as its entry's home (memory_writes.home_source_path, the path as the ledger spells
+it: absolute, symlinks kept), so `consolidate rollback` of that file holds the entries it created.
 
 Read paths, fastest first: a near-cache hit (`near_cache=True`, loader.serve.near_cache: in-process, a few µs,
 consistent through server-sent invalidations), a Redis hit (one round trip), PostgreSQL (one prepared
@@ -48,22 +55,27 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
+from loader.ledger import WRITE_LOG_SCHEMA
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
 if TYPE_CHECKING:
     from loader.serve.cache import Cache
 
+PERFORMANCE_METRICS_NAMESPACE = "performance-metrics"
 DEFAULT_NAMESPACE = "default"
-CLIENT_SOURCE_DB = "memory-client"
+APPLICATION_NAME = "consolidate-memory-client"
+WRITE_VIA = "client"
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 LIVE = sql.SQL("(expires_at IS NULL OR expires_at > now())")
@@ -93,13 +105,24 @@ def check_limit(limit: int) -> None:
         raise ValueError(f"limit must be a positive integer, not {limit!r}")
 
 
+def written_version(connection: psycopg.Connection, write_id: int | None) -> int | None:
+    """The version a write left (its updated_at, a delete's tombstone included, which the write path
+    moves strictly forward), for the cache; None when nothing was written."""
+    if write_id is None:
+        return None
+    return connection.execute(sql.SQL("SELECT {version} FROM {log} WHERE write_id = %s").format(
+        version=VERSION, log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes")), (write_id,)).fetchone()[0]
+
+
 def decode_json_within_depth(connection: psycopg.Connection) -> None:
     set_json_loads(loads_within_depth, connection)
 
 
 def open_pool(dsn: str, size: int) -> ConnectionPool:
-    """A pool that is ready to use, or a clear error now rather than at the first query."""
-    pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True, name="consolidate-memory-client",
+    """A pool that is ready to use, or a clear error now rather than at the first query. Its connections
+    carry the DSN's application_name, else APPLICATION_NAME (the write log records it)."""
+    named = {} if conninfo_to_dict(dsn).get("application_name") else {"application_name": APPLICATION_NAME}
+    pool = ConnectionPool(dsn, min_size=1, max_size=size, open=True, name=APPLICATION_NAME, kwargs=named,
                           configure=decode_json_within_depth)
     try:
         pool.wait(timeout=CONNECT_TIMEOUT_SECONDS)
@@ -115,8 +138,8 @@ class MemoryClient:
     With a `cache`, reads are cache-aside (a hit never touches PostgreSQL; a miss reads PostgreSQL
     and fills the cache, unless a write of a newer version invalidated it meanwhile) and set/delete
     remove the cache key after their commit, leaving the version they wrote behind. With
-    `track_access` (default), a read that reaches PostgreSQL also bumps access_count and accessed_at in
-    the same statement; cache hits are not counted.
+    `track_access` (default), a read that reaches PostgreSQL also records the access (access_count + 1,
+    accessed_at = now(), kept in raw_postgres.memory_accesses so builds keep it); cache hits are not counted.
 
     `near_cache=True` adds an in-process near cache in front (loader.serve.near_cache.NearCache over this
     dsn, schema and the cache's Redis, closed with the client), or pass a NearCache of your own (it
@@ -126,12 +149,13 @@ class MemoryClient:
     """
 
     def __init__(self, dsn: str, *, schema: str = "public", cache: Cache | None = None,
-                 pool_size: int = 4, track_access: bool = True, near_cache: NearCache | bool = False):
+                 pool_size: int = 4, track_access: bool = True, near_cache: NearCache | bool = False,
+                 source: str | Path | None = None):
         self.schema = schema
+        self.home_source_path = None if source is None else str(Path(source).absolute())
         self.cache = cache
         self.track_access = track_access
         self._table = sql.Identifier(schema, "unified_memory")
-        self._id_lock_name = f"consolidate:{schema}.unified_memory.id"
         self._read_one_query = self._compose_read_query(sql.SQL("key = %(key)s"))
         self._read_many_query = self._compose_read_query(sql.SQL("key = ANY(%(keys)s)"))   # slower to bind
         self._pool = open_pool(dsn, pool_size)
@@ -175,10 +199,17 @@ class MemoryClient:
 
     def read_entries(self, keys: list[str], namespace: str = DEFAULT_NAMESPACE) -> list[Entry]:
         """The live entries among `keys` from PostgreSQL (never the cache), in one prepared statement."""
-        query, parameters = ((self._read_one_query, {"key": keys[0], "namespace": namespace}) if len(keys) == 1
-                             else (self._read_many_query, {"keys": keys, "namespace": namespace}))
-        with self._autocommit_connection() as connection:
-            rows = connection.execute(query, parameters, prepare=True).fetchall()
+        if namespace == PERFORMANCE_METRICS_NAMESPACE:     # not in unified_memory: read through the write path's reader
+            with self._autocommit_connection() as connection:
+                rows = [row for key in keys for row in connection.execute(
+                    "SELECT namespace, key, value::text, seconds_left, version"
+                    " FROM consolidate.read_memory_entry(%s, %s, %s, %s)",
+                    (self.schema, namespace, key, self.track_access)).fetchall()]
+        else:
+            query, parameters = ((self._read_one_query, {"key": keys[0], "namespace": namespace}) if len(keys) == 1
+                                 else (self._read_many_query, {"keys": keys, "namespace": namespace}))
+            with self._autocommit_connection() as connection:
+                rows = connection.execute(query, parameters, prepare=True).fetchall()
         return [Entry(namespace, key, loads_within_depth(text), seconds_left, version, text)
                 for namespace, key, text, seconds_left, version in rows]
 
@@ -212,29 +243,35 @@ class MemoryClient:
 
     def set(self, key: str, value: Any, namespace: str = DEFAULT_NAMESPACE, *, ttl: int | None = None,
             metadata: Any = None) -> None:
-        """Insert or replace the entry (key, namespace). ttl (seconds) sets expires_at = now() + ttl;
-        None means it never expires. metadata=None keeps the entry's existing metadata. The entry's
-        lineage becomes source_db 'memory-client' (its source file no longer holds this value)."""
+        """Insert or replace the entry (key, namespace): a new version of it, written now. ttl (seconds)
+        sets expires_at = now() + ttl; None means it never expires. metadata=None keeps the entry's
+        existing metadata. Its lineage becomes the write (source_db `postgresql`)."""
         check_ttl(ttl)
         value_json, data_type = encode_value(value)
-        parameters = {"key": key, "namespace": namespace, "value": value_json, "data_type": data_type,
-                      "metadata": encode_metadata(metadata), "ttl": ttl, "source_db": CLIENT_SOURCE_DB}
+        given = ["value", "data_type", "expires_at", "ttl"] + (["metadata"] if metadata is not None else [])
         with self._pool.connection() as connection:
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self._id_lock_name,))
-            version = connection.execute(self._upsert_query(), parameters).fetchone()[0]
+            (write_id,) = connection.execute(
+                "SELECT consolidate.write_memory_entry(%(schema)s, %(via)s, 'upsert', %(namespace)s, %(key)s, "
+                "%(given)s, p_value => %(value)s::jsonb, p_data_type => %(data_type)s, "
+                "p_metadata => %(metadata)s::jsonb, p_ttl => %(ttl)s::integer, "
+                "p_expires_at => now() + make_interval(secs => %(ttl)s::integer), "
+                "p_home_source_path => %(home)s)",
+                {"schema": self.schema, "via": WRITE_VIA, "namespace": namespace, "key": key, "given": given,
+                 "value": value_json, "data_type": data_type, "metadata": encode_metadata(metadata), "ttl": ttl,
+                 "home": self.home_source_path}).fetchone()
+            version = written_version(connection, write_id)
         self._invalidate(key, namespace, version)
 
     def delete(self, key: str, namespace: str = DEFAULT_NAMESPACE) -> bool:
-        """Remove the entry; True when a row (live or expired) was deleted."""
-        # The deletion's version: after the deleted row's, so no fill of that row is taken afterwards.
-        query = sql.SQL(
-            "DELETE FROM {table} WHERE key = %(key)s AND namespace = %(namespace)s RETURNING"
-            " (extract(epoch FROM greatest(clock_timestamp(), updated_at + interval '1 microsecond'))"
-            " * 1000000)::bigint").format(table=self._table)
+        """Remove the entry (a tombstone in the write log; its versions stay in unified_memory_history);
+        True when it had a value (live or expired), False when there was nothing to delete."""
         with self._pool.connection() as connection:
-            row = connection.execute(query, {"key": key, "namespace": namespace}).fetchone()
-        self._invalidate(key, namespace, row[0] if row is not None else None)
-        return row is not None
+            (write_id,) = connection.execute(
+                "SELECT consolidate.write_memory_entry(%s, %s, 'delete', %s, %s, p_home_source_path => %s)",
+                (self.schema, WRITE_VIA, namespace, key, self.home_source_path)).fetchone()
+            version = written_version(connection, write_id)
+        self._invalidate(key, namespace, version)
+        return write_id is not None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -328,34 +365,13 @@ class MemoryClient:
         if not self.track_access:
             query = sql.SQL("SELECT {columns} FROM {table} WHERE {where}")
         else:
-            # the access bookkeeping commits without waiting for the WAL flush (this statement only)
+            # the read is recorded as an access (raw_postgres.memory_accesses, so builds keep it), committed
+            # without waiting for the WAL flush (this statement only)
             query = sql.SQL(
-                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
-                " UPDATE {table} SET access_count = coalesce(access_count, 0) + 1, accessed_at = now()"
-                " FROM relaxed WHERE {where} RETURNING {columns}")
+                "WITH hit AS MATERIALIZED (SELECT {columns} FROM {table} WHERE {where})"
+                " SELECT hit.* FROM hit CROSS JOIN LATERAL (SELECT set_config('synchronous_commit', 'off', true),"
+                " consolidate.record_memory_access(hit.namespace, hit.key)) AS recorded")
         return query.format(table=self._table, columns=columns, where=where).as_string(None)
-
-    def _upsert_query(self) -> sql.Composed:
-        """One statement: a new row takes max(id) + 1 (the caller holds the id lock); an existing
-        (key, namespace) keeps its id, created_at and access bookkeeping, and its updated_at moves
-        strictly forward (the version the cache compares). Returns the new version."""
-        return sql.SQL(
-            "INSERT INTO {table} AS existing (id, key, namespace, value, data_type, metadata, source_db,"
-            " created_at, updated_at, accessed_at, expires_at, access_count, ttl, version_count)"
-            " SELECT coalesce(max(id), 0) + 1, %(key)s, %(namespace)s, %(value)s::jsonb, %(data_type)s,"
-            " %(metadata)s::jsonb, %(source_db)s, now(), now(), now(),"
-            " now() + make_interval(secs => %(ttl)s::integer), 0, %(ttl)s::integer, 1"
-            " FROM {table}"
-            " ON CONFLICT (key, namespace) DO UPDATE SET"
-            " value = excluded.value, data_type = excluded.data_type,"
-            " metadata = coalesce(excluded.metadata, existing.metadata),"
-            " updated_at = greatest(excluded.updated_at, existing.updated_at + interval '1 microsecond'),"
-            " expires_at = excluded.expires_at, ttl = excluded.ttl,"
-            " source_db = excluded.source_db, source_path = NULL, source_table = NULL,"
-            " source_rowid = NULL, source_sha256 = NULL, load_id = NULL, flags = excluded.flags"
-            " RETURNING {version}"
-        ).format(table=self._table, version=VERSION)
-
 
 def warm_cache(dsn: str, cache: Cache, top: int, *, schema: str = "public") -> int:
     """Cache the `top` hottest live entries of unified_memory (access_count desc, then accessed_at

@@ -1,4 +1,10 @@
-"""Run the dbt project (models and their tests, the validation phase) against the target database."""
+"""Run the dbt project (models and their tests, the validation phase) against the target database.
+
+A build is incremental when it can be: the memory models apply only the loads and writes that are new
+since the last build (dbt_project/macros/incremental_memory.sql). It is a full refresh (everything from
+raw and the write log) when asked, and when there is nothing to build on: the first build, or state left
+by a version of the project without incremental memory models.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loader.database import Target
+from loader.load import raw_tables
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
 
@@ -79,5 +86,31 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     return outcome
 
 
-def build(target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
-    return run_dbt(["build"], target, home, quiet=quiet)
+# What an incremental build needs from the previous one (a column only this project's models have).
+INCREMENTAL_STATE = (("intermediate", "int_memory_ranked", "write_id"), (None, "unified_memory_history", "deleted"))
+
+
+def can_build_incrementally(connection, schema: str) -> bool:
+    """Whether the memory models hold state an incremental build can continue from: every table with
+    its current shape, and ids for its entries (an emptied consolidate.entry_ids needs a full refresh)."""
+    for table_schema, table, column in INCREMENTAL_STATE:
+        if connection.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                "AND column_name = %s", (table_schema or schema, table, column)).fetchone() is None:
+            return False
+    (ids_missing,) = connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked) "
+        "AND NOT EXISTS (SELECT 1 FROM consolidate.entry_ids)").fetchone()
+    return not ids_missing
+
+
+def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
+          unit_tests: bool = True) -> BuildOutcome:
+    """dbt build: incremental unless `full_refresh` or there is no state to continue from. The ledger and
+    the write log are created first, so a build never lacks its sources. `unit_tests=False` leaves out
+    dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle)."""
+    with target.connect(autocommit=True) as connection:
+        raw_tables.bootstrap(connection)
+        full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
+    command = ["build", "--full-refresh"] if full_refresh else ["build"]
+    return run_dbt(command if unit_tests else [*command, "--exclude", "test_type:unit"], target, home, quiet=quiet)

@@ -1,4 +1,4 @@
-"""Where a memory entry came from: every version of it across files and loads."""
+"""Where a memory entry came from: every version of it across files, loads and writes made in PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,21 +12,36 @@ from loader import ledger
 from loader.database import Target
 from loader.transform.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
 
+# The role of a version: winner / superseded (a current version), earlier load (a file's older load), or
+# for a write the build has not ranked yet (written to the log by hand) pending.
 VERSIONS_QUERY = sql.SQL("""
 SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load_id,
        l.source_db, v.updated_at, v.accessed_at, v.value, v.data_type,
        CASE WHEN r.is_winner THEN 'winner'
             WHEN r.is_winner IS NOT NULL THEN 'superseded'
-            ELSE 'earlier load' END AS role
+            ELSE 'earlier load' END AS role,
+       false AS deleted, NULL::bigint AS write_id, NULL::timestamptz AS written_at, NULL AS written_by,
+       NULL AS db_user, NULL AS via, r.version_rank, v.loaded_at
 FROM {all_loads} AS v
 JOIN {load_files} AS l ON l.load_id = v.load_id AND l.source_path = v.source_path
 LEFT JOIN {ranked} AS r
        ON r.load_id = v.load_id AND r.source_path = v.source_path
       AND r.source_table = v.source_table AND r.source_rowid = v.source_rowid
 WHERE v.key = %(key)s AND (%(namespace)s::text IS NULL OR v.namespace = %(namespace)s)
-ORDER BY v.namespace, r.version_rank NULLS LAST, v.loaded_at DESC, v.source_path, v.source_rowid
+UNION ALL
+SELECT w.key, w.namespace, NULL, 'memory_writes', w.write_id, NULL,
+       'postgresql', w.updated_at, w.accessed_at, w.value, w.data_type,
+       CASE WHEN r.is_winner THEN 'winner'
+            WHEN r.is_winner IS NOT NULL THEN 'superseded'
+            ELSE 'pending' END,
+       w.operation = 'delete', w.write_id, w.written_at, w.application_name, w.db_user, w.via, r.version_rank,
+       w.written_at
+FROM {memory_writes} AS w
+LEFT JOIN {ranked} AS r ON r.write_id = w.write_id
+WHERE w.key = %(key)s AND (%(namespace)s::text IS NULL OR w.namespace = %(namespace)s)
+ORDER BY 2, 19 NULLS LAST, 20 DESC, 3, 5
 """).format(all_loads=sql.Identifier(*MEMORY_ALL_LOADS), load_files=ledger.table("load_files"),
-           ranked=sql.Identifier(*MEMORY_RANKED))
+           ranked=sql.Identifier(*MEMORY_RANKED), memory_writes=sql.Identifier(ledger.WRITE_LOG_SCHEMA, "memory_writes"))
 
 
 class NotBuilt(Exception):
@@ -37,16 +52,24 @@ class NotBuilt(Exception):
 class Version:
     key: str
     namespace: str
-    source_path: str
+    source_path: str | None
     source_table: str
     source_rowid: int | None
-    load_id: str
+    load_id: str | None
     source_db: str
     updated_at: datetime | None
     accessed_at: datetime | None
     value: object
-    data_type: str
+    data_type: str | None
     role: str
+    deleted: bool = False
+    # a write made in PostgreSQL: its id in raw_postgres.memory_writes, when, by which application and
+    # role, and through which path (client, a compatibility view, DML on a mart)
+    write_id: int | None = None
+    written_at: datetime | None = None
+    written_by: str | None = None
+    db_user: str | None = None
+    via: str | None = None
 
     @property
     def winner(self) -> bool:
@@ -54,8 +77,18 @@ class Version:
 
     @property
     def value_preview(self) -> str:
+        if self.deleted:
+            return "(deleted)"
         text = json.dumps(self.value, ensure_ascii=False)
         return text if len(text) <= 60 else text[:57] + "..."
+
+    @property
+    def origin(self) -> str:
+        """Where the version came from, for a person."""
+        if self.write_id is None:
+            return self.source_db
+        return (f"{'deleted' if self.deleted else 'written'} in PostgreSQL by {self.written_by or '?'} "
+                f"({self.db_user}) via {self.via} at {self.written_at:%Y-%m-%d %H:%M:%S%z}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -63,11 +96,13 @@ class Version:
 
 def versions(target: Target, key: str, namespace: str | None = None) -> list[Version]:
     """Every version of `key` (in `namespace`, or in any): the current winner, the versions it
-    superseded, and versions from earlier loads of a file. Raises NotBuilt before the first build."""
+    superseded (writes made in PostgreSQL among them), and versions from earlier loads of a file. Raises
+    NotBuilt before the first build."""
     with target.connect() as connection:
-        needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (ledger.LEDGER_SCHEMA, "load_files")]
+        needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (ledger.LEDGER_SCHEMA, "load_files"),
+                  (ledger.WRITE_LOG_SCHEMA, "memory_writes")]
         missing = [".".join(name) for name in needed if not ledger.relation_exists(connection, *name)]
         if missing:
             raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
-    return [Version(*row) for row in rows]
+    return [Version(*row[:18]) for row in rows]

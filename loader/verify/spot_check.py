@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from loader.backup.backup import BackupEntry
 from loader.json_depth import too_deep
-from loader.ledger import LEDGER_SCHEMA, CurrentLoad
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, CurrentLoad
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import SourceKeptChanging, private_copy
 from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
@@ -45,6 +45,7 @@ from loader.verify.rules import (
     raw_matches,
     same,
     secret_action,
+    sql_max,
 )
 
 DETAIL_MAX_CHARS = 200
@@ -138,6 +139,7 @@ class SampledRows:
     marts: dict[str, dict[tuple, list[dict]]]
     losers: dict[tuple, Losers]
     raw: dict[tuple[str, str], dict[tuple, list[dict]]]
+    accesses: dict[tuple[str, str], Losers] = field(default_factory=dict)  # (namespace, key) -> reads
 
 
 def fetch_sampled_rows(connection: psycopg.Connection, schema: str,
@@ -149,10 +151,14 @@ def fetch_sampled_rows(connection: psycopg.Connection, schema: str,
     for current, sample in samples:
         for raw_sample in sample.raw:
             raw_samples.setdefault(raw_sample.raw_table, []).append((current, raw_sample))
+    entries = sorted({(version.namespace, version.key) for _, sample in samples
+                      for table_versions in sample.memory.values() for version in table_versions
+                      if version.key is not None})
     return SampledRows(
         marts={mart: mart_rows(connection, schema, mart, versions) for mart in MART_COLUMNS},
         losers=losers_of(connection, schema, versions),
-        raw={raw_table: raw_rows(connection, raw_table, sampled) for raw_table, sampled in raw_samples.items()})
+        raw={raw_table: raw_rows(connection, raw_table, sampled) for raw_table, sampled in raw_samples.items()},
+        accesses=accesses_of(connection, entries))
 
 
 def compare_sample(current: CurrentLoad, sample: Sample, found: SampledRows, policy: SecretPolicy | None) -> SpotCheck:
@@ -326,7 +332,8 @@ def compare_with_marts(current: CurrentLoad, table: str, versions: list[MemoryVe
             continue
         mart, row = rows[0]
         row = {**row, "json_too_deep": f"json_too_deep:{version.value_column}" in (row["flags"] or [])}
-        expected = MART_COLUMNS[mart][1](version, found.losers.get(identity, Losers()))
+        expected = MART_COLUMNS[mart][1](version, with_reads(found.losers.get(identity, Losers()),
+                                                             found.accesses.get((version.namespace, version.key))))
         mismatches += [Mismatch(table, version.rowid, mart, name, shown(name, value), shown(name, row[name]))
                        for name, value in expected.items() if not same(value, row[name])]
     return mismatches
@@ -370,6 +377,27 @@ def losers_of(connection: psycopg.Connection, schema: str,
         + SAMPLED_VERSIONS + " GROUP BY 1, 2, 3, 4").format(sql.Identifier(schema, "unified_memory_history")),
         arrays(versions, 4)).fetchall()
     return {tuple(row[:4]): Losers(*row[4:]) for row in rows}
+
+
+def accesses_of(connection: psycopg.Connection, entries: list[tuple[str, str]]) -> dict[tuple[str, str], Losers]:
+    """Reads of the sampled entries through the client (raw_postgres.memory_accesses): they count in an
+    entry's accessed_at (latest) and access_count (largest) like its superseded versions do."""
+    accesses = sql.Identifier(WRITE_LOG_SCHEMA, "memory_accesses")
+    if connection.execute("SELECT to_regclass(%s) IS NULL", [accesses.as_string(connection)]).fetchone()[0]:
+        return {}
+    rows = connection.execute(sql.SQL(
+        "SELECT namespace, key, extract(epoch FROM accessed_at), access_count FROM {} "
+        "WHERE (namespace, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))").format(accesses),
+        arrays(entries, 2)).fetchall()
+    return {(namespace, key): Losers(accessed_at=at, access_count=count) for namespace, key, at, count in rows}
+
+
+def with_reads(losers: Losers, reads: Losers | None) -> Losers:
+    if reads is None:
+        return losers
+    return Losers(count=losers.count, created_at=losers.created_at,
+                  accessed_at=sql_max(losers.accessed_at, reads.accessed_at),
+                  access_count=sql_max(losers.access_count, reads.access_count))
 
 
 def shown(name: str, value) -> str:

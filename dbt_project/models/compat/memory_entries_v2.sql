@@ -1,4 +1,5 @@
-{{ config(alias='memory_entries', schema='compat', materialized='view') }}
+{{ config(alias='memory_entries', schema='compat', materialized='view',
+          post_hook=["{{ compat_write_trigger(this, 'write_compat_memory_entries_v2') }}"]) }}
 
 {#-
     claude-flow v2's `memory_entries`, read from the consolidated marts, for the cutover: an application

@@ -1,4 +1,5 @@
-{{ config(alias='memory_entries', schema='compat_claude_flow_v3', materialized='view') }}
+{{ config(alias='memory_entries', schema='compat_claude_flow_v3', materialized='view',
+          post_hook=["{{ compat_write_trigger(this, 'write_compat_memory_entries_v3') }}"]) }}
 
 {#-
     claude-flow v3's `memory_entries`, read from unified_memory, for applications of the v3 shape

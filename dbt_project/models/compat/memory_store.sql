@@ -1,4 +1,5 @@
-{{ config(alias='memory_store', schema='compat_extended_memory', materialized='view') }}
+{{ config(alias='memory_store', schema='compat_extended_memory', materialized='view',
+          post_hook=["{{ compat_write_trigger(this, 'write_compat_memory_store') }}"]) }}
 
 {#-
     extended-memory's `memory_store`, read from unified_memory's `extended-memory` namespace, for the

@@ -1,55 +1,77 @@
-{#-
-    Every current memory version, ranked within its (key, namespace). The winner (version_rank = 1) is
-    the latest updated_at; ties go to the latest accessed_at, then to the first in source order
-    (source_path, source_table, source_rowid). NULL timestamps lose to any timestamp.
-    Aggregates over all versions feed the winner: earliest created_at, latest accessed_at, largest
-    access_count. Every version carries a pointer to its winner.
-    mart_id numbers the (key, namespace) pairs as their mart numbers its rows: by (namespace, key) for
-    unified_memory, by key for performance_metrics (one namespace). Every window below partitions or
-    orders by (in_performance_metrics, namespace, key) first, so one sort of these wide rows serves them
-    all and the marts do not sort them again.
+{{ config(
+    materialized='incremental',
+    incremental_strategy='replace_keys',
+    on_schema_change='fail',
+    indexes=[
+        {'columns': ['namespace', 'key']},
+        {'columns': ['load_id', 'source_path']},
+    ],
+    pre_hook=["{{ lock_memory_marts() }}"],
+    post_hook=[
+        "{{ ensure_index(this, 'int_memory_ranked_write_id_idx', '(write_id) where write_id is not null') }}",
+        "{{ assign_entry_ids(this) }}",
+        "{{ refuse_direct_writes(this) }}",
+    ],
+) }}
+-- depends_on: {{ ref('int_memory_changed_keys') }}
+-- depends_on: {{ ref('int_memory_new_versions') }}
+-- depends_on: {{ ref('int_memory_load_changes') }}
+-- depends_on: {{ ref('stg_postgres__memory_writes') }}
+{#
+    Every current version ranked within its (namespace, key): macros/memory_ranking.sql has the rule.
+    Incrementally, the changed entries' versions are gathered again from what is still current of this
+    table (rows of loads that are still current), the new loads' rows and the write log, and ranked.
 -#}
 
-with memory_versions as (
+{% if is_incremental() %}
 
-    select * from {{ ref('int_memory_versions') }}
+with changed_keys as (
+
+    select namespace, key from {{ ref('int_memory_changed_keys') }}
 
 ),
 
-ranked as (
+gone_loads as (
 
-    select
-        memory_versions.*,
-        row_number() over newest_first as version_rank,
-        count(*) over same_key as version_count,
-        min(created_at) over same_key as first_created_at,
-        max(accessed_at) over same_key as last_accessed_at,
-        max(access_count) over same_key as max_access_count,
-        first_value(load_id) over newest_first as winner_load_id,
-        first_value(source_path) over newest_first as winner_source_path,
-        first_value(source_table) over newest_first as winner_source_table,
-        first_value(source_rowid) over newest_first as winner_source_rowid,
-        dense_rank() over mart_order as mart_id
-    from memory_versions
-    window
-        same_key as (partition by namespace = '{{ var("performance_metrics_namespace") }}', namespace, key),
-        newest_first as (
-            partition by namespace = '{{ var("performance_metrics_namespace") }}', namespace, key
-            order by
-                updated_at desc nulls last,
-                accessed_at desc nulls last,
-                source_path asc,
-                source_table asc,
-                source_rowid asc nulls last
-        ),
-        mart_order as (
-            partition by namespace = '{{ var("performance_metrics_namespace") }}'
-            order by namespace, key
-        )
+    select load_id, source_path from {{ ref('int_memory_load_changes') }} where change = 'gone'
+
+),
+
+versions as (
+
+    select {% for column in ranked_version_columns() %}kept.{{ column }}{{ ", " if not loop.last }}{% endfor %}
+    from {{ this }} as kept
+    inner join changed_keys
+        on changed_keys.namespace = kept.namespace
+        and changed_keys.key = kept.key
+    where kept.write_id is null
+      and not exists (select 1 from gone_loads
+                      where gone_loads.load_id = kept.load_id and gone_loads.source_path = kept.source_path)
+
+    union all
+
+    select {{ ranked_version_columns() | join(', ') }}
+    from {{ ref('int_memory_new_versions') }}
+
+    union all
+
+    select {% for column in ranked_version_columns() %}writes.{{ column }}{{ ", " if not loop.last }}{% endfor %}
+    from {{ ref('stg_postgres__memory_writes') }} as writes
+    inner join changed_keys
+        on changed_keys.namespace = writes.namespace
+        and changed_keys.key = writes.key
 
 )
 
-select
-    *,
-    version_rank = 1 as is_winner
-from ranked
+{% else %}
+
+with versions as (
+
+    select {{ ranked_version_columns() | join(', ') }}
+    from {{ ref('int_memory_versions') }}
+
+)
+
+{% endif %}
+
+{{ rank_memory_versions('versions', source('raw_postgres', 'memory_accesses')) }}

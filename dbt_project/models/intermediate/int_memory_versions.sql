@@ -1,5 +1,9 @@
 {{ config(materialized='view') }}
-{#- A view: int_memory_ranked reads it once, so a table would only store every version twice. -#}
+{#-
+    Every current version: the rows of each file's current load, and every write made in PostgreSQL
+    (stg_postgres__memory_writes). A full build ranks all of them; a view, since int_memory_ranked reads it
+    once and a table would only store every version twice.
+-#}
 
 with all_memory_versions as (
 
@@ -19,12 +23,23 @@ current_memory_versions as (
     -- raw keeps the rows of every load; only each file's current load counts
     select
         all_memory_versions.*,
-        current_loads.source_db
+        current_loads.source_db,
+        false as deleted,
+        null::bigint as write_id
     from all_memory_versions
     inner join current_loads
         on all_memory_versions.load_id = current_loads.load_id
         and all_memory_versions.source_path = current_loads.source_path
 
+),
+
+postgres_versions as (
+
+    select {{ ranked_version_columns() | join(', ') }}
+    from {{ ref('stg_postgres__memory_writes') }}
+
 )
 
 select * from current_memory_versions
+union all
+select * from postgres_versions

@@ -21,6 +21,7 @@ memory_sessions as (
         source_rowid
     from {{ ref('int_memory_ranked') }}
     where is_winner
+      and not deleted
       and namespace = '{{ var("sessions_namespace") }}'
       and key like 'session:_%'
 

@@ -1,35 +1,18 @@
-with metric_winners as (
+{{ config(
+    materialized='incremental',
+    incremental_strategy='replace_keys',
+    on_schema_change='fail',
+    indexes=[{'columns': ['key', 'namespace'], 'unique': true}],
+    pre_hook=["{{ lock_memory_marts() }}"],
+    post_hook=[
+        "{{ ensure_trigger(this, 'capture_writes', 'before', 'insert or update or delete', 'consolidate.capture_performance_metrics_write()') }}",
+        "{{ ensure_trigger(this, 'refuse_truncate', 'before', 'truncate', 'consolidate.refuse_writes_to_derived_table()', for_each='statement') }}",
+    ],
+) }}
+-- depends_on: {{ ref('int_memory_changed_keys') }}
+{# The winning values of namespace performance-metrics (macros/memory_ranking.sql). -#}
 
-    select *
-    from {{ ref('int_memory_ranked') }}
-    where is_winner
-      and namespace = '{{ var("performance_metrics_namespace") }}'
-
-),
-
-final as (
-
-    select
-        mart_id as id,
-        -- `command-metrics:bash-<ms>-<id>` -> `command-metrics`; keys without ':' are their own name
-        split_part(key, ':', 1) as metric_name,
-        consolidate.try_numeric(value ->> 'duration') as metric_value,
-        value as metric_data,
-        coalesce(
-            {{ text_to_timestamptz("value ->> 'timestamp'") }},
-            updated_at,
-            first_created_at
-        ) as "timestamp",
-        namespace,
-        key,
-        source_path,
-        source_db,
-        load_id,
-        source_table,
-        source_rowid,
-        flags
-    from metric_winners
-
-)
-
-select * from final
+{{ performance_metrics_rows(
+    ref('int_memory_ranked'), source('consolidate', 'entry_ids'),
+    filter="(ranked.namespace, ranked.key) in (select namespace, key from " ~ ref('int_memory_changed_keys') ~ ")"
+           if is_incremental() else none) }}

@@ -1,37 +1,18 @@
-with winners as (
+{{ config(
+    materialized='incremental',
+    incremental_strategy='replace_keys',
+    on_schema_change='fail',
+    pre_hook=["{{ lock_memory_marts() }}"],
+    post_hook=[
+        "{{ ensure_index(this, 'unified_memory_expires_at_idx', '(expires_at) where expires_at is not null') }}",
+        "{{ ensure_trigger(this, 'capture_writes', 'before', 'insert or update or delete', 'consolidate.capture_unified_memory_write()') }}",
+        "{{ ensure_trigger(this, 'refuse_truncate', 'before', 'truncate', 'consolidate.refuse_writes_to_derived_table()', for_each='statement') }}",
+    ],
+) }}
+-- depends_on: {{ ref('int_memory_changed_keys') }}
+{# The winning values of every entry but namespace performance-metrics (macros/memory_ranking.sql). -#}
 
-    select *
-    from {{ ref('int_memory_ranked') }}
-    where is_winner
-      and namespace <> '{{ var("performance_metrics_namespace") }}'
-
-),
-
-final as (
-
-    select
-        mart_id as id,
-        key,
-        value,
-        namespace,
-        data_type,
-        metadata,
-        source_db,
-        source_path,
-        first_created_at as created_at,
-        updated_at,
-        last_accessed_at as accessed_at,
-        expires_at,
-        max_access_count as access_count,
-        ttl,
-        load_id,
-        source_table,
-        source_rowid,
-        source_sha256,
-        version_count::integer as version_count,
-        flags
-    from winners
-
-)
-
-select * from final
+{{ unified_memory_rows(
+    ref('int_memory_ranked'), source('consolidate', 'entry_ids'),
+    filter="(ranked.namespace, ranked.key) in (select namespace, key from " ~ ref('int_memory_changed_keys') ~ ")"
+           if is_incremental() else none) }}

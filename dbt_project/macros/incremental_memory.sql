@@ -1,0 +1,193 @@
+{#-
+    How the memory models are kept incrementally. A build applies only what is new since the last build:
+    the loads that became current, the loads that stopped being current, and writes in the write log not
+    yet in int_memory_ranked (the write path applies its writes itself, so normally there are none).
+    Their (namespace, key) pairs are int_memory_changed_keys; int_memory_ranked and the three memory marts
+    replace exactly those entries' rows (the `replace_keys` strategy below). A full build (the first one,
+    or `consolidate build --full-refresh`) computes everything from raw and the write log; both give the
+    same rows, ids included (ids live in consolidate.entry_ids and are never renumbered).
+
+    Builds and writes exclude each other with the advisory lock `consolidate.marts`: every model that
+    writes int_memory_ranked or a memory mart holds it exclusively for its transaction (lock_memory_marts),
+    every write in PostgreSQL holds it shared. Triggers on those tables stand aside only while
+    `consolidate.maintaining_marts` is on (set by the strategy and by the write path for their own
+    statements); any other DML is captured as a write (the marts) or refused (ranked, history).
+-#}
+
+{% macro memory_ranked_relation() -%}
+    {{ return(adapter.get_relation(database=target.database, schema='intermediate', identifier='int_memory_ranked')) }}
+{%- endmacro %}
+
+
+{#- Whether this run builds the memory models incrementally: a previous build exists and no --full-refresh. -#}
+{% macro memory_incremental_build() -%}
+    {{ return(execute and not flags.FULL_REFRESH and memory_ranked_relation() is not none) }}
+{%- endmacro %}
+
+
+{#- A staging model's SQL for one raw memory table, over the raw rows matching `raw_rows_filter`. -#}
+{% macro memory_staging_sql(source_name, table_name, raw_rows_filter) -%}
+    {%- set relation = source(source_name, table_name) -%}
+    {%- if source_name == 'raw_claude_flow_v2' -%}
+        {{ stg_claude_flow_v2__memory_entries_sql(relation, raw_rows_filter) }}
+    {%- elif source_name == 'raw_claude_flow_v3' -%}
+        {{ stg_claude_flow_v3__memory_entries_sql(relation, raw_rows_filter) }}
+    {%- elif source_name == 'raw_extended_memory' -%}
+        {{ stg_extended_memory__memory_store_sql(relation, raw_rows_filter) }}
+    {%- else -%}
+        {{ exceptions.raise_compiler_error("no memory staging for " ~ source_name ~ "." ~ table_name) }}
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#-
+    Incremental strategy `replace_keys`: every row of the changed entries (int_memory_changed_keys) is
+    replaced by the model's rows for them (an entry that has no rows any more simply goes). The model's
+    rows are computed first, into dbt's temporary table, so they may read the target's old rows.
+-#}
+{% macro get_incremental_replace_keys_sql(arg_dict) -%}
+    {%- set target_relation = arg_dict['target_relation'] -%}
+    {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+    set local consolidate.maintaining_marts = 'on';
+    delete from {{ target_relation }} as target
+    using {{ ref('int_memory_changed_keys') }} as changed
+    where target.namespace = changed.namespace
+      and target.key = changed.key;
+    insert into {{ target_relation }} ({{ columns }})
+    select {{ columns }} from {{ arg_dict['temp_relation'] }};
+{%- endmacro %}
+
+
+{#- pre_hook of every model that writes int_memory_ranked or a memory mart. -#}
+{% macro lock_memory_marts() -%}
+    select pg_advisory_xact_lock(hashtext('consolidate.marts'))
+{%- endmacro %}
+
+
+{#-
+    An index dbt's `indexes` config cannot express (a partial one). On a full build the old table still
+    holds the name while it is swapped out, so the name is freed first; an incremental build keeps it.
+-#}
+{% macro ensure_index(relation, name, definition) -%}
+do $do$
+begin
+    if not exists (select 1 from pg_index join pg_class on pg_class.oid = pg_index.indexrelid
+                   where pg_index.indrelid = '{{ relation }}'::regclass and pg_class.relname = '{{ name }}') then
+        drop index if exists {{ adapter.quote(relation.schema) }}.{{ name }};
+        create index {{ name }} on {{ relation }} {{ definition }};
+    end if;
+end
+$do$
+{%- endmacro %}
+
+
+{#- A row trigger (or a statement trigger with for_each='statement') created once per table. -#}
+{% macro ensure_trigger(relation, name, timing, events, function, for_each='row') -%}
+do $do$
+begin
+    if not exists (select 1 from pg_trigger where tgrelid = '{{ relation }}'::regclass and tgname = '{{ name }}') then
+        create trigger {{ name }} {{ timing }} {{ events }} on {{ relation }}
+            for each {{ for_each }} execute function {{ function }};
+    end if;
+end
+$do$
+{%- endmacro %}
+
+
+{#- int_memory_ranked and unified_memory_history are derived: only builds and the write path change them. -#}
+{% macro refuse_direct_writes(relation) -%}
+    {{ ensure_trigger(relation, 'derived_from_versions', 'before', 'insert or update or delete or truncate',
+                      'consolidate.refuse_writes_to_derived_table()', for_each='statement') }}
+{%- endmacro %}
+
+
+{#-
+    post_hook of int_memory_ranked: every entry in it that has no id yet gets one, numbered per mart after
+    the mart's highest id in (namespace, key) order. int_memory_load_changes says whether this was a full
+    build (look at every entry) or an incremental one (look at the changed entries only).
+-#}
+{% macro assign_entry_ids(ranked) -%}
+select pg_advisory_xact_lock(hashtext('consolidate.entry_ids'));
+insert into {{ source('consolidate', 'entry_ids') }} (namespace, key, mart, id)
+select
+    new_entries.namespace,
+    new_entries.key,
+    new_entries.mart,
+    coalesce(highest.id, 0) + row_number() over (partition by new_entries.mart order by new_entries.namespace, new_entries.key)
+from (
+    select entries.namespace, entries.key, {{ memory_mart_of('entries.namespace') }} as mart
+    from (
+        select ranked.namespace, ranked.key
+        from {{ ranked }} as ranked
+        where ranked.version_rank = 1
+          and exists (select 1 from {{ ref('int_memory_load_changes') }} where change = 'full')
+        union all
+        select ranked.namespace, ranked.key
+        from {{ ref('int_memory_changed_keys') }} as changed
+        inner join {{ ranked }} as ranked
+            on ranked.namespace = changed.namespace and ranked.key = changed.key
+        where ranked.version_rank = 1
+          and not exists (select 1 from {{ ref('int_memory_load_changes') }} where change = 'full')
+    ) as entries
+    where not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
+                      where known.namespace = entries.namespace and known.key = entries.key)
+) as new_entries
+left join (
+    select mart, max(id) as id from {{ source('consolidate', 'entry_ids') }} group by mart
+) as highest
+    on highest.mart = new_entries.mart
+{%- endmacro %}
+
+
+{#-
+    What the tests of an incremental build look at. A build that changed only some entries, after a build
+    whose tests all passed, needs to check only what changed since: the loads that became current, the
+    entries it recomputed (int_memory_changed_keys) and the entries written in PostgreSQL since that
+    build started (their write_id is above its watermark). Anything else is as the passing build left it
+    (only builds and the write path change these tables, and both replace whole entries by the same SQL).
+    Otherwise (a full build, no passing build before, or a failed one) the tests check everything.
+    consolidate.memory_builds (loader/ledger.py, migration 7) is that record: one row per dbt invocation
+    (on-run-start), marked passed at its end (on-run-end) when it ran tests and none failed.
+-#}
+{% macro start_memory_build() -%}
+insert into consolidate.memory_builds (invocation_id, marts_schema, write_watermark)
+select '{{ invocation_id }}', '{{ target.schema }}', coalesce(max(write_id), 0)
+from {{ api.Relation.create(database=target.database, schema='raw_postgres', identifier='memory_writes') }}
+{%- endmacro %}
+
+
+{% macro finish_memory_build(results) -%}
+    {%- set tests = results | selectattr('node.resource_type', 'equalto', 'test') | list -%}
+    {%- set failed = results | selectattr('status', 'in', ['error', 'fail', 'runtime error']) | list -%}
+update consolidate.memory_builds
+set tests_run = {{ tests | length }}, passed = {{ 'true' if not failed else 'false' }}
+where invocation_id = '{{ invocation_id }}'
+{%- endmacro %}
+
+
+{#- 'incremental' (check only what changed, see above) or 'full'; read when a test is compiled. -#}
+{% macro memory_test_scope() -%}
+    {#- nothing built yet (a first build; a compile or lint on a loaded database): everything -#}
+    {%- if not execute or load_relation(ref('int_memory_load_changes')) is none -%}
+        {{ return('full') }}
+    {%- endif -%}
+    {%- set found = run_query(
+        "select exists (select 1 from " ~ ref('int_memory_load_changes') ~ " where change = 'full'), "
+        ~ "(select passed and tests_run > 0 from consolidate.memory_builds where marts_schema = '"
+        ~ target.schema ~ "' and invocation_id <> '" ~ invocation_id ~ "' order by started_at desc limit 1)").rows[0] -%}
+    {{ return('incremental' if not found[0] and found[1] else 'full') }}
+{%- endmacro %}
+
+
+{#- The entries an incremental build's tests check (see memory_test_scope). -#}
+{% macro memory_test_entries() -%}
+select namespace, key from {{ ref('int_memory_changed_keys') }}
+union
+select namespace, key from {{ source('raw_postgres', 'memory_writes') }}
+where write_id > (
+    select coalesce(max(write_watermark), 0) from consolidate.memory_builds
+    where marts_schema = '{{ target.schema }}' and invocation_id <> '{{ invocation_id }}'
+      and started_at = (select max(started_at) from consolidate.memory_builds
+                        where marts_schema = '{{ target.schema }}' and invocation_id <> '{{ invocation_id }}')
+)
+{%- endmacro %}

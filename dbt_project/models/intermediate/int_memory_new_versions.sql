@@ -1,0 +1,55 @@
+{#- Analyzed, so that what joins it is planned by its real size (often a handful of rows). -#}
+{{ config(post_hook=['analyze {{ this }}']) }}
+{#-
+    The versions of the loads new since the last build (int_memory_load_changes), through the same staging
+    SQL as the staging views but over those loads' raw rows only (found by the raw tables' _load_id index).
+    Empty on a full build, which reads int_memory_versions instead.
+-#}
+{%- set load_changes = ref('int_memory_load_changes') -%}
+{%- set current_loads = source('consolidate', 'current_loads') -%}
+{#- The sources the staging SQL reads, named here so that dbt records them whichever branch runs. -#}
+{%- for source_name, table_name in memory_raw_tables() -%}{%- do source(source_name, table_name) -%}{%- endfor -%}
+{%- set new_loads = [] -%}
+{%- if execute and memory_incremental_build() -%}
+    {%- set new_loads = run_query("select load_id, source_path from " ~ load_changes
+                                  ~ " where change = 'new' order by 1, 2").rows -%}
+{%- endif -%}
+
+{% if new_loads %}
+
+{%- set raw_rows_filter -%}
+    _load_id in ({% for load_id, _ in new_loads %}{{ "'" ~ (load_id | replace("'", "''")) ~ "'" }}{{ ", " if not loop.last }}{% endfor %})
+    and (_load_id, _source_path) in (
+        {%- for load_id, source_path in new_loads %}
+        ({{ "'" ~ (load_id | replace("'", "''")) ~ "'" }}, {{ "'" ~ (source_path | replace("'", "''")) ~ "'" }}){{ "," if not loop.last }}
+        {%- endfor %}
+    )
+{%- endset %}
+
+with new_versions as (
+
+    {% for source_name, table_name in memory_raw_tables() %}
+    select {{ memory_version_columns() | join(', ') }}
+    from ({{ memory_staging_sql(source_name, table_name, raw_rows_filter) }}) as staged
+    {% if not loop.last %}union all{% endif %}
+    {% endfor %}
+
+)
+
+select
+    new_versions.*,
+    current_loads.source_db,
+    false as deleted,
+    null::bigint as write_id
+from new_versions
+inner join {{ current_loads }} as current_loads
+    on new_versions.load_id = current_loads.load_id
+    and new_versions.source_path = current_loads.source_path
+
+{% else %}
+
+select {{ ranked_version_columns() | join(', ') }}
+from {{ ref('int_memory_versions') }}
+where false
+
+{% endif %}

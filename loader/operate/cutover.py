@@ -1,0 +1,355 @@
+"""Cutover by service: which SQLite files' services write to PostgreSQL now, and split brain.
+
+`consolidate cutover SOURCE` records (`consolidate.cutovers`) that SOURCE's service writes to PostgreSQL
+from now on; its new entries are tied to the file by `MemoryClient(..., source=SOURCE)`, which fills
+`home_source_path` of its writes in `raw_postgres.memory_writes`. A cutover is accepted only for a memory
+file (claude-flow v2 / v3, extended-memory) whose bytes on disk are those of its current load: the
+procedure is stop the service's writes, `consolidate sync`, cutover, point the service at PostgreSQL. That
+load is the cutover's baseline. `consolidate cutover --undo SOURCE` records that the service writes to
+its SQLite file again (after a rollback); the history of both stays.
+
+Split brain: a cut-over file that changes afterwards is still loaded by `sync` (nothing is lost: its rows
+are versions like any other and the latest `updated_at` wins), and every load of it made after its
+cutover is checked once (`consolidate.split_brain`): the memory entries whose rows differ between the
+baseline load and this one (by rowid and row content) are the entries the file changed since the
+cutover, and those of them also written in PostgreSQL since the cutover (`memory_writes.written_at`) are
+named as written on both sides. Rows of its other tables changed since count too (sync's change
+detection); a file with new bytes but the same rows (a WAL checkpoint, a VACUUM) is no split brain.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from loader import ledger
+from loader.database import Target
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
+from loader.load import raw_tables
+from loader.load.raw_contract import LINEAGE_COLUMNS
+from loader.sources.snapshot import sha256_or_none, side_file
+
+# The memory table of each kind of file a service can be cut over from, and how its rows name their
+# entry's namespace (as staging does).
+MEMORY_TABLES = {"claude-flow-v2": "memory_entries", "claude-flow-v3": "memory_entries",
+                 "extended-memory": "memory_store"}
+NAMESPACE_OF_ROW = {"claude-flow-v2": sql.SQL("coalesce(namespace, 'default')"),
+                    "claude-flow-v3": sql.SQL("coalesce(namespace, 'default')"),
+                    "extended-memory": sql.SQL("'extended-memory'::text")}
+# Lineage that names the load, left out of a row's digest (as sync's change detection does).
+NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - {"_binary_columns"}
+
+
+class CutoverError(Exception):
+    """A cutover or undo refused; nothing was recorded."""
+
+
+def ledger_path(connection: psycopg.Connection, path: Path | str) -> str:
+    """How the ledger spells a file: discovery's absolute path (symlinks kept, as found under its root);
+    failing that, the one ledger path that is the same file once symlinks and `..` are resolved."""
+    spelled = str(Path(path).absolute())
+    known = [row[0] for row in connection.execute(f"SELECT DISTINCT source_path FROM {LEDGER_SCHEMA}.load_files")]
+    if spelled in known:
+        return spelled
+    real = os.path.realpath(spelled)
+    same = [candidate for candidate in known if os.path.realpath(candidate) == real]
+    return same[0] if len(same) == 1 else spelled
+
+
+def who() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+@dataclass
+class Cutover:
+    cutover_id: int
+    source_path: str
+    cut_over_at: datetime
+    cut_over_by: str
+    note: str | None
+    load_id: str
+
+    def to_json(self) -> dict:
+        return {"cutover_id": self.cutover_id, "source_path": self.source_path,
+                "cut_over_at": self.cut_over_at.isoformat(), "cut_over_by": self.cut_over_by,
+                "note": self.note, "load_id": self.load_id}
+
+
+@dataclass
+class CutoverOutcome:
+    source_path: str
+    outcome: str  # cut over / already cut over / undone / was not cut over
+    cutover: Cutover | None = None  # the cutover that holds (after cutover), or the one undone
+
+    def to_json(self) -> dict:
+        return {"source_path": self.source_path, "outcome": self.outcome,
+                "cutover": self.cutover.to_json() if self.cutover else None}
+
+
+CUT_OVER_FILES = f"""
+SELECT cutover_id, source_path, cut_over_at, cut_over_by, note, load_id
+FROM {LEDGER_SCHEMA}.cut_over_files
+"""
+
+
+def cut_over_files(connection: psycopg.Connection) -> dict[str, Cutover]:
+    """Every file cut over now, by source path."""
+    return {row[1]: Cutover(*row) for row in connection.execute(CUT_OVER_FILES + " ORDER BY source_path")}
+
+
+def current_load_of(connection: psycopg.Connection, source_path: str) -> tuple[str, str, str, str | None] | None:
+    """(load_id, kind, source_sha256, wal_sha256) of the file's current load."""
+    return connection.execute(
+        f"SELECT load_id, kind, source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads WHERE source_path = %s",
+        (source_path,)).fetchone()
+
+
+def refusal(connection: psycopg.Connection, source_path: str) -> str | None:
+    """Why `source_path` cannot be cut over now, or None."""
+    current = current_load_of(connection, source_path)
+    if current is None:
+        return f"{source_path}: never loaded (no current load in the ledger); `consolidate run` or `sync` it first"
+    _, kind, sha256, wal_sha256 = current
+    if kind not in MEMORY_TABLES:
+        return (f"{source_path}: a {kind} file; only memory files ({', '.join(MEMORY_TABLES)}) have a write "
+                "path in PostgreSQL")
+    on_disk = (sha256_or_none(Path(source_path)), sha256_or_none(side_file(Path(source_path), "-wal")))
+    if on_disk[0] is None:
+        return f"{source_path}: not on disk"
+    if on_disk != (sha256, wal_sha256):
+        return (f"{source_path}: changed since its current load; stop its service's writes and run "
+                "`consolidate sync` first, so the cutover starts from what PostgreSQL holds")
+    return None
+
+
+def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
+            by: str | None = None) -> list[CutoverOutcome]:
+    """Record that each of `sources` (files of the ledger) is cut over, all or none: a CutoverError names
+    every file refused. A file already cut over keeps its cutover."""
+    with target.connect() as connection:
+        raw_tables.bootstrap(connection)
+        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
+            held = cut_over_files(connection)
+            refused = [reason for path in paths if path not in held and (reason := refusal(connection, path))]
+            if refused:
+                raise CutoverError("\n".join(refused))
+            outcomes = []
+            for path in paths:
+                if path in held:
+                    outcomes.append(CutoverOutcome(path, "already cut over", held[path]))
+                    continue
+                load_id, _, sha256, wal_sha256 = current_load_of(connection, path)
+                connection.execute(
+                    f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, "
+                    "source_sha256, wal_sha256) VALUES (%s, 'cutover', %s, %s, %s, %s, %s)",
+                    (path, by or who(), note, load_id, sha256, wal_sha256))
+                outcomes.append(CutoverOutcome(path, "cut over", cut_over_files(connection)[path]))
+    return outcomes
+
+
+def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
+         by: str | None = None) -> list[CutoverOutcome]:
+    """Record that each of `sources` writes to its SQLite file again (a file not cut over is reported so)."""
+    with target.connect() as connection:
+        raw_tables.bootstrap(connection)
+        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
+            held = cut_over_files(connection)
+            outcomes = []
+            for path in paths:
+                if path not in held:
+                    outcomes.append(CutoverOutcome(path, "was not cut over"))
+                    continue
+                load_id, _, sha256, wal_sha256 = current_load_of(connection, path) or (None,) * 4
+                connection.execute(
+                    f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, "
+                    "source_sha256, wal_sha256) VALUES (%s, 'undo', %s, %s, %s, %s, %s)",
+                    (path, by or who(), note, load_id, sha256, wal_sha256))
+                outcomes.append(CutoverOutcome(path, "undone", held[path]))
+    return outcomes
+
+
+# ------------------------------------------------------------------------------------- split brain
+
+@dataclass
+class SplitBrain:
+    """A load of a cut-over file made after its cutover whose rows differ from the cutover's."""
+
+    source_path: str
+    load_id: str
+    cutover: Cutover
+    sqlite_entries: int  # memory entries the file changed since the cutover
+    other_rows: int  # rows of its other tables changed since (sync's load_changes)
+    entries: list[dict] = field(default_factory=list)  # of the entries, those also written in PostgreSQL
+
+    def to_json(self) -> dict:
+        return {"source_path": self.source_path, "load_id": self.load_id,
+                "cut_over_at": self.cutover.cut_over_at.isoformat(), "sqlite_entries": self.sqlite_entries,
+                "other_rows": self.other_rows, "written_on_both_sides": self.entries}
+
+    def message(self) -> str:
+        both = ", ".join(f"{e['namespace']}/{e['key']} ({e['sqlite_change']} in SQLite, "
+                         f"{e['postgres_writes']} write(s) in PostgreSQL)" for e in self.entries)
+        return (f"split brain: {self.source_path} changed after its cutover at {self.cutover.cut_over_at:%Y-%m-%d %H:%M:%S%z} "
+                f"(loaded, nothing lost: the latest updated_at wins); {self.sqlite_entries} entr"
+                f"{'y' if self.sqlite_entries == 1 else 'ies'} changed in SQLite"
+                + (f" and {self.other_rows} row(s) of its other tables" if self.other_rows else "")
+                + (f"; written on both sides: {both}" if both else "; none written in PostgreSQL since"))
+
+
+# Loads of cut-over files after their cutover's baseline load, not checked yet, oldest first. "After" in
+# the ledger's own order (completed_at, load_id: consolidate.current_loads'), never across two clocks.
+PENDING_CHECKS = f"""
+SELECT later.load_id, later.source_path, later.kind, later.source_sha256, later.wal_sha256,
+       later.completed_at, baseline.completed_at AS baseline_completed_at, c.cutover_id, c.cut_over_at, c.cut_over_by, c.note, c.load_id AS baseline_load_id,
+       c.source_sha256 AS baseline_sha256, c.wal_sha256 AS baseline_wal_sha256
+FROM {LEDGER_SCHEMA}.cut_over_files AS c
+JOIN {LEDGER_SCHEMA}.load_files AS baseline
+  ON baseline.load_id = c.load_id AND baseline.source_path = c.source_path
+JOIN {LEDGER_SCHEMA}.load_files AS later
+  ON later.source_path = c.source_path AND later.status = 'loaded'
+ AND (later.completed_at, later.load_id) > (baseline.completed_at, baseline.load_id)
+WHERE NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.split_brain AS s
+                  WHERE s.load_id = later.load_id AND s.source_path = later.source_path)
+ORDER BY later.completed_at, later.load_id
+"""
+
+RAW_TABLE_OF = f"""
+SELECT raw_schema, raw_table FROM {LEDGER_SCHEMA}.load_tables
+WHERE load_id = %s AND source_path = %s AND source_table = %s
+"""
+
+# The entries whose rows differ between two loads of a file ({old} and {new} select rowid, key,
+# namespace and a digest of the row), and the writes made in PostgreSQL to them since the cutover.
+BOTH_SIDES = """
+WITH old_rows AS ({old}),
+new_rows AS ({new}),
+changed AS (
+    SELECT o.namespace, o.key, false AS in_new FROM old_rows AS o
+    WHERE NOT EXISTS (SELECT 1 FROM new_rows AS n WHERE n.rowid = o.rowid AND n.digest = o.digest)
+    UNION ALL
+    SELECT n.namespace, n.key, true FROM new_rows AS n
+    WHERE NOT EXISTS (SELECT 1 FROM old_rows AS o WHERE o.rowid = n.rowid AND o.digest = n.digest)
+),
+entries AS (
+    SELECT namespace, key,
+           CASE WHEN bool_or(in_new) AND NOT bool_and(in_new) THEN 'updated'
+                WHEN bool_or(in_new) THEN 'inserted' ELSE 'deleted' END AS sqlite_change
+    FROM changed
+    GROUP BY namespace, key
+),
+postgres AS (
+    SELECT w.namespace, w.key, count(*) AS writes, max(w.written_at) AS last_written_at,
+           (array_agg(coalesce(nullif(w.application_name, ''), w.db_user) ORDER BY w.write_id DESC))[1]
+               AS last_written_by
+    FROM {write_log} AS w
+    JOIN entries USING (namespace, key)
+    WHERE w.written_at >= %(cut_over_at)s
+    GROUP BY w.namespace, w.key
+)
+SELECT (SELECT count(*) FROM entries),
+       coalesce(jsonb_agg(jsonb_build_object(
+           'namespace', e.namespace, 'key', e.key, 'sqlite_change', e.sqlite_change,
+           'postgres_writes', p.writes, 'last_written_at', p.last_written_at,
+           'last_written_by', p.last_written_by) ORDER BY e.namespace, e.key), '[]'::jsonb)
+FROM entries AS e
+JOIN postgres AS p USING (namespace, key)
+"""
+
+
+def content_columns(connection: psycopg.Connection, schema: str, table: str) -> list[str]:
+    return [name for (name,) in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position", (schema, table)) if name not in NOT_CONTENT]
+
+
+def rows_of_load(relation: tuple[str, str] | None, columns: list[str], present: list[str], kind: str,
+                 load_param: str) -> sql.Composable:
+    """(rowid, namespace, key, digest of the row) of one load's memory rows; nothing without the table."""
+    if relation is None:
+        return sql.SQL("SELECT NULL::bigint AS rowid, NULL::text AS namespace, NULL::text AS key, "
+                       "NULL::text AS digest WHERE false")
+    values = [sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
+    return sql.SQL("SELECT _source_rowid AS rowid, {namespace} AS namespace, key, md5(ROW({values})::text) AS digest "
+                   "FROM {table} WHERE _load_id = {load} AND _source_path = %(source_path)s").format(
+        namespace=NAMESPACE_OF_ROW[kind], values=sql.SQL(", ").join(values), table=sql.Identifier(*relation),
+        load=sql.Placeholder(load_param))
+
+
+def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -> tuple[int, list[dict]]:
+    table = MEMORY_TABLES[check["kind"]]
+    old = connection.execute(RAW_TABLE_OF, (check["baseline_load_id"], check["source_path"], table)).fetchone()
+    new = connection.execute(RAW_TABLE_OF, (check["load_id"], check["source_path"], table)).fetchone()
+    old_columns = content_columns(connection, *old) if old else []
+    new_columns = content_columns(connection, *new) if new else []
+    columns = new_columns + [c for c in old_columns if c not in new_columns]
+    statement = sql.SQL(BOTH_SIDES).format(
+        old=rows_of_load(old, columns, old_columns, check["kind"], "baseline_load_id"),
+        new=rows_of_load(new, columns, new_columns, check["kind"], "load_id"),
+        write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"))
+    count, entries = connection.execute(statement, check).fetchone()
+    return count, entries
+
+
+# Rows of the file's other tables changed by its loads after the baseline up to this one, as sync's change
+# detection counted them load by load (SQLite's own tables, which change with the others, left out).
+OTHER_ROWS_CHANGED = f"""
+SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)
+FROM {LEDGER_SCHEMA}.load_changes AS c
+JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = c.load_id AND f.source_path = c.source_path
+WHERE c.source_path = %(source_path)s AND c.source_table <> %(memory_table)s AND c.source_table NOT LIKE 'sqlite\\_%%'
+  AND (f.completed_at, f.load_id) > (%(baseline_completed_at)s, %(baseline_load_id)s)
+  AND (f.completed_at, f.load_id) <= (%(completed_at)s, %(load_id)s)
+"""
+
+
+def detect_split_brain(connection: psycopg.Connection) -> list[SplitBrain]:
+    """Check every load of a cut-over file made after its cutover and not checked yet (after sync's
+    change detection, whose counts it reads); record each (`consolidate.split_brain`, one transaction
+    per load) and return those whose rows had changed. A file whose bytes changed but not its rows (a
+    WAL checkpoint) is recorded as unchanged."""
+    with connection.cursor(row_factory=dict_row) as cursor:
+        pending = cursor.execute(PENDING_CHECKS).fetchall()
+    found = []
+    for check in pending:
+        cutover_record = Cutover(check["cutover_id"], check["source_path"], check["cut_over_at"],
+                                 check["cut_over_by"], check["note"], check["baseline_load_id"])
+        same_bytes = (check["source_sha256"], check["wal_sha256"]) == (check["baseline_sha256"],
+                                                                       check["baseline_wal_sha256"])
+        with connection.transaction():
+            count, entries, other_rows = 0, [], 0
+            if not same_bytes:
+                count, entries = entries_written_on_both_sides(connection, check)
+                (other_rows,) = connection.execute(
+                    OTHER_ROWS_CHANGED, {**check, "memory_table": MEMORY_TABLES[check["kind"]]}).fetchone()
+            changed = count > 0 or other_rows > 0
+            inserted = connection.execute(
+                f"INSERT INTO {LEDGER_SCHEMA}.split_brain (load_id, source_path, cutover_id, changed, "
+                "sqlite_entries, other_rows, entries) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                (check["load_id"], check["source_path"], check["cutover_id"], changed, count, other_rows,
+                 Jsonb(entries))).fetchone()
+        if changed and inserted:
+            found.append(SplitBrain(check["source_path"], check["load_id"], cutover_record, count, other_rows,
+                                    entries))
+    return found
+
+
+def check_split_brain(target: Target) -> list[SplitBrain]:
+    """detect_split_brain after a sync's change detection: each load's check commits on its own."""
+    with target.connect(autocommit=True) as connection:
+        ledger.ensure(connection)
+        return detect_split_brain(connection)

@@ -1,0 +1,588 @@
+"""`consolidate rollback SOURCE --to FILE`: PostgreSQL's current state of SOURCE's entries, written as a
+new SQLite database in SOURCE's own schema, for a service that goes back to its SQLite file.
+
+**Home.** An entry (namespace, key) is at home in SOURCE when SOURCE's current load holds a row of it (so
+its winner in the marts, or one of its current versions, comes from SOURCE), or when a write made in
+PostgreSQL tied it to SOURCE (`MemoryClient(..., source=SOURCE)` fills `home_source_path` of
+raw_postgres.memory_writes). An entry held by several files is at home in each: each one's rollback
+holds it, with PostgreSQL's state.
+
+**What FILE holds** (SOURCE a claude-flow v2, claude-flow v3 or extended-memory file):
+- SOURCE's schema: every table, index, trigger and view with its exact SQL from `sqlite_master`, and its
+  page_size, auto_vacuum, text encoding, user_version, application_id and journal mode (WAL or not);
+- SOURCE's other tables (v3 sessions, patterns, metadata, sqlite_sequence, ...): their rows as they are in
+  its current load;
+- per entry at home, from the marts (`unified_memory`, `performance_metrics`):
+  - absent (a delete won, or it never was): no row;
+  - the winner is SOURCE's own row of its current load: that row, byte for byte. Reads made in
+    PostgreSQL (accessed_at / access_count bookkeeping) do not make a row changed and are not carried;
+  - otherwise (written in PostgreSQL, or a newer version from another file won): SOURCE's row (its rowid,
+    id and every column PostgreSQL does not hold, such as v3's embedding) with PostgreSQL's values in the
+    columns the marts hold, converted as the compatibility views convert them: the value as its JSON text
+    for data_type `json` (jsonb's spelling) and as the string itself otherwise (extended-memory: JSON text
+    unless pickle / binary / unsupported JSON), times in the source's units (v2 epoch seconds and v3
+    epoch milliseconds, floored; extended-memory naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`), v3's type,
+    tags, status and owner_id taken back out of the metadata, extended-memory's `type` kept when it fits
+    the value, else named from it. A column the marts hold NULL that SOURCE declares NOT NULL keeps its
+    row's (or its default) value, and a value PostgreSQL holds unchanged keeps the row's own text (the
+    same JSON, the same instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 id
+    `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers them);
+  - an entry extended-memory cannot hold (a namespace other than `extended-memory`) is skipped and listed.
+  Several rows of SOURCE with one (namespace, key) (a schema without its UNIQUE constraint) become one:
+  the winner's row, or the first by rowid.
+
+Rows are copied from a private consistent copy of SOURCE checked to be byte for byte the version loaded
+as its current load (so they are exactly the rows raw holds, with SQLite's own types and bytes, which
+raw's text alone cannot restore in every case: a column without affinity, a REAL beyond 15 digits, TEXT
+raw keeps as hex). A SOURCE changed since its current load is refused (`consolidate sync` it first), and
+so are marts not built since that load. SOURCE is never opened; FILE is written beside itself and moved into place (never over an existing FILE unless
+`overwrite`); each rollback is recorded in `consolidate.rollbacks`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from loader.database import Target
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
+from loader.load import raw_tables
+from loader.operate.cutover import MEMORY_TABLES, NAMESPACE_OF_ROW, current_load_of, ledger_path, who
+from loader.sources.snapshot import SourceKeptChanging, consistent_copy, sha256_of, side_file
+from loader.sources.sqlite_reader import quote
+
+PRAGMAS = ("page_size", "auto_vacuum", "encoding", "user_version", "application_id", "journal_mode")
+EXTENDED_NAMESPACE = "extended-memory"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class RollbackError(Exception):
+    """A rollback refused or failed; FILE was not written."""
+
+
+class DestinationRefused(RollbackError):
+    """FILE may not be written: it exists (without overwrite), it is the source, or its folder is not one."""
+
+
+@dataclass
+class RollbackReport:
+    source_path: str
+    written_to: str
+    kind: str
+    load_id: str
+    sha256: str = ""
+    tables: dict[str, int] = field(default_factory=dict)  # rows per table in FILE
+    unchanged: int = 0  # the source's rows copied as they are
+    changed: list[tuple[str, str]] = field(default_factory=list)
+    created: list[tuple[str, str]] = field(default_factory=list)
+    deleted: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # entries SOURCE's schema cannot hold, with why
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        def entries(pairs):
+            return [{"namespace": namespace, "key": key} for namespace, key in pairs]
+        return {"source_path": self.source_path, "written_to": self.written_to, "kind": self.kind,
+                "load_id": self.load_id, "sha256": self.sha256, "tables": self.tables,
+                "unchanged": self.unchanged, "changed": entries(self.changed),
+                "created": entries(self.created), "deleted": entries(self.deleted), "skipped": self.skipped,
+                "notes": self.notes}
+
+
+# ------------------------------------------------------------------------------ PostgreSQL's state
+
+# The source's rows that are the marts' winners (untouched: copied as they are). An entry at home in the
+# source whose winner is not one of them is read with its state by CHANGED_ENTRIES.
+UNTOUCHED_ROWS = """
+SELECT source_rowid FROM {unified_memory}
+WHERE source_path = %(source_path)s AND load_id = %(load_id)s AND source_table = %(source_table)s
+UNION ALL
+SELECT source_rowid FROM {performance_metrics}
+WHERE source_path = %(source_path)s AND load_id = %(load_id)s AND source_table = %(source_table)s
+"""
+
+# Every other entry at home in the source (its rows that are not winners, and the entries written in
+# PostgreSQL with the source as their home), with its state in the marts (mart NULL: absent) and the
+# rowids of the source's rows of it. Shaped for a few changed entries among millions of rows: an anti-join
+# on rowids, then the marts' rows of those entries only. performance_metrics keeps only a metric's value and time: the
+# other fields of its winner come from int_memory_ranked, which every build and write keep in step with it.
+CHANGED_ENTRIES = """
+WITH untouched AS ({untouched}),
+candidates AS MATERIALIZED (
+    SELECT {namespace} AS namespace, source.key, source._source_rowid AS rowid
+    FROM {raw_table} AS source
+    WHERE source._load_id = %(load_id)s AND source._source_path = %(source_path)s AND source.key IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM untouched WHERE untouched.source_rowid = source._source_rowid)
+    UNION ALL
+    SELECT namespace, key, NULL FROM {write_log} WHERE home_source_path = %(source_path)s
+),
+entries AS MATERIALIZED (
+    SELECT namespace, key, array_agg(rowid ORDER BY rowid) FILTER (WHERE rowid IS NOT NULL) AS rowids
+    FROM candidates
+    GROUP BY namespace, key
+)
+SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart, state.id, state.data_type,
+       state.value::text AS value_json, state.value #>> '{{}}' AS value_string,
+       jsonb_typeof(state.value) AS json_type,
+       state.metadata::text AS metadata,
+       (CASE WHEN jsonb_typeof(state.metadata) = 'object' THEN state.metadata - 'claude_flow_v3'
+             ELSE state.metadata END)::text AS metadata_without_v3,
+       {v3_fields},
+       CASE WHEN jsonb_typeof(state.metadata -> 'extended_memory') = 'object'
+            THEN state.metadata -> 'extended_memory' ->> 'type' END AS extended_type,
+       state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
+       state.source_path = %(source_path)s AND state.load_id = %(load_id)s
+           AND state.source_table = %(source_table)s AS won_by_another_row
+FROM entries
+LEFT JOIN (
+    SELECT 'unified_memory'::text AS mart, id, namespace, key, value, data_type, metadata, created_at, updated_at,
+           accessed_at, expires_at, access_count, ttl, source_path, load_id, source_table
+    FROM {unified_memory}
+    WHERE (namespace, key) IN (SELECT namespace, key FROM entries)
+    UNION ALL
+    SELECT 'performance_metrics', metrics.id, metrics.namespace, metrics.key, metrics.metric_data, ranked.data_type,
+           ranked.metadata, ranked.first_created_at, ranked.updated_at, ranked.last_accessed_at, ranked.expires_at,
+           ranked.max_access_count, ranked.ttl, metrics.source_path, metrics.load_id, metrics.source_table
+    FROM {performance_metrics} AS metrics
+    LEFT JOIN intermediate.int_memory_ranked AS ranked
+           ON ranked.namespace = metrics.namespace AND ranked.key = metrics.key AND ranked.is_winner
+    WHERE (metrics.namespace, metrics.key) IN (SELECT namespace, key FROM entries)
+) AS state ON state.namespace = entries.namespace AND state.key = entries.key
+"""
+
+# v3's own fields, which staging keeps under the metadata's `claude_flow_v3` (compat_claude_flow_v3's rule).
+V3_FIELDS = ("type", "tags", "status", "owner_id")
+
+
+def v3_fields(metadata: str) -> sql.Composable:
+    return sql.SQL(", ").join(
+        sql.SQL("CASE WHEN jsonb_typeof({m} -> 'claude_flow_v3') = 'object' THEN {m} -> 'claude_flow_v3' ->> {f} END AS {a}")
+        .format(m=sql.SQL(metadata), f=sql.Literal(name), a=sql.Identifier("v3_" + name)) for name in V3_FIELDS)
+
+
+def raw_memory_table(connection: psycopg.Connection, load_id: str, source_path: str, table: str) -> tuple[str, str] | None:
+    return connection.execute(
+        f"SELECT raw_schema, raw_table FROM {LEDGER_SCHEMA}.load_tables "
+        "WHERE load_id = %s AND source_path = %s AND source_table = %s", (load_id, source_path, table)).fetchone()
+
+
+def marts_hold_load(connection: psycopg.Connection, load_id: str, source_path: str, raw_table: tuple[str, str]) -> bool:
+    """Whether the last build ranked the load's memory rows (false before the build that follows a load)."""
+    has_rows = connection.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE _load_id = %s AND _source_path = %s)")
+                                  .format(sql.Identifier(*raw_table)), (load_id, source_path)).fetchone()[0]
+    if not has_rows:
+        return True
+    return connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked WHERE load_id = %s AND source_path = %s)",
+        (load_id, source_path)).fetchone()[0]
+
+
+def read_state(connection: psycopg.Connection, target: Target, source_path: str, load_id: str, kind: str,
+               raw_table: tuple[str, str]) -> tuple[list[int], list[dict]]:
+    """The source's untouched rows (rowids), and every other entry at home in it with its state."""
+    names = {"namespace": NAMESPACE_OF_ROW[kind], "raw_table": sql.Identifier(*raw_table),
+             "write_log": sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
+             "unified_memory": sql.Identifier(target.schema, "unified_memory"),
+             "performance_metrics": sql.Identifier(target.schema, "performance_metrics"),
+             "v3_fields": v3_fields("state.metadata")}
+    parameters = {"load_id": load_id, "source_path": source_path, "source_table": MEMORY_TABLES[kind]}
+    untouched = sql.SQL(UNTOUCHED_ROWS).format(**names)
+    rowids = [rowid for (rowid,) in connection.execute(untouched, parameters)]
+    with connection.cursor(row_factory=dict_row) as cursor:
+        return rowids, cursor.execute(sql.SQL(CHANGED_ENTRIES).format(untouched=untouched, **names),
+                                      parameters).fetchall()
+
+
+# ------------------------------------------------------------------------- rows in the source's shape
+
+def epoch_seconds(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - EPOCH) // timedelta(seconds=1)
+
+
+def epoch_milliseconds(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - EPOCH) // timedelta(milliseconds=1)
+
+
+def naive_utc_text(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def value_bytes_or_text(entry: dict) -> str | bytes:
+    """The value as the compatibility views give it: JSON text for `json`, the string itself otherwise,
+    the bytes for `binary` (kept as `\\x` + hex)."""
+    if entry["data_type"] == "binary" and (entry["value_string"] or "").startswith("\\x"):
+        return bytes.fromhex(entry["value_string"][2:])
+    return entry["value_json"] if entry["data_type"] == "json" else entry["value_string"]
+
+
+# extended-memory's `type` names the Python type the value was stored from; what each JSON type fits.
+EXTENDED_TYPES_OF_JSON = {"string": {"str"}, "number": {"int", "float"}, "boolean": {"bool"},
+                          "null": {"none"}, "object": {"dict"}, "array": {"list"}}
+
+
+def extended_type(entry: dict) -> str:
+    if entry["data_type"] == "pickle":
+        return "pickle"
+    kept = entry["extended_type"]
+    json_type = "string" if entry["data_type"] != "json" else entry["json_type"]
+    fitting = EXTENDED_TYPES_OF_JSON.get(json_type, set())
+    if kept in fitting or (kept is not None and entry["data_type"] in ("binary", "unsupported_json")):
+        return kept
+    if json_type == "number":
+        return "int" if entry["value_json"].lstrip("-").isdigit() else "float"
+    return next(iter(fitting), "str")
+
+
+def extended_value(entry: dict) -> str | bytes:
+    """extended-memory stores JSON text, except pickle (base64 text) and what JSON cannot hold."""
+    if entry["data_type"] in ("json", "text"):
+        return entry["value_json"]
+    return value_bytes_or_text(entry)
+
+
+def row_values(kind: str, entry: dict) -> dict[str, object]:
+    """The columns PostgreSQL holds, in the source kind's shape (column -> value)."""
+    if kind == "claude-flow-v2":
+        return {"value": value_bytes_or_text(entry), "metadata": entry["metadata"],
+                "created_at": epoch_seconds(entry["created_at"]), "updated_at": epoch_seconds(entry["updated_at"]),
+                "accessed_at": epoch_seconds(entry["accessed_at"]), "access_count": entry["access_count"],
+                "ttl": entry["ttl"], "expires_at": epoch_seconds(entry["expires_at"])}
+    if kind == "claude-flow-v3":
+        return {"content": value_bytes_or_text(entry), "type": entry["v3_type"] or "semantic",
+                "tags": entry["v3_tags"], "metadata": entry["metadata_without_v3"], "owner_id": entry["v3_owner_id"],
+                "created_at": epoch_milliseconds(entry["created_at"]),
+                "updated_at": epoch_milliseconds(entry["updated_at"]),
+                "expires_at": epoch_milliseconds(entry["expires_at"]),
+                "last_accessed_at": epoch_milliseconds(entry["accessed_at"]),
+                "access_count": entry["access_count"], "status": entry["v3_status"] or "active"}
+    return {"value": extended_value(entry), "type": extended_type(entry),
+            "created_at": naive_utc_text(entry["created_at"]), "updated_at": naive_utc_text(entry["updated_at"]),
+            "accessed_at": naive_utc_text(entry["accessed_at"]), "access_count": entry["access_count"]}
+
+
+def new_row_identity(kind: str, entry: dict) -> dict[str, object]:
+    """The columns that name a new row: its key (and namespace, and v3's id)."""
+    if kind == "extended-memory":
+        return {"key": entry["key"]}
+    identity = {"key": entry["key"], "namespace": entry["namespace"]}
+    if kind == "claude-flow-v3":
+        mart_id = entry["id"] if entry["mart"] == "unified_memory" else -entry["id"]
+        identity["id"] = f"unified-{mart_id}"
+    return identity
+
+
+# ------------------------------------------------------------------------------------- the new file
+
+@dataclass
+class Plan:
+    """What the memory table of the new file holds, decided from PostgreSQL's state."""
+
+    kept_rowids: list[int] = field(default_factory=list)  # copied from the source as they are
+    updates: list[tuple[int, dict]] = field(default_factory=list)  # (rowid copied, then these columns set)
+    inserts: list[dict] = field(default_factory=list)  # new rows: these columns, defaults for the rest
+
+
+def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], report: RollbackReport) -> Plan:
+    plan = Plan(kept_rowids=untouched)
+    duplicates = 0
+    for entry in sorted(entries, key=lambda e: (e["namespace"], e["key"])):
+        name = (entry["namespace"], entry["key"])
+        rowids = entry["base_rowids"] or []
+        if entry["won_by_another_row"]:
+            duplicates += len(rowids)  # the source holds the entry twice (no UNIQUE): its winner row is kept
+        elif entry["mart"] is None:
+            if rowids:
+                report.deleted.append(name)
+        elif kind == "extended-memory" and entry["namespace"] != EXTENDED_NAMESPACE:
+            report.skipped.append({"namespace": entry["namespace"], "key": entry["key"],
+                                   "reason": "extended-memory has no namespace column: only namespace "
+                                             f"{EXTENDED_NAMESPACE!r} fits"})
+        elif rowids:
+            plan.updates.append((rowids[0], row_values(kind, entry)))
+            report.changed.append(name)
+        else:
+            plan.inserts.append({**new_row_identity(kind, entry), **row_values(kind, entry)})
+            report.created.append(name)
+    if duplicates:
+        report.notes.append(f"{duplicates} row(s) not written: another row of the source with the same "
+                            "(namespace, key) is the entry's winner")
+    return plan
+
+
+@dataclass(frozen=True)
+class SchemaObject:
+    type: str
+    name: str
+    sql: str | None
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: list[str]
+    not_null: set[str]
+    rowid: str | None  # the name that selects its rowid (None: WITHOUT ROWID, or hidden by columns)
+    virtual: bool
+
+
+def read_source_schema(connection: sqlite3.Connection) -> tuple[dict[str, object], list[SchemaObject], dict[str, Table]]:
+    pragmas = {name: connection.execute(f"PRAGMA {name}").fetchone()[0] for name in PRAGMAS}
+    objects = [SchemaObject(*row) for row in connection.execute(
+        "SELECT type, name, sql FROM sqlite_master ORDER BY rowid")]
+    tables = {}
+    for item in objects:
+        if item.type != "table":
+            continue
+        virtual = (item.sql or "").upper().startswith("CREATE VIRTUAL TABLE")
+        info = [] if virtual else connection.execute(f"PRAGMA table_info({quote(item.name)})").fetchall()
+        columns = [row[1] for row in info]
+        without_rowid = "WITHOUT ROWID" in (item.sql or "").upper().replace("\n", " ")
+        hidden = {column.lower() for column in columns}
+        rowid = None if without_rowid else next((a for a in ("rowid", "_rowid_", "oid") if a not in hidden), None)
+        tables[item.name] = Table(item.name, columns, {row[1] for row in info if row[3]}, rowid, virtual)
+    return pragmas, objects, tables
+
+
+def copy_rows(connection: sqlite3.Connection, table: Table, where: str = "") -> None:
+    """Rows of the attached source's table into the new file's, rowids kept."""
+    columns = [quote(c) for c in table.columns]
+    if table.rowid is not None:
+        columns = [table.rowid, *columns]
+    listed = ", ".join(columns)
+    connection.execute(f"INSERT INTO main.{quote(table.name)} ({listed}) "
+                       f"SELECT {listed} FROM source.{quote(table.name)} {where}")
+
+
+def settable(table: Table, values: dict[str, object]) -> dict[str, object]:
+    """The values the table has a column for, leaving a NOT NULL column PostgreSQL holds NULL as it is."""
+    return {c: v for c, v in values.items() if c in table.columns and not (v is None and c in table.not_null)}
+
+
+# Columns holding JSON text, and extended-memory's text times: a changed row keeps its own text of a value
+# PostgreSQL holds unchanged (not jsonb's or the marts' spelling of it).
+JSON_COLUMNS = {"value", "content", "metadata", "tags"}
+TEXT_TIME_COLUMNS = {"created_at", "updated_at", "accessed_at"}
+
+
+def canonical_json(text: str) -> str | None:
+    try:
+        return json.dumps(json.loads(text), sort_keys=True)
+    except ValueError:
+        return None
+
+
+def instant(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def says_the_same(column: str, own, new) -> bool:
+    """Whether a row's own value of `column` says what PostgreSQL's value says, so its bytes stay."""
+    if own == new and type(own) is type(new):
+        return True
+    if not (isinstance(own, str) and isinstance(new, str)):
+        return False
+    if column in TEXT_TIME_COLUMNS:
+        return instant(own) is not None and instant(own) == instant(new)
+    return column in JSON_COLUMNS and canonical_json(own) is not None and canonical_json(own) == canonical_json(new)
+
+
+def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
+    """The source's rows the plan keeps, those it changes changed (new rows: insert_new_rows)."""
+    connection.execute("CREATE TEMP TABLE kept (rowid INTEGER PRIMARY KEY)")
+    connection.executemany("INSERT OR IGNORE INTO temp.kept VALUES (?)",
+                           [(rowid,) for rowid in plan.kept_rowids + [rowid for rowid, _ in plan.updates]])
+    copy_rows(connection, table, f"WHERE {table.rowid} IN (SELECT rowid FROM temp.kept)")
+    connection.execute("DROP TABLE temp.kept")
+    for rowid, values in plan.updates:
+        values = settable(table, values)
+        kept = connection.execute(f"SELECT {', '.join(map(quote, values))} FROM main.{quote(table.name)} "
+                                  f"WHERE {table.rowid} = ?", (rowid,)).fetchone()
+        values = {c: v for (c, v), own in zip(values.items(), kept) if not says_the_same(c, own, v)}
+        if values:
+            assignments = ", ".join(f"{quote(c)} = ?" for c in values)
+            connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
+                               [*values.values(), rowid])
+
+
+def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
+    """The entries the source has no row of; an AUTOINCREMENT id moves sqlite_sequence on, as it would
+    in the source."""
+    for values in plan.inserts:
+        values = settable(table, values)
+        connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
+                           f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
+
+
+def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: RollbackReport) -> None:
+    """Write the new file at `path`: the snapshot's schema and pragmas, its rows, the memory table by `plan`."""
+    with contextlib.closing(sqlite3.connect(snapshot)) as reading:
+        pragmas, objects, tables = read_source_schema(reading)
+    memory = tables.get(MEMORY_TABLES[kind])
+    if memory is None or memory.rowid is None:
+        raise RollbackError(f"{report.source_path}: its {MEMORY_TABLES[kind]} table has no rowid to keep rows by")
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        for name in ("page_size", "auto_vacuum", "user_version", "application_id"):  # the first two: before any table
+            connection.execute(f"PRAGMA {name} = {int(pragmas[name])}")
+        connection.execute(f"PRAGMA encoding = '{pragmas['encoding']}'")
+        # a file being written beside its destination: nothing to recover on a crash (it is removed), and
+        # move_into_place syncs it to disk before it is moved
+        connection.execute("PRAGMA journal_mode = OFF")
+        connection.execute("PRAGMA synchronous = OFF")
+        connection.execute("ATTACH ? AS source", (str(snapshot),))
+        connection.execute("BEGIN")
+        for item in objects:  # tables first: rows go in before indexes, and before triggers could fire
+            exists = connection.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (item.name,)).fetchone()
+            if item.type == "table" and item.sql and not item.name.startswith("sqlite_") and not exists:
+                connection.execute(item.sql)
+        if any(name.startswith("sqlite_stat") for name in tables):
+            connection.execute("ANALYZE main")
+        # sqlite_sequence last, as the source has it: an INSERT into an AUTOINCREMENT table writes its
+        # row there even when it copies no row
+        for table in sorted(tables.values(), key=lambda t: t.name == "sqlite_sequence"):
+            present = connection.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                                         (table.name,)).fetchone()
+            if table.virtual or not present:
+                if not table.virtual:
+                    report.notes.append(f"table {table.name!r} not written: this SQLite cannot create it")
+                continue
+            connection.execute(f"DELETE FROM main.{quote(table.name)}")  # what creating a table put there
+            if table is memory:
+                write_memory_table(connection, table, plan)
+            else:
+                copy_rows(connection, table)
+        insert_new_rows(connection, memory, plan)
+        connection.execute("COMMIT")
+        connection.execute("DETACH source")
+        connection.execute("BEGIN")
+        for item in objects:
+            if item.type in ("index", "trigger", "view") and item.sql:
+                connection.execute(item.sql)
+        connection.execute("COMMIT")
+        if pragmas["journal_mode"] == "wal":
+            connection.execute("PRAGMA journal_mode = WAL")
+        problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
+        if problems != ["ok"]:
+            raise RollbackError(f"the written file fails integrity_check: {'; '.join(problems[:5])}")
+        report.tables = {name: connection.execute(f"SELECT count(*) FROM main.{quote(name)}").fetchone()[0]
+                         for name, table in tables.items() if not table.virtual}
+    except sqlite3.Error as error:
+        raise RollbackError(f"writing {report.written_to}: {type(error).__name__}: {error}") from error
+    finally:
+        connection.close()
+
+
+def fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def move_into_place(written: Path, destination: Path, overwrite: bool) -> None:
+    """`written` becomes `destination` in one step: a hard link that fails if destination exists, or with
+    `overwrite` a rename over it (its stale -wal / -shm / -journal removed first: SQLite would replay
+    them into the new file)."""
+    fsync(written)
+    if overwrite:
+        for suffix in ("-wal", "-shm", "-journal"):
+            side_file(destination, suffix).unlink(missing_ok=True)
+        os.replace(written, destination)
+    else:
+        try:
+            os.link(written, destination)
+        except FileExistsError:
+            raise DestinationRefused(f"{destination} exists (--overwrite to replace it)") from None
+        written.unlink()
+    fsync(destination.parent)
+
+
+def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
+    if not destination.parent.is_dir():
+        raise DestinationRefused(f"{destination.parent} is not a folder")
+    source_files = [source, *(side_file(source, suffix) for suffix in ("-wal", "-shm", "-journal"))]
+    if any(destination == path or (destination.exists() and path.exists() and os.path.samefile(destination, path))
+           for path in source_files):
+        raise DestinationRefused(f"{destination} is the source itself (or one of its files): a rollback never touches it")
+    if destination.exists() and not overwrite:
+        raise DestinationRefused(f"{destination} exists (--overwrite to replace it)")
+
+
+RECORD = f"""
+INSERT INTO {LEDGER_SCHEMA}.rollbacks (source_path, written_to, written_by, load_id, sha256, unchanged, changed,
+                                       created, deleted, skipped)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def rollback(target: Target, source: Path | str, destination: Path | str, *, overwrite: bool = False,
+             by: str | None = None) -> RollbackReport:
+    """Write `destination`, a new SQLite database in `source`'s schema holding PostgreSQL's current state
+    of every entry at home in `source` (the module's docstring has the rules). Raises RollbackError, with
+    nothing written, when the rollback is refused or fails."""
+    destination = Path(destination).absolute()
+    with target.connect(autocommit=True) as connection:
+        raw_tables.bootstrap(connection)
+        source_path = ledger_path(connection, source)
+        source = Path(source_path)
+        check_destination(source, destination, overwrite)
+        current = current_load_of(connection, source_path)
+        if current is None:
+            raise RollbackError(f"{source_path}: never loaded (no current load in the ledger)")
+        load_id, kind, sha256, wal_sha256 = current
+        if kind not in MEMORY_TABLES:
+            raise RollbackError(f"{source_path}: a {kind} file; rollback writes memory files "
+                                f"({', '.join(MEMORY_TABLES)})")
+        report = RollbackReport(source_path, str(destination), kind, load_id)
+        raw_table = raw_memory_table(connection, load_id, source_path, MEMORY_TABLES[kind])
+        if raw_table is None:
+            raise RollbackError(f"{source_path}: its current load has no {MEMORY_TABLES[kind]} table")
+        with tempfile.TemporaryDirectory(prefix="consolidate-rollback-") as folder:
+            try:
+                snapshot = consistent_copy(source, Path(folder))
+            except (OSError, SourceKeptChanging) as error:
+                raise RollbackError(f"{source_path}: cannot be copied: {error}") from error
+            if (snapshot.sha256, snapshot.wal_sha256) != (sha256, wal_sha256):
+                raise RollbackError(f"{source_path}: changed since its current load {load_id}; run `consolidate "
+                                    "sync` first so PostgreSQL, and the rollback, hold those changes")
+            with target.connect() as reading:  # one snapshot of PostgreSQL for every read
+                reading.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                if not marts_hold_load(reading, load_id, source_path, raw_table):
+                    raise RollbackError(f"{source_path}: the marts do not hold its current load {load_id} yet; "
+                                        "run `consolidate build` (or `sync`) first")
+                untouched, entries = read_state(reading, target, source_path, load_id, kind, raw_table)
+                untouched += [rowid for (rowid,) in reading.execute(  # rows that are no entry: as they are
+                    sql.SQL("SELECT _source_rowid FROM {} WHERE _load_id = %s AND _source_path = %s AND key IS NULL")
+                    .format(sql.Identifier(*raw_table)), (load_id, source_path))]
+            report.unchanged = len(untouched)
+            plan = plan_memory_table(kind, untouched, entries, report)
+            written = destination.with_name(f".{destination.name}.rollback-{secrets.token_hex(4)}")
+            try:
+                create_database(snapshot.path, written, kind, plan, report)
+                report.sha256 = sha256_of(written)
+                move_into_place(written, destination, overwrite)
+            finally:
+                for leftover in (written, *(side_file(written, s) for s in ("-wal", "-shm", "-journal"))):
+                    leftover.unlink(missing_ok=True)
+        with connection.transaction():
+            connection.execute(RECORD, (source_path, str(destination), by or who(), load_id, report.sha256,
+                                        report.unchanged, len(report.changed), len(report.created),
+                                        len(report.deleted), Jsonb(report.skipped)))
+    return report

@@ -1,0 +1,367 @@
+"""`consolidate rollback SOURCE --to FILE` on real claude-flow files (a v2 file with WAL-only rows and a v3
+file), against a real PostgreSQL: after `run` and writes made in PostgreSQL through MemoryClient (a set
+of an existing key, a new key tied to SOURCE, a delete), the rollback file has SOURCE's schema and
+pragmas, SOURCE's untouched rows byte for byte (types included), PostgreSQL's changes, and consolidates
+back to the entries PostgreSQL had. Expectations come from sqlite3 reads of private copies of SOURCE and
+plain SQL on the marts, never from the rollback code; SOURCE's bytes never change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from loader.database import Target
+from loader.serve.client import MemoryClient
+
+from conftest import consolidate, fetch, fresh_database
+
+V2 = "claude-flow/ChrisRoyse__myclaudeflowsetup"  # memory.db with rows only in its -wal
+V3 = "claude-flow/ApexSlayer43__apex-os"  # memory.db of the v3 schema, with vector_indexes and metadata
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+UNITS = {"v2": timedelta(seconds=1), "v3": timedelta(milliseconds=1)}  # epoch seconds, milliseconds
+PRAGMAS = ("user_version", "page_size", "journal_mode", "auto_vacuum", "encoding", "application_id")
+
+
+def sha256_of_folder(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.iterdir())}
+
+
+def opened_copy(source: Path, folder: Path, with_side_files: bool = True) -> sqlite3.Connection:
+    """A sqlite3 connection to a private copy of `source` (with its -wal / -journal unless told not to)."""
+    folder.mkdir(parents=True)
+    shutil.copyfile(source, folder / source.name)
+    for suffix in ("-wal", "-journal") if with_side_files else ():
+        side = source.with_name(source.name + suffix)
+        if side.exists():
+            shutil.copyfile(side, folder / side.name)
+    return sqlite3.connect(folder / source.name)
+
+
+def typed_rows(connection: sqlite3.Connection, table: str) -> dict[int, dict[str, tuple]]:
+    """rowid -> column -> (typeof, value): every value and its storage class, exactly."""
+    columns = [row[1] for row in connection.execute(f'PRAGMA table_info("{table}")')]
+    selected = ", ".join(f'typeof("{c}"), "{c}"' for c in columns)
+    return {row[0]: dict(zip(columns, zip(row[1::2], row[2::2])))
+            for row in connection.execute(f'SELECT rowid, {selected} FROM "{table}"')}
+
+
+def entry_of(row: dict[str, tuple]) -> tuple[str, str]:
+    """(namespace, key) of a memory_entries row, as staging names it."""
+    return (row["namespace"][1] or "default", row["key"][1])
+
+
+def floor_epoch(moment: datetime | None, unit: timedelta) -> int | None:
+    return None if moment is None else (moment - EPOCH) // unit
+
+
+def schema_of(connection: sqlite3.Connection) -> tuple[set, dict]:
+    objects = set(connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    return objects, {p: connection.execute(f"PRAGMA {p}").fetchone()[0] for p in PRAGMAS}
+
+
+def postgres_rows(target: Target, query: str, parameters=()) -> list[dict]:
+    with target.connect() as connection:
+        cursor = connection.execute(query, parameters)
+        return [dict(zip([c.name for c in cursor.description], row)) for row in cursor]
+
+
+def jsonb_text(target: Target, value) -> str:
+    """How PostgreSQL's jsonb spells a value (the rollback writes JSON values as the marts hold them)."""
+    with target.connect() as connection:
+        return connection.execute("SELECT %s::jsonb::text", (json.dumps(value),)).fetchone()[0]
+
+
+ENTRIES = """
+SELECT key, namespace, value, data_type, metadata, created_at, updated_at, accessed_at, expires_at,
+       access_count, ttl
+FROM (SELECT key, namespace, value, data_type, metadata, created_at, updated_at, accessed_at, expires_at,
+             access_count, ttl FROM unified_memory
+      UNION ALL
+      SELECT m.key, m.namespace, m.metric_data, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+      FROM performance_metrics AS m) AS entries
+"""
+
+
+@pytest.fixture(scope="module")
+def migrated(realdata, server_dsn, tmp_path_factory):
+    """Private copies of a v2 and a v3 file consolidated by `consolidate run`, then written to through
+    MemoryClient: per file a set of an existing key, a new key with source=SOURCE, and a delete."""
+    folder = tmp_path_factory.mktemp("rollback")
+    tree = folder / "tree"
+    sources = {}
+    for name, label in ((V2, "v2"), (V3, "v3")):
+        shutil.copytree(realdata / name, tree / label)
+        for path in (tree / label).iterdir():
+            path.chmod(0o644)
+            if path.name not in ("memory.db", "memory.db-wal", "memory.db-shm"):
+                path.unlink()
+        sources[label] = tree / label / "memory.db"
+    # a v3 file whose memory_entries is empty (its other tables are not): only what its service creates
+    (tree / "v3-empty").mkdir()
+    shutil.copyfile(realdata / V3 / "claude_memory.db", tree / "v3-empty/claude_memory.db")
+    sources["v3-empty"] = tree / "v3-empty/claude_memory.db"
+    checksums = {label: sha256_of_folder(path.parent) for label, path in sources.items()}
+    with fresh_database(server_dsn) as target:
+        result = consolidate("run", str(tree), "--no-backup", target=target, home=folder / "state")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+        # what each file holds, read from private copies (the WAL-only rows of v2 too)
+        v2_all = typed_rows(opened_copy(sources["v2"], folder / "v2-all"), "memory_entries")
+        v2_main = typed_rows(opened_copy(sources["v2"], folder / "v2-main", with_side_files=False), "memory_entries")
+        wal_only = sorted(set(v2_all) - set(v2_main))
+        assert len(wal_only) >= 3, "the v2 file has rows only in its -wal"
+        v3_all = typed_rows(opened_copy(sources["v3"], folder / "v3-all"), "memory_entries")
+        v3_ids = sorted(v3_all)
+
+        writes = {
+            "v2": {"set": entry_of(v2_all[wal_only[0]]), "delete": entry_of(v2_all[wal_only[1]]),
+                   "new": ("rollback-test", "created-in-postgresql-v2")},
+            "v3": {"set": entry_of(v3_all[v3_ids[0]]), "delete": entry_of(v3_all[v3_ids[1]]),
+                   "new": ("rollback-test", "created-in-postgresql-v3")},
+        }
+        values = {"v2": ("text written in PostgreSQL", {"written": "in postgresql", "n": [1, 2.5]}),
+                  "v3": ({"content": "changed", "ok": True}, "a new v3 entry")}
+        for label in ("v2", "v3"):
+            source = sources[label]
+            changed_value, new_value = values[label]
+            with MemoryClient(target.dsn, track_access=False, source=str(source)) as memory:
+                namespace, key = writes[label]["set"]
+                memory.set(key, changed_value, namespace=namespace)
+                namespace, key = writes[label]["new"]
+                memory.set(key, new_value, namespace=namespace, metadata={"from": "test"})
+                namespace, key = writes[label]["delete"]
+                assert memory.delete(key, namespace=namespace)
+        with MemoryClient(target.dsn, track_access=False, source=str(sources["v3-empty"])) as memory:
+            memory.set("created-for-an-empty-file", ["a", "list"], namespace="rollback-test")
+        yield {"target": target, "folder": folder, "sources": sources, "checksums": checksums,
+               "writes": writes, "values": values, "rows": {"v2": v2_all, "v3": v3_all}, "wal_only": wal_only}
+
+
+def rollback_file(migrated, label: str) -> tuple[Path, dict]:
+    """The rollback of `label`'s source, written once by the CLI; and its JSON report."""
+    cache = migrated.setdefault("rollbacks", {})
+    if label not in cache:
+        destination = migrated["folder"] / f"rollback-{label}" / "memory.db"
+        destination.parent.mkdir()
+        result = consolidate("rollback", str(migrated["sources"][label]), "--to", str(destination), "--json",
+                             target=migrated["target"], home=migrated["folder"] / "state")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        cache[label] = destination, json.loads(result.stdout)
+    return cache[label]
+
+
+@pytest.mark.parametrize("label", ["v2", "v3"])
+def test_rollback_keeps_the_schema_and_every_untouched_row_byte_for_byte(migrated, label):
+    destination, report = rollback_file(migrated, label)
+    source = migrated["sources"][label]
+    scratch = migrated["folder"] / f"check-{label}"
+    original = opened_copy(source, scratch / "source")
+    written = opened_copy(destination, scratch / "rollback")
+
+    assert written.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert schema_of(written) == schema_of(original)
+    assert not destination.with_name(destination.name + "-wal").exists()
+
+    writes = migrated["writes"][label]
+    touched = {writes["set"], writes["delete"]}
+    tables = [name for (name,) in original.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        before, after = typed_rows(original, table), typed_rows(written, table)
+        if table == "memory_entries":
+            before = {rowid: row for rowid, row in before.items() if entry_of(row) not in touched}
+            after = {rowid: row for rowid, row in after.items() if entry_of(row) not in touched | {writes["new"]}}
+        elif table == "sqlite_sequence" and label == "v2":
+            continue  # the new v2 row moves it on: checked by the next test
+        assert after == before, table
+    if label == "v2":  # the WAL-only rows PostgreSQL did not change are there, as they were
+        assert all(typed_rows(written, "memory_entries")[rowid] == migrated["rows"]["v2"][rowid]
+                   for rowid in migrated["wal_only"][2:])
+    assert migrated["checksums"][label] == sha256_of_folder(source.parent)
+    assert report["unchanged"] == len(migrated["rows"][label]) - 2
+
+
+@pytest.mark.parametrize("label", ["v2", "v3"])
+def test_rollback_holds_postgresql_changes_new_entries_and_deletes(migrated, label):
+    destination, report = rollback_file(migrated, label)
+    target, writes = migrated["target"], migrated["writes"][label]
+    changed_value, new_value = migrated["values"][label]
+    written = opened_copy(destination, migrated["folder"] / f"changes-{label}")
+    value_column = {"v2": "value", "v3": "content"}[label]
+    unit = UNITS[label]
+
+    def row_of(namespace, key):
+        found = written.execute('SELECT rowid AS source_rowid, * FROM memory_entries WHERE namespace = ? AND key = ?',
+                                (namespace, key))
+        names = [c[0] for c in found.description]
+        rows = [dict(zip(names, row)) for row in found]
+        assert len(rows) <= 1
+        return rows[0] if rows else None
+
+    def expected_text(value):
+        return value if isinstance(value, str) else jsonb_text(target, value)
+
+    def marts_row(namespace, key):
+        return postgres_rows(target, "SELECT * FROM unified_memory WHERE namespace = %s AND key = %s",
+                             (namespace, key))[0]
+
+    # the key set in PostgreSQL: its own row (same rowid and id), PostgreSQL's value and updated_at, the
+    # columns PostgreSQL does not hold (v3's embedding) as they were
+    namespace, key = writes["set"]
+    original = migrated["rows"][label]
+    rowid = next(r for r, row in original.items() if entry_of(row) == (namespace, key))
+    changed = row_of(namespace, key)
+    pg = marts_row(namespace, key)
+    assert changed["source_rowid"] == rowid and changed["id"] == original[rowid]["id"][1]
+    assert changed[value_column] == expected_text(changed_value)
+    assert changed["updated_at"] == floor_epoch(pg["updated_at"], unit) > original[rowid]["updated_at"][1]
+    assert changed["created_at"] == original[rowid]["created_at"][1] == floor_epoch(pg["created_at"], unit)
+    if label == "v3":
+        assert changed["embedding"] == original[rowid]["embedding"][1]
+    # the new key tied to the file: a new row
+    namespace, key = writes["new"]
+    created = row_of(namespace, key)
+    pg = marts_row(namespace, key)
+    assert created is not None and created[value_column] == expected_text(new_value)
+    assert json.loads(created["metadata"]) == {"from": "test"}
+    assert created["updated_at"] == floor_epoch(pg["updated_at"], unit)
+    if label == "v2":  # the next id after every id the file ever gave (AUTOINCREMENT's sqlite_sequence)
+        sequence = opened_copy(migrated["sources"]["v2"], migrated["folder"] / "sequence").execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'memory_entries'").fetchone()[0]
+        assert created["id"] == sequence + 1
+        assert written.execute("SELECT seq FROM sqlite_sequence").fetchall() == [(sequence + 1,)]
+    else:
+        assert created["id"] == f"unified-{pg['id']}"
+    # the deleted key: gone
+    assert row_of(*writes["delete"]) is None
+    assert sorted((e["namespace"], e["key"]) for e in report["changed"]) == [writes["set"]]
+    assert sorted((e["namespace"], e["key"]) for e in report["created"]) == [writes["new"]]
+    assert sorted((e["namespace"], e["key"]) for e in report["deleted"]) == [writes["delete"]]
+
+
+@pytest.mark.parametrize("label", ["v2", "v3"])
+def test_consolidating_the_rollback_file_gives_postgresql_entries(migrated, label, server_dsn, tmp_path):
+    destination, _ = rollback_file(migrated, label)
+    source = str(migrated["sources"][label])
+    target = migrated["target"]
+    unit = UNITS[label]
+    home_entries = postgres_rows(target, f"""
+        SELECT e.* FROM ({ENTRIES}) AS e
+        WHERE (e.namespace, e.key) IN (
+            SELECT namespace, key FROM unified_memory WHERE source_path = %(source)s
+            UNION SELECT namespace, key FROM performance_metrics WHERE source_path = %(source)s
+            UNION SELECT namespace, key FROM raw_postgres.memory_writes WHERE home_source_path = %(source)s)
+    """, {"source": source})
+    assert len(home_entries) == len(migrated["rows"][label])  # one deleted, one created
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    shutil.copyfile(destination, folder / "memory.db")
+    with fresh_database(server_dsn) as fresh:
+        result = consolidate("run", str(folder), "--no-backup", target=fresh, home=tmp_path / "state")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        again = postgres_rows(fresh, ENTRIES)
+
+    def comparable(entry: dict) -> tuple:
+        metadata = entry["metadata"]
+        if isinstance(metadata, dict):
+            metadata = {k: v for k, v in metadata.items() if k != "claude_flow_v3"}
+        times = tuple(floor_epoch(entry[c], unit) for c in ("created_at", "updated_at", "accessed_at", "expires_at"))
+        return (entry["namespace"], entry["key"], json.dumps(entry["value"], sort_keys=True), entry["data_type"],
+                json.dumps(metadata, sort_keys=True), times, entry["access_count"], entry["ttl"])
+
+    assert sorted(map(comparable, again)) == sorted(map(comparable, home_entries))
+    assert migrated["writes"][label]["delete"] not in {(e["namespace"], e["key"]) for e in again}
+
+
+def test_rollback_never_replaces_a_file_without_overwrite(migrated, tmp_path):
+    existing = tmp_path / "existing.db"
+    existing.write_bytes(b"not to be replaced")
+    arguments = ("rollback", str(migrated["sources"]["v2"]), "--to", str(existing))
+    refused = consolidate(*arguments, target=migrated["target"], home=migrated["folder"] / "state")
+    assert refused.returncode == 2 and "exists" in refused.stderr
+    assert existing.read_bytes() == b"not to be replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.db"]
+    replaced = consolidate(*arguments, "--overwrite", target=migrated["target"], home=migrated["folder"] / "state")
+    assert replaced.returncode == 0, replaced.stderr
+    assert existing.read_bytes().startswith(b"SQLite format 3\x00")
+    onto_source = consolidate("rollback", str(migrated["sources"]["v2"]), "--to", str(migrated["sources"]["v2"]),
+                              "--overwrite", target=migrated["target"], home=migrated["folder"] / "state")
+    assert onto_source.returncode == 2
+    assert migrated["checksums"]["v2"] == sha256_of_folder(migrated["sources"]["v2"].parent)
+
+
+def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
+    """The sample's extended_memory.db (naive UTC text times, a `type` per value, no namespace column)."""
+    target = consolidated
+    (source,) = [Path(path) for (path,) in fetch(
+        target, "SELECT source_path FROM consolidate.current_loads WHERE kind = 'extended-memory'")]
+    before = sha256_of_folder(source.parent)
+    original = opened_copy(source, tmp_path / "source")
+    rows = typed_rows(original, "memory_store")
+    by_key = {row["key"][1]: rowid for rowid, row in rows.items()}
+    changed_key = next(key for key, rowid in by_key.items() if rows[rowid]["type"][1] == "int")
+    deleted_key = next(key for key, rowid in by_key.items() if rows[rowid]["type"][1] == "pickle")
+    with MemoryClient(target.dsn, track_access=False, source=source) as memory:
+        memory.set(changed_key, "now a string", namespace="extended-memory")
+        memory.set("rollback:new", {"a": [1, 2]}, namespace="extended-memory")
+        memory.set("rollback:elsewhere", 1, namespace="not-extended-memory")
+        assert memory.delete(deleted_key, namespace="extended-memory")
+    destination = tmp_path / "rolled-back.db"
+
+    result = consolidate("rollback", str(source), "--to", str(destination), "--json", target=target)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    written = opened_copy(destination, tmp_path / "rollback")
+    assert written.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert schema_of(written) == schema_of(original)
+    assert typed_rows(written, "metadata") == typed_rows(original, "metadata")
+    after = typed_rows(written, "memory_store")
+    assert {r: row for r, row in after.items() if row["key"][1] not in (changed_key, "rollback:new")} == \
+        {r: row for r, row in rows.items() if row["key"][1] not in (changed_key, deleted_key)}
+    pg = {key: postgres_rows(target, "SELECT * FROM unified_memory WHERE namespace = 'extended-memory' AND key = %s",
+                             (key,))[0] for key in (changed_key, "rollback:new")}
+
+    def naive_utc(moment: datetime) -> str:
+        return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    changed = next(row for row in after.values() if row["key"][1] == changed_key)
+    own = rows[by_key[changed_key]]
+    assert changed["value"] == ("text", '"now a string"') and changed["type"] == ("text", "str")
+    assert changed["updated_at"] == ("text", naive_utc(pg[changed_key]["updated_at"]))
+    assert changed["created_at"] == own["created_at"]  # the same instant: the row's own text stays
+    created = next(row for row in after.values() if row["key"][1] == "rollback:new")
+    assert created["value"] == ("text", jsonb_text(target, {"a": [1, 2]})) and created["type"] == ("text", "dict")
+    assert created["created_at"] == ("text", naive_utc(pg["rollback:new"]["created_at"]))
+    assert report["skipped"] == [{"namespace": "not-extended-memory", "key": "rollback:elsewhere",
+                                  "reason": report["skipped"][0]["reason"]}]
+    assert [e["key"] for e in report["deleted"]] == [deleted_key]
+    assert sha256_of_folder(source.parent) == before
+
+
+def test_rollback_of_a_v3_file_without_memory_rows_holds_what_its_service_created(migrated):
+    destination, report = rollback_file(migrated, "v3-empty")
+    source = migrated["sources"]["v3-empty"]
+    original = opened_copy(source, migrated["folder"] / "empty-source")
+    written = opened_copy(destination, migrated["folder"] / "empty-rollback")
+    assert written.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert schema_of(written) == schema_of(original)
+    tables = [name for (name,) in original.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert "vector_indexes" in tables and typed_rows(original, "vector_indexes")
+    for table in tables:
+        if table != "memory_entries":
+            assert typed_rows(written, table) == typed_rows(original, table), table
+    assert typed_rows(original, "memory_entries") == {}
+    (pg,) = postgres_rows(migrated["target"], "SELECT id, updated_at FROM unified_memory WHERE key = %s",
+                          ("created-for-an-empty-file",))
+    (row,) = written.execute("SELECT id, key, namespace, content, type, status, updated_at FROM memory_entries")
+    assert row == (f"unified-{pg['id']}", "created-for-an-empty-file", "rollback-test",
+                   jsonb_text(migrated["target"], ["a", "list"]), "semantic", "active",
+                   floor_epoch(pg["updated_at"], UNITS["v3"]))
+    assert (report["unchanged"], len(report["created"])) == (0, 1)
+    assert migrated["checksums"]["v3-empty"] == sha256_of_folder(source.parent)

@@ -1,0 +1,544 @@
+"""PostgreSQL as the system of record (issue 11): writes made in PostgreSQL are versions that no sync,
+run or build loses, ids are given once, and the incremental build equals a full refresh.
+
+Against a real PostgreSQL, real SQLite files and the real CLI / library. Expectations are computed here:
+values from the writes the test makes and from private copies of the SQLite files (sqlite3), the ranking
+rule by an independent Python model (Model below)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from test_sync import PERFORMANCE, T0, SourceFiles, do_sync, v2_file
+
+from loader.database import Target
+from loader.serve.client import MemoryClient
+from loader.transform.build import build, run_dbt
+
+from conftest import consolidate, fresh_database, read_private_copy
+
+MARTS = ("unified_memory", "performance_metrics", "unified_memory_history")
+CLIENT_APPLICATION = "consolidate-memory-client"
+
+
+def marts_snapshot(target: Target) -> dict[str, list[str]]:
+    """Every row of the three memory marts (every column, ids included) and of compat.memory_entries."""
+    with target.connect() as connection:
+        return {relation: sorted(json.dumps(row, sort_keys=True) for (row,) in connection.execute(
+                    f"SELECT to_jsonb(t) FROM {relation} AS t"))
+                for relation in (*MARTS, "compat.memory_entries")}
+
+
+def entry(target: Target, key: str, namespace: str) -> dict | None:
+    with target.connect() as connection:
+        cursor = connection.execute("SELECT * FROM unified_memory WHERE key = %s AND namespace = %s", (key, namespace))
+        row = cursor.fetchone()
+        return None if row is None else dict(zip([c.name for c in cursor.description], row))
+
+
+def execute(target: Target, statement: str, parameters=()) -> int:
+    with target.connect(autocommit=True) as connection:
+        return connection.execute(statement, parameters).rowcount
+
+
+def full_refresh_models(target: Target, home: Path) -> None:
+    """`dbt run --full-refresh` of the memory models and what reads them, without the tests (the whole
+    `build --full-refresh` is tested through the CLI above; this keeps the property test's rebuilds short)."""
+    outcome = run_dbt(["run", "--full-refresh", "--select", "int_memory_load_changes+"], target, home, quiet=True)
+    assert outcome.success, outcome.failures
+
+
+# ------------------------------------------------------------------------------------ the done-when
+
+@pytest.fixture(scope="module")
+def migrated(server_dsn, tmp_path_factory):
+    """The sample tree after `consolidate run`: (target, tree, home)."""
+    folder = tmp_path_factory.mktemp("system-of-record")
+    tree, home = folder / "tree", folder / "state"
+    with fresh_database(server_dsn) as target:
+        assert consolidate("sample", str(tree)).returncode == 0
+        result = consolidate("run", str(tree), "--no-backup", target=target, home=home)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        yield target, tree, home
+
+
+def migrated_entries(target: Target, namespace: str, count: int) -> list[tuple[str, str]]:
+    """`count` entries of `namespace` that came from SQLite files, never written in PostgreSQL."""
+    with target.connect() as connection:
+        return connection.execute(
+            "SELECT key, namespace FROM unified_memory WHERE namespace = %s AND load_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM raw_postgres.memory_writes w WHERE w.key = unified_memory.key "
+            "AND w.namespace = unified_memory.namespace) ORDER BY id LIMIT %s", (namespace, count)).fetchall()
+
+
+def test_writes_in_postgresql_survive_sync_rebuild_and_full_refresh(migrated):
+    target, tree, home = migrated
+    (set_key, set_ns), (deleted_key, deleted_ns), (compat_key, compat_ns), (compat_gone, compat_gone_ns) = \
+        migrated_entries(target, "swarm", 4)
+    before_set = entry(target, set_key, set_ns)
+    with MemoryClient(target.dsn) as client:
+        client.set("sor:new", {"n": 1}, "sor")
+        client.set(set_key, ["replaced"], set_ns)
+        assert client.delete(deleted_key, deleted_ns) is True
+    assert execute(target, "INSERT INTO compat.memory_entries (key, value, namespace) VALUES (%s, %s, %s)",
+                   ("sor:compat", '{"c": [1, 2]}', "sor")) == 1
+    assert execute(target, "UPDATE compat.memory_entries SET value = %s WHERE key = %s AND namespace = %s",
+                   ("plain text now", "sor:compat", "sor")) == 1
+    assert execute(target, "UPDATE compat.memory_entries SET value = %s WHERE key = %s AND namespace = %s",
+                   ('{"via": "compat"}', compat_key, compat_ns)) == 1
+    assert execute(target, "DELETE FROM compat.memory_entries WHERE key = %s AND namespace = %s",
+                   (compat_gone, compat_gone_ns)) == 1
+
+    def assert_the_writes_are_there():
+        assert entry(target, "sor:new", "sor")["value"] == {"n": 1}
+        replaced = entry(target, set_key, set_ns)
+        assert (replaced["value"], replaced["id"], replaced["created_at"], replaced["source_db"]) == \
+               (["replaced"], before_set["id"], before_set["created_at"], "postgresql")
+        assert entry(target, deleted_key, deleted_ns) is None and entry(target, compat_gone, compat_gone_ns) is None
+        assert (entry(target, "sor:compat", "sor")["value"], entry(target, "sor:compat", "sor")["data_type"]) == \
+               ("plain text now", "text")
+        assert entry(target, compat_key, compat_ns)["value"] == {"via": "compat"}
+        with target.connect() as connection:
+            deleted_history = connection.execute(
+                "SELECT deleted, version_rank, source_table FROM unified_memory_history WHERE key = %s "
+                "AND namespace = %s ORDER BY version_rank", (deleted_key, deleted_ns)).fetchall()
+        assert deleted_history[0] == (True, 1, "memory_writes") and len(deleted_history) >= 2
+
+    assert_the_writes_are_there()
+    written = marts_snapshot(target)
+
+    result = consolidate("sync", str(tree), target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert marts_snapshot(target) == written
+    result = consolidate("run", str(tree), "--rebuild", "--no-backup", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]  # validation passes too
+    assert marts_snapshot(target) == written
+    result = consolidate("build", "--full-refresh", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert marts_snapshot(target) == written
+    assert_the_writes_are_there()
+
+    result = consolidate("lineage", set_key, "--namespace", set_ns, "--json", target=target, home=home)
+    versions = json.loads(result.stdout)
+    winner = next(v for v in versions if v["role"] == "winner")
+    assert (winner["written_by"], winner["via"], winner["value"]) == (CLIENT_APPLICATION, "client", ["replaced"])
+    assert any(v["role"] == "superseded" and v["load_id"] for v in versions)
+    shown = consolidate("lineage", set_key, "--namespace", set_ns, target=target, home=home).stdout
+    assert f"written in PostgreSQL by {CLIENT_APPLICATION} (" in shown
+
+
+def test_dml_on_unified_memory_is_captured_and_mistakes_are_refused(migrated):
+    target, _tree, home = migrated
+    (updated_key, ns), (touched_key, _), (deleted_key, _) = migrated_entries(target, "coordination", 3)
+    touched_before = entry(target, touched_key, ns)
+
+    execute(target, "INSERT INTO unified_memory (key, namespace, value) VALUES ('dml:new', 'dml', '{\"d\": 1}')")
+    execute(target, "UPDATE unified_memory SET value = '\"dml-updated\"' WHERE key = %s AND namespace = %s",
+            (updated_key, ns))
+    execute(target, "UPDATE unified_memory SET access_count = coalesce(access_count, 0) + 5 "
+                    "WHERE key = %s AND namespace = %s", (touched_key, ns))
+    execute(target, "DELETE FROM unified_memory WHERE key = %s AND namespace = %s", (deleted_key, ns))
+
+    new = entry(target, "dml:new", "dml")
+    assert (new["value"], new["data_type"], new["source_db"]) == ({"d": 1}, "json", "postgresql") and new["id"]
+    assert entry(target, updated_key, ns)["value"] == "dml-updated"
+    assert entry(target, updated_key, ns)["data_type"] == "text"
+    touched = entry(target, touched_key, ns)
+    assert touched["access_count"] == (touched_before["access_count"] or 0) + 5
+    assert {c: touched[c] for c in ("value", "updated_at", "source_path")} == \
+           {c: touched_before[c] for c in ("value", "updated_at", "source_path")}
+    assert entry(target, deleted_key, ns) is None
+    with target.connect() as connection:
+        logged = connection.execute(
+            "SELECT key, operation FROM raw_postgres.memory_writes WHERE via = 'public.unified_memory' "
+            "ORDER BY write_id").fetchall()
+    assert logged == [("dml:new", "upsert"), (updated_key, "upsert"), (deleted_key, "delete")]
+
+    refused = [
+        ("UPDATE unified_memory SET id = id + 1000000 WHERE key = %s", "cannot change"),
+        ("UPDATE unified_memory SET source_path = 'elsewhere' WHERE key = %s", "computed by consolidate"),
+        ("DELETE FROM unified_memory_history WHERE key = %s", "derived from the versions"),
+        ("UPDATE intermediate.int_memory_ranked SET value = 'null' WHERE key = %s", "derived from the versions"),
+        ("UPDATE raw_postgres.memory_writes SET value = 'null' WHERE key = %s", "append-only"),
+    ]
+    for statement, message in refused:
+        with pytest.raises(psycopg.Error, match=message):
+            execute(target, statement, (updated_key,))
+    with pytest.raises(psycopg.Error, match="derived from the versions"):
+        execute(target, "TRUNCATE unified_memory")
+
+    captured = marts_snapshot(target)
+    result = consolidate("build", "--full-refresh", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert marts_snapshot(target) == captured
+
+
+def test_a_read_through_the_client_is_counted_and_kept_by_a_full_refresh(migrated):
+    target, _tree, home = migrated
+    ((key, ns),) = migrated_entries(target, "command-history", 1)
+    before = entry(target, key, ns)
+    with MemoryClient(target.dsn) as client:
+        assert client.get(key, ns) == before["value"]
+        assert client.get(key, ns) == before["value"]
+    read = entry(target, key, ns)
+    assert read["access_count"] == (before["access_count"] or 0) + 2 and read["accessed_at"] > before["accessed_at"]
+    assert before["accessed_at"] is not None  # (the namespace's rows all have one)
+    assert read["updated_at"] == before["updated_at"]
+    assert run_dbt(["build", "--full-refresh", "--select", "int_memory_ranked+", "int_memory_load_changes+"], target, home,
+                   quiet=True).success
+    assert entry(target, key, ns) == read
+
+
+# ------------------------------------------------------------------------------------------- ids
+
+def ids(target: Target) -> dict[tuple[str, str], int]:
+    with target.connect() as connection:
+        return {(n, k): i for i, k, n in connection.execute(
+            "SELECT id, key, namespace FROM unified_memory UNION ALL "
+            "SELECT -id, key, namespace FROM performance_metrics")}
+
+
+def test_ids_are_given_once_and_a_full_refresh_keeps_them(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "a/memory.db", [("m", '"1"', "default", T0), ("k", '"2"', "default", T0),
+                                        ("p", '{"duration": 3}', PERFORMANCE, T0), ("b", '"3"', "zeta", T0)])
+    do_sync(root, target, home)
+    first = ids(target)
+    # a first build numbers each mart's entries by (namespace, key), as the marts always did
+    assert first == {("default", "k"): 1, ("default", "m"): 2, ("zeta", "b"): 3, (PERFORMANCE, "p"): -1}
+
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
+                           "VALUES ('a', '\"first in order\"', 'aaa', ?, ?, ?)", (T0,) * 3)
+        connection.execute("DELETE FROM memory_entries WHERE key = 'k'")
+        connection.commit()
+    do_sync(root, target, home)
+    second = ids(target)
+    assert second == {("default", "m"): 2, ("zeta", "b"): 3, (PERFORMANCE, "p"): -1, ("aaa", "a"): 4}
+
+    with MemoryClient(target.dsn) as client:
+        client.set("k", "back", "default")  # a deleted entry comes back with its id
+        client.set("new", "from the client", "aaa")
+    third = ids(target)
+    assert third == {**second, ("default", "k"): 1, ("aaa", "new"): 5}
+    assert build(target, home, quiet=True, full_refresh=True).success
+    assert ids(target) == third
+
+
+# ------------------------------------------------------------------------------ the property test
+
+def epoch_time(value) -> datetime | None:
+    """The staging rule for epoch columns: |x| >= 1e11 is milliseconds."""
+    if value is None:
+        return None
+    number = float(value)
+    return datetime.fromtimestamp(number / 1000 if abs(number) >= 1e11 else number, timezone.utc)
+
+
+def normalized(text: str | None) -> tuple[object, str]:
+    """The value rule for the test's values: JSON text -> that JSON, anything else -> the text."""
+    if text is None:
+        return None, "json"
+    try:
+        return json.loads(text), "json"
+    except ValueError:
+        return text, "text"
+
+
+def staged_metadata(text: str | None, v3_fields: str | None):
+    """Staging's metadata: the JSON (or the text as a JSON string); v3 rows add their own fields under
+    claude_flow_v3 (tags parsed when JSON)."""
+    metadata = None if text is None else normalized(text)[0]
+    if v3_fields is None:
+        return metadata
+    fields = json.loads(v3_fields)
+    fields["tags"] = None if fields["tags"] is None else normalized(fields["tags"])[0]
+    return {**(metadata or {}), "claude_flow_v3": fields}
+
+
+@dataclass(frozen=True)
+class Version:
+    key: str
+    namespace: str
+    value: object
+    data_type: str | None
+    created: datetime | None
+    updated: datetime | None
+    accessed: datetime | None
+    count: int | None
+    expires: datetime | None = None
+    ttl: int | None = None
+    metadata: object = None
+    path: str | None = None
+    table: str = "memory_writes"
+    rowid: int | None = None
+    write_id: int | None = None
+    deleted: bool = False
+
+    def rank(self) -> tuple:
+        """Ascending = the winner first: latest updated_at, a write made in PostgreSQL (the latest write)
+        first, latest accessed_at, then source order."""
+        def newest(moment):
+            return (moment is None, -(moment.timestamp() if moment else 0))
+        return (*newest(self.updated), self.write_id is None, -(self.write_id or 0), *newest(self.accessed),
+                self.path or "", self.table, self.rowid)
+
+
+NOW = "now()"  # an expected field that is the time of the write: checked against a window
+
+
+class Model:
+    """The documented rule, computed in Python from the SQLite rows as of the last sync and the writes
+    this test made in PostgreSQL."""
+
+    def __init__(self, files: SourceFiles, scratch: Path):
+        self.files, self.scratch = files, scratch
+        self.synced: list[Version] = []
+        self.writes: list[Version] = []
+        self.ids: dict[tuple[str, str], int] = {}
+
+    def sqlite_versions(self) -> list[Version]:
+        versions = []
+        for path, kind in self.files.kinds.items():
+            if kind == "v2":
+                query = ("SELECT rowid, key, coalesce(namespace, 'default'), value, metadata, created_at, updated_at, "
+                         "accessed_at, access_count, expires_at, ttl, NULL FROM memory_entries")
+            else:
+                query = ("SELECT rowid, key, coalesce(namespace, 'default'), content, metadata, created_at, updated_at, "
+                         "last_accessed_at, access_count, expires_at, NULL, json_object('id', id, 'type', type, "
+                         "'tags', tags, 'status', status, 'owner_id', owner_id, 'embedding_model', embedding_model, "
+                         "'embedding_dimensions', embedding_dimensions) FROM memory_entries")
+            for rowid, key, ns, text, metadata, created, updated, accessed, count, expires, ttl, v3_fields in \
+                    read_private_copy(path, self.scratch, query):
+                value, data_type = normalized(text)
+                versions.append(Version(key, ns, value, data_type, epoch_time(created), epoch_time(updated),
+                                        epoch_time(accessed), count, epoch_time(expires), ttl,
+                                        staged_metadata(metadata, v3_fields),
+                                        path=str(path), table="memory_entries", rowid=rowid))
+        return versions
+
+    def versions(self) -> dict[tuple[str, str], list[Version]]:
+        by_entry: dict[tuple[str, str], list[Version]] = {}
+        for version in self.synced + self.writes:
+            by_entry.setdefault((version.namespace, version.key), []).append(version)
+        return {entry: sorted(versions, key=Version.rank) for entry, versions in by_entry.items()}
+
+    def give_ids(self, entries) -> None:
+        for mart in ("performance_metrics", "unified_memory"):
+            new = sorted(e for e in entries if e not in self.ids and (e[0] == PERFORMANCE) == (mart != "unified_memory"))
+            highest = max([i for e, i in self.ids.items() if (e[0] == PERFORMANCE) == (mart != "unified_memory")],
+                          default=0)
+            self.ids.update({e: highest + n for n, e in enumerate(new, 1)})
+
+    def synced_now(self) -> None:
+        self.synced = self.sqlite_versions()
+        self.give_ids(self.versions())
+
+    def state(self, entry: tuple[str, str]) -> dict | None:
+        """The entry's winner and aggregates, as the marts hold them."""
+        versions = self.versions().get(entry)
+        if not versions:
+            return None
+        winner = versions[0]
+        def present(values):
+            return [v for v in values if v is not None]
+        return {"winner": winner, "versions": versions,
+                "created": min(present([v.created for v in versions]), default=None),
+                "accessed": max(present([v.accessed for v in versions]), default=None),
+                "count": max(present([v.count for v in versions]), default=None)}
+
+    def expected_write(self, operation: str, entry: tuple[str, str], given: dict, started: datetime) -> dict | None:
+        """The write-log row a write that started after `started` must produce (NOW where it is the time
+        of the write), or None when nothing is written (a delete of an entry without a value). Its
+        updated_at is the one given, else the time of the write, raised to one microsecond after the
+        entry's current one (every write moves it strictly forward: the cache's version)."""
+        state = self.state(entry)
+        has_value = state is not None and not state["winner"].deleted
+        requested = given.get("updated", NOW)
+        current = state["winner"].updated if state else None
+        just_after = current + timedelta(microseconds=1) if current is not None else None
+        later = just_after is not None and (just_after > started if requested == NOW else just_after > requested)
+        updated = just_after if later else requested
+        if operation == "delete":
+            return {"updated": updated, "deleted": True} if has_value else None
+        winner = state["winner"] if has_value else None
+        kept = {"metadata": winner.metadata if winner else None, "expires": winner.expires if winner else None,
+                "ttl": winner.ttl if winner else None,
+                "created": state["created"] if state and state["created"] else NOW,
+                "accessed": state["accessed"] if state and state["accessed"] else NOW,
+                "count": state["count"] if state and state["count"] is not None else 0}
+        return {**kept, **given, "updated": updated, "deleted": False}
+
+    def wrote(self, row: Version) -> None:
+        self.writes.append(row)
+        self.give_ids({(row.namespace, row.key)})
+
+    def marts(self) -> dict[str, set]:
+        unified, metrics, history = set(), set(), set()
+        for (ns, key), versions in self.versions().items():
+            state = self.state((ns, key))
+            winner = versions[0]
+            if not winner.deleted:
+                if ns == PERFORMANCE:
+                    metrics.add((self.ids[(ns, key)], key, dumps(winner.value), winner.table, winner.rowid))
+                else:
+                    unified.add((self.ids[(ns, key)], ns, key, dumps(winner.value), winner.data_type,
+                                 state["created"], winner.updated, state["accessed"], state["count"],
+                                 winner.expires, len(versions), winner.table, winner.rowid))
+            for rank, version in enumerate(versions, 1):
+                if rank > 1 or version.deleted:
+                    history.add((ns, key, version.table, version.rowid, rank, version.deleted, version.updated,
+                                 dumps(version.value), winner.table, winner.rowid))
+        return {"unified_memory": unified, "performance_metrics": metrics, "unified_memory_history": history}
+
+
+def dumps(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def actual_marts(target: Target) -> dict[str, set]:
+    with target.connect() as connection:
+        return {
+            "unified_memory": {(i, n, k, dumps(v), d, c, u, a, ac, e, vc, t, r) for i, n, k, v, d, c, u, a, ac, e, vc, t, r
+                               in connection.execute(
+                "SELECT id, namespace, key, value, data_type, created_at, updated_at, accessed_at, access_count, "
+                "expires_at, version_count, source_table, source_rowid FROM unified_memory")},
+            "performance_metrics": {(i, k, dumps(v), t, r) for i, k, v, t, r in connection.execute(
+                "SELECT id, key, metric_data, source_table, source_rowid FROM performance_metrics")},
+            "unified_memory_history": {(n, k, t, r, vr, d, u, dumps(v), wt, wr) for n, k, t, r, vr, d, u, v, wt, wr
+                                       in connection.execute(
+                "SELECT namespace, key, source_table, source_rowid, version_rank, deleted, updated_at, value, "
+                "winner_source_table, winner_source_rowid FROM unified_memory_history")},
+        }
+
+
+class FutureDatedFiles(SourceFiles):
+    """SourceFiles whose rows are sometimes dated 2100: a source clock ahead of PostgreSQL's."""
+
+    def moment(self, path: Path) -> int:
+        seconds = super().moment(path)
+        if self.rng.random() < 0.15:
+            seconds = seconds // 1000 if seconds > 1e11 else seconds
+            seconds += 4_102_444_800 - T0
+            return seconds * 1000 if self.kinds[path] == "v3" else seconds
+        return seconds
+
+
+@dataclass
+class Writer:
+    """Writes made in PostgreSQL at random (client set / delete, compat.memory_entries INSERT / UPDATE /
+    DELETE), each checked against the model's expectation of its write-log row."""
+
+    target: Target
+    client: MemoryClient
+    model: Model
+    rng: random.Random
+    done: list[str] = field(default_factory=list)
+
+    def server_clock(self) -> datetime:
+        with self.target.connect() as connection:
+            return connection.execute("SELECT clock_timestamp()").fetchone()[0]
+
+    def last_write(self) -> tuple | None:
+        with self.target.connect() as connection:
+            return connection.execute(
+                "SELECT write_id, operation, value, data_type, metadata, created_at, updated_at, accessed_at, "
+                "expires_at, access_count, ttl FROM raw_postgres.memory_writes ORDER BY write_id DESC LIMIT 1").fetchone()
+
+    def value(self):
+        return self.rng.choice([{"pg": self.rng.randint(0, 99)}, f"pg text {self.rng.randint(0, 99)}",
+                                [self.rng.randint(0, 9)], self.rng.randint(0, 9)])
+
+    def step(self) -> None:
+        entry = (self.rng.choice(SourceFiles.NAMESPACES), self.rng.choice((*SourceFiles.KEYS, "pg-only-0", "pg-only-1")))
+        operation = self.rng.choice(["set", "delete", "compat insert", "compat insert dated", "compat update",
+                                     "compat delete"])
+        value = self.value()
+        text = value if isinstance(value, str) else json.dumps(value)
+        given, kind = {}, "upsert"
+        before, lo = self.last_write(), self.server_clock()
+        ns, key = entry
+        if operation == "set":
+            self.client.set(key, value, ns)
+            given = {"value": value, "data_type": "text" if isinstance(value, str) else "json",
+                     "expires": None, "ttl": None}
+        elif operation == "delete":
+            self.client.delete(key, ns)
+            kind = "delete"
+        elif operation.startswith("compat insert"):
+            dated = T0 + 50 if operation.endswith("dated") else None
+            execute(self.target, "INSERT INTO compat.memory_entries (key, value, namespace, updated_at) "
+                                 "VALUES (%s, %s, %s, %s)", (key, text, ns, dated))
+            given = {"value": normalized(text)[0], "data_type": normalized(text)[1], "metadata": None,
+                     "expires": None, "ttl": None, **({"updated": epoch_time(dated)} if dated else {})}
+        elif operation == "compat update":
+            changed = execute(self.target, "UPDATE compat.memory_entries SET value = %s WHERE key = %s AND namespace = %s",
+                              (text, key, ns))
+            state = self.model.state(entry)
+            assert changed == (1 if state and not state["winner"].deleted else 0), (entry, operation)
+            given = {"value": normalized(text)[0], "data_type": normalized(text)[1]}
+            if not changed:
+                kind = None
+        else:
+            execute(self.target, "DELETE FROM compat.memory_entries WHERE key = %s AND namespace = %s", (key, ns))
+            kind = "delete"
+        hi = self.server_clock()
+        self.done.append(f"{operation} {ns}/{key}")
+        expected = self.model.expected_write(kind, entry, given, lo) if kind else None
+        after = self.last_write()
+        if expected is None:
+            assert after == before, (self.done, "nothing should have been written")
+            return
+        assert after != before, (self.done, "a write was expected")
+        write_id, operation_done, *fields = after
+        got = dict(zip(["value", "data_type", "metadata", "created", "updated", "accessed", "expires", "count",
+                        "ttl"], fields))
+        assert operation_done == ("delete" if expected["deleted"] else "upsert")
+        for name, want in expected.items():
+            if name == "deleted" or (expected["deleted"] and name != "updated"):
+                continue
+            if want == NOW:
+                assert lo <= got[name] <= hi, (self.done, name, got[name], lo, hi)
+            else:
+                assert got[name] == want, (self.done, name, got[name], want)
+        self.model.wrote(Version(key, ns, got["value"], got["data_type"], got["created"], got["updated"],
+                                 got["accessed"], got["count"], got["expires"], got["ttl"], got["metadata"],
+                                 rowid=write_id, write_id=write_id, deleted=expected["deleted"]))
+
+
+@pytest.mark.parametrize("seed", [5, 29])
+def test_random_sqlite_changes_and_postgresql_writes_equal_the_model_and_a_full_refresh(seed, tmp_path, target, home):
+    rng = random.Random(seed)
+    root = tmp_path / "tree"
+    files = FutureDatedFiles(root, rng)
+    model = Model(files, tmp_path / "scratch")
+    try:
+        do_sync(root, target, home)
+        model.synced_now()
+        with MemoryClient(target.dsn, pool_size=1) as client:
+            writer = Writer(target, client, model, rng)
+            for step in range(4):
+                operations = files.step()
+                for _ in range(rng.randint(1, 3)):
+                    writer.step()
+                if rng.random() < 0.75:
+                    do_sync(root, target, home)
+                    model.synced_now()
+                else:  # a build without a load: the writes are already applied, nothing changes
+                    assert build(target, home, quiet=True).success
+                context = (seed, step, operations, writer.done)
+                assert actual_marts(target) == model.marts(), context
+                incremental = marts_snapshot(target)
+                full_refresh_models(target, home)
+                assert marts_snapshot(target) == incremental, context
+        assert model.writes and any(v.deleted for v in model.writes), writer.done
+    finally:
+        files.close()
