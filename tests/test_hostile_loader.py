@@ -611,6 +611,7 @@ def test_existing_database_gets_the_new_lineage_column_and_ledger_columns(tmp_pa
         connection.execute("DROP TABLE consolidate.load_columns")
         connection.execute("ALTER TABLE consolidate.load_tables DROP COLUMN reader, DROP COLUMN notes, "
                            "DROP COLUMN rows_with_binary")
+        connection.execute("DROP TABLE consolidate.schema_version")  # a ledger from before versions
     second = make_db(tmp_path / "two" / "other.db", "CREATE TABLE other (v)", ("INSERT INTO other VALUES (?)", [(b"\x01",)]))
     outcome = run_load([second.parent], target)
     assert [f.status for f in outcome.files] == ["loaded"]

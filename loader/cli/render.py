@@ -37,7 +37,8 @@ def print_json(data) -> None:
 
 
 def error(message: object) -> None:
-    err.print(f"[red]error:[/red] {escape(str(message))}")
+    """One line, never wrapped: it names paths a reader (or a script) looks for whole."""
+    err.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)
 
 
 def database_unavailable(message: str) -> None:
@@ -51,7 +52,7 @@ def refused(message: object) -> None:
 
 
 def note(message: str) -> None:
-    err.print(f"[dim]{escape(message)}[/dim]")
+    err.print(f"[dim]{escape(message)}[/dim]", soft_wrap=True)
 
 
 def print_warnings(warnings: list[DiscoveryWarning]) -> None:
