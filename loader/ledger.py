@@ -400,6 +400,42 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.rollbacks (
     skipped      jsonb NOT NULL
 );
 """,
+    # 9: row-level change loads (issue 11; loader/load/delta.py). A changed memory file's new load stores
+    # only the rows that changed since the file's previous state; its unchanged rows stay where they are.
+    f"""
+-- delta_of: the load this one was applied on top of (NULL: a full load, holding every row of the file).
+-- load_tables.rows_unchanged: rows of the snapshot identical to the previous state, not stored again, so
+-- the load's raw rows are rows_loaded - rows_unchanged.
+ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS delta_of text;
+ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS rows_unchanged bigint NOT NULL DEFAULT 0;
+
+-- Raw rows that stopped being current: (row_load_id, source_path, source_table, source_rowid) names the
+-- raw row, load_id the delta load whose snapshot changed or deleted it. The row itself stays in raw.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.retired_rows (
+    row_load_id  text NOT NULL,
+    source_path  text NOT NULL,
+    source_table text NOT NULL,
+    source_rowid bigint NOT NULL,
+    load_id      text NOT NULL,
+    PRIMARY KEY (row_load_id, source_path, source_table, source_rowid)
+);
+CREATE INDEX IF NOT EXISTS retired_rows_by_load ON {LEDGER_SCHEMA}.retired_rows (load_id, source_path);
+
+-- Every load whose raw rows make up a file's current state: its current load and, for a delta, the loads
+-- it was applied on (back to a full load). A file's current rows are its parts' raw rows that are not
+-- retired. For a full load, one row: the load itself.
+CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_load_parts AS
+WITH RECURSIVE parts AS (
+    SELECT c.load_id, c.source_path, c.load_id AS part_load_id, f.delta_of
+    FROM {LEDGER_SCHEMA}.current_loads AS c
+    JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)
+    UNION ALL
+    SELECT parts.load_id, parts.source_path, f.load_id, f.delta_of
+    FROM parts
+    JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = parts.delta_of AND f.source_path = parts.source_path
+)
+SELECT load_id, source_path, part_load_id FROM parts;
+""",
 ]
 
 VERSION_DDL = f"""

@@ -22,8 +22,11 @@ new_loads as (
 
 {% endif %}current_loads as (
 
-    select load_id, source_path, row_number() over (order by source_path) as file_no
-    from {{ source('consolidate', 'current_loads') }}
+    -- every part of each file's current state (consolidate.current_load_parts), numbered by file, with the
+    -- file's current load (reconciliation's rows)
+    select parts.part_load_id as load_id, parts.source_path, parts.load_id as current_load_id,
+           dense_rank() over (order by parts.source_path) as file_no
+    from {{ source('consolidate', 'current_load_parts') }} as parts
 
 ),
 
@@ -100,15 +103,25 @@ unknown_flags as (
 flagged_per_file as (
 
     {%- if scoped %}
-    select ranked.load_id, ranked.source_path, count(*) filter (where cardinality(ranked.flags) > 0) as flagged
-    from new_loads
+    select current_loads.current_load_id as load_id, ranked.source_path,
+           count(*) filter (where cardinality(ranked.flags) > 0) as flagged
+    from (select distinct current_loads.current_load_id, current_loads.source_path
+          from new_loads
+          inner join current_loads
+              on current_loads.load_id = new_loads.load_id and current_loads.source_path = new_loads.source_path
+         ) as files
+    inner join current_loads
+        on current_loads.current_load_id = files.current_load_id and current_loads.source_path = files.source_path
     inner join {{ ref('int_memory_ranked') }} as ranked
-        on ranked.load_id = new_loads.load_id and ranked.source_path = new_loads.source_path
-    group by ranked.load_id, ranked.source_path
+        on ranked.load_id = current_loads.load_id and ranked.source_path = current_loads.source_path
+    group by current_loads.current_load_id, ranked.source_path
     {%- else %}
-    select load_id, source_path, count(*) filter (where cardinality(flags) > 0) as flagged
+    select current_loads.current_load_id as load_id, versions.source_path,
+           count(*) filter (where cardinality(versions.flags) > 0) as flagged
     from versions
-    group by load_id, source_path
+    inner join current_loads
+        on versions.load_id = current_loads.load_id and versions.source_path = current_loads.source_path
+    group by current_loads.current_load_id, versions.source_path
     {%- endif %}
 
 ),
@@ -123,8 +136,13 @@ miscounted as (
         reconciliation.flagged::text as actual
     from {{ ref('reconciliation') }} as reconciliation
     {%- if scoped %}
-    inner join new_loads
-        on new_loads.load_id = reconciliation.load_id and new_loads.source_path = reconciliation.source_path
+    inner join (
+        select distinct current_loads.current_load_id, current_loads.source_path
+        from new_loads
+        inner join current_loads
+            on current_loads.load_id = new_loads.load_id and current_loads.source_path = new_loads.source_path
+    ) as new_files
+        on new_files.current_load_id = reconciliation.load_id and new_files.source_path = reconciliation.source_path
     {%- endif %}
     left join flagged_per_file
         on reconciliation.load_id = flagged_per_file.load_id

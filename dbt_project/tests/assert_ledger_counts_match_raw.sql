@@ -1,5 +1,6 @@
--- For EVERY ledger load_tables row of a current load (all kinds: memory, n8n, flowise, other),
--- rows_loaded = the raw rows in raw_schema.raw_table with that _load_id and _source_path.
+-- For EVERY ledger load_tables row of a load that is part of a file's current state (all kinds: memory,
+-- n8n, flowise, other), the rows it stored = the raw rows in raw_schema.raw_table with that _load_id and
+-- _source_path: rows_loaded, less rows_unchanged for a row-level change load (loader/load/delta.py).
 -- The raw tables are only known at execution time, so the UNION ALL is generated from the ledger.
 
 {%- set raw_tables = [] -%}
@@ -7,9 +8,9 @@
     {%- set raw_tables_query -%}
         select distinct load_tables.raw_schema, load_tables.raw_table
         from {{ source('consolidate', 'load_tables') }} as load_tables
-        inner join {{ source('consolidate', 'current_loads') }} as current_loads
-            on load_tables.load_id = current_loads.load_id
-            and load_tables.source_path = current_loads.source_path
+        inner join {{ source('consolidate', 'current_load_parts') }} as parts
+            on load_tables.load_id = parts.part_load_id
+            and load_tables.source_path = parts.source_path
         order by 1, 2
     {%- endset -%}
     {%- set raw_tables = run_query(raw_tables_query).rows -%}
@@ -17,14 +18,15 @@
 
 with current_loads as (
 
-    select load_id, source_path
-    from {{ source('consolidate', 'current_loads') }}
+    select distinct part_load_id as load_id, source_path
+    from {{ source('consolidate', 'current_load_parts') }}
 
 ),
 
 expected as (
 
-    select load_tables.load_id, load_tables.source_path, load_tables.raw_schema, load_tables.raw_table, load_tables.rows_loaded
+    select load_tables.load_id, load_tables.source_path, load_tables.raw_schema, load_tables.raw_table,
+           load_tables.rows_loaded - load_tables.rows_unchanged as rows_loaded
     from {{ source('consolidate', 'load_tables') }} as load_tables
     inner join current_loads
         on load_tables.load_id = current_loads.load_id

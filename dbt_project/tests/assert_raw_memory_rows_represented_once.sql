@@ -1,4 +1,4 @@
--- Every raw memory row of a current load, and every write in the write log (raw_postgres.memory_writes), is in
+-- Every current raw memory row (of a current load's parts, not retired), and every write in the write log (raw_postgres.memory_writes), is in
 -- exactly one of unified_memory, performance_metrics, unified_memory_history, and nothing else is in them.
 -- Identity: load_id, source_path, source_table, source_rowid (for a write: source_table memory_writes, rowid =
 -- write_id, no load).
@@ -27,6 +27,11 @@ raw_counts as (
     select raw_rows._load_id as load_id, raw_rows._source_path as source_path, count(*) as rows_in_raw
     from {{ source(source_name, table_name) }} as raw_rows
     inner join new_loads on new_loads.load_id = raw_rows._load_id and new_loads.source_path = raw_rows._source_path
+    where not exists (
+        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+        where retired.row_load_id = raw_rows._load_id and retired.source_path = raw_rows._source_path
+          and retired.source_table = '{{ table_name }}' and retired.source_rowid = raw_rows._source_rowid
+    )
     group by 1, 2
     {% if not loop.last %}union all{% endif %}
     {% endfor %}
@@ -61,6 +66,16 @@ gone_versions as (
     from {{ ranked }} as ranked
     inner join {{ ref('int_memory_load_changes') }} as gone
         on gone.change = 'gone' and gone.load_id = ranked.load_id and gone.source_path = ranked.source_path
+
+    union all
+
+    select ranked.load_id, ranked.source_path, ranked.source_table, ranked.source_rowid,
+           null::bigint as in_raw, 1::bigint as in_marts, 'int_memory_ranked (a version retired by a change load)'::text as models
+    from {{ source('consolidate', 'retired_rows') }} as retired
+    inner join new_loads on new_loads.load_id = retired.load_id and new_loads.source_path = retired.source_path
+    inner join {{ ranked }} as ranked
+        on ranked.load_id = retired.row_load_id and ranked.source_path = retired.source_path
+        and ranked.source_table = retired.source_table and ranked.source_rowid = retired.source_rowid
 
 ),
 
@@ -129,6 +144,17 @@ with current_loads as (
 
 ),
 
+parts as (
+
+    -- every load whose rows make up a file's current state, with the file's number
+    select parts.part_load_id, parts.source_path, current_loads.file_no
+    from {{ source('consolidate', 'current_load_parts') }} as parts
+    inner join current_loads
+        on parts.load_id = current_loads.load_id
+        and parts.source_path = current_loads.source_path
+
+),
+
 raw_rows as (
 
     {% for source_name, table_name in memory_raw_tables() %}
@@ -141,11 +167,16 @@ raw_rows as (
 
 current_raw_rows as (
 
-    select current_loads.file_no, raw_rows.source_table, raw_rows.source_rowid, count(*) as in_raw
+    select parts.file_no, raw_rows.source_table, raw_rows.source_rowid, count(*) as in_raw
     from raw_rows
-    inner join current_loads
-        on raw_rows.load_id = current_loads.load_id
-        and raw_rows.source_path = current_loads.source_path
+    inner join parts
+        on raw_rows.load_id = parts.part_load_id
+        and raw_rows.source_path = parts.source_path
+    where not exists (
+        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+        where retired.row_load_id = raw_rows.load_id and retired.source_path = raw_rows.source_path
+          and retired.source_table = raw_rows.source_table and retired.source_rowid = raw_rows.source_rowid
+    )
     group by 1, 2, 3
 
 ),
@@ -162,12 +193,12 @@ mart_rows as (
 
 represented_rows as (
 
-    select current_loads.file_no, mart_rows.source_table, mart_rows.source_rowid,
+    select parts.file_no, mart_rows.source_table, mart_rows.source_rowid,
            count(*) as in_marts, string_agg(mart_rows.model, ', ') as models
     from mart_rows
-    inner join current_loads
-        on mart_rows.load_id = current_loads.load_id
-        and mart_rows.source_path = current_loads.source_path
+    inner join parts
+        on mart_rows.load_id = parts.part_load_id
+        and mart_rows.source_path = parts.source_path
     group by 1, 2, 3
 
 ),
@@ -209,10 +240,10 @@ rows_of_other_loads as (
     select mart_rows.load_id, mart_rows.source_path, mart_rows.source_table, mart_rows.source_rowid,
            null::bigint as in_raw, 1::bigint as in_marts, mart_rows.model as models
     from mart_rows
-    left join current_loads
-        on mart_rows.load_id = current_loads.load_id
-        and mart_rows.source_path = current_loads.source_path
-    where current_loads.file_no is null
+    left join parts
+        on mart_rows.load_id = parts.part_load_id
+        and mart_rows.source_path = parts.source_path
+    where parts.file_no is null
       and not (mart_rows.load_id is null and mart_rows.source_table = 'memory_writes')
 
 ),

@@ -34,7 +34,7 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target, redact_password
-from loader.load import raw_tables
+from loader.load import delta, raw_tables
 from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
 from loader.load.raw_contract import LINEAGE_COLUMNS, POSTGRES_MAX_COLUMNS, RAW_SCHEMAS, raw_column_names, raw_name
 from loader.load.secret_policy import SecretPolicy
@@ -254,6 +254,7 @@ class FileContext:
     kind: str
     policy: SecretPolicy
     lineage: list[str]
+    previous: delta.PreviousState | None = None  # the file's state this load is a delta of; None: a full load
 
     @property
     def csv_path(self) -> Path:
@@ -358,6 +359,20 @@ def record_file(cursor, record: ledger.FileRecord, plans: list[TablePlan], outco
     ledger.record_file(cursor, record)
 
 
+def keep_changed_rows_only(cursor, previous: delta.PreviousState | None, load_id: str) -> None:
+    """Make the load, whose rows and ledger rows are in, a delta of the file's previous state (loader/load/delta.py)."""
+    if previous is not None:
+        for statement, parameters in delta.statements(previous, load_id):
+            cursor.execute(statement, parameters)
+
+
+def previous_state(worker: Worker, source: SourceFile, schema: str, plans: list[TablePlan]) -> delta.PreviousState | None:
+    tables = [delta.DeltaTable(plan.table.name, schema, plan.raw_table, tuple(zip(plan.table.columns, plan.raw_columns)))
+              for plan in plans]
+    has_rowids = all(plan.table.has_rowid and plan.table.rowid_column is not None for plan in plans)
+    return delta.previous_state(worker.connection, str(source.path), source.kind, tables, has_rowids)
+
+
 def create_raw_tables(cursor, ddl: list[sql.Composed]) -> None:
     for statement in ddl:
         cursor.execute(statement)
@@ -382,6 +397,7 @@ def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Co
                     raise CountMismatch(f"table {table.name!r}: {table.row_count} rows in SQLite, {copied} copied")
                 record_table(cursor, context, record, plan, TableResult(copied, DUCKDB), outcome)
             record_file(cursor, record, plans, outcome)
+            keep_changed_rows_only(cursor, context.previous, record.load_id)
             duck.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
@@ -405,6 +421,7 @@ def load_through_csv(context: FileContext, plans: list[TablePlan], ddl: list[sql
                 raise table_failed(plan.table, error) from error
             record_table(cursor, context, record, plan, result, outcome)
         record_file(cursor, record, plans, outcome)
+        keep_changed_rows_only(cursor, context.previous, record.load_id)
     return outcome
 
 
@@ -426,7 +443,10 @@ def link_paths(source: SourceFile) -> list[str] | None:
     return [str(link) for link in source.link_paths] or None
 
 
-def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy) -> FileOutcome:
+def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPolicy, *,
+              full: bool = False) -> FileOutcome:
+    """Load one file in one transaction; a delta of its previous state when it can be (loader/load/delta.py),
+    a full load when `full`."""
     record = ledger.FileRecord(
         load_id=load_id, source_path=str(source.path), source_db=source.source_db, kind=source.kind,
         source_sha256=source.sha256, wal_sha256=source.wal_sha256, size_bytes=source.size_bytes,
@@ -443,7 +463,8 @@ def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPo
                 ddl = [statement for plan in plans for statement in
                        raw_tables.raw_table_statements(cursor, schema, plan.raw_table, plan.raw_columns)]
             lineage = [load_id, record.source_path, record.source_sha256, ledger.now().isoformat()]
-            context = FileContext(worker, reader, snapshot.path, schema, source.kind, policy, lineage)
+            previous = None if full else previous_state(worker, source, schema, plans)
+            context = FileContext(worker, reader, snapshot.path, schema, source.kind, policy, lineage, previous)
             direct_failure = worker.direct_unavailable
             with raw_tables.raw_ddl_lock(worker.connection, needed=bool(ddl)):
                 if direct_failure is None and all(plan.fallback_reason is None for plan in plans):
@@ -516,7 +537,7 @@ def load_one(worker: Worker, load_id: str, source: SourceFile, policy: SecretPol
     if not force and ledger.current_checksums(connection, str(source.path)) == source.identity:
         return record_outcome_without_rows(connection, load_id, source, "unchanged")
     try:
-        return load_file(worker, load_id, source, policy)
+        return load_file(worker, load_id, source, policy, full=force)
     except (TableFailed, FileFailed) as error:
         if connection.broken:
             raise

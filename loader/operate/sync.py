@@ -91,6 +91,13 @@ ORDER BY source_table
 RETURNING source_table, inserted
 """
 
+RECORDED_CHANGES = f"""
+SELECT source_path, previous_load_id, source_table, inserted, updated, deleted, unchanged
+FROM {LEDGER_SCHEMA}.load_changes
+WHERE load_id = %s
+ORDER BY source_path, source_table
+"""
+
 # `loaded` file versions whose changes were never detected (loaded by `load`/`run`, or by a sync that
 # stopped between the load and the detection), oldest first.
 PENDING_LOADS = f"""
@@ -349,6 +356,16 @@ def detect_pending(connection: psycopg.Connection) -> list[FileChanges]:
     return [detect_changes(connection, load_id, source_path) for load_id, source_path in pending]
 
 
+def recorded_changes(connection: psycopg.Connection, load_id: str) -> list[FileChanges]:
+    """The changes recorded when the load itself was made (a row-level change load, loader/load/delta.py)."""
+    files: dict[str, FileChanges] = {}
+    for source_path, previous, table, inserted, updated, deleted, unchanged in connection.execute(RECORDED_CHANGES,
+                                                                                                   (load_id,)):
+        changes = files.setdefault(source_path, FileChanges(load_id, source_path, previous))
+        changes.tables.append(TableChanges(table, inserted, updated, deleted, unchanged))
+    return list(files.values())
+
+
 # ------------------------------------------------------------------------------------ what sync did
 
 def is_under(path: str, roots: Sequence[Path]) -> bool:
@@ -378,9 +395,11 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
     with target.connect(autocommit=True) as connection:  # each file's detection commits on its own
         ledger.ensure(connection)
         detected = detect_pending(connection)
+        caught_up = sum(c.load_id != loaded.load_id for c in detected)
+        detected += [c for c in recorded_changes(connection, loaded.load_id)
+                     if (c.load_id, c.source_path) not in {(d.load_id, d.source_path) for d in detected}]
         current = ledger.current_rows(connection)
     by_load = {(c.load_id, c.source_path): c for c in detected}
-    caught_up = sum(c.load_id != loaded.load_id for c in detected)
     files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
     discovered = {f.source_path for f in files}
     for path in sorted(set(current) - discovered):

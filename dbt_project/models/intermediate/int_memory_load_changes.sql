@@ -1,8 +1,9 @@
 {#- Analyzed, so that what joins it is planned by its real size (often a handful of rows). -#}
 {{ config(post_hook=['analyze {{ this }}']) }}
 {#-
-    What changed in the loads since the last build of int_memory_ranked: memory files' current loads it
-    does not hold yet (`new`) and loads it holds that are no longer current (`gone`). A full build (the
+    What changed in the loads since the last build of int_memory_ranked: loads that are part of a memory
+    file's current state (consolidate.current_load_parts) it does not hold yet (`new`) and loads it holds
+    that are no longer part of one (`gone`). A full build (the
     first, or --full-refresh) is one row `full`. int_memory_ranked is read as it was before this run.
 -#}
 {%- set ranked = memory_ranked_relation() -%}
@@ -34,9 +35,13 @@ with recursive built_loads as (
 
 current_memory_loads as (
 
-    select load_id, source_path
-    from {{ current_loads }}
-    where kind in ('claude-flow-v2', 'claude-flow-v3', 'extended-memory')
+    -- every part of each memory file's current state (a full load is its only part)
+    select parts.part_load_id as load_id, parts.source_path
+    from {{ source('consolidate', 'current_load_parts') }} as parts
+    inner join {{ current_loads }} as current_loads
+        on parts.load_id = current_loads.load_id
+        and parts.source_path = current_loads.source_path
+    where current_loads.kind in ('claude-flow-v2', 'claude-flow-v3', 'extended-memory')
 
 ),
 

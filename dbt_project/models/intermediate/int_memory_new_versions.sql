@@ -42,9 +42,20 @@ select
     false as deleted,
     null::bigint as write_id
 from new_versions
+inner join {{ source('consolidate', 'current_load_parts') }} as parts
+    on new_versions.load_id = parts.part_load_id
+    and new_versions.source_path = parts.source_path
 inner join {{ current_loads }} as current_loads
-    on new_versions.load_id = current_loads.load_id
-    and new_versions.source_path = current_loads.source_path
+    on parts.load_id = current_loads.load_id
+    and parts.source_path = current_loads.source_path
+where not exists (
+    -- a row of a new change load that a later one (loaded before this build too) changed again
+    select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+    where retired.row_load_id = new_versions.load_id
+      and retired.source_path = new_versions.source_path
+      and retired.source_table = new_versions.source_table
+      and retired.source_rowid = new_versions.source_rowid
+)
 
 {% else %}
 

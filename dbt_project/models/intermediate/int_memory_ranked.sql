@@ -20,7 +20,8 @@
 {#
     Every current version ranked within its (namespace, key): macros/memory_ranking.sql has the rule.
     Incrementally, the changed entries' versions are gathered again from what is still current of this
-    table (rows of loads that are still current), the new loads' rows and the write log, and ranked.
+    table (rows of loads that are still current and not retired), the new loads' rows and the write log,
+    and ranked.
 -#}
 
 {% if is_incremental() %}
@@ -47,6 +48,9 @@ versions as (
     where kept.write_id is null
       and not exists (select 1 from gone_loads
                       where gone_loads.load_id = kept.load_id and gone_loads.source_path = kept.source_path)
+      and not exists (select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+                      where retired.row_load_id = kept.load_id and retired.source_path = kept.source_path
+                        and retired.source_table = kept.source_table and retired.source_rowid = kept.source_rowid)
 
     union all
 

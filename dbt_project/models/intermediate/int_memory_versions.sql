@@ -1,6 +1,6 @@
 {{ config(materialized='view') }}
 {#-
-    Every current version: the rows of each file's current load, and every write made in PostgreSQL
+    Every current version: each file's current rows (its current load's parts, minus retired rows), and every write made in PostgreSQL
     (stg_postgres__memory_writes). A full build ranks all of them; a view, since int_memory_ranked reads it
     once and a table would only store every version twice.
 -#}
@@ -11,25 +11,36 @@ with all_memory_versions as (
 
 ),
 
-current_loads as (
+current_parts as (
 
-    select load_id, source_path, source_db
-    from {{ source('consolidate', 'current_loads') }}
+    select parts.part_load_id, parts.source_path, current_loads.source_db
+    from {{ source('consolidate', 'current_load_parts') }} as parts
+    inner join {{ source('consolidate', 'current_loads') }} as current_loads
+        on parts.load_id = current_loads.load_id
+        and parts.source_path = current_loads.source_path
 
 ),
 
 current_memory_versions as (
 
-    -- raw keeps the rows of every load; only each file's current load counts
+    -- raw keeps the rows of every load; only each file's current rows count: its current load's parts'
+    -- rows that no later change load retired
     select
         all_memory_versions.*,
-        current_loads.source_db,
+        current_parts.source_db,
         false as deleted,
         null::bigint as write_id
     from all_memory_versions
-    inner join current_loads
-        on all_memory_versions.load_id = current_loads.load_id
-        and all_memory_versions.source_path = current_loads.source_path
+    inner join current_parts
+        on all_memory_versions.load_id = current_parts.part_load_id
+        and all_memory_versions.source_path = current_parts.source_path
+    where not exists (
+        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+        where retired.row_load_id = all_memory_versions.load_id
+          and retired.source_path = all_memory_versions.source_path
+          and retired.source_table = all_memory_versions.source_table
+          and retired.source_rowid = all_memory_versions.source_rowid
+    )
 
 ),
 

@@ -1,5 +1,6 @@
 {#-
-    Per current source file with memory tables: SQLite rows (ledger) = raw rows = kept + superseded + moved,
+    Per current source file with memory tables: SQLite rows (ledger) = its current raw rows (its current
+    load's parts, minus retired rows) = kept + superseded + moved,
     and how many of those rows carry a flag (a problem recorded in staging; the row is loaded all the same).
 -#}
 
@@ -39,10 +40,18 @@ memory_files as (
 
 ),
 
+parts as (
+
+    select load_id, source_path, part_load_id
+    from {{ source('consolidate', 'current_load_parts') }}
+
+),
+
 raw_rows as (
 
     {% for source_name, table_name in memory_raw_tables() %}
-    select _load_id as load_id, _source_path as source_path
+    select _load_id as load_id, _source_path as source_path, '{{ table_name }}'::text as source_table,
+           _source_rowid as source_rowid
     from {{ source(source_name, table_name) }}
     {% if not loop.last %}union all{% endif %}
     {% endfor %}
@@ -51,9 +60,20 @@ raw_rows as (
 
 raw_counts as (
 
-    select load_id, source_path, count(*) as rows_in_raw
+    -- a file's current rows: its parts' raw rows that no change load retired
+    select parts.load_id, parts.source_path, count(*) as rows_in_raw
     from raw_rows
-    group by load_id, source_path
+    inner join parts
+        on raw_rows.load_id = parts.part_load_id
+        and raw_rows.source_path = parts.source_path
+    where not exists (
+        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+        where retired.row_load_id = raw_rows.load_id
+          and retired.source_path = raw_rows.source_path
+          and retired.source_table = raw_rows.source_table
+          and retired.source_rowid = raw_rows.source_rowid
+    )
+    group by parts.load_id, parts.source_path
 
 ),
 
@@ -65,12 +85,15 @@ raw_counts as (
 {{ count_name }}_counts as (
 
     select
-        load_id,
-        source_path,
+        parts.load_id,
+        parts.source_path,
         count(*) as {{ count_name }},
-        count(*) filter (where cardinality(flags) > 0) as flagged
-    from {{ ref(model) }}
-    group by load_id, source_path
+        count(*) filter (where cardinality(mart.flags) > 0) as flagged
+    from {{ ref(model) }} as mart
+    inner join parts
+        on mart.load_id = parts.part_load_id
+        and mart.source_path = parts.source_path
+    group by parts.load_id, parts.source_path
 
 ),
 

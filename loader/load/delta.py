@@ -1,0 +1,181 @@
+"""Row-level change loads: a changed memory file's new load keeps only the rows that changed.
+
+A file's new load copies every row of its snapshot into raw like any load, then, in the same transaction,
+compares them row by row (by SQLite rowid and the md5 of the row's content) with the file's previous
+state: the raw rows of its current load's parts that are not retired (`consolidate.current_load_parts`,
+`consolidate.retired_rows`, loader/ledger.py migration 9).
+
+- A row identical to the previous state is removed from the new load again and counted in
+  `load_tables.rows_unchanged`: it stays current where it already is.
+- A row of the previous state that the snapshot changed or deleted is retired (`retired_rows`); its raw
+  row stays (raw is append-only), and `consolidate lineage` still shows it as an earlier version.
+- The changes are recorded as change detection records them (`load_changes`, `deleted_rows`), and the
+  load's `load_files.delta_of` names the load it was applied on.
+
+So raw grows by the rows that changed, and an incremental build recomputes only their entries.
+
+A load is a delta when the file is a memory file (claude-flow v2/v3, extended memory) with a current load
+of the same kind, the same tables into the same raw tables with the same columns, and every table has
+a rowid (rows are matched by it). Otherwise it is a full load, as before; `load --force` always is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from loader.ledger import LEDGER_SCHEMA
+
+MEMORY_KINDS = frozenset({"claude-flow-v2", "claude-flow-v3", "extended-memory"})
+# A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
+CONTENT_LINEAGE = ("_binary_columns",)
+
+# The loads whose raw rows make up the state a load's file had at load %(previous)s: that load and,
+# if it is a delta, the loads it was applied on (same as consolidate.current_load_parts, for one load).
+CHAIN = f"""
+WITH RECURSIVE chain AS (
+    SELECT load_id, delta_of FROM {LEDGER_SCHEMA}.load_files
+    WHERE load_id = %(previous)s AND source_path = %(source_path)s
+    UNION ALL
+    SELECT f.load_id, f.delta_of
+    FROM chain
+    JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
+)"""
+
+# One table's comparison, in one statement: prune the unchanged rows from the new load, retire the
+# changed and deleted rows of the previous state, record the counts.
+COMPARE_TABLE = CHAIN + """,
+old_rows AS (
+    SELECT r._load_id AS row_load_id, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
+    FROM {raw} AS r
+    WHERE r._load_id IN (SELECT load_id FROM chain) AND r._source_path = %(source_path)s
+      AND NOT EXISTS (SELECT 1 FROM {ledger}.retired_rows AS x
+                      WHERE x.row_load_id = r._load_id AND x.source_path = r._source_path
+                        AND x.source_table = %(source_table)s AND x.source_rowid = r._source_rowid)
+),
+new_rows AS (
+    SELECT r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
+    FROM {raw} AS r
+    WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
+),
+diff AS (
+    SELECT old_rows.row_load_id, coalesce(old_rows.rowid, new_rows.rowid) AS rowid,
+           old_rows.digest AS old_digest, new_rows.digest AS new_digest
+    FROM old_rows
+    FULL JOIN new_rows ON new_rows.rowid = old_rows.rowid
+),
+pruned AS (
+    DELETE FROM {raw} AS r
+    USING diff
+    WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s AND r._source_rowid = diff.rowid
+      AND diff.old_digest = diff.new_digest
+    RETURNING 1
+),
+retired AS (
+    INSERT INTO {ledger}.retired_rows (row_load_id, source_path, source_table, source_rowid, load_id)
+    SELECT row_load_id, %(source_path)s, %(source_table)s, rowid, %(load_id)s
+    FROM diff
+    WHERE old_digest IS NOT NULL AND new_digest IS DISTINCT FROM old_digest
+    RETURNING 1
+),
+deletions AS (
+    INSERT INTO {ledger}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
+    SELECT %(load_id)s, %(source_path)s, %(source_table)s, rowid, old_digest, row_load_id
+    FROM diff
+    WHERE new_digest IS NULL
+    RETURNING 1
+),
+unchanged_counted AS (
+    UPDATE {ledger}.load_tables
+    SET rows_unchanged = (SELECT count(*) FROM pruned)
+    WHERE load_id = %(load_id)s AND source_path = %(source_path)s AND source_table = %(source_table)s
+    RETURNING (SELECT count(*) FROM retired) + (SELECT count(*) FROM deletions)
+)
+INSERT INTO {ledger}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
+                                   deleted, unchanged, detected_at)
+SELECT %(load_id)s, %(previous)s, %(source_path)s, %(source_table)s,
+       count(*) FILTER (WHERE old_digest IS NULL),
+       count(*) FILTER (WHERE old_digest IS NOT NULL AND new_digest IS NOT NULL AND old_digest <> new_digest),
+       count(*) FILTER (WHERE new_digest IS NULL),
+       count(*) FILTER (WHERE old_digest = new_digest),
+       now()
+FROM diff
+WHERE (SELECT count(*) FROM unchanged_counted) = 1
+"""
+
+MARK_DELTA = f"""
+UPDATE {LEDGER_SCHEMA}.load_files SET delta_of = %(previous)s
+WHERE load_id = %(load_id)s AND source_path = %(source_path)s
+"""
+
+# The file's current load and the raw table and columns of each of its tables.
+CURRENT_TABLES = f"""
+SELECT c.load_id, c.kind, t.source_table, t.raw_schema, t.raw_table,
+       coalesce((SELECT array_agg(ARRAY[col.source_column, col.raw_column] ORDER BY col.source_column)
+                 FROM {LEDGER_SCHEMA}.load_columns AS col
+                 WHERE col.load_id = t.load_id AND col.source_path = t.source_path
+                   AND col.source_table = t.source_table), '{{}}')
+FROM {LEDGER_SCHEMA}.current_loads AS c
+JOIN {LEDGER_SCHEMA}.load_tables AS t USING (load_id, source_path)
+WHERE c.source_path = %s
+"""
+
+
+@dataclass(frozen=True)
+class DeltaTable:
+    """A table of the new load: where its rows go and its (source column, raw column) pairs."""
+
+    source_table: str
+    raw_schema: str
+    raw_table: str
+    columns: tuple[tuple[str, str], ...]
+
+    @property
+    def raw_columns(self) -> tuple[str, ...]:
+        return tuple(raw for _, raw in self.columns)
+
+
+@dataclass(frozen=True)
+class PreviousState:
+    """The state a new load of a file is compared with: the file's current load (and its parts)."""
+
+    load_id: str
+    source_path: str
+    tables: tuple[DeltaTable, ...]
+
+
+def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
+                   tables: Sequence[DeltaTable], has_rowids: bool) -> PreviousState | None:
+    """The state a new load of `source_path` (of `kind`, with `tables`) can be a delta of, or None when it
+    must be a full load: not a memory file, no current load, another kind, other tables or columns, or
+    a table without rowid."""
+    if kind not in MEMORY_KINDS or not has_rowids or not tables:
+        return None
+    rows = connection.execute(CURRENT_TABLES, (source_path,)).fetchall()
+    if not rows or any(row[1] != kind for row in rows):
+        return None
+    current = {row[2]: (row[3], row[4], frozenset(tuple(pair) for pair in row[5])) for row in rows}
+    wanted = {table.source_table: (table.raw_schema, table.raw_table, frozenset(table.columns)) for table in tables}
+    if current != wanted:
+        return None
+    return PreviousState(rows[0][0], source_path, tuple(tables))
+
+
+def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed | str, dict]]:
+    """What turns the new load (already in raw, in the same transaction, its ledger rows written) into a
+    delta of `previous`: one comparison per table, then the mark on load_files."""
+    ledger = sql.Identifier(LEDGER_SCHEMA)
+    result: list[tuple[sql.Composed | str, dict]] = []
+    for table in previous.tables:
+        columns = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(name)
+                                     for name in (*table.raw_columns, *CONTENT_LINEAGE))
+        statement = sql.SQL(COMPARE_TABLE).format(columns=columns, raw=sql.Identifier(table.raw_schema, table.raw_table),
+                                                  ledger=ledger)
+        result.append((statement, {"previous": previous.load_id, "load_id": load_id,
+                                   "source_path": previous.source_path, "source_table": table.source_table}))
+    result.append((MARK_DELTA, {"previous": previous.load_id, "load_id": load_id,
+                                "source_path": previous.source_path}))
+    return result
