@@ -410,12 +410,15 @@ ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS delta_of text;
 ALTER TABLE {LEDGER_SCHEMA}.load_tables ADD COLUMN IF NOT EXISTS rows_unchanged bigint NOT NULL DEFAULT 0;
 
 -- Raw rows that stopped being current: (row_load_id, source_path, source_table, source_rowid) names the
--- raw row, load_id the delta load whose snapshot changed or deleted it. The row itself stays in raw.
+-- raw row (in raw_schema.raw_table), load_id the delta load whose snapshot changed or deleted it. The row
+-- itself stays in raw.
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.retired_rows (
     row_load_id  text NOT NULL,
     source_path  text NOT NULL,
     source_table text NOT NULL,
     source_rowid bigint NOT NULL,
+    raw_schema   text NOT NULL,
+    raw_table    text NOT NULL,
     load_id      text NOT NULL,
     PRIMARY KEY (row_load_id, source_path, source_table, source_rowid)
 );

@@ -75,8 +75,9 @@ pruned AS (
     RETURNING 1
 ),
 retired AS (
-    INSERT INTO {ledger}.retired_rows (row_load_id, source_path, source_table, source_rowid, load_id)
-    SELECT row_load_id, %(source_path)s, %(source_table)s, rowid, %(load_id)s
+    INSERT INTO {ledger}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
+                                       load_id)
+    SELECT row_load_id, %(source_path)s, %(source_table)s, rowid, %(raw_schema)s, %(raw_table)s, %(load_id)s
     FROM diff
     WHERE old_digest IS NOT NULL AND new_digest IS DISTINCT FROM old_digest
     RETURNING 1
@@ -105,6 +106,19 @@ SELECT %(load_id)s, %(previous)s, %(source_path)s, %(source_table)s,
 FROM diff
 WHERE (SELECT count(*) FROM unchanged_counted) = 1
 """
+
+
+def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql.Composable) -> sql.Composed:
+    """`row` (an alias of a raw table's rows) is not retired: the condition every reader of a file's current
+    rows adds to its join with consolidate.current_load_parts. `raw_schema`/`raw_table`: literals or SQL."""
+    def value(part):
+        return part if isinstance(part, sql.Composable) else sql.Literal(part)
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM {ledger}.retired_rows AS retired WHERE retired.row_load_id = {row}._load_id "
+        "AND retired.source_path = {row}._source_path AND retired.raw_schema = {schema} "
+        "AND retired.raw_table = {table} AND retired.source_rowid = {row}._source_rowid)").format(
+        ledger=sql.Identifier(LEDGER_SCHEMA), row=sql.Identifier(row), schema=value(raw_schema), table=value(raw_table))
+
 
 MARK_DELTA = f"""
 UPDATE {LEDGER_SCHEMA}.load_files SET delta_of = %(previous)s
@@ -175,7 +189,8 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
         statement = sql.SQL(COMPARE_TABLE).format(columns=columns, raw=sql.Identifier(table.raw_schema, table.raw_table),
                                                   ledger=ledger)
         result.append((statement, {"previous": previous.load_id, "load_id": load_id,
-                                   "source_path": previous.source_path, "source_table": table.source_table}))
+                                   "source_path": previous.source_path, "source_table": table.source_table,
+                                   "raw_schema": table.raw_schema, "raw_table": table.raw_table}))
     result.append((MARK_DELTA, {"previous": previous.load_id, "load_id": load_id,
                                 "source_path": previous.source_path}))
     return result

@@ -8,6 +8,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad
+from loader.load.delta import not_retired
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.results import TableCount
 
@@ -34,8 +35,9 @@ def table_counts(connection: psycopg.Connection, current: CurrentLoad,
 
 
 def raw_rows_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], dict[tuple[str, str], int]]:
-    """{(raw schema, raw table): {(load_id, source_path): rows now in raw}} for every raw table of a current
-    load: one pass over each table for all files (a missing table counts 0 rows)."""
+    """{(raw schema, raw table): {(load_id, source_path): the file's current rows in raw}} for every raw
+    table of a current load (a file's current rows: its current load's parts' rows that are not retired,
+    loader/load/delta.py): one pass over each table for all files (a missing table counts 0 rows)."""
     tables = connection.execute(sql.SQL(
         "SELECT DISTINCT t.raw_schema, t.raw_table FROM {ledger}.load_tables AS t "
         "JOIN {ledger}.current_loads AS c USING (load_id, source_path) ORDER BY 1, 2").format(
@@ -45,8 +47,12 @@ def raw_rows_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], di
         if connection.execute("SELECT to_regclass(%s) IS NOT NULL",
                               [sql.Identifier(schema, table).as_string(connection)]).fetchone()[0]:
             rows = connection.execute(sql.SQL(
-                "SELECT _load_id, _source_path, count(*) FROM {} GROUP BY 1, 2").format(
-                sql.Identifier(schema, table))).fetchall()
+                "SELECT parts.load_id, r._source_path, count(*) FROM {raw} AS r "
+                "JOIN {ledger}.current_load_parts AS parts "
+                "ON parts.part_load_id = r._load_id AND parts.source_path = r._source_path "
+                "WHERE {current} GROUP BY 1, 2").format(
+                raw=sql.Identifier(schema, table), ledger=sql.Identifier(LEDGER_SCHEMA),
+                current=not_retired("r", schema, table))).fetchall()
             counts[(schema, table)] = {(load_id, path): count for load_id, path, count in rows}
     return counts
 
@@ -61,10 +67,14 @@ def reconciliation_row(connection: psycopg.Connection, schema: str, current: Cur
 
 
 def flagged_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], int]:
-    """Flagged current versions per (load_id, source_path), in one pass over the ranked versions."""
+    """Flagged current versions per (current load_id, source_path), in one pass over the ranked versions
+    (a version's load may be an earlier part of its file's state)."""
     rows = connection.execute(sql.SQL(
-        "SELECT load_id, source_path, count(*) FROM {} WHERE {} GROUP BY 1, 2").format(
-        sql.Identifier(*MEMORY_RANKED), sql.SQL(FLAGGED))).fetchall()
+        "SELECT parts.load_id, ranked.source_path, count(*) FROM {} AS ranked "
+        "JOIN {}.current_load_parts AS parts "
+        "ON parts.part_load_id = ranked.load_id AND parts.source_path = ranked.source_path "
+        "WHERE {} GROUP BY 1, 2").format(
+        sql.Identifier(*MEMORY_RANKED), sql.Identifier(LEDGER_SCHEMA), sql.SQL(FLAGGED))).fetchall()
     return {(load_id, source_path): count for load_id, source_path, count in rows}
 
 

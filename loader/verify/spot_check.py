@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from loader.backup.backup import BackupEntry
 from loader.json_depth import too_deep
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, CurrentLoad
+from loader.load.delta import not_retired
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import SourceKeptChanging, private_copy
 from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
@@ -144,21 +145,37 @@ class SampledRows:
 
 def fetch_sampled_rows(connection: psycopg.Connection, schema: str,
                        samples: list[tuple[CurrentLoad, Sample]]) -> SampledRows:
-    versions = [(current.load_id, current.source_path, table, version.rowid)
-                for current, sample in samples for table, table_versions in sample.memory.items()
-                for version in table_versions]
     raw_samples: dict[tuple[str, str], list[tuple[CurrentLoad, RawSample]]] = {}
     for current, sample in samples:
         for raw_sample in sample.raw:
             raw_samples.setdefault(raw_sample.raw_table, []).append((current, raw_sample))
+    raw = {raw_table: raw_rows(connection, raw_table, sampled) for raw_table, sampled in raw_samples.items()}
+    # A version's rows in the marts name the load its raw row is in: for a file whose current load is a
+    # row-level change load, possibly an earlier part of its state (loader/load/delta.py).
+    stored_in = {(current.load_id, current.source_path, raw_sample.table.name, rowid): rows[0]["_load_id"]
+                 for raw_table, sampled in raw_samples.items() for current, raw_sample in sampled
+                 for rowid in raw_sample.rows
+                 if len(rows := raw[raw_table].get((current.load_id, current.source_path, rowid), [])) == 1}
+    sampled_versions = [(current.load_id, current.source_path, table, version.rowid)
+                        for current, sample in samples for table, table_versions in sample.memory.items()
+                        for version in table_versions]
+    as_stored = {(stored_in.get(identity, identity[0]), *identity[1:]): identity for identity in sampled_versions}
+    versions = list(as_stored)
     entries = sorted({(version.namespace, version.key) for _, sample in samples
                       for table_versions in sample.memory.values() for version in table_versions
                       if version.key is not None})
     return SampledRows(
-        marts={mart: mart_rows(connection, schema, mart, versions) for mart in MART_COLUMNS},
-        losers=losers_of(connection, schema, versions),
-        raw={raw_table: raw_rows(connection, raw_table, sampled) for raw_table, sampled in raw_samples.items()},
+        marts={mart: by_sampled_identity(mart_rows(connection, schema, mart, versions), as_stored)
+               for mart in MART_COLUMNS},
+        losers=by_sampled_identity(losers_of(connection, schema, versions), as_stored),
+        raw=raw,
         accesses=accesses_of(connection, entries))
+
+
+def by_sampled_identity(found: dict[tuple, object], as_stored: dict[tuple, tuple]) -> dict[tuple, object]:
+    """`found`, keyed by the version's stored identity, keyed again by its identity in the sample (the file's
+    current load, path, table, rowid)."""
+    return {as_stored.get(identity, identity): value for identity, value in found.items()}
 
 
 def compare_sample(current: CurrentLoad, sample: Sample, found: SampledRows, policy: SecretPolicy | None) -> SpotCheck:
@@ -281,16 +298,35 @@ def raw_rows(connection: psycopg.Connection, raw_table: tuple[str, str],
     """{(load_id, source_path, rowid): raw rows} of the sampled rows of every file loaded into `raw_table`."""
     columns = sorted({sample.raw_columns[column] for _, sample in sampled for column in sample.table.columns})
     keys = [(current.load_id, current.source_path, rowid) for current, sample in sampled for rowid in sample.rows]
-    query = sql.SQL("SELECT _load_id, _source_path, _source_rowid, {} FROM {} "
-                    "WHERE (_load_id, _source_path, _source_rowid) IN "
-                    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]))").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(*raw_table))
     with connection.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(query, arrays(keys, 3)).fetchall()
+        rows = cursor.execute(sql.SQL(CURRENT_RAW_ROWS).format(
+            columns=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in columns),
+            raw=sql.Identifier(*raw_table), ledger=sql.Identifier(LEDGER_SCHEMA),
+            current=not_retired("r", *raw_table)), arrays(keys, 3)).fetchall()
     found: dict[tuple, list[dict]] = {}
     for row in rows:
-        found.setdefault((row.pop("_load_id"), row.pop("_source_path"), row.pop("_source_rowid")), []).append(row)
+        found.setdefault((row.pop("_current_load_id"), row.pop("_source_path"), row.pop("_source_rowid")),
+                         []).append(row)
     return found
+
+
+# The sampled rows (current load, source_path, rowid; three arrays) among each file's current rows: its
+# current load's parts' raw rows that are not retired (loader/load/delta.py). _load_id is the part.
+CURRENT_RAW_ROWS = """
+WITH sampled AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS sampled (load_id, source_path, rowid)
+),
+parts AS (
+    SELECT parts.* FROM {ledger}.current_load_parts AS parts
+    WHERE (parts.load_id, parts.source_path) IN (SELECT DISTINCT load_id, source_path FROM sampled)
+)
+SELECT parts.load_id AS _current_load_id, r._load_id, r._source_path, r._source_rowid, {columns}
+FROM parts
+JOIN {raw} AS r ON r._load_id = parts.part_load_id AND r._source_path = parts.source_path
+JOIN sampled ON sampled.load_id = parts.load_id AND sampled.source_path = r._source_path
+            AND sampled.rowid = r._source_rowid
+WHERE {current}
+"""
 
 
 def read_memory_versions(sqlite: sqlite3.Connection, layout: MemoryLayout, table: SourceTable,
