@@ -1,10 +1,12 @@
 """Change detection for the incremental sync of the parallel-run period (the sync itself, discover →
 load → change detection → dbt build, is ordered by loader.pipeline.sync and .watch).
 
-The data model is the loader's: raw is append-only per load, and a file whose checksums changed is
-reloaded in full as its new current load (`consolidate.current_loads`); an unchanged file is skipped.
-What sync adds is **change detection**: after a file's new load, its raw rows are compared, set-based in
-PostgreSQL, with the rows of the file's previous `loaded` load, table by table:
+The data model is the loader's: raw is append-only per load, an unchanged file is skipped, and a changed
+memory file's new load is a row-level change load (loader/load/delta.py), which records its own changes
+(inserted / updated / deleted per table, `consolidate.load_changes`) as it is made. Any other load of a
+changed file holds the whole file (`consolidate.current_loads`), and what sync adds for it is **change
+detection**: its raw rows are compared, set-based in PostgreSQL, with the rows of the file's previous
+`loaded` load, table by table:
 
 - by `_source_rowid` (SQLite's rowid): only in the new load → inserted, only in the previous → deleted,
   in both with a different md5 of the row's content (every raw column but the lineage that names the
