@@ -11,12 +11,12 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+from test_system_of_record import full_refresh_models, marts_snapshot
+
 from loader.database import Target
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import run, sync, validate
-
-from test_system_of_record import full_refresh_models, marts_snapshot
 
 POLICY = SecretPolicy(key=b"delta test key")
 T0 = 1_750_000_000

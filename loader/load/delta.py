@@ -45,6 +45,14 @@ WITH RECURSIVE chain AS (
     JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
 )"""
 
+
+
+def state_loads(load_param: str) -> str:
+    """A subquery of the loads whose raw rows make up a file's state at the load named by the placeholder
+    `load_param` (and %(source_path)s): CHAIN for any load."""
+    return ("(" + CHAIN.replace("%(previous)s", f"%({load_param})s") + " SELECT load_id FROM chain)")
+
+
 # One table's comparison, in one statement: prune the unchanged rows from the new load, retire the
 # changed and deleted rows of the previous state, record the counts.
 COMPARE_TABLE = CHAIN + """,

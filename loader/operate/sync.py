@@ -50,6 +50,7 @@ from loader import ledger
 from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA
+from loader.load import delta
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.load.raw_contract import LINEAGE_COLUMNS
 from loader.operate import cutover
@@ -306,16 +307,19 @@ def source_columns(cursor: psycopg.Cursor, schema: str, table: str) -> list[str]
 
 
 def side_query(schema: str | None, table: str | None, columns: list[str], present: set[str],
-               load_param: str) -> sql.Composable:
+               load_param: str, *, state: bool = False) -> sql.Composable:
     """(rowid, md5 of the source columns) of one load's rows of a table; nothing if it has no such table.
-    A column the raw table lacks counts as NULL, so two raw tables with different columns compare."""
+    A column the raw table lacks counts as NULL, so two raw tables with different columns compare.
+    `state`: the file's whole state at that load (for a row-level change load, the loads it applies on
+    too, less the rows retired: loader/load/delta.py), not only the rows the load stored."""
     if schema is None:
         return sql.SQL("SELECT NULL::bigint AS rowid, NULL::text AS digest WHERE false")
-    values = [sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
-    return sql.SQL("SELECT _source_rowid AS rowid, md5(ROW({})::text) AS digest FROM {} "
-                   "WHERE _load_id = {} AND _source_path = %(source_path)s").format(
-        sql.SQL(", ").join(values) if values else sql.SQL(""), sql.Identifier(schema, table),
-        sql.Placeholder(load_param))
+    values = [sql.SQL("r.") + sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
+    loads = sql.SQL(delta.state_loads(load_param)) if state else sql.SQL("({})").format(sql.Placeholder(load_param))
+    return sql.SQL("SELECT r._source_rowid AS rowid, md5(ROW({})::text) AS digest FROM {} AS r "
+                   "WHERE r._load_id IN {} AND r._source_path = %(source_path)s AND {}").format(
+        sql.SQL(", ").join(values) if values else sql.SQL(""), sql.Identifier(schema, table), loads,
+        delta.not_retired("r", schema, table) if state else sql.SQL("true"))
 
 
 def detect_changes(connection: psycopg.Connection, load_id: str, source_path: str) -> FileChanges:
@@ -343,7 +347,7 @@ def detect_changes(connection: psycopg.Connection, load_id: str, source_path: st
             old_columns = source_columns(cursor, old_schema, old_table) if old_schema else []
             columns = new_columns + [c for c in old_columns if c not in new_columns]
             statement = sql.SQL(DIFF_TABLE).format(
-                old=side_query(old_schema, old_table, columns, set(old_columns), "previous_load_id"),
+                old=side_query(old_schema, old_table, columns, set(old_columns), "previous_load_id", state=True),
                 new=side_query(new_schema, new_table, columns, set(new_columns), "load_id"),
                 ledger=sql.Identifier(LEDGER_SCHEMA))
             cursor.execute(statement, {**parameters, "source_table": source_table})
