@@ -139,10 +139,13 @@ def test_two_change_loads_in_a_row_without_a_build_between_chain_and_equal_a_ful
     check_against_full_refresh(target, home)
 
 
-def test_a_file_whose_tables_changed_shape_is_loaded_in_full(tmp_path, target, home):
+def test_a_file_whose_tables_changed_shape_is_loaded_in_full_and_compared_with_its_whole_state(
+        tmp_path, target, home):
     root = tmp_path / "tree"
     db = v2_file(root / "app/.swarm/memory.db", 20)
     run([root], target, home, backup_to=None, quiet=True)
+    change(db, ("UPDATE memory_entries SET value = '\"two\"', updated_at = ? WHERE key = 'key-2'", (T0 + 500,)))
+    assert sync([root], target, home, policy=POLICY, quiet=True).files[0].updated == 1  # a change load
     change(db, ("ALTER TABLE memory_entries ADD COLUMN extra TEXT",),
            ("UPDATE memory_entries SET extra = 'x' WHERE key = 'key-1'",))
 
@@ -151,4 +154,8 @@ def test_a_file_whose_tables_changed_shape_is_loaded_in_full(tmp_path, target, h
     assert report.build.success, report.build.failures
     assert one(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s", (report.load_id,))[0] is None
     assert one(target, f"SELECT count(*) FROM {RAW} WHERE _load_id = %s", (report.load_id,))[0] == 20
+    # compared with the file's whole previous state (the change load and the first load's other rows)
+    (file,) = report.files
+    assert (file.inserted, file.updated, file.deleted) == (0, 1, 0)
+    assert one(target, "SELECT value FROM unified_memory WHERE key = 'key-2'")[0] == "two"
     check_against_full_refresh(target, home)
