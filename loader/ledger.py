@@ -427,17 +427,18 @@ CREATE INDEX IF NOT EXISTS retired_rows_by_load ON {LEDGER_SCHEMA}.retired_rows 
 -- Every load whose raw rows make up a file's current state: its current load and, for a delta, the loads
 -- it was applied on (back to a full load). A file's current rows are its parts' raw rows that are not
 -- retired. For a full load, one row: the load itself.
+-- source_db and kind are the current load's (what readers of raw rows would join current_loads for).
 CREATE OR REPLACE VIEW {LEDGER_SCHEMA}.current_load_parts AS
 WITH RECURSIVE parts AS (
-    SELECT c.load_id, c.source_path, c.load_id AS part_load_id, f.delta_of
+    SELECT c.load_id, c.source_path, c.load_id AS part_load_id, f.delta_of, c.source_db, c.kind
     FROM {LEDGER_SCHEMA}.current_loads AS c
     JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)
     UNION ALL
-    SELECT parts.load_id, parts.source_path, f.load_id, f.delta_of
+    SELECT parts.load_id, parts.source_path, f.load_id, f.delta_of, parts.source_db, parts.kind
     FROM parts
     JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = parts.delta_of AND f.source_path = parts.source_path
 )
-SELECT load_id, source_path, part_load_id FROM parts;
+SELECT load_id, source_path, part_load_id, source_db, kind FROM parts;
 """,
 ]
 

@@ -17,6 +17,7 @@ from loader.database import Target
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import run, sync, validate
+from loader.transform.build import run_dbt
 
 POLICY = SecretPolicy(key=b"delta test key")
 T0 = 1_750_000_000
@@ -159,3 +160,21 @@ def test_a_file_whose_tables_changed_shape_is_loaded_in_full_and_compared_with_i
     assert (file.inserted, file.updated, file.deleted) == (0, 1, 0)
     assert one(target, "SELECT value FROM unified_memory WHERE key = 'key-2'")[0] == "two"
     check_against_full_refresh(target, home)
+
+
+def test_generic_tests_of_an_incremental_build_check_the_changed_entries_and_still_fail(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", 30)
+    run([root], target, home, backup_to=None, quiet=True)
+    change(db, ("UPDATE memory_entries SET value = '\"seven\"', updated_at = ? WHERE key = 'key-7'", (T0 + 500,)))
+    assert sync([root], target, home, policy=POLICY, quiet=True).build.success
+    compiled = [path.read_text() for path in (home / "dbt" / "target" / "run").rglob("accepted_values_unified_memory_*.sql")]
+    assert compiled and all("int_memory_changed_keys" in text for text in compiled)  # scoped to the changed entries
+
+    # a changed entry's mart row goes bad behind the write path's back: the scoped tests still see it
+    with target.connect() as connection:
+        connection.execute("SET LOCAL consolidate.maintaining_marts = 'on'")
+        connection.execute("UPDATE unified_memory SET data_type = 'bogus' WHERE key = 'key-7'")
+    outcome = run_dbt(["test", "--select", "unified_memory"], target, home, quiet=True)
+    assert not outcome.success
+    assert any("accepted_values_unified_memory" in failure for failure in outcome.failures), outcome.failures

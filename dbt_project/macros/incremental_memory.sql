@@ -165,14 +165,19 @@ where invocation_id = '{{ invocation_id }}'
 {%- endmacro %}
 
 
-{#- 'incremental' (check only what changed, see above) or 'full'; read when a test is compiled. -#}
+{#-
+    'incremental' (check only what changed, see above) or 'full'; read when a test is compiled. The
+    relations are named, not ref()'d: generic tests (macros/scoped_generic_tests.sql) depend on their model only.
+-#}
 {% macro memory_test_scope() -%}
+    {%- set load_changes = adapter.get_relation(database=target.database, schema='intermediate',
+                                                identifier='int_memory_load_changes') if execute else none -%}
     {#- nothing built yet (a first build; a compile or lint on a loaded database): everything -#}
-    {%- if not execute or load_relation(ref('int_memory_load_changes')) is none -%}
+    {%- if load_changes is none -%}
         {{ return('full') }}
     {%- endif -%}
     {%- set found = run_query(
-        "select exists (select 1 from " ~ ref('int_memory_load_changes') ~ " where change = 'full'), "
+        "select exists (select 1 from " ~ load_changes ~ " where change = 'full'), "
         ~ "(select passed and tests_run > 0 from consolidate.memory_builds where marts_schema = '"
         ~ target.schema ~ "' and invocation_id <> '" ~ invocation_id ~ "' order by started_at desc limit 1)").rows[0] -%}
     {{ return('incremental' if not found[0] and found[1] else 'full') }}
@@ -181,9 +186,9 @@ where invocation_id = '{{ invocation_id }}'
 
 {#- The entries an incremental build's tests check (see memory_test_scope). -#}
 {% macro memory_test_entries() -%}
-select namespace, key from {{ ref('int_memory_changed_keys') }}
+select namespace, key from {{ api.Relation.create(database=target.database, schema='intermediate', identifier='int_memory_changed_keys') }}
 union
-select namespace, key from {{ source('raw_postgres', 'memory_writes') }}
+select namespace, key from {{ api.Relation.create(database=target.database, schema='raw_postgres', identifier='memory_writes') }}
 where write_id > (
     select coalesce(max(write_watermark), 0) from consolidate.memory_builds
     where marts_schema = '{{ target.schema }}' and invocation_id <> '{{ invocation_id }}'

@@ -7,7 +7,6 @@
     first, or --full-refresh) is one row `full`. int_memory_ranked is read as it was before this run.
 -#}
 {%- set ranked = memory_ranked_relation() -%}
-{%- set current_loads = source('consolidate', 'current_loads') -%}
 
 {% if memory_incremental_build() %}
 
@@ -36,12 +35,9 @@ with recursive built_loads as (
 current_memory_loads as (
 
     -- every part of each memory file's current state (a full load is its only part)
-    select parts.part_load_id as load_id, parts.source_path
-    from {{ source('consolidate', 'current_load_parts') }} as parts
-    inner join {{ current_loads }} as current_loads
-        on parts.load_id = current_loads.load_id
-        and parts.source_path = current_loads.source_path
-    where current_loads.kind in ('claude-flow-v2', 'claude-flow-v3', 'extended-memory')
+    select part_load_id as load_id, source_path
+    from {{ source('consolidate', 'current_load_parts') }}
+    where kind in ('claude-flow-v2', 'claude-flow-v3', 'extended-memory')
 
 ),
 

@@ -6,7 +6,6 @@
     Empty on a full build, which reads int_memory_versions instead.
 -#}
 {%- set load_changes = ref('int_memory_load_changes') -%}
-{%- set current_loads = source('consolidate', 'current_loads') -%}
 {#- The sources the staging SQL reads, named here so that dbt records them whichever branch runs. -#}
 {%- for source_name, table_name in memory_raw_tables() -%}{%- do source(source_name, table_name) -%}{%- endfor -%}
 {%- set new_loads = [] -%}
@@ -38,16 +37,13 @@ with new_versions as (
 
 select
     new_versions.*,
-    current_loads.source_db,
+    parts.source_db,
     false as deleted,
     null::bigint as write_id
 from new_versions
 inner join {{ source('consolidate', 'current_load_parts') }} as parts
     on new_versions.load_id = parts.part_load_id
     and new_versions.source_path = parts.source_path
-inner join {{ current_loads }} as current_loads
-    on parts.load_id = current_loads.load_id
-    and parts.source_path = current_loads.source_path
 where not exists (
     -- a row of a new change load that a later one (loaded before this build too) changed again
     select 1 from {{ source('consolidate', 'retired_rows') }} as retired

@@ -13,11 +13,8 @@ with all_memory_versions as (
 
 current_parts as (
 
-    select parts.part_load_id, parts.source_path, current_loads.source_db
-    from {{ source('consolidate', 'current_load_parts') }} as parts
-    inner join {{ source('consolidate', 'current_loads') }} as current_loads
-        on parts.load_id = current_loads.load_id
-        and parts.source_path = current_loads.source_path
+    select part_load_id, source_path, source_db
+    from {{ source('consolidate', 'current_load_parts') }}
 
 ),
 
