@@ -5,6 +5,8 @@
     row sharing that column's value with one of them. That is exact: a row of an unchanged entry is as the
     passing build checked it, and a duplicate that is new involves a changed row. Any other build, and
     every test on another model, sees the whole relation (and a `where` config as dbt applies it).
+    The keys are an array (`= any(array(...))`, computed once), so the filter reaches the indexes on key
+    inside the compatibility views' unions; a semi-join would be planned after scanning them.
 -#}
 
 {% macro postgres__get_where_subquery(relation) -%}
@@ -21,13 +23,13 @@
         {%- if test_name == 'unique' and column and column != 'key' -%}
             {%- set filtered -%}
 (select * from {{ relation_sql }} as tested
- where {{ adapter.quote(column) }} in (
-     select {{ adapter.quote(column) }} from {{ relation_sql }} as changed_rows where key in ({{ changed }})
- )) dbt_subquery
+ where {{ adapter.quote(column) }} = any(array(
+     select {{ adapter.quote(column) }} from {{ relation_sql }} as changed_rows where key = any(array({{ changed }}))
+ ))) dbt_subquery
             {%- endset -%}
         {%- else -%}
             {%- set filtered -%}
-(select * from {{ relation_sql }} as tested where key in ({{ changed }})) dbt_subquery
+(select * from {{ relation_sql }} as tested where key = any(array({{ changed }}))) dbt_subquery
             {%- endset -%}
         {%- endif -%}
         {%- do return(filtered) -%}

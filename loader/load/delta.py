@@ -65,21 +65,21 @@ old_rows AS (
                         AND x.source_table = %(source_table)s AND x.source_rowid = r._source_rowid)
 ),
 new_rows AS (
-    SELECT r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
+    SELECT r.ctid AS row_ctid, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
     FROM {raw} AS r
     WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
 ),
 diff AS (
-    SELECT old_rows.row_load_id, coalesce(old_rows.rowid, new_rows.rowid) AS rowid,
+    SELECT old_rows.row_load_id, new_rows.row_ctid, coalesce(old_rows.rowid, new_rows.rowid) AS rowid,
            old_rows.digest AS old_digest, new_rows.digest AS new_digest
     FROM old_rows
     FULL JOIN new_rows ON new_rows.rowid = old_rows.rowid
 ),
 pruned AS (
+    -- by the row's physical address: one probe per unchanged row (by rowid, every probe would scan the load)
     DELETE FROM {raw} AS r
     USING diff
-    WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s AND r._source_rowid = diff.rowid
-      AND diff.old_digest = diff.new_digest
+    WHERE r.ctid = diff.row_ctid AND diff.old_digest = diff.new_digest
     RETURNING 1
 ),
 retired AS (
