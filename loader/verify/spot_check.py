@@ -297,36 +297,30 @@ def raw_rows(connection: psycopg.Connection, raw_table: tuple[str, str],
              sampled: list[tuple[CurrentLoad, RawSample]]) -> dict[tuple, list[dict]]:
     """{(load_id, source_path, rowid): raw rows} of the sampled rows of every file loaded into `raw_table`."""
     columns = sorted({sample.raw_columns[column] for _, sample in sampled for column in sample.table.columns})
-    keys = [(current.load_id, current.source_path, rowid) for current, sample in sampled for rowid in sample.rows]
+    files = sorted({(current.load_id, current.source_path) for current, _ in sampled})
+    # a file's current rows may be in several loads (a row-level change load's parts, loader/load/delta.py)
+    parts = connection.execute(sql.SQL(
+        "SELECT part_load_id, source_path, load_id FROM {}.current_load_parts "
+        "WHERE (load_id, source_path) IN (SELECT * FROM unnest(%s::text[], %s::text[]))").format(
+        sql.Identifier(LEDGER_SCHEMA)), arrays(files, 2)).fetchall()
+    current_of = {(part, path): load_id for part, path, load_id in parts}
+    parts_of: dict[tuple[str, str], list[str]] = {}
+    for part, path, load_id in parts:
+        parts_of.setdefault((load_id, path), []).append(part)
+    keys = [(part, current.source_path, rowid) for current, sample in sampled for rowid in sample.rows
+            for part in parts_of.get((current.load_id, current.source_path), [current.load_id])]
+    query = sql.SQL("SELECT r._load_id, r._source_path, r._source_rowid, {} FROM {} AS r "
+                    "WHERE (r._load_id, r._source_path, r._source_rowid) IN "
+                    "(SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])) AND {}").format(
+        sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in columns), sql.Identifier(*raw_table),
+        not_retired("r", *raw_table))
     with connection.cursor(row_factory=dict_row) as cursor:
-        rows = cursor.execute(sql.SQL(CURRENT_RAW_ROWS).format(
-            columns=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(c) for c in columns),
-            raw=sql.Identifier(*raw_table), ledger=sql.Identifier(LEDGER_SCHEMA),
-            current=not_retired("r", *raw_table)), arrays(keys, 3)).fetchall()
+        rows = cursor.execute(query, arrays(keys, 3)).fetchall()
     found: dict[tuple, list[dict]] = {}
     for row in rows:
-        found.setdefault((row.pop("_current_load_id"), row.pop("_source_path"), row.pop("_source_rowid")),
-                         []).append(row)
+        part, path = row["_load_id"], row.pop("_source_path")
+        found.setdefault((current_of.get((part, path), part), path, row.pop("_source_rowid")), []).append(row)
     return found
-
-
-# The sampled rows (current load, source_path, rowid; three arrays) among each file's current rows: its
-# current load's parts' raw rows that are not retired (loader/load/delta.py). _load_id is the part.
-CURRENT_RAW_ROWS = """
-WITH sampled AS (
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS sampled (load_id, source_path, rowid)
-),
-parts AS (
-    SELECT parts.* FROM {ledger}.current_load_parts AS parts
-    WHERE (parts.load_id, parts.source_path) IN (SELECT DISTINCT load_id, source_path FROM sampled)
-)
-SELECT parts.load_id AS _current_load_id, r._load_id, r._source_path, r._source_rowid, {columns}
-FROM parts
-JOIN {raw} AS r ON r._load_id = parts.part_load_id AND r._source_path = parts.source_path
-JOIN sampled ON sampled.load_id = parts.load_id AND sampled.source_path = r._source_path
-            AND sampled.rowid = r._source_rowid
-WHERE {current}
-"""
 
 
 def read_memory_versions(sqlite: sqlite3.Connection, layout: MemoryLayout, table: SourceTable,
