@@ -451,7 +451,8 @@ def notes(results: dict) -> list[str]:
         lines.append(f"Parallel run: `consolidate sync` after one changed row and one client write took "
                      f"{sync['wall']:.1f} s, {sync['wall'] / cold['wall']:.1%} of the cold `run` ({cold['wall']:.1f} s); "
                      f"both changes in the marts afterwards: {sync['checks'].get('synced_row_in_marts')} / "
-                     f"{sync['checks'].get('client_write_in_marts')}.")
+                     f"{sync['checks'].get('client_write_in_marts')}; raw rows added by the sync: "
+                     f"{sync['checks'].get('raw_rows_added', 'n/a')}.")
     for name, figures in results.get("client", {}).items():
         lines.append(f"MemoryClient {name}: p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
                      f"over {figures['n']:,} calls" + (f" ({figures['hits']:,} hits)" if "hits" in figures else "") + ".")
@@ -599,9 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_parallel_run:
             with parallel_run.changed_file(corpus / manifest["file_list"][0]["path"]) as changed:
                 parallel_run.client_write(dsn)
+                raw_before = count(dsn, raw_count)
                 m = step(harness(SYNC_STEP, ours_command("sync", corpus, dsn, home), work, log))
             m.checks = {**parallel_run.both_changes_in_the_marts(dsn, changed),
-                        "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}"}
+                        "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}",
+                        "raw_rows_added": count(dsn, raw_count) - raw_before}
             m.dbt_nodes = dbt_nodes(home)
             client.update(parallel_run.client_latencies(dsn, work))
             say(f"  client {client}")
