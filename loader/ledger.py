@@ -591,11 +591,12 @@ def record_columns(cursor: psycopg.Cursor, load_id: str, source_path: str, sourc
         [(load_id, source_path, source_table, source, raw, declared.get(source)) for source, raw in columns])
 
 
-def tables_loaded(connection: psycopg.Connection, load_id: str) -> list[tuple[str, str]]:
-    """(raw schema, raw table) of every table the load added rows to."""
+def tables_loaded(connection: psycopg.Connection, load_id: str, *, at_least: int = 1) -> list[tuple[str, str]]:
+    """(raw schema, raw table) of every table the load added at least `at_least` rows to (a row-level
+    change load adds only its changed rows)."""
     return connection.execute(
-        f"SELECT DISTINCT raw_schema, raw_table FROM {LEDGER_SCHEMA}.load_tables "
-        "WHERE load_id = %s AND rows_loaded > 0 ORDER BY 1, 2", [load_id]).fetchall()
+        f"SELECT raw_schema, raw_table FROM {LEDGER_SCHEMA}.load_tables WHERE load_id = %s "
+        "GROUP BY 1, 2 HAVING sum(rows_loaded - rows_unchanged) >= %s ORDER BY 1, 2", [load_id, at_least]).fetchall()
 
 
 # ---------------------------------------------------------------------------------- current loads
