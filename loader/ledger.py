@@ -591,12 +591,15 @@ def record_columns(cursor: psycopg.Cursor, load_id: str, source_path: str, sourc
         [(load_id, source_path, source_table, source, raw, declared.get(source)) for source, raw in columns])
 
 
-def tables_loaded(connection: psycopg.Connection, load_id: str, *, at_least: int = 1) -> list[tuple[str, str]]:
-    """(raw schema, raw table) of every table the load added at least `at_least` rows to (a row-level
-    change load adds only its changed rows)."""
+def tables_loaded(connection: psycopg.Connection, load_id: str, *, changes_at_least: int = 1) -> list[tuple[str, str]]:
+    """(raw schema, raw table) of every table the load added rows to; when only row-level change loads
+    added to it, at least `changes_at_least` rows."""
     return connection.execute(
-        f"SELECT raw_schema, raw_table FROM {LEDGER_SCHEMA}.load_tables WHERE load_id = %s "
-        "GROUP BY 1, 2 HAVING sum(rows_loaded - rows_unchanged) >= %s ORDER BY 1, 2", [load_id, at_least]).fetchall()
+        f"SELECT t.raw_schema, t.raw_table FROM {LEDGER_SCHEMA}.load_tables AS t "
+        f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path) WHERE t.load_id = %s "
+        "GROUP BY 1, 2 HAVING sum(t.rows_loaded - t.rows_unchanged) >= "
+        "CASE WHEN bool_and(f.delta_of IS NOT NULL) THEN %s ELSE 1 END ORDER BY 1, 2",
+        [load_id, changes_at_least]).fetchall()
 
 
 # ---------------------------------------------------------------------------------- current loads
