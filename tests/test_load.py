@@ -79,7 +79,7 @@ def test_values_round_trip_exactly_with_lineage(realdata, target, tmp_path):
     assert {row[7] for row in loaded} == {hashlib.sha256(source.read_bytes()).hexdigest()}
 
 
-def test_unchanged_file_is_skipped_and_changed_file_reloaded(tmp_path, realdata, target):
+def test_unchanged_file_is_skipped_and_a_changed_file_stores_only_its_new_rows(tmp_path, realdata, target):
     folder = tmp_path / "tree"
     folder.mkdir()
     database = folder / "memory.db"
@@ -95,9 +95,11 @@ def test_unchanged_file_is_skipped_and_changed_file_reloaded(tmp_path, realdata,
     with target.connect() as connection:
         per_load = dict(connection.execute(
             "SELECT _load_id, count(*) FROM raw_claude_flow_v2.memory_entries GROUP BY 1").fetchall())
-        current = connection.execute("SELECT load_id FROM consolidate.current_loads").fetchall()
-    assert per_load[third.load_id] == per_load[first.load_id] + 1
-    assert current == [(third.load_id,)]
+        current = connection.execute("SELECT load_id, delta_of FROM consolidate.current_loads "
+                                     "JOIN consolidate.load_files USING (load_id, source_path)").fetchall()
+    # a row-level change load (loader/load/delta.py): the new row only, on top of the first load
+    assert per_load[third.load_id] == 1
+    assert current == [(third.load_id, first.load_id)]
 
 
 def test_each_file_is_committed_as_soon_as_it_is_loaded(realdata, target):
