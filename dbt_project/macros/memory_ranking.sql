@@ -34,26 +34,10 @@
 {%- endmacro %}
 
 
-{#-
-    Every version of `versions` (a relation or CTE with ranked_version_columns) ranked within its entry.
-    The reads through the client (`accesses`, one row per entry) are joined after the windows: joined
-    before, they made PostgreSQL sort every version by entry for a merge join and then again for the
-    windows; after, the windows' one sort serves both.
--#}
+{#- Every version of `versions` (a relation or CTE with ranked_version_columns) ranked within its entry. -#}
 {% macro rank_memory_versions(versions, accesses) -%}
 select
-    {%- for column in ranked_version_columns() %}
-    ranked.{{ column }},
-    {%- endfor %}
-    ranked.version_rank,
-    ranked.version_count,
-    ranked.first_created_at,
-    greatest(ranked.versions_last_accessed_at, accesses.accessed_at) as last_accessed_at,
-    greatest(ranked.versions_max_access_count, accesses.access_count) as max_access_count,
-    ranked.winner_load_id,
-    ranked.winner_source_path,
-    ranked.winner_source_table,
-    ranked.winner_source_rowid,
+    ranked.*,
     ranked.version_rank = 1 as is_winner
 from (
     select
@@ -63,13 +47,16 @@ from (
         row_number() over newest_first as version_rank,
         count(*) over same_entry as version_count,
         min(versions.created_at) over same_entry as first_created_at,
-        max(versions.accessed_at) over same_entry as versions_last_accessed_at,
-        max(versions.access_count) over same_entry as versions_max_access_count,
+        greatest(max(versions.accessed_at) over same_entry, accesses.accessed_at) as last_accessed_at,
+        greatest(max(versions.access_count) over same_entry, accesses.access_count) as max_access_count,
         first_value(versions.load_id) over newest_first as winner_load_id,
         first_value(versions.source_path) over newest_first as winner_source_path,
         first_value(versions.source_table) over newest_first as winner_source_table,
         first_value(versions.source_rowid) over newest_first as winner_source_rowid
     from {{ versions }} as versions
+    left join {{ accesses }} as accesses
+        on accesses.namespace = versions.namespace
+        and accesses.key = versions.key
     window
         same_entry as (partition by versions.namespace, versions.key),
         newest_first as (
@@ -84,9 +71,6 @@ from (
                 versions.source_rowid asc nulls last
         )
 ) as ranked
-left join {{ accesses }} as accesses
-    on accesses.namespace = ranked.namespace
-    and accesses.key = ranked.key
 {%- endmacro %}
 
 
