@@ -494,7 +494,7 @@ def analyze_loaded_tables(connection: psycopg.Connection, load_id: str) -> None:
     aggregations are planned blind (measured at 1M: ANALYZE 0.5-1.6 s, int_memory_ranked 24 -> 19 s).
     The ledger's files and tables too: a few dozen rows, below autovacuum's threshold, so without this the
     planner takes consolidate.current_loads for one row and reads raw by index, load after load
-    (assert_raw_memory_rows_represented_once at 1M: 12.7 s -> see BENCHMARKS.md)."""
+    (assert_raw_memory_rows_represented_once at 1M: 12.7 -> 9.1 s)."""
     for schema, table in ledger.tables_loaded(connection, load_id):
         connection.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
     for table in ("load_files", "load_tables"):
