@@ -28,7 +28,7 @@ from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import sync, watch
 from loader.sources.discover import discover
-from loader.transform.build import build
+from loader.transform.build import build, run_dbt
 from loader.verify.lineage import versions
 
 from conftest import fresh_database, read_private_copy
@@ -134,6 +134,36 @@ def test_a_sync_after_an_insert_and_an_update_shows_both_in_unified_memory(tmp_p
     again = do_sync(root, target, home, build=False)
     assert [f.status for f in again.files] == ["unchanged"] and again.totals["rows"] == file.rows
     assert load_changes(target, again.load_id, db) == {}
+
+
+def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])
+    do_sync(root, target, home)
+    write(db, "UPDATE memory_entries SET value = '\"changed\"', updated_at = ? WHERE key = 'k1'", (T0 + 60,))
+    do_sync(root, target, home)  # incremental: its heavy tests check the changed entry k1 only, and pass
+    heavy = ("assert_flags_reach_the_marts", "assert_raw_memory_rows_represented_once")
+
+    def run_heavy_tests(*, scoped: bool) -> set[str]:
+        """The heavy tests that failed; checks they ran scoped (or over everything) as expected."""
+        outcome = run_dbt(["test", "--select", *heavy], target, home, quiet=True)
+        compiled = next((home / "dbt" / "target" / "compiled").rglob("assert_flags_reach_the_marts.sql"))
+        assert ("with entries as" in compiled.read_text()) == scoped
+        return {name for name in heavy if any(name in failure for failure in outcome.failures)}
+
+    def tamper(statement: str) -> None:
+        with target.connect() as connection:
+            connection.execute("SET LOCAL session_replication_role = replica")  # past the triggers
+            connection.execute(statement)
+
+    assert run_heavy_tests(scoped=True) == set()
+    # a known flag that k1's winning version does not carry
+    tamper("UPDATE unified_memory SET flags = '{malformed_json:value}' WHERE key = 'k1'")
+    assert run_heavy_tests(scoped=True) == {"assert_flags_reach_the_marts"}
+    tamper("UPDATE unified_memory SET flags = '{}' WHERE key = 'k1'")
+    assert run_heavy_tests(scoped=False) == set()  # after a failed run: everything, and it passes again
+    tamper("DELETE FROM unified_memory WHERE key = 'k1'")
+    assert run_heavy_tests(scoped=True) == set(heavy)
 
 
 def test_a_deletion_is_recorded_and_leaves_the_marts_but_not_raw(tmp_path, target, home):

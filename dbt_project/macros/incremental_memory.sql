@@ -7,9 +7,10 @@
     or `consolidate build --full-refresh`) computes everything from raw and the write log; both give the
     same rows, ids included (ids live in consolidate.entry_ids and are never renumbered).
 
-    Builds and writes exclude each other with the advisory lock `consolidate.marts`: every model that
-    writes int_memory_ranked or a memory mart holds it exclusively for its transaction (lock_memory_marts),
-    every write in PostgreSQL holds it shared. Triggers on those tables stand aside only while
+    Builds and writes exclude each other with the advisory locks `consolidate.marts` (one key per table,
+    memory_mart_tables): every model that writes int_memory_ranked or a memory mart holds its table's key
+    exclusively for its transaction (lock_memory_marts), every write in PostgreSQL holds all four shared.
+    So a build's marts, which read only int_memory_ranked and entry_ids, are built side by side. Triggers on those tables stand aside only while
     `consolidate.maintaining_marts` is on (set by the strategy and by the write path for their own
     statements); any other DML is captured as a write (the marts) or refused (ranked, history).
 -#}
@@ -58,9 +59,24 @@
 {%- endmacro %}
 
 
-{#- pre_hook of every model that writes int_memory_ranked or a memory mart. -#}
+{#- The tables a write in PostgreSQL changes, each with its own lock key (see above). -#}
+{% macro memory_mart_tables() -%}
+    {{ return(['int_memory_ranked', 'unified_memory', 'performance_metrics', 'unified_memory_history']) }}
+{%- endmacro %}
+
+
+{#- The advisory lock key of one of memory_mart_tables, as the arguments of pg_advisory_xact_lock. -#}
+{% macro memory_mart_lock_key(table_name) -%}
+    hashtext('consolidate.marts'), hashtext({{ table_name }})
+{%- endmacro %}
+
+
+{#- pre_hook of every model that writes int_memory_ranked or a memory mart: its own table's key. -#}
 {% macro lock_memory_marts() -%}
-    select pg_advisory_xact_lock(hashtext('consolidate.marts'))
+    {%- if this.identifier not in memory_mart_tables() -%}
+        {{ exceptions.raise_compiler_error(this.identifier ~ " is not one of memory_mart_tables()") }}
+    {%- endif -%}
+    select pg_advisory_xact_lock({{ memory_mart_lock_key("'" ~ this.identifier ~ "'") }})
 {%- endmacro %}
 
 

@@ -1,7 +1,7 @@
 {#-
     on-run-start: the write path of PostgreSQL as the system of record. Every write to a memory entry made
     in PostgreSQL goes through consolidate.write_memory_entry, which in one transaction (the caller's)
-      1. takes the advisory lock `consolidate.marts` shared (a build holds it exclusively) and a lock on
+      1. takes the advisory locks `consolidate.marts` shared (a build's model holds its table's exclusively) and a lock on
          the entry, so writes to one entry are serialized and never interleave with a build;
       2. appends the write to raw_postgres.memory_writes (a delete as a tombstone);
       3. gives a new entry its id (consolidate.entry_ids);
@@ -102,7 +102,8 @@ $fn$;
 -- The locks every write holds until its transaction ends.
 create or replace function consolidate.lock_memory_entry(p_namespace text, p_key text) returns void
 language sql as $fn$
-    select pg_advisory_xact_lock_shared(hashtext('consolidate.marts'));
+    select pg_advisory_xact_lock_shared({{ memory_mart_lock_key('mart_table') }})
+    from unnest(array[{% for table_name in memory_mart_tables() %}'{{ table_name }}'{{ ", " if not loop.last }}{% endfor %}]) as mart_table;
     select pg_advisory_xact_lock(hashtext('consolidate.entry'), hashtext(p_namespace || chr(31) || p_key));
 $fn$;
 
