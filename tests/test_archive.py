@@ -15,11 +15,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_status import add_table, consolidate, sha256, write_and_run_sample
+from test_delta_loads import change, v2_file
+from test_status import add_table, consolidate, independent_row_count, sha256, write_and_run_sample
 
 from loader.database import Target
 from loader.fixtures.sample import write_sample
 from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
+from loader.operate.status import UNCHANGED, status
+from loader.pipeline import run, sync
+
+from conftest import fetch
 
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
@@ -221,3 +226,31 @@ def test_archive_and_remove_the_real_databases(realdata, target, home, tmp_path)
     for path in loaded:
         assert not path.exists() and not any(side.exists() for side in sidecars(path)), path
 
+
+
+def test_a_file_synced_by_a_row_level_change_load_shows_in_status_and_is_archived(tmp_path, target, home):
+    """After a change load (only the changed rows stored, loader/load/delta.py), status counts the file's
+    rows, not the rows the load stored, and archive takes the file: its current load loaded every row
+    SQLite holds and the reconciliation mart reconciled it."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", 25)
+    first = run([root], target, home, backup_to=None, quiet=True)
+    change(db, ("UPDATE memory_entries SET value = '\"changed\"', updated_at = updated_at + 100 WHERE key = 'key-7'",),
+           ("DELETE FROM memory_entries WHERE key = 'key-8'",),
+           ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) "
+            "VALUES ('new', '1', 'default', 1750000999, 1750000999)",))
+    synced = sync([root], target, home, quiet=True)
+    assert synced.build.success, synced.build.failures
+    assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s",
+                 (synced.load_id,)) == [(first.loaded.load_id,)]
+    rows = independent_row_count(db, tmp_path / "count")
+
+    (shown,) = status(target).files
+
+    assert (shown.on_disk, shown.current.load_id) == (UNCHANGED, synced.load_id)
+    assert shown.current.rows_in_sqlite == shown.current.rows_loaded == rows
+
+    report = archive(target, [root], tmp_path / "archives")
+
+    assert report.refused == [] and [Path(entry.path) for entry in report.archived] == [db]
+    assert verify_archive(report.archive) == []

@@ -13,7 +13,7 @@ from pathlib import Path
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.serve.client import MemoryClient
 
-from conftest import consolidate, fetch
+from conftest import consolidate, fetch, read_private_copy
 
 T0 = 1_750_000_000  # epoch seconds
 
@@ -128,3 +128,64 @@ def test_a_cut_over_file_that_changes_is_still_loaded_and_reported_as_split_brai
     write(source, "UPDATE memory_entries SET value = '\"sqlite 3\"', updated_at = ? WHERE key = 'shared'", (T0 + 90,))
     human = consolidate("sync", str(tree), "--no-build", target=target, home=home)
     assert "split brain" in human.stderr and "default/shared" in human.stderr
+
+
+def entry_rows(path: Path, folder: Path) -> dict[int, tuple]:
+    """rowid -> ((namespace, key), the whole row) of the file's memory_entries, from a private copy."""
+    return {row[0]: ((row[1] or "default", row[2]), row) for row in read_private_copy(
+        path, folder, "SELECT rowid, namespace, key, * FROM memory_entries")}
+
+
+def entries_changed(before: dict[int, tuple], after: dict[int, tuple]) -> dict[tuple[str, str], str]:
+    """(namespace, key) -> inserted / updated / deleted, as the split-brain check names a change: an
+    entry some row of which changed, was deleted or inserted (by rowid and content)."""
+    gone = {before[r][0] for r in before if after.get(r) != before[r]}
+    new = {after[r][0] for r in after if before.get(r) != after[r]}
+    return {entry: "updated" if entry in gone and entry in new else "inserted" if entry in new else "deleted"
+            for entry in gone | new}
+
+
+def test_split_brain_after_row_level_change_loads_compares_the_file_states(tmp_path, target, home):
+    """The cutover's baseline is itself a row-level change load, and so are the loads after it: each
+    check compares the file's whole state at the baseline with its whole state at the load (rows deleted
+    or changed by an earlier change load after the cutover count still), not the rows each load stored."""
+    tree = tmp_path / "tree"
+    source = v2_file(tree / "app/.swarm/memory.db", [(f"k{n}", f'"v{n}"', "default", T0) for n in range(6)])
+    first = run_json("sync", str(tree), target=target, home=home)
+    write(source, "UPDATE memory_entries SET value = '\"v0 again\"', updated_at = ? WHERE key = 'k0'", (T0 + 10,))
+    baseline = run_json("sync", str(tree), target=target, home=home)
+    assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s",
+                 (baseline["load_id"],)) == [(first["load_id"],)]
+    run_json("cutover", str(source), target=target, home=home)
+    at_cutover = entry_rows(source, tmp_path / "copy")
+    with MemoryClient(target.dsn, source=str(source), track_access=False) as memory:
+        for key in ("k1", "k2", "k3"):  # k1 is changed in SQLite too, k2 deleted, k3 left as it is
+            memory.set(key, "written in postgresql")
+    write(source, "UPDATE memory_entries SET value = '\"sqlite\"', updated_at = ? WHERE key = 'k1'", (T0 + 60,))
+    write(source, "DELETE FROM memory_entries WHERE key = 'k2'")
+    write(source, "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
+                  "VALUES ('k-new', '\"s\"', 'default', ?, ?, ?)", (T0 + 60,) * 3)
+    changed = entries_changed(at_cutover, entry_rows(source, tmp_path / "copy"))
+    assert changed == {("default", "k1"): "updated", ("default", "k2"): "deleted",
+                       ("default", "k-new"): "inserted"}
+
+    report = run_json("sync", str(tree), "--no-build", target=target, home=home)
+
+    assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s",
+                 (report["load_id"],)) == [(baseline["load_id"],)]
+    (split,) = report["split_brain"]
+    assert split["sqlite_entries"] == len(changed)
+    written = {("default", key) for key in ("k1", "k2", "k3")}
+    assert [(e["namespace"], e["key"], e["sqlite_change"], e["postgres_writes"]) for e in split["written_on_both_sides"]] \
+        == [(*entry, change, 1) for entry, change in sorted(changed.items()) if entry in written]
+
+    # one more change load: still compared with the baseline (k2's deletion by the load before counts)
+    write(source, "UPDATE memory_entries SET value = '\"later\"', updated_at = ? WHERE key = 'k4'", (T0 + 90,))
+    changed = entries_changed(at_cutover, entry_rows(source, tmp_path / "copy"))
+    later = run_json("sync", str(tree), "--no-build", target=target, home=home)
+    assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s",
+                 (later["load_id"],)) == [(report["load_id"],)]
+    (split,) = later["split_brain"]
+    assert split["sqlite_entries"] == len(changed) == 4
+    assert [(e["namespace"], e["key"], e["sqlite_change"]) for e in split["written_on_both_sides"]] == \
+        [(*entry, change) for entry, change in sorted(changed.items()) if entry in written]

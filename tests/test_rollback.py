@@ -15,8 +15,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from test_delta_loads import change, v2_file
 
 from loader.database import Target
+from loader.pipeline import run, sync
 from loader.serve.client import MemoryClient
 
 from conftest import consolidate, fetch, fresh_database
@@ -365,3 +367,54 @@ def test_rollback_of_a_v3_file_without_memory_rows_holds_what_its_service_create
                    floor_epoch(pg["updated_at"], UNITS["v3"]))
     assert (report["unchanged"], len(report["created"])) == (0, 1)
     assert migrated["checksums"]["v3-empty"] == sha256_of_folder(source.parent)
+
+
+def test_rollback_after_a_row_level_change_load_gives_back_every_entry(tmp_path, target, home):
+    """A sync after a row, an entry deleted and an entry inserted in SQLite makes a row-level change load
+    (it stores only the changed rows; the others stay current in the first load): the rollback still
+    holds every entry of the file, the untouched rows byte for byte, and PostgreSQL's writes to entries
+    whose rows are in the first load."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", 30)
+    first = run([root], target, home, backup_to=None, quiet=True)
+    change(db, ("UPDATE memory_entries SET value = '\"changed in sqlite\"', updated_at = updated_at + 100 "
+                "WHERE key = 'key-7'",),
+           ("DELETE FROM memory_entries WHERE key = 'key-8'",),
+           ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) "
+            "VALUES ('new in sqlite', '1', 'default', 1750000999, 1750000999)",))
+    synced = sync([root], target, home, quiet=True)
+    assert synced.build.success, synced.build.failures
+    assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s",
+                 (synced.load_id,)) == [(first.loaded.load_id,)]
+    with MemoryClient(target.dsn, track_access=False, source=str(db)) as memory:
+        memory.set("key-3", "set in PostgreSQL")  # both rows stayed current in the first load
+        assert memory.delete("key-4")
+    original = typed_rows(opened_copy(db, tmp_path / "source"), "memory_entries")
+    assert {entry_of(row) for row in original.values()} >= {("default", "key-7"), ("default", "new in sqlite")}
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    written = typed_rows(opened_copy(destination, tmp_path / "written"), "memory_entries")
+    touched = {("default", "key-3"), ("default", "key-4")}
+    assert {r: row for r, row in written.items() if entry_of(row) not in touched} == \
+        {r: row for r, row in original.items() if entry_of(row) not in touched}
+    (changed,) = [row for row in written.values() if entry_of(row) == ("default", "key-3")]
+    assert changed["value"] == ("text", "set in PostgreSQL")
+    assert ("default", "key-4") not in {entry_of(row) for row in written.values()}
+    assert [(e["namespace"], e["key"]) for e in report["changed"]] == [("default", "key-3")]
+    assert [(e["namespace"], e["key"]) for e in report["deleted"]] == [("default", "key-4")]
+    assert (report["created"], report["unchanged"]) == ([], len(original) - 2)
+
+    # a change load that only deletes stores no row: before the build that follows it, the marts still
+    # rank the deleted row, and the rollback is refused
+    change(db, ("DELETE FROM memory_entries WHERE key = 'key-9'",))
+    deleting = sync([root], target, home, quiet=True, build=False)
+    assert fetch(target, "SELECT rows_loaded - rows_unchanged FROM consolidate.load_tables WHERE load_id = %s "
+                         "AND source_table = 'memory_entries'", (deleting.load_id,)) == [(0,)]
+    refused = consolidate("rollback", str(db), "--to", str(tmp_path / "stale.db"), target=target, home=home)
+    assert refused.returncode == 5 and "do not hold its current load" in " ".join(refused.stderr.split())
+    assert not (tmp_path / "stale.db").exists()

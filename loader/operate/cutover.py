@@ -11,9 +11,11 @@ its SQLite file again (after a rollback); the history of both stays.
 Split brain: a cut-over file that changes afterwards is still loaded by `sync` (nothing is lost: its rows
 are versions like any other and the latest `updated_at` wins), and every load of it made after its
 cutover is checked once (`consolidate.split_brain`): the memory entries whose rows differ between the
-baseline load and this one (by rowid and row content) are the entries the file changed since the
-cutover, and those of them also written in PostgreSQL since the cutover (`memory_writes.written_at`) are
-named as written on both sides. Rows of its other tables changed since count too (sync's change
+file's state at the baseline load and its state at this one (by rowid and row content; a state: the raw
+rows of the load and, for a row-level change load, of the loads it applies on, less the rows retired
+by them, loader/load/delta.py) are the entries the file changed since the cutover, and those of them
+also written in PostgreSQL since the cutover (`memory_writes.written_at`) are named as written on both
+sides. Rows of its other tables changed since count too (sync's change
 detection); a file with new bytes but the same rows (a WAL checkpoint, a VACUUM) is no split brain.
 """
 
@@ -270,23 +272,57 @@ JOIN postgres AS p USING (namespace, key)
 """
 
 
+# The loads whose raw rows make up a file's state at the load named by the placeholder {load} (and
+# %(source_path)s): that load and, for a row-level change load, the loads it was applied on, back to a
+# full load (consolidate.current_load_parts, for any load).
+STATE_LOADS = f"""(
+    WITH RECURSIVE chain AS (
+        SELECT load_id, delta_of FROM {LEDGER_SCHEMA}.load_files
+        WHERE load_id = {{load}} AND source_path = %(source_path)s
+        UNION ALL
+        SELECT f.load_id, f.delta_of
+        FROM chain
+        JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
+    )
+    SELECT load_id FROM chain)"""
+
+
+def state_loads(load_param: str) -> sql.Composed:
+    return sql.SQL(STATE_LOADS).format(load=sql.Placeholder(load_param))
+
+
+def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
+    """`row` (an alias of raw rows of the file's `source_table`) is a row of the file's state at the load
+    %(load_param)s: a row of one of its loads (state_loads) that none of them retired. Rows retired by
+    later loads were still there then. At the file's current load: the file's current rows."""
+    loads = state_loads(load_param)
+    return sql.SQL(
+        "{row}._load_id IN {loads} AND {row}._source_path = %(source_path)s "
+        "AND NOT EXISTS (SELECT 1 FROM {retired} AS retired WHERE retired.row_load_id = {row}._load_id "
+        "AND retired.source_path = {row}._source_path AND retired.source_table = {table} "
+        "AND retired.source_rowid = {row}._source_rowid AND retired.load_id IN {loads})").format(
+        row=sql.Identifier(row), loads=loads, retired=sql.Identifier(LEDGER_SCHEMA, "retired_rows"),
+        table=sql.Literal(source_table))
+
+
 def content_columns(connection: psycopg.Connection, schema: str, table: str) -> list[str]:
     return [name for (name,) in connection.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
         "ORDER BY ordinal_position", (schema, table)) if name not in NOT_CONTENT]
 
 
-def rows_of_load(relation: tuple[str, str] | None, columns: list[str], present: list[str], kind: str,
-                 load_param: str) -> sql.Composable:
-    """(rowid, namespace, key, digest of the row) of one load's memory rows; nothing without the table."""
+def rows_of_state(relation: tuple[str, str] | None, columns: list[str], present: list[str], kind: str,
+                  load_param: str) -> sql.Composable:
+    """(rowid, namespace, key, digest of the row) of the file's memory rows in its state at one load
+    (in_state); nothing without the table."""
     if relation is None:
         return sql.SQL("SELECT NULL::bigint AS rowid, NULL::text AS namespace, NULL::text AS key, "
                        "NULL::text AS digest WHERE false")
-    values = [sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
-    return sql.SQL("SELECT _source_rowid AS rowid, {namespace} AS namespace, key, md5(ROW({values})::text) AS digest "
-                   "FROM {table} WHERE _load_id = {load} AND _source_path = %(source_path)s").format(
+    values = [sql.SQL("r.") + sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
+    return sql.SQL("SELECT r._source_rowid AS rowid, {namespace} AS namespace, r.key, "
+                   "md5(ROW({values})::text) AS digest FROM {table} AS r WHERE {state}").format(
         namespace=NAMESPACE_OF_ROW[kind], values=sql.SQL(", ").join(values), table=sql.Identifier(*relation),
-        load=sql.Placeholder(load_param))
+        state=in_state("r", MEMORY_TABLES[kind], load_param))
 
 
 def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -> tuple[int, list[dict]]:
@@ -297,8 +333,8 @@ def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -
     new_columns = content_columns(connection, *new) if new else []
     columns = new_columns + [c for c in old_columns if c not in new_columns]
     statement = sql.SQL(BOTH_SIDES).format(
-        old=rows_of_load(old, columns, old_columns, check["kind"], "baseline_load_id"),
-        new=rows_of_load(new, columns, new_columns, check["kind"], "load_id"),
+        old=rows_of_state(old, columns, old_columns, check["kind"], "baseline_load_id"),
+        new=rows_of_state(new, columns, new_columns, check["kind"], "load_id"),
         write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"))
     count, entries = connection.execute(statement, check).fetchone()
     return count, entries

@@ -1,8 +1,10 @@
 """`consolidate rollback SOURCE --to FILE`: PostgreSQL's current state of SOURCE's entries, written as a
 new SQLite database in SOURCE's own schema, for a service that goes back to its SQLite file.
 
-**Home.** An entry (namespace, key) is at home in SOURCE when SOURCE's current load holds a row of it (so
-its winner in the marts, or one of its current versions, comes from SOURCE), or when a write made in
+**Home.** An entry (namespace, key) is at home in SOURCE when SOURCE's current rows hold a row of it (so
+its winner in the marts, or one of its current versions, comes from SOURCE; SOURCE's current rows: its
+current load's and, for a row-level change load, those of the loads it applies on that no later one
+retired, loader/load/delta.py), or when a write made in
 PostgreSQL tied it to SOURCE (`MemoryClient(..., source=SOURCE)` fills `home_source_path` of
 raw_postgres.memory_writes). An entry held by several files is at home in each: each one's rollback
 holds it, with PostgreSQL's state.
@@ -11,10 +13,10 @@ holds it, with PostgreSQL's state.
 - SOURCE's schema: every table, index, trigger and view with its exact SQL from `sqlite_master`, and its
   page_size, auto_vacuum, text encoding, user_version, application_id and journal mode (WAL or not);
 - SOURCE's other tables (v3 sessions, patterns, metadata, sqlite_sequence, ...): their rows as they are in
-  its current load;
+  its current load (its current rows);
 - per entry at home, from the marts (`unified_memory`, `performance_metrics`):
   - absent (a delete won, or it never was): no row;
-  - the winner is SOURCE's own row of its current load: that row, byte for byte. Reads made in
+  - the winner is one of SOURCE's current rows: that row, byte for byte. Reads made in
     PostgreSQL (accessed_at / access_count bookkeeping) do not make a row changed and are not carried;
   - otherwise (written in PostgreSQL, or a newer version from another file won): SOURCE's row (its rowid,
     id and every column PostgreSQL does not hold, such as v3's embedding) with PostgreSQL's values in the
@@ -59,7 +61,15 @@ from psycopg.types.json import Jsonb
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.load import raw_tables
-from loader.operate.cutover import MEMORY_TABLES, NAMESPACE_OF_ROW, current_load_of, ledger_path, who
+from loader.operate.cutover import (
+    MEMORY_TABLES,
+    NAMESPACE_OF_ROW,
+    current_load_of,
+    in_state,
+    ledger_path,
+    state_loads,
+    who,
+)
 from loader.sources.snapshot import SourceKeptChanging, consistent_copy, sha256_of, side_file
 from loader.sources.sqlite_reader import quote
 
@@ -103,14 +113,15 @@ class RollbackReport:
 
 # ------------------------------------------------------------------------------ PostgreSQL's state
 
-# The source's rows that are the marts' winners (untouched: copied as they are). An entry at home in the
+# The source's rows that are the marts' winners (untouched: copied as they are). The marts name the load a
+# row is stored in: the current load or, after a row-level change load, one it applies on ({current_loads}). An entry at home in the
 # source whose winner is not one of them is read with its state by CHANGED_ENTRIES.
 UNTOUCHED_ROWS = """
 SELECT source_rowid FROM {unified_memory}
-WHERE source_path = %(source_path)s AND load_id = %(load_id)s AND source_table = %(source_table)s
+WHERE source_path = %(source_path)s AND load_id IN {current_loads} AND source_table = %(source_table)s
 UNION ALL
 SELECT source_rowid FROM {performance_metrics}
-WHERE source_path = %(source_path)s AND load_id = %(load_id)s AND source_table = %(source_table)s
+WHERE source_path = %(source_path)s AND load_id IN {current_loads} AND source_table = %(source_table)s
 """
 
 # Every other entry at home in the source (its rows that are not winners, and the entries written in
@@ -123,7 +134,7 @@ WITH untouched AS ({untouched}),
 candidates AS MATERIALIZED (
     SELECT {namespace} AS namespace, source.key, source._source_rowid AS rowid
     FROM {raw_table} AS source
-    WHERE source._load_id = %(load_id)s AND source._source_path = %(source_path)s AND source.key IS NOT NULL
+    WHERE {current_row} AND source.key IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM untouched WHERE untouched.source_rowid = source._source_rowid)
     UNION ALL
     SELECT namespace, key, NULL FROM {write_log} WHERE home_source_path = %(source_path)s
@@ -143,7 +154,7 @@ SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart
        CASE WHEN jsonb_typeof(state.metadata -> 'extended_memory') = 'object'
             THEN state.metadata -> 'extended_memory' ->> 'type' END AS extended_type,
        state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
-       state.source_path = %(source_path)s AND state.load_id = %(load_id)s
+       state.source_path = %(source_path)s AND state.load_id IN {current_loads}
            AND state.source_table = %(source_table)s AS won_by_another_row
 FROM entries
 LEFT JOIN (
@@ -178,15 +189,33 @@ def raw_memory_table(connection: psycopg.Connection, load_id: str, source_path: 
         "WHERE load_id = %s AND source_path = %s AND source_table = %s", (load_id, source_path, table)).fetchone()
 
 
-def marts_hold_load(connection: psycopg.Connection, load_id: str, source_path: str, raw_table: tuple[str, str]) -> bool:
-    """Whether the last build ranked the load's memory rows (false before the build that follows a load)."""
+# A memory row the file's loads retired (loader/load/delta.py) that the marts still rank: not built since.
+RANKED_RETIRED = """
+SELECT EXISTS (
+    SELECT 1 FROM {retired_rows} AS retired
+    JOIN intermediate.int_memory_ranked AS ranked
+      ON ranked.load_id = retired.row_load_id AND ranked.source_path = retired.source_path
+     AND ranked.source_table = retired.source_table AND ranked.source_rowid = retired.source_rowid
+    WHERE retired.source_path = %(source_path)s AND retired.source_table = %(source_table)s
+      AND retired.load_id IN {current_loads})
+"""
+
+
+def marts_hold_load(connection: psycopg.Connection, load_id: str, source_path: str, raw_table: tuple[str, str],
+                    memory_table: str) -> bool:
+    """Whether the last build ranked the file's current rows (false before the build that follows a load):
+    the load's own memory rows are ranked, and no row its loads retired (a row-level change load's
+    changed and deleted rows) still is."""
+    parameters = {"load_id": load_id, "source_path": source_path, "source_table": memory_table}
     has_rows = connection.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE _load_id = %s AND _source_path = %s)")
                                   .format(sql.Identifier(*raw_table)), (load_id, source_path)).fetchone()[0]
-    if not has_rows:
-        return True
-    return connection.execute(
-        "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked WHERE load_id = %s AND source_path = %s)",
-        (load_id, source_path)).fetchone()[0]
+    if has_rows and not connection.execute(
+            "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked WHERE load_id = %s AND source_path = %s)",
+            (load_id, source_path)).fetchone()[0]:
+        return False
+    return not connection.execute(sql.SQL(RANKED_RETIRED).format(
+        retired_rows=sql.Identifier(LEDGER_SCHEMA, "retired_rows"), current_loads=state_loads("load_id")),
+        parameters).fetchone()[0]
 
 
 def read_state(connection: psycopg.Connection, target: Target, source_path: str, load_id: str, kind: str,
@@ -196,7 +225,8 @@ def read_state(connection: psycopg.Connection, target: Target, source_path: str,
              "write_log": sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
              "unified_memory": sql.Identifier(target.schema, "unified_memory"),
              "performance_metrics": sql.Identifier(target.schema, "performance_metrics"),
-             "v3_fields": v3_fields("state.metadata")}
+             "v3_fields": v3_fields("state.metadata"), "current_loads": state_loads("load_id"),
+             "current_row": in_state("source", MEMORY_TABLES[kind], "load_id")}
     parameters = {"load_id": load_id, "source_path": source_path, "source_table": MEMORY_TABLES[kind]}
     untouched = sql.SQL(UNTOUCHED_ROWS).format(**names)
     rowids = [rowid for (rowid,) in connection.execute(untouched, parameters)]
@@ -564,13 +594,14 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                                     "sync` first so PostgreSQL, and the rollback, hold those changes")
             with target.connect() as reading:  # one snapshot of PostgreSQL for every read
                 reading.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                if not marts_hold_load(reading, load_id, source_path, raw_table):
+                if not marts_hold_load(reading, load_id, source_path, raw_table, MEMORY_TABLES[kind]):
                     raise RollbackError(f"{source_path}: the marts do not hold its current load {load_id} yet; "
                                         "run `consolidate build` (or `sync`) first")
                 untouched, entries = read_state(reading, target, source_path, load_id, kind, raw_table)
                 untouched += [rowid for (rowid,) in reading.execute(  # rows that are no entry: as they are
-                    sql.SQL("SELECT _source_rowid FROM {} WHERE _load_id = %s AND _source_path = %s AND key IS NULL")
-                    .format(sql.Identifier(*raw_table)), (load_id, source_path))]
+                    sql.SQL("SELECT source._source_rowid FROM {} AS source WHERE {} AND source.key IS NULL").format(
+                        sql.Identifier(*raw_table), in_state("source", MEMORY_TABLES[kind], "load_id")),
+                    {"load_id": load_id, "source_path": source_path})]
             report.unchanged = len(untouched)
             plan = plan_memory_table(kind, untouched, entries, report)
             written = destination.with_name(f".{destination.name}.rollback-{secrets.token_hex(4)}")

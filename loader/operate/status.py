@@ -1,8 +1,9 @@
 """`consolidate status`: the ledger at a glance, and whether each file on disk still matches it.
 
 For every source path the ledger has ever seen: the kind and status of its latest ledger row, its
-current load (the load whose rows are current in raw, `consolidate.current_loads`) with rows in SQLite,
-rows loaded and checksums, how the file on disk compares with that load, its last failure, and the
+current load (`consolidate.current_loads`; after a row-level change load, which stores only the changed
+rows, its rows loaded are still every row of the file's snapshot: loader/load/delta.py) with rows in
+SQLite, rows loaded and checksums, how the file on disk compares with that load, its last failure, and the
 time since it was last in sync. Plus totals and the latest `consolidate load` as a whole.
 
 On disk, a file is `unchanged` (main file and `-wal` have the current load's sha256), `changed`,

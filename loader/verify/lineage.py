@@ -12,8 +12,10 @@ from loader import ledger
 from loader.database import Target
 from loader.transform.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
 
-# The role of a version: winner / superseded (a current version), earlier load (a file's older load), or
-# for a write the build has not ranked yet (written to the log by hand) pending.
+# The role of a version: winner / superseded (a current version), earlier load (a file's older load, or a
+# row a row-level change load changed or deleted), or for a write the build has not ranked yet (written to
+# the log by hand) pending. Current is what the marts rank: a file's current rows, whose load may be an
+# earlier one its current load applies on (loader/load/delta.py); the ranked rows name that load.
 VERSIONS_QUERY = sql.SQL("""
 SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load_id,
        l.source_db, v.updated_at, v.accessed_at, v.value, v.data_type,

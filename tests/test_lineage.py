@@ -1,0 +1,51 @@
+"""`consolidate lineage` after a row-level change load (loader/load/delta.py): a row that stayed current in
+an earlier load of its file is a current version (winner), a row the change load changed or deleted is
+an earlier load's version. Real PostgreSQL, a real SQLite file; expected roles from sqlite3 reads of
+private copies of the file before and after its change."""
+
+from __future__ import annotations
+
+import json
+
+from test_delta_loads import change, rows_by_rowid, v2_file
+
+from loader.pipeline import run, sync
+from loader.verify.lineage import versions
+
+from conftest import consolidate, fetch
+
+
+def lineage(key: str, namespace: str, target) -> list[tuple[str, int, str]]:
+    return sorted((version.load_id, version.source_rowid, version.role) for version in versions(target, key, namespace))
+
+
+def test_lineage_after_a_row_level_change_load_shows_rows_of_earlier_parts_as_current(tmp_path, target, home):
+    root, copies = tmp_path / "tree", tmp_path / "copies"
+    copies.mkdir()
+    db = v2_file(root / "app/.swarm/memory.db", 20)
+    first = run([root], target, home, backup_to=None, quiet=True).loaded.load_id
+    before = rows_by_rowid(db, copies)
+    change(db, ("UPDATE memory_entries SET value = '\"changed\"', updated_at = updated_at + 100 WHERE key = 'key-7'",),
+           ("DELETE FROM memory_entries WHERE key = 'key-8'",),
+           ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) "
+            "VALUES ('new', '1', 'default', 1750000999, 1750000999)",))
+    after = rows_by_rowid(db, copies)
+    synced = sync([root], target, home, quiet=True)
+    assert synced.build.success, synced.build.failures
+    second = synced.load_id
+    assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s", (second,)) == [(first,)]
+
+    # by the file's rows: rowid -> key (column 1 after the rowid's own id column) and namespace (3)
+    rowid_of = {(row[3], row[1]): rowid for rowid, row in after.items()}
+    old_rowid_of = {(row[3], row[1]): rowid for rowid, row in before.items()}
+    unchanged = [entry for entry, rowid in rowid_of.items() if before.get(rowid) == after[rowid]]
+    assert len(unchanged) == len(after) - 2  # all but the changed and the inserted row
+    for namespace, key in unchanged:  # current where they were stored: the first load
+        assert lineage(key, namespace, target) == [(first, rowid_of[(namespace, key)], "winner")]
+    assert lineage("key-7", "default", target) == sorted(
+        [(first, old_rowid_of[("default", "key-7")], "earlier load"), (second, rowid_of[("default", "key-7")], "winner")])
+    assert lineage("key-8", "default", target) == [(first, old_rowid_of[("default", "key-8")], "earlier load")]
+    assert lineage("new", "default", target) == [(second, rowid_of[("default", "new")], "winner")]
+    shown = consolidate("lineage", "key-1", "--namespace", "default", "--json", target=target, home=home)  # the CLI
+    assert shown.returncode == 0, shown.stderr
+    assert [(v["load_id"], v["role"]) for v in json.loads(shown.stdout)] == [(first, "winner")]
