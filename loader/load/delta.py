@@ -47,10 +47,25 @@ WITH RECURSIVE chain AS (
 
 
 
-def state_loads(load_param: str) -> str:
+def state_loads(load_param: str) -> sql.Composed:
     """A subquery of the loads whose raw rows make up a file's state at the load named by the placeholder
-    `load_param` (and %(source_path)s): CHAIN for any load."""
-    return ("(" + CHAIN.replace("%(previous)s", f"%({load_param})s") + " SELECT load_id FROM chain)")
+    `load_param` (and %(source_path)s): that load and, for a change load, the loads it applies on."""
+    return sql.SQL("({} SELECT load_id FROM chain)").format(
+        sql.SQL(CHAIN.replace("%(previous)s", f"%({load_param})s")))
+
+
+def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
+    """`row` (an alias of raw rows of the file's `source_table`) is a row of the file's state at the load
+    %(load_param)s: a row of one of its loads (state_loads) that none of them retired. Rows retired by
+    later loads were still there then. At the file's current load: the file's current rows."""
+    loads = state_loads(load_param)
+    return sql.SQL(
+        "{row}._load_id IN {loads} AND {row}._source_path = %(source_path)s "
+        "AND NOT EXISTS (SELECT 1 FROM {retired} AS retired WHERE retired.row_load_id = {row}._load_id "
+        "AND retired.source_path = {row}._source_path AND retired.source_table = {table} "
+        "AND retired.source_rowid = {row}._source_rowid AND retired.load_id IN {loads})").format(
+        row=sql.Identifier(row), loads=loads, retired=sql.Identifier(LEDGER_SCHEMA, "retired_rows"),
+        table=sql.Literal(source_table))
 
 
 # One table's comparison, in one statement: prune the unchanged rows from the new load, retire the

@@ -38,6 +38,7 @@ from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.load import raw_tables
+from loader.load.delta import in_state
 from loader.load.raw_contract import LINEAGE_COLUMNS
 from loader.sources.snapshot import sha256_or_none, side_file
 
@@ -275,36 +276,6 @@ JOIN postgres AS p USING (namespace, key)
 # The loads whose raw rows make up a file's state at the load named by the placeholder {load} (and
 # %(source_path)s): that load and, for a row-level change load, the loads it was applied on, back to a
 # full load (consolidate.current_load_parts, for any load).
-STATE_LOADS = f"""(
-    WITH RECURSIVE chain AS (
-        SELECT load_id, delta_of FROM {LEDGER_SCHEMA}.load_files
-        WHERE load_id = {{load}} AND source_path = %(source_path)s
-        UNION ALL
-        SELECT f.load_id, f.delta_of
-        FROM chain
-        JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
-    )
-    SELECT load_id FROM chain)"""
-
-
-def state_loads(load_param: str) -> sql.Composed:
-    return sql.SQL(STATE_LOADS).format(load=sql.Placeholder(load_param))
-
-
-def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
-    """`row` (an alias of raw rows of the file's `source_table`) is a row of the file's state at the load
-    %(load_param)s: a row of one of its loads (state_loads) that none of them retired. Rows retired by
-    later loads were still there then. At the file's current load: the file's current rows."""
-    loads = state_loads(load_param)
-    return sql.SQL(
-        "{row}._load_id IN {loads} AND {row}._source_path = %(source_path)s "
-        "AND NOT EXISTS (SELECT 1 FROM {retired} AS retired WHERE retired.row_load_id = {row}._load_id "
-        "AND retired.source_path = {row}._source_path AND retired.source_table = {table} "
-        "AND retired.source_rowid = {row}._source_rowid AND retired.load_id IN {loads})").format(
-        row=sql.Identifier(row), loads=loads, retired=sql.Identifier(LEDGER_SCHEMA, "retired_rows"),
-        table=sql.Literal(source_table))
-
-
 def content_columns(connection: psycopg.Connection, schema: str, table: str) -> list[str]:
     return [name for (name,) in connection.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "

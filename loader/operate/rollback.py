@@ -61,13 +61,12 @@ from psycopg.types.json import Jsonb
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.load import raw_tables
+from loader.load.delta import in_state, state_loads
 from loader.operate.cutover import (
     MEMORY_TABLES,
     NAMESPACE_OF_ROW,
     current_load_of,
-    in_state,
     ledger_path,
-    state_loads,
     who,
 )
 from loader.sources.snapshot import SourceKeptChanging, consistent_copy, sha256_of, side_file
