@@ -212,3 +212,20 @@ where write_id > (
                         where marts_schema = '{{ target.schema }}' and invocation_id <> '{{ invocation_id }}')
 )
 {%- endmacro %}
+
+
+{#-
+    `row` (an alias of rows with load_id, source_path, source_table and source_rowid: a memory version, or a
+    raw row under those names) is not retired: a file's current rows are its current load's parts' rows
+    that no row-level change load retired (consolidate.current_load_parts, consolidate.retired_rows;
+    loader/load/delta.py).
+-#}
+{% macro not_retired(row) -%}
+not exists (
+    select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+    where retired.row_load_id = {{ row }}.load_id
+      and retired.source_path = {{ row }}.source_path
+      and retired.source_table = {{ row }}.source_table
+      and retired.source_rowid = {{ row }}.source_rowid
+)
+{%- endmacro %}

@@ -44,14 +44,8 @@ from new_versions
 inner join {{ source('consolidate', 'current_load_parts') }} as parts
     on new_versions.load_id = parts.part_load_id
     and new_versions.source_path = parts.source_path
-where not exists (
-    -- a row of a new change load that a later one (loaded before this build too) changed again
-    select 1 from {{ source('consolidate', 'retired_rows') }} as retired
-    where retired.row_load_id = new_versions.load_id
-      and retired.source_path = new_versions.source_path
-      and retired.source_table = new_versions.source_table
-      and retired.source_rowid = new_versions.source_rowid
-)
+-- a row of a new change load that a later one (loaded before this build too) changed again is retired
+where {{ not_retired('new_versions') }}
 
 {% else %}
 

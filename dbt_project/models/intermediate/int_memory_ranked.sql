@@ -48,9 +48,7 @@ versions as (
     where kept.write_id is null
       and not exists (select 1 from gone_loads
                       where gone_loads.load_id = kept.load_id and gone_loads.source_path = kept.source_path)
-      and not exists (select 1 from {{ source('consolidate', 'retired_rows') }} as retired
-                      where retired.row_load_id = kept.load_id and retired.source_path = kept.source_path
-                        and retired.source_table = kept.source_table and retired.source_rowid = kept.source_rowid)
+      and {{ not_retired('kept') }}
 
     union all
 

@@ -31,13 +31,7 @@ current_memory_versions as (
     inner join current_parts
         on all_memory_versions.load_id = current_parts.part_load_id
         and all_memory_versions.source_path = current_parts.source_path
-    where not exists (
-        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
-        where retired.row_load_id = all_memory_versions.load_id
-          and retired.source_path = all_memory_versions.source_path
-          and retired.source_table = all_memory_versions.source_table
-          and retired.source_rowid = all_memory_versions.source_rowid
-    )
+    where {{ not_retired('all_memory_versions') }}
 
 ),
 

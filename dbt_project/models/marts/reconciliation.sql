@@ -66,13 +66,7 @@ raw_counts as (
     inner join parts
         on raw_rows.load_id = parts.part_load_id
         and raw_rows.source_path = parts.source_path
-    where not exists (
-        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
-        where retired.row_load_id = raw_rows.load_id
-          and retired.source_path = raw_rows.source_path
-          and retired.source_table = raw_rows.source_table
-          and retired.source_rowid = raw_rows.source_rowid
-    )
+    where {{ not_retired('raw_rows') }}
     group by parts.load_id, parts.source_path
 
 ),
