@@ -366,9 +366,11 @@ class MemoryClient:
             query = sql.SQL("SELECT {columns} FROM {table} WHERE {where}")
         else:
             # the read is recorded as an access (raw_postgres.memory_accesses, so builds keep it), committed
-            # without waiting for the WAL flush (this statement only)
+            # without waiting for the WAL flush (this statement only). Recording locks each entry until the
+            # commit, so every reader takes the locks in key order: in the order a plan happens to return
+            # the rows, two readers of overlapping keys deadlocked.
             query = sql.SQL(
-                "WITH hit AS MATERIALIZED (SELECT {columns} FROM {table} WHERE {where})"
+                "WITH hit AS MATERIALIZED (SELECT {columns} FROM {table} WHERE {where} ORDER BY key)"
                 " SELECT hit.* FROM hit CROSS JOIN LATERAL (SELECT set_config('synchronous_commit', 'off', true),"
                 " consolidate.record_memory_access(hit.namespace, hit.key)) AS recorded")
         return query.format(table=self._table, columns=columns, where=where).as_string(None)
