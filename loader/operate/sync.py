@@ -57,9 +57,9 @@ from loader.operate import cutover
 from loader.transform.build import BuildOutcome
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
-# value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content.
-CONTENT_LINEAGE = {"_binary_columns"}
-NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - CONTENT_LINEAGE
+# value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content, as in a
+# change load's comparison (loader/load/delta.py).
+NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - set(delta.CONTENT_LINEAGE)
 
 # The file version loaded just before (load_id, source_path): same order as consolidate.current_loads.
 PREVIOUS_LOAD = f"""
