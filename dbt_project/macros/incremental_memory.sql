@@ -71,6 +71,15 @@
 {%- endmacro %}
 
 
+{#-
+    pre_hook of reconciliation: no write in PostgreSQL is in flight while it counts the marts (every write
+    holds all the keys shared; one held exclusively waits for those under way and holds back new ones).
+-#}
+{% macro lock_memory_marts_for_counting() -%}
+    select pg_advisory_xact_lock({{ memory_mart_lock_key("'" ~ memory_mart_tables()[0] ~ "'") }})
+{%- endmacro %}
+
+
 {#- pre_hook of every model that writes int_memory_ranked or a memory mart: its own table's key. -#}
 {% macro lock_memory_marts() -%}
     {%- if this.identifier not in memory_mart_tables() -%}
@@ -227,5 +236,28 @@ not exists (
       and retired.source_path = {{ row }}.source_path
       and retired.source_table = {{ row }}.source_table
       and retired.source_rowid = {{ row }}.source_rowid
+)
+{%- endmacro %}
+
+
+{#-
+    The write log's highest write_id when the last build that reconciled started (memory_builds.reconciled,
+    set by reconciliation's post_hook): writes above it may have changed what reconciliation counts.
+-#}
+{% macro reconciled_write_watermark() -%}
+select coalesce(max(write_watermark), 0) from consolidate.memory_builds
+where marts_schema = '{{ target.schema }}' and reconciled and invocation_id <> '{{ invocation_id }}'
+  and started_at = (select max(started_at) from consolidate.memory_builds
+                    where marts_schema = '{{ target.schema }}' and reconciled
+                      and invocation_id <> '{{ invocation_id }}')
+{%- endmacro %}
+
+
+{#- post_hook of reconciliation: the rows of files whose counted load is no longer their current one. -#}
+{% macro drop_files_no_longer_current(relation) -%}
+delete from {{ relation }} as counted
+where not exists (
+    select 1 from {{ source('consolidate', 'current_loads') }} as current_load
+    where current_load.source_path = counted.source_path and current_load.load_id = counted.load_id
 )
 {%- endmacro %}

@@ -110,10 +110,13 @@ CORE_RAW_TABLES = {
     ("raw_extended_memory", "metadata"): ["key", "value", "updated_at"],
 }
 
-# Raw memory tables are read per load by the incremental build (the rows of the loads new since the last
-# build): an index on _load_id finds them without scanning every earlier load (raw_tables.bootstrap).
+# Raw memory tables are read per load and file by the incremental build (the rows of the loads new since
+# the last build) and by reconciliation (one file's rows): an index on (_load_id, _source_path) finds them
+# without scanning every earlier load or the other files of a load (raw_tables.bootstrap; it replaces the
+# index on _load_id alone of earlier versions).
 RAW_MEMORY_TABLES = [("raw_claude_flow_v2", "memory_entries"), ("raw_claude_flow_v3", "memory_entries"),
                      ("raw_extended_memory", "memory_store")]
 RAW_MEMORY_INDEXES = "\n".join(
-    f"CREATE INDEX IF NOT EXISTS {table}__load_id ON {schema}.{table} (_load_id);"
+    f"DROP INDEX IF EXISTS {schema}.{table}__load_id;\n"
+    f"CREATE INDEX IF NOT EXISTS {table}__load_file ON {schema}.{table} (_load_id, _source_path);"
     for schema, table in RAW_MEMORY_TABLES)

@@ -2,7 +2,27 @@
     Per current source file with memory tables: SQLite rows (ledger) = its current raw rows (its current
     load's parts, minus retired rows) = kept + superseded + moved,
     and how many of those rows carry a flag (a problem recorded in staging; the row is loaded all the same).
+
+    Kept incrementally: a build recounts only the files whose counts may have changed since the last build
+    that reconciled (memory_builds.reconciled): a new current load, or rows among the entries this build
+    recomputed or PostgreSQL wrote since (their winner, so where their rows are counted, may have changed).
+    It counts with every write in PostgreSQL excluded (lock_memory_marts_for_counting), so no write is in
+    flight between the marts it counts and the write watermark the next build starts from.
 -#}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete+insert',
+    unique_key='source_path',
+    on_schema_change='fail',
+    pre_hook=["{{ lock_memory_marts_for_counting() }}"],
+    post_hook=[
+        "{{ drop_files_no_longer_current(this) }}",
+        "update consolidate.memory_builds set reconciled = true where invocation_id = '{{ invocation_id }}'",
+    ],
+) }}
+-- depends_on: {{ ref('int_memory_changed_keys') }}
+-- depends_on: {{ ref('int_memory_ranked') }}
+-- depends_on: {{ source('raw_postgres', 'memory_writes') }}
 
 with current_loads as (
 
@@ -28,7 +48,7 @@ memory_tables_in_ledger as (
 
 ),
 
-memory_files as (
+all_memory_files as (
 
     select
         current_loads.*,
@@ -40,10 +60,54 @@ memory_files as (
 
 ),
 
+{% if is_incremental() %}
+changed_entries as (
+
+    select namespace, key from {{ ref('int_memory_changed_keys') }}
+    union
+    select namespace, key from {{ source('raw_postgres', 'memory_writes') }}
+    where write_id > ({{ reconciled_write_watermark() }})
+
+),
+
+files_to_count as (
+
+    select all_memory_files.source_path
+    from all_memory_files
+    where not exists (
+        select 1 from {{ this }} as counted
+        where counted.source_path = all_memory_files.source_path
+          and counted.load_id = all_memory_files.load_id
+    )
+    union
+    select ranked.source_path
+    from {{ ref('int_memory_ranked') }} as ranked
+    inner join changed_entries
+        on ranked.namespace = changed_entries.namespace
+        and ranked.key = changed_entries.key
+    where ranked.source_path is not null
+
+),
+
+memory_files as (
+
+    select * from all_memory_files
+    where source_path in (select source_path from files_to_count)
+
+),
+{% else %}
+memory_files as (
+
+    select * from all_memory_files
+
+),
+{% endif %}
+
 parts as (
 
     select load_id, source_path, part_load_id
     from {{ source('consolidate', 'current_load_parts') }}
+    where source_path in (select source_path from memory_files)
 
 ),
 
