@@ -442,11 +442,11 @@ SELECT load_id, source_path, part_load_id, source_db, kind FROM parts;
 """,
     # 10: what a sync needs to build only what its changes affect (loader/transform/build.py).
     f"""
--- project_digest: the dbt project's files (loader/transform/freshness.py) the invocation ran, NULL when
--- not run through consolidate; complete: it built every node (a `build` without a selection), so the
--- views are this project's; reconciled: it rebuilt reconciliation (dbt_project/models/marts/reconciliation.sql
+-- compiled_from: a digest of what its views were compiled from (the dbt project's files and the raw
+-- tables' columns), NULL when not run through consolidate; complete: it built every node (a `build`
+-- without a selection); reconciled: it rebuilt reconciliation (dbt_project/models/marts/reconciliation.sql
 -- recounts only what changed since the last one that did).
-ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS project_digest text;
+ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS compiled_from text;
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS reconciled boolean NOT NULL DEFAULT false;
 """,

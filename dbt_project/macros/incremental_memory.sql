@@ -158,7 +158,10 @@ from (
                       where known.namespace = entries.namespace and known.key = entries.key)
 ) as new_entries
 left join (
-    select mart, max(id) as id from {{ source('consolidate', 'entry_ids') }} group by mart
+    -- each mart's highest id, by its (mart, id) index (grouping would read every id)
+    select marts.mart, (select max(known.id) from {{ source('consolidate', 'entry_ids') }} as known
+                        where known.mart = marts.mart) as id
+    from (values ('unified_memory'), ('performance_metrics')) as marts (mart)
 ) as highest
     on highest.mart = new_entries.mart
 {%- endmacro %}

@@ -116,7 +116,5 @@ CORE_RAW_TABLES = {
 # index on _load_id alone of earlier versions).
 RAW_MEMORY_TABLES = [("raw_claude_flow_v2", "memory_entries"), ("raw_claude_flow_v3", "memory_entries"),
                      ("raw_extended_memory", "memory_store")]
-RAW_MEMORY_INDEXES = "\n".join(
-    f"DROP INDEX IF EXISTS {schema}.{table}__load_id;\n"
-    f"CREATE INDEX IF NOT EXISTS {table}__load_file ON {schema}.{table} (_load_id, _source_path);"
-    for schema, table in RAW_MEMORY_TABLES)
+RAW_MEMORY_INDEX = ("{table}__load_file", "(_load_id, _source_path)")
+REPLACED_RAW_MEMORY_INDEX = "{table}__load_id"

@@ -9,6 +9,7 @@ by a version of the project without incremental memory models.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import os
 import sys
@@ -21,7 +22,9 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
+from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
+from loader.load.delta import MEMORY_KINDS
 from loader.load.raw_contract import RAW_SCHEMAS
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
@@ -97,6 +100,8 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     with target.dbt_environment(), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
     record_invocation(target, command)
+    if "--no-write-json" in command and hasattr(result.result, "write"):
+        result.result.write(str(home / "dbt" / "target" / "run_results.json"))
     outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)
@@ -125,16 +130,16 @@ def selects_every_model(arguments: list[str]) -> bool:
 
 def record_invocation(target: Target, command: list[str]) -> None:
     """Note on the invocation's memory_builds row (its on-run-start made it, when the command runs hooks)
-    which project it ran and whether it built every node: a later sync leaves the views alone only after
-    a complete passing build of the same project (selection)."""
+    what its views were compiled from and whether it built every node: a later sync leaves the views
+    alone only after a complete passing build compiled from the same (selection)."""
     from dbt_common.invocation import get_invocation_id
 
     complete = command[:1] == ["build"] and selects_every_model(command[1:])
     with target.connect(autocommit=True) as connection:
         if ledger.relation_exists(connection, ledger.LEDGER_SCHEMA, "memory_builds"):
             connection.execute(
-                sql.SQL("UPDATE {} SET project_digest = %s, complete = %s WHERE invocation_id = %s").format(
-                    ledger.table("memory_builds")), (project_digest(), complete, get_invocation_id()))
+                sql.SQL("UPDATE {} SET compiled_from = %s, complete = %s WHERE invocation_id = %s").format(
+                    ledger.table("memory_builds")), (compiled_from(connection), complete, get_invocation_id()))
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
@@ -164,26 +169,42 @@ def can_build_incrementally(connection, schema: str) -> bool:
     return not ids_missing and (last is None or last[0] is True)
 
 
-# The application sources, each changed only by loads of its kind (nothing reads raw_other).
-APP_SOURCES = {kind: RAW_SCHEMAS[kind] for kind in ("n8n", "flowise")}
+# What the views are compiled from besides the project's files: the raw tables' columns (staging selects
+# them by name) in every raw schema and the write log's.
+RAW_COLUMNS = sql.SQL(
+    "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
+    "WHERE table_schema = ANY(%s) ORDER BY table_schema, table_name, ordinal_position")
 
-# The latest complete build (every node) against the marts' schema: its project and whether it passed.
+
+def compiled_from(connection) -> str:
+    """A digest of what dbt compiles the views from: the project's files and the raw tables' columns."""
+    columns = connection.execute(RAW_COLUMNS, ([*RAW_SCHEMAS.values(), WRITE_LOG_SCHEMA],)).fetchall()
+    return hashlib.sha256(f"{project_digest()}\n{columns!r}".encode()).hexdigest()
+
+
+# The application sources: nothing else reads them.
+APP_SOURCES = [schema for kind, schema in RAW_SCHEMAS.items() if kind not in MEMORY_KINDS]
+
+# The latest complete build (every node) against the marts' schema: what it compiled from, whether it passed.
 LAST_COMPLETE_BUILD = sql.SQL(
-    "SELECT project_digest, passed FROM {} WHERE marts_schema = %s AND complete ORDER BY started_at DESC LIMIT 1"
+    "SELECT compiled_from, passed FROM {} WHERE marts_schema = %s AND complete ORDER BY started_at DESC LIMIT 1"
 ).format(ledger.table("memory_builds"))
 
 
 def selection(connection, schema: str, kinds_loaded: set[str]) -> tuple[list[str], list[str]]:
-    """What an incremental build after a sync needs to build, as dbt's --select and --exclude: every table
-    and incremental model and every test, except what reads only application sources no load changed
-    (their models and tests would give what the last build gave). Views are left out when the last
-    complete build passed with this same project: they are then this project's views already, and a
-    view's rows follow its inputs by themselves. Nothing selected: build everything."""
+    """What an incremental build after a sync that loaded only memory files (or nothing) needs to build,
+    as dbt's --select and --exclude: every table and incremental model and every test, but no view and
+    nothing that reads only application sources. That holds when the last complete build passed and
+    was compiled from the same project files and raw columns: its views are then what this build would
+    make (a view's rows follow its inputs by themselves), and the application nodes would give what it
+    gave. Nothing selected: build everything."""
+    if not kinds_loaded <= MEMORY_KINDS:
+        return [], []
     last = connection.execute(LAST_COMPLETE_BUILD, (schema,)).fetchone()
-    if last is None or last != (project_digest(), True):
+    if last is None or last != (compiled_from(connection), True):
         return [], []
     return (["config.materialized:table", "config.materialized:incremental", "resource_type:test"],
-            [f"source:{source}+" for kind, source in APP_SOURCES.items() if kind not in kinds_loaded])
+            [f"source:{source}+" for source in APP_SOURCES])
 
 
 def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
@@ -192,13 +213,15 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
     the write log are created first, so a build never lacks its sources. `unit_tests=False` leaves out
     dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle).
     `kinds_loaded` (a sync's: the kinds of the files it loaded) builds only the nodes those loads and
-    the writes in PostgreSQL can change (`selection`)."""
+    the writes in PostgreSQL can change, when that is known (`selection`)."""
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
         full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
         select, exclude = selection(connection, target.schema, kinds_loaded) \
             if kinds_loaded is not None and not full_refresh else ([], [])
     exclude += [] if unit_tests else ["test_type:unit"]
-    command = ["build", *(["--full-refresh"] if full_refresh else []),
+    # manifest.json is left out (written twice per build, about half a second at this project's size);
+    # run_results.json is kept. `consolidate dbt -- parse` writes the manifest.
+    command = ["build", "--no-write-json", *(["--full-refresh"] if full_refresh else []),
                *(["--select", *select] if select else []), *(["--exclude", *exclude] if exclude else [])]
     return run_dbt(command, target, home, quiet=quiet)
