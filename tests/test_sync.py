@@ -24,7 +24,7 @@ from psycopg import sql
 from loader.database import Target
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.fixtures.claude_flow_v3 import V3_DDL
-from loader.fixtures.sample import DIND_V2, MCP_TASK_MASTER, N8N, write_sample
+from loader.fixtures.sample import MCP_TASK_MASTER, N8N, write_sample
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import sync, watch
@@ -190,9 +190,9 @@ def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch
     with target.connect() as connection:
         views = {name for (name,) in connection.execute("SELECT table_name FROM information_schema.views")}
         # an entry of one file the client writes over; another file gets a changed row
-        key, namespace = connection.execute(
-            "SELECT key, namespace FROM unified_memory WHERE source_path = %s ORDER BY key LIMIT 1",
-            (str(root / DIND_V2),)).fetchone()
+        key, namespace, written_over = connection.execute(
+            "SELECT key, namespace, source_path FROM unified_memory WHERE source_path LIKE '%%/.swarm/memory.db' "
+            "AND source_path <> %s ORDER BY key LIMIT 1", (str(root / MCP_TASK_MASTER),)).fetchone()
     models, tests = nodes_built(home)
     assert {"stg_n8n__workflows", "memory_entries_v3", "stg_claude_flow_v2__memory_entries"} <= models & views
     before = reconciliation_rows(target)
@@ -212,11 +212,11 @@ def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch
     # reconciliation recounted the changed file (a new load) and the file the client wrote over (one of its
     # rows is superseded now), and nothing else
     after = reconciliation_rows(target)
-    dind, task_master = str(root / DIND_V2), str(root / MCP_TASK_MASTER)
-    assert after[dind][3:5] == (before[dind][3] - 1, before[dind][4] + 1)  # kept, superseded
+    task_master = str(root / MCP_TASK_MASTER)
+    assert after[written_over][3:5] == (before[written_over][3] - 1, before[written_over][4] + 1)  # kept, superseded
     assert after[task_master][0] != before[task_master][0]  # its new load
-    assert {path: row for path, row in after.items() if path not in (dind, task_master)} == \
-        {path: row for path, row in before.items() if path not in (dind, task_master)}
+    assert {path: row for path, row in after.items() if path not in (written_over, task_master)} == \
+        {path: row for path, row in before.items() if path not in (written_over, task_master)}
     assert all(row[-1] for row in after.values())
 
     # what a full recount gives
