@@ -141,16 +141,16 @@ ADD_CHANGED = """INSERT INTO {raw} ({all_columns})
     RETURNING 1"""
 
 
-def staging_table(load_id: str, source_path: str, source_table: str) -> sql.Identifier:
+def staging_table(load_id: str, source_path: str, source_table: str) -> tuple[str, str]:
     """Where a change load's rows of one table wait to be compared (NEW_ROWS_STAGED): an unlogged table of
     the ledger schema, made and dropped inside the load's transaction, so no one else ever sees it."""
     digest = hashlib.sha256(f"{load_id}\0{source_path}\0{source_table}".encode()).hexdigest()[:16]
-    return sql.Identifier(LEDGER_SCHEMA, f"change_load_{digest}")
+    return LEDGER_SCHEMA, f"change_load_{digest}"
 
 
-def create_staging_table(staged: sql.Identifier, raw_schema: str, raw_table: str) -> sql.Composed:
+def create_staging_table(staged: tuple[str, str], raw_schema: str, raw_table: str) -> sql.Composed:
     return sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
-        staged, sql.Identifier(raw_schema, raw_table))
+        sql.Identifier(*staged), sql.Identifier(raw_schema, raw_table))
 
 
 def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql.Composable) -> sql.Composed:
@@ -239,7 +239,7 @@ def statements(previous: PreviousState, load_id: str,
         if loaded is None:
             new_rows, keep = sql.SQL(NEW_ROWS_IN_RAW).format(raw=raw), sql.SQL(PRUNE_UNCHANGED).format(raw=raw)
         else:
-            staged = staging_table(load_id, previous.source_path, table.source_table)
+            staged = sql.Identifier(*staging_table(load_id, previous.source_path, table.source_table))
             new_rows = sql.SQL(NEW_ROWS_STAGED).format(staged=staged)
             keep = sql.SQL(ADD_CHANGED).format(
                 raw=raw, staged=staged, all_columns=sql.SQL(", ").join(map(sql.Identifier, loaded)),

@@ -400,8 +400,7 @@ def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Co
             for plan in plans:
                 table = plan.table
                 columns = loaded_columns[table.name] = ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS]
-                schema, into = (staged[table.name].strings if table.name in staged
-                                else (context.schema, plan.raw_table))
+                schema, into = staged.get(table.name, (context.schema, plan.raw_table))
                 copied = insert_rows(duck, schema, into, columns,
                                      select_rows("src", table, context.duckdb_columns(table), context.lineage))
                 if copied != table.row_count:

@@ -172,8 +172,10 @@ def can_build_incrementally(connection, schema: str) -> bool:
 # What the views are compiled from besides the project's files: the raw tables' columns (staging selects
 # them by name) in every raw schema and the write log's.
 RAW_COLUMNS = sql.SQL(
-    "SELECT table_schema, table_name, column_name, data_type FROM information_schema.columns "
-    "WHERE table_schema = ANY(%s) ORDER BY table_schema, table_name, ordinal_position")
+    "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+    "FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY n.nspname, c.relname, a.attnum")
 
 
 def compiled_from(connection) -> str:
