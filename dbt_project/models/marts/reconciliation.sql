@@ -122,6 +122,40 @@ raw_rows as (
 
 ),
 
+{% if is_incremental() %}
+-- A file whose current load is a change load applied right on the load it was counted at: raw is
+-- append-only, so its count is that count, plus the rows the change load stored, minus the rows it retired.
+counted_before as (
+
+    select memory_files.load_id, memory_files.source_path, counted.rows_in_raw
+    from memory_files
+    inner join {{ source('consolidate', 'load_files') }} as current_load
+        on current_load.load_id = memory_files.load_id
+        and current_load.source_path = memory_files.source_path
+    inner join {{ this }} as counted
+        on counted.source_path = memory_files.source_path
+        and counted.load_id = current_load.delta_of
+
+),
+
+changed_on_top as (
+
+    select
+        counted_before.load_id,
+        counted_before.source_path,
+        counted_before.rows_in_raw
+        {%- for source_name, table_name in memory_raw_tables() %}
+        + (select count(*) from {{ source(source_name, table_name) }} as stored
+           where stored._load_id = counted_before.load_id and stored._source_path = counted_before.source_path)
+        {%- endfor %}
+        - (select count(*) from {{ source('consolidate', 'retired_rows') }} as retired
+           where retired.load_id = counted_before.load_id and retired.source_path = counted_before.source_path)
+        as rows_in_raw
+    from counted_before
+
+),
+{% endif %}
+
 raw_counts as (
 
     -- a file's current rows: its parts' raw rows that no change load retired
@@ -131,7 +165,16 @@ raw_counts as (
         on raw_rows.load_id = parts.part_load_id
         and raw_rows.source_path = parts.source_path
     where {{ not_retired('raw_rows') }}
+    {%- if is_incremental() %}
+      and parts.source_path not in (select source_path from counted_before)
+    {%- endif %}
     group by parts.load_id, parts.source_path
+    {%- if is_incremental() %}
+
+    union all
+
+    select load_id, source_path, rows_in_raw from changed_on_top
+    {%- endif %}
 
 ),
 
@@ -151,6 +194,14 @@ raw_counts as (
     inner join parts
         on mart.load_id = parts.part_load_id
         and mart.source_path = parts.source_path
+    {%- if model == 'unified_memory' %}
+    -- by its source_db index: the names the files' parts were loaded under
+    where mart.source_db in (
+        select part.source_db
+        from {{ source('consolidate', 'load_files') }} as part
+        inner join parts on part.load_id = parts.part_load_id and part.source_path = parts.source_path
+    )
+    {%- endif %}
     group by parts.load_id, parts.source_path
 
 ),
