@@ -142,10 +142,14 @@ select
 from (
     select entries.namespace, entries.key, {{ memory_mart_of('entries.namespace') }} as mart
     from (
+        -- each branch with its own anti-join, so the incremental one probes the ids' index per changed
+        -- entry (one anti-join over both would be planned for the full build's million rows)
         select ranked.namespace, ranked.key
         from {{ ranked }} as ranked
         where ranked.version_rank = 1
           and exists (select 1 from {{ ref('int_memory_load_changes') }} where change = 'full')
+          and not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
+                          where known.namespace = ranked.namespace and known.key = ranked.key)
         union all
         select ranked.namespace, ranked.key
         from {{ ref('int_memory_changed_keys') }} as changed
@@ -153,9 +157,9 @@ from (
             on ranked.namespace = changed.namespace and ranked.key = changed.key
         where ranked.version_rank = 1
           and not exists (select 1 from {{ ref('int_memory_load_changes') }} where change = 'full')
+          and not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
+                          where known.namespace = ranked.namespace and known.key = ranked.key)
     ) as entries
-    where not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
-                      where known.namespace = entries.namespace and known.key = entries.key)
 ) as new_entries
 left join (
     -- each mart's highest id, by its (mart, id) index (grouping would read every id)

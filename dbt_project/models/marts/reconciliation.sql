@@ -149,7 +149,13 @@ changed_on_top as (
            where stored._load_id = counted_before.load_id and stored._source_path = counted_before.source_path)
         {%- endfor %}
         - (select count(*) from {{ source('consolidate', 'retired_rows') }} as retired
-           where retired.load_id = counted_before.load_id and retired.source_path = counted_before.source_path)
+           where retired.load_id = counted_before.load_id and retired.source_path = counted_before.source_path
+             and (retired.raw_schema, retired.raw_table) in (
+                 {%- for source_name, table_name in memory_raw_tables() %}
+                 {%- set relation = source(source_name, table_name) %}
+                 ('{{ relation.schema }}', '{{ relation.identifier }}'){{ "," if not loop.last }}
+                 {%- endfor %}
+             ))
         as rows_in_raw
     from counted_before
 
