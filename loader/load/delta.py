@@ -1,12 +1,13 @@
 """Row-level change loads: a changed memory file's new load keeps only the rows that changed.
 
-A file's new load copies every row of its snapshot into raw like any load, then, in the same transaction,
-compares them row by row (by SQLite rowid and the md5 of the row's content) with the file's previous
-state: the raw rows of its current load's parts that are not retired (`consolidate.current_load_parts`,
-`consolidate.retired_rows`, loader/ledger.py migration 9).
+A file's new load copies every row of its snapshot into an unlogged staging table of its own (the CSV
+path: into raw), then, in the same transaction, compares them row by row (by SQLite rowid and the md5 of
+the row's content) with the file's previous state: the raw rows of its current load's parts that are not
+retired (`consolidate.current_load_parts`, `consolidate.retired_rows`, loader/ledger.py migration 9).
 
-- A row identical to the previous state is removed from the new load again and counted in
-  `load_tables.rows_unchanged`: it stays current where it already is.
+- Only the inserted and changed rows reach raw (from raw, the CSV path deletes the unchanged ones again);
+  a row identical to the previous state is counted in `load_tables.rows_unchanged`: it stays current
+  where it already is.
 - A row of the previous state that the snapshot changed or deleted is retired (`retired_rows`); its raw
   row stays (raw is append-only), and `consolidate lineage` still shows it as an earlier version.
 - The changes are recorded as change detection records them (`load_changes`, `deleted_rows`), and the
@@ -29,8 +30,8 @@ import psycopg
 from psycopg import sql
 
 from loader.ledger import LEDGER_SCHEMA
+from loader.load.raw_contract import MEMORY_KINDS
 
-MEMORY_KINDS = frozenset({"claude-flow-v2", "claude-flow-v3", "extended-memory"})
 # A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
 CONTENT_LINEAGE = ("_binary_columns",)
 

@@ -24,8 +24,7 @@ from loader import ledger
 from loader.database import Target
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
-from loader.load.delta import MEMORY_KINDS
-from loader.load.raw_contract import RAW_SCHEMAS
+from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
