@@ -124,6 +124,7 @@ def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | 
     roots = absolute(roots)
     with discovered_for_loading(roots, home, target) as found:
         manifest = backup_stage.backup(roots, backup_to, exclude=[home], found=found) if backup_to else None
+        build_stage.import_dbt_meanwhile()
         loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, jobs=jobs,
                                  on_file=on_file)
     built_from = freshness.fingerprint(target)
@@ -169,12 +170,15 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.warnings = [w.to_json() for w in found.warnings]
     report.checked = len(found.files)
     policy = policy or load_policy(home, secrets)
+    if build:
+        build_stage.import_dbt_meanwhile()
     loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
     report.split_brain = cutover.check_split_brain(target)
     if build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
-        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False)
+        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False,
+                                         kinds_loaded={f.source.kind for f in loaded.files if f.status == "loaded"})
     report.finished_at = ledger.now()
     return report
 

@@ -5,6 +5,7 @@ module importing from a layer above its own, and no import cycles. Imports are r
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,18 @@ def test_no_import_cycles():
     for module in sorted(graph):
         visit(module, [])
     assert cycles == []
+
+
+def test_the_dbt_project_names_the_memory_kinds_and_raw_tables_the_loader_does():
+    """One list per side of the raw contract (loader/load/raw_contract.py; the dbt macros memory_kinds and
+    memory_raw_tables): the two must agree."""
+    from loader.load.raw_contract import MEMORY_KINDS, RAW_MEMORY_TABLES
+
+    macros = (PACKAGE.parent / "dbt_project" / "macros" / "source_columns.sql").read_text()
+
+    def returned_by(macro: str) -> str:
+        body = macros.split(f"{{% macro {macro}() -%}}", 1)[1]
+        return body.split("{%- endmacro %}", 1)[0]
+
+    assert set(re.findall(r"'([a-z0-9-]+)'", returned_by("memory_kinds"))) == MEMORY_KINDS
+    assert re.findall(r"\('(\w+)', '(\w+)'\)", returned_by("memory_raw_tables")) == list(RAW_MEMORY_TABLES)

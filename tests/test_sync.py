@@ -24,9 +24,11 @@ from psycopg import sql
 from loader.database import Target
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.fixtures.claude_flow_v3 import V3_DDL
+from loader.fixtures.sample import MCP_TASK_MASTER, N8N, write_sample
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import sync, watch
+from loader.serve.client import MemoryClient
 from loader.sources.discover import discover
 from loader.transform.build import build, run_dbt
 from loader.verify.lineage import versions
@@ -164,6 +166,90 @@ def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row
     assert run_heavy_tests(scoped=False) == set()  # after a failed run: everything, and it passes again
     tamper("DELETE FROM unified_memory WHERE key = 'k1'")
     assert run_heavy_tests(scoped=True) == set(heavy)
+
+
+def nodes_built(home: Path) -> tuple[set[str], set[str]]:
+    """The models and the tests the last build under `home` ran (run_results.json), by name."""
+    results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
+    models = {r["unique_id"].split(".")[-1] for r in results if r["unique_id"].startswith("model.")}
+    tests = {r["unique_id"].split(".")[2] for r in results if r["unique_id"].startswith("test.")}
+    return models, tests
+
+
+def reconciliation_rows(target: Target) -> dict[str, tuple]:
+    with target.connect() as connection:
+        return {path: tuple(rest) for path, *rest in connection.execute(
+            "SELECT source_path, load_id, rows_in_sqlite, rows_in_raw, kept, superseded, moved, flagged, reconciled "
+            "FROM reconciliation")}
+
+
+def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch(tmp_path, target, home):
+    root = tmp_path / "tree"
+    write_sample(root)
+    do_sync(root, target, home)  # the first build: every node
+    with target.connect() as connection:
+        # the views' models: those named as their views, and the compatibility views (named by alias)
+        views = {name for (name,) in connection.execute("SELECT table_name FROM information_schema.views")}
+        views |= {"memory_entries_v2", "memory_entries_v3", "memory_store"}
+        # an entry of one file the client writes over; another file gets a changed row
+        key, namespace, written_over = connection.execute(
+            "SELECT key, namespace, source_path FROM unified_memory WHERE source_path LIKE '%%/.swarm/memory.db' "
+            "AND source_path <> %s ORDER BY key LIMIT 1", (str(root / MCP_TASK_MASTER),)).fetchone()
+    models, tests = nodes_built(home)
+    assert {"stg_n8n__workflows", "memory_entries_v3", "stg_claude_flow_v2__memory_entries"} <= models & views
+    before = reconciliation_rows(target)
+
+    with MemoryClient(target.dsn, pool_size=1) as client:
+        client.set(key, {"written": "through the client"}, namespace)
+    write(root / MCP_TASK_MASTER, "UPDATE memory_entries SET value = '\"changed\"', updated_at = updated_at + 1 "
+                                  "WHERE rowid = (SELECT min(rowid) FROM memory_entries)")
+    do_sync(root, target, home)
+
+    models, tests = nodes_built(home)
+    # the views are this project's already; nothing reads an n8n or Flowise source that changed
+    assert not models & views and not {name for name in models | tests if "n8n" in name or "flowise" in name}
+    assert {"int_memory_ranked", "unified_memory", "unified_memory_history", "reconciliation"} <= models
+    assert {"unique_memory_entries_v3_id", "not_null_memory_entries_v2_value", "assert_reconciliation_balances",
+            "assert_raw_memory_rows_represented_once"} <= tests
+    # reconciliation recounted the changed file (a new load) and the file the client wrote over (one of its
+    # rows is superseded now), and nothing else
+    after = reconciliation_rows(target)
+    task_master = str(root / MCP_TASK_MASTER)
+    assert after[written_over][3:5] == (before[written_over][3] - 1, before[written_over][4] + 1)  # kept, superseded
+    assert after[task_master][0] != before[task_master][0]  # its new load
+    assert {path: row for path, row in after.items() if path not in (written_over, task_master)} == \
+        {path: row for path, row in before.items() if path not in (written_over, task_master)}
+    assert all(row[-1] for row in after.values())
+
+    # what a full recount gives
+    assert build(target, home, quiet=True, full_refresh=True).success
+    assert reconciliation_rows(target) == after
+
+    # everything is built again after a load of an application file (its views are compiled from the
+    # types its tables declare), after a memory file brought a new column (staging selects columns by
+    # name), and when the last complete build was compiled from something else (another project)
+    def sync_after(change) -> set[str]:
+        change()
+        do_sync(root, target, home)
+        return nodes_built(home)[0]
+
+    def touch_memory_file() -> None:
+        write(root / MCP_TASK_MASTER, "UPDATE memory_entries SET updated_at = updated_at + 1 "
+                                      "WHERE rowid = (SELECT min(rowid) FROM memory_entries)")
+
+    def another_project() -> None:
+        touch_memory_file()
+        with target.connect() as connection:
+            connection.execute("UPDATE consolidate.memory_builds SET compiled_from = 'another project'")
+
+    everything = {"stg_n8n__workflows", "stg_flowise__chat_flows", "memory_entries_v3", "int_memory_versions"}
+    assert everything <= sync_after(
+        lambda: write(root / N8N, "UPDATE workflow_entity SET name = name || ' (renamed)' WHERE rowid = 1"))
+    assert not sync_after(touch_memory_file) & views
+    assert everything <= sync_after(lambda: write(root / MCP_TASK_MASTER, "ALTER TABLE memory_entries ADD COLUMN extra"))
+    assert not sync_after(touch_memory_file) & views
+    assert everything <= sync_after(another_project)
+    assert not sync_after(touch_memory_file) & views
 
 
 def test_a_deletion_is_recorded_and_leaves_the_marts_but_not_raw(tmp_path, target, home):
@@ -391,7 +477,7 @@ def test_random_changes_synced_step_by_step_equal_a_full_rebuild(seed, tmp_path,
             rebuilt = load(discover([root]), fresh, [str(root)], POLICY)
             assert not rebuilt.failed
             assert build(fresh, tmp_path / "fresh-home", quiet=True).success
-            for mart in MARTS:
+            for mart in (*MARTS, "reconciliation"):
                 assert mart_rows(target, mart) == mart_rows(fresh, mart), (mart, operations)
         assert mart_rows(target, "unified_memory") and mart_rows(target, "unified_memory_history")
     finally:

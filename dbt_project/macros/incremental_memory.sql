@@ -71,6 +71,15 @@
 {%- endmacro %}
 
 
+{#-
+    pre_hook of reconciliation: no write in PostgreSQL is in flight while it counts the marts (every write
+    holds all the keys shared; one held exclusively waits for those under way and holds back new ones).
+-#}
+{% macro lock_memory_marts_for_counting() -%}
+    select pg_advisory_xact_lock({{ memory_mart_lock_key("'" ~ memory_mart_tables()[0] ~ "'") }})
+{%- endmacro %}
+
+
 {#- pre_hook of every model that writes int_memory_ranked or a memory mart: its own table's key. -#}
 {% macro lock_memory_marts() -%}
     {%- if this.identifier not in memory_mart_tables() -%}
@@ -133,10 +142,14 @@ select
 from (
     select entries.namespace, entries.key, {{ memory_mart_of('entries.namespace') }} as mart
     from (
+        -- each branch with its own anti-join, so the incremental one probes the ids' index per changed
+        -- entry (one anti-join over both would be planned for the full build's million rows)
         select ranked.namespace, ranked.key
         from {{ ranked }} as ranked
         where ranked.version_rank = 1
           and exists (select 1 from {{ ref('int_memory_load_changes') }} where change = 'full')
+          and not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
+                          where known.namespace = ranked.namespace and known.key = ranked.key)
         union all
         select ranked.namespace, ranked.key
         from {{ ref('int_memory_changed_keys') }} as changed
@@ -144,12 +157,15 @@ from (
             on ranked.namespace = changed.namespace and ranked.key = changed.key
         where ranked.version_rank = 1
           and not exists (select 1 from {{ ref('int_memory_load_changes') }} where change = 'full')
+          and not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
+                          where known.namespace = ranked.namespace and known.key = ranked.key)
     ) as entries
-    where not exists (select 1 from {{ source('consolidate', 'entry_ids') }} as known
-                      where known.namespace = entries.namespace and known.key = entries.key)
 ) as new_entries
 left join (
-    select mart, max(id) as id from {{ source('consolidate', 'entry_ids') }} group by mart
+    -- each mart's highest id, by its (mart, id) index (grouping would read every id)
+    select marts.mart, (select max(known.id) from {{ source('consolidate', 'entry_ids') }} as known
+                        where known.mart = marts.mart) as id
+    from (values ('unified_memory'), ('performance_metrics')) as marts (mart)
 ) as highest
     on highest.mart = new_entries.mart
 {%- endmacro %}
@@ -227,5 +243,28 @@ not exists (
       and retired.source_path = {{ row }}.source_path
       and retired.source_table = {{ row }}.source_table
       and retired.source_rowid = {{ row }}.source_rowid
+)
+{%- endmacro %}
+
+
+{#-
+    The write log's highest write_id when the last build that reconciled started (memory_builds.reconciled,
+    set by reconciliation's post_hook): writes above it may have changed what reconciliation counts.
+-#}
+{% macro reconciled_write_watermark() -%}
+select coalesce(max(write_watermark), 0) from consolidate.memory_builds
+where marts_schema = '{{ target.schema }}' and reconciled and invocation_id <> '{{ invocation_id }}'
+  and started_at = (select max(started_at) from consolidate.memory_builds
+                    where marts_schema = '{{ target.schema }}' and reconciled
+                      and invocation_id <> '{{ invocation_id }}')
+{%- endmacro %}
+
+
+{#- post_hook of reconciliation: the rows of files whose counted load is no longer their current one. -#}
+{% macro drop_files_no_longer_current(relation) -%}
+delete from {{ relation }} as counted
+where not exists (
+    select 1 from {{ source('consolidate', 'current_loads') }} as current_load
+    where current_load.source_path = counted.source_path and current_load.load_id = counted.load_id
 )
 {%- endmacro %}

@@ -51,7 +51,14 @@
 {%- endmacro %}
 
 
-{#- The raw memory tables the marts are built from, as (source name, table name). -#}
+{#- The kinds of memory files (loader/load/raw_contract.py MEMORY_KINDS says the same). -#}
+{% macro memory_kinds() -%}
+    {{ return(['claude-flow-v2', 'claude-flow-v3', 'extended-memory']) }}
+{%- endmacro %}
+
+
+{#- The raw memory tables the marts are built from, as (source name, table name)
+    (loader/load/raw_contract.py RAW_MEMORY_TABLES says the same). -#}
 {% macro memory_raw_tables() -%}
     {{ return([
         ('raw_claude_flow_v2', 'memory_entries'),

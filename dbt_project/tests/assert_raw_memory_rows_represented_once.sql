@@ -21,18 +21,24 @@ with new_loads as (
 
 ),
 
+-- counted load by load (lateral): each count reads its load's rows by index, however few the planner
+-- expects (a change load stores only the rows that changed)
 raw_counts as (
 
     {% for source_name, table_name in memory_raw_tables() %}
-    select raw_rows._load_id as load_id, raw_rows._source_path as source_path, count(*) as rows_in_raw
-    from {{ source(source_name, table_name) }} as raw_rows
-    inner join new_loads on new_loads.load_id = raw_rows._load_id and new_loads.source_path = raw_rows._source_path
-    where not exists (
-        select 1 from {{ source('consolidate', 'retired_rows') }} as retired
-        where retired.row_load_id = raw_rows._load_id and retired.source_path = raw_rows._source_path
-          and retired.source_table = '{{ table_name }}' and retired.source_rowid = raw_rows._source_rowid
-    )
-    group by 1, 2
+    select new_loads.load_id, new_loads.source_path, counted.rows_in_raw
+    from new_loads
+    cross join lateral (
+        select count(*) as rows_in_raw
+        from {{ source(source_name, table_name) }} as raw_rows
+        where raw_rows._load_id = new_loads.load_id and raw_rows._source_path = new_loads.source_path
+          and not exists (
+              select 1 from {{ source('consolidate', 'retired_rows') }} as retired
+              where retired.row_load_id = raw_rows._load_id and retired.source_path = raw_rows._source_path
+                and retired.source_table = '{{ table_name }}' and retired.source_rowid = raw_rows._source_rowid
+          )
+    ) as counted
+    where counted.rows_in_raw > 0
     {% if not loop.last %}union all{% endif %}
     {% endfor %}
 
@@ -40,10 +46,14 @@ raw_counts as (
 
 ranked_counts as (
 
-    select ranked.load_id, ranked.source_path, count(*) as versions
-    from {{ ranked }} as ranked
-    inner join new_loads on new_loads.load_id = ranked.load_id and new_loads.source_path = ranked.source_path
-    group by 1, 2
+    select new_loads.load_id, new_loads.source_path, counted.versions
+    from new_loads
+    cross join lateral (
+        select count(*) as versions
+        from {{ ranked }} as ranked
+        where ranked.load_id = new_loads.load_id and ranked.source_path = new_loads.source_path
+    ) as counted
+    where counted.versions > 0
 
 ),
 

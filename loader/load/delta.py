@@ -1,12 +1,13 @@
 """Row-level change loads: a changed memory file's new load keeps only the rows that changed.
 
-A file's new load copies every row of its snapshot into raw like any load, then, in the same transaction,
-compares them row by row (by SQLite rowid and the md5 of the row's content) with the file's previous
-state: the raw rows of its current load's parts that are not retired (`consolidate.current_load_parts`,
-`consolidate.retired_rows`, loader/ledger.py migration 9).
+A file's new load copies every row of its snapshot into an unlogged staging table of its own (the CSV
+path: into raw), then, in the same transaction, compares them row by row (by SQLite rowid and the md5 of
+the row's content) with the file's previous state: the raw rows of its current load's parts that are not
+retired (`consolidate.current_load_parts`, `consolidate.retired_rows`, loader/ledger.py migration 9).
 
-- A row identical to the previous state is removed from the new load again and counted in
-  `load_tables.rows_unchanged`: it stays current where it already is.
+- Only the inserted and changed rows reach raw (from raw, the CSV path deletes the unchanged ones again);
+  a row identical to the previous state is counted in `load_tables.rows_unchanged`: it stays current
+  where it already is.
 - A row of the previous state that the snapshot changed or deleted is retired (`retired_rows`); its raw
   row stays (raw is append-only), and `consolidate lineage` still shows it as an earlier version.
 - The changes are recorded as change detection records them (`load_changes`, `deleted_rows`), and the
@@ -21,6 +22,7 @@ a rowid (rows are matched by it). Otherwise it is a full load, as before; `load 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,8 +30,8 @@ import psycopg
 from psycopg import sql
 
 from loader.ledger import LEDGER_SCHEMA
+from loader.load.raw_contract import MEMORY_KINDS
 
-MEMORY_KINDS = frozenset({"claude-flow-v2", "claude-flow-v3", "extended-memory"})
 # A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
 CONTENT_LINEAGE = ("_binary_columns",)
 
@@ -68,8 +70,10 @@ def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
         table=sql.Literal(source_table))
 
 
-# One table's comparison, in one statement: prune the unchanged rows from the new load, retire the
-# changed and deleted rows of the previous state, record the counts.
+# One table's comparison, in one statement: keep the changed rows of the new load in raw, retire the changed
+# and deleted rows of the previous state, record the counts. {new_rows} and {keep} say where the new load's
+# rows are: in raw (NEW_ROWS_IN_RAW, PRUNE_UNCHANGED: the unchanged ones are deleted again) or in a staging
+# table (NEW_ROWS_STAGED, ADD_CHANGED: only the changed ones are added to raw).
 COMPARE_TABLE = CHAIN + """,
 old_rows AS (
     SELECT r._load_id AS row_load_id, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
@@ -81,8 +85,7 @@ old_rows AS (
 ),
 new_rows AS (
     SELECT r.ctid AS row_ctid, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
-    FROM {raw} AS r
-    WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
+    {new_rows}
 ),
 diff AS (
     SELECT old_rows.row_load_id, new_rows.row_ctid, coalesce(old_rows.rowid, new_rows.rowid) AS rowid,
@@ -90,12 +93,8 @@ diff AS (
     FROM old_rows
     FULL JOIN new_rows ON new_rows.rowid = old_rows.rowid
 ),
-pruned AS (
-    -- by the row's physical address: one probe per unchanged row (by rowid, every probe would scan the load)
-    DELETE FROM {raw} AS r
-    USING diff
-    WHERE r.ctid = diff.row_ctid AND diff.old_digest = diff.new_digest
-    RETURNING 1
+kept AS (
+    {keep}
 ),
 retired AS (
     INSERT INTO {ledger}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
@@ -114,9 +113,9 @@ deletions AS (
 ),
 unchanged_counted AS (
     UPDATE {ledger}.load_tables
-    SET rows_unchanged = (SELECT count(*) FROM pruned)
+    SET rows_unchanged = (SELECT count(*) FROM diff WHERE old_digest = new_digest)
     WHERE load_id = %(load_id)s AND source_path = %(source_path)s AND source_table = %(source_table)s
-    RETURNING (SELECT count(*) FROM retired) + (SELECT count(*) FROM deletions)
+    RETURNING (SELECT count(*) FROM kept) + (SELECT count(*) FROM retired) + (SELECT count(*) FROM deletions)
 )
 INSERT INTO {ledger}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
                                    deleted, unchanged, detected_at)
@@ -129,6 +128,30 @@ SELECT %(load_id)s, %(previous)s, %(source_path)s, %(source_table)s,
 FROM diff
 WHERE (SELECT count(*) FROM unchanged_counted) = 1
 """
+NEW_ROWS_IN_RAW = "FROM {raw} AS r WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s"
+# by the row's physical address: one probe per unchanged row (by rowid, every probe would scan the load)
+PRUNE_UNCHANGED = """DELETE FROM {raw} AS r
+    USING diff
+    WHERE r.ctid = diff.row_ctid AND diff.old_digest = diff.new_digest
+    RETURNING 1"""
+NEW_ROWS_STAGED = "FROM {staged} AS r"
+ADD_CHANGED = """INSERT INTO {raw} ({all_columns})
+    SELECT {staged_columns} FROM {staged} AS r
+    JOIN diff ON r.ctid = diff.row_ctid
+    WHERE diff.old_digest IS DISTINCT FROM diff.new_digest
+    RETURNING 1"""
+
+
+def staging_table(load_id: str, source_path: str, source_table: str) -> tuple[str, str]:
+    """Where a change load's rows of one table wait to be compared (NEW_ROWS_STAGED): an unlogged table of
+    the ledger schema, made and dropped inside the load's transaction, so no one else ever sees it."""
+    digest = hashlib.sha256(f"{load_id}\0{source_path}\0{source_table}".encode()).hexdigest()[:16]
+    return LEDGER_SCHEMA, f"change_load_{digest}"
+
+
+def create_staging_table(staged: tuple[str, str], raw_schema: str, raw_table: str) -> sql.Composed:
+    return sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
+        sql.Identifier(*staged), sql.Identifier(raw_schema, raw_table))
 
 
 def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql.Composable) -> sql.Composed:
@@ -201,19 +224,34 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
     return PreviousState(rows[0][0], source_path, tuple(tables))
 
 
-def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed | str, dict]]:
-    """What turns the new load (already in raw, in the same transaction, its ledger rows written) into a
-    delta of `previous`: one comparison per table, then the mark on load_files."""
+def statements(previous: PreviousState, load_id: str,
+               staged_columns: dict[str, list[str]] | None = None) -> list[tuple[sql.Composed | str, dict]]:
+    """What turns the new load (its ledger rows written, in the same transaction) into a delta of
+    `previous`: one comparison per table, then the mark on load_files. The new rows are in raw, or, for
+    the tables in `staged_columns` (source table -> the columns loaded), in their staging_table, which is
+    dropped after."""
     ledger = sql.Identifier(LEDGER_SCHEMA)
     result: list[tuple[sql.Composed | str, dict]] = []
     for table in previous.tables:
+        raw = sql.Identifier(table.raw_schema, table.raw_table)
         columns = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(name)
                                      for name in (*table.raw_columns, *CONTENT_LINEAGE))
-        statement = sql.SQL(COMPARE_TABLE).format(columns=columns, raw=sql.Identifier(table.raw_schema, table.raw_table),
-                                                  ledger=ledger)
+        loaded = (staged_columns or {}).get(table.source_table)
+        if loaded is None:
+            new_rows, keep = sql.SQL(NEW_ROWS_IN_RAW).format(raw=raw), sql.SQL(PRUNE_UNCHANGED).format(raw=raw)
+        else:
+            staged = sql.Identifier(*staging_table(load_id, previous.source_path, table.source_table))
+            new_rows = sql.SQL(NEW_ROWS_STAGED).format(staged=staged)
+            keep = sql.SQL(ADD_CHANGED).format(
+                raw=raw, staged=staged, all_columns=sql.SQL(", ").join(map(sql.Identifier, loaded)),
+                staged_columns=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(name) for name in loaded))
+        statement = sql.SQL(COMPARE_TABLE).format(columns=columns, raw=raw, ledger=ledger, new_rows=new_rows,
+                                                  keep=keep)
         result.append((statement, {"previous": previous.load_id, "load_id": load_id,
                                    "source_path": previous.source_path, "source_table": table.source_table,
                                    "raw_schema": table.raw_schema, "raw_table": table.raw_table}))
+        if loaded is not None:
+            result.append((sql.SQL("DROP TABLE {}").format(staged), {}))
     result.append((MARK_DELTA, {"previous": previous.load_id, "load_id": load_id,
                                 "source_path": previous.source_path}))
     return result

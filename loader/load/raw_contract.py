@@ -30,6 +30,12 @@ RAW_SCHEMAS = {
     "other": "raw_other",
 }
 
+# The kinds of memory files (their rows are memory entries: the marts' input) and each one's memory table.
+# The dbt project's memory_kinds() and memory_raw_tables() (macros/source_columns.sql) say the same.
+MEMORY_TABLES = {"claude-flow-v2": "memory_entries", "claude-flow-v3": "memory_entries",
+                 "extended-memory": "memory_store"}
+MEMORY_KINDS = frozenset(MEMORY_TABLES)
+
 # Lineage columns on every raw row, in this order, after the source columns.
 LINEAGE_COLUMNS = [
     ("_load_id", "text NOT NULL"),
@@ -110,10 +116,10 @@ CORE_RAW_TABLES = {
     ("raw_extended_memory", "metadata"): ["key", "value", "updated_at"],
 }
 
-# Raw memory tables are read per load by the incremental build (the rows of the loads new since the last
-# build): an index on _load_id finds them without scanning every earlier load (raw_tables.bootstrap).
-RAW_MEMORY_TABLES = [("raw_claude_flow_v2", "memory_entries"), ("raw_claude_flow_v3", "memory_entries"),
-                     ("raw_extended_memory", "memory_store")]
-RAW_MEMORY_INDEXES = "\n".join(
-    f"CREATE INDEX IF NOT EXISTS {table}__load_id ON {schema}.{table} (_load_id);"
-    for schema, table in RAW_MEMORY_TABLES)
+# Raw memory tables are read per load and file by the incremental build (the rows of the loads new since
+# the last build) and by reconciliation (one file's rows): an index on (_load_id, _source_path) finds them
+# without scanning every earlier load or the other files of a load (raw_tables.bootstrap; it replaces the
+# index on _load_id alone of earlier versions).
+RAW_MEMORY_TABLES = [(RAW_SCHEMAS[kind], table) for kind, table in MEMORY_TABLES.items()]
+RAW_MEMORY_INDEX = ("{table}__load_file", "(_load_id, _source_path)")
+REPLACED_RAW_MEMORY_INDEX = "{table}__load_id"

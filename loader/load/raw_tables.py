@@ -10,7 +10,14 @@ import psycopg
 from psycopg import sql
 
 from loader import ledger
-from loader.load.raw_contract import CORE_RAW_TABLES, LINEAGE_COLUMNS, RAW_MEMORY_INDEXES, RAW_SCHEMAS
+from loader.load.raw_contract import (
+    CORE_RAW_TABLES,
+    LINEAGE_COLUMNS,
+    RAW_MEMORY_INDEX,
+    RAW_MEMORY_TABLES,
+    RAW_SCHEMAS,
+    REPLACED_RAW_MEMORY_INDEX,
+)
 
 
 def raw_table_statements(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> list[sql.Composed]:
@@ -61,6 +68,22 @@ def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: l
         cursor.execute(statement)
 
 
+def ensure_raw_memory_indexes(cursor: psycopg.Cursor) -> None:
+    """Each raw memory table's index (raw_contract.RAW_MEMORY_INDEX), created once: looked up first, since
+    CREATE INDEX IF NOT EXISTS locks the table even when the index is there."""
+    name_pattern, columns = RAW_MEMORY_INDEX
+    for schema, table in RAW_MEMORY_TABLES:
+        existing = {name for (name,) in cursor.execute(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename = %s", (schema, table))}
+        name = name_pattern.format(table=table)
+        if name not in existing:
+            cursor.execute(sql.SQL("CREATE INDEX {} ON {} {}").format(
+                sql.Identifier(name), sql.Identifier(schema, table), sql.SQL(columns)))
+        replaced = REPLACED_RAW_MEMORY_INDEX.format(table=table)
+        if replaced in existing:
+            cursor.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, replaced)))
+
+
 def bootstrap(connection: psycopg.Connection) -> None:
     """Create (or upgrade) the ledger (the write log of writes made in PostgreSQL included), the raw
     schemas and the raw tables the dbt models read, with the index the incremental build reads them by."""
@@ -76,4 +99,4 @@ def bootstrap(connection: psycopg.Connection) -> None:
                 "SELECT table_schema, table_name FROM information_schema.tables "
                 "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE'", [list(RAW_SCHEMAS.values())]).fetchall():
             ensure_raw_table(cursor, schema, table, [])
-        cursor.execute(RAW_MEMORY_INDEXES)
+        ensure_raw_memory_indexes(cursor)

@@ -39,13 +39,11 @@ from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.delta import in_state
-from loader.load.raw_contract import LINEAGE_COLUMNS
+from loader.load.raw_contract import LINEAGE_COLUMNS, MEMORY_TABLES
 from loader.sources.snapshot import sha256_or_none, side_file
 
-# The memory table of each kind of file a service can be cut over from, and how its rows name their
-# entry's namespace (as staging does).
-MEMORY_TABLES = {"claude-flow-v2": "memory_entries", "claude-flow-v3": "memory_entries",
-                 "extended-memory": "memory_store"}
+# How the memory table's rows of each kind of file (raw_contract.MEMORY_TABLES) name their entry's
+# namespace (as staging does).
 NAMESPACE_OF_ROW = {"claude-flow-v2": sql.SQL("coalesce(namespace, 'default')"),
                     "claude-flow-v3": sql.SQL("coalesce(namespace, 'default')"),
                     "extended-memory": sql.SQL("'extended-memory'::text")}

@@ -62,8 +62,8 @@ from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.delta import in_state, state_loads
+from loader.load.raw_contract import MEMORY_TABLES
 from loader.operate.cutover import (
-    MEMORY_TABLES,
     NAMESPACE_OF_ROW,
     current_load_of,
     ledger_path,

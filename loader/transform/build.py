@@ -9,8 +9,11 @@ by a version of the project without incremental memory models.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,10 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
+from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
+from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
+from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
 
@@ -34,6 +40,19 @@ class BuildOutcome:
     def to_json(self) -> dict:
         return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped,
                 "crashed": self.crashed}
+
+
+def import_dbt_meanwhile() -> threading.Thread:
+    """Start importing dbt (over a second of Python) in a thread, for a caller with other work to do
+    first (a load: DuckDB and PostgreSQL doing most of it); run_dbt waits for it."""
+    thread = threading.Thread(target=importlib.import_module, args=("dbt.cli.main",), name="import-dbt",
+                              daemon=True)
+    thread.start()
+    IMPORTING.append(thread)
+    return thread
+
+
+IMPORTING: list[threading.Thread] = []
 
 
 def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
@@ -67,6 +86,8 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
     (bad arguments, no connection) from models or tests that failed. `quiet`: dbt prints only its
     errors, and to stderr, so stdout stays the caller's (one JSON document with --json)."""
+    while IMPORTING:
+        IMPORTING.pop().join()
     from dbt.cli.main import dbtRunner
 
     with target.connect(connect_timeout=10):  # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4)
@@ -77,6 +98,9 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
     with target.dbt_environment(), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
+    record_invocation(target, command)
+    if "--no-write-json" in command and hasattr(result.result, "write"):
+        result.result.write(str(home / "dbt" / "target" / "run_results.json"))
     outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
     for node_result in getattr(result.result, "results", None) or []:
         status = str(node_result.status)
@@ -87,6 +111,34 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     if not outcome.success and not outcome.failures:
         outcome.failures.append(target.redact(str(result.exception or "dbt failed; see its output above")))
     return outcome
+
+
+def selects_every_model(arguments: list[str]) -> bool:
+    """Whether dbt arguments leave every model selected (excluding unit tests leaves them all)."""
+    excluding = False
+    for argument in arguments:
+        if argument.startswith("-"):
+            excluding = argument == "--exclude"
+            if argument in ("--select", "-s", "--selector", "--resource-type", "--resource-types",
+                            "--exclude-resource-type", "--exclude-resource-types", "--inline"):
+                return False
+        elif excluding and argument != "test_type:unit":
+            return False
+    return True
+
+
+def record_invocation(target: Target, command: list[str]) -> None:
+    """Note on the invocation's memory_builds row (its on-run-start made it, when the command runs hooks)
+    what its views were compiled from and whether it built every node: a later sync leaves the views
+    alone only after a complete passing build compiled from the same (selection)."""
+    from dbt_common.invocation import get_invocation_id
+
+    complete = command[:1] == ["build"] and selects_every_model(command[1:])
+    with target.connect(autocommit=True) as connection:
+        if ledger.relation_exists(connection, ledger.LEDGER_SCHEMA, "memory_builds"):
+            connection.execute(
+                sql.SQL("UPDATE {} SET compiled_from = %s, complete = %s WHERE invocation_id = %s").format(
+                    ledger.table("memory_builds")), (compiled_from(connection), complete, get_invocation_id()))
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
@@ -116,13 +168,61 @@ def can_build_incrementally(connection, schema: str) -> bool:
     return not ids_missing and (last is None or last[0] is True)
 
 
+# What the views are compiled from besides the project's files: the raw tables' columns (staging selects
+# them by name) in every raw schema and the write log's.
+RAW_COLUMNS = sql.SQL(
+    "SELECT n.nspname, c.relname, a.attname, format_type(a.atttypid, a.atttypmod) "
+    "FROM pg_attribute AS a JOIN pg_class AS c ON c.oid = a.attrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
+    "ORDER BY n.nspname, c.relname, a.attnum")
+
+
+def compiled_from(connection) -> str:
+    """A digest of what dbt compiles the views from: the project's files and the raw tables' columns."""
+    columns = connection.execute(RAW_COLUMNS, ([*RAW_SCHEMAS.values(), WRITE_LOG_SCHEMA],)).fetchall()
+    return hashlib.sha256(f"{project_digest()}\n{columns!r}".encode()).hexdigest()
+
+
+# The application sources: nothing else reads them.
+APP_SOURCES = [schema for kind, schema in RAW_SCHEMAS.items() if kind not in MEMORY_KINDS]
+
+# The latest complete build (every node) against the marts' schema: what it compiled from, whether it passed.
+LAST_COMPLETE_BUILD = sql.SQL(
+    "SELECT compiled_from, passed FROM {} WHERE marts_schema = %s AND complete ORDER BY started_at DESC LIMIT 1"
+).format(ledger.table("memory_builds"))
+
+
+def selection(connection, schema: str, kinds_loaded: set[str]) -> tuple[list[str], list[str]]:
+    """What an incremental build after a sync that loaded only memory files (or nothing) needs to build,
+    as dbt's --select and --exclude: every table and incremental model and every test, but no view and
+    nothing that reads only application sources. That holds when the last complete build passed and
+    was compiled from the same project files and raw columns: its views are then what this build would
+    make (a view's rows follow its inputs by themselves), and the application nodes would give what it
+    gave. Nothing selected: build everything."""
+    if not kinds_loaded <= MEMORY_KINDS:
+        return [], []
+    last = connection.execute(LAST_COMPLETE_BUILD, (schema,)).fetchone()
+    if last is None or last != (compiled_from(connection), True):
+        return [], []
+    return (["config.materialized:table", "config.materialized:incremental", "resource_type:test"],
+            [f"source:{source}+" for source in APP_SOURCES])
+
+
 def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
-          unit_tests: bool = True) -> BuildOutcome:
+          unit_tests: bool = True, kinds_loaded: set[str] | None = None) -> BuildOutcome:
     """dbt build: incremental unless `full_refresh` or there is no state to continue from. The ledger and
     the write log are created first, so a build never lacks its sources. `unit_tests=False` leaves out
-    dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle)."""
+    dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle).
+    `kinds_loaded` (a sync's: the kinds of the files it loaded) builds only the nodes those loads and
+    the writes in PostgreSQL can change, when that is known (`selection`)."""
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
         full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
-    command = ["build", "--full-refresh"] if full_refresh else ["build"]
-    return run_dbt(command if unit_tests else [*command, "--exclude", "test_type:unit"], target, home, quiet=quiet)
+        select, exclude = selection(connection, target.schema, kinds_loaded) \
+            if kinds_loaded is not None and not full_refresh else ([], [])
+    exclude += [] if unit_tests else ["test_type:unit"]
+    # manifest.json is left out (written twice per build, about half a second at this project's size);
+    # run_results.json is kept. `consolidate dbt -- parse` writes the manifest.
+    command = ["build", "--no-write-json", *(["--full-refresh"] if full_refresh else []),
+               *(["--select", *select] if select else []), *(["--exclude", *exclude] if exclude else [])]
+    return run_dbt(command, target, home, quiet=quiet)

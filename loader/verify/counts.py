@@ -9,15 +9,10 @@ from psycopg.rows import dict_row
 
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad
 from loader.load.delta import not_retired
+from loader.load.raw_contract import MEMORY_KINDS, MEMORY_TABLES, RAW_SCHEMAS
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.results import TableCount
 
-# The raw memory tables the marts are built from (dbt macro memory_raw_tables), by kind.
-MEMORY_TABLES = {
-    "claude-flow-v2": {("raw_claude_flow_v2", "memory_entries")},
-    "claude-flow-v3": {("raw_claude_flow_v3", "memory_entries")},
-    "extended-memory": {("raw_extended_memory", "memory_store")},
-}
 # A current memory version is flagged when staging recorded a problem of its source row (a non-empty
 # `flags` array in int_memory_ranked and the marts; the rules live in dbt_project/macros/memory_flags.sql).
 FLAGGED = "cardinality(flags) > 0"
@@ -84,12 +79,13 @@ def count_problems(current: CurrentLoad, tables: list[TableCount], reconciliatio
     ledger_total = sum(t.rows_in_sqlite for t in tables)
     if current.rows_in_sqlite != ledger_total:
         problems.append(f"the ledger's file total ({current.rows_in_sqlite}) differs from its tables' ({ledger_total})")
-    if current.kind not in MEMORY_TABLES:
+    if current.kind not in MEMORY_KINDS:
         return problems
     if reconciliation.get("load_id") != current.load_id:
         problems.append(f"the marts were not built from the current load {current.load_id}: run consolidate build")
         return problems
-    memory_in_raw = sum(t.rows_in_raw for t in tables if (t.raw_schema, t.raw_table) in MEMORY_TABLES[current.kind])
+    memory_table = (RAW_SCHEMAS[current.kind], MEMORY_TABLES[current.kind])
+    memory_in_raw = sum(t.rows_in_raw for t in tables if (t.raw_schema, t.raw_table) == memory_table)
     represented = reconciliation["kept"] + reconciliation["superseded"] + reconciliation["moved"]
     if memory_in_raw != represented:
         problems.append(f"{memory_in_raw} memory rows in raw, but kept + superseded + moved = {represented}")

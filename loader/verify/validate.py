@@ -41,11 +41,11 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, now
+from loader.load.raw_contract import MEMORY_KINDS
 from loader.load.secret_policy import SecretPolicy, load_policy
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.checksums import backup_checksum_status, backup_entries, backup_problems, checksum_problems
 from loader.verify.counts import (
-    MEMORY_TABLES,
     count_problems,
     flagged_by_file,
     raw_rows_by_file,
@@ -130,7 +130,7 @@ def validate_file(connection: psycopg.Connection, current: CurrentLoad, options:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
     backup_status = backup_checksum_status(options.backup, current)
-    is_memory_file = current.kind in MEMORY_TABLES
+    is_memory_file = current.kind in MEMORY_KINDS
     problems = (count_problems(current, tables, reconciliation)
                 + checksum_problems(checksum_status, spot.reason)
                 + backup_problems(backup_status)

@@ -37,7 +37,7 @@ current_memory_loads as (
     -- every part of each memory file's current state (a full load is its only part)
     select part_load_id as load_id, source_path
     from {{ source('consolidate', 'current_load_parts') }}
-    where kind in ('claude-flow-v2', 'claude-flow-v3', 'extended-memory')
+    where kind in ({% for kind in memory_kinds() %}'{{ kind }}'{{ ", " if not loop.last }}{% endfor %})
 
 ),
 

@@ -4,11 +4,11 @@
     on_schema_change='fail',
     indexes=[
         {'columns': ['namespace', 'key']},
-        {'columns': ['load_id', 'source_path']},
     ],
     pre_hook=["{{ lock_memory_marts() }}"],
     post_hook=[
         "{{ ensure_index(this, 'int_memory_ranked_write_id_idx', '(write_id) where write_id is not null') }}",
+        "{{ ensure_index(this, 'int_memory_ranked_source_row_idx', '(load_id, source_path, source_rowid)') }}",
         "{{ assign_entry_ids(this) }}",
         "{{ refuse_direct_writes(this) }}",
     ],

@@ -2,7 +2,27 @@
     Per current source file with memory tables: SQLite rows (ledger) = its current raw rows (its current
     load's parts, minus retired rows) = kept + superseded + moved,
     and how many of those rows carry a flag (a problem recorded in staging; the row is loaded all the same).
+
+    Kept incrementally: a build recounts only the files whose counts may have changed since the last build
+    that reconciled (memory_builds.reconciled): a new current load, or rows among the entries this build
+    recomputed or PostgreSQL wrote since (their winner, so where their rows are counted, may have changed).
+    It counts with every write in PostgreSQL excluded (lock_memory_marts_for_counting), so no write is in
+    flight between the marts it counts and the write watermark the next build starts from.
 -#}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete+insert',
+    unique_key='source_path',
+    on_schema_change='fail',
+    pre_hook=["{{ lock_memory_marts_for_counting() }}"],
+    post_hook=[
+        "{{ drop_files_no_longer_current(this) }}",
+        "update consolidate.memory_builds set reconciled = true where invocation_id = '{{ invocation_id }}'",
+    ],
+) }}
+-- depends_on: {{ ref('int_memory_changed_keys') }}
+-- depends_on: {{ ref('int_memory_ranked') }}
+-- depends_on: {{ source('raw_postgres', 'memory_writes') }}
 
 with current_loads as (
 
@@ -28,7 +48,7 @@ memory_tables_in_ledger as (
 
 ),
 
-memory_files as (
+all_memory_files as (
 
     select
         current_loads.*,
@@ -40,10 +60,54 @@ memory_files as (
 
 ),
 
+{% if is_incremental() %}
+changed_entries as (
+
+    select namespace, key from {{ ref('int_memory_changed_keys') }}
+    union
+    select namespace, key from {{ source('raw_postgres', 'memory_writes') }}
+    where write_id > ({{ reconciled_write_watermark() }})
+
+),
+
+files_to_count as (
+
+    select all_memory_files.source_path
+    from all_memory_files
+    where not exists (
+        select 1 from {{ this }} as counted
+        where counted.source_path = all_memory_files.source_path
+          and counted.load_id = all_memory_files.load_id
+    )
+    union
+    select ranked.source_path
+    from {{ ref('int_memory_ranked') }} as ranked
+    inner join changed_entries
+        on ranked.namespace = changed_entries.namespace
+        and ranked.key = changed_entries.key
+    where ranked.source_path is not null
+
+),
+
+memory_files as (
+
+    select * from all_memory_files
+    where source_path in (select source_path from files_to_count)
+
+),
+{% else %}
+memory_files as (
+
+    select * from all_memory_files
+
+),
+{% endif %}
+
 parts as (
 
     select load_id, source_path, part_load_id
     from {{ source('consolidate', 'current_load_parts') }}
+    where source_path in (select source_path from memory_files)
 
 ),
 
@@ -58,6 +122,46 @@ raw_rows as (
 
 ),
 
+{% if is_incremental() %}
+-- A file whose current load is a change load applied right on the load it was counted at: raw is
+-- append-only, so its count is that count, plus the rows the change load stored, minus the rows it retired.
+counted_before as (
+
+    select memory_files.load_id, memory_files.source_path, counted.rows_in_raw
+    from memory_files
+    inner join {{ source('consolidate', 'load_files') }} as current_load
+        on current_load.load_id = memory_files.load_id
+        and current_load.source_path = memory_files.source_path
+    inner join {{ this }} as counted
+        on counted.source_path = memory_files.source_path
+        and counted.load_id = current_load.delta_of
+
+),
+
+changed_on_top as (
+
+    select
+        counted_before.load_id,
+        counted_before.source_path,
+        counted_before.rows_in_raw
+        {%- for source_name, table_name in memory_raw_tables() %}
+        + (select count(*) from {{ source(source_name, table_name) }} as stored
+           where stored._load_id = counted_before.load_id and stored._source_path = counted_before.source_path)
+        {%- endfor %}
+        - (select count(*) from {{ source('consolidate', 'retired_rows') }} as retired
+           where retired.load_id = counted_before.load_id and retired.source_path = counted_before.source_path
+             and (retired.raw_schema, retired.raw_table) in (
+                 {%- for source_name, table_name in memory_raw_tables() %}
+                 {%- set relation = source(source_name, table_name) %}
+                 ('{{ relation.schema }}', '{{ relation.identifier }}'){{ "," if not loop.last }}
+                 {%- endfor %}
+             ))
+        as rows_in_raw
+    from counted_before
+
+),
+{% endif %}
+
 raw_counts as (
 
     -- a file's current rows: its parts' raw rows that no change load retired
@@ -67,7 +171,16 @@ raw_counts as (
         on raw_rows.load_id = parts.part_load_id
         and raw_rows.source_path = parts.source_path
     where {{ not_retired('raw_rows') }}
+    {%- if is_incremental() %}
+      and parts.source_path not in (select source_path from counted_before)
+    {%- endif %}
     group by parts.load_id, parts.source_path
+    {%- if is_incremental() %}
+
+    union all
+
+    select load_id, source_path, rows_in_raw from changed_on_top
+    {%- endif %}
 
 ),
 
@@ -87,6 +200,14 @@ raw_counts as (
     inner join parts
         on mart.load_id = parts.part_load_id
         and mart.source_path = parts.source_path
+    {%- if model == 'unified_memory' %}
+    -- by its source_db index: the names the files' parts were loaded under
+    where mart.source_db in (
+        select part.source_db
+        from {{ source('consolidate', 'load_files') }} as part
+        inner join parts on part.load_id = parts.part_load_id and part.source_path = parts.source_path
+    )
+    {%- endif %}
     group by parts.load_id, parts.source_path
 
 ),
