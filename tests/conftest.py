@@ -21,6 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.database import Target, embedded_dsn, stop_embedded
+from loader.fixtures.claude_flow_v2 import V2_DDL
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = Path(os.environ.get("CONSOLIDATE_REALDATA", REPO.parent / "shared" / "realdata")).resolve()   # as discovery records it: real paths
@@ -173,3 +174,23 @@ class RedisServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+def v2_file(path: Path, rows) -> Path:
+    """A claude-flow v2 memory.db (its real DDL) with rows (key, value, namespace, updated_at): created_at
+    and accessed_at are updated_at, access_count 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(V2_DDL)
+        connection.executemany(
+            "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
+            "VALUES (?, ?, ?, ?, ?, ?, 1)", [(key, value, namespace, at, at, at) for key, value, namespace, at in rows])
+        connection.commit()
+    return path
+
+
+def write(path: Path, statement: str, parameters=()) -> None:
+    """One statement on a SQLite file, committed."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute(statement, parameters)
+        connection.commit()

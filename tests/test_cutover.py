@@ -4,36 +4,15 @@ Real PostgreSQL, real SQLite files, the CLI run as a user runs it; expectations 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
-from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.serve.client import MemoryClient
 
-from conftest import consolidate, fetch, read_private_copy
+from conftest import consolidate, fetch, read_private_copy, v2_file, write
 
 T0 = 1_750_000_000  # epoch seconds
-
-
-def v2_file(path: Path, rows: list[tuple[str, str, str, int]]) -> Path:
-    """A claude-flow v2 memory.db with rows (key, value, namespace, updated_at)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.executescript(V2_DDL)
-        connection.executemany(
-            "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
-            "VALUES (?, ?, ?, ?, ?, ?, 1)", [(k, v, n, at, at, at) for k, v, n, at in rows])
-        connection.commit()
-    return path
-
-
-def write(path: Path, statement: str, parameters=()) -> None:
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.execute(statement, parameters)
-        connection.commit()
 
 
 def run_json(*arguments: str, target, home: Path, expect: int = 0) -> dict | list:

@@ -14,10 +14,11 @@ from pathlib import Path
 from test_system_of_record import full_refresh_models, marts_snapshot
 
 from loader.database import Target
-from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import run, sync, validate
 from loader.transform.build import run_dbt
+
+import conftest
 
 POLICY = SecretPolicy(key=b"delta test key")
 T0 = 1_750_000_000
@@ -25,16 +26,8 @@ RAW = "raw_claude_flow_v2.memory_entries"
 
 
 def v2_file(path: Path, count: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.executescript(V2_DDL)
-        connection.executemany(
-            "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
-            "VALUES (?, ?, ?, ?, ?, ?, 1)",
-            [(f"key-{n}", f'{{"n": {n}}}', "performance-metrics" if n % 5 == 0 else "default", T0 + n, T0 + n, T0 + n)
-             for n in range(count)])
-        connection.commit()
-    return path
+    return conftest.v2_file(path, [(f"key-{n}", f'{{"n": {n}}}', "performance-metrics" if n % 5 == 0 else "default",
+                                    T0 + n) for n in range(count)])
 
 
 def rows_by_rowid(path: Path, folder: Path) -> dict[int, tuple]:

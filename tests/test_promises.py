@@ -21,8 +21,8 @@ import psycopg
 import pytest
 
 from loader.database import Target
-from loader.fixtures.claude_flow_v2 import V2_DDL
 
+import conftest
 from conftest import AMBIENT_SETTINGS, consolidate, fetch
 
 T0 = 1_750_000_000  # epoch seconds
@@ -30,16 +30,8 @@ T0 = 1_750_000_000  # epoch seconds
 
 def v2_file(path: Path, rows: list[tuple[str, str, str]]) -> Path:
     """A claude-flow v2 memory.db with rows (key, value, namespace), updated one second apart."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.executescript(V2_DDL)
-        for offset, (key, value, namespace) in enumerate(rows):
-            at = T0 + offset
-            connection.execute(
-                "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
-                "VALUES (?, ?, ?, ?, ?, ?, 1)", (key, value, namespace, at, at, at))
-        connection.commit()
-    return path
+    return conftest.v2_file(path, [(key, value, namespace, T0 + offset)
+                                   for offset, (key, value, namespace) in enumerate(rows)])
 
 
 def small_tree(root: Path) -> Path:

@@ -33,7 +33,7 @@ from loader.sources.discover import discover
 from loader.transform.build import build, run_dbt
 from loader.verify.lineage import versions
 
-from conftest import fresh_database, read_private_copy
+from conftest import fresh_database, read_private_copy, v2_file, write
 
 KEY = b"sync test key"
 POLICY = SecretPolicy(key=KEY)
@@ -45,25 +45,6 @@ MARTS = ("unified_memory", "performance_metrics", "unified_memory_history")
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-def v2_file(path: Path, rows: list[tuple]) -> Path:
-    """A claude-flow v2 memory.db with rows (key, value, namespace, updated_at)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.executescript(V2_DDL)
-        for key, value, namespace, at in rows:
-            connection.execute(
-                "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at, access_count) "
-                "VALUES (?, ?, ?, ?, ?, ?, 1)", (key, value, namespace, at, at, at))
-        connection.commit()
-    return path
-
-
-def write(path: Path, statement: str, parameters=()) -> None:
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.execute(statement, parameters)
-        connection.commit()
-
 
 def do_sync(root: Path, target: Target, home: Path, **kwargs):
     report = sync([root], target, home, policy=POLICY, **kwargs)

@@ -203,9 +203,11 @@ raw_counts as (
     {%- if model == 'unified_memory' %}
     -- by its source_db index: the names the files' parts were loaded under
     where mart.source_db in (
-        select part.source_db
-        from {{ source('consolidate', 'load_files') }} as part
-        inner join parts on part.load_id = parts.part_load_id and part.source_path = parts.source_path
+        select part_load.source_db
+        from {{ source('consolidate', 'load_files') }} as part_load
+        inner join parts as file_parts
+            on part_load.load_id = file_parts.part_load_id
+            and part_load.source_path = file_parts.source_path
     )
     {%- endif %}
     group by parts.load_id, parts.source_path
