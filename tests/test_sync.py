@@ -542,3 +542,14 @@ def test_watch_syncs_a_changed_file_and_stops_cleanly_on_sigint(tmp_path, target
     assert "Traceback" not in stderr + stdout
     lines = [line for line in stdout.splitlines() if " loaded " in line]
     assert len(lines) >= 2 and "+1 ~1 -0" in lines[-1], stdout
+
+
+def test_an_invocation_counts_as_complete_only_when_it_builds_every_model():
+    from loader.transform.build import selects_every_model
+
+    assert selects_every_model([]) and selects_every_model(["--full-refresh", "--no-write-json"])
+    assert selects_every_model(["--exclude", "test_type:unit"]) and selects_every_model(["--exclude=test_type:unit"])
+    for arguments in (["--select", "unified_memory"], ["-s", "x"], ["--select=x"], ["--selector", "nightly"],
+                      ["--exclude", "test_type:unit", "source:raw_n8n+"], ["--exclude=stg_n8n__workflows"],
+                      ["--resource-type", "test"]):
+        assert not selects_every_model(arguments), arguments

@@ -118,9 +118,12 @@ def selects_every_model(arguments: list[str]) -> bool:
     excluding = False
     for argument in arguments:
         if argument.startswith("-"):
-            excluding = argument == "--exclude"
-            if argument in ("--select", "-s", "--selector", "--resource-type", "--resource-types",
-                            "--exclude-resource-type", "--exclude-resource-types", "--inline"):
+            option, _, value = argument.partition("=")
+            if option in ("--select", "-s", "--models", "-m", "--selector", "--resource-type", "--resource-types",
+                          "--exclude-resource-type", "--exclude-resource-types", "--inline"):
+                return False
+            excluding = option == "--exclude"
+            if excluding and value and value != "test_type:unit":
                 return False
         elif excluding and argument != "test_type:unit":
             return False
