@@ -442,10 +442,12 @@ SELECT load_id, source_path, part_load_id, source_db, kind FROM parts;
 """,
     # 10: what a sync needs to build only what its changes affect (loader/transform/build.py).
     f"""
--- compiled_from: a digest of what its views were compiled from (the dbt project's files and the raw
--- tables' columns), NULL when not run through consolidate; complete: it built every node (a `build`
--- without a selection); reconciled: it rebuilt reconciliation (dbt_project/models/marts/reconciliation.sql
--- recounts only what changed since the last one that did).
+-- project_digest: the dbt project's files (loader/transform/freshness.py); compiled_from: a digest of what its
+-- views were compiled from (those files and the raw tables' columns); both NULL when not run through
+-- consolidate. complete: it built every node as a plain `build` does; reconciled: it rebuilt
+-- reconciliation (dbt_project/models/marts/reconciliation.sql recounts only what changed since the
+-- previous invocation, when that one reconciled with the same project).
+ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS project_digest text;
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS compiled_from text;
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS reconciled boolean NOT NULL DEFAULT false;

@@ -177,8 +177,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
     report.split_brain = cutover.check_split_brain(target)
     if build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
-        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False,
-                                         kinds_loaded={f.source.kind for f in loaded.files if f.status == "loaded"})
+        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False, only_what_changed=True)
     report.finished_at = ledger.now()
     return report
 

@@ -206,6 +206,23 @@ def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch
     assert build(target, home, quiet=True, full_refresh=True).success
     assert reconciliation_rows(target) == after
 
+    # a build that left reconciliation out while a winner moved between two files: no later build's changed
+    # entries show that move, so the next build counts every file again
+    with target.connect() as connection:
+        key, namespace, loser = connection.execute(
+            "SELECT key, namespace, source_path FROM unified_memory_history WHERE source_path LIKE '%%/.swarm/memory.db' "
+            "AND winner_source_path LIKE '%%/.swarm/memory.db' AND source_path <> winner_source_path "
+            "AND NOT deleted ORDER BY key LIMIT 1").fetchone()
+    write(Path(loser), "UPDATE memory_entries SET updated_at = updated_at + 100000000 "
+                       "WHERE key = ? AND coalesce(namespace, 'default') = ?", (key, namespace))
+    do_sync(root, target, home, build=False)
+    assert run_dbt(["build", "--exclude", "reconciliation", "assert_reconciliation_balances", "test_type:unit"],
+                   target, home, quiet=True).success
+    do_sync(root, target, home)
+    counted = reconciliation_rows(target)
+    assert build(target, home, quiet=True, full_refresh=True).success
+    assert reconciliation_rows(target) == counted
+
     # everything is built again after a load of an application file (its views are compiled from the
     # types its tables declare), after a memory file brought a new column (staging selects columns by
     # name), and when the last complete build was compiled from something else (another project)
@@ -226,6 +243,14 @@ def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch
     everything = {"stg_n8n__workflows", "stg_flowise__chat_flows", "memory_entries_v3", "int_memory_versions"}
     assert everything <= sync_after(
         lambda: write(root / N8N, "UPDATE workflow_entity SET name = name || ' (renamed)' WHERE rowid = 1"))
+    assert not sync_after(touch_memory_file) & views
+
+    def app_file_loaded_without_a_build() -> None:  # by `sync --no-build` (or `load`) since the last build
+        write(root / N8N, "UPDATE workflow_entity SET name = name || ' (again)' WHERE rowid = 1")
+        do_sync(root, target, home, build=False)
+        touch_memory_file()
+
+    assert everything <= sync_after(app_file_loaded_without_a_build)
     assert not sync_after(touch_memory_file) & views
     assert everything <= sync_after(lambda: write(root / MCP_TASK_MASTER, "ALTER TABLE memory_entries ADD COLUMN extra"))
     assert not sync_after(touch_memory_file) & views
@@ -542,3 +567,16 @@ def test_watch_syncs_a_changed_file_and_stops_cleanly_on_sigint(tmp_path, target
     assert "Traceback" not in stderr + stdout
     lines = [line for line in stdout.splitlines() if " loaded " in line]
     assert len(lines) >= 2 and "+1 ~1 -0" in lines[-1], stdout
+
+
+def test_an_invocation_counts_as_complete_only_when_it_builds_every_model():
+    from loader.transform.build import selects_every_model
+
+    assert selects_every_model([]) and selects_every_model(["--full-refresh", "--no-write-json"])
+    assert selects_every_model(["--exclude", "test_type:unit"]) and selects_every_model(["--exclude=test_type:unit"])
+    assert selects_every_model(["--threads", "4", "--exclude", "test_type:unit", "--full-refresh"])
+    for arguments in (["--select", "unified_memory"], ["-s", "x"], ["--select=x"], ["--selector", "nightly"],
+                      ["--exclude", "test_type:unit", "source:raw_n8n+"], ["--exclude=stg_n8n__workflows"],
+                      ["--resource-type", "test"], ["--empty"], ["--vars", "{sessions_namespace: x}"],
+                      ["--target", "elsewhere"]):
+        assert not selects_every_model(arguments), arguments

@@ -182,8 +182,10 @@ left join (
     (on-run-start), marked passed at its end (on-run-end) when it ran tests and none failed.
 -#}
 {% macro start_memory_build() -%}
-insert into consolidate.memory_builds (invocation_id, marts_schema, write_watermark)
-select '{{ invocation_id }}', '{{ target.schema }}', coalesce(max(write_id), 0)
+insert into consolidate.memory_builds (invocation_id, marts_schema, write_watermark, project_digest, compiled_from)
+select '{{ invocation_id }}', '{{ target.schema }}', coalesce(max(write_id), 0),
+       nullif('{{ env_var("CONSOLIDATE_PROJECT_DIGEST", "") }}', ''),
+       nullif('{{ env_var("CONSOLIDATE_COMPILED_FROM", "") }}', '')
 from {{ api.Relation.create(database=target.database, schema='raw_postgres', identifier='memory_writes') }}
 {%- endmacro %}
 
@@ -244,6 +246,28 @@ not exists (
       and retired.source_table = {{ row }}.source_table
       and retired.source_rowid = {{ row }}.source_rowid
 )
+{%- endmacro %}
+
+
+{#-
+    Whether reconciliation may count only what changed (reconciliation.sql): the invocation before this one
+    rebuilt it, with this same dbt project. Otherwise (a build in between that did not reconcile, like
+    `dbt build --exclude reconciliation` or one that died; another project; plain dbt) it counts every file.
+-#}
+{% macro reconciliation_can_continue() -%}
+    {%- if not execute -%}
+        {{ return(false) }}
+    {%- endif -%}
+    {%- set rows = run_query(
+        "select previous.reconciled and previous.project_digest = this_build.project_digest
+         from consolidate.memory_builds as this_build
+         cross join lateral (
+             select reconciled, project_digest from consolidate.memory_builds
+             where marts_schema = this_build.marts_schema and invocation_id <> this_build.invocation_id
+             order by started_at desc limit 1
+         ) as previous
+         where this_build.invocation_id = '" ~ invocation_id ~ "'").rows -%}
+    {{ return(rows | length > 0 and rows[0][0] == true) }}
 {%- endmacro %}
 
 

@@ -90,15 +90,19 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
         IMPORTING.pop().join()
     from dbt.cli.main import dbtRunner
 
-    with target.connect(connect_timeout=10):  # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4)
-        pass
+    # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4). The ledger first: every invocation's
+    # on-run-start records itself in it (a ledger made by an earlier version gets its new columns).
+    with target.connect(connect_timeout=10, autocommit=True) as connection:
+        ledger.ensure(connection)
+        invoked_at, = connection.execute("SELECT clock_timestamp()").fetchone()
+        digests = {PROJECT_DIGEST_VARIABLE: project_digest(), COMPILED_FROM_VARIABLE: compiled_from(connection)}
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     arguments = dbt_arguments(command, home, quiet)
     output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
-    with target.dbt_environment(), dbt_argv(arguments), output:
+    with target.dbt_environment(), environment(digests), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
-    record_invocation(target, command)
+    record_invocation(target, command, invoked_at)
     if "--no-write-json" in command and hasattr(result.result, "write"):
         result.result.write(str(home / "dbt" / "target" / "run_results.json"))
     outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
@@ -113,32 +117,66 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     return outcome
 
 
+# Options of `dbt build` that leave what it builds, and how, as a plain build would (--empty, --vars,
+# --target, a selection... do not).
+PLAIN_BUILD_FLAGS = {"--full-refresh", "--no-write-json", "--write-json", "--fail-fast", "-x", "--no-fail-fast",
+                     "--partial-parse", "--no-partial-parse", "--debug", "-d", "--quiet", "-q", "--use-colors",
+                     "--no-use-colors", "--warn-error", "--no-version-check", "--version-check"}
+PLAIN_BUILD_OPTIONS = {"--threads", "--log-level", "--log-format", "--printer-width"}
+
+
 def selects_every_model(arguments: list[str]) -> bool:
-    """Whether dbt arguments leave every model selected (excluding unit tests leaves them all)."""
-    excluding = False
-    for argument in arguments:
-        if argument.startswith("-"):
-            excluding = argument == "--exclude"
-            if argument in ("--select", "-s", "--selector", "--resource-type", "--resource-types",
-                            "--exclude-resource-type", "--exclude-resource-types", "--inline"):
+    """Whether dbt build arguments build every model as a plain build does: only harmless flags, and no
+    exclusion but dbt's unit tests."""
+    remaining = iter(arguments)
+    for argument in remaining:
+        option, equals, value = argument.partition("=")
+        if option in PLAIN_BUILD_FLAGS and not equals:
+            continue
+        if option in PLAIN_BUILD_OPTIONS:
+            if not equals:
+                next(remaining, None)
+            continue
+        if option == "--exclude":
+            excluded = [value] if equals else []
+            if not equals:
+                for excluded_value in remaining:
+                    if excluded_value.startswith("-"):
+                        return selects_every_model([excluded_value, *remaining]) and excluded == ["test_type:unit"]
+                    excluded.append(excluded_value)
+            if excluded != ["test_type:unit"]:
                 return False
-        elif excluding and argument != "test_type:unit":
-            return False
+            continue
+        return False
     return True
 
 
-def record_invocation(target: Target, command: list[str]) -> None:
-    """Note on the invocation's memory_builds row (its on-run-start made it, when the command runs hooks)
-    what its views were compiled from and whether it built every node: a later sync leaves the views
-    alone only after a complete passing build compiled from the same (selection)."""
+def record_invocation(target: Target, command: list[str], invoked_at) -> None:
+    """Note on the invocation's memory_builds row (its on-run-start made it, with what its views are
+    compiled from) whether it built every node: a later sync leaves the views alone only after a complete
+    passing build compiled from the same (selection). A row started before `invoked_at` is an earlier
+    invocation's (dbt failed before starting this one)."""
     from dbt_common.invocation import get_invocation_id
 
     complete = command[:1] == ["build"] and selects_every_model(command[1:])
     with target.connect(autocommit=True) as connection:
-        if ledger.relation_exists(connection, ledger.LEDGER_SCHEMA, "memory_builds"):
-            connection.execute(
-                sql.SQL("UPDATE {} SET compiled_from = %s, complete = %s WHERE invocation_id = %s").format(
-                    ledger.table("memory_builds")), (compiled_from(connection), complete, get_invocation_id()))
+        connection.execute(
+            sql.SQL("UPDATE {} SET complete = %s WHERE invocation_id = %s AND started_at >= %s").format(
+                ledger.table("memory_builds")), (complete, get_invocation_id(), invoked_at))
+
+
+@contextlib.contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
@@ -168,6 +206,10 @@ def can_build_incrementally(connection, schema: str) -> bool:
     return not ids_missing and (last is None or last[0] is True)
 
 
+# The digests an invocation's on-run-start records (start_memory_build in macros/incremental_memory.sql).
+PROJECT_DIGEST_VARIABLE = "CONSOLIDATE_PROJECT_DIGEST"
+COMPILED_FROM_VARIABLE = "CONSOLIDATE_COMPILED_FROM"
+
 # What the views are compiled from besides the project's files: the raw tables' columns (staging selects
 # them by name) in every raw schema and the write log's.
 RAW_COLUMNS = sql.SQL(
@@ -186,40 +228,46 @@ def compiled_from(connection) -> str:
 # The application sources: nothing else reads them.
 APP_SOURCES = [schema for kind, schema in RAW_SCHEMAS.items() if kind not in MEMORY_KINDS]
 
-# The latest complete build (every node) against the marts' schema: what it compiled from, whether it passed.
-LAST_COMPLETE_BUILD = sql.SQL(
-    "SELECT compiled_from, passed FROM {} WHERE marts_schema = %s AND complete ORDER BY started_at DESC LIMIT 1"
-).format(ledger.table("memory_builds"))
+# The latest complete build (every node) against the marts' schema: what it compiled from, whether it
+# passed, and whether a file of a kind other than memory loaded since it started (its views, app ones
+# included, are compiled from those loads' tables and declared types).
+LAST_COMPLETE_BUILD = sql.SQL("""
+SELECT build.compiled_from, build.passed,
+       EXISTS (SELECT 1 FROM {load_files} AS f
+               WHERE f.status = 'loaded' AND f.kind <> ALL(%(memory_kinds)s)
+                 AND coalesce(f.completed_at, f.started_at) >= build.started_at)
+FROM {memory_builds} AS build
+WHERE build.marts_schema = %(schema)s AND build.complete
+ORDER BY build.started_at DESC LIMIT 1
+""").format(load_files=ledger.table("load_files"), memory_builds=ledger.table("memory_builds"))
 
 
-def selection(connection, schema: str, kinds_loaded: set[str]) -> tuple[list[str], list[str]]:
-    """What an incremental build after a sync that loaded only memory files (or nothing) needs to build,
-    as dbt's --select and --exclude: every table and incremental model and every test, but no view and
-    nothing that reads only application sources. That holds when the last complete build passed and
-    was compiled from the same project files and raw columns: its views are then what this build would
-    make (a view's rows follow its inputs by themselves), and the application nodes would give what it
-    gave. Nothing selected: build everything."""
-    if not kinds_loaded <= MEMORY_KINDS:
-        return [], []
-    last = connection.execute(LAST_COMPLETE_BUILD, (schema,)).fetchone()
-    if last is None or last != (compiled_from(connection), True):
+def selection(connection, schema: str) -> tuple[list[str], list[str]]:
+    """What an incremental build after a sync needs to build, as dbt's --select and --exclude: every table
+    and incremental model and every test, but no view and nothing that reads only application sources.
+    That holds when the last complete build passed, was compiled from the same project files and raw
+    columns, and no file but memory files loaded since it started: its views are then what this build
+    would make (a view's rows follow its inputs by themselves), and the application nodes would give what
+    it gave. Nothing selected: build everything."""
+    last = connection.execute(LAST_COMPLETE_BUILD, {"schema": schema, "memory_kinds": sorted(MEMORY_KINDS)}).fetchone()
+    if last is None or last != (compiled_from(connection), True, False):
         return [], []
     return (["config.materialized:table", "config.materialized:incremental", "resource_type:test"],
             [f"source:{source}+" for source in APP_SOURCES])
 
 
 def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
-          unit_tests: bool = True, kinds_loaded: set[str] | None = None) -> BuildOutcome:
+          unit_tests: bool = True, only_what_changed: bool = False) -> BuildOutcome:
     """dbt build: incremental unless `full_refresh` or there is no state to continue from. The ledger and
     the write log are created first, so a build never lacks its sources. `unit_tests=False` leaves out
     dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle).
-    `kinds_loaded` (a sync's: the kinds of the files it loaded) builds only the nodes those loads and
-    the writes in PostgreSQL can change, when that is known (`selection`)."""
+    `only_what_changed` (a sync's) builds only the nodes that memory loads and writes in PostgreSQL can
+    change, when that is known (`selection`)."""
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
         full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
-        select, exclude = selection(connection, target.schema, kinds_loaded) \
-            if kinds_loaded is not None and not full_refresh else ([], [])
+        select, exclude = selection(connection, target.schema) if only_what_changed and not full_refresh \
+            else ([], [])
     exclude += [] if unit_tests else ["test_type:unit"]
     # manifest.json is left out (written twice per build, about half a second at this project's size);
     # run_results.json is kept. `consolidate dbt -- parse` writes the manifest.

@@ -3,9 +3,10 @@
     load's parts, minus retired rows) = kept + superseded + moved,
     and how many of those rows carry a flag (a problem recorded in staging; the row is loaded all the same).
 
-    Kept incrementally: a build recounts only the files whose counts may have changed since the last build
-    that reconciled (memory_builds.reconciled): a new current load, or rows among the entries this build
-    recomputed or PostgreSQL wrote since (their winner, so where their rows are counted, may have changed).
+    Kept incrementally: when the invocation before this one reconciled with the same project
+    (reconciliation_can_continue), a build recounts only the files whose counts may have changed since: a
+    new current load, or rows among the entries this build recomputed or PostgreSQL wrote since (their
+    winner, so where their rows are counted, may have changed). Otherwise it counts every file.
     It counts with every write in PostgreSQL excluded (lock_memory_marts_for_counting), so no write is in
     flight between the marts it counts and the write watermark the next build starts from.
 -#}
@@ -20,6 +21,7 @@
         "update consolidate.memory_builds set reconciled = true where invocation_id = '{{ invocation_id }}'",
     ],
 ) }}
+{%- set count_changes_only = is_incremental() and reconciliation_can_continue() %}
 -- depends_on: {{ ref('int_memory_changed_keys') }}
 -- depends_on: {{ ref('int_memory_ranked') }}
 -- depends_on: {{ source('raw_postgres', 'memory_writes') }}
@@ -60,7 +62,7 @@ all_memory_files as (
 
 ),
 
-{% if is_incremental() %}
+{% if count_changes_only %}
 changed_entries as (
 
     select namespace, key from {{ ref('int_memory_changed_keys') }}
@@ -122,7 +124,7 @@ raw_rows as (
 
 ),
 
-{% if is_incremental() %}
+{% if count_changes_only %}
 -- A file whose current load is a change load applied right on the load it was counted at: raw is
 -- append-only, so its count is that count, plus the rows the change load stored, minus the rows it retired.
 counted_before as (
@@ -171,11 +173,11 @@ raw_counts as (
         on raw_rows.load_id = parts.part_load_id
         and raw_rows.source_path = parts.source_path
     where {{ not_retired('raw_rows') }}
-    {%- if is_incremental() %}
+    {%- if count_changes_only %}
       and parts.source_path not in (select source_path from counted_before)
     {%- endif %}
     group by parts.load_id, parts.source_path
-    {%- if is_incremental() %}
+    {%- if count_changes_only %}
 
     union all
 
