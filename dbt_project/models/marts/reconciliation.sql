@@ -202,8 +202,8 @@ raw_counts as (
     inner join parts
         on mart.load_id = parts.part_load_id
         and mart.source_path = parts.source_path
-    {%- if model == 'unified_memory' %}
-    -- by its source_db index: the names the files' parts were loaded under
+    {%- if model == 'unified_memory' and count_changes_only %}
+    -- a few files: by its source_db index (the names the files' parts were loaded under)
     where mart.source_db in (
         select part_load.source_db
         from {{ source('consolidate', 'load_files') }} as part_load
