@@ -70,18 +70,24 @@ class Target:
         password is never left in the environment). dbt scrubs the values of DBT_ENV_SECRET_* variables
         from its logs and artifacts."""
         params = conninfo_to_dict(self.dsn)
-        settings = {**self.dbt_settings(),
-                    DBT_PASSWORD_VARIABLE: params.get("password") or os.environ.get("PGPASSWORD", "")}
-        before = {name: os.environ.get(name) for name in settings}
-        os.environ.update(settings)
-        try:
+        with temporary_environment({**self.dbt_settings(), DBT_PASSWORD_VARIABLE: params.get("password")
+                                    or os.environ.get("PGPASSWORD", "")}):
             yield
-        finally:
-            for name, value in before.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+
+
+@contextlib.contextmanager
+def temporary_environment(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` set in the process's environment while the block runs, then restored as they were."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 DBT_PASSWORD_VARIABLE = "DBT_ENV_SECRET_CONSOLIDATE_PG_PASSWORD"

@@ -21,7 +21,7 @@ from pathlib import Path
 from psycopg import sql
 
 from loader import ledger
-from loader.database import Target
+from loader.database import Target, temporary_environment
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
@@ -42,17 +42,17 @@ class BuildOutcome:
                 "crashed": self.crashed}
 
 
-def import_dbt_meanwhile() -> threading.Thread:
+# dbt imports started by import_dbt_meanwhile, which run_dbt waits for.
+IMPORTING: list[threading.Thread] = []
+
+
+def import_dbt_meanwhile() -> None:
     """Start importing dbt (over a second of Python) in a thread, for a caller with other work to do
     first (a load: DuckDB and PostgreSQL doing most of it); run_dbt waits for it."""
     thread = threading.Thread(target=importlib.import_module, args=("dbt.cli.main",), name="import-dbt",
                               daemon=True)
     thread.start()
     IMPORTING.append(thread)
-    return thread
-
-
-IMPORTING: list[threading.Thread] = []
 
 
 def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
@@ -95,12 +95,13 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     with target.connect(connect_timeout=10, autocommit=True) as connection:
         ledger.ensure(connection)
         invoked_at, = connection.execute("SELECT clock_timestamp()").fetchone()
-        digests = {PROJECT_DIGEST_VARIABLE: project_digest(), COMPILED_FROM_VARIABLE: compiled_from(connection)}
+        project = project_digest()
+        digests = {PROJECT_DIGEST_VARIABLE: project, COMPILED_FROM_VARIABLE: compiled_from(connection, project)}
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     arguments = dbt_arguments(command, home, quiet)
     output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
-    with target.dbt_environment(), environment(digests), dbt_argv(arguments), output:
+    with target.dbt_environment(), temporary_environment(digests), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
     record_invocation(target, command, invoked_at)
     if "--no-write-json" in command and hasattr(result.result, "write"):
@@ -128,26 +129,23 @@ PLAIN_BUILD_OPTIONS = {"--threads", "--log-level", "--log-format", "--printer-wi
 def selects_every_model(arguments: list[str]) -> bool:
     """Whether dbt build arguments build every model as a plain build does: only harmless flags, and no
     exclusion but dbt's unit tests."""
-    remaining = iter(arguments)
-    for argument in remaining:
-        option, equals, value = argument.partition("=")
+    index = 0
+    while index < len(arguments):
+        option, equals, value = arguments[index].partition("=")
+        index += 1
         if option in PLAIN_BUILD_FLAGS and not equals:
             continue
         if option in PLAIN_BUILD_OPTIONS:
-            if not equals:
-                next(remaining, None)
+            index += 0 if equals else 1
             continue
-        if option == "--exclude":
-            excluded = [value] if equals else []
-            if not equals:
-                for excluded_value in remaining:
-                    if excluded_value.startswith("-"):
-                        return selects_every_model([excluded_value, *remaining]) and excluded == ["test_type:unit"]
-                    excluded.append(excluded_value)
-            if excluded != ["test_type:unit"]:
-                return False
-            continue
-        return False
+        if option != "--exclude":
+            return False
+        excluded = [value] if equals else []
+        while not equals and index < len(arguments) and not arguments[index].startswith("-"):
+            excluded.append(arguments[index])
+            index += 1
+        if excluded != ["test_type:unit"]:
+            return False
     return True
 
 
@@ -163,20 +161,6 @@ def record_invocation(target: Target, command: list[str], invoked_at) -> None:
         connection.execute(
             sql.SQL("UPDATE {} SET complete = %s WHERE invocation_id = %s AND started_at >= %s").format(
                 ledger.table("memory_builds")), (complete, get_invocation_id(), invoked_at))
-
-
-@contextlib.contextmanager
-def environment(variables: dict[str, str]) -> Iterator[None]:
-    before = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
@@ -219,10 +203,11 @@ RAW_COLUMNS = sql.SQL(
     "ORDER BY n.nspname, c.relname, a.attnum")
 
 
-def compiled_from(connection) -> str:
-    """A digest of what dbt compiles the views from: the project's files and the raw tables' columns."""
+def compiled_from(connection, project: str) -> str:
+    """A digest of what dbt compiles the views from: the project's files (`project`, their digest) and the
+    raw tables' columns."""
     columns = connection.execute(RAW_COLUMNS, ([*RAW_SCHEMAS.values(), WRITE_LOG_SCHEMA],)).fetchall()
-    return hashlib.sha256(f"{project_digest()}\n{columns!r}".encode()).hexdigest()
+    return hashlib.sha256(f"{project}\n{columns!r}".encode()).hexdigest()
 
 
 # The application sources: nothing else reads them.
@@ -250,7 +235,7 @@ def selection(connection, schema: str) -> tuple[list[str], list[str]]:
     would make (a view's rows follow its inputs by themselves), and the application nodes would give what
     it gave. Nothing selected: build everything."""
     last = connection.execute(LAST_COMPLETE_BUILD, {"schema": schema, "memory_kinds": sorted(MEMORY_KINDS)}).fetchone()
-    if last is None or last != (compiled_from(connection), True, False):
+    if last is None or last != (compiled_from(connection, project_digest()), True, False):
         return [], []
     return (["config.materialized:table", "config.materialized:incremental", "resource_type:test"],
             [f"source:{source}+" for source in APP_SOURCES])
