@@ -189,6 +189,7 @@ class PreviousState:
     load_id: str
     source_path: str
     tables: tuple[DeltaTable, ...]
+    parts: tuple[str, ...]  # the loads whose raw rows make up the state: load_id and the loads it applies on
 
     def table(self, source_table: str) -> DeltaTable:
         return next(table for table in self.tables if table.source_table == source_table)
@@ -208,7 +209,9 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
     wanted = {table.source_table: (table.raw_schema, table.raw_table, frozenset(table.columns)) for table in tables}
     if current != wanted:
         return None
-    return PreviousState(rows[0][0], source_path, tuple(tables))
+    parts = connection.execute(sql.SQL("{} SELECT array_agg(load_id) FROM chain").format(sql.SQL(CHAIN)),
+                               {"previous": rows[0][0], "source_path": source_path}).fetchone()[0]
+    return PreviousState(rows[0][0], source_path, tuple(tables), tuple(parts))
 
 
 def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed | str, dict]]:
@@ -245,11 +248,20 @@ class TableChanges:
     inserted: int
     updated: int
     unchanged: int
+    retired: list[tuple[str, int]]  # (the load whose raw row it is, rowid): changed or deleted rows
     deleted_rowids: list[int]
 
 
-# One table's rows in the file's previous state, with the load each one is a row of.
-PREVIOUS_ROWS = "SELECT r._load_id, r._source_rowid, {columns} FROM {raw} AS r WHERE {in_state}"
+# One table's rows in the file's previous state, with the load each one is a row of: the rows of its loads,
+# less those the loads retired (joined in DuckDB: probing retired_rows row by row costs PostgreSQL more).
+PART_ROWS = """
+SELECT r._load_id, r._source_rowid, {columns} FROM {raw} AS r
+WHERE r._load_id = ANY(%(parts)s) AND r._source_path = %(source_path)s
+"""
+RETIRED_ROWS = f"""
+SELECT x.row_load_id, x.source_rowid FROM {LEDGER_SCHEMA}.retired_rows AS x
+WHERE x.load_id = ANY(%(parts)s) AND x.source_path = %(source_path)s AND x.source_table = %(source_table)s
+"""
 CHANGES = """
 SELECT o._load_id AS row_load_id, coalesce(o._source_rowid, n._source_rowid) AS source_rowid,
        CASE WHEN o._source_rowid IS NULL THEN 'inserted'
@@ -264,7 +276,17 @@ RECORD_DELETED = f"""
 INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
 SELECT %(load_id)s, %(source_path)s, %(source_table)s, r._source_rowid, md5(ROW({{columns}})::text), r._load_id
 FROM {{raw}} AS r
-WHERE {{in_state}} AND r._source_rowid = ANY(%(rowids)s)
+WHERE r._load_id = ANY(%(parts)s) AND r._source_path = %(source_path)s AND r._source_rowid = ANY(%(rowids)s)
+  AND NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.retired_rows AS x
+                  WHERE x.row_load_id = r._load_id AND x.source_path = r._source_path
+                    AND x.source_table = %(source_table)s AND x.source_rowid = r._source_rowid
+                    AND x.load_id = ANY(%(parts)s))
+"""
+RECORD_RETIRED = f"""
+INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
+                                           load_id)
+SELECT unnest(%(row_load_ids)s::text[]), %(source_path)s, %(source_table)s, unnest(%(retired_rowids)s::bigint[]),
+       %(raw_schema)s, %(raw_table)s, %(load_id)s
 """
 RECORD_UNCHANGED = f"""
 UPDATE {LEDGER_SCHEMA}.load_tables SET rows_unchanged = %(unchanged)s
@@ -282,16 +304,18 @@ def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientC
                       source_table: str, load_id: str, columns: list[str], select: str) -> TableChanges:
     """Inside the load's transaction (DuckDB's PostgreSQL transaction): compare the snapshot's rows of
     `source_table` (`select`, named `columns`: _source_rowid, the raw columns, then the lineage) with the
-    previous state, read from PostgreSQL; add only the inserted and changed rows to raw and retire the
-    changed and deleted rows of the previous state. Values are compared as the text raw stores (the
-    scanner reads SQLite as text); a row that came through the Python reader (`_binary_columns`) counts as
-    changed. `renderer` renders PostgreSQL statements with their parameters (it sends nothing)."""
+    previous state, read from PostgreSQL; add only the inserted and changed rows to raw. The ledger records
+    the rest (record_changes). Values are compared as the text raw stores (the scanner reads SQLite as
+    text); a row that came through the Python reader (`_binary_columns`) counts as changed. `renderer`
+    renders PostgreSQL statements with their parameters (it sends nothing)."""
     table = previous.table(source_table)
-    state = {"previous": previous.load_id, "source_path": previous.source_path}
-    query = sql.SQL(PREVIOUS_ROWS).format(columns=content_columns(table), raw=table.raw,
-                                          in_state=in_state("r", source_table, "previous"))
+    state = {"parts": list(previous.parts), "source_path": previous.source_path, "source_table": source_table}
+    rows = literal(renderer.mogrify(sql.SQL(PART_ROWS).format(columns=content_columns(table), raw=table.raw), state))
+    retired_rows = literal(renderer.mogrify(RETIRED_ROWS, state))
     duck.execute(f"CREATE OR REPLACE TEMP TABLE change_old AS "
-                 f"SELECT * FROM postgres_query({literal(ALIAS)}, {literal(renderer.mogrify(query, state))})")
+                 f"SELECT * FROM postgres_query({literal(ALIAS)}, {rows}) AS o "
+                 f"ANTI JOIN postgres_query({literal(ALIAS)}, {retired_rows}) AS x "
+                 f"ON x.row_load_id = o._load_id AND x.source_rowid = o._source_rowid")
     duck.execute(f"CREATE OR REPLACE TEMP TABLE change_new AS "
                  f"SELECT * FROM ({select}) AS new_rows({', '.join(map(quote, columns))})")
     same = " AND ".join([f"n.{quote(name)} IS NOT DISTINCT FROM o.{quote(name)}" for name in table.raw_columns]
@@ -301,39 +325,34 @@ def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientC
         "SELECT (SELECT count(*) FROM change_new), count(*) FILTER (WHERE change = 'inserted'), "
         "count(*) FILTER (WHERE change = 'updated'), count(*) FILTER (WHERE change = 'unchanged') "
         "FROM change_diff").fetchone()
-    deleted = [rowid for (rowid,) in duck.execute(
-        "SELECT source_rowid FROM change_diff WHERE change = 'deleted' ORDER BY source_rowid").fetchall()]
+    retired = duck.execute("SELECT change, row_load_id, source_rowid FROM change_diff "
+                           "WHERE change IN ('updated', 'deleted') ORDER BY source_rowid").fetchall()
     if inserted + updated:
         insert_rows(duck, table.raw_schema, table.raw_table, columns,
                     "SELECT * FROM change_new WHERE _source_rowid IN "
                     "(SELECT source_rowid FROM change_diff WHERE change IN ('inserted', 'updated'))")
-    if updated + len(deleted):
-        constants = ", ".join(map(literal, (previous.source_path, source_table, table.raw_schema, table.raw_table,
-                                            load_id)))
-        insert_rows(duck, LEDGER_SCHEMA, "retired_rows",
-                    ["row_load_id", "source_rowid", "source_path", "source_table", "raw_schema", "raw_table",
-                     "load_id"],
-                    f"SELECT row_load_id, source_rowid, {constants} FROM change_diff "
-                    "WHERE change IN ('updated', 'deleted')")
     duck.execute("DROP TABLE change_old; DROP TABLE change_new; DROP TABLE change_diff")
-    return TableChanges(source_table, read, inserted, updated, unchanged, deleted)
+    return TableChanges(source_table, read, inserted, updated, unchanged, [(load, rowid) for _, load, rowid in retired],
+                        [rowid for change, _, rowid in retired if change == 'deleted'])
 
 
 def record_changes(previous: PreviousState, load_id: str,
                    changes: Sequence[TableChanges]) -> list[tuple[sql.Composed | str, dict]]:
-    """What records DuckDB's comparisons once the load's ledger rows are written: deleted rows, counts, the
-    mark on load_files."""
+    """What records DuckDB's comparisons once the load's ledger rows are written: the retired rows, the
+    deleted rows, the counts, the mark on load_files."""
     result: list[tuple[sql.Composed | str, dict]] = []
     for found in changes:
         table = previous.table(found.source_table)
         parameters = {"previous": previous.load_id, "load_id": load_id, "source_path": previous.source_path,
                       "source_table": found.source_table, "inserted": found.inserted, "updated": found.updated,
-                      "deleted": len(found.deleted_rowids), "unchanged": found.unchanged,
-                      "rowids": found.deleted_rowids}
+                      "deleted": len(found.deleted_rowids), "unchanged": found.unchanged, "parts": list(previous.parts),
+                      "rowids": found.deleted_rowids, "raw_schema": table.raw_schema, "raw_table": table.raw_table,
+                      "row_load_ids": [load for load, _ in found.retired],
+                      "retired_rowids": [rowid for _, rowid in found.retired]}
+        if found.retired:
+            result.append((RECORD_RETIRED, parameters))
         if found.deleted_rowids:
-            result.append((sql.SQL(RECORD_DELETED).format(
-                columns=content_columns(table), raw=table.raw,
-                in_state=in_state("r", found.source_table, "previous")), parameters))
+            result.append((sql.SQL(RECORD_DELETED).format(columns=content_columns(table), raw=table.raw), parameters))
         result.append((RECORD_UNCHANGED, parameters))
         result.append((RECORD_COUNTS, parameters))
     result.append(mark_delta(previous, load_id))
