@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     wrap(load_stage, "list_tables", "load: list tables + count(*)", phases, missing)
     wrap(load_stage, "plan_tables", "load: choose readers", phases, missing)
     wrap(load_stage, "insert_rows", "load: DuckDB → binary COPY", phases, missing)
+    from loader.load import delta
+    wrap(delta, "compare_in_duckdb", "load: change load compared in DuckDB", phases, missing)
     wrap(load_stage, "export_csv", "load: DuckDB → CSV", phases, missing)
     wrap(load_stage, "copy_csv_into", "load: COPY CSV", phases, missing)
     wrap(ledger, "current_checksums", "load: ledger look-up", phases, missing)

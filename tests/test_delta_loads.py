@@ -171,3 +171,72 @@ def test_generic_tests_of_an_incremental_build_check_the_changed_entries_and_sti
     outcome = run_dbt(["test", "--select", "unified_memory"], target, home, quiet=True)
     assert not outcome.success
     assert any("accepted_values_unified_memory" in failure for failure in outcome.failures), outcome.failures
+
+
+def test_duckdb_and_postgresql_compare_a_change_load_alike(tmp_path, target, home, monkeypatch):
+    """Two identical files take the same changes; one is compared by DuckDB before anything travels (the
+    direct path), the other, forced through CSV, by PostgreSQL after the whole snapshot is in raw. Both
+    record the same changes as sqlite3 counts them, retire and store the same rows, and give deleted rows
+    the same digest: across two change loads in a row, NULL against '', unchanged rewrites and non-ASCII."""
+    import duckdb
+
+    from loader.load import load as load_module
+
+    root, copies = tmp_path / "tree", tmp_path / "copies"
+    copies.mkdir()
+    files = {path: v2_file(root / path / ".swarm/memory.db", 40) for path in ("direct", "csv")}
+    for path, db in files.items():  # not copies of each other (a copy is not loaded), in a row no step changes
+        change(db, ("UPDATE memory_entries SET value = ? WHERE key = 'key-30'", (path,)))
+    direct_load = load_module.load_directly
+
+    def csv_for_one_file(context, plans, ddl, record, outcome):
+        if record.source_path == str(files["csv"]):
+            raise duckdb.Error("forced by the test: through CSV")
+        return direct_load(context, plans, ddl, record, outcome)
+
+    monkeypatch.setattr(load_module, "load_directly", csv_for_one_file)
+    sync([root], target, home, policy=POLICY, build=False)
+    steps = [
+        [("UPDATE memory_entries SET value = 'ünïcode ✓', updated_at = ? WHERE key = 'key-1'", (T0 + 900,)),
+         ("UPDATE memory_entries SET metadata = '' WHERE key = 'key-2'",),  # NULL -> '' is a change
+         ("UPDATE memory_entries SET value = value WHERE key = 'key-3'",),  # rewritten the same: unchanged
+         ("DELETE FROM memory_entries WHERE key IN ('key-4', 'key-39')",),
+         ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) VALUES ('new', '', 'x', 1, 1)",),
+         ("INSERT OR REPLACE INTO memory_entries (key, value, namespace, created_at, updated_at) "
+          "VALUES ('key-6', '\"replaced\"', 'default', 2, 2)",)],
+        [("UPDATE memory_entries SET value = 'again', updated_at = ? WHERE key = 'key-1'", (T0 + 950,)),
+         ("UPDATE memory_entries SET metadata = NULL WHERE key = 'key-2'",),
+         ("DELETE FROM memory_entries WHERE key = 'new'",)],
+    ]
+    for statements in steps:
+        before = {path: rows_by_rowid(db, copies) for path, db in files.items()}
+        for db in files.values():
+            change(db, *statements)
+        after = {path: rows_by_rowid(db, copies) for path, db in files.items()}
+        report = sync([root], target, home, policy=POLICY, build=False)
+
+        recorded = {}
+        with target.connect() as connection:
+            for path, db in files.items():
+                parameters = (report.load_id, str(db))
+                counts = connection.execute(
+                    "SELECT inserted, updated, deleted, unchanged FROM consolidate.load_changes "
+                    "WHERE load_id = %s AND source_path = %s AND source_table = 'memory_entries'", parameters).fetchone()
+                assert counts[:3] == expected_changes(before[path], after[path]), path
+                assert counts[3] == len(after[path]) - counts[0] - counts[1], path
+                notes = connection.execute(
+                    "SELECT notes FROM consolidate.load_tables WHERE load_id = %s AND source_path = %s "
+                    "AND source_table = 'memory_entries'", parameters).fetchone()[0]
+                assert (notes is not None and "through CSV" in notes) == (path == "csv"), notes
+                recorded[path] = (
+                    counts,
+                    connection.execute("SELECT source_table, source_rowid FROM consolidate.retired_rows "
+                                       "WHERE load_id = %s AND source_path = %s ORDER BY 1, 2", parameters).fetchall(),
+                    connection.execute("SELECT source_table, source_rowid, row_md5 FROM consolidate.deleted_rows "
+                                       "WHERE load_id = %s AND source_path = %s ORDER BY 1, 2", parameters).fetchall(),
+                    connection.execute(f"SELECT _source_rowid, key, value, namespace, metadata FROM {RAW} "
+                                       "WHERE _load_id = %s AND _source_path = %s ORDER BY 1", parameters).fetchall())
+        assert recorded["direct"] == recorded["csv"]
+        counts, retired, deleted, stored = recorded["direct"]
+        assert sum(table == "memory_entries" for table, _ in retired) == counts[1] + counts[2]
+        assert len(deleted) == counts[2] and len(stored) == counts[0] + counts[1]

@@ -1,17 +1,19 @@
 """Row-level change loads: a changed memory file's new load keeps only the rows that changed.
 
-A file's new load copies every row of its snapshot into an unlogged staging table of its own (the CSV
-path: into raw), then, in the same transaction, compares them row by row (by SQLite rowid and the md5 of
-the row's content) with the file's previous state: the raw rows of its current load's parts that are not
-retired (`consolidate.current_load_parts`, `consolidate.retired_rows`, loader/ledger.py migration 9).
+A file's new load is compared row by row (by SQLite rowid and the row's content) with the file's previous
+state: the raw rows of its current load's parts that are not retired (`consolidate.current_load_parts`,
+`consolidate.retired_rows`, loader/ledger.py migration 9).
 
-- Only the inserted and changed rows reach raw (from raw, the CSV path deletes the unchanged ones again);
-  a row identical to the previous state is counted in `load_tables.rows_unchanged`: it stays current
+- On the direct path DuckDB compares (compare_in_duckdb): it reads the previous state from PostgreSQL
+  and the snapshot from SQLite, and only the inserted and changed rows travel to raw. On the CSV path
+  every row is copied into raw and PostgreSQL compares (statements: the unchanged rows are deleted again).
+- A row identical to the previous state is counted in `load_tables.rows_unchanged`: it stays current
   where it already is.
 - A row of the previous state that the snapshot changed or deleted is retired (`retired_rows`); its raw
   row stays (raw is append-only), and `consolidate lineage` still shows it as an earlier version.
-- The changes are recorded as change detection records them (`load_changes`, `deleted_rows`), and the
-  load's `load_files.delta_of` names the load it was applied on.
+- The changes are recorded as change detection records them (`load_changes`, `deleted_rows`: a deleted
+  row's `row_md5` is PostgreSQL's md5 of its raw row), and the load's `load_files.delta_of` names the
+  load it was applied on.
 
 So raw grows by the rows that changed, and an incremental build recomputes only their entries.
 
@@ -22,15 +24,17 @@ a rowid (rows are matched by it). Otherwise it is a full load, as before; `load 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import duckdb
 import psycopg
 from psycopg import sql
 
 from loader.ledger import LEDGER_SCHEMA
+from loader.load.duckdb_postgres import ALIAS, insert_rows
 from loader.load.raw_contract import MEMORY_KINDS
+from loader.sources.sqlite_reader import literal, quote
 
 # A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
 CONTENT_LINEAGE = ("_binary_columns",)
@@ -70,10 +74,8 @@ def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
         table=sql.Literal(source_table))
 
 
-# One table's comparison, in one statement: keep the changed rows of the new load in raw, retire the changed
-# and deleted rows of the previous state, record the counts. {new_rows} and {keep} say where the new load's
-# rows are: in raw (NEW_ROWS_IN_RAW, PRUNE_UNCHANGED: the unchanged ones are deleted again) or in a staging
-# table (NEW_ROWS_STAGED, ADD_CHANGED: only the changed ones are added to raw).
+# One table's comparison on the CSV path, in one statement: the new load's rows are in raw; delete the
+# unchanged ones again, retire the changed and deleted rows of the previous state, record the counts.
 COMPARE_TABLE = CHAIN + """,
 old_rows AS (
     SELECT r._load_id AS row_load_id, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
@@ -85,7 +87,7 @@ old_rows AS (
 ),
 new_rows AS (
     SELECT r.ctid AS row_ctid, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
-    {new_rows}
+    FROM {raw} AS r WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
 ),
 diff AS (
     SELECT old_rows.row_load_id, new_rows.row_ctid, coalesce(old_rows.rowid, new_rows.rowid) AS rowid,
@@ -93,8 +95,12 @@ diff AS (
     FROM old_rows
     FULL JOIN new_rows ON new_rows.rowid = old_rows.rowid
 ),
-kept AS (
-    {keep}
+-- by the row's physical address: one probe per unchanged row (by rowid, every probe would scan the load)
+pruned AS (
+    DELETE FROM {raw} AS r
+    USING diff
+    WHERE r.ctid = diff.row_ctid AND diff.old_digest = diff.new_digest
+    RETURNING 1
 ),
 retired AS (
     INSERT INTO {ledger}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
@@ -115,7 +121,7 @@ unchanged_counted AS (
     UPDATE {ledger}.load_tables
     SET rows_unchanged = (SELECT count(*) FROM diff WHERE old_digest = new_digest)
     WHERE load_id = %(load_id)s AND source_path = %(source_path)s AND source_table = %(source_table)s
-    RETURNING (SELECT count(*) FROM kept) + (SELECT count(*) FROM retired) + (SELECT count(*) FROM deletions)
+    RETURNING (SELECT count(*) FROM pruned) + (SELECT count(*) FROM retired) + (SELECT count(*) FROM deletions)
 )
 INSERT INTO {ledger}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
                                    deleted, unchanged, detected_at)
@@ -128,32 +134,6 @@ SELECT %(load_id)s, %(previous)s, %(source_path)s, %(source_table)s,
 FROM diff
 WHERE (SELECT count(*) FROM unchanged_counted) = 1
 """
-NEW_ROWS_IN_RAW = "FROM {raw} AS r WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s"
-# by the row's physical address: one probe per unchanged row (by rowid, every probe would scan the load)
-PRUNE_UNCHANGED = """DELETE FROM {raw} AS r
-    USING diff
-    WHERE r.ctid = diff.row_ctid AND diff.old_digest = diff.new_digest
-    RETURNING 1"""
-NEW_ROWS_STAGED = "FROM {staged} AS r"
-ADD_CHANGED = """INSERT INTO {raw} ({all_columns})
-    SELECT {staged_columns} FROM {staged} AS r
-    JOIN diff ON r.ctid = diff.row_ctid
-    WHERE diff.old_digest IS DISTINCT FROM diff.new_digest
-    RETURNING 1"""
-
-
-def staging_table(load_id: str, source_path: str, source_table: str) -> tuple[str, str]:
-    """Where a change load's rows of one table wait to be compared (NEW_ROWS_STAGED): an unlogged table of
-    the ledger schema, made and dropped inside the load's transaction, so no one else ever sees it."""
-    digest = hashlib.sha256(f"{load_id}\0{source_path}\0{source_table}".encode()).hexdigest()[:16]
-    return LEDGER_SCHEMA, f"change_load_{digest}"
-
-
-def create_staging_table(staged: tuple[str, str], raw_schema: str, raw_table: str) -> sql.Composed:
-    return sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(
-        sql.Identifier(*staged), sql.Identifier(raw_schema, raw_table))
-
-
 def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql.Composable) -> sql.Composed:
     """`row` (an alias of a raw table's rows) is not retired: the condition every reader of a file's current
     rows adds to its join with consolidate.current_load_parts. `raw_schema`/`raw_table`: literals or SQL."""
@@ -197,6 +177,10 @@ class DeltaTable:
     def raw_columns(self) -> tuple[str, ...]:
         return tuple(raw for _, raw in self.columns)
 
+    @property
+    def raw(self) -> sql.Identifier:
+        return sql.Identifier(self.raw_schema, self.raw_table)
+
 
 @dataclass(frozen=True)
 class PreviousState:
@@ -205,6 +189,10 @@ class PreviousState:
     load_id: str
     source_path: str
     tables: tuple[DeltaTable, ...]
+    parts: tuple[str, ...]  # the loads whose raw rows make up the state: load_id and the loads it applies on
+
+    def table(self, source_table: str) -> DeltaTable:
+        return next(table for table in self.tables if table.source_table == source_table)
 
 
 def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
@@ -221,37 +209,151 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
     wanted = {table.source_table: (table.raw_schema, table.raw_table, frozenset(table.columns)) for table in tables}
     if current != wanted:
         return None
-    return PreviousState(rows[0][0], source_path, tuple(tables))
+    parts = connection.execute(sql.SQL("{} SELECT array_agg(load_id) FROM chain").format(sql.SQL(CHAIN)),
+                               {"previous": rows[0][0], "source_path": source_path}).fetchone()[0]
+    return PreviousState(rows[0][0], source_path, tuple(tables), tuple(parts))
 
 
-def statements(previous: PreviousState, load_id: str,
-               staged_columns: dict[str, list[str]] | None = None) -> list[tuple[sql.Composed | str, dict]]:
-    """What turns the new load (its ledger rows written, in the same transaction) into a delta of
-    `previous`: one comparison per table, then the mark on load_files. The new rows are in raw, or, for
-    the tables in `staged_columns` (source table -> the columns loaded), in their staging_table, which is
-    dropped after."""
+def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed | str, dict]]:
+    """The CSV path's comparison: what turns the new load (its rows in raw and its ledger rows written, in
+    the same transaction) into a delta of `previous`: one comparison per table, then the mark on load_files."""
     ledger = sql.Identifier(LEDGER_SCHEMA)
     result: list[tuple[sql.Composed | str, dict]] = []
     for table in previous.tables:
-        raw = sql.Identifier(table.raw_schema, table.raw_table)
-        columns = sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(name)
-                                     for name in (*table.raw_columns, *CONTENT_LINEAGE))
-        loaded = (staged_columns or {}).get(table.source_table)
-        if loaded is None:
-            new_rows, keep = sql.SQL(NEW_ROWS_IN_RAW).format(raw=raw), sql.SQL(PRUNE_UNCHANGED).format(raw=raw)
-        else:
-            staged = sql.Identifier(*staging_table(load_id, previous.source_path, table.source_table))
-            new_rows = sql.SQL(NEW_ROWS_STAGED).format(staged=staged)
-            keep = sql.SQL(ADD_CHANGED).format(
-                raw=raw, staged=staged, all_columns=sql.SQL(", ").join(map(sql.Identifier, loaded)),
-                staged_columns=sql.SQL(", ").join(sql.SQL("r.") + sql.Identifier(name) for name in loaded))
-        statement = sql.SQL(COMPARE_TABLE).format(columns=columns, raw=raw, ledger=ledger, new_rows=new_rows,
-                                                  keep=keep)
+        statement = sql.SQL(COMPARE_TABLE).format(columns=content_columns(table), raw=table.raw, ledger=ledger)
         result.append((statement, {"previous": previous.load_id, "load_id": load_id,
                                    "source_path": previous.source_path, "source_table": table.source_table,
                                    "raw_schema": table.raw_schema, "raw_table": table.raw_table}))
-        if loaded is not None:
-            result.append((sql.SQL("DROP TABLE {}").format(staged), {}))
-    result.append((MARK_DELTA, {"previous": previous.load_id, "load_id": load_id,
-                                "source_path": previous.source_path}))
+    result.append(mark_delta(previous, load_id))
+    return result
+
+
+def content_columns(table: DeltaTable, alias: str = "r") -> sql.Composed:
+    """A raw row's content: what the comparison and a deleted row's row_md5 digest."""
+    return sql.SQL(", ").join(sql.Identifier(alias, name) for name in (*table.raw_columns, *CONTENT_LINEAGE))
+
+
+def mark_delta(previous: PreviousState, load_id: str) -> tuple[str, dict]:
+    return MARK_DELTA, {"previous": previous.load_id, "load_id": load_id, "source_path": previous.source_path}
+
+
+# ------------------------------------------------------------------------ the direct path: DuckDB compares
+
+@dataclass
+class TableChanges:
+    """What a change load found in one table against the previous state (DuckDB's comparison)."""
+
+    source_table: str
+    read: int  # rows of the snapshot
+    inserted: int
+    updated: int
+    unchanged: int
+    retired: list[tuple[str, int]]  # (the load whose raw row it is, rowid): changed or deleted rows
+    deleted_rowids: list[int]
+
+
+# One table's rows in the file's previous state, with the load each one is a row of: the rows of its loads,
+# less those the loads retired (joined in DuckDB: probing retired_rows row by row costs PostgreSQL more).
+PART_ROWS = """
+SELECT r._load_id, r._source_rowid, {columns} FROM {raw} AS r
+WHERE r._load_id = ANY(%(parts)s) AND r._source_path = %(source_path)s
+"""
+RETIRED_ROWS = f"""
+SELECT x.row_load_id, x.source_rowid FROM {LEDGER_SCHEMA}.retired_rows AS x
+WHERE x.load_id = ANY(%(parts)s) AND x.source_path = %(source_path)s AND x.source_table = %(source_table)s
+"""
+CHANGES = """
+SELECT o._load_id AS row_load_id, coalesce(o._source_rowid, n._source_rowid) AS source_rowid,
+       CASE WHEN o._source_rowid IS NULL THEN 'inserted'
+            WHEN n._source_rowid IS NULL THEN 'deleted'
+            WHEN {same} THEN 'unchanged'
+            ELSE 'updated' END AS change
+FROM change_old AS o
+FULL JOIN change_new AS n ON n._source_rowid = o._source_rowid
+"""
+# A deleted row as change detection records it: its row_md5 is PostgreSQL's digest of its raw row.
+RECORD_DELETED = f"""
+INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
+SELECT %(load_id)s, %(source_path)s, %(source_table)s, r._source_rowid, md5(ROW({{columns}})::text), r._load_id
+FROM {{raw}} AS r
+WHERE r._load_id = ANY(%(parts)s) AND r._source_path = %(source_path)s AND r._source_rowid = ANY(%(rowids)s)
+  AND NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.retired_rows AS x
+                  WHERE x.row_load_id = r._load_id AND x.source_path = r._source_path
+                    AND x.source_table = %(source_table)s AND x.source_rowid = r._source_rowid
+                    AND x.load_id = ANY(%(parts)s))
+"""
+RECORD_RETIRED = f"""
+INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
+                                           load_id)
+SELECT unnest(%(row_load_ids)s::text[]), %(source_path)s, %(source_table)s, unnest(%(retired_rowids)s::bigint[]),
+       %(raw_schema)s, %(raw_table)s, %(load_id)s
+"""
+RECORD_UNCHANGED = f"""
+UPDATE {LEDGER_SCHEMA}.load_tables SET rows_unchanged = %(unchanged)s
+WHERE load_id = %(load_id)s AND source_path = %(source_path)s AND source_table = %(source_table)s
+"""
+RECORD_COUNTS = f"""
+INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
+                                           deleted, unchanged, detected_at)
+VALUES (%(load_id)s, %(previous)s, %(source_path)s, %(source_table)s, %(inserted)s, %(updated)s, %(deleted)s,
+        %(unchanged)s, now())
+"""
+
+
+def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientCursor, previous: PreviousState,
+                      source_table: str, load_id: str, columns: list[str], select: str) -> TableChanges:
+    """Inside the load's transaction (DuckDB's PostgreSQL transaction): compare the snapshot's rows of
+    `source_table` (`select`, named `columns`: _source_rowid, the raw columns, then the lineage) with the
+    previous state, read from PostgreSQL; add only the inserted and changed rows to raw. The ledger records
+    the rest (record_changes). Values are compared as the text raw stores (the scanner reads SQLite as
+    text); a row that came through the Python reader (`_binary_columns`) counts as changed. `renderer`
+    renders PostgreSQL statements with their parameters (it sends nothing)."""
+    table = previous.table(source_table)
+    state = {"parts": list(previous.parts), "source_path": previous.source_path, "source_table": source_table}
+    rows = literal(renderer.mogrify(sql.SQL(PART_ROWS).format(columns=content_columns(table), raw=table.raw), state))
+    retired_rows = literal(renderer.mogrify(RETIRED_ROWS, state))
+    duck.execute(f"CREATE OR REPLACE TEMP TABLE change_old AS "
+                 f"SELECT * FROM postgres_query({literal(ALIAS)}, {rows}) AS o "
+                 f"ANTI JOIN postgres_query({literal(ALIAS)}, {retired_rows}) AS x "
+                 f"ON x.row_load_id = o._load_id AND x.source_rowid = o._source_rowid")
+    duck.execute(f"CREATE OR REPLACE TEMP TABLE change_new AS "
+                 f"SELECT * FROM ({select}) AS new_rows({', '.join(map(quote, columns))})")
+    same = " AND ".join([f"n.{quote(name)} IS NOT DISTINCT FROM o.{quote(name)}" for name in table.raw_columns]
+                        + ["o._binary_columns IS NULL"])
+    duck.execute("CREATE OR REPLACE TEMP TABLE change_diff AS " + CHANGES.format(same=same))
+    read, inserted, updated, unchanged = duck.execute(
+        "SELECT (SELECT count(*) FROM change_new), count(*) FILTER (WHERE change = 'inserted'), "
+        "count(*) FILTER (WHERE change = 'updated'), count(*) FILTER (WHERE change = 'unchanged') "
+        "FROM change_diff").fetchone()
+    retired = duck.execute("SELECT change, row_load_id, source_rowid FROM change_diff "
+                           "WHERE change IN ('updated', 'deleted') ORDER BY source_rowid").fetchall()
+    if inserted + updated:
+        insert_rows(duck, table.raw_schema, table.raw_table, columns,
+                    "SELECT * FROM change_new WHERE _source_rowid IN "
+                    "(SELECT source_rowid FROM change_diff WHERE change IN ('inserted', 'updated'))")
+    duck.execute("DROP TABLE change_old; DROP TABLE change_new; DROP TABLE change_diff")
+    return TableChanges(source_table, read, inserted, updated, unchanged, [(load, rowid) for _, load, rowid in retired],
+                        [rowid for change, _, rowid in retired if change == 'deleted'])
+
+
+def record_changes(previous: PreviousState, load_id: str,
+                   changes: Sequence[TableChanges]) -> list[tuple[sql.Composed | str, dict]]:
+    """What records DuckDB's comparisons once the load's ledger rows are written: the retired rows, the
+    deleted rows, the counts, the mark on load_files."""
+    result: list[tuple[sql.Composed | str, dict]] = []
+    for found in changes:
+        table = previous.table(found.source_table)
+        parameters = {"previous": previous.load_id, "load_id": load_id, "source_path": previous.source_path,
+                      "source_table": found.source_table, "inserted": found.inserted, "updated": found.updated,
+                      "deleted": len(found.deleted_rowids), "unchanged": found.unchanged, "parts": list(previous.parts),
+                      "rowids": found.deleted_rowids, "raw_schema": table.raw_schema, "raw_table": table.raw_table,
+                      "row_load_ids": [load for load, _ in found.retired],
+                      "retired_rowids": [rowid for _, rowid in found.retired]}
+        if found.retired:
+            result.append((RECORD_RETIRED, parameters))
+        if found.deleted_rowids:
+            result.append((sql.SQL(RECORD_DELETED).format(columns=content_columns(table), raw=table.raw), parameters))
+        result.append((RECORD_UNCHANGED, parameters))
+        result.append((RECORD_COUNTS, parameters))
+    result.append(mark_delta(previous, load_id))
     return result

@@ -359,12 +359,11 @@ def record_file(cursor, record: ledger.FileRecord, plans: list[TablePlan], outco
     ledger.record_file(cursor, record)
 
 
-def keep_changed_rows_only(cursor, previous: delta.PreviousState | None, load_id: str,
-                           staged_columns: dict[str, list[str]] | None = None) -> None:
-    """Make the load, whose rows (in raw, or staged: `staged_columns`) and ledger rows are in, a delta of the
-    file's previous state (loader/load/delta.py)."""
+def keep_changed_rows_only(cursor, previous: delta.PreviousState | None, load_id: str) -> None:
+    """The CSV path: make the load, whose rows and ledger rows are in, a delta of the file's previous state
+    (loader/load/delta.py)."""
     if previous is not None:
-        for statement, parameters in delta.statements(previous, load_id, staged_columns):
+        for statement, parameters in delta.statements(previous, load_id):
             cursor.execute(statement, parameters)
 
 
@@ -385,29 +384,30 @@ def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Co
     """The whole file in one DuckDB transaction (one PostgreSQL transaction): rows by binary COPY."""
     duck = context.worker.duck
     cursor = LedgerCursor(duck, context.worker.connection)
-    # A change load's rows go to a staging table first; only the changed ones reach raw (delta.ADD_CHANGED).
-    staged = {plan.table.name: delta.staging_table(record.load_id, record.source_path, plan.table.name)
-              for plan in plans} if context.previous is not None else {}
     with sqlite_attached(context):
         duck.execute("BEGIN")
         try:
             create_raw_tables(cursor, ddl)
-            for plan in plans:
-                if plan.table.name in staged:
-                    cursor.execute(delta.create_staging_table(staged[plan.table.name], context.schema, plan.raw_table))
             refresh_catalog(duck)
-            loaded_columns = {}
+            changes = []
             for plan in plans:
                 table = plan.table
-                columns = loaded_columns[table.name] = ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS]
-                schema, into = staged.get(table.name, (context.schema, plan.raw_table))
-                copied = insert_rows(duck, schema, into, columns,
-                                     select_rows("src", table, context.duckdb_columns(table), context.lineage))
+                columns = ["_source_rowid", *plan.raw_columns, *LINEAGE_CONSTANTS]
+                select = select_rows("src", table, context.duckdb_columns(table), context.lineage)
+                if context.previous is None:
+                    copied = insert_rows(duck, context.schema, plan.raw_table, columns, select)
+                else:  # a change load: only the changed rows travel (delta.compare_in_duckdb)
+                    found = delta.compare_in_duckdb(duck, cursor.renderer, context.previous, table.name,
+                                                    record.load_id, columns, select)
+                    changes.append(found)
+                    copied = found.read
                 if copied != table.row_count:
                     raise CountMismatch(f"table {table.name!r}: {table.row_count} rows in SQLite, {copied} copied")
                 record_table(cursor, context, record, plan, TableResult(copied, DUCKDB), outcome)
             record_file(cursor, record, plans, outcome)
-            keep_changed_rows_only(cursor, context.previous, record.load_id, loaded_columns if staged else None)
+            if context.previous is not None:
+                for statement, parameters in delta.record_changes(context.previous, record.load_id, changes):
+                    cursor.execute(statement, parameters)
             duck.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
@@ -519,20 +519,23 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
         return LoadOutcome(load_id, outcomes, discovery.warnings)
 
 
-# Change loads that add fewer rows leave the planner's statistics as good as they were: ANALYZE would sample
-# the whole table (0.5-1.6 s at 1M rows) for a few rows; autovacuum catches up later.
+# Change loads that add fewer rows leave the planner's statistics as good as they were: VACUUM (ANALYZE) would
+# read the whole table (0.5-1.6 s at 1M rows) for a few rows; autovacuum catches up later.
 ANALYZE_AFTER_CHANGES = 1000
 
 
 def analyze_loaded_tables(connection: psycopg.Connection, load_id: str) -> None:
-    """Fresh planner statistics for every raw table this load added rows to, before dbt reads them:
-    right after a bulk load a table has none until autovacuum gets to it, and the build's joins and
-    aggregations are planned blind (measured at 1M: ANALYZE 0.5-1.6 s, int_memory_ranked 24 -> 19 s).
-    The ledger's files and tables too: a few dozen rows, below autovacuum's threshold, so without this the
-    planner takes consolidate.current_loads for one row and reads raw by index, load after load
-    (assert_raw_memory_rows_represented_once at 1M: 12.7 -> 9.1 s)."""
+    """Fresh planner statistics and visibility map for every raw table this load added rows to, before dbt
+    reads them: right after a bulk load a table has no statistics until autovacuum gets to it, so the
+    build's joins and aggregations are planned blind (measured at 1M: int_memory_ranked 24 -> 19 s); and
+    no page is marked all-visible, so every index-only scan (the ledger-count and row-identity tests, the
+    incremental reads by load) fetches each row from the heap too (the ledger-count test at 1M:
+    0.35 s -> 0.08 s). VACUUM (ANALYZE) does both in about the time ANALYZE alone took (0.8 s at 1M).
+    The ledger's files and tables are analyzed too: a few dozen rows, below autovacuum's threshold, so
+    without this the planner takes consolidate.current_loads for one row and reads raw by index, load
+    after load (assert_raw_memory_rows_represented_once at 1M: 12.7 -> 9.1 s)."""
     for schema, table in ledger.tables_loaded(connection, load_id, changes_at_least=ANALYZE_AFTER_CHANGES):
-        connection.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema, table)))
+        connection.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(schema, table)))
     for table in ("load_files", "load_tables", "retired_rows"):
         connection.execute(sql.SQL("ANALYZE {}").format(ledger.table(table)))
 
