@@ -177,7 +177,8 @@ def test_duckdb_and_postgresql_compare_a_change_load_alike(tmp_path, target, hom
     """Two identical files take the same changes; one is compared by DuckDB before anything travels (the
     direct path), the other, forced through CSV, by PostgreSQL after the whole snapshot is in raw. Both
     record the same changes as sqlite3 counts them, retire and store the same rows, and give deleted rows
-    the same digest: across two change loads in a row, NULL against '', unchanged rewrites and non-ASCII."""
+    the same digest: across two change loads in a row, NULL against '', unchanged rewrites and non-ASCII
+    text that stays the same."""
     import duckdb
 
     from loader.load import load as load_module
@@ -199,6 +200,8 @@ def test_duckdb_and_postgresql_compare_a_change_load_alike(tmp_path, target, hom
     steps = [
         [("UPDATE memory_entries SET value = 'ünïcode ✓', updated_at = ? WHERE key = 'key-1'", (T0 + 900,)),
          ("UPDATE memory_entries SET metadata = '' WHERE key = 'key-2'",),  # NULL -> '' is a change
+         # left alone by the next step, so compared unchanged there: non-ASCII, text that looks like the digest's
+         ("UPDATE memory_entries SET value = 'naïve — 東京', metadata = 'v1:nn' WHERE key = 'key-5'",),
          ("UPDATE memory_entries SET value = value WHERE key = 'key-3'",),  # rewritten the same: unchanged
          ("DELETE FROM memory_entries WHERE key IN ('key-4', 'key-39')",),
          ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) VALUES ('new', '', 'x', 1, 1)",),

@@ -45,6 +45,31 @@
 {%- endmacro %}
 
 
+{#- After compat_given: an UPDATE that changed only the access columns records a read (the entry's
+    `namespace`, the read's time `accessed_at`) and writes nothing; otherwise the access columns are given. -#}
+{% macro compat_access_only(namespace, accessed_at) -%}
+        if given = '{}' then
+            if accessed then
+                perform consolidate.check_memory_marts_schema(marts_schema);
+                perform consolidate.record_memory_access({{ namespace }}, NEW.key,
+                    coalesce({{ accessed_at }}, now()), NEW.access_count);
+            end if;
+            return NEW;
+        end if;
+        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+{%- endmacro %}
+
+
+{#- What an INSERT gives: the fields `always`, and those of the `optional` (view column, field) pairs whose
+    column it does not leave NULL. -#}
+{% macro compat_given_on_insert(always, optional) -%}
+        given := array[{% for field in always %}'{{ field }}'{{ ", " if not loop.last }}{% endfor %}];
+        {%- for column, field in optional %}
+        if NEW.{{ column }} is not null then given := given || '{{ field }}'::text; end if;
+        {%- endfor %}
+{%- endmacro %}
+
+
 {% macro create_compat_write_functions() -%}
 create or replace function consolidate.write_compat_memory_entries_v2() returns trigger
 language plpgsql as $fn$
@@ -65,21 +90,11 @@ begin
         {{ compat_given({'value': ['value', 'data_type'], 'metadata': ['metadata'], 'created_at': ['created_at'],
                          'updated_at': ['updated_at'], 'ttl': ['ttl'], 'expires_at': ['expires_at']},
                         [('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
-        if given = '{}' then
-            if accessed then
-                perform consolidate.check_memory_marts_schema(marts_schema);
-                perform consolidate.record_memory_access(NEW.namespace, NEW.key,
-                    coalesce({{ epoch_number_to_timestamptz('NEW.accessed_at::numeric') }}, now()), NEW.access_count);
-            end if;
-            return NEW;
-        end if;
-        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+        {{ compat_access_only('NEW.namespace', epoch_number_to_timestamptz('NEW.accessed_at::numeric')) }}
     else
-        given := array['value', 'data_type', 'metadata', 'ttl', 'expires_at'];
-        if NEW.created_at is not null then given := given || 'created_at'::text; end if;
-        if NEW.updated_at is not null then given := given || 'updated_at'::text; end if;
-        if NEW.accessed_at is not null then given := given || 'accessed_at'::text; end if;
-        if NEW.access_count is not null then given := given || 'access_count'::text; end if;
+        {{ compat_given_on_insert(['value', 'data_type', 'metadata', 'ttl', 'expires_at'],
+                                  [('created_at', 'created_at'), ('updated_at', 'updated_at'),
+                                   ('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
     end if;
     perform consolidate.write_memory_entry(
         marts_schema, via, 'upsert', coalesce(NEW.namespace, 'default'), NEW.key, given,
@@ -121,23 +136,13 @@ begin
                          'tags': ['metadata'], 'status': ['metadata'], 'owner_id': ['metadata'],
                          'created_at': ['created_at'], 'updated_at': ['updated_at'], 'expires_at': ['expires_at']},
                         [('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
-        if given = '{}' then
-            if accessed then
-                perform consolidate.check_memory_marts_schema(marts_schema);
-                perform consolidate.record_memory_access(entry_namespace, NEW.key,
-                    coalesce({{ epoch_number_to_timestamptz('NEW.last_accessed_at::numeric') }}, now()), NEW.access_count);
-            end if;
-            return NEW;
-        end if;
-        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+        {{ compat_access_only('entry_namespace', epoch_number_to_timestamptz('NEW.last_accessed_at::numeric')) }}
         execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
             into current_metadata using entry_namespace, NEW.key;
     else
-        given := array['value', 'data_type', 'metadata', 'expires_at'];
-        if NEW.created_at is not null then given := given || 'created_at'::text; end if;
-        if NEW.updated_at is not null then given := given || 'updated_at'::text; end if;
-        if NEW.last_accessed_at is not null then given := given || 'accessed_at'::text; end if;
-        if NEW.access_count is not null then given := given || 'access_count'::text; end if;
+        {{ compat_given_on_insert(['value', 'data_type', 'metadata', 'expires_at'],
+                                  [('created_at', 'created_at'), ('updated_at', 'updated_at'),
+                                   ('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
     end if;
     -- v3's own fields live in metadata under claude_flow_v3, as staging puts them
     base_metadata := {{ compat_text_to_jsonb('NEW.metadata') }};
@@ -178,23 +183,13 @@ begin
         {{ compat_given({'value': ['value', 'data_type'], 'type': ['value', 'data_type', 'metadata'],
                          'created_at': ['created_at'], 'updated_at': ['updated_at']},
                         [('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
-        if given = '{}' then
-            if accessed then
-                perform consolidate.check_memory_marts_schema(marts_schema);
-                perform consolidate.record_memory_access('extended-memory', NEW.key,
-                    coalesce({{ text_to_timestamptz('NEW.accessed_at') }}, now()), NEW.access_count);
-            end if;
-            return NEW;
-        end if;
-        if accessed then given := given || array['accessed_at', 'access_count']; end if;
+        {{ compat_access_only("'extended-memory'", text_to_timestamptz('NEW.accessed_at')) }}
         execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
             into current_metadata using 'extended-memory', NEW.key;
     else
-        given := array['value', 'data_type', 'metadata'];
-        if NEW.created_at is not null then given := given || 'created_at'::text; end if;
-        if NEW.updated_at is not null then given := given || 'updated_at'::text; end if;
-        if NEW.accessed_at is not null then given := given || 'accessed_at'::text; end if;
-        if NEW.access_count is not null then given := given || 'access_count'::text; end if;
+        {{ compat_given_on_insert(['value', 'data_type', 'metadata'],
+                                  [('created_at', 'created_at'), ('updated_at', 'updated_at'),
+                                   ('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
     end if;
     perform consolidate.write_memory_entry(
         marts_schema, via, 'upsert', 'extended-memory', NEW.key, given,

@@ -5,18 +5,16 @@
     the raw table's columns, applied before any parsing).
 -#}
 
-{% macro stg_claude_flow_v2__memory_entries_sql(raw_memory_entries, raw_rows_filter=none) %}
-    {#- `id` is the INTEGER PRIMARY KEY, i.e. SQLite's rowid: it is carried as source_rowid. -#}
-    {%- set mapped_columns = ['id', 'key', 'value', 'namespace', 'metadata', 'created_at', 'updated_at',
-                              'accessed_at', 'access_count', 'ttl', 'expires_at'] -%}
-    {#- v2's INTEGER epoch-second columns; those with a DEFAULT in v2's schema are never NULL by intent. -#}
-    {%- set epoch_columns = ['created_at', 'updated_at', 'accessed_at', 'expires_at'] -%}
-    {%- set required_epoch_columns = ['created_at', 'updated_at', 'accessed_at'] -%}
-    {%- set binary_columns = binary_columns_of('raw_claude_flow_v2', 'memory_entries') -%}
-
+{#-
+    The steps every memory staging model shares, as the CTEs `source` (the raw rows; those matching
+    `raw_rows_filter` only), `parsed` (each value parsed once per row: the memory value in `value_column`,
+    and `parses`, pairs of (expression, alias)) and `classified` (the value's kind). The caller goes on
+    with its own `normalized`.
+-#}
+{% macro memory_staging_steps(raw_table, raw_rows_filter, binary_columns, value_column, parses, storage_type=none) %}
     with source as (
 
-        select * from {{ raw_memory_entries }}
+        select * from {{ raw_table }}
         {%- if raw_rows_filter %}
         where {{ raw_rows_filter }}
         {%- endif %}
@@ -30,13 +28,11 @@
         select
             source.*,
             {{ binary_columns }} as stg__binary_columns,
-            {{ parse_memory_value('value', is_binary=is_binary(binary_columns, 'value')) }} as stg__parsed_value,
-            consolidate.try_jsonb(metadata) as stg__parsed_metadata,
-            {%- for column in epoch_columns %}
-            consolidate.try_numeric({{ column }}) as stg__{{ column }}_number,
+            {{ parse_memory_value(value_column, storage_type=storage_type,
+                                  is_binary=is_binary(binary_columns, value_column)) }} as stg__parsed_value
+            {%- for expression, alias in parses %},
+            {{ expression }} as {{ alias }}
             {%- endfor %}
-            consolidate.try_int(access_count) as stg__access_count,
-            consolidate.try_int(ttl) as stg__ttl
         from source
         offset 0
 
@@ -46,12 +42,31 @@
 
         select
             parsed.*,
-            {{ memory_value_kind('value', 'stg__parsed_value', is_binary=is_binary('stg__binary_columns', 'value')) }}
-                as stg__value_kind
+            {{ memory_value_kind(value_column, 'stg__parsed_value', storage_type=storage_type,
+                                 is_binary=is_binary('stg__binary_columns', value_column)) }} as stg__value_kind
         from parsed
         offset 0
 
-    ),
+    )
+{%- endmacro %}
+
+{% macro stg_claude_flow_v2__memory_entries_sql(raw_memory_entries, raw_rows_filter=none) %}
+    {#- `id` is the INTEGER PRIMARY KEY, i.e. SQLite's rowid: it is carried as source_rowid. -#}
+    {%- set mapped_columns = ['id', 'key', 'value', 'namespace', 'metadata', 'created_at', 'updated_at',
+                              'accessed_at', 'access_count', 'ttl', 'expires_at'] -%}
+    {#- v2's INTEGER epoch-second columns; those with a DEFAULT in v2's schema are never NULL by intent. -#}
+    {%- set epoch_columns = ['created_at', 'updated_at', 'accessed_at', 'expires_at'] -%}
+    {%- set required_epoch_columns = ['created_at', 'updated_at', 'accessed_at'] -%}
+    {%- set binary_columns = binary_columns_of('raw_claude_flow_v2', 'memory_entries') -%}
+
+    {%- set parses = [('consolidate.try_jsonb(metadata)', 'stg__parsed_metadata')] -%}
+    {%- for column in epoch_columns -%}
+        {%- do parses.append(('consolidate.try_numeric(' ~ column ~ ')', 'stg__' ~ column ~ '_number')) -%}
+    {%- endfor -%}
+    {%- do parses.extend([('consolidate.try_int(access_count)', 'stg__access_count'),
+                          ('consolidate.try_int(ttl)', 'stg__ttl')]) %}
+
+    {{ memory_staging_steps(raw_memory_entries, raw_rows_filter, binary_columns, 'value', parses) }},
 
     normalized as (
 
@@ -95,45 +110,15 @@
     {%- set required_epoch_columns = ['created_at', 'updated_at'] -%}
     {%- set binary_columns = binary_columns_of('raw_claude_flow_v3', 'memory_entries') -%}
 
-    with source as (
+    {%- set parses = [('consolidate.try_jsonb(metadata)', 'stg__parsed_metadata'),
+                      ('consolidate.try_jsonb(tags)', 'stg__parsed_tags')] -%}
+    {%- for column in epoch_columns -%}
+        {%- do parses.append(('consolidate.try_numeric(' ~ column ~ ')', 'stg__' ~ column ~ '_number')) -%}
+    {%- endfor -%}
+    {%- do parses.extend([('consolidate.try_int(access_count)', 'stg__access_count'),
+                          ('consolidate.try_int(embedding_dimensions)', 'stg__embedding_dimensions')]) %}
 
-        select * from {{ raw_memory_entries }}
-        {%- if raw_rows_filter %}
-        where {{ raw_rows_filter }}
-        {%- endif %}
-
-    ),
-
-    parsed as (
-
-        -- Every parse once per row: OFFSET 0 keeps PostgreSQL from inlining this step into the next ones,
-        -- which would repeat each parse wherever its result is used.
-        select
-            source.*,
-            {{ binary_columns }} as stg__binary_columns,
-            {{ parse_memory_value('content', is_binary=is_binary(binary_columns, 'content')) }} as stg__parsed_value,
-            consolidate.try_jsonb(metadata) as stg__parsed_metadata,
-            consolidate.try_jsonb(tags) as stg__parsed_tags,
-            {%- for column in epoch_columns %}
-            consolidate.try_numeric({{ column }}) as stg__{{ column }}_number,
-            {%- endfor %}
-            consolidate.try_int(access_count) as stg__access_count,
-            consolidate.try_int(embedding_dimensions) as stg__embedding_dimensions
-        from source
-        offset 0
-
-    ),
-
-    classified as (
-
-        select
-            parsed.*,
-            {{ memory_value_kind('content', 'stg__parsed_value', is_binary=is_binary('stg__binary_columns', 'content')) }}
-                as stg__value_kind
-        from parsed
-        offset 0
-
-    ),
+    {{ memory_staging_steps(raw_memory_entries, raw_rows_filter, binary_columns, 'content', parses) }},
 
     normalized as (
 
@@ -189,43 +174,14 @@
     {%- set required_timestamp_columns = ['accessed_at'] -%}
     {%- set binary_columns = binary_columns_of('raw_extended_memory', 'memory_store') -%}
 
-    with source as (
+    {%- set parses = [] -%}
+    {%- for column in timestamp_columns -%}
+        {%- do parses.append((text_to_timestamptz(column), 'stg__' ~ column)) -%}
+    {%- endfor -%}
+    {%- do parses.append(('consolidate.try_int(access_count)', 'stg__access_count')) %}
 
-        select * from {{ raw_memory_store }}
-        {%- if raw_rows_filter %}
-        where {{ raw_rows_filter }}
-        {%- endif %}
-
-    ),
-
-    parsed as (
-
-        -- Every parse once per row: OFFSET 0 keeps PostgreSQL from inlining this step into the next ones,
-        -- which would repeat each parse wherever its result is used.
-        select
-            source.*,
-            {{ binary_columns }} as stg__binary_columns,
-            {{ parse_memory_value('value', storage_type='type', is_binary=is_binary(binary_columns, 'value')) }}
-                as stg__parsed_value,
-            {%- for column in timestamp_columns %}
-            {{ text_to_timestamptz(column) }} as stg__{{ column }},
-            {%- endfor %}
-            consolidate.try_int(access_count) as stg__access_count
-        from source
-        offset 0
-
-    ),
-
-    classified as (
-
-        select
-            parsed.*,
-            {{ memory_value_kind('value', 'stg__parsed_value', storage_type='type',
-                                 is_binary=is_binary('stg__binary_columns', 'value')) }} as stg__value_kind
-        from parsed
-        offset 0
-
-    ),
+    {{ memory_staging_steps(raw_memory_store, raw_rows_filter, binary_columns, 'value', parses,
+                            storage_type='type') }},
 
     normalized as (
 

@@ -254,8 +254,8 @@ class TableChanges:
 
 # One table's rows in the file's previous state, with the load each one is a row of: the rows of its loads,
 # less those the loads retired (joined in DuckDB: probing retired_rows row by row costs PostgreSQL more).
-PART_ROWS = """
-SELECT r._load_id, r._source_rowid, {columns} FROM {raw} AS r
+PART_DIGESTS = """
+SELECT r._load_id, r._source_rowid, md5({serialized}) AS digest FROM {raw} AS r
 WHERE r._load_id = ANY(%(parts)s) AND r._source_path = %(source_path)s
 """
 RETIRED_ROWS = f"""
@@ -266,11 +266,21 @@ CHANGES = """
 SELECT o._load_id AS row_load_id, coalesce(o._source_rowid, n._source_rowid) AS source_rowid,
        CASE WHEN o._source_rowid IS NULL THEN 'inserted'
             WHEN n._source_rowid IS NULL THEN 'deleted'
-            WHEN {same} THEN 'unchanged'
+            WHEN n.digest = o.digest THEN 'unchanged'
             ELSE 'updated' END AS change
 FROM change_old AS o
-FULL JOIN change_new AS n ON n._source_rowid = o._source_rowid
+FULL JOIN (SELECT _source_rowid, md5({serialized}) AS digest FROM {new_rows}) AS n
+  ON n._source_rowid = o._source_rowid
 """
+
+
+def serialized(values: Sequence[str], length: str) -> str:
+    """One text of a row's values (SQL expressions) that PostgreSQL and DuckDB both spell the same way, so
+    that their md5s compare: each value as 'v', its length in bytes (`length`: the function that counts
+    them), ':' and the value, or 'n' for NULL."""
+    return " || ".join(f"coalesce('v' || {length}({value})::text || ':' || {value}, 'n')" for value in values)
+
+
 # A deleted row as change detection records it: its row_md5 is PostgreSQL's digest of its raw row.
 RECORD_DELETED = f"""
 INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
@@ -304,34 +314,37 @@ def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientC
                       source_table: str, load_id: str, columns: list[str], select: str) -> TableChanges:
     """Inside the load's transaction (DuckDB's PostgreSQL transaction): compare the snapshot's rows of
     `source_table` (`select`, named `columns`: _source_rowid, the raw columns, then the lineage) with the
-    previous state, read from PostgreSQL; add only the inserted and changed rows to raw. The ledger records
-    the rest (record_changes). Values are compared as the text raw stores (the scanner reads SQLite as
-    text); a row that came through the Python reader (`_binary_columns`) counts as changed. `renderer`
-    renders PostgreSQL statements with their parameters (it sends nothing)."""
+    previous state, of which PostgreSQL sends a digest per row; add only the inserted and changed rows to
+    raw. The ledger records the rest (record_changes). Rows are compared by the md5 of their values as
+    the text raw stores (the scanner reads SQLite as text; `serialized`); a row that came through the
+    Python reader (`_binary_columns`) counts as changed. `renderer` renders PostgreSQL statements with
+    their parameters (it sends nothing)."""
     table = previous.table(source_table)
     state = {"parts": list(previous.parts), "source_path": previous.source_path, "source_table": source_table}
-    rows = literal(renderer.mogrify(sql.SQL(PART_ROWS).format(columns=content_columns(table), raw=table.raw), state))
+    stored = [f"r.{quote(name)}::text" for name in (*table.raw_columns, *CONTENT_LINEAGE)]
+    digests = literal(renderer.mogrify(sql.SQL(PART_DIGESTS).format(
+        serialized=sql.SQL(serialized(stored, "octet_length")), raw=table.raw), state))
     retired_rows = literal(renderer.mogrify(RETIRED_ROWS, state))
     duck.execute(f"CREATE OR REPLACE TEMP TABLE change_old AS "
-                 f"SELECT * FROM postgres_query({literal(ALIAS)}, {rows}) AS o "
+                 f"SELECT * FROM postgres_query({literal(ALIAS)}, {digests}) AS o "
                  f"ANTI JOIN postgres_query({literal(ALIAS)}, {retired_rows}) AS x "
                  f"ON x.row_load_id = o._load_id AND x.source_rowid = o._source_rowid")
-    duck.execute(f"CREATE OR REPLACE TEMP TABLE change_new AS "
-                 f"SELECT * FROM ({select}) AS new_rows({', '.join(map(quote, columns))})")
-    same = " AND ".join([f"n.{quote(name)} IS NOT DISTINCT FROM o.{quote(name)}" for name in table.raw_columns]
-                        + ["o._binary_columns IS NULL"])
-    duck.execute("CREATE OR REPLACE TEMP TABLE change_diff AS " + CHANGES.format(same=same))
+    # the snapshot is read twice (to compare, then the changed rows), never held whole in memory
+    new_rows = f"({select}) AS new_rows({', '.join(map(quote, columns))})"
+    loaded = [quote(name) for name in table.raw_columns] + ["NULL"]  # no _binary_columns on this path
+    duck.execute("CREATE OR REPLACE TEMP TABLE change_diff AS "
+                 + CHANGES.format(serialized=serialized(loaded, "strlen"), new_rows=new_rows))
     read, inserted, updated, unchanged = duck.execute(
-        "SELECT (SELECT count(*) FROM change_new), count(*) FILTER (WHERE change = 'inserted'), "
+        "SELECT count(*) FILTER (WHERE change <> 'deleted'), count(*) FILTER (WHERE change = 'inserted'), "
         "count(*) FILTER (WHERE change = 'updated'), count(*) FILTER (WHERE change = 'unchanged') "
         "FROM change_diff").fetchone()
     retired = duck.execute("SELECT change, row_load_id, source_rowid FROM change_diff "
                            "WHERE change IN ('updated', 'deleted') ORDER BY source_rowid").fetchall()
     if inserted + updated:
         insert_rows(duck, table.raw_schema, table.raw_table, columns,
-                    "SELECT * FROM change_new WHERE _source_rowid IN "
+                    f"SELECT * FROM {new_rows} WHERE _source_rowid IN "
                     "(SELECT source_rowid FROM change_diff WHERE change IN ('inserted', 'updated'))")
-    duck.execute("DROP TABLE change_old; DROP TABLE change_new; DROP TABLE change_diff")
+    duck.execute("DROP TABLE change_old; DROP TABLE change_diff")
     return TableChanges(source_table, read, inserted, updated, unchanged, [(load, rowid) for _, load, rowid in retired],
                         [rowid for change, _, rowid in retired if change == 'deleted'])
 
