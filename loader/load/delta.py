@@ -4,9 +4,10 @@ A file's new load is compared row by row (by SQLite rowid and the row's content)
 state: the raw rows of its current load's parts that are not retired (`consolidate.current_load_parts`,
 `consolidate.retired_rows`, loader/ledger.py migration 9).
 
-- On the direct path DuckDB compares (compare_in_duckdb): it reads the previous state from PostgreSQL
-  and the snapshot from SQLite, and only the inserted and changed rows travel to raw. On the CSV path
-  every row is copied into raw and PostgreSQL compares (statements: the unchanged rows are deleted again).
+- On the direct path DuckDB compares (compare_in_duckdb): PostgreSQL sends a digest per row of the
+  previous state, DuckDB digests the snapshot's rows from SQLite, and only the inserted and changed rows
+  travel to raw. On the CSV path every row is copied into raw and PostgreSQL compares (statements: the
+  unchanged rows are deleted again).
 - A row identical to the previous state is counted in `load_tables.rows_unchanged`: it stays current
   where it already is.
 - A row of the previous state that the snapshot changed or deleted is retired (`retired_rows`); its raw
@@ -50,7 +51,6 @@ WITH RECURSIVE chain AS (
     FROM chain
     JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
 )"""
-
 
 
 def state_loads(load_param: str) -> sql.Composed:
@@ -229,7 +229,7 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
 
 
 def content_columns(table: DeltaTable, alias: str = "r") -> sql.Composed:
-    """A raw row's content: what the comparison and a deleted row's row_md5 digest."""
+    """A raw row's content: what the CSV path's comparison and a deleted row's row_md5 digest."""
     return sql.SQL(", ").join(sql.Identifier(alias, name) for name in (*table.raw_columns, *CONTENT_LINEAGE))
 
 
