@@ -64,7 +64,12 @@ def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
     """`row` (an alias of raw rows of the file's `source_table`) is a row of the file's state at the load
     %(load_param)s: a row of one of its loads (state_loads) that none of them retired. Rows retired by
     later loads were still there then. At the file's current load: the file's current rows."""
-    loads = state_loads(load_param)
+    return in_loads(row, source_table, state_loads(load_param))
+
+
+def in_loads(row: str, source_table: str, loads: sql.Composable) -> sql.Composed:
+    """`row` (an alias of raw rows of the file %(source_path)s's `source_table`) is a row of one of `loads`
+    (a subquery of load ids) that none of them retired: in_state, for loads already known."""
     return sql.SQL(
         "{row}._load_id IN {loads} AND {row}._source_path = %(source_path)s "
         "AND NOT EXISTS (SELECT 1 FROM {retired} AS retired WHERE retired.row_load_id = {row}._load_id "
@@ -209,7 +214,7 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
     wanted = {table.source_table: (table.raw_schema, table.raw_table, frozenset(table.columns)) for table in tables}
     if current != wanted:
         return None
-    parts = connection.execute(sql.SQL("{} SELECT array_agg(load_id) FROM chain").format(sql.SQL(CHAIN)),
+    parts = connection.execute(sql.SQL("SELECT array{}").format(state_loads("previous")),
                                {"previous": rows[0][0], "source_path": source_path}).fetchone()[0]
     return PreviousState(rows[0][0], source_path, tuple(tables), tuple(parts))
 
@@ -286,12 +291,10 @@ RECORD_DELETED = f"""
 INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
 SELECT %(load_id)s, %(source_path)s, %(source_table)s, r._source_rowid, md5(ROW({{columns}})::text), r._load_id
 FROM {{raw}} AS r
-WHERE r._load_id = ANY(%(parts)s) AND r._source_path = %(source_path)s AND r._source_rowid = ANY(%(rowids)s)
-  AND NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.retired_rows AS x
-                  WHERE x.row_load_id = r._load_id AND x.source_path = r._source_path
-                    AND x.source_table = %(source_table)s AND x.source_rowid = r._source_rowid
-                    AND x.load_id = ANY(%(parts)s))
+WHERE {{in_parts}} AND r._source_rowid = ANY(%(rowids)s)
 """
+# The previous state's loads, as in_loads takes them.
+PARTS = sql.SQL("(SELECT unnest(%(parts)s::text[]))")
 RECORD_RETIRED = f"""
 INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
                                            load_id)
@@ -365,7 +368,9 @@ def record_changes(previous: PreviousState, load_id: str,
         if found.retired:
             result.append((RECORD_RETIRED, parameters))
         if found.deleted_rowids:
-            result.append((sql.SQL(RECORD_DELETED).format(columns=content_columns(table), raw=table.raw), parameters))
+            result.append((sql.SQL(RECORD_DELETED).format(
+                columns=content_columns(table), raw=table.raw, in_parts=in_loads("r", found.source_table, PARTS)),
+                parameters))
         result.append((RECORD_UNCHANGED, parameters))
         result.append((RECORD_COUNTS, parameters))
     result.append(mark_delta(previous, load_id))
