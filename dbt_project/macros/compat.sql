@@ -70,23 +70,34 @@
 {%- endmacro %}
 
 
-{% macro create_compat_write_functions() -%}
-create or replace function consolidate.write_compat_memory_entries_v2() returns trigger
-language plpgsql as $fn$
-declare
+{#- The variables of every compatibility view's trigger, which the steps above and trigger_writes_delete use:
+    the marts' schema (the trigger's argument), the view written, the entry's fields given, whether the
+    access columns changed. -#}
+{% macro compat_trigger_variables() -%}
     marts_schema text := TG_ARGV[0];
     via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
     given text[] := '{}';
     accessed boolean := false;
+{%- endmacro %}
+
+
+{#- The entry's metadata as unified_memory holds it now (into `current_metadata`), for an UPDATE that
+    rewrites the view's own fields inside it. -#}
+{% macro compat_current_metadata(namespace) -%}
+        execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
+            into current_metadata using {{ namespace }}, NEW.key;
+{%- endmacro %}
+
+
+{% macro create_compat_write_functions() -%}
+create or replace function consolidate.write_compat_memory_entries_v2() returns trigger
+language plpgsql as $fn$
+declare
+    {{ compat_trigger_variables() }}
 begin
-    if TG_OP = 'DELETE' then
-        perform consolidate.write_memory_entry(marts_schema, via, 'delete', OLD.namespace, OLD.key);
-        return OLD;
-    end if;
+    {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
     if TG_OP = 'UPDATE' then
-        if (NEW.id, NEW.key, NEW.namespace) is distinct from (OLD.id, OLD.key, OLD.namespace) then
-            raise exception 'an entry''s id, key and namespace cannot change (id %): delete it and insert a new one', OLD.id;
-        end if;
+        {{ trigger_refuses_identity_change() }}
         {{ compat_given({'value': ['value', 'data_type'], 'metadata': ['metadata'], 'created_at': ['created_at'],
                          'updated_at': ['updated_at'], 'ttl': ['ttl'], 'expires_at': ['expires_at']},
                         [('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
@@ -114,31 +125,22 @@ $fn$;
 create or replace function consolidate.write_compat_memory_entries_v3() returns trigger
 language plpgsql as $fn$
 declare
-    marts_schema text := TG_ARGV[0];
-    via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
-    given text[] := '{}';
-    accessed boolean := false;
+    {{ compat_trigger_variables() }}
     entry_namespace text;
     current_metadata jsonb;
     base_metadata jsonb;
     v3_fields jsonb;
 begin
-    if TG_OP = 'DELETE' then
-        perform consolidate.write_memory_entry(marts_schema, via, 'delete', OLD.namespace, OLD.key);
-        return OLD;
-    end if;
+    {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
     entry_namespace := coalesce(NEW.namespace, 'default');
     if TG_OP = 'UPDATE' then
-        if (NEW.id, NEW.key, NEW.namespace) is distinct from (OLD.id, OLD.key, OLD.namespace) then
-            raise exception 'an entry''s id, key and namespace cannot change (id %): delete it and insert a new one', OLD.id;
-        end if;
+        {{ trigger_refuses_identity_change() }}
         {{ compat_given({'content': ['value', 'data_type'], 'metadata': ['metadata'], 'type': ['metadata'],
                          'tags': ['metadata'], 'status': ['metadata'], 'owner_id': ['metadata'],
                          'created_at': ['created_at'], 'updated_at': ['updated_at'], 'expires_at': ['expires_at']},
                         [('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
         {{ compat_access_only('entry_namespace', epoch_number_to_timestamptz('NEW.last_accessed_at::numeric')) }}
-        execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
-            into current_metadata using entry_namespace, NEW.key;
+        {{ compat_current_metadata('entry_namespace') }}
     else
         {{ compat_given_on_insert(['value', 'data_type', 'metadata', 'expires_at'],
                                   [('created_at', 'created_at'), ('updated_at', 'updated_at'),
@@ -166,16 +168,10 @@ $fn$;
 create or replace function consolidate.write_compat_memory_store() returns trigger
 language plpgsql as $fn$
 declare
-    marts_schema text := TG_ARGV[0];
-    via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
-    given text[] := '{}';
-    accessed boolean := false;
+    {{ compat_trigger_variables() }}
     current_metadata jsonb;
 begin
-    if TG_OP = 'DELETE' then
-        perform consolidate.write_memory_entry(marts_schema, via, 'delete', 'extended-memory', OLD.key);
-        return OLD;
-    end if;
+    {{ trigger_writes_delete('marts_schema', "'extended-memory'", 'OLD') }}
     if TG_OP = 'UPDATE' then
         if NEW.key is distinct from OLD.key then
             raise exception 'an entry''s key cannot change (%): delete it and insert a new one', quote_literal(OLD.key);
@@ -184,8 +180,7 @@ begin
                          'created_at': ['created_at'], 'updated_at': ['updated_at']},
                         [('accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
         {{ compat_access_only("'extended-memory'", text_to_timestamptz('NEW.accessed_at')) }}
-        execute format('select metadata from %I.unified_memory where namespace = $1 and key = $2', marts_schema)
-            into current_metadata using 'extended-memory', NEW.key;
+        {{ compat_current_metadata("'extended-memory'") }}
     else
         {{ compat_given_on_insert(['value', 'data_type', 'metadata'],
                                   [('created_at', 'created_at'), ('updated_at', 'updated_at'),

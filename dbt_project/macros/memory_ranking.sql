@@ -81,6 +81,24 @@ from (
 {%- endmacro %}
 
 
+{#-
+    The FROM and WHERE of a mart's rows: the winning versions (joined to their ids) of the entries in `mart`
+    that are not deleted; `filter` (on alias `ranked`) narrows them further.
+-#}
+{% macro current_entries_of(ranked, entry_ids, mart, filter=none) -%}
+from {{ ranked }} as ranked
+inner join {{ entry_ids }} as entry_ids
+    on entry_ids.namespace = ranked.namespace
+    and entry_ids.key = ranked.key
+where ranked.is_winner
+  and not ranked.deleted
+  and ranked.namespace {{ '=' if mart == 'performance_metrics' else '<>' }} '{{ var("performance_metrics_namespace") }}'
+  {%- if filter %}
+  and {{ filter }}
+  {%- endif %}
+{%- endmacro %}
+
+
 {% macro unified_memory_columns() -%}
     {{ return(['id', 'key', 'value', 'namespace', 'data_type', 'metadata', 'source_db', 'source_path',
                'created_at', 'updated_at', 'accessed_at', 'expires_at', 'access_count', 'ttl', 'load_id',
@@ -111,16 +129,7 @@ select
     ranked.source_sha256,
     ranked.version_count::integer as version_count,
     ranked.flags
-from {{ ranked }} as ranked
-inner join {{ entry_ids }} as entry_ids
-    on entry_ids.namespace = ranked.namespace
-    and entry_ids.key = ranked.key
-where ranked.is_winner
-  and not ranked.deleted
-  and ranked.namespace <> '{{ var("performance_metrics_namespace") }}'
-  {%- if filter %}
-  and {{ filter }}
-  {%- endif %}
+{{ current_entries_of(ranked, entry_ids, 'unified_memory', filter) }}
 {%- endmacro %}
 
 
@@ -150,16 +159,7 @@ select
     ranked.source_table,
     ranked.source_rowid,
     ranked.flags
-from {{ ranked }} as ranked
-inner join {{ entry_ids }} as entry_ids
-    on entry_ids.namespace = ranked.namespace
-    and entry_ids.key = ranked.key
-where ranked.is_winner
-  and not ranked.deleted
-  and ranked.namespace = '{{ var("performance_metrics_namespace") }}'
-  {%- if filter %}
-  and {{ filter }}
-  {%- endif %}
+{{ current_entries_of(ranked, entry_ids, 'performance_metrics', filter) }}
 {%- endmacro %}
 
 

@@ -283,6 +283,34 @@ $fn$;
 {%- endmacro %}
 
 
+{#- The steps the write-through triggers share (these on the marts, macros/compat.sql's on the compatibility
+    views); each trigger function declares `via`, the table or view written. -#}
+
+{#- A build or the write path itself maintaining the marts: the row goes through as it is. -#}
+{% macro trigger_lets_maintenance_through() -%}
+    if coalesce(current_setting('consolidate.maintaining_marts', true), '') = 'on' then
+        return case when TG_OP = 'DELETE' then OLD else NEW end;
+    end if;
+{%- endmacro %}
+
+
+{#- A DELETE deletes the entry (`namespace`, OLD.key) of the marts in schema `marts_schema`; the trigger returns `returned`. -#}
+{% macro trigger_writes_delete(marts_schema, namespace, returned) -%}
+    if TG_OP = 'DELETE' then
+        perform consolidate.write_memory_entry({{ marts_schema }}, via, 'delete', {{ namespace }}, OLD.key);
+        return {{ returned }};
+    end if;
+{%- endmacro %}
+
+
+{#- An UPDATE cannot change an entry's id, key or namespace. -#}
+{% macro trigger_refuses_identity_change() -%}
+        if (NEW.id, NEW.key, NEW.namespace) is distinct from (OLD.id, OLD.key, OLD.namespace) then
+            raise exception 'an entry''s id, key and namespace cannot change (id %): delete it and insert a new one', OLD.id;
+        end if;
+{%- endmacro %}
+
+
 {#-
     DML on the marts, captured: an INSERT is an upsert of the row's entry (columns left NULL are not
     given); an UPDATE gives the columns it changes (if only accessed_at / access_count change, it is a
@@ -300,17 +328,10 @@ declare
     given text[] := '{}';
     via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
 begin
-    if coalesce(current_setting('consolidate.maintaining_marts', true), '') = 'on' then
-        return case when TG_OP = 'DELETE' then OLD else NEW end;
-    end if;
-    if TG_OP = 'DELETE' then
-        perform consolidate.write_memory_entry(TG_TABLE_SCHEMA, via, 'delete', OLD.namespace, OLD.key);
-        return null;
-    end if;
+    {{ trigger_lets_maintenance_through() }}
+    {{ trigger_writes_delete('TG_TABLE_SCHEMA', 'OLD.namespace', 'null') }}
     if TG_OP = 'UPDATE' then
-        if (NEW.id, NEW.key, NEW.namespace) is distinct from (OLD.id, OLD.key, OLD.namespace) then
-            raise exception 'an entry''s id, key and namespace cannot change (id %): delete it and insert a new one', OLD.id;
-        end if;
+        {{ trigger_refuses_identity_change() }}
         {%- for column in computed_columns %}
         if NEW.{{ column }} is distinct from OLD.{{ column }} then
             raise exception '%.{{ column }} is computed by consolidate (the winning version''s lineage), not written', via;
@@ -348,13 +369,8 @@ language plpgsql as $fn$
 declare
     via text := TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME;
 begin
-    if coalesce(current_setting('consolidate.maintaining_marts', true), '') = 'on' then
-        return case when TG_OP = 'DELETE' then OLD else NEW end;
-    end if;
-    if TG_OP = 'DELETE' then
-        perform consolidate.write_memory_entry(TG_TABLE_SCHEMA, via, 'delete', OLD.namespace, OLD.key);
-        return null;
-    end if;
+    {{ trigger_lets_maintenance_through() }}
+    {{ trigger_writes_delete('TG_TABLE_SCHEMA', 'OLD.namespace', 'null') }}
     if TG_OP = 'UPDATE' and (row(NEW.*) is distinct from row(OLD.*))
        and (NEW.id, NEW.key, NEW.namespace, NEW.metric_name, NEW.metric_value, NEW."timestamp", NEW.source_path,
             NEW.source_db, NEW.load_id, NEW.source_table, NEW.source_rowid, NEW.flags)
