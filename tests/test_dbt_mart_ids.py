@@ -1,9 +1,15 @@
 """The marts' ids, which int_memory_ranked.mart_id computes within the ranking's one sort: unified_memory
-numbers its rows by (namespace, key), performance_metrics by key, both from 1 without gaps."""
+numbers its rows by (namespace, key), performance_metrics by key, both from 1 without gaps; and the
+constraints of the marts' contracts, which stand in for not_null / unique data tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
+
+from loader.transform.build import run_dbt
 
 from conftest import fetch
 
@@ -16,3 +22,46 @@ def test_mart_ids_number_the_rows_in_their_documented_order(consolidated, mart, 
     rows = fetch(consolidated, f"SELECT id, row_number() OVER (ORDER BY {order}) FROM {mart}")
     assert rows, f"the sample gives {mart} no rows"
     assert [id_ for id_, _ in rows] == [number for _, number in rows]
+
+
+# ------------------------------------------------------------------ the contracts' constraints, in place
+
+MARTS_YAML = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "marts" / "_marts__models.yml"
+
+
+def declared_not_null(model: str) -> set[str]:
+    """The columns of `model` whose contract declares NOT NULL (a not_null or primary_key constraint),
+    read from the YAML here, not from dbt."""
+    node = next(m for m in yaml.safe_load(MARTS_YAML.read_text())["models"] if m["name"] == model)
+    return {column["name"] for column in node["columns"]
+            if {c["type"] for c in column.get("constraints", [])} & {"not_null", "primary_key"}}
+
+
+def constraints_check(target, home):
+    return run_dbt(["test", "--select", "assert_contract_constraints_in_place"], target, home, quiet=True)
+
+
+def test_the_marts_hold_their_contracts_constraints_and_the_check_names_a_missing_one(consolidated, tmp_path):
+    home = tmp_path / "state"
+    for mart in ("unified_memory", "performance_metrics", "unified_memory_history", "migration_metadata"):
+        not_null = {name for name, in fetch(consolidated, "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass "
+                                                          "AND attnum > 0 AND attnotnull", (f"public.{mart}",))}
+        assert declared_not_null(mart) <= not_null, mart
+    outcome = constraints_check(consolidated, home)
+    assert outcome.success and outcome.passed > 0, outcome.failures
+
+    # a table that lost two of its constraints (as one built before its contract declared them would)
+    unique_name, = fetch(consolidated, "SELECT conname FROM pg_constraint WHERE conrelid = 'public.unified_memory'::regclass "
+                                       "AND contype = 'u'")[0]
+    with consolidated.connect() as connection:
+        connection.execute("ALTER TABLE public.unified_memory_history ALTER COLUMN flags DROP NOT NULL")
+        connection.execute(f'ALTER TABLE public.unified_memory DROP CONSTRAINT "{unique_name}"')
+    try:
+        outcome = constraints_check(consolidated, home)
+        assert not outcome.success and len(outcome.failures) == 1
+        assert "assert_contract_constraints_in_place" in outcome.failures[0] and "2 results" in outcome.failures[0]
+    finally:
+        with consolidated.connect() as connection:
+            connection.execute("ALTER TABLE public.unified_memory_history ALTER COLUMN flags SET NOT NULL")
+            connection.execute(f'ALTER TABLE public.unified_memory ADD CONSTRAINT "{unique_name}" UNIQUE (key, namespace)')
+    assert constraints_check(consolidated, home).success

@@ -1,0 +1,76 @@
+{#-
+    The constraints the tables' enforced contracts declare (models/marts/_marts__models.yml) are in place in
+    PostgreSQL. PostgreSQL then refuses every row that would break one, at every write (a build, the write
+    path, DML on a mart), so those columns carry no not_null / unique data tests of their own. A table
+    built before its contract declared a constraint would lack it (an incremental build keeps the table it
+    has; `consolidate build --full-refresh` recreates it): each missing one is a failing row.
+-#}
+{%- set contract_tables = ['unified_memory', 'performance_metrics', 'unified_memory_history', 'migration_metadata',
+                           'reconciliation'] %}
+{%- for model in contract_tables %}
+-- depends_on: {{ ref(model) }}
+{%- endfor %}
+
+{%- set expected = [] %}
+{%- if execute %}
+    {%- for node in graph.nodes.values()
+          if node.resource_type == 'model' and node.config.contract.enforced
+          and node.config.materialized in ['table', 'incremental'] %}
+        {%- if node.name not in contract_tables %}
+            {{ exceptions.raise_compiler_error(node.name ~ " enforces a contract: add it to contract_tables") }}
+        {%- endif %}
+        {%- set relation = ref(node.name) | string %}
+        {%- for column in node.columns.values() %}
+            {%- set kinds = column.constraints | map(attribute='type') | list %}
+            {%- if 'not_null' in kinds or 'primary_key' in kinds %}
+                {%- do expected.append((relation, 'not null', [column.name])) %}
+            {%- endif %}
+            {%- if 'unique' in kinds or 'primary_key' in kinds %}
+                {%- do expected.append((relation, 'unique', [column.name])) %}
+            {%- endif %}
+        {%- endfor %}
+        {%- for constraint in node.constraints if constraint.type in ['unique', 'primary_key'] %}
+            {%- do expected.append((relation, 'unique', constraint.columns | sort)) %}
+        {%- endfor %}
+    {%- endfor %}
+{%- endif %}
+
+with expected (relation_name, constraint_kind, column_names) as (
+
+    {%- for relation, kind, columns in expected %}
+    {{ 'values' if loop.first else '      ' }} ('{{ relation }}', '{{ kind }}', array[{% for c in columns %}'{{ c }}'{{ ", " if not loop.last }}{% endfor %}]::text[]){{ "," if not loop.last }}
+    {%- else %}
+    select null::text, null::text, null::text[] where false
+    {%- endfor %}
+
+),
+
+-- every unique index on plain columns (a primary key's included), with its column names in order
+unique_indexes as (
+
+    select
+        pg_index.indrelid as table_oid,
+        array(
+            select pg_attribute.attname::text
+            from unnest(pg_index.indkey) as key_column (attnum)
+            inner join pg_attribute
+                on pg_attribute.attrelid = pg_index.indrelid and pg_attribute.attnum = key_column.attnum
+            order by pg_attribute.attname
+        ) as column_names
+    from pg_index
+    where pg_index.indisunique and pg_index.indpred is null and pg_index.indexprs is null
+
+)
+
+select expected.*
+from expected
+where to_regclass(expected.relation_name) is null
+   or (expected.constraint_kind = 'not null' and not exists (
+        select 1 from pg_attribute
+        where pg_attribute.attrelid = to_regclass(expected.relation_name)
+          and pg_attribute.attname = expected.column_names[1]
+          and pg_attribute.attnotnull))
+   or (expected.constraint_kind = 'unique' and not exists (
+        select 1 from unique_indexes
+        where unique_indexes.table_oid = to_regclass(expected.relation_name)
+          and unique_indexes.column_names = expected.column_names))
