@@ -1,6 +1,7 @@
 """The parallel-run scenario of `bench/run` (issue 11): after a cold `consolidate run`, one row changes
 in one SQLite file and one write is made through loader.client.MemoryClient, then `consolidate sync`
-applies both. And the client's latencies: `get` answered by Redis, `get` without Redis (PostgreSQL,
+applies both; then the same through one cycle of a running `consolidate sync --watch`, which keeps dbt
+loaded between cycles (`watch_cycle`). And the client's latencies: `get` answered by Redis, `get` without Redis (PostgreSQL,
 recording the access), `set`.
 
 The corpus is shared by every run of the benchmark, so the changed file's bytes are put back afterwards
@@ -10,12 +11,15 @@ The corpus is shared by every run of the benchmark, so the changed file's bytes 
 from __future__ import annotations
 
 import contextlib
+import json
+import queue
 import shutil
 import socket
 import sqlite3
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +29,13 @@ from psycopg.types.json import Jsonb
 
 CHANGED_VALUE = '{"changed_by": "bench parallel run"}'
 WRITTEN = ("bench:client-write", "bench", {"written_by": "bench parallel run"})
+# what the watch cycle changes: other values, so that both are changes again
+WATCH_CHANGED_VALUE = '{"changed_by": "bench parallel run, watch cycle"}'
+WATCH_WRITTEN = ("bench:client-write", "bench", {"written_by": "bench parallel run, watch cycle"})
 
 
 @contextlib.contextmanager
-def changed_file(path: Path) -> Iterator[tuple[str, str]]:
+def changed_file(path: Path, value: str = CHANGED_VALUE) -> Iterator[tuple[str, str]]:
     """Change one row of `path` (the middle one: a new value, updated_at a day after the file's latest)
     and yield its (key, namespace); the file's original bytes are restored on exit."""
     with tempfile.TemporaryDirectory(prefix="bench-changed-") as folder:
@@ -41,33 +48,91 @@ def changed_file(path: Path) -> Iterator[tuple[str, str]]:
                     "ORDER BY rowid LIMIT 1 OFFSET (SELECT count(*) / 2 FROM memory_entries)").fetchone()
                 connection.execute(
                     "UPDATE memory_entries SET value = ?, updated_at = (SELECT max(updated_at) + 86400 "
-                    "FROM memory_entries) WHERE rowid = ?", (CHANGED_VALUE, rowid))
+                    "FROM memory_entries) WHERE rowid = ?", (value, rowid))
                 connection.commit()
             yield key, namespace
         finally:
             shutil.copy2(original, path)
 
 
-def client_write(dsn: str) -> None:
+def client_write(dsn: str, written: tuple[str, str, dict] = WRITTEN) -> None:
     from loader.serve.client import MemoryClient
 
-    key, namespace, value = WRITTEN
+    key, namespace, value = written
     with MemoryClient(dsn, pool_size=1) as client:
         client.set(key, value, namespace)
 
 
-def both_changes_in_the_marts(dsn: str, changed: tuple[str, str]) -> dict[str, bool]:
+def both_changes_in_the_marts(dsn: str, changed: tuple[str, str], changed_value: str = CHANGED_VALUE,
+                              written: tuple[str, str, dict] = WRITTEN) -> dict[str, bool]:
     """Whether the synced row and the client's write are the winners in the marts after the sync."""
-    key, namespace, value = WRITTEN
+    key, namespace, value = written
     with psycopg.connect(dsn) as connection:
         synced = connection.execute(
             "SELECT value = %s::jsonb FROM unified_memory WHERE key = %s AND namespace = %s "
             "UNION ALL SELECT metric_data = %s::jsonb FROM performance_metrics WHERE key = %s AND namespace = %s",
-            (CHANGED_VALUE, *changed, CHANGED_VALUE, *changed)).fetchall()
+            (changed_value, *changed, changed_value, *changed)).fetchall()
         written = connection.execute(
             "SELECT value = %s::jsonb FROM unified_memory WHERE key = %s AND namespace = %s",
             (Jsonb(value), key, namespace)).fetchall()
     return {"synced_row_in_marts": synced == [(True,)], "client_write_in_marts": written == [(True,)]}
+
+
+def watch_reports(process: subprocess.Popen) -> queue.Queue:
+    """The cycle reports a `consolidate sync --watch --json` prints (one JSON document a cycle), as they come."""
+    reports: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        pending = ""
+        for line in process.stdout:
+            pending += line
+            try:
+                reports.put(json.loads(pending))
+                pending = ""
+            except json.JSONDecodeError:
+                continue
+        reports.put(None)  # the watch ended
+
+    threading.Thread(target=read, daemon=True).start()
+    return reports
+
+
+def next_report(reports: queue.Queue, wanted, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        report = reports.get(timeout=max(0.1, deadline - time.monotonic()))
+        if report is None:
+            raise RuntimeError("the watch ended before the cycle it was waited for")
+        if wanted(report):
+            return report
+
+
+def watch_cycle(command: list[str], dsn: str, path: Path, log: Path) -> dict:
+    """Start `command` (`consolidate sync ... --watch S --json`), let its first cycle run (it catches up and
+    loads dbt), then make one client write and change one row of `path`; return the seconds of the cycle
+    that applies them (its started_at to finished_at, in its report) and whether both are in the marts.
+    The watch is stopped (SIGTERM) before the file gets its bytes back."""
+    from datetime import datetime
+
+    with open(log, "ab") as errors:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        try:
+            reports = watch_reports(process)
+            first = next_report(reports, lambda report: True, timeout=900)
+            client_write(dsn, WATCH_WRITTEN)
+            with changed_file(path, WATCH_CHANGED_VALUE) as changed:
+                cycle = next_report(reports, lambda report: not report["idle"] and report["totals"]["loaded"] >= 1,
+                                    timeout=600)
+                process.terminate()
+                process.wait(timeout=300)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    seconds = (datetime.fromisoformat(cycle["finished_at"]) - datetime.fromisoformat(cycle["started_at"])).total_seconds()
+    return {"seconds": round(seconds, 3), "exit_code": cycle["exit_code"], "first_cycle": first["cycle"],
+            "cycle": cycle["cycle"], "build_passed": (cycle.get("build") or {}).get("passed"),
+            **both_changes_in_the_marts(dsn, changed, WATCH_CHANGED_VALUE, WATCH_WRITTEN)}
 
 
 # ------------------------------------------------------------------------------------- latencies

@@ -55,6 +55,7 @@ from bench import generate, parallel_run  # noqa: E402
 
 RAW_TABLE = ("raw_claude_flow_v2", "memory_entries")
 SYNC_STEP = "consolidate sync (one row changed + one client write)"
+WATCH_STEP = "consolidate sync --watch, one cycle (one row changed + one client write)"
 
 
 # ------------------------------------------------------------------------------------------ processes
@@ -453,6 +454,12 @@ def notes(results: dict) -> list[str]:
                      f"both changes in the marts afterwards: {sync['checks'].get('synced_row_in_marts')} / "
                      f"{sync['checks'].get('client_write_in_marts')}; raw rows added by the sync: "
                      f"{sync['checks'].get('raw_rows_added', 'n/a')}.")
+    watched = measured.get(WATCH_STEP)
+    if watched and cold:
+        lines.append(f"The same through one cycle of a running `consolidate sync --watch` (dbt already loaded by "
+                     f"its first cycle): {watched['wall']:.1f} s, {watched['wall'] / cold['wall']:.1%} of the cold `run`; "
+                     f"both changes in the marts afterwards: {watched['checks'].get('synced_row_in_marts')} / "
+                     f"{watched['checks'].get('client_write_in_marts')}.")
     for name, figures in results.get("client", {}).items():
         lines.append(f"MemoryClient {name}: p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms "
                      f"over {figures['n']:,} calls" + (f" ({figures['hits']:,} hits)" if "hits" in figures else "") + ".")
@@ -606,6 +613,13 @@ def main(argv: list[str] | None = None) -> int:
                         "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}",
                         "raw_rows_added": count(dsn, raw_count) - raw_before}
             m.dbt_nodes = dbt_nodes(home)
+            watched = parallel_run.watch_cycle(
+                [sys.executable, "-m", "loader", *ours_command("sync", corpus, dsn, home, "--watch", "0.5", "--json")],
+                dsn, corpus / manifest["file_list"][0]["path"], log)
+            seconds = watched.pop("seconds")
+            step(Measured(name=WATCH_STEP, wall=seconds, exit_code=watched.pop("exit_code"),
+                          load_before=round(os.getloadavg()[0], 2),
+                          checks={**watched, "share_of_cold_run": f"{seconds / cold_run.wall:.1%}"}))
             client.update(parallel_run.client_latencies(dsn, work))
             say(f"  client {client}")
         if not args.keep_databases:

@@ -79,6 +79,9 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
     assert measured["DuckDB ATTACH + CREATE TABLE AS (anchor)"]["checks"]["rows"] == corpus["rows"]
     synced = measured["consolidate sync (one row changed + one client write)"]
     assert synced["checks"]["synced_row_in_marts"] and synced["checks"]["client_write_in_marts"], synced
+    watched = measured["consolidate sync --watch, one cycle (one row changed + one client write)"]
+    assert watched["checks"]["synced_row_in_marts"] and watched["checks"]["client_write_in_marts"], watched
+    assert watched["checks"]["cycle"] > watched["checks"]["first_cycle"] and watched["wall"] > 0
     assert {"get (PostgreSQL, no Redis)", "set"} <= set(report["client"])
     if pgloader:
         loaded = measured["pgloader"]["checks"]
