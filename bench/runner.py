@@ -619,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = watched.pop("seconds")
             step(Measured(name=WATCH_STEP, wall=seconds, exit_code=watched.pop("exit_code"),
                           load_before=round(os.getloadavg()[0], 2),
-                          checks={**watched, "share_of_cold_run": f"{seconds / cold_run.wall:.1%}"}))
+                          checks={**watched, "share_of_cold_run": f"{seconds / cold_run.wall:.1%}"},
+                          note="timed by the cycle's own report (started_at to finished_at); CPU and RSS not "
+                               "measured (the watch process runs on between cycles)"))
             client.update(parallel_run.client_latencies(dsn, work))
             say(f"  client {client}")
         if not args.keep_databases:
