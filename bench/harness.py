@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, int] = {}
 
     imported = time.perf_counter()
+    from loader.cli import start_dbt_for
+    start_dbt_for(command)  # as the console script does
     from loader.backup import backup as backup_stage
     from loader.cli import commands as cli
     from loader.load import load as load_stage

@@ -11,7 +11,6 @@ import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
@@ -64,30 +63,13 @@ class Target:
             "CONSOLIDATE_TARGET_SCHEMA": self.schema,
         }
 
-    @contextlib.contextmanager
-    def dbt_environment(self) -> Iterator[None]:
-        """The variables profiles/profiles.yml reads, set only while dbt runs and then restored (the
-        password is never left in the environment). dbt scrubs the values of DBT_ENV_SECRET_* variables
-        from its logs and artifacts."""
+    def dbt_environment(self) -> dict[str, str]:
+        """The variables profiles/profiles.yml reads, password included: set only while dbt runs and then
+        restored (the password is never left in the environment). dbt scrubs the values of
+        DBT_ENV_SECRET_* variables from its logs and artifacts."""
         params = conninfo_to_dict(self.dsn)
-        with temporary_environment({**self.dbt_settings(), DBT_PASSWORD_VARIABLE: params.get("password")
-                                    or os.environ.get("PGPASSWORD", "")}):
-            yield
-
-
-@contextlib.contextmanager
-def temporary_environment(variables: dict[str, str]) -> Iterator[None]:
-    """`variables` set in the process's environment while the block runs, then restored as they were."""
-    before = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        return {**self.dbt_settings(),
+                DBT_PASSWORD_VARIABLE: params.get("password") or os.environ.get("PGPASSWORD", "")}
 
 
 DBT_PASSWORD_VARIABLE = "DBT_ENV_SECRET_CONSOLIDATE_PG_PASSWORD"

@@ -124,7 +124,7 @@ def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | 
     roots = absolute(roots)
     with discovered_for_loading(roots, home, target) as found:
         manifest = backup_stage.backup(roots, backup_to, exclude=[home], found=found) if backup_to else None
-        build_stage.import_dbt_meanwhile()
+        build_stage.prepare(target, home)
         loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, jobs=jobs,
                                  on_file=on_file)
     built_from = freshness.fingerprint(target)
@@ -171,7 +171,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.checked = len(found.files)
     policy = policy or load_policy(home, secrets)
     if build:
-        build_stage.import_dbt_meanwhile()
+        build_stage.prepare(target, home)
     loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)

@@ -8,23 +8,20 @@ by a version of the project without incremental memory models.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
 import os
 import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from psycopg import sql
 
 from loader import ledger
-from loader.database import Target, temporary_environment
+from loader.database import Target
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
+from loader.transform import dbt_process
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
@@ -42,19 +39,6 @@ class BuildOutcome:
                 "crashed": self.crashed}
 
 
-# dbt imports started by import_dbt_meanwhile, which run_dbt waits for.
-IMPORTING: list[threading.Thread] = []
-
-
-def import_dbt_meanwhile() -> None:
-    """Start importing dbt (over a second of Python) in a thread, for a caller with other work to do
-    first (a load: DuckDB and PostgreSQL doing most of it); run_dbt waits for it."""
-    thread = threading.Thread(target=importlib.import_module, args=("dbt.cli.main",), name="import-dbt",
-                              daemon=True)
-    thread.start()
-    IMPORTING.append(thread)
-
-
 def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
     """`command` (a dbt command and its own arguments) pointed at the project, its profile and `home`."""
     arguments = [
@@ -68,28 +52,19 @@ def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
     return arguments + (["--quiet"] if quiet else [])
 
 
-@contextlib.contextmanager
-def dbt_argv(arguments: list[str]) -> Iterator[None]:
-    """dbt records the process's command line (its logs, `invocation_command` in run_results.json),
-    which may hold `--dsn` and its password: while dbt runs, the command line is dbt's own arguments."""
-    original = sys.argv
-    sys.argv = ["dbt", *arguments]
-    try:
-        yield
-    finally:
-        sys.argv = original
+def prepare(target: Target, home: Path) -> None:
+    """Get dbt ready for a build against `target` under `home`, for a caller with other work to do first
+    (a load): see loader/transform/dbt_process.py."""
+    dbt_process.start_ahead(dbt_arguments(["parse", "--no-write-json"], home, quiet=True),
+                            target.dbt_environment())
 
 
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
-    in-process, against `target` (the profile reads its connection settings from the environment, see
+    against `target` (the profile reads its connection settings from the environment, see
     Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
     (bad arguments, no connection) from models or tests that failed. `quiet`: dbt prints only its
     errors, and to stderr, so stdout stays the caller's (one JSON document with --json)."""
-    while IMPORTING:
-        IMPORTING.pop().join()
-    from dbt.cli.main import dbtRunner
-
     # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4). The ledger first: every invocation's
     # on-run-start records itself in it (a ledger made by an earlier version gets its new columns).
     with target.connect(connect_timeout=10, autocommit=True) as connection:
@@ -99,22 +74,21 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
         digests = {PROJECT_DIGEST_VARIABLE: project, COMPILED_FROM_VARIABLE: compiled_from(connection, project)}
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
-    arguments = dbt_arguments(command, home, quiet)
-    output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
-    with target.dbt_environment(), temporary_environment(digests), dbt_argv(arguments), output:
-        result = dbtRunner().invoke(arguments)
-    record_invocation(target, command, invoked_at)
-    if "--no-write-json" in command and hasattr(result.result, "write"):
-        result.result.write(str(home / "dbt" / "target" / "run_results.json"))
-    outcome = BuildOutcome(success=bool(result.success), crashed=result.exception is not None)
-    for node_result in getattr(result.result, "results", None) or []:
-        status = str(node_result.status)
+    run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
+    try:
+        invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**target.dbt_environment(), **digests},
+                                        run_results, quiet)
+    except dbt_process.WorkerGone as gone:
+        return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
+    record_invocation(target, command, invoked_at, invocation.invocation_id)
+    outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None)
+    for unique_id, status, message in invocation.results:
         if status in ("error", "fail", "runtime error"):
-            outcome.failures.append(target.redact(f"{node_result.node.unique_id}: {node_result.message}"))
+            outcome.failures.append(target.redact(f"{unique_id}: {message}"))
         else:
             outcome.passed += 1
     if not outcome.success and not outcome.failures:
-        outcome.failures.append(target.redact(str(result.exception or "dbt failed; see its output above")))
+        outcome.failures.append(target.redact(invocation.exception or "dbt failed; see its output above"))
     return outcome
 
 
@@ -149,18 +123,16 @@ def selects_every_model(arguments: list[str]) -> bool:
     return True
 
 
-def record_invocation(target: Target, command: list[str], invoked_at) -> None:
+def record_invocation(target: Target, command: list[str], invoked_at, invocation_id: str) -> None:
     """Note on the invocation's memory_builds row (its on-run-start made it, with what its views are
     compiled from) whether it built every node: a later sync leaves the views alone only after a complete
     passing build compiled from the same (selection). A row started before `invoked_at` is an earlier
     invocation's (dbt failed before starting this one)."""
-    from dbt_common.invocation import get_invocation_id
-
     complete = command[:1] == ["build"] and selects_every_model(command[1:])
     with target.connect(autocommit=True) as connection:
         connection.execute(
             sql.SQL("UPDATE {} SET complete = %s WHERE invocation_id = %s AND started_at >= %s").format(
-                ledger.table("memory_builds")), (complete, get_invocation_id(), invoked_at))
+                ledger.table("memory_builds")), (complete, invocation_id, invoked_at))
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).

@@ -1,0 +1,237 @@
+"""Invoking dbt: in this process, or in a worker process that gets ready while the caller loads.
+
+A process's first dbt invocation spends about two seconds on dbt's own set-up before its first node
+(importing dbt alone takes 1.4 s; then generating its serialization code and reading the parsed project);
+later invocations in the same process skip most of it. A one-shot `sync` builds once, so that set-up was
+about a third of its time. So a command that builds forks a worker as it starts (`start_worker`, from
+loader.cli.main before the rest of the tool is imported): the worker imports dbt on the other core while
+the command imports, discovers and loads; `start_ahead` (before the load) has it parse the project once,
+a warm-up; and the build is its second invocation. It serves every later invocation of the process too
+(each `sync --watch` cycle's). `invoke` runs an invocation in the worker when there is one, else here.
+
+The worker is forked only while the caller is a single thread (forking copies no lock another thread
+holds), and only when sys.stdout and sys.stderr are the process's own: the worker writes dbt's output to
+the file descriptors it shares with the caller, which a test's capture of sys.stdout would not see.
+Otherwise dbt runs in this process, its import started in a thread.
+
+The worker ignores SIGINT: the caller decides (a first Ctrl-C lets a `sync --watch` cycle finish) and
+interrupts it with SIGUSR1, which dbt answers as it answers Ctrl-C, by cancelling its queries. It dies
+with the caller (PR_SET_PDEATHSIG): a kill -9 of the caller never leaves a build running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import io
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Invocation:
+    """What a dbt invocation leaves for its caller (it crosses from the worker by pickle)."""
+
+    success: bool
+    exception: str | None  # dbt itself failed (bad arguments, no connection)
+    results: list[tuple[str, str, str | None]]  # per node: unique_id, status, message
+    invocation_id: str
+
+
+@contextlib.contextmanager
+def temporary_environment(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` set in the process's environment while the block runs, then restored as they were."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def dbt_argv(arguments: list[str]) -> Iterator[None]:
+    """dbt records the process's command line (its logs, `invocation_command` in run_results.json),
+    which may hold `--dsn` and its password: while dbt runs, the command line is dbt's own arguments."""
+    original = sys.argv
+    sys.argv = ["dbt", *arguments]
+    try:
+        yield
+    finally:
+        sys.argv = original
+
+
+def invoke_here(arguments: list[str], environment: dict[str, str], run_results: Path | None,
+                quiet: bool) -> Invocation:
+    """One dbt invocation in this process, with `environment` set while it runs; run_results.json written
+    to `run_results` (for a command run with --no-write-json). `quiet`: dbt's output goes to stderr."""
+    while IMPORTING:
+        IMPORTING.pop().join()
+    from dbt.cli.main import dbtRunner
+    from dbt_common.invocation import get_invocation_id
+
+    output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
+    with temporary_environment(environment), dbt_argv(arguments), output:
+        result = dbtRunner().invoke(arguments)
+    if run_results is not None and hasattr(result.result, "write"):
+        result.result.write(str(run_results))
+    nodes = [(node.node.unique_id, str(node.status), node.message)
+             for node in getattr(result.result, "results", None) or []]
+    return Invocation(success=bool(result.success),
+                      exception=None if result.exception is None else str(result.exception),
+                      results=nodes, invocation_id=get_invocation_id())
+
+
+# dbt imports started in a thread, which invoke_here waits for.
+IMPORTING: list[threading.Thread] = []
+
+
+class WorkerGone(RuntimeError):
+    """The worker process exited before answering."""
+
+
+class Worker:
+    """A forked process that runs this process's dbt invocations, one at a time."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.connection, worker_end = context.Pipe()
+        self.process = context.Process(target=serve, args=(worker_end, os.getpid()), name="dbt", daemon=True)
+        self.process.start()
+        worker_end.close()
+        self.warmed_up = False
+
+    def warm_up(self, arguments: list[str], environment: dict[str, str]) -> None:
+        """Have the worker run `arguments` (a parse) once, its output discarded, before the next
+        invocation."""
+        self.connection.send(("warm up", (arguments, environment, None, False)))
+        self.warmed_up = True
+
+    def invoke(self, arguments: list[str], environment: dict[str, str], run_results: Path | None,
+               quiet: bool) -> Invocation:
+        try:
+            self.connection.send(("invoke", (arguments, environment, run_results, quiet)))
+            return self.connection.recv()
+        except (EOFError, OSError) as error:
+            self.process.join(timeout=5)
+            WORKERS.clear()
+            raise WorkerGone(f"dbt's worker process exited (code {self.process.exitcode}) before its "
+                             "invocation finished") from error
+        except BaseException:
+            self.interrupt()
+            raise
+
+    def interrupt(self) -> None:
+        """Interrupt the invocation under way (as Ctrl-C would: dbt cancels its queries) and let the
+        worker end; it is not used again."""
+        WORKERS.clear()
+        if self.process.is_alive():
+            os.kill(self.process.pid, signal.SIGUSR1)
+        self.connection.close()
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+class Interrupted:
+    """The worker's SIGUSR1 handler: KeyboardInterrupt in dbt, and the worker ends after it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        raise KeyboardInterrupt
+
+
+def serve(connection, parent: int) -> None:
+    """The worker: dies with `parent`, imports dbt, then runs what it is sent until the caller closes
+    its end or interrupts it: warm-ups (output discarded) and invocations (answered)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        return
+    interrupted = Interrupted()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, interrupted)
+    try:
+        importlib.import_module("dbt.cli.main")
+        while not interrupted.requested:
+            kind, request = connection.recv()
+            if kind == "warm up":
+                discarded = io.StringIO()
+                with contextlib.redirect_stdout(discarded), contextlib.redirect_stderr(discarded), \
+                        contextlib.suppress(Exception):
+                    invoke_here(*request)
+                continue
+            try:
+                answer = invoke_here(*request)
+            except Exception as error:  # the caller reports it as dbt failing
+                answer = Invocation(success=False, exception=f"{type(error).__name__}: {error}", results=[],
+                                    invocation_id="")
+            if not interrupted.requested:
+                connection.send(answer)
+    except (EOFError, OSError, KeyboardInterrupt):
+        return
+
+
+# The worker of this process, once started.
+WORKERS: list[Worker] = []
+
+
+def can_fork() -> bool:
+    return (hasattr(os, "fork") and threading.active_count() == 1 and "dbt.cli.main" not in sys.modules
+            and sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__)
+
+
+def running_worker() -> Worker | None:
+    if WORKERS and WORKERS[0].process.is_alive():
+        return WORKERS[0]
+    WORKERS.clear()
+    return None
+
+
+def start_worker() -> None:
+    """Fork the worker now, when it can be (it starts importing dbt)."""
+    if running_worker() is None and can_fork():
+        WORKERS.append(Worker())
+
+
+def start_ahead(warm_up: list[str], environment: dict[str, str]) -> None:
+    """Before other work (a load), get dbt ready for the build that follows: the worker (started now
+    when it is not yet) warmed up with the `warm_up` invocation (a parse with the build's profile and
+    target path), or else dbt's import in a thread. Nothing more when dbt is already imported here."""
+    start_worker()
+    worker = running_worker()
+    if worker is not None:
+        if not worker.warmed_up:
+            worker.warm_up(warm_up, environment)
+        return
+    if "dbt.cli.main" in sys.modules:
+        return
+    thread = threading.Thread(target=importlib.import_module, args=("dbt.cli.main",), name="import-dbt",
+                              daemon=True)
+    thread.start()
+    IMPORTING.append(thread)
+
+
+def invoke(arguments: list[str], environment: dict[str, str], run_results: Path | None,
+           quiet: bool) -> Invocation:
+    """A dbt invocation: by the worker when one is running, else in this process."""
+    worker = running_worker()
+    if worker is not None:
+        return worker.invoke(arguments, environment, run_results, quiet)
+    return invoke_here(arguments, environment, run_results, quiet)
