@@ -506,6 +506,8 @@ def test_sync_command_json_reports_changes_and_exit_code(tmp_path, target, home)
     report = json.loads(result.stdout)
     assert report["build"]["success"] and memory_table(report)["updated"] == 1
     assert unified(target) == {("alpha", "default"): "b"}
+    build_log = (home / "dbt" / "logs" / "dbt.log").read_text().split("=" * 30)[-1]
+    assert "[info ]" in build_log and "PASS=" in build_log and "[debug]" not in build_log  # not every statement
 
 
 def memory_table(report: dict) -> dict:
@@ -575,6 +577,7 @@ def test_an_invocation_counts_as_complete_only_when_it_builds_every_model():
     assert selects_every_model([]) and selects_every_model(["--full-refresh", "--no-write-json"])
     assert selects_every_model(["--exclude", "test_type:unit"]) and selects_every_model(["--exclude=test_type:unit"])
     assert selects_every_model(["--threads", "4", "--exclude", "test_type:unit", "--full-refresh"])
+    assert selects_every_model(["--no-write-json", "--log-level-file", "info"])
     for arguments in (["--select", "unified_memory"], ["-s", "x"], ["--select=x"], ["--selector", "nightly"],
                       ["--exclude", "test_type:unit", "source:raw_n8n+"], ["--exclude=stg_n8n__workflows"],
                       ["--resource-type", "test"], ["--empty"], ["--vars", "{sessions_namespace: x}"],
