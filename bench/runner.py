@@ -485,8 +485,8 @@ def markdown_section(results: dict) -> str:
         *notes(results),
         "",
         "rows/s and MB/s are over the whole corpus (MB of SQLite input) for every step, re-runs included; "
-        "CPU s and peak RSS are of the measured process (ours: the whole CLI, DuckDB and dbt in-process; "
-        "pgloader; psql for the floor); server CPU s is the PostgreSQL server's CPU meanwhile (all its processes). "
+        "CPU s and peak RSS are of the measured process and the children it reaped (ours: the CLI with DuckDB in "
+        "it, and its dbt worker, RSS the larger of the two; pgloader; psql for the floor); server CPU s is the PostgreSQL server's CPU meanwhile (all its processes). "
         "Ratios compare wall times, and in brackets total CPU (client + server), which other jobs on the machine "
         "disturb less.",
         *([""] + ["Slowest dbt nodes of the cold `run`: " + ", ".join(
