@@ -21,6 +21,7 @@ with the caller (PR_SET_PDEATHSIG): a kill -9 of the caller never leaves a build
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import importlib
@@ -109,19 +110,23 @@ class Worker:
     def __init__(self) -> None:
         context = multiprocessing.get_context("fork")
         self.connection, worker_end = context.Pipe()
-        self.process = context.Process(target=serve, args=(worker_end, os.getpid()), name="dbt", daemon=True)
+        self.process = context.Process(target=serve, args=(worker_end, self.connection, os.getpid()), name="dbt",
+                                       daemon=True)
         self.process.start()
         worker_end.close()
         self.warmed_up = False
+        self.used = False
+        atexit.register(self.stop)
 
     def warm_up(self, arguments: list[str], environment: dict[str, str]) -> None:
         """Have the worker run `arguments` (a parse) once, its output discarded, before the next
         invocation."""
         self.connection.send(("warm up", (arguments, environment, None, False)))
-        self.warmed_up = True
+        self.warmed_up = self.used = True
 
     def invoke(self, arguments: list[str], environment: dict[str, str], run_results: Path | None,
                quiet: bool) -> Invocation:
+        self.used = True
         try:
             self.connection.send(("invoke", (arguments, environment, run_results, quiet)))
             return self.connection.recv()
@@ -133,6 +138,18 @@ class Worker:
         except BaseException:
             self.interrupt()
             raise
+
+    def stop(self) -> None:
+        """As this process exits: a worker that ran dbt ends on its own (its pipe closed), so it releases
+        the semaphores dbt took (multiprocessing's resource tracker would otherwise warn of them); one that
+        never did is terminated."""
+        if not self.process.is_alive():
+            return
+        if self.used:
+            self.connection.close()
+            self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.terminate()
 
     def interrupt(self) -> None:
         """Interrupt the invocation under way (as Ctrl-C would: dbt cancels its queries) and let the
@@ -157,9 +174,11 @@ class Interrupted:
         raise KeyboardInterrupt
 
 
-def serve(connection, parent: int) -> None:
+def serve(connection, callers_end, parent: int) -> None:
     """The worker: dies with `parent`, imports dbt, then runs what it is sent until the caller closes
-    its end or interrupts it: warm-ups (output discarded) and invocations (answered)."""
+    its end (the worker closes its copy of that end first) or interrupts it: warm-ups (output discarded)
+    and invocations (answered)."""
+    callers_end.close()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
