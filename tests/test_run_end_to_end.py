@@ -296,7 +296,10 @@ def test_rerun_on_unchanged_files_skips_build_and_validation_until_something_cha
     tree = tmp_path / "tree"
     assert consolidate("sample", str(tree)).returncode == 0
     first = json.loads(consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home).stdout)
-    again = json.loads(consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home).stdout)
+    rerun = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
+    again = json.loads(rerun.stdout)
+    # dbt's worker, warmed up for a build that was skipped, ends cleanly (loader/transform/dbt_process.py)
+    assert "Traceback" not in rerun.stderr and "resource_tracker" not in rerun.stderr, rerun.stderr[-2000:]
     assert first["build"]["skipped"] is False and first["reconciled"]
     assert again["build"]["skipped"] is True and again["reconciled"] and again["validation"] is None
     assert {f["status"] for f in again["files"]} <= {"unchanged", "copy"}

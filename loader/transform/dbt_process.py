@@ -115,18 +115,16 @@ class Worker:
         self.process.start()
         worker_end.close()
         self.warmed_up = False
-        self.used = False
         atexit.register(self.stop)
 
     def warm_up(self, arguments: list[str], environment: dict[str, str]) -> None:
         """Have the worker run `arguments` (a parse) once, its output discarded, before the next
         invocation."""
         self.connection.send(("warm up", (arguments, environment, None, False)))
-        self.warmed_up = self.used = True
+        self.warmed_up = True
 
     def invoke(self, arguments: list[str], environment: dict[str, str], run_results: Path | None,
                quiet: bool) -> Invocation:
-        self.used = True
         try:
             self.connection.send(("invoke", (arguments, environment, run_results, quiet)))
             return self.connection.recv()
@@ -140,16 +138,11 @@ class Worker:
             raise
 
     def stop(self) -> None:
-        """As this process exits: a worker that ran dbt ends on its own (its pipe closed), so it releases
-        the semaphores dbt took (multiprocessing's resource tracker would otherwise warn of them); one that
-        never did is terminated."""
-        if not self.process.is_alive():
-            return
-        if self.used:
-            self.connection.close()
-            self.process.join(timeout=10)
+        """As this process exits: the worker is interrupted wherever it is (a warm-up a skipped build never
+        needed, or waiting) and ends on its own, releasing the semaphores dbt took (multiprocessing's
+        resource tracker would warn of them after a kill)."""
         if self.process.is_alive():
-            self.process.terminate()
+            self.interrupt()
 
     def interrupt(self) -> None:
         """Interrupt the invocation under way (as Ctrl-C would: dbt cancels its queries) and let the
