@@ -73,6 +73,16 @@ def consolidated(server_dsn, tmp_path_factory) -> Target:
         yield target
 
 
+def wait_for(condition, seconds: float = 5.0, step: float = 0.002) -> bool:
+    """Whether `condition()` holds within `seconds`, asked every `step` seconds (none after the deadline)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return False
+
+
 def fetch(target: Target, query: str, parameters=()) -> list[tuple]:
     with target.connect() as connection:
         return connection.execute(query, parameters).fetchall()

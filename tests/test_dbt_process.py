@@ -16,7 +16,7 @@ import pytest
 
 from loader.database import Target
 
-from conftest import REPO, consolidate, fetch
+from conftest import REPO, consolidate, fetch, wait_for
 
 # Runs one dbt invocation (argv[3], JSON) against argv[1] with home argv[2], in the worker when argv[4]
 # is "worker" (started as the console script starts it), else in this process (its sys.stdout not the
@@ -64,15 +64,6 @@ def gone(pid: int) -> bool:
         return True
 
 
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def sleeping_queries(target: Target) -> int:
     return fetch(target, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                          "AND state = 'active' AND position('pg_sleep(120)' in query) > 0 AND pid <> pg_backend_pid()")[0][0]
@@ -115,10 +106,10 @@ def test_the_worker_dies_with_a_killed_command(target, tmp_path):
     try:
         worker = json.loads(process.stdout.readline())["worker"]
         assert worker is not None
-        assert wait_for(lambda: sleeping_queries(target) == 1, 120), process.stderr.read()
+        assert wait_for(lambda: sleeping_queries(target) == 1, 120, step=0.1), process.stderr.read()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-        assert wait_for(lambda: gone(worker), 10), f"the worker {worker} outlived its killed command"
+        assert wait_for(lambda: gone(worker), 10, step=0.1), f"the worker {worker} outlived its killed command"
     finally:
         process.kill()
         fetch(target, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
@@ -130,13 +121,13 @@ def test_ctrl_c_of_the_command_cancels_the_workers_queries_and_ends_it(target, t
     process = invocation(target, tmp_path / "state", SLEEP, "worker")
     try:
         worker = json.loads(process.stdout.readline())["worker"]
-        assert wait_for(lambda: sleeping_queries(target) == 1, 120), process.stderr.read()
+        assert wait_for(lambda: sleeping_queries(target) == 1, 120, step=0.1), process.stderr.read()
         started = time.monotonic()
         process.send_signal(signal.SIGINT)  # to the command only: the worker ignores SIGINT itself
         process.wait(timeout=60)
         assert process.returncode != 0 and "KeyboardInterrupt" in process.stderr.read()
-        assert wait_for(lambda: gone(worker), 10)
-        assert wait_for(lambda: sleeping_queries(target) == 0, 10), "dbt's query was left running"
+        assert wait_for(lambda: gone(worker), 10, step=0.1)
+        assert wait_for(lambda: sleeping_queries(target) == 0, 10, step=0.1), "dbt's query was left running"
         assert time.monotonic() - started < 30
     finally:
         process.kill()

@@ -18,7 +18,7 @@ from loader.serve.cache import Cache
 from loader.serve.client import MemoryClient
 from loader.serve.near_cache import TRIGGERS, WATCHED_TABLES, install_notify_triggers
 
-from conftest import RedisServer, consolidate, fetch
+from conftest import RedisServer, consolidate, fetch, wait_for
 
 MAX_STALENESS = 0.25          # NearCache's default
 
@@ -31,15 +31,6 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)
-    return False
 
 
 def served_in_process(client: MemoryClient, key: str, namespace: str) -> bool:

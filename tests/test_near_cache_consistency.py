@@ -38,7 +38,7 @@ from loader.serve.near_cache import (
     install_notify_triggers,
 )
 
-from conftest import RedisServer, fetch
+from conftest import RedisServer, fetch, wait_for
 
 MAX_STALENESS = 0.25          # NearCache's default, the bound the test holds the processes to
 LIVE = "(expires_at IS NULL OR expires_at > now())"
@@ -79,15 +79,6 @@ def served_in_process(client: MemoryClient, key: str, namespace: str) -> bool:
     hits = client.near_cache.hits
     client.get(key, namespace)
     return client.near_cache.hits == hits + 1
-
-
-def wait_for(condition, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.002)
-    return False
 
 
 # -- the triggers ------------------------------------------------------------------------------------
