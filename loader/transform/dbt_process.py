@@ -115,7 +115,9 @@ class Worker:
         self.process.start()
         worker_end.close()
         self.warmed_up = False
-        atexit.register(self.stop)
+        # As this process exits, wherever the worker is (a warm-up for a build that was skipped, or waiting):
+        # it ends on its own and releases the semaphores dbt took, of which a kill would leave a warning.
+        atexit.register(self.interrupt)
 
     def warm_up(self, arguments: list[str], environment: dict[str, str]) -> None:
         """Have the worker run `arguments` (a parse) once, its output discarded, before the next
@@ -136,13 +138,6 @@ class Worker:
         except BaseException:
             self.interrupt()
             raise
-
-    def stop(self) -> None:
-        """As this process exits: the worker is interrupted wherever it is (a warm-up a skipped build never
-        needed, or waiting) and ends on its own, releasing the semaphores dbt took (multiprocessing's
-        resource tracker would warn of them after a kill)."""
-        if self.process.is_alive():
-            self.interrupt()
 
     def interrupt(self) -> None:
         """Interrupt the invocation under way (as Ctrl-C would: dbt cancels its queries) and let the
