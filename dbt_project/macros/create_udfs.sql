@@ -248,13 +248,14 @@ as $fn$
 $fn$;
 
 -- claude-flow's `__compressed__<base64 of JSON>` -> that JSON; bad base64, bad UTF-8 or non-JSON -> NULL.
+-- Base64 as Python's strict decoder (validate's model) takes it, whitespace aside (decode() skips it):
+-- whole groups of four, `=` only as the last group's padding; decode() alone would take more.
 {% if parse_without_exceptions -%}
--- Base64 as Python's strict decoder takes it (whitespace aside, which decode() skips): whole groups of
--- four, `=` only as the last group's padding. The decoded bytes must be UTF-8 without NUL, as
--- convert_from demands (RFC 3629, checked on their hex: no overlong forms, surrogates or code points past
--- U+10FFFF).
+-- The decoded bytes must be UTF-8 without NUL, as convert_from demands (RFC 3629, checked on their hex:
+-- no overlong forms, surrogates or code points past U+10FFFF).
+{%- endif %}
 create or replace function consolidate.try_decode_compressed(t text) returns jsonb
-language plpgsql stable parallel safe
+language plpgsql stable {{ parse_parallel }}
 as $fn$
 declare
     payload text;
@@ -268,26 +269,18 @@ begin
         return null;
     end if;
     bytes := decode(payload, 'base64');
+    {%- if parse_without_exceptions %}
     if encode(bytes, 'hex') !~ '{{ utf8_hex_pattern() }}' then
         return null;
     end if;
     return consolidate.try_jsonb(convert_from(bytes, 'UTF8'));
-end
-$fn$;
-{%- else -%}
-create or replace function consolidate.try_decode_compressed(t text) returns jsonb
-language plpgsql stable parallel unsafe
-as $fn$
-begin
-    if t is null or left(t, 14) <> '__compressed__' then
-        return null;
-    end if;
-    return consolidate.try_jsonb(convert_from(decode(substr(t, 15), 'base64'), 'UTF8'));
+    {%- else %}
+    return consolidate.try_jsonb(convert_from(bytes, 'UTF8'));
 exception when others then
     return null;
+    {%- endif %}
 end
 $fn$;
-{%- endif %}
 {% endmacro %}
 
 

@@ -122,9 +122,16 @@ def jsonb_accepts(value) -> bool:
     return True
 
 
+CANONICAL_BASE64 = re.compile("([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def decode_compressed(text: str):
-    """`__compressed__` + base64 of UTF-8 JSON -> that JSON; ValueError otherwise."""
+    """`__compressed__` + base64 of UTF-8 JSON -> that JSON; ValueError otherwise. Base64 in whole groups
+    of four with `=` only as the last group's padding: b64decode alone also takes padding after a full
+    group ("QUFB="), which PostgreSQL's decode refuses."""
     payload = re.sub("[ \t\n\r]", "", text[len("__compressed__"):])  # PostgreSQL's decode skips these
+    if not CANONICAL_BASE64.fullmatch(payload):
+        raise ValueError("not a compressed JSON document")
     try:
         decoded = base64.b64decode(payload, validate=True).decode("utf-8")
     except ValueError as error:  # binascii.Error and UnicodeDecodeError are ValueErrors
