@@ -105,15 +105,19 @@ $fn$;
 -- opening brackets than that (json_too_deep checks this first): JSON jsonb parses is checked on the
 -- parsed document (in C), anything else by scanning its text.
 {% if parse_without_exceptions -%}
--- A text longer than the fast path may nest too deep for the parser's stack: it is scanned first.
+-- A text longer than the fast path may nest too deep for the parser's stack: it is only scanned. (Separate
+-- statements: SQL does not promise to evaluate the operands of OR in order.)
 create or replace function consolidate.json_nested_beyond_limit(t text) returns boolean
 language plpgsql stable parallel safe
 as $fn$
 begin
-    if octet_length(t) > {{ json_fast_path_max_bytes }} or not pg_input_is_valid(t, 'jsonb') then
+    if octet_length(t) > {{ json_fast_path_max_bytes }} then
         return consolidate.json_nesting_depth(t) > {{ json_max_depth }};
     end if;
-    return jsonb_path_exists(t::jsonb, '{{ container_below_max_depth }}');
+    if pg_input_is_valid(t, 'jsonb') then
+        return jsonb_path_exists(t::jsonb, '{{ container_below_max_depth }}');
+    end if;
+    return consolidate.json_nesting_depth(t) > {{ json_max_depth }};
 end
 $fn$;
 {%- else -%}
@@ -154,8 +158,10 @@ as $fn$
 declare
     parsed jsonb;
 begin
-    if octet_length(t) > {{ json_fast_path_max_bytes }} and consolidate.json_nesting_depth(t) > {{ json_max_depth }} then
-        return null;
+    if octet_length(t) > {{ json_fast_path_max_bytes }} then
+        if consolidate.json_nesting_depth(t) > {{ json_max_depth }} then
+            return null;
+        end if;
     end if;
     if not pg_input_is_valid(t, 'jsonb') then
         return null;
