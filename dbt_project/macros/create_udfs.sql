@@ -191,33 +191,24 @@ end
 $fn$;
 {%- endif %}
 
-{% if parse_without_exceptions %}
+{% if server_version_num >= 160000 %}
 -- Text -> jsonb when jsonb accepts it and it nests at most {{ json_max_depth }} levels, else NULL.
 -- pg_input_is_valid reports jsonb's input errors (not JSON, \u0000, lone UTF-16 surrogates, numbers
 -- beyond numeric's range) without raising. Only a text with more opening brackets than the depth limit
 -- (and the length a document nested deeper needs) can nest deep enough to exhaust the stack, which
--- raises all the same: those take try_shallow_jsonb, which checks the depth first.
+-- raises all the same: those take try_shallow_jsonb, which checks the depth first. With a stack too
+-- shallow for the depth limit, long texts take the catching path.
 -- STABLE like pg_input_is_valid: an IMMUTABLE SQL function calling it would not be inlined.
 create or replace function consolidate.try_jsonb(t text) returns jsonb
-language sql stable parallel safe
+language sql stable {{ parse_parallel }}
 as $fn$
     select case
         when octet_length(t) > 2 * {{ json_max_depth }} + 1
          and {{ opening_brackets('t') }} > {{ json_max_depth }}
             then consolidate.try_shallow_jsonb(t)
-        when pg_input_is_valid(t, 'jsonb') then t::jsonb
-    end
-$fn$;
-{% elif server_version_num >= 160000 %}
--- As above, but with a stack too shallow for the depth limit: long texts take the catching path.
-create or replace function consolidate.try_jsonb(t text) returns jsonb
-language sql stable parallel unsafe
-as $fn$
-    select case
-        when octet_length(t) > 2 * {{ json_max_depth }} + 1
-         and {{ opening_brackets('t') }} > {{ json_max_depth }}
-            then consolidate.try_shallow_jsonb(t)
+        {%- if not parse_without_exceptions %}
         when octet_length(t) > {{ json_fast_path_max_bytes }} then consolidate.try_jsonb_strict(t)
+        {%- endif %}
         when pg_input_is_valid(t, 'jsonb') then t::jsonb
     end
 $fn$;
@@ -279,9 +270,9 @@ begin
     if encode(bytes, 'hex') !~ '{{ utf8_hex_pattern() }}' then
         return null;
     end if;
+    {%- endif %}
     return consolidate.try_jsonb(convert_from(bytes, 'UTF8'));
-    {%- else %}
-    return consolidate.try_jsonb(convert_from(bytes, 'UTF8'));
+    {%- if not parse_without_exceptions %}
 exception when others then
     return null;
     {%- endif %}
