@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -87,6 +88,9 @@ def test_the_worker_builds_as_dbt_in_the_process_does_and_reports_a_bad_argument
     marts_after_worker = fetch(loaded, "SELECT id, key, namespace, value::text FROM unified_memory ORDER BY id")
     run_results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())
     assert len(run_results["results"]) == in_worker["passed"]      # written by the worker
+    # the worker kept the templates it compiled (loader/transform/jinja_cache.py); the build below loads them
+    cache = home / "dbt" / "jinja-cache"
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and len([path for path in cache.rglob("*") if path.is_file()]) > 100
 
     here_first, here = finished(invocation(loaded, home, ["build", "--full-refresh"], "here"))
     assert here_first["worker"] is None and here["dbt_imported_here"]

@@ -21,7 +21,7 @@ from loader.database import Target
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
-from loader.transform import dbt_process
+from loader.transform import dbt_process, jinja_cache
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
@@ -52,11 +52,17 @@ def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
     return arguments + (["--quiet"] if quiet else [])
 
 
+def dbt_environment(target: Target, home: Path) -> dict[str, str]:
+    """The variables a dbt invocation runs with: the profile's connection settings and where the compiled
+    templates are kept (loader/transform/jinja_cache.py)."""
+    return {**target.dbt_environment(), jinja_cache.FOLDER_VARIABLE: str((home / "dbt" / "jinja-cache").absolute())}
+
+
 def prepare(target: Target, home: Path) -> None:
     """Get dbt ready for a build against `target` under `home`, for a caller with other work to do first
     (a load): see loader/transform/dbt_process.py."""
     dbt_process.start_ahead(dbt_arguments(["parse", "--no-write-json"], home, quiet=True),
-                            target.dbt_environment())
+                            dbt_environment(target, home))
 
 
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
@@ -76,7 +82,7 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
     try:
-        invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**target.dbt_environment(), **digests},
+        invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**dbt_environment(target, home), **digests},
                                         run_results, quiet)
     except dbt_process.WorkerGone as gone:
         return BuildOutcome(success=False, crashed=True, failures=[str(gone)])

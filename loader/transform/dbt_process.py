@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from loader.transform import jinja_cache
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -84,6 +86,8 @@ def invoke_here(arguments: list[str], environment: dict[str, str], run_results: 
     from dbt.cli.main import dbtRunner
     from dbt_common.invocation import get_invocation_id
 
+    if environment.get(jinja_cache.FOLDER_VARIABLE):
+        jinja_cache.install(Path(environment[jinja_cache.FOLDER_VARIABLE]))
     output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
     with temporary_environment(environment), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
