@@ -76,3 +76,12 @@ def test_a_folder_that_cannot_be_written_compiles_as_before(tmp_path):
     for _ in range(2):
         assert render(not_a_folder) == {"rendered": EXPECTED, "parsed": 1}
     assert not_a_folder.read_text() == "a file where the folder would be"
+
+
+def test_a_folder_others_may_write_is_never_loaded_from(tmp_path):
+    folder = tmp_path / "jinja-cache"
+    render(folder)
+    folder.chmod(0o777)
+    assert render(folder) == {"rendered": EXPECTED, "parsed": 1}
+    folder.chmod(0o700)
+    assert render(folder) == {"rendered": EXPECTED, "parsed": 0}

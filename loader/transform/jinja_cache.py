@@ -6,8 +6,9 @@ with one build, so it compiled all of them every time: about a quarter of its no
 machine. `install` has dbt's Jinja environments keep the compiled code objects (marshal, as Jinja's own
 bytecode cache stores them) in a folder, keyed by the template's source, the environment's class and
 extensions, and the versions of Python, Jinja and dbt-common; a later process loads them instead of
-compiling. Anything the cache cannot read or write is compiled as before. The folder is the user's own
-(HOME/dbt/jinja-cache, mode 0700): what is in it runs as dbt's templates do.
+compiling. Anything the cache cannot read or write is compiled as before. What is in the folder runs as
+dbt's templates do, so it is the user's own (HOME/dbt/jinja-cache, made with mode 0700), and a folder
+someone else owns or others may write to is not used.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ FOLDER_VARIABLE = "CONSOLIDATE_JINJA_CACHE"
 
 
 def install(folder: Path) -> None:
-    """From now on in this process, dbt's Jinja environments compile through the cache in `folder`."""
+    """From now on in this process, dbt's Jinja environments compile through the cache in `folder`; not
+    when the folder cannot be made, is someone else's, or others may write to it."""
     import jinja2
     from dbt_common.clients import jinja as dbt_jinja
     from jinja2.utils import internalcode
 
-    with contextlib.suppress(OSError):
+    try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = folder.stat()
+    except OSError:
+        return
+    if owner.st_uid != os.getuid() or owner.st_mode & 0o022:
+        return  # code others could write is never loaded: dbt compiles as it always did
     environment_class = dbt_jinja.MacroFuzzEnvironment
     compile_source = getattr(environment_class.compile, "compile_source", environment_class.compile)
     versions = f"{sys.version}\0{jinja2.__version__}\0{version('dbt-common')}"
