@@ -33,15 +33,16 @@ def install(folder: Path) -> None:
     from dbt_common.clients import jinja as dbt_jinja
     from jinja2.utils import internalcode
 
+    environment_class = dbt_jinja.MacroFuzzEnvironment
+    compile_source = getattr(environment_class.compile, "compile_source", environment_class.compile)
+    environment_class.compile = compile_source  # as dbt has it, unless the folder can serve
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = folder.stat()
     except OSError:
         return
     if owner.st_uid != os.getuid() or owner.st_mode & 0o022:
-        return  # code others could write is never loaded: dbt compiles as it always did
-    environment_class = dbt_jinja.MacroFuzzEnvironment
-    compile_source = getattr(environment_class.compile, "compile_source", environment_class.compile)
+        return  # code others could write is never loaded
     versions = f"{sys.version}\0{jinja2.__version__}\0{version('dbt-common')}"
 
     @internalcode  # as Jinja's own compile: left out of the tracebacks Jinja shows for a template
