@@ -116,6 +116,14 @@ def redact_password(text: str, dsn: str) -> str:
     return text
 
 
+# Set once, when the embedded server's data folder is made. `wal_level = minimal` lets a build write the
+# tables it creates or replaces in one transaction (every full-build model, their indexes) without also
+# writing them to the WAL; it is as crash-safe as `replica` (such a table is synced at commit), but the server
+# can feed no replica and no pg_basebackup. The embedded server is the tool's own; a deployment that needs
+# those runs its own server (--dsn / DATABASE_URL). A folder made by an earlier version keeps its settings.
+EMBEDDED_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
+
+
 def embedded_dsn(home: Path) -> str:
     """Start (or find running) the private PostgreSQL kept under `home`; return its DSN."""
     with warnings.catch_warnings():
@@ -123,10 +131,26 @@ def embedded_dsn(home: Path) -> str:
         import pgserver
 
     home.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(home / "pgdata", cleanup_mode=None)
+    pgdata = home / "pgdata"
+    new_server = not (pgdata / "PG_VERSION").exists()
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
     with server._lock:  # a handle cached in this process may outlive its server: start it again
         server.ensure_postgres_running()
+    if new_server:
+        apply_embedded_settings(server)
     return server.get_uri()
+
+
+def apply_embedded_settings(server) -> None:
+    """EMBEDDED_SETTINGS into a new server's postgresql.auto.conf, then a restart so they take effect."""
+    from pgserver._commands import pg_ctl
+
+    with psycopg.connect(server.get_uri(), autocommit=True) as connection:
+        for name, value in EMBEDDED_SETTINGS.items():
+            connection.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+    with server._lock:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+        server.ensure_postgres_running()
 
 
 def stop_embedded(home: Path, mode: str = "fast") -> bool:

@@ -123,6 +123,26 @@ def test_db_url_starts_the_embedded_postgresql_and_db_stop_stops_it(tmp_path):
     assert again.returncode == 0 and "not running" in again.stderr
 
 
+def server_settings(dsn, *names):
+    with psycopg.connect(dsn) as connection:
+        return tuple(connection.execute(f"SHOW {name}").fetchone()[0] for name in names)
+
+
+def test_a_new_embedded_server_gets_minimal_wal_and_an_existing_one_keeps_its_settings(tmp_path):
+    home = tmp_path / "state"
+    dsn = consolidate("db", "url", "--home", str(home)).stdout.strip()
+    assert server_settings(dsn, "wal_level", "max_wal_senders") == ("minimal", "0")
+
+    # an operator's choice (or an earlier version's folder) stays: the settings are applied once, at initdb
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("ALTER SYSTEM SET wal_level = 'replica'")
+        connection.execute("ALTER SYSTEM SET max_wal_senders = '10'")
+    assert consolidate("db", "stop", "--home", str(home)).returncode == 0
+    dsn = consolidate("db", "url", "--home", str(home)).stdout.strip()
+    assert server_settings(dsn, "wal_level", "max_wal_senders") == ("replica", "10")
+    assert consolidate("db", "stop", "--home", str(home)).returncode == 0
+
+
 # ------------------------------------------------------------------------------------------ exit 4
 
 @pytest.mark.parametrize("command", [("load", "TREE"), ("run", "TREE", "--no-backup"), ("sync", "TREE"),
