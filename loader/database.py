@@ -137,7 +137,8 @@ def embedded_dsn(home: Path) -> str:
     with server._lock:  # a handle cached in this process may outlive its server: start it again
         server.ensure_postgres_running()
     if new_server:
-        apply_embedded_settings(server)
+        with server._lock:  # another process making the same folder at the same moment restarts it once
+            apply_embedded_settings(server)
     return server.get_uri()
 
 
@@ -146,11 +147,14 @@ def apply_embedded_settings(server) -> None:
     from pgserver._commands import pg_ctl
 
     with psycopg.connect(server.get_uri(), autocommit=True) as connection:
+        current = dict(connection.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                                          (list(EMBEDDED_SETTINGS),)).fetchall())
+        if current == EMBEDDED_SETTINGS:
+            return
         for name, value in EMBEDDED_SETTINGS.items():
             connection.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-    with server._lock:
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
-        server.ensure_postgres_running()
+    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    server.ensure_postgres_running()
 
 
 def stop_embedded(home: Path, mode: str = "fast") -> bool:
