@@ -134,18 +134,17 @@ def embedded_dsn(home: Path) -> str:
     pgdata = home / "pgdata"
     new_server = not (pgdata / "PG_VERSION").exists()
     server = pgserver.get_server(pgdata, cleanup_mode=None)
-    with server._lock:  # a handle cached in this process may outlive its server: start it again
+    # under pgserver's lock: a handle cached in this process may outlive its server (start it again), and
+    # another process making the same folder at the same moment finds the settings in place
+    with server._lock:
         server.ensure_postgres_running()
-    if new_server:
-        with server._lock:  # another process making the same folder at the same moment restarts it once
-            apply_embedded_settings(server)
+        if new_server:
+            apply_embedded_settings(home, server)
     return server.get_uri()
 
 
-def apply_embedded_settings(server) -> None:
+def apply_embedded_settings(home: Path, server) -> None:
     """EMBEDDED_SETTINGS into a new server's postgresql.auto.conf, then a restart so they take effect."""
-    from pgserver._commands import pg_ctl
-
     with psycopg.connect(server.get_uri(), autocommit=True) as connection:
         current = dict(connection.execute("SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
                                           (list(EMBEDDED_SETTINGS),)).fetchall())
@@ -153,7 +152,7 @@ def apply_embedded_settings(server) -> None:
             return
         for name, value in EMBEDDED_SETTINGS.items():
             connection.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+    stop_embedded(home)
     server.ensure_postgres_running()
 
 
