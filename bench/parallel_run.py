@@ -29,6 +29,18 @@ from psycopg.types.json import Jsonb
 
 CHANGED_VALUE = '{"changed_by": "bench parallel run"}'
 WRITTEN = ("bench:client-write", "bench", {"written_by": "bench parallel run"})
+
+
+def round_changes(number: int) -> tuple[str, tuple[str, str, dict]]:
+    """What the `number`th one-shot sync round changes (round 1: CHANGED_VALUE and WRITTEN): other values
+    each round, so that both are changes again."""
+    if number == 1:
+        return CHANGED_VALUE, WRITTEN
+    key, namespace, value = WRITTEN
+    return (json.dumps({"changed_by": "bench parallel run", "round": number}),
+            (key, namespace, {**value, "round": number}))
+
+
 # what the watch cycle changes: other values, so that both are changes again
 WATCH_CHANGED_VALUE = '{"changed_by": "bench parallel run, watch cycle"}'
 WATCH_WRITTEN = ("bench:client-write", "bench", {"written_by": "bench parallel run, watch cycle"})
