@@ -510,6 +510,40 @@ def test_sync_command_json_reports_changes_and_exit_code(tmp_path, target, home)
     assert "[info ]" in build_log and "PASS=" in build_log and "[debug]" not in build_log  # not every statement
 
 
+def test_a_sync_waits_for_no_reader_of_the_marts(tmp_path, target, home):
+    """An incremental build changes the marts' rows, not their definitions: a transaction that read every
+    mart and the compatibility view and stays open (a long query, a pg_dump) does not make a sync wait for
+    it, so the sync never queues the marts' later readers behind an ACCESS EXCLUSIVE lock either."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", [
+        ("alpha", '{"v": 1}', "default", T0), ("cpu", '{"load": 1}', PERFORMANCE, T0)])
+    do_sync(root, target, home)
+    write(db, "UPDATE memory_entries SET value = '{\"v\": 2}', updated_at = ? WHERE key = 'alpha'", (T0 + 60,))
+    write(db, "UPDATE memory_entries SET value = '{\"load\": 2}', updated_at = ? WHERE key = 'cpu'", (T0 + 60,))
+    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environment["CONSOLIDATE_SECRET_KEY"] = KEY.decode()
+
+    waiting: list[tuple] = []
+    with psycopg.connect(target.dsn) as reader, psycopg.connect(target.dsn, autocommit=True) as monitor:
+        for relation in (*MARTS, "compat.memory_entries"):
+            reader.execute(f"SELECT count(*) FROM {relation}")
+        syncing = subprocess.Popen([sys.executable, "-m", "loader", "sync", str(root), "--dsn", target.dsn,
+                                    "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=environment)
+        while syncing.poll() is None and not waiting:
+            waiting = monitor.execute("SELECT pid, query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                                      (reader.info.backend_pid,)).fetchall()
+            time.sleep(0.05)
+        reader.rollback()   # lets a waiting sync go on
+        out, err = syncing.communicate(timeout=300)
+
+    assert not waiting, waiting
+    assert syncing.returncode == 0, out[-2000:] + err[-2000:]
+    assert unified(target) == {("alpha", "default"): {"v": 2}}
+    with target.connect() as connection:
+        assert connection.execute("SELECT metric_data FROM performance_metrics").fetchall() == [({"load": 2},)]
+
+
 def memory_table(report: dict) -> dict:
     (file,) = report["files"]
     return next(t for t in file["tables"] if t["source_table"] == "memory_entries")

@@ -1,8 +1,8 @@
 {#-
     The near cache (loader/serve/near_cache.py) learns of every committed change of unified_memory and
-    performance_metrics from these row triggers, which NOTIFY `consolidate_memory_writes`. A table
-    materialization replaces each mart, and its triggers, at every build, so the two marts put them back
-    in a post-hook (notify_triggers), inside the transaction that swaps the table in. The function they
+    performance_metrics from these row triggers, which NOTIFY `consolidate_memory_writes`. A full build
+    replaces each mart, and its triggers, so the two marts put them back in a post-hook (notify_triggers),
+    inside the transaction that swaps the table in. The function they
     call is created once per dbt invocation (on-run-start: notify_function), so the two marts' hooks,
     which can run at the same moment in two threads, never replace it concurrently.
     The statements are those of loader.serve.near_cache.notify_trigger_statements (install_notify_triggers,
@@ -45,10 +45,15 @@ $body$
 
 
 {#- watched_columns: those whose change a reader can see (an UPDATE of anything else, such as the access
-    bookkeeping every tracked read writes, notifies nothing); loader.serve.near_cache.WATCHED_TABLES. -#}
+    bookkeeping every tracked read writes, notifies nothing); loader.serve.near_cache.WATCHED_TABLES.
+    The triggers are replaced only when they are not in place as these statements make them (their
+    digest is each trigger's comment): an incremental build finds them there and runs no DDL on the mart,
+    whose DROP TRIGGER would take an ACCESS EXCLUSIVE lock, stalling every reader of the mart behind any
+    long query on it and cancelling an autovacuum of it a second later (deadlock_timeout). -#}
 {% macro notify_triggers(watched_columns) %}
 {%- set function = adapter.quote(this.schema) ~ '."consolidate_notify_memory_write"()' -%}
 {%- set triggers = ['consolidate_notify_insert_delete', 'consolidate_notify_update', 'consolidate_notify_truncate'] -%}
+{%- set statements -%}
 {%- for name in triggers %}
 drop trigger if exists {{ name }} on {{ this }};
 {%- endfor %}
@@ -62,4 +67,21 @@ create trigger consolidate_notify_truncate after truncate on {{ this }}
 {%- for name in triggers %}
 alter table {{ this }} enable always trigger {{ name }};
 {%- endfor %}
+{%- endset -%}
+{%- set digest = 'consolidate notify ' ~ local_md5(statements) -%}
+do $do$
+begin
+    if (select count(*) from pg_trigger
+        where tgrelid = '{{ this }}'::regclass
+          and tgname in ('{{ triggers | join("', '") }}')
+          and tgenabled = 'A'
+          and obj_description(oid, 'pg_trigger') = '{{ digest }}') = {{ triggers | length }} then
+        return;
+    end if;
+{{ statements | indent(4, first=true) }}
+{%- for name in triggers %}
+    comment on trigger {{ name }} on {{ this }} is '{{ digest }}';
+{%- endfor %}
+end
+$do$
 {% endmacro %}
