@@ -6,8 +6,12 @@
     anything anywhere) becomes NULL; raw keeps the original.
 -#}
 {% macro typed_app_table(source_name, table, excluded_columns=[], key_columns=['id']) -%}
-    {%- set relation = load_relation(source(source_name, table)) -%}
-    {%- if relation is none %}
+    {#- The raw table's columns come from the catalog, not from dbt's relation cache: the cache does not
+        list a source's schema up front, and a thread looking the table up while another thread's cache
+        miss is listing that schema finds it empty (the view was then built with no rows). -#}
+    {%- set relation = source(source_name, table) -%}
+    {%- set columns = adapter.get_columns_in_relation(relation) if execute else [] -%}
+    {%- if columns | length == 0 %}
 select
     {%- for key in key_columns %}
     null::text as {{ quote_identifier(key) }},
@@ -18,7 +22,7 @@ where false
     {%- set declared = declared_types_of(source_name, table) -%}
     {%- set excluded = (excluded_columns + lineage_columns()) | map('lower') | list %}
 select
-    {%- for column in adapter.get_columns_in_relation(relation) if column.name | lower not in excluded %}
+    {%- for column in columns if column.name | lower not in excluded %}
     {{ cast_to_declared(quote_identifier(column.name), declared.get(column.name)) }} as {{ quote_identifier(column.name) }},
     {%- endfor %}
     {{ staging_lineage(table) }}
