@@ -21,7 +21,7 @@ from loader.database import Target
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
-from loader.transform import dbt_process, jinja_cache
+from loader.transform import dbt_process, jinja_cache, schema_cache
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 
@@ -54,8 +54,10 @@ def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
 
 def dbt_environment(target: Target, home: Path) -> dict[str, str]:
     """The variables a dbt invocation runs with: the profile's connection settings and where the compiled
-    templates are kept (loader/transform/jinja_cache.py)."""
-    return {**target.dbt_environment(), jinja_cache.FOLDER_VARIABLE: str((home / "dbt" / "jinja-cache").absolute())}
+    templates and the schemas are kept (loader/transform/jinja_cache.py, schema_cache.py)."""
+    return {**target.dbt_environment(),
+            jinja_cache.FOLDER_VARIABLE: str((home / "dbt" / "jinja-cache").absolute()),
+            schema_cache.FOLDER_VARIABLE: str((home / "dbt" / "schema-cache").absolute())}
 
 
 def prepare(target: Target, home: Path) -> None:

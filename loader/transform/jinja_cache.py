@@ -13,15 +13,14 @@ someone else owns or others may write to is not used.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import marshal
-import os
 import sys
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 from types import CodeType
+
+from loader.transform.cache_files import private_folder, store
 
 FOLDER_VARIABLE = "CONSOLIDATE_JINJA_CACHE"
 
@@ -36,12 +35,7 @@ def install(folder: Path) -> None:
     environment_class = dbt_jinja.MacroFuzzEnvironment
     compile_source = getattr(environment_class.compile, "compile_source", environment_class.compile)
     environment_class.compile = compile_source  # as dbt has it, unless the folder can serve
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        owner = folder.stat()
-    except OSError:
-        return
-    if owner.st_uid != os.getuid() or owner.st_mode & 0o022:
+    if not private_folder(folder):
         return  # code others could write is never loaded
     versions = f"{sys.version}\0{jinja2.__version__}\0{version('dbt-common')}"
 
@@ -64,19 +58,3 @@ def install(folder: Path) -> None:
 
     compile.compile_source = compile_source
     environment_class.compile = compile
-
-
-def store(path: Path, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all (a concurrent process may read it meanwhile)."""
-    try:
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    except OSError:
-        return
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
