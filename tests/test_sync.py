@@ -58,7 +58,9 @@ def unified(target: Target) -> dict[tuple[str, str], object]:
         return {(k, n): v for k, n, v in connection.execute("SELECT key, namespace, value FROM unified_memory")}
 
 
-def consolidate(*arguments: str, target=None, home: Path | None = None, **kwargs):
+def cli_command(*arguments: str, target=None, home: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment a `consolidate` subprocess runs with (the test's own target and
+    secret key, never the caller's DATABASE_URL)."""
     command = [sys.executable, "-m", "loader", *arguments]
     if target is not None:
         command += ["--dsn", target.dsn]
@@ -66,6 +68,11 @@ def consolidate(*arguments: str, target=None, home: Path | None = None, **kwargs
         command += ["--home", str(home)]
     environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     environment["CONSOLIDATE_SECRET_KEY"] = KEY.decode()
+    return command, environment
+
+
+def consolidate(*arguments: str, target=None, home: Path | None = None, **kwargs):
+    command, environment = cli_command(*arguments, target=target, home=home)
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600, **kwargs)
 
 
@@ -520,16 +527,14 @@ def test_a_sync_waits_for_no_reader_of_the_marts(tmp_path, target, home):
     do_sync(root, target, home)
     write(db, "UPDATE memory_entries SET value = '{\"v\": 2}', updated_at = ? WHERE key = 'alpha'", (T0 + 60,))
     write(db, "UPDATE memory_entries SET value = '{\"load\": 2}', updated_at = ? WHERE key = 'cpu'", (T0 + 60,))
-    environment = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    environment["CONSOLIDATE_SECRET_KEY"] = KEY.decode()
+    command, environment = cli_command("sync", str(root), target=target, home=home)
 
     waiting: list[tuple] = []
     with psycopg.connect(target.dsn) as reader, psycopg.connect(target.dsn, autocommit=True) as monitor:
         for relation in (*MARTS, "compat.memory_entries"):
             reader.execute(f"SELECT count(*) FROM {relation}")
-        syncing = subprocess.Popen([sys.executable, "-m", "loader", "sync", str(root), "--dsn", target.dsn,
-                                    "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, env=environment)
+        syncing = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=environment)
         while syncing.poll() is None and not waiting:
             waiting = monitor.execute("SELECT pid, query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
                                       (reader.info.backend_pid,)).fetchall()

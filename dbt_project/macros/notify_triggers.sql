@@ -2,9 +2,9 @@
     The near cache (loader/serve/near_cache.py) learns of every committed change of unified_memory and
     performance_metrics from these row triggers, which NOTIFY `consolidate_memory_writes`. A full build
     replaces each mart, and its triggers, so the two marts put them back in a post-hook (notify_triggers),
-    inside the transaction that swaps the table in. The function they
-    call is created once per dbt invocation (on-run-start: notify_function), so the two marts' hooks,
-    which can run at the same moment in two threads, never replace it concurrently.
+    inside the transaction that swaps the table in. The function they call is created once per dbt
+    invocation (on-run-start: notify_function), so the two marts' hooks, which can run at the same moment
+    in two threads, never replace it concurrently.
     The statements are those of loader.serve.near_cache.notify_trigger_statements (install_notify_triggers,
     for a database built otherwise); tests/test_near_cache_after_build.py checks that both install the same.
 -#}
