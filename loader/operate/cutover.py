@@ -21,10 +21,11 @@ detection); a file with new bytes but the same rows (a WAL checkpoint, a VACUUM)
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,53 +134,57 @@ def refusal(connection: psycopg.Connection, source_path: str) -> str | None:
     return None
 
 
-def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
-            by: str | None = None) -> list[CutoverOutcome]:
-    """Record that each of `sources` (files of the ledger) is cut over, all or none: a CutoverError names
-    every file refused. A file already cut over keeps its cutover."""
+@contextlib.contextmanager
+def recording(target: Target, sources: Sequence[Path | str]) -> Iterator[tuple[psycopg.Connection, list[str],
+                                                                               dict[str, Cutover]]]:
+    """For recording cutovers or undos of `sources`: a connection in a transaction holding the cutover
+    lock (one recording at a time), each source as the ledger spells it (once), and the files cut over."""
     with target.connect() as connection:
         raw_tables.bootstrap(connection)
         paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
-            held = cut_over_files(connection)
-            refused = [reason for path in paths if path not in held and (reason := refusal(connection, path))]
-            if refused:
-                raise CutoverError("\n".join(refused))
-            outcomes = []
-            for path in paths:
-                if path in held:
-                    outcomes.append(CutoverOutcome(path, "already cut over", held[path]))
-                    continue
-                load_id, _, sha256, wal_sha256 = current_load_of(connection, path)
-                connection.execute(
-                    f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, "
-                    "source_sha256, wal_sha256) VALUES (%s, 'cutover', %s, %s, %s, %s, %s)",
-                    (path, by or who(), note, load_id, sha256, wal_sha256))
-                outcomes.append(CutoverOutcome(path, "cut over", cut_over_files(connection)[path]))
+            yield connection, paths, cut_over_files(connection)
+
+
+def record(connection: psycopg.Connection, path: str, action: str, by: str | None, note: str | None) -> None:
+    """One row of `consolidate.cutovers`, with the file's current load (none for an undo of a file no
+    longer in the ledger)."""
+    load_id, _, sha256, wal_sha256 = current_load_of(connection, path) or (None,) * 4
+    connection.execute(
+        f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, source_sha256, "
+        "wal_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)", (path, action, by or who(), note, load_id, sha256, wal_sha256))
+
+
+def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
+            by: str | None = None) -> list[CutoverOutcome]:
+    """Record that each of `sources` (files of the ledger) is cut over, all or none: a CutoverError names
+    every file refused. A file already cut over keeps its cutover."""
+    with recording(target, sources) as (connection, paths, held):
+        refused = [reason for path in paths if path not in held and (reason := refusal(connection, path))]
+        if refused:
+            raise CutoverError("\n".join(refused))
+        outcomes = []
+        for path in paths:
+            if path in held:
+                outcomes.append(CutoverOutcome(path, "already cut over", held[path]))
+                continue
+            record(connection, path, "cutover", by, note)
+            outcomes.append(CutoverOutcome(path, "cut over", cut_over_files(connection)[path]))
     return outcomes
 
 
 def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
          by: str | None = None) -> list[CutoverOutcome]:
     """Record that each of `sources` writes to its SQLite file again (a file not cut over is reported so)."""
-    with target.connect() as connection:
-        raw_tables.bootstrap(connection)
-        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
-            held = cut_over_files(connection)
-            outcomes = []
-            for path in paths:
-                if path not in held:
-                    outcomes.append(CutoverOutcome(path, "was not cut over"))
-                    continue
-                load_id, _, sha256, wal_sha256 = current_load_of(connection, path) or (None,) * 4
-                connection.execute(
-                    f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, "
-                    "source_sha256, wal_sha256) VALUES (%s, 'undo', %s, %s, %s, %s, %s)",
-                    (path, by or who(), note, load_id, sha256, wal_sha256))
-                outcomes.append(CutoverOutcome(path, "undone", held[path]))
+    with recording(target, sources) as (connection, paths, held):
+        outcomes = []
+        for path in paths:
+            if path not in held:
+                outcomes.append(CutoverOutcome(path, "was not cut over"))
+                continue
+            record(connection, path, "undo", by, note)
+            outcomes.append(CutoverOutcome(path, "undone", held[path]))
     return outcomes
 
 

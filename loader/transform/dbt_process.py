@@ -106,7 +106,7 @@ def invoke_here(arguments: list[str], environment: dict[str, str], run_results: 
 def import_dbt() -> None:
     """Import dbt, its serialization code compiled as each class is first used: mashumaro compiles every
     dataclass's to_dict and from_dict as the class is defined, most of them for classes a build never
-    serializes (0.3-0.5 s of the import on a 2-core machine)."""
+    serializes (0.5-0.9 s of the import on a 2-core machine)."""
     if "dbt.cli.main" not in sys.modules:
         import mashumaro.config
 
