@@ -61,15 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, int] = {}
 
     imported = time.perf_counter()
-    from loader.cli import start_dbt_for
-    start_dbt_for(command)  # as the console script does
-    from loader.backup import backup as backup_stage
-    from loader.cli import commands as cli
-    from loader.load import load as load_stage
-    from loader.sources import discover as discovery
-    from loader.transform import build as build_stage
-    from loader.verify import report
-    from loader.verify import validate as validate_stage
+    from loader.cli import finish, starting
+    with starting(command):  # as the console script starts
+        from loader.backup import backup as backup_stage
+        from loader.cli import commands as cli
+        from loader.load import load as load_stage
+        from loader.sources import discover as discovery
+        from loader.transform import build as build_stage
+        from loader.verify import report
+        from loader.verify import validate as validate_stage
 
     def count_statuses(outcome) -> None:
         for f in getattr(outcome, "files", []):
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
               "phases": {name: round(seconds, 3) for name, seconds in phases.items()},
               "statuses": statuses, "missing": missing}
     args.result.write_text(json.dumps(result, indent=1) + "\n")
+    finish()  # as the console script ends
     return 0
 
 

@@ -55,9 +55,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import generate, parallel_run  # noqa: E402
+from loader.transform import dbt_server  # noqa: E402
 
 RAW_TABLE = ("raw_claude_flow_v2", "memory_entries")
 SYNC_STEP = "consolidate sync (one row changed + one client write)"
+UNSERVED_SYNC_STEP = "consolidate sync without the dbt server (one row changed + one client write)"
 WATCH_STEP = "consolidate sync --watch, one cycle (one row changed + one client write)"
 
 
@@ -471,6 +473,14 @@ def notes(results: dict) -> list[str]:
                          f"and client write): {', '.join(f'{wall:.1f}' for wall in walls)} s; median {middle:.1f} s, "
                          f"{middle / cold['wall']:.1%} of the cold `run`; both changes in the marts after "
                          f"{both} of {len(rounds)} rounds.")
+        unserved = [m for name, m in measured.items() if name.startswith(UNSERVED_SYNC_STEP)]
+        if unserved:
+            walls = [m["wall"] for m in unserved]
+            lines.append(f"The syncs above find dbt imported, in the dbt server the cold `run` left (their CPU s "
+                         f"leave out the served worker's). Each forking its own worker instead, which imports dbt "
+                         f"(`{dbt_server.SWITCH_VARIABLE}=off`): {', '.join(f'{wall:.1f}' for wall in walls)} s; "
+                         f"median {statistics.median(walls):.1f} s, "
+                         f"{statistics.median(walls) / cold['wall']:.1%} of the cold `run`.")
     watched = measured.get(WATCH_STEP)
     if watched and cold:
         lines.append(f"The same through one cycle of a running `consolidate sync --watch` (dbt already loaded by "
@@ -544,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the second `consolidate run` on the unchanged corpus (the load re-run stays)")
     parser.add_argument("--skip-parallel-run", action="store_true",
                         help="skip the sync after one changed row and one client write, and the client latencies")
+    parser.add_argument("--unserved-rounds", type=int, default=2, metavar="N",
+                        help="then N more with the dbt server off: each sync forks its own worker, which imports "
+                             "dbt (default 2)")
     parser.add_argument("--sync-rounds", type=int, default=5, metavar="N",
                         help="one-shot syncs in a row after the cold `run`, each after its own changed row and "
                              "client write (the first runs while the server still vacuums the new marts); "
@@ -578,6 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"run-{label}-", dir=out))
     log = work / "commands.log"
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    # The dbt server the commands leave and use is the bench's own (loader/transform/dbt_server.py): the
+    # cold `run` starts with none, and the syncs after it find the one it left. Removing the folder ends it.
+    runtime = work / "runtime"
+    runtime.mkdir(mode=0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
 
     say(f"corpus {corpus}")
     manifest = generate.generate(corpus, rows, args.files, args.seed)
@@ -636,6 +654,21 @@ def main(argv: list[str] | None = None) -> int:
                             "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}",
                             "raw_rows_added": count(dsn, raw_count) - raw_before}
                 m.dbt_nodes = dbt_nodes(home)
+            # the same, each command forking its own worker to import dbt (loader/transform/dbt_server.py)
+            for number in range(1, args.unserved_rounds + 1):
+                changed_value, written = parallel_run.round_changes(args.sync_rounds + number)
+                with parallel_run.changed_file(corpus / manifest["file_list"][0]["path"], changed_value) as changed:
+                    parallel_run.client_write(dsn, written)
+                    raw_before = count(dsn, raw_count)
+                    os.environ[dbt_server.SWITCH_VARIABLE] = "off"
+                    try:
+                        m = step(harness(f"{UNSERVED_SYNC_STEP}, round {number}", ours_command("sync", corpus, dsn, home),
+                                         work, log))
+                    finally:
+                        del os.environ[dbt_server.SWITCH_VARIABLE]
+                m.checks = {**parallel_run.both_changes_in_the_marts(dsn, changed, changed_value, written),
+                            "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}",
+                            "raw_rows_added": count(dsn, raw_count) - raw_before}
             watched = parallel_run.watch_cycle(
                 [sys.executable, "-m", "loader", *ours_command("sync", corpus, dsn, home, "--watch", "0.5", "--json")],
                 dsn, corpus / manifest["file_list"][0]["path"], log)
@@ -688,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     if server.pgserver_home and not args.keep_databases:
         from loader.database import stop_embedded
         stop_embedded(server.pgserver_home)
+    shutil.rmtree(runtime, ignore_errors=True)
     return 1 if any(m.exit_code for m in measured) else 0
 
 

@@ -49,7 +49,7 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
     results = tmp_path / "results.json"
     command = [str(REPO / "bench" / "run"), "--rows", "100k", "--out", str(tmp_path / "out"), "--dsn", server_dsn,
                "--no-markdown", "--json", str(results), "--skip-backup-run", "--skip-rerun",
-               "--sync-rounds", "2",
+               "--sync-rounds", "2", "--unserved-rounds", "1",
                "--db-prefix", "smoke_" + uuid.uuid4().hex[:8]]
     if not pgloader:
         command.append("--skip-pgloader")
@@ -79,7 +79,8 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
         assert measured[f"floor ({form} COPY)"]["checks"]["rows"] == corpus["rows"]
     assert measured["DuckDB ATTACH + CREATE TABLE AS (anchor)"]["checks"]["rows"] == corpus["rows"]
     for name in ("consolidate sync (one row changed + one client write)",
-                 "consolidate sync (one row changed + one client write), round 2"):
+                 "consolidate sync (one row changed + one client write), round 2",
+                 "consolidate sync without the dbt server (one row changed + one client write), round 1"):
         synced = measured[name]
         assert synced["checks"]["synced_row_in_marts"] and synced["checks"]["client_write_in_marts"], synced
         assert synced["checks"]["raw_rows_added"] == 1, synced   # the changed row, not its file again
@@ -93,3 +94,5 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
         assert loaded["rows"] == corpus["rows"]
         assert loaded["per_file"] == [corpus["rows"] // corpus["files"]] * corpus["files"]
     assert "| consolidate load |" in finished.stdout
+    # the dbt server the bench's commands left ended with the bench (its runtime folder removed)
+    assert not list((tmp_path / "out").glob("run-*/runtime"))

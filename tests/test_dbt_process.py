@@ -1,13 +1,17 @@
 """dbt's worker process (loader/transform/dbt_process.py): a command that builds forks it before the rest
-of the tool is imported, and runs dbt there. It answers as dbt in the command's own process does, never
-outlives the command (kill -9 included), and a Ctrl-C of the command cancels the queries it runs."""
+of the tool is imported, and runs dbt there; or the dbt server a first worker left behind
+(loader/transform/dbt_server.py) forks it, dbt already imported. It answers as dbt in the command's own
+process does, never outlives the command (kill -9 included), and a Ctrl-C of the command cancels the
+queries it runs."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -21,7 +25,8 @@ from conftest import REPO, consolidate, fetch, wait_for
 
 # Runs one dbt invocation (argv[3], JSON) against argv[1] with home argv[2], in the worker when argv[4]
 # is "worker" (started as the console script starts it), else in this process (its sys.stdout not the
-# process's own, as under a test's capture: no worker); prints the worker's pid first, then the outcome.
+# process's own, as under a test's capture: no worker); prints the worker's pid, kind and parent first, then
+# the outcome.
 SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -35,7 +40,9 @@ from loader.transform.build import prepare, run_dbt
 target, home = Target(sys.argv[1]), Path(sys.argv[2])
 prepare(target, home)
 worker = dbt_process.running_worker()
-print(json.dumps({"worker": worker.process.pid if worker else None}), flush=True)
+parent = int(open(f"/proc/{worker.pid}/stat").read().rsplit(")", 1)[1].split()[1]) if worker else None
+print(json.dumps({"worker": worker.pid if worker else None, "kind": type(worker).__name__, "parent": parent}),
+      flush=True)
 outcome = run_dbt(json.loads(sys.argv[3]), target, home, quiet=True)
 print(json.dumps({"dbt_imported_here": "dbt.cli.main" in sys.modules, **outcome.to_json()}), flush=True)
 """
@@ -43,9 +50,11 @@ print(json.dumps({"dbt_imported_here": "dbt.cli.main" in sys.modules, **outcome.
 SLEEP = ["show", "--inline", "select pg_sleep(120) as slept"]
 
 
-def invocation(target: Target, home: Path, command: list[str], where: str) -> subprocess.Popen:
+def invocation(target: Target, home: Path, command: list[str], where: str,
+               environment: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", SCRIPT, target.dsn, str(home), json.dumps(command), where],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(environment or {})})
 
 
 def finished(process: subprocess.Popen) -> tuple[dict, dict]:
@@ -63,6 +72,17 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
     except (FileNotFoundError, IndexError):
         return True
+
+
+def server_sockets(runtime: Path) -> list[Path]:
+    return sorted((runtime / f"consolidate-{os.getuid()}").glob("dbt-*.sock"))
+
+
+def server_pid(path: Path) -> int:
+    """The pid of the dbt server listening at `path` (the socket's peer credentials)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(path))
+        return struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
 
 
 def sleeping_queries(target: Target) -> int:
@@ -104,16 +124,39 @@ def test_the_worker_builds_as_dbt_in_the_process_does_and_reports_a_bad_argument
     assert outcomes[0]["crashed"] and "no-such-option" in outcomes[0]["failures"][0], outcomes[0]
 
 
+@pytest.fixture(params=["ForkedWorker", "ServedWorker"])
+def worker_kind(request, target, tmp_path) -> tuple[str, dict[str, str]]:
+    """How the worker starts, and the environment that makes it start so: forked by the command (the dbt
+    server off), or served by a dbt server of its own (a private runtime folder, a server left there by a
+    first command)."""
+    if request.param == "ForkedWorker":
+        yield request.param, {"CONSOLIDATE_DBT_SERVER": "off"}
+        return
+    environment = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
+    (tmp_path / "runtime").mkdir(mode=0o700)
+    first, _ = finished(invocation(target, tmp_path / "state", ["parse"], "worker", environment))
+    assert first["kind"] == "ForkedWorker"
+    assert wait_for(lambda: server_sockets(tmp_path / "runtime"), 30, step=0.05)
+    yield request.param, environment
+    for path in server_sockets(tmp_path / "runtime"):
+        os.kill(server_pid(path), signal.SIGTERM)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker is forked")
-def test_the_worker_dies_with_a_killed_command(target, tmp_path):
-    process = invocation(target, tmp_path / "state", SLEEP, "worker")
+def test_the_worker_dies_with_a_killed_command(target, tmp_path, worker_kind):
+    kind, environment = worker_kind
+    process = invocation(target, tmp_path / "state", SLEEP, "worker", environment)
     try:
-        worker = json.loads(process.stdout.readline())["worker"]
-        assert worker is not None
+        started = json.loads(process.stdout.readline())
+        worker = started["worker"]
+        assert worker is not None and started["kind"] == kind
+        assert (started["parent"] == process.pid) == (kind == "ForkedWorker")
         assert wait_for(lambda: sleeping_queries(target) == 1, 120, step=0.1), process.stderr.read()
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-        assert wait_for(lambda: gone(worker), 10, step=0.1), f"the worker {worker} outlived its killed command"
+        assert wait_for(lambda: gone(worker), 15, step=0.1), f"the worker {worker} outlived its killed command"
+        if kind == "ServedWorker":  # it interrupted itself as the command's end closed: dbt cancelled its query
+            assert wait_for(lambda: sleeping_queries(target) == 0, 10, step=0.1), "dbt's query was left running"
     finally:
         process.kill()
         fetch(target, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
@@ -121,10 +164,13 @@ def test_the_worker_dies_with_a_killed_command(target, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker is forked")
-def test_ctrl_c_of_the_command_cancels_the_workers_queries_and_ends_it(target, tmp_path):
-    process = invocation(target, tmp_path / "state", SLEEP, "worker")
+def test_ctrl_c_of_the_command_cancels_the_workers_queries_and_ends_it(target, tmp_path, worker_kind):
+    kind, environment = worker_kind
+    process = invocation(target, tmp_path / "state", SLEEP, "worker", environment)
     try:
-        worker = json.loads(process.stdout.readline())["worker"]
+        started = json.loads(process.stdout.readline())
+        worker = started["worker"]
+        assert started["kind"] == kind
         assert wait_for(lambda: sleeping_queries(target) == 1, 120, step=0.1), process.stderr.read()
         started = time.monotonic()
         process.send_signal(signal.SIGINT)  # to the command only: the worker ignores SIGINT itself
@@ -135,3 +181,81 @@ def test_ctrl_c_of_the_command_cancels_the_workers_queries_and_ends_it(target, t
         assert time.monotonic() - started < 30
     finally:
         process.kill()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker is forked")
+def test_a_later_command_is_served_by_the_dbt_server_the_first_left(loaded, tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    environment = {"XDG_RUNTIME_DIR": str(runtime)}
+    home = tmp_path / "state"
+    first, forked = finished(invocation(loaded, home, ["build"], "worker", environment))
+    assert first["kind"] == "ForkedWorker" and forked["success"], forked
+    marts = fetch(loaded, "SELECT id, key, namespace, value::text FROM unified_memory ORDER BY id")
+    # the server left behind is the user's own; it holds none of its first command's descriptors (the
+    # command's pipes reached EOF above, in `finished`)
+    assert wait_for(lambda: server_sockets(runtime), 30, step=0.05)
+    path, = server_sockets(runtime)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    server = server_pid(path)
+    assert Path(f"/proc/{server}/fd/1").resolve() == Path("/dev/null")
+    assert wait_for(lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{server}/fd")) == [0, 1, 2, 3], 5), \
+        os.listdir(f"/proc/{server}/fd")   # /dev/null three times and the socket
+
+    try:
+        second, served = finished(invocation(loaded, home, ["build", "--full-refresh"], "worker", environment))
+        assert second["kind"] == "ServedWorker" and second["parent"] == server
+        assert not served["dbt_imported_here"] and served["success"], served
+        assert served["passed"] == forked["passed"]
+        assert fetch(loaded, "SELECT id, key, namespace, value::text FROM unified_memory ORDER BY id") == marts
+        assert gone(second["worker"])   # it ended with its command
+
+        # dbt's output reaches the command's own streams, and a bad argument is reported as from a forked worker
+        bad = [finished(invocation(loaded, home, ["build", "--no-such-option"], "worker", {**environment, **switch}))
+               for switch in ({}, {"CONSOLIDATE_DBT_SERVER": "off"})]
+        assert [first["kind"] for first, _ in bad] == ["ServedWorker", "ForkedWorker"]
+        assert bad[0][1] == bad[1][1] and "no-such-option" in bad[0][1]["failures"][0]
+        assert server_sockets(runtime) == [path]   # the forked worker with the server off left none
+    finally:
+        os.kill(server, signal.SIGTERM)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the worker is forked")
+def test_the_dbt_server_ends_when_idle_or_its_socket_is_gone_and_is_never_used_from_a_shared_folder(target, tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    for idle, end in (("8", "waits"), ("60", "unlinks")):
+        environment = {"XDG_RUNTIME_DIR": str(runtime), "CONSOLIDATE_DBT_SERVER_IDLE": idle}
+        finished(invocation(target, tmp_path / "state", ["parse"], "worker", environment))
+        assert wait_for(lambda: server_sockets(runtime), 30, step=0.05)
+        path, = server_sockets(runtime)
+        server = server_pid(path)
+        if end == "unlinks":   # as when another server takes its place
+            path.unlink()
+        assert wait_for(lambda pid=server: gone(pid), 30, step=0.1), f"the server outlived its idle time or socket ({end})"
+        assert not path.exists()
+
+    # a folder others may write to is never used: no server is left there, and none is connected to
+    shared = tmp_path / "shared" / f"consolidate-{os.getuid()}"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    for _ in range(2):
+        started, outcome = finished(invocation(target, tmp_path / "state", ["parse"], "worker",
+                                               {"XDG_RUNTIME_DIR": str(shared.parent)}))
+        assert started["kind"] == "ForkedWorker" and outcome["success"]
+    assert server_sockets(shared.parent) == []
+
+
+def test_the_servers_code_key_changes_with_any_module_of_the_tool(tmp_path, monkeypatch):
+    from loader.transform import dbt_server
+
+    copy = tmp_path / "loader"
+    for path in dbt_server.LOADER.rglob("*.py"):
+        (copy / path.relative_to(dbt_server.LOADER)).parent.mkdir(parents=True, exist_ok=True)
+        (copy / path.relative_to(dbt_server.LOADER)).write_bytes(path.read_bytes())
+    monkeypatch.setattr(dbt_server, "LOADER", copy)
+    before = dbt_server.code_key()
+    assert dbt_server.code_key() == before
+    module = copy / "load" / "load.py"
+    os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 1))
+    assert dbt_server.code_key() != before

@@ -14,9 +14,14 @@ holds), and only when sys.stdout and sys.stderr are the process's own: the worke
 the file descriptors it shares with the caller, which a test's capture of sys.stdout would not see.
 Otherwise dbt runs in this process, its import started in a thread.
 
+Once it has imported dbt, a forked worker leaves a copy of itself behind, the dbt server
+(loader/transform/dbt_server.py); a later command's worker is then forked by that server, dbt already
+imported, instead of by the command.
+
 The worker ignores SIGINT: the caller decides (a first Ctrl-C lets a `sync --watch` cycle finish) and
 interrupts it with SIGUSR1, which dbt answers as it answers Ctrl-C, by cancelling its queries. It dies
-with the caller (PR_SET_PDEATHSIG): a kill -9 of the caller never leaves a build running.
+with the caller (PR_SET_PDEATHSIG; a served worker, as the caller's end of its socket closes): a kill -9
+of the caller never leaves a build running.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import io
 import multiprocessing
@@ -31,11 +37,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from loader.transform import jinja_cache, schema_cache
+from loader.transform import dbt_server, jinja_cache, schema_cache
 
 PR_SET_PDEATHSIG = 1
 
@@ -123,19 +131,22 @@ class WorkerGone(RuntimeError):
 
 
 class Worker:
-    """A forked process that runs this process's dbt invocations, one at a time."""
+    """A process that runs this process's dbt invocations, one at a time: forked by this process (ForkedWorker)
+    or by the dbt server (ServedWorker)."""
 
-    def __init__(self) -> None:
-        context = multiprocessing.get_context("fork")
-        self.connection, worker_end = context.Pipe()
-        self.process = context.Process(target=serve, args=(worker_end, self.connection, os.getpid()), name="dbt",
-                                       daemon=True)
-        self.process.start()
-        worker_end.close()
-        self.warmed_up = False
-        # As this process exits, wherever the worker is (a warm-up for a build that was skipped, or waiting):
-        # it ends on its own and releases the semaphores dbt took, of which a kill would leave a warning.
-        atexit.register(self.interrupt)
+    connection: Connection
+    pid: int
+    warmed_up = False
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def exit_code(self) -> int | None:
+        return None
+
+    def wait(self, timeout: float) -> None:
+        """Wait at most `timeout` seconds for the worker to end."""
+        raise NotImplementedError
 
     def warm_up(self, arguments: list[str], environment: dict[str, str]) -> None:
         """Have the worker run `arguments` (a parse) once, its output discarded, before the next
@@ -149,9 +160,9 @@ class Worker:
             self.connection.send(("invoke", (arguments, environment, run_results, quiet)))
             return self.connection.recv()
         except (EOFError, OSError) as error:
-            self.process.join(timeout=5)
+            self.wait(timeout=5)
             WORKERS.clear()
-            raise WorkerGone(f"dbt's worker process exited (code {self.process.exitcode}) before its "
+            raise WorkerGone(f"dbt's worker process exited (code {self.exit_code()}) before its "
                              "invocation finished") from error
         except BaseException:
             self.interrupt()
@@ -161,39 +172,117 @@ class Worker:
         """Interrupt the invocation under way (as Ctrl-C would: dbt cancels its queries) and let the
         worker end; it is not used again."""
         WORKERS.clear()
-        if self.process.is_alive():
-            os.kill(self.process.pid, signal.SIGUSR1)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)
         self.connection.close()
-        self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.kill()
+        self.wait(timeout=30)
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+class ForkedWorker(Worker):
+    """A worker this process forks: it imports dbt itself (and leaves a dbt server behind for later
+    commands, loader/transform/dbt_server.py)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.connection, worker_end = context.Pipe()
+        self.process = context.Process(target=serve, args=(worker_end, self.connection, os.getpid()), name="dbt",
+                                       daemon=True)
+        self.process.start()
+        self.pid = self.process.pid
+        worker_end.close()
+        # As this process exits, wherever the worker is (a warm-up for a build that was skipped, or waiting):
+        # it ends on its own and releases the semaphores dbt took, of which a kill would leave a warning.
+        atexit.register(self.interrupt)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+    def exit_code(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float) -> None:
+        self.process.join(timeout=timeout)
+
+
+class ServedWorker(Worker):
+    """A worker the dbt server forked for this process, dbt already imported."""
+
+    def __init__(self, connection: Connection, pid: int) -> None:
+        self.connection, self.pid = connection, pid
+        atexit.register(self.interrupt)
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return not gone(self.pid)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie not yet reaped counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 class Interrupted:
-    """The worker's SIGUSR1 handler: KeyboardInterrupt in dbt, and the worker ends after it."""
+    """The worker's SIGUSR1 handler: KeyboardInterrupt in dbt, and the worker ends after it. Only the first
+    signal interrupts: a second one (a served worker's caller closing its end as it interrupts) must not
+    break into dbt's cancelling of its queries."""
 
     def __init__(self) -> None:
         self.requested = False
 
     def __call__(self, signum, frame) -> None:
+        if self.requested:
+            return
         self.requested = True
         raise KeyboardInterrupt
 
 
-def serve(connection, callers_end, parent: int) -> None:
-    """The worker: dies with `parent`, imports dbt, then runs what it is sent until the caller closes
-    its end (the worker closes its copy of that end first) or interrupts it: warm-ups (output discarded)
-    and invocations (answered)."""
+def serve(connection: Connection, callers_end: Connection, parent: int) -> None:
+    """The forked worker: dies with `parent`, imports dbt, leaves a dbt server behind, then serves."""
     callers_end.close()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return
-    interrupted = Interrupted()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    interrupted = Interrupted()
     signal.signal(signal.SIGUSR1, interrupted)
     try:
         import_dbt()
+    except KeyboardInterrupt:
+        return
+    # dbt's modules never become garbage: not scanned by the collections to come (the caller imports with
+    # the collector off, loader/cli/__init__.py, and this process inherits that)
+    gc.freeze()
+    gc.enable()
+    dbt_server.spawn(serve_requests)
+    serve_requests(connection, interrupted)
+
+
+def serve_requests(connection: Connection, interrupted: Interrupted | None = None) -> None:
+    """Run what the caller sends until it closes its end or interrupts the worker (SIGUSR1): warm-ups
+    (output discarded) and invocations (answered)."""
+    if interrupted is None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupted = Interrupted()
+        signal.signal(signal.SIGUSR1, interrupted)
+    try:
         while not interrupted.requested:
             kind, request = connection.recv()
             if kind == "warm up":
@@ -223,16 +312,18 @@ def can_fork() -> bool:
 
 
 def running_worker() -> Worker | None:
-    if WORKERS and WORKERS[0].process.is_alive():
+    if WORKERS and WORKERS[0].alive():
         return WORKERS[0]
     WORKERS.clear()
     return None
 
 
 def start_worker() -> None:
-    """Fork the worker now, when it can be (it starts importing dbt)."""
+    """Start the worker now, when it can be: served by the dbt server when there is one for this code
+    (dbt already imported), else forked (it starts importing dbt)."""
     if running_worker() is None and can_fork():
-        WORKERS.append(Worker())
+        served = dbt_server.connect()
+        WORKERS.append(ForkedWorker() if served is None else ServedWorker(*served))
 
 
 def start_ahead(warm_up: list[str], environment: dict[str, str]) -> None:
