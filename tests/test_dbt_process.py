@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from loader.database import Target
+from loader.transform import dbt_server
 
 from conftest import REPO, consolidate, fetch, wait_for
 
@@ -80,8 +81,8 @@ def server_sockets(runtime: Path) -> list[Path]:
 
 def server_pid(path: Path) -> int:
     """The pid of the dbt server listening at `path` (the socket's peer credentials)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.connect(str(path))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client, dbt_server.socket_address(path) as reachable:
+        client.connect(reachable)
         return struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
 
 
@@ -247,8 +248,6 @@ def test_the_dbt_server_ends_when_idle_or_its_socket_is_gone_and_is_never_used_f
 
 
 def test_the_servers_code_key_changes_with_any_module_of_the_tool(tmp_path, monkeypatch):
-    from loader.transform import dbt_server
-
     copy = tmp_path / "loader"
     for path in dbt_server.LOADER.rglob("*.py"):
         (copy / path.relative_to(dbt_server.LOADER)).parent.mkdir(parents=True, exist_ok=True)
