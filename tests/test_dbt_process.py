@@ -21,6 +21,7 @@ import pytest
 
 from loader.database import Target
 from loader.transform import dbt_server
+from loader.transform.dbt_process import gone
 
 from conftest import REPO, consolidate, fetch, wait_for
 
@@ -65,14 +66,6 @@ def finished(process: subprocess.Popen) -> tuple[dict, dict]:
     assert "resource_tracker" not in err and "leaked" not in err, err[-3000:]
     lines = out.strip().splitlines()
     return json.loads(lines[0]), json.loads(lines[-1])
-
-
-def gone(pid: int) -> bool:
-    """Whether the process has exited (a zombie left for a parent that does not reap counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return True
 
 
 def server_sockets(runtime: Path) -> list[Path]:

@@ -216,12 +216,6 @@ class ServedWorker(Worker):
         atexit.register(self.interrupt)
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
         return not gone(self.pid)
 
     def wait(self, timeout: float) -> None:
@@ -234,8 +228,8 @@ def gone(pid: int) -> bool:
     """Whether `pid` has exited (a zombie not yet reaped counts)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    except FileNotFoundError:
+        return True
 
 
 class Interrupted:
@@ -245,6 +239,14 @@ class Interrupted:
 
     def __init__(self) -> None:
         self.requested = False
+
+    @classmethod
+    def install(cls) -> Interrupted:
+        """The worker's signals: SIGINT ignored (the caller decides), SIGUSR1 handled by a new instance."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        interrupted = cls()
+        signal.signal(signal.SIGUSR1, interrupted)
+        return interrupted
 
     def __call__(self, signum, frame) -> None:
         if self.requested:
@@ -260,9 +262,7 @@ def serve(connection: Connection, callers_end: Connection, parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    interrupted = Interrupted()
-    signal.signal(signal.SIGUSR1, interrupted)
+    interrupted = Interrupted.install()
     try:
         import_dbt()
     except KeyboardInterrupt:
@@ -279,9 +279,7 @@ def serve_requests(connection: Connection, interrupted: Interrupted | None = Non
     """Run what the caller sends until it closes its end or interrupts the worker (SIGUSR1): warm-ups
     (output discarded) and invocations (answered)."""
     if interrupted is None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        interrupted = Interrupted()
-        signal.signal(signal.SIGUSR1, interrupted)
+        interrupted = Interrupted.install()
     try:
         while not interrupted.requested:
             kind, request = connection.recv()
