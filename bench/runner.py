@@ -221,12 +221,13 @@ def psql_binary() -> str:
 # ---------------------------------------------------------------------------------------------- ours
 
 
-def harness(name: str, command: list[str], work: Path, log: Path, profile: Path | None = None) -> Measured:
+def harness(name: str, command: list[str], work: Path, log: Path, profile: Path | None = None,
+            env: dict[str, str] | None = None) -> Measured:
     result = work / f"{name}.json"
     argv = [sys.executable, "-m", "bench.harness", "--result", str(result)]
     if profile:
         argv += ["--profile", str(profile)]
-    measured = measure(name, argv + ["--", *command], log)
+    measured = measure(name, argv + ["--", *command], log, env)
     if result.exists():
         data = json.loads(result.read_text())
         measured.phases = data["phases"]
@@ -644,31 +645,24 @@ def main(argv: list[str] | None = None) -> int:
             step(harness("consolidate run --no-backup (re-run, unchanged)",
                          ours_command("run", corpus, dsn, home, "--no-backup"), work, log)).dbt_nodes = dbt_nodes(home)
         if not args.skip_parallel_run:
-            for number in range(1, args.sync_rounds + 1):
-                changed_value, written = parallel_run.round_changes(number)
+            def sync_round(name: str, changes: int, environment: dict[str, str] | None = None) -> None:
+                """One one-shot sync after round `changes`'s changed row and client write; both checked."""
+                changed_value, written = parallel_run.round_changes(changes)
                 with parallel_run.changed_file(corpus / manifest["file_list"][0]["path"], changed_value) as changed:
                     parallel_run.client_write(dsn, written)
                     raw_before = count(dsn, raw_count)
-                    m = step(harness(sync_round_name(number), ours_command("sync", corpus, dsn, home), work, log))
+                    m = step(harness(name, ours_command("sync", corpus, dsn, home), work, log, env=environment))
                 m.checks = {**parallel_run.both_changes_in_the_marts(dsn, changed, changed_value, written),
                             "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}",
                             "raw_rows_added": count(dsn, raw_count) - raw_before}
                 m.dbt_nodes = dbt_nodes(home)
+
+            for number in range(1, args.sync_rounds + 1):
+                sync_round(sync_round_name(number), number)
             # the same, each command forking its own worker to import dbt (loader/transform/dbt_server.py)
             for number in range(1, args.unserved_rounds + 1):
-                changed_value, written = parallel_run.round_changes(args.sync_rounds + number)
-                with parallel_run.changed_file(corpus / manifest["file_list"][0]["path"], changed_value) as changed:
-                    parallel_run.client_write(dsn, written)
-                    raw_before = count(dsn, raw_count)
-                    os.environ[dbt_server.SWITCH_VARIABLE] = "off"
-                    try:
-                        m = step(harness(f"{UNSERVED_SYNC_STEP}, round {number}", ours_command("sync", corpus, dsn, home),
-                                         work, log))
-                    finally:
-                        del os.environ[dbt_server.SWITCH_VARIABLE]
-                m.checks = {**parallel_run.both_changes_in_the_marts(dsn, changed, changed_value, written),
-                            "share_of_cold_run": f"{m.wall / cold_run.wall:.1%}",
-                            "raw_rows_added": count(dsn, raw_count) - raw_before}
+                sync_round(f"{UNSERVED_SYNC_STEP}, round {number}", args.sync_rounds + number,
+                           {**os.environ, dbt_server.SWITCH_VARIABLE: "off"})
             watched = parallel_run.watch_cycle(
                 [sys.executable, "-m", "loader", *ours_command("sync", corpus, dsn, home, "--watch", "0.5", "--json")],
                 dsn, corpus / manifest["file_list"][0]["path"], log)
