@@ -5,8 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
+
+# The packages whose code shapes what is kept: dbt's own (its classes, the adapters' credentials) and
+# mashumaro, which builds their schemas.
+DBT_PACKAGES = ("dbt-core", "dbt-common", "dbt-adapters", "dbt-postgres", "mashumaro")
+
+
+def dbt_versions() -> list[str]:
+    """The interpreter's version and DBT_PACKAGES' versions: part of every key of what is kept."""
+    return [sys.version, *(version(package) for package in DBT_PACKAGES)]
 
 
 def private_folder(folder: Path) -> bool:

@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from importlib.metadata import version
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -46,7 +45,6 @@ from loader.transform import cache_files
 SWITCH_VARIABLE = "CONSOLIDATE_DBT_SERVER"
 IDLE_VARIABLE = "CONSOLIDATE_DBT_SERVER_IDLE"
 IDLE_SECONDS = 900.0
-PACKAGES = ("dbt-core", "dbt-common", "dbt-adapters", "dbt-postgres", "mashumaro")
 LOADER = Path(__file__).resolve().parent.parent
 HELLO = b"consolidate-dbt"
 
@@ -58,7 +56,7 @@ def enabled() -> bool:
 def code_key() -> str:
     """What a server must share with a command to serve it: the interpreter, dbt's packages and this
     package's module files."""
-    parts = [sys.executable, sys.version, *(version(package) for package in PACKAGES)]
+    parts = [sys.executable, *cache_files.dbt_versions()]
     for path in sorted(LOADER.rglob("*.py")):
         status = path.stat()
         parts.append(f"{path}:{status.st_size}:{status.st_mtime_ns}")

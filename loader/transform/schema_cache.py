@@ -15,17 +15,11 @@ import dataclasses
 import functools
 import hashlib
 import json
-import sys
-from importlib.metadata import version
 from pathlib import Path
 
-from loader.transform.cache_files import private_folder, store
+from loader.transform.cache_files import dbt_versions, private_folder, store
 
 FOLDER_VARIABLE = "CONSOLIDATE_SCHEMA_CACHE"
-
-# The packages whose code makes a schema: the classes validated (dbt-core's project and profile, the
-# adapters' credentials) and what builds their schemas.
-PACKAGES = ("dbt-core", "dbt-common", "dbt-adapters", "dbt-postgres", "mashumaro")
 
 
 def install(folder: Path) -> None:
@@ -39,7 +33,7 @@ def install(folder: Path) -> None:
     if not private_folder(folder):
         return
     build = dbts_own.__func__
-    versions = "\0".join([sys.version, *(version(package) for package in PACKAGES)])
+    versions = "\0".join(dbt_versions())
 
     @functools.lru_cache  # as dbt's own: once per class and process
     def json_schema(cls) -> dict:
