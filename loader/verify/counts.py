@@ -1,5 +1,5 @@
 """Counts: rows in SQLite (the ledger's, per table) against rows in raw now, and a file's memory rows
-in raw against kept + superseded + moved (the `reconciliation` mart); flagged versions per file."""
+in raw against kept + superseded + moved (the `reconciliation` mart)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ from psycopg.rows import dict_row
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad
 from loader.load.delta import not_retired
 from loader.load.raw_contract import MEMORY_KINDS, MEMORY_TABLES, RAW_SCHEMAS
-from loader.transform.relations import MEMORY_RANKED
 from loader.verify.results import TableCount
-
-# A current memory version is flagged when staging recorded a problem of its source row (a non-empty
-# `flags` array in int_memory_ranked and the marts; the rules live in dbt_project/macros/memory_flags.sql).
-FLAGGED = "cardinality(flags) > 0"
 
 
 def table_counts(connection: psycopg.Connection, current: CurrentLoad,
@@ -53,24 +48,14 @@ def raw_rows_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], di
 
 
 def reconciliation_row(connection: psycopg.Connection, schema: str, current: CurrentLoad) -> dict:
-    """The file's row of the reconciliation mart ({} when it has none: no memory tables, or not built)."""
+    """The file's row of the reconciliation mart ({} when it has none: no memory tables, or not built).
+    Its `flagged`, the file's rows that staging flagged with a problem, is exact: the build's
+    assert_flags_reach_the_marts counts them again in the marts."""
     with connection.cursor(row_factory=dict_row) as cursor:
         row = cursor.execute(sql.SQL(
-            "SELECT load_id, kept, superseded, moved FROM {}.reconciliation WHERE source_path = %s").format(
+            "SELECT load_id, kept, superseded, moved, flagged FROM {}.reconciliation WHERE source_path = %s").format(
             sql.Identifier(schema)), [current.source_path]).fetchone()
     return row or {}
-
-
-def flagged_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], int]:
-    """Flagged current versions per (current load_id, source_path), in one pass over the ranked versions
-    (a version's load may be an earlier part of its file's state)."""
-    rows = connection.execute(sql.SQL(
-        "SELECT parts.load_id, ranked.source_path, count(*) FROM {} AS ranked "
-        "JOIN {}.current_load_parts AS parts "
-        "ON parts.part_load_id = ranked.load_id AND parts.source_path = ranked.source_path "
-        "WHERE {} GROUP BY 1, 2").format(
-        sql.Identifier(*MEMORY_RANKED), sql.Identifier(LEDGER_SCHEMA), sql.SQL(FLAGGED))).fetchall()
-    return {(load_id, source_path): count for load_id, source_path, count in rows}
 
 
 def count_problems(current: CurrentLoad, tables: list[TableCount], reconciliation: dict) -> list[str]:

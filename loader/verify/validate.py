@@ -7,7 +7,8 @@ For each file of `consolidate.current_loads`:
 - flagged: current memory versions whose `flags` (set in dbt staging, see
   dbt_project/macros/memory_flags.sql) name a problem: text in an INTEGER column, an unparsable or
   missing timestamp, a unit the magnitude rule corrected, JSON jsonb rejects, a bad `__compressed__`
-  payload, a value stored as `\\x` hex bytes... The row is loaded all the same; this counts it;
+  payload, a value stored as `\\x` hex bytes... The row is loaded all the same; this counts it, as the
+  `reconciliation` mart counted it (the build's assert_flags_reach_the_marts counts it again in the marts);
 - checksums: the file on disk now (main file and `-wal`) against the ledger's checksums of its current
   load, and, given a backup folder, the ledger's checksums against the backup manifest's for that path
   (does the backup hold exactly the bytes that were loaded?);
@@ -47,7 +48,6 @@ from loader.transform.relations import MEMORY_RANKED
 from loader.verify.checksums import backup_checksum_status, backup_entries, backup_problems, checksum_problems
 from loader.verify.counts import (
     count_problems,
-    flagged_by_file,
     raw_rows_by_file,
     reconciliation_row,
     table_counts,
@@ -77,13 +77,12 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all reads
         require_relations(connection, target.schema)
         currents = ledger.current_loads(connection)
-        flagged = flagged_by_file(connection)
         raw_counts = raw_rows_by_file(connection)
         recorded = ledger.secret_policies(connection)
         sources = [check_source(connection, current, options) for current in currents]
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
-        files = [validate_file(connection, current, options, flagged, raw_counts, status,
+        files = [validate_file(connection, current, options, raw_counts, status,
                                compare_sample(current, sample, found,
                                               policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
@@ -125,7 +124,7 @@ def require_relations(connection: psycopg.Connection, schema: str) -> None:
 
 
 def validate_file(connection: psycopg.Connection, current: CurrentLoad, options: Options,
-                  flagged: dict[tuple[str, str], int], raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]],
+                  raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]],
                   checksum_status: str, spot: SpotCheck) -> FileValidation:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
@@ -139,6 +138,6 @@ def validate_file(connection: psycopg.Connection, current: CurrentLoad, options:
         source_path=current.source_path, source_db=current.source_db, kind=current.kind,
         load_id=current.load_id, rows_in_sqlite=current.rows_in_sqlite, tables=tables,
         kept=reconciliation.get("kept"), superseded=reconciliation.get("superseded"),
-        moved=reconciliation.get("moved"), flagged=flagged.get((current.load_id, current.source_path), 0) if is_memory_file else None,
+        moved=reconciliation.get("moved"), flagged=reconciliation.get("flagged", 0) if is_memory_file else None,
         checksum_status=checksum_status, backup_checksum_status=backup_status, spot_checked=spot.checked,
         mismatches=spot.mismatches, problems=problems)
