@@ -65,37 +65,3 @@ def test_the_marts_hold_their_contracts_constraints_and_the_check_names_a_missin
             connection.execute("ALTER TABLE public.unified_memory_history ALTER COLUMN flags SET NOT NULL")
             connection.execute(f'ALTER TABLE public.unified_memory ADD CONSTRAINT "{unique_name}" UNIQUE (key, namespace)')
     assert constraints_check(consolidated, home).success
-
-
-# ------------------------------------------------------------------ unified_memory's GIN index, its own node
-
-def gin_indexes_on_value(target) -> list[str]:
-    return [name for name, in fetch(target, "SELECT indexrelid::regclass::text FROM pg_index "
-                                            "WHERE indrelid = 'public.unified_memory'::regclass "
-                                            "AND pg_get_indexdef(indexrelid) LIKE '%% USING gin (value jsonb_path_ops)'")]
-
-
-def test_unified_memory_has_one_gin_index_on_value_after_every_kind_of_build(consolidated, tmp_path):
-    home = tmp_path / "state"
-    assert gin_indexes_on_value(consolidated) == ["unified_memory_value_index"]
-
-    def build_index() -> None:
-        outcome = run_dbt(["build", "--select", "unified_memory_value_index"], consolidated, home, quiet=True)
-        assert outcome.success, outcome.failures
-
-    # a database built before the index had its node holds it under a name dbt made up: no second one
-    with consolidated.connect() as connection:
-        connection.execute("ALTER INDEX public.unified_memory_value_index RENAME TO a_name_dbt_made_up")
-    build_index()
-    assert gin_indexes_on_value(consolidated) == ["a_name_dbt_made_up"]
-    with consolidated.connect() as connection:
-        connection.execute("DROP INDEX public.a_name_dbt_made_up")
-    build_index()
-    assert gin_indexes_on_value(consolidated) == ["unified_memory_value_index"]
-    # a full refresh replaces the table, and with it the index: the node builds it again
-    table = "SELECT 'public.unified_memory'::regclass::oid"
-    before = fetch(consolidated, table)
-    outcome = run_dbt(["build", "--full-refresh", "--exclude", "test_type:unit"], consolidated, home, quiet=True)
-    assert outcome.success, outcome.failures
-    assert fetch(consolidated, table) != before
-    assert gin_indexes_on_value(consolidated) == ["unified_memory_value_index"]
