@@ -1,6 +1,7 @@
-"""The marts' ids, which int_memory_ranked.mart_id computes within the ranking's one sort: unified_memory
-numbers its rows by (namespace, key), performance_metrics by key, both from 1 without gaps; and the
-constraints of the marts' contracts, which stand in for not_null / unique data tests."""
+"""The marts' ids, which a first build gives every entry in the ledger (consolidate.entry_ids, the
+assign_entry_ids post-hook of int_memory_ranked): unified_memory numbers its rows by (namespace, key),
+performance_metrics by key, both from 1 without gaps; and the constraints of the marts' contracts, which
+stand in for not_null / unique data tests."""
 
 from __future__ import annotations
 
