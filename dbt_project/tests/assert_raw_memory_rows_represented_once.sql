@@ -7,9 +7,6 @@
 
 -- depends_on: {{ ref('int_memory_load_changes') }}
 -- depends_on: {{ ref('int_memory_changed_keys') }}
--- After reconciliation, so that this check and assert_flags_reach_the_marts run side by side: dbt holds a
--- model back until the tests on all of its parents pass, and reconciliation reads every mart this reads.
--- depends_on: {{ ref('reconciliation') }}
 {%- set ranked = ref('int_memory_ranked') %}
 {% if memory_test_scope() == 'incremental' %}
 
