@@ -11,7 +11,6 @@ from typing import Annotated, NoReturn
 import psycopg
 import typer
 
-from loader import apps as app_databases
 from loader import pipeline
 from loader.backup import backup as backup_stage
 from loader.cli import render
@@ -25,15 +24,13 @@ from loader.database import (
     stop_embedded,
 )
 from loader.exit_codes import ExitCode
-from loader.fixtures import sample as sample_tree
 from loader.load.load import DEFAULT_JOBS
 from loader.load.secret_policy import PolicyError
 from loader.operate import archive as archive_stage
 from loader.operate import cutover as cutover_stage
 from loader.operate import rollback as rollback_stage
 from loader.operate import status as status_stage
-from loader.serve import cache as cache_layer
-from loader.serve import client as memory_client
+from loader.serve import DEFAULT_REDIS_URL
 from loader.sources.discover import discover as discover_files
 from loader.transform import build as build_stage
 from loader.verify import lineage as lineage_queries
@@ -251,6 +248,8 @@ def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder t
     WAL-only rows, a byte-identical copy, a non-SQLite file and an orphan WAL).
 
     Example: consolidate sample /tmp/sample && consolidate run /tmp/sample"""
+    from loader.fixtures import sample as sample_tree
+
     try:
         written = sample_tree.write_sample(directory)
     except FileExistsError as error:
@@ -385,6 +384,8 @@ def app_copy(
     """
     if replace and verify_only:
         raise typer.BadParameter("--verify-only writes nothing: it takes no --replace")
+    from loader import apps as app_databases
+
     try:
         result = app_databases.app_copy(source, target_for(dsn, home, "public"), schema, replace=replace,
                                         verify_only=verify_only)
@@ -477,13 +478,16 @@ def db_stop(home: Home = DEFAULT_HOME) -> None:
 @cache_app.command("warm")
 def cache_warm(
     top: Annotated[int, typer.Option("--top", min=1, help="How many of the hottest entries to cache.")] = 1000,
-    redis_url: RedisUrl = cache_layer.DEFAULT_URL,
+    redis_url: RedisUrl = DEFAULT_REDIS_URL,
     dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public", as_json: AsJson = False,
 ) -> None:
     """Cache the hottest live entries of unified_memory (access_count desc, then accessed_at desc), each
     until its expires_at. Exit 7 when Redis cannot be reached.
 
     Example: consolidate cache warm --top 1000 --redis-url redis://127.0.0.1:10001/0"""
+    from loader.serve import cache as cache_layer
+    from loader.serve import client as memory_client
+
     cache = cache_layer.Cache(redis_url)
     warmed = memory_client.warm_cache(target_for(dsn, home, schema).dsn, cache, top, schema=schema) \
         if cache.available() else None
@@ -492,11 +496,13 @@ def cache_warm(
 
 
 @cache_app.command("stats")
-def cache_stats(redis_url: RedisUrl = cache_layer.DEFAULT_URL, as_json: AsJson = False) -> None:
+def cache_stats(redis_url: RedisUrl = DEFAULT_REDIS_URL, as_json: AsJson = False) -> None:
     """Cached entries (mem:* keys), memory used and the server's hit/miss counters from Redis INFO.
     Exit 7 when Redis cannot be reached.
 
     Example: consolidate cache stats --json"""
+    from loader.serve import cache as cache_layer
+
     stats = cache_layer.Cache(redis_url).stats()
     render.cache_stats(stats, as_json)
     raise typer.Exit(ExitCode.OK if stats["connected"] else ExitCode.CACHE_UNAVAILABLE)

@@ -7,13 +7,13 @@ import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from loader.apps import AppCopyResult
 from loader.backup.backup import BackupEntry, BackupManifest
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
@@ -27,6 +27,9 @@ from loader.transform.build import BuildOutcome
 from loader.verify.lineage import Version
 from loader.verify.report import FileSummary
 from loader.verify.validate import ValidationReport
+
+if TYPE_CHECKING:  # the apps are imported by the one command that copies them
+    from loader.apps import AppCopyResult
 
 out = Console()
 err = Console(stderr=True)

@@ -1,1 +1,5 @@
 """Reading and writing the consolidated memory: the Python client and its Redis cache."""
+
+# The Redis the cache uses unless told otherwise; here, so that the command line can show it without
+# importing redis.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:10001/0"

@@ -47,9 +47,10 @@ import redis
 from redis.exceptions import RedisError
 
 from loader.json_depth import loads_within_depth
+from loader.serve import DEFAULT_REDIS_URL
 from loader.serve.entries import Entry
 
-DEFAULT_URL = "redis://127.0.0.1:10001/0"
+DEFAULT_URL = DEFAULT_REDIS_URL
 KEY_PREFIX = "mem"
 VERSION_PREFIX = "memver"
 MAX_TTL_SECONDS = 3600
