@@ -50,7 +50,6 @@ from loader.json_depth import loads_within_depth
 from loader.serve import DEFAULT_REDIS_URL
 from loader.serve.entries import Entry
 
-DEFAULT_URL = DEFAULT_REDIS_URL
 KEY_PREFIX = "mem"
 VERSION_PREFIX = "memver"
 MAX_TTL_SECONDS = 3600
@@ -193,7 +192,7 @@ class Cache:
     """A Redis connection (from `url`) with counters: hits (answered from Redis), misses (Redis answered
     "not cached"), errors (operations skipped because Redis was unreachable)."""
 
-    def __init__(self, url: str = DEFAULT_URL, *, timeout: float = 0.5, retry_interval: float = 5.0):
+    def __init__(self, url: str = DEFAULT_REDIS_URL, *, timeout: float = 0.5, retry_interval: float = 5.0):
         self.url = url
         self.retry_interval = retry_interval
         self.hits = 0

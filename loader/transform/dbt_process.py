@@ -225,7 +225,7 @@ class ServedWorker(Worker):
 
 
 def gone(pid: int) -> bool:
-    """Whether `pid` has exited (a zombie not yet reaped counts)."""
+    """Whether `pid` has exited: no such process, or a zombie not yet reaped."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
