@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from psycopg import sql
 
 from conftest import consolidate, fetch, read_private_copy
 
@@ -76,3 +77,26 @@ def test_v3_created_at_is_epoch_milliseconds_of_the_unified_timestamp(migrated, 
     assert pairs
     for milliseconds, timestamp in pairs:
         assert milliseconds == int(timestamp.astimezone(timezone.utc).timestamp() * 1000)
+
+
+@pytest.mark.parametrize("column", ["key", "value", "type"])
+def test_a_null_in_any_column_of_the_views_not_null_test_fails_it(migrated, target, home, column):
+    """not_null_columns checks its columns in one pass; a NULL in any one of them fails it (the view is
+    redefined here to give one: built from unified_memory's contract, it cannot)."""
+    (definition,) = fetch(target, "SELECT pg_get_viewdef('compat_extended_memory.memory_store'::regclass)")[0]
+    (victim,) = fetch(target, "SELECT min(key) FROM compat_extended_memory.memory_store")[0]
+    columns = [name for (name,) in fetch(
+        target, "SELECT attname FROM pg_attribute WHERE attrelid = 'compat_extended_memory.memory_store'::regclass "
+                "AND attnum > 0 ORDER BY attnum")]
+    outputs = sql.SQL(", ").join(
+        sql.SQL("CASE WHEN key = {} THEN NULL ELSE {name} END AS {name}").format(victim, name=sql.Identifier(name))
+        if name == column else sql.Identifier(name) for name in columns)
+    with target.connect() as connection:
+        connection.execute(sql.SQL("CREATE OR REPLACE VIEW compat_extended_memory.memory_store AS "
+                                   "SELECT {} FROM ({}) AS original").format(
+            outputs, sql.SQL(definition.rstrip().rstrip(";"))))
+        connection.commit()
+    tested = consolidate("dbt", "--dsn", target.dsn, "--home", str(home),
+                         "--", "test", "--select", "not_null_memory_store")
+    assert tested.returncode == 1, tested.stdout[-2000:]
+    assert "FAIL 1 not_null_memory_store" in tested.stdout, tested.stdout[-2000:]

@@ -197,7 +197,7 @@ def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch
     # the views are this project's already; nothing reads an n8n or Flowise source that changed
     assert not models & views and not {name for name in models | tests if "n8n" in name or "flowise" in name}
     assert {"int_memory_ranked", "unified_memory", "unified_memory_history", "reconciliation"} <= models
-    assert {"not_null_memory_entries_v3_id", "not_null_memory_entries_v2_value", "assert_reconciliation_balances",
+    assert {"not_null_memory_entries_v3", "not_null_memory_entries_v2", "assert_reconciliation_balances",
             "assert_raw_memory_rows_represented_once"} <= tests
     # reconciliation recounted the changed file (a new load) and the file the client wrote over (one of its
     # rows is superseded now), and nothing else
