@@ -162,6 +162,18 @@ changed_on_top as (
     from counted_before
 
 ),
+
+-- A file counted at its current load already (its rows moved between marts, say, by a write in PostgreSQL):
+-- its raw count stands, since raw is append-only and only a later load of the file retires rows.
+counted_at_current_load as (
+
+    select memory_files.load_id, memory_files.source_path, counted.rows_in_raw
+    from memory_files
+    inner join {{ this }} as counted
+        on counted.source_path = memory_files.source_path
+        and counted.load_id = memory_files.load_id
+
+),
 {% endif %}
 
 raw_counts as (
@@ -174,7 +186,9 @@ raw_counts as (
         and raw_rows.source_path = parts.source_path
     where {{ not_retired('raw_rows') }}
     {%- if count_changes_only %}
-      and parts.source_path not in (select source_path from counted_before)
+      and parts.source_path not in (select source_path from counted_before
+                                    union all
+                                    select source_path from counted_at_current_load)
     {%- endif %}
     group by parts.load_id, parts.source_path
     {%- if count_changes_only %}
@@ -182,6 +196,10 @@ raw_counts as (
     union all
 
     select load_id, source_path, rows_in_raw from changed_on_top
+
+    union all
+
+    select load_id, source_path, rows_in_raw from counted_at_current_load
     {%- endif %}
 
 ),
