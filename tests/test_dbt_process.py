@@ -251,3 +251,21 @@ def test_the_servers_code_key_changes_with_any_module_of_the_tool(tmp_path, monk
     module = copy / "load" / "load.py"
     os.utime(module, ns=(module.stat().st_atime_ns, module.stat().st_mtime_ns + 1))
     assert dbt_server.code_key() != before
+
+
+def test_a_process_that_ends_while_its_stat_is_read_is_gone(monkeypatch):
+    """The race CI met: the worker exits between the open of /proc/PID/stat and its read, which then fails
+    with ESRCH. Forced here in that order, on a real process."""
+    process = subprocess.Popen(["sleep", "30"])
+    real_read_text = Path.read_text
+
+    def read_while_the_process_ends(path, *arguments, **options):
+        if path == Path(f"/proc/{process.pid}/stat"):
+            with open(path) as stat_file:
+                process.kill()
+                process.wait()
+                return stat_file.read()
+        return real_read_text(path, *arguments, **options)
+
+    monkeypatch.setattr(Path, "read_text", read_while_the_process_ends)
+    assert gone(process.pid)

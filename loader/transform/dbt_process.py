@@ -225,10 +225,11 @@ class ServedWorker(Worker):
 
 
 def gone(pid: int) -> bool:
-    """Whether `pid` has exited: no such process, or a zombie not yet reaped."""
+    """Whether `pid` has exited: no such process, or a zombie not yet reaped. A process that ends while
+    its stat is read makes the read fail with ESRCH (ProcessLookupError): gone as well."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return True
 
 
