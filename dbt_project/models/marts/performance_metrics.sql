@@ -5,6 +5,7 @@
     indexes=[{'columns': ['key', 'namespace'], 'unique': true}],
     pre_hook=["{{ lock_memory_marts() }}"],
     post_hook=[
+        "{{ ensure_index(this, 'performance_metrics_source_file_idx', '(load_id, source_path)') }}",
         "{{ ensure_trigger(this, 'capture_writes', 'before', 'insert or update or delete', 'consolidate.capture_performance_metrics_write()') }}",
         "{{ ensure_trigger(this, 'refuse_truncate', 'before', 'truncate', 'consolidate.refuse_writes_to_derived_table()', for_each='statement') }}",
     ],

@@ -4,7 +4,10 @@
     on_schema_change='fail',
     indexes=[{'columns': ['namespace', 'key']}],
     pre_hook=["{{ lock_memory_marts() }}"],
-    post_hook=["{{ refuse_direct_writes(this) }}"],
+    post_hook=[
+        "{{ ensure_index(this, 'unified_memory_history_source_file_idx', '(load_id, source_path)') }}",
+        "{{ refuse_direct_writes(this) }}",
+    ],
 ) }}
 -- depends_on: {{ ref('int_memory_changed_keys') }}
 {# Every version that is not an entry's current value (macros/memory_ranking.sql). -#}
