@@ -66,3 +66,26 @@ def test_the_marts_hold_their_contracts_constraints_and_the_check_names_a_missin
             connection.execute("ALTER TABLE public.unified_memory_history ALTER COLUMN flags SET NOT NULL")
             connection.execute(f'ALTER TABLE public.unified_memory ADD CONSTRAINT "{unique_name}" UNIQUE (key, namespace)')
     assert constraints_check(consolidated, home).success
+
+
+def declared_columns(model: str) -> list[tuple[str, str, str | None]]:
+    """(name, type, default expression) of each column `model`'s contract declares, in its order."""
+    node = next(m for m in yaml.safe_load(MARTS_YAML.read_text())["models"] if m["name"] == model)
+    columns = []
+    for column in node["columns"]:
+        defaults = [c["expression"].split(None, 1)[1] for c in column.get("constraints", [])
+                    if c["type"] == "custom" and c["expression"].lower().startswith("default ")]
+        columns.append((column["name"], column["data_type"], defaults[0] if defaults else None))
+    return columns
+
+
+@pytest.mark.parametrize("mart", ["unified_memory", "performance_metrics", "unified_memory_history",
+                                  "migration_metadata", "reconciliation"])
+def test_a_contract_table_made_rows_first_has_the_declared_columns_types_and_defaults(consolidated, mart):
+    # macros/create_table_as.sql makes these tables with CREATE TABLE ... AS and adds the constraints after
+    # the rows: each column must still have its declared type, its place and its default
+    columns = fetch(consolidated, "SELECT a.attname, format_type(a.atttypid, a.atttypmod), pg_get_expr(d.adbin, d.adrelid) "
+                                  "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                                  "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                    (f"public.{mart}",))
+    assert columns == [tuple(c) for c in declared_columns(mart)]
