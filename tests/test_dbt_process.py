@@ -268,4 +268,9 @@ def test_a_process_that_ends_while_its_stat_is_read_is_gone(monkeypatch):
         return real_read_text(path, *arguments, **options)
 
     monkeypatch.setattr(Path, "read_text", read_while_the_process_ends)
-    assert gone(process.pid)
+    try:
+        assert gone(process.pid)
+    finally:
+        if process.poll() is None:  # gone() no longer reads the stat through Path.read_text
+            process.kill()
+            process.wait()

@@ -220,7 +220,8 @@ raw_counts as (
     inner join parts
         on mart.load_id = parts.part_load_id
         and mart.source_path = parts.source_path
-    {#- a few files: the other two marts by their (load_id, source_path) index (ensure_index in each) #}
+    {#- a few files: unified_memory by its source_db index (below); performance_metrics and
+        unified_memory_history by their (load_id, source_path) index (ensure_index in each) #}
     {%- if model == 'unified_memory' and count_changes_only %}
     -- a few files: by its source_db index (the names the files' parts were loaded under)
     where mart.source_db in (
