@@ -120,3 +120,18 @@ def test_the_staging_parse_runs_in_parallel_workers(parallel_run):
     else:
         assert parse == {"u"}
         assert "Parallel" not in plan, plan
+
+
+@pytest.mark.parametrize("model", ["stg_claude_flow_v2__memory_entries", "stg_claude_flow_v3__memory_entries",
+                                   "stg_extended_memory__memory_store"])
+def test_every_step_of_staging_runs_in_the_workers(parallel_run, model):
+    """Not only the parse: the value's kind, the normalized columns and the flags are computed below the
+    Gather, so the leader only collects rows (an OFFSET 0 fence or a subquery over the row would keep
+    those steps in the leader)."""
+    target, _ = parallel_run
+    [(version,)] = fetch(target, "SELECT current_setting('server_version_num')::int")
+    if version < 160000:
+        pytest.skip("the parse catches exceptions before PostgreSQL 16, so it runs serially")
+    plan = [row[0] for row in fetch(target, f"EXPLAIN (COSTS OFF) SELECT * FROM staging.{model}")]
+    assert plan[0].strip().startswith("Gather"), "\n".join(plan)
+    assert not any("SubPlan" in line for line in plan), "\n".join(plan)

@@ -68,6 +68,15 @@ as $fn$
     end
 $fn$;
 
+-- A row's binary_value flags: 'binary_value:<column>' for each column named, in order. A function rather
+-- than a subquery in the staging models: a subquery over the row would keep their last step in the leader,
+-- out of the parallel workers.
+create or replace function consolidate.binary_value_flags(columns text[]) returns text[]
+language sql immutable parallel safe
+as $fn$
+    select array(select 'binary_value:' || binary_column from unnest(columns) as binary_column order by 1)
+$fn$;
+
 -- Text -> jsonb, catching every error; the fallback for what try_jsonb cannot check cheaply.
 create or replace function consolidate.try_jsonb_strict(t text) returns jsonb
 language plpgsql immutable parallel unsafe

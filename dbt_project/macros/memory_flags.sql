@@ -125,6 +125,6 @@
     ]::text[], null)
     || case
         when {{ binary_columns }} is null then '{}'::text[]
-        else array(select 'binary_value:' || binary_column from unnest({{ binary_columns }}) as binary_column order by 1)
+        else consolidate.binary_value_flags({{ binary_columns }})
     end
 {%- endmacro %}

@@ -23,8 +23,10 @@
 
     parsed as (
 
-        -- Every parse once per row: OFFSET 0 keeps PostgreSQL from inlining this step into the next ones,
-        -- which would repeat each parse wherever its result is used.
+        -- Every parse once per row: an OFFSET keeps PostgreSQL from inlining this step into the next ones,
+        -- which would repeat each parse wherever its result is used. OFFSET NULL, not the usual OFFSET 0:
+        -- PostgreSQL reads 0 (an integer cast to bigint) as an offset to apply, and keeps every step above
+        -- it out of the parallel workers.
         select
             source.*,
             {{ binary_columns }} as stg__binary_columns,
@@ -34,7 +36,7 @@
             {{ expression }} as {{ alias }}
             {%- endfor %}
         from source
-        offset 0
+        offset null
 
     ),
 
@@ -45,7 +47,7 @@
             {{ memory_value_kind(value_column, 'stg__parsed_value', storage_type=storage_type,
                                  is_binary=is_binary('stg__binary_columns', value_column)) }} as stg__value_kind
         from parsed
-        offset 0
+        offset null
 
     )
 {%- endmacro %}
