@@ -5,7 +5,7 @@
     CREATE TABLE ... AS (parallel, each column cast to its declared type), and the constraints follow in one
     ALTER TABLE: one pass checks the not-null and check constraints, and each index is built in one sorted
     pass. The table ends with the same columns, types, defaults and constraints (names included). At 1M rows
-    this took unified_memory from 6.6 s to 4.6 s (the rows and constraints, before its other indexes).
+    unified_memory's rows and constraints took 4.6 s this way; an INSERT of the same rows alone took 5.4 s.
 -#}
 {% macro postgres__create_table_as(temporary, relation, sql) -%}
   {%- set unlogged = config.get('unlogged', default=false) -%}
