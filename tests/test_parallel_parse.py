@@ -135,3 +135,6 @@ def test_every_step_of_staging_runs_in_the_workers(parallel_run, model):
     plan = [row[0] for row in fetch(target, f"EXPLAIN (COSTS OFF) SELECT * FROM staging.{model}")]
     assert plan[0].strip().startswith("Gather"), "\n".join(plan)
     assert not any("SubPlan" in line for line in plan), "\n".join(plan)
+    # and the steps are still fenced (macros/memory_staging.sql: OFFSET NULL), so each parse runs once per row
+    for step in ("parsed", "classified"):
+        assert any(line.strip().startswith(f"->  Subquery Scan on {step}") for line in plan), "\n".join(plan)

@@ -7,10 +7,10 @@
 
 -- depends_on: {{ ref('int_memory_load_changes') }}
 -- depends_on: {{ ref('int_memory_changed_keys') }}
--- A parent reconciliation does not have: dbt holds a model until every test whose parents are all upstream
--- of it passes, so without it reconciliation (and the flags test after it) would wait for this test; they
--- read the marts independently and run beside it.
--- depends_on: {{ ref('memory_entries_v2') }}
+-- A parent reconciliation does not have (a source, which dbt never skips): dbt holds a model until every test
+-- whose parents are all upstream of it passes, so without it reconciliation (and the flags test after it)
+-- would wait for this test. They read the marts independently and run side by side.
+-- depends_on: {{ source('consolidate', 'loads') }}
 {%- set ranked = ref('int_memory_ranked') %}
 {% if memory_test_scope() == 'incremental' %}
 
