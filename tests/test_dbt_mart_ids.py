@@ -31,10 +31,14 @@ def test_mart_ids_number_the_rows_in_their_documented_order(consolidated, mart, 
 MARTS_YAML = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "marts" / "_marts__models.yml"
 
 
+def declared_model(model: str) -> dict:
+    """`model`'s entry in the marts' YAML, read here, not from dbt."""
+    return next(m for m in yaml.safe_load(MARTS_YAML.read_text())["models"] if m["name"] == model)
+
+
 def declared_not_null(model: str) -> set[str]:
-    """The columns of `model` whose contract declares NOT NULL (a not_null or primary_key constraint),
-    read from the YAML here, not from dbt."""
-    node = next(m for m in yaml.safe_load(MARTS_YAML.read_text())["models"] if m["name"] == model)
+    """The columns of `model` whose contract declares NOT NULL (a not_null or primary_key constraint)."""
+    node = declared_model(model)
     return {column["name"] for column in node["columns"]
             if {c["type"] for c in column.get("constraints", [])} & {"not_null", "primary_key"}}
 
@@ -71,7 +75,7 @@ def test_the_marts_hold_their_contracts_constraints_and_the_check_names_a_missin
 
 def declared_columns(model: str) -> list[tuple[str, str, str | None]]:
     """(name, type, default expression) of each column `model`'s contract declares, in its order."""
-    node = next(m for m in yaml.safe_load(MARTS_YAML.read_text())["models"] if m["name"] == model)
+    node = declared_model(model)
     columns = []
     for column in node["columns"]:
         defaults = [c["expression"].split(None, 1)[1] for c in column.get("constraints", [])
