@@ -1,7 +1,7 @@
-"""The staging parse under parallel query: a server whose planner prefers parallel plans (a tuned
-server, here forced by zero parallel costs) must build the same marts, and the parse must run in
-parallel workers without catching an exception (no process may start a subtransaction while a parallel
-query runs, the leader included).
+"""The staging parse and the gathering of current versions under parallel query: a server whose planner
+prefers parallel plans (a tuned server, here forced by zero parallel costs) must build the same marts, and
+the parse must run in parallel workers without catching an exception (no process may start a
+subtransaction while a parallel query runs, the leader included).
 
 A claude-flow v2 file whose values take every path of the parse (compressed documents with good and bad
 base64, bad UTF-8, long texts with few or many brackets, nested near and past the depth limit) is
@@ -138,3 +138,21 @@ def test_every_step_of_staging_runs_in_the_workers(parallel_run, model):
     # and the steps are still fenced (macros/memory_staging.sql: OFFSET NULL), so each parse runs once per row
     for step in ("parsed", "classified"):
         assert any(line.strip().startswith(f"->  Subquery Scan on {step}") for line in plan), "\n".join(plan)
+
+
+def test_the_current_versions_are_gathered_in_the_workers(parallel_run):
+    """int_memory_versions joins each file's current parts and drops retired rows below the Gather, so the
+    ranking's sort of every version can run in the workers too. Joining the ledger's view directly (a
+    recursive CTE, whose scan runs only in the leader) kept all of it in the leader."""
+    target, _ = parallel_run
+    [(version,)] = fetch(target, "SELECT current_setting('server_version_num')::int")
+    if version < 160000:
+        pytest.skip("the parse catches exceptions before PostgreSQL 16, so it runs serially")
+    [(parallel,)] = fetch(target, "SELECT proparallel FROM pg_proc WHERE oid = "
+                                  "'consolidate.current_load_parts_scan'::regproc")
+    assert parallel == "s"
+    plan = [row[0] for row in fetch(target, "EXPLAIN (COSTS OFF) SELECT * FROM intermediate.int_memory_versions")]
+    text = "\n".join(plan)
+    assert plan[0].strip().startswith("Gather"), text
+    assert "CTE Scan" not in text, text
+    assert any("Function Scan on current_load_parts_scan" in line for line in plan[1:]), text

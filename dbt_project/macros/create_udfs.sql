@@ -1,6 +1,7 @@
 {#-
-    on-run-start: parsing helpers that never raise, so one bad raw value can never fail the build.
-    They live in the ledger schema `consolidate`. The hot paths are inlinable SQL functions.
+    on-run-start: the functions the models call, in the ledger schema `consolidate`. Most are parsing
+    helpers that never raise, so one bad raw value can never fail the build. The hot paths are inlinable
+    SQL functions.
 
     On PostgreSQL 16 and later (pg_input_is_valid) with a UTF-8 database and a stack deep enough for
     JSON nested to the depth limit, no parsing function catches an exception: every check comes before
@@ -285,6 +286,20 @@ begin
 exception when others then
     return null;
     {%- endif %}
+end
+$fn$;
+
+-- The ledger's current_load_parts, for int_memory_versions. The view is a recursive CTE, and a plan runs a
+-- CTE scan only in the leader, so joining the view kept the join, the retired-rows filter and the
+-- ranking's sort of every version out of the parallel workers. A plpgsql function is never inlined: each
+-- worker reads the few parts itself.
+create or replace function consolidate.current_load_parts_scan()
+returns table (part_load_id text, source_path text, source_db text)
+language plpgsql stable parallel safe rows 20
+as $fn$
+begin
+    return query select parts.part_load_id, parts.source_path, parts.source_db
+                 from {{ source('consolidate', 'current_load_parts') }} as parts;
 end
 $fn$;
 {% endmacro %}

@@ -4,6 +4,7 @@
     (stg_postgres__memory_writes). A full build ranks all of them; a view, since int_memory_ranked reads it
     once and a table would only store every version twice.
 -#}
+-- depends_on: {{ source('consolidate', 'current_load_parts') }}
 
 with all_memory_versions as (
 
@@ -13,8 +14,9 @@ with all_memory_versions as (
 
 current_parts as (
 
+    -- the ledger's current_load_parts, read so that the parallel workers can join it (macros/create_udfs.sql)
     select part_load_id, source_path, source_db
-    from {{ source('consolidate', 'current_load_parts') }}
+    from consolidate.current_load_parts_scan()
 
 ),
 
