@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 
@@ -56,21 +57,51 @@ def test_the_marts_hold_their_contracts_constraints_and_the_check_names_a_missin
     outcome = constraints_check(consolidated, home)
     assert outcome.success and outcome.passed > 0, outcome.failures
 
-    # a table that lost two of its constraints (as one built before its contract declared them would)
+    # a table that lost three of its constraints (as one built before its contract declared them would)
     unique_name, = fetch(consolidated, "SELECT conname FROM pg_constraint WHERE conrelid = 'public.unified_memory'::regclass "
                                        "AND contype = 'u'")[0]
+    check_name, check = fetch(consolidated, "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                                            "WHERE conrelid = 'public.performance_metrics'::regclass AND contype = 'c' "
+                                            "AND pg_get_constraintdef(oid) LIKE '%%namespace%%'")[0]
     with consolidated.connect() as connection:
         connection.execute("ALTER TABLE public.unified_memory_history ALTER COLUMN flags DROP NOT NULL")
         connection.execute(f'ALTER TABLE public.unified_memory DROP CONSTRAINT "{unique_name}"')
+        connection.execute(f'ALTER TABLE public.performance_metrics DROP CONSTRAINT "{check_name}"')
     try:
         outcome = constraints_check(consolidated, home)
         assert not outcome.success and len(outcome.failures) == 1
-        assert "assert_contract_constraints_in_place" in outcome.failures[0] and "2 results" in outcome.failures[0]
+        assert "assert_contract_constraints_in_place" in outcome.failures[0] and "3 results" in outcome.failures[0]
     finally:
         with consolidated.connect() as connection:
             connection.execute("ALTER TABLE public.unified_memory_history ALTER COLUMN flags SET NOT NULL")
             connection.execute(f'ALTER TABLE public.unified_memory ADD CONSTRAINT "{unique_name}" UNIQUE (key, namespace)')
+            connection.execute(f'ALTER TABLE public.performance_metrics ADD CONSTRAINT "{check_name}" {check}')
     assert constraints_check(consolidated, home).success
+
+
+METRICS_NAMESPACE = "performance-metrics"  # dbt_project.yml: vars.performance_metrics_namespace
+
+
+@pytest.mark.parametrize(("mart", "column", "value"), [
+    ("unified_memory", "namespace", METRICS_NAMESPACE),
+    ("performance_metrics", "namespace", "default"),
+    ("unified_memory", "id", 0),
+    ("performance_metrics", "id", -1),
+])
+def test_the_marts_refuse_a_row_that_would_repeat_in_the_v2_compatibility_view(consolidated, mart, column, value):
+    """compat.memory_entries is unified_memory UNION ALL performance_metrics with negated ids, and has no
+    unique tests: its ids and (key, namespace) are unique only while each mart keeps its own namespace
+    and positive ids. Triggers off (session_replication_role), so the write path's capture does not
+    answer first: the table's own constraints refuse the row."""
+    with consolidated.connect() as connection:
+        connection.execute("SET session_replication_role = replica")
+        with pytest.raises(psycopg.errors.CheckViolation):
+            connection.execute(f"UPDATE public.{mart} SET {column} = %s WHERE id = (SELECT min(id) FROM public.{mart})",
+                               (value,))
+        connection.rollback()
+    [(unique_ids, unique_pairs, rows)] = fetch(
+        consolidated, "SELECT count(DISTINCT id), count(DISTINCT (key, namespace)), count(*) FROM compat.memory_entries")
+    assert unique_ids == unique_pairs == rows
 
 
 def declared_columns(model: str) -> list[tuple[str, str, str | None]]:

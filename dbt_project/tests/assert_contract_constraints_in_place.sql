@@ -1,9 +1,11 @@
 {#-
-    The constraints the tables' enforced contracts declare (models/marts/_marts__models.yml) are in place in
-    PostgreSQL. PostgreSQL then refuses every row that would break one, at every write (a build, the write
-    path, DML on a mart), so those columns carry no not_null / unique data tests of their own. A table
-    built before its contract declared a constraint would lack it (an incremental build keeps the table it
-    has; `consolidate build --full-refresh` recreates it): each missing one is a failing row.
+    The not-null, unique and check constraints the tables' enforced contracts declare
+    (models/marts/_marts__models.yml) are in place in PostgreSQL; a check is matched by the columns it
+    reads. PostgreSQL then refuses every row that would break one, at every write (a build, the write path,
+    DML on a mart), so those columns carry no not_null / unique data tests of their own, nor do the
+    compatibility views over them. A table built before its contract declared a constraint would lack it
+    (an incremental build keeps the table it has; `consolidate build --full-refresh` recreates it): each
+    missing one is a failing row.
 -#}
 {%- set contract_tables = ['unified_memory', 'performance_metrics', 'unified_memory_history', 'migration_metadata',
                            'reconciliation'] %}
@@ -28,9 +30,18 @@
             {%- if 'unique' in kinds or 'primary_key' in kinds %}
                 {%- do expected.append((relation, 'unique', [column.name])) %}
             {%- endif %}
+            {%- if 'check' in kinds %}
+                {%- do expected.append((relation, 'check', [column.name])) %}
+            {%- endif %}
         {%- endfor %}
         {%- for constraint in node.constraints if constraint.type in ['unique', 'primary_key'] %}
             {%- do expected.append((relation, 'unique', constraint.columns | sort)) %}
+        {%- endfor %}
+        {%- for constraint in node.constraints if constraint.type == 'check' %}
+            {%- if not constraint.columns %}
+                {{ exceptions.raise_compiler_error(node.name ~ ": a check constraint names the columns it reads") }}
+            {%- endif %}
+            {%- do expected.append((relation, 'check', constraint.columns | sort)) %}
         {%- endfor %}
     {%- endfor %}
 {%- endif %}
@@ -60,6 +71,23 @@ unique_indexes as (
     from pg_index
     where pg_index.indisunique and pg_index.indpred is null and pg_index.indexprs is null
 
+),
+
+-- every check constraint, with the names of the columns it reads in order
+check_constraints as (
+
+    select
+        pg_constraint.conrelid as table_oid,
+        array(
+            select pg_attribute.attname::text
+            from unnest(pg_constraint.conkey) as key_column (attnum)
+            inner join pg_attribute
+                on pg_attribute.attrelid = pg_constraint.conrelid and pg_attribute.attnum = key_column.attnum
+            order by pg_attribute.attname
+        ) as column_names
+    from pg_constraint
+    where pg_constraint.contype = 'c'
+
 )
 
 select expected.*
@@ -74,3 +102,7 @@ where to_regclass(expected.relation_name) is null
         select 1 from unique_indexes
         where unique_indexes.table_oid = to_regclass(expected.relation_name)
           and unique_indexes.column_names = expected.column_names))
+   or (expected.constraint_kind = 'check' and not exists (
+        select 1 from check_constraints
+        where check_constraints.table_oid = to_regclass(expected.relation_name)
+          and check_constraints.column_names = expected.column_names))

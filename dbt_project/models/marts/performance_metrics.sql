@@ -2,7 +2,6 @@
     materialized='incremental',
     incremental_strategy='replace_keys',
     on_schema_change='fail',
-    indexes=[{'columns': ['key', 'namespace'], 'unique': true}],
     pre_hook=["{{ lock_memory_marts() }}"],
     post_hook=[
         "{{ ensure_index(this, 'performance_metrics_source_file_idx', '(load_id, source_path)') }}",
