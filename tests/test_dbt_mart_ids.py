@@ -146,3 +146,27 @@ def test_a_full_build_whose_rows_break_a_constraint_fails_and_keeps_the_marts(tm
     failures = "\n".join(json.loads(failed.stdout)["failures"])
     assert "unified_memory" in failures and "(id)=(2)" in failures, failures
     assert fetch(target, "SELECT id, namespace, key FROM unified_memory ORDER BY id") == before
+
+
+def test_marts_built_before_their_checks_are_built_again_by_the_next_build(tmp_path, target, home):
+    """A table made before its contract declared a check keeps lacking it through incremental builds
+    (dbt adds a contract's constraints only when it creates the table): the next build starts from raw,
+    passes, and leaves every check in place, the entries and their ids unchanged."""
+    at = 1754378470
+    v2_file(tmp_path / "tree" / "memory.db", [("alpha", '"a"', "default", at),
+                                              ("perf:1", '{"duration": 3}', METRICS_NAMESPACE, at)])
+    assert consolidate("run", str(tmp_path / "tree"), "--no-backup", target=target, home=home).returncode == 0
+    checks = "SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'"
+    entries = "SELECT 'u', id, namespace, key FROM unified_memory UNION ALL SELECT 'p', id, namespace, key FROM performance_metrics"
+    before = sorted(fetch(target, entries))
+    with target.connect() as connection:
+        for mart in ("unified_memory", "performance_metrics"):
+            for name, in connection.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass "
+                                            "AND contype = 'c'", (f"public.{mart}",)).fetchall():
+                connection.execute(f'ALTER TABLE public.{mart} DROP CONSTRAINT "{name}"')
+    assert fetch(target, checks, ("public.unified_memory",)) == [(0,)]
+    built = consolidate("build", "--json", target=target, home=home)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    assert fetch(target, checks, ("public.unified_memory",)) == [(2,)]
+    assert fetch(target, checks, ("public.performance_metrics",)) == [(2,)]
+    assert sorted(fetch(target, entries)) == before

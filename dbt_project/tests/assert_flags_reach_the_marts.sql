@@ -146,12 +146,18 @@ flagged_per_file as (
         on ranked.load_id = current_loads.load_id and ranked.source_path = current_loads.source_path
     group by current_loads.current_load_id, ranked.source_path
     {%- else %}
-    select current_loads.current_load_id as load_id, versions.source_path,
-           count(*) filter (where cardinality(versions.flags) > 0) as flagged
-    from versions
+    -- counted per part first: a parallel aggregate of a few groups, where joining every version to its
+    -- file first left a sort of them all to the leader
+    select current_loads.current_load_id as load_id, current_loads.source_path, sum(per_part.flagged)::bigint as flagged
+    from (
+        select ranked.load_id, ranked.source_path, count(*) filter (where cardinality(ranked.flags) > 0) as flagged
+        from {{ ref('int_memory_ranked') }} as ranked
+        where ranked.load_id is not null
+        group by ranked.load_id, ranked.source_path
+    ) as per_part
     inner join current_loads
-        on versions.load_id = current_loads.load_id and versions.source_path = current_loads.source_path
-    group by current_loads.current_load_id, versions.source_path
+        on per_part.load_id = current_loads.load_id and per_part.source_path = current_loads.source_path
+    group by current_loads.current_load_id, current_loads.source_path
     {%- endif %}
 
 ),

@@ -145,6 +145,12 @@ def record_invocation(target: Target, command: list[str], invoked_at, invocation
 
 # What an incremental build needs from the previous one (a column only this project's models have).
 INCREMENTAL_STATE = (("intermediate", "int_memory_ranked", "write_id"), (None, "unified_memory_history", "deleted"))
+# A check constraint on the column that the table's contract declares. dbt adds a contract's constraints
+# only when it creates the table, and an incremental build keeps the table it has: one built before the
+# contract declared the check must be built again (assert_contract_constraints_in_place would fail it).
+INCREMENTAL_CHECKS = (("unified_memory", "namespace"), ("performance_metrics", "namespace"))
+HAS_CHECK = ("SELECT 1 FROM pg_constraint AS c JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+             "WHERE c.conrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND c.contype = 'c' AND a.attname = %s")
 
 
 # The latest dbt invocation against the marts' schema (dbt_project/macros/incremental_memory.sql): passed
@@ -155,13 +161,17 @@ LAST_BUILD = sql.SQL("SELECT passed FROM {} WHERE marts_schema = %s ORDER BY sta
 
 def can_build_incrementally(connection, schema: str) -> bool:
     """Whether the memory models hold state an incremental build can continue from: every table with
-    its current shape, ids for its entries (an emptied consolidate.entry_ids needs a full refresh), and a
-    last build that finished and passed (one that failed or died may have left marts that an incremental
-    build, which recomputes only what changed since, would keep: the next build starts from raw)."""
+    its current shape and its contract's checks, ids for its entries (an emptied consolidate.entry_ids
+    needs a full refresh), and a last build that finished and passed (one that failed or died may have left
+    marts that an incremental build, which recomputes only what changed since, would keep: the next build
+    starts from raw)."""
     for table_schema, table, column in INCREMENTAL_STATE:
         if connection.execute(
                 "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
                 "AND column_name = %s", (table_schema or schema, table, column)).fetchone() is None:
+            return False
+    for table, column in INCREMENTAL_CHECKS:
+        if connection.execute(HAS_CHECK, (schema, table, column)).fetchone() is None:
             return False
     (ids_missing,) = connection.execute(
         "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked) "
