@@ -56,37 +56,36 @@ with expected (relation_name, constraint_kind, column_names) as (
 
 ),
 
--- every unique index on plain columns (a primary key's included), with its column names in order
-unique_indexes as (
+-- every unique index on plain columns (a primary key's included) and every check constraint, by the columns
+-- it covers or reads
+constraint_keys (table_oid, constraint_kind, column_numbers) as (
 
-    select
-        pg_index.indrelid as table_oid,
-        array(
-            select pg_attribute.attname::text
-            from unnest(pg_index.indkey) as key_column (attnum)
-            inner join pg_attribute
-                on pg_attribute.attrelid = pg_index.indrelid and pg_attribute.attnum = key_column.attnum
-            order by pg_attribute.attname
-        ) as column_names
+    select pg_index.indrelid, 'unique', pg_index.indkey::int2[]
     from pg_index
     where pg_index.indisunique and pg_index.indpred is null and pg_index.indexprs is null
 
-),
+    union all
 
--- every check constraint, with the names of the columns it reads in order
-check_constraints as (
-
-    select
-        pg_constraint.conrelid as table_oid,
-        array(
-            select pg_attribute.attname::text
-            from unnest(pg_constraint.conkey) as key_column (attnum)
-            inner join pg_attribute
-                on pg_attribute.attrelid = pg_constraint.conrelid and pg_attribute.attnum = key_column.attnum
-            order by pg_attribute.attname
-        ) as column_names
+    select pg_constraint.conrelid, 'check', pg_constraint.conkey
     from pg_constraint
     where pg_constraint.contype = 'c'
+
+),
+
+-- the same with the column names in order
+constraints_in_place as (
+
+    select
+        constraint_keys.table_oid,
+        constraint_keys.constraint_kind,
+        array(
+            select pg_attribute.attname::text
+            from unnest(constraint_keys.column_numbers) as key_column (attnum)
+            inner join pg_attribute
+                on pg_attribute.attrelid = constraint_keys.table_oid and pg_attribute.attnum = key_column.attnum
+            order by pg_attribute.attname
+        ) as column_names
+    from constraint_keys
 
 )
 
@@ -98,11 +97,8 @@ where to_regclass(expected.relation_name) is null
         where pg_attribute.attrelid = to_regclass(expected.relation_name)
           and pg_attribute.attname = expected.column_names[1]
           and pg_attribute.attnotnull))
-   or (expected.constraint_kind = 'unique' and not exists (
-        select 1 from unique_indexes
-        where unique_indexes.table_oid = to_regclass(expected.relation_name)
-          and unique_indexes.column_names = expected.column_names))
-   or (expected.constraint_kind = 'check' and not exists (
-        select 1 from check_constraints
-        where check_constraints.table_oid = to_regclass(expected.relation_name)
-          and check_constraints.column_names = expected.column_names))
+   or (expected.constraint_kind in ('unique', 'check') and not exists (
+        select 1 from constraints_in_place
+        where constraints_in_place.table_oid = to_regclass(expected.relation_name)
+          and constraints_in_place.constraint_kind = expected.constraint_kind
+          and constraints_in_place.column_names = expected.column_names))
