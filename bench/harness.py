@@ -3,16 +3,16 @@
     python -m bench.harness --result FILE [--profile FILE.pstats] -- load ROOT --dsn DSN --home HOME
     python -m bench.harness --result FILE -- run ROOT --dsn DSN --home HOME --no-backup
 
-The command is the real one (`loader.cli.app`, the code path a user runs); the harness only wraps the
+The command is the real one (`loader.cli.commands.app`, the code path a user runs); the harness only wraps the
 library calls it makes, so a phase's time is the time of that call:
 
     backup    loader.backup.backup.backup (copies, hashes, verifies the files discovered)
     discover  loader.sources.discover.discover
     load      loader.load.load.load (the loader: private copies, checksums, DuckDB → PostgreSQL, ledger)
     build     loader.transform.build.build (dbt build: models and tests)
-    reconcile loader.verify.report.summarize
+    reconcile loader.verify.reconciliation.summarize
     validate  loader.verify.validate.validate
-    detect changes  loader.operate.sync.detect_pending (sync only)
+    detect changes  loader.operate.change_detection.detect_pending (sync only)
     imports   importing loader.cli (typer, rich, duckdb, psycopg, ...)
 
 FILE gets {"exit_code", "phases": {name: seconds}, "wall": seconds in process, "statuses": {...}}.
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         from loader.load import load as load_stage
         from loader.sources import discover as discovery
         from loader.transform import build as build_stage
-        from loader.verify import report
+        from loader.verify import reconciliation
         from loader.verify import validate as validate_stage
 
     def count_statuses(outcome) -> None:
@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     wrap(discovery, "discover", "discover", phases, missing)
     wrap(load_stage, "load", "load", phases, missing, keep=count_statuses)
     wrap(build_stage, "build", "build", phases, missing)
-    wrap(report, "summarize", "reconcile", phases, missing)
+    wrap(reconciliation, "summarize", "reconcile", phases, missing)
     wrap(validate_stage, "validate", "validate", phases, missing)
     # `consolidate sync` (loader.pipeline.sync) calls the stages above, and change detection
-    from loader.operate import sync as sync_stage
-    wrap(sync_stage, "detect_pending", "detect changes", phases, missing)
+    from loader.operate import change_detection
+    wrap(change_detection, "detect_pending", "detect changes", phases, missing)
     # inside the load phase, per file, summed over files (so over the workers too: with two files at a
     # time these add up to about twice the load's wall time): where the loader's time goes
     from loader import ledger

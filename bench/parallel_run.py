@@ -1,5 +1,5 @@
 """The parallel-run scenario of `bench/run` (issue 11): after a cold `consolidate run`, one row changes
-in one SQLite file and one write is made through loader.client.MemoryClient, then `consolidate sync`
+in one SQLite file and one write is made through loader.serve.client.MemoryClient, then `consolidate sync`
 applies both; then the same through one cycle of a running `consolidate sync --watch`, which keeps dbt
 loaded between cycles (`watch_cycle`). And the client's latencies: `get` answered by Redis, `get` without Redis (PostgreSQL,
 recording the access), `set`.

@@ -118,7 +118,7 @@ FROM {LEDGER_SCHEMA}.load_files
 WHERE status = 'loaded'
 ORDER BY source_path, completed_at DESC, load_id DESC;
 """,
-    # 2: change detection (loader.operate.sync): per load, file and table the rows inserted, updated,
+    # 2: change detection (loader.operate.change_detection): per load, file and table the rows inserted, updated,
     # deleted and unchanged since the file's previous load, and every deleted row's identity.
     f"""
 -- One row per table of a loaded file version: how its raw rows differ from the file's previous
@@ -210,7 +210,7 @@ ALTER TABLE {LEDGER_SCHEMA}.load_files ADD COLUMN IF NOT EXISTS link_paths text[
     # 6: every `consolidate app-copy` of an n8n or Flowise database into the schema the application
     # made (loader/apps): verified (every table's rows and digest matched, the copy committed), mismatch
     # (rolled back) or refused (nothing written; message says why); and the type each column's CREATE
-    # TABLE declared (loader/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36), DATETIME(3), BOOLEAN...;
+    # TABLE declared (loader/sources/sqlite_ddl.py, sqlglot's spelling: VARCHAR(36), DATETIME(3), BOOLEAN...;
     # NULL: none declared, or rows written before), which the typed app staging models cast by.
     f"""
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.app_copies (
@@ -713,6 +713,60 @@ def secret_policies(connection: psycopg.Connection) -> dict[str, dict]:
                                    .format(sql.Identifier(LEDGER_SCHEMA, "loads"))).fetchall())
 
 
+# ------------------------------------------------------------------------------- a file's current rows
+
+# The loads whose raw rows make up the state a load's file had at load %(previous)s: that load and,
+# if it is a delta, the loads it was applied on (same as consolidate.current_load_parts, for one load).
+CHAIN = f"""
+WITH RECURSIVE chain AS (
+    SELECT load_id, delta_of FROM {LEDGER_SCHEMA}.load_files
+    WHERE load_id = %(previous)s AND source_path = %(source_path)s
+    UNION ALL
+    SELECT f.load_id, f.delta_of
+    FROM chain
+    JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
+)"""
+
+
+def state_loads(load_param: str) -> sql.Composed:
+    """A subquery of the loads whose raw rows make up a file's state at the load named by the placeholder
+    `load_param` (and %(source_path)s): that load and, for a change load, the loads it applies on."""
+    return sql.SQL("({} SELECT load_id FROM chain)").format(
+        sql.SQL(CHAIN.replace("%(previous)s", f"%({load_param})s")))
+
+
+def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
+    """`row` (an alias of raw rows of the file's `source_table`) is a row of the file's state at the load
+    %(load_param)s: a row of one of its loads (state_loads) that none of them retired. Rows retired by
+    later loads were still there then. At the file's current load: the file's current rows."""
+    return in_loads(row, source_table, state_loads(load_param))
+
+
+def in_loads(row: str, source_table: str, loads: sql.Composable) -> sql.Composed:
+    """`row` (an alias of raw rows of the file %(source_path)s's `source_table`) is a row of one of `loads`
+    (a subquery of load ids) that none of them retired: in_state, for loads already known."""
+    return sql.SQL(
+        "{row}._load_id IN {loads} AND {row}._source_path = %(source_path)s "
+        "AND NOT EXISTS (SELECT 1 FROM {retired} AS retired WHERE retired.row_load_id = {row}._load_id "
+        "AND retired.source_path = {row}._source_path AND retired.source_table = {table} "
+        "AND retired.source_rowid = {row}._source_rowid AND retired.load_id IN {loads})").format(
+        row=sql.Identifier(row), loads=loads, retired=sql.Identifier(LEDGER_SCHEMA, "retired_rows"),
+        table=sql.Literal(source_table))
+
+
+def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql.Composable) -> sql.Composed:
+    """`row` (an alias of a raw table's rows) is not retired: the condition every reader of a file's current
+    rows adds to its join with consolidate.current_load_parts. `raw_schema`/`raw_table`: literals or SQL."""
+    def value(part):
+        return part if isinstance(part, sql.Composable) else sql.Literal(part)
+    return sql.SQL(
+        "NOT EXISTS (SELECT 1 FROM {ledger}.retired_rows AS retired WHERE retired.row_load_id = {row}._load_id "
+        "AND retired.source_path = {row}._source_path AND retired.raw_schema = {schema} "
+        "AND retired.raw_table = {table} AND retired.source_rowid = {row}._source_rowid)").format(
+        ledger=sql.Identifier(LEDGER_SCHEMA), row=sql.Identifier(row), schema=value(raw_schema), table=value(raw_table))
+
+
+
 # ------------------------------------------------------------------------------------------ builds
 
 def record_build(target: Target, fingerprint: str, build_passed: bool, validation_passed: bool | None) -> None:
@@ -722,6 +776,16 @@ def record_build(target: Target, fingerprint: str, build_passed: bool, validatio
             sql.SQL("INSERT INTO {} (marts_schema, fingerprint, build_passed, validation_passed) "
                     "VALUES (%s, %s, %s, %s)").format(table("builds")),
             (target.schema, fingerprint, build_passed, validation_passed))
+
+
+def latest_dbt_invocation_passed(connection: psycopg.Connection, marts_schema: str) -> bool:
+    """Whether the latest dbt invocation against the marts' schema (consolidate.memory_builds: a `build`, a
+    `run`'s build, any `consolidate dbt` command) finished with nothing failed; True when there was none.
+    One that failed or died may have left marts that no test has passed."""
+    row = connection.execute(
+        sql.SQL("SELECT passed FROM {} WHERE marts_schema = %s ORDER BY started_at DESC LIMIT 1").format(
+            table("memory_builds")), (marts_schema,)).fetchone()
+    return row is None or row[0] is True
 
 
 def latest_build(target: Target) -> tuple[str, bool, bool | None] | None:

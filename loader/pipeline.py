@@ -7,7 +7,7 @@
              → build (incremental: only the loads and writes new since the last build)
     watch(): sync every few seconds, a cycle that finds nothing changed doing nothing
 
-Each function takes the roots and a `Target` once and hands them down to the stages; none of them
+Each function takes its inputs (the roots, a `Target`) once and hands them down to the stages; none of them
 prints: they return a report (with an `exit_code`) and call the optional `on_...` callbacks as work
 happens, for a caller that shows progress.
 """
@@ -31,13 +31,12 @@ from loader.backup import backup as backup_stage
 from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.load import load as load_stage
-from loader.load.secret_policy import SecretPolicy, load_policy
-from loader.operate import cutover
-from loader.operate import sync as change_detection
+from loader.load.secret_policy import SecretPolicy, existing_policy, load_policy
+from loader.operate import change_detection, cutover
 from loader.sources import discover as discovery
 from loader.transform import build as build_stage
 from loader.transform import freshness
-from loader.verify import report as reconciliation
+from loader.verify import reconciliation
 from loader.verify import validate as validate_stage
 
 FileCallback = Callable[[load_stage.FileOutcome], None]
@@ -103,7 +102,8 @@ class RunReport:
         return ExitCode.OK if self.reconciled else ExitCode.NOT_RECONCILED
 
     def to_json(self) -> dict:
-        return {"load_id": self.loaded.load_id, "reconciled": self.reconciled, "build": self.build.to_json(),
+        return {"load_id": self.loaded.load_id, "reconciled": self.reconciled, "exit_code": int(self.exit_code),
+                "build": self.build.to_json(),
                 "backup": str(self.backup_dir) if self.backup_dir else None,
                 "validation": self.validation.to_json() if self.validation else None,
                 "files": [row.to_json() for row in self.files],
@@ -147,7 +147,7 @@ def validate(target: Target, home: Path, *, secrets: Path | None = None, sample_
     """The validation stage on its own, with the secret policy the loads under `home` used. Raises
     ValidationError when nothing can be validated, PolicyError for a bad secrets file."""
     return validate_stage.validate(target, sample_size=sample_size, seed=seed, backup_dir=backup_dir,
-                                   secret_policy=validate_stage.secret_policy_in_use(home, secrets))
+                                   secret_policy=existing_policy(home, secrets))
 
 
 # --------------------------------------------------------------------------------------------- sync

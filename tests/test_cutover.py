@@ -58,7 +58,9 @@ def test_cutover_is_recorded_shown_in_status_refused_for_a_changed_file_and_undo
     refused = run_json("cutover", str(other), str(tree / "never-loaded.db"), target=target, home=home,
                        expect=5)  # refused, nothing recorded
     message = " ".join(refused.stderr.split())  # however the terminal width wrapped it
-    assert "changed since its current load" in message and "never loaded" in message
+    assert "changed since its current load" in message and "no such file" in message
+    document = json.loads(refused.stdout)  # --json: the refusal as a document too
+    assert document["exit_code"] == 5 and "changed since its current load" in document["refused"]
     assert fetch(target, "SELECT count(*) FROM consolidate.cutovers") == [(1,)]
 
     (undone,) = run_json("cutover", "--undo", str(source), target=target, home=home)

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "loader"
 # Lower layers first. A module may import its own layer and the ones before it, never a later one.
 LAYERS = [
     {"loader", "loader.__init__", "loader.database", "loader.exit_codes", "loader.parallel", "loader.json_depth",
-     "loader.secret_scrub", "loader.sqlite_ddl"},
+     "loader.secret_scrub"},
     {"loader.ledger"},
     {"loader.sources"},
     {"loader.backup"},
@@ -74,6 +74,15 @@ def test_no_module_imports_from_a_layer_above_its_own(module):
     assert above == [], f"{module} (layer {own}) imports {above}"
 
 
+# The read path a service runs (MemoryClient and its caches) stays importable without the pipeline: it
+# may import the shared modules of the first layer, the ledger and itself, nothing of the stages.
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if name.startswith("loader.serve")))
+def test_the_read_path_imports_no_stage(module):
+    outside = sorted(name for name in imports_of(MODULES[module])
+                     if not name.startswith("loader.serve") and layer_of(name) > 1)
+    assert outside == [], f"{module} imports {outside}"
+
+
 def test_no_import_cycles():
     graph = {module: {name for name in imports_of(path) if name in MODULES and name != module}
              for module, path in MODULES.items()}
@@ -109,3 +118,16 @@ def test_the_dbt_project_names_the_memory_kinds_and_raw_tables_the_loader_does()
 
     assert set(re.findall(r"'([a-z0-9-]+)'", returned_by("memory_kinds"))) == MEMORY_KINDS
     assert re.findall(r"\('(\w+)', '(\w+)'\)", returned_by("memory_raw_tables")) == list(RAW_MEMORY_TABLES)
+
+
+def test_the_constants_python_and_the_dbt_project_share_agree():
+    """Written on both sides (the read path imports nothing of the dbt project): the namespace that goes to
+    performance_metrics (the client reads it there) and the JSON nesting limit (validate's model of the parse)."""
+    from loader.json_depth import MAX_JSON_DEPTH
+    from loader.serve.client import PERFORMANCE_METRICS_NAMESPACE
+
+    project = (PACKAGE.parent / "dbt_project.yml").read_text()
+    assert re.search(r"^\s*performance_metrics_namespace:\s*(\S+)\s*$", project, re.M).group(1) \
+        == PERFORMANCE_METRICS_NAMESPACE
+    udfs = (PACKAGE.parent / "dbt_project" / "macros" / "create_udfs.sql").read_text()
+    assert int(re.search(r"set json_max_depth = (\d+)", udfs).group(1)) == MAX_JSON_DEPTH

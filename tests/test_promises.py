@@ -191,6 +191,27 @@ def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, 
     assert current["build"]["skipped"] and current["reconciled"]
 
 
+def test_a_run_after_a_failed_build_command_builds_again(tmp_path, target, home):
+    """A `consolidate build` that failed after the last passing `run` leaves marts no test passed: the next
+    `run` on unchanged files builds and validates again instead of calling them current."""
+    tree = small_tree(tmp_path / "tree")
+    assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
+    with target.connect() as connection:
+        connection.execute("CREATE TABLE public.kept_aside AS SELECT * FROM raw_claude_flow_v2.memory_entries "
+                           "WHERE key = 'gamma'")
+        connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE key = 'gamma'")
+    failed = consolidate("build", "--full-refresh", "--json", target=target, home=home)
+    assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+
+    with target.connect() as connection:
+        connection.execute("INSERT INTO raw_claude_flow_v2.memory_entries SELECT * FROM public.kept_aside")
+    again = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    report = json.loads(again.stdout)
+    assert not report["build"]["skipped"] and report["build"]["success"] and report["validation"]["passed"]
+    assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'gamma'") == [("plain text",)]
+
+
 # ---------------------------------------------------------------- build --json, consolidate dbt, lineage
 
 def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, home):
@@ -249,3 +270,44 @@ def test_sync_watch_exits_with_the_code_of_its_last_cycle_that_did_something(tmp
     assert cycles and cycles[0]["exit_code"] == 3 and not cycles[0]["idle"]
     assert all(cycle["idle"] for cycle in cycles[1:])
     assert watcher.returncode == 3, stderr[-2000:]
+
+
+# ------------------------------------------------------- a mistyped root, roots run one by one, warnings
+
+@pytest.mark.parametrize("command", [["discover"], ["load"], ["run"], ["sync"], ["backup", "--to", "OUT"],
+                                     ["archive", "--to", "OUT"]])
+def test_a_root_that_does_not_exist_is_a_usage_error(tmp_path, command):
+    missing = tmp_path / "no-such-folder"
+    arguments = [str(tmp_path / "out") if part == "OUT" else part for part in command]
+    result = consolidate(arguments[0], str(missing), *arguments[1:], "--home", str(tmp_path / "state"))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    message = " ".join(result.stderr.replace("│", " ").split())  # the error box wraps long paths
+    assert "does not exist" in message and "Traceback" not in message, message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+
+
+def test_roots_run_one_by_one_each_validate_against_their_own_backup(tmp_path, target, home):
+    """The ledger holds the files of every root loaded before; a `run` over another root backs up that
+    root only, and its files alone are checked against that backup."""
+    tree = small_tree(tmp_path / "tree")
+    first = consolidate("run", str(tree / "a"), "--backup-to", str(tmp_path / "backup-a"), "--json",
+                        target=target, home=home)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    second = consolidate("run", str(tree / "b"), "--backup-to", str(tmp_path / "backup-b"), "--json",
+                         target=target, home=home)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert json.loads(second.stdout)["exit_code"] == 0
+    statuses = {f["source_path"]: f["backup_checksum_status"] for f in json.loads(second.stdout)["validation"]["files"]}
+    assert statuses == {str(tree / "a" / "memory.db"): None, str(tree / "b" / "memory.db"): "matches"}
+
+
+def test_sync_and_archive_show_what_discovery_warned_of(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    (tree / "notes.db").write_bytes(b"not a database, whatever its name")
+    assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
+    synced = consolidate("sync", str(tree), target=target, home=home)
+    assert synced.returncode == 0, synced.stdout[-2000:] + synced.stderr[-2000:]
+    assert "warning:" in synced.stderr and str(tree / "notes.db") in synced.stderr.replace("\n", "")
+    archived = consolidate("archive", str(tree), "--to", str(tmp_path / "archive"), "--json", target=target, home=home)
+    assert archived.returncode == 0, archived.stdout[-2000:] + archived.stderr[-2000:]
+    assert str(tree / "notes.db") in [w["path"] for w in json.loads(archived.stdout)["warnings"]]

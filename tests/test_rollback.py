@@ -295,6 +295,18 @@ def test_rollback_never_replaces_a_file_without_overwrite(migrated, tmp_path):
                               "--overwrite", target=migrated["target"], home=migrated["folder"] / "state")
     assert onto_source.returncode == 2
     assert migrated["checksums"]["v2"] == sha256_of_folder(migrated["sources"]["v2"].parent)
+    # nor another source the ledger loads, even with --overwrite, nor a folder
+    onto_other = consolidate("rollback", str(migrated["sources"]["v2"]), "--to", str(migrated["sources"]["v3"]),
+                             "--overwrite", "--json", target=migrated["target"], home=migrated["folder"] / "state")
+    assert onto_other.returncode == 2 and "never replaces one" in onto_other.stderr, onto_other.stderr[-2000:]
+    assert json.loads(onto_other.stdout)["exit_code"] == 2
+    assert "Traceback" not in onto_other.stderr
+    assert migrated["checksums"]["v3"] == sha256_of_folder(migrated["sources"]["v3"].parent)
+    onto_folder = consolidate("rollback", str(migrated["sources"]["v2"]), "--to", str(tmp_path), "--overwrite",
+                              target=migrated["target"], home=migrated["folder"] / "state")
+    assert onto_folder.returncode == 2 and "is a folder" in onto_folder.stderr, onto_folder.stderr[-2000:]
+    assert "Traceback" not in onto_folder.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.db"]
 
 
 def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from psycopg.rows import dict_row
 
+from loader.load.secret_policy import existing_policy
 from loader.sources.snapshot import SQLITE_HEADER
 from loader.verify.results import ValidationError
 from loader.verify.rules import epoch_timestamp, normalized_value, text_timestamp
-from loader.verify.validate import secret_policy_in_use, validate
+from loader.verify.validate import validate
 
 from conftest import consolidate, read_private_copy
 
@@ -156,7 +157,7 @@ def test_a_consolidated_sample_validates_and_the_results_are_queryable(sample_tr
     (backup_dir,) = (home / "backups").iterdir()
 
     report = validate(target, sample_size=EVERY_ROW, seed=1, backup_dir=backup_dir,
-                      secret_policy=secret_policy_in_use(home))
+                      secret_policy=existing_policy(home))
 
     assert report.passed, [(f.source_path, f.problems, f.mismatches[:3]) for f in report.files]
     by_path = {file.source_path: file for file in report.files}
@@ -283,7 +284,7 @@ def test_real_databases_validate_every_row_and_hashed_secrets_need_the_key(reald
                 (root / relative).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, root / (relative + suffix))
     run_ok(root, target, home, "--no-backup")
-    policy = secret_policy_in_use(home)
+    policy = existing_policy(home)
 
     report = validate(target, sample_size=EVERY_ROW, seed=3, secret_policy=policy)
 

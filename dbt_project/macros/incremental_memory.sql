@@ -199,6 +199,12 @@ where invocation_id = '{{ invocation_id }}'
 {%- endmacro %}
 
 
+{#- This invocation counted the reconciliation (its post-hook): the next one may recount only what changed. -#}
+{% macro mark_build_reconciled() -%}
+update consolidate.memory_builds set reconciled = true where invocation_id = '{{ invocation_id }}'
+{%- endmacro %}
+
+
 {#-
     'incremental' (check only what changed, see above) or 'full'; read when a test is compiled. The
     relations are named, not ref()'d: generic tests (macros/scoped_generic_tests.sql) depend on their model only.

@@ -156,7 +156,7 @@ def real_data(connection, schema, application: Application, counts: dict[str, in
     return found
 
 
-def plan_tables(source: source_db.SourceDatabase, connection: psycopg.Connection, schema: target_db.TargetSchema,
+def plan_tables(source: source_db.SourceDatabase, schema: target_db.TargetSchema,
                 application: Application, counts: dict[str, int], real: dict[str, str]) -> list[TablePlan]:
     """Every table of either side (migrations and SQLite's own tables aside): what happens to it.
     Raises Refused when source data has no place in the target."""
@@ -345,7 +345,7 @@ def run(connection: psycopg.Connection, source: source_db.SourceDatabase, applic
     if real and not replace and not verify_only:
         raise Refused(f"schema {schema_name} already holds {application.name} data: " + ", ".join(real.values())
                       + ". Pass --replace to replace it with the source's. Nothing was written.")
-    plans = plan_tables(source, connection, schema, application, counts, {} if verify_only else real)
+    plans = plan_tables(source, schema, application, counts, {} if verify_only else real)
     if verify_only:
         for plan in plans:  # nothing is cleared or copied now: compare the tables as they are
             if plan.copies:

@@ -47,10 +47,3 @@ def main() -> None:
         run_command()
     finally:
         finish()
-
-
-def __getattr__(name: str):
-    if name == "app":
-        from loader.cli.commands import app
-        return app
-    raise AttributeError(name)

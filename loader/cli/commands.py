@@ -46,9 +46,11 @@ cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.")]
+# A root that does not exist is a usage error (exit 2), not a warning: a mistyped path would otherwise
+# load, sync or archive nothing of what was meant and still succeed.
+Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.", exists=True)]
 OptionalRoots = Annotated[list[Path] | None, typer.Argument(
-    help="Directories (or files) to search for SQLite databases.", show_default=False)]
+    help="Directories (or files) to search for SQLite databases.", show_default=False, exists=True)]
 Dsn = Annotated[str | None, typer.Option(
     "--dsn", envvar="DATABASE_URL", show_envvar=True,
     help="PostgreSQL to write to, e.g. postgresql://user@host:10000/db. Default: an embedded PostgreSQL "
@@ -321,8 +323,7 @@ def archive(
     except archive_stage.ArchiveError as error:
         usage_error(error)
     render.archived(report, as_json)
-    refused_removal = any(removal.refused for removal in report.removals)
-    raise typer.Exit(ExitCode.NOT_RECONCILED if report.refused or refused_removal else ExitCode.OK)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
@@ -335,10 +336,12 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
          no_build: Annotated[bool, typer.Option(
              "--no-build", help="Load and detect changes only; leave the marts as they are.")] = False,
          as_json: AsJson = False) -> None:
-    """For the parallel run: discover → load what changed (unchanged files are skipped by checksum, a
-    changed file is reloaded as its new current load) → change detection per table (inserted / updated
-    / deleted rows, stored in consolidate.load_changes and consolidate.deleted_rows; deletions are
-    recorded, never applied to history) → dbt build. Exit 0 ok, 1 when a dbt model or test failed, 3
+    """For the parallel run: discover → load what changed (unchanged files are skipped by checksum; a
+    changed memory file becomes a row-level change load that stores only its inserted and changed rows,
+    any other changed file is loaded whole) → change detection per table (inserted / updated / deleted
+    rows, stored in consolidate.load_changes and consolidate.deleted_rows; a deleted row's last version
+    stays in raw) → an incremental dbt build of what the changes affect. Writes made in PostgreSQL are
+    kept. A cut-over file that changed is loaded all the same and reported as split brain. Exit 0 ok, 1 when a dbt model or test failed, 3
     when a SQLite source could not be read, 4 when PostgreSQL could not be reached. With --watch,
     once interrupted: the exit code of the last cycle that did something (0 when none did).
 
@@ -420,14 +423,14 @@ def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: 
         outcomes = (cutover_stage.undo if undo else cutover_stage.cutover)(target_for(dsn, home, "public"), sources,
                                                                            note=note)
     except cutover_stage.CutoverError as error:
-        render.refused(error)
+        render.refused(error, as_json, ExitCode.REFUSED)
         raise typer.Exit(ExitCode.REFUSED) from None
     render.cutovers(outcomes, as_json)
 
 
 @app.command()
 def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose entries to write back.")],
-             to: Annotated[Path, typer.Option("--to", help="The new SQLite file to write (beside it, then moved into place).")],
+             to: Annotated[Path, typer.Option("--to", metavar="FILE", help="The new SQLite file to write (beside it, then moved into place).")],
              dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
              overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace FILE if it exists.")] = False,
              as_json: AsJson = False) -> None:
@@ -436,16 +439,20 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
     entry whose home is SOURCE (its rows, and the entries its service wrote in PostgreSQL), deletes
     applied, times in SOURCE's units; rows PostgreSQL never changed are SOURCE's own, byte for byte.
     SOURCE is never opened; FILE is never replaced without --overwrite. Recorded in
-    consolidate.rollbacks. Exit 2 when FILE may not be used (it exists, it is SOURCE, no such folder);
-    5 when refused, nothing written (SOURCE changed since its last sync, not loaded, marts not built).
+    consolidate.rollbacks. Write FILE outside the folders `sync` reads (it would load it as a new file),
+    then move it into SOURCE's place with its service stopped. Exit 2 when FILE may not be used (it
+    exists, it is SOURCE or another file the ledger loads, it is a folder, no such folder); 5 when
+    refused, nothing written (SOURCE changed since its last sync, not loaded, marts not built).
 
-    Example: consolidate rollback /opt/app/.swarm/memory.db --to /opt/app/.swarm/memory.rollback.db"""
+    Example: consolidate rollback /opt/app/.swarm/memory.db --to /srv/rollback/memory.db"""
     try:
         result = rollback_stage.rollback(target_for(dsn, home, schema), source, to, overwrite=overwrite)
     except rollback_stage.DestinationRefused as error:
+        if as_json:
+            render.print_json({"error": str(error), "exit_code": ExitCode.USAGE})
         usage_error(error)
     except rollback_stage.RollbackError as error:
-        render.refused(error)
+        render.refused(error, as_json, ExitCode.REFUSED)
         raise typer.Exit(ExitCode.REFUSED) from None
     render.rolled_back(result, as_json)
 

@@ -4,7 +4,9 @@ Tables and results go to stdout, progress, warnings and problems to stderr."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,22 +19,33 @@ from rich.text import Text
 from loader.backup.backup import BackupEntry, BackupManifest
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
+from loader.operate.change_detection import SyncReport
 from loader.operate.cutover import CutoverOutcome
 from loader.operate.rollback import RollbackReport
 from loader.operate.status import CutOver, StatusReport
-from loader.operate.sync import SyncReport
 from loader.pipeline import RunReport
 from loader.sources.discover import Discovery, DiscoveryWarning
 from loader.transform.build import BuildOutcome
 from loader.verify.lineage import Version
-from loader.verify.report import FileSummary
+from loader.verify.reconciliation import FileSummary
 from loader.verify.validate import ValidationReport
 
 if TYPE_CHECKING:  # the apps are imported by the one command that copies them
     from loader.apps import AppCopyResult
 
-out = Console()
-err = Console(stderr=True)
+# Output saved to a file or read by a pipe is not cut to 80 columns (rich's width without a terminal);
+# COLUMNS still decides when it is set.
+SAVED_OUTPUT_WIDTH = 240
+
+
+def console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    saved = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=SAVED_OUTPUT_WIDTH if saved else None)
+
+
+out = console()
+err = console(stderr=True)
 
 
 def print_json(data) -> None:
@@ -50,8 +63,11 @@ def database_unavailable(message: str) -> None:
               "Run the same command again once the server is back; unchanged files are skipped.")
 
 
-def refused(message: object) -> None:
+def refused(message: object, as_json: bool = False, exit_code: int = 5) -> None:
+    """A refusal on stderr; with --json also as JSON on stdout, so a machine reading it gets a document."""
     err.print(f"[red]refused:[/red] {escape(str(message))}")
+    if as_json:
+        print_json({"refused": str(message), "exit_code": exit_code})
 
 
 def note(message: str) -> None:
@@ -325,6 +341,7 @@ def archived(report: ArchiveReport, as_json: bool) -> None:
     for refusal in report.refused:
         table.add_row(Text(str(refusal.path)), "[red]no[/red]", "", Text(refusal.reason))
     out.print(table)
+    print_warnings(report.warnings)
 
 
 # ------------------------------------------------------------------------------------------- cutover
@@ -385,6 +402,8 @@ def sync_line(report: SyncReport) -> str:
 
 
 def print_sync_problems(report: SyncReport) -> None:
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning['path'])}: {escape(warning['reason'])}")
     for split in report.split_brain:
         err.print(f"[yellow]warning:[/yellow] {escape(split.message())}")
     for f in report.failed:

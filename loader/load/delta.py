@@ -32,52 +32,13 @@ import duckdb
 import psycopg
 from psycopg import sql
 
-from loader.ledger import LEDGER_SCHEMA
+from loader.ledger import CHAIN, LEDGER_SCHEMA, in_loads, state_loads
 from loader.load.duckdb_postgres import ALIAS, insert_rows
 from loader.load.raw_contract import MEMORY_KINDS
 from loader.sources.sqlite_reader import literal, quote
 
 # A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
 CONTENT_LINEAGE = ("_binary_columns",)
-
-# The loads whose raw rows make up the state a load's file had at load %(previous)s: that load and,
-# if it is a delta, the loads it was applied on (same as consolidate.current_load_parts, for one load).
-CHAIN = f"""
-WITH RECURSIVE chain AS (
-    SELECT load_id, delta_of FROM {LEDGER_SCHEMA}.load_files
-    WHERE load_id = %(previous)s AND source_path = %(source_path)s
-    UNION ALL
-    SELECT f.load_id, f.delta_of
-    FROM chain
-    JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = chain.delta_of AND f.source_path = %(source_path)s
-)"""
-
-
-def state_loads(load_param: str) -> sql.Composed:
-    """A subquery of the loads whose raw rows make up a file's state at the load named by the placeholder
-    `load_param` (and %(source_path)s): that load and, for a change load, the loads it applies on."""
-    return sql.SQL("({} SELECT load_id FROM chain)").format(
-        sql.SQL(CHAIN.replace("%(previous)s", f"%({load_param})s")))
-
-
-def in_state(row: str, source_table: str, load_param: str) -> sql.Composed:
-    """`row` (an alias of raw rows of the file's `source_table`) is a row of the file's state at the load
-    %(load_param)s: a row of one of its loads (state_loads) that none of them retired. Rows retired by
-    later loads were still there then. At the file's current load: the file's current rows."""
-    return in_loads(row, source_table, state_loads(load_param))
-
-
-def in_loads(row: str, source_table: str, loads: sql.Composable) -> sql.Composed:
-    """`row` (an alias of raw rows of the file %(source_path)s's `source_table`) is a row of one of `loads`
-    (a subquery of load ids) that none of them retired: in_state, for loads already known."""
-    return sql.SQL(
-        "{row}._load_id IN {loads} AND {row}._source_path = %(source_path)s "
-        "AND NOT EXISTS (SELECT 1 FROM {retired} AS retired WHERE retired.row_load_id = {row}._load_id "
-        "AND retired.source_path = {row}._source_path AND retired.source_table = {table} "
-        "AND retired.source_rowid = {row}._source_rowid AND retired.load_id IN {loads})").format(
-        row=sql.Identifier(row), loads=loads, retired=sql.Identifier(LEDGER_SCHEMA, "retired_rows"),
-        table=sql.Literal(source_table))
-
 
 # One table's comparison on the CSV path, in one statement: the new load's rows are in raw; delete the
 # unchanged ones again, retire the changed and deleted rows of the previous state, record the counts.
@@ -139,18 +100,6 @@ SELECT %(load_id)s, %(previous)s, %(source_path)s, %(source_table)s,
 FROM diff
 WHERE (SELECT count(*) FROM unchanged_counted) = 1
 """
-def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql.Composable) -> sql.Composed:
-    """`row` (an alias of a raw table's rows) is not retired: the condition every reader of a file's current
-    rows adds to its join with consolidate.current_load_parts. `raw_schema`/`raw_table`: literals or SQL."""
-    def value(part):
-        return part if isinstance(part, sql.Composable) else sql.Literal(part)
-    return sql.SQL(
-        "NOT EXISTS (SELECT 1 FROM {ledger}.retired_rows AS retired WHERE retired.row_load_id = {row}._load_id "
-        "AND retired.source_path = {row}._source_path AND retired.raw_schema = {schema} "
-        "AND retired.raw_table = {table} AND retired.source_rowid = {row}._source_rowid)").format(
-        ledger=sql.Identifier(LEDGER_SCHEMA), row=sql.Identifier(row), schema=value(raw_schema), table=value(raw_table))
-
-
 MARK_DELTA = f"""
 UPDATE {LEDGER_SCHEMA}.load_files SET delta_of = %(previous)s
 WHERE load_id = %(load_id)s AND source_path = %(source_path)s
@@ -314,7 +263,7 @@ VALUES (%(load_id)s, %(previous)s, %(source_path)s, %(source_table)s, %(inserted
 
 
 def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientCursor, previous: PreviousState,
-                      source_table: str, load_id: str, columns: list[str], select: str) -> TableChanges:
+                      source_table: str, columns: list[str], select: str) -> TableChanges:
     """Inside the load's transaction (DuckDB's PostgreSQL transaction): compare the snapshot's rows of
     `source_table` (`select`, named `columns`: _source_rowid, the raw columns, then the lineage) with the
     previous state, of which PostgreSQL sends a digest per row; add only the inserted and changed rows to

@@ -41,6 +41,7 @@ from loader.load.secret_policy import SecretPolicy
 from loader.parallel import run_in_order
 from loader.sources.discover import Discovery, DiscoveryWarning, SourceFile
 from loader.sources.snapshot import Snapshot, private_copy
+from loader.sources.sqlite_ddl import declared_types
 from loader.sources.sqlite_reader import (
     DUCKDB,
     PYTHON_FALLBACK,
@@ -57,7 +58,6 @@ from loader.sources.sqlite_reader import (
     quote,
     select_rows,
 )
-from loader.sqlite_ddl import declared_types
 
 COPY_CHUNK = 1 << 20
 # Lineage columns stamped on every row, in the order load_file passes their values.
@@ -398,7 +398,7 @@ def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Co
                     copied = insert_rows(duck, context.schema, plan.raw_table, columns, select)
                 else:  # a change load: only the changed rows travel (delta.compare_in_duckdb)
                     found = delta.compare_in_duckdb(duck, cursor.renderer, context.previous, table.name,
-                                                    record.load_id, columns, select)
+                                                    columns, select)
                     changes.append(found)
                     copied = found.read
                 if copied != table.row_count:

@@ -184,11 +184,18 @@ def hmac_sha256_expression(key: bytes, value_sql: str) -> str:
     return f"CASE WHEN {value_sql} IS NULL THEN NULL ELSE 'hmac-sha256:' || sha256(unhex('{outer_pad}') || {inner}) END"
 
 
+KEY_VARIABLE = "CONSOLIDATE_SECRET_KEY"
+
+
+def key_path(home: Path) -> Path:
+    return home / "secret.key"
+
+
 def load_key(home: Path) -> bytes:
-    configured = os.environ.get("CONSOLIDATE_SECRET_KEY")
+    configured = os.environ.get(KEY_VARIABLE)
     if configured:
         return configured.encode()
-    path = home / "secret.key"
+    path = key_path(home)
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -211,3 +218,11 @@ def load_policy(home: Path, overrides: Path | None = None) -> SecretPolicy:
                               f"one of {', '.join(ACTIONS)}")
         policy.set_rule(name, action)
     return policy
+
+
+def existing_policy(home: Path, overrides: Path | None = None) -> SecretPolicy | None:
+    """The secret policy loads under `home` used, when its key exists; None otherwise (a key is never
+    created here: a new one could not reproduce any stored hash)."""
+    if not (os.environ.get(KEY_VARIABLE) or key_path(home).exists()):
+        return None
+    return load_policy(home, overrides)

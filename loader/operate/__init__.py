@@ -1,1 +1,2 @@
-"""Running alongside the applications: incremental sync, status, archiving the migrated files."""
+"""Running alongside the applications: incremental sync (change detection), cutover by service, status,
+rollback to a SQLite file, archiving the migrated files."""

@@ -75,9 +75,10 @@ from loader import __version__
 from loader.backup.backup import backup_relative_path, flush_to_disk
 from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
 from loader.database import Target
+from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
-from loader.sources.discover import SourceFile, discover
+from loader.sources.discover import DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
     CHANGE_DETECTING_SUFFIXES,
     SourceKeptChanging,
@@ -220,6 +221,8 @@ class ArchiveReport:
     archive: Path | None
     manifest: ArchiveManifest
     removals: list[Removal] = field(default_factory=list)
+    # what discovery warned of under the roots (an orphan -wal, a file that is no SQLite database)
+    warnings: list[DiscoveryWarning] = field(default_factory=list)
 
     @property
     def archived(self) -> list[ArchivedFile]:
@@ -229,10 +232,17 @@ class ArchiveReport:
     def refused(self) -> list[Refusal]:
         return self.manifest.refused
 
+    @property
+    def exit_code(self) -> ExitCode:
+        """1 when a file was not archived or a removal was refused."""
+        refused_removal = any(removal.refused for removal in self.removals)
+        return ExitCode.NOT_RECONCILED if self.refused or refused_removal else ExitCode.OK
+
     def to_json(self) -> dict:
         return {"archive": str(self.archive) if self.archive else None,
                 "checksum_file": str(checksum_file(self.archive)) if self.archive else None,
-                **self.manifest.to_json(), "removals": [removal.to_json() for removal in self.removals]}
+                **self.manifest.to_json(), "removals": [removal.to_json() for removal in self.removals],
+                "warnings": [warning.to_json() for warning in self.warnings]}
 
 
 # ------------------------------------------------------------------------------------------ ledger
@@ -376,7 +386,7 @@ def archive(target: Target, roots: list[Path], destination: Path, *, remove_orig
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     removals = remove_archived_originals(target, published) if published and remove_originals else []
-    return ArchiveReport(archive=published, manifest=manifest, removals=removals)
+    return ArchiveReport(archive=published, manifest=manifest, removals=removals, warnings=found.warnings)
 
 
 def new_archive_name() -> str:

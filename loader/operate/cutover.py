@@ -37,9 +37,8 @@ from psycopg.types.json import Jsonb
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state
 from loader.load import raw_tables
-from loader.load.delta import in_state
 from loader.load.raw_contract import LINEAGE_COLUMNS, MEMORY_TABLES
 from loader.sources.snapshot import sha256_or_none, side_file
 
@@ -120,6 +119,8 @@ def refusal(connection: psycopg.Connection, source_path: str) -> str | None:
     """Why `source_path` cannot be cut over now, or None."""
     current = current_load_of(connection, source_path)
     if current is None:
+        if not Path(source_path).exists():
+            return f"{source_path}: no such file, and the ledger knows no file by that path (see `consolidate status`)"
         return f"{source_path}: never loaded (no current load in the ledger); `consolidate run` or `sync` it first"
     _, kind, sha256, wal_sha256 = current
     if kind not in MEMORY_TABLES:

@@ -59,9 +59,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, state_loads
 from loader.load import raw_tables
-from loader.load.delta import in_state, state_loads
 from loader.load.raw_contract import MEMORY_TABLES
 from loader.operate.cutover import (
     NAMESPACE_OF_ROW,
@@ -71,6 +70,7 @@ from loader.operate.cutover import (
 )
 from loader.sources.snapshot import SourceKeptChanging, consistent_copy, sha256_of, side_file
 from loader.sources.sqlite_reader import quote
+from loader.transform.relations import MEMORY_RANKED
 
 PRAGMAS = ("page_size", "auto_vacuum", "encoding", "user_version", "application_id", "journal_mode")
 EXTENDED_NAMESPACE = "extended-memory"
@@ -166,7 +166,7 @@ LEFT JOIN (
            ranked.metadata, ranked.first_created_at, ranked.updated_at, ranked.last_accessed_at, ranked.expires_at,
            ranked.max_access_count, ranked.ttl, metrics.source_path, metrics.load_id, metrics.source_table
     FROM {performance_metrics} AS metrics
-    LEFT JOIN intermediate.int_memory_ranked AS ranked
+    LEFT JOIN {ranked} AS ranked
            ON ranked.namespace = metrics.namespace AND ranked.key = metrics.key AND ranked.is_winner
     WHERE (metrics.namespace, metrics.key) IN (SELECT namespace, key FROM entries)
 ) AS state ON state.namespace = entries.namespace AND state.key = entries.key
@@ -192,7 +192,7 @@ def raw_memory_table(connection: psycopg.Connection, load_id: str, source_path: 
 RANKED_RETIRED = """
 SELECT EXISTS (
     SELECT 1 FROM {retired_rows} AS retired
-    JOIN intermediate.int_memory_ranked AS ranked
+    JOIN {ranked} AS ranked
       ON ranked.load_id = retired.row_load_id AND ranked.source_path = retired.source_path
      AND ranked.source_table = retired.source_table AND ranked.source_rowid = retired.source_rowid
     WHERE retired.source_path = %(source_path)s AND retired.source_table = %(source_table)s
@@ -209,11 +209,12 @@ def marts_hold_load(connection: psycopg.Connection, load_id: str, source_path: s
     has_rows = connection.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE _load_id = %s AND _source_path = %s)")
                                   .format(sql.Identifier(*raw_table)), (load_id, source_path)).fetchone()[0]
     if has_rows and not connection.execute(
-            "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked WHERE load_id = %s AND source_path = %s)",
-            (load_id, source_path)).fetchone()[0]:
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE load_id = %s AND source_path = %s)").format(
+                sql.Identifier(*MEMORY_RANKED)), (load_id, source_path)).fetchone()[0]:
         return False
     return not connection.execute(sql.SQL(RANKED_RETIRED).format(
-        retired_rows=sql.Identifier(LEDGER_SCHEMA, "retired_rows"), current_loads=state_loads("load_id")),
+        retired_rows=sql.Identifier(LEDGER_SCHEMA, "retired_rows"), ranked=sql.Identifier(*MEMORY_RANKED),
+        current_loads=state_loads("load_id")),
         parameters).fetchone()[0]
 
 
@@ -224,6 +225,7 @@ def read_state(connection: psycopg.Connection, target: Target, source_path: str,
              "write_log": sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
              "unified_memory": sql.Identifier(target.schema, "unified_memory"),
              "performance_metrics": sql.Identifier(target.schema, "performance_metrics"),
+             "ranked": sql.Identifier(*MEMORY_RANKED),
              "v3_fields": v3_fields("state.metadata"), "current_loads": state_loads("load_id"),
              "current_row": in_state("source", MEMORY_TABLES[kind], "load_id")}
     parameters = {"load_id": load_id, "source_path": source_path, "source_table": MEMORY_TABLES[kind]}
@@ -543,15 +545,22 @@ def move_into_place(written: Path, destination: Path, overwrite: bool) -> None:
     fsync(destination.parent)
 
 
-def check_destination(source: Path, destination: Path, overwrite: bool) -> None:
+def check_destination(connection: psycopg.Connection, source: Path, destination: Path, overwrite: bool) -> None:
     if not destination.parent.is_dir():
         raise DestinationRefused(f"{destination.parent} is not a folder")
+    if destination.is_dir():
+        raise DestinationRefused(f"{destination} is a folder: give the path of the new SQLite file")
     source_files = [source, *(side_file(source, suffix) for suffix in ("-wal", "-shm", "-journal"))]
     if any(destination == path or (destination.exists() and path.exists() and os.path.samefile(destination, path))
            for path in source_files):
         raise DestinationRefused(f"{destination} is the source itself (or one of its files): a rollback never touches it")
-    if destination.exists() and not overwrite:
-        raise DestinationRefused(f"{destination} exists (--overwrite to replace it)")
+    if destination.exists():
+        loaded = ledger_path(connection, destination)
+        if current_load_of(connection, loaded) is not None:
+            raise DestinationRefused(f"{destination} is a source file the ledger loads ({loaded}): a rollback never "
+                                     "replaces one; write elsewhere, then move it into place with its service stopped")
+        if not overwrite:
+            raise DestinationRefused(f"{destination} exists (--overwrite to replace it)")
 
 
 RECORD = f"""
@@ -571,9 +580,12 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
         raw_tables.bootstrap(connection)
         source_path = ledger_path(connection, source)
         source = Path(source_path)
-        check_destination(source, destination, overwrite)
+        check_destination(connection, source, destination, overwrite)
         current = current_load_of(connection, source_path)
         if current is None:
+            if not source.exists():
+                raise RollbackError(f"{source_path}: no such file, and the ledger knows no file by that path "
+                                    "(see `consolidate status`)")
             raise RollbackError(f"{source_path}: never loaded (no current load in the ledger)")
         load_id, kind, sha256, wal_sha256 = current
         if kind not in MEMORY_TABLES:

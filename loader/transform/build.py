@@ -24,6 +24,7 @@ from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
 from loader.transform import dbt_process, jinja_cache, schema_cache
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
+from loader.transform.relations import MEMORY_RANKED
 
 
 @dataclass
@@ -144,19 +145,13 @@ def record_invocation(target: Target, command: list[str], invoked_at, invocation
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
-INCREMENTAL_STATE = (("intermediate", "int_memory_ranked", "write_id"), (None, "unified_memory_history", "deleted"))
+INCREMENTAL_STATE = ((*MEMORY_RANKED, "write_id"), (None, "unified_memory_history", "deleted"))
 # A check constraint on the column that the table's contract declares. dbt adds a contract's constraints
 # only when it creates the table, and an incremental build keeps the table it has: one built before the
 # contract declared the check must be built again (assert_contract_constraints_in_place would fail it).
 INCREMENTAL_CHECKS = (("unified_memory", "namespace"), ("performance_metrics", "namespace"))
 HAS_CHECK = ("SELECT 1 FROM pg_constraint AS c JOIN pg_attribute AS a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
              "WHERE c.conrelid = to_regclass(format('%%I.%%I', %s::text, %s::text)) AND c.contype = 'c' AND a.attname = %s")
-
-
-# The latest dbt invocation against the marts' schema (dbt_project/macros/incremental_memory.sql): passed
-# NULL when it never finished, false when a model or test failed.
-LAST_BUILD = sql.SQL("SELECT passed FROM {} WHERE marts_schema = %s ORDER BY started_at DESC LIMIT 1").format(
-    ledger.table("memory_builds"))
 
 
 def can_build_incrementally(connection, schema: str) -> bool:
@@ -174,10 +169,9 @@ def can_build_incrementally(connection, schema: str) -> bool:
         if connection.execute(HAS_CHECK, (schema, table, column)).fetchone() is None:
             return False
     (ids_missing,) = connection.execute(
-        "SELECT EXISTS (SELECT 1 FROM intermediate.int_memory_ranked) "
-        "AND NOT EXISTS (SELECT 1 FROM consolidate.entry_ids)").fetchone()
-    last = connection.execute(LAST_BUILD, (schema,)).fetchone()
-    return not ids_missing and (last is None or last[0] is True)
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AND NOT EXISTS (SELECT 1 FROM {})").format(
+            sql.Identifier(*MEMORY_RANKED), ledger.table("entry_ids"))).fetchone()
+    return not ids_missing and ledger.latest_dbt_invocation_passed(connection, schema)
 
 
 # The digests an invocation's on-run-start records (start_memory_build in macros/incremental_memory.sql).

@@ -3,6 +3,7 @@ backup hold exactly those bytes?"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
@@ -13,18 +14,32 @@ UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "un
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
 
 
-def backup_entries(backup_dir: Path) -> dict[str, BackupEntry]:
+@dataclass(frozen=True)
+class BackupIndex:
+    """A backup's files by path, and the roots it was made of."""
+
+    entries: dict[str, BackupEntry]
+    roots: tuple[Path, ...]
+
+    def covers(self, source_path: str) -> bool:
+        return any(Path(source_path).is_relative_to(root) for root in self.roots)
+
+
+def backup_entries(backup_dir: Path) -> BackupIndex:
     try:
         manifest = read_manifest(backup_dir)
     except ValueError as error:
         raise ValidationError(f"{backup_dir}: {error}") from error
-    return {str(entry.path): entry for entry in manifest.files}
+    return BackupIndex({str(entry.path): entry for entry in manifest.files}, tuple(Path(root) for root in manifest.roots))
 
 
-def backup_checksum_status(entries: dict[str, BackupEntry] | None, current: CurrentLoad) -> str | None:
-    """Whether the backup holds the bytes of the current load (a `copy` entry: through its original)."""
-    if entries is None:
+def backup_checksum_status(backup: BackupIndex | None, current: CurrentLoad) -> str | None:
+    """Whether the backup holds the bytes of the current load (a `copy` entry: through its original).
+    None when there is no backup, or when the file is under none of the roots it was made of (a `run`
+    over some roots backs up those, while the ledger holds the files of every root loaded before)."""
+    if backup is None or not backup.covers(current.source_path):
         return None
+    entries = backup.entries
     entry = entries.get(current.source_path)
     if entry is not None and entry.status == COPY and entry.copy_of is not None:
         entry = entries.get(str(entry.copy_of))

@@ -7,8 +7,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from loader.ledger import LEDGER_SCHEMA, CurrentLoad
-from loader.load.delta import not_retired
+from loader.ledger import LEDGER_SCHEMA, CurrentLoad, not_retired
 from loader.load.raw_contract import MEMORY_KINDS, MEMORY_TABLES, RAW_SCHEMAS
 from loader.verify.results import TableCount
 

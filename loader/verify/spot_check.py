@@ -18,14 +18,12 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from loader.backup.backup import BackupEntry
 from loader.json_depth import too_deep
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, CurrentLoad
-from loader.load.delta import not_retired
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, CurrentLoad, not_retired
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import SourceKeptChanging, private_copy
 from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
-from loader.verify.checksums import CHANGED, MISSING, UNCHANGED, UNREADABLE
+from loader.verify.checksums import CHANGED, MISSING, UNCHANGED, UNREADABLE, BackupIndex
 from loader.verify.results import Mismatch
 from loader.verify.rules import (
     HMAC_SHAPE,
@@ -59,7 +57,7 @@ class Options:
     schema: str
     sample_size: int
     seed: int
-    backup: dict[str, BackupEntry] | None
+    backup: BackupIndex | None
     secret_policy: SecretPolicy | None
 
 

@@ -31,7 +31,6 @@ and `consolidate.validation_files`.
 
 from __future__ import annotations
 
-import os
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +42,7 @@ from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, now
 from loader.load.raw_contract import MEMORY_KINDS
-from loader.load.secret_policy import SecretPolicy, load_policy
+from loader.load.secret_policy import SecretPolicy
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.checksums import backup_checksum_status, backup_entries, backup_problems, checksum_problems
 from loader.verify.counts import (
@@ -64,7 +63,7 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
     """Validate every current source file (see the module docstring), store the results in
     consolidate.validation_runs / validation_files and return them. `seed` makes the spot check's
     choice of rows repeatable; without one a seed is drawn and recorded. `secret_policy`: the one the
-    loads used (see `secret_policy_in_use`); without it the default policy's hashed columns are
+    loads used (see `loader.load.secret_policy.existing_policy`); without it the default policy's hashed columns are
     checked by shape only. Raises ValidationError when nothing can be validated."""
     if sample_size < 0:
         raise ValueError("sample_size must be 0 or more")
@@ -101,14 +100,6 @@ def policy_of_load(recorded: dict | None, given: SecretPolicy | None) -> SecretP
         return given
     same_key = given is not None and given.describe()["key_id"] == recorded.get("key_id")
     return SecretPolicy(key=given.key if same_key else None, rules=dict(recorded["rules"]))
-
-
-def secret_policy_in_use(home: Path, overrides: Path | None = None) -> SecretPolicy | None:
-    """The secret policy loads under `home` used, when its key exists; None otherwise (a key is never
-    created here: a new one could not reproduce any stored hash)."""
-    if not (os.environ.get("CONSOLIDATE_SECRET_KEY") or (home / "secret.key").exists()):
-        return None
-    return load_policy(home, overrides)
 
 
 def new_run_id(started_at: datetime) -> str:

@@ -18,7 +18,7 @@
     pre_hook=["{{ lock_memory_marts_for_counting() }}"],
     post_hook=[
         "{{ drop_files_no_longer_current(this) }}",
-        "update consolidate.memory_builds set reconciled = true where invocation_id = '{{ invocation_id }}'",
+        "{{ mark_build_reconciled() }}",
     ],
 ) }}
 {%- set count_changes_only = is_incremental() and reconciliation_can_continue() %}
