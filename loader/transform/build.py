@@ -68,12 +68,15 @@ def prepare(target: Target, home: Path) -> None:
                             dbt_environment(target, home))
 
 
-def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False) -> BuildOutcome:
+def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False,
+            progress_to_stderr: bool = False) -> BuildOutcome:
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
     against `target` (the profile reads its connection settings from the environment, see
     Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
     (bad arguments, no connection) from models or tests that failed. `quiet`: dbt prints only its
-    errors, and to stderr, so stdout stays the caller's (one JSON document with --json)."""
+    errors, and to stderr, so stdout stays the caller's (one JSON document with --json).
+    `progress_to_stderr`: dbt's progress goes to stderr, beside the command's own (stdout keeps the
+    command's results); `consolidate dbt` leaves dbt's output where dbt puts it."""
     # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4). The ledger first: every invocation's
     # on-run-start records itself in it (a ledger made by an earlier version gets its new columns).
     with target.connect(connect_timeout=10, autocommit=True) as connection:
@@ -86,7 +89,7 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
     try:
         invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**dbt_environment(target, home), **digests},
-                                        run_results, quiet)
+                                        run_results, quiet or progress_to_stderr)
     except dbt_process.WorkerGone as gone:
         return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
     record_invocation(target, command, invoked_at, invocation.invocation_id)
@@ -244,4 +247,4 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
     log_level = ["--log-level-file", "info"] if only_what_changed else []
     command = ["build", "--no-write-json", *log_level, *(["--full-refresh"] if full_refresh else []),
                *(["--select", *select] if select else []), *(["--exclude", *exclude] if exclude else [])]
-    return run_dbt(command, target, home, quiet=quiet)
+    return run_dbt(command, target, home, quiet=quiet, progress_to_stderr=True)

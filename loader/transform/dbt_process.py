@@ -86,9 +86,9 @@ def dbt_argv(arguments: list[str]) -> Iterator[None]:
 
 
 def invoke_here(arguments: list[str], environment: dict[str, str], run_results: Path | None,
-                quiet: bool) -> Invocation:
+                to_stderr: bool) -> Invocation:
     """One dbt invocation in this process, with `environment` set while it runs; run_results.json written
-    to `run_results` (for a command run with --no-write-json). `quiet`: dbt's output goes to stderr."""
+    to `run_results` (for a command run with --no-write-json). `to_stderr`: dbt's output goes to stderr."""
     while IMPORTING:
         IMPORTING.pop().join()
     import_dbt()
@@ -99,7 +99,7 @@ def invoke_here(arguments: list[str], environment: dict[str, str], run_results: 
         jinja_cache.install(Path(environment[jinja_cache.FOLDER_VARIABLE]))
     if environment.get(schema_cache.FOLDER_VARIABLE):
         schema_cache.install(Path(environment[schema_cache.FOLDER_VARIABLE]))
-    output = contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext()
+    output = contextlib.redirect_stdout(sys.stderr) if to_stderr else contextlib.nullcontext()
     with temporary_environment(environment), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
     if run_results is not None and hasattr(result.result, "write"):
@@ -155,9 +155,9 @@ class Worker:
         self.warmed_up = True
 
     def invoke(self, arguments: list[str], environment: dict[str, str], run_results: Path | None,
-               quiet: bool) -> Invocation:
+               to_stderr: bool) -> Invocation:
         try:
-            self.connection.send(("invoke", (arguments, environment, run_results, quiet)))
+            self.connection.send(("invoke", (arguments, environment, run_results, to_stderr)))
             return self.connection.recv()
         except (EOFError, OSError) as error:
             self.wait(timeout=5)
@@ -343,9 +343,9 @@ def start_ahead(warm_up: list[str], environment: dict[str, str]) -> None:
 
 
 def invoke(arguments: list[str], environment: dict[str, str], run_results: Path | None,
-           quiet: bool) -> Invocation:
+           to_stderr: bool) -> Invocation:
     """A dbt invocation: by the worker when one is running, else in this process."""
     worker = running_worker()
     if worker is not None:
-        return worker.invoke(arguments, environment, run_results, quiet)
-    return invoke_here(arguments, environment, run_results, quiet)
+        return worker.invoke(arguments, environment, run_results, to_stderr)
+    return invoke_here(arguments, environment, run_results, to_stderr)
