@@ -766,7 +766,6 @@ def not_retired(row: str, raw_schema: str | sql.Composable, raw_table: str | sql
         ledger=sql.Identifier(LEDGER_SCHEMA), row=sql.Identifier(row), schema=value(raw_schema), table=value(raw_table))
 
 
-
 # ------------------------------------------------------------------------------------------ builds
 
 def record_build(target: Target, fingerprint: str, build_passed: bool, validation_passed: bool | None) -> None:
@@ -788,11 +787,10 @@ def latest_dbt_invocation_passed(connection: psycopg.Connection, marts_schema: s
     return row is None or row[0] is True
 
 
-def latest_build(target: Target) -> tuple[str, bool, bool | None] | None:
-    """(fingerprint, build passed, validation passed) of the latest build of the marts' schema."""
-    with target.connect() as connection:
-        ensure(connection)
-        return connection.execute(
-            sql.SQL("SELECT fingerprint, build_passed, validation_passed FROM {} "
-                    "WHERE marts_schema = %s ORDER BY built_at DESC LIMIT 1").format(table("builds")),
-            (target.schema,)).fetchone()
+def latest_build(connection: psycopg.Connection, marts_schema: str) -> tuple[str, bool, bool | None] | None:
+    """(fingerprint, build passed, validation passed) of the latest `run`'s build of the marts' schema."""
+    ensure(connection)
+    return connection.execute(
+        sql.SQL("SELECT fingerprint, build_passed, validation_passed FROM {} "
+                "WHERE marts_schema = %s ORDER BY built_at DESC LIMIT 1").format(table("builds")),
+        (marts_schema,)).fetchone()

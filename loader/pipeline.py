@@ -167,7 +167,7 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
                         found=found, force=force, on_file=on_file)
     report = change_detection.SyncReport(started_at=ledger.now())
     roots = absolute(roots)
-    report.warnings = [w.to_json() for w in found.warnings]
+    report.warnings = found.warnings
     report.checked = len(found.files)
     policy = policy or load_policy(home, secrets)
     if build:

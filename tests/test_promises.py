@@ -160,6 +160,19 @@ def test_postgresql_down_from_the_start_exits_4_without_a_traceback(tmp_path, co
 
 # ------------------------------------------------------------- a failed build, then the same run again
 
+def set_gamma_aside(target: Target) -> None:
+    """raw no longer holds what the ledger counted for key 'gamma': a build's tests fail."""
+    with target.connect() as connection:
+        connection.execute("CREATE TABLE public.kept_aside AS SELECT * FROM raw_claude_flow_v2.memory_entries "
+                           "WHERE key = 'gamma'")
+        connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE key = 'gamma'")
+
+
+def put_gamma_back(target: Target) -> None:
+    with target.connect() as connection:
+        connection.execute("INSERT INTO raw_claude_flow_v2.memory_entries SELECT * FROM public.kept_aside")
+
+
 def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, home):
     tree = small_tree(tmp_path / "tree")
     first = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
@@ -167,10 +180,7 @@ def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, 
 
     # raw no longer holds what the ledger counted: the build's tests fail (nothing on disk changed, so
     # only --rebuild builds)
-    with target.connect() as connection:
-        connection.execute("CREATE TABLE public.kept_aside AS SELECT * FROM raw_claude_flow_v2.memory_entries "
-                           "WHERE key = 'gamma'")
-        connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE key = 'gamma'")
+    set_gamma_aside(target)
     failed = consolidate("run", str(tree), "--no-backup", "--rebuild", "--json", target=target, home=home)
     assert failed.returncode == 1, failed.stderr[-2000:]
     report = json.loads(failed.stdout)
@@ -178,8 +188,7 @@ def test_a_rerun_after_a_failed_build_builds_again_and_passes(tmp_path, target, 
     assert any("assert_ledger_counts_match_raw" in failure for failure in report["build"]["failures"])
 
     # the same run again, without --rebuild: the last build failed, so it builds and validates again
-    with target.connect() as connection:
-        connection.execute("INSERT INTO raw_claude_flow_v2.memory_entries SELECT * FROM public.kept_aside")
+    put_gamma_back(target)
     again = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     report = json.loads(again.stdout)
@@ -196,15 +205,11 @@ def test_a_run_after_a_failed_build_command_builds_again(tmp_path, target, home)
     `run` on unchanged files builds and validates again instead of calling them current."""
     tree = small_tree(tmp_path / "tree")
     assert consolidate("run", str(tree), "--no-backup", target=target, home=home).returncode == 0
-    with target.connect() as connection:
-        connection.execute("CREATE TABLE public.kept_aside AS SELECT * FROM raw_claude_flow_v2.memory_entries "
-                           "WHERE key = 'gamma'")
-        connection.execute("DELETE FROM raw_claude_flow_v2.memory_entries WHERE key = 'gamma'")
+    set_gamma_aside(target)
     failed = consolidate("build", "--full-refresh", "--json", target=target, home=home)
     assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
 
-    with target.connect() as connection:
-        connection.execute("INSERT INTO raw_claude_flow_v2.memory_entries SELECT * FROM public.kept_aside")
+    put_gamma_back(target)
     again = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     report = json.loads(again.stdout)

@@ -89,8 +89,11 @@ def target_for(dsn: str | None, home: Path, schema: str) -> Target:
     return target
 
 
-def usage_error(message: object) -> NoReturn:
+def usage_error(message: object, as_json: bool = False) -> NoReturn:
+    """Exit 2 with the message on stderr; with --json also as a JSON document on stdout."""
     render.error(message)
+    if as_json:
+        render.print_json({"error": str(message), "exit_code": ExitCode.USAGE})
     raise typer.Exit(ExitCode.USAGE)
 
 
@@ -341,9 +344,10 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     any other changed file is loaded whole) → change detection per table (inserted / updated / deleted
     rows, stored in consolidate.load_changes and consolidate.deleted_rows; a deleted row's last version
     stays in raw) → an incremental dbt build of what the changes affect. Writes made in PostgreSQL are
-    kept. A cut-over file that changed is loaded all the same and reported as split brain. Exit 0 ok, 1 when a dbt model or test failed, 3
-    when a SQLite source could not be read, 4 when PostgreSQL could not be reached. With --watch,
-    once interrupted: the exit code of the last cycle that did something (0 when none did).
+    kept. A cut-over file that changed is loaded all the same and reported as split brain. Exit 0 ok, 1
+    when a dbt model or test failed, 3 when a SQLite source could not be read, 4 when PostgreSQL could
+    not be reached. With --watch, once interrupted: the exit code of the last cycle that did something
+    (0 when none did).
 
     Example: consolidate sync /opt/sutazaiapp --watch 60"""
     target = target_for(dsn, home, schema)
@@ -448,9 +452,7 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
     try:
         result = rollback_stage.rollback(target_for(dsn, home, schema), source, to, overwrite=overwrite)
     except rollback_stage.DestinationRefused as error:
-        if as_json:
-            render.print_json({"error": str(error), "exit_code": ExitCode.USAGE})
-        usage_error(error)
+        usage_error(error, as_json)
     except rollback_stage.RollbackError as error:
         render.refused(error, as_json, ExitCode.REFUSED)
         raise typer.Exit(ExitCode.REFUSED) from None

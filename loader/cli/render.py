@@ -402,8 +402,7 @@ def sync_line(report: SyncReport) -> str:
 
 
 def print_sync_problems(report: SyncReport) -> None:
-    for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {escape(warning['path'])}: {escape(warning['reason'])}")
+    print_warnings(report.warnings)
     for split in report.split_brain:
         err.print(f"[yellow]warning:[/yellow] {escape(split.message())}")
     for f in report.failed:

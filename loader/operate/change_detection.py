@@ -54,6 +54,7 @@ from loader.load import delta
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.load.raw_contract import LINEAGE_COLUMNS
 from loader.operate import cutover
+from loader.sources.discover import DiscoveryWarning
 from loader.transform.build import BuildOutcome
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
@@ -228,7 +229,7 @@ class SyncReport:
     files: list[FileSync] = field(default_factory=list)
     build: BuildOutcome | None = None  # None: not built (--no-build, or an idle cycle)
     caught_up: int = 0  # earlier loads (by `load` / `run`) whose changes this sync detected
-    warnings: list[dict] = field(default_factory=list)
+    warnings: list[DiscoveryWarning] = field(default_factory=list)
     idle: bool = False  # a watch cycle that found every file as the previous cycle left it
     cycle: int | None = None  # the watch cycle's number
     error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
@@ -293,7 +294,7 @@ class SyncReport:
                 "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
                 "totals": self.totals, "caught_up": self.caught_up,
                 "build": self.build.to_json() if self.build else None,
-                "files": [f.to_json() for f in self.files], "warnings": self.warnings,
+                "files": [f.to_json() for f in self.files], "warnings": [w.to_json() for w in self.warnings],
                 "split_brain": [s.to_json() for s in self.split_brain]}
 
 

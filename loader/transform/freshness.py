@@ -36,7 +36,6 @@ def marts_are_current(target: Target, build_fingerprint: str) -> bool:
     """True when the latest `run`'s build of the marts' schema had this fingerprint and passed its tests
     and its validation, and no dbt invocation since (`consolidate build`, `consolidate dbt`) failed or
     died."""
-    if ledger.latest_build(target) != (build_fingerprint, True, True):
-        return False
     with target.connect() as connection:
-        return ledger.latest_dbt_invocation_passed(connection, target.schema)
+        return ledger.latest_build(connection, target.schema) == (build_fingerprint, True, True) \
+            and ledger.latest_dbt_invocation_passed(connection, target.schema)
