@@ -192,6 +192,8 @@ def test_a_later_command_is_served_by_the_dbt_server_the_first_left(loaded, tmp_
     path, = server_sockets(runtime)
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700 and stat.S_IMODE(path.stat().st_mode) == 0o600
     server = server_pid(path)
+    # in ps: what it is, not the command line of the command that started it
+    assert Path(f"/proc/{server}/cmdline").read_bytes().startswith(b"consolidate dbt server (")
     assert Path(f"/proc/{server}/fd/1").resolve() == Path("/dev/null")
     assert wait_for(lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{server}/fd")) == [0, 1, 2, 3], 5), \
         os.listdir(f"/proc/{server}/fd")   # /dev/null three times and the socket

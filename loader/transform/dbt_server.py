@@ -87,9 +87,10 @@ def socket_address(path: Path) -> Iterator[str]:
         os.close(folder)
 
 
-def peer_uid(connection: socket.socket) -> int:
+def peer_credentials(connection: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
     credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", credentials)[1]
+    return struct.unpack("3i", credentials)
 
 
 def connect(timeout: float = 5.0) -> tuple[Connection, int] | None:
@@ -105,7 +106,7 @@ def connect(timeout: float = 5.0) -> tuple[Connection, int] | None:
         sock.settimeout(timeout)
         with socket_address(path) as reachable:
             sock.connect(reachable)
-        if peer_uid(sock) != os.getuid():
+        if peer_credentials(sock)[1] != os.getuid():
             raise OSError("the dbt server is another user's")
         socket.send_fds(sock, [HELLO], [sys.stdout.fileno(), sys.stderr.fileno()])
         sock.settimeout(None)
@@ -177,8 +178,9 @@ def listen(path: Path, serve: Callable[[Connection], None]) -> None:
     temporary.chmod(0o600)
     listener.listen(16)
     os.replace(temporary, path)
-    inode = path.stat().st_ino
     idle = float(os.environ.get(IDLE_VARIABLE) or IDLE_SECONDS)
+    name_process(f"consolidate dbt server ({path}, ends after {idle:g} s without a command)")
+    inode = path.stat().st_ino
     listener.settimeout(min(idle, 5.0))
     last = time.monotonic()
     while True:
@@ -198,6 +200,14 @@ def listen(path: Path, serve: Callable[[Connection], None]) -> None:
             path.unlink()
 
 
+def name_process(title: str) -> None:
+    """What `ps` shows for this process: a fork keeps the command line of the command it came from,
+    which would show a finished `consolidate sync ...` as still running."""
+    import setproctitle
+
+    setproctitle.setproctitle(title)
+
+
 def still_at(path: Path, inode: int) -> bool:
     try:
         return path.stat().st_ino == inode
@@ -210,7 +220,8 @@ def served(sock: socket.socket, serve: Callable[[Connection], None]) -> None:
     pid, then `serve` it (which returns when the command closes its end, or interrupts it with SIGUSR1)."""
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        if peer_uid(sock) != os.getuid():
+        caller, uid, _ = peer_credentials(sock)
+        if uid != os.getuid():
             return
         message, descriptors, _, _ = socket.recv_fds(sock, len(HELLO), 2)
         if message != HELLO or len(descriptors) != 2:
@@ -219,6 +230,7 @@ def served(sock: socket.socket, serve: Callable[[Connection], None]) -> None:
             os.dup2(received, target)
             os.close(received)
         connection = Connection(sock.detach())
+        name_process(f"consolidate dbt worker (served to pid {caller})")
         hello = connection.recv()
         os.chdir(hello["cwd"])
         os.environ.clear()
