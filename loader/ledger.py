@@ -452,6 +452,28 @@ ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS compiled_from
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS complete boolean NOT NULL DEFAULT false;
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS reconciled boolean NOT NULL DEFAULT false;
 """,
+    # 11: originals removed after archiving (plan phase 5, loader/operate/archive.py). Their bytes live on in
+    # the archive, where validate and rollback read them.
+    f"""
+-- One row per file version `consolidate archive --remove-originals` deleted: (source_path, load_id) names
+-- the load whose bytes (sha256, wal_sha256) were archived; members: the file's parts in the zip by suffix
+-- ({{"": "files/.../memory.db", "-wal": "files/.../memory.db-wal"}}); archive_sha256 as in its .sha256 file.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.archived_removals (
+    source_path    text NOT NULL,
+    load_id        text NOT NULL,
+    sha256         text NOT NULL,
+    wal_sha256     text,
+    archive_path   text NOT NULL,
+    archive_sha256 text NOT NULL,
+    members        jsonb NOT NULL,
+    removed_at     timestamptz NOT NULL DEFAULT now(),
+    removed_by     text NOT NULL DEFAULT current_user,
+    PRIMARY KEY (source_path, load_id)
+);
+ALTER TABLE {LEDGER_SCHEMA}.validation_files DROP CONSTRAINT IF EXISTS validation_files_checksum_status_check;
+ALTER TABLE {LEDGER_SCHEMA}.validation_files ADD CONSTRAINT validation_files_checksum_status_check
+    CHECK (checksum_status IN ('unchanged', 'changed', 'missing', 'unreadable', 'archived'));
+""",
 ]
 
 VERSION_DDL = f"""
@@ -711,6 +733,54 @@ def secret_policies(connection: psycopg.Connection) -> dict[str, dict]:
         return {}
     return dict(connection.execute(sql.SQL("SELECT load_id, secret_policy FROM {} WHERE secret_policy IS NOT NULL")
                                    .format(sql.Identifier(LEDGER_SCHEMA, "loads"))).fetchall())
+
+
+# ------------------------------------------------------------------------------- archived originals
+
+@dataclass(frozen=True)
+class ArchivedRemoval:
+    """A file whose original `consolidate archive --remove-originals` deleted: where its bytes are now."""
+
+    source_path: str
+    load_id: str
+    sha256: str
+    wal_sha256: str | None
+    archive_path: str
+    archive_sha256: str
+    members: dict[str, str]  # suffix ("", "-wal", "-journal") -> member name in the zip
+    removed_at: datetime
+    removed_by: str
+
+    def to_json(self) -> dict:
+        return {"archive_path": self.archive_path, "archive_sha256": self.archive_sha256,
+                "members": self.members, "removed_at": self.removed_at.isoformat(), "removed_by": self.removed_by}
+
+
+def record_archived_removal(connection: psycopg.Connection, source_path: str, load_id: str, sha256: str,
+                            wal_sha256: str | None, archive_path: str, archive_sha256: str,
+                            members: dict[str, str]) -> None:
+    ensure(connection)
+    connection.execute(
+        sql.SQL("INSERT INTO {} (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, members) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_path, load_id) DO UPDATE SET "
+                "archive_path = excluded.archive_path, archive_sha256 = excluded.archive_sha256, "
+                "members = excluded.members, removed_at = now(), removed_by = current_user").format(
+            table("archived_removals")),
+        (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, Jsonb(members)))
+
+
+def archived_removals(connection: psycopg.Connection) -> dict[str, ArchivedRemoval]:
+    """The files whose current load's bytes were archived and then removed from disk, by path (empty
+    for a ledger from before migration 11)."""
+    if not relation_exists(connection, LEDGER_SCHEMA, "archived_removals"):
+        return {}
+    rows = connection.execute(sql.SQL(
+        "SELECT r.source_path, r.load_id, r.sha256, r.wal_sha256, r.archive_path, r.archive_sha256, r.members, "
+        "r.removed_at, r.removed_by FROM {} AS r JOIN {} AS c ON c.source_path = r.source_path "
+        "AND c.load_id = r.load_id AND c.source_sha256 = r.sha256 "
+        "AND c.wal_sha256 IS NOT DISTINCT FROM r.wal_sha256").format(
+            table("archived_removals"), table("current_loads"))).fetchall()
+    return {row[0]: ArchivedRemoval(*row) for row in rows}
 
 
 # ------------------------------------------------------------------------------- a file's current rows

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sqlite3
 import struct
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -254,3 +256,68 @@ def test_a_file_synced_by_a_row_level_change_load_shows_in_status_and_is_archive
 
     assert report.refused == [] and [Path(entry.path) for entry in report.archived] == [db]
     assert verify_archive(report.archive) == []
+
+
+def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_the_archive(
+        realdata, target, home, tmp_path):
+    """The plan's end state: every original archived and removed. The ledger records where each file's
+    bytes are now; validate spot-checks them in the archive and passes, status and sync say `archived`
+    (not `missing`), rollback of a v2 file with a WAL writes its rows from the archive, and an archive
+    damaged afterwards fails validation, named."""
+    root = tmp_path / "realdata"
+    shutil.copytree(realdata, root)
+    result = consolidate("run", str(root), "--no-backup", "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    loaded = [f for f in json.loads(result.stdout)["files"] if f["status"] == "loaded"]
+    v2 = next(Path(f["source_path"]) for f in loaded if f["kind"] == "claude-flow-v2"
+              and Path(f["source_path"] + "-wal").exists() and Path(f["source_path"] + "-wal").stat().st_size)
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    for part in (v2, v2.with_name(v2.name + "-wal")):
+        shutil.copy2(part, originals / part.name)
+    original_rows = read_rows(originals / v2.name, "SELECT rowid, * FROM memory_entries ORDER BY rowid")
+
+    report = archive(target, [root], tmp_path / "archives", remove_originals=True)
+    removed = {Path(r.path) for r in report.removals if r.removed}
+    assert removed == {Path(f["source_path"]) for f in loaded} and not v2.exists()
+
+    validated = consolidate("validate", "--json", target=target, home=home)
+    assert validated.returncode == 0, validated.stdout[-3000:] + validated.stderr[-3000:]
+    files = {Path(f["source_path"]): f for f in json.loads(validated.stdout)["files"]}
+    assert {files[path]["checksum_status"] for path in removed} == {"archived"}
+    assert all(files[path]["problems"] == [] for path in removed)
+    assert files[v2]["spot_checked"] > 0
+
+    shown = {Path(f.source_path): f for f in status(target).files}
+    assert {shown[path].on_disk for path in removed} == {"archived"}
+    assert {shown[path].archived.archive_path for path in removed} == {str(report.archive)}
+
+    synced = sync([root], target, home, quiet=True)
+    by_path = {Path(f.source_path): f for f in synced.files}
+    assert {by_path[path].status for path in removed} == {"archived"} and synced.exit_code == 0
+    assert by_path[v2].source_db == str(v2.relative_to(root))
+
+    rolled_back = consolidate("rollback", str(v2), "--to", str(tmp_path / "rollback.db"), target=target, home=home)
+    assert rolled_back.returncode == 0, rolled_back.stdout[-3000:] + rolled_back.stderr[-3000:]
+    assert read_rows(tmp_path / "rollback.db", "SELECT rowid, * FROM memory_entries ORDER BY rowid") == original_rows
+
+    member = next(m["name"] for entry in zip_manifest(report.archive)["files"] if Path(entry["path"]) == v2
+                  for m in entry["members"] if m["original"] == str(v2))
+    flip_byte_in_member(report.archive, member)
+    damaged = consolidate("validate", "--json", target=target, home=home)
+    assert damaged.returncode == 1
+    problems = {Path(f["source_path"]): f["problems"] for f in json.loads(damaged.stdout)["files"]}
+    assert any("archive cannot be read" in problem and str(report.archive) in problem for problem in problems[v2])
+    assert all(problems[path] == [] for path in removed - {v2})
+
+
+def read_rows(database: Path, query: str) -> list[tuple]:
+    """Rows with their SQLite types, read from a private copy (a WAL database is never opened in place)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for part in database.parent.glob(database.name + "*"):
+            shutil.copy2(part, Path(folder) / part.name)
+        connection = sqlite3.connect(Path(folder) / database.name)
+        try:
+            return [tuple((type(value).__name__, value) for value in row) for row in connection.execute(query)]
+        finally:
+            connection.close()

@@ -291,6 +291,8 @@ def status_table(report: StatusReport) -> Table:
     for f in report.files:
         current = f.current
         on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
+        if f.archived:
+            on_disk = f"archived in {escape(Path(f.archived.archive_path).name)}"
         failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
                    if f.last_failure else "")
         table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
@@ -321,6 +323,7 @@ def status(report: StatusReport, as_json: bool) -> None:
     err.print(f"{totals.files} files, {totals.rows_loaded:,} of {totals.rows_in_sqlite:,} rows loaded, "
               f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing, "
               f"{totals.cut_over_files} cut over"
+              + (f", {totals.archived_files} archived and removed" if totals.archived_files else "")
               + (f"; last load {last.load_id}: {last.status}" if last else ""))
 
 
@@ -390,7 +393,9 @@ def sync_table(report: SyncReport) -> Table:
         table.add_column(column, justify="right" if column in ("rows", "inserted", "updated", "deleted") else "left")
     for f in report.files:
         note_text = (f"[red]{escape(f.error)}[/red]" if f.error else
-                     "not on disk any more: its last load stays current" if f.status == "missing" else "")
+                     "not on disk any more: its last load stays current" if f.status == "missing" else
+                     f"removed after archiving into {escape(f.archive_path or '')}: its last load stays current"
+                     if f.status == "archived" else "")
         table.add_row(Text(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
                       f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note_text)
     return table

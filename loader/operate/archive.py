@@ -50,6 +50,10 @@ beside them (same file system, mode 0700), hashed again there, and deleted only 
 archived bytes. Bytes that changed between the check and the move are kept: moved back where they were
 (never over a file that appeared meanwhile), or else left in the quarantine folder, which the refusal
 names. An interruption leaves the parts in the quarantine folder, never lost.
+
+Each file removed is recorded in the ledger (`consolidate.archived_removals`: its load, the archive,
+the archive's sha256 and the file's members), so later commands know where its bytes are: validate
+spot-checks them in the archive, status and sync report the file `archived`, rollback reads it there.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ from loader.backup.backup import backup_relative_path, flush_to_disk
 from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
 from loader.database import Target
 from loader.exit_codes import ExitCode
-from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
+from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, record_archived_removal, relation_exists
 from loader.ledger import exists as ledger_exists
 from loader.sources.discover import DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
@@ -574,7 +578,22 @@ def remove_archived_originals(target: Target, archive_path: Path) -> list[Remova
         return [Removal(entry.path, refused=reason) for entry in manifest.files]
     facts = read_ledger_facts(target)
     roots = [os.path.realpath(root) for root in manifest.roots]
-    return [remove_original(entry, facts, roots) for entry in manifest.files]
+    removals = [remove_original(entry, facts, roots) for entry in manifest.files]
+    removed = [entry for entry, removal in zip(manifest.files, removals) if removal.removed]
+    if removed:
+        record_removals(target, archive_path, removed)
+    return removals
+
+
+def record_removals(target: Target, archive_path: Path, removed: list[ArchivedFile]) -> None:
+    """Record in the ledger where the removed files' bytes are now (`consolidate.archived_removals`):
+    validate spot-checks them there, rollback reads them from there."""
+    archive_sha256 = checksum_file(archive_path).read_text(encoding="utf-8").split(maxsplit=1)[0]
+    with target.connect() as connection:
+        for entry in removed:
+            members = {member.original.removeprefix(entry.path): member.name for member in entry.members}
+            record_archived_removal(connection, entry.path, entry.load_id, entry.sha256, entry.wal_sha256,
+                                    str(archive_path), archive_sha256, members)
 
 
 def remove_original(entry: ArchivedFile, facts: LedgerFacts | None, real_roots: list[str]) -> Removal:

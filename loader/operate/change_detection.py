@@ -57,6 +57,10 @@ from loader.operate import cutover
 from loader.sources.discover import DiscoveryWarning
 from loader.transform.build import BuildOutcome
 
+# A ledger file no longer found under the roots: gone, or removed after archiving (`consolidate archive
+# --remove-originals`, its bytes in the archive). Either way its last load stays current.
+MISSING, ARCHIVED = "missing", "archived"
+
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
 # value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content, as in a
 # change load's comparison (loader/load/delta.py).
@@ -190,12 +194,13 @@ class FileSync:
     source_path: str
     source_db: str
     kind: str
-    status: str  # loaded / unchanged / copy / failed / missing
+    status: str  # loaded / unchanged / copy / failed / missing / archived (removed after archiving)
     load_id: str | None = None  # the load whose rows are current for this file after the sync
     previous_load_id: str | None = None
     rows: int | None = None  # rows of the current load
     error: str | None = None
     tables: list[TableChanges] = field(default_factory=list)
+    archive_path: str | None = None  # status archived: the archive holding the current load's bytes
 
     # The file's totals count application rows: SQLite's own tables (sqlite_sequence, sqlite_stat1),
     # which change with them, are listed in `tables` but not counted.
@@ -218,7 +223,7 @@ class FileSync:
         return {"source_path": self.source_path, "source_db": self.source_db, "kind": self.kind,
                 "status": self.status, "load_id": self.load_id, "previous_load_id": self.previous_load_id,
                 "rows": self.rows, "inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
-                "error": self.error, "tables": [t.to_json() for t in self.tables]}
+                "error": self.error, "tables": [t.to_json() for t in self.tables], "archive_path": self.archive_path}
 
 
 @dataclass
@@ -248,10 +253,10 @@ class SyncReport:
     @property
     def totals(self) -> dict:
         return {"files": len(self.files), **{s: self.count(s) for s in
-                                             ("loaded", "unchanged", "copy", "failed", "missing")},
+                                             ("loaded", "unchanged", "copy", "failed", MISSING, ARCHIVED)},
                 "inserted": sum(f.inserted for f in self.files), "updated": sum(f.updated for f in self.files),
                 "deleted": sum(f.deleted for f in self.files),
-                "rows": sum(f.rows or 0 for f in self.files if f.status != "missing")}
+                "rows": sum(f.rows or 0 for f in self.files if f.status not in (MISSING, ARCHIVED))}
 
     @property
     def failed(self) -> list[FileSync]:
@@ -406,11 +411,15 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
         detected += [c for c in recorded_changes(connection, loaded.load_id)
                      if (c.load_id, c.source_path) not in {(d.load_id, d.source_path) for d in detected}]
         current = ledger.current_rows(connection)
+        loads = {c.source_path: c for c in ledger.current_loads(connection)}
+        archived = ledger.archived_removals(connection)
     by_load = {(c.load_id, c.source_path): c for c in detected}
     files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
     discovered = {f.source_path for f in files}
     for path in sorted(set(current) - discovered):
         if is_under(path, roots):
-            files.append(FileSync(source_path=path, source_db=Path(path).name, kind="", status="missing",
-                                  load_id=current[path][0], rows=current[path][1]))
+            files.append(FileSync(source_path=path, source_db=loads[path].source_db, kind=loads[path].kind,
+                                  status=ARCHIVED if path in archived else MISSING,
+                                  load_id=current[path][0], rows=current[path][1],
+                                  archive_path=archived[path].archive_path if path in archived else None))
     return caught_up, files

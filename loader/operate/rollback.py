@@ -36,7 +36,8 @@ holds it, with PostgreSQL's state.
 Rows are copied from a private consistent copy of SOURCE checked to be byte for byte the version loaded
 as its current load (so they are exactly the rows raw holds, with SQLite's own types and bytes, which
 raw's text alone cannot restore in every case: a column without affinity, a REAL beyond 15 digits, TEXT
-raw keeps as hex). A SOURCE changed since its current load is refused (`consolidate sync` it first), and
+raw keeps as hex). A SOURCE `consolidate archive --remove-originals` removed is read from the archive
+the ledger names (`consolidate.archived_removals`), checked the same way. A SOURCE changed since its current load is refused (`consolidate sync` it first), and
 so are marts not built since that load. SOURCE is never opened; FILE is written beside itself and moved into place (never over an existing FILE unless
 `overwrite`); each rollback is recorded in `consolidate.rollbacks`.
 """
@@ -58,6 +59,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, state_loads
 from loader.load import raw_tables
@@ -68,7 +70,15 @@ from loader.operate.cutover import (
     ledger_path,
     who,
 )
-from loader.sources.snapshot import SourceKeptChanging, consistent_copy, sha256_of, side_file
+from loader.sources.snapshot import (
+    ArchiveUnreadable,
+    Snapshot,
+    SourceKeptChanging,
+    archived_copy,
+    consistent_copy,
+    sha256_of,
+    side_file,
+)
 from loader.sources.sqlite_reader import quote
 from loader.transform.relations import MEMORY_RANKED
 
@@ -570,6 +580,16 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 
+def source_copy(connection: psycopg.Connection, source: Path, folder: Path) -> Snapshot:
+    """A consistent copy of the file; of its bytes in the archive when `consolidate archive
+    --remove-originals` removed it (`consolidate.archived_removals`)."""
+    if not source.exists():
+        archived = ledger.archived_removals(connection).get(str(source))
+        if archived is not None:
+            return archived_copy(Path(archived.archive_path), archived.members, folder, source.name)
+    return consistent_copy(source, folder)
+
+
 def rollback(target: Target, source: Path | str, destination: Path | str, *, overwrite: bool = False,
              by: str | None = None) -> RollbackReport:
     """Write `destination`, a new SQLite database in `source`'s schema holding PostgreSQL's current state
@@ -597,8 +617,8 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
             raise RollbackError(f"{source_path}: its current load has no {MEMORY_TABLES[kind]} table")
         with tempfile.TemporaryDirectory(prefix="consolidate-rollback-") as folder:
             try:
-                snapshot = consistent_copy(source, Path(folder))
-            except (OSError, SourceKeptChanging) as error:
+                snapshot = source_copy(connection, source, Path(folder))
+            except (OSError, SourceKeptChanging, ArchiveUnreadable) as error:
                 raise RollbackError(f"{source_path}: cannot be copied: {error}") from error
             if (snapshot.sha256, snapshot.wal_sha256) != (sha256, wal_sha256):
                 raise RollbackError(f"{source_path}: changed since its current load {load_id}; run `consolidate "

@@ -14,9 +14,11 @@ import hashlib
 import sqlite3
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 SIDE_FILES = ("-wal", "-journal")
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -34,10 +36,15 @@ def side_file(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
 
-def copy_file(source: Path, target: Path, hashing: bool = True, chunk_size: int = 1 << 20) -> str | None:
+def copy_file(source: Path, target: Path, hashing: bool = True) -> str | None:
     """Copy `source` to `target`; with `hashing`, return the sha256 of the bytes copied (one read for both)."""
+    with open(source, "rb") as reading:
+        return copy_stream(reading, target, hashing)
+
+
+def copy_stream(reading: BinaryIO, target: Path, hashing: bool = True, chunk_size: int = 1 << 20) -> str | None:
     digest = hashlib.sha256() if hashing else None
-    with open(source, "rb") as reading, open(target, "wb") as writing:
+    with open(target, "wb") as writing:
         while chunk := reading.read(chunk_size):
             if digest is not None:
                 digest.update(chunk)
@@ -165,3 +172,36 @@ def private_copy(source: Path, hashing: bool = True) -> Iterator[Snapshot]:
     """A consolidated_copy of `source` in a private folder, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="consolidate-") as folder:
         yield consolidated_copy(source, Path(folder), hashing)
+
+
+# ----------------------------------------------------------------------------- archived sources
+
+class ArchiveUnreadable(Exception):
+    """An archive that should hold a source's bytes cannot be read (gone, damaged, lacking the member)."""
+
+
+def archived_copy(archive: Path, members: dict[str, str], folder: Path, name: str) -> Snapshot:
+    """Extract a source whose original was removed after archiving: its parts (by suffix: "", "-wal",
+    "-journal") are `members` of the zip `archive`. Written to `folder/name` and its side files, hashed
+    as extracted, like `consistent_copy` of the original would have. Raises ArchiveUnreadable."""
+    target = folder / name
+    state: dict[str, str | None] = {}
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            for suffix, member in members.items():
+                with bundle.open(member) as reading:
+                    state[suffix] = copy_stream(reading, side_file(target, suffix))
+    except (OSError, zipfile.BadZipFile, KeyError) as error:  # a damaged member fails its CRC: BadZipFile
+        raise ArchiveUnreadable(f"{archive}: {error}") from error
+    if state.get("") is None:
+        raise ArchiveUnreadable(f"{archive}: the ledger names no main file of {name} in it")
+    return Snapshot(path=target, sha256=state[""], wal_sha256=state.get("-wal"))
+
+
+@contextlib.contextmanager
+def archived_private_copy(archive: Path, members: dict[str, str], name: str) -> Iterator[Snapshot]:
+    """An `archived_copy` in a private folder, its WAL replayed into one file, removed on exit."""
+    with tempfile.TemporaryDirectory(prefix="consolidate-") as folder:
+        snapshot = archived_copy(archive, members, Path(folder), name)
+        fold_into_single_file(snapshot.path)
+        yield snapshot

@@ -11,6 +11,8 @@ from loader.ledger import CurrentLoad
 from loader.verify.results import ValidationError
 
 UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
+# Removed from disk by `consolidate archive --remove-originals`, its current load's bytes read from the archive.
+ARCHIVED = "archived"
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
 
 
@@ -52,7 +54,9 @@ def checksum_problems(status: str, reason: str | None) -> list[str]:
     return {
         UNCHANGED: [],
         CHANGED: ["changed on disk since its load (main file or -wal): not validated; load it again"],
-        MISSING: ["no longer exists on disk: not validated"],
+        MISSING: ["no longer exists on disk: not validated (remove originals with `consolidate archive "
+                  "--remove-originals`, which keeps their bytes where validate can read them)"],
+        ARCHIVED: [],
         UNREADABLE: [f"could not be read: {reason}"],
     }[status]
 

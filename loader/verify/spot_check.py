@@ -19,11 +19,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader.json_depth import too_deep
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, CurrentLoad, not_retired
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ArchivedRemoval, CurrentLoad, not_retired
 from loader.load.secret_policy import SecretPolicy
-from loader.sources.snapshot import SourceKeptChanging, private_copy
+from loader.sources.snapshot import ArchiveUnreadable, SourceKeptChanging, archived_private_copy, private_copy
 from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
-from loader.verify.checksums import CHANGED, MISSING, UNCHANGED, UNREADABLE, BackupIndex
+from loader.verify.checksums import ARCHIVED, CHANGED, MISSING, UNCHANGED, UNREADABLE, BackupIndex
 from loader.verify.results import Mismatch
 from loader.verify.rules import (
     HMAC_SHAPE,
@@ -89,18 +89,35 @@ class Sample:
     reason: str | None = None
 
 
-def check_source(connection: psycopg.Connection, current: CurrentLoad, options: Options) -> tuple[str, Sample]:
+def check_source(connection: psycopg.Connection, current: CurrentLoad, options: Options,
+                 archived: ArchivedRemoval | None = None) -> tuple[str, Sample]:
     """The file's checksum status, and the spot check's sample of a private copy when the file is
-    unchanged. The copy's checksums are those of the bytes on disk now (taken while nothing wrote)."""
+    unchanged. The copy's checksums are those of the bytes on disk now (taken while nothing wrote).
+    A file removed after archiving (`archived`: its current load's bytes) is read from the archive."""
     try:
         with private_copy(Path(current.source_path)) as snapshot:
             if (snapshot.sha256, snapshot.wal_sha256) != current.identity:
                 return CHANGED, Sample()
             return UNCHANGED, sample_file(connection, snapshot.path, current, options)
     except FileNotFoundError:
-        return MISSING, Sample()
+        if archived is None:
+            return MISSING, Sample()
+        return check_archived_source(connection, current, options, archived)
     except (SourceKeptChanging, OSError) as error:
         return UNREADABLE, Sample(reason=f"{type(error).__name__}: {error}")
+
+
+def check_archived_source(connection: psycopg.Connection, current: CurrentLoad, options: Options,
+                          archived: ArchivedRemoval) -> tuple[str, Sample]:
+    name = Path(current.source_path).name
+    try:
+        with archived_private_copy(Path(archived.archive_path), archived.members, name) as snapshot:
+            if (snapshot.sha256, snapshot.wal_sha256) != current.identity:
+                return UNREADABLE, Sample(reason=f"removed after archiving, and the archive {archived.archive_path} "
+                                                 "holds other bytes than the current load")
+            return ARCHIVED, sample_file(connection, snapshot.path, current, options)
+    except ArchiveUnreadable as error:
+        return UNREADABLE, Sample(reason=f"removed after archiving, and the archive cannot be read: {error}")
 
 
 def sample_file(connection: psycopg.Connection, database: Path, current: CurrentLoad, options: Options) -> Sample:

@@ -11,7 +11,10 @@ For each file of `consolidate.current_loads`:
   `reconciliation` mart counted it (the build's assert_flags_reach_the_marts counts it again in the marts);
 - checksums: the file on disk now (main file and `-wal`) against the ledger's checksums of its current
   load, and, given a backup folder, the ledger's checksums against the backup manifest's for that path
-  (does the backup hold exactly the bytes that were loaded?);
+  (does the backup hold exactly the bytes that were loaded?). A file `consolidate archive
+  --remove-originals` deleted is `archived`: its bytes are read from the archive the ledger names
+  (`consolidate.archived_removals`), checked against the current load's checksums and spot-checked;
+  a file gone from disk otherwise is `missing`, a problem;
 - a spot check of N random rows, read with Python's sqlite3 from a private copy (never DuckDB, never
   dbt): memory rows are compared field by field with the marts row that represents them
   (unified_memory, performance_metrics or unified_memory_history) after applying the documented rules
@@ -24,7 +27,7 @@ For each file of `consolidate.current_loads`:
   exact scrubbed JSON, when the key in use is the one the load used (same `key_id`), else only their
   shape (`hmac-sha256:<64 hex>` where a hash stands).
 
-A file passes when its counts reconcile, it is unchanged on disk, no spot-checked field differs and
+A file passes when its counts reconcile, it is unchanged on disk (or in its archive), no spot-checked field differs and
 (given a backup) the backup holds the loaded bytes. Results are stored in `consolidate.validation_runs`
 and `consolidate.validation_files`.
 """
@@ -78,7 +81,9 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         currents = ledger.current_loads(connection)
         raw_counts = raw_rows_by_file(connection)
         recorded = ledger.secret_policies(connection)
-        sources = [check_source(connection, current, options) for current in currents]
+        archived = ledger.archived_removals(connection)
+        sources = [check_source(connection, current, options, archived.get(current.source_path))
+                   for current in currents]
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
         files = [validate_file(connection, current, options, raw_counts, status,
