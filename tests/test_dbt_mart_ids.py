@@ -29,12 +29,12 @@ def test_mart_ids_number_the_rows_in_their_documented_order(consolidated, mart, 
 
 # ------------------------------------------------------------------ the contracts' constraints, in place
 
-MARTS_YAML = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "marts" / "_marts__models.yml"
+MARTS = Path(__file__).resolve().parents[1] / "dbt_project" / "models" / "marts"
 
 
 def declared_model(model: str) -> dict:
-    """`model`'s entry in the marts' YAML, read here, not from dbt."""
-    return next(m for m in yaml.safe_load(MARTS_YAML.read_text())["models"] if m["name"] == model)
+    """`model`'s entry in its YAML file (marts/<model>.yml), read here, not from dbt."""
+    return next(m for m in yaml.safe_load((MARTS / f"{model}.yml").read_text())["models"] if m["name"] == model)
 
 
 def declared_not_null(model: str) -> set[str]:

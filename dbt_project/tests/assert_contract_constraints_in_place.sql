@@ -1,6 +1,6 @@
 {#-
     The not-null, unique and check constraints the tables' enforced contracts declare
-    (models/marts/_marts__models.yml) are in place in PostgreSQL; a check is matched by the columns it
+    (models/marts/<model>.yml) are in place in PostgreSQL; a check is matched by the columns it
     reads. PostgreSQL then refuses every row that would break one, at every write (a build, the write path,
     DML on a mart), so those columns carry no not_null / unique data tests of their own, nor do the
     compatibility views over them. A table built before its contract declared a constraint would lack it
