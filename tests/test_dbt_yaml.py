@@ -28,17 +28,8 @@ def test_a_yaml_file_holds_the_model_beside_it_and_its_unit_tests_only(path):
     assert {test["model"] for test in document.get("unit_tests", [])} <= {path.stem}
 
 
-@pytest.mark.parametrize("path", MODEL_YAML, ids=lambda path: path.stem)
-def test_no_model_yaml_file_reads_differently_once_dbt_strips_it(path):
-    """dbt strips a YAML file before parsing it: a block scalar (`>`) ending the file would lose its final
-    line break there, and its description would differ from the one the same text gives a model that is
-    not its file's last."""
-    text = path.read_text()
-    assert yaml.safe_load(text.strip()) == yaml.safe_load(text)
-
-
 def test_the_memory_staging_models_declare_one_shape():
-    """What a YAML anchor gave them while they shared a file: the same columns, descriptions included."""
+    """The same columns, each described once (staging/_memory_shape.md)."""
     staging = MODELS / "staging"
     v2, v3, extended = (load(staging / f"{name}.yml")["models"][0]["columns"] for name in (
         "stg_claude_flow_v2__memory_entries", "stg_claude_flow_v3__memory_entries", "stg_extended_memory__memory_store"))
@@ -46,7 +37,7 @@ def test_the_memory_staging_models_declare_one_shape():
 
 
 def test_the_marts_describe_flags_alike():
-    """What a YAML anchor gave them while they shared a file: one description of `flags`."""
+    """One description of `flags` (marts/_marts.md)."""
     descriptions = [next(column["description"] for column in load(MODELS / "marts" / f"{mart}.yml")["models"][0]["columns"]
                          if column["name"] == "flags")
                     for mart in ("unified_memory", "performance_metrics", "unified_memory_history")]
