@@ -759,7 +759,6 @@ class ArchivedRemoval:
 def record_archived_removal(connection: psycopg.Connection, source_path: str, load_id: str, sha256: str,
                             wal_sha256: str | None, archive_path: str, archive_sha256: str,
                             members: dict[str, str]) -> None:
-    ensure(connection)
     connection.execute(
         sql.SQL("INSERT INTO {} (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, members) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_path, load_id) DO UPDATE SET "
@@ -767,6 +766,11 @@ def record_archived_removal(connection: psycopg.Connection, source_path: str, lo
                 "members = excluded.members, removed_at = now(), removed_by = current_user").format(
             table("archived_removals")),
         (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, Jsonb(members)))
+
+
+def forget_archived_removal(connection: psycopg.Connection, source_path: str, load_id: str) -> None:
+    connection.execute(sql.SQL("DELETE FROM {} WHERE source_path = %s AND load_id = %s").format(
+        table("archived_removals")), (source_path, load_id))
 
 
 def archived_removals(connection: psycopg.Connection) -> dict[str, ArchivedRemoval]:

@@ -25,6 +25,7 @@ from loader.fixtures.sample import write_sample
 from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
 from loader.operate.status import UNCHANGED, status
 from loader.pipeline import run, sync
+from loader.sources.snapshot import ArchiveUnreadable, archived_copy
 
 from conftest import fetch
 
@@ -309,6 +310,54 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     problems = {Path(f["source_path"]): f["problems"] for f in json.loads(damaged.stdout)["files"]}
     assert any("archive cannot be read" in problem and str(report.archive) in problem for problem in problems[v2])
     assert all(problems[path] == [] for path in removed - {v2})
+
+    for part in originals.iterdir():  # put back where it was: what is on disk counts again
+        shutil.copy2(part, v2.with_name(part.name))
+    restored = consolidate("validate", "--json", target=target, home=home)
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert {Path(f["source_path"]): f["checksum_status"] for f in json.loads(restored.stdout)["files"]}[v2] == "unchanged"
+    assert {Path(f.source_path): f for f in status(target).files}[v2].on_disk == UNCHANGED
+
+
+def test_reading_a_damaged_archive_back_always_says_it_cannot_be_read(tmp_path):
+    """Whatever byte of a member is damaged (a bad CRC, a broken deflate stream), a truncated or missing
+    archive: validate and rollback get ArchiveUnreadable, never another exception."""
+    database = tmp_path / "memory.db"
+    connection = sqlite3.connect(database)
+    connection.execute("CREATE TABLE memory_entries (key TEXT, value TEXT)")
+    connection.executemany("INSERT INTO memory_entries VALUES (?, ?)",
+                           [(f"key-{n}", f"value {n} " + "x" * (n % 50)) for n in range(500)])
+    connection.commit()
+    connection.close()
+    archive_path, member = tmp_path / "archive.zip", "files/memory.db"
+    with zipfile.ZipFile(archive_path, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.write(database, member)
+    identity = (sha256(database), None)
+    intact = archive_path.read_bytes()
+    with zipfile.ZipFile(archive_path) as bundle:
+        info = bundle.getinfo(member)
+    name_length, extra_length = struct.unpack("<HH", intact[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+
+    def read_back(folder: str) -> None:
+        (tmp_path / folder).mkdir()
+        archived_copy(archive_path, {"": member}, tmp_path / folder, "memory.db", identity)
+
+    read_back("intact")
+    damaged_at = range(start, start + info.compress_size, max(1, info.compress_size // 80))
+    for offset in damaged_at:
+        damaged = bytearray(intact)
+        damaged[offset] ^= 0xFF
+        archive_path.write_bytes(damaged)
+        with pytest.raises(ArchiveUnreadable):
+            read_back(f"flipped-{offset}")
+    for name, content in (("truncated", intact[:len(intact) // 2]), ("empty", b"")):
+        archive_path.write_bytes(content)
+        with pytest.raises(ArchiveUnreadable):
+            read_back(name)
+    archive_path.unlink()
+    with pytest.raises(ArchiveUnreadable):
+        read_back("missing")
 
 
 def read_rows(database: Path, query: str) -> list[tuple]:

@@ -233,7 +233,8 @@ def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "publi
              as_json: AsJson = False) -> None:
     """Validation report (plan phase 3): per current source file, counts (SQLite, raw, kept, superseded,
     moved, flagged), sha256 on disk (and in --backup) against the loaded bytes, and a field-by-field spot
-    check of random rows against the marts and raw. Stored in consolidate.validation_runs/_files. Exit 0
+    check of random rows against the marts and raw. A file `archive --remove-originals` deleted is read
+    from its archive instead (on disk: archived). Stored in consolidate.validation_runs/_files. Exit 0
     when every file passes, 1 otherwise, 2 when nothing can be validated.
 
     Example: consolidate validate --sample 200 --backup /srv/backups/2026-12-01"""
@@ -284,7 +285,8 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")]
 @app.command()
 def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
     """The ledger at a glance: per source file its latest status, current load, rows, whether the file
-    on disk still has the loaded checksums (unchanged / changed / missing), time since its last sync,
+    on disk still has the loaded checksums (unchanged / changed / missing / archived: removed by
+    `archive --remove-originals`, its bytes in the archive named), time since its last sync,
     whether its service is cut over to PostgreSQL (since when, by whom, split-brain loads since) and its
     last failure; totals and the last load's status.
 
@@ -442,7 +444,8 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
     same tables, indexes, triggers, views and pragmas) holding PostgreSQL's current state of every
     entry whose home is SOURCE (its rows, and the entries its service wrote in PostgreSQL), deletes
     applied, times in SOURCE's units; rows PostgreSQL never changed are SOURCE's own, byte for byte.
-    SOURCE is never opened; FILE is never replaced without --overwrite. Recorded in
+    SOURCE is never opened (one `archive --remove-originals` removed is read from its archive); FILE is
+    never replaced without --overwrite. Recorded in
     consolidate.rollbacks. Write FILE outside the folders `sync` reads (it would load it as a new file),
     then move it into SOURCE's place with its service stopped. Exit 2 when FILE may not be used (it
     exists, it is SOURCE or another file the ledger loads, it is a folder, no such folder); 5 when

@@ -73,18 +73,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
-from loader import __version__
+from loader import __version__, ledger
 from loader.backup.backup import backup_relative_path, flush_to_disk
 from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
 from loader.database import Target
 from loader.exit_codes import ExitCode
-from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, record_archived_removal, relation_exists
+from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
 from loader.sources.discover import DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
     CHANGE_DETECTING_SUFFIXES,
+    ZIP_READ_ERRORS,
     SourceKeptChanging,
     consistent_copy,
     file_set_state,
@@ -538,7 +540,7 @@ def member_problem(bundle: zipfile.ZipFile, member: Member) -> str | None:
         actual = sha256_of_member(bundle, member.name)
     except KeyError:
         return "missing: listed in the manifest, not in the archive"
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+    except ZIP_READ_ERRORS as error:
         return f"cannot be read: {error}"
     if actual != member.sha256:
         return f"sha256 {actual} differs from the manifest's {member.sha256}"
@@ -578,29 +580,30 @@ def remove_archived_originals(target: Target, archive_path: Path) -> list[Remova
         return [Removal(entry.path, refused=reason) for entry in manifest.files]
     facts = read_ledger_facts(target)
     roots = [os.path.realpath(root) for root in manifest.roots]
-    removals = [remove_original(entry, facts, roots) for entry in manifest.files]
-    removed = [entry for entry, removal in zip(manifest.files, removals) if removal.removed]
-    if removed:
-        record_removals(target, archive_path, removed)
-    return removals
-
-
-def record_removals(target: Target, archive_path: Path, removed: list[ArchivedFile]) -> None:
-    """Record in the ledger where the removed files' bytes are now (`consolidate.archived_removals`):
-    validate spot-checks them there, rollback reads them from there."""
     archive_sha256 = checksum_file(archive_path).read_text(encoding="utf-8").split(maxsplit=1)[0]
-    with target.connect() as connection:
-        for entry in removed:
-            members = {member.original.removeprefix(entry.path): member.name for member in entry.members}
-            record_archived_removal(connection, entry.path, entry.load_id, entry.sha256, entry.wal_sha256,
-                                    str(archive_path), archive_sha256, members)
+    with target.connect(autocommit=True) as connection:  # each record commits before its file goes
+        ledger.ensure(connection)
+        return [remove_original(connection, entry, facts, roots, archive_path, archive_sha256)
+                for entry in manifest.files]
 
 
-def remove_original(entry: ArchivedFile, facts: LedgerFacts | None, real_roots: list[str]) -> Removal:
+def remove_original(connection: psycopg.Connection, entry: ArchivedFile, facts: LedgerFacts | None,
+                    real_roots: list[str], archive_path: Path, archive_sha256: str) -> Removal:
+    """Remove the file if it may be, recording first where its bytes are (`consolidate.archived_removals`:
+    validate spot-checks them there, rollback reads them there). Recorded before the removal, so an
+    interruption leaves at worst the record of a file still on disk, which every reader ignores (they
+    read the disk first), never a removed file whose bytes no record points to."""
     reason = location_refusal(entry, real_roots) or removal_refusal(entry, facts)
     if reason:
         return Removal(entry.path, refused=reason)
-    return remove_through_quarantine(entry)
+    current = facts.current[entry.path]  # the load whose checksums were just checked
+    members = {member.original.removeprefix(entry.path): member.name for member in entry.members}
+    ledger.record_archived_removal(connection, entry.path, current.load_id, current.sha256, current.wal_sha256,
+                                   str(archive_path), archive_sha256, members)
+    removal = remove_through_quarantine(entry)
+    if not removal.removed:
+        ledger.forget_archived_removal(connection, entry.path, current.load_id)
+    return removal
 
 
 def location_refusal(entry: ArchivedFile, real_roots: list[str]) -> str | None:

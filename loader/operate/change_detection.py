@@ -189,7 +189,8 @@ class FileChanges:
 
 @dataclass
 class FileSync:
-    """What one sync did to one discovered file (or to a ledger file no longer found: `missing`)."""
+    """What one sync did to one discovered file (or to a ledger file no longer found: `missing`, or
+    `archived` when `consolidate archive --remove-originals` removed it)."""
 
     source_path: str
     source_db: str
@@ -402,7 +403,8 @@ def file_result(outcome: FileOutcome, changes: dict[tuple[str, str], FileChanges
 def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[int, list[FileSync]]:
     """After `loaded`: detect the changes of every `loaded` file version that has none yet, and say
     per file what the sync did; a file of the ledger under `roots` that was not discovered any more
-    is `missing` (its last load stays current: reported, not applied). Returns how many earlier loads
+    is `missing`, or `archived` when the archive removed it and nothing is at its path (either way its
+    last load stays current: reported, not applied). Returns how many earlier loads
     (by `load` / `run`) were caught up, and the files."""
     with target.connect(autocommit=True) as connection:  # each file's detection commits on its own
         ledger.ensure(connection)
@@ -418,8 +420,9 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
     discovered = {f.source_path for f in files}
     for path in sorted(set(current) - discovered):
         if is_under(path, roots):
+            removed = path in archived and not Path(path).exists()
             files.append(FileSync(source_path=path, source_db=loads[path].source_db, kind=loads[path].kind,
-                                  status=ARCHIVED if path in archived else MISSING,
+                                  status=ARCHIVED if removed else MISSING,
                                   load_id=current[path][0], rows=current[path][1],
-                                  archive_path=archived[path].archive_path if path in archived else None))
+                                  archive_path=archived[path].archive_path if removed else None))
     return caught_up, files

@@ -37,9 +37,10 @@ Rows are copied from a private consistent copy of SOURCE checked to be byte for 
 as its current load (so they are exactly the rows raw holds, with SQLite's own types and bytes, which
 raw's text alone cannot restore in every case: a column without affinity, a REAL beyond 15 digits, TEXT
 raw keeps as hex). A SOURCE `consolidate archive --remove-originals` removed is read from the archive
-the ledger names (`consolidate.archived_removals`), checked the same way. A SOURCE changed since its current load is refused (`consolidate sync` it first), and
-so are marts not built since that load. SOURCE is never opened; FILE is written beside itself and moved into place (never over an existing FILE unless
-`overwrite`); each rollback is recorded in `consolidate.rollbacks`.
+the ledger names (`consolidate.archived_removals`), checked the same way. A SOURCE changed since its
+current load is refused (`consolidate sync` it first), and so are marts not built since that load.
+SOURCE is never opened; FILE is written beside itself and moved into place (never over an existing
+FILE unless `overwrite`); each rollback is recorded in `consolidate.rollbacks`.
 """
 
 from __future__ import annotations
@@ -582,11 +583,12 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 
 def source_copy(connection: psycopg.Connection, source: Path, folder: Path) -> Snapshot:
     """A consistent copy of the file; of its bytes in the archive when `consolidate archive
-    --remove-originals` removed it (`consolidate.archived_removals`)."""
+    --remove-originals` removed it (`consolidate.archived_removals`: the current load's bytes)."""
     if not source.exists():
         archived = ledger.archived_removals(connection).get(str(source))
         if archived is not None:
-            return archived_copy(Path(archived.archive_path), archived.members, folder, source.name)
+            return archived_copy(Path(archived.archive_path), archived.members, folder, source.name,
+                                 (archived.sha256, archived.wal_sha256))
     return consistent_copy(source, folder)
 
 

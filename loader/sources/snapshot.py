@@ -15,6 +15,7 @@ import sqlite3
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,31 +178,46 @@ def private_copy(source: Path, hashing: bool = True) -> Iterator[Snapshot]:
 # ----------------------------------------------------------------------------- archived sources
 
 class ArchiveUnreadable(Exception):
-    """An archive that should hold a source's bytes cannot be read (gone, damaged, lacking the member)."""
+    """An archive that should hold a source's bytes cannot be read (gone, damaged, lacking the member) or
+    holds other bytes."""
 
 
-def archived_copy(archive: Path, members: dict[str, str], folder: Path, name: str) -> Snapshot:
+# What reading a member of a zip raises when the zip is gone or damaged: a bad CRC (BadZipFile), a
+# broken deflate stream (zlib.error), a truncated file (EOFError).
+ZIP_READ_ERRORS = (OSError, zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def archived_copy(archive: Path, members: dict[str, str], folder: Path, name: str,
+                  identity: tuple[str, str | None]) -> Snapshot:
     """Extract a source whose original was removed after archiving: its parts (by suffix: "", "-wal",
     "-journal") are `members` of the zip `archive`. Written to `folder/name` and its side files, hashed
-    as extracted, like `consistent_copy` of the original would have. Raises ArchiveUnreadable."""
+    as extracted, and accepted only when they are `identity` (sha256 of the main file and of the -wal),
+    like a `consistent_copy` of the original. Raises ArchiveUnreadable."""
     target = folder / name
     state: dict[str, str | None] = {}
     try:
-        with zipfile.ZipFile(archive) as bundle:
-            for suffix, member in members.items():
+        bundle = zipfile.ZipFile(archive)
+    except ZIP_READ_ERRORS as error:
+        raise ArchiveUnreadable(f"{archive}: {error}") from error
+    with bundle:
+        for suffix, member in members.items():
+            try:
                 with bundle.open(member) as reading:
                     state[suffix] = copy_stream(reading, side_file(target, suffix))
-    except (OSError, zipfile.BadZipFile, KeyError) as error:  # a damaged member fails its CRC: BadZipFile
-        raise ArchiveUnreadable(f"{archive}: {error}") from error
-    if state.get("") is None:
-        raise ArchiveUnreadable(f"{archive}: the ledger names no main file of {name} in it")
+            except KeyError as error:
+                raise ArchiveUnreadable(f"{archive}: no member {member}") from error
+            except ZIP_READ_ERRORS as error:  # OSError: also a full disk under the private folder, named
+                raise ArchiveUnreadable(f"{archive}: {member}: {error}") from error
+    if (state.get(""), state.get("-wal")) != identity:
+        raise ArchiveUnreadable(f"{archive} holds other bytes of {name} than its current load")
     return Snapshot(path=target, sha256=state[""], wal_sha256=state.get("-wal"))
 
 
 @contextlib.contextmanager
-def archived_private_copy(archive: Path, members: dict[str, str], name: str) -> Iterator[Snapshot]:
+def archived_private_copy(archive: Path, members: dict[str, str], name: str,
+                          identity: tuple[str, str | None]) -> Iterator[Snapshot]:
     """An `archived_copy` in a private folder, its WAL replayed into one file, removed on exit."""
     with tempfile.TemporaryDirectory(prefix="consolidate-") as folder:
-        snapshot = archived_copy(archive, members, Path(folder), name)
+        snapshot = archived_copy(archive, members, Path(folder), name, identity)
         fold_into_single_file(snapshot.path)
         yield snapshot

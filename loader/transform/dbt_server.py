@@ -202,10 +202,11 @@ def listen(path: Path, serve: Callable[[Connection], None]) -> None:
 
 def name_process(title: str) -> None:
     """What `ps` shows for this process: a fork keeps the command line of the command it came from,
-    which would show a finished `consolidate sync ...` as still running."""
-    import setproctitle
+    which would show a finished `consolidate sync ...` as still running. Only cosmetic: never fatal."""
+    with contextlib.suppress(Exception):
+        import setproctitle
 
-    setproctitle.setproctitle(title)
+        setproctitle.setproctitle(title)
 
 
 def still_at(path: Path, inode: int) -> bool:

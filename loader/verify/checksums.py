@@ -54,8 +54,8 @@ def checksum_problems(status: str, reason: str | None) -> list[str]:
     return {
         UNCHANGED: [],
         CHANGED: ["changed on disk since its load (main file or -wal): not validated; load it again"],
-        MISSING: ["no longer exists on disk: not validated (remove originals with `consolidate archive "
-                  "--remove-originals`, which keeps their bytes where validate can read them)"],
+        MISSING: ["no longer exists on disk, and `consolidate archive --remove-originals` did not remove it "
+                  "(it would have recorded the archive to read): not validated"],
         ARCHIVED: [],
         UNREADABLE: [f"could not be read: {reason}"],
     }[status]

@@ -111,10 +111,7 @@ def check_archived_source(connection: psycopg.Connection, current: CurrentLoad, 
                           archived: ArchivedRemoval) -> tuple[str, Sample]:
     name = Path(current.source_path).name
     try:
-        with archived_private_copy(Path(archived.archive_path), archived.members, name) as snapshot:
-            if (snapshot.sha256, snapshot.wal_sha256) != current.identity:
-                return UNREADABLE, Sample(reason=f"removed after archiving, and the archive {archived.archive_path} "
-                                                 "holds other bytes than the current load")
+        with archived_private_copy(Path(archived.archive_path), archived.members, name, current.identity) as snapshot:
             return ARCHIVED, sample_file(connection, snapshot.path, current, options)
     except ArchiveUnreadable as error:
         return UNREADABLE, Sample(reason=f"removed after archiving, and the archive cannot be read: {error}")
