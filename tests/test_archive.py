@@ -292,6 +292,7 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     shown = {Path(f.source_path): f for f in status(target).files}
     assert {shown[path].on_disk for path in removed} == {"archived"}
     assert {shown[path].archived.archive_path for path in removed} == {str(report.archive)}
+    assert {shown[path].archive_exists for path in removed} == {True}
 
     synced = sync([root], target, home, quiet=True)
     by_path = {Path(f.source_path): f for f in synced.files}
@@ -317,6 +318,14 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     assert {Path(f["source_path"]): f["checksum_status"] for f in json.loads(restored.stdout)["files"]}[v2] == "unchanged"
     assert {Path(f.source_path): f for f in status(target).files}[v2].on_disk == UNCHANGED
+
+    report.archive.rename(tmp_path / "moved.zip")  # the archive moved away: named, by status and validate
+    other = next(iter(removed - {v2}))
+    assert {Path(f.source_path): f for f in status(target).files}[other].archive_exists is False
+    moved = consolidate("validate", "--json", target=target, home=home)
+    assert moved.returncode == 1
+    problems = {Path(f["source_path"]): f["problems"] for f in json.loads(moved.stdout)["files"]}
+    assert any(str(report.archive) in problem for problem in problems[other])
 
 
 def test_reading_a_damaged_archive_back_always_says_it_cannot_be_read(tmp_path):

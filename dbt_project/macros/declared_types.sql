@@ -1,9 +1,12 @@
 {#-
     Typed staging of an application table (n8n, Flowise): every raw column cast to the type its SQLite
-    CREATE TABLE declared. The loader parses each table's DDL with sqlglot (loader/sqlite_ddl.py) and keeps
-    the declared type per column in consolidate.load_columns.declared_type; for each raw column this
-    takes the type most current loads declared. A value that does not fit its declared type (SQLite stores
-    anything anywhere) becomes NULL; raw keeps the original.
+    CREATE TABLE declared. The loader parses each table's DDL with sqlglot (loader/sources/sqlite_ddl.py)
+    and keeps the declared type per column in consolidate.load_columns.declared_type; for each raw column
+    this takes the type most current loads declared. A value that does not fit its declared type (SQLite stores
+    anything anywhere) becomes NULL; raw keeps the original. The lineage columns follow (source_table,
+    source_path, source_sha256, load_id, source_rowid, loaded_at). Every load's rows are there (filter on
+    consolidate.current_loads for the current ones); a model whose raw table no load has made yet is empty.
+    For the applications themselves, see `consolidate app-copy`.
 -#}
 {% macro typed_app_table(source_name, table, excluded_columns=[], key_columns=['id']) -%}
     {#- The raw table's columns come from the catalog, not from dbt's relation cache: the cache does not
