@@ -773,6 +773,19 @@ def forget_archived_removal(connection: psycopg.Connection, source_path: str, lo
         table("archived_removals")), (source_path, load_id))
 
 
+def relocate_archive(connection: psycopg.Connection, archive_sha256: str, archive_path: str) -> list[tuple[str, str]]:
+    """Point the removal records of the archive with these bytes at `archive_path`, where it was moved;
+    returns (source_path, previous archive_path) of each record moved."""
+    if not relation_exists(connection, LEDGER_SCHEMA, "archived_removals"):
+        return []
+    where = sql.SQL("WHERE archive_sha256 = %s AND archive_path <> %s")
+    moved = connection.execute(sql.SQL("SELECT source_path, archive_path FROM {} {} ORDER BY source_path").format(
+        table("archived_removals"), where), (archive_sha256, archive_path)).fetchall()
+    connection.execute(sql.SQL("UPDATE {} SET archive_path = %s {}").format(table("archived_removals"), where),
+                       (archive_path, archive_sha256, archive_path))
+    return [(path, previous) for path, previous in moved]
+
+
 def archived_removals(connection: psycopg.Connection) -> dict[str, ArchivedRemoval]:
     """The files whose current load's bytes were archived and then removed from disk, by path (empty
     for a ledger from before migration 11)."""

@@ -263,8 +263,9 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
         realdata, target, home, tmp_path):
     """The plan's end state: every original archived and removed. The ledger records where each file's
     bytes are now; validate spot-checks them in the archive and passes, status and sync say `archived`
-    (not `missing`), rollback of a v2 file with a WAL writes its rows from the archive, and an archive
-    damaged afterwards fails validation, named."""
+    (not `missing`), rollback of a v2 file with a WAL writes its rows from the archive; an archive
+    moved away fails validation, named, until `archive --verify --relocate`; one damaged afterwards fails
+    validation, named, and is not relocated; a file put back validates from disk."""
     root = tmp_path / "realdata"
     shutil.copytree(realdata, root)
     result = consolidate("run", str(root), "--no-backup", "--json", target=target, home=home)
@@ -303,14 +304,31 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     assert rolled_back.returncode == 0, rolled_back.stdout[-3000:] + rolled_back.stderr[-3000:]
     assert read_rows(tmp_path / "rollback.db", "SELECT rowid, * FROM memory_entries ORDER BY rowid") == original_rows
 
-    member = next(m["name"] for entry in zip_manifest(report.archive)["files"] if Path(entry["path"]) == v2
+    moved_to = tmp_path / "cold" / "moved.zip"  # the archive moved: named by status and validate
+    moved_to.parent.mkdir()
+    report.archive.rename(moved_to)
+    other = next(iter(removed - {v2}))
+    assert {Path(f.source_path): f for f in status(target).files}[other].archive_exists is False
+    moved = consolidate("validate", "--json", target=target, home=home)
+    assert moved.returncode == 1
+    problems = {Path(f["source_path"]): f["problems"] for f in json.loads(moved.stdout)["files"]}
+    assert all(any(str(report.archive) in problem for problem in problems[path]) for path in removed)
+    # ... until `archive --verify --relocate` points the ledger at where it is now
+    relocated = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
+    assert relocated.returncode == 0, relocated.stdout[-3000:] + relocated.stderr[-3000:]
+    assert {Path(r["source_path"]) for r in json.loads(relocated.stdout)["relocated"]} == removed
+    assert consolidate("validate", target=target, home=home).returncode == 0
+
+    member = next(m["name"] for entry in zip_manifest(moved_to)["files"] if Path(entry["path"]) == v2
                   for m in entry["members"] if m["original"] == str(v2))
-    flip_byte_in_member(report.archive, member)
+    flip_byte_in_member(moved_to, member)
     damaged = consolidate("validate", "--json", target=target, home=home)
     assert damaged.returncode == 1
     problems = {Path(f["source_path"]): f["problems"] for f in json.loads(damaged.stdout)["files"]}
-    assert any("archive cannot be read" in problem and str(report.archive) in problem for problem in problems[v2])
+    assert any("archive cannot be read" in problem and str(moved_to) in problem for problem in problems[v2])
     assert all(problems[path] == [] for path in removed - {v2})
+    refused = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
+    assert refused.returncode == 1 and json.loads(refused.stdout)["relocated"] is None
 
     for part in originals.iterdir():  # put back where it was: what is on disk counts again
         shutil.copy2(part, v2.with_name(part.name))
@@ -318,14 +336,6 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     assert {Path(f["source_path"]): f["checksum_status"] for f in json.loads(restored.stdout)["files"]}[v2] == "unchanged"
     assert {Path(f.source_path): f for f in status(target).files}[v2].on_disk == UNCHANGED
-
-    report.archive.rename(tmp_path / "moved.zip")  # the archive moved away: named, by status and validate
-    other = next(iter(removed - {v2}))
-    assert {Path(f.source_path): f for f in status(target).files}[other].archive_exists is False
-    moved = consolidate("validate", "--json", target=target, home=home)
-    assert moved.returncode == 1
-    problems = {Path(f["source_path"]): f["problems"] for f in json.loads(moved.stdout)["files"]}
-    assert any(str(report.archive) in problem for problem in problems[other])
 
 
 def test_reading_a_damaged_archive_back_always_says_it_cannot_be_read(tmp_path):

@@ -301,6 +301,10 @@ def archive(
         "--to", help="Folder for the archive: new, empty, or holding only consolidate archives.")] = None,
     verify: Annotated[Path | None, typer.Option(
         "--verify", help="Instead of archiving, re-check this archive (.zip) member by member.")] = None,
+    relocate: Annotated[bool, typer.Option(
+        "--relocate", help="With --verify, for an archive moved since `--remove-originals`: once it "
+                           "verifies, point the ledger's records of the files removed into it (matched "
+                           "by its sha256) at PATH, where validate, status and rollback read them.")] = False,
     remove_originals: Annotated[bool, typer.Option(
         "--remove-originals", help="After archiving, delete each archived file (main, -wal, -shm, -journal) "
                                    "whose archive verifies, whose migration the ledger confirms and whose "
@@ -313,13 +317,18 @@ def archive(
     manifest and checksums; list the others with the reason. `--verify PATH` re-checks an archive.
     Exit 1 when a file or a removal was refused or verification finds problems.
 
-    Example: consolidate archive /opt/sutazaiapp --to /srv/archive --remove-originals"""
+    Example: consolidate archive /opt/sutazaiapp --to /srv/archive --remove-originals
+    Example: consolidate archive --verify /mnt/cold/consolidate-archive-20261203T095301Z-c1da9a.zip --relocate"""
     if verify is not None:
         if roots or to is not None or remove_originals:
             raise typer.BadParameter("--verify PATH takes no ROOT, no --to and no --remove-originals")
         problems = archive_stage.verify_archive(verify)
-        render.verification(problems, "archive", verify, as_json)
+        relocated = (archive_stage.relocate_archive(target_for(dsn, home, schema), verify)
+                     if relocate and not problems else None)
+        render.verification(problems, "archive", verify, as_json, relocate, relocated)
         raise typer.Exit(ExitCode.OK if not problems else ExitCode.NOT_RECONCILED)
+    if relocate:
+        raise typer.BadParameter("--relocate goes with --verify PATH")
     if not roots or to is None:
         raise typer.BadParameter("give ROOT... --to DIR (or --verify PATH)")
     try:

@@ -86,11 +86,24 @@ def print_problems(problems: list, where: Path) -> None:
     err.print(f"verified {escape(str(where))}" if not problems else f"{len(problems)} problem(s) in {escape(str(where))}")
 
 
-def verification(problems: list, key: str, where: Path, as_json: bool) -> None:
+def verification(problems: list, key: str, where: Path, as_json: bool, relocate: bool = False,
+                 relocated: list[tuple[str, str]] | None = None) -> None:
+    """`relocated`: the ledger records `archive --verify --relocate` pointed at `where` (None when not
+    asked for, or refused: the archive does not verify)."""
     if as_json:
-        print_json({key: str(where), "verified": not problems, "problems": [p.to_json() for p in problems]})
-    else:
-        print_problems(problems, where)
+        document = {key: str(where), "verified": not problems, "problems": [p.to_json() for p in problems]}
+        if relocate:
+            document["relocated"] = None if relocated is None else [
+                {"source_path": path, "previous_archive_path": previous} for path, previous in relocated]
+        print_json(document)
+        return
+    print_problems(problems, where)
+    if relocate and relocated is None:
+        err.print("[red]not relocated[/red]: the archive does not verify")
+    if relocated is not None and not relocated:
+        err.print("no ledger record of a removed file names an archive with these bytes elsewhere: nothing relocated")
+    for path, previous in relocated or []:
+        err.print(f"relocated {escape(path)}: its bytes are read here now, not in {escape(previous)}")
 
 
 # ------------------------------------------------------------------------------------ discover, load

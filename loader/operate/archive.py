@@ -54,6 +54,7 @@ names. An interruption leaves the parts in the quarantine folder, never lost.
 Each file removed is recorded in the ledger (`consolidate.archived_removals`: its load, the archive,
 the archive's sha256 and the file's members), so later commands know where its bytes are: validate
 spot-checks them in the archive, status and sync report the file `archived`, rollback reads it there.
+An archive moved since is pointed at again by `relocate_archive` (`archive --verify PATH --relocate`).
 """
 
 from __future__ import annotations
@@ -498,6 +499,18 @@ def verify_archive(path: Path) -> list[Problem]:
     except ValueError as error:
         problems.append(Problem(MANIFEST_NAME, f"{error}: not a consolidate archive"))
     return problems
+
+
+def relocate_archive(target: Target, path: Path) -> list[tuple[str, str]]:
+    """After an archive was moved to `path`: point the ledger's records of the files removed after
+    archiving into it (`consolidate.archived_removals`, matched by the archive's sha256) at `path`, where
+    validate, status and rollback look for their bytes. Returns (source_path, previous archive path) of
+    each record moved. Only for an archive `verify_archive` passed."""
+    archive_sha256 = sha256_of(path)
+    with target.connect() as connection:
+        if not ledger_exists(connection):
+            return []
+        return ledger.relocate_archive(connection, archive_sha256, os.path.abspath(path))
 
 
 def whole_archive_problems(path: Path) -> list[Problem]:
