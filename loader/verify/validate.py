@@ -13,7 +13,8 @@ For each file of `consolidate.current_loads`:
   load, and, given a backup folder, the ledger's checksums against the backup manifest's for that path
   (does the backup hold exactly the bytes that were loaded?). A file `consolidate archive
   --remove-originals` deleted is `archived`: its bytes are read from the archive the ledger names
-  (`consolidate.archived_removals`), checked against the current load's checksums and spot-checked;
+  (`consolidate.archived_removals`), checked against the current load's checksums and spot-checked
+  (a backup made after the removal cannot hold it, and is not asked to);
   a file gone from disk otherwise is `missing`, a problem;
 - a spot check of N random rows, read with Python's sqlite3 from a private copy (never DuckDB, never
   dbt): memory rows are compared field by field with the marts row that represents them
@@ -47,7 +48,14 @@ from loader.ledger import LEDGER_SCHEMA, CurrentLoad, now
 from loader.load.raw_contract import MEMORY_KINDS
 from loader.load.secret_policy import SecretPolicy
 from loader.transform.relations import MEMORY_RANKED
-from loader.verify.checksums import backup_checksum_status, backup_entries, backup_problems, checksum_problems
+from loader.verify.checksums import (
+    ARCHIVED,
+    NOT_BACKED_UP,
+    backup_checksum_status,
+    backup_entries,
+    backup_problems,
+    checksum_problems,
+)
 from loader.verify.counts import (
     count_problems,
     raw_rows_by_file,
@@ -125,6 +133,8 @@ def validate_file(connection: psycopg.Connection, current: CurrentLoad, options:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
     backup_status = backup_checksum_status(options.backup, current)
+    if checksum_status == ARCHIVED and backup_status == NOT_BACKED_UP:
+        backup_status = None  # removed before that backup was made: its bytes are in the archive instead
     is_memory_file = current.kind in MEMORY_KINDS
     problems = (count_problems(current, tables, reconciliation)
                 + checksum_problems(checksum_status, spot.reason)
