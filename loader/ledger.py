@@ -773,17 +773,21 @@ def forget_archived_removal(connection: psycopg.Connection, source_path: str, lo
         table("archived_removals")), (source_path, load_id))
 
 
-def relocate_archive(connection: psycopg.Connection, archive_sha256: str, archive_path: str) -> list[tuple[str, str]]:
+def relocate_archive(connection: psycopg.Connection, archive_sha256: str,
+                     archive_path: str) -> list[tuple[str, str]] | None:
     """Point the removal records of the archive with these bytes at `archive_path`, where it was moved;
-    returns (source_path, previous archive_path) of each record moved."""
+    returns (source_path, previous archive_path) of each record moved, None when no record names an
+    archive with these bytes."""
     if not relation_exists(connection, LEDGER_SCHEMA, "archived_removals"):
-        return []
-    where = sql.SQL("WHERE archive_sha256 = %s AND archive_path <> %s")
-    moved = connection.execute(sql.SQL("SELECT source_path, archive_path FROM {} {} ORDER BY source_path").format(
-        table("archived_removals"), where), (archive_sha256, archive_path)).fetchall()
-    connection.execute(sql.SQL("UPDATE {} SET archive_path = %s {}").format(table("archived_removals"), where),
-                       (archive_path, archive_sha256, archive_path))
-    return [(path, previous) for path, previous in moved]
+        return None
+    records = connection.execute(
+        sql.SQL("SELECT source_path, archive_path FROM {} WHERE archive_sha256 = %s ORDER BY source_path").format(
+            table("archived_removals")), (archive_sha256,)).fetchall()
+    if not records:
+        return None
+    connection.execute(sql.SQL("UPDATE {} SET archive_path = %s WHERE archive_sha256 = %s").format(
+        table("archived_removals")), (archive_path, archive_sha256))
+    return [(path, previous) for path, previous in records if previous != archive_path]
 
 
 def archived_removals(connection: psycopg.Connection) -> dict[str, ArchivedRemoval]:

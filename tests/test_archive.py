@@ -317,6 +317,8 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     relocated = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
     assert relocated.returncode == 0, relocated.stdout[-3000:] + relocated.stderr[-3000:]
     assert {Path(r["source_path"]) for r in json.loads(relocated.stdout)["relocated"]} == removed
+    again = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
+    assert again.returncode == 0 and json.loads(again.stdout)["relocated"] == []  # already pointed here
     assert consolidate("validate", target=target, home=home).returncode == 0
     # a later `run` backs up what is left under the root; the removed files are not asked to be in it
     again = consolidate("run", str(root), "--rebuild", "--json", target=target, home=home)

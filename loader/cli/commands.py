@@ -326,7 +326,8 @@ def archive(
         relocated = (archive_stage.relocate_archive(target_for(dsn, home, schema), verify)
                      if relocate and not problems else None)
         render.verification(problems, "archive", verify, as_json, relocate, relocated)
-        raise typer.Exit(ExitCode.OK if not problems else ExitCode.NOT_RECONCILED)
+        refused = relocate and relocated is None
+        raise typer.Exit(ExitCode.OK if not problems and not refused else ExitCode.NOT_RECONCILED)
     if relocate:
         raise typer.BadParameter("--relocate goes with --verify PATH")
     if not roots or to is None:

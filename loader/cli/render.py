@@ -89,7 +89,7 @@ def print_problems(problems: list, where: Path) -> None:
 def verification(problems: list, key: str, where: Path, as_json: bool, relocate: bool = False,
                  relocated: list[tuple[str, str]] | None = None) -> None:
     """`relocated`: the ledger records `archive --verify --relocate` pointed at `where` (None when not
-    asked for, or refused: the archive does not verify)."""
+    asked for, or refused: the archive does not verify, or no record names an archive with its bytes)."""
     if as_json:
         document = {key: str(where), "verified": not problems, "problems": [p.to_json() for p in problems]}
         if relocate:
@@ -99,9 +99,12 @@ def verification(problems: list, key: str, where: Path, as_json: bool, relocate:
         return
     print_problems(problems, where)
     if relocate and relocated is None:
-        err.print("[red]not relocated[/red]: the archive does not verify")
+        err.print("[red]not relocated[/red]: " + (
+            "the archive does not verify" if problems else
+            "no ledger record of a removed file names an archive with these bytes (the ledger knows the "
+            "archive `archive --remove-originals` wrote, with its sha256 in consolidate.archived_removals)"))
     if relocated is not None and not relocated:
-        err.print("no ledger record of a removed file names an archive with these bytes elsewhere: nothing relocated")
+        err.print("the ledger's records of the files removed into this archive already point here")
     for path, previous in relocated or []:
         err.print(f"relocated {escape(path)}: its bytes are read here now, not in {escape(previous)}")
 
@@ -306,7 +309,8 @@ def status_table(report: StatusReport) -> Table:
         on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
         if f.archived:
             on_disk = (f"archived in {escape(Path(f.archived.archive_path).name)}" if f.archive_exists else
-                       f"[red]archived in {escape(f.archived.archive_path)}, which is not there any more[/red]")
+                       f"[red]archived in {escape(f.archived.archive_path)}, which is not there any more "
+                       "(moved? `consolidate archive --verify NEW_PATH --relocate`)[/red]")
         failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
                    if f.last_failure else "")
         table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",

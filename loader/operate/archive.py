@@ -501,15 +501,16 @@ def verify_archive(path: Path) -> list[Problem]:
     return problems
 
 
-def relocate_archive(target: Target, path: Path) -> list[tuple[str, str]]:
+def relocate_archive(target: Target, path: Path) -> list[tuple[str, str]] | None:
     """After an archive was moved to `path`: point the ledger's records of the files removed after
     archiving into it (`consolidate.archived_removals`, matched by the archive's sha256) at `path`, where
     validate, status and rollback look for their bytes. Returns (source_path, previous archive path) of
-    each record moved. Only for an archive `verify_archive` passed."""
+    each record moved; None when no record names an archive with these bytes (not one that
+    `--remove-originals` wrote and removed files from). Only for an archive `verify_archive` passed."""
     archive_sha256 = sha256_of(path)
     with target.connect() as connection:
         if not ledger_exists(connection):
-            return []
+            return None
         return ledger.relocate_archive(connection, archive_sha256, os.path.abspath(path))
 
 

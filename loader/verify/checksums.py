@@ -4,6 +4,7 @@ backup hold exactly those bytes?"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
@@ -22,6 +23,7 @@ class BackupIndex:
 
     entries: dict[str, BackupEntry]
     roots: tuple[Path, ...]
+    created_at: datetime
 
     def covers(self, source_path: str) -> bool:
         return any(Path(source_path).is_relative_to(root) for root in self.roots)
@@ -32,7 +34,8 @@ def backup_entries(backup_dir: Path) -> BackupIndex:
         manifest = read_manifest(backup_dir)
     except ValueError as error:
         raise ValidationError(f"{backup_dir}: {error}") from error
-    return BackupIndex({str(entry.path): entry for entry in manifest.files}, tuple(Path(root) for root in manifest.roots))
+    return BackupIndex({str(entry.path): entry for entry in manifest.files}, tuple(Path(root) for root in manifest.roots),
+                       datetime.fromisoformat(manifest.created_at))
 
 
 def backup_checksum_status(backup: BackupIndex | None, current: CurrentLoad) -> str | None:

@@ -114,7 +114,9 @@ def check_archived_source(connection: psycopg.Connection, current: CurrentLoad, 
         with archived_private_copy(Path(archived.archive_path), archived.members, name, current.identity) as snapshot:
             return ARCHIVED, sample_file(connection, snapshot.path, current, options)
     except ArchiveUnreadable as error:
-        return UNREADABLE, Sample(reason=f"removed after archiving, and the archive cannot be read: {error}")
+        hint = ("" if Path(archived.archive_path).is_file() else
+                "; if it was moved, `consolidate archive --verify NEW_PATH --relocate`")
+        return UNREADABLE, Sample(reason=f"removed after archiving, and the archive cannot be read: {error}{hint}")
 
 
 def sample_file(connection: psycopg.Connection, database: Path, current: CurrentLoad, options: Options) -> Sample:

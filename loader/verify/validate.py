@@ -14,7 +14,7 @@ For each file of `consolidate.current_loads`:
   (does the backup hold exactly the bytes that were loaded?). A file `consolidate archive
   --remove-originals` deleted is `archived`: its bytes are read from the archive the ledger names
   (`consolidate.archived_removals`), checked against the current load's checksums and spot-checked
-  (a backup made after the removal cannot hold it, and is not asked to);
+  (a backup made after the removal cannot hold it, and is not asked to; an earlier one is);
   a file gone from disk otherwise is `missing`, a problem;
 - a spot check of N random rows, read with Python's sqlite3 from a private copy (never DuckDB, never
   dbt): memory rows are compared field by field with the marts row that represents them
@@ -94,7 +94,7 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
                    for current in currents]
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
-        files = [validate_file(connection, current, options, raw_counts, status,
+        files = [validate_file(connection, current, options, raw_counts, status, archived.get(current.source_path),
                                compare_sample(current, sample, found,
                                               policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
@@ -129,11 +129,12 @@ def require_relations(connection: psycopg.Connection, schema: str) -> None:
 
 def validate_file(connection: psycopg.Connection, current: CurrentLoad, options: Options,
                   raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]],
-                  checksum_status: str, spot: SpotCheck) -> FileValidation:
+                  checksum_status: str, archived: ledger.ArchivedRemoval | None, spot: SpotCheck) -> FileValidation:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
     backup_status = backup_checksum_status(options.backup, current)
-    if checksum_status == ARCHIVED and backup_status == NOT_BACKED_UP:
+    if (backup_status == NOT_BACKED_UP and archived is not None and checksum_status == ARCHIVED
+            and options.backup.created_at > archived.removed_at):
         backup_status = None  # removed before that backup was made: its bytes are in the archive instead
     is_memory_file = current.kind in MEMORY_KINDS
     problems = (count_problems(current, tables, reconciliation)
