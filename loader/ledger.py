@@ -758,14 +758,14 @@ class ArchivedRemoval:
 
 def record_archived_removal(connection: psycopg.Connection, source_path: str, load_id: str, sha256: str,
                             wal_sha256: str | None, archive_path: str, archive_sha256: str,
-                            members: dict[str, str]) -> None:
+                            members: dict[str, str], removed_by: str) -> None:
     connection.execute(
-        sql.SQL("INSERT INTO {} (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, members) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_path, load_id) DO UPDATE SET "
-                "archive_path = excluded.archive_path, archive_sha256 = excluded.archive_sha256, "
-                "members = excluded.members, removed_at = now(), removed_by = current_user").format(
+        sql.SQL("INSERT INTO {} (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, members, "
+                "removed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_path, load_id) DO UPDATE "
+                "SET archive_path = excluded.archive_path, archive_sha256 = excluded.archive_sha256, "
+                "members = excluded.members, removed_at = now(), removed_by = excluded.removed_by").format(
             table("archived_removals")),
-        (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, Jsonb(members)))
+        (source_path, load_id, sha256, wal_sha256, archive_path, archive_sha256, Jsonb(members), removed_by))
 
 
 def forget_archived_removal(connection: psycopg.Connection, source_path: str, load_id: str) -> None:

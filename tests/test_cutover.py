@@ -91,6 +91,7 @@ def test_a_cut_over_file_that_changes_is_still_loaded_and_reported_as_split_brai
 
     (split,) = report["split_brain"]
     assert split["source_path"] == str(source) and split["sqlite_entries"] == 2
+    assert split["other_rows"] == 0  # a number, like the entries' count
     (both,) = split["written_on_both_sides"]
     assert (both["namespace"], both["key"], both["sqlite_change"], both["postgres_writes"]) == \
         ("default", "shared", "updated", 1)

@@ -316,3 +316,4 @@ def test_sync_and_archive_show_what_discovery_warned_of(tmp_path, target, home):
     archived = consolidate("archive", str(tree), "--to", str(tmp_path / "archive"), "--json", target=target, home=home)
     assert archived.returncode == 0, archived.stdout[-2000:] + archived.stderr[-2000:]
     assert str(tree / "notes.db") in [w["path"] for w in json.loads(archived.stdout)["warnings"]]
+    assert json.loads(archived.stdout)["exit_code"] == archived.returncode

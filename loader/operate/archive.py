@@ -84,6 +84,7 @@ from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
+from loader.operate.cutover import who
 from loader.sources.discover import DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
     CHANGE_DETECTING_SUFFIXES,
@@ -246,7 +247,7 @@ class ArchiveReport:
         return ExitCode.NOT_RECONCILED if self.refused or refused_removal else ExitCode.OK
 
     def to_json(self) -> dict:
-        return {"archive": str(self.archive) if self.archive else None,
+        return {"archive": str(self.archive) if self.archive else None, "exit_code": self.exit_code,
                 "checksum_file": str(checksum_file(self.archive)) if self.archive else None,
                 **self.manifest.to_json(), "removals": [removal.to_json() for removal in self.removals],
                 "warnings": [warning.to_json() for warning in self.warnings]}
@@ -613,7 +614,7 @@ def remove_original(connection: psycopg.Connection, entry: ArchivedFile, facts: 
     current = facts.current[entry.path]  # the load whose checksums were just checked
     members = {member.original.removeprefix(entry.path): member.name for member in entry.members}
     ledger.record_archived_removal(connection, entry.path, current.load_id, current.sha256, current.wal_sha256,
-                                   str(archive_path), archive_sha256, members)
+                                   str(archive_path), archive_sha256, members, who())
     removal = remove_through_quarantine(entry)
     if not removal.removed:
         ledger.forget_archived_removal(connection, entry.path, current.load_id)

@@ -124,7 +124,7 @@ def refusal(connection: psycopg.Connection, source_path: str) -> str | None:
         return f"{source_path}: never loaded (no current load in the ledger); `consolidate run` or `sync` it first"
     _, kind, sha256, wal_sha256 = current
     if kind not in MEMORY_TABLES:
-        return (f"{source_path}: a {kind} file; only memory files ({', '.join(MEMORY_TABLES)}) have a write "
+        return (f"{source_path}: of kind {kind}; only memory files ({', '.join(MEMORY_TABLES)}) have a write "
                 "path in PostgreSQL")
     on_disk = (sha256_or_none(Path(source_path)), sha256_or_none(side_file(Path(source_path), "-wal")))
     if on_disk[0] is None:
@@ -318,7 +318,7 @@ def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -
 # Rows of the file's other tables changed by its loads after the baseline up to this one, as sync's change
 # detection counted them load by load (SQLite's own tables, which change with the others, left out).
 OTHER_ROWS_CHANGED = f"""
-SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)
+SELECT coalesce(sum(c.inserted + c.updated + c.deleted), 0)::bigint
 FROM {LEDGER_SCHEMA}.load_changes AS c
 JOIN {LEDGER_SCHEMA}.load_files AS f ON f.load_id = c.load_id AND f.source_path = c.source_path
 WHERE c.source_path = %(source_path)s AND c.source_table <> %(memory_table)s AND c.source_table NOT LIKE 'sqlite\\_%%'

@@ -614,7 +614,7 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
             raise RollbackError(f"{source_path}: never loaded (no current load in the ledger)")
         load_id, kind, sha256, wal_sha256 = current
         if kind not in MEMORY_TABLES:
-            raise RollbackError(f"{source_path}: a {kind} file; rollback writes memory files "
+            raise RollbackError(f"{source_path}: of kind {kind}; rollback writes memory files "
                                 f"({', '.join(MEMORY_TABLES)})")
         report = RollbackReport(source_path, str(destination), kind, load_id)
         raw_table = raw_memory_table(connection, load_id, source_path, MEMORY_TABLES[kind])
