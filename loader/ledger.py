@@ -711,14 +711,6 @@ def known_files(target: Target) -> dict[str, KnownFile]:
     return {path: KnownFile(*known) for path, *known in rows}
 
 
-def current_rows(connection: psycopg.Connection) -> dict[str, tuple[str, int | None]]:
-    """source_path → (current load_id, rows loaded)."""
-    rows = connection.execute(
-        f"SELECT c.source_path, c.load_id, f.rows_loaded FROM {LEDGER_SCHEMA}.current_loads AS c "
-        f"JOIN {LEDGER_SCHEMA}.load_files AS f USING (load_id, source_path)").fetchall()
-    return {path: (load_id, count) for path, load_id, count in rows}
-
-
 def current_loads_text(connection: psycopg.Connection) -> str:
     """Every current load as `load_id source_path` lines, by path: what the marts are built from."""
     return connection.execute(

@@ -412,9 +412,9 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
         caught_up = sum(c.load_id != loaded.load_id for c in detected)
         detected += [c for c in recorded_changes(connection, loaded.load_id)
                      if (c.load_id, c.source_path) not in {(d.load_id, d.source_path) for d in detected}]
-        current = ledger.current_rows(connection)
         loads = {c.source_path: c for c in ledger.current_loads(connection)}
         archived = ledger.archived_removals(connection)
+    current = {path: (c.load_id, c.rows_loaded) for path, c in loads.items()}
     by_load = {(c.load_id, c.source_path): c for c in detected}
     files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
     discovered = {f.source_path for f in files}
