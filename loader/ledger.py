@@ -729,6 +729,10 @@ def secret_policies(connection: psycopg.Connection) -> dict[str, dict]:
 
 # ------------------------------------------------------------------------------- archived originals
 
+# What validate, status and rollback say when the archive a removal record names is not there any more.
+RELOCATE_HINT = "if it was moved, `consolidate archive --verify NEW_PATH --relocate`"
+
+
 @dataclass(frozen=True)
 class ArchivedRemoval:
     """A file whose original `consolidate archive --remove-originals` deleted: where its bytes are now."""
@@ -782,18 +786,34 @@ def relocate_archive(connection: psycopg.Connection, archive_sha256: str,
     return [(path, previous) for path, previous in records if previous != archive_path]
 
 
+ARCHIVED_REMOVALS_QUERY = f"""
+WITH copies AS (
+    SELECT source_path, load_id, source_sha256, wal_sha256
+    FROM (SELECT DISTINCT ON (source_path) source_path, load_id, status, source_sha256, wal_sha256
+          FROM {LEDGER_SCHEMA}.load_files
+          ORDER BY source_path, started_at DESC, load_id DESC) AS latest
+    WHERE status = 'copy'
+), still_true AS (
+    SELECT source_path, load_id, source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads
+    UNION ALL
+    SELECT source_path, load_id, source_sha256, wal_sha256 FROM copies
+)
+SELECT r.source_path, r.load_id, r.sha256, r.wal_sha256, r.archive_path, r.archive_sha256, r.members,
+       r.removed_at, r.removed_by
+FROM {LEDGER_SCHEMA}.archived_removals AS r
+JOIN still_true AS t ON t.source_path = r.source_path AND t.load_id = r.load_id AND t.source_sha256 = r.sha256
+                    AND t.wal_sha256 IS NOT DISTINCT FROM r.wal_sha256
+"""
+
+
 def archived_removals(connection: psycopg.Connection) -> dict[str, ArchivedRemoval]:
-    """The files whose current load's bytes were archived and then removed from disk, by path (empty
-    for a ledger from before migration 11)."""
+    """The files archived and then removed from disk whose record still holds, by path: a loaded file's
+    while its current load is the one whose bytes were archived, a byte-identical copy's while the
+    ledger's latest word on its path is still the load that found it a copy (empty for a ledger from
+    before migration 11)."""
     if not relation_exists(connection, LEDGER_SCHEMA, "archived_removals"):
         return {}
-    rows = connection.execute(sql.SQL(
-        "SELECT r.source_path, r.load_id, r.sha256, r.wal_sha256, r.archive_path, r.archive_sha256, r.members, "
-        "r.removed_at, r.removed_by FROM {} AS r JOIN {} AS c ON c.source_path = r.source_path "
-        "AND c.load_id = r.load_id AND c.source_sha256 = r.sha256 "
-        "AND c.wal_sha256 IS NOT DISTINCT FROM r.wal_sha256").format(
-            table("archived_removals"), table("current_loads"))).fetchall()
-    return {row[0]: ArchivedRemoval(*row) for row in rows}
+    return {row[0]: ArchivedRemoval(*row) for row in connection.execute(ARCHIVED_REMOVALS_QUERY).fetchall()}
 
 
 # ------------------------------------------------------------------------------- a file's current rows

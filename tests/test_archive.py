@@ -32,7 +32,8 @@ from conftest import fetch
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
 FLOWISE = "opt/sutazaiapp/data/flowise/database.sqlite"
-DIND_COPY = "opt/sutazaiapp/docker/dind/.swarm/memory.db"
+DIND_COPY = "opt/sutazaiapp/docker/dind/.swarm/memory.db"  # discovery finds the backups/ file first
+DIND_ORIGINAL = "opt/sutazaiapp/backups/2025-08-19/.swarm/memory.db"
 NOT_SQLITE = "opt/sutazaiapp/.swarm/ruvector.db"
 ORPHAN_WAL = "opt/sutazaiapp/old/.swarm/memory.db-wal"
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -86,11 +87,13 @@ def test_archive_takes_only_passing_files_and_refuses_a_modified_one(loaded_samp
     report = archive(target, [root], tmp_path / "archives")
 
     refused = reasons_by_path(report.refused)
-    assert set(refused) == {root / N8N, root / DIND_COPY}
+    assert set(refused) == {root / N8N}
     assert "changed since its current load" in refused[root / N8N]
-    assert "byte-identical copy" in refused[root / DIND_COPY]
-    archived = {Path(entry.path) for entry in report.archived}
-    assert root / MAIN_V2 in archived and root / FLOWISE in archived and len(archived) == 8
+    archived = {Path(entry.path): entry for entry in report.archived}
+    assert root / MAIN_V2 in archived and root / FLOWISE in archived and len(archived) == 9
+    assert sha256(root / DIND_COPY) == sha256(root / DIND_ORIGINAL)
+    assert archived[root / DIND_COPY].copy_of == str(root / DIND_ORIGINAL)
+    assert {entry.copy_of for path, entry in archived.items() if path != root / DIND_COPY} == {None}
 
     manifest = zip_manifest(report.archive)
     assert manifest["format"] == "consolidate-archive/1" and manifest["archived_at"]
@@ -137,9 +140,38 @@ def test_remove_originals_removes_only_passing_files(loaded_sample, target, tmp_
         assert not path.exists() and not any(side.exists() for side in sidecars(path)), path
     main_removal = next(r for r in report.removals if Path(r.path) == root / MAIN_V2)
     assert {Path(p).name for p in main_removal.removed} == {"memory.db", "memory.db-wal", "memory.db-shm"}
-    for kept in (N8N, DIND_COPY, NOT_SQLITE, ORPHAN_WAL):
+    assert root / DIND_COPY in archived and not (root / DIND_COPY).exists()
+    for kept in (N8N, NOT_SQLITE, ORPHAN_WAL):
         assert (root / kept).exists(), kept
     assert verify_archive(report.archive) == []
+    shown = {Path(f.source_path): f for f in status(target).files}
+    assert shown[root / DIND_COPY].on_disk == "archived" and shown[root / DIND_ORIGINAL].on_disk == "archived"
+
+
+def test_a_copy_is_archived_for_the_bytes_its_original_loaded(loaded_sample, target, tmp_path):
+    """A byte-identical copy (never loaded) passes on its original's load: refused once its own bytes
+    changed, archived while they are the loaded ones even if the original changed since."""
+    root = loaded_sample
+    copy, original = root / DIND_COPY, root / DIND_ORIGINAL
+    copy_bytes = copy.read_bytes()
+    add_table(copy)
+
+    first = archive(target, [root], tmp_path / "first")
+
+    reason = reasons_by_path(first.refused)[copy]
+    assert f"no longer a byte-identical copy of {original}" in reason and "main file" in reason
+
+    copy.write_bytes(copy_bytes)
+    add_table(original)
+    second = archive(target, [root], tmp_path / "second", remove_originals=True)
+
+    assert "changed since its current load" in reasons_by_path(second.refused)[original]
+    entry = next(entry for entry in second.archived if Path(entry.path) == copy)
+    assert entry.copy_of == str(original)
+    assert member_hashes(second.archive)[entry.members[0].name] == hashlib.sha256(copy_bytes).hexdigest()
+    assert not copy.exists() and original.exists()
+    shown = {Path(f.source_path): f for f in status(target).files}
+    assert shown[copy].on_disk == "archived" and shown[original].on_disk == "changed"
 
 
 def test_remove_originals_refuses_when_the_archive_does_not_verify(loaded_sample, target, tmp_path):
@@ -220,7 +252,7 @@ def test_archive_and_remove_the_real_databases(realdata, target, home, tmp_path)
 
     report = archive(target, [root], tmp_path / "archives", remove_originals=True)
 
-    loaded = {Path(f["source_path"]) for f in run["files"] if f["status"] == "loaded"}
+    loaded = {Path(f["source_path"]) for f in run["files"] if f["status"] in ("loaded", "copy")}
     assert {Path(entry.path) for entry in report.archived} == loaded
     hashes = member_hashes(report.archive)
     for entry in zip_manifest(report.archive)["files"]:
@@ -261,16 +293,21 @@ def test_a_file_synced_by_a_row_level_change_load_shows_in_status_and_is_archive
 
 def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_the_archive(
         realdata, target, home, tmp_path):
-    """The plan's end state: every original archived and removed. The ledger records where each file's
+    """The plan's end state: every original archived and removed, a byte-identical copy with them (so no
+    later sync loads it as a source of its own). The ledger records where each file's
     bytes are now; validate spot-checks them in the archive and passes, status and sync say `archived`
     (not `missing`), rollback of a v2 file with a WAL writes its rows from the archive; an archive
     moved away fails validation, named, until `archive --verify --relocate`; one damaged afterwards fails
     validation, named, and is not relocated; a file put back validates from disk."""
     root = tmp_path / "realdata"
     shutil.copytree(realdata, root)
+    shutil.copytree(root / "claude-flow" / "DerAuctor__ct-zen", root / "zz-copies" / "ct-zen")  # WAL and all
     result = consolidate("run", str(root), "--no-backup", "--json", target=target, home=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    loaded = [f for f in json.loads(result.stdout)["files"] if f["status"] == "loaded"]
+    ran = json.loads(result.stdout)["files"]
+    loaded = [f for f in ran if f["status"] == "loaded"]
+    copies = {Path(f["source_path"]) for f in ran if f["status"] == "copy"}
+    assert copies == {root / "zz-copies" / "ct-zen" / "memory.db"}
     v2 = next(Path(f["source_path"]) for f in loaded if f["kind"] == "claude-flow-v2"
               and Path(f["source_path"] + "-wal").exists() and Path(f["source_path"] + "-wal").stat().st_size)
     originals = tmp_path / "originals"
@@ -280,8 +317,9 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     original_rows = read_rows(originals / v2.name, "SELECT rowid, * FROM memory_entries ORDER BY rowid")
 
     report = archive(target, [root], tmp_path / "archives", remove_originals=True)
-    removed = {Path(r.path) for r in report.removals if r.removed}
+    removed = {Path(r.path) for r in report.removals if r.removed} - copies
     assert removed == {Path(f["source_path"]) for f in loaded} and not v2.exists()
+    assert {Path(r.path) for r in report.removals if r.removed} >= copies and not any(p.exists() for p in copies)
 
     validated = consolidate("validate", "--json", target=target, home=home)
     assert validated.returncode == 0, validated.stdout[-3000:] + validated.stderr[-3000:]
@@ -291,13 +329,14 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     assert files[v2]["spot_checked"] > 0
 
     shown = {Path(f.source_path): f for f in status(target).files}
-    assert {shown[path].on_disk for path in removed} == {"archived"}
+    assert {shown[path].on_disk for path in removed | copies} == {"archived"}
     assert {shown[path].archived.archive_path for path in removed} == {str(report.archive)}
     assert {shown[path].archive_exists for path in removed} == {True}
 
     synced = sync([root], target, home, quiet=True)
     by_path = {Path(f.source_path): f for f in synced.files}
     assert {by_path[path].status for path in removed} == {"archived"} and synced.exit_code == 0
+    assert not copies & set(by_path)  # a removed copy is not loaded as a source of its own
     assert by_path[v2].source_db == str(v2.relative_to(root))
 
     rolled_back = consolidate("rollback", str(v2), "--to", str(tmp_path / "rollback.db"), target=target, home=home)
@@ -316,7 +355,7 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     # ... until `archive --verify --relocate` points the ledger at where it is now
     relocated = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
     assert relocated.returncode == 0, relocated.stdout[-3000:] + relocated.stderr[-3000:]
-    assert {Path(r["source_path"]) for r in json.loads(relocated.stdout)["relocated"]} == removed
+    assert {Path(r["source_path"]) for r in json.loads(relocated.stdout)["relocated"]} == removed | copies
     again = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
     assert again.returncode == 0 and json.loads(again.stdout)["relocated"] == []  # already pointed here
     assert consolidate("validate", target=target, home=home).returncode == 0

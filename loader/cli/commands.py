@@ -48,12 +48,14 @@ app.add_typer(cache_app, name="cache")
 
 # A root that does not exist is a usage error (exit 2), not a warning: a mistyped path would otherwise
 # load, sync or archive nothing of what was meant and still succeed.
-Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.", exists=True)]
+Roots = Annotated[list[Path], typer.Argument(help="Directories (or files) to search for SQLite databases.", exists=True,
+                                             metavar="ROOT")]
 OptionalRoots = Annotated[list[Path] | None, typer.Argument(
+    metavar="ROOT",
     help="Directories (or files) to search for SQLite databases.", show_default=False, exists=True)]
 Dsn = Annotated[str | None, typer.Option(
     "--dsn", envvar="DATABASE_URL", show_envvar=True,
-    help="PostgreSQL to write to, e.g. postgresql://user@host:10000/db. Default: an embedded PostgreSQL "
+    help="The PostgreSQL database to use, e.g. postgresql://user@host:10000/db. Default: an embedded PostgreSQL "
          "kept under --home.")]
 Home = Annotated[Path, typer.Option(
     "--home", envvar="CONSOLIDATE_HOME", show_envvar=True,
@@ -76,10 +78,10 @@ Secrets = Annotated[Path | None, typer.Option(
 RedisUrl = Annotated[str, typer.Option(
     "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
     help="The Redis cache, e.g. redis://127.0.0.1:10001/0 (a password in the URL is never printed).")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines instead of tables.")]
+AsJson = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document for machines instead of tables.")]
 Jobs = Annotated[int, typer.Option(
     "--jobs", min=1, help="Files loaded at a time, each in its own PostgreSQL session (two use both of two cores).")]
-Force = Annotated[bool, typer.Option("--force", help="Reload files whose checksums are unchanged.")]
+Force = Annotated[bool, typer.Option("--force", metavar="", help="Reload files whose checksums are unchanged.")]
 
 
 def target_for(dsn: str | None, home: Path, schema: str) -> Target:
@@ -127,7 +129,7 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
 @app.command()
 def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
           full_refresh: Annotated[bool, typer.Option(
-              "--full-refresh", help="Rebuild every model from raw and the write log instead of applying "
+              "--full-refresh", metavar="", help="Rebuild every model from raw and the write log instead of applying "
                                      "only what is new since the last build (same result, ids included).")] = False,
           as_json: AsJson = False) -> None:
     """Run `dbt build` (models and tests: the validation phase) against the database: incremental, only
@@ -158,11 +160,11 @@ def dbt(arguments: Annotated[list[str], typer.Argument(
 @app.command()
 def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
         secrets: Secrets = None, force: Force = False,
-        no_backup: Annotated[bool, typer.Option("--no-backup", help="Skip the backup taken before loading.")] = False,
+        no_backup: Annotated[bool, typer.Option("--no-backup", metavar="", help="Skip the backup taken before loading.")] = False,
         backup_to: Annotated[Path | None, typer.Option(
             "--backup-to", help="Folder for the backup taken first. Default: HOME/backups/<UTC time>.")] = None,
         rebuild: Annotated[bool, typer.Option(
-            "--rebuild", help="Build (a full refresh from raw and the write log) and validate even when "
+            "--rebuild", metavar="", help="Build (a full refresh from raw and the write log) and validate even when "
                               "nothing changed since the last passing build.")] = False,
         jobs: Jobs = DEFAULT_JOBS, as_json: AsJson = False) -> None:
     """discover → backup → load → build → validate → a reconciliation table per source file.
@@ -196,7 +198,7 @@ def backup(
     verify: Annotated[Path | None, typer.Option(
         "--verify", help="Instead of backing up, check this backup folder against its manifest.")] = None,
     overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Replace the earlier backup in --to (refused if it holds files its manifest does not list).")] = False,
+        "--overwrite", metavar="", help="Replace the earlier backup in --to (refused if it holds files its manifest does not list).")] = False,
     home: Home = DEFAULT_HOME,
     as_json: AsJson = False,
 ) -> None:
@@ -302,11 +304,11 @@ def archive(
     verify: Annotated[Path | None, typer.Option(
         "--verify", help="Instead of archiving, re-check this archive (.zip) member by member.")] = None,
     relocate: Annotated[bool, typer.Option(
-        "--relocate", help="With --verify, for an archive moved since `--remove-originals`: once it "
+        "--relocate", metavar="", help="With --verify, for an archive moved since `--remove-originals`: once it "
                            "verifies, point the ledger's records of the files removed into it (matched "
                            "by its sha256) at PATH, where validate, status and rollback read them.")] = False,
     remove_originals: Annotated[bool, typer.Option(
-        "--remove-originals", help="After archiving, delete each archived file (main, -wal, -shm, -journal) "
+        "--remove-originals", metavar="", help="After archiving, delete each archived file (main, -wal, -shm, -journal) "
                                    "whose archive verifies, whose migration the ledger confirms and whose "
                                    "bytes are still the archived ones (checked again after a move into a "
                                    "quarantine folder beside it); never a file reached through a symbolic "
@@ -349,7 +351,7 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
              help="Keep syncing, SECONDS after the end of each cycle, until Ctrl-C (SIGINT) or SIGTERM; "
                   "a cycle that finds no file changed does nothing.")] = None,
          no_build: Annotated[bool, typer.Option(
-             "--no-build", help="Load and detect changes only; leave the marts as they are.")] = False,
+             "--no-build", metavar="", help="Load and detect changes only; leave the marts as they are.")] = False,
          as_json: AsJson = False) -> None:
     """For the parallel run: discover → load what changed (unchanged files are skipped by checksum; a
     changed memory file becomes a row-level change load that stores only its inserted and changed rows,
@@ -385,9 +387,9 @@ def app_copy(
         "--schema", help="The schema the application made in PostgreSQL by starting once against it.")],
     dsn: Dsn = None, home: Home = DEFAULT_HOME,
     replace: Annotated[bool, typer.Option(
-        "--replace", help="Replace application data the schema already holds (beyond its first-start rows).")] = False,
+        "--replace", metavar="", help="Replace application data the schema already holds (beyond its first-start rows).")] = False,
     verify_only: Annotated[bool, typer.Option(
-        "--verify-only", help="Write nothing: compare every table of the schema with the source as it is now.")] = False,
+        "--verify-only", metavar="", help="Write nothing: compare every table of the schema with the source as it is now.")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Copy an n8n or Flowise SQLite database (read from a private copy) into the schema the application
@@ -417,14 +419,15 @@ def app_copy(
     raise typer.Exit(APP_COPY_EXIT[result.status])
 
 
-Sources = Annotated[list[Path], typer.Argument(help="SQLite files, as the ledger knows them (see `consolidate status`).")]
+Sources = Annotated[list[Path], typer.Argument(help="SQLite files, as the ledger knows them (see `consolidate status`).",
+                                               metavar="SOURCE")]
 Note = Annotated[str | None, typer.Option("--note", help="Why, or which deployment: kept in the ledger.")]
 
 
 @app.command()
 def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: Note = None,
             undo: Annotated[bool, typer.Option(
-                "--undo", help="Record instead that these files' services write to their SQLite files again "
+                "--undo", metavar="", help="Record instead that these files' services write to their SQLite files again "
                                "(after `consolidate rollback`).")] = False,
             as_json: AsJson = False) -> None:
     """Record in the ledger (consolidate.cutovers) that each SOURCE's service now writes to PostgreSQL
@@ -448,7 +451,7 @@ def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: 
 def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose entries to write back.")],
              to: Annotated[Path, typer.Option("--to", metavar="FILE", help="The new SQLite file to write (beside it, then moved into place).")],
              dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
-             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace FILE if it exists.")] = False,
+             overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace FILE if it exists.")] = False,
              as_json: AsJson = False) -> None:
     """Write FILE: a new SQLite database in SOURCE's own schema (claude-flow v2, v3 or extended-memory:
     same tables, indexes, triggers, views and pragmas) holding PostgreSQL's current state of every

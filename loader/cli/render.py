@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loader.backup.backup import BackupEntry, BackupManifest
+from loader.ledger import RELOCATE_HINT
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
 from loader.operate.change_detection import SyncReport
@@ -308,9 +309,9 @@ def status_table(report: StatusReport) -> Table:
         current = f.current
         on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
         if f.archived:
-            on_disk = (f"archived in {escape(Path(f.archived.archive_path).name)}" if f.archive_exists else
+            on_disk = (f"archived in {escape(f.archived.archive_path)}" if f.archive_exists else
                        f"[red]archived in {escape(f.archived.archive_path)}, which is not there any more "
-                       "(moved? `consolidate archive --verify NEW_PATH --relocate`)[/red]")
+                       f"({escape(RELOCATE_HINT)})[/red]")
         failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
                    if f.last_failure else "")
         table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",

@@ -9,6 +9,10 @@ A discovered file passes when all of these hold:
 - every table of that load has rows_in_sqlite = rows_loaded in `consolidate.load_tables`;
 - if that load brought memory tables, the `reconciliation` mart in `target.schema` has a row for the
   path, built for that same load, with reconciled = true.
+A byte-identical copy of a loaded file (the ledger's latest row for its path says `copy`: it was never
+loaded itself) passes when its original's current load passes and its bytes are that load's: it is
+archived with its own members and removed like any other, so no old copy is left behind to be loaded as
+a source of its own after its original is gone.
 Every other file is refused with the reason, and nothing of it is archived or removed.
 
 The archive
@@ -150,6 +154,13 @@ class ArchivedFile:
     members: list[Member]
     # Paths that reached the file through a symbolic link when it was archived: never deleted through.
     link_paths: list[str] = field(default_factory=list)
+    # A byte-identical copy (never loaded itself): the file whose load (`load_id`) migrated its bytes.
+    copy_of: str | None = None
+
+    @property
+    def migrated_as(self) -> str:
+        """The path whose ledger load migrated these bytes: the file itself, or the original of a copy."""
+        return self.copy_of or self.path
 
     def archived_state(self) -> tuple[str | None, ...]:
         """sha256 of the archived main file, `-wal` and `-journal` (None for one not archived), in the
@@ -160,14 +171,15 @@ class ArchivedFile:
     def to_json(self) -> dict:
         return {"path": self.path, "source_db": self.source_db, "kind": self.kind, "load_id": self.load_id,
                 "sha256": self.sha256, "wal_sha256": self.wal_sha256,
-                "members": [member.to_json() for member in self.members], "link_paths": self.link_paths}
+                "members": [member.to_json() for member in self.members], "link_paths": self.link_paths,
+                "copy_of": self.copy_of}
 
     @classmethod
     def from_json(cls, data: dict) -> ArchivedFile:
         return cls(path=data["path"], source_db=data["source_db"], kind=data["kind"], load_id=data["load_id"],
                    sha256=data["sha256"], wal_sha256=data.get("wal_sha256"),
                    members=[Member.from_json(member) for member in data["members"]],
-                   link_paths=list(data.get("link_paths") or []))
+                   link_paths=list(data.get("link_paths") or []), copy_of=data.get("copy_of"))
 
 
 @dataclass
@@ -265,6 +277,7 @@ class LoadedTables:
 
 @dataclass(frozen=True)
 class LatestRow:
+    load_id: str
     status: str
     error_message: str | None
     copy_of: str | None
@@ -289,7 +302,7 @@ GROUP BY c.source_path
 """
 
 LATEST_QUERY = """
-SELECT DISTINCT ON (source_path) source_path, status, error_message, copy_of
+SELECT DISTINCT ON (source_path) source_path, load_id, status, error_message, copy_of
 FROM {ledger}.load_files
 ORDER BY source_path, started_at DESC, load_id DESC
 """
@@ -314,16 +327,27 @@ def read_ledger_facts(target: Target) -> LedgerFacts | None:
         schema=target.schema,
         current={load.source_path: load for load in current},
         tables={path: LoadedTables(miscounted or [], bool(memory)) for path, miscounted, memory in table_rows},
-        latest={path: LatestRow(status, error, copy_of) for path, status, error, copy_of in latest_rows},
+        latest={path: LatestRow(*rest) for path, *rest in latest_rows},
         reconciliation=reconciliation)
 
 
 # ----------------------------------------------------------------------------------- which pass
 
+def original_of(path: str, facts: LedgerFacts | None) -> str | None:
+    """The file `path` is a byte-identical copy of, by the ledger's latest row for it (a copy is never
+    loaded: its original's load migrated the same bytes); None for any other file."""
+    latest = facts.latest.get(path) if facts else None
+    return latest.copy_of if latest is not None and latest.status == "copy" else None
+
+
 def ledger_refusal(path: str, facts: LedgerFacts | None) -> str | None:
-    """Why the ledger does not show `path` fully migrated; None when it does."""
+    """Why the ledger does not show `path` (or, for a copy, its original) fully migrated; None when it does."""
     if facts is None:
         return NO_LEDGER_REASON
+    original = original_of(path, facts)
+    if original is not None:
+        reason = ledger_refusal(original, facts)
+        return f"a byte-identical copy of {original}, which is not archived: {reason}" if reason else None
     current = facts.current.get(path)
     if current is None:
         return no_current_load_reason(facts.latest.get(path))
@@ -341,8 +365,6 @@ def no_current_load_reason(latest: LatestRow | None) -> str:
         return "never loaded: the ledger has no row for it"
     if latest.status == "failed":
         return f"never loaded successfully; its last load failed: {latest.error_message}"
-    if latest.status == "copy":
-        return f"a byte-identical copy of {latest.copy_of}; only that file was loaded, so only it is archived"
     return f"the ledger has no loaded version of it (latest status: {latest.status})"
 
 
@@ -363,13 +385,19 @@ def differing_parts(expected: tuple[str | None, ...], actual: tuple[str | None, 
     return [SUFFIX_LABELS[suffix] for suffix, then, now in zip(ARCHIVED_SUFFIXES, expected, actual) if then != now]
 
 
-def checksum_refusal(current: CurrentLoad, sha256: str | None, wal_sha256: str | None) -> str | None:
-    """Why these bytes are not the ones the current load migrated; None when they are."""
+def checksum_refusal(current: CurrentLoad, sha256: str | None, wal_sha256: str | None,
+                     copy_of: str | None = None) -> str | None:
+    """Why these bytes are not the ones the current load (of `copy_of`, for a copy) migrated; None when
+    they are."""
     changed = differing_parts((current.sha256, current.wal_sha256), (sha256, wal_sha256))
     if not changed:
         return None
-    return (f"changed since its current load {current.load_id}: the {' and the '.join(changed)} "
-            "no longer have the ledger's sha256; load and build again first")
+    parts = ' and the '.join(changed)
+    if copy_of:
+        return (f"no longer a byte-identical copy of {copy_of}: the {parts} no longer have the sha256 of "
+                f"its current load {current.load_id}; load and build again first")
+    return (f"changed since its current load {current.load_id}: the {parts} no longer have the ledger's "
+            "sha256; load and build again first")
 
 
 # ------------------------------------------------------------------------------------- archiving
@@ -425,19 +453,20 @@ def archive_file(bundle: zipfile.ZipFile, source: SourceFile, member_name: str,
     reason = ledger_refusal(path, facts)
     if reason:
         return Refusal(path, reason)
-    current = facts.current[path]
+    original = original_of(path, facts)
+    current = facts.current[original or path]
     with tempfile.TemporaryDirectory(prefix="consolidate-archive-") as folder:
         try:
             snapshot = consistent_copy(source.path, Path(folder))
         except (SourceKeptChanging, OSError) as error:
             return Refusal(path, f"cannot copy: {error}")
-        reason = checksum_refusal(current, snapshot.sha256, snapshot.wal_sha256)
+        reason = checksum_refusal(current, snapshot.sha256, snapshot.wal_sha256, original)
         if reason:
             return Refusal(path, reason)
         members = add_members(bundle, snapshot.path, source.path, member_name)
     return ArchivedFile(path=path, source_db=source.source_db, kind=source.kind, load_id=current.load_id,
                         sha256=snapshot.sha256, wal_sha256=snapshot.wal_sha256, members=members,
-                        link_paths=[str(link) for link in source.link_paths])
+                        link_paths=[str(link) for link in source.link_paths], copy_of=original)
 
 
 def add_members(bundle: zipfile.ZipFile, copy: Path, original: Path, name: str) -> list[Member]:
@@ -515,14 +544,21 @@ def relocate_archive(target: Target, path: Path) -> list[tuple[str, str]] | None
         return ledger.relocate_archive(connection, archive_sha256, os.path.abspath(path))
 
 
-def whole_archive_problems(path: Path) -> list[Problem]:
-    sums = checksum_file(path)
+def recorded_sha256(archive_path: Path) -> str | None:
+    """The archive's sha256 as its `.sha256` file (sha256sum format) records it; None without one."""
+    sums = checksum_file(archive_path)
     if not sums.is_file():
+        return None
+    return next(iter(sums.read_text(encoding="utf-8").split(maxsplit=1)), "")
+
+
+def whole_archive_problems(path: Path) -> list[Problem]:
+    recorded = recorded_sha256(path)
+    if recorded is None:
         return []
-    recorded = sums.read_text(encoding="utf-8").split(maxsplit=1)[:1]
     actual = sha256_of(path)
-    if recorded != [actual]:
-        return [Problem(path.name, f"sha256 {actual} differs from the one recorded in {sums.name}")]
+    if recorded != actual:
+        return [Problem(path.name, f"sha256 {actual} differs from the one recorded in {checksum_file(path).name}")]
     return []
 
 
@@ -595,7 +631,7 @@ def remove_archived_originals(target: Target, archive_path: Path) -> list[Remova
         return [Removal(entry.path, refused=reason) for entry in manifest.files]
     facts = read_ledger_facts(target)
     roots = [os.path.realpath(root) for root in manifest.roots]
-    archive_sha256 = checksum_file(archive_path).read_text(encoding="utf-8").split(maxsplit=1)[0]
+    archive_sha256 = recorded_sha256(archive_path) or sha256_of(archive_path)
     with target.connect(autocommit=True) as connection:  # each record commits before its file goes
         ledger.ensure(connection)
         return [remove_original(connection, entry, facts, roots, archive_path, archive_sha256)
@@ -611,13 +647,15 @@ def remove_original(connection: psycopg.Connection, entry: ArchivedFile, facts: 
     reason = location_refusal(entry, real_roots) or removal_refusal(entry, facts)
     if reason:
         return Removal(entry.path, refused=reason)
-    current = facts.current[entry.path]  # the load whose checksums were just checked
+    current = facts.current[entry.migrated_as]  # the load whose checksums were just checked
+    # the record names the path's own ledger row: the current load, or for a copy the load that found it one
+    load_id = facts.latest[entry.path].load_id if entry.copy_of else current.load_id
     members = {member.original.removeprefix(entry.path): member.name for member in entry.members}
-    ledger.record_archived_removal(connection, entry.path, current.load_id, current.sha256, current.wal_sha256,
+    ledger.record_archived_removal(connection, entry.path, load_id, current.sha256, current.wal_sha256,
                                    str(archive_path), archive_sha256, members, who())
     removal = remove_through_quarantine(entry)
     if not removal.removed:
-        ledger.forget_archived_removal(connection, entry.path, current.load_id)
+        ledger.forget_archived_removal(connection, entry.path, load_id)
     return removal
 
 
@@ -639,6 +677,9 @@ def removal_refusal(entry: ArchivedFile, facts: LedgerFacts | None) -> str | Non
     reason = ledger_refusal(entry.path, facts)
     if reason:
         return reason
+    if original_of(entry.path, facts) != entry.copy_of:
+        return ("the ledger no longer records it as it was archived (" + (
+            f"a byte-identical copy of {entry.copy_of}" if entry.copy_of else "a file loaded on its own") + ")")
     on_disk = file_set_state(Path(entry.path))
     if on_disk[0] is None:
         return "no longer on disk"
@@ -646,7 +687,7 @@ def removal_refusal(entry: ArchivedFile, facts: LedgerFacts | None) -> str | Non
     if changed:
         return (f"changed since it was archived: the {' and the '.join(changed)} on disk no longer "
                 "have the archived sha256")
-    return checksum_refusal(facts.current[entry.path], on_disk[0], on_disk[1])
+    return checksum_refusal(facts.current[entry.migrated_as], on_disk[0], on_disk[1], entry.copy_of)
 
 
 class NotDeletable(Exception):

@@ -589,7 +589,7 @@ def source_copy(connection: psycopg.Connection, source: Path, folder: Path) -> S
         if archived is not None:
             if not Path(archived.archive_path).is_file():
                 raise ArchiveUnreadable(f"removed after archiving into {archived.archive_path}, which is not there "
-                                        "any more; if it was moved, `consolidate archive --verify NEW_PATH --relocate`")
+                                        f"any more; {ledger.RELOCATE_HINT}")
             return archived_copy(Path(archived.archive_path), archived.members, folder, source.name,
                                  (archived.sha256, archived.wal_sha256))
     return consistent_copy(source, folder)

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader.json_depth import too_deep
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ArchivedRemoval, CurrentLoad, not_retired
+from loader.ledger import LEDGER_SCHEMA, RELOCATE_HINT, WRITE_LOG_SCHEMA, ArchivedRemoval, CurrentLoad, not_retired
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import ArchiveUnreadable, SourceKeptChanging, archived_private_copy, private_copy
 from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
@@ -115,7 +115,7 @@ def check_archived_source(connection: psycopg.Connection, current: CurrentLoad, 
             return ARCHIVED, sample_file(connection, snapshot.path, current, options)
     except ArchiveUnreadable as error:
         hint = ("" if Path(archived.archive_path).is_file() else
-                "; if it was moved, `consolidate archive --verify NEW_PATH --relocate`")
+                f"; {RELOCATE_HINT}")
         return UNREADABLE, Sample(reason=f"removed after archiving, and the archive cannot be read: {error}{hint}")
 
 
