@@ -171,8 +171,23 @@ def stop_embedded(home: Path, mode: str = "fast") -> bool:
     return True
 
 
+class BadDsn(ValueError):
+    """The DSN given is not a PostgreSQL connection string. The message never holds the DSN itself."""
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise BadDsn unless libpq can read `dsn` (a URI or key=value pairs); its message shows none of it."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        reason = str(error).replace(f'"{dsn}"', "it").replace(dsn, "it").strip()
+        raise BadDsn("--dsn / DATABASE_URL is not a PostgreSQL connection string "
+                     f"(postgresql://user@host:port/database, or key=value pairs): {reason}") from None
+
+
 def resolve_target(dsn: str | None, home: Path, schema: str = "public") -> Target:
     dsn = dsn or os.environ.get("DATABASE_URL")
     if dsn:
+        check_dsn(dsn)
         return Target(dsn=dsn, schema=schema)
     return Target(dsn=embedded_dsn(home), schema=schema, embedded=True)

@@ -11,7 +11,8 @@ class ExitCode(IntEnum):
     # Something checked did not hold: a count did not reconcile, a dbt model or test failed, a
     # verification (backup, archive, validation) found problems, a file or a removal was refused.
     NOT_RECONCILED = 1
-    # Bad usage: arguments, a secrets file, a destination that may not be used, nothing to validate.
+    # Bad usage: arguments, a DSN that cannot be used (unreadable, no such database or role, a wrong or
+    # missing password), a secrets file, a destination that may not be used, nothing to validate.
     USAGE = 2
     # A SQLite source could not be read (or backed up); it is named with the reason.
     SOURCE_UNREADABLE = 3

@@ -224,6 +224,8 @@ def test_archive_refuses_unsuitable_destinations(tmp_path, target):
         archive(target, [root], occupied)
     with pytest.raises(ArchiveError, match="inside the root"):
         archive(target, [root], root / "archives")
+    with pytest.raises(ArchiveError, match=r"/proc/archives cannot be created or written"):  # even for root
+        archive(target, [root], Path("/proc/archives"))
     assert (occupied / "notes.txt").read_text() == "mine" and not (root / "archives").exists()
 
 

@@ -322,6 +322,12 @@ def test_refuses_a_destination_inside_a_root(tmp_path):
     assert not (tmp_path / "root" / "backup").exists()
 
 
+def test_a_destination_that_cannot_be_created_is_refused_by_name(tmp_path):
+    make_database(tmp_path / "root" / "app.db", rows=1)
+    with pytest.raises(BackupError, match=r"/proc/backup cannot be created or written"):  # even for root
+        backup([tmp_path / "root"], Path("/proc/backup"))
+
+
 def test_an_interrupted_run_leaves_no_partial_backup(tmp_path):
     make_database(tmp_path / "root" / "app.db", rows=1)
 

@@ -430,3 +430,29 @@ def test_rollback_after_a_row_level_change_load_gives_back_every_entry(tmp_path,
     refused = consolidate("rollback", str(db), "--to", str(tmp_path / "stale.db"), target=target, home=home)
     assert refused.returncode == 5 and "do not hold its current load" in " ".join(refused.stderr.split())
     assert not (tmp_path / "stale.db").exists()
+
+
+def test_a_client_is_tied_to_its_file_by_the_real_path_and_never_to_an_unknown_one(tmp_path, target, home):
+    """`source=` through a symbolic link ties the entries to the file the ledger knows (its real path), so
+    the rollback holds them; a path the ledger never loaded is refused before anything is written."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", 5)
+    run([root], target, home, backup_to=None, quiet=True)
+    (tmp_path / "link").symlink_to(root)
+    linked = tmp_path / "link" / "app/.swarm/memory.db"
+
+    with MemoryClient(target.dsn, track_access=False, source=str(linked)) as memory:
+        memory.set("written through the link", "kept")
+    for unknown in (root / "app/.swarm/memroy.db", tmp_path):
+        with pytest.raises(ValueError, match="the ledger has no loaded file at that path"):
+            MemoryClient(target.dsn, track_access=False, source=str(unknown))
+
+    assert fetch(target, "SELECT DISTINCT home_source_path FROM raw_postgres.memory_writes") == [(str(db),)]
+    beside = consolidate("rollback", str(db), "--to", str(db.with_name("rollback.db")), target=target, home=home)
+    assert beside.returncode == 2 and "a root the loads read" in beside.stderr  # the next sync would load it
+    assert not db.with_name("rollback.db").exists()
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [e["key"] for e in json.loads(result.stdout)["created"]] == ["written through the link"]

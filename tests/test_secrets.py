@@ -418,12 +418,27 @@ def test_an_attach_error_never_quotes_the_password_in_any_form(password_protecte
     assert not shown(forms_of(password), str(failure.value))
 
 
-def test_an_unreachable_server_is_reported_without_the_password(password_protected, sample_tree, tmp_path):
+def test_a_dsn_that_cannot_be_used_is_reported_without_the_password(password_protected, sample_tree, tmp_path):
+    """A database that does not exist or a wrong password is the DSN's fault (exit 2, not 'unavailable');
+    a server away is exit 4; a DSN libpq cannot read is exit 2. Never a traceback, never the password."""
     url, password, _ = password_protected
-    result = consolidate("load", str(sample_tree), "--dsn", url.replace("/consolidate_pw?", "/no_such_database?"),
-                         "--home", str(tmp_path / "state"))
-    assert result.returncode == 4 and "no_such_database" in result.stderr
-    assert not shown(forms_of(password), result.stdout + result.stderr)
+    state = str(tmp_path / "state")
+    missing = consolidate("load", str(sample_tree), "--dsn", url.replace("/consolidate_pw?", "/no_such_database?"),
+                          "--home", state)
+    assert missing.returncode == 2 and "no_such_database" in missing.stderr
+    assert "refused the connection" in missing.stderr and "once the server is back" not in missing.stderr
+    wrong = consolidate("status", "--dsn", url.replace(quote(password, safe=""), "wrong"), "--home", state)
+    assert wrong.returncode == 2 and "password authentication failed" in wrong.stderr
+    away = consolidate("status", "--dsn", f"postgresql://{PASSWORD_ROLE}:{quote(password, safe='')}@127.0.0.1:1/x",
+                       "--home", state)
+    assert away.returncode == 4 and "PostgreSQL unavailable" in away.stderr
+    for unreadable in (f"mysql://{PASSWORD_ROLE}:{password}@db/x", f"host=db password={password} bogus=1"):
+        bad = consolidate("status", "--dsn", unreadable, "--home", state)
+        assert bad.returncode == 2 and "not a PostgreSQL connection string" in bad.stderr, bad.stderr[-2000:]
+        assert "Traceback" not in bad.stderr and not shown(forms_of(password), bad.stdout + bad.stderr)
+    for result in (missing, wrong, away):
+        assert "Traceback" not in result.stderr
+        assert not shown(forms_of(password), result.stdout + result.stderr)
 
 
 # ---------------------------------------------------------------------------------------- Redis
@@ -518,7 +533,7 @@ def test_the_python_reader_hashes_and_scrubs_like_duckdb(target, home, tmp_path)
 
 def test_the_password_can_come_from_pgpassword_or_pgpass(password_protected, tmp_path):
     """README: `DATABASE_URL` without its password, the password in PGPASSWORD or ~/.pgpass. The load,
-    DuckDB's attach and dbt all connect; a run without the password is refused with exit 4."""
+    DuckDB's attach and dbt all connect; a run without the password is refused with exit 2."""
     _, password, admin_dsn = password_protected
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE consolidate_pw_files OWNER {}").format(sql.Identifier(PASSWORD_ROLE)))
@@ -541,7 +556,7 @@ def test_the_password_can_come_from_pgpassword_or_pgpass(password_protected, tmp
         return subprocess.run(command, capture_output=True, text=True, env={**environment, **variables}, timeout=600)
 
     refused = run()
-    assert refused.returncode == 4, refused.stderr[-2000:]
+    assert refused.returncode == 2 and "no password supplied" in refused.stderr, refused.stderr[-2000:]
 
     with_variable = run(PGPASSWORD=password)
     assert with_variable.returncode == 0, with_variable.stdout[-2000:] + with_variable.stderr[-2000:]

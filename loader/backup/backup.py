@@ -177,7 +177,10 @@ def backup(roots: list[Path], destination: Path, on_file: Callable[[BackupEntry]
     destination = destination.absolute()
     check_destination(destination, roots, overwrite, exclude)
     found = found if found is not None else discover(roots, exclude)
-    staging = make_staging_folder(destination)
+    try:
+        staging = make_staging_folder(destination)
+    except OSError as error:
+        raise BackupError(f"{destination} cannot be created or written: {error.strerror or error}") from None
     try:
         entries = run_in_order(lambda source: back_up_file(source, staging, backup_relative_path(source, roots), attempts),
                                found.files, BACKUP_JOBS, on_file or (lambda entry: None))

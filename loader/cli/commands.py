@@ -4,6 +4,7 @@ result (loader.cli.render). What runs in which order is loader.pipeline's busine
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -16,6 +17,7 @@ from loader.backup import backup as backup_stage
 from loader.cli import render
 from loader.database import (
     DEFAULT_HOME,
+    BadDsn,
     Target,
     embedded_dsn,
     plain_identifier_problem,
@@ -39,10 +41,12 @@ from loader.verify import validate as validate_stage
 app = typer.Typer(
     help="Consolidate many SQLite databases into one PostgreSQL schema, and prove nothing was lost.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-db_app = typer.Typer(help="The embedded PostgreSQL used when no --dsn / DATABASE_URL is given.",
+db_app = typer.Typer(help="The embedded PostgreSQL used when no --dsn / DATABASE_URL is given.\n\n"
+                          "Example: psql \"$(consolidate db url)\"",
                      no_args_is_help=True)
 app.add_typer(db_app, name="db")
-cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-aside; see loader.serve.client).",
+cache_app = typer.Typer(help="The Redis cache in front of unified_memory (cache-aside; see loader.serve.client).\n\n"
+                             "Example: consolidate cache warm --top 10000 --redis-url redis://127.0.0.1:6379/0",
                         no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
@@ -145,15 +149,18 @@ def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
 @app.command(context_settings={"ignore_unknown_options": True})
 def dbt(arguments: Annotated[list[str], typer.Argument(
             help="A dbt command and its arguments, after `--`: build, test --select X, docs generate, "
-                 "docs serve, source freshness...", show_default=False)],
+                 "docs serve, source freshness...", show_default=False, metavar="ARGS")],
         dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public") -> None:
     """Run any dbt command against the database the other commands use, with the project and profile
     shipped in the package; artifacts (manifest, catalog, run results) and logs go under HOME/dbt.
-    Exit 0 when dbt succeeds, 1 when a model, test or freshness check fails, 2 when dbt itself fails
-    (unknown command, bad selector).
+    Exit 0 when dbt succeeds (a selection that matches nothing included: dbt warns and does nothing), 1
+    when a model, test or freshness check fails, 2 when dbt refuses the command (unknown command or option).
 
     Example: consolidate dbt -- test --select unified_memory"""
     outcome = build_stage.run_dbt(arguments, target_for(dsn, home, schema), home)
+    if outcome.crashed:  # dbt refused the command itself, often without a word of its own
+        for failure in outcome.failures:
+            render.error(f"dbt: {failure}")
     raise typer.Exit(ExitCode.OK if outcome.success else ExitCode.USAGE if outcome.crashed else ExitCode.NOT_RECONCILED)
 
 
@@ -246,11 +253,11 @@ def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "publi
     except (validate_stage.ValidationError, PolicyError) as error:
         usage_error(error)
     render.validated(report, as_json)
-    raise typer.Exit(ExitCode.OK if report.passed else ExitCode.NOT_RECONCILED)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
-def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder to write the sample into.")]) -> None:
+def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder to write the sample into.", metavar="DIR")]) -> None:
     """Write a deterministic sample tree shaped like the plan's inventory (claude-flow v2 and v3
     `.swarm/memory.db` files, extended_memory.db, n8n and Flowise databases, cross-file duplicates,
     WAL-only rows, a byte-identical copy, a non-SQLite file and an orphan WAL).
@@ -267,7 +274,7 @@ def sample(directory: Annotated[Path, typer.Argument(help="Empty or new folder t
 
 
 @app.command()
-def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.")],
+def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.", metavar="KEY")],
             namespace: Annotated[str | None, typer.Option(help="Only this namespace.")] = None,
             dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
             as_json: AsJson = False) -> None:
@@ -382,7 +389,7 @@ APP_COPY_EXIT = {"verified": ExitCode.OK, "mismatch": ExitCode.NOT_RECONCILED, "
 
 @app.command("app-copy")
 def app_copy(
-    source: Annotated[Path, typer.Argument(help="The n8n or Flowise SQLite database (database.sqlite).")],
+    source: Annotated[Path, typer.Argument(help="The n8n or Flowise SQLite database (database.sqlite).", metavar="SOURCE")],
     schema: Annotated[str, typer.Option(
         "--schema", help="The schema the application made in PostgreSQL by starting once against it.")],
     dsn: Dsn = None, home: Home = DEFAULT_HOME,
@@ -448,8 +455,9 @@ def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: 
 
 
 @app.command()
-def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose entries to write back.")],
-             to: Annotated[Path, typer.Option("--to", metavar="FILE", help="The new SQLite file to write (beside it, then moved into place).")],
+def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose entries to write back.", metavar="SOURCE")],
+             to: Annotated[Path, typer.Option("--to", metavar="FILE", help="The new SQLite file to write: outside the roots `sync` reads; move it into "
+                                          "SOURCE's place yourself, with its service stopped.")],
              dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
              overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace FILE if it exists.")] = False,
              as_json: AsJson = False) -> None:
@@ -461,7 +469,8 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
     never replaced without --overwrite. Recorded in
     consolidate.rollbacks. Write FILE outside the folders `sync` reads (it would load it as a new file),
     then move it into SOURCE's place with its service stopped. Exit 2 when FILE may not be used (it
-    exists, it is SOURCE or another file the ledger loads, it is a folder, no such folder); 5 when
+    exists, it is SOURCE or another file the ledger loads, it lies inside a root of the loads, it is a
+    folder, no such folder); 5 when
     refused, nothing written (SOURCE changed since its last sync, not loaded, marts not built).
 
     Example: consolidate rollback /opt/app/.swarm/memory.db --to /srv/rollback/memory.db"""
@@ -551,10 +560,23 @@ def redacted_message(error: BaseException) -> str:
     return text
 
 
+# A server that answers and refuses what the DSN asks for: the DSN is wrong, not the server away.
+CONNECTION_REFUSED = re.compile(r'(database|role) "[^"]*" does not exist|password authentication failed|'
+                                r'no password supplied|no pg_hba\.conf entry|permission denied for database')
+
+
 def main() -> None:
-    """The console script: the app, with a lost or unreachable PostgreSQL reported in one line."""
+    """The console script: the app, with a DSN that cannot be used or a lost or unreachable PostgreSQL
+    reported in one line (never with the DSN's password)."""
     try:
         app(prog_name="consolidate")
+    except BadDsn as error:
+        render.error(redacted_message(error))
+        sys.exit(ExitCode.USAGE)
     except psycopg.OperationalError as error:
-        render.database_unavailable(redacted_message(error))
+        message = redacted_message(error)
+        if CONNECTION_REFUSED.search(message):
+            render.error(f"PostgreSQL refused the connection (check --dsn / DATABASE_URL): {message}")
+            sys.exit(ExitCode.USAGE)
+        render.database_unavailable(message)
         sys.exit(ExitCode.DATABASE_UNAVAILABLE)

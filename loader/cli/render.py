@@ -60,8 +60,8 @@ def error(message: object) -> None:
 
 def database_unavailable(message: str) -> None:
     err.print(f"[red]PostgreSQL unavailable:[/red] {escape(message)}\n"
-              "Nothing half-done was kept: every file loads in one transaction. "
-              "Run the same command again once the server is back; unchanged files are skipped.")
+              "Nothing half-done was kept (each file loads, and each build and record commits, in one "
+              "transaction). Run the same command again once the server is back.")
 
 
 def refused(message: object, as_json: bool = False, exit_code: int = 5) -> None:
@@ -131,8 +131,8 @@ def load_progress(quiet: bool) -> Callable[[FileOutcome], None]:
     def progress(outcome: FileOutcome) -> None:
         if not quiet:
             colour = "red" if outcome.status == "failed" else "green"
-            err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {escape(str(outcome.source.source_db))} "
-                      f"({outcome.rows_loaded:,} rows)")
+            rows = f" ({outcome.rows_loaded:,} rows)" if outcome.status == "loaded" else ""  # others load none
+            err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {escape(str(outcome.source.source_db))}{rows}")
     return progress
 
 
@@ -169,10 +169,18 @@ def print_build_failures(outcome: BuildOutcome) -> None:
 
 
 def built(outcome: BuildOutcome, as_json: bool) -> None:
+    """The outcome on stdout (dbt's progress went to stderr)."""
     if as_json:
         print_json(outcome.to_json())
-    else:
-        print_build_failures(outcome)
+        return
+    for failure in outcome.failures:
+        out.print(f"[red]failed:[/red] {escape(str(failure))}", soft_wrap=True)
+    if outcome.skipped:
+        out.print("build skipped: nothing changed since the last passing build")
+    elif outcome.success:
+        out.print(f"build passed: {outcome.passed:,} models and tests")
+    elif not outcome.failures:
+        out.print("[red]build failed[/red] (dbt's output above says why)")
 
 
 def summary_table(rows: list[FileSummary]) -> Table:
@@ -184,6 +192,7 @@ def summary_table(rows: list[FileSummary]) -> Table:
     for r in rows:
         cells = [r.rows_in_sqlite, r.rows_in_raw, r.memory_rows, r.kept, r.superseded, r.moved]
         table.add_row(Text(r.source_db), r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
+                      "[red]failed[/red]" if r.status == "failed" else
                       "[green]yes[/green]" if r.reconciled else "[red]NO[/red]")
     return table
 
@@ -281,7 +290,8 @@ def lineage(key: str, namespace: str | None, versions: list[Version], as_json: b
     for v in versions:
         table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace),
                       Text(v.source_db if v.write_id is None else "PostgreSQL"), str(v.source_rowid),
-                      v.load_id or f"write {v.write_id}", str(v.updated_at), str(v.accessed_at),
+                      v.load_id or f"write {v.write_id}", "" if v.updated_at is None else str(v.updated_at),
+                      "" if v.accessed_at is None else str(v.accessed_at),
                       Text(v.value_preview))
     out.print(table)
     for v in versions:

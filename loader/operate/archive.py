@@ -415,7 +415,10 @@ def archive(target: Target, roots: list[Path], destination: Path, *, remove_orig
     facts = read_ledger_facts(target)
     manifest = ArchiveManifest(archived_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                version=__version__, roots=[str(root) for root in roots], schema=target.schema)
-    staging = make_staging_folder(destination)
+    try:
+        staging = make_staging_folder(destination)
+    except OSError as error:
+        raise ArchiveError(f"{destination} cannot be created or written: {error.strerror or error}") from None
     try:
         written = write_archive(staging / new_archive_name(), found.files, roots, facts, manifest)
         published = publish_files([written, checksum_file(written)], destination)[0] if manifest.files else None

@@ -572,6 +572,21 @@ def check_destination(connection: psycopg.Connection, source: Path, destination:
                                      "replaces one; write elsewhere, then move it into place with its service stopped")
         if not overwrite:
             raise DestinationRefused(f"{destination} exists (--overwrite to replace it)")
+    root = root_holding(connection, destination)
+    if root is not None:
+        raise DestinationRefused(f"{destination} is inside {root}, a root the loads read: the next `sync` would "
+                                 "load it as a source file of its own; write it outside the roots, then move it "
+                                 "into place with its service stopped")
+
+
+def root_holding(connection: psycopg.Connection, destination: Path) -> str | None:
+    """The root of a load in the ledger (a folder discovery searches) that `destination` lies in; None."""
+    real_folder = destination.parent.resolve()
+    for (root,) in connection.execute(f"SELECT DISTINCT unnest(roots) FROM {LEDGER_SCHEMA}.loads ORDER BY 1"):
+        real_root = Path(root).resolve()
+        if real_root.is_dir() and real_folder.is_relative_to(real_root):
+            return root
+    return None
 
 
 RECORD = f"""

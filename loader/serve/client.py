@@ -51,6 +51,7 @@ needs max_connections >= processes x (pool_size + 1) plus its other users.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -65,7 +66,8 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
-from loader.ledger import WRITE_LOG_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
+from loader.load.raw_contract import MEMORY_KINDS
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
@@ -152,17 +154,38 @@ class MemoryClient:
                  pool_size: int = 4, track_access: bool = True, near_cache: NearCache | bool = False,
                  source: str | Path | None = None):
         self.schema = schema
-        self.home_source_path = None if source is None else str(Path(source).absolute())
+        # the path as the ledger knows files: real, links resolved (loader/sources/discover.py)
+        self.home_source_path = None if source is None else os.path.realpath(source)
         self.cache = cache
         self.track_access = track_access
         self._table = sql.Identifier(schema, "unified_memory")
         self._read_one_query = self._compose_read_query(sql.SQL("key = %(key)s"))
         self._read_many_query = self._compose_read_query(sql.SQL("key = ANY(%(keys)s)"))   # slower to bind
         self._pool = open_pool(dsn, pool_size)
+        if source is not None:
+            try:
+                self._check_home_source(source)
+            except BaseException:
+                self._pool.close()
+                raise
         self._owns_near_cache = near_cache is True
         if near_cache is True:
             near_cache = NearCache(dsn, schema=schema, cache=cache)
         self.near_cache: NearCache | None = near_cache or None
+
+    def _check_home_source(self, source: str | Path) -> None:
+        """Refuse a `source` that is not a memory file the ledger has loaded: entries tied to any other
+        path would be left out of every rollback (`consolidate rollback` finds them by that path)."""
+        with self._autocommit_connection() as connection:
+            row = connection.execute(
+                sql.SQL("SELECT kind FROM {} WHERE source_path = %s").format(
+                    sql.Identifier(LEDGER_SCHEMA, "current_loads")), (self.home_source_path,)).fetchone()
+        shown = str(source) if str(source) == self.home_source_path else f"{source} ({self.home_source_path})"
+        if row is None:
+            raise ValueError(f"source={shown}: the ledger has no loaded file at that path (see `consolidate "
+                             "status`); entries tied to it could not be rolled back to it")
+        if row[0] not in MEMORY_KINDS:
+            raise ValueError(f"source={shown}: a {row[0]} file, not a memory file")
 
     # -- reading ---------------------------------------------------------------------------------
 

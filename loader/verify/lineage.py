@@ -93,7 +93,8 @@ class Version:
                 f"({self.db_user}) via {self.via} at {self.written_at:%Y-%m-%d %H:%M:%S%z}")
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {name: value.isoformat() if isinstance(value, datetime) else value
+                for name, value in asdict(self).items()}
 
 
 def versions(target: Target, key: str, namespace: str | None = None) -> list[Version]:

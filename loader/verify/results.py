@@ -10,6 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from loader import ledger
+from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA
 
 
@@ -89,7 +90,12 @@ class ValidationReport:
         return {"run_id": self.run_id, "started_at": self.started_at.isoformat(),
                 "finished_at": self.finished_at.isoformat(), "passed": self.passed,
                 "sample_size": self.sample_size, "seed": self.seed, "marts_schema": self.marts_schema,
-                "backup_dir": self.backup_dir, "files": [file.to_json() for file in self.files]}
+                "backup_dir": self.backup_dir, "files": [file.to_json() for file in self.files],
+                "exit_code": int(self.exit_code)}
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.passed else ExitCode.NOT_RECONCILED
 
 
 def store(connection: psycopg.Connection, report: ValidationReport) -> None:
