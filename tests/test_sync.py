@@ -242,6 +242,15 @@ def test_a_sync_builds_what_its_changes_affect_and_recounts_the_files_they_touch
     counted = reconciliation_rows(target)
     assert build(target, home, quiet=True, full_refresh=True).success
     assert reconciliation_rows(target) == counted
+    # after full builds the marts' constraints have their own names, not dbt's `<model>__dbt_tmp_...`:
+    # they are what a refused write reports
+    with target.connect() as connection:
+        names = {name for (name,) in connection.execute(
+            "SELECT conname FROM pg_constraint WHERE conrelid IN ('unified_memory'::regclass, "
+            "'performance_metrics'::regclass, 'unified_memory_history'::regclass, 'reconciliation'::regclass)")}
+    assert {"unified_memory_pkey", "unified_memory_key_namespace_key", "performance_metrics_pkey",
+            "unified_memory_history_pkey", "reconciliation_pkey"} <= names
+    assert not [name for name in names if "dbt_tmp" in name]
 
     # everything is built again after a load of an application file (its views are compiled from the
     # types its tables declare), after a memory file brought a new column (staging selects columns by
