@@ -67,7 +67,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
-from loader.load.raw_contract import MEMORY_KINDS
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
@@ -174,18 +173,16 @@ class MemoryClient:
         self.near_cache: NearCache | None = near_cache or None
 
     def _check_home_source(self, source: str | Path) -> None:
-        """Refuse a `source` that is not a memory file the ledger has loaded: entries tied to any other
-        path would be left out of every rollback (`consolidate rollback` finds them by that path)."""
+        """Refuse a `source` that is not a file the ledger has loaded: entries tied to any other path
+        would be left out of every rollback (`consolidate rollback` finds them by that path)."""
         with self._autocommit_connection() as connection:
             row = connection.execute(
-                sql.SQL("SELECT kind FROM {} WHERE source_path = %s").format(
+                sql.SQL("SELECT 1 FROM {} WHERE source_path = %s").format(
                     sql.Identifier(LEDGER_SCHEMA, "current_loads")), (self.home_source_path,)).fetchone()
         shown = str(source) if str(source) == self.home_source_path else f"{source} ({self.home_source_path})"
         if row is None:
             raise ValueError(f"source={shown}: the ledger has no loaded file at that path (see `consolidate "
                              "status`); entries tied to it could not be rolled back to it")
-        if row[0] not in MEMORY_KINDS:
-            raise ValueError(f"source={shown}: a {row[0]} file, not a memory file")
 
     # -- reading ---------------------------------------------------------------------------------
 
