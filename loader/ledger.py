@@ -17,9 +17,11 @@ they complete such a ledger whatever of it exists, and change nothing it already
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -474,6 +476,23 @@ ALTER TABLE {LEDGER_SCHEMA}.validation_files DROP CONSTRAINT IF EXISTS validatio
 ALTER TABLE {LEDGER_SCHEMA}.validation_files ADD CONSTRAINT validation_files_checksum_status_check
     CHECK (checksum_status IN ('unchanged', 'changed', 'missing', 'unreadable', 'archived'));
 """,
+    # 12: files deleted outside `archive`, accepted as gone (loader/operate/forget.py): PostgreSQL keeps
+    # their rows, validate stops asking for their bytes.
+    f"""
+-- One row per file version `consolidate forget` accepted as gone: (source_path, load_id) names the current
+-- load then; a later load of the path (the file back on disk) makes it void.
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.forgotten_files (
+    source_path  text NOT NULL,
+    load_id      text NOT NULL,
+    forgotten_at timestamptz NOT NULL DEFAULT now(),
+    forgotten_by text NOT NULL,
+    note         text,
+    PRIMARY KEY (source_path, load_id)
+);
+ALTER TABLE {LEDGER_SCHEMA}.validation_files DROP CONSTRAINT IF EXISTS validation_files_checksum_status_check;
+ALTER TABLE {LEDGER_SCHEMA}.validation_files ADD CONSTRAINT validation_files_checksum_status_check
+    CHECK (checksum_status IN ('unchanged', 'changed', 'missing', 'unreadable', 'archived', 'forgotten'));
+""",
 ]
 
 VERSION_DDL = f"""
@@ -544,6 +563,22 @@ def ensure(connection: psycopg.Connection) -> int:
             cursor.execute(sql.SQL("INSERT INTO {} (version, tool_version) VALUES (%s, %s)").format(
                 table("schema_version")), (number, __version__))
     return latest
+
+
+# ------------------------------------------------------------------------------------------- paths
+
+def ledger_path(connection: psycopg.Connection, path: Path | str) -> str:
+    """How the ledger spells a file: the path as given, made absolute, when the ledger knows it; failing
+    that, the one ledger path that is the same file once symlinks and `..` are resolved (discovery
+    records real paths)."""
+    spelled = str(Path(path).absolute())
+    known = [row[0] for row in connection.execute(f"SELECT DISTINCT source_path FROM {LEDGER_SCHEMA}.load_files")]
+    if spelled in known:
+        return spelled
+    real = os.path.realpath(spelled)
+    same = [candidate for candidate in known if os.path.realpath(candidate) == real]
+    return same[0] if len(same) == 1 else spelled
+
 
 
 # ------------------------------------------------------------------------------------------- loads
@@ -814,6 +849,42 @@ def archived_removals(connection: psycopg.Connection) -> dict[str, ArchivedRemov
     if not relation_exists(connection, LEDGER_SCHEMA, "archived_removals"):
         return {}
     return {row[0]: ArchivedRemoval(*row) for row in connection.execute(ARCHIVED_REMOVALS_QUERY).fetchall()}
+
+
+# ----------------------------------------------------------------------------------- forgotten files
+
+@dataclass(frozen=True)
+class ForgottenFile:
+    """A file deleted outside `archive` that `consolidate forget` accepted as gone."""
+
+    source_path: str
+    load_id: str
+    forgotten_at: datetime
+    forgotten_by: str
+    note: str | None
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "forgotten_at": self.forgotten_at.isoformat(),
+                "forgotten_by": self.forgotten_by, "note": self.note}
+
+
+def record_forgotten(connection: psycopg.Connection, source_path: str, load_id: str, forgotten_by: str,
+                     note: str | None) -> None:
+    connection.execute(
+        sql.SQL("INSERT INTO {} (source_path, load_id, forgotten_by, note) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (source_path, load_id) DO NOTHING").format(table("forgotten_files")),
+        (source_path, load_id, forgotten_by, note))
+
+
+def forgotten_files(connection: psycopg.Connection) -> dict[str, ForgottenFile]:
+    """The files accepted as gone whose record still holds (their current load is the one forgotten), by
+    path; empty for a ledger from before migration 12."""
+    if not relation_exists(connection, LEDGER_SCHEMA, "forgotten_files"):
+        return {}
+    rows = connection.execute(sql.SQL(
+        "SELECT f.source_path, f.load_id, f.forgotten_at, f.forgotten_by, f.note FROM {} AS f "
+        "JOIN {} AS c USING (source_path, load_id)").format(table("forgotten_files"), table("current_loads")))
+    return {row[0]: ForgottenFile(*row) for row in rows}
 
 
 # ------------------------------------------------------------------------------- a file's current rows

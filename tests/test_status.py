@@ -136,4 +136,4 @@ def test_status_of_a_database_without_a_ledger_is_an_empty_report(target):
     assert "no load has run" in report.message
     assert report.to_json()["totals"] == {"files": 0, "rows_in_sqlite": 0, "rows_loaded": 0, "failed_files": 0,
                                           "changed_files": 0, "missing_files": 0, "cut_over_files": 0,
-                                          "archived_files": 0}
+                                          "archived_files": 0, "forgotten_files": 0}

@@ -30,6 +30,7 @@ from loader.load.load import DEFAULT_JOBS
 from loader.load.secret_policy import PolicyError
 from loader.operate import archive as archive_stage
 from loader.operate import cutover as cutover_stage
+from loader.operate import forget as forget_stage
 from loader.operate import rollback as rollback_stage
 from loader.operate import status as status_stage
 from loader.serve import DEFAULT_REDIS_URL
@@ -452,6 +453,24 @@ def cutover(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: 
         render.refused(error, as_json, ExitCode.REFUSED)
         raise typer.Exit(ExitCode.REFUSED) from None
     render.cutovers(outcomes, as_json)
+
+
+@app.command()
+def forget(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: Note = None,
+           as_json: AsJson = False) -> None:
+    """Accept that each SOURCE, a file of the ledger deleted outside `consolidate archive`, is gone on
+    purpose (consolidate.forgotten_files): its rows stay in PostgreSQL, `validate` checks their counts but
+    asks for its bytes no more, and `status` and `sync` say `forgotten` instead of `missing`. A file put
+    back on disk counts from disk again. Refused, for all, unless every SOURCE has a current load and is
+    not on disk. Exit 5 when refused (nothing recorded).
+
+    Example: consolidate forget /opt/app/retired/.swarm/memory.db --note 'service retired, disk wiped'"""
+    try:
+        outcomes = forget_stage.forget(target_for(dsn, home, "public"), sources, note=note)
+    except forget_stage.ForgetError as error:
+        render.refused(error, as_json, ExitCode.REFUSED)
+        raise typer.Exit(ExitCode.REFUSED) from None
+    render.forgotten(outcomes, as_json)
 
 
 @app.command()

@@ -22,6 +22,7 @@ from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
 from loader.operate.change_detection import SyncReport
 from loader.operate.cutover import CutoverOutcome
+from loader.operate.forget import ForgetOutcome
 from loader.operate.rollback import RollbackReport
 from loader.operate.status import CutOver, StatusReport
 from loader.pipeline import RunReport
@@ -322,6 +323,8 @@ def status_table(report: StatusReport) -> Table:
             on_disk = (f"archived in {escape(f.archived.archive_path)}" if f.archive_exists else
                        f"[red]archived in {escape(f.archived.archive_path)}, which is not there any more "
                        f"({escape(RELOCATE_HINT)})[/red]")
+        elif f.forgotten:
+            on_disk = f"forgotten {f.forgotten.forgotten_at:%Y-%m-%d %H:%M} by {escape(f.forgotten.forgotten_by)}"
         failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
                    if f.last_failure else "")
         table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
@@ -353,6 +356,7 @@ def status(report: StatusReport, as_json: bool) -> None:
               f"{totals.failed_files} failing, {totals.changed_files} changed, {totals.missing_files} missing, "
               f"{totals.cut_over_files} cut over"
               + (f", {totals.archived_files} archived and removed" if totals.archived_files else "")
+              + (f", {totals.forgotten_files} forgotten" if totals.forgotten_files else "")
               + (f"; last load {last.load_id}: {last.status}" if last else ""))
 
 
@@ -396,6 +400,20 @@ def cutovers(outcomes: list[CutoverOutcome], as_json: bool) -> None:
         out.print(cutover_table(outcomes))
 
 
+def forgotten(outcomes: list[ForgetOutcome], as_json: bool) -> None:
+    if as_json:
+        print_json([o.to_json() for o in outcomes])
+        return
+    table = Table(title="files accepted as gone")
+    for column in ("file", "outcome", "current load", "forgotten at", "by", "note"):
+        table.add_column(column)
+    for o in outcomes:
+        f = o.forgotten
+        table.add_row(Text(o.source_path), o.outcome, f.load_id, f"{f.forgotten_at:%Y-%m-%d %H:%M}",
+                      Text(f.forgotten_by), Text(f.note or ""))
+    out.print(table)
+
+
 def rolled_back(result: RollbackReport, as_json: bool) -> None:
     if as_json:
         print_json(result.to_json())
@@ -420,11 +438,15 @@ def sync_table(report: SyncReport) -> Table:
     table = Table(title=f"sync {report.load_id}")
     for column in ("file", "kind", "status", "rows", "inserted", "updated", "deleted", "note"):
         table.add_column(column, justify="right" if column in ("rows", "inserted", "updated", "deleted") else "left")
+    split = {s.source_path: s for s in report.split_brain}
     for f in report.files:
         note_text = (f"[red]{escape(f.error)}[/red]" if f.error else
                      "not on disk any more: its last load stays current" if f.status == "missing" else
                      f"removed after archiving into {escape(f.archive_path or '')}: its last load stays current"
-                     if f.status == "archived" else "")
+                     if f.status == "archived" else
+                     "gone, accepted by `consolidate forget`: its last load stays current" if f.status == "forgotten" else
+                     f"[yellow]split brain: changed after its cutover, {len(split[f.source_path].entries)} "
+                     "entries written on both sides (warning below)[/yellow]" if f.source_path in split else "")
         table.add_row(Text(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
                       f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note_text)
     return table

@@ -59,7 +59,7 @@ from loader.transform.build import BuildOutcome
 
 # A ledger file no longer found under the roots: gone, or removed after archiving (`consolidate archive
 # --remove-originals`, its bytes in the archive). Either way its last load stays current.
-MISSING, ARCHIVED = "missing", "archived"
+MISSING, ARCHIVED, FORGOTTEN = "missing", "archived", "forgotten"
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
 # value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content, as in a
@@ -195,7 +195,7 @@ class FileSync:
     source_path: str
     source_db: str
     kind: str
-    status: str  # loaded / unchanged / copy / failed / missing / archived (removed after archiving)
+    status: str  # loaded / unchanged / copy / failed / missing / archived (removed after archiving) / forgotten
     load_id: str | None = None  # the load whose rows are current for this file after the sync
     previous_load_id: str | None = None
     rows: int | None = None  # rows of the current load
@@ -254,10 +254,10 @@ class SyncReport:
     @property
     def totals(self) -> dict:
         return {"files": len(self.files), **{s: self.count(s) for s in
-                                             ("loaded", "unchanged", "copy", "failed", MISSING, ARCHIVED)},
+                                             ("loaded", "unchanged", "copy", "failed", MISSING, ARCHIVED, FORGOTTEN)},
                 "inserted": sum(f.inserted for f in self.files), "updated": sum(f.updated for f in self.files),
                 "deleted": sum(f.deleted for f in self.files),
-                "rows": sum(f.rows or 0 for f in self.files if f.status not in (MISSING, ARCHIVED))}
+                "rows": sum(f.rows or 0 for f in self.files if f.status not in (MISSING, ARCHIVED, FORGOTTEN))}
 
     @property
     def failed(self) -> list[FileSync]:
@@ -403,7 +403,8 @@ def file_result(outcome: FileOutcome, changes: dict[tuple[str, str], FileChanges
 def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[int, list[FileSync]]:
     """After `loaded`: detect the changes of every `loaded` file version that has none yet, and say
     per file what the sync did; a file of the ledger under `roots` that was not discovered any more
-    is `missing`, or `archived` when the archive removed it and nothing is at its path (either way its
+    is `missing`, or `archived` when the archive removed it, or `forgotten` when `consolidate forget`
+    accepted it as gone, and nothing is at its path (either way its
     last load stays current: reported, not applied). Returns how many earlier loads
     (by `load` / `run`) were caught up, and the files."""
     with target.connect(autocommit=True) as connection:  # each file's detection commits on its own
@@ -414,6 +415,7 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
                      if (c.load_id, c.source_path) not in {(d.load_id, d.source_path) for d in detected}]
         loads = {c.source_path: c for c in ledger.current_loads(connection)}
         archived = ledger.archived_removals(connection)
+        forgotten = ledger.forgotten_files(connection)
     current = {path: (c.load_id, c.rows_loaded) for path, c in loads.items()}
     by_load = {(c.load_id, c.source_path): c for c in detected}
     files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
@@ -421,8 +423,9 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
     for path in sorted(set(current) - discovered):
         if is_under(path, roots):
             removed = path in archived and not Path(path).exists()
+            status = ARCHIVED if removed else FORGOTTEN if path in forgotten and not Path(path).exists() else MISSING
             files.append(FileSync(source_path=path, source_db=loads[path].source_db, kind=loads[path].kind,
-                                  status=ARCHIVED if removed else MISSING,
+                                  status=status,
                                   load_id=current[path][0], rows=current[path][1],
                                   archive_path=archived[path].archive_path if removed else None))
     return caught_up, files

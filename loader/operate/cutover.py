@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import os
 import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,18 +52,6 @@ NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - {"_binary_columns"}
 
 class CutoverError(Exception):
     """A cutover or undo refused; nothing was recorded."""
-
-
-def ledger_path(connection: psycopg.Connection, path: Path | str) -> str:
-    """How the ledger spells a file: discovery's absolute path (symlinks kept, as found under its root);
-    failing that, the one ledger path that is the same file once symlinks and `..` are resolved."""
-    spelled = str(Path(path).absolute())
-    known = [row[0] for row in connection.execute(f"SELECT DISTINCT source_path FROM {LEDGER_SCHEMA}.load_files")]
-    if spelled in known:
-        return spelled
-    real = os.path.realpath(spelled)
-    same = [candidate for candidate in known if os.path.realpath(candidate) == real]
-    return same[0] if len(same) == 1 else spelled
 
 
 def who() -> str:
@@ -142,7 +129,7 @@ def recording(target: Target, sources: Sequence[Path | str]) -> Iterator[tuple[p
     lock (one recording at a time), each source as the ledger spells it (once), and the files cut over."""
     with target.connect() as connection:
         raw_tables.bootstrap(connection)
-        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
+        paths = list(dict.fromkeys(ledger.ledger_path(connection, source) for source in sources))
         with connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
             yield connection, paths, cut_over_files(connection)

@@ -62,15 +62,10 @@ from psycopg.types.json import Jsonb
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, state_loads
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, ledger_path, state_loads
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_TABLES
-from loader.operate.cutover import (
-    NAMESPACE_OF_ROW,
-    current_load_of,
-    ledger_path,
-    who,
-)
+from loader.operate.cutover import NAMESPACE_OF_ROW, current_load_of, who
 from loader.sources.snapshot import (
     ArchiveUnreadable,
     Snapshot,

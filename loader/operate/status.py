@@ -8,7 +8,8 @@ time since it was last in sync. Plus totals and the latest `consolidate load` as
 
 On disk, a file is `unchanged` (main file and `-wal` have the current load's sha256), `changed`,
 `missing`, `archived` (removed by `consolidate archive --remove-originals` after its current load's bytes
-were archived: `archived` names where), or None when it exists but has no current load to compare with
+were archived: `archived` names where), `forgotten` (gone, and accepted as gone by `consolidate forget`:
+`forgotten` says by whom and when), or None when it exists but has no current load to compare with
 (it only ever failed, or is a copy of another file). Files are hashed, never opened as databases.
 
 "In sync" means the ledger's latest row saying raw holds exactly this file's content: a `loaded`
@@ -30,10 +31,10 @@ from psycopg.rows import dict_row
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, ArchivedRemoval, CurrentLoad
+from loader.ledger import LEDGER_SCHEMA, ArchivedRemoval, CurrentLoad, ForgottenFile
 from loader.sources.snapshot import sha256_or_none, side_file
 
-UNCHANGED, CHANGED, MISSING, ARCHIVED = "unchanged", "changed", "missing", "archived"
+UNCHANGED, CHANGED, MISSING, ARCHIVED, FORGOTTEN = "unchanged", "changed", "missing", "archived", "forgotten"
 NO_LEDGER_MESSAGE = ("no load has run against this database yet (there is no consolidate ledger); "
                      "run `consolidate load` or `consolidate run`")
 EMPTY_LEDGER_MESSAGE = "the ledger records no file yet"
@@ -82,6 +83,7 @@ class FileStatus:
     seconds_since_sync: float | None
     cut_over: CutOver | None = None
     archived: ArchivedRemoval | None = None
+    forgotten: ForgottenFile | None = None
 
     def to_json(self) -> dict:
         return {"source_path": self.source_path, "source_db": self.source_db, "kind": self.kind,
@@ -92,7 +94,8 @@ class FileStatus:
                 "last_synced_at": iso(self.last_synced_at), "seconds_since_sync": self.seconds_since_sync,
                 "cut_over": self.cut_over.to_json() if self.cut_over else None,
                 "archived": ({**self.archived.to_json(), "archive_exists": self.archive_exists}
-                             if self.archived else None)}
+                             if self.archived else None),
+                "forgotten": self.forgotten.to_json() if self.forgotten else None}
 
     @property
     def archive_exists(self) -> bool | None:
@@ -125,6 +128,7 @@ class Totals:
     missing_files: int
     cut_over_files: int = 0
     archived_files: int = 0
+    forgotten_files: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -147,7 +151,8 @@ class StatusReport:
             changed_files=sum(f.on_disk == CHANGED for f in self.files),
             missing_files=sum(f.on_disk == MISSING for f in self.files),
             cut_over_files=sum(f.cut_over is not None for f in self.files),
-            archived_files=sum(f.on_disk == ARCHIVED for f in self.files))
+            archived_files=sum(f.on_disk == ARCHIVED for f in self.files),
+            forgotten_files=sum(f.on_disk == FORGOTTEN for f in self.files))
 
     def to_json(self) -> dict:
         return {"message": self.message, "last_load": self.last_load.to_json() if self.last_load else None,
@@ -259,18 +264,18 @@ def failure_of(row: dict) -> Failure | None:
 
 
 def file_status(row: dict, now: datetime, cut_over: CutOver | None = None,
-                archived: ArchivedRemoval | None = None) -> FileStatus:
+                archived: ArchivedRemoval | None = None, forgotten: ForgottenFile | None = None) -> FileStatus:
     current = current_load_of(row)
     synced_at = row["synced_at"]
     on_disk = compare_with_disk(Path(row["source_path"]), current)
     if on_disk != MISSING:
-        archived = None  # back on disk: what is there now counts
+        archived = forgotten = None  # back on disk: what is there now counts
     return FileStatus(
         source_path=row["source_path"], source_db=row["source_db"], kind=row["kind"], status=row["status"],
         last_load_id=row["last_load_id"], last_load_at=row["last_load_at"], current=current,
-        on_disk=ARCHIVED if archived else on_disk, last_failure=failure_of(row),
+        on_disk=ARCHIVED if archived else FORGOTTEN if forgotten else on_disk, last_failure=failure_of(row),
         last_synced_at=synced_at, seconds_since_sync=(now - synced_at).total_seconds() if synced_at else None,
-        cut_over=cut_over, archived=archived)
+        cut_over=cut_over, archived=archived, forgotten=forgotten)
 
 
 def status(target: Target) -> StatusReport:
@@ -284,7 +289,9 @@ def status(target: Target) -> StatusReport:
             rows = cursor.execute(ledger_query(FILES_QUERY)).fetchall()
         cut_over = read_cut_over(connection)
         archived = ledger.archived_removals(connection)
+        forgotten = ledger.forgotten_files(connection)
     now = datetime.now(timezone.utc)
-    files = [file_status(row, now, cut_over.get(row["source_path"]), archived.get(row["source_path"]))
+    files = [file_status(row, now, cut_over.get(row["source_path"]), archived.get(row["source_path"]),
+                         forgotten.get(row["source_path"]))
              for row in rows]
     return StatusReport(files=files, last_load=last_load, message=None if files else EMPTY_LEDGER_MESSAGE)

@@ -51,7 +51,6 @@ needs max_connections >= processes x (pool_size + 1) plus its other users.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -66,7 +65,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ledger_path
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
@@ -153,8 +152,7 @@ class MemoryClient:
                  pool_size: int = 4, track_access: bool = True, near_cache: NearCache | bool = False,
                  source: str | Path | None = None):
         self.schema = schema
-        # the path as the ledger knows files: real, links resolved (loader/sources/discover.py)
-        self.home_source_path = None if source is None else os.path.realpath(source)
+        self.home_source_path: str | None = None
         self.cache = cache
         self.track_access = track_access
         self._table = sql.Identifier(schema, "unified_memory")
@@ -163,7 +161,7 @@ class MemoryClient:
         self._pool = open_pool(dsn, pool_size)
         if source is not None:
             try:
-                self._check_home_source(source)
+                self.home_source_path = self._ledger_path_of(source)
             except BaseException:
                 self._pool.close()
                 raise
@@ -172,17 +170,19 @@ class MemoryClient:
             near_cache = NearCache(dsn, schema=schema, cache=cache)
         self.near_cache: NearCache | None = near_cache or None
 
-    def _check_home_source(self, source: str | Path) -> None:
-        """Refuse a `source` that is not a file the ledger has loaded: entries tied to any other path
-        would be left out of every rollback (`consolidate rollback` finds them by that path)."""
+    def _ledger_path_of(self, source: str | Path) -> str:
+        """`source` as the ledger spells it (through a link too); a ValueError for a file the ledger has
+        not loaded: entries tied to any other path would be left out of every rollback (`consolidate
+        rollback` finds them by that path)."""
         with self._autocommit_connection() as connection:
+            path = ledger_path(connection, source)
             row = connection.execute(
                 sql.SQL("SELECT 1 FROM {} WHERE source_path = %s").format(
-                    sql.Identifier(LEDGER_SCHEMA, "current_loads")), (self.home_source_path,)).fetchone()
-        shown = str(source) if str(source) == self.home_source_path else f"{source} ({self.home_source_path})"
+                    sql.Identifier(LEDGER_SCHEMA, "current_loads")), (path,)).fetchone()
         if row is None:
-            raise ValueError(f"source={shown}: the ledger has no loaded file at that path (see `consolidate "
+            raise ValueError(f"source={source}: the ledger has no loaded file at that path (see `consolidate "
                              "status`); entries tied to it could not be rolled back to it")
+        return path
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from loader.verify.results import ValidationError
 UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
 # Removed from disk by `consolidate archive --remove-originals`, its current load's bytes read from the archive.
 ARCHIVED = "archived"
+# gone outside `archive`, accepted as gone (`consolidate forget`): its bytes are asked for no more
+FORGOTTEN = "forgotten"
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
 
 
@@ -60,6 +62,7 @@ def checksum_problems(status: str, reason: str | None) -> list[str]:
         MISSING: ["no longer exists on disk, and `consolidate archive --remove-originals` did not remove it "
                   "(it would have recorded the archive to read): not validated"],
         ARCHIVED: [],
+        FORGOTTEN: [],
         UNREADABLE: [f"could not be read: {reason}"],
     }[status]
 

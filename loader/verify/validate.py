@@ -15,7 +15,8 @@ For each file of `consolidate.current_loads`:
   --remove-originals` deleted is `archived`: its bytes are read from the archive the ledger names
   (`consolidate.archived_removals`), checked against the current load's checksums and spot-checked
   (a backup made after the removal cannot hold it, and is not asked to; an earlier one is);
-  a file gone from disk otherwise is `missing`, a problem;
+  a file `consolidate forget` accepted as gone is `forgotten`: its counts are checked, its bytes are not
+  asked for (nor in a backup made after); a file gone from disk otherwise is `missing`, a problem;
 - a spot check of N random rows, read with Python's sqlite3 from a private copy (never DuckDB, never
   dbt): memory rows are compared field by field with the marts row that represents them
   (unified_memory, performance_metrics or unified_memory_history) after applying the documented rules
@@ -50,6 +51,7 @@ from loader.load.secret_policy import SecretPolicy
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.checksums import (
     ARCHIVED,
+    FORGOTTEN,
     NOT_BACKED_UP,
     backup_checksum_status,
     backup_entries,
@@ -90,11 +92,16 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         raw_counts = raw_rows_by_file(connection)
         recorded = ledger.secret_policies(connection)
         archived = ledger.archived_removals(connection)
-        sources = [check_source(connection, current, options, archived.get(current.source_path))
+        forgotten = ledger.forgotten_files(connection)
+        sources = [check_source(connection, current, options, archived.get(current.source_path),
+                                current.source_path in forgotten)
                    for current in currents]
+        # when the ledger says each file left the disk on purpose (removed after archiving, or forgotten)
+        gone_since = {**{path: f.forgotten_at for path, f in forgotten.items()},
+                      **{path: a.removed_at for path, a in archived.items()}}
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
-        files = [validate_file(connection, current, options, raw_counts, status, archived.get(current.source_path),
+        files = [validate_file(connection, current, options, raw_counts, status, gone_since.get(current.source_path),
                                compare_sample(current, sample, found,
                                               policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
@@ -129,13 +136,13 @@ def require_relations(connection: psycopg.Connection, schema: str) -> None:
 
 def validate_file(connection: psycopg.Connection, current: CurrentLoad, options: Options,
                   raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]],
-                  checksum_status: str, archived: ledger.ArchivedRemoval | None, spot: SpotCheck) -> FileValidation:
+                  checksum_status: str, gone_since: datetime | None, spot: SpotCheck) -> FileValidation:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
     backup_status = backup_checksum_status(options.backup, current)
-    if (backup_status == NOT_BACKED_UP and archived is not None and checksum_status == ARCHIVED
-            and options.backup.created_at > archived.removed_at):
-        backup_status = None  # removed before that backup was made: its bytes are in the archive instead
+    if (backup_status == NOT_BACKED_UP and gone_since is not None and checksum_status in (ARCHIVED, FORGOTTEN)
+            and options.backup.created_at > gone_since):
+        backup_status = None  # gone before that backup was made (its bytes in the archive, or forgotten)
     is_memory_file = current.kind in MEMORY_KINDS
     problems = (count_problems(current, tables, reconciliation)
                 + checksum_problems(checksum_status, spot.reason)
