@@ -111,7 +111,9 @@ def declared_columns(model: str) -> list[tuple[str, str, str | None]]:
     for column in node["columns"]:
         defaults = [c["expression"].split(None, 1)[1] for c in column.get("constraints", [])
                     if c["type"] == "custom" and c["expression"].lower().startswith("default ")]
-        columns.append((column["name"], column["data_type"], defaults[0] if defaults else None))
+        # format_type names a pg_catalog type without its schema (metric_value is declared pg_catalog.numeric)
+        columns.append((column["name"], column["data_type"].removeprefix("pg_catalog."),
+                        defaults[0] if defaults else None))
     return columns
 
 
