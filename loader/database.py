@@ -180,7 +180,11 @@ def check_dsn(dsn: str) -> None:
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as error:
-        reason = str(error).replace(f'"{dsn}"', "it").replace(dsn, "it").strip()
+        reason = str(error).strip()
+        if not reason.startswith("invalid connection option"):  # that one quotes a key, never a value
+            # libpq quotes a piece of the DSN (the password, maybe): nothing from the first quote on is shown
+            reason = ('a word without "=" (key=value pairs need one)' if reason.startswith('missing "=" after')
+                      else reason.split('"', 1)[0].rstrip(": ") + " (the text it quotes is not shown)")
         raise BadDsn("--dsn / DATABASE_URL is not a PostgreSQL connection string "
                      f"(postgresql://user@host:port/database, or key=value pairs): {reason}") from None
 

@@ -21,7 +21,7 @@ class ExitCode(IntEnum):
     # Refused before writing anything: `app-copy` into a schema whose application version differs or
     # that already holds application data; `cutover` of a file whose bytes are not its current load's;
     # `rollback` of a file that changed since its last sync, was never loaded or whose marts are not built;
-    # `forget` of a file still on disk or not in the ledger.
+    # `forget` of a file still on disk, not in the ledger or removed by `archive`.
     REFUSED = 5
     # What was asked for does not exist (`lineage KEY` with no such entry).
     NOT_FOUND = 6

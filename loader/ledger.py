@@ -827,7 +827,7 @@ WITH copies AS (
     FROM (SELECT DISTINCT ON (source_path) source_path, load_id, status, source_sha256, wal_sha256
           FROM {LEDGER_SCHEMA}.load_files
           ORDER BY source_path, started_at DESC, load_id DESC) AS latest
-    WHERE status = 'copy'
+    WHERE status = 'copy' AND source_path NOT IN (SELECT source_path FROM {LEDGER_SCHEMA}.current_loads)
 ), still_true AS (
     SELECT source_path, load_id, source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads
     UNION ALL

@@ -174,6 +174,22 @@ def test_a_copy_is_archived_for_the_bytes_its_original_loaded(loaded_sample, tar
     assert shown[copy].on_disk == "archived" and shown[original].on_disk == "changed"
 
 
+def test_a_file_loaded_on_its_own_that_became_a_copy_is_checked_against_its_own_load(loaded_sample, target,
+                                                                                     home, tmp_path):
+    """A file loaded on its own, later overwritten with another file's bytes: the next sync finds it a copy,
+    but its own load stays current, so the archive checks it against that load (and refuses it)."""
+    root = loaded_sample
+    became = root / "opt/sutazaiapp/mcp/claude-flow/.swarm/memory.db"
+    shutil.copyfile(root / DIND_ORIGINAL, became)
+    synced = sync([root], target, home, quiet=True)
+    assert {Path(f.source_path): f.status for f in synced.files}[became] == "copy"
+
+    report = archive(target, [root], tmp_path / "archives", remove_originals=True)
+
+    assert "changed since its current load" in reasons_by_path(report.refused)[became]
+    assert became.exists() and became not in {Path(entry.path) for entry in report.archived}
+
+
 def test_remove_originals_refuses_when_the_archive_does_not_verify(loaded_sample, target, tmp_path):
     report = archive(target, [loaded_sample], tmp_path / "archives")
     flip_byte_in_member(report.archive, f"files/{FLOWISE}")

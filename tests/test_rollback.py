@@ -456,3 +456,21 @@ def test_a_client_is_tied_to_its_file_by_the_real_path_and_never_to_an_unknown_o
     result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [e["key"] for e in json.loads(result.stdout)["created"]] == ["written through the link"]
+
+
+def test_a_rollback_is_never_written_where_sync_would_load_it(tmp_path, target, home):
+    """FILE inside a root, or beside a file the ledger knows that discovery reached through a link under
+    the root (its real folder lies outside the root), is refused: the next sync would load it."""
+    outside = tmp_path / "outside"
+    db = v2_file(outside / ".swarm/memory.db", 3)
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "app").symlink_to(outside)
+    run([root], target, home, backup_to=None, quiet=True)
+    assert fetch(target, "SELECT DISTINCT source_path FROM consolidate.load_files") == [(str(db),)]
+    for destination in (root / "rollback.db", db.with_name("rollback.db")):
+        refused = consolidate("rollback", str(db), "--to", str(destination), target=target, home=home)
+        assert refused.returncode == 2 and "the next `sync` would load it" in refused.stderr, refused.stderr
+        assert not destination.exists()
+    fine = consolidate("rollback", str(db), "--to", str(tmp_path / "rollback.db"), target=target, home=home)
+    assert fine.returncode == 0, fine.stdout[-2000:] + fine.stderr[-2000:]

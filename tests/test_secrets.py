@@ -432,7 +432,9 @@ def test_a_dsn_that_cannot_be_used_is_reported_without_the_password(password_pro
     away = consolidate("status", "--dsn", f"postgresql://{PASSWORD_ROLE}:{quote(password, safe='')}@127.0.0.1:1/x",
                        "--home", state)
     assert away.returncode == 4 and "PostgreSQL unavailable" in away.stderr
-    for unreadable in (f"mysql://{PASSWORD_ROLE}:{password}@db/x", f"host=db password={password} bogus=1"):
+    for unreadable in (f"mysql://{PASSWORD_ROLE}:{password}@db/x", f"host=db password={password} bogus=1",
+                       # pasted raw into a URL (libpq quotes the bad token: the password), or unquoted
+                       f"postgresql://{PASSWORD_ROLE}:{password}@db/x", f"host=db password={password} and more"):
         bad = consolidate("status", "--dsn", unreadable, "--home", state)
         assert bad.returncode == 2 and "not a PostgreSQL connection string" in bad.stderr, bad.stderr[-2000:]
         assert "Traceback" not in bad.stderr and not shown(forms_of(password), bad.stdout + bad.stderr)

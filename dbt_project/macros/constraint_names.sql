@@ -2,10 +2,13 @@
     dbt creates a contracted table as `<model>__dbt_tmp` and renames it, so its constraints (and their
     indexes) keep names like `unified_memory__dbt_tmp_key_namespace_key`, which are what a refused write
     reports. After the rename, this gives each one its model's name (`unified_memory_key_namespace_key`).
-    Only after a build that created the table: otherwise no such name exists and no DDL runs (a rename
-    would lock the table against every reader).
+    Only in a build that creates the table (a first or full build): an incremental build runs no DDL
+    here, whatever names an older version left (a rename would lock the live table against every reader).
 -#}
 {% macro name_constraints_after_the_model(relation) -%}
+{%- if is_incremental() -%}
+select 1 /* an incremental build made no constraint: nothing to rename, and no lock to take */
+{%- else -%}
 do $do$
 declare
     tmp_constraint record;
@@ -29,4 +32,5 @@ begin
     end loop;
 end
 $do$
+{%- endif -%}
 {%- endmacro %}

@@ -244,7 +244,8 @@ def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "publi
     """Validation report (plan phase 3): per current source file, counts (SQLite, raw, kept, superseded,
     moved, flagged), sha256 on disk (and in --backup) against the loaded bytes, and a field-by-field spot
     check of random rows against the marts and raw. A file `archive --remove-originals` deleted is read
-    from its archive instead (on disk: archived). Stored in consolidate.validation_runs/_files. Exit 0
+    from its archive instead (on disk: archived); one `consolidate forget` accepted as gone is checked by
+    its counts only (forgotten). Stored in consolidate.validation_runs/_files. Exit 0
     when every file passes, 1 otherwise, 2 when nothing can be validated.
 
     Example: consolidate validate --sample 200 --backup /srv/backups/2026-12-01"""
@@ -296,7 +297,8 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.", 
 def status(dsn: Dsn = None, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
     """The ledger at a glance: per source file its latest status, current load, rows, whether the file
     on disk still has the loaded checksums (unchanged / changed / missing / archived: removed by
-    `archive --remove-originals`, its bytes in the archive named), time since its last sync,
+    `archive --remove-originals`, its bytes in the archive named / forgotten: accepted as gone by
+    `consolidate forget`), time since its last sync,
     whether its service is cut over to PostgreSQL (since when, by whom, split-brain loads since) and its
     last failure; totals and the last load's status.
 

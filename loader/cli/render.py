@@ -438,15 +438,17 @@ def sync_table(report: SyncReport) -> Table:
     table = Table(title=f"sync {report.load_id}")
     for column in ("file", "kind", "status", "rows", "inserted", "updated", "deleted", "note"):
         table.add_column(column, justify="right" if column in ("rows", "inserted", "updated", "deleted") else "left")
-    split = {s.source_path: s for s in report.split_brain}
+    both_sides: dict[str, int] = {}  # one sync can check several loads of one file
+    for s in report.split_brain:
+        both_sides[s.source_path] = both_sides.get(s.source_path, 0) + len(s.entries)
     for f in report.files:
         note_text = (f"[red]{escape(f.error)}[/red]" if f.error else
                      "not on disk any more: its last load stays current" if f.status == "missing" else
                      f"removed after archiving into {escape(f.archive_path or '')}: its last load stays current"
                      if f.status == "archived" else
                      "gone, accepted by `consolidate forget`: its last load stays current" if f.status == "forgotten" else
-                     f"[yellow]split brain: changed after its cutover, {len(split[f.source_path].entries)} "
-                     "entries written on both sides (warning below)[/yellow]" if f.source_path in split else "")
+                     f"[yellow]split brain: changed after its cutover, {both_sides[f.source_path]} "
+                     "entries written on both sides (warning below)[/yellow]" if f.source_path in both_sides else "")
         table.add_row(Text(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
                       f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note_text)
     return table

@@ -335,8 +335,11 @@ def read_ledger_facts(target: Target) -> LedgerFacts | None:
 
 def original_of(path: str, facts: LedgerFacts | None) -> str | None:
     """The file `path` is a byte-identical copy of, by the ledger's latest row for it (a copy is never
-    loaded: its original's load migrated the same bytes); None for any other file."""
-    latest = facts.latest.get(path) if facts else None
+    loaded: its original's load migrated the same bytes); None for any other file, and for a path with
+    a current load of its own (its bytes are checked against that load)."""
+    if facts is None or path in facts.current:  # loaded on its own once: its own current load counts
+        return None
+    latest = facts.latest.get(path)
     return latest.copy_of if latest is not None and latest.status == "copy" else None
 
 

@@ -575,12 +575,16 @@ def check_destination(connection: psycopg.Connection, source: Path, destination:
 
 
 def root_holding(connection: psycopg.Connection, destination: Path) -> str | None:
-    """The root of a load in the ledger (a folder discovery searches) that `destination` lies in; None."""
+    """A folder discovery searches that `destination` lies in: a root of a load in the ledger, or the
+    folder of a file the ledger knows (reached through a link under a root, it is searched too); None."""
     real_folder = destination.parent.resolve()
     for (root,) in connection.execute(f"SELECT DISTINCT unnest(roots) FROM {LEDGER_SCHEMA}.loads ORDER BY 1"):
         real_root = Path(root).resolve()
         if real_root.is_dir() and real_folder.is_relative_to(real_root):
             return root
+    for (path,) in connection.execute(f"SELECT DISTINCT source_path FROM {LEDGER_SCHEMA}.load_files ORDER BY 1"):
+        if Path(path).parent.resolve() == real_folder:
+            return str(Path(path).parent)
     return None
 
 

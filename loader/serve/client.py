@@ -65,7 +65,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ledger_path
+from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ledger_path, relation_exists
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
@@ -175,6 +175,8 @@ class MemoryClient:
         not loaded: entries tied to any other path would be left out of every rollback (`consolidate
         rollback` finds them by that path)."""
         with self._autocommit_connection() as connection:
+            if not relation_exists(connection, LEDGER_SCHEMA, "current_loads"):
+                raise ValueError(f"source={source}: this database has no consolidate ledger (no load ran here)")
             path = ledger_path(connection, source)
             row = connection.execute(
                 sql.SQL("SELECT 1 FROM {} WHERE source_path = %s").format(
