@@ -17,8 +17,10 @@ they complete such a ledger whatever of it exists, and change nothing it already
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -580,6 +582,19 @@ def ledger_path(connection: psycopg.Connection, path: Path | str) -> str:
     return same[0] if len(same) == 1 else spelled
 
 
+@contextlib.contextmanager
+def recording(target: Target, sources: Sequence[Path | str], lock: str,
+              prepare: Callable[[psycopg.Connection], object] = ensure) -> Iterator[tuple[psycopg.Connection, list[str]]]:
+    """For recording something of each of `sources`, all or none: a connection (made ready by `prepare`)
+    in a transaction holding the advisory lock `lock` (one such recording at a time), and each source as
+    the ledger spells it, once."""
+    with target.connect() as connection:
+        prepare(connection)
+        paths = list(dict.fromkeys(ledger_path(connection, source) for source in sources))
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            yield connection, paths
+
 
 # ------------------------------------------------------------------------------------------- loads
 
@@ -869,11 +884,12 @@ class ForgottenFile:
 
 
 def record_forgotten(connection: psycopg.Connection, source_path: str, load_id: str, forgotten_by: str,
-                     note: str | None) -> None:
-    connection.execute(
+                     note: str | None) -> ForgottenFile:
+    row = connection.execute(
         sql.SQL("INSERT INTO {} (source_path, load_id, forgotten_by, note) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (source_path, load_id) DO NOTHING").format(table("forgotten_files")),
-        (source_path, load_id, forgotten_by, note))
+                "RETURNING source_path, load_id, forgotten_at, forgotten_by, note").format(table("forgotten_files")),
+        (source_path, load_id, forgotten_by, note)).fetchone()
+    return ForgottenFile(*row)
 
 
 def forgotten_files(connection: psycopg.Connection) -> dict[str, ForgottenFile]:
@@ -886,6 +902,39 @@ def forgotten_files(connection: psycopg.Connection) -> dict[str, ForgottenFile]:
         "JOIN {} AS c USING (source_path, load_id)").format(table("forgotten_files"), table("current_loads")))
     return {row[0]: ForgottenFile(*row) for row in rows}
 
+
+
+# ------------------------------------------------------------- a file on disk against its current load
+
+# Its bytes (main file and `-wal`) are the current load's, or not, or could not be read.
+UNCHANGED, CHANGED, UNREADABLE = "unchanged", "changed", "unreadable"
+# Not on disk: removed by `archive --remove-originals` (its bytes are in the archive), accepted as gone by
+# `consolidate forget`, or neither (a problem). validation_files.checksum_status takes these six.
+ARCHIVED, FORGOTTEN, MISSING = "archived", "forgotten", "missing"
+
+
+@dataclass(frozen=True)
+class GoneFiles:
+    """The ledger's records of files that left the disk on purpose, by path."""
+
+    archived: dict[str, ArchivedRemoval]
+    forgotten: dict[str, ForgottenFile]
+
+    def why_gone(self, source_path: str) -> str:
+        """ARCHIVED, FORGOTTEN or MISSING, for a file that is not on disk (a removal after archiving
+        outranks a forget: it keeps the bytes)."""
+        return ARCHIVED if source_path in self.archived else FORGOTTEN if source_path in self.forgotten else MISSING
+
+    def gone_since(self, source_path: str) -> datetime | None:
+        """When the file left the disk on purpose, by the record `why_gone` goes by."""
+        if source_path in self.archived:
+            return self.archived[source_path].removed_at
+        forgotten = self.forgotten.get(source_path)
+        return forgotten.forgotten_at if forgotten else None
+
+
+def gone_files(connection: psycopg.Connection) -> GoneFiles:
+    return GoneFiles(archived_removals(connection), forgotten_files(connection))
 
 # ------------------------------------------------------------------------------- a file's current rows
 

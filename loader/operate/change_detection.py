@@ -49,17 +49,13 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.exit_codes import ExitCode
-from loader.ledger import LEDGER_SCHEMA
+from loader.ledger import ARCHIVED, FORGOTTEN, LEDGER_SCHEMA, MISSING
 from loader.load import delta
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.load.raw_contract import LINEAGE_COLUMNS
 from loader.operate import cutover
 from loader.sources.discover import DiscoveryWarning
 from loader.transform.build import BuildOutcome
-
-# A ledger file no longer found under the roots: gone, or removed after archiving (`consolidate archive
-# --remove-originals`, its bytes in the archive). Either way its last load stays current.
-MISSING, ARCHIVED, FORGOTTEN = "missing", "archived", "forgotten"
 
 # Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
 # value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content, as in a
@@ -414,18 +410,16 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
         detected += [c for c in recorded_changes(connection, loaded.load_id)
                      if (c.load_id, c.source_path) not in {(d.load_id, d.source_path) for d in detected}]
         loads = {c.source_path: c for c in ledger.current_loads(connection)}
-        archived = ledger.archived_removals(connection)
-        forgotten = ledger.forgotten_files(connection)
+        gone = ledger.gone_files(connection)
     current = {path: (c.load_id, c.rows_loaded) for path, c in loads.items()}
     by_load = {(c.load_id, c.source_path): c for c in detected}
     files = [file_result(outcome, by_load, current, loaded.load_id) for outcome in loaded.files]
     discovered = {f.source_path for f in files}
     for path in sorted(set(current) - discovered):
         if is_under(path, roots):
-            removed = path in archived and not Path(path).exists()
-            status = ARCHIVED if removed else FORGOTTEN if path in forgotten and not Path(path).exists() else MISSING
+            status = MISSING if Path(path).exists() else gone.why_gone(path)
             files.append(FileSync(source_path=path, source_db=loads[path].source_db, kind=loads[path].kind,
                                   status=status,
                                   load_id=current[path][0], rows=current[path][1],
-                                  archive_path=archived[path].archive_path if removed else None))
+                                  archive_path=gone.archived[path].archive_path if status == ARCHIVED else None))
     return caught_up, files

@@ -127,12 +127,8 @@ def recording(target: Target, sources: Sequence[Path | str]) -> Iterator[tuple[p
                                                                                dict[str, Cutover]]]:
     """For recording cutovers or undos of `sources`: a connection in a transaction holding the cutover
     lock (one recording at a time), each source as the ledger spells it (once), and the files cut over."""
-    with target.connect() as connection:
-        raw_tables.bootstrap(connection)
-        paths = list(dict.fromkeys(ledger.ledger_path(connection, source) for source in sources))
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.cutover'))")
-            yield connection, paths, cut_over_files(connection)
+    with ledger.recording(target, sources, "consolidate.cutover", prepare=raw_tables.bootstrap) as (connection, paths):
+        yield connection, paths, cut_over_files(connection)
 
 
 def record(connection: psycopg.Connection, path: str, action: str, by: str | None, note: str | None) -> None:

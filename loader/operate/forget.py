@@ -24,7 +24,7 @@ import psycopg
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import ForgottenFile
+from loader.ledger import ARCHIVED, ForgottenFile, GoneFiles
 from loader.operate.cutover import current_load_of, who
 from loader.sources.snapshot import side_file
 
@@ -43,39 +43,31 @@ class ForgetOutcome:
         return {"source_path": self.source_path, "outcome": self.outcome, "forgotten": self.forgotten.to_json()}
 
 
-def refusal(connection: psycopg.Connection, source_path: str, archived: set[str]) -> str | None:
-    """Why `source_path` cannot be forgotten, or None."""
-    if current_load_of(connection, source_path) is None:
-        return f"{source_path}: the ledger has no current load of it (see `consolidate status`)"
+def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneFiles) -> tuple[str | None, str | None]:
+    """(the file's current load, None) when `source_path` can be forgotten, else (None, why not)."""
+    current = current_load_of(connection, source_path)
+    if current is None:
+        return None, f"{source_path}: the ledger has no current load of it (see `consolidate status`)"
     on_disk = [str(part) for part in (Path(source_path), side_file(Path(source_path), "-wal")) if part.exists()]
     if on_disk:
-        return (f"{source_path}: still on disk ({', '.join(on_disk)}); only a file that is gone can be forgotten "
-                "(`consolidate archive --remove-originals` removes one and keeps its bytes)")
-    if source_path in archived:
-        return f"{source_path}: removed by `consolidate archive --remove-originals`; its bytes are in the archive"
-    return None
+        return None, (f"{source_path}: still on disk ({', '.join(on_disk)}); only a file that is gone can be "
+                      "forgotten (`consolidate archive --remove-originals` removes one and keeps its bytes)")
+    if gone.why_gone(source_path) == ARCHIVED:
+        return None, f"{source_path}: removed by `consolidate archive --remove-originals`; its bytes are in the archive"
+    return current[0], None
 
 
 def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
            by: str | None = None) -> list[ForgetOutcome]:
     """Record that each of `sources` is gone on purpose, all or none: a ForgetError names every file
     refused."""
-    with target.connect() as connection:
-        ledger.ensure(connection)
-        paths = list(dict.fromkeys(ledger.ledger_path(connection, source) for source in sources))
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.forget'))")
-            held = ledger.forgotten_files(connection)
-            archived = set(ledger.archived_removals(connection))
-            refused = [reason for path in paths if path not in held and (reason := refusal(connection, path, archived))]
-            if refused:
-                raise ForgetError("\n".join(refused))
-            outcomes = []
-            for path in paths:
-                if path in held:
-                    outcomes.append(ForgetOutcome(path, "already forgotten", held[path]))
-                    continue
-                load_id = current_load_of(connection, path)[0]
-                ledger.record_forgotten(connection, path, load_id, by or who(), note)
-                outcomes.append(ForgetOutcome(path, "forgotten", ledger.forgotten_files(connection)[path]))
-    return outcomes
+    with ledger.recording(target, sources, "consolidate.forget") as (connection, paths):
+        gone = ledger.gone_files(connection)
+        checked = {path: load_to_forget(connection, path, gone) for path in paths if path not in gone.forgotten}
+        refused = [reason for _, reason in checked.values() if reason]
+        if refused:
+            raise ForgetError("\n".join(refused))
+        return [ForgetOutcome(path, "already forgotten", gone.forgotten[path]) if path in gone.forgotten else
+                ForgetOutcome(path, "forgotten", ledger.record_forgotten(connection, path, checked[path][0],
+                                                                        by or who(), note))
+                for path in paths]

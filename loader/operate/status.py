@@ -31,10 +31,20 @@ from psycopg.rows import dict_row
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, ArchivedRemoval, CurrentLoad, ForgottenFile
+from loader.ledger import (
+    ARCHIVED,
+    CHANGED,
+    FORGOTTEN,
+    LEDGER_SCHEMA,
+    MISSING,
+    UNCHANGED,
+    ArchivedRemoval,
+    CurrentLoad,
+    ForgottenFile,
+    GoneFiles,
+)
 from loader.sources.snapshot import sha256_or_none, side_file
 
-UNCHANGED, CHANGED, MISSING, ARCHIVED, FORGOTTEN = "unchanged", "changed", "missing", "archived", "forgotten"
 NO_LEDGER_MESSAGE = ("no load has run against this database yet (there is no consolidate ledger); "
                      "run `consolidate load` or `consolidate run`")
 EMPTY_LEDGER_MESSAGE = "the ledger records no file yet"
@@ -263,19 +273,20 @@ def failure_of(row: dict) -> Failure | None:
     return Failure(load_id=row["failed_load_id"], failed_at=row["failed_at"], error_message=row["error_message"])
 
 
-def file_status(row: dict, now: datetime, cut_over: CutOver | None = None,
-                archived: ArchivedRemoval | None = None, forgotten: ForgottenFile | None = None) -> FileStatus:
+def file_status(row: dict, now: datetime, gone: GoneFiles, cut_over: CutOver | None = None) -> FileStatus:
+    path = row["source_path"]
     current = current_load_of(row)
     synced_at = row["synced_at"]
-    on_disk = compare_with_disk(Path(row["source_path"]), current)
-    if on_disk != MISSING:
-        archived = forgotten = None  # back on disk: what is there now counts
+    on_disk = compare_with_disk(Path(path), current)
+    if on_disk == MISSING:  # back on disk, what is there counts, whatever the ledger says of its leaving
+        on_disk = gone.why_gone(path)
     return FileStatus(
-        source_path=row["source_path"], source_db=row["source_db"], kind=row["kind"], status=row["status"],
+        source_path=path, source_db=row["source_db"], kind=row["kind"], status=row["status"],
         last_load_id=row["last_load_id"], last_load_at=row["last_load_at"], current=current,
-        on_disk=ARCHIVED if archived else FORGOTTEN if forgotten else on_disk, last_failure=failure_of(row),
+        on_disk=on_disk, last_failure=failure_of(row),
         last_synced_at=synced_at, seconds_since_sync=(now - synced_at).total_seconds() if synced_at else None,
-        cut_over=cut_over, archived=archived, forgotten=forgotten)
+        cut_over=cut_over, archived=gone.archived[path] if on_disk == ARCHIVED else None,
+        forgotten=gone.forgotten[path] if on_disk == FORGOTTEN else None)
 
 
 def status(target: Target) -> StatusReport:
@@ -288,10 +299,7 @@ def status(target: Target) -> StatusReport:
         with connection.cursor(row_factory=dict_row) as cursor:
             rows = cursor.execute(ledger_query(FILES_QUERY)).fetchall()
         cut_over = read_cut_over(connection)
-        archived = ledger.archived_removals(connection)
-        forgotten = ledger.forgotten_files(connection)
+        gone = ledger.gone_files(connection)
     now = datetime.now(timezone.utc)
-    files = [file_status(row, now, cut_over.get(row["source_path"]), archived.get(row["source_path"]),
-                         forgotten.get(row["source_path"]))
-             for row in rows]
+    files = [file_status(row, now, gone, cut_over.get(row["source_path"])) for row in rows]
     return StatusReport(files=files, last_load=last_load, message=None if files else EMPTY_LEDGER_MESSAGE)

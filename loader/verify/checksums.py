@@ -8,14 +8,9 @@ from datetime import datetime
 from pathlib import Path
 
 from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
-from loader.ledger import CurrentLoad
+from loader.ledger import ARCHIVED, CHANGED, FORGOTTEN, MISSING, UNCHANGED, UNREADABLE, CurrentLoad
 from loader.verify.results import ValidationError
 
-UNCHANGED, CHANGED, MISSING, UNREADABLE = "unchanged", "changed", "missing", "unreadable"
-# Removed from disk by `consolidate archive --remove-originals`, its current load's bytes read from the archive.
-ARCHIVED = "archived"
-# gone outside `archive`, accepted as gone (`consolidate forget`): its bytes are asked for no more
-FORGOTTEN = "forgotten"
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
 
 

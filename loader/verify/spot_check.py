@@ -19,11 +19,23 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from loader.json_depth import too_deep
-from loader.ledger import LEDGER_SCHEMA, RELOCATE_HINT, WRITE_LOG_SCHEMA, ArchivedRemoval, CurrentLoad, not_retired
+from loader.ledger import (
+    ARCHIVED,
+    CHANGED,
+    LEDGER_SCHEMA,
+    RELOCATE_HINT,
+    UNCHANGED,
+    UNREADABLE,
+    WRITE_LOG_SCHEMA,
+    ArchivedRemoval,
+    CurrentLoad,
+    GoneFiles,
+    not_retired,
+)
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.snapshot import ArchiveUnreadable, SourceKeptChanging, archived_private_copy, private_copy
 from loader.sources.sqlite_reader import SourceTable, chunks, list_tables, quote
-from loader.verify.checksums import ARCHIVED, CHANGED, FORGOTTEN, MISSING, UNCHANGED, UNREADABLE, BackupIndex
+from loader.verify.checksums import BackupIndex
 from loader.verify.results import Mismatch
 from loader.verify.rules import (
     HMAC_SHAPE,
@@ -90,20 +102,21 @@ class Sample:
 
 
 def check_source(connection: psycopg.Connection, current: CurrentLoad, options: Options,
-                 archived: ArchivedRemoval | None = None, forgotten: bool = False) -> tuple[str, Sample]:
+                 gone: GoneFiles) -> tuple[str, Sample]:
     """The file's checksum status, and the spot check's sample of a private copy when the file is
     unchanged. The copy's checksums are those of the bytes on disk now (taken while nothing wrote).
-    A file removed after archiving (`archived`: its current load's bytes) is read from the archive; one
-    gone and `forgotten` (loader/operate/forget.py) is not checked."""
+    A file not on disk is checked as `gone` says: one removed after archiving is read from the archive
+    (its current load's bytes), one forgotten (loader/operate/forget.py) or missing is not checked."""
     try:
         with private_copy(Path(current.source_path)) as snapshot:
             if (snapshot.sha256, snapshot.wal_sha256) != current.identity:
                 return CHANGED, Sample()
             return UNCHANGED, sample_file(connection, snapshot.path, current, options)
     except FileNotFoundError:
-        if archived is not None:
-            return check_archived_source(connection, current, options, archived)
-        return (FORGOTTEN if forgotten else MISSING), Sample()
+        why = gone.why_gone(current.source_path)
+        if why == ARCHIVED:
+            return check_archived_source(connection, current, options, gone.archived[current.source_path])
+        return why, Sample()
     except (SourceKeptChanging, OSError) as error:
         return UNREADABLE, Sample(reason=f"{type(error).__name__}: {error}")
 

@@ -45,13 +45,11 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, CurrentLoad, now
+from loader.ledger import ARCHIVED, FORGOTTEN, LEDGER_SCHEMA, CurrentLoad, now
 from loader.load.raw_contract import MEMORY_KINDS
 from loader.load.secret_policy import SecretPolicy
 from loader.transform.relations import MEMORY_RANKED
 from loader.verify.checksums import (
-    ARCHIVED,
-    FORGOTTEN,
     NOT_BACKED_UP,
     backup_checksum_status,
     backup_entries,
@@ -91,17 +89,11 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         currents = ledger.current_loads(connection)
         raw_counts = raw_rows_by_file(connection)
         recorded = ledger.secret_policies(connection)
-        archived = ledger.archived_removals(connection)
-        forgotten = ledger.forgotten_files(connection)
-        sources = [check_source(connection, current, options, archived.get(current.source_path),
-                                current.source_path in forgotten)
-                   for current in currents]
-        # when the ledger says each file left the disk on purpose (removed after archiving, or forgotten)
-        gone_since = {**{path: f.forgotten_at for path, f in forgotten.items()},
-                      **{path: a.removed_at for path, a in archived.items()}}
+        gone = ledger.gone_files(connection)
+        sources = [check_source(connection, current, options, gone) for current in currents]
         found = fetch_sampled_rows(connection, options.schema,
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
-        files = [validate_file(connection, current, options, raw_counts, status, gone_since.get(current.source_path),
+        files = [validate_file(connection, current, options, raw_counts, status, gone.gone_since(current.source_path),
                                compare_sample(current, sample, found,
                                               policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
