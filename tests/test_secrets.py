@@ -441,6 +441,17 @@ def test_a_dsn_that_cannot_be_used_is_reported_without_the_password(password_pro
     for result in (missing, wrong, away):
         assert "Traceback" not in result.stderr
         assert not shown(forms_of(password), result.stdout + result.stderr)
+    # with --json, a machine gets the same as a document on stdout (and still never the password)
+    for args, code, words in ((["status", "--dsn", url.replace(quote(password, safe=""), "wrong")], 2,
+                               "password authentication failed"),
+                              (["status", "--dsn", f"host=db password={password} bogus=1"], 2,
+                               "not a PostgreSQL connection string"),
+                              (["validate", "--dsn", f"postgresql://{PASSWORD_ROLE}:x@127.0.0.1:1/x"], 4,
+                               "PostgreSQL unavailable")):
+        result = consolidate(*args, "--home", state, "--json")
+        document = json.loads(result.stdout)
+        assert result.returncode == code and document["exit_code"] == code and words in document["error"]
+        assert not shown(forms_of(password), result.stdout + result.stderr)
 
 
 # ---------------------------------------------------------------------------------------- Redis

@@ -586,18 +586,32 @@ CONNECTION_REFUSED = re.compile(r'(database|role) "[^"]*" does not exist|passwor
                                 r'no password supplied|no pg_hba\.conf entry|permission denied for database')
 
 
+def asked_for_json(argv: list[str]) -> bool:
+    """Whether the command line has --json among the tool's own options (not among dbt's after `--`)."""
+    options = argv[1:argv.index("--")] if "--" in argv else argv[1:]
+    return "--json" in options
+
+
 def main() -> None:
     """The console script: the app, with a DSN that cannot be used or a lost or unreachable PostgreSQL
-    reported in one line (never with the DSN's password)."""
+    reported in one line (never with the DSN's password); with --json also as a JSON document on stdout."""
     try:
         app(prog_name="consolidate")
     except BadDsn as error:
-        render.error(redacted_message(error))
-        sys.exit(ExitCode.USAGE)
+        usage_failure(redacted_message(error))
     except psycopg.OperationalError as error:
         message = redacted_message(error)
         if CONNECTION_REFUSED.search(message):
-            render.error(f"PostgreSQL refused the connection (check --dsn / DATABASE_URL): {message}")
-            sys.exit(ExitCode.USAGE)
+            usage_failure(f"PostgreSQL refused the connection (check --dsn / DATABASE_URL): {message}")
         render.database_unavailable(message)
+        if asked_for_json(sys.argv):
+            render.print_json({"error": f"PostgreSQL unavailable: {message}",
+                               "exit_code": ExitCode.DATABASE_UNAVAILABLE})
         sys.exit(ExitCode.DATABASE_UNAVAILABLE)
+
+
+def usage_failure(message: str) -> NoReturn:
+    render.error(message)
+    if asked_for_json(sys.argv):
+        render.print_json({"error": message, "exit_code": ExitCode.USAGE})
+    sys.exit(ExitCode.USAGE)
