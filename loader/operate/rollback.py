@@ -327,7 +327,8 @@ class Plan:
     """What the memory table of the new file holds, decided from PostgreSQL's state."""
 
     kept_rowids: list[int] = field(default_factory=list)  # copied from the source as they are
-    updates: list[tuple[int, dict]] = field(default_factory=list)  # (rowid copied, then these columns set)
+    # (rowid copied, then these columns set, the entry's (namespace, key))
+    updates: list[tuple[int, dict, tuple[str, str]]] = field(default_factory=list)
     inserts: list[dict] = field(default_factory=list)  # new rows: these columns, defaults for the rest
 
 
@@ -347,7 +348,7 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
                                    "reason": "extended-memory has no namespace column: only namespace "
                                              f"{EXTENDED_NAMESPACE!r} fits"})
         elif rowids:
-            plan.updates.append((rowids[0], row_values(kind, entry)))
+            plan.updates.append((rowids[0], row_values(kind, entry), name))
             report.changed.append(name)
         else:
             plan.inserts.append({**new_row_identity(kind, entry), **row_values(kind, entry)})
@@ -439,14 +440,16 @@ def says_the_same(column: str, own, new) -> bool:
     return column in JSON_COLUMNS and canonical_json(own) is not None and canonical_json(own) == canonical_json(new)
 
 
-def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
-    """The source's rows the plan keeps, those it changes changed (new rows: insert_new_rows)."""
+def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan) -> list[tuple[str, str]]:
+    """The source's rows the plan keeps, those it changes changed (new rows: insert_new_rows). Returns the
+    entries whose row PostgreSQL's state left as it was (every value says the same)."""
     connection.execute("CREATE TEMP TABLE kept (rowid INTEGER PRIMARY KEY)")
     connection.executemany("INSERT OR IGNORE INTO temp.kept VALUES (?)",
-                           [(rowid,) for rowid in plan.kept_rowids + [rowid for rowid, _ in plan.updates]])
+                           [(rowid,) for rowid in plan.kept_rowids + [rowid for rowid, _, _ in plan.updates]])
     copy_rows(connection, table, f"WHERE {table.rowid} IN (SELECT rowid FROM temp.kept)")
     connection.execute("DROP TABLE temp.kept")
-    for rowid, values in plan.updates:
+    as_they_were = []
+    for rowid, values, name in plan.updates:
         values = settable(table, values)
         kept = connection.execute(f"SELECT {', '.join(map(quote, values))} FROM main.{quote(table.name)} "
                                   f"WHERE {table.rowid} = ?", (rowid,)).fetchone()
@@ -455,6 +458,9 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
             assignments = ", ".join(f"{quote(c)} = ?" for c in values)
             connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
                                [*values.values(), rowid])
+        else:
+            as_they_were.append(name)
+    return as_they_were
 
 
 def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
@@ -501,7 +507,9 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
                 continue
             connection.execute(f"DELETE FROM main.{quote(table.name)}")  # what creating a table put there
             if table is memory:
-                write_memory_table(connection, table, plan)
+                for name in write_memory_table(connection, table, plan):  # a version that says the same
+                    report.changed.remove(name)
+                    report.unchanged += 1
             else:
                 copy_rows(connection, table)
         insert_new_rows(connection, memory, plan)
