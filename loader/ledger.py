@@ -892,15 +892,29 @@ def record_forgotten(connection: psycopg.Connection, source_path: str, load_id: 
     return ForgottenFile(*row)
 
 
+# A forget holds while the load it names is still the file's current load or, for a file with none (a
+# copy of another file, or one that only ever failed), while it is still the ledger's latest word on the path.
+FORGOTTEN_FILES_QUERY = f"""
+WITH latest AS (
+    SELECT DISTINCT ON (source_path) source_path, load_id
+    FROM {LEDGER_SCHEMA}.load_files
+    ORDER BY source_path, started_at DESC, load_id DESC
+)
+SELECT f.source_path, f.load_id, f.forgotten_at, f.forgotten_by, f.note
+FROM {LEDGER_SCHEMA}.forgotten_files AS f
+LEFT JOIN {LEDGER_SCHEMA}.current_loads AS c ON c.source_path = f.source_path
+WHERE c.load_id = f.load_id
+   OR (c.load_id IS NULL AND EXISTS (SELECT 1 FROM latest
+                                     WHERE latest.source_path = f.source_path AND latest.load_id = f.load_id))
+"""
+
+
 def forgotten_files(connection: psycopg.Connection) -> dict[str, ForgottenFile]:
-    """The files accepted as gone whose record still holds (their current load is the one forgotten), by
-    path; empty for a ledger from before migration 12."""
+    """The files accepted as gone whose record still holds, by path; empty for a ledger from before
+    migration 12."""
     if not relation_exists(connection, LEDGER_SCHEMA, "forgotten_files"):
         return {}
-    rows = connection.execute(sql.SQL(
-        "SELECT f.source_path, f.load_id, f.forgotten_at, f.forgotten_by, f.note FROM {} AS f "
-        "JOIN {} AS c USING (source_path, load_id)").format(table("forgotten_files"), table("current_loads")))
-    return {row[0]: ForgottenFile(*row) for row in rows}
+    return {row[0]: ForgottenFile(*row) for row in connection.execute(FORGOTTEN_FILES_QUERY)}
 
 
 

@@ -40,7 +40,7 @@ def test_a_file_deleted_outside_archive_can_be_accepted_as_gone(tmp_path, target
     assert missing.returncode == 1 and files_of(missing)[gone]["checksum_status"] == "missing"
 
     unknown = consolidate("forget", str(gone), str(root / "never/loaded.db"), target=target, home=home)
-    assert unknown.returncode == 5 and "no current load" in unknown.stderr  # all or none
+    assert unknown.returncode == 5 and "knows no file by that path" in unknown.stderr  # all or none
     assert fetch(target, "SELECT count(*) FROM consolidate.forgotten_files") == [(0,)]
     linked = tmp_path / "link"
     linked.symlink_to(root)
@@ -74,3 +74,45 @@ def test_a_file_deleted_outside_archive_can_be_accepted_as_gone(tmp_path, target
     restored = consolidate("validate", "--json", target=target, home=home)
     assert restored.returncode == 0 and files_of(restored)[gone]["checksum_status"] == "unchanged"
     assert files_of(restored)[gone]["spot_checked"] > 0
+
+
+def test_a_copy_or_a_failed_file_deleted_by_hand_can_be_forgotten(tmp_path, target, home):
+    """Neither has a current load (no rows depend on it), so status alone said `missing` for good."""
+    root = tmp_path / "tree"
+    write_and_run_sample(root, target, home)
+    copy = next(Path(f["source_path"]) for f in status_files(target, home).values() if f["status"] == "copy")
+    broken = root / "broken/memory.db"
+    broken.parent.mkdir()
+    half = copy.read_bytes()[:copy.stat().st_size // 2]
+    broken.write_bytes(half)
+    assert consolidate("sync", str(root), target=target, home=home).returncode == 3  # broken fails to load
+    assert status_files(target, home)[broken]["status"] == "failed"
+    copy.unlink()
+    broken.unlink()
+    shown = status_files(target, home)
+    assert (shown[copy]["on_disk"], shown[broken]["on_disk"]) == ("missing", "missing")
+    totals = json.loads(consolidate("status", "--json", target=target, home=home).stdout)["totals"]
+    assert (totals["missing_files"], totals["failed_files"]) == (2, 1)
+
+    forgotten = consolidate("forget", str(copy), str(broken), "--json", target=target, home=home)
+
+    assert forgotten.returncode == 0, forgotten.stdout[-2000:] + forgotten.stderr[-2000:]
+    assert [o["outcome"] for o in json.loads(forgotten.stdout)] == ["forgotten", "forgotten"]
+    shown = status_files(target, home)
+    assert (shown[copy]["on_disk"], shown[broken]["on_disk"]) == ("forgotten", "forgotten")
+    totals = json.loads(consolidate("status", "--json", target=target, home=home).stdout)["totals"]
+    assert (totals["missing_files"], totals["forgotten_files"], totals["failed_files"]) == (0, 2, 0)
+    validated = consolidate("validate", target=target, home=home)
+    assert validated.returncode == 0, validated.stdout[-3000:] + validated.stderr[-3000:]
+    # the failed file comes back and fails again: the ledger's latest word is a new load, the forget is void
+    broken.write_bytes(half + b"\0")
+    assert consolidate("sync", str(root), target=target, home=home).returncode == 3
+    broken.unlink()
+    assert status_files(target, home)[broken]["on_disk"] == "missing"
+
+
+def status_files(target, home) -> dict[Path, dict]:
+    result = consolidate("status", "--json", target=target, home=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return files_of(result)
+

@@ -463,8 +463,8 @@ def forget(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: N
     """Accept that each SOURCE, a file of the ledger deleted outside `consolidate archive`, is gone on
     purpose (consolidate.forgotten_files): its rows stay in PostgreSQL, `validate` checks their counts but
     asks for its bytes no more, and `status` and `sync` say `forgotten` instead of `missing`. A file put
-    back on disk counts from disk again. Refused, for all, unless every SOURCE has a current load and is
-    not on disk. Exit 5 when refused (nothing recorded).
+    back on disk counts from disk again. Refused, for all, unless the ledger knows every SOURCE (a copy, or
+    a file that only ever failed, too) and none is on disk. Exit 5 when refused (nothing recorded).
 
     Example: consolidate forget /opt/app/retired/.swarm/memory.db --note 'service retired, disk wiped'"""
     try:

@@ -10,8 +10,12 @@ for its bytes, and `status` and `sync` say `forgotten`, not `missing`. The recor
 names: a file put back on disk counts from disk again, and once a later load of it is current the record
 is void.
 
-Refused, for all SOURCEs, unless each is a file the ledger has a current load of and that is not on disk
-(neither its main file nor its `-wal`); a file removed by `archive` is already accounted for.
+A file with no current load (a byte-identical copy of another, or one that only ever failed) has no rows
+to keep, but `status` says `missing` of it until it is forgotten too; that record names the ledger's latest
+row of the file, and holds until a later one.
+
+Refused, for all SOURCEs, unless the ledger knows each and none is on disk (neither its main file nor its
+`-wal`); a file removed by `archive` is already accounted for.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import psycopg
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import ARCHIVED, ForgottenFile, GoneFiles
+from loader.ledger import ARCHIVED, LEDGER_SCHEMA, ForgottenFile, GoneFiles
 from loader.operate.cutover import current_load_of, who
 from loader.sources.snapshot import side_file
 
@@ -43,18 +47,26 @@ class ForgetOutcome:
         return {"source_path": self.source_path, "outcome": self.outcome, "forgotten": self.forgotten.to_json()}
 
 
+LATEST_LOAD = f"""
+SELECT load_id FROM {LEDGER_SCHEMA}.load_files WHERE source_path = %s ORDER BY started_at DESC, load_id DESC LIMIT 1
+"""
+
+
 def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneFiles) -> tuple[str | None, str | None]:
-    """(the file's current load, None) when `source_path` can be forgotten, else (None, why not)."""
+    """(the load the forget names, None) when `source_path` can be forgotten, else (None, why not). The
+    load is the file's current one or, for a file with none (a copy, or one that only ever failed), the
+    ledger's latest row of it."""
     current = current_load_of(connection, source_path)
-    if current is None:
-        return None, f"{source_path}: the ledger has no current load of it (see `consolidate status`)"
+    latest = connection.execute(LATEST_LOAD, (source_path,)).fetchone()
+    if latest is None:
+        return None, f"{source_path}: the ledger knows no file by that path (see `consolidate status`)"
     on_disk = [str(part) for part in (Path(source_path), side_file(Path(source_path), "-wal")) if part.exists()]
     if on_disk:
         return None, (f"{source_path}: still on disk ({', '.join(on_disk)}); only a file that is gone can be "
                       "forgotten (`consolidate archive --remove-originals` removes one and keeps its bytes)")
     if gone.why_gone(source_path) == ARCHIVED:
         return None, f"{source_path}: removed by `consolidate archive --remove-originals`; its bytes are in the archive"
-    return current[0], None
+    return (current or latest)[0], None
 
 
 def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = None,

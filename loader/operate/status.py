@@ -157,7 +157,7 @@ class StatusReport:
             files=len(self.files),
             rows_in_sqlite=sum(c.rows_in_sqlite or 0 for c in current),
             rows_loaded=sum(c.rows_loaded or 0 for c in current),
-            failed_files=sum(f.status == "failed" for f in self.files),
+            failed_files=sum(f.status == "failed" and f.on_disk != FORGOTTEN for f in self.files),
             changed_files=sum(f.on_disk == CHANGED for f in self.files),
             missing_files=sum(f.on_disk == MISSING for f in self.files),
             cut_over_files=sum(f.cut_over is not None for f in self.files),
