@@ -1,6 +1,6 @@
 """`consolidate lineage` after a row-level change load (loader/load/delta.py): a row that stayed current in
 an earlier load of its file is a current version (winner), a row the change load changed or deleted is
-an earlier load's version. Real PostgreSQL, a real SQLite file; expected roles from sqlite3 reads of
+shown as changed or deleted by the load that retired it. Real PostgreSQL, a real SQLite file; expected roles from sqlite3 reads of
 private copies of the file before and after its change."""
 
 from __future__ import annotations
@@ -43,8 +43,17 @@ def test_lineage_after_a_row_level_change_load_shows_rows_of_earlier_parts_as_cu
     for namespace, key in unchanged:  # current where they were stored: the first load
         assert lineage(key, namespace, target) == [(first, rowid_of[(namespace, key)], "winner")]
     assert lineage("key-7", "default", target) == sorted(
-        [(first, old_rowid_of[("default", "key-7")], "earlier load"), (second, rowid_of[("default", "key-7")], "winner")])
-    assert lineage("key-8", "default", target) == [(first, old_rowid_of[("default", "key-8")], "earlier load")]
+        [(first, old_rowid_of[("default", "key-7")], "changed in a later load"),
+         (second, rowid_of[("default", "key-7")], "winner")])
+    assert lineage("key-8", "default", target) == [(first, old_rowid_of[("default", "key-8")],
+                                                    "deleted in a later load")]
+    # the retired rows name the load that retired them, and when it ran
+    started = fetch(target, "SELECT started_at FROM consolidate.load_files WHERE load_id = %s", (second,))[0][0]
+    retired = [(v.retired_by, v.retired_at) for key in ("key-7", "key-8")
+               for v in versions(target, key, "default") if v.load_id == first]
+    assert retired == [(second, started), (second, started)]
+    told = consolidate("lineage", "key-8", "--namespace", "default", target=target, home=home)
+    assert told.returncode == 0 and f"deleted in app/.swarm/memory.db by load {second}" in " ".join(told.stdout.split())
     assert lineage("new", "default", target) == [(second, rowid_of[("default", "new")], "winner")]
     shown = consolidate("lineage", "key-1", "--namespace", "default", "--json", target=target, home=home)  # the CLI
     assert shown.returncode == 0, shown.stderr
