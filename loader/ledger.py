@@ -35,6 +35,8 @@ from loader.database import Target
 LEDGER_SCHEMA = "consolidate"
 # Where writes made in PostgreSQL are kept (migration 7): the one raw schema no SQLite file loads into.
 WRITE_LOG_SCHEMA = "raw_postgres"
+# The write log's `via` of a delete made in a SQLite file, which a sync records there (loader/load/delta.py).
+SQLITE_DELETE_VIA = "sqlite delete"
 
 MIGRATIONS: list[str] = [
     # 1: loads, the files and tables each load found, every column's raw name, and the current loads.
@@ -259,7 +261,8 @@ CREATE TABLE IF NOT EXISTS {WRITE_LOG_SCHEMA}.memory_writes (
     application_name text DEFAULT current_setting('application_name'),
     db_user          text NOT NULL DEFAULT current_user,
     -- the path: 'client' (MemoryClient), 'compat.memory_entries', 'compat_claude_flow_v3.memory_entries',
-    -- 'compat_extended_memory.memory_store', '<schema>.unified_memory', '<schema>.performance_metrics'
+    -- 'compat_extended_memory.memory_store', '<schema>.unified_memory', '<schema>.performance_metrics';
+    -- 'sqlite delete': a delete a sync found in a SQLite file, recorded by consolidate (loader/load/delta.py)
     via              text NOT NULL,
     -- upsert: this row is the entry's new value; delete: a tombstone (the entry leaves the marts, its
     -- versions stay in unified_memory_history)

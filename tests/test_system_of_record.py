@@ -11,7 +11,7 @@ import contextlib
 import json
 import random
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -133,6 +133,57 @@ def test_writes_in_postgresql_survive_sync_rebuild_and_full_refresh(migrated):
     assert any(v["role"] == "superseded" and v["load_id"] for v in versions)
     shown = consolidate("lineage", set_key, "--namespace", set_ns, target=target, home=home).stdout
     assert f"written in PostgreSQL by {CLIENT_APPLICATION} (" in shown
+
+
+def sqlite_deletes(target: Target) -> list[tuple]:
+    with target.connect() as connection:
+        return connection.execute(
+            "SELECT namespace, key, home_source_path, application_name FROM raw_postgres.memory_writes "
+            "WHERE via = 'sqlite delete' ORDER BY write_id").fetchall()
+
+
+def test_a_delete_in_sqlite_removes_an_entry_a_write_in_postgresql_holds(tmp_path, target, home):
+    """A service writing to both sides, or one rolled back to its file, deletes an entry in SQLite after a
+    write made in PostgreSQL set it: the latest change, the delete, wins (the sync records it in the write
+    log). A changed row, an INSERT OR REPLACE (a new rowid for the key) and a delete of an entry no write in
+    PostgreSQL holds record nothing. The marts equal a full refresh."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", [(f"key-{n}", f'{{"n": {n}}}', "default", T0 + n) for n in range(6)])
+    assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
+    with MemoryClient(target.dsn, source=str(db)) as client:
+        for key in ("key-1", "key-3", "key-4", "key-5"):
+            client.set(key, f"{key} set in PostgreSQL")
+        client.set("made-in-postgres", "made in PostgreSQL")
+    with contextlib.closing(sqlite3.connect(db)) as connection:  # as a rollback file would hold it
+        connection.execute("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) "
+                           "VALUES ('made-in-postgres', 'made in PostgreSQL', 'default', ?, ?)", (T0, T0))
+        connection.commit()
+    do_sync(root, target, home)
+    assert sqlite_deletes(target) == []
+
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("DELETE FROM memory_entries WHERE key IN ('key-1', 'key-2', 'key-5', 'made-in-postgres')")
+        connection.execute("UPDATE memory_entries SET value = '\"changed\"' WHERE key = 'key-4'")
+        connection.execute("INSERT OR REPLACE INTO memory_entries (key, value, namespace, created_at, updated_at) "
+                           "VALUES ('key-3', '\"replaced\"', 'default', ?, ?)", (T0 + 3, T0 + 3))
+        connection.commit()
+    do_sync(root, target, home)
+
+    assert sorted(sqlite_deletes(target)) == [("default", "key-1", str(db), "consolidate"),
+                                              ("default", "key-5", str(db), "consolidate"),
+                                              ("default", "made-in-postgres", str(db), "consolidate")]
+    for gone in ("key-1", "key-2", "key-5", "made-in-postgres"):
+        assert entry(target, gone, "default") is None, gone
+    for kept in ("key-3", "key-4"):  # the writes made in PostgreSQL are later than the file's rows
+        assert entry(target, kept, "default")["value"] == f"{kept} set in PostgreSQL"
+    shown = consolidate("lineage", "key-1", "--namespace", "default", target=target, home=home)
+    assert shown.returncode == 0 and f"deleted in SQLite ({db})" in " ".join(shown.stdout.split())
+    incremental = marts_snapshot(target)
+    full_refresh_models(target, home)
+    assert marts_snapshot(target) == incremental
+    # a second sync with nothing changed records nothing more
+    do_sync(root, target, home)
+    assert len(sqlite_deletes(target)) == 3
 
 
 def test_dml_on_unified_memory_is_captured_and_mistakes_are_refused(migrated):
@@ -338,8 +389,21 @@ class Model:
                           default=0)
             self.ids.update({e: highest + n for n, e in enumerate(new, 1)})
 
-    def synced_now(self) -> None:
+    def synced_now(self, recorded_deletes: list[Version] = ()) -> None:
+        """After a sync: the files' rows now, and the deletes the sync recorded. A file that no longer holds
+        an entry it held, whose newest write made in PostgreSQL is a value, deleted it in SQLite: the sync
+        records that delete in the write log (`recorded_deletes`, read from it for their time and id)."""
+        held_before = {(v.path, v.namespace, v.key) for v in self.synced}
         self.synced = self.sqlite_versions()
+        held_now = {(v.path, v.namespace, v.key) for v in self.synced}
+        deleted_by = {}
+        for path, namespace, key in held_before - held_now:
+            writes = [w for w in self.writes if (w.namespace, w.key) == (namespace, key)]
+            if writes and not max(writes, key=lambda w: w.write_id).deleted:
+                deleted_by.setdefault((namespace, key), set()).add(path)
+        assert {(d.namespace, d.key) for d in recorded_deletes} == set(deleted_by), (recorded_deletes, deleted_by)
+        assert all(d.path in deleted_by[(d.namespace, d.key)] for d in recorded_deletes)
+        self.writes += [replace(d, path=None) for d in recorded_deletes]
         self.give_ids(self.versions())
 
     def state(self, entry: tuple[str, str]) -> dict | None:
@@ -514,7 +578,18 @@ class Writer:
                                  rowid=write_id, write_id=write_id, deleted=expected["deleted"]))
 
 
-@pytest.mark.parametrize("seed", [5, 29])
+def recorded_deletes(target: Target, after: int) -> list[Version]:
+    """The deletes made in SQLite that syncs recorded in the write log after write `after` (path: the file)."""
+    with target.connect() as connection:
+        return [Version(key, namespace, None, None, None, updated, None, None, path=path, rowid=write_id,
+                        write_id=write_id, deleted=True)
+                for write_id, namespace, key, updated, path in connection.execute(
+                    "SELECT write_id, namespace, key, updated_at, home_source_path FROM raw_postgres.memory_writes "
+                    "WHERE via = 'sqlite delete' AND write_id > %s ORDER BY write_id", (after,))]
+
+
+# seed 3 deletes in SQLite an entry whose newest write made in PostgreSQL is a value (the sync records it)
+@pytest.mark.parametrize("seed", [5, 29, 3])
 def test_random_sqlite_changes_and_postgresql_writes_equal_the_model_and_a_full_refresh(seed, tmp_path, target, home):
     rng = random.Random(seed)
     root = tmp_path / "tree"
@@ -530,8 +605,9 @@ def test_random_sqlite_changes_and_postgresql_writes_equal_the_model_and_a_full_
                 for _ in range(rng.randint(1, 3)):
                     writer.step()
                 if rng.random() < 0.75:
+                    last = max((w.write_id for w in model.writes), default=0)
                     do_sync(root, target, home)
-                    model.synced_now()
+                    model.synced_now(recorded_deletes(target, last))
                 else:  # a build without a load: the writes are already applied, nothing changes
                     assert build(target, home, quiet=True).success
                 context = (seed, step, operations, writer.done)
@@ -540,5 +616,6 @@ def test_random_sqlite_changes_and_postgresql_writes_equal_the_model_and_a_full_
                 full_refresh_models(target, home)
                 assert marts_snapshot(target) == incremental, context
         assert model.writes and any(v.deleted for v in model.writes), writer.done
+        assert seed != 3 or recorded_deletes(target, 0), "seed 3 no longer deletes in SQLite what PostgreSQL set"
     finally:
         files.close()

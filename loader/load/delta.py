@@ -32,9 +32,9 @@ import duckdb
 import psycopg
 from psycopg import sql
 
-from loader.ledger import CHAIN, LEDGER_SCHEMA, in_loads, state_loads
+from loader.ledger import CHAIN, LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_loads, state_loads
 from loader.load.duckdb_postgres import ALIAS, insert_rows
-from loader.load.raw_contract import MEMORY_KINDS
+from loader.load.raw_contract import MEMORY_KINDS, MEMORY_NAMESPACES, MEMORY_TABLES
 from loader.sources.sqlite_reader import literal, quote
 
 # A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
@@ -142,6 +142,7 @@ class PreviousState:
 
     load_id: str
     source_path: str
+    kind: str
     tables: tuple[DeltaTable, ...]
     parts: tuple[str, ...]  # the loads whose raw rows make up the state: load_id and the loads it applies on
 
@@ -165,7 +166,7 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
         return None
     parts = connection.execute(sql.SQL("SELECT array{}").format(state_loads("previous")),
                                {"previous": rows[0][0], "source_path": source_path}).fetchone()[0]
-    return PreviousState(rows[0][0], source_path, tuple(tables), tuple(parts))
+    return PreviousState(rows[0][0], source_path, kind, tuple(tables), tuple(parts))
 
 
 def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed | str, dict]]:
@@ -178,8 +179,59 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
         result.append((statement, {"previous": previous.load_id, "load_id": load_id,
                                    "source_path": previous.source_path, "source_table": table.source_table,
                                    "raw_schema": table.raw_schema, "raw_table": table.raw_table}))
+    result += record_sqlite_deletes(previous, load_id)
     result.append(mark_delta(previous, load_id))
     return result
+
+
+# The entries whose last row in the file this load deleted (a row it retired whose key no row of the file's
+# new state holds: not a changed row, nor an INSERT OR REPLACE, which gives the key a new rowid) and whose
+# newest write made in PostgreSQL is a value: the delete is recorded in the write log, at the load's time,
+# as a delete made in SQLite. Without it, that write would stay the entry's value, although the delete in
+# SQLite came later (a service writing to both sides, or one rolled back to its file). An entry no write
+# made in PostgreSQL holds just loses this file's version, as before.
+RECORD_SQLITE_DELETES = """
+WITH retired_entries AS (
+    SELECT DISTINCT {namespace} AS namespace, r.{key} AS key
+    FROM {ledger}.retired_rows AS x
+    JOIN {raw} AS r
+      ON r._load_id = x.row_load_id AND r._source_path = x.source_path AND r._source_rowid = x.source_rowid
+    WHERE x.load_id = %(load_id)s AND x.source_path = %(source_path)s AND x.source_table = %(source_table)s
+      AND r.{key} IS NOT NULL
+),
+gone AS (
+    SELECT e.namespace, e.key
+    FROM retired_entries AS e
+    WHERE NOT EXISTS (SELECT 1 FROM {raw} AS r  -- first the load's own rows: a few, where a changed row is
+                      WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
+                        AND r.{key} = e.key AND {namespace} = e.namespace)
+      AND NOT EXISTS (SELECT 1 FROM {raw} AS r
+                      WHERE {in_new_state} AND r.{key} = e.key AND {namespace} = e.namespace)
+)
+INSERT INTO {write_log} (application_name, via, operation, key, namespace, updated_at, home_source_path)
+SELECT 'consolidate', %(via)s, 'delete', gone.key, gone.namespace, now(), %(source_path)s
+FROM gone
+WHERE (SELECT w.operation FROM {write_log} AS w
+       WHERE w.namespace = gone.namespace AND w.key = gone.key
+       ORDER BY w.write_id DESC LIMIT 1) = 'upsert'
+"""
+
+
+def record_sqlite_deletes(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed, dict]]:
+    """RECORD_SQLITE_DELETES for the file's memory table (run after its retired rows are recorded)."""
+    table = next((t for t in previous.tables if t.source_table == MEMORY_TABLES[previous.kind]), None)
+    raw_of = dict(table.columns) if table else {}
+    if table is None or "key" not in raw_of:
+        return []
+    namespace = MEMORY_NAMESPACES[previous.kind].format(
+        namespace=f"r.{quote(raw_of['namespace'])}" if "namespace" in raw_of else "NULL")
+    new_state = sql.SQL("(SELECT unnest(%(new_parts)s::text[]))")
+    statement = sql.SQL(RECORD_SQLITE_DELETES).format(
+        namespace=sql.SQL(namespace), key=sql.Identifier(raw_of["key"]), raw=table.raw,
+        ledger=sql.Identifier(LEDGER_SCHEMA), write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
+        in_new_state=in_loads("r", table.source_table, new_state))
+    return [(statement, {"load_id": load_id, "source_path": previous.source_path, "source_table": table.source_table,
+                         "new_parts": [*previous.parts, load_id], "via": SQLITE_DELETE_VIA})]
 
 
 def content_columns(table: DeltaTable, alias: str = "r") -> sql.Composed:
@@ -322,5 +374,6 @@ def record_changes(previous: PreviousState, load_id: str,
                 parameters))
         result.append((RECORD_UNCHANGED, parameters))
         result.append((RECORD_COUNTS, parameters))
+    result += record_sqlite_deletes(previous, load_id)
     result.append(mark_delta(previous, load_id))
     return result

@@ -35,6 +35,11 @@ RAW_SCHEMAS = {
 MEMORY_TABLES = {"claude-flow-v2": "memory_entries", "claude-flow-v3": "memory_entries",
                  "extended-memory": "memory_store"}
 MEMORY_KINDS = frozenset(MEMORY_TABLES)
+# The namespace of a raw memory row (`{namespace}`: its raw namespace column), as the staging models give it
+# (dbt_project/macros/memory_staging.sql: the same rule).
+MEMORY_NAMESPACES = {"claude-flow-v2": "coalesce({namespace}, 'default')",
+                     "claude-flow-v3": "coalesce({namespace}, 'default')",
+                     "extended-memory": "'extended-memory'"}
 
 # Lineage columns on every raw row, in this order, after the source columns.
 LINEAGE_COLUMNS = [

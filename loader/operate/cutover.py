@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state
+from loader.ledger import LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_state
 from loader.load import raw_tables
 from loader.load.raw_contract import LINEAGE_COLUMNS, MEMORY_TABLES
 from loader.sources.snapshot import sha256_or_none, side_file
@@ -247,7 +247,7 @@ postgres AS (
                AS last_written_by
     FROM {write_log} AS w
     JOIN entries USING (namespace, key)
-    WHERE w.written_at >= %(cut_over_at)s
+    WHERE w.written_at >= %(cut_over_at)s AND w.via <> %(sqlite_delete)s  -- not the file's own deletes
     GROUP BY w.namespace, w.key
 )
 SELECT (SELECT count(*) FROM entries),
@@ -294,7 +294,7 @@ def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -
         old=rows_of_state(old, columns, old_columns, check["kind"], "baseline_load_id"),
         new=rows_of_state(new, columns, new_columns, check["kind"], "load_id"),
         write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"))
-    count, entries = connection.execute(statement, check).fetchone()
+    count, entries = connection.execute(statement, {**check, "sqlite_delete": SQLITE_DELETE_VIA}).fetchone()
     return count, entries
 
 

@@ -10,6 +10,7 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
+from loader.ledger import SQLITE_DELETE_VIA
 from loader.transform.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
 
 # The role of a version: winner / superseded (a current version); for a file's row that is not current,
@@ -32,7 +33,7 @@ SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load
             ELSE 'earlier load' END AS role,
        false AS deleted, NULL::bigint AS write_id, NULL::timestamptz AS written_at, NULL AS written_by,
        NULL AS db_user, NULL AS via, x.load_id AS retired_by, retiring.started_at AS retired_at,
-       r.version_rank, v.loaded_at
+       NULL AS home_source_path, r.version_rank, v.loaded_at
 FROM {all_loads} AS v
 JOIN {load_files} AS l ON l.load_id = v.load_id AND l.source_path = v.source_path
 LEFT JOIN {ranked} AS r
@@ -50,11 +51,11 @@ SELECT w.key, w.namespace, NULL, 'memory_writes', w.write_id, NULL,
             WHEN r.is_winner IS NOT NULL THEN 'superseded'
             ELSE 'pending' END,
        w.operation = 'delete', w.write_id, w.written_at, w.application_name, w.db_user, w.via, NULL, NULL,
-       r.version_rank, w.written_at
+       w.home_source_path, r.version_rank, w.written_at
 FROM {memory_writes} AS w
 LEFT JOIN {ranked} AS r ON r.write_id = w.write_id
 WHERE w.key = %(key)s AND (%(namespace)s::text IS NULL OR w.namespace = %(namespace)s)
-ORDER BY 2, 21 NULLS LAST, 22 DESC, 3, 5
+ORDER BY 2, 22 NULLS LAST, 23 DESC, 3, 5
 """).format(all_loads=sql.Identifier(*MEMORY_ALL_LOADS), load_files=ledger.table("load_files"),
            ranked=sql.Identifier(*MEMORY_RANKED), memory_writes=sql.Identifier(ledger.WRITE_LOG_SCHEMA, "memory_writes"),
            retired_rows=ledger.table("retired_rows"), deleted_rows=ledger.table("deleted_rows"))
@@ -89,6 +90,8 @@ class Version:
     # a file's row a row-level change load retired: that load, and when it ran
     retired_by: str | None = None
     retired_at: datetime | None = None
+    # a write tied to a file (MemoryClient(source=...), or a delete a sync found in it)
+    home_source_path: str | None = None
 
     @property
     def winner(self) -> bool:
@@ -106,6 +109,9 @@ class Version:
         """Where the version came from, for a person."""
         if self.write_id is None:
             return self.source_db
+        if self.via == SQLITE_DELETE_VIA:
+            return (f"deleted in SQLite ({self.home_source_path}), recorded by a sync at "
+                    f"{self.written_at:%Y-%m-%d %H:%M:%S%z}")
         return (f"{'deleted' if self.deleted else 'written'} in PostgreSQL by {self.written_by or '?'} "
                 f"({self.db_user}) via {self.via} at {self.written_at:%Y-%m-%d %H:%M:%S%z}")
 
@@ -125,4 +131,4 @@ def versions(target: Target, key: str, namespace: str | None = None) -> list[Ver
         if missing:
             raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
-    return [Version(*row[:20]) for row in rows]
+    return [Version(*row[:21]) for row in rows]
