@@ -7,8 +7,11 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
+
+from loader.serve.client import MemoryClient
 
 from conftest import consolidate, fetch, read_private_copy
 
@@ -100,3 +103,33 @@ def test_a_null_in_any_column_of_the_views_not_null_test_fails_it(migrated, targ
                          "--", "test", "--select", "not_null_memory_store")
     assert tested.returncode == 1, tested.stdout[-2000:]
     assert "FAIL 1 not_null_memory_store" in tested.stdout, tested.stdout[-2000:]
+
+
+def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named_from_it(migrated, target):
+    """The view's `type`: the application's own (kept in the metadata, from the file or from a write
+    through the view) when it fits the value now held, else the Python type of that value; a write
+    through the view keeps the type it gives in the metadata and reads back the text it wrote."""
+    (int_key,) = fetch(target, "SELECT min(key) FROM compat_extended_memory.memory_store WHERE type = 'int'")[0]
+    with MemoryClient(target.dsn, track_access=False) as memory:
+        memory.set("compat:new-bool", True, "extended-memory")
+        memory.set("compat:new-none", None, "extended-memory")
+        memory.set("compat:new-dict", {"a": [1]}, "extended-memory")
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        connection.execute("INSERT INTO compat_extended_memory.memory_store (key, value, type) VALUES "
+                           "('compat:float-given', '2', 'float'), ('compat:str-given-a-dict', '{\"a\": 1}', 'str'), "
+                           "('compat:plain', 'not json', 'str'), ('compat:pickle', 'gAR9lC4=', 'pickle'), "
+                           "('compat:no-type', '[true]', NULL)")
+        connection.execute("UPDATE compat_extended_memory.memory_store SET value = 'true' WHERE key = %s", (int_key,))
+
+    expected = {"compat:new-bool": ("true", "bool"), "compat:new-none": ("null", "none"),
+                "compat:new-dict": ('{"a": [1]}', "dict"), "compat:float-given": ("2", "float"),
+                "compat:str-given-a-dict": ('{"a": 1}', "dict"), "compat:plain": ("not json", "str"),
+                "compat:pickle": ("gAR9lC4=", "pickle"), "compat:no-type": ("[true]", "list"),
+                int_key: ("true", "bool")}
+    view = {key: (value, kind) for key, value, kind in fetch(
+        target, "SELECT key, value, type FROM compat_extended_memory.memory_store WHERE key = ANY(%s)",
+        (list(expected),))}
+    assert view == expected
+    kept = dict(fetch(target, "SELECT key, metadata -> 'extended_memory' ->> 'type' FROM unified_memory "
+                              "WHERE namespace = 'extended-memory' AND key = ANY(%s)", (list(expected),)))
+    assert (kept["compat:float-given"], kept["compat:str-given-a-dict"], kept[int_key]) == ("float", "str", "int")

@@ -347,7 +347,8 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
 
     changed = next(row for row in after.values() if row["key"][1] == changed_key)
     own = rows[by_key[changed_key]]
-    assert changed["value"] == ("text", '"now a string"') and changed["type"] == ("text", "str")
+    # the string itself, as compat_extended_memory.memory_store gives a value set as a str
+    assert changed["value"] == ("text", "now a string") and changed["type"] == ("text", "str")
     assert changed["updated_at"] == ("text", naive_utc(pg[changed_key]["updated_at"]))
     assert changed["created_at"] == own["created_at"]  # the same instant: the row's own text stays
     created = next(row for row in after.values() if row["key"][1] == "rollback:new")
@@ -357,6 +358,58 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
                                   "reason": report["skipped"][0]["reason"]}]
     assert [e["key"] for e in report["deleted"]] == [deleted_key]
     assert sha256_of_folder(source.parent) == before
+
+
+EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"
+
+
+def test_extended_memory_types_and_values_agree_between_the_view_and_the_rollback(tmp_path, target, home):
+    """extended-memory's `type` names the Python type of the value (none, str, int, float, bool, dict,
+    list, pickle): after writes made in PostgreSQL, compat_extended_memory.memory_store shows the type of
+    the value now held (not the file row's stale one, never a data_type such as `json`), and the rollback
+    file holds the same type and the same value text as the view, a non-JSON text written through the
+    view included."""
+    tree = tmp_path / "tree"
+    assert consolidate("sample", str(tree)).returncode == 0
+    built = consolidate("run", str(tree), "--no-backup", target=target, home=home)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    source = tree / EXTENDED_MEMORY
+    rows = typed_rows(opened_copy(source, tmp_path / "source"), "memory_store")
+    none_key = min(row["key"][1] for row in rows.values() if row["type"][1] == "none")
+    str_key = min(row["key"][1] for row in rows.values() if row["type"][1] == "str")
+    assert next(row for row in rows.values() if row["key"][1] == none_key)["value"] == ("text", "null")
+    # the Python type of each value written: what the extended-memory application would have stored
+    expected = {none_key: "dict", "types:new-list": "list", "types:new-int": "int", "types:new-float": "float",
+                "types:new-str": "str", str_key: "str"}
+    with MemoryClient(target.dsn, track_access=False, source=source) as memory:
+        memory.set(none_key, {"changed": True}, "extended-memory")
+        memory.set("types:new-list", [1, 2, 3], "extended-memory")
+        memory.set("types:new-int", 42, "extended-memory")
+        memory.set("types:new-float", 2.5, "extended-memory")
+        memory.set("types:new-str", "plain words", "extended-memory")
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        assert connection.execute("UPDATE compat_extended_memory.memory_store SET value = 'hello3' WHERE key = %s",
+                                  (str_key,)).rowcount == 1
+
+    view = {key: (value, kind) for key, value, kind in fetch(
+        target, "SELECT key, value, type FROM compat_extended_memory.memory_store WHERE key = ANY(%s)",
+        (list(expected),))}
+    assert {key: kind for key, (_, kind) in view.items()} == expected
+    assert view[str_key] == ("hello3", "str") and view["types:new-str"] == ("plain words", "str")
+    assert json.loads(view[none_key][0]) == {"changed": True} and json.loads(view["types:new-float"][0]) == 2.5
+
+    destination = tmp_path / "rollback" / "extended_memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", str(source), "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert sorted(e["key"] for e in report["changed"]) == sorted([none_key, str_key])
+    assert sorted(e["key"] for e in report["created"]) == sorted(set(expected) - {none_key, str_key})
+    written = {row["key"][1]: row for row in typed_rows(opened_copy(destination, tmp_path / "written"),
+                                                        "memory_store").values()}
+    for key, (value, kind) in view.items():
+        assert (written[key]["value"], written[key]["type"]) == (("text", value), ("text", kind)), key
 
 
 def test_rollback_of_a_v3_file_without_memory_rows_holds_what_its_service_created(migrated):

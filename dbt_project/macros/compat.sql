@@ -4,6 +4,45 @@
     case when {{ data_type }} = 'json' then {{ value }}::text else {{ value }} #>> '{}' end
 {%- endmacro %}
 
+{#-
+    on-run-start (create_udfs): extended-memory's `type` of an entry, the one definition that
+    compat_extended_memory.memory_store shows and `consolidate rollback` writes back (loader/operate/rollback.py).
+    The type names the Python type the application stored the value from (none, str, int, float, bool, dict,
+    list, pickle). It is the type kept in the metadata (`extended_memory.type`: the file's, or the one an
+    application wrote through the view) when that fits the value, else the type named from the value: `str`
+    for a JSON string (and any other value held as text), `int` or `float` for a number (a kept `int` or
+    `float` fits either; named `int` when jsonb spells it without a fraction), `bool`, `none` for null,
+    `dict` for an object, `list` for an array; `pickle` stays `pickle`, and a kept type stays on a value
+    held as binary or as JSON PostgreSQL cannot hold (unsupported_json). Every JSON type other than a
+    number fits exactly one type, which is therefore both the kept type when it fits and the named one.
+-#}
+{% macro create_compat_functions() -%}
+create or replace function consolidate.extended_memory_type(value jsonb, data_type text, metadata jsonb)
+returns text
+language sql immutable parallel safe
+as $fn$
+    select case
+        when data_type = 'pickle' then 'pickle'
+        when data_type in ('binary', 'unsupported_json') and metadata -> 'extended_memory' ->> 'type' is not null
+            then metadata -> 'extended_memory' ->> 'type'
+        when data_type is distinct from 'json' then 'str'
+        when jsonb_typeof(value) = 'number' then
+            case
+                when metadata -> 'extended_memory' ->> 'type' in ('int', 'float')
+                    then metadata -> 'extended_memory' ->> 'type'
+                when value::text ~ '^-?[0-9]+$' then 'int'
+                else 'float'
+            end
+        when jsonb_typeof(value) = 'boolean' then 'bool'
+        when jsonb_typeof(value) = 'null' then 'none'
+        when jsonb_typeof(value) = 'object' then 'dict'
+        when jsonb_typeof(value) = 'array' then 'list'
+        else 'str'
+    end
+$fn$;
+{%- endmacro %}
+
+
 {% macro epoch_milliseconds(timestamp) -%}
     floor(extract(epoch from {{ timestamp }}) * 1000)::bigint
 {%- endmacro %}

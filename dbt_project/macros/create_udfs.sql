@@ -302,6 +302,9 @@ begin
                  from {{ source('consolidate', 'current_load_parts') }} as parts;
 end
 $fn$;
+
+-- The compatibility views' own (macros/compat.sql).
+{{ create_compat_functions() }}
 {% endmacro %}
 
 

@@ -21,13 +21,14 @@ holds it, with PostgreSQL's state.
   - otherwise (written in PostgreSQL, or a newer version from another file won): SOURCE's row (its rowid,
     id and every column PostgreSQL does not hold, such as v3's embedding) with PostgreSQL's values in the
     columns the marts hold, converted as the compatibility views convert them: the value as its JSON text
-    for data_type `json` (jsonb's spelling) and as the string itself otherwise (extended-memory: JSON text
-    unless pickle / binary / unsupported JSON), times in the source's units (v2 epoch seconds and v3
-    epoch milliseconds, floored; extended-memory naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`), v3's type,
-    tags, status and owner_id taken back out of the metadata, extended-memory's `type` kept when it fits
-    the value, else named from it. A column the marts hold NULL that SOURCE declares NOT NULL keeps its
-    row's (or its default) value, and a value PostgreSQL holds unchanged keeps the row's own text (the
-    same JSON, the same instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 id
+    for data_type `json` (jsonb's spelling) and as the string itself otherwise (the bytes for `binary`),
+    times in the source's units (v2 epoch seconds and v3 epoch milliseconds, floored; extended-memory
+    naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`), v3's type, tags, status and owner_id taken back out of
+    the metadata, extended-memory's `type` as compat_extended_memory.memory_store shows it (the same SQL
+    function, consolidate.extended_memory_type: the type kept when it fits the value, else named from
+    it). A column the marts hold NULL that SOURCE declares NOT NULL keeps its row's (or its default)
+    value, and a value PostgreSQL holds unchanged keeps the row's own text (the same JSON, the same
+    instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 id
     `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers them);
   - an entry extended-memory cannot hold (a namespace other than `extended-memory`) is skipped and listed.
   Several rows of SOURCE with one (namespace, key) (a schema without its UNIQUE constraint) become one:
@@ -151,13 +152,11 @@ entries AS MATERIALIZED (
 )
 SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart, state.id, state.data_type,
        state.value::text AS value_json, state.value #>> '{{}}' AS value_string,
-       jsonb_typeof(state.value) AS json_type,
        state.metadata::text AS metadata,
        (CASE WHEN jsonb_typeof(state.metadata) = 'object' THEN state.metadata - 'claude_flow_v3'
              ELSE state.metadata END)::text AS metadata_without_v3,
        {v3_fields},
-       CASE WHEN jsonb_typeof(state.metadata -> 'extended_memory') = 'object'
-            THEN state.metadata -> 'extended_memory' ->> 'type' END AS extended_type,
+       consolidate.extended_memory_type(state.value, state.data_type, state.metadata) AS extended_type,
        state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
        state.source_path = %(source_path)s AND state.load_id IN {current_loads}
            AND state.source_table = %(source_table)s AS won_by_another_row
@@ -264,31 +263,6 @@ def value_bytes_or_text(entry: dict) -> str | bytes:
     return entry["value_json"] if entry["data_type"] == "json" else entry["value_string"]
 
 
-# extended-memory's `type` names the Python type the value was stored from; what each JSON type fits.
-EXTENDED_TYPES_OF_JSON = {"string": {"str"}, "number": {"int", "float"}, "boolean": {"bool"},
-                          "null": {"none"}, "object": {"dict"}, "array": {"list"}}
-
-
-def extended_type(entry: dict) -> str:
-    if entry["data_type"] == "pickle":
-        return "pickle"
-    kept = entry["extended_type"]
-    json_type = "string" if entry["data_type"] != "json" else entry["json_type"]
-    fitting = EXTENDED_TYPES_OF_JSON.get(json_type, set())
-    if kept in fitting or (kept is not None and entry["data_type"] in ("binary", "unsupported_json")):
-        return kept
-    if json_type == "number":
-        return "int" if entry["value_json"].lstrip("-").isdigit() else "float"
-    return next(iter(fitting), "str")
-
-
-def extended_value(entry: dict) -> str | bytes:
-    """extended-memory stores JSON text, except pickle (base64 text) and what JSON cannot hold."""
-    if entry["data_type"] in ("json", "text"):
-        return entry["value_json"]
-    return value_bytes_or_text(entry)
-
-
 def row_values(kind: str, entry: dict) -> dict[str, object]:
     """The columns PostgreSQL holds, in the source kind's shape (column -> value)."""
     if kind == "claude-flow-v2":
@@ -304,7 +278,7 @@ def row_values(kind: str, entry: dict) -> dict[str, object]:
                 "expires_at": epoch_milliseconds(entry["expires_at"]),
                 "last_accessed_at": epoch_milliseconds(entry["accessed_at"]),
                 "access_count": entry["access_count"], "status": entry["v3_status"] or "active"}
-    return {"value": extended_value(entry), "type": extended_type(entry),
+    return {"value": value_bytes_or_text(entry), "type": entry["extended_type"],
             "created_at": naive_utc_text(entry["created_at"]), "updated_at": naive_utc_text(entry["updated_at"]),
             "accessed_at": naive_utc_text(entry["accessed_at"]), "access_count": entry["access_count"]}
 
