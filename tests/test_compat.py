@@ -108,7 +108,7 @@ def test_a_null_in_any_column_of_the_views_not_null_test_fails_it(migrated, targ
 def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named_from_it(migrated, target):
     """The view's `type`: the application's own (kept in the metadata, from the file or from a write
     through the view) when it fits the value now held, else the Python type of that value; a write
-    through the view keeps the type it gives in the metadata and reads back the text it wrote."""
+    through the view keeps the type it gives in the metadata and reads back the value as JSON text (a non-JSON text as a JSON string)."""
     (int_key,) = fetch(target, "SELECT min(key) FROM compat_extended_memory.memory_store WHERE type = 'int'")[0]
     with MemoryClient(target.dsn, track_access=False) as memory:
         memory.set("compat:new-bool", True, "extended-memory")
@@ -123,7 +123,7 @@ def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named
 
     expected = {"compat:new-bool": ("true", "bool"), "compat:new-none": ("null", "none"),
                 "compat:new-dict": ('{"a": [1]}', "dict"), "compat:float-given": ("2", "float"),
-                "compat:str-given-a-dict": ('{"a": 1}', "dict"), "compat:plain": ("not json", "str"),
+                "compat:str-given-a-dict": ('{"a": 1}', "dict"), "compat:plain": ('"not json"', "str"),
                 "compat:pickle": ("gAR9lC4=", "pickle"), "compat:no-type": ("[true]", "list"),
                 int_key: ("true", "bool")}
     view = {key: (value, kind) for key, value, kind in fetch(

@@ -347,8 +347,8 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
 
     changed = next(row for row in after.values() if row["key"][1] == changed_key)
     own = rows[by_key[changed_key]]
-    # the string itself, as compat_extended_memory.memory_store gives a value set as a str
-    assert changed["value"] == ("text", "now a string") and changed["type"] == ("text", "str")
+    # JSON text, as the application stores a str (and compat_extended_memory.memory_store gives it)
+    assert changed["value"] == ("text", '"now a string"') and changed["type"] == ("text", "str")
     assert changed["updated_at"] == ("text", naive_utc(pg[changed_key]["updated_at"]))
     assert changed["created_at"] == own["created_at"]  # the same instant: the row's own text stays
     created = next(row for row in after.values() if row["key"][1] == "rollback:new")
@@ -366,9 +366,9 @@ EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"
 def test_extended_memory_types_and_values_agree_between_the_view_and_the_rollback(tmp_path, target, home):
     """extended-memory's `type` names the Python type of the value (none, str, int, float, bool, dict,
     list, pickle): after writes made in PostgreSQL, compat_extended_memory.memory_store shows the type of
-    the value now held (not the file row's stale one, never a data_type such as `json`), and the rollback
-    file holds the same type and the same value text as the view, a non-JSON text written through the
-    view included."""
+    the value now held (not the file row's stale one, never a data_type such as `json`) and the value as
+    JSON text, and the rollback file holds the same type and the same value text as the view, a non-JSON
+    text written through the view included."""
     tree = tmp_path / "tree"
     assert consolidate("sample", str(tree)).returncode == 0
     built = consolidate("run", str(tree), "--no-backup", target=target, home=home)
@@ -395,7 +395,8 @@ def test_extended_memory_types_and_values_agree_between_the_view_and_the_rollbac
         target, "SELECT key, value, type FROM compat_extended_memory.memory_store WHERE key = ANY(%s)",
         (list(expected),))}
     assert {key: kind for key, (_, kind) in view.items()} == expected
-    assert view[str_key] == ("hello3", "str") and view["types:new-str"] == ("plain words", "str")
+    # a str as the application stores it: JSON text, a non-JSON text written through the view too
+    assert view[str_key] == ('"hello3"', "str") and view["types:new-str"] == ('"plain words"', "str")
     assert json.loads(view[none_key][0]) == {"changed": True} and json.loads(view["types:new-float"][0]) == 2.5
 
     destination = tmp_path / "rollback" / "extended_memory.db"

@@ -17,6 +17,19 @@
     number fits exactly one type, which is therefore both the kept type when it fits and the named one.
 -#}
 {% macro create_compat_functions() -%}
+{#-
+    extended-memory's `value`, as the application stores it: JSON text (its json.dumps of the value, a str
+    included: a text value, such as a str set through the client, reads back as a JSON string), except
+    pickle (its base64 text) and what JSON cannot hold (binary `\x` hex, unsupported JSON), given as the
+    text itself. The view shows it and `consolidate rollback` writes it back.
+-#}
+create or replace function consolidate.extended_memory_value(value jsonb, data_type text)
+returns text
+language sql immutable parallel safe
+as $fn$
+    select case when data_type in ('pickle', 'binary', 'unsupported_json') then value #>> '{}' else value::text end
+$fn$;
+
 create or replace function consolidate.extended_memory_type(value jsonb, data_type text, metadata jsonb)
 returns text
 language sql immutable parallel safe

@@ -21,7 +21,8 @@ holds it, with PostgreSQL's state.
   - otherwise (written in PostgreSQL, or a newer version from another file won): SOURCE's row (its rowid,
     id and every column PostgreSQL does not hold, such as v3's embedding) with PostgreSQL's values in the
     columns the marts hold, converted as the compatibility views convert them: the value as its JSON text
-    for data_type `json` (jsonb's spelling) and as the string itself otherwise (the bytes for `binary`),
+    for data_type `json` (jsonb's spelling) and as the string itself otherwise (the bytes for `binary`;
+    extended-memory: JSON text unless pickle, binary or unsupported JSON, consolidate.extended_memory_value),
     times in the source's units (v2 epoch seconds and v3 epoch milliseconds, floored; extended-memory
     naive UTC text `YYYY-MM-DD HH:MM:SS.ffffff`), v3's type, tags, status and owner_id taken back out of
     the metadata, extended-memory's `type` as compat_extended_memory.memory_store shows it (the same SQL
@@ -157,6 +158,7 @@ SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart
              ELSE state.metadata END)::text AS metadata_without_v3,
        {v3_fields},
        consolidate.extended_memory_type(state.value, state.data_type, state.metadata) AS extended_type,
+       consolidate.extended_memory_value(state.value, state.data_type) AS extended_value,
        state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
        state.source_path = %(source_path)s AND state.load_id IN {current_loads}
            AND state.source_table = %(source_table)s AS won_by_another_row
@@ -278,7 +280,8 @@ def row_values(kind: str, entry: dict) -> dict[str, object]:
                 "expires_at": epoch_milliseconds(entry["expires_at"]),
                 "last_accessed_at": epoch_milliseconds(entry["accessed_at"]),
                 "access_count": entry["access_count"], "status": entry["v3_status"] or "active"}
-    return {"value": value_bytes_or_text(entry), "type": entry["extended_type"],
+    value = value_bytes_or_text(entry) if entry["data_type"] == "binary" else entry["extended_value"]
+    return {"value": value, "type": entry["extended_type"],
             "created_at": naive_utc_text(entry["created_at"]), "updated_at": naive_utc_text(entry["updated_at"]),
             "accessed_at": naive_utc_text(entry["accessed_at"]), "access_count": entry["access_count"]}
 
