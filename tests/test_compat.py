@@ -4,6 +4,8 @@ wrote to SQLite (expectations read from the SQLite files with Python's sqlite3).
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,10 +15,12 @@ from psycopg import sql
 
 from loader.serve.client import MemoryClient
 
-from conftest import consolidate, fetch, read_private_copy
+from conftest import consolidate, fetch, read_private_copy, v2_file
 
 EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"
 V3_FILE = "opt/sutazaiapp/backend/.swarm/memory.db"
+REAL_V3 = "claude-flow/ApexSlayer43__apex-os/memory.db"  # a real v3 file: ids like entry_1774538919018_vgv4t4
+V3_VIEW = "compat_claude_flow_v3.memory_entries"
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def test_v3_application_reads_back_its_entries_in_milliseconds(migrated, target,
 
 def test_v3_created_at_is_epoch_milliseconds_of_the_unified_timestamp(migrated, target):
     pairs = fetch(target, "SELECT c.created_at, u.created_at FROM compat_claude_flow_v3.memory_entries c "
-                          "JOIN unified_memory u ON c.id = 'unified-' || u.id WHERE u.created_at IS NOT NULL")
+                          "JOIN unified_memory u USING (namespace, key) WHERE u.created_at IS NOT NULL")
     assert pairs
     for milliseconds, timestamp in pairs:
         assert milliseconds == int(timestamp.astimezone(timezone.utc).timestamp() * 1000)
@@ -133,3 +137,162 @@ def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named
     kept = dict(fetch(target, "SELECT key, metadata -> 'extended_memory' ->> 'type' FROM unified_memory "
                               "WHERE namespace = 'extended-memory' AND key = ANY(%s)", (list(expected),)))
     assert (kept["compat:float-given"], kept["compat:str-given-a-dict"], kept[int_key]) == ("float", "str", "int")
+
+
+# -- the v3 view's ids: an application addresses its rows by the ids its file gave them
+
+def writable_copy(source: Path, destination: Path) -> Path:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, destination)
+    destination.chmod(0o644)
+    return destination
+
+
+def file_rows(path: Path, folder: Path) -> list[tuple]:
+    """(id, namespace, key, content) of a v3 file's memory_entries, read with sqlite3 from a private copy."""
+    return read_private_copy(path, folder, "SELECT id, coalesce(namespace, 'default'), key, content "
+                                           "FROM memory_entries ORDER BY id")
+
+
+@pytest.fixture
+def v3_app(tmp_path, target, home, realdata) -> dict:
+    """A tree with a private copy of the real v3 file and a v2 file, run; the v3 file's rows."""
+    tree = tmp_path / "tree"
+    v3 = writable_copy(realdata / REAL_V3, tree / "apex-os" / ".swarm" / "memory.db")
+    v2_file(tree / "other" / ".swarm" / "memory.db", [("from-v2", '"a v2 value"', "default", 1700000000)])
+    result = consolidate("run", str(tree), "--no-backup", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = file_rows(v3, tmp_path / "expected")
+    assert len(rows) > 2 and all(row_id.startswith("entry_") for row_id, *_ in rows)
+    return {"file": v3, "rows": rows}
+
+
+def view_by_id(target, entry_id: str) -> list[tuple]:
+    return fetch(target, f"SELECT namespace, key, content FROM {V3_VIEW} WHERE id = %s ORDER BY key", (entry_id,))
+
+
+def mart_value(target, namespace: str, key: str) -> list[tuple]:
+    return fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE namespace = %s AND key = %s", (namespace, key))
+
+
+def test_the_v3_view_shows_each_file_row_by_its_own_id(v3_app, target):
+    view = {(namespace, key): entry_id for entry_id, namespace, key in fetch(
+        target, f"SELECT id, namespace, key FROM {V3_VIEW}")}
+    for entry_id, namespace, key, _ in v3_app["rows"]:
+        assert view[(namespace, key)] == entry_id, key
+    # an entry of a v2 file has no v3 id: the marts' `unified-<id>`
+    ((mart_id,),) = fetch(target, "SELECT id FROM unified_memory WHERE key = 'from-v2'")
+    assert view[("default", "from-v2")] == f"unified-{mart_id}"
+
+
+def test_a_v3_application_reads_updates_and_deletes_its_rows_by_their_ids(v3_app, target):
+    (updated_id, namespace, key, content), (deleted_id, deleted_namespace, deleted_key, _) = v3_app["rows"][:2]
+    ((found_namespace, found_key, found_content),) = view_by_id(target, updated_id)
+    assert (found_namespace, found_key) == (namespace, key) and same_value(found_content, content)
+    with target.connect() as connection:
+        assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'changed by id' WHERE id = %s",
+                                  (updated_id,)).rowcount == 1
+        connection.commit()
+    assert mart_value(target, namespace, key) == [("changed by id",)]
+    assert fetch(target, "SELECT count(*) FROM unified_memory WHERE value #>> '{}' = 'changed by id'") == [(1,)]
+    assert view_by_id(target, updated_id) == [(namespace, key, "changed by id")]
+    # a write of the view's other fields, and one of its metadata through the client: the id stays
+    with target.connect() as connection:
+        assert connection.execute(f"UPDATE {V3_VIEW} SET metadata = '{{\"note\": 1}}', tags = '[\"t\"]', "
+                                  "status = 'archived' WHERE id = %s", (updated_id,)).rowcount == 1
+        connection.commit()
+    assert fetch(target, f"SELECT key, metadata, tags, status FROM {V3_VIEW} WHERE id = %s", (updated_id,)) == \
+        [(key, '{"note": 1}', '["t"]', "archived")]
+    client = MemoryClient(target.dsn)
+    try:
+        client.set(key, "set by the client", namespace, metadata={"client": True})
+    finally:
+        client.close()
+    assert fetch(target, f"SELECT key, content, metadata FROM {V3_VIEW} WHERE id = %s", (updated_id,)) == \
+        [(key, "set by the client", '{"client": true}')]
+    # a delete by id: that entry, and only it
+    with target.connect() as connection:
+        assert connection.execute(f"DELETE FROM {V3_VIEW} WHERE id = %s", (deleted_id,)).rowcount == 1
+        assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'x' WHERE id = 'entry_no_such'").rowcount == 0
+        connection.commit()
+    assert mart_value(target, deleted_namespace, deleted_key) == [] and view_by_id(target, deleted_id) == []
+    assert fetch(target, f"SELECT count(*) FROM {V3_VIEW} WHERE id LIKE 'entry\\_%%'") == [(len(v3_app["rows"]) - 1,)]
+
+
+def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback_agrees(v3_app, target, tmp_path):
+    """An entry created in PostgreSQL is `unified-<id>`, unless an INSERT through the v3 view gave it a v3
+    id (not one of the marts' `unified-<n>`); a rollback of the file writes its new rows with the view's
+    id (but `unified-<id>` for one whose v3 id another row of the file holds: v3's primary key)."""
+    taken_id = v3_app["rows"][2][0]
+    client = MemoryClient(target.dsn, source=v3_app["file"])
+    try:
+        for key in ("made-by-the-client", "given-an-id", "given-a-taken-id"):
+            client.set(key, {"made": key}, "rollback-test")
+    finally:
+        client.close()
+    with target.connect() as connection:
+        for entry_id, key in (("entry_1800000000000_given", "given-an-id"), (taken_id, "given-a-taken-id"),
+                              ("entry_1800000000001_new", "new-by-the-app"), (None, "new-without-an-id"),
+                              ("unified-1", "new-with-a-marts-id")):
+            connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, 'rollback-test', %s)",
+                               (entry_id, key, f"inserted {key}"))
+        connection.commit()
+    view = {key: (entry_id, mart_id) for key, entry_id, mart_id in fetch(
+        target, f"SELECT v.key, v.id, u.id FROM {V3_VIEW} AS v JOIN unified_memory AS u USING (namespace, key) "
+                "WHERE namespace = 'rollback-test'")}
+    for key in ("made-by-the-client", "new-without-an-id", "new-with-a-marts-id"):
+        assert view[key][0] == f"unified-{view[key][1]}", key
+    assert view["given-an-id"][0] == "entry_1800000000000_given"
+    assert view_by_id(target, "entry_1800000000001_new") == [("rollback-test", "new-by-the-app", "inserted new-by-the-app")]
+    with target.connect() as connection:
+        assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'again' WHERE id = 'entry_1800000000001_new'").rowcount == 1
+        connection.commit()
+    assert view_by_id(target, "entry_1800000000001_new") == [("rollback-test", "new-by-the-app", "again")]
+    # two entries with one v3 id: both match
+    _, file_namespace, file_key, _ = v3_app["rows"][2]
+    assert {(namespace, key) for namespace, key, _ in view_by_id(target, taken_id)} == \
+        {(file_namespace, file_key), ("rollback-test", "given-a-taken-id")}
+
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", str(v3_app["file"]), "--to", str(destination), "--json",
+                         target=target, home=tmp_path / "state")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    connection = sqlite3.connect(destination)
+    try:
+        written = dict(connection.execute("SELECT key, id FROM memory_entries WHERE namespace = 'rollback-test'"))
+    finally:
+        connection.close()
+    assert written == {"made-by-the-client": view["made-by-the-client"][0],
+                       "given-an-id": "entry_1800000000000_given",
+                       "given-a-taken-id": f"unified-{view['given-a-taken-id'][1]}"}
+
+
+def test_two_files_with_one_v3_id_under_different_keys_build_and_both_rows_match_it(tmp_path, target, home, realdata):
+    tree = tmp_path / "tree"
+    first = writable_copy(realdata / REAL_V3, tree / "first" / ".swarm" / "memory.db")
+    second = writable_copy(first, tree / "second" / ".swarm" / "memory.db")
+    entry_id, namespace, key, _ = file_rows(first, tmp_path / "expected")[0]
+    with sqlite3.connect(second) as connection:
+        connection.execute("UPDATE memory_entries SET key = key || '-copy' WHERE id = ?", (entry_id,))
+    connection.close()
+    result = consolidate("run", str(tree), "--no-backup", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert {(n, k) for n, k, _ in view_by_id(target, entry_id)} == {(namespace, key), (namespace, key + "-copy")}
+
+
+def test_a_lookup_by_id_through_the_v3_view_uses_the_index_on_its_expression(consolidated):
+    """The index on unified_memory over the view's id expression serves `WHERE id = ...` of a read, an
+    UPDATE and a DELETE (with sequential scans disabled the planner keeps only the plans an index makes
+    possible: a Seq Scan means the index does not serve the expression), and it is not unique."""
+    ((definition,),) = fetch(consolidated, "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public' "
+                                           "AND indexname = 'unified_memory_v3_id_idx'")
+    assert "UNIQUE" not in definition.upper() and "claude_flow_v3" in definition
+    with consolidated.connect() as connection:
+        connection.execute("SET LOCAL enable_seqscan = off")
+        for statement in (f"SELECT * FROM {V3_VIEW} WHERE id = %s", f"UPDATE {V3_VIEW} SET content = 'x' WHERE id = %s",
+                          f"DELETE FROM {V3_VIEW} WHERE id = %s"):
+            for entry_id in ("entry_1774538919018_vgv4t4", "unified-1"):
+                plan = "\n".join(line for (line,) in connection.execute("EXPLAIN " + statement, (entry_id,)))
+                assert "unified_memory_v3_id_idx" in plan and "Seq Scan" not in plan, plan
+        connection.rollback()

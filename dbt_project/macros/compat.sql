@@ -56,6 +56,16 @@ $fn$;
 {%- endmacro %}
 
 
+{#-
+    The id compat_claude_flow_v3.memory_entries gives an entry: its own claude-flow v3 id, which staging
+    keeps in the metadata (claude_flow_v3.id), when it has one, else `unified-<unified_memory.id>`. One
+    expression for the view and for unified_memory's index on it (unified_memory_v3_id_idx), so that a
+    lookup by id through the view is an index scan.
+-#}
+{% macro compat_v3_id(metadata, id) -%}
+    coalesce({{ metadata }} -> 'claude_flow_v3' ->> 'id', 'unified-' || {{ id }}::text)
+{%- endmacro %}
+
 {% macro epoch_milliseconds(timestamp) -%}
     floor(extract(epoch from {{ timestamp }}) * 1000)::bigint
 {%- endmacro %}
@@ -70,8 +80,10 @@ $fn$;
     (claude-flow writes with INSERT OR REPLACE); columns an INSERT leaves NULL among created_at, updated_at,
     accessed_at and access_count keep the entry's (or now() / 0 for a new one). An UPDATE writes the
     columns it changes; one that changes only the access columns records a read. id, key and namespace
-    cannot change; an `id` given to an INSERT is ignored (ids are the marts'). The trigger's argument is
-    the marts' schema.
+    cannot change. An `id` given to an INSERT is ignored (ids are the marts'), but for the claude-flow v3
+    view's: there the entry keeps it as its v3 id (metadata claude_flow_v3.id, the view's id from then
+    on), unless it is of the form `unified-<number>` (the marts' own); an INSERT without one keeps the
+    entry's current v3 id. The trigger's argument is the marts' schema.
 -#}
 {#- In a trigger the text is a constant to the planner, which would fold try_jsonb's cast of it and raise:
     the exception-catching parse is used instead. -#}
@@ -181,6 +193,7 @@ declare
     entry_namespace text;
     current_metadata jsonb;
     base_metadata jsonb;
+    kept_v3_fields jsonb;
     v3_fields jsonb;
 begin
     {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
@@ -193,14 +206,23 @@ begin
                         [('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
         {{ compat_access_only('entry_namespace', epoch_number_to_timestamptz('NEW.last_accessed_at::numeric')) }}
         {{ compat_current_metadata('entry_namespace') }}
+        -- the entry's other v3 fields (its id among them) stay
+        kept_v3_fields := case when jsonb_typeof(current_metadata -> 'claude_flow_v3') = 'object'
+                               then (current_metadata -> 'claude_flow_v3') - array['type', 'tags', 'status', 'owner_id']
+                               else '{}'::jsonb end;
     else
         {{ compat_given_on_insert(['value', 'data_type', 'metadata', 'expires_at'],
                                   [('created_at', 'created_at'), ('updated_at', 'updated_at'),
                                    ('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
+        -- the v3 id the INSERT gives (v3 addresses its rows by the ids it generates), else the entry's own
+        {{ compat_current_metadata('entry_namespace') }}
+        kept_v3_fields := jsonb_strip_nulls(jsonb_build_object('id', coalesce(
+            case when NEW.id !~ '^unified--?[0-9]+$' then NEW.id end,
+            current_metadata -> 'claude_flow_v3' ->> 'id')));
     end if;
     -- v3's own fields live in metadata under claude_flow_v3, as staging puts them
     base_metadata := {{ compat_text_to_jsonb('NEW.metadata') }};
-    v3_fields := (coalesce(current_metadata -> 'claude_flow_v3', '{}'::jsonb) - array['type', 'tags', 'status', 'owner_id'])
+    v3_fields := kept_v3_fields
                  || jsonb_strip_nulls(jsonb_build_object('type', NEW.type, 'tags', {{ compat_text_to_jsonb('NEW.tags') }},
                                                          'status', NEW.status, 'owner_id', NEW.owner_id));
     perform consolidate.write_memory_entry(

@@ -16,7 +16,10 @@
     write is therefore always the entry's new winner when it is made; a SQLite
     version synced later wins over it only if its updated_at is later still. Fields not given are the
     entry's current ones (a new entry: created_at and accessed_at now(), access_count 0, no metadata, no
-    expiry). A delete of an entry that has no value (absent or already deleted) writes nothing.
+    expiry). A delete of an entry that has no value (absent or already deleted) writes nothing. An
+    entry's claude-flow v3 id (metadata claude_flow_v3.id: the id compat_claude_flow_v3.memory_entries
+    shows it by) is kept by a write that gives an object metadata without `claude_flow_v3` (e.g.
+    MemoryClient.set(..., metadata={...})); a metadata that names claude_flow_v3 is written as given.
 
     Paths: loader.serve.client.MemoryClient (set, delete; get records the access: consolidate.read_memory_entry),
     INSTEAD OF triggers on the three compatibility views, and BEFORE triggers on unified_memory and
@@ -143,6 +146,7 @@ declare
     max_access_count integer;
     has_value boolean;
     stamped_updated_at timestamptz;
+    written_metadata jsonb := p_metadata;
     new_write_id bigint;
 begin
     perform consolidate.check_memory_marts_schema(p_schema);
@@ -177,6 +181,14 @@ begin
         if not ('value' = any(p_given) or has_value) then
             raise exception 'the new memory entry (%, %) needs a value', quote_literal(p_namespace), quote_literal(p_key);
         end if;
+        -- the entry's claude-flow v3 id (its id in compat_claude_flow_v3.memory_entries, which the application
+        -- addresses it by) outlives a write of an object metadata that does not name claude_flow_v3
+        if 'metadata' = any(p_given) and has_value and jsonb_typeof(p_metadata) = 'object'
+           and not p_metadata ? 'claude_flow_v3' and jsonb_typeof(newest_metadata -> 'claude_flow_v3') = 'object'
+           and newest_metadata -> 'claude_flow_v3' ->> 'id' is not null then
+            written_metadata := p_metadata || jsonb_build_object('claude_flow_v3',
+                jsonb_build_object('id', newest_metadata -> 'claude_flow_v3' -> 'id'));
+        end if;
         insert into {{ write_log }} (via, operation, key, namespace, value, data_type, metadata, created_at,
                                      updated_at, accessed_at, expires_at, access_count, ttl, home_source_path)
         values (
@@ -186,7 +198,7 @@ begin
                  when 'value' = any(p_given) then
                      case when jsonb_typeof(p_value) = 'string' then 'text' else 'json' end
                  else newest_data_type end,
-            case when 'metadata' = any(p_given) then p_metadata when has_value then newest_metadata end,
+            case when 'metadata' = any(p_given) then written_metadata when has_value then newest_metadata end,
             case when 'created_at' = any(p_given) then p_created_at else coalesce(first_created_at, now()) end,
             stamped_updated_at,
             case when 'accessed_at' = any(p_given) then p_accessed_at else coalesce(last_accessed_at, now()) end,

@@ -29,8 +29,11 @@ holds it, with PostgreSQL's state.
     function, consolidate.extended_memory_type: the type kept when it fits the value, else named from
     it). A column the marts hold NULL that SOURCE declares NOT NULL keeps its row's (or its default)
     value, and a value PostgreSQL holds unchanged keeps the row's own text (the same JSON, the same
-    instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 id
-    `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers them);
+    instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 the id
+    compat_claude_flow_v3.memory_entries shows it by: its own v3 id (metadata claude_flow_v3.id) when it
+    has one, else `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers
+    them); a v3 id another row of FILE already holds (v3's id is its primary key: hostile data, two
+    entries with one id) gives the new row `unified-<mart id>`;
   - an entry extended-memory cannot hold (a namespace other than `extended-memory`) is skipped and listed.
   Several rows of SOURCE with one (namespace, key) (a schema without its UNIQUE constraint) become one:
   the winner's row, or the first by rowid.
@@ -180,7 +183,7 @@ LEFT JOIN (
 """
 
 # v3's own fields, which staging keeps under the metadata's `claude_flow_v3` (compat_claude_flow_v3's rule).
-V3_FIELDS = ("type", "tags", "status", "owner_id")
+V3_FIELDS = ("id", "type", "tags", "status", "owner_id")
 
 
 def v3_fields(metadata: str) -> sql.Composable:
@@ -286,14 +289,19 @@ def row_values(kind: str, entry: dict) -> dict[str, object]:
             "accessed_at": naive_utc_text(entry["accessed_at"]), "access_count": entry["access_count"]}
 
 
+def marts_v3_id(entry: dict) -> str:
+    """`unified-<mart id>`, the v3 id of an entry that has none of its own (compat_v3_id)."""
+    return f"unified-{entry['id'] if entry['mart'] == 'unified_memory' else -entry['id']}"
+
+
 def new_row_identity(kind: str, entry: dict) -> dict[str, object]:
-    """The columns that name a new row: its key (and namespace, and v3's id)."""
+    """The columns that name a new row: its key (and namespace, and v3's id: the entry's own v3 id, else
+    the marts', as compat_claude_flow_v3.memory_entries shows it)."""
     if kind == "extended-memory":
         return {"key": entry["key"]}
     identity = {"key": entry["key"], "namespace": entry["namespace"]}
     if kind == "claude-flow-v3":
-        mart_id = entry["id"] if entry["mart"] == "unified_memory" else -entry["id"]
-        identity["id"] = f"unified-{mart_id}"
+        identity["id"] = entry["v3_id"] if entry["v3_id"] is not None else marts_v3_id(entry)
     return identity
 
 
@@ -307,6 +315,8 @@ class Plan:
     # (rowid copied, then these columns set, the entry's (namespace, key))
     updates: list[tuple[int, dict, tuple[str, str]]] = field(default_factory=list)
     inserts: list[dict] = field(default_factory=list)  # new rows: these columns, defaults for the rest
+    # v3: a new row's id when the one it has is taken in the file (insert_new_rows), by its place in inserts
+    taken_id_fallbacks: dict[int, str] = field(default_factory=dict)
 
 
 def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], report: RollbackReport) -> Plan:
@@ -328,6 +338,8 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
             plan.updates.append((rowids[0], row_values(kind, entry), name))
             report.changed.append(name)
         else:
+            if kind == "claude-flow-v3":
+                plan.taken_id_fallbacks[len(plan.inserts)] = marts_v3_id(entry)
             plan.inserts.append({**new_row_identity(kind, entry), **row_values(kind, entry)})
             report.created.append(name)
     if duplicates:
@@ -442,9 +454,12 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
 
 def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
     """The entries the source has no row of; an AUTOINCREMENT id moves sqlite_sequence on, as it would
-    in the source."""
-    for values in plan.inserts:
+    in the source. A v3 id another row already holds gives way to the entry's `unified-<mart id>`."""
+    for place, values in enumerate(plan.inserts):
         values = settable(table, values)
+        if place in plan.taken_id_fallbacks and "id" in values and connection.execute(
+                f"SELECT 1 FROM main.{quote(table.name)} WHERE id = ?", (values["id"],)).fetchone():
+            values["id"] = plan.taken_id_fallbacks[place]
         connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
                            f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
 

@@ -6,12 +6,14 @@
     (search_path = compat_claude_flow_v3): content as text (the same rule as compat.memory_entries),
     times in epoch milliseconds, v3's own fields (type, tags, status, owner_id) taken back out of the
     metadata staging kept them in. Embeddings stay in raw (raw_claude_flow_v3.memory_entries).
+    id: the entry's own v3 id (what the application holds and addresses the row by) when it has one,
+    else `unified-<unified_memory.id>` (compat_v3_id; unified_memory_v3_id_idx serves `where id = ...`).
 -#}
 
 with entries as (
 
     select
-        id,
+        {{ compat_v3_id('metadata', 'id') }} as id,
         key,
         namespace,
         {{ compat_text_value('value', 'data_type') }} as content,
@@ -27,7 +29,7 @@ with entries as (
 )
 
 select
-    'unified-' || id as id,
+    id,
     key,
     namespace,
     content,
