@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "loader"
 # Lower layers first. A module may import its own layer and the ones before it, never a later one.
 LAYERS = [
     {"loader", "loader.__init__", "loader.database", "loader.exit_codes", "loader.parallel", "loader.json_depth",
-     "loader.secret_scrub"},
+     "loader.secret_scrub", "loader.relations"},
     {"loader.ledger"},
     {"loader.sources"},
     {"loader.backup"},

@@ -536,3 +536,20 @@ def test_a_rollback_is_never_written_where_sync_would_load_it(tmp_path, target, 
         assert not destination.exists()
     fine = consolidate("rollback", str(db), "--to", str(tmp_path / "rollback.db"), target=target, home=home)
     assert fine.returncode == 0, fine.stdout[-2000:] + fine.stderr[-2000:]
+
+
+def test_a_rollback_on_marts_an_earlier_version_built_asks_for_a_build(tmp_path, target, home):
+    """Rollback reads values through functions a build by this version creates (macros/compat.sql): on
+    marts built before them it refuses, saying what to run, and writes nothing."""
+    db = v2_file(tmp_path / "tree" / "app/.swarm/memory.db", 3)
+    assert consolidate("run", str(tmp_path / "tree"), "--no-backup", target=target, home=home).returncode == 0
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        connection.execute("DROP FUNCTION consolidate.extended_memory_value(jsonb, text) CASCADE")
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    refused = consolidate("rollback", str(db), "--to", str(destination), target=target, home=home)
+    assert refused.returncode == 5 and "run `consolidate build` first" in " ".join(refused.stderr.split())
+    assert "Traceback" not in refused.stderr and not destination.exists()
+    assert consolidate("build", target=target, home=home).returncode == 0
+    written = consolidate("rollback", str(db), "--to", str(destination), target=target, home=home)
+    assert written.returncode == 0, written.stderr[-2000:]

@@ -305,8 +305,8 @@ def test_a_deletion_is_recorded_and_leaves_the_marts_but_not_raw(tmp_path, targe
             "SELECT _load_id, value FROM raw_claude_flow_v2.memory_entries WHERE key = 'k1'").fetchall()
     assert recorded == [(report.load_id, "memory_entries", rowid, first.load_id)]
     assert in_raw == [(first.load_id, '"v1"')]
-    roles = {(v.load_id, v.role) for v in versions(target, "k1")}
-    assert roles == {(first.load_id, "earlier load")}
+    roles = {(v.load_id, v.role, v.retired_by) for v in versions(target, "k1")}
+    assert roles == {(first.load_id, "deleted in a later load", report.load_id)}
 
 
 def test_changes_of_loads_made_outside_sync_are_caught_up_and_rows_without_rowid_compare_by_content(

@@ -143,26 +143,36 @@ def sqlite_deletes(target: Target) -> list[tuple]:
 
 
 def test_a_delete_in_sqlite_removes_an_entry_a_write_in_postgresql_holds(tmp_path, target, home):
-    """A service writing to both sides, or one rolled back to its file, deletes an entry in SQLite after a
-    write made in PostgreSQL set it: the latest change, the delete, wins (the sync records it in the write
-    log). A changed row, an INSERT OR REPLACE (a new rowid for the key) and a delete of an entry no write in
-    PostgreSQL holds record nothing. The marts equal a full refresh."""
+    """A service rolled back to its file deletes an entry in SQLite that a write made in PostgreSQL before
+    the file's last load set: the latest change, the delete, wins (the sync records it in the write log).
+    Nothing is recorded for a changed row, an INSERT OR REPLACE (a new rowid for the key), an entry no write
+    in PostgreSQL holds, a write made since the file's last load (it may be later than the delete) or an
+    entry another file's newer row holds. The marts equal a full refresh."""
     root = tmp_path / "tree"
-    db = v2_file(root / "app/.swarm/memory.db", [(f"key-{n}", f'{{"n": {n}}}', "default", T0 + n) for n in range(6)])
+    db = v2_file(root / "app/.swarm/memory.db", [(f"key-{n}", f'{{"n": {n}}}', "default", T0 + n) for n in range(6)]
+                 + [("shared", '"from app"', "default", T0)])
+    other = v2_file(root / "other/.swarm/memory.db", [("shared", '"from other"', "default", T0)])
     assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
     with MemoryClient(target.dsn, source=str(db)) as client:
-        for key in ("key-1", "key-3", "key-4", "key-5"):
+        for key in ("key-1", "key-3", "key-4", "key-5", "shared"):
             client.set(key, f"{key} set in PostgreSQL")
         client.set("made-in-postgres", "made in PostgreSQL")
+    with contextlib.closing(sqlite3.connect(other)) as connection:  # later than the write: the winner
+        connection.execute("UPDATE memory_entries SET value = '\"from other, dated 2100\"', updated_at = 4102444800 "
+                           "WHERE key = 'shared'")
+        connection.commit()
     with contextlib.closing(sqlite3.connect(db)) as connection:  # as a rollback file would hold it
         connection.execute("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) "
                            "VALUES ('made-in-postgres', 'made in PostgreSQL', 'default', ?, ?)", (T0, T0))
         connection.commit()
     do_sync(root, target, home)
     assert sqlite_deletes(target) == []
+    with MemoryClient(target.dsn, source=str(db)) as client:  # after the file's last load
+        client.set("key-0", "key-0 set in PostgreSQL")
 
     with contextlib.closing(sqlite3.connect(db)) as connection:
-        connection.execute("DELETE FROM memory_entries WHERE key IN ('key-1', 'key-2', 'key-5', 'made-in-postgres')")
+        connection.execute("DELETE FROM memory_entries WHERE key IN ('key-0', 'key-1', 'key-2', 'key-5', 'shared', "
+                           "'made-in-postgres')")
         connection.execute("UPDATE memory_entries SET value = '\"changed\"' WHERE key = 'key-4'")
         connection.execute("INSERT OR REPLACE INTO memory_entries (key, value, namespace, created_at, updated_at) "
                            "VALUES ('key-3', '\"replaced\"', 'default', ?, ?)", (T0 + 3, T0 + 3))
@@ -174,8 +184,9 @@ def test_a_delete_in_sqlite_removes_an_entry_a_write_in_postgresql_holds(tmp_pat
                                               ("default", "made-in-postgres", str(db), "consolidate")]
     for gone in ("key-1", "key-2", "key-5", "made-in-postgres"):
         assert entry(target, gone, "default") is None, gone
-    for kept in ("key-3", "key-4"):  # the writes made in PostgreSQL are later than the file's rows
+    for kept in ("key-0", "key-3", "key-4"):  # the writes made in PostgreSQL are later than the file's rows
         assert entry(target, kept, "default")["value"] == f"{kept} set in PostgreSQL"
+    assert entry(target, "shared", "default")["value"] == "from other, dated 2100"
     shown = consolidate("lineage", "key-1", "--namespace", "default", target=target, home=home)
     assert shown.returncode == 0 and f"deleted in SQLite ({db})" in " ".join(shown.stdout.split())
     incremental = marts_snapshot(target)
@@ -333,6 +344,7 @@ class Version:
     rowid: int | None = None
     write_id: int | None = None
     deleted: bool = False
+    written: datetime | None = None  # a write's written_at
 
     def rank(self) -> tuple:
         """Ascending = the winner first: latest updated_at, a write made in PostgreSQL (the latest write)
@@ -389,17 +401,20 @@ class Model:
                           default=0)
             self.ids.update({e: highest + n for n, e in enumerate(new, 1)})
 
-    def synced_now(self, recorded_deletes: list[Version] = ()) -> None:
+    def synced_now(self, recorded_deletes: list[Version] = (), previous_loads: dict[str, datetime] | None = None) -> None:
         """After a sync: the files' rows now, and the deletes the sync recorded. A file that no longer holds
-        an entry it held, whose newest write made in PostgreSQL is a value, deleted it in SQLite: the sync
-        records that delete in the write log (`recorded_deletes`, read from it for their time and id)."""
+        an entry it held, whose value is a write made in PostgreSQL before the file's previous load began
+        (`previous_loads`: path -> when), deleted it in SQLite after that write: the sync records the
+        delete in the write log (`recorded_deletes`, read from it for their time and id)."""
         held_before = {(v.path, v.namespace, v.key) for v in self.synced}
+        winners = {entry: versions[0] for entry, versions in self.versions().items()}
         self.synced = self.sqlite_versions()
         held_now = {(v.path, v.namespace, v.key) for v in self.synced}
         deleted_by = {}
         for path, namespace, key in held_before - held_now:
-            writes = [w for w in self.writes if (w.namespace, w.key) == (namespace, key)]
-            if writes and not max(writes, key=lambda w: w.write_id).deleted:
+            winner = winners.get((namespace, key))
+            if (winner is not None and winner.write_id is not None and not winner.deleted
+                    and winner.written < (previous_loads or {})[path]):
                 deleted_by.setdefault((namespace, key), set()).add(path)
         assert {(d.namespace, d.key) for d in recorded_deletes} == set(deleted_by), (recorded_deletes, deleted_by)
         assert all(d.path in deleted_by[(d.namespace, d.key)] for d in recorded_deletes)
@@ -515,7 +530,8 @@ class Writer:
         with self.target.connect() as connection:
             return connection.execute(
                 "SELECT write_id, operation, value, data_type, metadata, created_at, updated_at, accessed_at, "
-                "expires_at, access_count, ttl FROM raw_postgres.memory_writes ORDER BY write_id DESC LIMIT 1").fetchone()
+                "expires_at, access_count, ttl, written_at FROM raw_postgres.memory_writes "
+                "ORDER BY write_id DESC LIMIT 1").fetchone()
 
     def value(self):
         return self.rng.choice([{"pg": self.rng.randint(0, 99)}, f"pg text {self.rng.randint(0, 99)}",
@@ -562,7 +578,7 @@ class Writer:
             assert after == before, (self.done, "nothing should have been written")
             return
         assert after != before, (self.done, "a write was expected")
-        write_id, operation_done, *fields = after
+        write_id, operation_done, *fields, written = after
         got = dict(zip(["value", "data_type", "metadata", "created", "updated", "accessed", "expires", "count",
                         "ttl"], fields))
         assert operation_done == ("delete" if expected["deleted"] else "upsert")
@@ -575,7 +591,14 @@ class Writer:
                 assert got[name] == want, (self.done, name, got[name], want)
         self.model.wrote(Version(key, ns, got["value"], got["data_type"], got["created"], got["updated"],
                                  got["accessed"], got["count"], got["expires"], got["ttl"], got["metadata"],
-                                 rowid=write_id, write_id=write_id, deleted=expected["deleted"]))
+                                 rowid=write_id, write_id=write_id, deleted=expected["deleted"], written=written))
+
+
+def current_load_starts(target: Target) -> dict[str, datetime]:
+    """When each file's current load began."""
+    with target.connect() as connection:
+        return dict(connection.execute("SELECT c.source_path, f.started_at FROM consolidate.current_loads AS c "
+                                       "JOIN consolidate.load_files AS f USING (load_id, source_path)").fetchall())
 
 
 def recorded_deletes(target: Target, after: int) -> list[Version]:
@@ -606,8 +629,9 @@ def test_random_sqlite_changes_and_postgresql_writes_equal_the_model_and_a_full_
                     writer.step()
                 if rng.random() < 0.75:
                     last = max((w.write_id for w in model.writes), default=0)
+                    previous_loads = current_load_starts(target)
                     do_sync(root, target, home)
-                    model.synced_now(recorded_deletes(target, last))
+                    model.synced_now(recorded_deletes(target, last), previous_loads)
                 else:  # a build without a load: the writes are already applied, nothing changes
                     assert build(target, home, quiet=True).success
                 context = (seed, step, operations, writer.done)

@@ -8,7 +8,10 @@
       4. recomputes the entry's rows of int_memory_ranked, unified_memory / performance_metrics and
          unified_memory_history from its versions, with the same SQL as a build (macros/memory_ranking.sql).
     So the write is visible at once to its own transaction (and to all at its commit), and any later build
-    (incremental or full) computes the same rows from the same versions.
+    (incremental or full) computes the same rows from the same versions. The one other writer of the log is
+    a sync, which records there a delete made in SQLite that outranks a write made in PostgreSQL
+    (loader/load/delta.py, via `sqlite delete`); the build that follows applies it, as it applies any
+    change a sync loads.
 
     The write's updated_at: the one given (else now()), raised to one microsecond after the entry's current
     updated_at when that is not earlier (a source clock ahead of PostgreSQL's): every write moves its entry's

@@ -367,8 +367,9 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     changed memory file becomes a row-level change load that stores only its inserted and changed rows,
     any other changed file is loaded whole) → change detection per table (inserted / updated / deleted
     rows, stored in consolidate.load_changes and consolidate.deleted_rows; a deleted row's last version
-    stays in raw) → an incremental dbt build of what the changes affect. Writes made in PostgreSQL are
-    kept. A cut-over file that changed is loaded all the same and reported as split brain. Exit 0 ok, 1
+    stays in raw; a delete in SQLite of an entry whose value is an older write made in PostgreSQL is
+    recorded in the write log too) → an incremental dbt build of what the changes affect. Writes made in
+    PostgreSQL are kept. A cut-over file that changed is loaded all the same and reported as split brain. Exit 0 ok, 1
     when a dbt model or test failed, 3 when a SQLite source could not be read, 4 when PostgreSQL could
     not be reached. With --watch, once interrupted: the exit code of the last cycle that did something
     (0 when none did).

@@ -35,6 +35,7 @@ from psycopg import sql
 from loader.ledger import CHAIN, LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_loads, state_loads
 from loader.load.duckdb_postgres import ALIAS, insert_rows
 from loader.load.raw_contract import MEMORY_KINDS, MEMORY_NAMESPACES, MEMORY_TABLES
+from loader.relations import MEMORY_RANKED
 from loader.sources.sqlite_reader import literal, quote
 
 # A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
@@ -145,6 +146,7 @@ class PreviousState:
     kind: str
     tables: tuple[DeltaTable, ...]
     parts: tuple[str, ...]  # the loads whose raw rows make up the state: load_id and the loads it applies on
+    ranked: bool = False  # whether a build ranked the memory versions (intermediate.int_memory_ranked is there)
 
     def table(self, source_table: str) -> DeltaTable:
         return next(table for table in self.tables if table.source_table == source_table)
@@ -166,7 +168,8 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
         return None
     parts = connection.execute(sql.SQL("SELECT array{}").format(state_loads("previous")),
                                {"previous": rows[0][0], "source_path": source_path}).fetchone()[0]
-    return PreviousState(rows[0][0], source_path, kind, tuple(tables), tuple(parts))
+    ranked = connection.execute("SELECT to_regclass(%s) IS NOT NULL", (".".join(MEMORY_RANKED),)).fetchone()[0]
+    return PreviousState(rows[0][0], source_path, kind, tuple(tables), tuple(parts), ranked)
 
 
 def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed | str, dict]]:
@@ -184,54 +187,63 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
     return result
 
 
-# The entries whose last row in the file this load deleted (a row it retired whose key no row of the file's
-# new state holds: not a changed row, nor an INSERT OR REPLACE, which gives the key a new rowid) and whose
-# newest write made in PostgreSQL is a value: the delete is recorded in the write log, at the load's time,
-# as a delete made in SQLite. Without it, that write would stay the entry's value, although the delete in
-# SQLite came later (a service writing to both sides, or one rolled back to its file). An entry no write
-# made in PostgreSQL holds just loses this file's version, as before.
+# A delete made in SQLite that outranks a write made in PostgreSQL. The entries whose row this load retired
+# (found in int_memory_ranked as the last build ranked them) and whose value is a write made in PostgreSQL
+# before the file's previous load began, so certainly before the delete: when the file's new state holds no
+# row of the entry (a changed row or an INSERT OR REPLACE is no delete), the delete is recorded in the write
+# log, stamped after that write (`sqlite delete`, tied to the file). Without it the write would stay the
+# value although the delete came later (a service rolled back to its file deletes what it wrote before).
+# A write made since the file's previous load may be later than the delete: it stays the value, as does
+# another file's row. A file cut over to PostgreSQL records nothing (its writer is stale: split brain).
 RECORD_SQLITE_DELETES = """
-WITH retired_entries AS (
-    SELECT DISTINCT {namespace} AS namespace, r.{key} AS key
+WITH retired_entries AS MATERIALIZED (
+    SELECT DISTINCT ranked.namespace, ranked.key
     FROM {ledger}.retired_rows AS x
-    JOIN {raw} AS r
-      ON r._load_id = x.row_load_id AND r._source_path = x.source_path AND r._source_rowid = x.source_rowid
+    JOIN {ranked} AS ranked
+      ON ranked.load_id = x.row_load_id AND ranked.source_path = x.source_path
+     AND ranked.source_table = x.source_table AND ranked.source_rowid = x.source_rowid
     WHERE x.load_id = %(load_id)s AND x.source_path = %(source_path)s AND x.source_table = %(source_table)s
-      AND r.{key} IS NOT NULL
 ),
-gone AS (
-    SELECT e.namespace, e.key
+written_before AS MATERIALIZED (
+    SELECT e.namespace, e.key, winner.updated_at
     FROM retired_entries AS e
-    WHERE NOT EXISTS (SELECT 1 FROM {raw} AS r  -- first the load's own rows: a few, where a changed row is
-                      WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
-                        AND r.{key} = e.key AND {namespace} = e.namespace)
-      AND NOT EXISTS (SELECT 1 FROM {raw} AS r
-                      WHERE {in_new_state} AND r.{key} = e.key AND {namespace} = e.namespace)
+    JOIN {ranked} AS winner
+      ON winner.namespace = e.namespace AND winner.key = e.key AND winner.version_rank = 1
+    JOIN {write_log} AS w ON w.write_id = winner.write_id
+    WHERE NOT winner.deleted
+      AND w.written_at < (SELECT started_at FROM {ledger}.load_files
+                          WHERE load_id = %(previous)s AND source_path = %(source_path)s)
+      AND coalesce((SELECT c.action FROM {ledger}.cutovers AS c WHERE c.source_path = %(source_path)s
+                    ORDER BY c.cutover_id DESC LIMIT 1), 'undo') <> 'cutover'
 )
 INSERT INTO {write_log} (application_name, via, operation, key, namespace, updated_at, home_source_path)
-SELECT 'consolidate', %(via)s, 'delete', gone.key, gone.namespace, now(), %(source_path)s
-FROM gone
-WHERE (SELECT w.operation FROM {write_log} AS w
-       WHERE w.namespace = gone.namespace AND w.key = gone.key
-       ORDER BY w.write_id DESC LIMIT 1) = 'upsert'
+SELECT 'consolidate', %(via)s, 'delete', e.key, e.namespace,
+       greatest(now(), e.updated_at + interval '1 microsecond'), %(source_path)s
+FROM written_before AS e
+WHERE NOT EXISTS (SELECT 1 FROM {raw} AS r  -- first the load's own rows: a few, where a changed row is
+                  WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
+                    AND r.{key} = e.key AND {namespace} = e.namespace)
+  AND NOT EXISTS (SELECT 1 FROM {raw} AS r
+                  WHERE {in_new_state} AND r.{key} = e.key AND {namespace} = e.namespace)
 """
 
 
 def record_sqlite_deletes(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed, dict]]:
-    """RECORD_SQLITE_DELETES for the file's memory table (run after its retired rows are recorded)."""
+    """RECORD_SQLITE_DELETES for the file's memory table (run after its retired rows are recorded);
+    nothing before the first build (no ranked versions to find the entries in)."""
     table = next((t for t in previous.tables if t.source_table == MEMORY_TABLES[previous.kind]), None)
     raw_of = dict(table.columns) if table else {}
-    if table is None or "key" not in raw_of:
+    if not previous.ranked or table is None or "key" not in raw_of:
         return []
-    namespace = MEMORY_NAMESPACES[previous.kind].format(
-        namespace=f"r.{quote(raw_of['namespace'])}" if "namespace" in raw_of else "NULL")
     new_state = sql.SQL("(SELECT unnest(%(new_parts)s::text[]))")
     statement = sql.SQL(RECORD_SQLITE_DELETES).format(
-        namespace=sql.SQL(namespace), key=sql.Identifier(raw_of["key"]), raw=table.raw,
-        ledger=sql.Identifier(LEDGER_SCHEMA), write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
+        namespace=MEMORY_NAMESPACES[previous.kind], key=sql.Identifier(raw_of["key"]), raw=table.raw,
+        ranked=sql.Identifier(*MEMORY_RANKED), ledger=sql.Identifier(LEDGER_SCHEMA),
+        write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
         in_new_state=in_loads("r", table.source_table, new_state))
-    return [(statement, {"load_id": load_id, "source_path": previous.source_path, "source_table": table.source_table,
-                         "new_parts": [*previous.parts, load_id], "via": SQLITE_DELETE_VIA})]
+    return [(statement, {"load_id": load_id, "previous": previous.load_id, "source_path": previous.source_path,
+                         "source_table": table.source_table, "new_parts": [*previous.parts, load_id],
+                         "via": SQLITE_DELETE_VIA})]
 
 
 def content_columns(table: DeltaTable, alias: str = "r") -> sql.Composed:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 
+from psycopg import sql
+
 # Schema kinds a discovered file is classified into, and the raw schema each one loads into.
 RAW_SCHEMAS = {
     "claude-flow-v2": "raw_claude_flow_v2",
@@ -35,11 +37,11 @@ RAW_SCHEMAS = {
 MEMORY_TABLES = {"claude-flow-v2": "memory_entries", "claude-flow-v3": "memory_entries",
                  "extended-memory": "memory_store"}
 MEMORY_KINDS = frozenset(MEMORY_TABLES)
-# The namespace of a raw memory row (`{namespace}`: its raw namespace column), as the staging models give it
+# The namespace of a raw memory row (of its `namespace` column), as the staging models give it
 # (dbt_project/macros/memory_staging.sql: the same rule).
-MEMORY_NAMESPACES = {"claude-flow-v2": "coalesce({namespace}, 'default')",
-                     "claude-flow-v3": "coalesce({namespace}, 'default')",
-                     "extended-memory": "'extended-memory'"}
+MEMORY_NAMESPACES = {"claude-flow-v2": sql.SQL("coalesce(namespace, 'default')"),
+                     "claude-flow-v3": sql.SQL("coalesce(namespace, 'default')"),
+                     "extended-memory": sql.SQL("'extended-memory'::text")}
 
 # Lineage columns on every raw row, in this order, after the source columns.
 LINEAGE_COLUMNS = [

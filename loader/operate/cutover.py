@@ -38,14 +38,9 @@ from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_state
 from loader.load import raw_tables
-from loader.load.raw_contract import LINEAGE_COLUMNS, MEMORY_TABLES
+from loader.load.raw_contract import LINEAGE_COLUMNS, MEMORY_NAMESPACES, MEMORY_TABLES
 from loader.sources.snapshot import sha256_or_none, side_file
 
-# How the memory table's rows of each kind of file (raw_contract.MEMORY_TABLES) name their entry's
-# namespace (as staging does).
-NAMESPACE_OF_ROW = {"claude-flow-v2": sql.SQL("coalesce(namespace, 'default')"),
-                    "claude-flow-v3": sql.SQL("coalesce(namespace, 'default')"),
-                    "extended-memory": sql.SQL("'extended-memory'::text")}
 # Lineage that names the load, left out of a row's digest (as sync's change detection does).
 NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - {"_binary_columns"}
 
@@ -279,7 +274,7 @@ def rows_of_state(relation: tuple[str, str] | None, columns: list[str], present:
     values = [sql.SQL("r.") + sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
     return sql.SQL("SELECT r._source_rowid AS rowid, {namespace} AS namespace, r.key, "
                    "md5(ROW({values})::text) AS digest FROM {table} AS r WHERE {state}").format(
-        namespace=NAMESPACE_OF_ROW[kind], values=sql.SQL(", ").join(values), table=sql.Identifier(*relation),
+        namespace=MEMORY_NAMESPACES[kind], values=sql.SQL(", ").join(values), table=sql.Identifier(*relation),
         state=in_state("r", MEMORY_TABLES[kind], load_param))
 
 

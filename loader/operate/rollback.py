@@ -69,8 +69,9 @@ from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, ledger_path, state_loads
 from loader.load import raw_tables
-from loader.load.raw_contract import MEMORY_TABLES
-from loader.operate.cutover import NAMESPACE_OF_ROW, current_load_of, who
+from loader.load.raw_contract import MEMORY_NAMESPACES, MEMORY_TABLES
+from loader.operate.cutover import current_load_of, who
+from loader.relations import MEMORY_RANKED
 from loader.sources.snapshot import (
     ArchiveUnreadable,
     Snapshot,
@@ -81,7 +82,6 @@ from loader.sources.snapshot import (
     side_file,
 )
 from loader.sources.sqlite_reader import quote
-from loader.transform.relations import MEMORY_RANKED
 
 PRAGMAS = ("page_size", "auto_vacuum", "encoding", "user_version", "application_id", "journal_mode")
 EXTENDED_NAMESPACE = "extended-memory"
@@ -182,6 +182,12 @@ LEFT JOIN (
 ) AS state ON state.namespace = entries.namespace AND state.key = entries.key
 """
 
+# The functions of the dbt project (macros/compat.sql) CHANGED_ENTRIES calls: a build by this version made them.
+FUNCTIONS_READ = """
+SELECT to_regprocedure('consolidate.extended_memory_type(jsonb, text, jsonb)') IS NOT NULL
+   AND to_regprocedure('consolidate.extended_memory_value(jsonb, text)') IS NOT NULL
+"""
+
 # v3's own fields, which staging keeps under the metadata's `claude_flow_v3` (compat_claude_flow_v3's rule).
 V3_FIELDS = ("id", "type", "tags", "status", "owner_id")
 
@@ -231,7 +237,7 @@ def marts_hold_load(connection: psycopg.Connection, load_id: str, source_path: s
 def read_state(connection: psycopg.Connection, target: Target, source_path: str, load_id: str, kind: str,
                raw_table: tuple[str, str]) -> tuple[list[int], list[dict]]:
     """The source's untouched rows (rowids), and every other entry at home in it with its state."""
-    names = {"namespace": NAMESPACE_OF_ROW[kind], "raw_table": sql.Identifier(*raw_table),
+    names = {"namespace": MEMORY_NAMESPACES[kind], "raw_table": sql.Identifier(*raw_table),
              "write_log": sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"),
              "unified_memory": sql.Identifier(target.schema, "unified_memory"),
              "performance_metrics": sql.Identifier(target.schema, "performance_metrics"),
@@ -647,6 +653,9 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                 if not marts_hold_load(reading, load_id, source_path, raw_table, MEMORY_TABLES[kind]):
                     raise RollbackError(f"{source_path}: the marts do not hold its current load {load_id} yet; "
                                         "run `consolidate build` (or `sync`) first")
+                if not reading.execute(FUNCTIONS_READ).fetchone()[0]:
+                    raise RollbackError("the marts were built by an earlier version of consolidate, without the "
+                                        "functions rollback reads values through; run `consolidate build` first")
                 untouched, entries = read_state(reading, target, source_path, load_id, kind, raw_table)
                 untouched += [rowid for (rowid,) in reading.execute(  # rows that are no entry: as they are
                     sql.SQL("SELECT source._source_rowid FROM {} AS source WHERE {} AND source.key IS NULL").format(

@@ -278,7 +278,7 @@ def file_status(row: dict, now: datetime, gone: GoneFiles, cut_over: CutOver | N
     current = current_load_of(row)
     synced_at = row["synced_at"]
     on_disk = compare_with_disk(Path(path), current)
-    if on_disk == MISSING:  # back on disk, what is there counts, whatever the ledger says of its leaving
+    if on_disk == MISSING:  # not on disk: why, as the ledger says (a file back on disk counts from disk)
         on_disk = gone.why_gone(path)
     return FileStatus(
         source_path=path, source_db=row["source_db"], kind=row["kind"], status=row["status"],

@@ -21,10 +21,10 @@ from loader.database import Target
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
+from loader.relations import MEMORY_RANKED
 from loader.transform import dbt_process, jinja_cache, schema_cache
 from loader.transform.freshness import project_digest
 from loader.transform.project import PROFILES_DIR, PROJECT_DIR
-from loader.transform.relations import MEMORY_RANKED
 
 
 @dataclass

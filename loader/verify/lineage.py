@@ -11,7 +11,7 @@ from psycopg import sql
 from loader import ledger
 from loader.database import Target
 from loader.ledger import SQLITE_DELETE_VIA
-from loader.transform.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
+from loader.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
 
 # The role of a version: winner / superseded (a current version); for a file's row that is not current,
 # `deleted in a later load` or `changed in a later load` when a row-level change load retired it

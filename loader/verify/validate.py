@@ -48,7 +48,7 @@ from loader.database import Target
 from loader.ledger import ARCHIVED, FORGOTTEN, LEDGER_SCHEMA, CurrentLoad, now
 from loader.load.raw_contract import MEMORY_KINDS
 from loader.load.secret_policy import SecretPolicy
-from loader.transform.relations import MEMORY_RANKED
+from loader.relations import MEMORY_RANKED
 from loader.verify.checksums import (
     NOT_BACKED_UP,
     backup_checksum_status,
