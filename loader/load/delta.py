@@ -213,8 +213,7 @@ written_before AS MATERIALIZED (
     WHERE NOT winner.deleted
       AND w.written_at < (SELECT started_at FROM {ledger}.load_files
                           WHERE load_id = %(previous)s AND source_path = %(source_path)s)
-      AND coalesce((SELECT c.action FROM {ledger}.cutovers AS c WHERE c.source_path = %(source_path)s
-                    ORDER BY c.cutover_id DESC LIMIT 1), 'undo') <> 'cutover'
+      AND NOT EXISTS (SELECT 1 FROM {ledger}.cut_over_files AS c WHERE c.source_path = %(source_path)s)
 )
 INSERT INTO {write_log} (application_name, via, operation, key, namespace, updated_at, home_source_path)
 SELECT 'consolidate', %(via)s, 'delete', e.key, e.namespace,
