@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -553,3 +554,49 @@ def test_a_rollback_on_marts_an_earlier_version_built_asks_for_a_build(tmp_path,
     assert consolidate("build", target=target, home=home).returncode == 0
     written = consolidate("rollback", str(db), "--to", str(destination), target=target, home=home)
     assert written.returncode == 0, written.stderr[-2000:]
+
+
+def test_writes_through_a_view_with_consolidate_source_set_are_rolled_back_to_that_file(tmp_path, target, home):
+    """A service that writes through the compatibility views ties its writes to its file with the session
+    setting `consolidate.source` (as MemoryClient's source= does): the entries it creates and changes are in
+    that file's rollback; a write without the setting is not; a path the ledger has not loaded is refused
+    and writes nothing."""
+    tree = tmp_path / "tree"
+    assert consolidate("sample", str(tree)).returncode == 0
+    built = consolidate("run", str(tree), "--no-backup", target=target, home=home)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (source,) = fetch(target, "SELECT source_path FROM consolidate.current_loads WHERE kind = 'claude-flow-v2' "
+                              "ORDER BY source_path LIMIT 1")[0]
+    rows = typed_rows(opened_copy(Path(source), tmp_path / "source"), "memory_entries")
+    namespace, changed_key = entry_of(rows[min(rows)])
+    insert = "INSERT INTO compat.memory_entries (key, value, namespace) VALUES (%s, %s, %s)"
+
+    with psycopg.connect(target.dsn, autocommit=True, options=f"-c consolidate.source={source}") as tied:
+        assert tied.execute(insert, ("view:tied", '{"tied": true}', "view-writes")).rowcount in (0, 1)
+        tied.execute("UPDATE compat.memory_entries SET value = %s WHERE key = %s AND namespace = %s",
+                     ('{"changed": "through the view"}', changed_key, namespace))
+    with psycopg.connect(target.dsn, autocommit=True) as untied:
+        untied.execute(insert, ("view:untied", '"no file"', "view-writes"))
+        writes_before = untied.execute("SELECT count(*) FROM raw_postgres.memory_writes").fetchone()[0]
+        untied.execute("SET consolidate.source = '/no/such/memory.db'")
+        with pytest.raises(psycopg.errors.RaiseException, match=re.escape("consolidate.source is '/no/such/memory.db'")):
+            untied.execute(insert, ("view:refused", '"refused"', "view-writes"))
+        assert untied.execute("SELECT count(*) FROM raw_postgres.memory_writes").fetchone()[0] == writes_before
+    homes = dict(fetch(target, "SELECT key, home_source_path FROM raw_postgres.memory_writes "
+                               "WHERE key IN ('view:tied', 'view:untied', %s)", (changed_key,)))
+    assert homes == {"view:tied": source, changed_key: source, "view:untied": None}
+
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", source, "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert [e["key"] for e in report["created"]] == ["view:tied"]
+    assert changed_key in [e["key"] for e in report["changed"]]  # beside the entries another file's row won
+    written = {row["key"][1]: row for row in typed_rows(opened_copy(destination, tmp_path / "written"),
+                                                        "memory_entries").values()}
+    assert written["view:tied"]["namespace"] == ("text", "view-writes")
+    assert json.loads(written["view:tied"]["value"][1]) == {"tied": True}
+    assert json.loads(written[changed_key]["value"][1]) == {"changed": "through the view"}
+    assert "view:untied" not in written

@@ -24,6 +24,11 @@
     shows it by) is kept by a write that gives an object metadata without `claude_flow_v3` (e.g.
     MemoryClient.set(..., metadata={...})); a metadata that names claude_flow_v3 is written as given.
 
+    A write's home file (memory_writes.home_source_path, what ties an entry a service creates to its file for
+    `consolidate rollback`): MemoryClient(..., source=FILE) passes it; a write by any other path takes the
+    session's `consolidate.source` setting (`SET consolidate.source = 'FILE'`, or `options='-c
+    consolidate.source=FILE'` in the connection string), which must be a file the ledger has loaded.
+
     Paths: loader.serve.client.MemoryClient (set, delete; get records the access: consolidate.read_memory_entry),
     INSTEAD OF triggers on the three compatibility views, and BEFORE triggers on unified_memory and
     performance_metrics (DML on them is applied through this function and the statement reports 0 rows;
@@ -151,8 +156,16 @@ declare
     stamped_updated_at timestamptz;
     written_metadata jsonb := p_metadata;
     new_write_id bigint;
+    home_file text := coalesce(p_home_source_path, nullif(current_setting('consolidate.source', true), ''));
 begin
     perform consolidate.check_memory_marts_schema(p_schema);
+    if p_home_source_path is null and home_file is not null and not exists (
+        select 1 from consolidate.current_loads as loaded where loaded.source_path = home_file
+    ) then
+        raise exception 'consolidate.source is %, a path the ledger has no loaded file at', quote_literal(home_file)
+            using hint = 'Set it to the file''s path as `consolidate status` shows it: entries tied to any other '
+                         'path could not be rolled back to the file.';
+    end if;
     if p_operation is null or p_operation not in ('upsert', 'delete') then
         raise exception 'a memory write is an upsert or a delete, not %', coalesce(p_operation, 'NULL');
     end if;
@@ -178,7 +191,7 @@ begin
             return null;
         end if;
         insert into {{ write_log }} (via, operation, key, namespace, updated_at, home_source_path)
-        values (p_via, 'delete', p_key, p_namespace, stamped_updated_at, p_home_source_path)
+        values (p_via, 'delete', p_key, p_namespace, stamped_updated_at, home_file)
         returning write_id into new_write_id;
     else
         if not ('value' = any(p_given) or has_value) then
@@ -208,7 +221,7 @@ begin
             case when 'expires_at' = any(p_given) then p_expires_at when has_value then newest_expires_at end,
             case when 'access_count' = any(p_given) then p_access_count else coalesce(max_access_count, 0) end,
             case when 'ttl' = any(p_given) then p_ttl when has_value then newest_ttl end,
-            p_home_source_path)
+            home_file)
         returning write_id into new_write_id;
     end if;
 
