@@ -647,14 +647,23 @@ class FileRecord:
     link_paths: list[str] | None = None  # paths that reached the file through a symbolic link
 
 
+# A file keeps the source_db of its first load: the label is relative to the root a sync was given, and a
+# file synced later under another root (a service's own folder) must not change its rows' label.
+FIRST_SOURCE_DB = sql.SQL(
+    "coalesce((SELECT first.source_db FROM {} AS first WHERE first.source_path = {} "
+    "ORDER BY first.started_at, first.load_id LIMIT 1), {})").format(
+        table("load_files"), sql.Placeholder("source_path"), sql.Placeholder("source_db"))
+
+
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
     fields = list(record.__dataclass_fields__)
+    values = {f: Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields}
     cursor.execute(
         sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
             table("load_files"),
             sql.SQL(", ").join(map(sql.Identifier, fields)),
-            sql.SQL(", ").join(sql.Placeholder() * len(fields))),
-        [Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields])
+            sql.SQL(", ").join(FIRST_SOURCE_DB if f == "source_db" else sql.Placeholder(f) for f in fields)),
+        values)
 
 
 def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,

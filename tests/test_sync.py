@@ -126,6 +126,23 @@ def test_a_sync_after_an_insert_and_an_update_shows_both_in_unified_memory(tmp_p
     assert load_changes(target, again.load_id, db) == {}
 
 
+def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_path, target, home):
+    """source_db is the path relative to the root a sync is given; a file synced later under its own
+    folder (one service's sync) keeps the label its first load gave it, in the ledger and in the marts."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "svc-a/.swarm/memory.db", [("alpha", '{"v": 1}', "default", T0)])
+    do_sync(root, target, home)
+    write(db, "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
+              "VALUES ('beta', '2', 'default', ?, ?, ?)", (T0 + 60,) * 3)
+
+    do_sync(root / "svc-a", target, home)
+
+    with target.connect() as connection:
+        labels = connection.execute("SELECT DISTINCT source_db FROM consolidate.load_files").fetchall()
+        marts = connection.execute("SELECT DISTINCT source_db FROM unified_memory").fetchall()
+    assert labels == marts == [("svc-a/.swarm/memory.db",)]
+
+
 def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):
     root = tmp_path / "tree"
     db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])
