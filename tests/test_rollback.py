@@ -588,10 +588,13 @@ def test_writes_through_a_view_with_consolidate_source_set_are_rolled_back_to_th
 
     destination = tmp_path / "rollback" / "memory.db"
     destination.parent.mkdir()
-    result = consolidate("rollback", source, "--to", str(destination), "--json", target=target, home=home)
+    spelled = tmp_path / "elsewhere" / ".." / "rollback" / "memory.db"
+    result = consolidate("rollback", source, "--to", str(spelled), "--json", target=target, home=home)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
+    assert report["written_to"] == str(destination)  # as the ledger records it too: without the `..`
+    assert fetch(target, "SELECT written_to FROM consolidate.rollbacks") == [(str(destination),)]
     assert [e["key"] for e in report["created"]] == ["view:tied"]
     assert changed_key in [e["key"] for e in report["changed"]]  # beside the entries another file's row won
     written = {row["key"][1]: row for row in typed_rows(opened_copy(destination, tmp_path / "written"),
