@@ -789,6 +789,20 @@ def secret_policies(connection: psycopg.Connection) -> dict[str, dict]:
                                    .format(sql.Identifier(LEDGER_SCHEMA, "loads"))).fetchall())
 
 
+# ------------------------------------------------------------------------------- a file's latest row
+
+# The ledger's latest row of each source path, whatever its status (loaded, unchanged, copy or failed): its
+# latest word on the file, where current_loads is its latest `loaded` row. A subquery of load_files' columns,
+# one row per path, to select FROM (`... FROM {LATEST_FILE_ROWS} AS latest`; a condition on source_path
+# reaches inside it). Not a view: status, validate and archive read a ledger without upgrading it, and
+# every ledger has load_files.
+LATEST_FILE_ROWS = f"""(
+    SELECT DISTINCT ON (source_path) *
+    FROM {LEDGER_SCHEMA}.load_files
+    ORDER BY source_path, started_at DESC, load_id DESC
+)"""
+
+
 # ------------------------------------------------------------------------------- archived originals
 
 # What validate, status and rollback say when the archive a removal record names is not there any more.
@@ -851,9 +865,7 @@ def relocate_archive(connection: psycopg.Connection, archive_sha256: str,
 ARCHIVED_REMOVALS_QUERY = f"""
 WITH copies AS (
     SELECT source_path, load_id, source_sha256, wal_sha256
-    FROM (SELECT DISTINCT ON (source_path) source_path, load_id, status, source_sha256, wal_sha256
-          FROM {LEDGER_SCHEMA}.load_files
-          ORDER BY source_path, started_at DESC, load_id DESC) AS latest
+    FROM {LATEST_FILE_ROWS} AS latest
     WHERE status = 'copy' AND source_path NOT IN (SELECT source_path FROM {LEDGER_SCHEMA}.current_loads)
 ), still_true AS (
     SELECT source_path, load_id, source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads
@@ -907,16 +919,11 @@ def record_forgotten(connection: psycopg.Connection, source_path: str, load_id: 
 # A forget holds while the load it names is still the file's current load or, for a file with none (a
 # copy of another file, or one that only ever failed), while it is still the ledger's latest word on the path.
 FORGOTTEN_FILES_QUERY = f"""
-WITH latest AS (
-    SELECT DISTINCT ON (source_path) source_path, load_id
-    FROM {LEDGER_SCHEMA}.load_files
-    ORDER BY source_path, started_at DESC, load_id DESC
-)
 SELECT f.source_path, f.load_id, f.forgotten_at, f.forgotten_by, f.note
 FROM {LEDGER_SCHEMA}.forgotten_files AS f
 LEFT JOIN {LEDGER_SCHEMA}.current_loads AS c ON c.source_path = f.source_path
 WHERE c.load_id = f.load_id
-   OR (c.load_id IS NULL AND EXISTS (SELECT 1 FROM latest
+   OR (c.load_id IS NULL AND EXISTS (SELECT 1 FROM {LATEST_FILE_ROWS} AS latest
                                      WHERE latest.source_path = f.source_path AND latest.load_id = f.load_id))
 """
 

@@ -86,7 +86,7 @@ from loader.backup.backup import backup_relative_path, flush_to_disk
 from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
 from loader.database import Target
 from loader.exit_codes import ExitCode
-from loader.ledger import LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
+from loader.ledger import LATEST_FILE_ROWS, LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
 from loader.operate.cutover import who
 from loader.sources.discover import DiscoveryWarning, SourceFile, discover
@@ -301,11 +301,7 @@ LEFT JOIN {ledger}.load_tables AS t USING (load_id, source_path)
 GROUP BY c.source_path
 """
 
-LATEST_QUERY = """
-SELECT DISTINCT ON (source_path) source_path, load_id, status, error_message, copy_of
-FROM {ledger}.load_files
-ORDER BY source_path, started_at DESC, load_id DESC
-"""
+LATEST_QUERY = f"SELECT source_path, load_id, status, error_message, copy_of FROM {LATEST_FILE_ROWS} AS latest"
 
 
 def read_ledger_facts(target: Target) -> LedgerFacts | None:
@@ -317,7 +313,7 @@ def read_ledger_facts(target: Target) -> LedgerFacts | None:
         current = current_loads(connection)
         table_rows = connection.execute(sql.SQL(TABLES_QUERY).format(ledger=ledger),
                                         {"memory_tables": MEMORY_RAW_TABLES}).fetchall()
-        latest_rows = connection.execute(sql.SQL(LATEST_QUERY).format(ledger=ledger)).fetchall()
+        latest_rows = connection.execute(LATEST_QUERY).fetchall()
         reconciliation = None
         if relation_exists(connection, target.schema, "reconciliation"):
             reconciliation = {path: (load_id, reconciled) for path, load_id, reconciled in connection.execute(

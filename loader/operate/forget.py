@@ -28,7 +28,7 @@ import psycopg
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import ARCHIVED, LEDGER_SCHEMA, ForgottenFile, GoneFiles
+from loader.ledger import ARCHIVED, LATEST_FILE_ROWS, ForgottenFile, GoneFiles
 from loader.operate.cutover import current_load_of, who
 from loader.sources.snapshot import side_file
 
@@ -47,9 +47,7 @@ class ForgetOutcome:
         return {"source_path": self.source_path, "outcome": self.outcome, "forgotten": self.forgotten.to_json()}
 
 
-LATEST_LOAD = f"""
-SELECT load_id FROM {LEDGER_SCHEMA}.load_files WHERE source_path = %s ORDER BY started_at DESC, load_id DESC LIMIT 1
-"""
+LATEST_LOAD = f"SELECT load_id FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = %s"
 
 
 def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneFiles) -> tuple[str | None, str | None]:

@@ -35,6 +35,7 @@ from loader.ledger import (
     ARCHIVED,
     CHANGED,
     FORGOTTEN,
+    LATEST_FILE_ROWS,
     LEDGER_SCHEMA,
     MISSING,
     UNCHANGED,
@@ -187,10 +188,8 @@ def read_cut_over(connection: psycopg.Connection) -> dict[str, CutOver]:
 
 FILES_QUERY = """
 WITH latest AS (
-    SELECT DISTINCT ON (source_path) source_path, source_db, kind, status, load_id,
-           coalesce(completed_at, started_at) AS at
-    FROM {ledger}.load_files
-    ORDER BY source_path, started_at DESC, load_id DESC
+    SELECT source_path, source_db, kind, status, load_id, coalesce(completed_at, started_at) AS at
+    FROM {latest_file_rows} AS latest_row
 ), current_load AS (
     SELECT f.source_path, f.source_db, f.kind, f.load_id, f.completed_at, f.rows_in_sqlite, f.rows_loaded,
            f.source_sha256, f.wal_sha256
@@ -232,7 +231,8 @@ LIMIT 1
 
 
 def ledger_query(text: str) -> sql.Composed:
-    return sql.SQL(text).format(ledger=sql.Identifier(LEDGER_SCHEMA))
+    """`text` with {ledger} the ledger's schema and {latest_file_rows} ledger.LATEST_FILE_ROWS."""
+    return sql.SQL(text).format(ledger=sql.Identifier(LEDGER_SCHEMA), latest_file_rows=sql.SQL(LATEST_FILE_ROWS))
 
 
 def read_last_load(connection: psycopg.Connection) -> LoadRun | None:
