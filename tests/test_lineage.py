@@ -47,13 +47,17 @@ def test_lineage_after_a_row_level_change_load_shows_rows_of_earlier_parts_as_cu
          (second, rowid_of[("default", "key-7")], "winner")])
     assert lineage("key-8", "default", target) == [(first, old_rowid_of[("default", "key-8")],
                                                     "deleted in a later load")]
-    # the retired rows name the load that retired them, and when it ran
+    # the retired rows name the load that retired them, when it ran, and what it did to them
     started = fetch(target, "SELECT started_at FROM consolidate.load_files WHERE load_id = %s", (second,))[0][0]
-    retired = [(v.retired_by, v.retired_at) for key in ("key-7", "key-8")
+    retired = [(v.retired_by, v.retired_at, v.retired_as) for key in ("key-7", "key-8")
                for v in versions(target, key, "default") if v.load_id == first]
-    assert retired == [(second, started), (second, started)]
-    told = consolidate("lineage", "key-8", "--namespace", "default", target=target, home=home)
-    assert told.returncode == 0 and f"deleted in app/.swarm/memory.db by load {second}" in " ".join(told.stdout.split())
+    assert retired == [(second, started, "changed"), (second, started, "deleted")]
+    for key, retired_as in (("key-7", "changed"), ("key-8", "deleted")):
+        told = consolidate("lineage", key, "--namespace", "default", target=target, home=home)
+        assert told.returncode == 0 and (f"of load {first}: {retired_as} in app/.swarm/memory.db by load {second}"
+                                         in " ".join(told.stdout.split()))
+        shown = consolidate("lineage", key, "--namespace", "default", "--json", target=target, home=home)
+        assert [v["retired_as"] for v in json.loads(shown.stdout) if v["load_id"] == first] == [retired_as]
     assert lineage("new", "default", target) == [(second, rowid_of[("default", "new")], "winner")]
     shown = consolidate("lineage", "key-1", "--namespace", "default", "--json", target=target, home=home)  # the CLI
     assert shown.returncode == 0, shown.stderr

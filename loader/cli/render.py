@@ -299,7 +299,7 @@ def lineage(key: str, namespace: str | None, versions: list[Version], as_json: b
         if v.write_id is not None:
             out.print(Text(f"write {v.write_id}: {v.origin}"), soft_wrap=True)
         elif v.retired_by is not None:
-            out.print(Text(f"rowid {v.source_rowid} of load {v.load_id}: {v.role.split(' in ')[0]} in {v.source_db} "
+            out.print(Text(f"rowid {v.source_rowid} of load {v.load_id}: {v.retired_as} in {v.source_db} "
                            f"by load {v.retired_by} at {v.retired_at:%Y-%m-%d %H:%M:%S%z}"), soft_wrap=True)
 
 

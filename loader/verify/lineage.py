@@ -15,25 +15,21 @@ from loader.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
 
 # The role of a version: winner / superseded (a current version); for a file's row that is not current,
 # `deleted in a later load` or `changed in a later load` when a row-level change load retired it
-# (loader/load/delta.py: `retired_by` names that load, `retired_at` when it ran; deleted when its ledger
-# records the rowid as deleted), else `earlier load` (a file's older load, replaced whole); for a write the
-# build has not ranked yet (written to the log by hand) pending. Current is what the marts rank: a file's
-# current rows, whose load may be an earlier one its current load applies on; the ranked rows name that load.
+# (loader/load/delta.py: `retired_by` names that load, `retired_at` when it ran, `retired_as` deleted or
+# changed: deleted when its ledger records the rowid as deleted), else `earlier load` (a file's older load,
+# replaced whole); for a write the build has not ranked yet (written to the log by hand) pending. Current is
+# what the marts rank: a file's current rows, whose load may be an earlier one its current load applies on;
+# the ranked rows name that load.
 VERSIONS_QUERY = sql.SQL("""
 SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load_id,
        l.source_db, v.updated_at, v.accessed_at, v.value, v.data_type,
        CASE WHEN r.is_winner THEN 'winner'
             WHEN r.is_winner IS NOT NULL THEN 'superseded'
-            WHEN x.load_id IS NOT NULL AND EXISTS (
-                SELECT 1 FROM {deleted_rows} AS d
-                WHERE d.load_id = x.load_id AND d.source_path = x.source_path
-                  AND d.source_table = x.source_table AND d.source_rowid = x.source_rowid)
-                THEN 'deleted in a later load'
-            WHEN x.load_id IS NOT NULL THEN 'changed in a later load'
+            WHEN x.load_id IS NOT NULL THEN retired.retired_as || ' in a later load'
             ELSE 'earlier load' END AS role,
        false AS deleted, NULL::bigint AS write_id, NULL::timestamptz AS written_at, NULL AS written_by,
        NULL AS db_user, NULL AS via, x.load_id AS retired_by, retiring.started_at AS retired_at,
-       NULL AS home_source_path, r.version_rank, v.loaded_at
+       retired.retired_as, NULL AS home_source_path, r.version_rank, v.loaded_at
 FROM {all_loads} AS v
 JOIN {load_files} AS l ON l.load_id = v.load_id AND l.source_path = v.source_path
 LEFT JOIN {ranked} AS r
@@ -43,6 +39,13 @@ LEFT JOIN {retired_rows} AS x
        ON r.load_id IS NULL AND x.row_load_id = v.load_id AND x.source_path = v.source_path
       AND x.source_table = v.source_table AND x.source_rowid = v.source_rowid
 LEFT JOIN {load_files} AS retiring ON retiring.load_id = x.load_id AND retiring.source_path = x.source_path
+LEFT JOIN LATERAL (
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM {deleted_rows} AS d
+                             WHERE d.load_id = x.load_id AND d.source_path = x.source_path
+                               AND d.source_table = x.source_table AND d.source_rowid = x.source_rowid)
+                THEN 'deleted' ELSE 'changed' END AS retired_as
+    WHERE x.load_id IS NOT NULL
+) AS retired ON true
 WHERE v.key = %(key)s AND (%(namespace)s::text IS NULL OR v.namespace = %(namespace)s)
 UNION ALL
 SELECT w.key, w.namespace, NULL, 'memory_writes', w.write_id, NULL,
@@ -51,11 +54,11 @@ SELECT w.key, w.namespace, NULL, 'memory_writes', w.write_id, NULL,
             WHEN r.is_winner IS NOT NULL THEN 'superseded'
             ELSE 'pending' END,
        w.operation = 'delete', w.write_id, w.written_at, w.application_name, w.db_user, w.via, NULL, NULL,
-       w.home_source_path, r.version_rank, w.written_at
+       NULL, w.home_source_path, r.version_rank, w.written_at
 FROM {memory_writes} AS w
 LEFT JOIN {ranked} AS r ON r.write_id = w.write_id
 WHERE w.key = %(key)s AND (%(namespace)s::text IS NULL OR w.namespace = %(namespace)s)
-ORDER BY 2, 22 NULLS LAST, 23 DESC, 3, 5
+ORDER BY 2, 23 NULLS LAST, 24 DESC, 3, 5
 """).format(all_loads=sql.Identifier(*MEMORY_ALL_LOADS), load_files=ledger.table("load_files"),
            ranked=sql.Identifier(*MEMORY_RANKED), memory_writes=sql.Identifier(ledger.WRITE_LOG_SCHEMA, "memory_writes"),
            retired_rows=ledger.table("retired_rows"), deleted_rows=ledger.table("deleted_rows"))
@@ -87,9 +90,11 @@ class Version:
     written_by: str | None = None
     db_user: str | None = None
     via: str | None = None
-    # a file's row a row-level change load retired: that load, and when it ran
+    # a file's row a row-level change load retired: that load, when it ran, and whether it 'deleted' or
+    # 'changed' the row
     retired_by: str | None = None
     retired_at: datetime | None = None
+    retired_as: str | None = None
     # a write tied to a file (MemoryClient(source=...), or a delete a sync found in it)
     home_source_path: str | None = None
 
@@ -131,4 +136,4 @@ def versions(target: Target, key: str, namespace: str | None = None) -> list[Ver
         if missing:
             raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
-    return [Version(*row[:21]) for row in rows]
+    return [Version(*row[:22]) for row in rows]
