@@ -166,9 +166,9 @@ def previous_state(connection: psycopg.Connection, source_path: str, kind: str,
     wanted = {table.source_table: (table.raw_schema, table.raw_table, frozenset(table.columns)) for table in tables}
     if current != wanted:
         return None
-    parts = connection.execute(sql.SQL("SELECT array{}").format(state_loads("previous")),
-                               {"previous": rows[0][0], "source_path": source_path}).fetchone()[0]
-    ranked = connection.execute("SELECT to_regclass(%s) IS NOT NULL", (".".join(MEMORY_RANKED),)).fetchone()[0]
+    parts, ranked = connection.execute(
+        sql.SQL("SELECT array{}, to_regclass(%(ranked)s) IS NOT NULL").format(state_loads("previous")),
+        {"previous": rows[0][0], "source_path": source_path, "ranked": ".".join(MEMORY_RANKED)}).fetchone()
     return PreviousState(rows[0][0], source_path, kind, tuple(tables), tuple(parts), ranked)
 
 
