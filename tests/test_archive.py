@@ -8,6 +8,7 @@ delete them."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import sqlite3
@@ -17,9 +18,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from test_delta_loads import change, v2_file
 from test_status import add_table, consolidate, independent_row_count, sha256, write_and_run_sample
 
+from loader.cli.render import sync_table
 from loader.database import Target
 from loader.fixtures.sample import write_sample
 from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
@@ -366,6 +369,13 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     report.archive.rename(moved_to)
     other = next(iter(removed - {v2}))
     assert {Path(f.source_path): f for f in status(target).files}[other].archive_exists is False
+    synced_json = consolidate("sync", str(root), "--no-build", "--json", target=target, home=home)
+    assert synced_json.returncode == 0, synced_json.stdout[-3000:] + synced_json.stderr[-3000:]
+    assert {Path(f["source_path"]): f["archive_exists"] for f in json.loads(synced_json.stdout)["files"]
+            if f["status"] == "archived"} == dict.fromkeys(removed, False)
+    console = Console(width=400, record=True, file=io.StringIO())
+    console.print(sync_table(sync([root], target, home, quiet=True, build=False)))
+    assert console.export_text().count("its archive is not there any more") == len(removed)
     moved = consolidate("validate", "--json", target=target, home=home)
     assert moved.returncode == 1
     problems = {Path(f["source_path"]): f["problems"] for f in json.loads(moved.stdout)["files"]}

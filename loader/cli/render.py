@@ -324,7 +324,7 @@ def status_table(report: StatusReport) -> Table:
         on_disk = {"changed": "[yellow]changed[/yellow]", "missing": "[red]missing[/red]"}.get(f.on_disk, f.on_disk or "")
         if f.archived:
             on_disk = (f"archived in {escape(f.archived.archive_path)}" if f.archive_exists else
-                       f"[red]archived in {escape(f.archived.archive_path)}, which is not there any more "
+                       f"[red]archive not there any more: {escape(f.archived.archive_path)} "
                        f"({escape(RELOCATE_HINT)})[/red]")
         elif f.forgotten:
             on_disk = f"forgotten {f.forgotten.forgotten_at:%Y-%m-%d %H:%M} by {escape(f.forgotten.forgotten_by)}"
@@ -448,6 +448,9 @@ def sync_table(report: SyncReport) -> Table:
         note_text = (f"[red]{escape(f.error)}[/red]" if f.error else
                      "not on disk any more: its last load stays current" if f.status == "missing" else
                      f"removed after archiving into {escape(f.archive_path or '')}: its last load stays current"
+                     if f.status == "archived" and f.archive_exists else
+                     f"[red]its archive is not there any more: {escape(f.archive_path or '')} "
+                     f"({escape(RELOCATE_HINT)}); its last load stays current[/red]"
                      if f.status == "archived" else
                      "gone, accepted by `consolidate forget`: its last load stays current" if f.status == "forgotten" else
                      f"[yellow]split brain: changed after its cutover, {both_sides[f.source_path]} "

@@ -199,6 +199,11 @@ class FileSync:
     tables: list[TableChanges] = field(default_factory=list)
     archive_path: str | None = None  # status archived: the archive holding the current load's bytes
 
+    @property
+    def archive_exists(self) -> bool | None:
+        """Whether the archive is still where it was written (None: not archived)."""
+        return Path(self.archive_path).is_file() if self.archive_path else None
+
     # The file's totals count application rows: SQLite's own tables (sqlite_sequence, sqlite_stat1),
     # which change with them, are listed in `tables` but not counted.
     def total(self, kind: str) -> int:
@@ -220,7 +225,8 @@ class FileSync:
         return {"source_path": self.source_path, "source_db": self.source_db, "kind": self.kind,
                 "status": self.status, "load_id": self.load_id, "previous_load_id": self.previous_load_id,
                 "rows": self.rows, "inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
-                "error": self.error, "tables": [t.to_json() for t in self.tables], "archive_path": self.archive_path}
+                "error": self.error, "tables": [t.to_json() for t in self.tables], "archive_path": self.archive_path,
+                "archive_exists": self.archive_exists}
 
 
 @dataclass
