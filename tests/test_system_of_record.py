@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from test_cutover import entries_changed, entry_rows
 from test_sync import PERFORMANCE, T0, SourceFiles, do_sync, v2_file
 
 from loader.database import Target
@@ -195,6 +196,62 @@ def test_a_delete_in_sqlite_removes_an_entry_a_write_in_postgresql_holds(tmp_pat
     # a second sync with nothing changed records nothing more
     do_sync(root, target, home)
     assert len(sqlite_deletes(target)) == 3
+
+
+def test_a_delete_in_a_cut_over_file_records_nothing_and_is_reported_as_split_brain(tmp_path, target, home):
+    """A file cut over to PostgreSQL whose stale service still deletes in SQLite an entry that a write made
+    in PostgreSQL before the file's previous load holds: the sync records no delete (the write stays the
+    value), while the same change in a file not cut over is recorded. The cut-over file is loaded and
+    reported as split brain as documented: the entries it changed since its cutover, of them those written
+    in PostgreSQL since the cutover named as written on both sides."""
+    root = tmp_path / "tree"
+    app = v2_file(root / "app/.swarm/memory.db", [(f"app-{n}", f'{{"n": {n}}}', "default", T0 + n) for n in range(4)])
+    other = v2_file(root / "other/.swarm/memory.db",
+                    [(f"other-{n}", f'{{"n": {n}}}', "default", T0 + n) for n in range(3)])
+    assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
+    with MemoryClient(target.dsn, source=str(app)) as client:
+        client.set("app-1", "app-1 set in PostgreSQL")
+    with MemoryClient(target.dsn, source=str(other)) as client:
+        client.set("other-1", "other-1 set in PostgreSQL")
+    for path, key in ((app, "app-0"), (other, "other-0")):  # a load of each file after the writes
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute("UPDATE memory_entries SET value = '\"touched\"' WHERE key = ?", (key,))
+            connection.commit()
+    assert do_sync(root, target, home).split_brain == []
+    assert sqlite_deletes(target) == []
+    cut = consolidate("cutover", str(app), target=target, home=home)
+    assert cut.returncode == 0, cut.stdout[-3000:] + cut.stderr[-3000:]
+    at_cutover = entry_rows(app, tmp_path / "at-cutover")
+    with MemoryClient(target.dsn, source=str(app)) as client:  # the service writes to PostgreSQL now
+        client.set("app-2", "app-2 set in PostgreSQL")
+        client.set("made-in-postgres", "made in PostgreSQL")
+    written_since_cutover = {("default", "app-2"), ("default", "made-in-postgres")}
+
+    # the stale service deletes in its file; the same deletes in the other file, not cut over
+    for path, prefix in ((app, "app"), (other, "other")):
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.execute("DELETE FROM memory_entries WHERE key IN (?, ?)", (f"{prefix}-1", f"{prefix}-2"))
+            connection.commit()
+    report = do_sync(root, target, home)
+
+    # only the file not cut over records its delete of the entry a write before its previous load holds
+    assert sqlite_deletes(target) == [("default", "other-1", str(other), "consolidate")]
+    assert entry(target, "other-1", "default") is None and entry(target, "other-2", "default") is None
+    for kept in ("app-1", "app-2"):  # no delete recorded: the writes made in PostgreSQL stay the values
+        assert entry(target, kept, "default")["value"] == f"{kept} set in PostgreSQL"
+    assert entry(target, "app-3", "default")["value"] == {"n": 3}
+
+    changed = entries_changed(at_cutover, entry_rows(app, tmp_path / "after"))
+    assert changed == {("default", "app-1"): "deleted", ("default", "app-2"): "deleted"}  # the scenario's own
+    (split,) = report.split_brain
+    assert (split.source_path, split.sqlite_entries, split.other_rows) == (str(app), len(changed), 0)
+    assert [(e["namespace"], e["key"], e["sqlite_change"], e["postgres_writes"]) for e in split.entries] == \
+        [(*e, changed[e], 1) for e in sorted(set(changed) & written_since_cutover)]
+    assert "written on both sides: default/app-2 (deleted in SQLite, 1 write(s) in PostgreSQL)" in split.message()
+    incremental = marts_snapshot(target)
+    full_refresh_models(target, home)
+    assert marts_snapshot(target) == incremental
+    assert do_sync(root, target, home).split_brain == [] and len(sqlite_deletes(target)) == 1
 
 
 def test_dml_on_unified_memory_is_captured_and_mistakes_are_refused(migrated):
