@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from test_rollback import entry_of, opened_copy, typed_rows
 
 from loader.serve.client import MemoryClient
 
@@ -266,6 +267,55 @@ def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback
     assert written == {"made-by-the-client": view["made-by-the-client"][0],
                        "given-an-id": "entry_1800000000000_given",
                        "given-a-taken-id": f"unified-{view['given-a-taken-id'][1]}"}
+
+
+def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_rollback(v3_app, target, tmp_path):
+    """An INSERT through the v3 view that gives an entry of the file a new v3 id (v3 writes with INSERT OR
+    REPLACE and ids it generates) changes the id the view shows it by: the rollback of the file writes that
+    entry's row with the view's id, for every entry the view's and the file's ids agree (two rows that
+    trade ids included), but for an id another row of the file holds (v3's primary key): `unified-<id>`,
+    as for a new row. Every row no write touched is the source's, byte for byte."""
+    rows = v3_app["rows"]  # (id, namespace, key, content), by id
+    renewed, kept, updated, taking, first, second = rows[:6]
+    taken_id = rows[6][0]
+    given = {renewed: "entry_1800000000002_renewed", kept: None, taking: taken_id, first: second[0],
+             second: first[0]}
+    with target.connect() as connection:
+        for (_, namespace, key, _), entry_id in given.items():
+            connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, %s, %s)",
+                               (entry_id, key, namespace, f"inserted again {key}"))
+        assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'updated by id' WHERE id = %s",
+                                  (updated[0],)).rowcount == 1
+        connection.commit()
+    view = {(namespace, key): (entry_id, mart_id) for namespace, key, entry_id, mart_id in fetch(
+        target, f"SELECT v.namespace, v.key, v.id, u.id FROM {V3_VIEW} AS v JOIN unified_memory AS u "
+                "USING (namespace, key)")}
+    # the view shows each entry by the id last given to it, else by the id its file gave it
+    expected_view = {(namespace, key): entry_id for entry_id, namespace, key, _ in rows}
+    expected_view.update({(namespace, key): entry_id or own_id
+                          for (own_id, namespace, key, _), entry_id in given.items()})
+    assert {entry: view[entry][0] for entry in expected_view} == expected_view
+
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", str(v3_app["file"]), "--to", str(destination), "--json",
+                         target=target, home=tmp_path / "state")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    source = typed_rows(opened_copy(v3_app["file"], tmp_path / "source"), "memory_entries")
+    written = typed_rows(opened_copy(destination, tmp_path / "written"), "memory_entries")
+
+    touched = {(namespace, key) for _, namespace, key, _ in (*given, updated)}
+    assert sorted((e["namespace"], e["key"]) for e in report["changed"]) == sorted(touched)
+    assert {r: row for r, row in written.items() if entry_of(row) not in touched} == \
+        {r: row for r, row in source.items() if entry_of(row) not in touched}
+    assert set(written) == set(source)  # each entry in its own row
+    ids = {entry_of(row): row["id"][1] for row in written.values()}
+    taking_entry = (taking[1], taking[2])
+    assert ids == {**expected_view, taking_entry: f"unified-{view[taking_entry][1]}"}
+    for rowid, row in written.items():  # what PostgreSQL does not hold stays the row's own
+        assert row["embedding"] == source[rowid]["embedding"], rowid
+    assert ids[(renewed[1], renewed[2])] == "entry_1800000000002_renewed"
 
 
 def test_two_files_with_one_v3_id_under_different_keys_build_and_both_rows_match_it(tmp_path, target, home, realdata):

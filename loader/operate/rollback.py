@@ -19,7 +19,7 @@ holds it, with PostgreSQL's state.
   - the winner is one of SOURCE's current rows: that row, byte for byte. Reads made in
     PostgreSQL (accessed_at / access_count bookkeeping) do not make a row changed and are not carried;
   - otherwise (written in PostgreSQL, or a newer version from another file won): SOURCE's row (its rowid,
-    id and every column PostgreSQL does not hold, such as v3's embedding) with PostgreSQL's values in the
+    v2's id and every column PostgreSQL does not hold, such as v3's embedding; v3's id: below) with PostgreSQL's values in the
     columns the marts hold, converted as the compatibility views convert them: the value as its JSON text
     for data_type `json` (jsonb's spelling) and as the string itself otherwise (the bytes for `binary`;
     extended-memory: JSON text unless pickle, binary or unsupported JSON, consolidate.extended_memory_value),
@@ -33,7 +33,10 @@ holds it, with PostgreSQL's state.
     compat_claude_flow_v3.memory_entries shows it by: its own v3 id (metadata claude_flow_v3.id) when it
     has one, else `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers
     them); a v3 id another row of FILE already holds (v3's id is its primary key: hostile data, two
-    entries with one id) gives the new row `unified-<mart id>`;
+    entries with one id) gives the new row `unified-<mart id>`. A v3 row written with PostgreSQL's values
+    takes the id the view shows its entry by too (an INSERT through the view may have given the entry a
+    new one; for performance_metrics, which the view does not show, only an own v3 id), rows that trade
+    ids included; one another row of FILE holds gives it `unified-<mart id>`;
   - an entry extended-memory cannot hold (a namespace other than `extended-memory`) is skipped and listed.
   Several rows of SOURCE with one (namespace, key) (a schema without its UNIQUE constraint) become one:
   the winner's row, or the first by rowid.
@@ -300,6 +303,15 @@ def marts_v3_id(entry: dict) -> str:
     return f"unified-{entry['id'] if entry['mart'] == 'unified_memory' else -entry['id']}"
 
 
+def shown_v3_id(entry: dict) -> str | None:
+    """The id compat_claude_flow_v3.memory_entries shows the entry by: its own v3 id (metadata
+    claude_flow_v3.id), else the marts' `unified-<id>`; None for an entry of performance_metrics without a
+    v3 id of its own (the view shows unified_memory's entries only)."""
+    if entry["v3_id"] is not None:
+        return entry["v3_id"]
+    return marts_v3_id(entry) if entry["mart"] == "unified_memory" else None
+
+
 def new_row_identity(kind: str, entry: dict) -> dict[str, object]:
     """The columns that name a new row: its key (and namespace, and v3's id: the entry's own v3 id, else
     the marts', as compat_claude_flow_v3.memory_entries shows it)."""
@@ -320,6 +332,8 @@ class Plan:
     kept_rowids: list[int] = field(default_factory=list)  # copied from the source as they are
     # (rowid copied, then these columns set, the entry's (namespace, key))
     updates: list[tuple[int, dict, tuple[str, str]]] = field(default_factory=list)
+    # v3: a changed row's id when the view's id of its entry is taken in the file (give_ids), by rowid
+    moved_id_fallbacks: dict[int, str] = field(default_factory=dict)
     inserts: list[dict] = field(default_factory=list)  # new rows: these columns, defaults for the rest
     # v3: a new row's id when the one it has is taken in the file (insert_new_rows), by its place in inserts
     taken_id_fallbacks: dict[int, str] = field(default_factory=dict)
@@ -341,7 +355,12 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
                                    "reason": "extended-memory has no namespace column: only namespace "
                                              f"{EXTENDED_NAMESPACE!r} fits"})
         elif rowids:
-            plan.updates.append((rowids[0], row_values(kind, entry), name))
+            values = row_values(kind, entry)
+            if kind == "claude-flow-v3" and shown_v3_id(entry) is not None:
+                # the id the view shows the entry by: an INSERT through it may have given a new one
+                values = {"id": shown_v3_id(entry), **values}
+                plan.moved_id_fallbacks[rowids[0]] = marts_v3_id(entry)
+            plan.updates.append((rowids[0], values, name))
             report.changed.append(name)
         else:
             if kind == "claude-flow-v3":
@@ -443,19 +462,39 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
                            [(rowid,) for rowid in plan.kept_rowids + [rowid for rowid, _, _ in plan.updates]])
     copy_rows(connection, table, f"WHERE {table.rowid} IN (SELECT rowid FROM temp.kept)")
     connection.execute("DROP TABLE temp.kept")
-    as_they_were = []
+    as_they_were, changes = [], []
     for rowid, values, name in plan.updates:
         values = settable(table, values)
         kept = connection.execute(f"SELECT {', '.join(map(quote, values))} FROM main.{quote(table.name)} "
                                   f"WHERE {table.rowid} = ?", (rowid,)).fetchone()
         values = {c: v for (c, v), own in zip(values.items(), kept) if not says_the_same(c, own, v)}
         if values:
+            changes.append((rowid, values))
+        else:
+            as_they_were.append(name)
+    give_ids(connection, table, {rowid: values.pop("id") for rowid, values in changes if "id" in values},
+             plan.moved_id_fallbacks)
+    for rowid, values in changes:
+        if values:
             assignments = ", ".join(f"{quote(c)} = ?" for c in values)
             connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
                                [*values.values(), rowid])
-        else:
-            as_they_were.append(name)
     return as_they_were
+
+
+def give_ids(connection: sqlite3.Connection, table: Table, moved: dict[int, str], fallbacks: dict[int, str]) -> None:
+    """v3: the changed rows whose entry the view shows by another id than the row's (rowid -> that id) get
+    it. Their own ids are set aside first, so that rows that trade ids both get theirs; an id another row
+    of the file holds (two entries with one id: v3's id is its primary key) gives way to the entry's
+    `unified-<mart id>`, as for a new row (rows in the plan's order)."""
+    update = f"UPDATE main.{quote(table.name)} SET id = ? WHERE {table.rowid} = ?"
+    for rowid in moved:
+        connection.execute(update, (f"consolidate-rollback-moving-{rowid}", rowid))
+    for rowid, entry_id in moved.items():
+        if connection.execute(f"SELECT 1 FROM main.{quote(table.name)} WHERE id = ? AND {table.rowid} <> ?",
+                              (entry_id, rowid)).fetchone():
+            entry_id = fallbacks[rowid]
+        connection.execute(update, (entry_id, rowid))
 
 
 def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
