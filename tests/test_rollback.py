@@ -190,6 +190,23 @@ def test_rollback_keeps_the_schema_and_every_untouched_row_byte_for_byte(migrate
     assert report["unchanged"] == len(migrated["rows"][label]) - 2
 
 
+SCHEMA_IN_ORDER = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY rowid"
+
+
+@pytest.mark.parametrize("label", ["v2", "v3", "v3-empty"])
+def test_rollback_creates_the_schema_objects_in_the_source_order(migrated, label):
+    """sqlite_master lists the objects as the source does (so `sqlite3 .schema` prints the same): the v3
+    file's indexes after their own table, not after every table."""
+    destination, _ = rollback_file(migrated, label)
+    scratch = migrated["folder"] / f"order-{label}"
+    original = opened_copy(migrated["sources"][label], scratch / "source").execute(SCHEMA_IN_ORDER).fetchall()
+    written = opened_copy(destination, scratch / "rollback").execute(SCHEMA_IN_ORDER).fetchall()
+    assert written == original
+    if label == "v3":  # a file whose order is not every table first
+        types = [row[0] for row in original]
+        assert types.index("index") < len(types) - 1 - types[::-1].index("table")
+
+
 @pytest.mark.parametrize("label", ["v2", "v3"])
 def test_rollback_holds_postgresql_changes_new_entries_and_deletes(migrated, label):
     destination, report = rollback_file(migrated, label)
@@ -493,6 +510,55 @@ def test_rollback_after_a_row_level_change_load_gives_back_every_entry(tmp_path,
     refused = consolidate("rollback", str(db), "--to", str(tmp_path / "stale.db"), target=target, home=home)
     assert refused.returncode == 5 and "do not hold its current load" in " ".join(refused.stderr.split())
     assert not (tmp_path / "stale.db").exists()
+
+
+def test_rollback_writes_rows_before_the_triggers_that_follow_their_table_in_the_source_order(tmp_path, target, home):
+    """A file whose memory table has triggers, followed by more tables, an index, sqlite_stat1 and a view
+    (the order of a file its application's migrations grew): the rollback lists every object in the
+    source's order, and writes each table's rows before the triggers that follow it exist: PostgreSQL's
+    change and new entry fire none of them (the audit table is the source's), the other tables' rows and
+    statistics are the source's, and sqlite_sequence is the source's but for the new row's id."""
+    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 8)
+    change(db, ("CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT)",),
+           ("INSERT INTO audit (note) VALUES ('one'), ('two')",),
+           ("CREATE TRIGGER memory_updated AFTER UPDATE ON memory_entries "
+            "BEGIN INSERT INTO audit (note) VALUES ('updated ' || NEW.key); END",),
+           ("CREATE TRIGGER memory_inserted AFTER INSERT ON memory_entries "
+            "BEGIN INSERT INTO audit (note) VALUES ('inserted ' || NEW.key); END",),
+           ("CREATE TABLE later (x TEXT, y INTEGER)",),
+           ("INSERT INTO later VALUES ('a', 1), ('b', 2), ('c', 3)",),
+           ("CREATE INDEX later_x ON later (x)",),
+           ("ANALYZE",),
+           ("CREATE VIEW memory_keys AS SELECT key FROM memory_entries",),
+           ("CREATE TABLE last_table (z)",),
+           ("INSERT INTO last_table VALUES (zeroblob(3))",))
+    run([tmp_path / "tree"], target, home, backup_to=None, quiet=True)
+    with MemoryClient(target.dsn, track_access=False, source=str(db)) as memory:
+        memory.set("key-1", "set in PostgreSQL")
+        memory.set("new in PostgreSQL", {"n": 1})
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    original = opened_copy(db, tmp_path / "source")
+    written = opened_copy(destination, tmp_path / "written")
+    schema = original.execute(SCHEMA_IN_ORDER).fetchall()
+    assert [row[1] for row in schema if row[0] != "index"] == [
+        "memory_entries", "sqlite_sequence", "audit", "memory_updated", "memory_inserted", "later", "sqlite_stat1",
+        "memory_keys", "last_table"]  # the scenario's own order
+    assert written.execute(SCHEMA_IN_ORDER).fetchall() == schema
+    for table in ("audit", "later", "sqlite_stat1", "last_table"):
+        assert typed_rows(written, table) == typed_rows(original, table), table
+    sequence = dict(original.execute("SELECT name, seq FROM sqlite_sequence"))
+    assert typed_rows(written, "sqlite_sequence").keys() == typed_rows(original, "sqlite_sequence").keys()
+    assert dict(written.execute("SELECT name, seq FROM sqlite_sequence")) == \
+        {**sequence, "memory_entries": sequence["memory_entries"] + 1}
+    assert written.execute("SELECT value FROM memory_entries WHERE key = 'key-1'").fetchall() == [("set in PostgreSQL",)]
+    assert written.execute("SELECT id FROM memory_entries WHERE key = 'new in PostgreSQL'").fetchall() == \
+        [(sequence["memory_entries"] + 1,)]
+    assert written.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
 def test_a_client_is_tied_to_its_file_by_the_real_path_and_never_to_an_unknown_one(tmp_path, target, home):

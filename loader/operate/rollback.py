@@ -10,7 +10,8 @@ raw_postgres.memory_writes). An entry held by several files is at home in each: 
 holds it, with PostgreSQL's state.
 
 **What FILE holds** (SOURCE a claude-flow v2, claude-flow v3 or extended-memory file):
-- SOURCE's schema: every table, index, trigger and view with its exact SQL from `sqlite_master`, and its
+- SOURCE's schema: every table, index, trigger and view with its exact SQL from `sqlite_master`, in its
+  order (`sqlite3 .schema` prints the same; a table's rows go in before the triggers that follow it), and its
   page_size, auto_vacuum, text encoding, user_version, application_id and journal mode (WAL or not);
 - SOURCE's other tables (v3 sessions, patterns, metadata, sqlite_sequence, ...): their rows as they are in
   its current load (its current rows);
@@ -509,6 +510,35 @@ def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) ->
                            f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
 
 
+def present(connection: sqlite3.Connection, table: str) -> bool:
+    return connection.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?",
+                              (table,)).fetchone() is not None
+
+
+def create_table(connection: sqlite3.Connection, item: SchemaObject) -> None:
+    """The source's table, unless creating another made it (SQLite's own: sqlite_sequence with the first
+    AUTOINCREMENT table, a virtual table's shadow tables). ANALYZE alone makes sqlite_stat1 (and the
+    other sqlite_stat tables this SQLite has): of sqlite_master, so that it gathers no statistics."""
+    if present(connection, item.name) or not item.sql:
+        return
+    if item.name.startswith("sqlite_stat"):
+        connection.execute("ANALYZE main.sqlite_master")
+    elif not item.name.startswith("sqlite_"):
+        connection.execute(item.sql)
+
+
+def restore_sequence(connection: sqlite3.Connection, sequence: Table, memory: Table, moved_on: bool) -> None:
+    """sqlite_sequence as the source has it (an INSERT into an AUTOINCREMENT table writes its row there
+    even when it copies no row), but for the memory table's row when new rows moved it on (`moved_on`)."""
+    memory_seq = connection.execute("SELECT seq FROM main.sqlite_sequence WHERE name = ?",
+                                    (memory.name,)).fetchone() if moved_on else None
+    connection.execute("DELETE FROM main.sqlite_sequence")
+    copy_rows(connection, sequence)
+    if memory_seq is not None and not connection.execute(
+            "UPDATE main.sqlite_sequence SET seq = ? WHERE name = ?", (memory_seq[0], memory.name)).rowcount:
+        connection.execute("INSERT INTO main.sqlite_sequence (name, seq) VALUES (?, ?)", (memory.name, memory_seq[0]))
+
+
 def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: RollbackReport) -> None:
     """Write the new file at `path`: the snapshot's schema and pragmas, its rows, the memory table by `plan`."""
     with contextlib.closing(sqlite3.connect(snapshot)) as reading:
@@ -517,6 +547,7 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
     if memory is None or memory.rowid is None:
         raise RollbackError(f"{report.source_path}: its {MEMORY_TABLES[kind]} table has no rowid to keep rows by")
     connection = sqlite3.connect(path, isolation_level=None)
+    sequence_copied = False
     try:
         for name in ("page_size", "auto_vacuum", "user_version", "application_id"):  # the first two: before any table
             connection.execute(f"PRAGMA {name} = {int(pragmas[name])}")
@@ -527,18 +558,23 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
         connection.execute("PRAGMA synchronous = OFF")
         connection.execute("ATTACH ? AS source", (str(snapshot),))
         connection.execute("BEGIN")
-        for item in objects:  # tables first: rows go in before indexes, and before triggers could fire
-            exists = connection.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (item.name,)).fetchone()
-            if item.type == "table" and item.sql and not item.name.startswith("sqlite_") and not exists:
-                connection.execute(item.sql)
-        if any(name.startswith("sqlite_stat") for name in tables):
-            connection.execute("ANALYZE main")
-        # sqlite_sequence last, as the source has it: an INSERT into an AUTOINCREMENT table writes its
-        # row there even when it copies no row
-        for table in sorted(tables.values(), key=lambda t: t.name == "sqlite_sequence"):
-            present = connection.execute("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?",
-                                         (table.name,)).fetchone()
-            if table.virtual or not present:
+        # every object in the source's order (sqlite_master's, which `.schema` lists): a table's rows go in
+        # as it is created, before the indexes, triggers and views that follow it (no trigger of a table
+        # exists yet when its rows are written)
+        for item in objects:
+            if item.type != "table":
+                if item.sql:
+                    connection.execute(item.sql)
+                continue
+            create_table(connection, item)
+            if item.name == "sqlite_sequence":
+                continue  # its rows went in when it was created (by the first AUTOINCREMENT table)
+            if not sequence_copied and "sqlite_sequence" in tables and present(connection, "sqlite_sequence"):
+                # the source's rows, before any AUTOINCREMENT table's: a new memory row's id follows its seq
+                copy_rows(connection, tables["sqlite_sequence"])
+                sequence_copied = True
+            table = tables[item.name]
+            if table.virtual or not present(connection, table.name):
                 if not table.virtual:
                     report.notes.append(f"table {table.name!r} not written: this SQLite cannot create it")
                 continue
@@ -547,16 +583,15 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
                 for name in write_memory_table(connection, table, plan):  # a version that says the same
                     report.changed.remove(name)
                     report.unchanged += 1
+                insert_new_rows(connection, memory, plan)
             else:
                 copy_rows(connection, table)
-        insert_new_rows(connection, memory, plan)
+        if sequence_copied:
+            restore_sequence(connection, tables["sqlite_sequence"], memory, moved_on=bool(plan.inserts))
+        elif "sqlite_sequence" in tables:
+            report.notes.append("table 'sqlite_sequence' not written: no AUTOINCREMENT table made it")
         connection.execute("COMMIT")
         connection.execute("DETACH source")
-        connection.execute("BEGIN")
-        for item in objects:
-            if item.type in ("index", "trigger", "view") and item.sql:
-                connection.execute(item.sql)
-        connection.execute("COMMIT")
         if pragmas["journal_mode"] == "wal":
             connection.execute("PRAGMA journal_mode = WAL")
         problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
