@@ -5,8 +5,8 @@ new SQLite database in SOURCE's own schema, for a service that goes back to its 
 its winner in the marts, or one of its current versions, comes from SOURCE; SOURCE's current rows: its
 current load's and, for a row-level change load, those of the loads it applies on that no later one
 retired, loader/load/delta.py), or when a write made in
-PostgreSQL tied it to SOURCE (`MemoryClient(..., source=SOURCE)` fills `home_source_path` of
-raw_postgres.memory_writes). An entry held by several files is at home in each: each one's rollback
+PostgreSQL tied it to SOURCE (`MemoryClient(..., source=SOURCE)`, or a view write with the session
+setting `consolidate.source` = SOURCE, fills `home_source_path` of raw_postgres.memory_writes). An entry held by several files is at home in each: each one's rollback
 holds it, with PostgreSQL's state.
 
 **What FILE holds** (SOURCE a claude-flow v2, claude-flow v3 or extended-memory file):
