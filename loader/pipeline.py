@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from loader.exit_codes import ExitCode
 from loader.load import load as load_stage
 from loader.load.secret_policy import SecretPolicy, existing_policy, load_policy
 from loader.operate import change_detection, cutover
+from loader.serve.cache import Cache
+from loader.serve.near_cache import forwarding_changes_to_redis
 from loader.sources import discover as discovery
 from loader.transform import build as build_stage
 from loader.transform import freshness
@@ -155,16 +157,17 @@ def validate(target: Target, home: Path, *, secrets: Path | None = None, sample_
 def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None,
          policy: SecretPolicy | None = None, build: bool = True, quiet: bool = True,
          found: discovery.Discovery | None = None, force: bool = False,
-         on_file: FileCallback = no_progress) -> change_detection.SyncReport:
+         on_file: FileCallback = no_progress, cache: Cache | None = None) -> change_detection.SyncReport:
     """discover (unless `found` is given) → load (unchanged files skipped by checksum, changed ones
     reloaded) → change detection → split-brain check of cut-over files → `dbt build` (unless
-    build=False). Never raises for a bad source
+    build=False; with a `cache`, every entry the build changed is invalidated in that Redis). Never
+    raises for a bad source
     file: it is reported with status `failed` (exit code 3). Raises PolicyError for a bad secrets
     file, psycopg errors when PostgreSQL cannot be reached."""
     if found is None:
         with discovered_for_loading(absolute(roots), home, target) as found:
             return sync(roots, target, home, secrets=secrets, policy=policy, build=build, quiet=quiet,
-                        found=found, force=force, on_file=on_file)
+                        found=found, force=force, on_file=on_file, cache=cache)
     report = change_detection.SyncReport(started_at=ledger.now())
     roots = absolute(roots)
     report.warnings = found.warnings
@@ -176,7 +179,11 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
     report.split_brain = cutover.check_split_brain(target)
-    if build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
+    if build and cache is not None:
+        with forwarding_changes_to_redis(target.dsn, target.schema, cache) as forwarded:
+            report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False, only_what_changed=True)
+        report.redis = asdict(forwarded)
+    elif build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
         report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False, only_what_changed=True)
     report.finished_at = ledger.now()
     return report
@@ -210,7 +217,7 @@ def pause(seconds: float, stopping: Callable[[], bool], step: float = 0.1) -> No
 
 def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
           on_cycle: Callable[[change_detection.SyncReport], None] = lambda report: None, *,
-          secrets: Path | None = None, build: bool = True,
+          secrets: Path | None = None, build: bool = True, cache: Cache | None = None,
           stop: threading.Event | None = None) -> change_detection.SyncReport | None:
     """Sync every `interval` seconds (from the end of one cycle to the start of the next) until
     SIGINT/SIGTERM (the cycle under way finishes first; a second signal interrupts it),
@@ -243,7 +250,7 @@ def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
                         report = change_detection.SyncReport(started_at=started, finished_at=ledger.now(),
                                                              idle=True, checked=len(found.files))
                     else:
-                        report = sync(roots, target, home, policy=policy, build=build, found=found)
+                        report = sync(roots, target, home, policy=policy, build=build, found=found, cache=cache)
                         last_state = state
             except psycopg.Error as error:
                 report = change_detection.SyncReport.failed_cycle(started, error, ExitCode.DATABASE_UNAVAILABLE)

@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from loader.pipeline import sync
 from loader.serve.cache import Cache, cache_key
 from loader.serve.client import MemoryClient, warm_cache
 
-from conftest import consolidate, fetch
+from conftest import consolidate, fetch, v2_file, write
 
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
@@ -342,3 +343,42 @@ def test_cli_with_redis_unreachable_exits_7_without_the_password(consolidated, c
     assert (warmed.returncode, stats.returncode) == (7, 7)
     assert json.loads(stats.stdout)["connected"] is False
     assert "secret" not in warmed.stdout + warmed.stderr + stats.stdout + stats.stderr
+
+
+# -- a sync's build tells Redis what it changed ------------------------------------------------------
+
+def test_a_sync_with_a_redis_url_invalidates_what_its_build_changed_and_nothing_else(
+        tmp_path, target, home, redis_url, redis_db):
+    """Without a near-cache client listening, Redis learns of a change a sync builds only when the sync is
+    given the cache (--redis-url): then the entries the build changed or deleted are invalidated there,
+    and the others stay cached. Without it, a reader through Redis keeps the replaced value."""
+    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", [
+        ("changed", '"old"', "default", 1_750_000_000), ("deleted", '"gone soon"', "default", 1_750_000_000),
+        ("kept", '"same"', "default", 1_750_000_000), ("unsynced", '"before"', "default", 1_750_000_000)])
+    assert not sync([tmp_path / "tree"], target, home).failed
+    cache = Cache(redis_url)
+    with MemoryClient(target.dsn, cache=cache, track_access=False) as memory:
+        assert [memory.get(key) for key in ("changed", "deleted", "kept", "unsynced")] == \
+            ["old", "gone soon", "same", "before"]
+        assert cached_keys(redis_db) == {cache_key("default", key) for key in ("changed", "deleted", "kept", "unsynced")}
+
+        write(db, "UPDATE memory_entries SET value = '\"stale in Redis\"', updated_at = updated_at + 60 "
+                  "WHERE key = 'unsynced'")
+        assert sync([tmp_path / "tree"], target, home).redis is None
+        assert memory.get("unsynced") == "before"  # what this test is about: Redis was not told
+
+        write(db, "UPDATE memory_entries SET value = '\"new\"', updated_at = updated_at + 60 WHERE key = 'changed'")
+        write(db, "DELETE FROM memory_entries WHERE key = 'deleted'")
+        report = sync([tmp_path / "tree"], target, home, cache=cache)
+
+        assert report.build.success and report.redis == {"entries": 2, "flushed": False, "reached": True}
+        assert cached_keys(redis_db) == {cache_key("default", key) for key in ("kept", "unsynced")}
+        assert [memory.get(key) for key in ("changed", "deleted", "kept")] == ["new", None, "same"]
+
+        write(db, "UPDATE memory_entries SET value = '\"changed too\"', updated_at = updated_at + 60 WHERE key = 'kept'")
+        synced = consolidate("sync", str(tmp_path / "tree"), "--redis-url", redis_url, "--json", target=target,
+                             home=home)
+        assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
+        assert json.loads(synced.stdout)["redis"] == {"entries": 1, "flushed": False, "reached": True}
+        assert memory.get("kept") == "changed too"
+    cache.close()

@@ -362,6 +362,11 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
                   "a cycle that finds no file changed does nothing.")] = None,
          no_build: Annotated[bool, typer.Option(
              "--no-build", metavar="", help="Load and detect changes only; leave the marts as they are.")] = False,
+         redis_url: Annotated[str | None, typer.Option(
+             "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
+             help="The Redis cache in front of the marts: every entry a build changes is invalidated there "
+                  "(a full rebuild empties it), so a client reading through Redis never gets a value a "
+                  "sync replaced, without a near-cache client listening. Off when not given.")] = None,
          as_json: AsJson = False) -> None:
     """For the parallel run: discover → load what changed (unchanged files are skipped by checksum; a
     changed memory file becomes a row-level change load that stores only its inserted and changed rows,
@@ -376,12 +381,17 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
 
     Example: consolidate sync /opt/sutazaiapp --watch 60"""
     target = target_for(dsn, home, schema)
+    cache = None
+    if redis_url:
+        from loader.serve import cache as cache_layer
+        cache = cache_layer.Cache(redis_url)
     try:
         if watch is not None:
             with render.WatchLines(watch, as_json) as on_cycle:
-                last = pipeline.watch(roots, target, home, watch, on_cycle, secrets=secrets, build=not no_build)
+                last = pipeline.watch(roots, target, home, watch, on_cycle, secrets=secrets, build=not no_build,
+                                      cache=cache)
             raise typer.Exit(last.exit_code if last is not None else ExitCode.OK)
-        report = pipeline.sync(roots, target, home, secrets=secrets, build=not no_build)
+        report = pipeline.sync(roots, target, home, secrets=secrets, build=not no_build, cache=cache)
     except PolicyError as error:
         usage_error(error)
     render.synced(report, as_json)

@@ -473,6 +473,10 @@ def print_sync_problems(report: SyncReport) -> None:
         err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
     for failure in report.build.failures if report.build else []:
         err.print(f"[red]failed:[/red] {escape(failure)}")
+    if report.redis is not None and not report.redis["reached"]:
+        err.print("[yellow]warning:[/yellow] the Redis cache could not be told which entries the build changed: "
+                  "a client reading through it may get replaced values for up to an hour. A near-cache client "
+                  "empties it as it starts (or remove its mem:* keys).")
 
 
 def synced(report: SyncReport, as_json: bool) -> None:

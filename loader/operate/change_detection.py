@@ -244,6 +244,8 @@ class SyncReport:
     error_exit_code: ExitCode | None = None  # what that error means (ExitCode)
     checked: int = 0  # files discovered
     split_brain: list[cutover.SplitBrain] = field(default_factory=list)  # cut-over files that changed
+    # what the build's changes did to the Redis cache (sync --redis-url): {"entries", "flushed", "reached"}
+    redis: dict | None = None
 
     @classmethod
     def failed_cycle(cls, started_at: datetime, error: Exception, exit_code: ExitCode) -> SyncReport:
@@ -294,6 +296,9 @@ class SyncReport:
             line += f", {len(self.split_brain)} split brain"
         if self.build is not None:
             line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
+        if self.redis is not None:
+            line += ("; Redis NOT told" if not self.redis["reached"] else "; Redis emptied" if self.redis["flushed"]
+                     else f"; {self.redis['entries']} invalidated in Redis")
         return line
 
     def to_json(self) -> dict:
@@ -303,7 +308,7 @@ class SyncReport:
                 "totals": self.totals, "caught_up": self.caught_up,
                 "build": self.build.to_json() if self.build else None,
                 "files": [f.to_json() for f in self.files], "warnings": [w.to_json() for w in self.warnings],
-                "split_brain": [s.to_json() for s in self.split_brain]}
+                "split_brain": [s.to_json() for s in self.split_brain], "redis": self.redis}
 
 
 # ---------------------------------------------------------------------------------- change detection

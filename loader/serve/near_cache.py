@@ -51,6 +51,7 @@ value's JSON text length plus ENTRY_OVERHEAD_BYTES), least recently used first o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import marshal
@@ -58,7 +59,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -75,6 +77,7 @@ NOTIFY_ROWS_PER_TRANSACTION = 1000
 MAX_NOTIFY_PAYLOAD_BYTES = 7999          # PostgreSQL refuses payloads of 8000 bytes or more
 ENTRY_OVERHEAD_BYTES = 200               # dict slot, key tuple, bookkeeping
 LISTENER_APPLICATION_NAME = "consolidate-near-cache"
+FORWARDER_APPLICATION_NAME = "consolidate-redis-forwarder"
 
 # Per watched table: the columns whose change a reader can see (an UPDATE of anything else, such as the
 # access bookkeeping every tracked read writes, sends nothing).
@@ -90,6 +93,69 @@ log = logging.getLogger(__name__)
 
 
 # -- the triggers that send the notifications ------------------------------------------------------
+
+def notified_entry(payload: str, schema: str) -> tuple[bool, tuple[str, str] | None]:
+    """Whether a notification on NOTIFY_CHANNEL concerns the marts of `schema`, and the (namespace, key)
+    it names (None: possibly every entry, a flush). A payload that is not the triggers' concerns every
+    schema, as a flush: assume the worst."""
+    try:
+        message = json.loads(payload)
+        if message.get("schema") != schema:
+            return False, None
+        return True, None if message.get("flush") else (message["namespace"], message["key"])
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return True, None
+
+
+@dataclass
+class Forwarded:
+    """What forwarding_changes_to_redis told Redis: the entries invalidated, whether every cached entry
+    was (a flush), and whether Redis could be told at all."""
+
+    entries: int = 0
+    flushed: bool = False
+    reached: bool = True
+
+
+@contextlib.contextmanager
+def forwarding_changes_to_redis(dsn: str, schema: str, cache: Cache) -> Iterator[Forwarded]:
+    """For a writer that changes many entries at once (a sync's build) while no near-cache client may be
+    listening: the marts' notifications of the changes committed while the block runs are collected,
+    and when it ends every entry they name is invalidated in Redis (Cache.invalidate: its fence voids a
+    fill that read the old value before). A flush, or unified_memory replaced (a full refresh fires no
+    row trigger), empties every cached entry. Redis unreachable: `reached` is False (the cache warns)."""
+    forwarded = Forwarded()
+    table = sql.Identifier(schema, "unified_memory")
+    with psycopg.connect(dsn, autocommit=True, application_name=FORWARDER_APPLICATION_NAME,
+                         connect_timeout=5) as connection:
+        connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+        oid_query = sql.SQL("SELECT to_regclass({})::oid").format(sql.Literal(table.as_string(connection)))
+        before = connection.execute(oid_query).fetchone()[0]
+        try:
+            yield forwarded
+        finally:  # a build that failed may have committed some of its models
+            # the server sends every notification committed before it read this query ahead of its reply
+            replaced = connection.execute(oid_query).fetchone()[0] != before
+            identities: set[tuple[str, str]] = set()
+            for notification in connection.notifies(timeout=0):
+                concerned, identity = notified_entry(notification.payload, schema)
+                if concerned and identity is None:
+                    forwarded.flushed = True
+                elif concerned:
+                    identities.add(identity)
+            tell_redis(cache, forwarded, replaced, identities)
+
+
+def tell_redis(cache: Cache, forwarded: Forwarded, replaced: bool, identities: set[tuple[str, str]]) -> None:
+    if replaced or forwarded.flushed:
+        forwarded.flushed = True
+        forwarded.reached = cache.invalidate_all()
+        return
+    for identity in sorted(identities):
+        if not cache.invalidate(*identity):
+            forwarded.reached = False
+            return
+        forwarded.entries += 1
 
 def notify_trigger_statements(schema: str) -> list[sql.Composed]:
     """The statements install_notify_triggers runs. The build installs the same ones itself
@@ -475,14 +541,8 @@ class _PostgresChannel(_Channel):
         return forwarded
 
     def apply(self, payload: str) -> bool:
-        try:
-            message = json.loads(payload)
-            if message.get("schema") != self.schema:
-                return True
-            identity = None if message.get("flush") else (message["namespace"], message["key"])
-        except (ValueError, AttributeError, KeyError, TypeError):
-            identity = None     # not a message of ours on our channel: assume the worst
-        return self.near._invalidate_committed(identity)
+        concerned, identity = notified_entry(payload, self.schema)
+        return self.near._invalidate_committed(identity) if concerned else True
 
 
 class _RedisChannel(_Channel):
