@@ -498,6 +498,11 @@ ALTER TABLE {LEDGER_SCHEMA}.validation_files DROP CONSTRAINT IF EXISTS validatio
 ALTER TABLE {LEDGER_SCHEMA}.validation_files ADD CONSTRAINT validation_files_checksum_status_check
     CHECK (checksum_status IN ('unchanged', 'changed', 'missing', 'unreadable', 'archived', 'forgotten'));
 """,
+    # 13: a file's rows of load_files by path (its label, its latest row, whether it was ever loaded: a write
+    # made in PostgreSQL checks the file it is tied to, consolidate.write_memory_entry).
+    f"""
+CREATE INDEX IF NOT EXISTS load_files_by_path ON {LEDGER_SCHEMA}.load_files (source_path, started_at, load_id);
+""",
 ]
 
 VERSION_DDL = f"""
@@ -647,23 +652,14 @@ class FileRecord:
     link_paths: list[str] | None = None  # paths that reached the file through a symbolic link
 
 
-# A file keeps the source_db of its first load: the label is relative to the root a sync was given, and a
-# file synced later under another root (a service's own folder) must not change its rows' label.
-FIRST_SOURCE_DB = sql.SQL(
-    "coalesce((SELECT first.source_db FROM {} AS first WHERE first.source_path = {} "
-    "ORDER BY first.started_at, first.load_id LIMIT 1), {})").format(
-        table("load_files"), sql.Placeholder("source_path"), sql.Placeholder("source_db"))
-
-
 def record_file(cursor: psycopg.Cursor, record: FileRecord) -> None:
     fields = list(record.__dataclass_fields__)
-    values = {f: Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields}
     cursor.execute(
         sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
             table("load_files"),
             sql.SQL(", ").join(map(sql.Identifier, fields)),
-            sql.SQL(", ").join(FIRST_SOURCE_DB if f == "source_db" else sql.Placeholder(f) for f in fields)),
-        values)
+            sql.SQL(", ").join(sql.Placeholder() * len(fields))),
+        [Jsonb(record.stat) if f == "stat" and record.stat is not None else getattr(record, f) for f in fields])
 
 
 def record_table(cursor: psycopg.Cursor, load_id: str, source_path: str, source_table: str,
@@ -803,6 +799,14 @@ LATEST_FILE_ROWS = f"""(
 )"""
 
 
+def file_labels(connection: psycopg.Connection, paths: list[str]) -> dict[str, str]:
+    """The source_db the ledger knows each of `paths` by (its latest row's). A label is relative to the root a
+    load was given, so a file keeps the one its first load gave it whatever root a later sync is given."""
+    return dict(connection.execute(
+        f"SELECT source_path, source_db FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = ANY(%s)",
+        (paths,)).fetchall())
+
+
 # ------------------------------------------------------------------------------- archived originals
 
 # What validate, status and rollback say when the archive a removal record names is not there any more.
@@ -823,9 +827,15 @@ class ArchivedRemoval:
     removed_at: datetime
     removed_by: str
 
+    @property
+    def archive_exists(self) -> bool:
+        """Whether the archive is still where the ledger says (else RELOCATE_HINT applies)."""
+        return Path(self.archive_path).is_file()
+
     def to_json(self) -> dict:
         return {"archive_path": self.archive_path, "archive_sha256": self.archive_sha256,
-                "members": self.members, "removed_at": self.removed_at.isoformat(), "removed_by": self.removed_by}
+                "members": self.members, "removed_at": self.removed_at.isoformat(), "removed_by": self.removed_by,
+                "archive_exists": self.archive_exists}
 
 
 def record_archived_removal(connection: psycopg.Connection, source_path: str, load_id: str, sha256: str,

@@ -573,7 +573,7 @@ def test_a_client_is_tied_to_its_file_by_the_real_path_and_never_to_an_unknown_o
     with MemoryClient(target.dsn, track_access=False, source=str(linked)) as memory:
         memory.set("written through the link", "kept")
     for unknown in (root / "app/.swarm/memroy.db", tmp_path):
-        with pytest.raises(ValueError, match="the ledger has no loaded file at that path"):
+        with pytest.raises(ValueError, match="the ledger has no loaded memory file at that path"):
             MemoryClient(target.dsn, track_access=False, source=str(unknown))
 
     assert fetch(target, "SELECT DISTINCT home_source_path FROM raw_postgres.memory_writes") == [(str(db),)]
@@ -638,22 +638,33 @@ def test_writes_through_a_view_with_consolidate_source_set_are_rolled_back_to_th
     insert = "INSERT INTO compat.memory_entries (key, value, namespace) VALUES (%s, %s, %s)"
 
     with psycopg.connect(target.dsn, autocommit=True, options=f"-c consolidate.source={source}") as tied:
-        assert tied.execute(insert, ("view:tied", '{"tied": true}', "view-writes")).rowcount in (0, 1)
+        tied.execute(insert, ("view:tied", '{"tied": true}', "view-writes"))
         tied.execute("UPDATE compat.memory_entries SET value = %s WHERE key = %s AND namespace = %s",
                      ('{"changed": "through the view"}', changed_key, namespace))
+        tied.execute("UPDATE unified_memory SET value = %s WHERE key = %s AND namespace = %s",
+                     ('"changed on the mart"', changed_key, namespace))
+    # a client without source= takes the setting too; one with source= keeps its own, whatever the setting
+    with MemoryClient(f"{target.dsn} options='-c consolidate.source={source}'", track_access=False) as memory:
+        memory.set("client:tied", "by the setting", "view-writes")
+    with MemoryClient(f"{target.dsn} options='-c consolidate.source=/no/such/file.db'", track_access=False,
+                      source=source) as memory:
+        memory.set("client:own-source", "by source=", "view-writes")
     with psycopg.connect(target.dsn, autocommit=True) as untied:
         untied.execute(insert, ("view:untied", '"no file"', "view-writes"))
         writes_before = untied.execute("SELECT count(*) FROM raw_postgres.memory_writes").fetchone()[0]
         untied.execute("SET consolidate.source = '/no/such/memory.db'")
-        with pytest.raises(psycopg.errors.RaiseException, match=re.escape("consolidate.source is '/no/such/memory.db'")):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=re.escape("consolidate.source is '/no/such/memory.db'")):
             untied.execute(insert, ("view:refused", '"refused"', "view-writes"))
         assert untied.execute("SELECT count(*) FROM raw_postgres.memory_writes").fetchone()[0] == writes_before
-    homes = dict(fetch(target, "SELECT key, home_source_path FROM raw_postgres.memory_writes "
-                               "WHERE key IN ('view:tied', 'view:untied', %s)", (changed_key,)))
-    assert homes == {"view:tied": source, changed_key: source, "view:untied": None}
+    homes = fetch(target, "SELECT key, via, home_source_path FROM raw_postgres.memory_writes ORDER BY write_id")
+    assert [(key, home) for key, _, home in homes] == [
+        ("view:tied", source), (changed_key, source), (changed_key, source), ("client:tied", source),
+        ("client:own-source", source), ("view:untied", None)]
+    assert len({via for _, via, _ in homes[:3]}) == 2  # the view's and the mart's write paths
 
     destination = tmp_path / "rollback" / "memory.db"
     destination.parent.mkdir()
+    (tmp_path / "elsewhere").mkdir()
     spelled = tmp_path / "elsewhere" / ".." / "rollback" / "memory.db"
     result = consolidate("rollback", source, "--to", str(spelled), "--json", target=target, home=home)
 
@@ -661,11 +672,11 @@ def test_writes_through_a_view_with_consolidate_source_set_are_rolled_back_to_th
     report = json.loads(result.stdout)
     assert report["written_to"] == str(destination)  # as the ledger records it too: without the `..`
     assert fetch(target, "SELECT written_to FROM consolidate.rollbacks") == [(str(destination),)]
-    assert [e["key"] for e in report["created"]] == ["view:tied"]
+    assert sorted(e["key"] for e in report["created"]) == ["client:own-source", "client:tied", "view:tied"]
     assert changed_key in [e["key"] for e in report["changed"]]  # beside the entries another file's row won
     written = {row["key"][1]: row for row in typed_rows(opened_copy(destination, tmp_path / "written"),
                                                         "memory_entries").values()}
     assert written["view:tied"]["namespace"] == ("text", "view-writes")
     assert json.loads(written["view:tied"]["value"][1]) == {"tied": True}
-    assert json.loads(written[changed_key]["value"][1]) == {"changed": "through the view"}
+    assert written[changed_key]["value"] == ("text", "changed on the mart")
     assert "view:untied" not in written

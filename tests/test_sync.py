@@ -135,8 +135,9 @@ def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_
     write(db, "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
               "VALUES ('beta', '2', 'default', ?, ?, ?)", (T0 + 60,) * 3)
 
-    do_sync(root / "svc-a", target, home)
+    report = do_sync(root / "svc-a", target, home)
 
+    assert [f.source_db for f in report.files] == ["svc-a/.swarm/memory.db"]  # as the sync reports it too
     with target.connect() as connection:
         labels = connection.execute("SELECT DISTINCT source_db FROM consolidate.load_files").fetchall()
         marts = connection.execute("SELECT DISTINCT source_db FROM unified_memory").fetchall()

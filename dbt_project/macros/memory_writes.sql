@@ -25,9 +25,10 @@
     MemoryClient.set(..., metadata={...})); a metadata that names claude_flow_v3 is written as given.
 
     A write's home file (memory_writes.home_source_path, what ties an entry a service creates to its file for
-    `consolidate rollback`): MemoryClient(..., source=FILE) passes it; a write by any other path takes the
-    session's `consolidate.source` setting (`SET consolidate.source = 'FILE'`, or `options='-c
-    consolidate.source=FILE'` in the connection string), which must be a file the ledger has loaded.
+    `consolidate rollback`): MemoryClient(..., source=FILE) passes it; any other write (a client without
+    source=, the views, DML on the marts) takes the session's `consolidate.source` setting (`SET
+    consolidate.source = 'FILE'`, or `options='-c consolidate.source=FILE'` in the connection string): the
+    file's absolute path as the ledger records it, a memory file the ledger has loaded.
 
     Paths: loader.serve.client.MemoryClient (set, delete; get records the access: consolidate.read_memory_entry),
     INSTEAD OF triggers on the three compatibility views, and BEFORE triggers on unified_memory and
@@ -159,11 +160,18 @@ declare
     home_file text := coalesce(p_home_source_path, nullif(current_setting('consolidate.source', true), ''));
 begin
     perform consolidate.check_memory_marts_schema(p_schema);
+    -- (the file has a current load: it has a load_files row with status loaded; found by the ledger's
+    -- load_files_by_path index)
     if p_home_source_path is null and home_file is not null and not exists (
-        select 1 from consolidate.current_loads as loaded where loaded.source_path = home_file
+        select 1 from consolidate.load_files as loaded
+        where loaded.source_path = home_file and loaded.status = 'loaded'
+          and loaded.kind in ({% for kind in memory_kinds() %}'{{ kind }}'{{ ", " if not loop.last }}{% endfor %})
     ) then
-        raise exception 'consolidate.source is %, a path the ledger has no loaded file at', quote_literal(home_file)
-            using hint = 'Set it to the file''s path as `consolidate status` shows it: entries tied to any other '
+        raise exception 'consolidate.source is %, a path at which the ledger has no loaded memory file',
+            quote_literal(home_file)
+            using errcode = 'invalid_parameter_value',
+                  hint = 'Set it to the file''s absolute path as the ledger records it (`consolidate status '
+                         '--json`: source_path; symbolic links are not followed): entries tied to any other '
                          'path could not be rolled back to the file.';
     end if;
     if p_operation is null or p_operation not in ('upsert', 'delete') then

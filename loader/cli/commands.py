@@ -507,9 +507,7 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
 
     Example: consolidate rollback /opt/app/.swarm/memory.db --to /srv/rollback/memory.db"""
     try:
-        # FILE as written in the ledger and the report: absolute, without `..` (links are kept as given)
-        result = rollback_stage.rollback(target_for(dsn, home, schema), source, Path(os.path.abspath(to)),
-                                         overwrite=overwrite)
+        result = rollback_stage.rollback(target_for(dsn, home, schema), source, to, overwrite=overwrite)
     except rollback_stage.DestinationRefused as error:
         usage_error(error, as_json)
     except rollback_stage.RollbackError as error:

@@ -197,12 +197,15 @@ class FileSync:
     rows: int | None = None  # rows of the current load
     error: str | None = None
     tables: list[TableChanges] = field(default_factory=list)
-    archive_path: str | None = None  # status archived: the archive holding the current load's bytes
+    archived: ledger.ArchivedRemoval | None = None  # status archived: the archive holding the current load's bytes
+
+    @property
+    def archive_path(self) -> str | None:
+        return self.archived.archive_path if self.archived else None
 
     @property
     def archive_exists(self) -> bool | None:
-        """Whether the archive is still where it was written (None: not archived)."""
-        return Path(self.archive_path).is_file() if self.archive_path else None
+        return self.archived.archive_exists if self.archived else None
 
     # The file's totals count application rows: SQLite's own tables (sqlite_sequence, sqlite_stat1),
     # which change with them, are listed in `tables` but not counted.
@@ -432,5 +435,5 @@ def detect(target: Target, loaded: LoadOutcome, roots: Sequence[Path]) -> tuple[
             files.append(FileSync(source_path=path, source_db=loads[path].source_db, kind=loads[path].kind,
                                   status=status,
                                   load_id=current[path][0], rows=current[path][1],
-                                  archive_path=gone.archived[path].archive_path if status == ARCHIVED else None))
+                                  archived=gone.archived[path] if status == ARCHIVED else None))
     return caught_up, files

@@ -1,8 +1,9 @@
 """Cutover by service: which SQLite files' services write to PostgreSQL now, and split brain.
 
 `consolidate cutover SOURCE` records (`consolidate.cutovers`) that SOURCE's service writes to PostgreSQL
-from now on; its new entries are tied to the file by `MemoryClient(..., source=SOURCE)`, which fills
-`home_source_path` of its writes in `raw_postgres.memory_writes`. A cutover is accepted only for a memory
+from now on; its new entries are tied to the file by `MemoryClient(..., source=SOURCE)` (or, for writes
+through the views, the session setting `consolidate.source`), which fills `home_source_path` of its
+writes in `raw_postgres.memory_writes`. A cutover is accepted only for a memory
 file (claude-flow v2 / v3, extended-memory) whose bytes on disk are those of its current load: the
 procedure is stop the service's writes, `consolidate sync`, cutover, point the service at PostgreSQL. That
 load is the cutover's baseline. `consolidate cutover --undo SOURCE` records that the service writes to

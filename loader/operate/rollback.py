@@ -681,7 +681,7 @@ def source_copy(connection: psycopg.Connection, source: Path, folder: Path) -> S
     if not source.exists():
         archived = ledger.archived_removals(connection).get(str(source))
         if archived is not None:
-            if not Path(archived.archive_path).is_file():
+            if not archived.archive_exists:
                 raise ArchiveUnreadable(f"removed after archiving into {archived.archive_path}, which is not there "
                                         f"any more; {ledger.RELOCATE_HINT}")
             return archived_copy(Path(archived.archive_path), archived.members, folder, source.name,
@@ -694,7 +694,9 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
     """Write `destination`, a new SQLite database in `source`'s schema holding PostgreSQL's current state
     of every entry at home in `source` (the module's docstring has the rules). Raises RollbackError, with
     nothing written, when the rollback is refused or fails."""
+    # as the ledger records it: absolute, its folder with links and `..` resolved as the OS resolves them
     destination = Path(destination).absolute()
+    destination = destination.parent.resolve() / destination.name
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
         source_path = ledger_path(connection, source)

@@ -104,14 +104,13 @@ class FileStatus:
                 "last_failure": self.last_failure.to_json() if self.last_failure else None,
                 "last_synced_at": iso(self.last_synced_at), "seconds_since_sync": self.seconds_since_sync,
                 "cut_over": self.cut_over.to_json() if self.cut_over else None,
-                "archived": ({**self.archived.to_json(), "archive_exists": self.archive_exists}
-                             if self.archived else None),
+                "archived": self.archived.to_json() if self.archived else None,
                 "forgotten": self.forgotten.to_json() if self.forgotten else None}
 
     @property
     def archive_exists(self) -> bool | None:
         """Whether the archive holding a removed file's bytes is still where it was written (None: not archived)."""
-        return Path(self.archived.archive_path).is_file() if self.archived else None
+        return self.archived.archive_exists if self.archived else None
 
 
 @dataclass

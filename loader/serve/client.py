@@ -66,6 +66,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ledger_path, relation_exists
+from loader.load.raw_contract import MEMORY_KINDS
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
@@ -179,10 +180,10 @@ class MemoryClient:
                 raise ValueError(f"source={source}: this database has no consolidate ledger (no load ran here)")
             path = ledger_path(connection, source)
             row = connection.execute(
-                sql.SQL("SELECT 1 FROM {} WHERE source_path = %s").format(
-                    sql.Identifier(LEDGER_SCHEMA, "current_loads")), (path,)).fetchone()
+                sql.SQL("SELECT 1 FROM {} WHERE source_path = %s AND kind = ANY(%s)").format(
+                    sql.Identifier(LEDGER_SCHEMA, "current_loads")), (path, sorted(MEMORY_KINDS))).fetchone()
         if row is None:
-            raise ValueError(f"source={source}: the ledger has no loaded file at that path (see `consolidate "
+            raise ValueError(f"source={source}: the ledger has no loaded memory file at that path (see `consolidate "
                              "status`); entries tied to it could not be rolled back to it")
         return path
 

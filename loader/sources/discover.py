@@ -65,10 +65,15 @@ class SourceFile:
     link_paths: list[Path] = field(default_factory=list)
     # A consistent private copy discovery kept for the load (discover's keep_copies_in); not in JSON.
     snapshot: Snapshot | None = field(default=None, repr=False, compare=False)
+    # The label the ledger already knows the file by (set by the load: ledger.file_labels).
+    known_as: str | None = None
 
     @property
     def source_db(self) -> str:
-        """The path relative to the root it was found under: a short, readable name."""
+        """A short, readable name: the one the ledger knows the file by, else its path relative to the root
+        it was found under (so a file keeps its first load's label whatever root a later sync is given)."""
+        if self.known_as is not None:
+            return self.known_as
         found_as = self.found_as or self.path
         relative = found_as.relative_to(self.root).as_posix()
         return relative if relative != "." else found_as.name

@@ -128,8 +128,7 @@ def check_archived_source(connection: psycopg.Connection, current: CurrentLoad, 
         with archived_private_copy(Path(archived.archive_path), archived.members, name, current.identity) as snapshot:
             return ARCHIVED, sample_file(connection, snapshot.path, current, options)
     except ArchiveUnreadable as error:
-        hint = ("" if Path(archived.archive_path).is_file() else
-                f"; {RELOCATE_HINT}")
+        hint = "" if archived.archive_exists else f"; {RELOCATE_HINT}"
         return UNREADABLE, Sample(reason=f"removed after archiving, and the archive cannot be read: {error}{hint}")
 
 
