@@ -25,5 +25,6 @@ class ExitCode(IntEnum):
     REFUSED = 5
     # What was asked for does not exist (`lineage KEY` with no such entry).
     NOT_FOUND = 6
-    # The Redis cache cannot be reached (`cache warm`, `cache stats`).
+    # The Redis cache cannot be reached (`cache warm`, `cache stats`; `sync` / `run --redis-url`: the marts were
+    # built, but Redis could not be told what changed: the next build told empties it).
     CACHE_UNAVAILABLE = 7

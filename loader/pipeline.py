@@ -91,6 +91,7 @@ class RunReport:
     backup_dir: Path | None = None
     backup: backup_stage.BackupManifest | None = None
     marts_were_current: bool = False  # nothing changed since the last build that passed: not rebuilt
+    redis: dict | None = None  # what the build told the Redis cache (run --redis-url): build_telling_redis
 
     @property
     def reconciled(self) -> bool:
@@ -101,7 +102,9 @@ class RunReport:
     def exit_code(self) -> ExitCode:
         if self.loaded.failed:
             return ExitCode.SOURCE_UNREADABLE
-        return ExitCode.OK if self.reconciled else ExitCode.NOT_RECONCILED
+        if not self.reconciled:
+            return ExitCode.NOT_RECONCILED
+        return ExitCode.CACHE_UNAVAILABLE if self.redis is not None and not self.redis["reached"] else ExitCode.OK
 
     def to_json(self) -> dict:
         return {"load_id": self.loaded.load_id, "reconciled": self.reconciled, "exit_code": int(self.exit_code),
@@ -109,17 +112,19 @@ class RunReport:
                 "backup": str(self.backup_dir) if self.backup_dir else None,
                 "validation": self.validation.to_json() if self.validation else None,
                 "files": [row.to_json() for row in self.files],
-                "warnings": [w.to_json() for w in self.loaded.warnings]}
+                "warnings": [w.to_json() for w in self.loaded.warnings], "redis": self.redis}
 
 
 def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | None,
         secrets: Path | None = None, force: bool = False, rebuild: bool = False,
-        jobs: int = load_stage.DEFAULT_JOBS, quiet: bool = False, on_file: FileCallback = no_progress) -> RunReport:
+        jobs: int = load_stage.DEFAULT_JOBS, quiet: bool = False, on_file: FileCallback = no_progress,
+        cache: Cache | None = None) -> RunReport:
     """discover → backup (into `backup_to`; None: no backup) → load → build → validate → reconcile.
 
     When the current loads, the dbt project and the marts' schema are those of the last build that
     passed its tests and its validation, build and validation are skipped (`rebuild` forces them, the
-    build then a full refresh from raw and the write log).
+    build then a full refresh from raw and the write log). With a `cache`, the entries the build changed
+    are invalidated in that Redis (build_telling_redis).
     Raises PolicyError for a bad secrets file and BackupError when `backup_to` may not be used, both
     before anything is loaded. `quiet` silences dbt."""
     policy = load_policy(home, secrets)
@@ -130,16 +135,17 @@ def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | 
         loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, jobs=jobs,
                                  on_file=on_file)
     built_from = freshness.fingerprint(target)
+    redis = None
     if not rebuild and freshness.marts_are_current(target, built_from):
         built, validation = build_stage.BuildOutcome(success=True, skipped=True), None
     else:
-        built = build_stage.build(target, home, quiet=quiet, full_refresh=rebuild)
+        built, redis = build_telling_redis(target, home, cache, quiet=quiet, full_refresh=rebuild)
         validation = validate_stage.validate(target, backup_dir=backup_to, secret_policy=policy) \
             if built.success else None
         ledger.record_build(target, built_from, built.success, validation.passed if validation else None)
     return RunReport(loaded=loaded, build=built, files=reconciliation.summarize(target, loaded.load_id),
                      validation=validation, backup_dir=backup_to, backup=manifest,
-                     marts_were_current=built.skipped)
+                     marts_were_current=built.skipped, redis=redis)
 
 
 # ----------------------------------------------------------------------------------------- validate
@@ -150,6 +156,32 @@ def validate(target: Target, home: Path, *, secrets: Path | None = None, sample_
     ValidationError when nothing can be validated, PolicyError for a bad secrets file."""
     return validate_stage.validate(target, sample_size=sample_size, seed=seed, backup_dir=backup_dir,
                                    secret_policy=existing_policy(home, secrets))
+
+
+# ------------------------------------------------------------------------------- build, telling Redis
+
+# An invalidation Redis could not be told (it was down): the next build told empties the cache instead.
+REDIS_OWED = "redis-invalidation-owed"
+
+
+def build_telling_redis(target: Target, home: Path, cache: Cache | None,
+                        **options) -> tuple[build_stage.BuildOutcome, dict | None]:
+    """build_stage.build; with a `cache`, every entry the build changed is invalidated in that Redis too
+    (forwarding_changes_to_redis) and what Redis was told is returned ({"entries", "flushed", "reached"})."""
+    if cache is None:
+        return build_stage.build(target, home, **options), None
+    owed = home / REDIS_OWED
+    forwarded = None
+    try:
+        with forwarding_changes_to_redis(target.dsn, target.schema, cache, flush=owed.exists()) as forwarded:
+            built = build_stage.build(target, home, **options)
+    finally:
+        if forwarded is not None and forwarded.reached:
+            owed.unlink(missing_ok=True)
+        elif forwarded is not None:
+            home.mkdir(parents=True, exist_ok=True)
+            owed.touch()
+    return built, asdict(forwarded)
 
 
 # --------------------------------------------------------------------------------------------- sync
@@ -179,12 +211,9 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
     report.split_brain = cutover.check_split_brain(target)
-    if build and cache is not None:
-        with forwarding_changes_to_redis(target.dsn, target.schema, cache) as forwarded:
-            report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False, only_what_changed=True)
-        report.redis = asdict(forwarded)
-    elif build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
-        report.build = build_stage.build(target, home, quiet=quiet, unit_tests=False, only_what_changed=True)
+    if build:  # dbt's unit tests (the project's SQL on fixed rows) are left to build and run
+        report.build, report.redis = build_telling_redis(target, home, cache, quiet=quiet, unit_tests=False,
+                                                         only_what_changed=True)
     report.finished_at = ledger.now()
     return report
 

@@ -348,7 +348,7 @@ def test_cli_with_redis_unreachable_exits_7_without_the_password(consolidated, c
 # -- a sync's build tells Redis what it changed ------------------------------------------------------
 
 def test_a_sync_with_a_redis_url_invalidates_what_its_build_changed_and_nothing_else(
-        tmp_path, target, home, redis_url, redis_db):
+        tmp_path, target, home, redis_url, redis_db, closed_port):
     """Without a near-cache client listening, Redis learns of a change a sync builds only when the sync is
     given the cache (--redis-url): then the entries the build changed or deleted are invalidated there,
     and the others stay cached. Without it, a reader through Redis keeps the replaced value."""
@@ -381,4 +381,29 @@ def test_a_sync_with_a_redis_url_invalidates_what_its_build_changed_and_nothing_
         assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
         assert json.loads(synced.stdout)["redis"] == {"entries": 1, "flushed": False, "reached": True}
         assert memory.get("kept") == "changed too"
+
+        # Redis away during a sync: exit 7, and the invalidation is owed: the next build told empties the cache
+        write(db, "UPDATE memory_entries SET value = '\"while Redis was away\"', updated_at = updated_at + 60 "
+                  "WHERE key = 'kept'")
+        away = consolidate("sync", str(tmp_path / "tree"), "--redis-url", f"redis://127.0.0.1:{closed_port}/0",
+                           "--json", target=target, home=home)
+        assert away.returncode == 7, away.stdout[-3000:] + away.stderr[-3000:]
+        assert json.loads(away.stdout)["redis"] == {"entries": 1, "flushed": False, "reached": False}
+        assert memory.get("kept") == "changed too"  # stale until the cache is told
+        nothing_changed = sync([tmp_path / "tree"], target, home, cache=cache)
+        assert nothing_changed.exit_code == 0 and nothing_changed.redis["flushed"] and cached_keys(redis_db) == set()
+        assert memory.get("kept") == "while Redis was away"
+        assert sync([tmp_path / "tree"], target, home, cache=cache).redis == \
+            {"entries": 0, "flushed": False, "reached": True}  # owed no more
+
+        assert memory.get("kept") == "while Redis was away" and cached_keys(redis_db)
+        rebuilt = consolidate("run", str(tmp_path / "tree"), "--no-backup", "--rebuild", "--redis-url", redis_url,
+                              "--json", target=target, home=home)
+        assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+        assert json.loads(rebuilt.stdout)["redis"]["flushed"] and cached_keys(redis_db) == set()
+
+        refused = consolidate("sync", str(tmp_path / "tree"), "--redis-url", "not-a-url", "--json",
+                              target=target, home=home)
+        assert refused.returncode == 2 and "--redis-url" in json.loads(refused.stdout)["error"]
+        assert "Traceback" not in refused.stderr
     cache.close()

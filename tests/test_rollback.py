@@ -573,7 +573,7 @@ def test_a_client_is_tied_to_its_file_by_the_real_path_and_never_to_an_unknown_o
     with MemoryClient(target.dsn, track_access=False, source=str(linked)) as memory:
         memory.set("written through the link", "kept")
     for unknown in (root / "app/.swarm/memroy.db", tmp_path):
-        with pytest.raises(ValueError, match="the ledger has no loaded memory file at that path"):
+        with pytest.raises(ValueError, match="a path at which the ledger has no loaded memory file"):
             MemoryClient(target.dsn, track_access=False, source=str(unknown))
 
     assert fetch(target, "SELECT DISTINCT home_source_path FROM raw_postgres.memory_writes") == [(str(db),)]

@@ -122,6 +122,25 @@ $fn$;
 -- A write (upsert or delete) of one entry. p_given names the fields the writer gives (value, data_type,
 -- metadata, created_at, updated_at, accessed_at, expires_at, access_count, ttl); the others are the
 -- entry's current ones. Returns the write's write_id, or NULL when nothing was written.
+-- The file a write is tied to (memory_writes.home_source_path) is a memory file the ledger has loaded, named as
+-- the ledger records it (its absolute path): no rollback could hold entries tied to any other path. `named_by`
+-- says what gave the path (MemoryClient checks its source= here too). Found by the ledger's load_files_by_path.
+create or replace function consolidate.check_home_file(p_path text, p_named_by text) returns void
+language plpgsql stable as $fn$
+begin
+    if not exists (
+        select 1 from consolidate.load_files as loaded
+        where loaded.source_path = p_path and loaded.status = 'loaded'
+          and loaded.kind in ({% for kind in memory_kinds() %}'{{ kind }}'{{ ", " if not loop.last }}{% endfor %})
+    ) then
+        raise exception '% is %, a path at which the ledger has no loaded memory file', p_named_by, quote_literal(p_path)
+            using errcode = 'invalid_parameter_value',
+                  hint = 'Name the file by its absolute path as the ledger records it (`consolidate status --json`: '
+                         'source_path): entries tied to any other path could not be rolled back to the file.';
+    end if;
+end
+$fn$;
+
 create or replace function consolidate.write_memory_entry(
     p_schema text,
     p_via text,
@@ -160,19 +179,8 @@ declare
     home_file text := coalesce(p_home_source_path, nullif(current_setting('consolidate.source', true), ''));
 begin
     perform consolidate.check_memory_marts_schema(p_schema);
-    -- (the file has a current load: it has a load_files row with status loaded; found by the ledger's
-    -- load_files_by_path index)
-    if p_home_source_path is null and home_file is not null and not exists (
-        select 1 from consolidate.load_files as loaded
-        where loaded.source_path = home_file and loaded.status = 'loaded'
-          and loaded.kind in ({% for kind in memory_kinds() %}'{{ kind }}'{{ ", " if not loop.last }}{% endfor %})
-    ) then
-        raise exception 'consolidate.source is %, a path at which the ledger has no loaded memory file',
-            quote_literal(home_file)
-            using errcode = 'invalid_parameter_value',
-                  hint = 'Set it to the file''s absolute path as the ledger records it (`consolidate status '
-                         '--json`: source_path; symbolic links are not followed): entries tied to any other '
-                         'path could not be rolled back to the file.';
+    if p_home_source_path is null and home_file is not null then
+        perform consolidate.check_home_file(home_file, 'consolidate.source');
     end if;
     if p_operation is null or p_operation not in ('upsert', 'delete') then
         raise exception 'a memory write is an upsert or a delete, not %', coalesce(p_operation, 'NULL');

@@ -84,6 +84,12 @@ RedisUrl = Annotated[str, typer.Option(
     "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
     help="The Redis cache, e.g. redis://127.0.0.1:10001/0 (a password in the URL is never printed).")]
 AsJson = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document for machines instead of tables.")]
+TellRedis = Annotated[str | None, typer.Option(
+    "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
+    help="The Redis cache in front of the marts: every entry the build changes is invalidated there (a full "
+         "rebuild empties it), so a client reading through Redis never gets a replaced value, without a "
+         "near-cache client listening. Exit 7 when Redis could not be told (the next build told empties it). "
+         "Off when not given.")]
 Jobs = Annotated[int, typer.Option(
     "--jobs", min=1, help="Files loaded at a time, each in its own PostgreSQL session (two use both of two cores).")]
 Force = Annotated[bool, typer.Option("--force", metavar="", help="Reload files whose checksums are unchanged.")]
@@ -131,6 +137,17 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     raise typer.Exit(ExitCode.SOURCE_UNREADABLE if outcome.failed else ExitCode.OK)
 
 
+def cache_to_tell(redis_url: str | None, as_json: bool):
+    """The Redis cache a build tells what it changed (--redis-url); None when not given."""
+    if not redis_url:
+        return None
+    from loader.serve import cache as cache_layer
+    try:
+        return cache_layer.Cache(redis_url)
+    except ValueError as error:
+        usage_error(f"--redis-url: {error}", as_json)
+
+
 @app.command()
 def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
           full_refresh: Annotated[bool, typer.Option(
@@ -174,7 +191,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         rebuild: Annotated[bool, typer.Option(
             "--rebuild", metavar="", help="Build (a full refresh from raw and the write log) and validate even when "
                               "nothing changed since the last passing build.")] = False,
-        jobs: Jobs = DEFAULT_JOBS, as_json: AsJson = False) -> None:
+        jobs: Jobs = DEFAULT_JOBS, redis_url: TellRedis = None, as_json: AsJson = False) -> None:
     """discover → backup → load → build → validate → a reconciliation table per source file.
 
     When no file changed since the last build that passed its tests and validation, build and
@@ -189,7 +206,8 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
         render.note(f"Backing up to {folder}")
     try:
         report = pipeline.run(roots, target, home, backup_to=folder, secrets=secrets, force=force,
-                              rebuild=rebuild, jobs=jobs, quiet=as_json, on_file=render.load_progress(quiet=as_json))
+                              rebuild=rebuild, jobs=jobs, quiet=as_json, on_file=render.load_progress(quiet=as_json),
+                              cache=cache_to_tell(redis_url, as_json))
     except PolicyError as error:
         usage_error(error)
     except backup_stage.BackupError as error:
@@ -362,12 +380,7 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
                   "a cycle that finds no file changed does nothing.")] = None,
          no_build: Annotated[bool, typer.Option(
              "--no-build", metavar="", help="Load and detect changes only; leave the marts as they are.")] = False,
-         redis_url: Annotated[str | None, typer.Option(
-             "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
-             help="The Redis cache in front of the marts: every entry a build changes is invalidated there "
-                  "(a full rebuild empties it), so a client reading through Redis never gets a value a "
-                  "sync replaced, without a near-cache client listening. Off when not given.")] = None,
-         as_json: AsJson = False) -> None:
+         redis_url: TellRedis = None, as_json: AsJson = False) -> None:
     """For the parallel run: discover → load what changed (unchanged files are skipped by checksum; a
     changed memory file becomes a row-level change load that stores only its inserted and changed rows,
     any other changed file is loaded whole) → change detection per table (inserted / updated / deleted
@@ -381,10 +394,7 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
 
     Example: consolidate sync /opt/sutazaiapp --watch 60"""
     target = target_for(dsn, home, schema)
-    cache = None
-    if redis_url:
-        from loader.serve import cache as cache_layer
-        cache = cache_layer.Cache(redis_url)
+    cache = cache_to_tell(redis_url, as_json)
     try:
         if watch is not None:
             with render.WatchLines(watch, as_json) as on_cycle:

@@ -219,6 +219,7 @@ def run(report: RunReport, as_json: bool) -> None:
         print_validation_problems(report.validation)
     print_build_failures(report.build)
     print_load_failures(report.loaded)
+    print_redis_untold(report.redis)
 
 
 # -------------------------------------------------------------------------------------------- backup
@@ -473,10 +474,14 @@ def print_sync_problems(report: SyncReport) -> None:
         err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
     for failure in report.build.failures if report.build else []:
         err.print(f"[red]failed:[/red] {escape(failure)}")
-    if report.redis is not None and not report.redis["reached"]:
-        err.print("[yellow]warning:[/yellow] the Redis cache could not be told which entries the build changed: "
-                  "a client reading through it may get replaced values for up to an hour. A near-cache client "
-                  "empties it as it starts (or remove its mem:* keys).")
+    print_redis_untold(report.redis)
+
+
+def print_redis_untold(redis: dict | None) -> None:
+    if redis is not None and not redis["reached"]:
+        err.print(f"[red]the Redis cache could not be told[/red] that the build changed {redis['entries']:,} entries: "
+                  "a client reading through it alone may get replaced values. The next build told (`sync` or "
+                  "`run` with --redis-url) empties it; so does a near-cache client as it starts.")
 
 
 def synced(report: SyncReport, as_json: bool) -> None:

@@ -280,6 +280,8 @@ class SyncReport:
             return ExitCode.SOURCE_UNREADABLE
         if self.build is not None and not self.build.success:
             return ExitCode.NOT_RECONCILED
+        if self.redis is not None and not self.redis["reached"]:
+            return ExitCode.CACHE_UNAVAILABLE
         return ExitCode.OK
 
     def status_line(self) -> str:

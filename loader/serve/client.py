@@ -66,7 +66,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from loader.json_depth import loads_within_depth
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, ledger_path, relation_exists
-from loader.load.raw_contract import MEMORY_KINDS
 from loader.serve.entries import Entry, EntryKey
 from loader.serve.near_cache import NOT_HELD, NearCache
 
@@ -179,12 +178,14 @@ class MemoryClient:
             if not relation_exists(connection, LEDGER_SCHEMA, "current_loads"):
                 raise ValueError(f"source={source}: this database has no consolidate ledger (no load ran here)")
             path = ledger_path(connection, source)
-            row = connection.execute(
-                sql.SQL("SELECT 1 FROM {} WHERE source_path = %s AND kind = ANY(%s)").format(
-                    sql.Identifier(LEDGER_SCHEMA, "current_loads")), (path, sorted(MEMORY_KINDS))).fetchone()
-        if row is None:
-            raise ValueError(f"source={source}: the ledger has no loaded memory file at that path (see `consolidate "
-                             "status`); entries tied to it could not be rolled back to it")
+            try:
+                connection.execute("SELECT consolidate.check_home_file(%s, %s)", (path, f"source={source}"))
+            except psycopg.errors.InvalidParameterValue as error:
+                raise ValueError(f"{error.diag.message_primary} (see `consolidate status`); entries tied to it "
+                                 "could not be rolled back to it") from None
+            except psycopg.errors.UndefinedFunction:
+                raise ValueError(f"source={source}: the marts are not built in this database "
+                                 "(`consolidate build`)") from None
         return path
 
     # -- reading ---------------------------------------------------------------------------------

@@ -109,8 +109,8 @@ def notified_entry(payload: str, schema: str) -> tuple[bool, tuple[str, str] | N
 
 @dataclass
 class Forwarded:
-    """What forwarding_changes_to_redis told Redis: the entries invalidated, whether every cached entry
-    was (a flush), and whether Redis could be told at all."""
+    """What forwarding_changes_to_redis told Redis: how many entries the block changed, whether every cached
+    entry was invalidated instead (a flush), and whether Redis was told."""
 
     entries: int = 0
     flushed: bool = False
@@ -118,13 +118,14 @@ class Forwarded:
 
 
 @contextlib.contextmanager
-def forwarding_changes_to_redis(dsn: str, schema: str, cache: Cache) -> Iterator[Forwarded]:
-    """For a writer that changes many entries at once (a sync's build) while no near-cache client may be
+def forwarding_changes_to_redis(dsn: str, schema: str, cache: Cache, *, flush: bool = False) -> Iterator[Forwarded]:
+    """For a writer that changes many entries at once (a build) while no near-cache client may be
     listening: the marts' notifications of the changes committed while the block runs are collected,
     and when it ends every entry they name is invalidated in Redis (Cache.invalidate: its fence voids a
-    fill that read the old value before). A flush, or unified_memory replaced (a full refresh fires no
-    row trigger), empties every cached entry. Redis unreachable: `reached` is False (the cache warns)."""
-    forwarded = Forwarded()
+    fill that read the old value before). A flush, unified_memory replaced (a full refresh fires no
+    row trigger) or `flush` (an invalidation owed since Redis could not be told) empties every cached
+    entry. Redis unreachable: `reached` is False (the cache warns)."""
+    forwarded = Forwarded(flushed=flush)
     table = sql.Identifier(schema, "unified_memory")
     with psycopg.connect(dsn, autocommit=True, application_name=FORWARDER_APPLICATION_NAME,
                          connect_timeout=5) as connection:
@@ -147,15 +148,14 @@ def forwarding_changes_to_redis(dsn: str, schema: str, cache: Cache) -> Iterator
 
 
 def tell_redis(cache: Cache, forwarded: Forwarded, replaced: bool, identities: set[tuple[str, str]]) -> None:
+    forwarded.entries = len(identities)
     if replaced or forwarded.flushed:
         forwarded.flushed = True
         forwarded.reached = cache.invalidate_all()
-        return
-    for identity in sorted(identities):
-        if not cache.invalidate(*identity):
-            forwarded.reached = False
-            return
-        forwarded.entries += 1
+    elif identities:
+        forwarded.reached = all(cache.invalidate(*identity) for identity in sorted(identities))
+    else:
+        forwarded.reached = cache.available()
 
 def notify_trigger_statements(schema: str) -> list[sql.Composed]:
     """The statements install_notify_triggers runs. The build installs the same ones itself
