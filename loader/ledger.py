@@ -799,12 +799,26 @@ LATEST_FILE_ROWS = f"""(
 )"""
 
 
-def file_labels(connection: psycopg.Connection, paths: list[str]) -> dict[str, str]:
-    """The source_db the ledger knows each of `paths` by (its latest row's). A label is relative to the root a
-    load was given, so a file keeps the one its first load gave it whatever root a later sync is given."""
-    return dict(connection.execute(
+def file_labels(connection: psycopg.Connection, wanted: dict[str, str]) -> dict[str, str]:
+    """The source_db of each file a load is about to record ({path: the label discovery gives it, relative
+    to the root given}): the one the ledger knows the path by (its latest row's), so that a file keeps its
+    first load's label whatever root a later sync is given; for a new file, the label wanted, or, when
+    another path has it already, the shortest longer end of its path that no other file has."""
+    known = dict(connection.execute(
         f"SELECT source_path, source_db FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = ANY(%s)",
-        (paths,)).fetchall())
+        (list(wanted),)).fetchall())
+    taken = {label for (label,) in connection.execute(f"SELECT DISTINCT source_db FROM {LEDGER_SCHEMA}.load_files")}
+    taken |= set(known.values())
+    labels = {}
+    for path, label in wanted.items():
+        if path in known:
+            labels[path] = known[path]
+            continue
+        parts = Path(path).parts
+        ends = ["/".join(parts[-count:]) for count in range(len(Path(label).parts) + 1, len(parts))]
+        labels[path] = next((end for end in [label, *ends] if end not in taken), path)
+        taken.add(labels[path])
+    return labels
 
 
 # ------------------------------------------------------------------------------- archived originals

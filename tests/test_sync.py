@@ -128,7 +128,8 @@ def test_a_sync_after_an_insert_and_an_update_shows_both_in_unified_memory(tmp_p
 
 def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_path, target, home):
     """source_db is the path relative to the root a sync is given; a file synced later under its own
-    folder (one service's sync) keeps the label its first load gave it, in the ledger and in the marts."""
+    folder (one service's sync) keeps the label its first load gave it, in the ledger and in the marts; a new
+    file whose label another file has gets a longer end of its path."""
     root = tmp_path / "tree"
     db = v2_file(root / "svc-a/.swarm/memory.db", [("alpha", '{"v": 1}', "default", T0)])
     do_sync(root, target, home)
@@ -142,6 +143,19 @@ def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_
         labels = connection.execute("SELECT DISTINCT source_db FROM consolidate.load_files").fetchall()
         marts = connection.execute("SELECT DISTINCT source_db FROM unified_memory").fetchall()
     assert labels == marts == [("svc-a/.swarm/memory.db",)]
+
+    # two new files, each first synced under its own folder: the second would get the first's label, so it
+    # gets a longer end of its path; a sync of the whole tree keeps all three
+    for name in ("svc-b", "svc-c"):
+        v2_file(root / name / ".swarm/memory.db", [(f"{name}-key", '1', "default", T0)])
+        do_sync(root / name, target, home)
+    do_sync(root, target, home)
+    expected = {f"{name}-key": label for name, label in (("alpha", "svc-a/.swarm/memory.db"),
+                                                           ("svc-b", ".swarm/memory.db"),
+                                                           ("svc-c", "svc-c/.swarm/memory.db"))}
+    with target.connect() as connection:
+        by_key = dict(connection.execute("SELECT key, source_db FROM unified_memory WHERE key <> 'beta'"))
+    assert by_key == {key.replace("alpha-key", "alpha"): label for key, label in expected.items()}
 
 
 def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):

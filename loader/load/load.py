@@ -507,9 +507,9 @@ def load(discovery: Discovery, target: Target, roots: list[str], policy: SecretP
     with target.connect(autocommit=True) as connection:
         raw_tables.bootstrap(connection)
         load_id = ledger.start_load(connection, roots, policy.describe(), policy.digest)
-        labels = ledger.file_labels(connection, [str(source.path) for source in discovery.files])
+        labels = ledger.file_labels(connection, {str(source.path): source.source_db for source in discovery.files})
         for source in discovery.files:
-            source.known_as = labels.get(str(source.path))
+            source.known_as = labels[str(source.path)]
         try:
             outcomes = load_in_parallel(discovery.files, target, load_id, policy, force, jobs, on_file)
         except BaseException:
