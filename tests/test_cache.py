@@ -345,6 +345,14 @@ def test_cli_with_redis_unreachable_exits_7_without_the_password(consolidated, c
     assert "secret" not in warmed.stdout + warmed.stderr + stats.stdout + stats.stderr
 
 
+@pytest.mark.parametrize("command", ["warm", "stats"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/0", ""])
+def test_cli_cache_commands_refuse_a_malformed_or_empty_redis_url_as_usage(command, url):
+    refused = consolidate_cache(command, "--redis-url", url, "--json")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "--redis-url" in json.loads(refused.stdout)["error"] and "Traceback" not in refused.stderr
+
+
 # -- a sync's build tells Redis what it changed ------------------------------------------------------
 
 def test_a_sync_with_a_redis_url_invalidates_what_its_build_changed_and_nothing_else(

@@ -326,6 +326,17 @@ def test_rollback_never_replaces_a_file_without_overwrite(migrated, tmp_path):
     assert onto_folder.returncode == 2 and "is a folder" in onto_folder.stderr, onto_folder.stderr[-2000:]
     assert "Traceback" not in onto_folder.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.db"]
+    # a link to nothing: named as such; --overwrite replaces the link, never writes where it pointed
+    dangling = tmp_path / "dangling.db"
+    dangling.symlink_to(tmp_path / "nowhere" / "gone.db")
+    arguments = ("rollback", str(migrated["sources"]["v2"]), "--to", str(dangling))
+    onto_link = consolidate(*arguments, target=migrated["target"], home=migrated["folder"] / "state")
+    assert onto_link.returncode == 2 and "does not exist" in onto_link.stderr, onto_link.stderr[-2000:]
+    assert dangling.is_symlink()
+    over_link = consolidate(*arguments, "--overwrite", target=migrated["target"], home=migrated["folder"] / "state")
+    assert over_link.returncode == 0, over_link.stderr[-2000:]
+    assert not dangling.is_symlink() and dangling.read_bytes().startswith(b"SQLite format 3\x00")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):

@@ -80,16 +80,20 @@ Schema = Annotated[str, typer.Option("--schema", envvar="CONSOLIDATE_TARGET_SCHE
 Secrets = Annotated[Path | None, typer.Option(
     "--secrets", exists=True, dir_okay=False,
     help="TOML file overriding the secret-column policy (hash / exclude / keep per kind.table.column).")]
-RedisUrl = Annotated[str, typer.Option(
-    "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
-    help="The Redis cache, e.g. redis://127.0.0.1:10001/0 (a password in the URL is never printed).")]
+
+
+def redis_url_option(help_text: str):
+    return typer.Option("--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True, help=help_text)
+
+
+RedisUrl = Annotated[str, redis_url_option(
+    "The Redis cache, e.g. redis://127.0.0.1:10001/0 (a password in the URL is never printed).")]
 AsJson = Annotated[bool, typer.Option("--json", metavar="", help="Print one JSON document for machines instead of tables.")]
-TellRedis = Annotated[str | None, typer.Option(
-    "--redis-url", envvar="CONSOLIDATE_REDIS_URL", show_envvar=True,
-    help="The Redis cache in front of the marts: every entry the build changes is invalidated there (a full "
-         "rebuild empties it), so a client reading through Redis never gets a replaced value, without a "
-         "near-cache client listening. Exit 7 when Redis could not be told (the next build told empties it). "
-         "Off when not given.")]
+TellRedis = Annotated[str | None, redis_url_option(
+    "The Redis cache in front of the marts: every entry the build changes is invalidated there (a full "
+    "rebuild empties it), so a client reading through Redis never gets a replaced value, without a "
+    "near-cache client listening. Exit 7 when Redis could not be told (the next build told empties it). "
+    "Off when not given.")]
 Jobs = Annotated[int, typer.Option(
     "--jobs", min=1, help="Files loaded at a time, each in its own PostgreSQL session (two use both of two cores).")]
 Force = Annotated[bool, typer.Option("--force", metavar="", help="Reload files whose checksums are unchanged.")]
@@ -137,9 +141,12 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     raise typer.Exit(ExitCode.SOURCE_UNREADABLE if outcome.failed else ExitCode.OK)
 
 
-def cache_to_tell(redis_url: str | None, as_json: bool):
-    """The Redis cache a build tells what it changed (--redis-url); None when not given."""
+def redis_cache(redis_url: str | None, as_json: bool, required: bool = False):
+    """The Redis cache at --redis-url (None when not given); exit 2 when the URL is malformed, or missing
+    though `required`."""
     if not redis_url:
+        if required:
+            usage_error("--redis-url: no Redis URL given", as_json)
         return None
     from loader.serve import cache as cache_layer
     try:
@@ -207,7 +214,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     try:
         report = pipeline.run(roots, target, home, backup_to=folder, secrets=secrets, force=force,
                               rebuild=rebuild, jobs=jobs, quiet=as_json, on_file=render.load_progress(quiet=as_json),
-                              cache=cache_to_tell(redis_url, as_json))
+                              cache=redis_cache(redis_url, as_json))
     except PolicyError as error:
         usage_error(error)
     except backup_stage.BackupError as error:
@@ -394,7 +401,7 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
 
     Example: consolidate sync /opt/sutazaiapp --watch 60"""
     target = target_for(dsn, home, schema)
-    cache = cache_to_tell(redis_url, as_json)
+    cache = redis_cache(redis_url, as_json)
     try:
         if watch is not None:
             with render.WatchLines(watch, as_json) as on_cycle:
@@ -561,10 +568,9 @@ def cache_warm(
     until its expires_at. Exit 7 when Redis cannot be reached.
 
     Example: consolidate cache warm --top 1000 --redis-url redis://127.0.0.1:10001/0"""
-    from loader.serve import cache as cache_layer
     from loader.serve import client as memory_client
 
-    cache = cache_layer.Cache(redis_url)
+    cache = redis_cache(redis_url, as_json, required=True)
     warmed = memory_client.warm_cache(target_for(dsn, home, schema).dsn, cache, top, schema=schema) \
         if cache.available() else None
     render.cache_warmed(cache.redacted_url, warmed, as_json)
@@ -577,9 +583,7 @@ def cache_stats(redis_url: RedisUrl = DEFAULT_REDIS_URL, as_json: AsJson = False
     Exit 7 when Redis cannot be reached.
 
     Example: consolidate cache stats --json"""
-    from loader.serve import cache as cache_layer
-
-    stats = cache_layer.Cache(redis_url).stats()
+    stats = redis_cache(redis_url, as_json, required=True).stats()
     render.cache_stats(stats, as_json)
     raise typer.Exit(ExitCode.OK if stats["connected"] else ExitCode.CACHE_UNAVAILABLE)
 

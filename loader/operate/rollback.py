@@ -492,10 +492,14 @@ def give_ids(connection: sqlite3.Connection, table: Table, moved: dict[int, str]
     for rowid in moved:
         connection.execute(update, (f"consolidate-rollback-moving-{rowid}", rowid))
     for rowid, entry_id in moved.items():
-        if connection.execute(f"SELECT 1 FROM main.{quote(table.name)} WHERE id = ? AND {table.rowid} <> ?",
-                              (entry_id, rowid)).fetchone():
-            entry_id = fallbacks[rowid]
-        connection.execute(update, (entry_id, rowid))
+        connection.execute(update, (free_id(connection, table, entry_id, fallbacks[rowid]), rowid))
+
+
+def free_id(connection: sqlite3.Connection, table: Table, wanted: str, fallback: str) -> str:
+    """v3: `wanted`, unless a row of the file already holds it (v3's id is its primary key): then
+    `fallback`, the entry's `unified-<mart id>`."""
+    taken = connection.execute(f"SELECT 1 FROM main.{quote(table.name)} WHERE id = ?", (wanted,)).fetchone()
+    return fallback if taken else wanted
 
 
 def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) -> None:
@@ -503,9 +507,8 @@ def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) ->
     in the source. A v3 id another row already holds gives way to the entry's `unified-<mart id>`."""
     for place, values in enumerate(plan.inserts):
         values = settable(table, values)
-        if place in plan.taken_id_fallbacks and "id" in values and connection.execute(
-                f"SELECT 1 FROM main.{quote(table.name)} WHERE id = ?", (values["id"],)).fetchone():
-            values["id"] = plan.taken_id_fallbacks[place]
+        if place in plan.taken_id_fallbacks and "id" in values:
+            values["id"] = free_id(connection, table, values["id"], plan.taken_id_fallbacks[place])
         connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
                            f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
 
@@ -640,7 +643,11 @@ def check_destination(connection: psycopg.Connection, source: Path, destination:
     if any(destination == path or (destination.exists() and path.exists() and os.path.samefile(destination, path))
            for path in source_files):
         raise DestinationRefused(f"{destination} is the source itself (or one of its files): a rollback never touches it")
-    if destination.exists():
+    if destination.is_symlink() and not destination.exists():
+        if not overwrite:
+            raise DestinationRefused(f"{destination} is a link to {os.readlink(destination)}, which does not exist "
+                                     "(--overwrite to replace the link with the new file)")
+    elif destination.exists():
         loaded = ledger_path(connection, destination)
         if current_load_of(connection, loaded) is not None:
             raise DestinationRefused(f"{destination} is a source file the ledger loads ({loaded}): a rollback never "
