@@ -18,8 +18,10 @@ they complete such a ledger whatever of it exists, and change nothing it already
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import secrets
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -523,8 +525,10 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def new_load_id() -> str:
-    return now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+def new_id(at: datetime | None = None) -> str:
+    """An id of a load, app copy or validation run (and the stamp in an archive's name): the UTC time to
+    the second, then 6 random hex digits; ids of one kind sort by time."""
+    return (at or now()).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
 def table(name: str) -> sql.Identifier:
@@ -540,6 +544,11 @@ def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> b
         "SELECT 1 FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
         "WHERE n.nspname = %s AND c.relname = %s", (schema, name)).fetchone()
     return row is not None
+
+
+def missing_relations(connection: psycopg.Connection, names: Sequence[tuple[str, str]]) -> list[str]:
+    """`schema.name` of each of `names` (schema, name) that does not exist (relation_exists)."""
+    return [f"{schema}.{name}" for schema, name in names if not relation_exists(connection, schema, name)]
 
 
 def exists(connection: psycopg.Connection) -> bool:
@@ -611,7 +620,7 @@ def start_load(connection: psycopg.Connection, roots: list[str], secret_policy: 
     """Register a new load, with the secret policy it runs under (secret_policy.SecretPolicy.describe
     and its digest). Loads run one at a time (a session lock held until the connection closes), so a
     load still `running` when the lock is ours died mid-way: it is marked interrupted."""
-    load_id = new_load_id()
+    load_id = new_id()
     connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.load'))")
     with connection.transaction():
         connection.execute(
@@ -745,12 +754,22 @@ def current_loads(connection: psycopg.Connection) -> list[CurrentLoad]:
     return [CurrentLoad(*row) for row in connection.execute(CURRENT_LOADS_QUERY).fetchall()]
 
 
+def who() -> str:
+    """The operator a ledger record names (user@host)."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def current_load_of(connection: psycopg.Connection, source_path: str) -> tuple[str, str, str, str | None] | None:
+    """(load_id, kind, source_sha256, wal_sha256) of the file's current load, if any."""
+    return connection.execute(
+        f"SELECT load_id, kind, source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads WHERE source_path = %s",
+        (source_path,)).fetchone()
+
+
 def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple[str, str | None] | None:
     """Checksums of the file's version whose rows are current in raw, if any."""
-    row = connection.execute(
-        f"SELECT source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads WHERE source_path = %s",
-        (source_path,)).fetchone()
-    return (row[0], row[1]) if row else None
+    current = current_load_of(connection, source_path)
+    return (current[2], current[3]) if current else None
 
 
 def known_files(target: Target) -> dict[str, KnownFile]:

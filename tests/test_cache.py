@@ -305,7 +305,7 @@ def test_warm_from_a_dsn(consolidated, cache, redis_db):
 
 
 def test_warm_with_redis_unreachable_caches_nothing(consolidated, closed_port):
-    assert warm_cache(consolidated.dsn, Cache(f"redis://127.0.0.1:{closed_port}/0"), 5) == 0
+    assert warm_cache(consolidated.dsn, Cache(f"redis://127.0.0.1:{closed_port}/0"), 5) is None
 
 
 def test_stats_report_counters_and_server_figures(consolidated, client, cache):

@@ -691,3 +691,52 @@ def test_writes_through_a_view_with_consolidate_source_set_are_rolled_back_to_th
     assert json.loads(written["view:tied"]["value"][1]) == {"tied": True}
     assert written[changed_key]["value"] == ("text", "changed on the mart")
     assert "view:untied" not in written
+
+
+def test_rollback_of_text_values_that_are_not_utf8(tmp_path, target, home):
+    """A TEXT value whose bytes are not UTF-8 (loaded as exact hex, flagged binary_value): the rollback
+    writes PostgreSQL's new value over one, keeps another untouched byte for byte, and keeps a third's own
+    bytes, as TEXT, when only its metadata changed in PostgreSQL."""
+    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 4)
+    for key in ("bad-set", "bad-kept", "bad-meta"):
+        change(db, (f"INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) VALUES "
+                    f"('{key}', 'abc' || CAST(x'ff' AS TEXT), 'default', 1750000100, 1750000100)",))
+    run([tmp_path / "tree"], target, home, backup_to=None, quiet=True)
+    with MemoryClient(target.dsn, track_access=False, source=str(db)) as memory:
+        memory.set("bad-set", "fixed")
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        connection.execute("UPDATE compat.memory_entries SET metadata = '{\"m\": 1}' WHERE key = 'bad-meta'")
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    def by_key(path: Path, folder: Path) -> dict[bytes, tuple]:
+        connection = opened_copy(path, folder)
+        connection.text_factory = bytes
+        return {row[0]: row[1:] for row in connection.execute(
+            "SELECT key, typeof(value), value, metadata, updated_at FROM memory_entries")}
+
+    original, written = by_key(db, tmp_path / "source"), by_key(destination, tmp_path / "written")
+    assert written[b"bad-set"][:2] == (b"text", b"fixed")
+    assert written[b"bad-kept"] == original[b"bad-kept"]
+    assert written[b"bad-meta"][:2] == (b"text", b"abc\xff") and json.loads(written[b"bad-meta"][2]) == {"m": 1}
+    assert {k: v for k, v in written.items() if not k.startswith(b"bad-")} == \
+        {k: v for k, v in original.items() if not k.startswith(b"bad-")}
+
+
+def test_rollback_of_a_file_whose_every_load_failed_says_so(tmp_path, target, home):
+    good = v2_file(tmp_path / "tree/good/.swarm/memory.db", 4)
+    broken = v2_file(tmp_path / "tree/broken/.swarm/memory.db", 200)
+    broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) // 2])  # a file cut short: unreadable
+    ran = consolidate("run", str(tmp_path / "tree"), "--no-backup", target=target, home=home)
+    assert ran.returncode == 3, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert fetch(target, "SELECT count(*) FROM consolidate.current_loads WHERE source_path = %s",
+                 (str(good),)) == [(1,)]
+
+    refused = consolidate("rollback", str(broken), "--to", str(tmp_path / "back.db"), target=target, home=home)
+
+    assert refused.returncode == 5 and "every load of it failed" in " ".join(refused.stderr.split()), refused.stderr
+    assert not (tmp_path / "back.db").exists()

@@ -676,3 +676,14 @@ def test_an_invocation_counts_as_complete_only_when_it_builds_every_model():
                       ["--resource-type", "test"], ["--empty"], ["--vars", "{sessions_namespace: x}"],
                       ["--target", "elsewhere"]):
         assert not selects_every_model(arguments), arguments
+
+
+def test_the_status_line_counts_files_gone_missing_archived_or_forgotten():
+    from datetime import datetime, timezone
+
+    from loader.operate.change_detection import FileSync, SyncReport
+
+    files = [FileSync(f"/srv/{status}-{n}.db", f"{status}-{n}.db", "claude-flow-v2", status)
+             for status, count in (("unchanged", 2), ("missing", 1), ("archived", 3), ("forgotten", 1)) for n in range(count)]
+    line = SyncReport(started_at=datetime.now(timezone.utc), files=files).status_line()
+    assert "2 unchanged" in line and ", 1 missing, 3 archived, 1 forgotten" in line, line

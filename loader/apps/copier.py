@@ -4,14 +4,13 @@ In one transaction, after checking the versions and that the target holds no app
 `replace`): the target's rows are deleted (children first), except the first-start rows of a table
 the source has none of; the source's rows are sent by COPY, parents first, each value converted to
 its column's type (convert.py); every sequence is moved past the copied ids; then every table is
-verified (verify.py). The transaction commits only when every table matches. A ledger row records
+verified (digests.py). The transaction commits only when every table matches. A ledger row records
 each attempt (consolidate.app_copies).
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,9 +21,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from loader import __version__, ledger
+from loader.apps import digests
 from loader.apps import source as source_db
 from loader.apps import target as target_db
-from loader.apps import verify
 from loader.apps.applications import MIGRATIONS_TABLE, Application, is_copied_table, recognise
 from loader.apps.convert import ConversionError, Converter, converter_for
 from loader.apps.migrations import VersionCheck, compare
@@ -118,10 +117,6 @@ class TablePlan:
     @property
     def clears(self) -> bool:
         return self.action != "first-start rows kept" and self.target_rows_before > 0
-
-
-def new_copy_id() -> str:
-    return now().strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
 def session_settings(connection: psycopg.Connection) -> None:
@@ -247,14 +242,14 @@ def verify_tables(connection: psycopg.Connection, schema: target_db.TargetSchema
         if plan.name not in schema.tables:
             report.matches = True
             continue
-        expected = verify.TableDigest()
+        expected = digests.TableDigest()
         if plan.action != "first-start rows kept" and plan.source_rows is not None:
             try:
-                expected = verify.source_digest(source, plan.name, plan.converters, plan.key_columns)
+                expected = digests.source_digest(source, plan.name, plan.converters, plan.key_columns)
             except ConversionError as error:
                 report.matches, report.differences = False, [str(error)]
                 continue
-        found = verify.target_digest(connection, schema, plan.name, plan.converters, plan.key_columns)
+        found = digests.target_digest(connection, schema, plan.name, plan.converters, plan.key_columns)
         report.target_rows, report.target_digest = found.rows, found.digest
         if plan.action == "first-start rows kept":
             report.matches = True  # the target's own rows, untouched; the source has none to compare
@@ -263,7 +258,7 @@ def verify_tables(connection: psycopg.Connection, schema: target_db.TargetSchema
         report.matches = expected.rows == found.rows and expected.digest == found.digest
         if not report.matches:
             report.differences = ([f"{expected.rows} rows in the source, {found.rows} in the target"]
-                                  if expected.rows != found.rows else []) + verify.differences(expected, found)
+                                  if expected.rows != found.rows else []) + digests.differences(expected, found)
     return reports
 
 
@@ -293,7 +288,7 @@ def app_copy(source_path: Path, target: Target, schema: str, *, replace: bool = 
     source.SourceUnreadable (the source cannot be read), AppCopyUsageError, and psycopg.OperationalError
     (PostgreSQL unavailable); a refusal or a mismatch is a result, with its ledger row."""
     started_at = now()
-    result = AppCopyResult(new_copy_id(), "verify" if verify_only else "copy", REFUSED,
+    result = AppCopyResult(ledger.new_id(), "verify" if verify_only else "copy", REFUSED,
                            str(source_path.absolute()), schema, replace)
     with source_db.open_source(source_path) as source:
         result.source_sha256, result.wal_sha256 = source.snapshot.sha256, source.snapshot.wal_sha256

@@ -12,16 +12,13 @@ from loader.apps.applications import MIGRATIONS_TABLE
 from loader.apps.convert import decode_text
 from loader.apps.migrations import Migration
 from loader.sources.snapshot import Snapshot, SourceKeptChanging, private_copy
+from loader.sources.sqlite_reader import quote
 
 FETCH_ROWS = 5000
 
 
 class SourceUnreadable(Exception):
     """The SQLite source could not be copied or read."""
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass

@@ -108,9 +108,7 @@ def target_for(dsn: str | None, home: Path, schema: str) -> Target:
 
 def usage_error(message: object, as_json: bool = False) -> NoReturn:
     """Exit 2 with the message on stderr; with --json also as a JSON document on stdout."""
-    render.error(message)
-    if as_json:
-        render.print_json({"error": str(message), "exit_code": ExitCode.USAGE})
+    render.error(message, as_json, ExitCode.USAGE)
     raise typer.Exit(ExitCode.USAGE)
 
 
@@ -394,9 +392,10 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     rows, stored in consolidate.load_changes and consolidate.deleted_rows; a deleted row's last version
     stays in raw; a delete in SQLite of an entry whose value is an older write made in PostgreSQL is
     recorded in the write log too) → an incremental dbt build of what the changes affect. Writes made in
-    PostgreSQL are kept. A cut-over file that changed is loaded all the same and reported as split brain. Exit 0 ok, 1
-    when a dbt model or test failed, 3 when a SQLite source could not be read, 4 when PostgreSQL could
-    not be reached. With --watch, once interrupted: the exit code of the last cycle that did something
+    PostgreSQL are kept. A cut-over file that changed is loaded all the same and reported as split brain
+    (a warning: the exit code stays 0). Exit 0 ok, 1 when a dbt model or test failed, 3 when a SQLite
+    source could not be read, 4 when PostgreSQL could not be reached, 7 when Redis (--redis-url) could not
+    be told what the build changed. With --watch, once interrupted: the exit code of the last cycle that did something
     (0 when none did).
 
     Example: consolidate sync /opt/sutazaiapp --watch 60"""
@@ -520,13 +519,17 @@ def rollback(source: Annotated[Path, typer.Argument(help="The SQLite file whose 
     then move it into SOURCE's place with its service stopped. Exit 2 when FILE may not be used (it
     exists, it is SOURCE or another file the ledger loads, it lies inside a root of the loads, it is a
     folder, no such folder); 5 when
-    refused, nothing written (SOURCE changed since its last sync, not loaded, marts not built).
+    refused, nothing written (SOURCE changed since its last sync, not loaded, marts not built); 1 when
+    writing FILE failed (nothing is left of it).
 
     Example: consolidate rollback /opt/app/.swarm/memory.db --to /srv/rollback/memory.db"""
     try:
         result = rollback_stage.rollback(target_for(dsn, home, schema), source, to, overwrite=overwrite)
     except rollback_stage.DestinationRefused as error:
         usage_error(error, as_json)
+    except rollback_stage.WritingFailed as error:
+        render.error(error, as_json, ExitCode.NOT_RECONCILED)
+        raise typer.Exit(ExitCode.NOT_RECONCILED) from None
     except rollback_stage.RollbackError as error:
         render.refused(error, as_json, ExitCode.REFUSED)
         raise typer.Exit(ExitCode.REFUSED) from None
@@ -571,8 +574,7 @@ def cache_warm(
     from loader.serve import client as memory_client
 
     cache = redis_cache(redis_url, as_json, required=True)
-    warmed = memory_client.warm_cache(target_for(dsn, home, schema).dsn, cache, top, schema=schema) \
-        if cache.available() else None
+    warmed = memory_client.warm_cache(target_for(dsn, home, schema).dsn, cache, top, schema=schema)
     render.cache_warmed(cache.redacted_url, warmed, as_json)
     raise typer.Exit(ExitCode.OK if warmed is not None else ExitCode.CACHE_UNAVAILABLE)
 
@@ -636,7 +638,6 @@ def main() -> None:
 
 
 def usage_failure(message: str) -> NoReturn:
-    render.error(message)
-    if asked_for_json(sys.argv):
-        render.print_json({"error": message, "exit_code": ExitCode.USAGE})
+    """usage_error for a failure raised out of the command (outside typer's app: sys.exit)."""
+    render.error(message, asked_for_json(sys.argv), ExitCode.USAGE)
     sys.exit(ExitCode.USAGE)

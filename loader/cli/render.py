@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from loader.backup.backup import BackupEntry, BackupManifest
+from loader.exit_codes import ExitCode
 from loader.ledger import RELOCATE_HINT
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
@@ -54,9 +55,12 @@ def print_json(data) -> None:
     out.print_json(json.dumps(data, default=str))
 
 
-def error(message: object) -> None:
-    """One line, never wrapped: it names paths a reader (or a script) looks for whole."""
+def error(message: object, as_json: bool = False, exit_code: int | None = None) -> None:
+    """One line, never wrapped: it names paths a reader (or a script) looks for whole; with --json also as
+    a JSON document on stdout ({"error", "exit_code"}), so a machine reading it gets one."""
     err.print(f"[red]error:[/red] {escape(str(message))}", soft_wrap=True)
+    if as_json:
+        print_json({"error": str(message), "exit_code": exit_code})
 
 
 def database_unavailable(message: str) -> None:
@@ -65,7 +69,7 @@ def database_unavailable(message: str) -> None:
               "transaction). Run the same command again once the server is back.")
 
 
-def refused(message: object, as_json: bool = False, exit_code: int = 5) -> None:
+def refused(message: object, as_json: bool = False, exit_code: int = ExitCode.REFUSED) -> None:
     """A refusal on stderr; with --json also as JSON on stdout, so a machine reading it gets a document."""
     err.print(f"[red]refused:[/red] {escape(str(message))}")
     if as_json:

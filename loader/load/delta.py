@@ -34,12 +34,9 @@ from psycopg import sql
 
 from loader.ledger import CHAIN, LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_loads, state_loads
 from loader.load.duckdb_postgres import ALIAS, insert_rows
-from loader.load.raw_contract import MEMORY_KINDS, MEMORY_NAMESPACES, MEMORY_TABLES
+from loader.load.raw_contract import CONTENT_LINEAGE, MEMORY_KINDS, MEMORY_NAMESPACES, MEMORY_TABLES
 from loader.relations import MEMORY_RANKED
 from loader.sources.sqlite_reader import literal, quote
-
-# A row's content: its source columns and which of them are hex of bytes (never the load's lineage).
-CONTENT_LINEAGE = ("_binary_columns",)
 
 # One table's comparison on the CSV path, in one statement: the new load's rows are in raw; delete the
 # unchanged ones again, retire the changed and deleted rows of the previous state, record the counts.

@@ -54,6 +54,11 @@ LINEAGE_COLUMNS = [
     ("_binary_columns", "text[]"),
 ]
 LINEAGE_NAMES = frozenset(name for name, _ in LINEAGE_COLUMNS)
+# A row's content: its source columns and which of them are hex of bytes (`_binary_columns`, lineage that
+# describes the value itself), never the lineage that names its load. A row's digest (sync's change
+# detection, split brain) and a change load's comparison (loader/load/delta.py) read these.
+CONTENT_LINEAGE = ("_binary_columns",)
+NOT_CONTENT = LINEAGE_NAMES - set(CONTENT_LINEAGE)
 
 # PostgreSQL silently truncates identifiers to NAMEDATALEN - 1 bytes.
 MAX_IDENTIFIER_BYTES = 63

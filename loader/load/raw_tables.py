@@ -13,6 +13,7 @@ from loader import ledger
 from loader.load.raw_contract import (
     CORE_RAW_TABLES,
     LINEAGE_COLUMNS,
+    NOT_CONTENT,
     RAW_MEMORY_INDEX,
     RAW_MEMORY_TABLES,
     RAW_SCHEMAS,
@@ -61,6 +62,13 @@ def raw_ddl_lock(connection: psycopg.Connection, needed: bool = True) -> Iterato
     finally:
         if not connection.broken:
             connection.execute("SELECT pg_advisory_unlock(hashtext('consolidate.raw-ddl'))")
+
+
+def content_columns(connection: psycopg.Connection | psycopg.Cursor, schema: str, table: str) -> list[str]:
+    """A raw table's content columns, in order (raw_contract.NOT_CONTENT left out)."""
+    return [name for (name,) in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position", (schema, table)).fetchall() if name not in NOT_CONTENT]
 
 
 def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:

@@ -68,7 +68,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import tempfile
@@ -88,7 +87,6 @@ from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import LATEST_FILE_ROWS, LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
-from loader.operate.cutover import who
 from loader.sources.discover import DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
     CHANGE_DETECTING_SUFFIXES,
@@ -428,7 +426,7 @@ def archive(target: Target, roots: list[Path], destination: Path, *, remove_orig
 
 
 def new_archive_name() -> str:
-    return f"consolidate-archive-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}.zip"
+    return f"consolidate-archive-{ledger.new_id()}.zip"
 
 
 def write_archive(path: Path, sources: list[SourceFile], roots: list[Path], facts: LedgerFacts | None,
@@ -654,7 +652,7 @@ def remove_original(connection: psycopg.Connection, entry: ArchivedFile, facts: 
     load_id = facts.latest[entry.path].load_id if entry.copy_of else current.load_id
     members = {member.original.removeprefix(entry.path): member.name for member in entry.members}
     ledger.record_archived_removal(connection, entry.path, load_id, current.sha256, current.wal_sha256,
-                                   str(archive_path), archive_sha256, members, who())
+                                   str(archive_path), archive_sha256, members, ledger.who())
     removal = remove_through_quarantine(entry)
     if not removal.removed:
         ledger.forget_archived_removal(connection, entry.path, load_id)
@@ -785,7 +783,7 @@ def remove_through_quarantine(entry: ArchivedFile) -> Removal:
             names = parts_present(folder, path.name)
         except NotDeletable as error:
             return Removal(entry.path, refused=f"not deleted: {error}")
-        quarantine_name = f"{QUARANTINE_PREFIX}{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+        quarantine_name = f"{QUARANTINE_PREFIX}{ledger.new_id()}"
         os.mkdir(quarantine_name, 0o700, dir_fd=folder)
         quarantine = os.open(quarantine_name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=folder)
         try:

@@ -50,17 +50,11 @@ from loader import ledger
 from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import ARCHIVED, FORGOTTEN, LEDGER_SCHEMA, MISSING
-from loader.load import delta
+from loader.load import raw_tables
 from loader.load.load import FileOutcome, LoadOutcome
-from loader.load.raw_contract import LINEAGE_COLUMNS
 from loader.operate import cutover
 from loader.sources.discover import DiscoveryWarning
 from loader.transform.build import BuildOutcome
-
-# Columns left out of a row's digest: the lineage that names the load. Lineage that describes the
-# value itself (`_binary_columns`: which values are hex of bytes) is part of the row's content, as in a
-# change load's comparison (loader/load/delta.py).
-NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - set(delta.CONTENT_LINEAGE)
 
 # The file version loaded just before (load_id, source_path): same order as consolidate.current_loads.
 PREVIOUS_LOAD = f"""
@@ -295,8 +289,9 @@ class SyncReport:
         t = self.totals
         line = (f"{prefix} {t['loaded']} loaded (+{t['inserted']} ~{t['updated']} -{t['deleted']}), "
                 f"{t['unchanged']} unchanged, {t['failed']} failed")
-        if t["missing"]:
-            line += f", {t['missing']} missing"
+        for gone in ("missing", "archived", "forgotten"):
+            if t[gone]:
+                line += f", {t[gone]} {gone}"
         if self.split_brain:
             line += f", {len(self.split_brain)} split brain"
         if self.build is not None:
@@ -317,13 +312,6 @@ class SyncReport:
 
 
 # ---------------------------------------------------------------------------------- change detection
-
-def source_columns(cursor: psycopg.Cursor, schema: str, table: str) -> list[str]:
-    """The raw table's content columns, in order (every column but the load's lineage)."""
-    cursor.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
-                   "AND table_name = %s ORDER BY ordinal_position", (schema, table))
-    return [name for (name,) in cursor.fetchall() if name not in NOT_CONTENT]
-
 
 def side_query(schema: str | None, table: str | None, columns: list[str], present: set[str],
                load_param: str, *, state: bool = False) -> sql.Composable:
@@ -362,8 +350,8 @@ def detect_changes(connection: psycopg.Connection, load_id: str, source_path: st
             return changes
         cursor.execute(TABLES_OF_TWO_LOADS, parameters)
         for source_table, new_schema, new_table, old_schema, old_table in cursor.fetchall():
-            new_columns = source_columns(cursor, new_schema, new_table) if new_schema else []
-            old_columns = source_columns(cursor, old_schema, old_table) if old_schema else []
+            new_columns = raw_tables.content_columns(cursor, new_schema, new_table) if new_schema else []
+            old_columns = raw_tables.content_columns(cursor, old_schema, old_table) if old_schema else []
             columns = new_columns + [c for c in old_columns if c not in new_columns]
             statement = sql.SQL(DIFF_TABLE).format(
                 old=side_query(old_schema, old_table, columns, set(old_columns), "previous_load_id", state=True),

@@ -23,8 +23,6 @@ detection); a file with new bytes but the same rows (a WAL checkpoint, a VACUUM)
 from __future__ import annotations
 
 import contextlib
-import getpass
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,19 +37,12 @@ from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_state
 from loader.load import raw_tables
-from loader.load.raw_contract import LINEAGE_COLUMNS, MEMORY_NAMESPACES, MEMORY_TABLES
+from loader.load.raw_contract import MEMORY_NAMESPACES, MEMORY_TABLES
 from loader.sources.snapshot import sha256_or_none, side_file
-
-# Lineage that names the load, left out of a row's digest (as sync's change detection does).
-NOT_CONTENT = {name for name, _ in LINEAGE_COLUMNS} - {"_binary_columns"}
 
 
 class CutoverError(Exception):
     """A cutover or undo refused; nothing was recorded."""
-
-
-def who() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 @dataclass
@@ -91,24 +82,30 @@ def cut_over_files(connection: psycopg.Connection) -> dict[str, Cutover]:
     return {row[1]: Cutover(*row) for row in connection.execute(CUT_OVER_FILES + " ORDER BY source_path")}
 
 
-def current_load_of(connection: psycopg.Connection, source_path: str) -> tuple[str, str, str, str | None] | None:
-    """(load_id, kind, source_sha256, wal_sha256) of the file's current load."""
-    return connection.execute(
-        f"SELECT load_id, kind, source_sha256, wal_sha256 FROM {LEDGER_SCHEMA}.current_loads WHERE source_path = %s",
-        (source_path,)).fetchone()
+def not_a_loaded_memory_file(connection: psycopg.Connection, source_path: str, current: tuple | None) -> str | None:
+    """Why `source_path`, whose current load is `current` (ledger.current_load_of), is not a loaded memory
+    file (cutover and rollback take only those), or None."""
+    if current is None:
+        if connection.execute(f"SELECT 1 FROM {LEDGER_SCHEMA}.load_files WHERE source_path = %s LIMIT 1",
+                              (source_path,)).fetchone():
+            return (f"{source_path}: never loaded: every load of it failed or it was only a copy of another file "
+                    "(see `consolidate status`)")
+        if not Path(source_path).exists():
+            return f"{source_path}: no such file, and the ledger knows no file by that path (see `consolidate status`)"
+        return f"{source_path}: never loaded (no current load in the ledger); `consolidate run` or `sync` it first"
+    if current[1] not in MEMORY_TABLES:
+        return (f"{source_path}: of kind {current[1]}; only memory files ({', '.join(MEMORY_TABLES)}) have a write "
+                "path in PostgreSQL")
+    return None
 
 
 def refusal(connection: psycopg.Connection, source_path: str) -> str | None:
     """Why `source_path` cannot be cut over now, or None."""
-    current = current_load_of(connection, source_path)
-    if current is None:
-        if not Path(source_path).exists():
-            return f"{source_path}: no such file, and the ledger knows no file by that path (see `consolidate status`)"
-        return f"{source_path}: never loaded (no current load in the ledger); `consolidate run` or `sync` it first"
-    _, kind, sha256, wal_sha256 = current
-    if kind not in MEMORY_TABLES:
-        return (f"{source_path}: of kind {kind}; only memory files ({', '.join(MEMORY_TABLES)}) have a write "
-                "path in PostgreSQL")
+    current = ledger.current_load_of(connection, source_path)
+    problem = not_a_loaded_memory_file(connection, source_path, current)
+    if problem:
+        return problem
+    _, _, sha256, wal_sha256 = current
     on_disk = (sha256_or_none(Path(source_path)), sha256_or_none(side_file(Path(source_path), "-wal")))
     if on_disk[0] is None:
         return f"{source_path}: not on disk"
@@ -130,10 +127,10 @@ def recording(target: Target, sources: Sequence[Path | str]) -> Iterator[tuple[p
 def record(connection: psycopg.Connection, path: str, action: str, by: str | None, note: str | None) -> None:
     """One row of `consolidate.cutovers`, with the file's current load (none for an undo of a file no
     longer in the ledger)."""
-    load_id, _, sha256, wal_sha256 = current_load_of(connection, path) or (None,) * 4
+    load_id, _, sha256, wal_sha256 = ledger.current_load_of(connection, path) or (None,) * 4
     connection.execute(
         f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, source_sha256, "
-        "wal_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)", (path, action, by or who(), note, load_id, sha256, wal_sha256))
+        "wal_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)", (path, action, by or ledger.who(), note, load_id, sha256, wal_sha256))
 
 
 def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
@@ -256,15 +253,6 @@ JOIN postgres AS p USING (namespace, key)
 """
 
 
-# The loads whose raw rows make up a file's state at the load named by the placeholder {load} (and
-# %(source_path)s): that load and, for a row-level change load, the loads it was applied on, back to a
-# full load (consolidate.current_load_parts, for any load).
-def content_columns(connection: psycopg.Connection, schema: str, table: str) -> list[str]:
-    return [name for (name,) in connection.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-        "ORDER BY ordinal_position", (schema, table)) if name not in NOT_CONTENT]
-
-
 def rows_of_state(relation: tuple[str, str] | None, columns: list[str], present: list[str], kind: str,
                   load_param: str) -> sql.Composable:
     """(rowid, namespace, key, digest of the row) of the file's memory rows in its state at one load
@@ -283,8 +271,8 @@ def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -
     table = MEMORY_TABLES[check["kind"]]
     old = connection.execute(RAW_TABLE_OF, (check["baseline_load_id"], check["source_path"], table)).fetchone()
     new = connection.execute(RAW_TABLE_OF, (check["load_id"], check["source_path"], table)).fetchone()
-    old_columns = content_columns(connection, *old) if old else []
-    new_columns = content_columns(connection, *new) if new else []
+    old_columns = raw_tables.content_columns(connection, *old) if old else []
+    new_columns = raw_tables.content_columns(connection, *new) if new else []
     columns = new_columns + [c for c in old_columns if c not in new_columns]
     statement = sql.SQL(BOTH_SIDES).format(
         old=rows_of_state(old, columns, old_columns, check["kind"], "baseline_load_id"),

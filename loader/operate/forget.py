@@ -29,7 +29,6 @@ import psycopg
 from loader import ledger
 from loader.database import Target
 from loader.ledger import ARCHIVED, LATEST_FILE_ROWS, ForgottenFile, GoneFiles
-from loader.operate.cutover import current_load_of, who
 from loader.sources.snapshot import side_file
 
 
@@ -54,7 +53,7 @@ def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneF
     """(the load the forget names, None) when `source_path` can be forgotten, else (None, why not). The
     load is the file's current one or, for a file with none (a copy, or one that only ever failed), the
     ledger's latest row of it."""
-    current = current_load_of(connection, source_path)
+    current = ledger.current_load_of(connection, source_path)
     latest = connection.execute(LATEST_LOAD, (source_path,)).fetchone()
     if latest is None:
         return None, f"{source_path}: the ledger knows no file by that path (see `consolidate status`)"
@@ -79,5 +78,5 @@ def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = 
             raise ForgetError("\n".join(refused))
         return [ForgetOutcome(path, "already forgotten", gone.forgotten[path]) if path in gone.forgotten else
                 ForgetOutcome(path, "forgotten", ledger.record_forgotten(connection, path, checked[path][0],
-                                                                        by or who(), note))
+                                                                        by or ledger.who(), note))
                 for path in paths]

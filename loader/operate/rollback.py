@@ -74,7 +74,7 @@ from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, ledger_path, state_loads
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_NAMESPACES, MEMORY_TABLES
-from loader.operate.cutover import current_load_of, who
+from loader.operate.cutover import not_a_loaded_memory_file
 from loader.relations import MEMORY_RANKED
 from loader.sources.snapshot import (
     ArchiveUnreadable,
@@ -94,6 +94,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 class RollbackError(Exception):
     """A rollback refused or failed; FILE was not written."""
+
+
+class WritingFailed(RollbackError):
+    """Writing FILE failed (SQLite refused a statement, or the file fails integrity_check); nothing was left."""
 
 
 class DestinationRefused(RollbackError):
@@ -444,10 +448,18 @@ def instant(text: str) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def own_text(raw: bytes) -> str:
+    """A TEXT value of the source as read for comparing: bytes that are not UTF-8 (loaded as exact hex,
+    flagged binary_value) kept as surrogates, so reading them never fails."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def says_the_same(column: str, own, new) -> bool:
     """Whether a row's own value of `column` says what PostgreSQL's value says, so its bytes stay."""
     if own == new and type(own) is type(new):
         return True
+    if isinstance(own, str) and isinstance(new, bytes):  # TEXT whose bytes PostgreSQL holds as binary
+        return own.encode("utf-8", "surrogateescape") == new
     if not (isinstance(own, str) and isinstance(new, str)):
         return False
     if column in TEXT_TIME_COLUMNS:
@@ -550,6 +562,7 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
     if memory is None or memory.rowid is None:
         raise RollbackError(f"{report.source_path}: its {MEMORY_TABLES[kind]} table has no rowid to keep rows by")
     connection = sqlite3.connect(path, isolation_level=None)
+    connection.text_factory = own_text
     sequence_copied = False
     try:
         for name in ("page_size", "auto_vacuum", "user_version", "application_id"):  # the first two: before any table
@@ -599,11 +612,11 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
             connection.execute("PRAGMA journal_mode = WAL")
         problems = [row[0] for row in connection.execute("PRAGMA integrity_check")]
         if problems != ["ok"]:
-            raise RollbackError(f"the written file fails integrity_check: {'; '.join(problems[:5])}")
+            raise WritingFailed(f"the written file fails integrity_check: {'; '.join(problems[:5])}")
         report.tables = {name: connection.execute(f"SELECT count(*) FROM main.{quote(name)}").fetchone()[0]
                          for name, table in tables.items() if not table.virtual}
     except sqlite3.Error as error:
-        raise RollbackError(f"writing {report.written_to}: {type(error).__name__}: {error}") from error
+        raise WritingFailed(f"writing {report.written_to}: {type(error).__name__}: {error}") from error
     finally:
         connection.close()
 
@@ -649,7 +662,7 @@ def check_destination(connection: psycopg.Connection, source: Path, destination:
                                      "(--overwrite to replace the link with the new file)")
     elif destination.exists():
         loaded = ledger_path(connection, destination)
-        if current_load_of(connection, loaded) is not None:
+        if ledger.current_load_of(connection, loaded) is not None:
             raise DestinationRefused(f"{destination} is a source file the ledger loads ({loaded}): a rollback never "
                                      "replaces one; write elsewhere, then move it into place with its service stopped")
         if not overwrite:
@@ -709,16 +722,11 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
         source_path = ledger_path(connection, source)
         source = Path(source_path)
         check_destination(connection, source, destination, overwrite)
-        current = current_load_of(connection, source_path)
-        if current is None:
-            if not source.exists():
-                raise RollbackError(f"{source_path}: no such file, and the ledger knows no file by that path "
-                                    "(see `consolidate status`)")
-            raise RollbackError(f"{source_path}: never loaded (no current load in the ledger)")
+        current = ledger.current_load_of(connection, source_path)
+        problem = not_a_loaded_memory_file(connection, source_path, current)
+        if problem:
+            raise RollbackError(problem)
         load_id, kind, sha256, wal_sha256 = current
-        if kind not in MEMORY_TABLES:
-            raise RollbackError(f"{source_path}: of kind {kind}; rollback writes memory files "
-                                f"({', '.join(MEMORY_TABLES)})")
         report = RollbackReport(source_path, str(destination), kind, load_id)
         raw_table = raw_memory_table(connection, load_id, source_path, MEMORY_TABLES[kind])
         if raw_table is None:
@@ -751,11 +759,13 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                 create_database(snapshot.path, written, kind, plan, report)
                 report.sha256 = sha256_of(written)
                 move_into_place(written, destination, overwrite)
+            except OSError as error:  # a full disk, a folder made read-only meanwhile
+                raise WritingFailed(f"writing {destination}: {error}") from error
             finally:
                 for leftover in (written, *(side_file(written, s) for s in ("-wal", "-shm", "-journal"))):
                     leftover.unlink(missing_ok=True)
         with connection.transaction():
-            connection.execute(RECORD, (source_path, str(destination), by or who(), load_id, report.sha256,
+            connection.execute(RECORD, (source_path, str(destination), by or ledger.who(), load_id, report.sha256,
                                         report.unchanged, len(report.changed), len(report.created),
                                         len(report.deleted), Jsonb(report.skipped)))
     return report

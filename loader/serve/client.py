@@ -399,8 +399,10 @@ class MemoryClient:
                 " consolidate.record_memory_access(hit.namespace, hit.key)) AS recorded")
         return query.format(table=self._table, columns=columns, where=where).as_string(None)
 
-def warm_cache(dsn: str, cache: Cache, top: int, *, schema: str = "public") -> int:
+def warm_cache(dsn: str, cache: Cache, top: int, *, schema: str = "public") -> int | None:
     """Cache the `top` hottest live entries of unified_memory (access_count desc, then accessed_at
-    desc); returns how many were cached (0 when Redis is unreachable)."""
+    desc); returns how many were cached, None when Redis is unreachable."""
+    if not cache.available():
+        return None
     with MemoryClient(dsn, schema=schema, pool_size=1) as client:
         return cache.warm(client.hottest(top))

@@ -105,10 +105,6 @@ class Discovery:
     files: list[SourceFile]
     warnings: list[DiscoveryWarning]
 
-    @property
-    def to_load(self) -> list[SourceFile]:
-        return [f for f in self.files if f.copy_of is None and f.error is None]
-
 
 def classify(tables: dict[str, list[str]]) -> str:
     """Name the schema a database follows, from its tables and their columns."""

@@ -7,6 +7,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from loader import ledger
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, not_retired
 from loader.load.raw_contract import MEMORY_KINDS, MEMORY_TABLES, RAW_SCHEMAS
 from loader.verify.results import TableCount
@@ -33,8 +34,7 @@ def raw_rows_by_file(connection: psycopg.Connection) -> dict[tuple[str, str], di
         ledger=sql.Identifier(LEDGER_SCHEMA))).fetchall()
     counts = {}
     for schema, table in tables:
-        if connection.execute("SELECT to_regclass(%s) IS NOT NULL",
-                              [sql.Identifier(schema, table).as_string(connection)]).fetchone()[0]:
+        if ledger.relation_exists(connection, schema, table):
             rows = connection.execute(sql.SQL(
                 "SELECT parts.load_id, r._source_path, count(*) FROM {raw} AS r "
                 "JOIN {ledger}.current_load_parts AS parts "

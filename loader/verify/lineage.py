@@ -132,7 +132,7 @@ def versions(target: Target, key: str, namespace: str | None = None) -> list[Ver
     with target.connect() as connection:
         needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (ledger.LEDGER_SCHEMA, "load_files"),
                   (ledger.LEDGER_SCHEMA, "retired_rows"), (ledger.WRITE_LOG_SCHEMA, "memory_writes")]
-        missing = [".".join(name) for name in needed if not ledger.relation_exists(connection, *name)]
+        missing = ledger.missing_relations(connection, needed)
         if missing:
             raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()

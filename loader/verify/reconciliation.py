@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from psycopg import sql
 
+from loader import ledger
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA
 
@@ -56,7 +57,7 @@ NO_RECONCILIATION = """(SELECT NULL::text AS source_path, NULL::bigint AS rows_i
 def summarize(target: Target, load_id: str) -> list[FileSummary]:
     with target.connect() as connection:
         mart = sql.Identifier(target.schema, "reconciliation")
-        exists = connection.execute("SELECT to_regclass(%s)", (mart.as_string(connection),)).fetchone()[0]
+        exists = ledger.relation_exists(connection, target.schema, "reconciliation")
         reconciliation = mart if exists else sql.SQL(NO_RECONCILIATION)
         query = sql.SQL(SUMMARY_QUERY).format(ledger=sql.Identifier(LEDGER_SCHEMA), reconciliation=reconciliation)
         rows = connection.execute(query, {"load_id": load_id}).fetchall()

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from loader import ledger
 from loader.json_depth import too_deep
 from loader.ledger import (
     ARCHIVED,
@@ -153,7 +154,7 @@ def sample_file(connection: psycopg.Connection, database: Path, current: Current
                     for name, rowids in group_by_table(memory_rows).items()},
             raw=[RawSample(tables[name], raw_tables[name],
                            read_as_loaded(sqlite, tables[name], {c: c for c in tables[name].columns}, rowids),
-                           raw_column_names(connection, current, tables[name]))
+                           recorded_raw_columns(connection, current, tables[name]))
                  for name, rowids in group_by_table(memory_rows + other_rows).items()])
     finally:
         sqlite.close()
@@ -299,12 +300,11 @@ def compare_with_raw(current: CurrentLoad, sample: RawSample, raw: dict[tuple, l
     return mismatches
 
 
-def raw_column_names(connection: psycopg.Connection, current: CurrentLoad, table: SourceTable) -> dict[str, str]:
-    """Source column -> raw column for the table in the file's current load (the same name when the
-    ledger predates consolidate.load_columns or does not list the column)."""
+def recorded_raw_columns(connection: psycopg.Connection, current: CurrentLoad, table: SourceTable) -> dict[str, str]:
+    """Source column -> raw column for the table in the file's current load, as the ledger recorded it (the
+    same name when the ledger predates consolidate.load_columns or does not list the column)."""
     names = {column: column for column in table.columns}
-    if connection.execute("SELECT to_regclass(%s) IS NOT NULL",
-                          [sql.Identifier(LEDGER_SCHEMA, "load_columns").as_string(connection)]).fetchone()[0]:
+    if ledger.relation_exists(connection, LEDGER_SCHEMA, "load_columns"):
         names.update(connection.execute(sql.SQL(
             "SELECT source_column, raw_column FROM {} WHERE load_id = %s AND source_path = %s AND source_table = %s"
         ).format(sql.Identifier(LEDGER_SCHEMA, "load_columns")),
@@ -440,7 +440,7 @@ def accesses_of(connection: psycopg.Connection, entries: list[tuple[str, str]]) 
     """Reads of the sampled entries through the client (raw_postgres.memory_accesses): they count in an
     entry's accessed_at (latest) and access_count (largest) like its superseded versions do."""
     accesses = sql.Identifier(WRITE_LOG_SCHEMA, "memory_accesses")
-    if connection.execute("SELECT to_regclass(%s) IS NULL", [accesses.as_string(connection)]).fetchone()[0]:
+    if not ledger.relation_exists(connection, WRITE_LOG_SCHEMA, "memory_accesses"):
         return {}
     rows = connection.execute(sql.SQL(
         "SELECT namespace, key, extract(epoch FROM accessed_at), access_count FROM {} "

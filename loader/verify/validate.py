@@ -41,7 +41,6 @@ from datetime import datetime
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
@@ -98,7 +97,7 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
                                               policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
         connection.commit()
-        report = ValidationReport(run_id=new_run_id(started_at), started_at=started_at, finished_at=now(),
+        report = ValidationReport(run_id=ledger.new_id(started_at), started_at=started_at, finished_at=now(),
                                   sample_size=sample_size, seed=options.seed, marts_schema=target.schema,
                                   backup_dir=str(backup_dir) if backup_dir is not None else None, files=files)
         store(connection, report)
@@ -114,14 +113,9 @@ def policy_of_load(recorded: dict | None, given: SecretPolicy | None) -> SecretP
     return SecretPolicy(key=given.key if same_key else None, rules=dict(recorded["rules"]))
 
 
-def new_run_id(started_at: datetime) -> str:
-    return started_at.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
-
-
 def require_relations(connection: psycopg.Connection, schema: str) -> None:
     needed = [(LEDGER_SCHEMA, "current_loads"), MEMORY_RANKED, *((schema, mart) for mart in MARTS)]
-    missing = [f"{namespace}.{name}" for namespace, name in needed if connection.execute(
-        "SELECT to_regclass(%s) IS NULL", [sql.Identifier(namespace, name).as_string(connection)]).fetchone()[0]]
+    missing = ledger.missing_relations(connection, needed)
     if missing:
         raise ValidationError(f"{', '.join(missing)} not found: load and build first (consolidate run)")
 

@@ -19,11 +19,10 @@ import psycopg
 from psycopg import sql
 
 from loader.apps.convert import ConversionError, Converter
-from loader.apps.source import SourceDatabase
+from loader.apps.source import FETCH_ROWS, SourceDatabase
 from loader.apps.target import TargetSchema
 
 EXAMPLES = 5
-FETCH_ROWS = 5000
 
 
 def line_of(cells: Iterable[str | None]) -> str:
