@@ -357,12 +357,9 @@ def archive(
     if verify is not None:
         if roots or to is not None or remove_originals:
             raise typer.BadParameter("--verify PATH takes no ROOT, no --to and no --remove-originals")
-        problems = archive_stage.verify_archive(verify)
-        relocated = (archive_stage.relocate_archive(target_for(dsn, home, schema), verify)
-                     if relocate and not problems else None)
-        render.verification(problems, "archive", verify, as_json, relocate, relocated)
-        refused = relocate and relocated is None
-        raise typer.Exit(ExitCode.OK if not problems and not refused else ExitCode.NOT_RECONCILED)
+        check = archive_stage.check_archive(verify, target_for(dsn, home, schema) if relocate else None)
+        render.verification(check.problems, "archive", verify, as_json, check.relocate, check.relocated)
+        raise typer.Exit(check.exit_code)
     if relocate:
         raise typer.BadParameter("--relocate goes with --verify PATH")
     if not roots or to is None:

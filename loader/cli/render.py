@@ -413,7 +413,7 @@ def forgotten(outcomes: list[ForgetOutcome], as_json: bool) -> None:
         print_json([o.to_json() for o in outcomes])
         return
     table = Table(title="files accepted as gone")
-    for column in ("file", "outcome", "current load", "forgotten at", "by", "note"):
+    for column in ("file", "outcome", "load", "forgotten at", "by", "note"):
         table.add_column(column)
     for o in outcomes:
         f = o.forgotten

@@ -544,6 +544,28 @@ def relocate_archive(target: Target, path: Path) -> list[tuple[str, str]] | None
         return ledger.relocate_archive(connection, archive_sha256, os.path.abspath(path))
 
 
+@dataclass
+class ArchiveCheck:
+    """`archive --verify PATH [--relocate]`: the archive's problems, and what relocating it did."""
+
+    path: Path
+    problems: list[Problem]
+    relocate: bool = False  # asked to relocate
+    relocated: list[tuple[str, str]] | None = None  # relocate_archive's answer (None: refused or not asked)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        refused = self.relocate and self.relocated is None
+        return ExitCode.NOT_RECONCILED if self.problems or refused else ExitCode.OK
+
+
+def check_archive(path: Path, relocate_in: Target | None = None) -> ArchiveCheck:
+    """verify_archive, then, given `relocate_in` and an archive that verifies, relocate_archive."""
+    problems = verify_archive(path)
+    relocated = relocate_archive(relocate_in, path) if relocate_in is not None and not problems else None
+    return ArchiveCheck(path, problems, relocate_in is not None, relocated)
+
+
 def recorded_sha256(archive_path: Path) -> str | None:
     """The archive's sha256 as its `.sha256` file (sha256sum format) records it; None without one."""
     sums = checksum_file(archive_path)
