@@ -30,7 +30,8 @@ holds it, with PostgreSQL's state.
     function, consolidate.extended_memory_type: the type kept when it fits the value, else named from
     it). A column the marts hold NULL that SOURCE declares NOT NULL keeps its row's (or its default)
     value, and a value PostgreSQL holds unchanged keeps the row's own text (the same JSON, the same
-    instant). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 the id
+    instant; TEXT whose bytes are not UTF-8, which PostgreSQL holds as binary, keeps its own bytes when
+    PostgreSQL's bytes are those). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 the id
     compat_claude_flow_v3.memory_entries shows it by: its own v3 id (metadata claude_flow_v3.id) when it
     has one, else `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers
     them); a v3 id another row of FILE already holds (v3's id is its primary key: hostile data, two
