@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sqlite3
 import statistics
@@ -86,6 +87,7 @@ class Measured:
     load_before: float = 0.0
     note: str = ""
     dbt_nodes: dict[str, float] = field(default_factory=dict)
+    dbt_statements: list[list] = field(default_factory=list)  # [node, statement, seconds] (dbt_statements)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -248,6 +250,50 @@ def dbt_nodes(home: Path, top: int = 8) -> dict[str, float]:
     nodes = json.loads(path.read_text()).get("results", [])
     nodes.sort(key=lambda node: node.get("execution_time") or 0, reverse=True)
     return {node["unique_id"].split(".", 1)[1]: round(node["execution_time"], 2) for node in nodes[:top]}
+
+
+DBT_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \[\w+\s*\] \[(?P<thread>[^\]]*)\]: (?P<text>.*)$")
+DBT_STATEMENT = re.compile(r"^On (?P<node>[\w.]+): (?P<sql>.*)$")
+DBT_STATUS = re.compile(r"^SQL status: .* in (?P<seconds>[\d.]+) seconds$")
+
+
+def statement_summary(sql_text: str) -> str:
+    """A statement dbt ran, in a few words: its SQL without dbt's comment, on one line, cut short."""
+    text = " ".join(re.sub(r"/\*.*?\*/", " ", sql_text, flags=re.S).split())
+    text = re.sub(r'"[^"]*"\."([^"]*)"\."([^"]*)"', r"\1.\2", text)  # "db"."schema"."table" -> schema.table
+    if index := re.search(r"create\s+(?:unique\s+)?index\b.*?\son\s+(\S+)\s*(using \w+\s*)?(\([^)]*\))", text, re.I):
+        return f"create index on {index[1]} {index[2] or ''}{index[3]}"
+    if made := re.match(r"create table \S+ as", text, re.I) or re.search(r"insert into \S+", text, re.I):
+        return made[0] + " ..."
+    if text.startswith("select count(*) as failures"):
+        return "the test's query"
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+def dbt_statements(home: Path, top: int = 10) -> list[list]:
+    """The slowest statements of the dbt invocations logged under `home` (dbt's debug log: each
+    statement's SQL after `On <node>:` and its time in `SQL status: ... in N seconds`, per thread), as
+    [node, statement, seconds]."""
+    path = home / "dbt" / "logs" / "dbt.log"
+    if not path.exists():
+        return []
+    statements, current, sql_lines = [], {}, None
+    for line in path.read_text(errors="replace").splitlines():
+        logged = DBT_LOG_LINE.match(line)
+        if not logged:
+            if sql_lines is not None:
+                sql_lines.append(line)  # a statement's SQL goes on over lines of its own
+            continue
+        sql_lines = None
+        thread, text = logged["thread"], logged["text"]
+        if started := DBT_STATEMENT.match(text):
+            sql_lines = [started["sql"]]
+            current[thread] = (started["node"].split(".", 1)[-1], sql_lines)
+        elif (status := DBT_STATUS.match(text)) and thread in current:
+            node, lines = current.pop(thread)
+            statements.append([node, statement_summary("\n".join(lines)), float(status["seconds"])])
+    statements.sort(key=lambda statement: statement[2], reverse=True)
+    return statements[:top]
 
 
 def ours_command(kind: str, corpus: Path, dsn: str, home: Path, *extra: str) -> list[str]:
@@ -520,6 +566,10 @@ def markdown_section(results: dict) -> str:
         *([""] + ["Slowest dbt nodes of the cold `run`: " + ", ".join(
             f"{name} {seconds:.1f} s" for name, seconds in m["dbt_nodes"].items()) + "."
             for m in results["measured"] if m["dbt_nodes"] and "re-run" not in m["name"]][:1]),
+        *([""] + ["Slowest statements of the cold `run`'s build (dbt's log; a model's time is its statements' "
+                  "and its hooks'): " + "; ".join(
+            f"{node}: `{statement}` {seconds:.1f} s" for node, statement, seconds in m["dbt_statements"]) + "."
+            for m in results["measured"] if m.get("dbt_statements")][:1]),
     ])
 
 
@@ -641,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                                     work, log, profile("run")))
         m.checks = {"raw_rows": count(dsn, raw_count), **mart_counts(dsn), "keys_expected": expected_keys}
         m.dbt_nodes = dbt_nodes(home)
+        m.dbt_statements = dbt_statements(home)
         if not args.skip_rerun:
             step(harness("consolidate run --no-backup (re-run, unchanged)",
                          ours_command("run", corpus, dsn, home, "--no-backup"), work, log)).dbt_nodes = dbt_nodes(home)

@@ -74,6 +74,12 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
     assert run["public.unified_memory"] + run["public.performance_metrics"] == corpus["keys_expected"]
     assert run["public.unified_memory_history"] == corpus["rows"] - corpus["keys_expected"]
     assert "build" in measured["consolidate run --no-backup"]["phases"]
+    # the cold build's slowest statements, read from dbt's log: the full build creates int_memory_ranked
+    statements = measured["consolidate run --no-backup"]["dbt_statements"]
+    assert ["consolidate.int_memory_ranked", "create table intermediate.int_memory_ranked as ..."] in \
+        [statement[:2] for statement in statements]
+    assert [s[2] for s in statements] == sorted((s[2] for s in statements), reverse=True)
+    assert "Slowest statements of the cold `run`'s build" in finished.stdout
 
     for form in ("binary", "csv"):
         assert measured[f"floor ({form} COPY)"]["checks"]["rows"] == corpus["rows"]
