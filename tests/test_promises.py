@@ -251,6 +251,14 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert found.returncode == 0 and {v["role"] for v in json.loads(found.stdout)} == {"winner", "superseded"}
     missing = consolidate("lineage", "no-such-key", "--json", target=target, home=home)
     assert missing.returncode == 6 and json.loads(missing.stdout) == []
+    elsewhere = consolidate("lineage", "alpha", "--schema", "no_such_schema", target=target, home=home)
+    assert elsewhere.returncode == 2 and "no_such_schema.unified_memory" in elsewhere.stderr, elsewhere.stderr
+
+    # run-operation: its results name macros, not nodes
+    operation = dbt("run-operation", "create_udfs")
+    assert operation.returncode == 0 and "Traceback" not in operation.stderr, operation.stderr[-2000:]
+    results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
+    assert [(r["unique_id"], r["status"]) for r in results] == [("macro.consolidate.create_udfs", "success")]
 
 
 # ------------------------------------------------------------------------------ sync --watch exit code

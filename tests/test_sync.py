@@ -687,3 +687,41 @@ def test_the_status_line_counts_files_gone_missing_archived_or_forgotten():
              for status, count in (("unchanged", 2), ("missing", 1), ("archived", 3), ("forgotten", 1)) for n in range(count)]
     line = SyncReport(started_at=datetime.now(timezone.utc), files=files).status_line()
     assert "2 unchanged" in line and ", 1 missing, 3 archived, 1 forgotten" in line, line
+
+
+def test_a_sync_waits_for_a_build_running_on_the_database_then_builds_its_change(tmp_path, target, home):
+    """Two builds at once would replace the same models (one failing on the other's tables): a sync whose
+    build finds another dbt build running (here: its lock held) says so and waits, then builds its change."""
+    from conftest import AMBIENT_SETTINGS, fetch, wait_for
+
+    tree = tmp_path / "tree"
+    db = tree / "app" / ".swarm" / "memory.db"
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as connection:
+        connection.executescript(V2_DDL)
+        connection.execute("INSERT INTO memory_entries (key, value, namespace) VALUES ('k', '\"one\"', 'default')")
+    connection.close()
+    ran = subprocess.run([sys.executable, "-m", "loader", "run", str(tree), "--no-backup", "--dsn", target.dsn,
+                          "--home", str(home)], capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE memory_entries SET value = '\"two\"', updated_at = updated_at + 10 WHERE key = 'k'")
+    connection.close()
+
+    environment = {k: v for k, v in os.environ.items() if k not in AMBIENT_SETTINGS}
+    with psycopg.connect(target.dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(hashtext('consolidate.dbt'))")
+        syncing = subprocess.Popen([sys.executable, "-m", "loader", "sync", str(tree), "--dsn", target.dsn,
+                                    "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=environment)
+        try:
+            waiting = wait_for(lambda: fetch(target, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                                     "AND NOT granted")[0][0] > 0, seconds=120, step=0.2)
+            assert waiting and syncing.poll() is None
+            assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'k'") == [("one",)]
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(hashtext('consolidate.dbt'))")
+        stdout, stderr = syncing.communicate(timeout=600)
+    assert syncing.returncode == 0, stdout[-2000:] + stderr[-2000:]
+    assert "waiting for another build" in stderr
+    assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'k'") == [("two",)]

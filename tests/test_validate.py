@@ -201,6 +201,29 @@ def test_a_consolidated_sample_validates_and_the_results_are_queryable(sample_tr
     assert [(f.source_path, f.backup_checksum_status) for f in failed] == [(str(broken), "differs")]
     assert not again.passed
 
+    # The backup's files themselves: one deleted, one with a byte flipped (each its manifest entry intact)
+    # fail their files, named; a folder holding the manifest alone fails every file it lists.
+    entries = [entry for entry in json.loads(manifest_path.read_text())["files"]
+               if entry["status"] == "backed-up" and entry["path"] != str(broken)]
+    deleted, flipped = entries[0], entries[1]
+    (backup_dir / deleted["backup"]).unlink()
+    damaged = bytearray((backup_dir / flipped["backup"]).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    (backup_dir / flipped["backup"]).write_bytes(bytes(damaged))
+    third = validate(target, sample_size=0, backup_dir=backup_dir)
+    problems = {f.source_path: f.problems for f in third.files if not f.passed}
+    assert set(problems) == {str(broken), deleted["path"], flipped["path"]}, problems
+    assert any(f"{deleted['backup']}: missing" in problem for problem in problems[deleted["path"]])
+    assert any(f"{flipped['backup']}: sha256" in problem for problem in problems[flipped["path"]])
+    manifest_only = tmp_path / "manifest-only"
+    manifest_only.mkdir()
+    shutil.copyfile(manifest_path, manifest_only / "manifest.json")
+    fourth = validate(target, sample_size=0, backup_dir=manifest_only)
+    backed_up = {entry["path"] for entry in json.loads(manifest_path.read_text())["files"]
+                 if entry["status"] == "backed-up"}
+    assert {f.source_path for f in fourth.files if f.backup_checksum_status == "differs"} == backed_up
+    assert not fourth.passed
+
 
 def test_tampered_marts_and_raw_and_changed_or_missing_sources_are_named(sample_tree, target, home, tmp_path):
     run_ok(sample_tree, target, home, "--no-backup")

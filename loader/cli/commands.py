@@ -311,7 +311,7 @@ def lineage(key: Annotated[str, typer.Argument(help="The memory key to trace.", 
     try:
         versions = lineage_queries.versions(target_for(dsn, home, schema), key, namespace)
     except lineage_queries.NotBuilt as error:
-        usage_error(error)
+        usage_error(error, as_json)
     render.lineage(key, namespace, versions, as_json)
     raise typer.Exit(ExitCode.OK if versions else ExitCode.NOT_FOUND)
 

@@ -8,9 +8,11 @@ by a version of the project without incremental memory models.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +70,29 @@ def prepare(target: Target, home: Path) -> None:
                             dbt_environment(target, home))
 
 
+# dbt commands that write models or read them as a build leaves them; `docs serve`, `parse`, `compile`,
+# `ls`... take no lock (`docs serve` runs until stopped).
+LOCKING_COMMANDS = {"build", "run", "test", "seed", "snapshot", "run-operation"}
+
+
+@contextlib.contextmanager
+def one_dbt_invocation_at_a_time(target: Target, command: list[str]) -> Iterator[None]:
+    """Hold the database's dbt lock (a session advisory lock, `consolidate.dbt`) while a command of
+    LOCKING_COMMANDS runs: two builds at once (two syncs, a sync and `consolidate build`) would each
+    replace the same models, and one fail on the other's tables (`..._dbt_backup already exists`), and
+    tests would read a build half done. The second waits, saying so, then builds what is left (often
+    nothing: the first built its loads too)."""
+    if next((argument for argument in command if not argument.startswith("-")), None) not in LOCKING_COMMANDS:
+        yield
+        return
+    with target.connect(autocommit=True) as connection:
+        if not connection.execute("SELECT pg_try_advisory_lock(hashtext('consolidate.dbt'))").fetchone()[0]:
+            print("waiting for another build (or dbt command) on this database to finish...", file=sys.stderr,
+                  flush=True)
+            connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.dbt'))")
+        yield
+
+
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False,
             progress_to_stderr: bool = False) -> BuildOutcome:
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
@@ -87,11 +112,13 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
-    try:
-        invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**dbt_environment(target, home), **digests},
-                                        run_results, quiet or progress_to_stderr)
-    except dbt_process.WorkerGone as gone:
-        return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
+    with one_dbt_invocation_at_a_time(target, command):
+        try:
+            invocation = dbt_process.invoke(dbt_arguments(command, home, quiet),
+                                            {**dbt_environment(target, home), **digests},
+                                            run_results, quiet or progress_to_stderr)
+        except dbt_process.WorkerGone as gone:
+            return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
     record_invocation(target, command, invoked_at, invocation.invocation_id)
     outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None)
     for unique_id, status, message in invocation.results:

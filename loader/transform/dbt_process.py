@@ -104,7 +104,9 @@ def invoke_here(arguments: list[str], environment: dict[str, str], run_results: 
         result = dbtRunner().invoke(arguments)
     if run_results is not None and hasattr(result.result, "write"):
         result.result.write(str(run_results))
-    nodes = [(node.node.unique_id, str(node.status), node.message)
+    # a node's result (build, run, test...) names its node; run-operation's names only its macro
+    nodes = [(getattr(getattr(node, "node", None), "unique_id", None) or getattr(node, "unique_id", None) or "",
+              str(node.status), node.message)
              for node in getattr(result.result, "results", None) or []]
     return Invocation(success=bool(result.success),
                       exception=None if result.exception is None else str(result.exception),

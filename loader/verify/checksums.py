@@ -3,11 +3,11 @@ backup hold exactly those bytes?"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest
+from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest, verify_entry
 from loader.ledger import ARCHIVED, CHANGED, FORGOTTEN, MISSING, UNCHANGED, UNREADABLE, CurrentLoad
 from loader.verify.results import ValidationError
 
@@ -18,12 +18,22 @@ BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backe
 class BackupIndex:
     """A backup's files by path, and the roots it was made of."""
 
+    folder: Path
     entries: dict[str, BackupEntry]
     roots: tuple[Path, ...]
     created_at: datetime
+    checked: dict[str, list[str]] = field(default_factory=dict, compare=False)  # backup file -> its problems
 
     def covers(self, source_path: str) -> bool:
         return any(Path(source_path).is_relative_to(root) for root in self.roots)
+
+    def file_problems(self, entry: BackupEntry) -> list[str]:
+        """What `backup --verify` finds wrong with the entry's file in the folder (missing, other bytes than
+        the manifest's, not SQLite, failing integrity_check, other row counts); read once per file."""
+        if entry.backup not in self.checked:
+            self.checked[entry.backup] = [
+                f"its backup {problem.path}: {problem.problem}" for problem in verify_entry(self.folder, entry)]
+        return self.checked[entry.backup]
 
 
 def backup_entries(backup_dir: Path) -> BackupIndex:
@@ -31,23 +41,28 @@ def backup_entries(backup_dir: Path) -> BackupIndex:
         manifest = read_manifest(backup_dir)
     except ValueError as error:
         raise ValidationError(f"{backup_dir}: {error}") from error
-    return BackupIndex({str(entry.path): entry for entry in manifest.files}, tuple(Path(root) for root in manifest.roots),
-                       datetime.fromisoformat(manifest.created_at))
+    return BackupIndex(backup_dir, {str(entry.path): entry for entry in manifest.files},
+                       tuple(Path(root) for root in manifest.roots), datetime.fromisoformat(manifest.created_at))
 
 
-def backup_checksum_status(backup: BackupIndex | None, current: CurrentLoad) -> str | None:
-    """Whether the backup holds the bytes of the current load (a `copy` entry: through its original).
-    None when there is no backup, or when the file is under none of the roots it was made of (a `run`
-    over some roots backs up those, while the ledger holds the files of every root loaded before)."""
+def backup_check(backup: BackupIndex | None, current: CurrentLoad) -> tuple[str | None, list[str]]:
+    """Whether the backup holds the bytes of the current load (a `copy` entry: through its original): its
+    manifest records them, and its file in the folder is the one the manifest describes (otherwise it
+    differs, the problems named). None when there is no backup, or when the file is under none of the
+    roots it was made of (a `run` over some roots backs up those, while the ledger holds the files of
+    every root loaded before)."""
     if backup is None or not backup.covers(current.source_path):
-        return None
+        return None, []
     entries = backup.entries
     entry = entries.get(current.source_path)
     if entry is not None and entry.status == COPY and entry.copy_of is not None:
         entry = entries.get(str(entry.copy_of))
     if entry is None or entry.status != BACKED_UP:
-        return NOT_BACKED_UP
-    return BACKUP_MATCHES if (entry.sha256, entry.wal_sha256) == current.identity else BACKUP_DIFFERS
+        return NOT_BACKED_UP, ["not in the backup"]
+    if (entry.sha256, entry.wal_sha256) != current.identity:
+        return BACKUP_DIFFERS, ["the backup holds other bytes than the current load"]
+    problems = backup.file_problems(entry)
+    return (BACKUP_DIFFERS if problems else BACKUP_MATCHES), problems
 
 
 def checksum_problems(status: str, reason: str | None) -> list[str]:
@@ -61,11 +76,3 @@ def checksum_problems(status: str, reason: str | None) -> list[str]:
         UNREADABLE: [f"could not be read: {reason}"],
     }[status]
 
-
-def backup_problems(status: str | None) -> list[str]:
-    return {
-        None: [],
-        BACKUP_MATCHES: [],
-        BACKUP_DIFFERS: ["the backup holds other bytes than the current load"],
-        NOT_BACKED_UP: ["not in the backup"],
-    }[status]

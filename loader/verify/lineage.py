@@ -130,7 +130,7 @@ def versions(target: Target, key: str, namespace: str | None = None) -> list[Ver
     superseded (writes made in PostgreSQL among them), and versions from earlier loads of a file. Raises
     NotBuilt before the first build."""
     with target.connect() as connection:
-        needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (ledger.LEDGER_SCHEMA, "load_files"),
+        needed = [MEMORY_ALL_LOADS, MEMORY_RANKED, (target.schema, "unified_memory"), (ledger.LEDGER_SCHEMA, "load_files"),
                   (ledger.LEDGER_SCHEMA, "retired_rows"), (ledger.WRITE_LOG_SCHEMA, "memory_writes")]
         missing = ledger.missing_relations(connection, needed)
         if missing:

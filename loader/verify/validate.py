@@ -11,7 +11,8 @@ For each file of `consolidate.current_loads`:
   `reconciliation` mart counted it (the build's assert_flags_reach_the_marts counts it again in the marts);
 - checksums: the file on disk now (main file and `-wal`) against the ledger's checksums of its current
   load, and, given a backup folder, the ledger's checksums against the backup manifest's for that path
-  (does the backup hold exactly the bytes that were loaded?). A file `consolidate archive
+  (does the backup hold exactly the bytes that were loaded?) and the backup's file itself as
+  `backup --verify` checks it (in the folder, the manifest's sha256, integrity_check, row counts). A file `consolidate archive
   --remove-originals` deleted is `archived`: its bytes are read from the archive the ledger names
   (`consolidate.archived_removals`), checked against the current load's checksums and spot-checked
   (a backup made after the removal cannot hold it, and is not asked to; an earlier one is);
@@ -50,9 +51,8 @@ from loader.load.secret_policy import SecretPolicy
 from loader.relations import MEMORY_RANKED
 from loader.verify.checksums import (
     NOT_BACKED_UP,
-    backup_checksum_status,
+    backup_check,
     backup_entries,
-    backup_problems,
     checksum_problems,
 )
 from loader.verify.counts import (
@@ -125,14 +125,15 @@ def validate_file(connection: psycopg.Connection, current: CurrentLoad, options:
                   checksum_status: str, gone_since: datetime | None, spot: SpotCheck) -> FileValidation:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
-    backup_status = backup_checksum_status(options.backup, current)
+    backup_status, backup_problems = backup_check(options.backup, current)
     if (backup_status == NOT_BACKED_UP and gone_since is not None and checksum_status in (ARCHIVED, FORGOTTEN)
             and options.backup.created_at > gone_since):
-        backup_status = None  # gone before that backup was made (its bytes in the archive, or forgotten)
+        # gone before that backup was made (its bytes in the archive, or forgotten)
+        backup_status, backup_problems = None, []
     is_memory_file = current.kind in MEMORY_KINDS
     problems = (count_problems(current, tables, reconciliation)
                 + checksum_problems(checksum_status, spot.reason)
-                + backup_problems(backup_status)
+                + backup_problems
                 + ([f"spot check: {len(spot.mismatches)} difference(s)"] if spot.mismatches else []))
     return FileValidation(
         source_path=current.source_path, source_db=current.source_db, kind=current.kind,
