@@ -321,7 +321,7 @@ def format_age(seconds: float | None) -> str:
 
 def status_table(report: StatusReport) -> Table:
     table = Table(title="ledger status per source file")
-    for column in ("file", "kind", "status", "current load", "rows in SQLite", "rows loaded", "on disk",
+    for column in ("file", "kind", "last load", "current load", "rows in SQLite", "rows loaded", "on disk",
                    "since sync", "cut over", "last failure"):
         table.add_column(column, justify="right" if column.startswith(("rows", "since")) else "left")
     for f in report.files:
