@@ -254,6 +254,7 @@ def dbt_nodes(home: Path, top: int = 8) -> dict[str, float]:
 
 DBT_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \[\w+\s*\] \[(?P<thread>[^\]]*)\]: (?P<text>.*)$")
 DBT_STATEMENT = re.compile(r"^On (?P<node>[\w.]+): (?P<sql>.*)$")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")  # a log file dbt coloured
 DBT_STATUS = re.compile(r"^SQL status: .* in (?P<seconds>[\d.]+) seconds$")
 
 
@@ -279,7 +280,7 @@ def dbt_statements(home: Path, top: int = 10) -> list[list]:
         return []
     statements, current, sql_lines = [], {}, None
     for line in path.read_text(errors="replace").splitlines():
-        logged = DBT_LOG_LINE.match(line)
+        logged = DBT_LOG_LINE.match(ANSI_ESCAPE.sub("", line))
         if not logged:
             if sql_lines is not None:
                 sql_lines.append(line)  # a statement's SQL goes on over lines of its own

@@ -527,8 +527,10 @@ def now() -> datetime:
 
 def new_id(at: datetime | None = None) -> str:
     """An id of a load, app copy or validation run (and the stamp in an archive's name): the UTC time to
-    the second, then 6 random hex digits; ids of one kind sort by time."""
-    return (at or now()).astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+    the second, then 6 random hex digits; ids of one kind sort by time. A naive `at` is taken as UTC."""
+    at = at or now()
+    at = at.astimezone(timezone.utc) if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return at.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
 def table(name: str) -> sql.Identifier:

@@ -708,9 +708,14 @@ def test_a_sync_waits_for_a_build_running_on_the_database_then_builds_its_change
         connection.execute("UPDATE memory_entries SET value = '\"two\"', updated_at = updated_at + 10 WHERE key = 'k'")
     connection.close()
 
+    ranked_table = "SELECT to_regclass('intermediate.int_memory_ranked')::oid"
+    (ranked_before,) = fetch(target, ranked_table)
     environment = {k: v for k, v in os.environ.items() if k not in AMBIENT_SETTINGS}
     with psycopg.connect(target.dsn, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(hashtext('consolidate.dbt'))")
+        # a build running: its on-run-start recorded it, not passed yet (a sync deciding now would rebuild all)
+        holder.execute("INSERT INTO consolidate.memory_builds (invocation_id, marts_schema, write_watermark) "
+                       "VALUES ('running-elsewhere', 'public', 0)")
         syncing = subprocess.Popen([sys.executable, "-m", "loader", "sync", str(tree), "--dsn", target.dsn,
                                     "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=environment)
@@ -720,8 +725,10 @@ def test_a_sync_waits_for_a_build_running_on_the_database_then_builds_its_change
             assert waiting and syncing.poll() is None
             assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'k'") == [("one",)]
         finally:
+            holder.execute("DELETE FROM consolidate.memory_builds WHERE invocation_id = 'running-elsewhere'")
             holder.execute("SELECT pg_advisory_unlock(hashtext('consolidate.dbt'))")
         stdout, stderr = syncing.communicate(timeout=600)
     assert syncing.returncode == 0, stdout[-2000:] + stderr[-2000:]
     assert "waiting for another build" in stderr
     assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'k'") == [("two",)]
+    assert fetch(target, ranked_table) == [ranked_before]  # decided after the wait: incremental, not a rebuild

@@ -134,7 +134,7 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
         outcome = pipeline.load(roots, target, home, secrets=secrets, force=force, jobs=jobs,
                                 on_file=render.load_progress(quiet=as_json))
     except PolicyError as error:
-        usage_error(error)
+        usage_error(error, as_json)
     render.loaded(outcome, as_json)
     raise typer.Exit(ExitCode.SOURCE_UNREADABLE if outcome.failed else ExitCode.OK)
 
@@ -214,7 +214,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
                               rebuild=rebuild, jobs=jobs, quiet=as_json, on_file=render.load_progress(quiet=as_json),
                               cache=redis_cache(redis_url, as_json))
     except PolicyError as error:
-        usage_error(error)
+        usage_error(error, as_json)
     except backup_stage.BackupError as error:
         usage_error(f"backup refused: {error} (or pass --no-backup)")
     render.run(report, as_json)
@@ -251,7 +251,7 @@ def backup(
         manifest = backup_stage.backup(roots, to, on_file=render.backup_progress(quiet=as_json),
                                        overwrite=overwrite, exclude=[home])
     except backup_stage.BackupError as error:
-        usage_error(error)
+        usage_error(error, as_json)
     render.backed_up(manifest, as_json)
     raise typer.Exit(ExitCode.SOURCE_UNREADABLE if manifest.failed else ExitCode.OK)
 
@@ -276,7 +276,7 @@ def validate(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "publi
         report = pipeline.validate(target_for(dsn, home, schema), home, secrets=secrets, sample_size=sample,
                                    seed=seed, backup_dir=backup)
     except (validate_stage.ValidationError, PolicyError) as error:
-        usage_error(error)
+        usage_error(error, as_json)
     render.validated(report, as_json)
     raise typer.Exit(report.exit_code)
 
@@ -368,7 +368,7 @@ def archive(
         report = archive_stage.archive(target_for(dsn, home, schema), roots, to,
                                        remove_originals=remove_originals, exclude=[home])
     except archive_stage.ArchiveError as error:
-        usage_error(error)
+        usage_error(error, as_json)
     render.archived(report, as_json)
     raise typer.Exit(report.exit_code)
 
@@ -406,7 +406,7 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
             raise typer.Exit(last.exit_code if last is not None else ExitCode.OK)
         report = pipeline.sync(roots, target, home, secrets=secrets, build=not no_build, cache=cache)
     except PolicyError as error:
-        usage_error(error)
+        usage_error(error, as_json)
     render.synced(report, as_json)
     raise typer.Exit(report.exit_code)
 
@@ -445,7 +445,7 @@ def app_copy(
         result = app_databases.app_copy(source, target_for(dsn, home, "public"), schema, replace=replace,
                                         verify_only=verify_only)
     except app_databases.AppCopyUsageError as error:
-        usage_error(error)
+        usage_error(error, as_json)
     except app_databases.SourceUnreadable as error:
         render.error(f"cannot read the source: {error}")
         raise typer.Exit(ExitCode.SOURCE_UNREADABLE) from None

@@ -636,9 +636,22 @@ def move_into_place(written: Path, destination: Path, overwrite: bool) -> None:
     them into the new file)."""
     fsync(written)
     if overwrite:
+        # the replaced file's side files are set aside first and put back if the replace fails, so a
+        # failed rollback leaves the old FILE whole
+        aside = []
         for suffix in ("-wal", "-shm", "-journal"):
-            side_file(destination, suffix).unlink(missing_ok=True)
-        os.replace(written, destination)
+            side = side_file(destination, suffix)
+            if side.exists():
+                aside.append((side, written.with_name(f"{written.name}.replaced{suffix}")))
+                os.replace(*aside[-1])
+        try:
+            os.replace(written, destination)
+        except OSError:
+            for side, kept in aside:
+                os.replace(kept, side)
+            raise
+        for _, kept in aside:
+            kept.unlink()
     else:
         try:
             os.link(written, destination)

@@ -70,22 +70,22 @@ def prepare(target: Target, home: Path) -> None:
                             dbt_environment(target, home))
 
 
-# dbt commands that write models or read them as a build leaves them; `docs serve`, `parse`, `compile`,
-# `ls`... take no lock (`docs serve` runs until stopped).
-LOCKING_COMMANDS = {"build", "run", "test", "seed", "snapshot", "run-operation"}
+# dbt commands that write models, or read them as a build leaves them. Any other (`docs serve`, which
+# runs until stopped, `parse`, `compile`, `ls`...) takes no lock.
+LOCKING_COMMANDS = {"build", "run", "test", "seed", "snapshot", "run-operation", "retry", "clone"}
 
 
 @contextlib.contextmanager
-def one_dbt_invocation_at_a_time(target: Target, command: list[str]) -> Iterator[None]:
-    """Hold the database's dbt lock (a session advisory lock, `consolidate.dbt`) while a command of
-    LOCKING_COMMANDS runs: two builds at once (two syncs, a sync and `consolidate build`) would each
-    replace the same models, and one fail on the other's tables (`..._dbt_backup already exists`), and
-    tests would read a build half done. The second waits, saying so, then builds what is left (often
-    nothing: the first built its loads too)."""
-    if next((argument for argument in command if not argument.startswith("-")), None) not in LOCKING_COMMANDS:
+def dbt_lock(target: Target, command: list[str]) -> Iterator[None]:
+    """Hold the database's dbt lock (a session advisory lock, `consolidate.dbt`) while a command that
+    names one of LOCKING_COMMANDS decides what to build and runs: two builds at once (two syncs, a sync
+    and `consolidate build`) would each replace the same models, and one fail on the other's tables
+    (`..._dbt_backup already exists`), and tests would read a build half done. The second waits, saying
+    so, then decides what to build from what the first left (often nothing: it built those loads too)."""
+    if not LOCKING_COMMANDS & set(command):
         yield
         return
-    with target.connect(autocommit=True) as connection:
+    with target.connect(connect_timeout=10, autocommit=True) as connection:
         if not connection.execute("SELECT pg_try_advisory_lock(hashtext('consolidate.dbt'))").fetchone()[0]:
             print("waiting for another build (or dbt command) on this database to finish...", file=sys.stderr,
                   flush=True)
@@ -94,14 +94,20 @@ def one_dbt_invocation_at_a_time(target: Target, command: list[str]) -> Iterator
 
 
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False,
-            progress_to_stderr: bool = False) -> BuildOutcome:
+            progress_to_stderr: bool = False, locked: bool = False) -> BuildOutcome:
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
     against `target` (the profile reads its connection settings from the environment, see
     Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
     (bad arguments, no connection) from models or tests that failed. `quiet`: dbt prints only its
     errors, and to stderr, so stdout stays the caller's (one JSON document with --json).
     `progress_to_stderr`: dbt's progress goes to stderr, beside the command's own (stdout keeps the
-    command's results); `consolidate dbt` leaves dbt's output where dbt puts it."""
+    command's results); `consolidate dbt` leaves dbt's output where dbt puts it. `locked`: the caller
+    holds the dbt lock (dbt_lock) already."""
+    with contextlib.nullcontext() if locked else dbt_lock(target, command):
+        return invoke_dbt(command, target, home, quiet=quiet, progress_to_stderr=progress_to_stderr)
+
+
+def invoke_dbt(command: list[str], target: Target, home: Path, *, quiet: bool, progress_to_stderr: bool) -> BuildOutcome:
     # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4). The ledger first: every invocation's
     # on-run-start records itself in it (a ledger made by an earlier version gets its new columns).
     with target.connect(connect_timeout=10, autocommit=True) as connection:
@@ -112,13 +118,11 @@ def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = Fal
 
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
-    with one_dbt_invocation_at_a_time(target, command):
-        try:
-            invocation = dbt_process.invoke(dbt_arguments(command, home, quiet),
-                                            {**dbt_environment(target, home), **digests},
-                                            run_results, quiet or progress_to_stderr)
-        except dbt_process.WorkerGone as gone:
-            return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
+    try:
+        invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**dbt_environment(target, home), **digests},
+                                        run_results, quiet or progress_to_stderr)
+    except dbt_process.WorkerGone as gone:
+        return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
     record_invocation(target, command, invoked_at, invocation.invocation_id)
     outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None)
     for unique_id, status, message in invocation.results:
@@ -262,16 +266,17 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
     dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle).
     `only_what_changed` (a sync's) builds only the nodes that memory loads and writes in PostgreSQL can
     change, when that is known (`selection`)."""
-    with target.connect(autocommit=True) as connection:
-        raw_tables.bootstrap(connection)
-        full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
-        select, exclude = selection(connection, target.schema) if only_what_changed and not full_refresh \
-            else ([], [])
-    exclude += [] if unit_tests else ["test_type:unit"]
-    # manifest.json is left out (written twice per build, about half a second at this project's size);
-    # run_results.json is kept. `consolidate dbt -- parse` writes the manifest.
-    # A sync's log (it may run every few seconds) leaves out dbt's debug lines, every statement: 0.2-0.3 s.
-    log_level = ["--log-level-file", "info"] if only_what_changed else []
-    command = ["build", "--no-write-json", *log_level, *(["--full-refresh"] if full_refresh else []),
-               *(["--select", *select] if select else []), *(["--exclude", *exclude] if exclude else [])]
-    return run_dbt(command, target, home, quiet=quiet, progress_to_stderr=True)
+    with dbt_lock(target, ["build"]):  # what to build is decided from the last build, not one running
+        with target.connect(autocommit=True) as connection:
+            raw_tables.bootstrap(connection)
+            full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
+            select, exclude = selection(connection, target.schema) if only_what_changed and not full_refresh \
+                else ([], [])
+        exclude += [] if unit_tests else ["test_type:unit"]
+        # manifest.json is left out (written twice per build, about half a second at this project's size);
+        # run_results.json is kept. `consolidate dbt -- parse` writes the manifest.
+        # A sync's log (it may run every few seconds) leaves out dbt's debug lines, every statement: 0.2-0.3 s.
+        log_level = ["--log-level-file", "info"] if only_what_changed else []
+        command = ["build", "--no-write-json", *log_level, *(["--full-refresh"] if full_refresh else []),
+                   *(["--select", *select] if select else []), *(["--exclude", *exclude] if exclude else [])]
+        return run_dbt(command, target, home, quiet=quiet, progress_to_stderr=True, locked=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from loader.backup.backup import BACKED_UP, COPY, BackupEntry, read_manifest, verify_entry
 from loader.ledger import ARCHIVED, CHANGED, FORGOTTEN, MISSING, UNCHANGED, UNREADABLE, CurrentLoad
+from loader.sources.snapshot import SourceKeptChanging
 from loader.verify.results import ValidationError
 
 BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backed up"
@@ -22,7 +23,7 @@ class BackupIndex:
     entries: dict[str, BackupEntry]
     roots: tuple[Path, ...]
     created_at: datetime
-    checked: dict[str, list[str]] = field(default_factory=dict, compare=False)  # backup file -> its problems
+    checked: dict[str, list[str]] = field(default_factory=dict, compare=False)  # repr(backup path) -> problems
 
     def covers(self, source_path: str) -> bool:
         return any(Path(source_path).is_relative_to(root) for root in self.roots)
@@ -30,10 +31,15 @@ class BackupIndex:
     def file_problems(self, entry: BackupEntry) -> list[str]:
         """What `backup --verify` finds wrong with the entry's file in the folder (missing, other bytes than
         the manifest's, not SQLite, failing integrity_check, other row counts); read once per file."""
-        if entry.backup not in self.checked:
-            self.checked[entry.backup] = [
-                f"its backup {problem.path}: {problem.problem}" for problem in verify_entry(self.folder, entry)]
-        return self.checked[entry.backup]
+        key = repr(entry.backup)  # the manifest's value, whatever JSON gave it
+        if key not in self.checked:
+            try:
+                problems = [f"its backup {problem.path}: {problem.problem}"
+                            for problem in verify_entry(self.folder, entry)]
+            except (OSError, SourceKeptChanging) as error:  # unreadable, or changing while read
+                problems = [f"its backup {entry.backup}: cannot be read: {error}"]
+            self.checked[key] = problems
+        return self.checked[key]
 
 
 def backup_entries(backup_dir: Path) -> BackupIndex:
