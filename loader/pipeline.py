@@ -140,8 +140,8 @@ def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | 
         built, validation = build_stage.BuildOutcome(success=True, skipped=True), None
     else:
         built, redis = build_telling_redis(target, home, cache, quiet=quiet, full_refresh=rebuild)
-        validation = validate_stage.validate(target, backup_dir=backup_to, secret_policy=policy) \
-            if built.success else None
+        validation = validate_stage.validate(target, backup_dir=backup_to, secret_policy=policy,
+                                              backup_just_written=True) if built.success else None
         ledger.record_build(target, built_from, built.success, validation.passed if validation else None)
     return RunReport(loaded=loaded, build=built, files=reconciliation.summarize(target, loaded.load_id),
                      validation=validation, backup_dir=backup_to, backup=manifest,

@@ -23,6 +23,7 @@ class BackupIndex:
     entries: dict[str, BackupEntry]
     roots: tuple[Path, ...]
     created_at: datetime
+    check_files: bool = True  # read each backup file (False: trust the manifest, just written and checked)
     checked: dict[str, list[str]] = field(default_factory=dict, compare=False)  # repr(backup path) -> problems
 
     def covers(self, source_path: str) -> bool:
@@ -32,6 +33,8 @@ class BackupIndex:
         """What `backup --verify` finds wrong with the entry's file in the folder (missing, other bytes than
         the manifest's, not SQLite, failing integrity_check, other row counts); read once per file."""
         key = repr(entry.backup)  # the manifest's value, whatever JSON gave it
+        if not self.check_files:
+            return []
         if key not in self.checked:
             try:
                 problems = [f"its backup {problem.path}: {problem.problem}"
@@ -42,13 +45,14 @@ class BackupIndex:
         return self.checked[key]
 
 
-def backup_entries(backup_dir: Path) -> BackupIndex:
+def backup_entries(backup_dir: Path, check_files: bool = True) -> BackupIndex:
     try:
         manifest = read_manifest(backup_dir)
     except ValueError as error:
         raise ValidationError(f"{backup_dir}: {error}") from error
     return BackupIndex(backup_dir, {str(entry.path): entry for entry in manifest.files},
-                       tuple(Path(root) for root in manifest.roots), datetime.fromisoformat(manifest.created_at))
+                       tuple(Path(root) for root in manifest.roots), datetime.fromisoformat(manifest.created_at),
+                       check_files)
 
 
 def backup_check(backup: BackupIndex | None, current: CurrentLoad) -> tuple[str | None, list[str]]:

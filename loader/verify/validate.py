@@ -69,18 +69,22 @@ MARTS = ("unified_memory", "performance_metrics", "unified_memory_history", "rec
 
 
 def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None = None,
-             seed: int | None = None, secret_policy: SecretPolicy | None = None) -> ValidationReport:
+             seed: int | None = None, secret_policy: SecretPolicy | None = None,
+             backup_just_written: bool = False) -> ValidationReport:
     """Validate every current source file (see the module docstring), store the results in
     consolidate.validation_runs / validation_files and return them. `seed` makes the spot check's
     choice of rows repeatable; without one a seed is drawn and recorded. `secret_policy`: the one the
     loads used (see `loader.load.secret_policy.existing_policy`); without it the default policy's hashed columns are
-    checked by shape only. Raises ValidationError when nothing can be validated."""
+    checked by shape only. `backup_just_written`: the backup in `backup_dir` was written by this process,
+    each file hashed and counted as it was (run), so its manifest is checked, its files not read again.
+    Raises ValidationError when nothing can be validated."""
     if sample_size < 0:
         raise ValueError("sample_size must be 0 or more")
     started_at = now()
     options = Options(schema=target.schema, sample_size=sample_size,
                       seed=seed if seed is not None else secrets.randbelow(2**31),
-                      backup=backup_entries(backup_dir) if backup_dir is not None else None,
+                      backup=backup_entries(backup_dir, check_files=not backup_just_written)
+                      if backup_dir is not None else None,
                       secret_policy=secret_policy)
     with target.connect() as connection:
         connection.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for all reads
