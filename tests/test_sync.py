@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -27,13 +28,14 @@ from loader.fixtures.claude_flow_v3 import V3_DDL
 from loader.fixtures.sample import MCP_TASK_MASTER, N8N, write_sample
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
+from loader.operate.change_detection import FileSync, SyncReport
 from loader.pipeline import sync, watch
 from loader.serve.client import MemoryClient
 from loader.sources.discover import discover
 from loader.transform.build import build, run_dbt
 from loader.verify.lineage import versions
 
-from conftest import fresh_database, read_private_copy, v2_file, write
+from conftest import AMBIENT_SETTINGS, fetch, fresh_database, read_private_copy, v2_file, write
 
 KEY = b"sync test key"
 POLICY = SecretPolicy(key=KEY)
@@ -679,10 +681,6 @@ def test_an_invocation_counts_as_complete_only_when_it_builds_every_model():
 
 
 def test_the_status_line_counts_files_gone_missing_archived_or_forgotten():
-    from datetime import datetime, timezone
-
-    from loader.operate.change_detection import FileSync, SyncReport
-
     files = [FileSync(f"/srv/{status}-{n}.db", f"{status}-{n}.db", "claude-flow-v2", status)
              for status, count in (("unchanged", 2), ("missing", 1), ("archived", 3), ("forgotten", 1)) for n in range(count)]
     line = SyncReport(started_at=datetime.now(timezone.utc), files=files).status_line()
@@ -692,8 +690,6 @@ def test_the_status_line_counts_files_gone_missing_archived_or_forgotten():
 def test_a_sync_waits_for_a_build_running_on_the_database_then_builds_its_change(tmp_path, target, home):
     """Two builds at once would replace the same models (one failing on the other's tables): a sync whose
     build finds another dbt build running (here: its lock held) says so and waits, then builds its change."""
-    from conftest import AMBIENT_SETTINGS, fetch, wait_for
-
     tree = tmp_path / "tree"
     db = tree / "app" / ".swarm" / "memory.db"
     db.parent.mkdir(parents=True)
@@ -720,9 +716,9 @@ def test_a_sync_waits_for_a_build_running_on_the_database_then_builds_its_change
                                     "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=environment)
         try:
-            waiting = wait_for(lambda: fetch(target, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
-                                                     "AND NOT granted")[0][0] > 0, seconds=120, step=0.2)
-            assert waiting and syncing.poll() is None
+            wait_for(lambda: fetch(target, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                           "AND NOT granted")[0][0] > 0, 120, "the sync waiting for the dbt lock")
+            assert syncing.poll() is None
             assert fetch(target, "SELECT value #>> '{}' FROM unified_memory WHERE key = 'k'") == [("one",)]
         finally:
             holder.execute("DELETE FROM consolidate.memory_builds WHERE invocation_id = 'running-elsewhere'")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 from psycopg import sql
 
 from loader import ledger
@@ -86,11 +87,16 @@ def dbt_lock(target: Target, command: list[str]) -> Iterator[None]:
         yield
         return
     with target.connect(connect_timeout=10, autocommit=True) as connection:
-        if not connection.execute("SELECT pg_try_advisory_lock(hashtext('consolidate.dbt'))").fetchone()[0]:
-            print("waiting for another build (or dbt command) on this database to finish...", file=sys.stderr,
-                  flush=True)
-            connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.dbt'))")
+        take_dbt_lock(connection)
         yield
+
+
+def take_dbt_lock(connection: psycopg.Connection) -> None:
+    """The dbt lock (dbt_lock) for the session of `connection` (an autocommit one), until it closes."""
+    if not connection.execute("SELECT pg_try_advisory_lock(hashtext('consolidate.dbt'))").fetchone()[0]:
+        print("waiting for another build (or dbt command) on this database to finish...", file=sys.stderr,
+              flush=True)
+        connection.execute("SELECT pg_advisory_lock(hashtext('consolidate.dbt'))")
 
 
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False,
@@ -266,12 +272,14 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
     dbt's unit tests, which check the project's SQL on fixed rows, not the data (sync does, every cycle).
     `only_what_changed` (a sync's) builds only the nodes that memory loads and writes in PostgreSQL can
     change, when that is known (`selection`)."""
-    with dbt_lock(target, ["build"]):  # what to build is decided from the last build, not one running
-        with target.connect(autocommit=True) as connection:
-            raw_tables.bootstrap(connection)
-            full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
-            select, exclude = selection(connection, target.schema) if only_what_changed and not full_refresh \
-                else ([], [])
+    # the lock is held on the connection that decides what to build, until the build ends: the decision
+    # reads the last build, never one still running
+    with target.connect(connect_timeout=10, autocommit=True) as connection:
+        take_dbt_lock(connection)
+        raw_tables.bootstrap(connection)
+        full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
+        select, exclude = selection(connection, target.schema) if only_what_changed and not full_refresh \
+            else ([], [])
         exclude += [] if unit_tests else ["test_type:unit"]
         # manifest.json is left out (written twice per build, about half a second at this project's size);
         # run_results.json is kept. `consolidate dbt -- parse` writes the manifest.

@@ -19,40 +19,38 @@ BACKUP_MATCHES, BACKUP_DIFFERS, NOT_BACKED_UP = "matches", "differs", "not backe
 class BackupIndex:
     """A backup's files by path, and the roots it was made of."""
 
-    folder: Path
     entries: dict[str, BackupEntry]
     roots: tuple[Path, ...]
     created_at: datetime
-    check_files: bool = True  # read each backup file (False: trust the manifest, just written and checked)
-    checked: dict[str, list[str]] = field(default_factory=dict, compare=False)  # repr(backup path) -> problems
+    # repr(an entry's backup path) -> what `backup --verify` found wrong with that file (none when the
+    # files were not read)
+    file_problems: dict[str, list[str]] = field(default_factory=dict)
 
     def covers(self, source_path: str) -> bool:
         return any(Path(source_path).is_relative_to(root) for root in self.roots)
 
-    def file_problems(self, entry: BackupEntry) -> list[str]:
-        """What `backup --verify` finds wrong with the entry's file in the folder (missing, other bytes than
-        the manifest's, not SQLite, failing integrity_check, other row counts); read once per file."""
-        key = repr(entry.backup)  # the manifest's value, whatever JSON gave it
-        if not self.check_files:
-            return []
-        if key not in self.checked:
-            try:
-                problems = [f"its backup {problem.path}: {problem.problem}"
-                            for problem in verify_entry(self.folder, entry)]
-            except (OSError, SourceKeptChanging) as error:  # unreadable, or changing while read
-                problems = [f"its backup {entry.backup}: cannot be read: {error}"]
-            self.checked[key] = problems
-        return self.checked[key]
+
+def backup_file_problems(backup_dir: Path, entry: BackupEntry) -> list[str]:
+    """What `backup --verify` finds wrong with the entry's file in the folder: missing, other bytes than
+    the manifest's, not SQLite, failing integrity_check, other row counts; unreadable."""
+    try:
+        return [f"its backup {problem.path}: {problem.problem}" for problem in verify_entry(backup_dir, entry)]
+    except (OSError, SourceKeptChanging) as error:  # unreadable, or changing while read
+        return [f"its backup {entry.backup}: cannot be read: {error}"]
 
 
 def backup_entries(backup_dir: Path, check_files: bool = True) -> BackupIndex:
+    """The backup's manifest and, with `check_files`, each backed-up file checked (read here, before
+    validate opens its database snapshot; without: the manifest trusted, as `run` trusts the backup it
+    has just written, each file hashed and counted as it was)."""
     try:
         manifest = read_manifest(backup_dir)
     except ValueError as error:
         raise ValidationError(f"{backup_dir}: {error}") from error
-    return BackupIndex(backup_dir, {str(entry.path): entry for entry in manifest.files},
-                       tuple(Path(root) for root in manifest.roots), datetime.fromisoformat(manifest.created_at),
-                       check_files)
+    problems = {repr(entry.backup): backup_file_problems(backup_dir, entry)
+                for entry in manifest.backed_up} if check_files else {}
+    return BackupIndex({str(entry.path): entry for entry in manifest.files}, tuple(Path(root) for root in manifest.roots),
+                       datetime.fromisoformat(manifest.created_at), problems)
 
 
 def backup_check(backup: BackupIndex | None, current: CurrentLoad) -> tuple[str | None, list[str]]:
@@ -71,7 +69,7 @@ def backup_check(backup: BackupIndex | None, current: CurrentLoad) -> tuple[str 
         return NOT_BACKED_UP, ["not in the backup"]
     if (entry.sha256, entry.wal_sha256) != current.identity:
         return BACKUP_DIFFERS, ["the backup holds other bytes than the current load"]
-    problems = backup.file_problems(entry)
+    problems = backup.file_problems.get(repr(entry.backup), [])
     return (BACKUP_DIFFERS if problems else BACKUP_MATCHES), problems
 
 
