@@ -8,6 +8,7 @@ next command and an analyst's `psql "$(consolidate db url)"` find it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import warnings
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus, urlsplit
 
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DEFAULT_HOME = Path(".consolidate")
@@ -53,15 +55,26 @@ class Target:
 
     def dbt_settings(self) -> dict[str, str]:
         """The connection variables profiles/profiles.yml reads, but the password (which libpq then
-        takes from PGPASSWORD or ~/.pgpass)."""
-        params = conninfo_to_dict(self.dsn)
+        takes from PGPASSWORD or ~/.pgpass), and the DSN's other settings (sslmode, options, ...) as
+        libpq's own variables (dbt_libpq_variables)."""
+        server = self.resolved_server
         return {
-            "CONSOLIDATE_PG_HOST": params.get("host") or "localhost",
-            "CONSOLIDATE_PG_PORT": str(params.get("port") or 5432),
-            "CONSOLIDATE_PG_USER": params.get("user") or os.environ.get("PGUSER", "postgres"),
-            "CONSOLIDATE_PG_DBNAME": params.get("dbname") or "postgres",
+            "CONSOLIDATE_PG_HOST": server["host"],
+            "CONSOLIDATE_PG_PORT": server["port"],
+            "CONSOLIDATE_PG_USER": server["user"],
+            "CONSOLIDATE_PG_DBNAME": server["dbname"],
             "CONSOLIDATE_TARGET_SCHEMA": self.schema,
+            **dbt_libpq_variables(self.dsn),
         }
+
+    @functools.cached_property
+    def resolved_server(self) -> dict[str, str]:
+        """Host, port, user and database as libpq resolved them connecting with the DSN: a DSN may leave
+        any of them to libpq's defaults (PGHOST..., the Unix socket, the OS user, a service file), and
+        dbt must reach the same server as the same role. Asked once per Target."""
+        with self.connect(connect_timeout=10) as connection:
+            info = connection.info
+            return {"host": info.host, "port": str(info.port), "user": info.user, "dbname": info.dbname}
 
     def dbt_environment(self) -> dict[str, str]:
         """The variables profiles/profiles.yml reads, password included: set only while dbt runs and then
@@ -73,6 +86,19 @@ class Target:
 
 
 DBT_PASSWORD_VARIABLE = "DBT_ENV_SECRET_CONSOLIDATE_PG_PASSWORD"
+# What profiles.yml carries itself; every other setting of a DSN reaches dbt as libpq's variable.
+PROFILE_KEYWORDS = {"host", "port", "user", "dbname", "password"}
+
+
+def dbt_libpq_variables(dsn: str) -> dict[str, str]:
+    """The DSN's settings that dbt's profile has no field for (sslmode, sslrootcert, options,
+    target_session_attrs, ...) as libpq's environment variables (PGSSLMODE, ...): dbt's driver is libpq
+    too and takes from them every setting its profile leaves out. A setting libpq reads from no variable
+    (keepalives, sslpassword) cannot reach dbt."""
+    variables = {option.keyword.decode(): option.envvar.decode()
+                 for option in pq.Conninfo.get_defaults() if option.envvar}
+    return {variables[keyword]: str(value) for keyword, value in conninfo_to_dict(dsn).items()
+            if keyword not in PROFILE_KEYWORDS and keyword in variables and value is not None}
 REDACTED = "***"
 
 

@@ -28,6 +28,11 @@ def test_a_yaml_file_holds_the_model_beside_it_and_its_unit_tests_only(path):
     assert {test["model"] for test in document.get("unit_tests", [])} <= {path.stem}
 
 
+@pytest.mark.parametrize("path", sorted(MODELS.rglob("*.sql")), ids=lambda path: path.stem)
+def test_every_model_has_its_yaml_beside_it(path):
+    assert path.with_suffix(".yml").is_file(), f"{path.relative_to(MODELS)} has no {path.stem}.yml beside it"
+
+
 def test_the_memory_staging_models_declare_one_shape():
     """The same columns, each described once (staging/_memory_shape.md)."""
     staging = MODELS / "staging"

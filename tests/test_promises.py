@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.database import Target
 
@@ -261,6 +262,24 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert [(r["unique_id"], r["status"]) for r in results] == [("macro.consolidate.create_udfs", "success")]
 
 
+def test_dbt_connects_as_the_dsn_says_with_what_libpq_fills_in_and_the_dsns_other_settings(tmp_path, target, home):
+    """dbt's profile is filled from the DSN as libpq resolves it: a database left to PGDATABASE is that
+    database (not "postgres"), and settings the profile has no field for (options, sslmode) reach dbt."""
+    params = conninfo_to_dict(target.dsn)
+    database = params.pop("dbname")
+    dsn = make_conninfo(**params, options="-c work_mem=7MB -c lock_timeout=4321", sslmode="disable")
+    environment = {k: v for k, v in os.environ.items() if k not in AMBIENT_SETTINGS}
+    shown = subprocess.run(
+        [sys.executable, "-m", "loader", "dbt", "--dsn", dsn, "--home", str(home), "--", "show", "--output",
+         "json", "--inline", "select current_database() as db, current_setting('work_mem') as work_mem, "
+         "current_setting('lock_timeout') as lock_timeout, current_user as role"],
+        capture_output=True, text=True, env={**environment, "PGDATABASE": database}, timeout=600)
+    assert shown.returncode == 0, shown.stdout[-2000:] + shown.stderr[-2000:]
+    expected_role = fetch(target, "SELECT current_user")[0][0]
+    row = json.loads(shown.stdout[shown.stdout.index("{"):shown.stdout.rindex("}") + 1])["show"][0]
+    assert row == {"db": database, "work_mem": "7MB", "lock_timeout": "4321ms", "role": expected_role}
+
+
 # ------------------------------------------------------------------------------ sync --watch exit code
 
 def test_sync_watch_exits_with_the_code_of_its_last_cycle_that_did_something(tmp_path, target, home):
@@ -300,6 +319,34 @@ def test_a_root_that_does_not_exist_is_a_usage_error(tmp_path, command):
     message = " ".join(result.stderr.replace("│", " ").split())  # the error box wraps long paths
     assert "does not exist" in message and "Traceback" not in message, message
     assert not (tmp_path / "out").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("command, words", [
+    (["backup", "ROOT", "--verify", "ROOT"], "--verify DIR takes no ROOT"),
+    (["backup", "ROOT"], "give ROOT... --to DIR"),
+    (["archive", "ROOT", "--relocate"], "--relocate goes with --verify"),
+    (["archive", "ROOT"], "give ROOT... --to DIR"),
+    (["app-copy", "ROOT/memory.db", "--schema", "n8n", "--replace", "--verify-only"], "takes no --replace"),
+])
+def test_a_usage_error_gives_json_one_document(tmp_path, command, words):
+    root = small_tree(tmp_path / "tree")
+    arguments = [part.replace("ROOT", str(root / "a")) for part in command]
+    result = consolidate(*arguments, "--json", "--home", str(tmp_path / "state"))
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 2 and words in document["error"] and words in result.stderr
+
+
+def test_a_backup_refused_by_run_gives_json_one_document(tmp_path, target, home):
+    tree = small_tree(tmp_path / "tree")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "someone-elses.txt").write_text("not a backup")
+    result = consolidate("run", str(tree), "--backup-to", str(taken), "--json", target=target, home=home)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == 2 and document["error"].startswith("backup refused")
+    assert fetch(target, "SELECT count(*) FROM pg_tables WHERE schemaname LIKE 'raw%%'") == [(0,)]  # nothing loaded
 
 
 def test_roots_run_one_by_one_each_validate_against_their_own_backup(tmp_path, target, home):

@@ -216,7 +216,7 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
     except PolicyError as error:
         usage_error(error, as_json)
     except backup_stage.BackupError as error:
-        usage_error(f"backup refused: {error} (or pass --no-backup)")
+        usage_error(f"backup refused: {error} (or pass --no-backup)", as_json)
     render.run(report, as_json)
     raise typer.Exit(report.exit_code)
 
@@ -241,12 +241,12 @@ def backup(
     Example: consolidate backup /opt/sutazaiapp --to /srv/backups/2026-12-01"""
     if verify is not None:
         if roots or to is not None:
-            raise typer.BadParameter("--verify DIR takes no ROOT and no --to")
+            usage_error("--verify DIR takes no ROOT and no --to", as_json)
         problems = backup_stage.verify(verify)
         render.verification(problems, "folder", verify, as_json)
         raise typer.Exit(ExitCode.OK if not problems else ExitCode.NOT_RECONCILED)
     if not roots or to is None:
-        raise typer.BadParameter("give ROOT... --to DIR (or --verify DIR)")
+        usage_error("give ROOT... --to DIR (or --verify DIR)", as_json)
     try:
         manifest = backup_stage.backup(roots, to, on_file=render.backup_progress(quiet=as_json),
                                        overwrite=overwrite, exclude=[home])
@@ -356,14 +356,14 @@ def archive(
     Example: consolidate archive --verify /mnt/cold/consolidate-archive-20261203T095301Z-c1da9a.zip --relocate"""
     if verify is not None:
         if roots or to is not None or remove_originals:
-            raise typer.BadParameter("--verify PATH takes no ROOT, no --to and no --remove-originals")
+            usage_error("--verify PATH takes no ROOT, no --to and no --remove-originals", as_json)
         check = archive_stage.check_archive(verify, target_for(dsn, home, schema) if relocate else None)
         render.verification(check.problems, "archive", verify, as_json, check.relocate, check.relocated)
         raise typer.Exit(check.exit_code)
     if relocate:
-        raise typer.BadParameter("--relocate goes with --verify PATH")
+        usage_error("--relocate goes with --verify PATH", as_json)
     if not roots or to is None:
-        raise typer.BadParameter("give ROOT... --to DIR (or --verify PATH)")
+        usage_error("give ROOT... --to DIR (or --verify PATH)", as_json)
     try:
         report = archive_stage.archive(target_for(dsn, home, schema), roots, to,
                                        remove_originals=remove_originals, exclude=[home])
@@ -438,7 +438,7 @@ def app_copy(
     Example: consolidate app-copy /srv/n8n/database.sqlite --schema n8n --dsn postgresql://consolidate@db/apps
     """
     if replace and verify_only:
-        raise typer.BadParameter("--verify-only writes nothing: it takes no --replace")
+        usage_error("--verify-only writes nothing: it takes no --replace", as_json)
     from loader import apps as app_databases
 
     try:
@@ -447,7 +447,7 @@ def app_copy(
     except app_databases.AppCopyUsageError as error:
         usage_error(error, as_json)
     except app_databases.SourceUnreadable as error:
-        render.error(f"cannot read the source: {error}")
+        render.error(f"cannot read the source: {error}", as_json, ExitCode.SOURCE_UNREADABLE)
         raise typer.Exit(ExitCode.SOURCE_UNREADABLE) from None
     render.app_copied(result, as_json)
     raise typer.Exit(APP_COPY_EXIT[result.status])
