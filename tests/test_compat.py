@@ -269,6 +269,40 @@ def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback
                        "given-a-taken-id": f"unified-{view['given-a-taken-id'][1]}"}
 
 
+def test_the_v3_view_refuses_what_v3s_table_refuses_and_rollback_names_an_entry_the_table_refuses(
+        v3_app, target, tmp_path):
+    """type and status outside claude-flow v3's CHECKs are refused by the view (a rollback could not write
+    them); a value that reaches PostgreSQL otherwise (the client's metadata) fails the rollback naming the
+    entry, nothing written."""
+    entry_id = v3_app["rows"][0][0]
+    for statement, parameters, words in (
+            (f"INSERT INTO {V3_VIEW} (id, key, namespace, content, type) VALUES ('entry_x', 'odd', 'n', '1', 'bogus')",
+             (), "type 'bogus' is not one of claude-flow v3's"),
+            (f"UPDATE {V3_VIEW} SET status = 'purged' WHERE id = %s", (entry_id,), "status 'purged' is not one of")):
+        with target.connect() as connection, pytest.raises(psycopg.errors.CheckViolation, match=words):
+            connection.execute(statement, parameters)
+    with target.connect() as connection:  # allowed values and an update leaving them as they are pass
+        connection.execute(f"UPDATE {V3_VIEW} SET status = 'archived', type = 'episodic' WHERE id = %s", (entry_id,))
+        connection.execute(f"UPDATE {V3_VIEW} SET content = 'kept type' WHERE id = %s", (entry_id,))
+    assert fetch(target, f"SELECT type, status, content FROM {V3_VIEW} WHERE id = %s", (entry_id,)) == \
+        [("episodic", "archived", "kept type")]
+    assert fetch(target, "SELECT count(*) FROM raw_postgres.memory_writes WHERE key = 'odd'") == [(0,)]
+
+    client = MemoryClient(target.dsn, source=v3_app["file"])
+    try:
+        client.set("odd-type", "a value", "rollback-test", metadata={"claude_flow_v3": {"type": "bogus"}})
+    finally:
+        client.close()
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", str(v3_app["file"]), "--to", str(destination), "--json",
+                         target=target, home=tmp_path / "state")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    error = json.loads(result.stdout)["error"]
+    assert "CHECK constraint failed" in error and "'rollback-test'" in error and "'odd-type'" in error, error
+    assert "type='bogus'" in error and not destination.exists()
+
+
 def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_rollback(v3_app, target, tmp_path):
     """An INSERT through the v3 view that gives an entry of the file a new v3 id (v3 writes with INSERT OR
     REPLACE and ids it generates) changes the id the view shows it by: the rollback of the file writes that

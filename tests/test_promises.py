@@ -362,6 +362,13 @@ def test_roots_run_one_by_one_each_validate_against_their_own_backup(tmp_path, t
     assert json.loads(second.stdout)["exit_code"] == 0
     statuses = {f["source_path"]: f["backup_checksum_status"] for f in json.loads(second.stdout)["validation"]["files"]}
     assert statuses == {str(tree / "a" / "memory.db"): None, str(tree / "b" / "memory.db"): "matches"}
+    outside = {f["source_path"]: f["outside_backup"] for f in json.loads(second.stdout)["validation"]["files"]}
+    assert outside == {str(tree / "a" / "memory.db"): True, str(tree / "b" / "memory.db"): False}
+    # validate with that backup names the file it could not check against it, and passes
+    checked = consolidate("validate", "--backup", str(tmp_path / "backup-b"), target=target, home=home)
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+    note = " ".join(checked.stderr.split())
+    assert "1 file(s) lie under none of the roots the backup" in note and "a/memory.db" in note, note
 
 
 def test_sync_and_archive_show_what_discovery_warned_of(tmp_path, target, home):

@@ -255,15 +255,18 @@ def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, t
     (tree / "broken.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
     result = consolidate("run", str(tree), "--json", target=target, home=home)
     assert result.returncode == 3, result.stderr[-2000:]
-    files = {Path(f["source_path"]).name: f for f in json.loads(result.stdout)["files"]}
+    report = json.loads(result.stdout)
+    files = {Path(f["source_path"]).name: f for f in report["files"]}
     assert files["broken.db"]["status"] == "failed" and files["good.db"]["status"] == "loaded"
-    assert files["good.db"]["reconciled"]
+    assert files["good.db"]["reconciled"] and files["good.db"]["error"] is None
+    # the failed file: not reconciled (nothing of it migrated), and why, as load --json and sync --json say
+    assert not files["broken.db"]["reconciled"] and not report["reconciled"] and report["exit_code"] == 3
     with target.connect() as connection:
         (message,) = connection.execute(
             "SELECT error_message FROM migration_metadata WHERE source_file = %s", (str(tree / "broken.db"),)).fetchone()
     with pytest.raises(sqlite3.DatabaseError) as refused:  # what SQLite itself says of the file
         read_private_copy(tree / "broken.db", tmp_path / "x", "PRAGMA quick_check")
-    assert str(refused.value) in message
+    assert str(refused.value) in message and files["broken.db"]["error"] == message
 
 
 def test_build_exits_1_when_raw_no_longer_matches_the_ledger(tmp_path, target, home, realdata):

@@ -28,6 +28,7 @@ from loader.fixtures.claude_flow_v3 import V3_DDL
 from loader.fixtures.sample import MCP_TASK_MASTER, N8N, write_sample
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
+from loader.operate.archive import archive
 from loader.operate.change_detection import FileSync, SyncReport
 from loader.pipeline import sync, watch
 from loader.serve.client import MemoryClient
@@ -158,6 +159,31 @@ def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_
     with target.connect() as connection:
         by_key = dict(connection.execute("SELECT key, source_db FROM unified_memory WHERE key <> 'beta'"))
     assert by_key == {key.replace("alpha-key", "alpha"): label for key, label in expected.items()}
+
+
+def test_a_copy_that_appears_later_under_a_path_sorting_first_is_the_copy_and_loads_nothing(tmp_path, target, home):
+    """The file already loaded stays the original; a byte-identical copy found later is listed as its copy,
+    even when its path sorts first, so the same rows are never current twice; archive agrees."""
+    root = tmp_path / "tree"
+    original = v2_file(root / "b" / "memory.db", [("alpha", '{"v": 1}', "default", T0),
+                                                 ("beta", '"two"', "default", T0 + 1)])
+    do_sync(root, target, home)
+    raw_before = fetch(target, "SELECT count(*) FROM raw_claude_flow_v2.memory_entries")[0][0]
+    copy = root / "a" / "memory.db"
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+
+    report = do_sync(root, target, home)
+
+    by_path = {f.source_path: f.status for f in report.files}
+    assert by_path == {str(copy): "copy", str(original): "unchanged"}
+    assert fetch(target, "SELECT source_path FROM consolidate.current_loads") == [(str(original),)]
+    assert fetch(target, "SELECT count(*) FROM raw_claude_flow_v2.memory_entries")[0][0] == raw_before
+    assert fetch(target, "SELECT count(*) FROM unified_memory_history") == [(0,)]
+    assert fetch(target, "SELECT DISTINCT source_path FROM unified_memory") == [(str(original),)]
+
+    archived = {Path(entry.path): entry.copy_of for entry in archive(target, [root], tmp_path / "archives").archived}
+    assert archived == {original: None, copy: str(original)}
 
 
 def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):

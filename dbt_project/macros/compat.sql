@@ -220,6 +220,17 @@ begin
             case when NEW.id !~ '^unified--?[0-9]+$' then NEW.id end,
             current_metadata -> 'claude_flow_v3' ->> 'id')));
     end if;
+    -- what claude-flow v3's own table refuses (its CHECKs) is refused here too: a rollback could not write it
+    if NEW.type is not null and NEW.type not in ('semantic', 'episodic', 'procedural', 'working', 'pattern')
+       and (TG_OP = 'INSERT' or NEW.type is distinct from OLD.type) then
+        raise exception 'compat_claude_flow_v3.memory_entries: type % is not one of claude-flow v3''s (semantic, episodic, procedural, working, pattern)', quote_literal(NEW.type)
+            using errcode = 'check_violation';
+    end if;
+    if NEW.status is not null and NEW.status not in ('active', 'archived', 'deleted')
+       and (TG_OP = 'INSERT' or NEW.status is distinct from OLD.status) then
+        raise exception 'compat_claude_flow_v3.memory_entries: status % is not one of claude-flow v3''s (active, archived, deleted)', quote_literal(NEW.status)
+            using errcode = 'check_violation';
+    end if;
     -- v3's own fields live in metadata under claude_flow_v3, as staging puts them
     base_metadata := {{ compat_text_to_jsonb('NEW.metadata') }};
     v3_fields := kept_v3_fields

@@ -259,12 +259,17 @@ def validation_table(report: ValidationReport) -> Table:
     for f in report.files:
         counts = [f.rows_in_sqlite, f.rows_in_raw, f.kept, f.superseded, f.moved, f.flagged]
         table.add_row(Text(f.source_db), *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
-                      f.backup_checksum_status or "", f"{f.spot_checked:,}", f"{len(f.mismatches):,}",
+                      f.backup_checksum_status or ("[yellow]outside it[/yellow]" if f.outside_backup else ""),
+                      f"{f.spot_checked:,}", f"{len(f.mismatches):,}",
                       "[green]yes[/green]" if f.passed else "[red]NO[/red]")
     return table
 
 
 def print_validation_problems(report: ValidationReport) -> None:
+    if report.outside_backup:
+        err.print(f"[yellow]note:[/yellow] {len(report.outside_backup)} file(s) lie under none of the roots the backup "
+                  f"{escape(str(report.backup_dir))} was made of, so it was not checked for them (back up their roots "
+                  f"too): {escape(', '.join(f.source_path for f in report.outside_backup))}")
     for f in report.files:
         for problem in f.problems:
             err.print(f"[red]{escape(str(f.source_db))}[/red]: {escape(str(problem))}")

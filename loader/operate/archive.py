@@ -408,7 +408,7 @@ def archive(target: Target, roots: list[Path], destination: Path, *, remove_orig
     roots = [root.absolute() for root in roots]
     destination = destination.absolute()
     check_destination(destination, roots, exclude)
-    found = discover(roots, exclude)
+    found = discover(roots, exclude, loaded=ledger.known_files(target))
     facts = read_ledger_facts(target)
     manifest = ArchiveManifest(archived_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                version=__version__, roots=[str(root) for root in roots], schema=target.schema)

@@ -61,6 +61,7 @@ import os
 import secrets
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -483,17 +484,34 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
                                   f"WHERE {table.rowid} = ?", (rowid,)).fetchone()
         values = {c: v for (c, v), own in zip(values.items(), kept) if not says_the_same(c, own, v)}
         if values:
-            changes.append((rowid, values))
+            changes.append((rowid, values, name))
         else:
             as_they_were.append(name)
-    give_ids(connection, table, {rowid: values.pop("id") for rowid, values in changes if "id" in values},
+    give_ids(connection, table, {rowid: values.pop("id") for rowid, values, _ in changes if "id" in values},
              plan.moved_id_fallbacks)
-    for rowid, values in changes:
+    for rowid, values, name in changes:
         if values:
             assignments = ", ".join(f"{quote(c)} = ?" for c in values)
-            connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
-                               [*values.values(), rowid])
+            with naming_the_entry(table, name, values):
+                connection.execute(f"UPDATE main.{quote(table.name)} SET {assignments} WHERE {table.rowid} = ?",
+                                   [*values.values(), rowid])
     return as_they_were
+
+
+@contextlib.contextmanager
+def naming_the_entry(table: Table, entry: tuple[str, str], values: dict) -> Iterator[None]:
+    """A constraint of the source's own table (a v3 CHECK on type or status, NOT NULL...) refusing an
+    entry's values from PostgreSQL: the error names the entry and the values, so that it can be put right in
+    PostgreSQL (through its compatibility view) before rolling back again."""
+    try:
+        yield
+    except sqlite3.IntegrityError as error:
+        namespace, key = entry
+        shown = ", ".join(f"{column}={value!r}"[:120] for column, value in values.items()
+                          if column not in ("key", "namespace"))
+        raise sqlite3.IntegrityError(
+            f"{error}: the source's table {table.name!r} refuses entry (namespace {namespace!r}, key {key!r}) "
+            f"as PostgreSQL holds it ({shown}); change that entry in PostgreSQL and roll back again") from error
 
 
 def give_ids(connection: sqlite3.Connection, table: Table, moved: dict[int, str], fallbacks: dict[int, str]) -> None:
@@ -522,8 +540,9 @@ def insert_new_rows(connection: sqlite3.Connection, table: Table, plan: Plan) ->
         values = settable(table, values)
         if place in plan.taken_id_fallbacks and "id" in values:
             values["id"] = free_id(connection, table, values["id"], plan.taken_id_fallbacks[place])
-        connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
-                           f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
+        with naming_the_entry(table, (values.get("namespace"), values.get("key")), values):
+            connection.execute(f"INSERT INTO main.{quote(table.name)} ({', '.join(map(quote, values))}) "
+                               f"VALUES ({', '.join('?' for _ in values)})", list(values.values()))
 
 
 def present(connection: sqlite3.Connection, table: str) -> bool:

@@ -317,14 +317,36 @@ def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryW
     return [candidate for candidate in found.values() if candidate is not None]
 
 
+def originals_by_identity(sources: list[SourceFile], known: dict[str, KnownFile]) -> dict[tuple, SourceFile]:
+    """Among byte-identical files, the one the others are copies of: the file the ledger already holds
+    with these bytes as its current load, else one it loaded before (its service's file, which changed),
+    else the first in path order. So a copy that appears later, under a path that sorts first, is the copy,
+    and the file already loaded is never loaded a second time under the copy's name."""
+    def preference(source: SourceFile) -> int:
+        remembered = known.get(str(source.path))
+        if remembered is None:
+            return 2
+        return 0 if (remembered.sha256, remembered.wal_sha256) == source.identity else 1
+
+    originals: dict[tuple, SourceFile] = {}
+    for source in sources:
+        chosen = originals.get(source.identity)
+        if chosen is None or preference(source) < preference(chosen):
+            originals[source.identity] = source
+    return originals
+
+
 def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, KnownFile] | None = None,
-             jobs: int = DISCOVERY_JOBS, keep_copies_in: Path | None = None) -> Discovery:
+             jobs: int = DISCOVERY_JOBS, keep_copies_in: Path | None = None,
+             loaded: dict[str, KnownFile] | None = None) -> Discovery:
     """Find and classify every database under `roots`, `jobs` files at a time. A file whose checksums
     equal those `known` (the ledger's current loads) takes its kind and table counts from there
     instead of being copied and counted again: the same bytes hold the same tables; one whose stat
     proves it unchanged since (`unchanged_since`) is not even read. With `keep_copies_in`, the private
     copies made to classify files stay there (`SourceFile.snapshot`) for the load, as long as they
-    take at most half the folder's free space: the others are copied again when loaded."""
+    take at most half the folder's free space: the others are copied again when loaded. Which of
+    byte-identical files is the original follows the ledger's current loads: `loaded`, or else `known`
+    (originals_by_identity); `loaded` alone reads every file (a caller that trusts no stat)."""
     files: list[SourceFile] = []
     warnings: list[DiscoveryWarning] = []
     paths = candidates(roots, list(exclude), warnings)
@@ -332,18 +354,17 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
         known = known or {}
         examined = list(pool.map(lambda candidate: examine(candidate, known.get(str(candidate.path))), paths))
         to_inspect, copies = [], []
-        first_by_identity: dict[tuple[str, str | None], SourceFile] = {}
         for result in examined:
             if isinstance(result, DiscoveryWarning):
                 warnings.append(result)
-                continue
-            if result is None:
-                continue
-            source = result
-            files.append(source)
+            elif result is not None:
+                files.append(result)
+        originals = originals_by_identity([source for source in files if source.error is None],
+                                          loaded if loaded is not None else known)
+        for source in files:
             if source.error is not None:
                 continue
-            original = first_by_identity.setdefault(source.identity, source)
+            original = originals[source.identity]
             if original is not source:
                 source.copy_of = original.path
                 copies.append((source, original))

@@ -23,7 +23,8 @@ class FileSummary:
     kept: int | None
     superseded: int | None
     moved: int | None
-    reconciled: bool
+    reconciled: bool  # false for a file that failed to load: none of its rows were migrated
+    error: str | None = None  # why the file failed to load
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -31,7 +32,7 @@ class FileSummary:
 
 SUMMARY_QUERY = """
 WITH this_load AS (
-    SELECT source_path, source_db, kind, status FROM {ledger}.load_files WHERE load_id = %(load_id)s
+    SELECT source_path, source_db, kind, status, error_message FROM {ledger}.load_files WHERE load_id = %(load_id)s
 ), current_tables AS (
     SELECT t.source_path, sum(t.rows_in_sqlite)::bigint AS rows_in_sqlite, sum(t.rows_loaded)::bigint AS rows_in_raw
     FROM {ledger}.load_tables AS t
@@ -41,8 +42,9 @@ WITH this_load AS (
 SELECT l.source_path, l.source_db, l.kind, l.status,
        t.rows_in_sqlite, t.rows_in_raw,
        r.rows_in_sqlite AS memory_rows, r.kept, r.superseded, r.moved,
-       coalesce(t.rows_in_sqlite = t.rows_in_raw, l.status NOT IN ('loaded', 'unchanged'))
-         AND coalesce(r.reconciled, true) AS reconciled
+       coalesce(t.rows_in_sqlite = t.rows_in_raw, l.status NOT IN ('loaded', 'unchanged', 'failed'))
+         AND coalesce(r.reconciled, true) AS reconciled,
+       l.error_message
 FROM this_load AS l
 LEFT JOIN current_tables AS t USING (source_path)
 LEFT JOIN {reconciliation} AS r USING (source_path)

@@ -56,6 +56,8 @@ class FileValidation:
     spot_checked: int
     mismatches: list[Mismatch]
     problems: list[str]
+    # a backup was given, but the file lies under none of the roots it was made of: not checked against it
+    outside_backup: bool = False
 
     @property
     def rows_in_raw(self) -> int:
@@ -85,6 +87,10 @@ class ValidationReport:
     @property
     def passed(self) -> bool:
         return all(file.passed for file in self.files)
+
+    @property
+    def outside_backup(self) -> list[FileValidation]:
+        return [file for file in self.files if file.outside_backup]
 
     def to_json(self) -> dict:
         return {"run_id": self.run_id, "started_at": self.started_at.isoformat(),

@@ -145,4 +145,5 @@ def validate_file(connection: psycopg.Connection, current: CurrentLoad, options:
         kept=reconciliation.get("kept"), superseded=reconciliation.get("superseded"),
         moved=reconciliation.get("moved"), flagged=reconciliation.get("flagged", 0) if is_memory_file else None,
         checksum_status=checksum_status, backup_checksum_status=backup_status, spot_checked=spot.checked,
-        mismatches=spot.mismatches, problems=problems)
+        mismatches=spot.mismatches, problems=problems,
+        outside_backup=options.backup is not None and not options.backup.covers(current.source_path))
