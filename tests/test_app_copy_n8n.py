@@ -182,6 +182,14 @@ def test_a_value_changed_in_the_target_is_caught(copied):
             connection.execute("UPDATE n8n.workflow_entity SET name = %s WHERE id = %s", [name, workflow_id])
     result, report = app_copy(database, SOURCE, "--verify-only")
     assert result.returncode == 0, result.stderr[-2000:]
+    # it compared what the copy copied, and says it wrote nothing
+    assert report["copied_rows"] == 0 and report["compared_rows"] == copied["report"]["copied_rows"] > 0
+    assert report["replaced_first_start_rows"] == [] and not any(
+        "replaced" in (table["note"] or "") for table in report["tables"])
+    text = consolidate("app-copy", str(SOURCE), "--schema", database.schema, "--dsn", database.admin.dsn,
+                       "--verify-only")
+    assert text.returncode == 0 and "replaced" not in text.stderr, text.stderr[-2000:]
+    assert f"{report['compared_rows']:,} source rows compared, nothing written" in " ".join(text.stderr.split())
 
 
 def test_the_source_file_is_unchanged(copied):

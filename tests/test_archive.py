@@ -384,6 +384,7 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     relocated = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
     assert relocated.returncode == 0, relocated.stdout[-3000:] + relocated.stderr[-3000:]
     assert {Path(r["source_path"]) for r in json.loads(relocated.stdout)["relocated"]} == removed | copies
+    assert json.loads(relocated.stdout)["exit_code"] == 0
     again = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
     assert again.returncode == 0 and json.loads(again.stdout)["relocated"] == []  # already pointed here
     assert consolidate("validate", target=target, home=home).returncode == 0
@@ -401,6 +402,7 @@ def test_after_the_originals_are_removed_validate_status_sync_and_rollback_read_
     assert all(problems[path] == [] for path in removed - {v2})
     refused = consolidate("archive", "--verify", str(moved_to), "--relocate", "--json", target=target, home=home)
     assert refused.returncode == 1 and json.loads(refused.stdout)["relocated"] is None
+    assert json.loads(refused.stdout)["exit_code"] == 1
 
     for part in originals.iterdir():  # put back where it was: what is on disk counts again
         shutil.copy2(part, v2.with_name(part.name))

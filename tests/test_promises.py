@@ -78,7 +78,8 @@ def test_schema_puts_the_marts_outside_public_and_backup_to_holds_a_verified_bac
 
     manifest = json.loads((backups / "manifest.json").read_text())
     assert sorted(Path(f["path"]) for f in manifest["files"]) == sorted(tree.rglob("memory.db"))
-    assert consolidate("backup", "--verify", str(backups)).returncode == 0
+    verified = consolidate("backup", "--verify", str(backups), "--json")
+    assert verified.returncode == 0 and json.loads(verified.stdout)["exit_code"] == 0, verified.stderr[-2000:]
 
     validated = consolidate("validate", "--schema", "marts", "--backup", str(backups), "--json",
                             target=target, home=home)
@@ -382,3 +383,26 @@ def test_sync_and_archive_show_what_discovery_warned_of(tmp_path, target, home):
     assert archived.returncode == 0, archived.stdout[-2000:] + archived.stderr[-2000:]
     assert str(tree / "notes.db") in [w["path"] for w in json.loads(archived.stdout)["warnings"]]
     assert json.loads(archived.stdout)["exit_code"] == archived.returncode
+
+
+# ----------------------------------------------------------------------------------------------- --help
+
+COMMANDS = ["discover", "load", "backup", "build", "dbt", "run", "sync", "forget", "cutover", "rollback", "sample",
+            "lineage", "validate", "status", "archive", "app-copy", ["db", "url"], ["db", "env"], ["db", "stop"],
+            ["cache", "warm"], ["cache", "stats"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) if isinstance(c, list) else c)
+def test_every_commands_help_has_an_example_and_breaks_no_sentence(command):
+    """Each paragraph of a help text is wrapped to the terminal, not broken where the docstring's line
+    ended (typer keeps the later paragraphs' line breaks)."""
+    words = command if isinstance(command, list) else [command]
+    shown = subprocess.run([sys.executable, "-m", "loader", *words, "--help"], capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "3000", "TERM": "dumb"}, timeout=60)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    description = "\n".join(line.strip() for line in shown.stdout.split("╭")[0].splitlines())
+    paragraphs = [p.strip() for p in description.split("\n\n") if p.strip()][1:]  # after the usage line
+    assert any(p.startswith("Example:") for p in paragraphs), description
+    for paragraph in paragraphs:
+        lines = paragraph.splitlines()
+        assert len(lines) == 1 or all(line.strip().startswith("Example:") for line in lines), paragraph

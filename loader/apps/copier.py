@@ -86,10 +86,15 @@ class AppCopyResult:
     def copied_rows(self) -> int:
         return sum(t.source_rows or 0 for t in self.tables if t.action in ("copied", "first-start rows replaced"))
 
+    @property
+    def compared_rows(self) -> int:
+        """The source rows verified against the target (all those copied; with --verify-only, compared)."""
+        return self.copied_rows + sum(t.source_rows or 0 for t in self.tables if t.action == "compared")
+
     def to_json(self) -> dict:
         data = {name: getattr(self, name) for name in (
             "copy_id", "mode", "status", "application", "source_path", "source_sha256", "wal_sha256", "schema",
-            "replace", "message", "sequences", "copy_seconds", "verify_seconds", "copied_rows")}
+            "replace", "message", "sequences", "copy_seconds", "verify_seconds", "copied_rows", "compared_rows")}
         data["versions"] = self.versions.to_json() if self.versions else None
         data["replaced_first_start_rows"] = [
             {"table": t.table, "target_rows_replaced": t.target_rows_before, "source_rows": t.source_rows}
@@ -344,7 +349,8 @@ def run(connection: psycopg.Connection, source: source_db.SourceDatabase, applic
     if verify_only:
         for plan in plans:  # nothing is cleared or copied now: compare the tables as they are
             if plan.copies:
-                plan.action = "compared"
+                # what a copy would have done is not what this did
+                plan.action, plan.note = "compared", (plan.note if plan.action == "copied" else None)
     else:
         started = time.monotonic()
         clear_and_copy(connection, schema, source, plans)

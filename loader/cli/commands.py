@@ -3,6 +3,7 @@ result (loader.cli.render). What runs in which order is loader.pipeline's busine
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import sys
@@ -243,8 +244,9 @@ def backup(
         if roots or to is not None:
             usage_error("--verify DIR takes no ROOT and no --to", as_json)
         problems = backup_stage.verify(verify)
-        render.verification(problems, "folder", verify, as_json)
-        raise typer.Exit(ExitCode.OK if not problems else ExitCode.NOT_RECONCILED)
+        exit_code = ExitCode.OK if not problems else ExitCode.NOT_RECONCILED
+        render.verification(problems, "folder", verify, as_json, exit_code)
+        raise typer.Exit(exit_code)
     if not roots or to is None:
         usage_error("give ROOT... --to DIR (or --verify DIR)", as_json)
     try:
@@ -358,7 +360,7 @@ def archive(
         if roots or to is not None or remove_originals:
             usage_error("--verify PATH takes no ROOT, no --to and no --remove-originals", as_json)
         check = archive_stage.check_archive(verify, target_for(dsn, home, schema) if relocate else None)
-        render.verification(check.problems, "archive", verify, as_json, check.relocate, check.relocated)
+        render.verification(check.problems, "archive", verify, as_json, check.exit_code, check.relocate, check.relocated)
         raise typer.Exit(check.exit_code)
     if relocate:
         usage_error("--relocate goes with --verify PATH", as_json)
@@ -585,6 +587,19 @@ def cache_stats(redis_url: RedisUrl = DEFAULT_REDIS_URL, as_json: AsJson = False
     stats = redis_cache(redis_url, as_json, required=True).stats()
     render.cache_stats(stats, as_json)
     raise typer.Exit(ExitCode.OK if stats["connected"] else ExitCode.CACHE_UNAVAILABLE)
+
+
+def one_line_paragraphs(help_text: str) -> str:
+    """A command's docstring as its help: typer joins the lines of the first paragraph only, and prints the
+    later ones with the docstring's own line breaks (wrapped again: a break mid-sentence). Each paragraph
+    becomes one line, but an `Example:` starts a line of its own."""
+    paragraphs = inspect.cleandoc(help_text).split("\n\n")
+    return "\n\n".join(re.sub(r"\n(?!Example:)", " ", paragraph) for paragraph in paragraphs)
+
+
+for group in (app, db_app, cache_app):
+    for registered in group.registered_commands:
+        registered.help = registered.help or one_line_paragraphs(registered.callback.__doc__ or "")
 
 
 def given_dsns(argv: list[str]) -> list[str]:

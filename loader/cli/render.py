@@ -92,12 +92,13 @@ def print_problems(problems: list, where: Path) -> None:
     err.print(f"verified {escape(str(where))}" if not problems else f"{len(problems)} problem(s) in {escape(str(where))}")
 
 
-def verification(problems: list, key: str, where: Path, as_json: bool, relocate: bool = False,
+def verification(problems: list, key: str, where: Path, as_json: bool, exit_code: int, relocate: bool = False,
                  relocated: list[tuple[str, str]] | None = None) -> None:
     """`relocated`: the ledger records `archive --verify --relocate` pointed at `where` (None when not
     asked for, or refused: the archive does not verify, or no record names an archive with its bytes)."""
     if as_json:
-        document = {key: str(where), "verified": not problems, "problems": [p.to_json() for p in problems]}
+        document = {key: str(where), "verified": not problems, "problems": [p.to_json() for p in problems],
+                    "exit_code": int(exit_code)}
         if relocate:
             document["relocated"] = None if relocated is None else [
                 {"source_path": path, "previous_archive_path": previous} for path, previous in relocated]
@@ -561,7 +562,9 @@ def app_copied(result: AppCopyResult, as_json: bool) -> None:
         err.print(f"sequence {escape(moved['sequence'])}: {moved['from']} → {moved['to']}")
     if result.status == "verified":
         timing = "" if result.copy_seconds is None else f"copied in {result.copy_seconds:.2f} s, "
-        err.print(f"[green]verified[/green]: {len(result.tables)} tables, {result.copied_rows:,} source rows "
+        rows = (f"{result.compared_rows:,} source rows compared, nothing written" if result.mode == "verify" else
+                f"{result.copied_rows:,} source rows")
+        err.print(f"[green]verified[/green]: {len(result.tables)} tables, {rows} "
                   f"({timing}verified in {result.verify_seconds:.2f} s)")
     else:
         err.print(f"[red]{result.status}:[/red] {escape(result.message or '')}")

@@ -340,7 +340,7 @@ class Cache:
         with self._warning_lock:
             already_warned, self._warned = self._warned, True
         if not already_warned:
-            log.warning("Redis cache at %s is unreachable (%s); reading from PostgreSQL without the cache",
+            log.warning("Redis cache at %s is unreachable (%s); going on without it (reads go to PostgreSQL)",
                         self.redacted_url, without_passwords(str(error), self.url))
 
 
