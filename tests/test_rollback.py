@@ -23,7 +23,7 @@ from loader.database import Target
 from loader.pipeline import run, sync
 from loader.serve.client import MemoryClient
 
-from conftest import consolidate, fetch, fresh_database
+from conftest import consolidate, fetch, fresh_database, read_private_copy
 
 V2 = "claude-flow/ChrisRoyse__myclaudeflowsetup"  # memory.db with rows only in its -wal
 V3 = "claude-flow/ApexSlayer43__apex-os"  # memory.db of the v3 schema, with vector_indexes and metadata
@@ -261,6 +261,7 @@ def test_rollback_holds_postgresql_changes_new_entries_and_deletes(migrated, lab
     # the deleted key: gone
     assert row_of(*writes["delete"]) is None
     assert sorted((e["namespace"], e["key"]) for e in report["changed"]) == [writes["set"]]
+    assert [e["value_from"] for e in report["changed"]] == ["postgresql"]
     assert sorted((e["namespace"], e["key"]) for e in report["created"]) == [writes["new"]]
     assert sorted((e["namespace"], e["key"]) for e in report["deleted"]) == [writes["delete"]]
 
@@ -685,6 +686,14 @@ def test_writes_through_a_view_with_consolidate_source_set_are_rolled_back_to_th
     assert fetch(target, "SELECT written_to FROM consolidate.rollbacks") == [(str(destination),)]
     assert sorted(e["key"] for e in report["created"]) == ["client:own-source", "client:tied", "view:tied"]
     assert changed_key in [e["key"] for e in report["changed"]]  # beside the entries another file's row won
+    # each changed entry names where its value comes from: the write made in PostgreSQL, or the file whose
+    # row is the marts' winner
+    winners = {(namespace, key): path for namespace, key, path in fetch(
+        target, "SELECT namespace, key, coalesce(source_path, 'postgresql') FROM unified_memory "
+                "UNION ALL SELECT namespace, key, coalesce(source_path, 'postgresql') FROM performance_metrics")}
+    value_from = {(e["namespace"], e["key"]): e["value_from"] for e in report["changed"]}
+    assert value_from == {name: winners[name] for name in value_from}
+    assert value_from[(namespace, changed_key)] == "postgresql" and len(set(value_from.values())) > 1
     written = {row["key"][1]: row for row in typed_rows(opened_copy(destination, tmp_path / "written"),
                                                         "memory_entries").values()}
     assert written["view:tied"]["namespace"] == ("text", "view-writes")
@@ -725,6 +734,37 @@ def test_rollback_of_text_values_that_are_not_utf8(tmp_path, target, home):
     assert written[b"bad-meta"][:2] == (b"text", b"abc\xff") and json.loads(written[b"bad-meta"][2]) == {"m": 1}
     assert {k: v for k, v in written.items() if not k.startswith(b"bad-")} == \
         {k: v for k, v in original.items() if not k.startswith(b"bad-")}
+
+
+def test_a_changed_entry_keeps_its_rows_own_bytes_of_the_times_postgresql_did_not_change(tmp_path, target, home):
+    """A REAL time and milliseconds in a seconds column (staging reads both): when only the value changed in
+    PostgreSQL, the row keeps those times as its own bytes and types; a time changed in PostgreSQL (the
+    write's updated_at) is written in the source's units."""
+    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 2)
+    change(db, ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) VALUES "
+                "('real-time', '1', 'default', 1750000100.5, 1750000100.5, 1750000101.25)",),
+           ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) VALUES "
+            "('ms-in-seconds', '2', 'default', 1750000100000, 1750000100000, 1750000101000)",))
+    run([tmp_path / "tree"], target, home, backup_to=None, quiet=True)
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        connection.execute("SELECT set_config('consolidate.source', %s, false)", (str(db),))
+        for key in ("real-time", "ms-in-seconds"):
+            connection.execute("UPDATE compat.memory_entries SET value = 'changed' WHERE key = %s", (key,))
+        (written_at,) = connection.execute(
+            "SELECT max(updated_at) FROM raw_postgres.memory_writes WHERE key = 'real-time'").fetchone()
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    query = ("SELECT key, value, created_at, typeof(created_at), accessed_at, typeof(accessed_at), updated_at "
+             "FROM memory_entries WHERE key IN ('real-time', 'ms-in-seconds')")
+    original = {row[0]: row[1:] for row in read_private_copy(db, tmp_path / "source", query)}
+    written = {row[0]: row[1:] for row in read_private_copy(destination, tmp_path / "written", query)}
+    for key in ("real-time", "ms-in-seconds"):
+        assert written[key][0] == "changed" and written[key][1:5] == original[key][1:5], (key, written[key])
+        assert written[key][5] == int(written_at.timestamp())  # the write's time, in seconds
 
 
 def test_rollback_of_a_file_whose_every_load_failed_says_so(tmp_path, target, home):

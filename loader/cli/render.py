@@ -441,6 +441,12 @@ def rolled_back(result: RollbackReport, as_json: bool) -> None:
     for skipped in result.skipped:
         err.print(f"[yellow]skipped[/yellow] {escape(skipped['namespace'])}/{escape(skipped['key'])}: "
                   f"{escape(skipped['reason'])}")
+    others = result.from_other_files
+    if others:
+        err.print(f"[yellow]note:[/yellow] {len(others):,} changed entries take another SQLite file's newer row, "
+                  "not a write made in PostgreSQL (`value_from` in --json; `consolidate lineage KEY` shows each): "
+                  + escape(", ".join(f"{namespace}/{key} from {result.value_from[(namespace, key)]}"
+                                     for namespace, key in others[:5])) + (" ..." if len(others) > 5 else ""))
     for note_text in result.notes:
         err.print(f"[yellow]note:[/yellow] {escape(note_text)}")
     err.print(f"wrote {escape(result.written_to)} (sha256 {result.sha256[:16]}...)")

@@ -120,13 +120,23 @@ class RollbackReport:
     deleted: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # entries SOURCE's schema cannot hold, with why
     notes: list[str] = field(default_factory=list)
+    # where a changed or created entry's value comes from: another SQLite file's path (its row is newer than
+    # SOURCE's), or None for a write made in PostgreSQL
+    value_from: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+    @property
+    def from_other_files(self) -> list[tuple[str, str]]:
+        """The changed entries whose value is another SQLite file's row, not a write made in PostgreSQL."""
+        return [name for name in self.changed if self.value_from.get(name) not in (None, self.source_path)]
 
     def to_json(self) -> dict:
         def entries(pairs):
             return [{"namespace": namespace, "key": key} for namespace, key in pairs]
+        changed = [{"namespace": namespace, "key": key, "value_from": self.value_from.get((namespace, key)) or "postgresql"}
+                   for namespace, key in self.changed]
         return {"source_path": self.source_path, "written_to": self.written_to, "kind": self.kind,
                 "load_id": self.load_id, "sha256": self.sha256, "tables": self.tables,
-                "unchanged": self.unchanged, "changed": entries(self.changed),
+                "unchanged": self.unchanged, "changed": changed,
                 "created": entries(self.created), "deleted": entries(self.deleted), "skipped": self.skipped,
                 "notes": self.notes}
 
@@ -174,8 +184,14 @@ SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart
        consolidate.extended_memory_value(state.value, state.data_type) AS extended_value,
        state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
        state.source_path = %(source_path)s AND state.load_id IN {current_loads}
-           AND state.source_table = %(source_table)s AS won_by_another_row
+           AND state.source_table = %(source_table)s AS won_by_another_row,
+       own.created_at AS own_created_at, own.updated_at AS own_updated_at, own.accessed_at AS own_accessed_at,
+       own.expires_at AS own_expires_at, state.source_path AS value_from
 FROM entries
+-- the source's row of the entry as staging read it: a time PostgreSQL holds as that row's own keeps its bytes
+LEFT JOIN {ranked} AS own
+       ON own.source_path = %(source_path)s AND own.source_table = %(source_table)s
+      AND own.source_rowid = entries.rowids[1] AND own.write_id IS NULL AND own.load_id IN {current_loads}
 LEFT JOIN (
     SELECT 'unified_memory'::text AS mart, id, namespace, key, value, data_type, metadata, created_at, updated_at,
            accessed_at, expires_at, access_count, ttl, source_path, load_id, source_table
@@ -305,6 +321,19 @@ def row_values(kind: str, entry: dict) -> dict[str, object]:
             "accessed_at": naive_utc_text(entry["accessed_at"]), "access_count": entry["access_count"]}
 
 
+# The source kinds' time columns, by the field of PostgreSQL's state each is written from.
+TIME_COLUMNS = {"created_at": "created_at", "updated_at": "updated_at", "accessed_at": "accessed_at",
+                "last_accessed_at": "accessed_at", "expires_at": "expires_at"}
+
+
+def times_as_the_row_has_them(entry: dict) -> set[str]:
+    """The time columns whose instant in PostgreSQL is the source row's own, as staging read it: the row
+    keeps its own bytes of them (a REAL time, milliseconds in a seconds column), not the source's units
+    written again from the instant."""
+    return {column for column, field in TIME_COLUMNS.items()
+            if entry[field] is not None and entry[field] == entry["own_" + field]}
+
+
 def marts_v3_id(entry: dict) -> str:
     """`unified-<mart id>`, the v3 id of an entry that has none of its own (compat_v3_id)."""
     return f"unified-{entry['id'] if entry['mart'] == 'unified_memory' else -entry['id']}"
@@ -362,13 +391,15 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
                                    "reason": "extended-memory has no namespace column: only namespace "
                                              f"{EXTENDED_NAMESPACE!r} fits"})
         elif rowids:
-            values = row_values(kind, entry)
+            values = {column: value for column, value in row_values(kind, entry).items()
+                      if column not in times_as_the_row_has_them(entry)}
             if kind == "claude-flow-v3" and shown_v3_id(entry) is not None:
                 # the id the view shows the entry by: an INSERT through it may have given a new one
                 values = {"id": shown_v3_id(entry), **values}
                 plan.moved_id_fallbacks[rowids[0]] = marts_v3_id(entry)
             plan.updates.append((rowids[0], values, name))
             report.changed.append(name)
+            report.value_from[name] = entry["value_from"]
         else:
             if kind == "claude-flow-v3":
                 plan.taken_id_fallbacks[len(plan.inserts)] = marts_v3_id(entry)
