@@ -567,6 +567,41 @@ def orphan_wal(root: Path) -> ExpectedFile:
     return ExpectedFile(path, WARNING, reason="orphan")
 
 
+def unkeyable_memory_files(root: Path) -> list[ExpectedFile]:
+    """Memory files one row of which the marts cannot key, each failed with that row named (the rest of the
+    run builds): a NULL key (a v2 table without NOT NULL), a key longer than PostgreSQL indexes, a claude-flow
+    v3 id as long, and a memory table without a rowid to trace its rows by."""
+    files = []
+    loose = root / "unkeyable/null-key/memory.db"
+    connection = new_database(loose, V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
+    insert(connection, "memory_entries", dict(key="fine", value='"kept out with its file"'))
+    insert(connection, "memory_entries", dict(key=None, value='"no key"'))
+    close(connection)
+    files.append(ExpectedFile(loose, FAILED, reason="table memory_entries rowid 2: its key is null"))
+
+    long_key = hashlib.sha512(b"long key").hexdigest() * 40  # 5,120 bytes that do not compress
+    path = root / "unkeyable/long-key/memory.db"
+    connection = new_database(path, V2_DDL)
+    insert(connection, "memory_entries", dict(key=long_key, value="1", namespace="long"))
+    close(connection)
+    files.append(ExpectedFile(path, FAILED, reason=f"rowid 1: its namespace and key take {len(long_key) + 4} bytes"))
+
+    path = root / "unkeyable/long-v3-id/memory.db"
+    connection = new_database(path, V3_DDL)
+    connection.execute("INSERT INTO memory_entries (id, key, content) VALUES (?, 'k', 'v')", ("entry_" + long_key,))
+    close(connection)
+    files.append(ExpectedFile(path, FAILED, reason=f"rowid 1: its id takes {len(long_key) + 6} bytes"))
+
+    path = root / "unkeyable/without-rowid/memory.db"
+    connection = new_database(path, V2_DDL.replace("id INTEGER PRIMARY KEY AUTOINCREMENT, ", "").replace(
+        "UNIQUE(key, namespace)", "PRIMARY KEY(key, namespace)").replace(");", ") WITHOUT ROWID;", 1))
+    insert(connection, "memory_entries", dict(key="a", value="1"))
+    insert(connection, "memory_entries", dict(key="b", value="2"))
+    close(connection)
+    files.append(ExpectedFile(path, FAILED, reason="table 'memory_entries' has no rowid"))
+    return files
+
+
 # --------------------------------------------------------------------------------------------- all
 
 def write_hostile_corpus(root: Path) -> HostileCorpus:
@@ -582,6 +617,7 @@ def write_hostile_corpus(root: Path) -> HostileCorpus:
         memory_rows += rows
     typed, typed_rows = typed_text(root)
     odd, tables = odd_names(root)
-    files += [typed, odd, corrupt(root), truncated(root), not_sqlite(root), orphan_wal(root)]
+    files += [typed, odd, corrupt(root), truncated(root), not_sqlite(root), orphan_wal(root),
+              *unkeyable_memory_files(root)]
     return HostileCorpus(root=root, files=files, memory_rows=memory_rows, typed_text_rows=typed_rows,
                          odd_tables=tables)

@@ -186,6 +186,32 @@ def test_a_copy_that_appears_later_under_a_path_sorting_first_is_the_copy_and_lo
     assert archived == {original: None, copy: str(original)}
 
 
+def test_a_change_that_adds_a_row_the_marts_cannot_key_fails_that_file_and_the_rest_builds(tmp_path, target, home):
+    """A NULL key arriving in a change load: the file fails naming the row, its previous load stays current
+    (its entries stay in the marts), another file's change is built."""
+    root = tmp_path / "tree"
+    loose = root / "loose" / "memory.db"
+    loose.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(loose)) as connection:
+        connection.executescript(V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
+        connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES ('kept', '1', ?)", (T0,))
+        connection.commit()
+    other = v2_file(root / "other" / "memory.db", [("alpha", '"1"', "default", T0)])
+    do_sync(root, target, home)
+    write(loose, "INSERT INTO memory_entries (key, value, updated_at) VALUES (NULL, '2', ?)", (T0 + 1,))
+    write(other, "INSERT INTO memory_entries (key, value, namespace, updated_at) VALUES ('beta', '2', 'default', ?)",
+          (T0 + 1,))
+    (null_rowid,) = read_private_copy(loose, tmp_path / "x", "SELECT rowid FROM memory_entries WHERE key IS NULL")[0]
+
+    report = sync([root], target, home, policy=POLICY)
+
+    (failed,) = report.failed
+    assert failed.source_path == str(loose)
+    assert f"table memory_entries rowid {null_rowid}: its key is NULL" in failed.error
+    assert report.build is not None and report.build.success, report.build.failures
+    assert unified(target) == {("kept", "default"): 1, ("alpha", "default"): "1", ("beta", "default"): 2}
+
+
 def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):
     root = tmp_path / "tree"
     db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])

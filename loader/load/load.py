@@ -36,7 +36,15 @@ from loader import ledger
 from loader.database import Target, redact_password
 from loader.load import delta, raw_tables
 from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
-from loader.load.raw_contract import LINEAGE_COLUMNS, POSTGRES_MAX_COLUMNS, RAW_SCHEMAS, raw_column_names, raw_name
+from loader.load.raw_contract import (
+    LINEAGE_COLUMNS,
+    MEMORY_NAMESPACES,
+    MEMORY_TABLES,
+    POSTGRES_MAX_COLUMNS,
+    RAW_SCHEMAS,
+    raw_column_names,
+    raw_name,
+)
 from loader.load.secret_policy import SecretPolicy
 from loader.parallel import run_in_order
 from loader.sources.discover import Discovery, DiscoveryWarning, SourceFile
@@ -130,6 +138,73 @@ class TableResult:
     reader: str
     notes: str | None = None
     rows_with_binary: int = 0
+
+
+# The marts key every memory entry by (namespace, key) in btree indexes (and claude-flow v3's entries by
+# their id too), whose entries hold at most 2,704 bytes: a longer key would load, then fail every later
+# build of the database. So does a NULL key, and a row the marts cannot trace to its file (no rowid).
+MAX_INDEXED_BYTES = 2000
+UNKEYABLE_ROW = "CN001"  # the SQLSTATE unkeyable_memory_rows raises
+
+
+def untraceable_memory_table(kind: str, plans: list[TablePlan]) -> None:
+    """Refuse a memory table whose rows have no rowid to be traced by (WITHOUT ROWID, or every rowid
+    alias taken by a column)."""
+    for plan in plans:
+        table = plan.table
+        if table.name == MEMORY_TABLES.get(kind) and table.row_count and table.rowid_column is None:
+            raise FileFailed(f"table {table.name!r} has no rowid (WITHOUT ROWID, or columns named rowid, _rowid_ "
+                             "and oid hide it): its rows could not be traced from the marts to the file and "
+                             "rolled back to it, so the file is not loaded")
+
+
+def unkeyable_memory_rows(kind: str, schema: str, plan: TablePlan, load_id: str, source_path: str) -> sql.Composed | None:
+    """A statement that raises UNKEYABLE_ROW, naming the first row of this load's memory table that the marts
+    cannot key (a NULL key; namespace and key, or a v3 id, over MAX_INDEXED_BYTES), None for another table.
+    It runs in the load's transaction, after the rows: a change load's inserted rows are all it reads."""
+    if plan.table.name != MEMORY_TABLES.get(kind):
+        return None
+    raw = dict(zip(plan.table.columns, plan.raw_columns))
+    if "key" not in raw:
+        return None
+    key, size = sql.Identifier(raw["key"]), sql.Literal(MAX_INDEXED_BYTES)
+    identity_bytes = sql.SQL("octet_length({namespace}) + octet_length({key})").format(
+        namespace=MEMORY_NAMESPACES[kind], key=key)
+    problems = [(sql.SQL("{} IS NULL").format(key), sql.SQL("'its key is NULL'")),
+                (sql.SQL("{} > {}").format(identity_bytes, size),
+                 sql.SQL("format('its namespace and key take %s bytes', {})").format(identity_bytes))]
+    if kind == "claude-flow-v3" and "id" in raw:
+        problems.append((sql.SQL("octet_length({}) > {}").format(sql.Identifier(raw["id"]), size),
+                         sql.SQL("format('its id takes %s bytes', octet_length({}))").format(sql.Identifier(raw["id"]))))
+    return sql.SQL("""DO $check$
+DECLARE
+    problem text;
+BEGIN
+    SELECT format('table %s rowid %s: %s', {table}, _source_rowid, CASE {cases} END) INTO problem
+    FROM {raw_table} WHERE _load_id = {load_id} AND _source_path = {source_path} AND ({conditions})
+    ORDER BY _source_rowid LIMIT 1;
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = problem || {why};
+    END IF;
+END
+$check$""").format(
+        table=sql.Literal(plan.table.name), raw_table=sql.Identifier(schema, plan.raw_table),
+        load_id=sql.Literal(load_id), source_path=sql.Literal(source_path), code=sql.Literal(UNKEYABLE_ROW),
+        cases=sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(condition, text) for condition, text in problems),
+        conditions=sql.SQL(" OR ").join(condition for condition, _ in problems),
+        why=sql.Literal(f": the marts key every memory entry by its namespace and key (at most {MAX_INDEXED_BYTES:,} "
+                        "bytes, as PostgreSQL indexes them; a claude-flow v3 id too), so the file is not loaded "
+                        "(change or remove that row in the file, then sync)"))
+
+
+def unkeyable_row_failure(error: duckdb.Error) -> Exception:
+    """The file's failure when the direct path's unkeyable_memory_rows raised (else the DuckDB error itself,
+    for the CSV path to try)."""
+    text = str(error)
+    start = text.find("table ", text.find(UNKEYABLE_ROW) if UNKEYABLE_ROW in text else 0)
+    if "the marts key every memory entry" not in text or start < 0:
+        return error
+    return FileFailed(first_line(text[start:]))
 
 
 def check_integrity(reader: sqlite3.Connection) -> None:
@@ -404,6 +479,12 @@ def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Co
                 if copied != table.row_count:
                     raise CountMismatch(f"table {table.name!r}: {table.row_count} rows in SQLite, {copied} copied")
                 record_table(cursor, context, record, plan, TableResult(copied, DUCKDB), outcome)
+                check = unkeyable_memory_rows(context.kind, context.schema, plan, record.load_id, record.source_path)
+                if check is not None:
+                    try:
+                        cursor.execute(check)
+                    except duckdb.Error as error:
+                        raise unkeyable_row_failure(error) from None
             record_file(cursor, record, plans, outcome)
             if context.previous is not None:
                 for statement, parameters in delta.record_changes(context.previous, record.load_id, changes):
@@ -432,6 +513,15 @@ def load_through_csv(context: FileContext, plans: list[TablePlan], ddl: list[sql
             record_table(cursor, context, record, plan, result, outcome)
         record_file(cursor, record, plans, outcome)
         keep_changed_rows_only(cursor, context.previous, record.load_id)
+        for plan in plans:
+            check = unkeyable_memory_rows(context.kind, context.schema, plan, record.load_id, record.source_path)
+            if check is not None:
+                try:
+                    cursor.execute(check)
+                except psycopg.Error as error:
+                    if error.sqlstate != UNKEYABLE_ROW:
+                        raise
+                    raise FileFailed(error.diag.message_primary) from None
     return outcome
 
 
@@ -469,6 +559,7 @@ def load_file(worker: Worker, load_id: str, source: SourceFile, policy: SecretPo
             check_integrity(reader)
             tables = list_tables(snapshot.path)
             plans = plan_tables(reader, tables, policy, check_text=False)
+            untraceable_memory_table(source.kind, plans)
             with worker.connection.cursor() as cursor:
                 ddl = [statement for plan in plans for statement in
                        raw_tables.raw_table_statements(cursor, schema, plan.raw_table, plan.raw_columns)]
