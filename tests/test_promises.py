@@ -328,6 +328,11 @@ def test_a_root_that_does_not_exist_is_a_usage_error(tmp_path, command):
     (["archive", "ROOT", "--relocate"], "--relocate goes with --verify"),
     (["archive", "ROOT"], "give ROOT... --to DIR"),
     (["app-copy", "ROOT/memory.db", "--schema", "n8n", "--replace", "--verify-only"], "takes no --replace"),
+    # what typer finds as it parses the command line
+    (["run", "ROOT/no-such-folder"], "does not exist"),
+    (["validate", "--sample", "-1"], "--sample"),
+    (["lineage", "key", "--schema", "bad-name"], "not a plain identifier"),
+    (["sync", "ROOT", "--watch", "often"], "--watch"),
 ])
 def test_a_usage_error_gives_json_one_document(tmp_path, command, words):
     root = small_tree(tmp_path / "tree")
@@ -335,7 +340,8 @@ def test_a_usage_error_gives_json_one_document(tmp_path, command, words):
     result = consolidate(*arguments, "--json", "--home", str(tmp_path / "state"))
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     document = json.loads(result.stdout)
-    assert document["exit_code"] == 2 and words in document["error"] and words in result.stderr
+    shown = " ".join(result.stderr.replace("│", " ").split())
+    assert document["exit_code"] == 2 and words in document["error"] and words in shown, shown
 
 
 def test_a_backup_refused_by_run_gives_json_one_document(tmp_path, target, home):
@@ -348,6 +354,13 @@ def test_a_backup_refused_by_run_gives_json_one_document(tmp_path, target, home)
     document = json.loads(result.stdout)
     assert document["exit_code"] == 2 and document["error"].startswith("backup refused")
     assert fetch(target, "SELECT count(*) FROM pg_tables WHERE schemaname LIKE 'raw%%'") == [(0,)]  # nothing loaded
+    # the same run again into the backup it made: refused, saying what run can do (it has no --overwrite)
+    first = consolidate("run", str(tree), "--backup-to", str(tmp_path / "kept"), target=target, home=home)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    again = consolidate("run", str(tree), "--backup-to", str(tmp_path / "kept"), target=target, home=home)
+    message = " ".join(again.stderr.split())
+    assert again.returncode == 2 and "already holds a backup" in message and "--overwrite" not in message, message
+    assert "leave --backup-to out" in message and "--no-backup" in message
 
 
 def test_roots_run_one_by_one_each_validate_against_their_own_backup(tmp_path, target, home):

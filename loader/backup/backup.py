@@ -95,6 +95,10 @@ class BackupError(Exception):
     """The destination cannot take this backup. The message says why and what to do."""
 
 
+class BackupExists(BackupError):
+    """The destination holds an earlier backup, which is replaced only when asked to (overwrite)."""
+
+
 @dataclass
 class BackupEntry:
     """One discovered database and what the backup did with it."""
@@ -306,8 +310,8 @@ def check_destination(destination: Path, roots: list[Path], overwrite: bool, exc
         return
     earlier = read_earlier_backup(destination)
     if not overwrite:
-        raise BackupError(f"{destination} already holds a backup made at {earlier.created_at}; "
-                          "pass overwrite (--overwrite) to replace it, or choose another folder")
+        raise BackupExists(f"{destination} already holds a backup made at {earlier.created_at}: "
+                           "choose a new folder")
     unlisted = unrecorded_files(destination, earlier)
     if unlisted:
         raise BackupError(f"{destination} holds files its manifest does not list ({', '.join(unlisted[:5])}"

@@ -12,6 +12,7 @@ from typing import Annotated, NoReturn
 
 import psycopg
 import typer
+from typer import rich_utils
 
 from loader import pipeline
 from loader.backup import backup as backup_stage
@@ -216,6 +217,9 @@ def run(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema
                               cache=redis_cache(redis_url, as_json))
     except PolicyError as error:
         usage_error(error, as_json)
+    except backup_stage.BackupExists as error:
+        usage_error(f"backup refused: {error} (or leave --backup-to out: each run backs up into "
+                    f"{home}/backups/<UTC time>; or pass --no-backup)", as_json)
     except backup_stage.BackupError as error:
         usage_error(f"backup refused: {error} (or pass --no-backup)", as_json)
     render.run(report, as_json)
@@ -252,6 +256,8 @@ def backup(
     try:
         manifest = backup_stage.backup(roots, to, on_file=render.backup_progress(quiet=as_json),
                                        overwrite=overwrite, exclude=[home])
+    except backup_stage.BackupExists as error:
+        usage_error(f"{error}, or pass --overwrite to replace it", as_json)
     except backup_stage.BackupError as error:
         usage_error(error, as_json)
     render.backed_up(manifest, as_json)
@@ -631,11 +637,24 @@ def asked_for_json(argv: list[str]) -> bool:
     return "--json" in options
 
 
+# The usage errors typer finds as it parses (BadParameter, a missing argument, an unknown option): the base
+# class of typer.BadParameter, in the click typer carries (or click itself, for typer before 0.22).
+TYPER_USAGE_ERROR = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+
+
 def main() -> None:
     """The console script: the app, with a DSN that cannot be used or a lost or unreachable PostgreSQL
     reported in one line (never with the DSN's password); with --json also as a JSON document on stdout."""
     try:
-        app(prog_name="consolidate")
+        exit_code = app(prog_name="consolidate", standalone_mode=False)
+    except TYPER_USAGE_ERROR as error:  # a usage error typer found: a ROOT that does not exist...
+        rich_utils.rich_format_error(error)
+        if asked_for_json(sys.argv):
+            render.print_json({"error": error.format_message(), "exit_code": error.exit_code})
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        rich_utils.rich_abort_error()
+        sys.exit(1)
     except BadDsn as error:
         usage_failure(redacted_message(error))
     except psycopg.OperationalError as error:
@@ -647,6 +666,7 @@ def main() -> None:
             render.print_json({"error": f"PostgreSQL unavailable: {message}",
                                "exit_code": ExitCode.DATABASE_UNAVAILABLE})
         sys.exit(ExitCode.DATABASE_UNAVAILABLE)
+    sys.exit(exit_code if isinstance(exit_code, int) else ExitCode.OK)
 
 
 def usage_failure(message: str) -> NoReturn:
