@@ -7,6 +7,7 @@ private copies of the SQLite files with Python's sqlite3 and applying the docume
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -267,6 +268,23 @@ def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, t
     with pytest.raises(sqlite3.DatabaseError) as refused:  # what SQLite itself says of the file
         read_private_copy(tree / "broken.db", tmp_path / "x", "PRAGMA quick_check")
     assert str(refused.value) in message and files["broken.db"]["error"] == message
+
+
+def test_a_database_without_tables_reconciles_with_nothing_to_lose(tmp_path, target, home):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name, statement in (("no-tables.db", "PRAGMA user_version = 1"), ("empty-table.db", "CREATE TABLE t (a)")):
+        with contextlib.closing(sqlite3.connect(tree / name)) as connection:
+            connection.execute(statement)
+            connection.commit()
+    assert read_private_copy(tree / "no-tables.db", tmp_path / "x", "SELECT count(*) FROM sqlite_master") == [(0,)]
+    result = consolidate("run", str(tree), "--no-backup", "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    files = {Path(f["source_path"]).name: f for f in report["files"]}
+    assert {name: (f["status"], f["rows_in_sqlite"], f["rows_in_raw"], f["reconciled"]) for name, f in files.items()} == {
+        "no-tables.db": ("loaded", 0, 0, True), "empty-table.db": ("loaded", 0, 0, True)}
+    assert report["reconciled"]
 
 
 def test_build_exits_1_when_raw_no_longer_matches_the_ledger(tmp_path, target, home, realdata):

@@ -40,9 +40,12 @@ WITH this_load AS (
     GROUP BY t.source_path
 )
 SELECT l.source_path, l.source_db, l.kind, l.status,
-       t.rows_in_sqlite, t.rows_in_raw,
+       -- a loaded database without tables has no load_tables rows: 0 rows on both sides
+       CASE WHEN l.status IN ('loaded', 'unchanged') THEN coalesce(t.rows_in_sqlite, 0) END,
+       CASE WHEN l.status IN ('loaded', 'unchanged') THEN coalesce(t.rows_in_raw, 0) END,
        r.rows_in_sqlite AS memory_rows, r.kept, r.superseded, r.moved,
-       coalesce(t.rows_in_sqlite = t.rows_in_raw, l.status NOT IN ('loaded', 'unchanged', 'failed'))
+       CASE WHEN l.status IN ('loaded', 'unchanged') THEN coalesce(t.rows_in_sqlite = t.rows_in_raw, true)
+            ELSE l.status <> 'failed' END
          AND coalesce(r.reconciled, true) AS reconciled,
        l.error_message
 FROM this_load AS l
