@@ -268,6 +268,19 @@ def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, t
     with pytest.raises(sqlite3.DatabaseError) as refused:  # what SQLite itself says of the file
         read_private_copy(tree / "broken.db", tmp_path / "x", "PRAGMA quick_check")
     assert str(refused.value) in message and files["broken.db"]["error"] == message
+    found = consolidate("discover", str(tree), "--json")
+    assert found.returncode == 3 and [f["error"] for f in json.loads(found.stdout)["files"]
+                                      if f["path"].endswith("broken.db")] == [message]
+
+
+def test_a_path_with_a_line_break_is_one_row_of_the_table(tmp_path):
+    folder = tmp_path / "tree" / "new\nline"
+    folder.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(folder / "memory.db")) as connection:
+        connection.execute("CREATE TABLE t (a)")
+    shown = consolidate("discover", str(tmp_path / "tree"), "--home", str(tmp_path / "state"))
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "new\\nline/memory.db" in shown.stdout and "\nline/memory.db" not in shown.stdout.replace("\\n", "")
 
 
 def test_a_database_without_tables_reconciles_with_nothing_to_lose(tmp_path, target, home):

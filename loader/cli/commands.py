@@ -117,10 +117,13 @@ def usage_error(message: object, as_json: bool = False) -> NoReturn:
 @app.command()
 def discover(roots: Roots, home: Home = DEFAULT_HOME, as_json: AsJson = False) -> None:
     """Find SQLite files by their header and classify each by schema (claude-flow-v2, claude-flow-v3,
-    extended-memory, n8n, flowise, other), with size, sha256, tables and row counts.
+    extended-memory, n8n, flowise, other), with size, sha256, tables and row counts. Exit 3 when a SQLite
+    file cannot be read (named, with the reason).
 
     Example: consolidate discover /opt/sutazaiapp --json"""
-    render.discovery(discover_files(roots, exclude=[home]), as_json)
+    found = discover_files(roots, exclude=[home])
+    render.discovery(found, as_json)
+    raise typer.Exit(ExitCode.SOURCE_UNREADABLE if any(f.error for f in found.files) else ExitCode.OK)
 
 
 @app.command()

@@ -118,6 +118,11 @@ def verification(problems: list, key: str, where: Path, as_json: bool, exit_code
 
 # ------------------------------------------------------------------------------------ discover, load
 
+def file_label(path: object) -> Text:
+    """A file's path or label in a table cell: a line break in it shown as \\n, so one file is one row."""
+    return Text(str(path).replace("\r", "\\r").replace("\n", "\\n"))
+
+
 def discovery(found: Discovery, as_json: bool) -> None:
     if as_json:
         print_json({"files": [f.to_json() for f in found.files], "warnings": [w.to_json() for w in found.warnings]})
@@ -127,7 +132,7 @@ def discovery(found: Discovery, as_json: bool) -> None:
         table.add_column(column, justify="right" if column in ("size", "tables", "rows") else "left")
     for f in found.files:
         note_text = f"copy of {escape(str(f.copy_of))}" if f.copy_of else (f"[red]{escape(f.error)}[/red]" if f.error else "")
-        table.add_row(Text(f.source_db), f.kind, f"{f.size_bytes:,}", f.sha256[:12], str(len(f.tables)),
+        table.add_row(file_label(f.source_db), f.kind, f"{f.size_bytes:,}", f.sha256[:12], str(len(f.tables)),
                       f"{sum(f.tables.values()):,}", note_text)
     out.print(table)
     print_warnings(found.warnings)
@@ -148,7 +153,7 @@ def load_table(outcome: LoadOutcome) -> Table:
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
     for f in outcome.files:
         note_text = "see below" if f.error else (f"copy of {escape(str(f.source.copy_of))}" if f.source.copy_of else "")
-        table.add_row(Text(f.source.source_db), f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
+        table.add_row(file_label(f.source.source_db), f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
                       f"{f.rows_loaded:,}", note_text)
     return table
 
@@ -197,7 +202,7 @@ def summary_table(rows: list[FileSummary]) -> Table:
         table.add_column(header, justify="left" if header in ("file", "kind", "status") else "right")
     for r in rows:
         cells = [r.rows_in_sqlite, r.rows_in_raw, r.memory_rows, r.kept, r.superseded, r.moved]
-        table.add_row(Text(r.source_db), r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
+        table.add_row(file_label(r.source_db), r.kind, r.status, *("" if c is None else f"{c:,}" for c in cells),
                       "[red]failed[/red]" if r.status == "failed" else
                       "[green]yes[/green]" if r.reconciled else "[red]NO[/red]")
     return table
@@ -244,7 +249,7 @@ def backed_up(manifest: BackupManifest, as_json: bool) -> None:
     for column in ("file", "kind", "status", "tables", "rows", "note"):
         table.add_column(column, justify="right" if column in ("tables", "rows") else "left")
     for entry in manifest.files:
-        table.add_row(Text(entry.source_db), entry.kind, entry.status, str(len(entry.tables)),
+        table.add_row(file_label(entry.source_db), entry.kind, entry.status, str(len(entry.tables)),
                       f"{sum(entry.tables.values()):,}", Text(entry.reason or ""))
     out.print(table)
 
@@ -259,7 +264,7 @@ def validation_table(report: ValidationReport) -> Table:
         table.add_column(header, justify="left" if header in ("file", "on disk", "backup") else "right")
     for f in report.files:
         counts = [f.rows_in_sqlite, f.rows_in_raw, f.kept, f.superseded, f.moved, f.flagged]
-        table.add_row(Text(f.source_db), *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
+        table.add_row(file_label(f.source_db), *("" if c is None else f"{c:,}" for c in counts), f.checksum_status,
                       f.backup_checksum_status or ("[yellow]outside it[/yellow]" if f.outside_backup else ""),
                       f"{f.spot_checked:,}", f"{len(f.mismatches):,}",
                       "[green]yes[/green]" if f.passed else "[red]NO[/red]")
@@ -301,7 +306,7 @@ def lineage(key: str, namespace: str | None, versions: list[Version], as_json: b
         table.add_column(column)
     for v in versions:
         table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace),
-                      Text(v.source_db if v.write_id is None else "PostgreSQL"), str(v.source_rowid),
+                      file_label(v.source_db if v.write_id is None else "PostgreSQL"), str(v.source_rowid),
                       v.load_id or f"write {v.write_id}", "" if v.updated_at is None else str(v.updated_at),
                       "" if v.accessed_at is None else str(v.accessed_at),
                       Text(v.value_preview))
@@ -341,7 +346,7 @@ def status_table(report: StatusReport) -> Table:
             on_disk = f"forgotten {f.forgotten.forgotten_at:%Y-%m-%d %H:%M} by {escape(f.forgotten.forgotten_by)}"
         failure = (f"[red]{f.last_failure.failed_at:%Y-%m-%d %H:%M} {escape(f.last_failure.error_message or '')}[/red]"
                    if f.last_failure else "")
-        table.add_row(Text(f.source_db), f.kind, f.status, current.load_id if current else "",
+        table.add_row(file_label(f.source_db), f.kind, f.status, current.load_id if current else "",
                       f"{current.rows_in_sqlite:,}" if current and current.rows_in_sqlite is not None else "",
                       f"{current.rows_loaded:,}" if current and current.rows_loaded is not None else "",
                       on_disk, format_age(f.seconds_since_sync), cut_over_cell(f.cut_over), failure)
@@ -387,9 +392,9 @@ def archived(report: ArchiveReport, as_json: bool) -> None:
     for entry in report.archived:
         removal = removals.get(entry.path)
         removed = "" if removal is None else ("[green]yes[/green]" if removal.removed else "[red]no[/red]")
-        table.add_row(Text(str(entry.path)), "[green]yes[/green]", removed, Text((removal.refused or "") if removal else ""))
+        table.add_row(file_label(str(entry.path)), "[green]yes[/green]", removed, Text((removal.refused or "") if removal else ""))
     for refusal in report.refused:
-        table.add_row(Text(str(refusal.path)), "[red]no[/red]", "", Text(refusal.reason))
+        table.add_row(file_label(str(refusal.path)), "[red]no[/red]", "", Text(refusal.reason))
     out.print(table)
     print_warnings(report.warnings)
 
@@ -402,7 +407,7 @@ def cutover_table(outcomes: list[CutoverOutcome]) -> Table:
         table.add_column(column)
     for o in outcomes:
         c = o.cutover
-        table.add_row(Text(o.source_path), o.outcome, f"{c.cut_over_at.astimezone():%Y-%m-%d %H:%M:%S}" if c else "",
+        table.add_row(file_label(o.source_path), o.outcome, f"{c.cut_over_at.astimezone():%Y-%m-%d %H:%M:%S}" if c else "",
                       Text(c.cut_over_by) if c else "", c.load_id if c else "")
     return table
 
@@ -423,7 +428,7 @@ def forgotten(outcomes: list[ForgetOutcome], as_json: bool) -> None:
         table.add_column(column)
     for o in outcomes:
         f = o.forgotten
-        table.add_row(Text(o.source_path), o.outcome, f.load_id, f"{f.forgotten_at:%Y-%m-%d %H:%M}",
+        table.add_row(file_label(o.source_path), o.outcome, f.load_id, f"{f.forgotten_at:%Y-%m-%d %H:%M}",
                       Text(f.forgotten_by), Text(f.note or ""))
     out.print(table)
 
@@ -472,7 +477,7 @@ def sync_table(report: SyncReport) -> Table:
                      "gone, accepted by `consolidate forget`: its last load stays current" if f.status == "forgotten" else
                      f"[yellow]split brain: changed after its cutover, {both_sides[f.source_path]} "
                      "entries written on both sides (warning below)[/yellow]" if f.source_path in both_sides else "")
-        table.add_row(Text(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
+        table.add_row(file_label(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
                       f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note_text)
     return table
 
