@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -765,6 +768,26 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_the_times_postgresql_did_no
     for key in ("real-time", "ms-in-seconds"):
         assert written[key][0] == "changed" and written[key][1:5] == original[key][1:5], (key, written[key])
         assert written[key][5] == int(written_at.timestamp())  # the write's time, in seconds
+
+
+def test_a_rollback_removes_the_partial_files_rollbacks_killed_before_it_left_and_only_those(tmp_path, target, home):
+    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 3)
+    run([tmp_path / "tree"], target, home, backup_to=None, quiet=True)
+    destination = tmp_path / "rollback" / "memory.db"
+    destination.parent.mkdir()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(ended.stdout)  # a process that has ended
+    killed = destination.with_name(f".memory.db.rollback-{dead}-0badc0de")
+    killed.write_bytes(b"SQLite format 3\x00 partial")
+    killed.with_name(killed.name + "-journal").write_bytes(b"journal")
+    running = destination.with_name(f".memory.db.rollback-{os.getpid()}-0badc0de")  # a rollback still writing
+    running.write_bytes(b"in progress")
+
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(path.name for path in destination.parent.iterdir()) == sorted([destination.name, running.name])
+    assert any(killed.name in note and str(dead) in note for note in json.loads(result.stdout)["notes"])
 
 
 def test_rollback_of_a_file_whose_every_load_failed_says_so(tmp_path, target, home):

@@ -56,6 +56,7 @@ FILE unless `overwrite`); each rollback is recorded in `consolidate.rollbacks`.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import secrets
@@ -672,6 +673,32 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
         connection.close()
 
 
+def remove_leftovers_of_killed_rollbacks(destination: Path) -> list[str]:
+    """The partial files (and their side files) that rollbacks to `destination` killed before they could
+    clean up (kill -9) left beside it, removed: each names the process that wrote it, and only a process
+    that is gone leaves one. Returns what was removed, as notes."""
+    notes = []
+    for leftover in sorted(destination.parent.glob(f".{glob.escape(destination.name)}.rollback-*-*")):
+        pid = leftover.name.removeprefix(f".{destination.name}.rollback-").split("-")[0]
+        if not pid.isdigit() or process_alive(int(pid)) or leftover.name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        for part in (leftover, *(side_file(leftover, s) for s in ("-wal", "-shm", "-journal"))):
+            part.unlink(missing_ok=True)
+        notes.append(f"removed {leftover.name}, the partial file of a rollback to {destination.name} that was "
+                     f"killed (process {pid})")
+    return notes
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
@@ -818,7 +845,8 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                     {"load_id": load_id, "source_path": source_path})]
             report.unchanged = len(untouched)
             plan = plan_memory_table(kind, untouched, entries, report)
-            written = destination.with_name(f".{destination.name}.rollback-{secrets.token_hex(4)}")
+            report.notes += remove_leftovers_of_killed_rollbacks(destination)
+            written = destination.with_name(f".{destination.name}.rollback-{os.getpid()}-{secrets.token_hex(4)}")
             try:
                 create_database(snapshot.path, written, kind, plan, report)
                 report.sha256 = sha256_of(written)
