@@ -102,3 +102,14 @@ def test_bench_run_100k_loads_every_row(tmp_path, server_dsn):
     assert "| consolidate load |" in finished.stdout
     # the dbt server the bench's commands left ended with the bench (its runtime folder removed)
     assert not list((tmp_path / "out").glob("run-*/runtime"))
+
+
+def test_the_generators_copy_of_the_v2_schema_is_the_fixtures():
+    """bench/generate.py copies V2_DDL so it runs without the package; the copy must not drift."""
+    from bench.generate import V2_INDEX, V2_TABLE
+    from loader.fixtures.claude_flow_v2 import V2_DDL
+
+    def words(ddl: str) -> list[str]:
+        return [statement.split() for statement in ddl.replace(";", "\n;").split(";") if statement.strip()]
+
+    assert words(V2_TABLE + ";" + V2_INDEX) == words(V2_DDL)

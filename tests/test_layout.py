@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,7 @@ def imports_of(path: Path) -> set[str]:
     """The loader modules `path` imports (a `from loader.x import y` counts as loader.x.y when that is a module)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        assert not (isinstance(node, ast.ImportFrom) and node.level), f"{path}: a relative import; write loader.x"
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("loader")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("loader"):
@@ -131,3 +133,15 @@ def test_the_constants_python_and_the_dbt_project_share_agree():
         == PERFORMANCE_METRICS_NAMESPACE
     udfs = (PACKAGE.parent / "dbt_project" / "macros" / "create_udfs.sql").read_text()
     assert int(re.search(r"set json_max_depth = (\d+)", udfs).group(1)) == MAX_JSON_DEPTH
+    # the near cache's notifications (its triggers come from the dbt project or install_notify_triggers)
+    from loader.serve.near_cache import MAX_NOTIFY_PAYLOAD_BYTES, NOTIFY_CHANNEL, NOTIFY_ROWS_PER_TRANSACTION
+
+    for name, value in (("notify_channel", NOTIFY_CHANNEL), ("notify_rows_per_transaction", NOTIFY_ROWS_PER_TRANSACTION),
+                        ("notify_max_payload_bytes", MAX_NOTIFY_PAYLOAD_BYTES)):
+        assert re.search(rf"^\s*{name}:\s*(\S+)\s*$", project, re.M).group(1) == str(value), name
+    # the epoch rule's magnitudes (validate's model of the timestamps)
+    from loader.verify.rules import MILLISECONDS_FROM, UNUSABLE_FROM
+
+    timestamps = (PACKAGE.parent / "dbt_project" / "macros" / "timestamps.sql").read_text()
+    for name, value in (("epoch_milliseconds_from", MILLISECONDS_FROM), ("epoch_unusable_from", UNUSABLE_FROM)):
+        assert Decimal(re.search(r"macro " + name + r"\(\) %}([^{]+){% endmacro", timestamps).group(1)) == value

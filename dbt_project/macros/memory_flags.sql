@@ -65,12 +65,12 @@
 {% macro epoch_column_flags(column_name, number, unit, required=false) -%}
     {%- set flags = [
         "case when " ~ column_name ~ " is not null and " ~ number ~ " is null then 'non_numeric_integer:" ~ column_name ~ "' end",
-        "case when " ~ column_name ~ " is not null and not coalesce(abs(" ~ number ~ ") < 1e14, false) then 'unparsable_timestamp:" ~ column_name ~ "' end",
+        "case when " ~ column_name ~ " is not null and not coalesce(abs(" ~ number ~ ") < " ~ epoch_unusable_from() ~ ", false) then 'unparsable_timestamp:" ~ column_name ~ "' end",
     ] -%}
     {%- if unit == 'seconds' -%}
-        {%- do flags.append("case when abs(" ~ number ~ ") >= 1e11 and abs(" ~ number ~ ") < 1e14 then 'milliseconds_in_seconds_column:" ~ column_name ~ "' end") -%}
+        {%- do flags.append("case when abs(" ~ number ~ ") >= " ~ epoch_milliseconds_from() ~ " and abs(" ~ number ~ ") < " ~ epoch_unusable_from() ~ " then 'milliseconds_in_seconds_column:" ~ column_name ~ "' end") -%}
     {%- elif unit == 'milliseconds' -%}
-        {%- do flags.append("case when abs(" ~ number ~ ") < 1e11 then 'seconds_in_milliseconds_column:" ~ column_name ~ "' end") -%}
+        {%- do flags.append("case when abs(" ~ number ~ ") < " ~ epoch_milliseconds_from() ~ " then 'seconds_in_milliseconds_column:" ~ column_name ~ "' end") -%}
     {%- else -%}
         {{ exceptions.raise_compiler_error("epoch unit must be seconds or milliseconds, not " ~ unit) }}
     {%- endif -%}

@@ -18,25 +18,25 @@ DECLARE
     payload text;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        PERFORM pg_notify('consolidate_memory_writes', flush);
+        PERFORM pg_notify('{{ var("notify_channel") }}', flush);
         RETURN NULL;
     END IF;
     -- a bulk change sends one flush instead of a message per row
     sent := coalesce(nullif(current_setting('consolidate.notified_rows', true), ''), '0')::integer + 1;
     PERFORM set_config('consolidate.notified_rows', sent::text, true);
-    IF sent > 1000 THEN
-        IF sent = 1000 + 1 THEN
-            PERFORM pg_notify('consolidate_memory_writes', flush);
+    IF sent > {{ var('notify_rows_per_transaction') }} THEN
+        IF sent = {{ var('notify_rows_per_transaction') }} + 1 THEN
+            PERFORM pg_notify('{{ var("notify_channel") }}', flush);
         END IF;
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN
         payload := json_build_object('schema', TG_TABLE_SCHEMA, 'namespace', OLD.namespace, 'key', OLD.key)::text;
-        PERFORM pg_notify('consolidate_memory_writes', CASE WHEN octet_length(payload) > 7999 THEN flush ELSE payload END);
+        PERFORM pg_notify('{{ var("notify_channel") }}', CASE WHEN octet_length(payload) > {{ var('notify_max_payload_bytes') }} THEN flush ELSE payload END);
     END IF;
     IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' AND (NEW.namespace, NEW.key) IS DISTINCT FROM (OLD.namespace, OLD.key) THEN
         payload := json_build_object('schema', TG_TABLE_SCHEMA, 'namespace', NEW.namespace, 'key', NEW.key)::text;
-        PERFORM pg_notify('consolidate_memory_writes', CASE WHEN octet_length(payload) > 7999 THEN flush ELSE payload END);
+        PERFORM pg_notify('{{ var("notify_channel") }}', CASE WHEN octet_length(payload) > {{ var('notify_max_payload_bytes') }} THEN flush ELSE payload END);
     END IF;
     RETURN NULL;
 END

@@ -3,6 +3,11 @@
     can hold the other unit, so the magnitude decides: |x| >= 1e11 is milliseconds (1e11 s would be the
     year 5138), else seconds. |x| >= 1e14 fits neither and becomes NULL, as does non-numeric text.
 -#}
+{#- The two magnitudes of that rule, written once (loader/verify/rules.py has them for validate's model). -#}
+{% macro epoch_milliseconds_from() %}1e11{% endmacro %}
+{% macro epoch_unusable_from() %}1e14{% endmacro %}
+
+
 {% macro epoch_to_timestamptz(expression) -%}
     {{ epoch_number_to_timestamptz('consolidate.try_numeric(' ~ expression ~ ')') }}
 {%- endmacro %}
@@ -12,9 +17,9 @@
 {% macro epoch_number_to_timestamptz(number) -%}
     {%- set number = '(' ~ number ~ ')' -%}
     case
-        when abs({{ number }}) < 1e11
+        when abs({{ number }}) < {{ epoch_milliseconds_from() }}
             then to_timestamp({{ number }}::double precision)
-        when abs({{ number }}) < 1e14
+        when abs({{ number }}) < {{ epoch_unusable_from() }}
             then to_timestamp({{ number }}::double precision / 1000)
     end
 {%- endmacro %}

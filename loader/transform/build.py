@@ -60,6 +60,8 @@ def dbt_environment(target: Target, home: Path) -> dict[str, str]:
     """The variables a dbt invocation runs with: the profile's connection settings and where the compiled
     templates and the schemas are kept (loader/transform/jinja_cache.py, schema_cache.py)."""
     return {**target.dbt_environment(),
+            # as dbt_project.yml's flags say, before dbt has read them (its start-up)
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": os.environ.get("DBT_SEND_ANONYMOUS_USAGE_STATS", "false"),
             jinja_cache.FOLDER_VARIABLE: str((home / "dbt" / "jinja-cache").absolute()),
             schema_cache.FOLDER_VARIABLE: str((home / "dbt" / "schema-cache").absolute())}
 
@@ -122,7 +124,6 @@ def invoke_dbt(command: list[str], target: Target, home: Path, *, quiet: bool, p
         project = project_digest()
         digests = {PROJECT_DIGEST_VARIABLE: project, COMPILED_FROM_VARIABLE: compiled_from(connection, project)}
 
-    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
     try:
         invocation = dbt_process.invoke(dbt_arguments(command, home, quiet), {**dbt_environment(target, home), **digests},

@@ -1,7 +1,13 @@
 """The documented rules, written again in Python, independently of dbt and of the loader: what raw holds
-for a SQLite value (and a secret column), how a memory value becomes jsonb with a data_type, how times
-become timestamps, and what a memory row becomes in each mart. The spot check compares PostgreSQL with
-these; a rule that changes in dbt_project/macros must change here too."""
+for a SQLite value, how a memory value becomes jsonb with a data_type, how times become timestamps, and
+what a memory row becomes in each mart. The spot check compares PostgreSQL with these; a rule that
+changes in dbt_project/macros must change here too.
+
+Not independent: the secret policy (which column is hashed, excluded or scrubbed: the load's own
+SecretPolicy and default_action) and the scrub of secret keys inside JSON (loader.secret_scrub) are the
+load's code, used here as they are. The spot check proves that raw holds what that code makes of each
+source value (and so that nothing else changed it); tests/test_secret_scrub.py and tests/test_secrets.py
+hold the scrub and the policy to their documented behaviour on their own."""
 
 from __future__ import annotations
 
