@@ -146,7 +146,7 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.load_changes (
 );
 
 -- Rows present in the previous load of a file and absent from this one. The row itself stays in raw
--- under previous_load_id (raw is append-only); row_md5 is the md5 of its source columns, which
+-- under previous_load_id (raw is append-only); row_md5 is the md5 of its content (raw_tables.row_digest), which
 -- identifies it in a table without rowids (source_rowid NULL).
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.deleted_rows (
     load_id          text NOT NULL,

@@ -196,12 +196,17 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     raises for a bad source
     file: it is reported with status `failed` (exit code 3). Raises PolicyError for a bad secrets
     file, psycopg errors when PostgreSQL cannot be reached."""
-    if found is None:
-        with discovered_for_loading(absolute(roots), home, target) as found:
-            return sync(roots, target, home, secrets=secrets, policy=policy, build=build, quiet=quiet,
-                        found=found, force=force, on_file=on_file, cache=cache)
-    report = change_detection.SyncReport(started_at=ledger.now())
     roots = absolute(roots)
+    with contextlib.nullcontext(found) if found is not None else discovered_for_loading(roots, home, target) as found:
+        return sync_found(roots, found, target, home, secrets=secrets, policy=policy, build=build, quiet=quiet,
+                          force=force, on_file=on_file, cache=cache)
+
+
+def sync_found(roots: list[Path], found: discovery.Discovery, target: Target, home: Path, *,
+               secrets: Path | None, policy: SecretPolicy | None, build: bool, quiet: bool, force: bool,
+               on_file: FileCallback, cache: Cache | None) -> change_detection.SyncReport:
+    """sync, of what discovery found under `roots`."""
+    report = change_detection.SyncReport(started_at=ledger.now())
     report.warnings = found.warnings
     report.checked = len(found.files)
     policy = policy or load_policy(home, secrets)

@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from loader.ledger import CHAIN, LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_loads, state_loads
+from loader.load import raw_tables
 from loader.load.duckdb_postgres import ALIAS, insert_rows
 from loader.load.raw_contract import CONTENT_LINEAGE, MEMORY_KINDS, MEMORY_NAMESPACES, MEMORY_TABLES
 from loader.relations import MEMORY_RANKED
@@ -42,7 +43,7 @@ from loader.sources.sqlite_reader import literal, quote
 # unchanged ones again, retire the changed and deleted rows of the previous state, record the counts.
 COMPARE_TABLE = CHAIN + """,
 old_rows AS (
-    SELECT r._load_id AS row_load_id, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
+    SELECT r._load_id AS row_load_id, r._source_rowid AS rowid, {digest} AS digest
     FROM {raw} AS r
     WHERE r._load_id IN (SELECT load_id FROM chain) AND r._source_path = %(source_path)s
       AND NOT EXISTS (SELECT 1 FROM {ledger}.retired_rows AS x
@@ -50,7 +51,7 @@ old_rows AS (
                         AND x.source_table = %(source_table)s AND x.source_rowid = r._source_rowid)
 ),
 new_rows AS (
-    SELECT r.ctid AS row_ctid, r._source_rowid AS rowid, md5(ROW({columns})::text) AS digest
+    SELECT r.ctid AS row_ctid, r._source_rowid AS rowid, {digest} AS digest
     FROM {raw} AS r WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
 ),
 diff AS (
@@ -175,7 +176,7 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
     ledger = sql.Identifier(LEDGER_SCHEMA)
     result: list[tuple[sql.Composed | str, dict]] = []
     for table in previous.tables:
-        statement = sql.SQL(COMPARE_TABLE).format(columns=content_columns(table), raw=table.raw, ledger=ledger)
+        statement = sql.SQL(COMPARE_TABLE).format(digest=row_digest_of(table), raw=table.raw, ledger=ledger)
         result.append((statement, {"previous": previous.load_id, "load_id": load_id,
                                    "source_path": previous.source_path, "source_table": table.source_table,
                                    "raw_schema": table.raw_schema, "raw_table": table.raw_table}))
@@ -242,9 +243,10 @@ def record_sqlite_deletes(previous: PreviousState, load_id: str) -> list[tuple[s
                          "via": SQLITE_DELETE_VIA})]
 
 
-def content_columns(table: DeltaTable, alias: str = "r") -> sql.Composed:
-    """A raw row's content: what the CSV path's comparison and a deleted row's row_md5 digest."""
-    return sql.SQL(", ").join(sql.Identifier(alias, name) for name in (*table.raw_columns, *CONTENT_LINEAGE))
+def row_digest_of(table: DeltaTable) -> sql.Composed:
+    """A raw row's digest (alias r) over its content, as the CSV path compares it and a deleted row's
+    row_md5 holds it: the file's own columns, then _binary_columns."""
+    return raw_tables.row_digest("r", (*table.raw_columns, *CONTENT_LINEAGE))
 
 
 def mark_delta(previous: PreviousState, load_id: str) -> tuple[str, dict]:
@@ -298,7 +300,7 @@ def serialized(values: Sequence[str], length: str) -> str:
 # A deleted row as change detection records it: its row_md5 is PostgreSQL's digest of its raw row.
 RECORD_DELETED = f"""
 INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
-SELECT %(load_id)s, %(source_path)s, %(source_table)s, r._source_rowid, md5(ROW({{columns}})::text), r._load_id
+SELECT %(load_id)s, %(source_path)s, %(source_table)s, r._source_rowid, {{digest}}, r._load_id
 FROM {{raw}} AS r
 WHERE {{in_parts}} AND r._source_rowid = ANY(%(rowids)s)
 """
@@ -378,7 +380,7 @@ def record_changes(previous: PreviousState, load_id: str,
             result.append((RECORD_RETIRED, parameters))
         if found.deleted_rowids:
             result.append((sql.SQL(RECORD_DELETED).format(
-                columns=content_columns(table), raw=table.raw, in_parts=in_loads("r", found.source_table, PARTS)),
+                digest=row_digest_of(table), raw=table.raw, in_parts=in_loads("r", found.source_table, PARTS)),
                 parameters))
         result.append((RECORD_UNCHANGED, parameters))
         result.append((RECORD_COUNTS, parameters))

@@ -4,7 +4,7 @@ completed on arrival for the columns a file brings (the shape: loader.load.raw_c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -69,6 +69,15 @@ def content_columns(connection: psycopg.Connection | psycopg.Cursor, schema: str
     return [name for (name,) in connection.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
         "ORDER BY ordinal_position", (schema, table)).fetchall() if name not in NOT_CONTENT]
+
+
+def row_digest(alias: str, columns: Iterable[str], present: Container[str] | None = None) -> sql.Composed:
+    """md5 of a raw row's values in `columns` order, `alias` the row's: how two states of a file compare
+    a row (change detection, a change load's CSV path, split brain) and what deleted_rows.row_md5 holds.
+    A column not `present` in the row's raw table counts as NULL, so tables with different columns compare."""
+    values = [sql.Identifier(alias, column) if present is None or column in present else sql.SQL("NULL")
+              for column in columns]
+    return sql.SQL("md5(ROW({})::text)").format(sql.SQL(", ").join(values))
 
 
 def ensure_raw_table(cursor: psycopg.Cursor, schema: str, table: str, columns: list[str]) -> None:

@@ -321,11 +321,10 @@ def side_query(schema: str | None, table: str | None, columns: list[str], presen
     too, less the rows retired: loader/load/delta.py), not only the rows the load stored."""
     if schema is None:
         return sql.SQL("SELECT NULL::bigint AS rowid, NULL::text AS digest WHERE false")
-    values = [sql.SQL("r.") + sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
     loads = ledger.state_loads(load_param) if state else sql.SQL("({})").format(sql.Placeholder(load_param))
-    return sql.SQL("SELECT r._source_rowid AS rowid, md5(ROW({})::text) AS digest FROM {} AS r "
+    return sql.SQL("SELECT r._source_rowid AS rowid, {} AS digest FROM {} AS r "
                    "WHERE r._load_id IN {} AND r._source_path = %(source_path)s AND {}").format(
-        sql.SQL(", ").join(values) if values else sql.SQL(""), sql.Identifier(schema, table), loads,
+        raw_tables.row_digest("r", columns, present), sql.Identifier(schema, table), loads,
         ledger.not_retired("r", schema, table) if state else sql.SQL("true"))
 
 

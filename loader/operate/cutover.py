@@ -260,10 +260,10 @@ def rows_of_state(relation: tuple[str, str] | None, columns: list[str], present:
     if relation is None:
         return sql.SQL("SELECT NULL::bigint AS rowid, NULL::text AS namespace, NULL::text AS key, "
                        "NULL::text AS digest WHERE false")
-    values = [sql.SQL("r.") + sql.Identifier(c) if c in present else sql.SQL("NULL") for c in columns]
     return sql.SQL("SELECT r._source_rowid AS rowid, {namespace} AS namespace, r.key, "
-                   "md5(ROW({values})::text) AS digest FROM {table} AS r WHERE {state}").format(
-        namespace=MEMORY_NAMESPACES[kind], values=sql.SQL(", ").join(values), table=sql.Identifier(*relation),
+                   "{digest} AS digest FROM {table} AS r WHERE {state}").format(
+        namespace=MEMORY_NAMESPACES[kind], digest=raw_tables.row_digest("r", columns, set(present)),
+        table=sql.Identifier(*relation),
         state=in_state("r", MEMORY_TABLES[kind], load_param))
 
 

@@ -79,18 +79,19 @@ LOCKING_COMMANDS = {"build", "run", "test", "seed", "snapshot", "run-operation",
 
 
 @contextlib.contextmanager
-def dbt_lock(target: Target, command: list[str]) -> Iterator[None]:
+def dbt_lock(target: Target, command: list[str]) -> Iterator[psycopg.Connection | None]:
     """Hold the database's dbt lock (a session advisory lock, `consolidate.dbt`) while a command that
     names one of LOCKING_COMMANDS decides what to build and runs: two builds at once (two syncs, a sync
     and `consolidate build`) would each replace the same models, and one fail on the other's tables
     (`..._dbt_backup already exists`), and tests would read a build half done. The second waits, saying
-    so, then decides what to build from what the first left (often nothing: it built those loads too)."""
+    so, then decides what to build from what the first left (often nothing: it built those loads too).
+    Gives the connection holding it (None for a command that takes no lock)."""
     if not LOCKING_COMMANDS & set(command):
-        yield
+        yield None
         return
     with target.connect(connect_timeout=10, autocommit=True) as connection:
         take_dbt_lock(connection)
-        yield
+        yield connection
 
 
 def take_dbt_lock(connection: psycopg.Connection) -> None:
@@ -102,27 +103,41 @@ def take_dbt_lock(connection: psycopg.Connection) -> None:
 
 
 def run_dbt(command: list[str], target: Target, home: Path, *, quiet: bool = False,
-            progress_to_stderr: bool = False, locked: bool = False) -> BuildOutcome:
+            progress_to_stderr: bool = False, locked: psycopg.Connection | None = None,
+            project: str | None = None) -> BuildOutcome:
     """Invoke any dbt command (`["test", "--select", "unified_memory"]`, `["docs", "generate"]`, ...)
     against `target` (the profile reads its connection settings from the environment, see
     Target.dbt_environment) with its artifacts and logs under `home`/dbt. `crashed` tells a dbt error
     (bad arguments, no connection) from models or tests that failed. `quiet`: dbt prints only its
     errors, and to stderr, so stdout stays the caller's (one JSON document with --json).
     `progress_to_stderr`: dbt's progress goes to stderr, beside the command's own (stdout keeps the
-    command's results); `consolidate dbt` leaves dbt's output where dbt puts it. `locked`: the caller
-    holds the dbt lock (dbt_lock) already."""
-    with contextlib.nullcontext() if locked else dbt_lock(target, command):
-        return invoke_dbt(command, target, home, quiet=quiet, progress_to_stderr=progress_to_stderr)
+    command's results); `consolidate dbt` leaves dbt's output where dbt puts it. `locked`: the autocommit
+    connection on which the caller holds the dbt lock (dbt_lock) already. `project`: the project's
+    digest, when the caller has it."""
+    with contextlib.nullcontext(locked) if locked is not None else dbt_lock(target, command) as connection:
+        return invoke_dbt(command, target, home, connection, quiet=quiet, progress_to_stderr=progress_to_stderr,
+                          project=project)
 
 
-def invoke_dbt(command: list[str], target: Target, home: Path, *, quiet: bool, progress_to_stderr: bool) -> BuildOutcome:
-    # PostgreSQL unreachable: psycopg's error, not dbt's (exit 4). The ledger first: every invocation's
-    # on-run-start records itself in it (a ledger made by an earlier version gets its new columns).
-    with target.connect(connect_timeout=10, autocommit=True) as connection:
-        ledger.ensure(connection)
-        invoked_at, = connection.execute("SELECT clock_timestamp()").fetchone()
-        project = project_digest()
-        digests = {PROJECT_DIGEST_VARIABLE: project, COMPILED_FROM_VARIABLE: compiled_from(connection, project)}
+@contextlib.contextmanager
+def connection_for(target: Target, connection: psycopg.Connection | None) -> Iterator[psycopg.Connection]:
+    """`connection`, or a new autocommit one for the block (PostgreSQL unreachable: psycopg's error, exit 4)."""
+    if connection is not None:
+        yield connection
+        return
+    with target.connect(connect_timeout=10, autocommit=True) as new:
+        yield new
+
+
+def invoke_dbt(command: list[str], target: Target, home: Path, connection: psycopg.Connection | None, *,
+               quiet: bool, progress_to_stderr: bool, project: str | None) -> BuildOutcome:
+    # The ledger first: every invocation's on-run-start records itself in it (a ledger made by an earlier
+    # version gets its new columns).
+    with connection_for(target, connection) as setup:
+        ledger.ensure(setup)
+        invoked_at, = setup.execute("SELECT clock_timestamp()").fetchone()
+        project = project or project_digest()
+        digests = {PROJECT_DIGEST_VARIABLE: project, COMPILED_FROM_VARIABLE: compiled_from(setup, project)}
 
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
     try:
@@ -130,7 +145,8 @@ def invoke_dbt(command: list[str], target: Target, home: Path, *, quiet: bool, p
                                         run_results, quiet or progress_to_stderr)
     except dbt_process.WorkerGone as gone:
         return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
-    record_invocation(target, command, invoked_at, invocation.invocation_id)
+    with connection_for(target, connection) as recording:
+        record_invocation(recording, command, invoked_at, invocation.invocation_id)
     outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None)
     for unique_id, status, message in invocation.results:
         if status in ("error", "fail", "runtime error"):
@@ -173,16 +189,15 @@ def selects_every_model(arguments: list[str]) -> bool:
     return True
 
 
-def record_invocation(target: Target, command: list[str], invoked_at, invocation_id: str) -> None:
+def record_invocation(connection: psycopg.Connection, command: list[str], invoked_at, invocation_id: str) -> None:
     """Note on the invocation's memory_builds row (its on-run-start made it, with what its views are
     compiled from) whether it built every node: a later sync leaves the views alone only after a complete
     passing build compiled from the same (selection). A row started before `invoked_at` is an earlier
     invocation's (dbt failed before starting this one)."""
     complete = command[:1] == ["build"] and selects_every_model(command[1:])
-    with target.connect(autocommit=True) as connection:
-        connection.execute(
-            sql.SQL("UPDATE {} SET complete = %s WHERE invocation_id = %s AND started_at >= %s").format(
-                ledger.table("memory_builds")), (complete, invocation_id, invoked_at))
+    connection.execute(
+        sql.SQL("UPDATE {} SET complete = %s WHERE invocation_id = %s AND started_at >= %s").format(
+            ledger.table("memory_builds")), (complete, invocation_id, invoked_at))
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
@@ -252,7 +267,7 @@ ORDER BY build.started_at DESC LIMIT 1
 """).format(load_files=ledger.table("load_files"), memory_builds=ledger.table("memory_builds"))
 
 
-def selection(connection, schema: str) -> tuple[list[str], list[str]]:
+def selection(connection, schema: str, project: str) -> tuple[list[str], list[str]]:
     """What an incremental build after a sync needs to build, as dbt's --select and --exclude: every table
     and incremental model and every test, but no view and nothing that reads only application sources.
     That holds when the last complete build passed, was compiled from the same project files and raw
@@ -260,7 +275,7 @@ def selection(connection, schema: str) -> tuple[list[str], list[str]]:
     would make (a view's rows follow its inputs by themselves), and the application nodes would give what
     it gave. Nothing selected: build everything."""
     last = connection.execute(LAST_COMPLETE_BUILD, {"schema": schema, "memory_kinds": sorted(MEMORY_KINDS)}).fetchone()
-    if last is None or last != (compiled_from(connection, project_digest()), True, False):
+    if last is None or last != (compiled_from(connection, project), True, False):
         return [], []
     return (["config.materialized:table", "config.materialized:incremental", "resource_type:test"],
             [f"source:{source}+" for source in APP_SOURCES])
@@ -279,7 +294,8 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
         take_dbt_lock(connection)
         raw_tables.bootstrap(connection)
         full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
-        select, exclude = selection(connection, target.schema) if only_what_changed and not full_refresh \
+        project = project_digest()
+        select, exclude = selection(connection, target.schema, project) if only_what_changed and not full_refresh \
             else ([], [])
         exclude += [] if unit_tests else ["test_type:unit"]
         # manifest.json is left out (written twice per build, about half a second at this project's size);
@@ -288,4 +304,5 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
         log_level = ["--log-level-file", "info"] if only_what_changed else []
         command = ["build", "--no-write-json", *log_level, *(["--full-refresh"] if full_refresh else []),
                    *(["--select", *select] if select else []), *(["--exclude", *exclude] if exclude else [])]
-        return run_dbt(command, target, home, quiet=quiet, progress_to_stderr=True, locked=True)
+        return run_dbt(command, target, home, quiet=quiet, progress_to_stderr=True, locked=connection,
+                       project=project)
