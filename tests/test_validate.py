@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from psycopg.rows import dict_row
 
+from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.load.secret_policy import existing_policy
 from loader.sources.snapshot import SQLITE_HEADER
 from loader.verify.results import ValidationError
@@ -328,6 +329,25 @@ def test_real_databases_validate_every_row_and_hashed_secrets_need_the_key(reald
     assert [(m.source_table, m.source_rowid, m.field) for m in tampered.mismatches] == [
         ("credential", credential_rowid, "encryptedData")]
     assert without_key.passed  # the hash's shape is right; only the key can tell it is not the value's
+
+
+def test_a_utf16_database_validates_its_blobs_as_their_bytes(tmp_path, target, home):
+    """In a UTF-16 database a BLOB is loaded as its bytes; the spot check reads it so too (SQLite's CAST
+    would read the bytes as UTF-16 text)."""
+    path = tmp_path / "tree" / ".swarm" / "memory.db"
+    path.parent.mkdir(parents=True)
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA encoding = 'UTF-16le'")
+    connection.executescript(V2_DDL)
+    connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES ('blob', x'00d800dc', 1754834448)")
+    connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES ('text', 'plain ü', 1754834448)")
+    connection.commit()
+    connection.close()
+    assert read_private_copy(path, tmp_path / "x", "PRAGMA encoding") == [("UTF-16le",)]
+    result = consolidate("run", str(tmp_path / "tree"), "--no-backup", "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (file,) = json.loads(result.stdout)["validation"]["files"]
+    assert file["spot_checked"] == file["rows_in_sqlite"] >= 2 and file["mismatches"] == [] and file["passed"]
 
 
 def test_validate_refuses_a_database_nothing_was_loaded_into(target):

@@ -249,8 +249,9 @@ def read_as_loaded(sqlite: sqlite3.Connection, table: SourceTable, columns: dict
 
 
 def as_text(column: str) -> str:
-    """SQLite's own text of a value: what sqlite3_column_text (and so DuckDB's all_varchar) returns."""
-    return f"CAST({quote(column)} AS TEXT)"
+    """SQLite's own text of a value: what sqlite3_column_text (and so DuckDB's all_varchar) returns; a
+    BLOB's own bytes (as the load keeps them: in a UTF-16 database, CAST would read them as UTF-16 text)."""
+    return f"CASE WHEN typeof({quote(column)}) = 'blob' THEN {quote(column)} ELSE CAST({quote(column)} AS TEXT) END"
 
 
 def describe(value) -> str:
