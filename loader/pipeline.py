@@ -5,7 +5,8 @@
     validate(): the validation stage on its own, with the secret policy the loads used
     sync():  discover → load what changed → detect the changes → check cut-over files for split brain
              → build (incremental: only the loads and writes new since the last build)
-    watch(): sync every few seconds, a cycle that finds nothing changed doing nothing
+    watch(): sync every few seconds until SIGINT / SIGTERM; a cycle whose discovery (paths and checksums)
+             equals the previous cycle's does nothing (no ledger rows, no build): SyncReport.idle
 
 Each function takes its inputs (the roots, a `Target`) once and hands them down to the stages; none of them
 prints: they return a report (with an `exit_code`) and call the optional `on_...` callbacks as work
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,14 +31,18 @@ from loader import ledger
 from loader.backup import backup as backup_stage
 from loader.database import Target
 from loader.exit_codes import ExitCode
+from loader.ledger import ARCHIVED, FORGOTTEN, MISSING
 from loader.load import load as load_stage
 from loader.load.secret_policy import SecretPolicy, existing_policy, load_policy
 from loader.operate import change_detection, cutover
+from loader.operate.change_detection import FileSync
 from loader.serve.cache import Cache
 from loader.serve.near_cache import forwarding_changes_to_redis
 from loader.sources import discover as discovery
+from loader.sources.discover import DiscoveryWarning
 from loader.transform import build as build_stage
 from loader.transform import freshness
+from loader.transform.build import BuildOutcome
 from loader.verify import reconciliation
 from loader.verify import validate as validate_stage
 
@@ -115,6 +120,91 @@ class RunReport:
                 "warnings": [w.to_json() for w in self.loaded.warnings], "redis": self.redis}
 
 
+@dataclass
+class SyncReport:
+    started_at: datetime
+    finished_at: datetime | None = None
+    load_id: str | None = None  # None when nothing was loaded (an idle watch cycle)
+    files: list[FileSync] = field(default_factory=list)
+    build: BuildOutcome | None = None  # None: not built (--no-build, or an idle cycle)
+    caught_up: int = 0  # earlier loads (by `load` / `run`) whose changes this sync detected
+    warnings: list[DiscoveryWarning] = field(default_factory=list)
+    idle: bool = False  # a watch cycle that found every file as the previous cycle left it
+    cycle: int | None = None  # the watch cycle's number
+    error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
+    error_exit_code: ExitCode | None = None  # what that error means (ExitCode)
+    checked: int = 0  # files discovered
+    split_brain: list[cutover.SplitBrain] = field(default_factory=list)  # cut-over files that changed
+    # what the build's changes did to the Redis cache (sync --redis-url): {"entries", "flushed", "reached"}
+    redis: dict | None = None
+
+    @classmethod
+    def failed_cycle(cls, started_at: datetime, error: Exception, exit_code: ExitCode) -> SyncReport:
+        return cls(started_at=started_at, finished_at=ledger.now(), error=f"{type(error).__name__}: {error}".strip(),
+                   error_exit_code=exit_code)
+
+    def count(self, status: str) -> int:
+        return sum(f.status == status for f in self.files)
+
+    @property
+    def totals(self) -> dict:
+        return {"files": len(self.files), **{s: self.count(s) for s in
+                                             ("loaded", "unchanged", "copy", "failed", MISSING, ARCHIVED, FORGOTTEN)},
+                "inserted": sum(f.inserted for f in self.files), "updated": sum(f.updated for f in self.files),
+                "deleted": sum(f.deleted for f in self.files),
+                "rows": sum(f.rows or 0 for f in self.files if f.status not in (MISSING, ARCHIVED, FORGOTTEN))}
+
+    @property
+    def failed(self) -> list[FileSync]:
+        return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, else 0;
+        a cycle that raised: what its error means (4 PostgreSQL unavailable, 3 a root unreadable)."""
+        if self.error_exit_code is not None:
+            return self.error_exit_code
+        if self.failed:
+            return ExitCode.SOURCE_UNREADABLE
+        if self.build is not None and not self.build.success:
+            return ExitCode.NOT_RECONCILED
+        if self.redis is not None and not self.redis["reached"]:
+            return ExitCode.CACHE_UNAVAILABLE
+        return ExitCode.OK
+
+    def status_line(self) -> str:
+        """One line of plain text for a person watching the sync."""
+        at = (self.finished_at or self.started_at).astimezone().strftime("%H:%M:%S")
+        prefix = f"{at}" + (f" #{self.cycle}" if self.cycle is not None else "")
+        if self.error:
+            return f"{prefix} error: {self.error}"
+        if self.idle:
+            return f"{prefix} no change ({self.checked} files)"
+        t = self.totals
+        line = (f"{prefix} {t['loaded']} loaded (+{t['inserted']} ~{t['updated']} -{t['deleted']}), "
+                f"{t['unchanged']} unchanged, {t['failed']} failed")
+        for gone in ("missing", "archived", "forgotten"):
+            if t[gone]:
+                line += f", {t[gone]} {gone}"
+        if self.split_brain:
+            line += f", {len(self.split_brain)} split brain"
+        if self.build is not None:
+            line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
+        if self.redis is not None:
+            line += ("; Redis NOT told" if not self.redis["reached"] else "; Redis emptied" if self.redis["flushed"]
+                     else f"; {self.redis['entries']} invalidated in Redis")
+        return line
+
+    def to_json(self) -> dict:
+        return {"load_id": self.load_id, "started_at": self.started_at.isoformat(),
+                "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+                "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
+                "totals": self.totals, "caught_up": self.caught_up,
+                "build": self.build.to_json() if self.build else None,
+                "files": [f.to_json() for f in self.files], "warnings": [w.to_json() for w in self.warnings],
+                "split_brain": [s.to_json() for s in self.split_brain], "redis": self.redis}
+
+
 def run(roots: Sequence[Path], target: Target, home: Path, *, backup_to: Path | None,
         secrets: Path | None = None, force: bool = False, rebuild: bool = False,
         jobs: int = load_stage.DEFAULT_JOBS, quiet: bool = False, on_file: FileCallback = no_progress,
@@ -189,7 +279,7 @@ def build_telling_redis(target: Target, home: Path, cache: Cache | None,
 def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None,
          policy: SecretPolicy | None = None, build: bool = True, quiet: bool = True,
          found: discovery.Discovery | None = None, force: bool = False,
-         on_file: FileCallback = no_progress, cache: Cache | None = None) -> change_detection.SyncReport:
+         on_file: FileCallback = no_progress, cache: Cache | None = None) -> SyncReport:
     """discover (unless `found` is given) → load (unchanged files skipped by checksum, changed ones
     reloaded) → change detection → split-brain check of cut-over files → `dbt build` (unless
     build=False; with a `cache`, every entry the build changed is invalidated in that Redis). Never
@@ -204,9 +294,9 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
 
 def sync_found(roots: list[Path], found: discovery.Discovery, target: Target, home: Path, *,
                secrets: Path | None, policy: SecretPolicy | None, build: bool, quiet: bool, force: bool,
-               on_file: FileCallback, cache: Cache | None) -> change_detection.SyncReport:
+               on_file: FileCallback, cache: Cache | None) -> SyncReport:
     """sync, of what discovery found under `roots`."""
-    report = change_detection.SyncReport(started_at=ledger.now())
+    report = SyncReport(started_at=ledger.now())
     report.warnings = found.warnings
     report.checked = len(found.files)
     policy = policy or load_policy(home, secrets)
@@ -250,9 +340,9 @@ def pause(seconds: float, stopping: Callable[[], bool], step: float = 0.1) -> No
 
 
 def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
-          on_cycle: Callable[[change_detection.SyncReport], None] = lambda report: None, *,
+          on_cycle: Callable[[SyncReport], None] = lambda report: None, *,
           secrets: Path | None = None, build: bool = True, cache: Cache | None = None,
-          stop: threading.Event | None = None) -> change_detection.SyncReport | None:
+          stop: threading.Event | None = None) -> SyncReport | None:
     """Sync every `interval` seconds (from the end of one cycle to the start of the next) until
     SIGINT/SIGTERM (the cycle under way finishes first; a second signal interrupts it),
     KeyboardInterrupt, or `stop` is set. `on_cycle` gets every cycle's report: an idle one when no file
@@ -281,15 +371,15 @@ def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
                 with discovered_for_loading(roots, home, target) as found:
                     state = discovery_state(found)
                     if state == last_state:
-                        report = change_detection.SyncReport(started_at=started, finished_at=ledger.now(),
+                        report = SyncReport(started_at=started, finished_at=ledger.now(),
                                                              idle=True, checked=len(found.files))
                     else:
                         report = sync(roots, target, home, policy=policy, build=build, found=found, cache=cache)
                         last_state = state
             except psycopg.Error as error:
-                report = change_detection.SyncReport.failed_cycle(started, error, ExitCode.DATABASE_UNAVAILABLE)
+                report = SyncReport.failed_cycle(started, error, ExitCode.DATABASE_UNAVAILABLE)
             except OSError as error:
-                report = change_detection.SyncReport.failed_cycle(started, error, ExitCode.SOURCE_UNREADABLE)
+                report = SyncReport.failed_cycle(started, error, ExitCode.SOURCE_UNREADABLE)
             report.cycle = cycle
             if not report.idle:
                 last_report = report

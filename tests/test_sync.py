@@ -29,8 +29,8 @@ from loader.fixtures.sample import MCP_TASK_MASTER, N8N, write_sample
 from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
 from loader.operate.archive import archive
-from loader.operate.change_detection import FileSync, SyncReport
-from loader.pipeline import sync, watch
+from loader.operate.change_detection import FileSync
+from loader.pipeline import SyncReport, sync, watch
 from loader.serve.client import MemoryClient
 from loader.sources.discover import discover
 from loader.transform.build import build, run_dbt

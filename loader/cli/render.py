@@ -21,12 +21,11 @@ from loader.exit_codes import ExitCode
 from loader.ledger import RELOCATE_HINT
 from loader.load.load import FileOutcome, LoadOutcome
 from loader.operate.archive import ArchiveReport
-from loader.operate.change_detection import SyncReport
 from loader.operate.cutover import CutoverOutcome
 from loader.operate.forget import ForgetOutcome
 from loader.operate.rollback import RollbackReport
 from loader.operate.status import CutOver, StatusReport
-from loader.pipeline import RunReport
+from loader.pipeline import RunReport, SyncReport
 from loader.sources.discover import Discovery, DiscoveryWarning
 from loader.transform.build import BuildOutcome
 from loader.verify.lineage import Version

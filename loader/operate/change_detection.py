@@ -25,22 +25,17 @@ Loads made by `consolidate load` / `run` are diffed too: every sync first detect
 A load of a file cut over to PostgreSQL (`consolidate cutover`) made after its cutover is checked for
 split brain (loader/operate/cutover.py, called by pipeline.sync after the change detection): the file
 changed although its service writes to PostgreSQL. It is loaded all the same (nothing lost); the report
-warns and names the entries written on both sides (`SyncReport.split_brain`).
+warns and names the entries written on both sides (`pipeline.SyncReport.split_brain`).
 
 The build is incremental (loader/transform/build.py): only the entries of the files whose current load
 changed are recomputed, and, after a build whose tests passed, the heavy tests check only those. dbt's
 unit tests (the project's SQL on fixed rows) are left to `consolidate build` and `run`.
-
-`pipeline.watch` repeats the sync every `interval` seconds until interrupted (SIGINT / SIGTERM, or
-KeyboardInterrupt): a cycle whose discovery (paths and checksums) equals the previous cycle's does
-nothing (no ledger rows, no build) and reports itself idle (`SyncReport.idle`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -48,13 +43,9 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
-from loader.exit_codes import ExitCode
-from loader.ledger import ARCHIVED, FORGOTTEN, LEDGER_SCHEMA, MISSING
+from loader.ledger import ARCHIVED, LEDGER_SCHEMA, MISSING
 from loader.load import raw_tables
 from loader.load.load import FileOutcome, LoadOutcome
-from loader.operate import cutover
-from loader.sources.discover import DiscoveryWarning
-from loader.transform.build import BuildOutcome
 
 # The file version loaded just before (load_id, source_path): same order as consolidate.current_loads.
 PREVIOUS_LOAD = f"""
@@ -224,91 +215,6 @@ class FileSync:
                 "rows": self.rows, "inserted": self.inserted, "updated": self.updated, "deleted": self.deleted,
                 "error": self.error, "tables": [t.to_json() for t in self.tables], "archive_path": self.archive_path,
                 "archive_exists": self.archive_exists}
-
-
-@dataclass
-class SyncReport:
-    started_at: datetime
-    finished_at: datetime | None = None
-    load_id: str | None = None  # None when nothing was loaded (an idle watch cycle)
-    files: list[FileSync] = field(default_factory=list)
-    build: BuildOutcome | None = None  # None: not built (--no-build, or an idle cycle)
-    caught_up: int = 0  # earlier loads (by `load` / `run`) whose changes this sync detected
-    warnings: list[DiscoveryWarning] = field(default_factory=list)
-    idle: bool = False  # a watch cycle that found every file as the previous cycle left it
-    cycle: int | None = None  # the watch cycle's number
-    error: str | None = None  # a watch cycle that raised (e.g. PostgreSQL unreachable)
-    error_exit_code: ExitCode | None = None  # what that error means (ExitCode)
-    checked: int = 0  # files discovered
-    split_brain: list[cutover.SplitBrain] = field(default_factory=list)  # cut-over files that changed
-    # what the build's changes did to the Redis cache (sync --redis-url): {"entries", "flushed", "reached"}
-    redis: dict | None = None
-
-    @classmethod
-    def failed_cycle(cls, started_at: datetime, error: Exception, exit_code: ExitCode) -> SyncReport:
-        return cls(started_at=started_at, finished_at=ledger.now(), error=f"{type(error).__name__}: {error}".strip(),
-                   error_exit_code=exit_code)
-
-    def count(self, status: str) -> int:
-        return sum(f.status == status for f in self.files)
-
-    @property
-    def totals(self) -> dict:
-        return {"files": len(self.files), **{s: self.count(s) for s in
-                                             ("loaded", "unchanged", "copy", "failed", MISSING, ARCHIVED, FORGOTTEN)},
-                "inserted": sum(f.inserted for f in self.files), "updated": sum(f.updated for f in self.files),
-                "deleted": sum(f.deleted for f in self.files),
-                "rows": sum(f.rows or 0 for f in self.files if f.status not in (MISSING, ARCHIVED, FORGOTTEN))}
-
-    @property
-    def failed(self) -> list[FileSync]:
-        return [f for f in self.files if f.status == "failed"]
-
-    @property
-    def exit_code(self) -> ExitCode:
-        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, else 0;
-        a cycle that raised: what its error means (4 PostgreSQL unavailable, 3 a root unreadable)."""
-        if self.error_exit_code is not None:
-            return self.error_exit_code
-        if self.failed:
-            return ExitCode.SOURCE_UNREADABLE
-        if self.build is not None and not self.build.success:
-            return ExitCode.NOT_RECONCILED
-        if self.redis is not None and not self.redis["reached"]:
-            return ExitCode.CACHE_UNAVAILABLE
-        return ExitCode.OK
-
-    def status_line(self) -> str:
-        """One line of plain text for a person watching the sync."""
-        at = (self.finished_at or self.started_at).astimezone().strftime("%H:%M:%S")
-        prefix = f"{at}" + (f" #{self.cycle}" if self.cycle is not None else "")
-        if self.error:
-            return f"{prefix} error: {self.error}"
-        if self.idle:
-            return f"{prefix} no change ({self.checked} files)"
-        t = self.totals
-        line = (f"{prefix} {t['loaded']} loaded (+{t['inserted']} ~{t['updated']} -{t['deleted']}), "
-                f"{t['unchanged']} unchanged, {t['failed']} failed")
-        for gone in ("missing", "archived", "forgotten"):
-            if t[gone]:
-                line += f", {t[gone]} {gone}"
-        if self.split_brain:
-            line += f", {len(self.split_brain)} split brain"
-        if self.build is not None:
-            line += "; build " + ("ok" if self.build.success else f"FAILED ({len(self.build.failures)})")
-        if self.redis is not None:
-            line += ("; Redis NOT told" if not self.redis["reached"] else "; Redis emptied" if self.redis["flushed"]
-                     else f"; {self.redis['entries']} invalidated in Redis")
-        return line
-
-    def to_json(self) -> dict:
-        return {"load_id": self.load_id, "started_at": self.started_at.isoformat(),
-                "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-                "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
-                "totals": self.totals, "caught_up": self.caught_up,
-                "build": self.build.to_json() if self.build else None,
-                "files": [f.to_json() for f in self.files], "warnings": [w.to_json() for w in self.warnings],
-                "split_brain": [s.to_json() for s in self.split_brain], "redis": self.redis}
 
 
 # ---------------------------------------------------------------------------------- change detection
