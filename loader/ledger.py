@@ -548,6 +548,16 @@ def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> b
     return row is not None
 
 
+# The change tables' INSERT heads: change detection (loader/operate/change_detection.py) and a change load
+# (loader/load/delta.py) each fill them with a statement of their own.
+INSERT_LOAD_CHANGES = (f"INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, "
+                       "inserted, updated, deleted, unchanged, detected_at)")
+INSERT_DELETED_ROWS = (f"INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, "
+                       "row_md5, previous_load_id)")
+INSERT_RETIRED_ROWS = (f"INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, "
+                       "source_rowid, raw_schema, raw_table, load_id)")
+
+
 def missing_relations(connection: psycopg.Connection, names: Sequence[tuple[str, str]]) -> list[str]:
     """`schema.name` of each of `names` (schema, name) that does not exist (relation_exists)."""
     return [f"{schema}.{name}" for schema, name in names if not relation_exists(connection, schema, name)]

@@ -32,7 +32,17 @@ import duckdb
 import psycopg
 from psycopg import sql
 
-from loader.ledger import CHAIN, LEDGER_SCHEMA, SQLITE_DELETE_VIA, WRITE_LOG_SCHEMA, in_loads, state_loads
+from loader.ledger import (
+    CHAIN,
+    INSERT_DELETED_ROWS,
+    INSERT_LOAD_CHANGES,
+    INSERT_RETIRED_ROWS,
+    LEDGER_SCHEMA,
+    SQLITE_DELETE_VIA,
+    WRITE_LOG_SCHEMA,
+    in_loads,
+    state_loads,
+)
 from loader.load import raw_tables
 from loader.load.duckdb_postgres import ALIAS, insert_rows
 from loader.load.raw_contract import CONTENT_LINEAGE, MEMORY_KINDS, MEMORY_NAMESPACES, MEMORY_TABLES
@@ -68,15 +78,14 @@ pruned AS (
     RETURNING 1
 ),
 retired AS (
-    INSERT INTO {ledger}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
-                                       load_id)
+    {insert_retired_rows}
     SELECT row_load_id, %(source_path)s, %(source_table)s, rowid, %(raw_schema)s, %(raw_table)s, %(load_id)s
     FROM diff
     WHERE old_digest IS NOT NULL AND new_digest IS DISTINCT FROM old_digest
     RETURNING 1
 ),
 deletions AS (
-    INSERT INTO {ledger}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
+    {insert_deleted_rows}
     SELECT %(load_id)s, %(source_path)s, %(source_table)s, rowid, old_digest, row_load_id
     FROM diff
     WHERE new_digest IS NULL
@@ -88,8 +97,7 @@ unchanged_counted AS (
     WHERE load_id = %(load_id)s AND source_path = %(source_path)s AND source_table = %(source_table)s
     RETURNING (SELECT count(*) FROM pruned) + (SELECT count(*) FROM retired) + (SELECT count(*) FROM deletions)
 )
-INSERT INTO {ledger}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
-                                   deleted, unchanged, detected_at)
+{insert_load_changes}
 SELECT %(load_id)s, %(previous)s, %(source_path)s, %(source_table)s,
        count(*) FILTER (WHERE old_digest IS NULL),
        count(*) FILTER (WHERE old_digest IS NOT NULL AND new_digest IS NOT NULL AND old_digest <> new_digest),
@@ -176,7 +184,9 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
     ledger = sql.Identifier(LEDGER_SCHEMA)
     result: list[tuple[sql.Composed | str, dict]] = []
     for table in previous.tables:
-        statement = sql.SQL(COMPARE_TABLE).format(digest=row_digest_of(table), raw=table.raw, ledger=ledger)
+        statement = sql.SQL(COMPARE_TABLE).format(
+            digest=row_digest_of(table), raw=table.raw, ledger=ledger, insert_retired_rows=sql.SQL(INSERT_RETIRED_ROWS),
+            insert_deleted_rows=sql.SQL(INSERT_DELETED_ROWS), insert_load_changes=sql.SQL(INSERT_LOAD_CHANGES))
         result.append((statement, {"previous": previous.load_id, "load_id": load_id,
                                    "source_path": previous.source_path, "source_table": table.source_table,
                                    "raw_schema": table.raw_schema, "raw_table": table.raw_table}))
@@ -256,7 +266,7 @@ def mark_delta(previous: PreviousState, load_id: str) -> tuple[str, dict]:
 # ------------------------------------------------------------------------ the direct path: DuckDB compares
 
 @dataclass
-class TableChanges:
+class ComparedTable:
     """What a change load found in one table against the previous state (DuckDB's comparison)."""
 
     source_table: str
@@ -299,7 +309,7 @@ def serialized(values: Sequence[str], length: str) -> str:
 
 # A deleted row as change detection records it: its row_md5 is PostgreSQL's digest of its raw row.
 RECORD_DELETED = f"""
-INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
+{INSERT_DELETED_ROWS}
 SELECT %(load_id)s, %(source_path)s, %(source_table)s, r._source_rowid, {{digest}}, r._load_id
 FROM {{raw}} AS r
 WHERE {{in_parts}} AND r._source_rowid = ANY(%(rowids)s)
@@ -307,8 +317,7 @@ WHERE {{in_parts}} AND r._source_rowid = ANY(%(rowids)s)
 # The previous state's loads, as in_loads takes them.
 PARTS = sql.SQL("(SELECT unnest(%(parts)s::text[]))")
 RECORD_RETIRED = f"""
-INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, source_rowid, raw_schema, raw_table,
-                                           load_id)
+{INSERT_RETIRED_ROWS}
 SELECT unnest(%(row_load_ids)s::text[]), %(source_path)s, %(source_table)s, unnest(%(retired_rowids)s::bigint[]),
        %(raw_schema)s, %(raw_table)s, %(load_id)s
 """
@@ -317,15 +326,14 @@ UPDATE {LEDGER_SCHEMA}.load_tables SET rows_unchanged = %(unchanged)s
 WHERE load_id = %(load_id)s AND source_path = %(source_path)s AND source_table = %(source_table)s
 """
 RECORD_COUNTS = f"""
-INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
-                                           deleted, unchanged, detected_at)
+{INSERT_LOAD_CHANGES}
 VALUES (%(load_id)s, %(previous)s, %(source_path)s, %(source_table)s, %(inserted)s, %(updated)s, %(deleted)s,
         %(unchanged)s, now())
 """
 
 
 def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientCursor, previous: PreviousState,
-                      source_table: str, columns: list[str], select: str) -> TableChanges:
+                      source_table: str, columns: list[str], select: str) -> ComparedTable:
     """Inside the load's transaction (DuckDB's PostgreSQL transaction): compare the snapshot's rows of
     `source_table` (`select`, named `columns`: _source_rowid, the raw columns, then the lineage) with the
     previous state, of which PostgreSQL sends a digest per row; add only the inserted and changed rows to
@@ -359,12 +367,12 @@ def compare_in_duckdb(duck: duckdb.DuckDBPyConnection, renderer: psycopg.ClientC
                     f"SELECT * FROM {new_rows} WHERE _source_rowid IN "
                     "(SELECT source_rowid FROM change_diff WHERE change IN ('inserted', 'updated'))")
     duck.execute("DROP TABLE change_old; DROP TABLE change_diff")
-    return TableChanges(source_table, read, inserted, updated, unchanged, [(load, rowid) for _, load, rowid in retired],
+    return ComparedTable(source_table, read, inserted, updated, unchanged, [(load, rowid) for _, load, rowid in retired],
                         [rowid for change, _, rowid in retired if change == 'deleted'])
 
 
 def record_changes(previous: PreviousState, load_id: str,
-                   changes: Sequence[TableChanges]) -> list[tuple[sql.Composed | str, dict]]:
+                   changes: Sequence[ComparedTable]) -> list[tuple[sql.Composed | str, dict]]:
     """What records DuckDB's comparisons once the load's ledger rows are written: the retired rows, the
     deleted rows, the counts, the mark on load_files."""
     result: list[tuple[sql.Composed | str, dict]] = []

@@ -43,7 +43,7 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
-from loader.ledger import ARCHIVED, LEDGER_SCHEMA, MISSING
+from loader.ledger import ARCHIVED, INSERT_DELETED_ROWS, INSERT_LOAD_CHANGES, LEDGER_SCHEMA, MISSING
 from loader.load import raw_tables
 from loader.load.load import FileOutcome, LoadOutcome
 
@@ -71,8 +71,7 @@ ORDER BY 1
 
 # A file's first load: every table's rows, as loaded, are inserted.
 FIRST_LOAD_CHANGES = f"""
-INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
-                                          deleted, unchanged, detected_at)
+{INSERT_LOAD_CHANGES}
 SELECT load_id, NULL, source_path, source_table, rows_loaded, 0, 0, 0, now()
 FROM {LEDGER_SCHEMA}.load_tables
 WHERE load_id = %(load_id)s AND source_path = %(source_path)s
@@ -126,14 +125,13 @@ diff AS (
       ON new_keyed.identity = old_keyed.identity AND new_keyed.occurrence = old_keyed.occurrence
 ),
 recorded_deletions AS (
-    INSERT INTO {ledger}.deleted_rows (load_id, source_path, source_table, source_rowid, row_md5, previous_load_id)
+    {insert_deleted_rows}
     SELECT %(load_id)s, %(source_path)s, %(source_table)s, old_rowid, old_digest, %(previous_load_id)s
     FROM diff
     WHERE in_old AND NOT in_new
     RETURNING 1
 )
-INSERT INTO {ledger}.load_changes (load_id, previous_load_id, source_path, source_table, inserted, updated,
-                                   deleted, unchanged, detected_at)
+{insert_load_changes}
 SELECT %(load_id)s, %(previous_load_id)s, %(source_path)s, %(source_table)s,
        count(*) FILTER (WHERE in_new AND NOT in_old),
        count(*) FILTER (WHERE in_new AND in_old AND new_digest <> old_digest),
@@ -261,7 +259,7 @@ def detect_changes(connection: psycopg.Connection, load_id: str, source_path: st
             statement = sql.SQL(DIFF_TABLE).format(
                 old=side_query(old_schema, old_table, columns, set(old_columns), "previous_load_id", state=True),
                 new=side_query(new_schema, new_table, columns, set(new_columns), "load_id"),
-                ledger=sql.Identifier(LEDGER_SCHEMA))
+                insert_deleted_rows=sql.SQL(INSERT_DELETED_ROWS), insert_load_changes=sql.SQL(INSERT_LOAD_CHANGES))
             cursor.execute(statement, {**parameters, "source_table": source_table})
             inserted, updated, deleted, unchanged = cursor.fetchone()
             changes.tables.append(TableChanges(source_table, inserted, updated, deleted, unchanged))
