@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -777,16 +778,20 @@ def test_a_rollback_removes_the_partial_files_rollbacks_killed_before_it_left_an
     destination.parent.mkdir()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(ended.stdout)  # a process that has ended
-    killed = destination.with_name(f".memory.db.rollback-{dead}-0badc0de")
+    host = socket.gethostname()
+    killed = destination.with_name(f".memory.db.rollback-{host}-{dead}-0badc0de")
     killed.write_bytes(b"SQLite format 3\x00 partial")
     killed.with_name(killed.name + "-journal").write_bytes(b"journal")
-    running = destination.with_name(f".memory.db.rollback-{os.getpid()}-0badc0de")  # a rollback still writing
+    running = destination.with_name(f".memory.db.rollback-{host}-{os.getpid()}-0badc0de")  # a rollback still writing
     running.write_bytes(b"in progress")
+    elsewhere = destination.with_name(f".memory.db.rollback-another-host-{dead}-0badc0de")  # not this host's to judge
+    elsewhere.write_bytes(b"in progress elsewhere")
 
     result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert sorted(path.name for path in destination.parent.iterdir()) == sorted([destination.name, running.name])
+    assert sorted(path.name for path in destination.parent.iterdir()) == sorted(
+        [destination.name, running.name, elsewhere.name])
     assert any(killed.name in note and str(dead) in note for note in json.loads(result.stdout)["notes"])
 
 

@@ -196,7 +196,8 @@ def test_a_change_that_adds_a_row_the_marts_cannot_key_fails_that_file_and_the_r
         connection.executescript(V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
         connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES ('kept', '1', ?)", (T0,))
         connection.commit()
-    other = v2_file(root / "other" / "memory.db", [("alpha", '"1"', "default", T0)])
+    compressible = "repeat " * 1000  # 7,000 bytes that PostgreSQL compresses to fit an index: kept
+    other = v2_file(root / "other" / "memory.db", [("alpha", '"1"', "default", T0), (compressible, '"3"', "default", T0)])
     do_sync(root, target, home)
     write(loose, "INSERT INTO memory_entries (key, value, updated_at) VALUES (NULL, '2', ?)", (T0 + 1,))
     write(other, "INSERT INTO memory_entries (key, value, namespace, updated_at) VALUES ('beta', '2', 'default', ?)",
@@ -209,7 +210,8 @@ def test_a_change_that_adds_a_row_the_marts_cannot_key_fails_that_file_and_the_r
     assert failed.source_path == str(loose)
     assert f"table memory_entries rowid {null_rowid}: its key is NULL" in failed.error
     assert report.build is not None and report.build.success, report.build.failures
-    assert unified(target) == {("kept", "default"): 1, ("alpha", "default"): "1", ("beta", "default"): 2}
+    assert unified(target) == {("kept", "default"): 1, ("alpha", "default"): "1", ("beta", "default"): 2,
+                               (compressible, "default"): "3"}
 
 
 def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):

@@ -21,6 +21,7 @@ raw_contract.raw_name of the table.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import sqlite3
 import threading
@@ -141,9 +142,11 @@ class TableResult:
 
 
 # The marts key every memory entry by (namespace, key) in btree indexes (and claude-flow v3's entries by
-# their id too), whose entries hold at most 2,704 bytes: a longer key would load, then fail every later
-# build of the database. So does a NULL key, and a row the marts cannot trace to its file (no rowid).
-MAX_INDEXED_BYTES = 2000
+# their id too), whose entries hold at most 2,704 bytes after compression: a key too long to index would
+# load, then fail every later build of the database. So does a NULL key, and a row the marts cannot trace
+# to its file (no rowid). Keys longer than INDEX_TRIAL_BYTES are tried in a scratch index, as PostgreSQL
+# compresses them; shorter ones always fit.
+INDEX_TRIAL_BYTES = 2000
 UNKEYABLE_ROW = "CN001"  # the SQLSTATE unkeyable_memory_rows raises
 
 
@@ -160,41 +163,54 @@ def untraceable_memory_table(kind: str, plans: list[TablePlan]) -> None:
 
 def unkeyable_memory_rows(kind: str, schema: str, plan: TablePlan, load_id: str, source_path: str) -> sql.Composed | None:
     """A statement that raises UNKEYABLE_ROW, naming the first row of this load's memory table that the marts
-    cannot key (a NULL key; namespace and key, or a v3 id, over MAX_INDEXED_BYTES), None for another table.
-    It runs in the load's transaction, after the rows: a change load's inserted rows are all it reads."""
+    cannot key (a NULL key; namespace and key, or a v3 id, too long for a PostgreSQL index), None for another
+    table. It runs in the load's transaction, after the rows: a change load's inserted rows are all it reads."""
     if plan.table.name != MEMORY_TABLES.get(kind):
         return None
     raw = dict(zip(plan.table.columns, plan.raw_columns))
-    if "key" not in raw:
-        return None
-    key, size = sql.Identifier(raw["key"]), sql.Literal(MAX_INDEXED_BYTES)
-    identity_bytes = sql.SQL("octet_length({namespace}) + octet_length({key})").format(
-        namespace=MEMORY_NAMESPACES[kind], key=key)
-    problems = [(sql.SQL("{} IS NULL").format(key), sql.SQL("'its key is NULL'")),
-                (sql.SQL("{} > {}").format(identity_bytes, size),
-                 sql.SQL("format('its namespace and key take %s bytes', {})").format(identity_bytes))]
-    if kind == "claude-flow-v3" and "id" in raw:
-        problems.append((sql.SQL("octet_length({}) > {}").format(sql.Identifier(raw["id"]), size),
-                         sql.SQL("format('its id takes %s bytes', octet_length({}))").format(sql.Identifier(raw["id"]))))
-    return sql.SQL("""DO $check$
+    key = sql.Identifier(raw.get("key", "key"))  # a file without the column: NULL in raw's column
+    v3_id = sql.Identifier(raw["id"]) if kind == "claude-flow-v3" and "id" in raw else sql.SQL("NULL::text")
+    tag = sql.SQL("$check_{}$").format(sql.SQL(secrets.token_hex(6)))
+    return sql.SQL("""DO {tag}
 DECLARE
     problem text;
+    candidate record;
 BEGIN
-    SELECT format('table %s rowid %s: %s', {table}, _source_rowid, CASE {cases} END) INTO problem
-    FROM {raw_table} WHERE _load_id = {load_id} AND _source_path = {source_path} AND ({conditions})
+    SELECT format('table %s rowid %s: its key is NULL', {table}, _source_rowid) INTO problem
+    FROM {raw_table} WHERE _load_id = {load_id} AND _source_path = {source_path} AND {key} IS NULL
     ORDER BY _source_rowid LIMIT 1;
+    IF problem IS NULL THEN
+        CREATE TEMP TABLE consolidate_index_trial (namespace text, key text) ON COMMIT DROP;
+        CREATE INDEX ON consolidate_index_trial (namespace, key);
+        FOR candidate IN
+            SELECT _source_rowid AS rowid, {namespace} AS namespace, {key} AS key, {v3_id} AS v3_id
+            FROM {raw_table} WHERE _load_id = {load_id} AND _source_path = {source_path}
+              AND (octet_length({namespace}) + octet_length({key}) > {trial} OR octet_length({v3_id}) > {trial})
+            ORDER BY _source_rowid
+        LOOP
+            BEGIN
+                INSERT INTO consolidate_index_trial VALUES (candidate.namespace, candidate.key), (candidate.v3_id, '');
+            EXCEPTION WHEN program_limit_exceeded THEN
+                problem := format('table %s rowid %s: its namespace and key (%s bytes) or its id (%s bytes) are too '
+                                  'long for a PostgreSQL index', {table}, candidate.rowid,
+                                  octet_length(candidate.namespace) + octet_length(candidate.key),
+                                  coalesce(octet_length(candidate.v3_id), 0));
+                EXIT;
+            END;
+        END LOOP;
+        DROP TABLE consolidate_index_trial;
+    END IF;
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = problem || {why};
     END IF;
 END
-$check$""").format(
-        table=sql.Literal(plan.table.name), raw_table=sql.Identifier(schema, plan.raw_table),
+{tag}""").format(
+        tag=tag, table=sql.Literal(plan.table.name), raw_table=sql.Identifier(schema, plan.raw_table),
         load_id=sql.Literal(load_id), source_path=sql.Literal(source_path), code=sql.Literal(UNKEYABLE_ROW),
-        cases=sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(condition, text) for condition, text in problems),
-        conditions=sql.SQL(" OR ").join(condition for condition, _ in problems),
-        why=sql.Literal(f": the marts key every memory entry by its namespace and key (at most {MAX_INDEXED_BYTES:,} "
-                        "bytes, as PostgreSQL indexes them; a claude-flow v3 id too), so the file is not loaded "
-                        "(change or remove that row in the file, then sync)"))
+        key=key, namespace=MEMORY_NAMESPACES[kind], v3_id=v3_id, trial=sql.Literal(INDEX_TRIAL_BYTES),
+        why=sql.Literal(": the marts key every memory entry by its namespace and key (a claude-flow v3 entry by its "
+                        "id too) in PostgreSQL indexes, so the file is not loaded (change or remove that row in the "
+                        "file, then sync)"))
 
 
 def unkeyable_row_failure(error: duckdb.Error) -> Exception:

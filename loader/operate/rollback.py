@@ -60,6 +60,7 @@ import glob
 import json
 import os
 import secrets
+import socket
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -675,11 +676,13 @@ def create_database(snapshot: Path, path: Path, kind: str, plan: Plan, report: R
 
 def remove_leftovers_of_killed_rollbacks(destination: Path) -> list[str]:
     """The partial files (and their side files) that rollbacks to `destination` killed before they could
-    clean up (kill -9) left beside it, removed: each names the process that wrote it, and only a process
-    that is gone leaves one. Returns what was removed, as notes."""
+    clean up (kill -9) left beside it, removed: each names the host and process that wrote it, and only a
+    process of this host that is gone leaves one (a rollback on another host sharing the folder is left
+    alone). Returns what was removed, as notes."""
     notes = []
-    for leftover in sorted(destination.parent.glob(f".{glob.escape(destination.name)}.rollback-*-*")):
-        pid = leftover.name.removeprefix(f".{destination.name}.rollback-").split("-")[0]
+    prefix = f".{destination.name}.rollback-{socket.gethostname()}-"
+    for leftover in sorted(destination.parent.glob(f"{glob.escape(prefix)}*-*")):
+        pid = leftover.name.removeprefix(prefix).split("-")[0]
         if not pid.isdigit() or process_alive(int(pid)) or leftover.name.endswith(("-wal", "-shm", "-journal")):
             continue
         for part in (leftover, *(side_file(leftover, s) for s in ("-wal", "-shm", "-journal"))):
@@ -846,7 +849,8 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
             report.unchanged = len(untouched)
             plan = plan_memory_table(kind, untouched, entries, report)
             report.notes += remove_leftovers_of_killed_rollbacks(destination)
-            written = destination.with_name(f".{destination.name}.rollback-{os.getpid()}-{secrets.token_hex(4)}")
+            written = destination.with_name(
+                f".{destination.name}.rollback-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
             try:
                 create_database(snapshot.path, written, kind, plan, report)
                 report.sha256 = sha256_of(written)
