@@ -114,3 +114,33 @@ def test_a_file_whose_stat_proves_it_unchanged_is_not_read_again(tmp_path):
     with open(database, "ab") as handle:
         handle.write(b"\0")
     assert discovered_sha(long_after) == hashlib.sha256(database.read_bytes()).hexdigest()
+
+
+def test_an_empty_main_file_whose_wal_sqlite_cannot_read_is_warned_about(tmp_path):
+    """A truncated main file beside its WAL, and one beside a WAL of garbage: SQLite opens both as
+    empty databases (checked here on a copy), so discovery lists them and says their WAL is lost."""
+    donor = tmp_path / "donor.db"
+    with sqlite3.connect(donor) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.commit()
+        (tmp_path / "root").mkdir()
+        shutil.copyfile(tmp_path / "donor.db-wal", tmp_path / "root" / "truncated.db-wal")
+    (tmp_path / "root" / "truncated.db").write_bytes(b"")
+    (tmp_path / "root" / "garbage.db").write_bytes(b"")
+    (tmp_path / "root" / "garbage.db-wal").write_bytes(b"not a wal" * 50)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    for name in ("truncated.db", "truncated.db-wal"):
+        shutil.copyfile(tmp_path / "root" / name, probe / name)
+    with sqlite3.connect(probe / "truncated.db") as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+    found = discover([tmp_path / "root"])
+    assert sorted(f.path.name for f in found.files) == ["garbage.db", "truncated.db"]
+    reasons = {w.path.name: w.reason for w in found.warnings}
+    for name in ("garbage.db", "truncated.db"):
+        assert f"SQLite reads no table from its WAL ({name}-wal)" in reasons[name]
+

@@ -378,4 +378,19 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
         list(pool.map(lambda source: inspect_schema(source, keep_copies_in if source.path in keep else None), to_inspect))
     for copy, original in copies:
         copy.kind, copy.tables, copy.error = original.kind, original.tables, original.error
+    warnings.extend(unreadable_wal_warning(source) for source in files if reads_nothing_from_its_wal(source))
     return Discovery(files=files, warnings=warnings)
+
+
+def reads_nothing_from_its_wal(source: SourceFile) -> bool:
+    """An empty main file beside a WAL from which SQLite reads no table (a WAL of another database, or
+    one whose main file was truncated): listed, since SQLite opens it, but its WAL's bytes are lost to it."""
+    return (source.error is None and source.copy_of is None and source.size_bytes == 0
+            and source.wal_sha256 is not None and not source.tables)
+
+
+def unreadable_wal_warning(source: SourceFile) -> DiscoveryWarning:
+    wal = side_file(source.path, "-wal")
+    return DiscoveryWarning(source.found_as or source.path,
+                            f"its main file is empty and SQLite reads no table from its WAL ({wal.name}): "
+                            "nothing of the WAL can be loaded; listed as an empty database")
