@@ -393,8 +393,8 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
                                    "reason": "extended-memory has no namespace column: only namespace "
                                              f"{EXTENDED_NAMESPACE!r} fits"})
         elif rowids:
-            values = {column: value for column, value in row_values(kind, entry).items()
-                      if column not in times_as_the_row_has_them(entry)}
+            kept_times = times_as_the_row_has_them(entry)
+            values = {column: value for column, value in row_values(kind, entry).items() if column not in kept_times}
             if kind == "claude-flow-v3" and shown_v3_id(entry) is not None:
                 # the id the view shows the entry by: an INSERT through it may have given a new one
                 values = {"id": shown_v3_id(entry), **values}
