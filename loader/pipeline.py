@@ -70,11 +70,10 @@ def absolute(roots: Sequence[Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------- load
 
-def load(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None,
-         policy: SecretPolicy | None = None, force: bool = False, jobs: int = load_stage.DEFAULT_JOBS,
-         on_file: FileCallback = no_progress) -> load_stage.LoadOutcome:
+def load(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None, force: bool = False,
+         jobs: int = load_stage.DEFAULT_JOBS, on_file: FileCallback = no_progress) -> load_stage.LoadOutcome:
     """discover → load. Raises PolicyError for a bad secrets file."""
-    policy = policy or load_policy(home, secrets)
+    policy = load_policy(home, secrets)
     roots = absolute(roots)
     with discovered_for_loading(roots, home, target) as found:
         return load_stage.load(found, target, [str(root) for root in roots], policy, force=force, jobs=jobs,
@@ -160,8 +159,9 @@ class SyncReport:
 
     @property
     def exit_code(self) -> ExitCode:
-        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, else 0;
-        a cycle that raised: what its error means (4 PostgreSQL unavailable, 3 a root unreadable)."""
+        """Like `consolidate run`: 3 when a source could not be read, 1 when the build failed, 7 when Redis
+        (`--redis-url`) could not be told what the build changed, else 0; a cycle that raised: what its error
+        means (4 PostgreSQL unavailable, 3 a root unreadable)."""
         if self.error_exit_code is not None:
             return self.error_exit_code
         if self.failed:
@@ -278,8 +278,8 @@ def build_telling_redis(target: Target, home: Path, cache: Cache | None,
 
 def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | None = None,
          policy: SecretPolicy | None = None, build: bool = True, quiet: bool = True,
-         found: discovery.Discovery | None = None, force: bool = False,
-         on_file: FileCallback = no_progress, cache: Cache | None = None) -> SyncReport:
+         found: discovery.Discovery | None = None, on_file: FileCallback = no_progress,
+         cache: Cache | None = None) -> SyncReport:
     """discover (unless `found` is given) → load (unchanged files skipped by checksum, changed ones
     reloaded) → change detection → split-brain check of cut-over files → `dbt build` (unless
     build=False; with a `cache`, every entry the build changed is invalidated in that Redis). Never
@@ -289,11 +289,11 @@ def sync(roots: Sequence[Path], target: Target, home: Path, *, secrets: Path | N
     roots = absolute(roots)
     with contextlib.nullcontext(found) if found is not None else discovered_for_loading(roots, home, target) as found:
         return sync_found(roots, found, target, home, secrets=secrets, policy=policy, build=build, quiet=quiet,
-                          force=force, on_file=on_file, cache=cache)
+                          on_file=on_file, cache=cache)
 
 
 def sync_found(roots: list[Path], found: discovery.Discovery, target: Target, home: Path, *,
-               secrets: Path | None, policy: SecretPolicy | None, build: bool, quiet: bool, force: bool,
+               secrets: Path | None, policy: SecretPolicy | None, build: bool, quiet: bool,
                on_file: FileCallback, cache: Cache | None) -> SyncReport:
     """sync, of what discovery found under `roots`."""
     report = SyncReport(started_at=ledger.now())
@@ -302,7 +302,7 @@ def sync_found(roots: list[Path], found: discovery.Discovery, target: Target, ho
     policy = policy or load_policy(home, secrets)
     if build:
         build_stage.prepare(target, home)
-    loaded = load_stage.load(found, target, [str(root) for root in roots], policy, force=force, on_file=on_file)
+    loaded = load_stage.load(found, target, [str(root) for root in roots], policy, on_file=on_file)
     report.load_id = loaded.load_id
     report.caught_up, report.files = change_detection.detect(target, loaded, roots)
     report.split_brain = cutover.check_split_brain(target)

@@ -145,3 +145,20 @@ def test_the_constants_python_and_the_dbt_project_share_agree():
     timestamps = (PACKAGE.parent / "dbt_project" / "macros" / "timestamps.sql").read_text()
     for name, value in (("epoch_milliseconds_from", MILLISECONDS_FROM), ("epoch_unusable_from", UNUSABLE_FROM)):
         assert Decimal(re.search(r"macro " + name + r"\(\) %}([^{]+){% endmacro", timestamps).group(1)) == value
+
+
+def test_every_test_tests_readme_names_exists():
+    """tests/README.md maps promises to tests as `file.py::test` (then `::test` for the same file): a
+    renamed test must not leave a promise pointing at nothing."""
+    tests = PACKAGE.parent / "tests"
+    defined: dict[str, set[str]] = {}
+    for path in tests.glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        defined[path.name] = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+    missing, current, named = [], None, 0
+    for file, test in re.findall(r"`(test_\w+\.py)?::(\w+)`", (tests / "README.md").read_text()):
+        current = file or current
+        named += 1
+        if test not in defined.get(current, ()):
+            missing.append(f"{current}::{test}")
+    assert named > 50 and missing == []

@@ -415,7 +415,8 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
                 last = pipeline.watch(roots, target, home, watch, on_cycle, secrets=secrets, build=not no_build,
                                       cache=cache)
             raise typer.Exit(last.exit_code if last is not None else ExitCode.OK)
-        report = pipeline.sync(roots, target, home, secrets=secrets, build=not no_build, cache=cache)
+        report = pipeline.sync(roots, target, home, secrets=secrets, build=not no_build, cache=cache,
+                               on_file=render.load_progress(quiet=as_json))
     except PolicyError as error:
         usage_error(error, as_json)
     render.synced(report, as_json)

@@ -124,17 +124,16 @@ def recording(target: Target, sources: Sequence[Path | str]) -> Iterator[tuple[p
         yield connection, paths, cut_over_files(connection)
 
 
-def record(connection: psycopg.Connection, path: str, action: str, by: str | None, note: str | None) -> None:
+def record(connection: psycopg.Connection, path: str, action: str, note: str | None) -> None:
     """One row of `consolidate.cutovers`, with the file's current load (none for an undo of a file no
     longer in the ledger)."""
     load_id, _, sha256, wal_sha256 = ledger.current_load_of(connection, path) or (None,) * 4
     connection.execute(
         f"INSERT INTO {LEDGER_SCHEMA}.cutovers (source_path, action, recorded_by, note, load_id, source_sha256, "
-        "wal_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)", (path, action, by or ledger.who(), note, load_id, sha256, wal_sha256))
+        "wal_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s)", (path, action, ledger.who(), note, load_id, sha256, wal_sha256))
 
 
-def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
-            by: str | None = None) -> list[CutoverOutcome]:
+def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None = None) -> list[CutoverOutcome]:
     """Record that each of `sources` (files of the ledger) is cut over, all or none: a CutoverError names
     every file refused. A file already cut over keeps its cutover."""
     with recording(target, sources) as (connection, paths, held):
@@ -146,13 +145,12 @@ def cutover(target: Target, sources: Sequence[Path | str], *, note: str | None =
             if path in held:
                 outcomes.append(CutoverOutcome(path, "already cut over", held[path]))
                 continue
-            record(connection, path, "cutover", by, note)
+            record(connection, path, "cutover", note)
             outcomes.append(CutoverOutcome(path, "cut over", cut_over_files(connection)[path]))
     return outcomes
 
 
-def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
-         by: str | None = None) -> list[CutoverOutcome]:
+def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = None) -> list[CutoverOutcome]:
     """Record that each of `sources` writes to its SQLite file again (a file not cut over is reported so)."""
     with recording(target, sources) as (connection, paths, held):
         outcomes = []
@@ -160,7 +158,7 @@ def undo(target: Target, sources: Sequence[Path | str], *, note: str | None = No
             if path not in held:
                 outcomes.append(CutoverOutcome(path, "was not cut over"))
                 continue
-            record(connection, path, "undo", by, note)
+            record(connection, path, "undo", note)
             outcomes.append(CutoverOutcome(path, "undone", held[path]))
     return outcomes
 

@@ -66,8 +66,7 @@ def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneF
     return (current or latest)[0], None
 
 
-def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = None,
-           by: str | None = None) -> list[ForgetOutcome]:
+def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = None) -> list[ForgetOutcome]:
     """Record that each of `sources` is gone on purpose, all or none: a ForgetError names every file
     refused."""
     with ledger.recording(target, sources, "consolidate.forget") as (connection, paths):
@@ -78,5 +77,5 @@ def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = 
             raise ForgetError("\n".join(refused))
         return [ForgetOutcome(path, "already forgotten", gone.forgotten[path]) if path in gone.forgotten else
                 ForgetOutcome(path, "forgotten", ledger.record_forgotten(connection, path, checked[path][0],
-                                                                        by or ledger.who(), note))
+                                                                        ledger.who(), note))
                 for path in paths]

@@ -803,8 +803,7 @@ def source_copy(connection: psycopg.Connection, source: Path, folder: Path) -> S
     return consistent_copy(source, folder)
 
 
-def rollback(target: Target, source: Path | str, destination: Path | str, *, overwrite: bool = False,
-             by: str | None = None) -> RollbackReport:
+def rollback(target: Target, source: Path | str, destination: Path | str, *, overwrite: bool = False) -> RollbackReport:
     """Write `destination`, a new SQLite database in `source`'s schema holding PostgreSQL's current state
     of every entry at home in `source` (the module's docstring has the rules). Raises RollbackError, with
     nothing written, when the rollback is refused or fails."""
@@ -861,7 +860,7 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                 for leftover in (written, *(side_file(written, s) for s in ("-wal", "-shm", "-journal"))):
                     leftover.unlink(missing_ok=True)
         with connection.transaction():
-            connection.execute(RECORD, (source_path, str(destination), by or ledger.who(), load_id, report.sha256,
+            connection.execute(RECORD, (source_path, str(destination), ledger.who(), load_id, report.sha256,
                                         report.unchanged, len(report.changed), len(report.created),
                                         len(report.deleted), Jsonb(report.skipped)))
     return report
