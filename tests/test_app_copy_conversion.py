@@ -59,7 +59,9 @@ def app_pair(tmp_path: Path, target, *rows) -> Path:
 
 def app_copy(source: Path, target, *options: str):
     result = consolidate("app-copy", str(source), "--schema", "app", "--dsn", target.dsn, "--json", *options)
-    return result, json.loads(result.stdout)
+    report = json.loads(result.stdout)
+    assert report["exit_code"] == result.returncode, result.stdout[-2000:]
+    return result, report
 
 
 def test_values_take_their_column_types(tmp_path, target):

@@ -419,3 +419,16 @@ def test_every_commands_help_has_an_example_and_breaks_no_sentence(command):
     for paragraph in paragraphs:
         lines = paragraph.splitlines()
         assert len(lines) == 1 or all(line.strip().startswith("Example:") for line in lines), paragraph
+
+
+def test_every_json_document_carries_the_exit_code_the_command_exits_with(tmp_path, target, home):
+    """discover, backup, load and build with --json: `exit_code` in the document is the process's
+    (3 for a tree with a damaged database, which fails its file but not the build)."""
+    tree = small_tree(tmp_path / "tree")
+    (tree / "broken.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 20)
+    expected = {("discover", str(tree)): 3, ("backup", str(tree), "--to", str(tmp_path / "backup")): 3,
+                ("load", str(tree)): 3, ("build",): 0}
+    for arguments, code in expected.items():
+        database = () if arguments[0] in ("discover", "backup") else ("--dsn", target.dsn)
+        result = consolidate(*arguments, "--json", *database, "--home", str(home))
+        assert (result.returncode, json.loads(result.stdout)["exit_code"]) == (code, code), result.stderr[-2000:]

@@ -161,6 +161,7 @@ def rollback_file(migrated, label: str) -> tuple[Path, dict]:
                              target=migrated["target"], home=migrated["folder"] / "state")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         cache[label] = destination, json.loads(result.stdout)
+        assert cache[label][1]["exit_code"] == 0
     return cache[label]
 
 

@@ -28,6 +28,7 @@ from loader.apps.applications import MIGRATIONS_TABLE, Application, is_copied_ta
 from loader.apps.convert import ConversionError, Converter, converter_for
 from loader.apps.migrations import VersionCheck, compare
 from loader.database import Target
+from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA, now
 
 VERIFIED, MISMATCH, REFUSED = "verified", "mismatch", "refused"
@@ -77,6 +78,10 @@ class AppCopyResult:
     sequences: list[dict] = field(default_factory=list)
     copy_seconds: float | None = None
     verify_seconds: float | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return {"verified": ExitCode.OK, "mismatch": ExitCode.NOT_RECONCILED, "refused": ExitCode.REFUSED}[self.status]
 
     @property
     def replaced_first_start(self) -> list[TableReport]:

@@ -72,6 +72,7 @@ from pathlib import Path
 
 from loader import __version__
 from loader.backup.destination import Problem, destination_refusal, is_new_or_empty, make_staging_folder, publish_folder
+from loader.exit_codes import ExitCode
 from loader.parallel import run_in_order
 from loader.sources.discover import Discovery, SourceFile, discover
 from loader.sources.snapshot import (
@@ -153,6 +154,10 @@ class BackupManifest:
     @property
     def failed(self) -> list[BackupEntry]:
         return self.with_status(FAILED)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.SOURCE_UNREADABLE if self.failed else ExitCode.OK
 
     def to_json(self) -> dict:
         return {"format": MANIFEST_FORMAT, "created_at": self.created_at, "tool": "consolidate",

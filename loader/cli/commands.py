@@ -123,7 +123,7 @@ def discover(roots: Roots, home: Home = DEFAULT_HOME, as_json: AsJson = False) -
     Example: consolidate discover /opt/sutazaiapp --json"""
     found = discover_files(roots, exclude=[home])
     render.discovery(found, as_json)
-    raise typer.Exit(ExitCode.SOURCE_UNREADABLE if any(f.error for f in found.files) else ExitCode.OK)
+    raise typer.Exit(found.exit_code)
 
 
 @app.command()
@@ -141,7 +141,7 @@ def load(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     except PolicyError as error:
         usage_error(error, as_json)
     render.loaded(outcome, as_json)
-    raise typer.Exit(ExitCode.SOURCE_UNREADABLE if outcome.failed else ExitCode.OK)
+    raise typer.Exit(outcome.exit_code)
 
 
 def redis_cache(redis_url: str | None, as_json: bool, required: bool = False):
@@ -171,7 +171,7 @@ def build(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public",
     Example: consolidate build --full-refresh --schema marts --json"""
     outcome = build_stage.build(target_for(dsn, home, schema), home, quiet=as_json, full_refresh=full_refresh)
     render.built(outcome, as_json)
-    raise typer.Exit(ExitCode.OK if outcome.success else ExitCode.NOT_RECONCILED)
+    raise typer.Exit(outcome.exit_code)
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
@@ -264,7 +264,7 @@ def backup(
     except backup_stage.BackupError as error:
         usage_error(error, as_json)
     render.backed_up(manifest, as_json)
-    raise typer.Exit(ExitCode.SOURCE_UNREADABLE if manifest.failed else ExitCode.OK)
+    raise typer.Exit(manifest.exit_code)
 
 
 @app.command()
@@ -423,9 +423,6 @@ def sync(roots: Roots, dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schem
     raise typer.Exit(report.exit_code)
 
 
-APP_COPY_EXIT = {"verified": ExitCode.OK, "mismatch": ExitCode.NOT_RECONCILED, "refused": ExitCode.REFUSED}
-
-
 @app.command("app-copy")
 def app_copy(
     source: Annotated[Path, typer.Argument(help="The n8n or Flowise SQLite database (database.sqlite).", metavar="SOURCE")],
@@ -462,7 +459,7 @@ def app_copy(
         render.error(f"cannot read the source: {error}", as_json, ExitCode.SOURCE_UNREADABLE)
         raise typer.Exit(ExitCode.SOURCE_UNREADABLE) from None
     render.app_copied(result, as_json)
-    raise typer.Exit(APP_COPY_EXIT[result.status])
+    raise typer.Exit(result.exit_code)
 
 
 Sources = Annotated[list[Path], typer.Argument(help="SQLite files, as the ledger knows them (see `consolidate status`).",

@@ -124,7 +124,8 @@ def file_label(path: object) -> Text:
 
 def discovery(found: Discovery, as_json: bool) -> None:
     if as_json:
-        print_json({"files": [f.to_json() for f in found.files], "warnings": [w.to_json() for w in found.warnings]})
+        print_json({"files": [f.to_json() for f in found.files], "warnings": [w.to_json() for w in found.warnings],
+                    "exit_code": int(found.exit_code)})
         return
     table = Table(title=f"{len(found.files)} SQLite databases")
     for column in ("file", "kind", "size", "sha256", "tables", "rows", "note"):
@@ -164,7 +165,7 @@ def print_load_failures(outcome: LoadOutcome) -> None:
 
 def loaded(outcome: LoadOutcome, as_json: bool) -> None:
     if as_json:
-        print_json(outcome.to_json())
+        print_json({**outcome.to_json(), "exit_code": int(outcome.exit_code)})
         return
     print_warnings(outcome.warnings)
     out.print(load_table(outcome))
@@ -181,7 +182,7 @@ def print_build_failures(outcome: BuildOutcome) -> None:
 def built(outcome: BuildOutcome, as_json: bool) -> None:
     """The outcome on stdout (dbt's progress went to stderr)."""
     if as_json:
-        print_json(outcome.to_json())
+        print_json({**outcome.to_json(), "exit_code": int(outcome.exit_code)})
         return
     for failure in outcome.failures:
         out.print(f"[red]failed:[/red] {escape(str(failure))}", soft_wrap=True)
@@ -242,7 +243,7 @@ def backup_progress(quiet: bool) -> Callable[[BackupEntry], None]:
 
 def backed_up(manifest: BackupManifest, as_json: bool) -> None:
     if as_json:
-        print_json(manifest.to_json())
+        print_json({**manifest.to_json(), "exit_code": int(manifest.exit_code)})
         return
     table = Table(title=f"{len(manifest.files)} databases")
     for column in ("file", "kind", "status", "tables", "rows", "note"):
@@ -434,7 +435,7 @@ def forgotten(outcomes: list[ForgetOutcome], as_json: bool) -> None:
 
 def rolled_back(result: RollbackReport, as_json: bool) -> None:
     if as_json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "exit_code": int(ExitCode.OK)})  # a rollback that failed is an error
         return
     table = Table(title=f"rollback of {result.source_path} ({result.kind}, load {result.load_id})")
     for column in ("unchanged", "changed", "created", "deleted", "skipped"):
@@ -559,7 +560,7 @@ def app_copy_table(result: AppCopyResult) -> Table:
 
 def app_copied(result: AppCopyResult, as_json: bool) -> None:
     if as_json:
-        print_json(result.to_json())
+        print_json({**result.to_json(), "exit_code": int(result.exit_code)})
         return
     if result.tables:
         out.print(app_copy_table(result))

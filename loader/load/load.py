@@ -35,6 +35,7 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target, redact_password
+from loader.exit_codes import ExitCode
 from loader.load import delta, raw_tables
 from loader.load.duckdb_postgres import AttachFailed, LedgerCursor, attach_postgres, insert_rows, refresh_catalog
 from loader.load.raw_contract import (
@@ -105,6 +106,10 @@ class LoadOutcome:
     @property
     def failed(self) -> list[FileOutcome]:
         return [f for f in self.files if f.status == "failed"]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.SOURCE_UNREADABLE if self.failed else ExitCode.OK
 
     def to_json(self) -> dict:
         return {"load_id": self.load_id, "files": [f.to_json() for f in self.files],

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loader.exit_codes import ExitCode
 from loader.ledger import KnownFile
 from loader.sources.snapshot import (
     SQLITE_HEADER,
@@ -104,6 +105,10 @@ class DiscoveryWarning:
 class Discovery:
     files: list[SourceFile]
     warnings: list[DiscoveryWarning]
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.SOURCE_UNREADABLE if any(f.error for f in self.files) else ExitCode.OK
 
 
 def classify(tables: dict[str, list[str]]) -> str:

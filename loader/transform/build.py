@@ -21,6 +21,7 @@ from psycopg import sql
 
 from loader import ledger
 from loader.database import Target
+from loader.exit_codes import ExitCode
 from loader.ledger import WRITE_LOG_SCHEMA
 from loader.load import raw_tables
 from loader.load.raw_contract import MEMORY_KINDS, RAW_SCHEMAS
@@ -37,6 +38,10 @@ class BuildOutcome:
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
     crashed: bool = False  # dbt itself failed (bad arguments, no connection): no model or test ran to fail
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.success else ExitCode.NOT_RECONCILED
 
     def to_json(self) -> dict:
         return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped,
