@@ -333,10 +333,11 @@ class StopRequest:
         self.requested = True
 
 
-def pause(seconds: float, stopping: Callable[[], bool], step: float = 0.1) -> None:
+def pause(seconds: float, stopping: Callable[[], bool]) -> None:
+    """Sleep `seconds`, asking `stopping` every tenth of a second."""
     deadline = time.monotonic() + seconds
     while not stopping() and (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, step))
+        time.sleep(min(left, 0.1))
 
 
 def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,

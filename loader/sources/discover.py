@@ -342,9 +342,9 @@ def originals_by_identity(sources: list[SourceFile], known: dict[str, KnownFile]
 
 
 def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, KnownFile] | None = None,
-             jobs: int = DISCOVERY_JOBS, keep_copies_in: Path | None = None,
+             keep_copies_in: Path | None = None,
              loaded: dict[str, KnownFile] | None = None) -> Discovery:
-    """Find and classify every database under `roots`, `jobs` files at a time. A file whose checksums
+    """Find and classify every database under `roots`, DISCOVERY_JOBS files at a time. A file whose checksums
     equal those `known` (the ledger's current loads) takes its kind and table counts from there
     instead of being copied and counted again: the same bytes hold the same tables; one whose stat
     proves it unchanged since (`unchanged_since`) is not even read. With `keep_copies_in`, the private
@@ -355,7 +355,7 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
     files: list[SourceFile] = []
     warnings: list[DiscoveryWarning] = []
     paths = candidates(roots, list(exclude), warnings)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=DISCOVERY_JOBS) as pool:
         known = known or {}
         examined = list(pool.map(lambda candidate: examine(candidate, known.get(str(candidate.path))), paths))
         to_inspect, copies = [], []

@@ -23,12 +23,13 @@ from typing import BinaryIO
 
 SIDE_FILES = ("-wal", "-journal")
 SQLITE_HEADER = b"SQLite format 3\x00"
+CHUNK_BYTES = 1 << 20  # read and hashed a MiB at a time
 
 
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
+        while chunk := handle.read(CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -43,10 +44,10 @@ def copy_file(source: Path, target: Path, hashing: bool = True) -> str | None:
         return copy_stream(reading, target, hashing)
 
 
-def copy_stream(reading: BinaryIO, target: Path, hashing: bool = True, chunk_size: int = 1 << 20) -> str | None:
+def copy_stream(reading: BinaryIO, target: Path, hashing: bool = True) -> str | None:
     digest = hashlib.sha256() if hashing else None
     with open(target, "wb") as writing:
-        while chunk := reading.read(chunk_size):
+        while chunk := reading.read(CHUNK_BYTES):
             if digest is not None:
                 digest.update(chunk)
             writing.write(chunk)
@@ -65,13 +66,13 @@ def copy_database(source: Path, folder: Path, hashing: bool = True) -> tuple[Pat
     return target, tuple(state)
 
 
-def same_bytes(path: Path, other: Path, chunk_size: int = 1 << 20) -> bool:
+def same_bytes(path: Path, other: Path) -> bool:
     """Whether both files exist and hold the same bytes (a comparison: several times faster than sha256)."""
     try:
         with open(path, "rb") as one, open(other, "rb") as two:
             while True:
-                chunk = one.read(chunk_size)
-                if chunk != two.read(chunk_size):
+                chunk = one.read(CHUNK_BYTES)
+                if chunk != two.read(CHUNK_BYTES):
                     return False
                 if not chunk:
                     return True
@@ -138,7 +139,7 @@ def empty_folder(folder: Path) -> None:
 
 
 def consistent_copy(source: Path, folder: Path, attempts: int = COPY_ATTEMPTS,
-                    pause: float = RETRY_PAUSE_SECONDS, hashing: bool = True) -> Snapshot:
+                    hashing: bool = True) -> Snapshot:
     """Copy `source` with its `-wal`/`-journal` into `folder` (hashing what is read, unless not
     `hashing`: then the snapshot's checksums are None), and accept the copy only when the source still
     holds exactly the copied bytes afterwards: a byte changed after it was copied would show there, and
@@ -155,7 +156,7 @@ def consistent_copy(source: Path, folder: Path, attempts: int = COPY_ATTEMPTS,
             return Snapshot(path=copy, sha256=copied[0], wal_sha256=copied[1], attempts=attempt)
         empty_folder(folder)
         if attempt < attempts:
-            time.sleep(pause * attempt)
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
     raise SourceKeptChanging(
         f"changed while being copied, {attempts} times in a row: an application is writing to it; "
         "try again when it is idle")
