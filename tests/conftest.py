@@ -4,6 +4,8 @@ test that asks for one, private copies of SQLite files, and the shared real data
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -204,3 +206,50 @@ def write(path: Path, statement: str, parameters=()) -> None:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         connection.execute(statement, parameters)
         connection.commit()
+
+
+NUMBERED_T0 = 1_750_000_000
+
+
+def numbered_v2_file(path: Path, count: int) -> Path:
+    """A v2 memory.db of `count` rows key-0.. (every fifth in namespace performance-metrics), updated_at
+    NUMBERED_T0 + n."""
+    return v2_file(path, [(f"key-{n}", f'{{"n": {n}}}', "performance-metrics" if n % 5 == 0 else "default",
+                           NUMBERED_T0 + n) for n in range(count)])
+
+
+def change(path: Path, *statements: tuple) -> None:
+    """Several statements (each `(sql, parameters...)`) on a SQLite file, committed together."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        for statement, *parameters in statements:
+            connection.execute(statement, *parameters)
+        connection.commit()
+
+
+def rows_by_rowid(path: Path, folder: Path) -> dict[int, tuple]:
+    """Every memory_entries row by rowid, read from a private copy."""
+    copy = folder / f"copy-{len(list(folder.iterdir()))}.db"
+    shutil.copyfile(path, copy)
+    with contextlib.closing(sqlite3.connect(copy)) as connection:
+        return {row[0]: row[1:] for row in connection.execute("SELECT rowid, * FROM memory_entries")}
+
+
+def sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def independent_row_count(source: Path, scratch: Path) -> int:
+    """Rows of every ordinary table of `source` (WAL replayed), read from a private copy."""
+    names = [name for (name,) in read_private_copy(
+        source, scratch, "SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL TABLE%'")]
+    return sum(read_private_copy(source, scratch, 'SELECT count(*) FROM "{}"'.format(name.replace('"', '""')))[0][0]
+               for name in names)
+
+
+def write_and_run_sample(root: Path, target, home: Path) -> dict:
+    """The sample tree written at `root` and consolidated by `consolidate run --json`; the run's JSON."""
+    written = consolidate("sample", str(root))
+    assert written.returncode == 0, written.stderr
+    result = consolidate("run", str(root), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout)

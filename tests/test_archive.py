@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from test_delta_loads import change, v2_file
-from test_status import add_table, consolidate, independent_row_count, sha256, write_and_run_sample
+from test_status import add_table
 
 from loader.cli.render import sync_table
 from loader.database import Target
@@ -30,7 +29,7 @@ from loader.operate.status import UNCHANGED, status
 from loader.pipeline import run, sync
 from loader.sources.snapshot import ArchiveUnreadable, archived_copy
 
-from conftest import fetch
+from conftest import change, consolidate, fetch, independent_row_count, numbered_v2_file, sha256, write_and_run_sample
 
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
@@ -289,7 +288,7 @@ def test_a_file_synced_by_a_row_level_change_load_shows_in_status_and_is_archive
     rows, not the rows the load stored, and archive takes the file: its current load loaded every row
     SQLite holds and the reconciliation mart reconciled it."""
     root = tmp_path / "tree"
-    db = v2_file(root / "app/.swarm/memory.db", 25)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 25)
     first = run([root], target, home, backup_to=None, quiet=True)
     change(db, ("UPDATE memory_entries SET value = '\"changed\"', updated_at = updated_at + 100 WHERE key = 'key-7'",),
            ("DELETE FROM memory_entries WHERE key = 'key-8'",),

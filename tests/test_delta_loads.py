@@ -7,7 +7,6 @@ loader."""
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -18,24 +17,11 @@ from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import run, sync, validate
 from loader.transform.build import run_dbt
 
-import conftest
+from conftest import NUMBERED_T0, change, numbered_v2_file, rows_by_rowid
 
 POLICY = SecretPolicy(key=b"delta test key")
-T0 = 1_750_000_000
+T0 = NUMBERED_T0
 RAW = "raw_claude_flow_v2.memory_entries"
-
-
-def v2_file(path: Path, count: int) -> Path:
-    return conftest.v2_file(path, [(f"key-{n}", f'{{"n": {n}}}', "performance-metrics" if n % 5 == 0 else "default",
-                                    T0 + n) for n in range(count)])
-
-
-def rows_by_rowid(path: Path, folder: Path) -> dict[int, tuple]:
-    """Every memory_entries row by rowid, read from a private copy."""
-    copy = folder / f"copy-{len(list(folder.iterdir()))}.db"
-    shutil.copyfile(path, copy)
-    with contextlib.closing(sqlite3.connect(copy)) as connection:
-        return {row[0]: row[1:] for row in connection.execute("SELECT rowid, * FROM memory_entries")}
 
 
 def expected_changes(before: dict[int, tuple], after: dict[int, tuple]) -> tuple[int, int, int]:
@@ -57,17 +43,10 @@ def check_against_full_refresh(target: Target, home: Path) -> None:
     assert marts_snapshot(target) == incremental
 
 
-def change(path: Path, *statements: tuple) -> None:
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        for statement, *parameters in statements:
-            connection.execute(statement, *parameters)
-        connection.commit()
-
-
 def test_a_changed_file_stores_only_its_changed_rows_and_the_marts_equal_a_full_refresh(tmp_path, target, home):
     root, copies = tmp_path / "tree", tmp_path / "copies"
     copies.mkdir()
-    db = v2_file(root / "app/.swarm/memory.db", 200)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 200)
     first = run([root], target, home, backup_to=None, quiet=True)
     assert first.reconciled
     raw_before = one(target, f"SELECT count(*) FROM {RAW}")[0]
@@ -114,7 +93,7 @@ def test_a_changed_file_stores_only_its_changed_rows_and_the_marts_equal_a_full_
 def test_two_change_loads_in_a_row_without_a_build_between_chain_and_equal_a_full_refresh(tmp_path, target, home):
     root, copies = tmp_path / "tree", tmp_path / "copies"
     copies.mkdir()
-    db = v2_file(root / "app/.swarm/memory.db", 50)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 50)
     run([root], target, home, backup_to=None, quiet=True)
     change(db, ("UPDATE memory_entries SET value = '\"one\"', updated_at = ? WHERE key = 'key-3'", (T0 + 500,)))
     first = sync([root], target, home, policy=POLICY, build=False)
@@ -136,7 +115,7 @@ def test_two_change_loads_in_a_row_without_a_build_between_chain_and_equal_a_ful
 def test_a_file_whose_tables_changed_shape_is_loaded_in_full_and_compared_with_its_whole_state(
         tmp_path, target, home):
     root = tmp_path / "tree"
-    db = v2_file(root / "app/.swarm/memory.db", 20)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 20)
     run([root], target, home, backup_to=None, quiet=True)
     change(db, ("UPDATE memory_entries SET value = '\"two\"', updated_at = ? WHERE key = 'key-2'", (T0 + 500,)))
     assert sync([root], target, home, policy=POLICY, quiet=True).files[0].updated == 1  # a change load
@@ -157,7 +136,7 @@ def test_a_file_whose_tables_changed_shape_is_loaded_in_full_and_compared_with_i
 
 def test_generic_tests_of_an_incremental_build_check_the_changed_entries_and_still_fail(tmp_path, target, home):
     root = tmp_path / "tree"
-    db = v2_file(root / "app/.swarm/memory.db", 30)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 30)
     run([root], target, home, backup_to=None, quiet=True)
     change(db, ("UPDATE memory_entries SET value = '\"seven\"', updated_at = ? WHERE key = 'key-7'", (T0 + 500,)))
     assert sync([root], target, home, policy=POLICY, quiet=True).build.success
@@ -185,7 +164,7 @@ def test_duckdb_and_postgresql_compare_a_change_load_alike(tmp_path, target, hom
 
     root, copies = tmp_path / "tree", tmp_path / "copies"
     copies.mkdir()
-    files = {path: v2_file(root / path / ".swarm/memory.db", 40) for path in ("direct", "csv")}
+    files = {path: numbered_v2_file(root / path / ".swarm/memory.db", 40) for path in ("direct", "csv")}
     for path, db in files.items():  # not copies of each other (a copy is not loaded), in a row no step changes
         change(db, ("UPDATE memory_entries SET value = ? WHERE key = 'key-30'", (path,)))
     direct_load = load_module.load_directly

@@ -9,9 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
-from test_status import write_and_run_sample
-
-from conftest import consolidate, fetch
+from conftest import consolidate, fetch, write_and_run_sample
 
 MAIN_V2 = "opt/sutazaiapp/.swarm/memory.db"  # a WAL database
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"

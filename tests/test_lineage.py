@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 
-from test_delta_loads import change, rows_by_rowid, v2_file
-
 from loader.pipeline import run, sync
 from loader.verify.lineage import versions
 
-from conftest import consolidate, fetch
+from conftest import change, consolidate, fetch, numbered_v2_file, rows_by_rowid
 
 
 def lineage(key: str, namespace: str, target) -> list[tuple[str, int, str]]:
@@ -22,7 +20,7 @@ def lineage(key: str, namespace: str, target) -> list[tuple[str, int, str]]:
 def test_lineage_after_a_row_level_change_load_shows_rows_of_earlier_parts_as_current(tmp_path, target, home):
     root, copies = tmp_path / "tree", tmp_path / "copies"
     copies.mkdir()
-    db = v2_file(root / "app/.swarm/memory.db", 20)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 20)
     first = run([root], target, home, backup_to=None, quiet=True).loaded.load_id
     before = rows_by_rowid(db, copies)
     change(db, ("UPDATE memory_entries SET value = '\"changed\"', updated_at = updated_at + 100 WHERE key = 'key-7'",),

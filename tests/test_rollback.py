@@ -21,13 +21,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from test_delta_loads import change, v2_file
 
 from loader.database import Target
 from loader.pipeline import run, sync
 from loader.serve.client import MemoryClient
 
-from conftest import consolidate, fetch, fresh_database, read_private_copy
+from conftest import change, consolidate, fetch, fresh_database, numbered_v2_file, read_private_copy
 
 V2 = "claude-flow/ChrisRoyse__myclaudeflowsetup"  # memory.db with rows only in its -wal
 V3 = "claude-flow/ApexSlayer43__apex-os"  # memory.db of the v3 schema, with vector_indexes and metadata
@@ -477,7 +476,7 @@ def test_rollback_after_a_row_level_change_load_gives_back_every_entry(tmp_path,
     holds every entry of the file, the untouched rows byte for byte, and PostgreSQL's writes to entries
     whose rows are in the first load."""
     root = tmp_path / "tree"
-    db = v2_file(root / "app/.swarm/memory.db", 30)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 30)
     first = run([root], target, home, backup_to=None, quiet=True)
     change(db, ("UPDATE memory_entries SET value = '\"changed in sqlite\"', updated_at = updated_at + 100 "
                 "WHERE key = 'key-7'",),
@@ -535,7 +534,7 @@ def test_rollback_writes_rows_before_the_triggers_that_follow_their_table_in_the
     source's order, and writes each table's rows before the triggers that follow it exist: PostgreSQL's
     change and new entry fire none of them (the audit table is the source's), the other tables' rows and
     statistics are the source's, and sqlite_sequence is the source's but for the new row's id."""
-    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 8)
+    db = numbered_v2_file(tmp_path / "tree/app/.swarm/memory.db", 8)
     change(db, ("CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT)",),
            ("INSERT INTO audit (note) VALUES ('one'), ('two')",),
            ("CREATE TRIGGER memory_updated AFTER UPDATE ON memory_entries "
@@ -582,7 +581,7 @@ def test_a_client_is_tied_to_its_file_by_the_real_path_and_never_to_an_unknown_o
     """`source=` through a symbolic link ties the entries to the file the ledger knows (its real path), so
     the rollback holds them; a path the ledger never loaded is refused before anything is written."""
     root = tmp_path / "tree"
-    db = v2_file(root / "app/.swarm/memory.db", 5)
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 5)
     run([root], target, home, backup_to=None, quiet=True)
     (tmp_path / "link").symlink_to(root)
     linked = tmp_path / "link" / "app/.swarm/memory.db"
@@ -608,7 +607,7 @@ def test_a_rollback_is_never_written_where_sync_would_load_it(tmp_path, target, 
     """FILE inside a root, or beside a file the ledger knows that discovery reached through a link under
     the root (its real folder lies outside the root), is refused: the next sync would load it."""
     outside = tmp_path / "outside"
-    db = v2_file(outside / ".swarm/memory.db", 3)
+    db = numbered_v2_file(outside / ".swarm/memory.db", 3)
     root = tmp_path / "tree"
     root.mkdir()
     (root / "app").symlink_to(outside)
@@ -625,7 +624,7 @@ def test_a_rollback_is_never_written_where_sync_would_load_it(tmp_path, target, 
 def test_a_rollback_on_marts_an_earlier_version_built_asks_for_a_build(tmp_path, target, home):
     """Rollback reads values through functions a build by this version creates (macros/compat.sql): on
     marts built before them it refuses, saying what to run, and writes nothing."""
-    db = v2_file(tmp_path / "tree" / "app/.swarm/memory.db", 3)
+    db = numbered_v2_file(tmp_path / "tree" / "app/.swarm/memory.db", 3)
     assert consolidate("run", str(tmp_path / "tree"), "--no-backup", target=target, home=home).returncode == 0
     with psycopg.connect(target.dsn, autocommit=True) as connection:
         connection.execute("DROP FUNCTION consolidate.extended_memory_value(jsonb, text) CASCADE")
@@ -711,7 +710,7 @@ def test_rollback_of_text_values_that_are_not_utf8(tmp_path, target, home):
     """A TEXT value whose bytes are not UTF-8 (loaded as exact hex, flagged binary_value): the rollback
     writes PostgreSQL's new value over one, keeps another untouched byte for byte, and keeps a third's own
     bytes, as TEXT, when only its metadata changed in PostgreSQL."""
-    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 4)
+    db = numbered_v2_file(tmp_path / "tree/app/.swarm/memory.db", 4)
     for key in ("bad-set", "bad-kept", "bad-meta"):
         change(db, (f"INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) VALUES "
                     f"('{key}', 'abc' || CAST(x'ff' AS TEXT), 'default', 1750000100, 1750000100)",))
@@ -745,7 +744,7 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_the_times_postgresql_did_no
     """A REAL time and milliseconds in a seconds column (staging reads both): when only the value changed in
     PostgreSQL, the row keeps those times as its own bytes and types; a time changed in PostgreSQL (the
     write's updated_at) is written in the source's units."""
-    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 2)
+    db = numbered_v2_file(tmp_path / "tree/app/.swarm/memory.db", 2)
     change(db, ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) VALUES "
                 "('real-time', '1', 'default', 1750000100.5, 1750000100.5, 1750000101.25)",),
            ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) VALUES "
@@ -773,7 +772,7 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_the_times_postgresql_did_no
 
 
 def test_a_rollback_removes_the_partial_files_rollbacks_killed_before_it_left_and_only_those(tmp_path, target, home):
-    db = v2_file(tmp_path / "tree/app/.swarm/memory.db", 3)
+    db = numbered_v2_file(tmp_path / "tree/app/.swarm/memory.db", 3)
     run([tmp_path / "tree"], target, home, backup_to=None, quiet=True)
     destination = tmp_path / "rollback" / "memory.db"
     destination.parent.mkdir()
@@ -797,8 +796,8 @@ def test_a_rollback_removes_the_partial_files_rollbacks_killed_before_it_left_an
 
 
 def test_rollback_of_a_file_whose_every_load_failed_says_so(tmp_path, target, home):
-    good = v2_file(tmp_path / "tree/good/.swarm/memory.db", 4)
-    broken = v2_file(tmp_path / "tree/broken/.swarm/memory.db", 200)
+    good = numbered_v2_file(tmp_path / "tree/good/.swarm/memory.db", 4)
+    broken = numbered_v2_file(tmp_path / "tree/broken/.swarm/memory.db", 200)
     broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) // 2])  # a file cut short: unreadable
     ran = consolidate("run", str(tmp_path / "tree"), "--no-backup", target=target, home=home)
     assert ran.returncode == 3, ran.stdout[-2000:] + ran.stderr[-2000:]

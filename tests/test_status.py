@@ -5,7 +5,6 @@ Expected counts and checksums are computed here with plain sqlite3 on private co
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -14,22 +13,10 @@ import pytest
 
 from loader.operate.status import CHANGED, MISSING, UNCHANGED, status
 
-from conftest import consolidate, read_private_copy
+from conftest import consolidate, independent_row_count, sha256, write_and_run_sample
 
 N8N = "opt/sutazaiapp/data/n8n/database.sqlite"
 EXTENDED_MEMORY = "opt/sutazaiapp/data/mcp/extended-memory/extended_memory.db"
-
-
-def sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def independent_row_count(source: Path, scratch: Path) -> int:
-    """Rows of every ordinary table of `source` (WAL replayed), read from a private copy."""
-    names = [name for (name,) in read_private_copy(
-        source, scratch, "SELECT name FROM sqlite_master WHERE type = 'table' AND sql NOT LIKE 'CREATE VIRTUAL TABLE%'")]
-    return sum(read_private_copy(source, scratch, 'SELECT count(*) FROM "{}"'.format(name.replace('"', '""')))[0][0]
-               for name in names)
 
 
 def add_table(path: Path) -> None:
@@ -40,14 +27,6 @@ def add_table(path: Path) -> None:
         connection.commit()
     finally:
         connection.close()
-
-
-def write_and_run_sample(root: Path, target, home: Path) -> dict:
-    written = consolidate("sample", str(root))
-    assert written.returncode == 0, written.stderr
-    result = consolidate("run", str(root), "--json", target=target, home=home)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(result.stdout)
 
 
 @pytest.fixture
