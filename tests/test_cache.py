@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import socket
 import subprocess
-import time
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,49 +22,9 @@ from conftest import consolidate, fetch, v2_file, write
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_ready(url: str, server: subprocess.Popen, seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            return redis.Redis.from_url(url).ping()
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    return False
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    executable = shutil.which("redis-server")
-    for _ in range(3):  # a free port can be taken between probing and binding
-        port = free_port()
-        server = subprocess.Popen([executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                   "--appendonly", "no", "--dir", str(folder)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        if wait_until_ready(url, server):
-            return server, url
-        server.terminate()
-        server.wait(timeout=10)
-    raise RuntimeError("redis-server did not start")
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory) -> str:
-    """A private redis-server for the session (no persistence)."""
-    if shutil.which("redis-server") is None:
-        message = "redis-server is not installed (Debian: apt-get install redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    server, url = start_redis(tmp_path_factory.mktemp("redis"))
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
+@pytest.fixture(scope="module")
+def redis_url(redis_server) -> str:
+    return redis_server.url
 
 
 @pytest.fixture

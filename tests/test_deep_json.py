@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_cache import start_redis
 
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.serve.cache import Cache, cache_key
@@ -128,13 +127,8 @@ def test_the_client_reads_deep_values_as_their_text(deep_run):
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server, url = start_redis(tmp_path_factory.mktemp("redis-deep"))
-    yield url
-    server.terminate()
-    server.wait(timeout=10)
+def redis_url(redis_server) -> str:
+    return redis_server.url
 
 
 def test_cache_warm_and_reads_through_the_cache_work(deep_run, redis_url):

@@ -7,30 +7,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 import uuid
 
 import psycopg
-import pytest
 
 from loader.serve.cache import Cache
 from loader.serve.client import MemoryClient
 from loader.serve.near_cache import TRIGGERS, WATCHED_TABLES, install_notify_triggers
 
-from conftest import RedisServer, consolidate, fetch, wait_for
+from conftest import consolidate, fetch, wait_for
 
 MAX_STALENESS = 0.25          # NearCache's default
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("near-redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 def served_in_process(client: MemoryClient, key: str, namespace: str) -> bool:

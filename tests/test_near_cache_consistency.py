@@ -16,7 +16,6 @@ import json
 import logging
 import multiprocessing
 import random
-import shutil
 import time
 import uuid
 from collections import defaultdict
@@ -38,21 +37,10 @@ from loader.serve.near_cache import (
     install_notify_triggers,
 )
 
-from conftest import RedisServer, fetch, wait_for
+from conftest import fetch, wait_for
 
 MAX_STALENESS = 0.25          # NearCache's default, the bound the test holds the processes to
 LIVE = "(expires_at IS NULL OR expires_at > now())"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (Debian: apt-get install redis-server)")
-    server = RedisServer(tmp_path_factory.mktemp("near-redis"))
-    server.start()
-    yield server
-    if server.process.poll() is None:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

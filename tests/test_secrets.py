@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from loader.database import Target
 from loader.exit_codes import ExitCode
 
-from conftest import AMBIENT_SETTINGS, consolidate, make_db, read_private_copy
+from conftest import AMBIENT_SETTINGS, RedisServer, consolidate, make_db, read_private_copy
 
 SECRET_COLUMNS = {  # the documented default policy: (database, table, column)
     ("n8n", "credentials_entity", "data"), ("n8n", "user", "password"),
@@ -459,31 +455,10 @@ def test_a_dsn_that_cannot_be_used_is_reported_without_the_password(password_pro
 @pytest.fixture(scope="module")
 def redis_with_password(tmp_path_factory):
     """A private redis-server that requires a password holding '@' and '%'. Yields (port, password)."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    password = f"R3d@{uuid.uuid4().hex[:8]}%pw"
-    for _ in range(3):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen([executable, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                   "--appendonly", "no", "--requirepass", password,
-                                   "--dir", str(tmp_path_factory.mktemp("redis-pw"))],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            with contextlib.suppress(redis.RedisError):
-                if redis.Redis(port=port, password=password).ping():
-                    yield port, password
-                    server.terminate()
-                    server.wait(timeout=10)
-                    return
-            time.sleep(0.05)
-        server.terminate()
-        server.wait(timeout=10)
-    raise RuntimeError("redis-server did not start")
+    server = RedisServer(tmp_path_factory.mktemp("redis-pw"), password=f"R3d@{uuid.uuid4().hex[:8]}%pw")
+    server.start()
+    yield server.port, server.password
+    server.stop()
 
 
 @pytest.mark.parametrize("shape", ["query", "userinfo"])
