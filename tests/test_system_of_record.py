@@ -11,6 +11,8 @@ import contextlib
 import json
 import random
 import sqlite3
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -24,7 +26,7 @@ from loader.database import Target
 from loader.serve.client import MemoryClient
 from loader.transform.build import build, run_dbt
 
-from conftest import consolidate, fresh_database, read_private_copy
+from conftest import consolidate, fresh_database, read_private_copy, wait_for
 
 MARTS = ("unified_memory", "performance_metrics", "unified_memory_history")
 CLIENT_APPLICATION = "consolidate-memory-client"
@@ -196,6 +198,45 @@ def test_a_delete_in_sqlite_removes_an_entry_a_write_in_postgresql_holds(tmp_pat
     # a second sync with nothing changed records nothing more
     do_sync(root, target, home)
     assert len(sqlite_deletes(target)) == 3
+
+
+def test_a_write_in_flight_while_a_sync_records_a_delete_made_in_sqlite_stays_the_value(tmp_path, target, home):
+    """The entry's value is a write made in PostgreSQL before the file's last load; the service deletes it
+    in SQLite, then writes it again in PostgreSQL in a transaction still open while a sync loads the file.
+    The sync records the delete (it saw the older write as the value), but stamped just after that older
+    write: the new write, committed after the load, stays the value."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "app/.swarm/memory.db", [("key-1", '"from sqlite"', "default", T0),
+                                                 ("key-2", '"from sqlite"', "default", T0)])
+    assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
+    with MemoryClient(target.dsn, source=str(db)) as client:
+        client.set("key-1", "first write")
+    with contextlib.closing(sqlite3.connect(db)) as connection:  # a load after the first write
+        connection.execute("UPDATE memory_entries SET value = '\"changed\"' WHERE key = 'key-2'")
+        connection.commit()
+    do_sync(root, target, home)
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        connection.execute("DELETE FROM memory_entries WHERE key = 'key-1'")
+        connection.commit()
+
+    with psycopg.connect(target.dsn) as writer:
+        writer.execute("INSERT INTO compat.memory_entries (key, value, namespace) VALUES ('key-1', '\"second write\"', "
+                       "'default')")
+        syncing = subprocess.Popen([sys.executable, "-m", "loader", "sync", str(root), "--dsn", target.dsn,
+                                    "--home", str(home)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert wait_for(lambda: sqlite_deletes(target) == [("default", "key-1", str(db), "consolidate")], 120,
+                            step=0.1), "the sync recorded no delete"
+            writer.commit()
+            out, err = syncing.communicate(timeout=300)
+        finally:
+            if syncing.poll() is None:
+                syncing.kill()
+    assert syncing.returncode == 0, out[-2000:] + err[-2000:]
+    assert entry(target, "key-1", "default")["value"] == "second write"
+    incremental = marts_snapshot(target)
+    full_refresh_models(target, home)
+    assert marts_snapshot(target) == incremental
 
 
 def test_a_delete_in_a_cut_over_file_records_nothing_and_is_reported_as_split_brain(tmp_path, target, home):
@@ -475,6 +516,9 @@ class Model:
                 deleted_by.setdefault((namespace, key), set()).add(path)
         assert {(d.namespace, d.key) for d in recorded_deletes} == set(deleted_by), (recorded_deletes, deleted_by)
         assert all(d.path in deleted_by[(d.namespace, d.key)] for d in recorded_deletes)
+        # stamped just after the write it deletes: any write made since outranks it
+        assert all(d.updated == winners[(d.namespace, d.key)].updated + timedelta(microseconds=1)
+                   for d in recorded_deletes)
         self.writes += [replace(d, path=None) for d in recorded_deletes]
         self.give_ids(self.versions())
 

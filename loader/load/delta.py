@@ -199,10 +199,11 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
 # (found in int_memory_ranked as the last build ranked them) and whose value is a write made in PostgreSQL
 # before the file's previous load began, so certainly before the delete: when the file's new state holds no
 # row of the entry (a changed row or an INSERT OR REPLACE is no delete), the delete is recorded in the write
-# log, stamped after that write (`sqlite delete`, tied to the file). Without it the write would stay the
-# value although the delete came later (a service rolled back to its file deletes what it wrote before).
-# A write made since the file's previous load may be later than the delete: it stays the value, as does
-# another file's row. A file cut over to PostgreSQL records nothing (its writer is stale: split brain).
+# log, stamped one microsecond after that write (`sqlite delete`, tied to the file). Without it the write
+# would stay the value although the delete came later (a service rolled back to its file deletes what it
+# wrote before). A write made since the file's previous load may be later than the delete: it stays the
+# value, as does another file's newer row; so the stamp is the earliest the delete can be, not the load's
+# time (a write still in flight while this load ran, committed after it, would otherwise lose to it). A file cut over to PostgreSQL records nothing (its writer is stale: split brain).
 RECORD_SQLITE_DELETES = """
 WITH retired_entries AS MATERIALIZED (
     SELECT DISTINCT ranked.namespace, ranked.key
@@ -225,7 +226,7 @@ written_before AS MATERIALIZED (
 )
 INSERT INTO {write_log} (application_name, via, operation, key, namespace, updated_at, home_source_path)
 SELECT 'consolidate', %(via)s, 'delete', e.key, e.namespace,
-       greatest(now(), e.updated_at + interval '1 microsecond'), %(source_path)s
+       e.updated_at + interval '1 microsecond', %(source_path)s
 FROM written_before AS e
 WHERE NOT EXISTS (SELECT 1 FROM {raw} AS r  -- first the load's own rows: a few, where a changed row is
                   WHERE r._load_id = %(load_id)s AND r._source_path = %(source_path)s
