@@ -13,6 +13,7 @@ import random
 import sqlite3
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -339,6 +340,47 @@ def test_dml_on_unified_memory_is_captured_and_mistakes_are_refused(migrated):
     result = consolidate("build", "--full-refresh", target=target, home=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert marts_snapshot(target) == captured
+
+
+def test_dml_on_a_mart_waiting_on_a_concurrent_write_of_its_entry_is_applied(migrated):
+    """An UPDATE or DELETE on unified_memory or performance_metrics that finds its row locked by another
+    write of the same entry waits for it, then is applied to the entry as that write left it: the write
+    path replaces the row in place, so the statement follows it (a row deleted and inserted again would
+    make it do nothing, and report success)."""
+    target, _tree, _home = migrated
+    statements = [
+        ("dml-race", "updated", "UPDATE unified_memory SET value = '\"second\"' WHERE namespace = 'dml-race' AND key = %s"),
+        ("dml-race", "deleted", "DELETE FROM unified_memory WHERE namespace = 'dml-race' AND key = %s"),
+        ("performance-metrics", "metric",
+         "UPDATE performance_metrics SET metric_data = '\"second\"' WHERE namespace = 'performance-metrics' AND key = %s"),
+    ]
+    write = ("SELECT consolidate.write_memory_entry('public', 'test', 'upsert', %s, %s, array['value'], "
+             "p_value => %s::jsonb)")
+    with psycopg.connect(target.dsn, autocommit=True) as first, psycopg.connect(target.dsn, autocommit=True) as second:
+        for namespace, key, statement in statements:
+            first.execute(write, (namespace, key, '"initial"'))
+            with first.transaction():
+                first.execute(write, (namespace, key, '"first"'))
+                waiting = threading.Thread(target=second.execute, args=(statement, (key,)))
+                waiting.start()
+                assert wait_for(lambda: blocked_backends(first) == 1, 10, step=0.05), statement
+            waiting.join(timeout=30)
+            assert not waiting.is_alive()
+            logged = first.execute("SELECT operation, value FROM raw_postgres.memory_writes WHERE namespace = %s "
+                                   "AND key = %s ORDER BY write_id DESC LIMIT 1", (namespace, key)).fetchone()
+            if key == "deleted":
+                assert logged == ("delete", None) and entry(target, key, namespace) is None
+            elif key == "metric":
+                assert logged == ("upsert", "second") and first.execute(
+                    "SELECT metric_data FROM performance_metrics WHERE key = %s", (key,)).fetchone() == ("second",)
+            else:
+                assert logged == ("upsert", "second") and entry(target, key, namespace)["value"] == "second"
+
+
+def blocked_backends(connection: psycopg.Connection) -> int:
+    """The other sessions of this database waiting for a lock."""
+    return connection.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                              "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()").fetchone()[0]
 
 
 def test_a_read_through_the_client_is_counted_and_kept_by_a_full_refresh(migrated):

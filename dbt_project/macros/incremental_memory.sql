@@ -45,17 +45,40 @@
     Incremental strategy `replace_keys`: every row of the changed entries (int_memory_changed_keys) is
     replaced by the model's rows for them (an entry that has no rows any more simply goes). The model's
     rows are computed first, into dbt's temporary table, so they may read the target's old rows.
+    A model with one row per entry (unique_key (namespace, key): the marts DML may write) updates the row
+    of an entry that keeps one in place: an UPDATE or DELETE on the mart waiting on that row then follows
+    it to its new version and is applied, where a deleted row would make it do nothing, silently.
 -#}
 {% macro get_incremental_replace_keys_sql(arg_dict) -%}
     {%- set target_relation = arg_dict['target_relation'] -%}
-    {%- set columns = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+    {%- set temp_relation = arg_dict['temp_relation'] -%}
+    {%- set names = arg_dict['dest_columns'] | map(attribute='name') | list -%}
+    {%- set columns = get_quoted_csv(names) -%}
     set local consolidate.maintaining_marts = 'on';
+    {%- if arg_dict['unique_key'] %}
+    update {{ target_relation }} as target
+    set ({{ columns }}) = ({% for name in names %}fresh.{{ adapter.quote(name) }}{{ ", " if not loop.last }}{% endfor %})
+    from {{ temp_relation }} as fresh
+    where target.namespace = fresh.namespace
+      and target.key = fresh.key;
+    delete from {{ target_relation }} as target
+    using {{ ref('int_memory_changed_keys') }} as changed
+    where target.namespace = changed.namespace
+      and target.key = changed.key
+      and not exists (select 1 from {{ temp_relation }} as fresh
+                      where fresh.namespace = target.namespace and fresh.key = target.key);
+    insert into {{ target_relation }} ({{ columns }})
+    select {{ columns }} from {{ temp_relation }} as fresh
+    where not exists (select 1 from {{ target_relation }} as target
+                      where target.namespace = fresh.namespace and target.key = fresh.key);
+    {%- else %}
     delete from {{ target_relation }} as target
     using {{ ref('int_memory_changed_keys') }} as changed
     where target.namespace = changed.namespace
       and target.key = changed.key;
     insert into {{ target_relation }} ({{ columns }})
-    select {{ columns }} from {{ arg_dict['temp_relation'] }};
+    select {{ columns }} from {{ temp_relation }};
+    {%- endif %}
 {%- endmacro %}
 
 

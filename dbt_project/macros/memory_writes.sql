@@ -95,13 +95,9 @@ begin
     insert into {{ ranked }} ({{ ranked_columns() | join(', ') }})
     {{ rank_memory_versions('versions', accesses) }};
 
-    delete from {{ unified }} as ranked where {{ this_entry }};
-    insert into {{ unified }} ({{ unified_memory_columns() | join(', ') }})
-    {{ unified_memory_rows(ranked, entry_ids, filter=this_entry) }};
+    {{ replace_entry_row(unified, unified_memory_columns(), unified_memory_rows(ranked, entry_ids, filter=this_entry), this_entry) }}
 
-    delete from {{ metrics }} as ranked where {{ this_entry }};
-    insert into {{ metrics }} ({{ performance_metrics_columns() | join(', ') }})
-    {{ performance_metrics_rows(ranked, entry_ids, filter=this_entry) }};
+    {{ replace_entry_row(metrics, performance_metrics_columns(), performance_metrics_rows(ranked, entry_ids, filter=this_entry), this_entry) }}
 
     delete from {{ history }} as ranked where {{ this_entry }};
     insert into {{ history }} ({{ unified_memory_history_columns() | join(', ') }})
@@ -435,4 +431,19 @@ begin
     return null;
 end
 $fn$;
+{%- endmacro %}
+
+
+{#- The statements of refresh_memory_entry that replace the entry's row of a mart with one row per entry: updated
+    in place when the entry keeps its row (see replace_keys in macros/incremental_memory.sql), else deleted or inserted. -#}
+{% macro replace_entry_row(mart, columns, rows, this_entry) -%}
+    update {{ mart }} as target
+    set ({{ columns | join(', ') }}) = ({% for column in columns %}fresh.{{ column }}{{ ", " if not loop.last }}{% endfor %})
+    from ({{ rows }}) as fresh
+    where target.namespace = p_namespace and target.key = p_key;
+    if not found then
+        delete from {{ mart }} as ranked where {{ this_entry }};
+        insert into {{ mart }} ({{ columns | join(', ') }})
+        {{ rows }};
+    end if;
 {%- endmacro %}

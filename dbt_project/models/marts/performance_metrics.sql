@@ -1,6 +1,7 @@
 {{ config(
     materialized='incremental',
     incremental_strategy='replace_keys',
+    unique_key=['namespace', 'key'],
     on_schema_change='fail',
     pre_hook=["{{ lock_memory_marts() }}"],
     post_hook=[
