@@ -505,6 +505,14 @@ ALTER TABLE {LEDGER_SCHEMA}.validation_files ADD CONSTRAINT validation_files_che
     f"""
 CREATE INDEX IF NOT EXISTS load_files_by_path ON {LEDGER_SCHEMA}.load_files (source_path, started_at, load_id);
 """,
+    # 14: which of the memory models an invocation built, so a later build knows whether the marts hold
+    # what int_memory_ranked does (loader/transform/build.py can_build_incrementally).
+    f"""
+-- memory_models: of int_memory_ranked and the three memory marts (dbt_project/macros/incremental_memory.sql
+-- memory_mart_tables), whether the invocation built 'none' (a test, docs, freshness), 'all' of them, or
+-- only 'some' (a selection, a failure): set at its end, NULL when it died or ended before this column.
+ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS memory_models text;
+""",
 ]
 
 VERSION_DDL = f"""
@@ -1090,14 +1098,18 @@ def record_build(target: Target, fingerprint: str, build_passed: bool, validatio
             (target.schema, fingerprint, build_passed, validation_passed))
 
 
-def latest_dbt_invocation_passed(connection: psycopg.Connection, marts_schema: str) -> bool:
-    """Whether the latest dbt invocation against the marts' schema (consolidate.memory_builds: a `build`, a
-    `run`'s build, any `consolidate dbt` command) finished with nothing failed; True when there was none.
-    One that failed or died may have left marts that no test has passed."""
+def memory_models_left_whole(connection: psycopg.Connection, marts_schema: str) -> bool:
+    """Whether the latest dbt invocation against the marts' schema that built a memory model or failed
+    (consolidate.memory_builds: a `build`, a `run`'s build, any `consolidate dbt` command; one that built
+    none and passed, like `source freshness` or `docs generate`, changed nothing) finished with nothing
+    failed and built all of them; True when there was none. One that failed, died or built only some (a
+    selection such as `dbt run --select int_memory_ranked`) may have left marts that do not hold what
+    int_memory_ranked does, which an incremental build, recomputing only what changed since, would keep."""
     row = connection.execute(
-        sql.SQL("SELECT passed FROM {} WHERE marts_schema = %s ORDER BY started_at DESC LIMIT 1").format(
-            table("memory_builds")), (marts_schema,)).fetchone()
-    return row is None or row[0] is True
+        sql.SQL("SELECT passed IS TRUE AND coalesce(memory_models, 'all') = 'all' FROM {} "
+                "WHERE marts_schema = %s AND NOT (passed IS TRUE AND memory_models IS NOT DISTINCT FROM 'none') "
+                "ORDER BY started_at DESC LIMIT 1").format(table("memory_builds")), (marts_schema,)).fetchone()
+    return row is None or row[0]
 
 
 def latest_build(connection: psycopg.Connection, marts_schema: str) -> tuple[str, bool, bool | None] | None:

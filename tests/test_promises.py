@@ -262,6 +262,16 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
     assert [(r["unique_id"], r["status"]) for r in results] == [("macro.consolidate.create_udfs", "success")]
 
+    # freshness counts files loaded or checked, not loads that failed: a week-old load with a failure since
+    with target.connect() as connection:
+        connection.execute("UPDATE consolidate.load_files SET completed_at = completed_at - interval '9 days', "
+                           "started_at = started_at - interval '9 days'")
+        connection.execute("UPDATE consolidate.load_files SET status = 'failed', completed_at = now() "
+                           "WHERE source_path = (SELECT max(source_path) FROM consolidate.load_files)")
+    stale = dbt("source", "freshness", "--select", "source:consolidate.load_files")
+    sources = json.loads((home / "dbt" / "target" / "sources.json").read_text())
+    assert stale.returncode == 1 and [r["status"] for r in sources["results"]] == ["error"], stale.stdout[-2000:]
+
 
 def test_dbt_connects_as_the_dsn_says_with_what_libpq_fills_in_and_the_dsns_other_settings(tmp_path, target, home):
     """dbt's profile is filled from the DSN as libpq resolves it: a database left to PGDATABASE is that

@@ -244,6 +244,32 @@ def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row
     assert run_heavy_tests(scoped=True) == set(heavy)
 
 
+def test_a_build_after_one_that_built_only_int_memory_ranked_recomputes_the_marts(tmp_path, target, home):
+    """A dbt invocation that built int_memory_ranked but not the marts (a selection), then one that built
+    no memory model (source freshness): the next build recomputes the marts from raw. An incremental one
+    recomputes only the entries that changed since int_memory_ranked was built, and would keep the marts'
+    old rows."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])
+    do_sync(root, target, home)
+    write(db, "UPDATE memory_entries SET value = '\"changed\"', updated_at = ? WHERE key = 'k1'", (T0 + 60,))
+    do_sync(root, target, home, build=False)
+    assert run_dbt(["run", "--select", "+int_memory_ranked"], target, home, quiet=True).success
+    assert run_dbt(["source", "freshness"], target, home, quiet=True).success
+    with target.connect() as connection:
+        recorded = [state for (state,) in connection.execute(
+            "SELECT memory_models FROM consolidate.memory_builds ORDER BY started_at DESC LIMIT 3")]
+    assert recorded == ["none", "some", "all"]
+    assert unified(target)[("k1", "default")] == "v1"  # the marts were left behind
+    # dbt's own incremental build says so (consolidate build decides a full refresh instead)
+    warned = run_dbt(["build", "--select", "reconciliation"], target, home, quiet=True).warnings
+    assert len(warned) == 1 and "`consolidate build`" in warned[0]
+
+    assert build(target, home, quiet=True).success
+    assert unified(target)[("k1", "default")] == "changed"
+    assert run_dbt(["build", "--select", "reconciliation"], target, home, quiet=True).warnings == []
+
+
 def nodes_built(home: Path) -> tuple[set[str], set[str]]:
     """The models and the tests the last build under `home` ran (run_results.json), by name."""
     results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]

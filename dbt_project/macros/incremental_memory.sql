@@ -213,11 +213,18 @@ from {{ api.Relation.create(database=target.database, schema='raw_postgres', ide
 {%- endmacro %}
 
 
+{#- on-run-end: whether it passed, and which memory models it built (ledger migration 14: memory_models). -#}
 {% macro finish_memory_build(results) -%}
     {%- set tests = results | selectattr('node.resource_type', 'equalto', 'test') | list -%}
     {%- set failed = results | selectattr('status', 'in', ['error', 'fail', 'runtime error']) | list -%}
+    {%- set memory_models = results | selectattr('node.resource_type', 'equalto', 'model')
+                                    | selectattr('node.name', 'in', memory_mart_tables()) | list -%}
+    {%- set built = memory_models | selectattr('status', 'equalto', 'success') | list -%}
+    {%- set memory_state = 'none' if not memory_models
+                           else ('all' if built | length == memory_mart_tables() | length else 'some') -%}
 update consolidate.memory_builds
-set tests_run = {{ tests | length }}, passed = {{ 'true' if not failed else 'false' }}
+set tests_run = {{ tests | length }}, passed = {{ 'true' if not failed else 'false' }},
+    memory_models = '{{ memory_state }}'
 where invocation_id = '{{ invocation_id }}'
 {%- endmacro %}
 

@@ -186,6 +186,8 @@ def dbt(arguments: Annotated[list[str], typer.Argument(
 
     Example: consolidate dbt -- test --select unified_memory"""
     outcome = build_stage.run_dbt(arguments, target_for(dsn, home, schema), home)
+    for message in outcome.warnings:
+        render.warning(message)
     if outcome.crashed:  # dbt refused the command itself, often without a word of its own
         for failure in outcome.failures:
             render.error(f"dbt: {failure}")

@@ -79,6 +79,10 @@ def note(message: str) -> None:
     err.print(f"[dim]{escape(message)}[/dim]", soft_wrap=True)
 
 
+def warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+
+
 def print_warnings(warnings: list[DiscoveryWarning]) -> None:
     for warning in warnings:
         err.print(f"[yellow]warning:[/yellow] {escape(str(warning.path))}: {escape(str(warning.reason))}")

@@ -38,6 +38,7 @@ class BuildOutcome:
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
     crashed: bool = False  # dbt itself failed (bad arguments, no connection): no model or test ran to fail
+    warnings: list[str] = field(default_factory=list)  # what the caller should know of how it built (not in JSON)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -143,6 +144,7 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
         invoked_at, = setup.execute("SELECT clock_timestamp()").fetchone()
         project = project or project_digest()
         digests = {PROJECT_DIGEST_VARIABLE: project, COMPILED_FROM_VARIABLE: compiled_from(setup, project)}
+        warnings = [warning] if (warning := incremental_over_stale_marts(setup, command, target.schema)) else []
 
     run_results = home / "dbt" / "target" / "run_results.json" if "--no-write-json" in command else None
     try:
@@ -152,7 +154,7 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
         return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
     with connection_for(target, connection) as recording:
         record_invocation(recording, command, invoked_at, invocation.invocation_id)
-    outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None)
+    outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None, warnings=warnings)
     for unique_id, status, message in invocation.results:
         if status in ("error", "fail", "runtime error"):
             outcome.failures.append(target.redact(f"{unique_id}: {message}"))
@@ -161,6 +163,18 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
     if not outcome.success and not outcome.failures:
         outcome.failures.append(target.redact(invocation.exception or "dbt failed; see its output above"))
     return outcome
+
+
+def incremental_over_stale_marts(connection: psycopg.Connection, command: list[str], schema: str) -> str | None:
+    """For a dbt `build` or `run` without --full-refresh (`consolidate dbt`, plain dbt's users): a warning when
+    the memory models hold no state an incremental build can continue from (can_build_incrementally), which
+    `consolidate build` answers with a full refresh."""
+    if command[:1] not in (["build"], ["run"]) or {"--full-refresh", "-f"} & set(command) \
+            or not ledger.relation_exists(connection, *MEMORY_RANKED) or can_build_incrementally(connection, schema):
+        return None
+    return (f"the last dbt invocation that built memory models failed, died or built only some of them: this "
+            f"incremental `dbt {command[0]}` recomputes only what changed since and keeps marts that may not hold "
+            "what int_memory_ranked does; `consolidate build` (or --full-refresh) rebuilds them from raw")
 
 
 # Options of `dbt build` that leave what it builds, and how, as a plain build would (--empty, --vars,
@@ -218,9 +232,9 @@ HAS_CHECK = ("SELECT 1 FROM pg_constraint AS c JOIN pg_attribute AS a ON a.attre
 def can_build_incrementally(connection, schema: str) -> bool:
     """Whether the memory models hold state an incremental build can continue from: every table with
     its current shape and its contract's checks, ids for its entries (an emptied consolidate.entry_ids
-    needs a full refresh), and a last build that finished and passed (one that failed or died may have left
-    marts that an incremental build, which recomputes only what changed since, would keep: the next build
-    starts from raw)."""
+    needs a full refresh), and a last build that finished, passed and built every memory model (one that
+    failed, died or built only some may have left marts that an incremental build, which recomputes only
+    what changed since, would keep: the next build starts from raw; ledger.memory_models_left_whole)."""
     for table_schema, table, column in INCREMENTAL_STATE:
         if connection.execute(
                 "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
@@ -232,7 +246,7 @@ def can_build_incrementally(connection, schema: str) -> bool:
     (ids_missing,) = connection.execute(
         sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AND NOT EXISTS (SELECT 1 FROM {})").format(
             sql.Identifier(*MEMORY_RANKED), ledger.table("entry_ids"))).fetchone()
-    return not ids_missing and ledger.latest_dbt_invocation_passed(connection, schema)
+    return not ids_missing and ledger.memory_models_left_whole(connection, schema)
 
 
 # The digests an invocation's on-run-start records (start_memory_build in macros/incremental_memory.sql).

@@ -34,8 +34,8 @@ def fingerprint(target: Target) -> str:
 
 def marts_are_current(target: Target, build_fingerprint: str) -> bool:
     """True when the latest `run`'s build of the marts' schema had this fingerprint and passed its tests
-    and its validation, and no dbt invocation since (`consolidate build`, `consolidate dbt`) failed or
-    died."""
+    and its validation, and no dbt invocation since (`consolidate build`, `consolidate dbt`) failed, died
+    or built only some of the memory models."""
     with target.connect() as connection:
         return ledger.latest_build(connection, target.schema) == (build_fingerprint, True, True) \
-            and ledger.latest_dbt_invocation_passed(connection, target.schema)
+            and ledger.memory_models_left_whole(connection, target.schema)
