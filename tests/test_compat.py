@@ -58,6 +58,36 @@ def test_extended_memory_reads_back_its_memory_store(migrated, target, tmp_path)
         assert stored_count == access_count, key
 
 
+VIEWS = ["compat.memory_entries", "compat_claude_flow_v3.memory_entries", "compat_extended_memory.memory_store",
+         "public.active_sessions", "public.my_report"]
+
+
+def test_views_on_the_marts_outlive_a_full_refresh_of_them(migrated, target, home):
+    """A full refresh swaps each mart in; the views built on them (the compatibility views, active_sessions, a
+    user's own) are re-pointed at the new table in the same transaction, with their INSTEAD OF triggers, and
+    are never missing: after a full refresh of one mart alone (their own models not rebuilt) and after a
+    whole one, they read the new tables, take writes, and a sync builds over them."""
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        connection.execute("CREATE VIEW public.my_report AS SELECT key, value FROM public.unified_memory")
+    for command in (["dbt", "--dsn", target.dsn, "--home", str(home), "--", "run", "--full-refresh", "--select",
+                     "unified_memory", "int_memory_ranked"],
+                    ["build", "--full-refresh", "--dsn", target.dsn, "--home", str(home)]):
+        result = consolidate(*command)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with psycopg.connect(target.dsn, autocommit=True) as connection:
+            found = [connection.execute("SELECT to_regclass(%s)::text", (view,)).fetchone()[0] for view in VIEWS]
+            assert found == [view.removeprefix("public.") for view in VIEWS], command
+            counts = connection.execute("SELECT (SELECT count(*) FROM public.my_report), "
+                                        "(SELECT count(*) FROM public.unified_memory)").fetchone()
+            assert counts[0] == counts[1] > 0
+            connection.execute("INSERT INTO compat.memory_entries (key, value, namespace) VALUES (%s, '1', 'views')",
+                               (command[0],))
+    assert [row[0] for row in fetch(target, "SELECT key FROM unified_memory WHERE namespace = 'views' ORDER BY key")] \
+           == ["build", "dbt"]
+    synced = consolidate("sync", str(migrated), target=target, home=home)
+    assert synced.returncode == 0, synced.stdout[-3000:] + synced.stderr[-3000:]
+
+
 def test_v3_application_reads_back_its_entries_in_milliseconds(migrated, target, tmp_path):
     rows = read_private_copy(migrated / V3_FILE, tmp_path / "x",
                              "SELECT key, coalesce(namespace, 'default'), content, type, status, created_at "
