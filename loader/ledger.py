@@ -774,6 +774,16 @@ def current_loads(connection: psycopg.Connection) -> list[CurrentLoad]:
     return [CurrentLoad(*row) for row in connection.execute(CURRENT_LOADS_QUERY).fetchall()]
 
 
+def never_loaded_files(connection: psycopg.Connection) -> dict[str, str]:
+    """The files whose every load failed (no current load; a byte-identical copy has none either, and is not
+    one of them), by path, with their latest load's error."""
+    rows = connection.execute(
+        f"SELECT DISTINCT ON (f.source_path) f.source_path, f.status, coalesce(f.error_message, '') "
+        f"FROM {LEDGER_SCHEMA}.load_files AS f WHERE NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.current_loads AS c "
+        "WHERE c.source_path = f.source_path) ORDER BY f.source_path, f.started_at DESC, f.load_id DESC").fetchall()
+    return {path: error for path, status, error in rows if status == "failed"}
+
+
 def who() -> str:
     """The operator a ledger record names (user@host)."""
     return f"{getpass.getuser()}@{socket.gethostname()}"

@@ -271,6 +271,16 @@ def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, t
     found = consolidate("discover", str(tree), "--json")
     assert found.returncode == 3 and [f["error"] for f in json.loads(found.stdout)["files"]
                                       if f["path"].endswith("broken.db")] == [message]
+    # validate names it too: none of its rows is in PostgreSQL, until it loads or is accepted as gone
+    checked = consolidate("validate", "--json", target=target, home=home)
+    document = json.loads(checked.stdout)
+    assert (checked.returncode, document["passed"]) == (1, False), checked.stderr[-2000:]
+    assert document["never_loaded"] == [{"source_path": str(tree / "broken.db"), "error": message}]
+    assert "never loaded" in consolidate("validate", target=target, home=home).stderr
+    (tree / "broken.db").unlink()
+    assert consolidate("forget", str(tree / "broken.db"), target=target, home=home).returncode == 0
+    checked = consolidate("validate", "--json", target=target, home=home)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["never_loaded"] == [], checked.stderr[-2000:]
 
 
 def test_a_path_with_a_line_break_is_one_row_of_the_table(tmp_path):

@@ -276,6 +276,8 @@ def validation_table(report: ValidationReport) -> Table:
 
 
 def print_validation_problems(report: ValidationReport) -> None:
+    for path, error in report.never_loaded.items():
+        err.print(f"[red]{escape(path)}[/red]: never loaded (none of its rows is in PostgreSQL): {escape(error)}")
     if report.outside_backup:
         err.print(f"[yellow]note:[/yellow] {len(report.outside_backup)} file(s) lie under none of the roots the backup "
                   f"{escape(str(report.backup_dir))} was made of, so it was not checked for them (back up their roots "

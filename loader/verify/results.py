@@ -3,7 +3,7 @@ results stored in the ledger (`consolidate.validation_runs`, `consolidate.valida
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import psycopg
@@ -83,10 +83,12 @@ class ValidationReport:
     marts_schema: str
     backup_dir: str | None
     files: list[FileValidation]
+    # files of the ledger never loaded (their every load failed), not accepted as gone: path -> last error
+    never_loaded: dict[str, str] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return all(file.passed for file in self.files)
+        return all(file.passed for file in self.files) and not self.never_loaded
 
     @property
     def outside_backup(self) -> list[FileValidation]:
@@ -97,6 +99,7 @@ class ValidationReport:
                 "finished_at": self.finished_at.isoformat(), "passed": self.passed,
                 "sample_size": self.sample_size, "seed": self.seed, "marts_schema": self.marts_schema,
                 "backup_dir": self.backup_dir, "files": [file.to_json() for file in self.files],
+                "never_loaded": [{"source_path": path, "error": error} for path, error in self.never_loaded.items()],
                 "exit_code": int(self.exit_code)}
 
     @property

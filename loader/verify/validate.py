@@ -31,7 +31,9 @@ For each file of `consolidate.current_loads`:
   shape (`hmac-sha256:<64 hex>` where a hash stands).
 
 A file passes when its counts reconcile, it is unchanged on disk (or in its archive), no spot-checked field differs and
-(given a backup) the backup holds the loaded bytes. Results are stored in `consolidate.validation_runs`
+(given a backup) the backup holds the loaded bytes. A file of the ledger whose every load failed (none of
+its rows is in PostgreSQL) fails the validation too, named with its last error, until it loads or
+`consolidate forget` accepts it as gone. Results are stored in `consolidate.validation_runs`
 and `consolidate.validation_files`.
 """
 
@@ -101,9 +103,12 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
                                               policy_of_load(recorded.get(current.load_id), options.secret_policy)))
                  for current, (status, sample) in zip(currents, sources)]
         connection.commit()
+        never_loaded = {path: error for path, error in ledger.never_loaded_files(connection).items()
+                        if path not in gone.forgotten}
         report = ValidationReport(run_id=ledger.new_id(started_at), started_at=started_at, finished_at=now(),
                                   sample_size=sample_size, seed=options.seed, marts_schema=target.schema,
-                                  backup_dir=str(backup_dir) if backup_dir is not None else None, files=files)
+                                  backup_dir=str(backup_dir) if backup_dir is not None else None, files=files,
+                                  never_loaded=never_loaded)
         store(connection, report)
     return report
 
