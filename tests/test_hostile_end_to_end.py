@@ -315,7 +315,7 @@ def test_hostile_identifiers_are_loaded_under_distinct_recorded_names(hostile):
 
 # ------------------------------------------------------------------------------------- validation
 
-def test_validation_passes_and_counts_the_flagged_rows(hostile):
+def test_validation_passes_every_loaded_file_counts_the_flagged_rows_and_names_the_failed_ones(hostile):
     runs = fetch(hostile.target, "SELECT run_id, passed FROM consolidate.validation_runs ORDER BY started_at DESC")
     assert runs, "validation did not run"
     files = {r["source_path"]: r for r in fetch(
@@ -326,7 +326,10 @@ def test_validation_passes_and_counts_the_flagged_rows(hostile):
         rows = [r for r in hostile.corpus.memory_rows if str(r.path) == path]
         if rows:
             assert row["flagged"] == sum(bool(r.flags) for r in rows), path
-    assert runs[0]["passed"]
+    # the files that failed to load fail the validation as a whole: none of their rows is in PostgreSQL
+    assert hostile.corpus.failed and runs[0]["passed"] is False
+    shown = hostile.stderr.replace("\n", "")
+    assert all(f"{f.path}: never loaded" in shown for f in hostile.corpus.failed), hostile.stderr[-3000:]
 
 
 def test_the_corpus_covers_every_case(hostile):
