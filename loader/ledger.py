@@ -508,9 +508,10 @@ CREATE INDEX IF NOT EXISTS load_files_by_path ON {LEDGER_SCHEMA}.load_files (sou
     # 14: which of the memory models an invocation built, so a later build knows whether the marts hold
     # what int_memory_ranked does (loader/transform/build.py can_build_incrementally).
     f"""
--- memory_models: of int_memory_ranked and the three memory marts (dbt_project/macros/incremental_memory.sql
--- memory_mart_tables), whether the invocation built 'none' (a test, docs, freshness), 'all' of them, or
--- only 'some' (a selection, a failure): set at its end, NULL when it died or ended before this column.
+-- memory_models: of the tables that carry the memory state (dbt_project/macros/incremental_memory.sql
+-- memory_model_ids), whether the invocation built 'none' (it selected none: a test, docs, freshness; set as
+-- it starts), 'all' of them, or only 'some' (a selection, a failure): set at its end, NULL when one that
+-- selected them died, or for an invocation from before this column.
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS memory_models text;
 """,
 ]
@@ -1109,15 +1110,15 @@ def record_build(target: Target, fingerprint: str, build_passed: bool, validatio
 
 
 def memory_models_left_whole(connection: psycopg.Connection, marts_schema: str) -> bool:
-    """Whether the latest dbt invocation against the marts' schema that built a memory model or failed
-    (consolidate.memory_builds: a `build`, a `run`'s build, any `consolidate dbt` command; one that built
-    none and passed, like `source freshness` or `docs generate`, changed nothing) finished with nothing
-    failed and built all of them; True when there was none. One that failed, died or built only some (a
+    """Whether the latest dbt invocation against the marts' schema that selected a memory model
+    (consolidate.memory_builds: a `build`, a `run`'s build, any `consolidate dbt` command; one that selected
+    none, like `source freshness`, `docs generate` or `test`, changed none of them, whatever its outcome)
+    finished with nothing failed and built all of them; True when there was none. One that failed, died or built only some (a
     selection such as `dbt run --select int_memory_ranked`) may have left marts that do not hold what
     int_memory_ranked does, which an incremental build, recomputing only what changed since, would keep."""
     row = connection.execute(
         sql.SQL("SELECT passed IS TRUE AND coalesce(memory_models, 'all') = 'all' FROM {} "
-                "WHERE marts_schema = %s AND NOT (passed IS TRUE AND memory_models IS NOT DISTINCT FROM 'none') "
+                "WHERE marts_schema = %s AND memory_models IS DISTINCT FROM 'none' "
                 "ORDER BY started_at DESC LIMIT 1").format(table("memory_builds")), (marts_schema,)).fetchone()
     return row is None or row[0]
 

@@ -68,9 +68,10 @@ def test_views_on_the_marts_outlive_a_full_refresh_of_them(migrated, target, hom
     are never missing: after a full refresh of one mart alone (their own models not rebuilt) and after a
     whole one, they read the new tables, take writes, and a sync builds over them."""
     with psycopg.connect(target.dsn, autocommit=True) as connection:
-        connection.execute("CREATE VIEW public.my_report AS SELECT key, value FROM public.unified_memory")
-    for command in (["dbt", "--dsn", target.dsn, "--home", str(home), "--", "run", "--full-refresh", "--select",
-                     "unified_memory", "int_memory_ranked"],
+        connection.execute("CREATE VIEW public.my_report WITH (security_barrier = true) AS "
+                           "SELECT key, value FROM public.unified_memory")
+    dbt = ["dbt", "--dsn", target.dsn, "--home", str(home), "--"]
+    for command in ([*dbt, "run", "--full-refresh", "--select", "unified_memory", "int_memory_ranked"],
                     ["build", "--full-refresh", "--dsn", target.dsn, "--home", str(home)]):
         result = consolidate(*command)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -80,6 +81,8 @@ def test_views_on_the_marts_outlive_a_full_refresh_of_them(migrated, target, hom
             counts = connection.execute("SELECT (SELECT count(*) FROM public.my_report), "
                                         "(SELECT count(*) FROM public.unified_memory)").fetchone()
             assert counts[0] == counts[1] > 0
+            assert connection.execute("SELECT reloptions FROM pg_class WHERE oid = 'public.my_report'::regclass"
+                                      ).fetchone() == (["security_barrier=true"],)
             connection.execute("INSERT INTO compat.memory_entries (key, value, namespace) VALUES (%s, '1', 'views')",
                                (command[0],))
     assert [row[0] for row in fetch(target, "SELECT key FROM unified_memory WHERE namespace = 'views' ORDER BY key")] \

@@ -277,7 +277,7 @@ def test_unreadable_source_exits_3_and_names_it_while_the_rest_loads(tmp_path, t
     assert (checked.returncode, document["passed"]) == (1, False), checked.stderr[-2000:]
     assert document["never_loaded"] == [{"source_path": str(tree / "broken.db"), "error": message}]
     assert "never loaded" in consolidate("validate", target=target, home=home).stderr
-    (tree / "broken.db").unlink()
+    # a file that only ever failed can be left out on purpose while still on disk
     assert consolidate("forget", str(tree / "broken.db"), target=target, home=home).returncode == 0
     checked = consolidate("validate", "--json", target=target, home=home)
     assert checked.returncode == 0 and json.loads(checked.stdout)["never_loaded"] == [], checked.stderr[-2000:]

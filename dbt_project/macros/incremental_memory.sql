@@ -205,23 +205,41 @@ left join (
     (on-run-start), marked passed at its end (on-run-end) when it ran tests and none failed.
 -#}
 {% macro start_memory_build() -%}
-insert into consolidate.memory_builds (invocation_id, marts_schema, write_watermark, project_digest, compiled_from)
+    {%- set selected = selected_resources | select('in', memory_model_ids()) | list -%}
+insert into consolidate.memory_builds (invocation_id, marts_schema, write_watermark, project_digest, compiled_from,
+                                       memory_models)
 select '{{ invocation_id }}', '{{ target.schema }}', coalesce(max(write_id), 0),
        nullif('{{ env_var("CONSOLIDATE_PROJECT_DIGEST", "") }}', ''),
-       nullif('{{ env_var("CONSOLIDATE_COMPILED_FROM", "") }}', '')
+       nullif('{{ env_var("CONSOLIDATE_COMPILED_FROM", "") }}', ''),
+       {{ 'null' if selected else "'none'" }}
 from {{ api.Relation.create(database=target.database, schema='raw_postgres', identifier='memory_writes') }}
 {%- endmacro %}
 
 
-{#- on-run-end: whether it passed, and which memory models it built (ledger migration 14: memory_models). -#}
+{#-
+    The models whose tables carry the memory state from build to build: int_memory_ranked and the marts, and
+    the tables an incremental build of them reads (what changed since the last one). Ledger migration 14
+    (memory_builds.memory_models) records whether an invocation built 'none', 'all' or 'some' of them: 'none'
+    when it selected none (set as it starts, so one that dies stays 'none'), else at its end (NULL if it
+    died). An incremental build continues only from 'all' (loader/ledger.py memory_models_left_whole).
+-#}
+{% macro memory_model_ids() -%}
+    {%- set ids = [] -%}
+    {%- for name in ['int_memory_load_changes', 'int_memory_new_versions', 'int_memory_changed_keys'] + memory_mart_tables() -%}
+        {%- do ids.append('model.' ~ project_name ~ '.' ~ name) -%}
+    {%- endfor -%}
+    {{ return(ids) }}
+{%- endmacro %}
+
+
+{#- on-run-end: whether it passed, and which memory models it built (memory_model_ids). -#}
 {% macro finish_memory_build(results) -%}
     {%- set tests = results | selectattr('node.resource_type', 'equalto', 'test') | list -%}
     {%- set failed = results | selectattr('status', 'in', ['error', 'fail', 'runtime error']) | list -%}
-    {%- set memory_models = results | selectattr('node.resource_type', 'equalto', 'model')
-                                    | selectattr('node.name', 'in', memory_mart_tables()) | list -%}
+    {%- set memory_models = results | selectattr('node.unique_id', 'in', memory_model_ids()) | list -%}
     {%- set built = memory_models | selectattr('status', 'equalto', 'success') | list -%}
     {%- set memory_state = 'none' if not memory_models
-                           else ('all' if built | length == memory_mart_tables() | length else 'some') -%}
+                           else ('all' if built | length == memory_model_ids() | length else 'some') -%}
 update consolidate.memory_builds
 set tests_run = {{ tests | length }}, passed = {{ 'true' if not failed else 'false' }},
     memory_models = '{{ memory_state }}'

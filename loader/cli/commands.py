@@ -499,7 +499,8 @@ def forget(sources: Sources, dsn: Dsn = None, home: Home = DEFAULT_HOME, note: N
     purpose (consolidate.forgotten_files): its rows stay in PostgreSQL, `validate` checks their counts but
     asks for its bytes no more, and `status` and `sync` say `forgotten` instead of `missing`. A file put
     back on disk counts from disk again. Refused, for all, unless the ledger knows every SOURCE (a copy, or
-    a file that only ever failed, too) and none is on disk. Exit 5 when refused (nothing recorded).
+    a file that only ever failed, too) and none is on disk but a file that only ever failed (left out on
+    purpose: validate stops failing on it until it loads). Exit 5 when refused (nothing recorded).
 
     Example: consolidate forget /opt/app/retired/.swarm/memory.db --note 'service retired, disk wiped'"""
     try:

@@ -12,10 +12,12 @@ is void.
 
 A file with no current load (a byte-identical copy of another, or one that only ever failed) has no rows
 to keep, but `status` says `missing` of it until it is forgotten too; that record names the ledger's latest
-row of the file, and holds until a later one.
+row of the file, and holds until a later one. A file that only ever failed can be forgotten while still on
+disk (one the tool cannot read, left out on purpose): `validate`, which fails on a file none of whose rows
+reached PostgreSQL, then stops failing on it, until it loads.
 
 Refused, for all SOURCEs, unless the ledger knows each and none is on disk (neither its main file nor its
-`-wal`); a file removed by `archive` is already accounted for.
+`-wal`) but a file that only ever failed; a file removed by `archive` is already accounted for.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class ForgetOutcome:
         return {"source_path": self.source_path, "outcome": self.outcome, "forgotten": self.forgotten.to_json()}
 
 
-LATEST_LOAD = f"SELECT load_id FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = %s"
+LATEST_LOAD = f"SELECT load_id, status FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = %s"
 
 
 def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneFiles) -> tuple[str | None, str | None]:
@@ -58,7 +60,8 @@ def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneF
     if latest is None:
         return None, f"{source_path}: the ledger knows no file by that path (see `consolidate status`)"
     on_disk = [str(part) for part in (Path(source_path), side_file(Path(source_path), "-wal")) if part.exists()]
-    if on_disk:
+    only_ever_failed = current is None and latest[1] == "failed"
+    if on_disk and not only_ever_failed:
         return None, (f"{source_path}: still on disk ({', '.join(on_disk)}); only a file that is gone can be "
                       "forgotten (`consolidate archive --remove-originals` removes one and keeps its bytes)")
     if gone.why_gone(source_path) == ARCHIVED:
