@@ -270,6 +270,30 @@ def test_a_build_after_one_that_built_only_int_memory_ranked_recomputes_the_mart
     assert run_dbt(["build", "--select", "reconciliation"], target, home, quiet=True).warnings == []
 
 
+def test_the_tests_check_everything_after_a_build_that_left_the_marts_untested(tmp_path, target, home):
+    """A run that built only int_memory_ranked (no test), then a passing test of something else: the next
+    tests check every entry, not only what changed since (the marts are as no passing test left them)."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])
+    do_sync(root, target, home)
+    write(db, "UPDATE memory_entries SET value = '\"changed\"', updated_at = ? WHERE key = 'k1'", (T0 + 60,))
+    do_sync(root, target, home)  # incremental, tested: the tests after it may check what changed since
+
+    def scoped() -> bool:
+        assert run_dbt(["test", "--select", "assert_flags_reach_the_marts"], target, home, quiet=True).success
+        compiled = next((home / "dbt" / "target" / "compiled").rglob("assert_flags_reach_the_marts.sql"))
+        return "with entries as" in compiled.read_text()
+
+    assert scoped()
+    assert run_dbt(["run", "--select", "int_memory_ranked"], target, home, quiet=True).success
+    assert run_dbt(["test", "--select", "assert_ledger_counts_match_raw"], target, home, quiet=True).success
+    assert not scoped()
+    for step in (1, 2):  # a full refresh (after that run), then an incremental build: tested, both
+        write(db, "UPDATE memory_entries SET value = ?, updated_at = ? WHERE key = 'k2'", (f'"{step}"', T0 + 90 + step))
+        do_sync(root, target, home)
+    assert scoped()
+
+
 def nodes_built(home: Path) -> tuple[set[str], set[str]]:
     """The models and the tests the last build under `home` ran (run_results.json), by name."""
     results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
