@@ -1,7 +1,8 @@
 {#-
     post_hook of every model: when this invocation swapped the model's table in (a table, or an incremental
     model's full refresh: the old one renamed `<name>__dbt_backup`, dropped with CASCADE after the commit),
-    every view built on the old relation is re-pointed at the new one first, in the same transaction: `create or replace view` with its definition naming the new relation and its options
+    every view built on the old relation is re-pointed at the new one first, in the same transaction:
+    `create or replace view` with its definition naming the new relation and its options
     (security_invoker, security_barrier, check_option), which keeps the view, its INSTEAD OF triggers and
     its grants. So the compatibility views, active_sessions and a user's own views never vanish while a
     full refresh runs, nor stay gone when it dies. The definitions are read with an empty search_path, so
@@ -28,15 +29,8 @@ declare
 begin
     perform set_config('search_path', '', true);
     for dependent in
-        select distinct rewrite.ev_class as view_oid
-        from pg_depend as dependency
-        inner join pg_rewrite as rewrite on rewrite.oid = dependency.objid
-        inner join pg_class as view_class on view_class.oid = rewrite.ev_class
-        where dependency.classid = 'pg_rewrite'::regclass
-          and dependency.refclassid = 'pg_class'::regclass
-          and dependency.refobjid = to_regclass({{ dbt.string_literal(backup | string) }})
-          and view_class.relkind = 'v'
-          and view_class.oid <> dependency.refobjid
+        select distinct reading.view_oid
+        from ({{ views_reading("to_regclass(" ~ dbt.string_literal(backup | string) ~ ")") }}) as reading
     loop
         for attempt in 1..3 loop
             begin
@@ -70,27 +64,17 @@ $do$
 {% macro keep_dependent_views_in_dbt_cache(relation) -%}
     {%- if execute and relation is not none and swaps_a_table() -%}
         {%- set dependents = run_query(
-            "with recursive dependent (oid) as (
-                 select rewrite.ev_class
-                 from pg_depend as dependency
-                 inner join pg_rewrite as rewrite on rewrite.oid = dependency.objid
-                 where dependency.classid = 'pg_rewrite'::regclass
-                   and dependency.refclassid = 'pg_class'::regclass
-                   and dependency.refobjid = to_regclass(" ~ dbt.string_literal(relation | string) ~ ")
-                   and rewrite.ev_class <> dependency.refobjid
+            "with recursive dependent (view_oid) as (
+                 " ~ views_reading("to_regclass(" ~ dbt.string_literal(relation | string) ~ ")") ~ "
                  union
-                 select rewrite.ev_class
+                 select reading.view_oid
                  from dependent
-                 inner join pg_depend as dependency
-                     on dependency.refobjid = dependent.oid and dependency.refclassid = 'pg_class'::regclass
-                 inner join pg_rewrite as rewrite on rewrite.oid = dependency.objid
-                 where dependency.classid = 'pg_rewrite'::regclass and rewrite.ev_class <> dependent.oid
+                 cross join lateral (" ~ views_reading("dependent.view_oid") ~ ") as reading
              )
              select namespace.nspname, view_class.relname
              from dependent
-             inner join pg_class as view_class on view_class.oid = dependent.oid
-             inner join pg_namespace as namespace on namespace.oid = view_class.relnamespace
-             where view_class.relkind = 'v'") -%}
+             inner join pg_class as view_class on view_class.oid = dependent.view_oid
+             inner join pg_namespace as namespace on namespace.oid = view_class.relnamespace") -%}
         {%- for schema_name, view_name in dependents.rows -%}
             {%- do adapter.cache_added(api.Relation.create(database=relation.database, schema=schema_name,
                                                            identifier=view_name, type='view')) -%}
@@ -102,4 +86,18 @@ $do$
 {#- Whether this model's run swaps a new table in for an existing one (the backup keep_dependent_views reads). -#}
 {% macro swaps_a_table() -%}
     {{ return(config.get('materialized') in ['table', 'incremental'] and not is_incremental()) }}
+{%- endmacro %}
+
+
+{#- The views (relkind v) whose definition reads the relation `relation_oid` (an SQL expression), as view_oid. -#}
+{% macro views_reading(relation_oid) -%}
+select rewrite.ev_class as view_oid
+from pg_depend as dependency
+inner join pg_rewrite as rewrite on rewrite.oid = dependency.objid
+inner join pg_class as view_class on view_class.oid = rewrite.ev_class
+where dependency.classid = 'pg_rewrite'::regclass
+  and dependency.refclassid = 'pg_class'::regclass
+  and dependency.refobjid = {{ relation_oid }}
+  and view_class.relkind = 'v'
+  and view_class.oid <> dependency.refobjid
 {%- endmacro %}
