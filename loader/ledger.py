@@ -1113,9 +1113,10 @@ def memory_models_left_whole(connection: psycopg.Connection, marts_schema: str) 
     """Whether the latest dbt invocation against the marts' schema that selected a memory model
     (consolidate.memory_builds: a `build`, a `run`'s build, any `consolidate dbt` command; one that selected
     none, like `source freshness`, `docs generate` or `test`, changed none of them, whatever its outcome)
-    finished with nothing failed and built all of them; True when there was none. One that failed, died or built only some (a
-    selection such as `dbt run --select int_memory_ranked`) may have left marts that do not hold what
-    int_memory_ranked does, which an incremental build, recomputing only what changed since, would keep."""
+    finished with nothing failed and built all of them; True when there was none. One that failed, died or
+    built only some (a selection such as `dbt run --select int_memory_ranked`) may have left marts that do
+    not hold what int_memory_ranked does, which an incremental build, recomputing only what changed since,
+    would keep."""
     row = connection.execute(
         sql.SQL("SELECT passed IS TRUE AND coalesce(memory_models, 'all') = 'all' FROM {} "
                 "WHERE marts_schema = %s AND memory_models IS DISTINCT FROM 'none' "

@@ -203,7 +203,8 @@ def statements(previous: PreviousState, load_id: str) -> list[tuple[sql.Composed
 # would stay the value although the delete came later (a service rolled back to its file deletes what it
 # wrote before). A write made since the file's previous load may be later than the delete: it stays the
 # value, as does another file's newer row; so the stamp is the earliest the delete can be, not the load's
-# time (a write still in flight while this load ran, committed after it, would otherwise lose to it). A file cut over to PostgreSQL records nothing (its writer is stale: split brain).
+# time (a write still in flight while this load ran, committed after it, would otherwise lose to it). A
+# file cut over to PostgreSQL records nothing (its writer is stale: split brain).
 RECORD_SQLITE_DELETES = """
 WITH retired_entries AS MATERIALIZED (
     SELECT DISTINCT ranked.namespace, ranked.key

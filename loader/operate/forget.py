@@ -48,20 +48,20 @@ class ForgetOutcome:
         return {"source_path": self.source_path, "outcome": self.outcome, "forgotten": self.forgotten.to_json()}
 
 
-LATEST_LOAD = f"SELECT load_id, status FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = %s"
+LATEST_LOAD = f"SELECT load_id FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = %s"
 
 
-def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneFiles) -> tuple[str | None, str | None]:
+def load_to_forget(connection: psycopg.Connection, source_path: str, gone: GoneFiles,
+                   never_loaded: dict[str, str]) -> tuple[str | None, str | None]:
     """(the load the forget names, None) when `source_path` can be forgotten, else (None, why not). The
     load is the file's current one or, for a file with none (a copy, or one that only ever failed), the
-    ledger's latest row of it."""
+    ledger's latest row of it. `never_loaded`: ledger.never_loaded_files."""
     current = ledger.current_load_of(connection, source_path)
     latest = connection.execute(LATEST_LOAD, (source_path,)).fetchone()
     if latest is None:
         return None, f"{source_path}: the ledger knows no file by that path (see `consolidate status`)"
     on_disk = [str(part) for part in (Path(source_path), side_file(Path(source_path), "-wal")) if part.exists()]
-    only_ever_failed = current is None and latest[1] == "failed"
-    if on_disk and not only_ever_failed:
+    if on_disk and source_path not in never_loaded:
         return None, (f"{source_path}: still on disk ({', '.join(on_disk)}); only a file that is gone can be "
                       "forgotten (`consolidate archive --remove-originals` removes one and keeps its bytes)")
     if gone.why_gone(source_path) == ARCHIVED:
@@ -74,7 +74,9 @@ def forget(target: Target, sources: Sequence[Path | str], *, note: str | None = 
     refused."""
     with ledger.recording(target, sources, "consolidate.forget") as (connection, paths):
         gone = ledger.gone_files(connection)
-        checked = {path: load_to_forget(connection, path, gone) for path in paths if path not in gone.forgotten}
+        never_loaded = ledger.never_loaded_files(connection)
+        checked = {path: load_to_forget(connection, path, gone, never_loaded)
+                   for path in paths if path not in gone.forgotten}
         refused = [reason for _, reason in checked.values() if reason]
         if refused:
             raise ForgetError("\n".join(refused))
