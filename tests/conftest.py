@@ -244,9 +244,7 @@ def v2_file(path: Path, rows) -> Path:
 
 def write(path: Path, statement: str, parameters=()) -> None:
     """One statement on a SQLite file, committed."""
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        connection.execute(statement, parameters)
-        connection.commit()
+    change(path, (statement, parameters))
 
 
 NUMBERED_T0 = 1_750_000_000
