@@ -7,6 +7,7 @@ loader."""
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from loader.load.secret_policy import SecretPolicy
 from loader.pipeline import run, sync, validate
 from loader.transform.build import run_dbt
 
-from conftest import NUMBERED_T0, change, numbered_v2_file, rows_by_rowid
+from conftest import NUMBERED_T0, change, consolidate, numbered_v2_file, read_private_copy, rows_by_rowid
 
 POLICY = SecretPolicy(key=b"delta test key")
 T0 = NUMBERED_T0
@@ -88,6 +89,34 @@ def test_a_changed_file_stores_only_its_changed_rows_and_the_marts_equal_a_full_
     validation = validate(target, home, sample_size=1000, seed=1)
     assert validation.passed, validation.to_json()
     check_against_full_refresh(target, home)
+
+
+def test_a_change_load_reports_the_rows_it_stored_beside_the_files_rows(tmp_path, target, home):
+    root, copies = tmp_path / "tree", tmp_path / "copies"
+    copies.mkdir()
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 80)
+    assert run([root], target, home, backup_to=None, quiet=True).reconciled
+    before = {table: read_private_copy(db, copies, f"SELECT rowid, * FROM {table}") for table in tables_of(db, copies)}
+    change(db, ("UPDATE memory_entries SET value = '\"new\"', updated_at = ? WHERE key = 'key-5'", (T0 + 900,)),
+           ("INSERT INTO memory_entries (key, value, namespace, created_at, updated_at) VALUES ('added', '2', 'default', ?, ?)",
+            (T0 + 900, T0 + 900)))
+    after = {table: read_private_copy(db, copies, f"SELECT rowid, * FROM {table}") for table in tables_of(db, copies)}
+    stored = sum(len(set(after[table]) - set(before.get(table, []))) for table in after)  # new or changed rows
+    assert stored >= 2
+
+    loaded = consolidate("load", str(root), "--json", target=target, home=home)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    (file,) = json.loads(loaded.stdout)["files"]
+    assert (file["rows_loaded"], file["rows_stored"]) == (sum(map(len, after.values())), stored)
+    change(db, ("DELETE FROM memory_entries WHERE key = 'key-6'",),
+           ("UPDATE memory_entries SET value = '\"again\"', updated_at = ? WHERE key = 'key-7'", (T0 + 901,)))
+    again = consolidate("load", str(root), target=target, home=home)  # one changed row; the progress line says so
+    assert again.returncode == 0 and f"{sum(map(len, after.values())) - 1:,} rows, 1 of them changed and stored" \
+        in again.stderr, again.stderr
+
+
+def tables_of(db: Path, copies: Path) -> list[str]:
+    return [name for (name,) in read_private_copy(db, copies, "SELECT name FROM sqlite_master WHERE type = 'table'")]
 
 
 def test_two_change_loads_in_a_row_without_a_build_between_chain_and_equal_a_full_refresh(tmp_path, target, home):

@@ -231,6 +231,12 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert built.returncode == 0, built.stderr[-2000:]
     outcome = json.loads(built.stdout)
     assert outcome["success"] and outcome["passed"] > 0 and outcome["failures"] == []
+    # counted as dbt's summary counts (PASS=...): models and tests, not the hooks dbt also reports
+    results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
+    nodes = [r for r in results if not r["unique_id"].startswith("operation.")]
+    assert len(nodes) < len(results) and outcome["not_run"] == outcome["warned"] == 0
+    assert {r["status"] for r in nodes} == {"success", "pass", "no-op"}  # no-op: the exposures
+    assert outcome["passed"] == sum(r["status"] in ("success", "pass") for r in nodes)
 
     def dbt(*arguments: str):
         return consolidate("dbt", "--dsn", target.dsn, "--home", str(home), "--", *arguments)

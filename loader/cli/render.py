@@ -146,9 +146,15 @@ def load_progress(quiet: bool) -> Callable[[FileOutcome], None]:
     def progress(outcome: FileOutcome) -> None:
         if not quiet:
             colour = "red" if outcome.status == "failed" else "green"
-            rows = f" ({outcome.rows_loaded:,} rows)" if outcome.status == "loaded" else ""  # others load none
+            rows = f" ({loaded_rows(outcome)})" if outcome.status == "loaded" else ""  # others load none
             err.print(f"  [{colour}]{outcome.status:>9}[/{colour}] {escape(str(outcome.source.source_db))}{rows}")
     return progress
+
+
+def loaded_rows(outcome: FileOutcome) -> str:
+    if outcome.rows_stored == outcome.rows_loaded:
+        return f"{outcome.rows_loaded:,} rows"
+    return f"{outcome.rows_loaded:,} rows, {outcome.rows_stored:,} of them changed and stored"
 
 
 def load_table(outcome: LoadOutcome) -> Table:
@@ -156,7 +162,9 @@ def load_table(outcome: LoadOutcome) -> Table:
     for column in ("file", "kind", "status", "rows in SQLite", "rows loaded", "note"):
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
     for f in outcome.files:
-        note_text = "see below" if f.error else (f"copy of {escape(str(f.source.copy_of))}" if f.source.copy_of else "")
+        note_text = "see below" if f.error else (f"copy of {escape(str(f.source.copy_of))}" if f.source.copy_of else
+                                                  f"{f.rows_stored:,} changed rows stored" if f.rows_stored < f.rows_loaded
+                                                  else "")
         table.add_row(file_label(f.source.source_db), f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
                       f"{f.rows_loaded:,}", note_text)
     return table
@@ -193,7 +201,8 @@ def built(outcome: BuildOutcome, as_json: bool) -> None:
     if outcome.skipped:
         out.print("build skipped: nothing changed since the last passing build")
     elif outcome.success:
-        out.print(f"build passed: {outcome.passed:,} models and tests")
+        warned = f" ({outcome.warned:,} with a warning)" if outcome.warned else ""
+        out.print(f"build passed: {outcome.passed + outcome.warned:,} models and tests{warned}")
     elif not outcome.failures:
         out.print("[red]build failed[/red] (dbt's output above says why)")
 

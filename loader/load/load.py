@@ -83,7 +83,8 @@ class FileOutcome:
     source: SourceFile
     status: str
     rows_in_sqlite: int = 0
-    rows_loaded: int = 0
+    rows_loaded: int = 0  # the file's rows in raw now (a change load: its stored rows and the unchanged ones)
+    rows_stored: int = 0  # rows this load wrote to raw (a change load: the inserted and changed ones only)
     error: str | None = None
     tables: dict[str, int] = field(default_factory=dict)
     # Tables read by the Python fallback, with the ledger's note (why, and what was stored as hex).
@@ -92,7 +93,7 @@ class FileOutcome:
     def to_json(self) -> dict:
         return {"source_path": str(self.source.path), "source_db": self.source.source_db,
                 "kind": self.source.kind, "status": self.status, "rows_in_sqlite": self.rows_in_sqlite,
-                "rows_loaded": self.rows_loaded, "error": self.error, "tables": self.tables,
+                "rows_loaded": self.rows_loaded, "rows_stored": self.rows_stored, "error": self.error, "tables": self.tables,
                 "fallback_tables": self.fallback_tables,
                 "copy_of": str(self.source.copy_of) if self.source.copy_of else None}
 
@@ -455,6 +456,12 @@ def record_file(cursor, record: ledger.FileRecord, plans: list[TablePlan], outco
     ledger.record_file(cursor, record)
 
 
+STORED_ROWS = f"""
+SELECT coalesce(sum(rows_loaded - rows_unchanged), 0)::bigint FROM {ledger.LEDGER_SCHEMA}.load_tables
+WHERE load_id = %s AND source_path = %s
+"""
+
+
 def keep_changed_rows_only(cursor, previous: delta.PreviousState | None, load_id: str) -> None:
     """The CSV path: make the load, whose rows and ledger rows are in, a delta of the file's previous state
     (loader/load/delta.py)."""
@@ -507,9 +514,11 @@ def load_directly(context: FileContext, plans: list[TablePlan], ddl: list[sql.Co
                     except duckdb.Error as error:
                         raise unkeyable_row_failure(error) from None
             record_file(cursor, record, plans, outcome)
+            outcome.rows_stored = outcome.rows_loaded
             if context.previous is not None:
                 for statement, parameters in delta.record_changes(context.previous, record.load_id, changes):
                     cursor.execute(statement, parameters)
+                outcome.rows_stored = sum(found.inserted + found.updated for found in changes)
             duck.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
@@ -534,6 +543,7 @@ def load_through_csv(context: FileContext, plans: list[TablePlan], ddl: list[sql
             record_table(cursor, context, record, plan, result, outcome)
         record_file(cursor, record, plans, outcome)
         keep_changed_rows_only(cursor, context.previous, record.load_id)
+        outcome.rows_stored, = cursor.execute(STORED_ROWS, (record.load_id, record.source_path)).fetchone()
         for plan in plans:
             check = unkeyable_memory_rows(context.kind, context.schema, plan, record.load_id, record.source_path)
             if check is not None:

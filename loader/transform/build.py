@@ -34,7 +34,9 @@ from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 @dataclass
 class BuildOutcome:
     success: bool
-    passed: int = 0
+    passed: int = 0  # models, tests, seeds and snapshots that passed, as dbt's own summary counts them (PASS)
+    warned: int = 0  # ... that passed with a warning (WARN)
+    not_run: int = 0  # ... that dbt skipped because a node they depend on failed (SKIP)
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
     crashed: bool = False  # dbt itself failed (bad arguments, no connection): no model or test ran to fail
@@ -45,8 +47,8 @@ class BuildOutcome:
         return ExitCode.OK if self.success else ExitCode.NOT_RECONCILED
 
     def to_json(self) -> dict:
-        return {"success": self.success, "passed": self.passed, "failures": self.failures, "skipped": self.skipped,
-                "crashed": self.crashed}
+        return {"success": self.success, "passed": self.passed, "warned": self.warned, "not_run": self.not_run,
+                "failures": self.failures, "skipped": self.skipped, "crashed": self.crashed}
 
 
 def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
@@ -158,8 +160,14 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
     for unique_id, status, message in invocation.results:
         if status in ("error", "fail", "runtime error"):
             outcome.failures.append(target.redact(f"{unique_id}: {message}"))
-        else:
+        elif unique_id.startswith("operation."):
+            continue  # a hook that ran: dbt's summary counts none
+        elif status in ("success", "pass"):
             outcome.passed += 1
+        elif status == "warn":
+            outcome.warned += 1
+        elif status == "skipped":
+            outcome.not_run += 1
     if not outcome.success and not outcome.failures:
         outcome.failures.append(target.redact(invocation.exception or "dbt failed; see its output above"))
     return outcome
