@@ -514,6 +514,26 @@ CREATE INDEX IF NOT EXISTS load_files_by_path ON {LEDGER_SCHEMA}.load_files (sou
 -- selected them died, or for an invocation from before this column.
 ALTER TABLE {LEDGER_SCHEMA}.memory_builds ADD COLUMN IF NOT EXISTS memory_models text;
 """,
+    # 15: the rule both the builds (loader/transform/build.py can_build_incrementally) and the tests' scope
+    # (dbt_project/macros/incremental_memory.sql memory_test_scope) read from the record of migration 14.
+    f"""
+-- Whether the latest dbt invocation against marts_schema that selected a memory model (other than
+-- `besides`: the invocation asking) finished with nothing failed and built all of them, and, when `tested`,
+-- ran tests: the marts then hold what int_memory_ranked does, so an incremental build may continue from
+-- them (and its tests check only what changed). One that failed, died (passed NULL) or built only some
+-- (a selection) may have left marts that do not. True when there was none; NULL memory_models (an
+-- invocation from before migration 14 that finished) counts as 'all'.
+CREATE OR REPLACE FUNCTION {LEDGER_SCHEMA}.memory_models_left_whole(marts_schema text, besides text DEFAULT NULL,
+                                                                 tested boolean DEFAULT false)
+RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce((
+        SELECT b.passed IS TRUE AND coalesce(b.memory_models, 'all') = 'all' AND (NOT tested OR b.tests_run > 0)
+        FROM {LEDGER_SCHEMA}.memory_builds AS b
+        WHERE b.marts_schema = memory_models_left_whole.marts_schema
+          AND b.invocation_id IS DISTINCT FROM besides AND b.memory_models IS DISTINCT FROM 'none'
+        ORDER BY b.started_at DESC LIMIT 1), true)
+$$;
+""",
 ]
 
 VERSION_DDL = f"""
@@ -1116,12 +1136,9 @@ def memory_models_left_whole(connection: psycopg.Connection, marts_schema: str) 
     finished with nothing failed and built all of them; True when there was none. One that failed, died or
     built only some (a selection such as `dbt run --select int_memory_ranked`) may have left marts that do
     not hold what int_memory_ranked does, which an incremental build, recomputing only what changed since,
-    would keep."""
-    row = connection.execute(
-        sql.SQL("SELECT passed IS TRUE AND coalesce(memory_models, 'all') = 'all' FROM {} "
-                "WHERE marts_schema = %s AND memory_models IS DISTINCT FROM 'none' "
-                "ORDER BY started_at DESC LIMIT 1").format(table("memory_builds")), (marts_schema,)).fetchone()
-    return row is None or row[0]
+    would keep. The rule is the ledger's SQL function (migration 15), which the tests' scope reads too."""
+    return connection.execute(sql.SQL("SELECT {}(%s)").format(table("memory_models_left_whole")),
+                              (marts_schema,)).fetchone()[0]
 
 
 def latest_build(connection: psycopg.Connection, marts_schema: str) -> tuple[str, bool, bool | None] | None:

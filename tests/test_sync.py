@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from loader import ledger
 from loader.database import Target
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.fixtures.claude_flow_v3 import V3_DDL
@@ -291,6 +292,21 @@ def test_the_tests_check_everything_after_a_build_that_left_the_marts_untested(t
     for step in (1, 2):  # a full refresh (after that run), then an incremental build: tested, both
         write(db, "UPDATE memory_entries SET value = ?, updated_at = ? WHERE key = 'k2'", (f'"{step}"', T0 + 90 + step))
         do_sync(root, target, home)
+    assert scoped()
+
+    # a `dbt run` of memory models killed before its end leaves its row as on-run-start wrote it (no outcome,
+    # memory_models NULL); a passing test of something else after it does not make the marts tested
+    with target.connect() as connection:
+        connection.execute("INSERT INTO consolidate.memory_builds (invocation_id, marts_schema, write_watermark) "
+                           "VALUES ('killed-run', 'public', 0)")
+        assert not ledger.memory_models_left_whole(connection, "public")  # the builds: a full refresh next
+    assert run_dbt(["test", "--select", "assert_ledger_counts_match_raw"], target, home, quiet=True).success
+    assert not scoped()
+    for step in (3, 4):  # a full refresh, then an incremental build
+        write(db, "UPDATE memory_entries SET value = ?, updated_at = ? WHERE key = 'k2'", (f'"{step}"', T0 + 90 + step))
+        do_sync(root, target, home)
+    with target.connect() as connection:
+        assert ledger.memory_models_left_whole(connection, "public")
     assert scoped()
 
 

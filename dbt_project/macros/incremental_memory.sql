@@ -264,16 +264,14 @@ update consolidate.memory_builds set reconciled = true where invocation_id = '{{
     {%- if load_changes is none -%}
         {{ return('full') }}
     {%- endif -%}
-    {%- set earlier = "from consolidate.memory_builds where marts_schema = '" ~ target.schema
-                      ~ "' and invocation_id <> '" ~ invocation_id ~ "'" -%}
     {#- the latest invocation ran tests and all passed, and the latest that built memory models built all of
-        them and tested them (ledger.memory_models_left_whole): a `dbt run`, a failed build or a selection in
-        between leaves marts no test has passed since -#}
+        them and tested them (the ledger's memory_models_left_whole, the rule the builds read too): a `dbt
+        run`, a failed or killed build or a selection in between leaves marts no test has passed since -#}
     {%- set found = run_query(
         "select exists (select 1 from " ~ load_changes ~ " where change = 'full'), "
-        ~ "(select passed and tests_run > 0 " ~ earlier ~ " order by started_at desc limit 1), "
-        ~ "coalesce((select passed and tests_run > 0 and coalesce(memory_models, 'all') = 'all' " ~ earlier
-        ~ " and memory_models is distinct from 'none' order by started_at desc limit 1), true)").rows[0] -%}
+        ~ "coalesce((select passed and tests_run > 0 from consolidate.memory_builds where marts_schema = '"
+        ~ target.schema ~ "' and invocation_id <> '" ~ invocation_id ~ "' order by started_at desc limit 1), false), "
+        ~ "consolidate.memory_models_left_whole('" ~ target.schema ~ "', '" ~ invocation_id ~ "', true)").rows[0] -%}
     {{ return('incremental' if not found[0] and found[1] and found[2] else 'full') }}
 {%- endmacro %}
 
