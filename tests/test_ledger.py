@@ -88,3 +88,20 @@ def test_ensure_applies_each_migration_once_and_refuses_a_newer_ledger(target):
                            (len(ledger.MIGRATIONS) + 1,))
         with pytest.raises(ledger.LedgerTooNew, match="upgrade consolidate"):
             ledger.ensure(connection)
+
+
+def test_every_command_refuses_a_newer_ledger_as_a_usage_error(target, home, tmp_path):
+    """A ledger a later release wrote: exit 2 and one line naming it (a JSON document with --json), no
+    traceback, nothing written."""
+    with target.connect(autocommit=True) as connection:
+        ledger.ensure(connection)
+        connection.execute("INSERT INTO consolidate.schema_version (version, tool_version) VALUES (%s, 'later')",
+                           (len(ledger.MIGRATIONS) + 1,))
+    write_sample(tmp_path / "tree")
+    for command in (["sync", str(tmp_path / "tree"), "--json"], ["load", str(tmp_path / "tree"), "--json"], ["build"]):
+        result = consolidate(*command, target=target, home=home)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (command, result.stderr[-2000:])
+        assert "newer than this consolidate" in result.stderr, result.stderr
+        if "--json" in command:
+            assert json.loads(result.stdout)["exit_code"] == 2
+    assert fetch(target, "SELECT count(*) FROM consolidate.loads") == [(0,)]

@@ -14,7 +14,7 @@ import psycopg
 import typer
 from typer import rich_utils
 
-from loader import pipeline
+from loader import ledger, pipeline
 from loader.backup import backup as backup_stage
 from loader.cli import render
 from loader.database import (
@@ -659,7 +659,7 @@ def main() -> None:
     except typer.Abort:
         rich_utils.rich_abort_error()
         sys.exit(1)
-    except BadDsn as error:
+    except (BadDsn, ledger.LedgerTooNew) as error:
         usage_failure(redacted_message(error))
     except psycopg.OperationalError as error:
         message = redacted_message(error)
