@@ -534,6 +534,13 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
         ORDER BY b.started_at DESC LIMIT 1), true)
 $$;
 """,
+    # 16: split brain names the entries a cut-over file deleted (loader/operate/cutover.py).
+    f"""
+-- The memory entries whose rows the file deleted since the cutover, with no write in PostgreSQL since
+-- (those are in `entries`): [{{"namespace", "key"}}]. The file's version of each left the marts; one
+-- that had no other version is no longer in them (`consolidate lineage` shows its last value).
+ALTER TABLE {LEDGER_SCHEMA}.split_brain ADD COLUMN IF NOT EXISTS deleted_entries jsonb NOT NULL DEFAULT '[]';
+""",
 ]
 
 VERSION_DDL = f"""

@@ -111,6 +111,10 @@ def test_a_cut_over_file_that_changes_is_still_loaded_and_reported_as_split_brai
     write(source, "UPDATE memory_entries SET value = '\"sqlite 3\"', updated_at = ? WHERE key = 'shared'", (T0 + 90,))
     human = consolidate("sync", str(tree), "--no-build", target=target, home=home)
     assert "split brain" in human.stderr and "default/shared" in human.stderr
+    write(source, "DELETE FROM memory_entries WHERE key = 'untouched'")  # the file's alone: named as deleted
+    human = consolidate("sync", str(tree), target=target, home=home)
+    assert "deleted in SQLite" in human.stderr and "default/untouched" in human.stderr, human.stderr
+    assert fetch(target, "SELECT count(*) FROM unified_memory WHERE key = 'untouched'") == [(0,)]
 
 
 def entry_rows(path: Path, folder: Path) -> dict[int, tuple]:
@@ -145,11 +149,11 @@ def test_split_brain_after_row_level_change_loads_compares_the_file_states(tmp_p
         for key in ("k1", "k2", "k3"):  # k1 is changed in SQLite too, k2 deleted, k3 left as it is
             memory.set(key, "written in postgresql")
     write(source, "UPDATE memory_entries SET value = '\"sqlite\"', updated_at = ? WHERE key = 'k1'", (T0 + 60,))
-    write(source, "DELETE FROM memory_entries WHERE key = 'k2'")
+    write(source, "DELETE FROM memory_entries WHERE key IN ('k2', 'k5')")  # k5: only ever in the file
     write(source, "INSERT INTO memory_entries (key, value, namespace, created_at, updated_at, accessed_at) "
                   "VALUES ('k-new', '\"s\"', 'default', ?, ?, ?)", (T0 + 60,) * 3)
     changed = entries_changed(at_cutover, entry_rows(source, tmp_path / "copy"))
-    assert changed == {("default", "k1"): "updated", ("default", "k2"): "deleted",
+    assert changed == {("default", "k1"): "updated", ("default", "k2"): "deleted", ("default", "k5"): "deleted",
                        ("default", "k-new"): "inserted"}
 
     report = run_json("sync", str(tree), "--no-build", target=target, home=home)
@@ -161,6 +165,12 @@ def test_split_brain_after_row_level_change_loads_compares_the_file_states(tmp_p
     written = {("default", key) for key in ("k1", "k2", "k3")}
     assert [(e["namespace"], e["key"], e["sqlite_change"], e["postgres_writes"]) for e in split["written_on_both_sides"]] \
         == [(*entry, change, 1) for entry, change in sorted(changed.items()) if entry in written]
+    # the entries the file deleted that PostgreSQL did not write: named, since their file version left the marts
+    deleted_only = [{"namespace": namespace, "key": key} for (namespace, key), change in sorted(changed.items())
+                    if change == "deleted" and (namespace, key) not in written]
+    assert split["deleted_in_sqlite"] == deleted_only == [{"namespace": "default", "key": "k5"}]
+    assert fetch(target, "SELECT deleted_entries FROM consolidate.split_brain WHERE load_id = %s",
+                 (report["load_id"],)) == [(deleted_only,)]
 
     # one more change load: still compared with the baseline (k2's deletion by the load before counts)
     write(source, "UPDATE memory_entries SET value = '\"later\"', updated_at = ? WHERE key = 'k4'", (T0 + 90,))
@@ -169,6 +179,7 @@ def test_split_brain_after_row_level_change_loads_compares_the_file_states(tmp_p
     assert fetch(target, "SELECT delta_of FROM consolidate.load_files WHERE load_id = %s",
                  (later["load_id"],)) == [(report["load_id"],)]
     (split,) = later["split_brain"]
-    assert split["sqlite_entries"] == len(changed) == 4
+    assert split["sqlite_entries"] == len(changed) == 5
     assert [(e["namespace"], e["key"], e["sqlite_change"]) for e in split["written_on_both_sides"]] == \
         [(*entry, change) for entry, change in sorted(changed.items()) if entry in written]
+    assert split["deleted_in_sqlite"] == deleted_only

@@ -24,8 +24,9 @@ Loads made by `consolidate load` / `run` are diffed too: every sync first detect
 
 A load of a file cut over to PostgreSQL (`consolidate cutover`) made after its cutover is checked for
 split brain (loader/operate/cutover.py, called by pipeline.sync after the change detection): the file
-changed although its service writes to PostgreSQL. It is loaded all the same (nothing lost); the report
-warns and names the entries written on both sides (`pipeline.SyncReport.split_brain`).
+changed although its service writes to PostgreSQL. It is loaded all the same (every version kept); the
+report warns and names the entries written on both sides and those the file deleted
+(`pipeline.SyncReport.split_brain`).
 
 The build is incremental (loader/transform/build.py): only the entries of the files whose current load
 changed are recomputed, and, after a build whose tests passed, the heavy tests check only those. dbt's

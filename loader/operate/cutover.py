@@ -175,20 +175,28 @@ class SplitBrain:
     sqlite_entries: int  # memory entries the file changed since the cutover
     other_rows: int  # rows of its other tables changed since (sync's load_changes)
     entries: list[dict] = field(default_factory=list)  # of the entries, those also written in PostgreSQL
+    deleted: list[dict] = field(default_factory=list)  # of the entries, those the file deleted (and not those)
 
     def to_json(self) -> dict:
         return {"source_path": self.source_path, "load_id": self.load_id,
                 "cut_over_at": self.cutover.cut_over_at.isoformat(), "sqlite_entries": self.sqlite_entries,
-                "other_rows": self.other_rows, "written_on_both_sides": self.entries}
+                "other_rows": self.other_rows, "written_on_both_sides": self.entries, "deleted_in_sqlite": self.deleted}
 
     def message(self) -> str:
         both = ", ".join(f"{e['namespace']}/{e['key']} ({e['sqlite_change']} in SQLite, "
                          f"{e['postgres_writes']} write(s) in PostgreSQL)" for e in self.entries)
+        deleted = ", ".join(f"{e['namespace']}/{e['key']}" for e in self.deleted[:MESSAGE_ENTRIES])
+        more = f" and {len(self.deleted) - MESSAGE_ENTRIES} more" if len(self.deleted) > MESSAGE_ENTRIES else ""
         return (f"split brain: {self.source_path} changed after its cutover at {self.cutover.cut_over_at:%Y-%m-%d %H:%M:%S%z} "
-                f"(loaded, nothing lost: the latest updated_at wins); {self.sqlite_entries} entr"
-                f"{'y' if self.sqlite_entries == 1 else 'ies'} changed in SQLite"
+                f"(loaded: the latest updated_at wins, a version it replaces stays in unified_memory_history); "
+                f"{self.sqlite_entries} entr{'y' if self.sqlite_entries == 1 else 'ies'} changed in SQLite"
                 + (f" and {self.other_rows} row(s) of its other tables" if self.other_rows else "")
-                + (f"; written on both sides: {both}" if both else "; none written in PostgreSQL since"))
+                + (f"; written on both sides: {both}" if both else "; none written in PostgreSQL since")
+                + (f"; deleted in SQLite, so the file's version left the marts (an entry with no other version is "
+                   f"gone from them; `consolidate lineage` shows its last value): {deleted}{more}" if deleted else ""))
+
+
+MESSAGE_ENTRIES = 20  # entries named in the warning's text (--json and consolidate.split_brain name all)
 
 
 # Loads of cut-over files after their cutover's baseline load, not checked yet, oldest first. "After" in
@@ -245,9 +253,12 @@ SELECT (SELECT count(*) FROM entries),
        coalesce(jsonb_agg(jsonb_build_object(
            'namespace', e.namespace, 'key', e.key, 'sqlite_change', e.sqlite_change,
            'postgres_writes', p.writes, 'last_written_at', p.last_written_at,
-           'last_written_by', p.last_written_by) ORDER BY e.namespace, e.key), '[]'::jsonb)
+           'last_written_by', p.last_written_by) ORDER BY e.namespace, e.key)
+           FILTER (WHERE p.writes IS NOT NULL), '[]'::jsonb),
+       coalesce(jsonb_agg(jsonb_build_object('namespace', e.namespace, 'key', e.key) ORDER BY e.namespace, e.key)
+           FILTER (WHERE p.writes IS NULL AND e.sqlite_change = 'deleted'), '[]'::jsonb)
 FROM entries AS e
-JOIN postgres AS p USING (namespace, key)
+LEFT JOIN postgres AS p USING (namespace, key)
 """
 
 
@@ -265,7 +276,9 @@ def rows_of_state(relation: tuple[str, str] | None, columns: list[str], present:
         state=in_state("r", MEMORY_TABLES[kind], load_param))
 
 
-def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -> tuple[int, list[dict]]:
+def entries_changed_since_cutover(connection: psycopg.Connection, check: dict) -> tuple[int, list[dict], list[dict]]:
+    """The memory entries whose rows the load changed since the cutover's (a count), those of them written in
+    PostgreSQL since, and those of the others the file deleted."""
     table = MEMORY_TABLES[check["kind"]]
     old = connection.execute(RAW_TABLE_OF, (check["baseline_load_id"], check["source_path"], table)).fetchone()
     new = connection.execute(RAW_TABLE_OF, (check["load_id"], check["source_path"], table)).fetchone()
@@ -276,8 +289,8 @@ def entries_written_on_both_sides(connection: psycopg.Connection, check: dict) -
         old=rows_of_state(old, columns, old_columns, check["kind"], "baseline_load_id"),
         new=rows_of_state(new, columns, new_columns, check["kind"], "load_id"),
         write_log=sql.Identifier(WRITE_LOG_SCHEMA, "memory_writes"))
-    count, entries = connection.execute(statement, {**check, "sqlite_delete": SQLITE_DELETE_VIA}).fetchone()
-    return count, entries
+    count, entries, deleted = connection.execute(statement, {**check, "sqlite_delete": SQLITE_DELETE_VIA}).fetchone()
+    return count, entries, deleted
 
 
 # Rows of the file's other tables changed by its loads after the baseline up to this one, as sync's change
@@ -306,21 +319,21 @@ def detect_split_brain(connection: psycopg.Connection) -> list[SplitBrain]:
         same_bytes = (check["source_sha256"], check["wal_sha256"]) == (check["baseline_sha256"],
                                                                        check["baseline_wal_sha256"])
         with connection.transaction():
-            count, entries, other_rows = 0, [], 0
+            count, entries, deleted, other_rows = 0, [], [], 0
             if not same_bytes:
-                count, entries = entries_written_on_both_sides(connection, check)
+                count, entries, deleted = entries_changed_since_cutover(connection, check)
                 (other_rows,) = connection.execute(
                     OTHER_ROWS_CHANGED, {**check, "memory_table": MEMORY_TABLES[check["kind"]]}).fetchone()
             changed = count > 0 or other_rows > 0
             inserted = connection.execute(
                 f"INSERT INTO {LEDGER_SCHEMA}.split_brain (load_id, source_path, cutover_id, changed, "
-                "sqlite_entries, other_rows, entries) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "sqlite_entries, other_rows, entries, deleted_entries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING RETURNING 1",
                 (check["load_id"], check["source_path"], check["cutover_id"], changed, count, other_rows,
-                 Jsonb(entries))).fetchone()
+                 Jsonb(entries), Jsonb(deleted))).fetchone()
         if changed and inserted:
             found.append(SplitBrain(check["source_path"], check["load_id"], cutover_record, count, other_rows,
-                                    entries))
+                                    entries, deleted))
     return found
 
 
