@@ -314,6 +314,16 @@ def test_the_v3_view_refuses_what_v3s_table_refuses_and_rollback_names_an_entry_
             (f"UPDATE {V3_VIEW} SET status = 'purged' WHERE id = %s", (entry_id,), "status 'purged' is not one of")):
         with target.connect() as connection, pytest.raises(psycopg.errors.CheckViolation, match=words):
             connection.execute(statement, parameters)
+    # a NULL where the application's table has NOT NULL (the marts would keep it as JSON null), in each view
+    for statement, parameters, column in (
+            (f"INSERT INTO {V3_VIEW} (key, namespace, content) VALUES ('null-content', 'n', NULL)", (), "content"),
+            (f"UPDATE {V3_VIEW} SET content = NULL WHERE id = %s", (entry_id,), "content"),
+            ("INSERT INTO compat.memory_entries (key, namespace, value) VALUES ('null-value', 'n', NULL)", (), "value"),
+            ("INSERT INTO compat_extended_memory.memory_store (key, value, type) VALUES ('null-value', NULL, 'str')",
+             (), "value")):
+        with target.connect() as connection, pytest.raises(psycopg.errors.NotNullViolation, match=f"{column} cannot be NULL"):
+            connection.execute(statement, parameters)
+    assert fetch(target, "SELECT count(*) FROM raw_postgres.memory_writes WHERE key LIKE 'null-%%'") == [(0,)]
     with target.connect() as connection:  # allowed values and an update leaving them as they are pass
         connection.execute(f"UPDATE {V3_VIEW} SET status = 'archived', type = 'episodic' WHERE id = %s", (entry_id,))
         connection.execute(f"UPDATE {V3_VIEW} SET content = 'kept type' WHERE id = %s", (entry_id,))

@@ -231,7 +231,7 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert built.returncode == 0, built.stderr[-2000:]
     outcome = json.loads(built.stdout)
     assert outcome["success"] and outcome["passed"] > 0 and outcome["failures"] == []
-    # counted as dbt's summary counts (PASS=...): models and tests, not the hooks dbt also reports
+    # models and tests that passed: not the hooks and exposures run_results.json also lists
     results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())["results"]
     nodes = [r for r in results if not r["unique_id"].startswith("operation.")]
     assert len(nodes) < len(results) and outcome["not_run"] == outcome["warned"] == 0
@@ -261,6 +261,13 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert missing.returncode == 6 and json.loads(missing.stdout) == []
     elsewhere = consolidate("lineage", "alpha", "--schema", "no_such_schema", target=target, home=home)
     assert elsewhere.returncode == 2 and "no_such_schema.unified_memory" in elsewhere.stderr, elsewhere.stderr
+
+    # debug, which takes no --target-path (consolidate must not add one), and clean: HOME's artifacts only
+    debugged = dbt("debug")
+    assert debugged.returncode == 0 and "All checks passed" in debugged.stdout, debugged.stdout[-2000:] + debugged.stderr
+    cleaned = dbt("clean")
+    assert cleaned.returncode == 0 and not (home / "dbt" / "target").exists() and not (home / "dbt" / "logs").exists()
+    assert str(home / "dbt" / "target") in cleaned.stderr.replace("\n", "") and "project" not in cleaned.stderr
 
     # run-operation: its results name macros, not nodes
     operation = dbt("run-operation", "create_udfs")

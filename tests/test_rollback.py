@@ -359,6 +359,8 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
         memory.set(changed_key, "now a string", namespace="extended-memory")
         memory.set("rollback:new", {"a": [1, 2]}, namespace="extended-memory")
         memory.set("rollback:elsewhere", 1, namespace="not-extended-memory")
+        memory.set("rollback:expiring", "soon", namespace="extended-memory", ttl=3600)
+        memory.set("rollback:described", 7, namespace="extended-memory", metadata={"owner": "me"})
         assert memory.delete(deleted_key, namespace="extended-memory")
     destination = tmp_path / "rolled-back.db"
 
@@ -371,7 +373,8 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
     assert schema_of(written) == schema_of(original)
     assert typed_rows(written, "metadata") == typed_rows(original, "metadata")
     after = typed_rows(written, "memory_store")
-    assert {r: row for r, row in after.items() if row["key"][1] not in (changed_key, "rollback:new")} == \
+    new_keys = (changed_key, "rollback:new", "rollback:expiring", "rollback:described")
+    assert {r: row for r, row in after.items() if row["key"][1] not in new_keys} == \
         {r: row for r, row in rows.items() if row["key"][1] not in (changed_key, deleted_key)}
     pg = {key: postgres_rows(target, "SELECT * FROM unified_memory WHERE namespace = 'extended-memory' AND key = %s",
                              (key,))[0] for key in (changed_key, "rollback:new")}
@@ -391,6 +394,11 @@ def test_rollback_of_an_extended_memory_file(consolidated, tmp_path):
     assert report["skipped"] == [{"namespace": "not-extended-memory", "key": "rollback:elsewhere",
                                   "reason": report["skipped"][0]["reason"]}]
     assert [e["key"] for e in report["deleted"]] == [deleted_key]
+    # what memory_store has no column for is named, not dropped silently (the entries themselves are written)
+    assert report["fields_not_written"] == [
+        {"namespace": "extended-memory", "key": "rollback:described", "fields": ["metadata"]},
+        {"namespace": "extended-memory", "key": "rollback:expiring", "fields": ["expires_at"]}]
+    assert {row["key"][1] for row in after.values()} >= {"rollback:expiring", "rollback:described"}
     assert sha256_of_folder(source.parent) == before
 
 

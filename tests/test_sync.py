@@ -308,6 +308,11 @@ def test_the_tests_check_everything_after_a_build_that_left_the_marts_untested(t
     with target.connect() as connection:
         assert ledger.memory_models_left_whole(connection, "public")
     assert scoped()
+    # asked for, the tests check every entry all the same
+    assert run_dbt(["test", "--select", "assert_flags_reach_the_marts", "--vars", "{test_every_entry: true}"],
+                   target, home, quiet=True).success
+    compiled = next((home / "dbt" / "target" / "compiled").rglob("assert_flags_reach_the_marts.sql"))
+    assert "with entries as" not in compiled.read_text()
 
 
 def nodes_built(home: Path) -> tuple[set[str], set[str]]:

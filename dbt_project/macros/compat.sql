@@ -153,6 +153,18 @@ $fn$;
 {%- endmacro %}
 
 
+{#- What the application's own table refuses, refused here too (a rollback could not write it back): a NULL
+    in a NOT NULL column, which the marts would otherwise keep as JSON null. -#}
+{% macro compat_refuses_null(columns) -%}
+    {%- for column in columns %}
+    if NEW.{{ column }} is null then
+        raise exception '%.%: % cannot be NULL (the application''s table declares it NOT NULL)',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, '{{ column }}' using errcode = 'not_null_violation';
+    end if;
+    {%- endfor %}
+{%- endmacro %}
+
+
 {% macro create_compat_write_functions() -%}
 create or replace function consolidate.write_compat_memory_entries_v2() returns trigger
 language plpgsql as $fn$
@@ -160,6 +172,7 @@ declare
     {{ compat_trigger_variables() }}
 begin
     {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
+    {{ compat_refuses_null(['key', 'value']) }}
     if TG_OP = 'UPDATE' then
         {{ trigger_refuses_identity_change() }}
         {{ compat_given({'value': ['value', 'data_type'], 'metadata': ['metadata'], 'created_at': ['created_at'],
@@ -197,6 +210,7 @@ declare
     v3_fields jsonb;
 begin
     {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
+    {{ compat_refuses_null(['key', 'content']) }}
     entry_namespace := coalesce(NEW.namespace, 'default');
     if TG_OP = 'UPDATE' then
         {{ trigger_refuses_identity_change() }}
@@ -257,6 +271,7 @@ declare
     current_metadata jsonb;
 begin
     {{ trigger_writes_delete('marts_schema', "'extended-memory'", 'OLD') }}
+    {{ compat_refuses_null(['key', 'value']) }}
     if TG_OP = 'UPDATE' then
         if NEW.key is distinct from OLD.key then
             raise exception 'an entry''s key cannot change (%): delete it and insert a new one', quote_literal(OLD.key);

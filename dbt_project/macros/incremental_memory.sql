@@ -258,6 +258,9 @@ update consolidate.memory_builds set reconciled = true where invocation_id = '{{
     relations are named, not ref()'d: generic tests (macros/scoped_generic_tests.sql) depend on their model only.
 -#}
 {% macro memory_test_scope() -%}
+    {%- if var('test_every_entry', false) -%}
+        {{ return('full') }}
+    {%- endif -%}
     {%- set load_changes = adapter.get_relation(database=target.database, schema='intermediate',
                                                 identifier='int_memory_load_changes') if execute else none -%}
     {#- nothing built yet (a first build; a compile or lint on a loaded database): everything -#}

@@ -184,7 +184,13 @@ def dbt(arguments: Annotated[list[str], typer.Argument(
     Exit 0 when dbt succeeds (a selection that matches nothing included: dbt warns and does nothing), 1
     when a model, test or freshness check fails, 2 when dbt refuses the command (unknown command or option).
 
+    `-- clean` removes the artifacts and logs under HOME/dbt (never files beside the packaged project).
+
     Example: consolidate dbt -- test --select unified_memory"""
+    if arguments[:1] == ["clean"]:
+        for folder in build_stage.clean(home):
+            render.note(f"Cleaned {folder}")
+        raise typer.Exit(ExitCode.OK)
     outcome = build_stage.run_dbt(arguments, target_for(dsn, home, schema), home)
     for message in outcome.warnings:
         render.warning(message)

@@ -121,6 +121,8 @@ class RollbackReport:
     created: list[tuple[str, str]] = field(default_factory=list)
     deleted: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # entries SOURCE's schema cannot hold, with why
+    # entries written without fields SOURCE's schema has no column for (extended-memory: expires_at, metadata)
+    fields_not_written: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     # where a changed or created entry's value comes from: another SQLite file's path (its row is newer than
     # SOURCE's), or None for a write made in PostgreSQL
@@ -140,7 +142,7 @@ class RollbackReport:
                 "load_id": self.load_id, "sha256": self.sha256, "tables": self.tables,
                 "unchanged": self.unchanged, "changed": changed,
                 "created": entries(self.created), "deleted": entries(self.deleted), "skipped": self.skipped,
-                "notes": self.notes}
+                "fields_not_written": self.fields_not_written, "notes": self.notes}
 
 
 # ------------------------------------------------------------------------------ PostgreSQL's state
@@ -410,7 +412,29 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
     if duplicates:
         report.notes.append(f"{duplicates} row(s) not written: another row of the source with the same "
                             "(namespace, key) is the entry's winner")
+    if kind == "extended-memory":
+        written = set(report.changed) | set(report.created)
+        report.fields_not_written = [
+            {"namespace": e["namespace"], "key": e["key"], "fields": fields}
+            for e in sorted(entries, key=lambda e: (e["namespace"], e["key"])) if (e["namespace"], e["key"]) in written and (fields := fields_extended_memory_cannot_hold(e))]
+        if report.fields_not_written:
+            report.notes.append(
+                f"{len(report.fields_not_written)} entr{'y' if len(report.fields_not_written) == 1 else 'ies'} "
+                "written without what extended-memory's memory_store has no column for (an expiry, metadata "
+                "other than its type): " + ", ".join(f"{e['namespace']}/{e['key']} ({', '.join(e['fields'])})"
+                                                     for e in report.fields_not_written[:5])
+                + (" ..." if len(report.fields_not_written) > 5 else "") + " (`fields_not_written` in --json)")
     return plan
+
+
+def fields_extended_memory_cannot_hold(entry: dict) -> list[str]:
+    """What PostgreSQL holds of an entry that extended-memory's memory_store has no column for: an expiry
+    (a TTL given through the client), metadata beyond the `extended_memory` type staging keeps there."""
+    fields = ["expires_at"] if entry["expires_at"] is not None else []
+    metadata = json.loads(entry["metadata"]) if entry["metadata"] is not None else None
+    if metadata is not None and (not isinstance(metadata, dict) or set(metadata) - {"extended_memory"}):
+        fields.append("metadata")
+    return fields
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from loader.transform.project import PROFILES_DIR, PROJECT_DIR
 @dataclass
 class BuildOutcome:
     success: bool
-    passed: int = 0  # models, tests, seeds and snapshots that passed, as dbt's own summary counts them (PASS)
+    passed: int = 0  # models, tests (unit tests too), seeds and snapshots that passed (dbt's PASS adds the hooks)
     warned: int = 0  # ... that passed with a warning (WARN)
     not_run: int = 0  # ... that dbt skipped because a node they depend on failed (SKIP)
     failures: list[str] = field(default_factory=list)
@@ -57,11 +58,23 @@ def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
         *command,
         "--project-dir", str(PROJECT_DIR),
         "--profiles-dir", str(PROFILES_DIR),
-        "--target-path", str((home / "dbt" / "target").absolute()),
         "--log-path", str((home / "dbt" / "logs").absolute()),
     ]
+    if command[:1] not in (["debug"], ["deps"], ["init"]):  # these take no --target-path
+        arguments += ["--target-path", str((home / "dbt" / "target").absolute())]
     arguments.append("--use-colors" if sys.stdout.isatty() else "--no-use-colors")
     return arguments + (["--quiet"] if quiet else [])
+
+
+def clean(home: Path) -> list[Path]:
+    """What `dbt clean` would remove of a `consolidate dbt` project: its artifacts and logs under HOME/dbt
+    (dbt's own clean removes the clean-targets beside the packaged project instead). Returns those removed."""
+    removed = []
+    for folder in (home / "dbt" / "target", home / "dbt" / "logs"):
+        if folder.exists():
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed
 
 
 def dbt_environment(target: Target, home: Path) -> dict[str, str]:
@@ -161,7 +174,7 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
         if status in ("error", "fail", "runtime error"):
             outcome.failures.append(target.redact(f"{unique_id}: {message}"))
         elif unique_id.startswith("operation."):
-            continue  # a hook that ran: dbt's summary counts none
+            continue  # a hook that ran: neither a model nor a test
         elif status in ("success", "pass"):
             outcome.passed += 1
         elif status == "warn":
