@@ -148,7 +148,13 @@ def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named
     through the view) when it fits the value now held, else the Python type of that value; a write
     through the view keeps the type it gives in the metadata and reads back the value as JSON text (a non-JSON text as a JSON string)."""
     (int_key,) = fetch(target, "SELECT min(key) FROM compat_extended_memory.memory_store WHERE type = 'int'")[0]
+    (pickled, other_pickled), = fetch(target, "SELECT min(key), max(key) FROM compat_extended_memory.memory_store "
+                                              "WHERE type = 'pickle'")
+    pickled_text, = fetch(target, "SELECT value FROM compat_extended_memory.memory_store WHERE key = %s", (pickled,))[0]
     with MemoryClient(target.dsn, track_access=False) as memory:
+        # a pickle read and written back unchanged stays a pickle; another string is a str
+        memory.set(pickled, memory.get(pickled, "extended-memory"), "extended-memory", ttl=60)
+        memory.set(other_pickled, memory.get(other_pickled, "extended-memory") + "=", "extended-memory")
         memory.set("compat:new-bool", True, "extended-memory")
         memory.set("compat:new-none", None, "extended-memory")
         memory.set("compat:new-dict", {"a": [1]}, "extended-memory")
@@ -163,11 +169,13 @@ def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named
                 "compat:new-dict": ('{"a": [1]}', "dict"), "compat:float-given": ("2", "float"),
                 "compat:str-given-a-dict": ('{"a": 1}', "dict"), "compat:plain": ('"not json"', "str"),
                 "compat:pickle": ("gAR9lC4=", "pickle"), "compat:no-type": ("[true]", "list"),
-                int_key: ("true", "bool")}
+                int_key: ("true", "bool"), pickled: (pickled_text, "pickle")}
     view = {key: (value, kind) for key, value, kind in fetch(
         target, "SELECT key, value, type FROM compat_extended_memory.memory_store WHERE key = ANY(%s)",
         (list(expected),))}
     assert view == expected
+    assert fetch(target, "SELECT type FROM compat_extended_memory.memory_store WHERE key = %s", (other_pickled,)) == \
+        [("str",)]
     kept = dict(fetch(target, "SELECT key, metadata -> 'extended_memory' ->> 'type' FROM unified_memory "
                               "WHERE namespace = 'extended-memory' AND key = ANY(%s)", (list(expected),)))
     assert (kept["compat:float-given"], kept["compat:str-given-a-dict"], kept[int_key]) == ("float", "str", "int")

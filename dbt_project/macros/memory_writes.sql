@@ -222,7 +222,11 @@ begin
         values (
             p_via, 'upsert', p_key, p_namespace,
             case when 'value' = any(p_given) then coalesce(p_value, 'null'::jsonb) else newest_value end,
-            case when 'data_type' = any(p_given) then p_data_type
+            -- a pickle's base64 text written back unchanged (read through the client, which gives it as a
+            -- string) stays a pickle
+            case when 'data_type' = any(p_given) and p_data_type = 'text' and newest_data_type = 'pickle'
+                      and p_value = newest_value then 'pickle'
+                 when 'data_type' = any(p_given) then p_data_type
                  when 'value' = any(p_given) then
                      case when jsonb_typeof(p_value) = 'string' then 'text' else 'json' end
                  else newest_data_type end,
