@@ -331,6 +331,10 @@ def test_the_v3_view_refuses_what_v3s_table_refuses_and_rollback_names_an_entry_
              (), "value")):
         with target.connect() as connection, pytest.raises(psycopg.errors.NotNullViolation, match=f"{column} cannot be NULL"):
             connection.execute(statement, parameters)
+    # extended-memory's text times: one that is not a time is refused, not taken as "now"
+    with target.connect() as connection, pytest.raises(psycopg.errors.InvalidDatetimeFormat, match="'yesterday-ish' is not a time"):
+        connection.execute("INSERT INTO compat_extended_memory.memory_store (key, value, type, updated_at) "
+                           "VALUES ('null-bad-time', '1', 'int', 'yesterday-ish')")
     assert fetch(target, "SELECT count(*) FROM raw_postgres.memory_writes WHERE key LIKE 'null-%%'") == [(0,)]
     with target.connect() as connection:  # allowed values and an update leaving them as they are pass
         connection.execute(f"UPDATE {V3_VIEW} SET status = 'archived', type = 'episodic' WHERE id = %s", (entry_id,))

@@ -82,6 +82,13 @@ def test_header_not_name_decides(tmp_path, realdata):
     assert [w.path.name for w in found.warnings] == ["fake.sqlite"]
 
 
+def test_an_empty_database_looking_file_is_warned_about_as_empty(tmp_path):
+    (tmp_path / "memory.db").write_bytes(b"")
+    (tmp_path / "other.db").write_bytes(b"x")
+    reasons = {w.path.name: w.reason for w in discover([tmp_path]).warnings}
+    assert "an empty file (0 bytes" in reasons["memory.db"] and "no SQLite header" in reasons["other.db"]
+
+
 def test_corrupt_database_is_listed_with_its_reason(tmp_path):
     (tmp_path / "broken.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 5000)
     (source,) = discover([tmp_path]).files

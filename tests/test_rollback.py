@@ -816,3 +816,24 @@ def test_rollback_of_a_file_whose_every_load_failed_says_so(tmp_path, target, ho
 
     assert refused.returncode == 5 and "every load of it failed" in " ".join(refused.stderr.split()), refused.stderr
     assert not (tmp_path / "back.db").exists()
+
+
+def test_a_write_keeps_an_entry_that_was_never_read_unread(tmp_path, target, home):
+    """A row whose accessed_at is NULL (never read) and written in PostgreSQL keeps no access time: the
+    marts and the rollback say so, as the file did. A new entry is created read, at its write."""
+    root = tmp_path / "tree"
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 5)
+    change(db, ("UPDATE memory_entries SET accessed_at = NULL WHERE key = 'key-1'",))
+    assert run([root], target, home, backup_to=None, quiet=True).reconciled
+    with MemoryClient(target.dsn, source=db, track_access=False) as memory:
+        memory.set("key-1", "written in postgresql")
+        memory.set("brand new", "also")
+    assert fetch(target, "SELECT key, accessed_at IS NULL FROM unified_memory WHERE key IN ('key-1', 'brand new') "
+                         "ORDER BY key") == [("brand new", False), ("key-1", True)]
+    destination = tmp_path / "rolled-back" / "memory.db"
+    destination.parent.mkdir()
+    result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = dict(read_private_copy(destination, tmp_path / "read",
+                                  "SELECT key, accessed_at FROM memory_entries WHERE key IN ('key-1', 'brand new')"))
+    assert rows["key-1"] is None and rows["brand new"] is not None

@@ -215,6 +215,23 @@ def test_a_change_that_adds_a_row_the_marts_cannot_key_fails_that_file_and_the_r
                                (compressible, "default"): "3"}
 
 
+
+def test_a_run_whose_only_new_file_fails_says_the_marts_are_current_but_not_that_nothing_happened(
+        tmp_path, target, home):
+    root = tmp_path / "tree"
+    v2_file(root / "app" / "memory.db", [("alpha", '"1"', "default", T0)])
+    assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
+    loose = root / "loose" / "memory.db"
+    loose.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(loose)) as connection:
+        connection.executescript(V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
+        connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES (NULL, '1', ?)", (T0,))
+        connection.commit()
+    ran = consolidate("run", str(root), "--no-backup", target=target, home=home)
+    assert ran.returncode == 3 and "not counting the 1 file(s) that could not be loaded" in ran.stderr, ran.stderr
+    assert "its key is NULL" in ran.stderr
+
+
 def test_the_scoped_tests_of_an_incremental_build_still_fail_on_a_wrong_mart_row(tmp_path, target, home):
     root = tmp_path / "tree"
     db = v2_file(root / "memory.db", [(f"k{i}", f'"v{i}"', "default", T0 + i) for i in range(3)])

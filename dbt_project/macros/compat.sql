@@ -165,6 +165,19 @@ $fn$;
 {%- endmacro %}
 
 
+{#- extended-memory's times are text: one that is not a time staging reads (what the view shows) is refused,
+    not taken as "not given". -#}
+{% macro compat_refuses_unreadable_times(columns) -%}
+    {%- for column in columns %}
+    if NEW.{{ column }} is not null and ({{ text_to_timestamptz('NEW.' ~ column) }}) is null then
+        raise exception '%.%: % % is not a time (YYYY-MM-DD HH:MM:SS[.ffffff], UTC unless it ends with Z or +HH:MM)',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, '{{ column }}', quote_literal(NEW.{{ column }})
+            using errcode = 'invalid_datetime_format';
+    end if;
+    {%- endfor %}
+{%- endmacro %}
+
+
 {% macro create_compat_write_functions() -%}
 create or replace function consolidate.write_compat_memory_entries_v2() returns trigger
 language plpgsql as $fn$
@@ -272,6 +285,7 @@ declare
 begin
     {{ trigger_writes_delete('marts_schema', "'extended-memory'", 'OLD') }}
     {{ compat_refuses_null(['key', 'value']) }}
+    {{ compat_refuses_unreadable_times(['created_at', 'updated_at', 'accessed_at']) }}
     if TG_OP = 'UPDATE' then
         if NEW.key is distinct from OLD.key then
             raise exception 'an entry''s key cannot change (%): delete it and insert a new one', quote_literal(OLD.key);

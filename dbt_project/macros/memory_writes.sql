@@ -233,7 +233,8 @@ begin
             case when 'metadata' = any(p_given) then written_metadata when has_value then newest_metadata end,
             case when 'created_at' = any(p_given) then p_created_at else coalesce(first_created_at, now()) end,
             stamped_updated_at,
-            case when 'accessed_at' = any(p_given) then p_accessed_at else coalesce(last_accessed_at, now()) end,
+            case when 'accessed_at' = any(p_given) then p_accessed_at when has_value then last_accessed_at
+                 else now() end,  -- an entry never read keeps none
             case when 'expires_at' = any(p_given) then p_expires_at when has_value then newest_expires_at end,
             case when 'access_count' = any(p_given) then p_access_count else coalesce(max_access_count, 0) end,
             case when 'ttl' = any(p_given) then p_ttl when has_value then newest_ttl end,

@@ -228,7 +228,9 @@ def print_backup_failures(manifest: BackupManifest) -> None:
 
 def run(report: RunReport, as_json: bool) -> None:
     if report.marts_were_current:
-        err.print("Nothing changed since the last build that passed its tests and validation: "
+        failed = (f" (not counting the {len(report.loaded.failed)} file(s) that could not be loaded, named below: "
+                  "none of their rows is in PostgreSQL)" if report.loaded.failed else "")
+        err.print(f"Nothing loaded changed since the last build that passed its tests and validation{failed}: "
                   "the marts are current (--rebuild to build and validate again).")
     if as_json:
         print_json(report.to_json())

@@ -287,10 +287,20 @@ def examine(candidate: Candidate, known: KnownFile | None) -> SourceFile | Disco
                                                         "whether it is SQLite is unknown; skipped")
     if source is None:
         if path.suffix.lower() in DATABASE_LOOKING_SUFFIXES:
+            if candidate_size(path) == 0:
+                return DiscoveryWarning(candidate.found_as, "an empty file (0 bytes: SQLite would open it as an "
+                                                            "empty database, with no table to load); skipped")
             return DiscoveryWarning(candidate.found_as, "not a SQLite database (no SQLite header); skipped")
         return None
     source.found_as, source.link_paths = candidate.found_as, list(candidate.link_paths)
     return source
+
+
+def candidate_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryWarning]) -> list[Candidate]:
