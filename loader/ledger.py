@@ -527,7 +527,7 @@ CREATE OR REPLACE FUNCTION {LEDGER_SCHEMA}.memory_models_left_whole(marts_schema
                                                                  tested boolean DEFAULT false)
 RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT coalesce((
-        SELECT b.passed IS TRUE AND coalesce(b.memory_models, 'all') = 'all' AND (NOT tested OR b.tests_run > 0)
+        SELECT (b.passed AND coalesce(b.memory_models, 'all') = 'all' AND (NOT tested OR b.tests_run > 0)) IS TRUE
         FROM {LEDGER_SCHEMA}.memory_builds AS b
         WHERE b.marts_schema = memory_models_left_whole.marts_schema
           AND b.invocation_id IS DISTINCT FROM besides AND b.memory_models IS DISTINCT FROM 'none'

@@ -176,6 +176,10 @@ def test_extended_memory_type_is_the_kept_type_when_it_fits_the_value_else_named
     assert view == expected
     assert fetch(target, "SELECT type FROM compat_extended_memory.memory_store WHERE key = %s", (other_pickled,)) == \
         [("str",)]
+    with psycopg.connect(target.dsn, autocommit=True) as connection:  # a type asked for is the type written
+        connection.execute("UPDATE compat_extended_memory.memory_store SET type = 'str' WHERE key = %s", (pickled,))
+    assert fetch(target, "SELECT value, type FROM compat_extended_memory.memory_store WHERE key = %s", (pickled,)) == \
+        [(json.dumps(pickled_text), "str")]
     kept = dict(fetch(target, "SELECT key, metadata -> 'extended_memory' ->> 'type' FROM unified_memory "
                               "WHERE namespace = 'extended-memory' AND key = ANY(%s)", (list(expected),)))
     assert (kept["compat:float-given"], kept["compat:str-given-a-dict"], kept[int_key]) == ("float", "str", "int")

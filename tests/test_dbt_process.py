@@ -101,7 +101,9 @@ def test_the_worker_builds_as_dbt_in_the_process_does_and_reports_a_bad_argument
     assert in_worker["success"] and in_worker["failures"] == [] and in_worker["passed"] > 40, in_worker
     marts_after_worker = fetch(loaded, "SELECT id, key, namespace, value::text FROM unified_memory ORDER BY id")
     run_results = json.loads((home / "dbt" / "target" / "run_results.json").read_text())
-    assert len(run_results["results"]) == in_worker["passed"]      # written by the worker
+    passed = [r for r in run_results["results"]  # written by the worker; passed: its models and tests
+              if r["status"] in ("success", "pass") and not r["unique_id"].startswith("operation.")]
+    assert len(passed) == in_worker["passed"]
     # the worker kept the templates it compiled (loader/transform/jinja_cache.py); the build below loads them
     cache = home / "dbt" / "jinja-cache"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700 and len([path for path in cache.rglob("*") if path.is_file()]) > 100

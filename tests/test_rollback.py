@@ -825,11 +825,16 @@ def test_a_write_keeps_an_entry_that_was_never_read_unread(tmp_path, target, hom
     db = numbered_v2_file(root / "app/.swarm/memory.db", 5)
     change(db, ("UPDATE memory_entries SET accessed_at = NULL WHERE key = 'key-1'",))
     assert run([root], target, home, backup_to=None, quiet=True).reconciled
+    (read_at,), = read_private_copy(db, tmp_path / "file", "SELECT accessed_at FROM memory_entries WHERE key = 'key-2'")
     with MemoryClient(target.dsn, source=db, track_access=False) as memory:
         memory.set("key-1", "written in postgresql")
         memory.set("brand new", "also")
+        assert memory.delete("key-2")  # deleted, then written again: its history keeps its last read
+        memory.set("key-2", "again")
     assert fetch(target, "SELECT key, accessed_at IS NULL FROM unified_memory WHERE key IN ('key-1', 'brand new') "
                          "ORDER BY key") == [("brand new", False), ("key-1", True)]
+    assert fetch(target, "SELECT accessed_at FROM unified_memory WHERE key = 'key-2'") == \
+        [(datetime.fromtimestamp(read_at, timezone.utc),)]
     destination = tmp_path / "rolled-back" / "memory.db"
     destination.parent.mkdir()
     result = consolidate("rollback", str(db), "--to", str(destination), "--json", target=target, home=home)

@@ -595,7 +595,7 @@ class Model:
         kept = {"metadata": winner.metadata if winner else None, "expires": winner.expires if winner else None,
                 "ttl": winner.ttl if winner else None,
                 "created": state["created"] if state and state["created"] else NOW,
-                "accessed": state["accessed"] if state and state["accessed"] else NOW,
+                "accessed": state["accessed"] if state else NOW,  # an entry never read stays so
                 "count": state["count"] if state and state["count"] is not None else 0}
         return {**kept, **given, "updated": updated, "deleted": False}
 

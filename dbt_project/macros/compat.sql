@@ -154,10 +154,10 @@ $fn$;
 
 
 {#- What the application's own table refuses, refused here too (a rollback could not write it back): a NULL
-    in a NOT NULL column, which the marts would otherwise keep as JSON null. -#}
+    in a NOT NULL column, which the marts would otherwise keep as JSON null (an UPDATE: only one it writes). -#}
 {% macro compat_refuses_null(columns) -%}
     {%- for column in columns %}
-    if NEW.{{ column }} is null then
+    if NEW.{{ column }} is null and (TG_OP = 'INSERT' or OLD.{{ column }} is not null) then
         raise exception '%.%: % cannot be NULL (the application''s table declares it NOT NULL)',
             TG_TABLE_SCHEMA, TG_TABLE_NAME, '{{ column }}' using errcode = 'not_null_violation';
     end if;
@@ -165,11 +165,12 @@ $fn$;
 {%- endmacro %}
 
 
-{#- extended-memory's times are text: one that is not a time staging reads (what the view shows) is refused,
-    not taken as "not given". -#}
+{#- extended-memory's times are text: one written that is not a time staging reads (what the view shows) is
+    refused, not taken as "not given" (an UPDATE: only a time it changes). -#}
 {% macro compat_refuses_unreadable_times(columns) -%}
     {%- for column in columns %}
-    if NEW.{{ column }} is not null and ({{ text_to_timestamptz('NEW.' ~ column) }}) is null then
+    if NEW.{{ column }} is not null and (TG_OP = 'INSERT' or NEW.{{ column }} is distinct from OLD.{{ column }})
+       and ({{ text_to_timestamptz('NEW.' ~ column) }}) is null then
         raise exception '%.%: % % is not a time (YYYY-MM-DD HH:MM:SS[.ffffff], UTC unless it ends with Z or +HH:MM)',
             TG_TABLE_SCHEMA, TG_TABLE_NAME, '{{ column }}', quote_literal(NEW.{{ column }})
             using errcode = 'invalid_datetime_format';

@@ -169,6 +169,7 @@ declare
     last_accessed_at timestamptz;
     max_access_count integer;
     has_value boolean;
+    entry_known boolean;
     stamped_updated_at timestamptz;
     written_metadata jsonb := p_metadata;
     new_write_id bigint;
@@ -193,6 +194,7 @@ begin
          newest_ttl, first_created_at, last_accessed_at, max_access_count
     from {{ ranked }} as ranked
     where {{ this_entry }} and ranked.version_rank = 1;
+    entry_known := found;
     has_value := found and not newest_deleted;
     stamped_updated_at := greatest(
         coalesce(case when 'updated_at' = any(p_given) then p_updated_at end, now()),
@@ -222,19 +224,19 @@ begin
         values (
             p_via, 'upsert', p_key, p_namespace,
             case when 'value' = any(p_given) then coalesce(p_value, 'null'::jsonb) else newest_value end,
-            -- a pickle's base64 text written back unchanged (read through the client, which gives it as a
-            -- string) stays a pickle
-            case when 'data_type' = any(p_given) and p_data_type = 'text' and newest_data_type = 'pickle'
-                      and p_value = newest_value then 'pickle'
-                 when 'data_type' = any(p_given) then p_data_type
+            case when 'data_type' = any(p_given) then p_data_type
                  when 'value' = any(p_given) then
-                     case when jsonb_typeof(p_value) = 'string' then 'text' else 'json' end
+                     -- a pickle's base64 text written back unchanged without a type (the client reads it
+                     -- as a string) stays a pickle
+                     case when jsonb_typeof(p_value) = 'string' and newest_data_type = 'pickle'
+                               and p_value = newest_value then 'pickle'
+                          when jsonb_typeof(p_value) = 'string' then 'text' else 'json' end
                  else newest_data_type end,
             case when 'metadata' = any(p_given) then written_metadata when has_value then newest_metadata end,
             case when 'created_at' = any(p_given) then p_created_at else coalesce(first_created_at, now()) end,
             stamped_updated_at,
-            case when 'accessed_at' = any(p_given) then p_accessed_at when has_value then last_accessed_at
-                 else now() end,  -- an entry never read keeps none
+            case when 'accessed_at' = any(p_given) then p_accessed_at when entry_known then last_accessed_at
+                 else now() end,  -- an entry never read keeps none; a new one is read as it is written
             case when 'expires_at' = any(p_given) then p_expires_at when has_value then newest_expires_at end,
             case when 'access_count' = any(p_given) then p_access_count else coalesce(max_access_count, 0) end,
             case when 'ttl' = any(p_given) then p_ttl when has_value then newest_ttl end,

@@ -187,11 +187,12 @@ def dbt(arguments: Annotated[list[str], typer.Argument(
     `-- clean` removes the artifacts and logs under HOME/dbt (never files beside the packaged project).
 
     Example: consolidate dbt -- test --select unified_memory"""
-    if arguments[:1] == ["clean"]:
-        for folder in build_stage.clean(home):
+    target = target_for(dsn, home, schema)
+    if build_stage.dbt_subcommand(arguments) == "clean":
+        for folder in build_stage.clean(target, home):
             render.note(f"Cleaned {folder}")
         raise typer.Exit(ExitCode.OK)
-    outcome = build_stage.run_dbt(arguments, target_for(dsn, home, schema), home)
+    outcome = build_stage.run_dbt(arguments, target, home)
     for message in outcome.warnings:
         render.warning(message)
     if outcome.crashed:  # dbt refused the command itself, often without a word of its own

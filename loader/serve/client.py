@@ -85,10 +85,10 @@ SECONDS_LEFT = sql.SQL("extract(epoch FROM expires_at - now())::float8")
 VERSION = sql.SQL("(extract(epoch FROM updated_at) * 1000000)::bigint")
 
 
-def encode_value(value: Any) -> tuple[str, str]:
-    """(JSON text, data_type) for a Python value; TypeError/ValueError when it is not JSON."""
-    data_type = "text" if isinstance(value, str) else "json"
-    return json.dumps(value, allow_nan=False), data_type
+def encode_value(value: Any) -> str:
+    """The JSON text of a Python value (the write path gives a string `text`, anything else `json`);
+    TypeError/ValueError when it is not JSON."""
+    return json.dumps(value, allow_nan=False)
 
 
 def encode_metadata(metadata: Any) -> str | None:
@@ -271,17 +271,17 @@ class MemoryClient:
         sets expires_at = now() + ttl; None means it never expires. metadata=None keeps the entry's
         existing metadata. Its lineage becomes the write (source_db `postgresql`)."""
         check_ttl(ttl)
-        value_json, data_type = encode_value(value)
-        given = ["value", "data_type", "expires_at", "ttl"] + (["metadata"] if metadata is not None else [])
+        value_json = encode_value(value)
+        given = ["value", "expires_at", "ttl"] + (["metadata"] if metadata is not None else [])
         with self._pool.connection() as connection:
             (write_id,) = connection.execute(
                 "SELECT consolidate.write_memory_entry(%(schema)s, %(via)s, 'upsert', %(namespace)s, %(key)s, "
-                "%(given)s, p_value => %(value)s::jsonb, p_data_type => %(data_type)s, "
+                "%(given)s, p_value => %(value)s::jsonb, "
                 "p_metadata => %(metadata)s::jsonb, p_ttl => %(ttl)s::integer, "
                 "p_expires_at => now() + make_interval(secs => %(ttl)s::integer), "
                 "p_home_source_path => %(home)s)",
                 {"schema": self.schema, "via": WRITE_VIA, "namespace": namespace, "key": key, "given": given,
-                 "value": value_json, "data_type": data_type, "metadata": encode_metadata(metadata), "ttl": ttl,
+                 "value": value_json, "metadata": encode_metadata(metadata), "ttl": ttl,
                  "home": self.home_source_path}).fetchone()
             version = written_version(connection, write_id)
         self._invalidate(key, namespace, version)

@@ -60,20 +60,42 @@ def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
         "--profiles-dir", str(PROFILES_DIR),
         "--log-path", str((home / "dbt" / "logs").absolute()),
     ]
-    if command[:1] not in (["debug"], ["deps"], ["init"]):  # these take no --target-path
+    if dbt_subcommand(command) not in ("debug", "deps", "init"):  # these take no --target-path
         arguments += ["--target-path", str((home / "dbt" / "target").absolute())]
     arguments.append("--use-colors" if sys.stdout.isatty() else "--no-use-colors")
     return arguments + (["--quiet"] if quiet else [])
 
 
-def clean(home: Path) -> list[Path]:
+# dbt's options that take a value, which may stand before its command (`--log-level debug build`).
+OPTIONS_WITH_A_VALUE = {"--log-level", "--log-level-file", "--log-format", "--log-format-file", "--printer-width",
+                        "--threads", "--target", "-t", "--profile", "--vars", "--log-path", "--target-path",
+                        "--project-dir", "--profiles-dir"}
+
+
+def dbt_subcommand(arguments: list[str]) -> str | None:
+    """The dbt command `arguments` run (`build`, `clean`, `docs`...): the first word that is neither an
+    option nor an option's value."""
+    words = iter(arguments)
+    for word in words:
+        if word in OPTIONS_WITH_A_VALUE:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def clean(target: Target, home: Path) -> list[Path]:
     """What `dbt clean` would remove of a `consolidate dbt` project: its artifacts and logs under HOME/dbt
-    (dbt's own clean removes the clean-targets beside the packaged project instead). Returns those removed."""
+    (dbt's own clean removes the clean-targets beside the packaged project instead), under the dbt lock
+    (a build's run_results.json is not removed under it). dbt's compiled templates and schemas kept under
+    HOME/dbt stay: they are keyed by what they were made from. Returns the folders removed."""
     removed = []
-    for folder in (home / "dbt" / "target", home / "dbt" / "logs"):
-        if folder.exists():
-            shutil.rmtree(folder)
-            removed.append(folder)
+    with target.connect(connect_timeout=10, autocommit=True) as connection:
+        take_dbt_lock(connection)
+        for folder in (home / "dbt" / "target", home / "dbt" / "logs"):
+            if folder.exists():
+                shutil.rmtree(folder)
+                removed.append(folder)
     return removed
 
 
