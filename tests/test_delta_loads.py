@@ -115,6 +115,24 @@ def test_a_change_load_reports_the_rows_it_stored_beside_the_files_rows(tmp_path
         in again.stderr, again.stderr
 
 
+def test_a_change_load_through_the_python_reader_reports_the_rows_it_stored(tmp_path, target, home):
+    """The same count on the CSV path (a table with a BLOB goes through the Python reader): the rows the
+    load stored are the rows that changed, the file's rows are all of them."""
+    root = tmp_path / "tree"
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 30)
+    change(db, ("UPDATE memory_entries SET value = ? WHERE key = 'key-3'", (b"\x00\xffbinary",)))
+    assert run([root], target, home, backup_to=None, quiet=True).reconciled
+    assert one(target, "SELECT reader FROM consolidate.load_tables WHERE source_table = 'memory_entries'")[0] != "duckdb"
+    change(db, ("UPDATE memory_entries SET value = '\"changed\"', updated_at = ? WHERE key = 'key-9'", (T0 + 500,)))
+    rows = sum(len(read_private_copy(db, tmp_path / "read", f"SELECT rowid FROM {table}"))
+               for table in tables_of(db, tmp_path / "names"))
+
+    loaded = consolidate("load", str(root), "--json", target=target, home=home)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    (file,) = json.loads(loaded.stdout)["files"]
+    assert (file["rows_loaded"], file["rows_stored"]) == (rows, 1)
+
+
 def tables_of(db: Path, copies: Path) -> list[str]:
     return [name for (name,) in read_private_copy(db, copies, "SELECT name FROM sqlite_master WHERE type = 'table'")]
 

@@ -258,7 +258,7 @@ update consolidate.memory_builds set reconciled = true where invocation_id = '{{
     relations are named, not ref()'d: generic tests (macros/scoped_generic_tests.sql) depend on their model only.
 -#}
 {% macro memory_test_scope() -%}
-    {%- if var('test_every_entry', false) -%}
+    {%- if var('test_every_entry', false) | string | lower in ['true', '1', 'yes'] -%}
         {{ return('full') }}
     {%- endif -%}
     {%- set load_changes = adapter.get_relation(database=target.database, schema='intermediate',

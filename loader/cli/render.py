@@ -480,9 +480,11 @@ def sync_table(report: SyncReport) -> Table:
     table = Table(title=f"sync {report.load_id}")
     for column in ("file", "kind", "status", "rows", "inserted", "updated", "deleted", "note"):
         table.add_column(column, justify="right" if column in ("rows", "inserted", "updated", "deleted") else "left")
-    both_sides: dict[str, int] = {}  # one sync can check several loads of one file
-    for s in report.split_brain:
-        both_sides[s.source_path] = both_sides.get(s.source_path, 0) + len(s.entries)
+    both_sides: dict[str, list[int]] = {}  # per file: entries written on both sides, deleted in SQLite
+    for s in report.split_brain:  # one sync can check several loads of one file
+        counts = both_sides.setdefault(s.source_path, [0, 0])
+        counts[0] += len(s.entries)
+        counts[1] += len(s.deleted)
     for f in report.files:
         note_text = (f"[red]{escape(f.error)}[/red]" if f.error else
                      "not on disk any more: its last load stays current" if f.status == "missing" else
@@ -492,8 +494,9 @@ def sync_table(report: SyncReport) -> Table:
                      f"({escape(RELOCATE_HINT)}); its last load stays current[/red]"
                      if f.status == "archived" else
                      "gone, accepted by `consolidate forget`: its last load stays current" if f.status == "forgotten" else
-                     f"[yellow]split brain: changed after its cutover, {both_sides[f.source_path]} "
-                     "entries written on both sides (warning below)[/yellow]" if f.source_path in both_sides else "")
+                     f"[yellow]split brain: changed after its cutover, {both_sides[f.source_path][0]} "
+                     f"entries written on both sides, {both_sides[f.source_path][1]} deleted in SQLite "
+                     "(warning below)[/yellow]" if f.source_path in both_sides else "")
         table.add_row(file_label(f.source_db), f.kind, f.status, "" if f.rows is None else f"{f.rows:,}",
                       f"{f.inserted:,}", f"{f.updated:,}", f"{f.deleted:,}", note_text)
     return table

@@ -432,7 +432,9 @@ def fields_extended_memory_cannot_hold(entry: dict) -> list[str]:
     (a TTL given through the client), metadata beyond the `extended_memory` type staging keeps there."""
     fields = ["expires_at"] if entry["expires_at"] is not None else []
     metadata = json.loads(entry["metadata"]) if entry["metadata"] is not None else None
-    if metadata is not None and (not isinstance(metadata, dict) or set(metadata) - {"extended_memory"}):
+    kept = metadata.get("extended_memory") if isinstance(metadata, dict) else None
+    if metadata is not None and (not isinstance(metadata, dict) or set(metadata) - {"extended_memory"}
+                                 or (kept is not None and (not isinstance(kept, dict) or set(kept) - {"type"}))):
         fields.append("metadata")
     return fields
 
