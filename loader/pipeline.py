@@ -146,6 +146,13 @@ class SyncReport:
         return sum(f.status == status for f in self.files)
 
     @property
+    def owes_a_retry(self) -> bool:
+        """Its build failed or Redis could not be told what it changed: a watch syncs again next cycle, even
+        if no file changed (a file that failed to load is tried again when it changes)."""
+        return (self.build is not None and not self.build.success) or \
+            (self.redis is not None and not self.redis["reached"])
+
+    @property
     def totals(self) -> dict:
         return {"files": len(self.files), **{s: self.count(s) for s in
                                              ("loaded", "unchanged", "copy", "failed", MISSING, ARCHIVED, FORGOTTEN)},
@@ -348,7 +355,8 @@ def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
     SIGINT/SIGTERM (the cycle under way finishes first; a second signal interrupts it),
     KeyboardInterrupt, or `stop` is set. `on_cycle` gets every cycle's report: an idle one when no file
     changed since the previous cycle, one with `error` set when the cycle raised (the watch goes on:
-    PostgreSQL unreachable or a root unmounted are retried next cycle). Returns the last cycle that
+    PostgreSQL unreachable or a root unmounted are retried next cycle, and so is a cycle whose build failed
+    or which could not tell Redis: SyncReport.owes_a_retry). Returns the last cycle that
     did something (a sync, or an error), whose exit code is the watch's; None when every cycle was
     idle. Raises PolicyError for a bad secrets file, before the first cycle."""
     stop = stop or threading.Event()
@@ -376,7 +384,8 @@ def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
                                                              idle=True, checked=len(found.files))
                     else:
                         report = sync(roots, target, home, policy=policy, build=build, found=found, cache=cache)
-                        last_state = state
+                        if not report.owes_a_retry:
+                            last_state = state
             except psycopg.Error as error:
                 report = SyncReport.failed_cycle(started, error, ExitCode.DATABASE_UNAVAILABLE)
             except OSError as error:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import psycopg
 import pytest
 
 from loader.database import Target
@@ -228,3 +231,28 @@ def test_compat_view_rows_match_the_marts_in_v2_shape(consolidated):
                {name: want[name] for name in (*TIMES, "access_count", "ttl")}, identity
     assert any(namespace == PERFORMANCE for _, namespace in actual)
     assert {want["data_type"] for want in expected.values()} == {"json", "text", "pickle"}
+
+
+def test_a_read_aborted_as_a_deadlock_with_a_table_swap_is_read_again(consolidated, client):
+    """A read that records its access reads the mart, then locks the entry; a full refresh swapping the mart
+    in holds that lock first and then waits for the table (as here, by hand). PostgreSQL aborts the read, which
+    waited first, as a deadlock; the client reads again once the swap is done, and `get` returns the value."""
+    key, namespace, value = fetch(consolidated, f"SELECT key, namespace, value FROM unified_memory WHERE {LIVE} "
+                                                "ORDER BY id LIMIT 1")[0]
+    deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    (before,), = fetch(consolidated, deadlocks)
+    got = {}
+    with psycopg.connect(consolidated.dsn) as swap:
+        swap.execute("SELECT pg_advisory_xact_lock(hashtext('consolidate.marts'), hashtext('unified_memory'))")
+        reader = threading.Thread(target=lambda: got.setdefault("value", client.get(key, namespace)))
+        reader.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        deadline = time.monotonic() + 10
+        while swap.execute(waiting).fetchone()[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        swap.execute("LOCK TABLE unified_memory IN ACCESS EXCLUSIVE MODE")  # the read holds it: the cycle
+        swap.commit()
+    reader.join(30)
+    assert got == {"value": value}
+    (after,), = fetch(consolidated, deadlocks)
+    assert after > before  # the read was aborted once, and read again

@@ -772,6 +772,32 @@ def test_watch_cycles_that_find_nothing_changed_write_nothing(tmp_path, target, 
         assert connection.execute("SELECT count(*) FROM consolidate.loads").fetchone()[0] == 2
 
 
+def test_a_watch_cycle_whose_build_failed_is_synced_again_though_no_file_changed(tmp_path, target, home):
+    """A build that failed (a worker killed, a deadlock, here a table it reads renamed away) leaves PostgreSQL
+    behind its files: the next cycle syncs again instead of finding every file as the last one left it."""
+    root = tmp_path / "tree"
+    db = v2_file(root / "memory.db", [("alpha", '"a"', "default", T0)])
+    do_sync(root, target, home)
+    write(db, "UPDATE memory_entries SET value = '\"b\"', updated_at = ? WHERE key = 'alpha'", (T0 + 60,))
+    with target.connect() as connection:
+        connection.execute("ALTER TABLE raw_postgres.memory_accesses RENAME TO renamed_away")
+    stop, reports = threading.Event(), []
+
+    def on_cycle(report):
+        reports.append(report)
+        if len(reports) == 1:
+            with target.connect() as connection:
+                connection.execute("ALTER TABLE raw_postgres.renamed_away RENAME TO memory_accesses")
+        if len(reports) == 3:
+            stop.set()
+
+    watch([root], target, home, 0.05, on_cycle, stop=stop)
+
+    assert [(r.idle, r.build is not None and r.build.success) for r in reports] == \
+        [(False, False), (False, True), (True, False)]
+    assert unified(target) == {("alpha", "default"): "b"}
+
+
 def wait_for(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

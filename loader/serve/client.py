@@ -223,19 +223,21 @@ class MemoryClient:
 
     def read_entries(self, keys: list[str], namespace: str = DEFAULT_NAMESPACE) -> list[Entry]:
         """The live entries among `keys` from PostgreSQL (never the cache), in one prepared statement."""
+        rows = retried_after_a_deadlock(lambda: self._read_rows(keys, namespace))
+        return [Entry(namespace, key, loads_within_depth(text), seconds_left, version, text)
+                for namespace, key, text, seconds_left, version in rows]
+
+    def _read_rows(self, keys: list[str], namespace: str) -> list[tuple]:
         if namespace == PERFORMANCE_METRICS_NAMESPACE:     # not in unified_memory: read through the write path's reader
             with self._autocommit_connection() as connection:
-                rows = [row for key in keys for row in connection.execute(
+                return [row for key in keys for row in connection.execute(
                     "SELECT namespace, key, value::text, seconds_left, version"
                     " FROM consolidate.read_memory_entry(%s, %s, %s, %s)",
                     (self.schema, namespace, key, self.track_access)).fetchall()]
-        else:
-            query, parameters = ((self._read_one_query, {"key": keys[0], "namespace": namespace}) if len(keys) == 1
-                                 else (self._read_many_query, {"keys": keys, "namespace": namespace}))
-            with self._autocommit_connection() as connection:
-                rows = connection.execute(query, parameters, prepare=True).fetchall()
-        return [Entry(namespace, key, loads_within_depth(text), seconds_left, version, text)
-                for namespace, key, text, seconds_left, version in rows]
+        query, parameters = ((self._read_one_query, {"key": keys[0], "namespace": namespace}) if len(keys) == 1
+                             else (self._read_many_query, {"keys": keys, "namespace": namespace}))
+        with self._autocommit_connection() as connection:
+            return connection.execute(query, parameters, prepare=True).fetchall()
 
     def search(self, prefix: str, namespace: str | None = None, limit: int = 100) -> list[EntryKey]:
         """Live entries whose key starts with `prefix` (taken literally: no wildcards), in one
@@ -398,6 +400,21 @@ class MemoryClient:
                 " SELECT hit.* FROM hit CROSS JOIN LATERAL (SELECT set_config('synchronous_commit', 'off', true),"
                 " consolidate.record_memory_access(hit.namespace, hit.key)) AS recorded")
         return query.format(table=self._table, columns=columns, where=where).as_string(None)
+
+# A read that records its access locks the entry after it has read the mart; a full refresh swapping that mart
+# in holds the lock first and then waits for the table, so PostgreSQL may abort the read as a deadlock. It
+# changed nothing (autocommit): it is read again.
+READ_ATTEMPTS = 3
+
+
+def retried_after_a_deadlock(read):
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            return read()
+        except psycopg.errors.DeadlockDetected:
+            if attempt == READ_ATTEMPTS:
+                raise
+
 
 def warm_cache(dsn: str, cache: Cache, top: int, *, schema: str = "public") -> int | None:
     """Cache the `top` hottest live entries of unified_memory (access_count desc, then accessed_at
