@@ -112,7 +112,9 @@ def dbt_environment(target: Target, home: Path) -> dict[str, str]:
 def prepare(target: Target, home: Path) -> None:
     """Get dbt ready for a build against `target` under `home`, for a caller with other work to do first
     (a load): see loader/transform/dbt_process.py."""
-    dbt_process.start_ahead(dbt_arguments(["parse", "--no-write-json"], home, quiet=True),
+    # its output is nobody's: dbt's logger writes to the process's stdout (the caller's --json document) past
+    # any redirection, so it logs nothing, also when the caller exits under it (an error, a skipped build)
+    dbt_process.start_ahead(dbt_arguments(["parse", "--no-write-json", "--log-level", "none"], home, quiet=True),
                             dbt_environment(target, home))
 
 
