@@ -206,7 +206,7 @@ class SyncReport:
         return {"load_id": self.load_id, "started_at": self.started_at.isoformat(),
                 "finished_at": self.finished_at.isoformat() if self.finished_at else None,
                 "idle": self.idle, "cycle": self.cycle, "error": self.error, "exit_code": self.exit_code,
-                "totals": self.totals, "caught_up": self.caught_up,
+                "checked": self.checked, "totals": self.totals, "caught_up": self.caught_up,
                 "build": self.build.to_json() if self.build else None,
                 "files": [f.to_json() for f in self.files], "warnings": [w.to_json() for w in self.warnings],
                 "split_brain": [s.to_json() for s in self.split_brain], "redis": self.redis}

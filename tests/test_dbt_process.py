@@ -278,3 +278,21 @@ def test_a_process_that_ends_while_its_stat_is_read_is_gone(monkeypatch):
         if process.poll() is None:  # gone() no longer reads the stat through Path.read_text
             process.kill()
             process.wait()
+
+
+def test_a_warm_up_writes_nothing_to_the_callers_output_even_past_a_redirection():
+    """dbt's logger keeps the stream it found as it started: a warm-up interrupted as its caller exits logged
+    its traceback onto the caller's stdout (a --json document). Inside output_discarded nothing reaches
+    file descriptors 1 and 2, whichever way it is written; after it, output flows again."""
+    script = (
+        "import logging, os, sys\n"
+        "from loader.transform.dbt_process import output_discarded\n"
+        "held = logging.StreamHandler(sys.stdout)\n"
+        "logger = logging.getLogger('dbt-like'); logger.addHandler(held)\n"
+        "with output_discarded():\n"
+        "    print('print'); logger.warning('logger'); os.write(1, b'fd 1'); os.write(2, b'fd 2')\n"
+        "    sys.stderr.write('stderr')\n"
+        "print('after')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, result.stderr) == ("after\n", "")

@@ -768,6 +768,7 @@ def test_watch_cycles_that_find_nothing_changed_write_nothing(tmp_path, target, 
 
     assert [(r.cycle, r.idle) for r in reports] == [(1, False), (2, True), (3, False), (4, True)]
     assert last is reports[2] and last.totals["deleted"] == 1 and "no change" in reports[3].status_line()
+    assert [r.to_json()["checked"] for r in reports] == [1, 1, 1, 1]  # an idle cycle's line too (its totals: 0)
     with target.connect() as connection:
         assert connection.execute("SELECT count(*) FROM consolidate.loads").fetchone()[0] == 2
 

@@ -278,6 +278,31 @@ def serve(connection: Connection, callers_end: Connection, parent: int) -> None:
     serve_requests(connection, interrupted)
 
 
+@contextlib.contextmanager
+def output_discarded() -> Iterator[None]:
+    """This process's stdout and stderr, file descriptors included, sent nowhere while the block runs: dbt's
+    logger writes to the streams it found as it started, past contextlib.redirect_stdout, and a warm-up the
+    caller interrupts (it exits) logs dbt's traceback onto the caller's stdout (its --json document)."""
+    with contextlib.suppress(ValueError, OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(nowhere, 1)
+        os.dup2(nowhere, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, nowhere):
+            os.close(descriptor)
+
+
 def serve_requests(connection: Connection, interrupted: Interrupted | None = None) -> None:
     """Run what the caller sends until it closes its end or interrupts the worker (SIGUSR1): warm-ups
     (output discarded) and invocations (answered)."""
@@ -287,9 +312,7 @@ def serve_requests(connection: Connection, interrupted: Interrupted | None = Non
         while not interrupted.requested:
             kind, request = connection.recv()
             if kind == "warm up":
-                discarded = io.StringIO()
-                with contextlib.redirect_stdout(discarded), contextlib.redirect_stderr(discarded), \
-                        contextlib.suppress(Exception):
+                with output_discarded(), contextlib.suppress(Exception):
                     invoke_here(*request)
                 continue
             try:
