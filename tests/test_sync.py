@@ -187,16 +187,21 @@ def test_a_copy_that_appears_later_under_a_path_sorting_first_is_the_copy_and_lo
     assert archived == {original: None, copy: str(original)}
 
 
+def v2_file_allowing_null_keys(path: Path, key: str | None) -> Path:
+    """A v2 memory.db whose key column has no NOT NULL (a loose schema), with one row of `key`."""
+    path.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.executescript(V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
+        connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES (?, '1', ?)", (key, T0))
+        connection.commit()
+    return path
+
+
 def test_a_change_that_adds_a_row_the_marts_cannot_key_fails_that_file_and_the_rest_builds(tmp_path, target, home):
     """A NULL key arriving in a change load: the file fails naming the row, its previous load stays current
     (its entries stay in the marts), another file's change is built."""
     root = tmp_path / "tree"
-    loose = root / "loose" / "memory.db"
-    loose.parent.mkdir(parents=True)
-    with contextlib.closing(sqlite3.connect(loose)) as connection:
-        connection.executescript(V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
-        connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES ('kept', '1', ?)", (T0,))
-        connection.commit()
+    loose = v2_file_allowing_null_keys(root / "loose" / "memory.db", "kept")
     compressible = "repeat " * 1000  # 7,000 bytes that PostgreSQL compresses to fit an index: kept
     other = v2_file(root / "other" / "memory.db", [("alpha", '"1"', "default", T0), (compressible, '"3"', "default", T0)])
     do_sync(root, target, home)
@@ -215,18 +220,12 @@ def test_a_change_that_adds_a_row_the_marts_cannot_key_fails_that_file_and_the_r
                                (compressible, "default"): "3"}
 
 
-
 def test_a_run_whose_only_new_file_fails_says_the_marts_are_current_but_not_that_nothing_happened(
         tmp_path, target, home):
     root = tmp_path / "tree"
     v2_file(root / "app" / "memory.db", [("alpha", '"1"', "default", T0)])
     assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
-    loose = root / "loose" / "memory.db"
-    loose.parent.mkdir(parents=True)
-    with contextlib.closing(sqlite3.connect(loose)) as connection:
-        connection.executescript(V2_DDL.replace("key TEXT NOT NULL", "key TEXT"))
-        connection.execute("INSERT INTO memory_entries (key, value, updated_at) VALUES (NULL, '1', ?)", (T0,))
-        connection.commit()
+    v2_file_allowing_null_keys(root / "loose" / "memory.db", None)
     ran = consolidate("run", str(root), "--no-backup", target=target, home=home)
     assert ran.returncode == 3 and "not counting the 1 file(s) that could not be loaded" in ran.stderr, ran.stderr
     assert "its key is NULL" in ran.stderr

@@ -416,7 +416,8 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
         written = set(report.changed) | set(report.created)
         report.fields_not_written = [
             {"namespace": e["namespace"], "key": e["key"], "fields": fields}
-            for e in sorted(entries, key=lambda e: (e["namespace"], e["key"])) if (e["namespace"], e["key"]) in written and (fields := fields_extended_memory_cannot_hold(e))]
+            for e in sorted(entries, key=lambda e: (e["namespace"], e["key"]))
+            if (e["namespace"], e["key"]) in written and (fields := fields_extended_memory_cannot_hold(e))]
         if report.fields_not_written:
             report.notes.append(
                 f"{len(report.fields_not_written)} entr{'y' if len(report.fields_not_written) == 1 else 'ies'} "
