@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import re
+import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,8 @@ def redact_password(text: str, dsn: str) -> str:
 # writing them to the WAL; it is as crash-safe as `replica` (such a table is synced at commit), but the server
 # can feed no replica and no pg_basebackup. The embedded server is the tool's own; a deployment that needs
 # those runs its own server (--dsn / DATABASE_URL). A folder made by an earlier version keeps its settings.
+# pg_ctl status: no server runs on the data folder (its postmaster.pid may be left from one that died)
+PG_CTL_NOT_RUNNING = 3
 EMBEDDED_SETTINGS = {"wal_level": "minimal", "max_wal_senders": "0"}
 
 
@@ -182,18 +185,35 @@ def apply_embedded_settings(home: Path, server) -> None:
     server.ensure_postgres_running()
 
 
+class EmbeddedServerError(RuntimeError):
+    """pg_ctl could not do what was asked of the embedded server; the message has its reason."""
+
+
 def stop_embedded(home: Path, mode: str = "fast") -> bool:
-    """Stop the private PostgreSQL under `home` (pg_ctl's smart / fast / immediate); False when there is none."""
+    """Stop the private PostgreSQL under `home` (pg_ctl's smart / fast / immediate); False when none runs.
+
+    pg_ctl is run directly: pgserver's handle would start a server that died (its postmaster.pid left
+    behind) only to stop it again."""
     pgdata = home / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import pgserver
-        from pgserver._commands import pg_ctl
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        from pgserver._commands import POSTGRES_BIN_PATH
 
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
-    pg_ctl(["-w", "-m", mode, "stop"], pgdata=server.pgdata, user=server.system_user)
+    def pg_ctl(*arguments: str) -> subprocess.CompletedProcess:
+        # pg_ctl refuses root: pgserver runs the server as its own user then
+        return subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), *arguments],
+                              user="pgserver" if os.geteuid() == 0 else None,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+
+    if pg_ctl("status").returncode == PG_CTL_NOT_RUNNING:
+        return False
+    stopped = pg_ctl("-w", "-m", mode, "stop")
+    if stopped.returncode != 0:
+        reason = " ".join(stopped.stderr.split()) or f"pg_ctl exited with {stopped.returncode}"
+        raise EmbeddedServerError(f"could not stop the embedded PostgreSQL in {pgdata}: {reason}")
     return True
 
 

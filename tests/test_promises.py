@@ -125,6 +125,46 @@ def test_db_url_starts_the_embedded_postgresql_and_db_stop_stops_it(tmp_path):
     assert again.returncode == 0 and "not running" in again.stderr
 
 
+def test_db_stop_leaves_a_server_that_died_down_and_db_url_starts_it_again(tmp_path):
+    home = tmp_path / "state"
+    pid_file = home / "pgdata" / "postmaster.pid"
+    dsn = consolidate("db", "url", "--home", str(home)).stdout.strip()
+    left_behind = pid_file.read_text()
+    postmaster = int(left_behind.split()[0])
+    os.kill(postmaster, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{postmaster}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # until init reaps it: pg_ctl takes a zombie for a server still running
+
+    stopped = consolidate("db", "stop", "--home", str(home))
+    assert stopped.returncode == 0 and "not running" in stopped.stderr, stopped.stderr
+    # not started only to be stopped again: that would have written its own postmaster.pid, then removed it
+    assert pid_file.read_text() == left_behind
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=5).close()
+
+    dsn = consolidate("db", "url", "--home", str(home)).stdout.strip()
+    with psycopg.connect(dsn) as connection:
+        assert connection.execute("SELECT 1").fetchone() == (1,)
+    assert consolidate("db", "stop", "--home", str(home)).returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root reads a folder pg_ctl's user may not (CI runs as root)")
+def test_db_stop_that_pg_ctl_cannot_do_is_exit_4_with_its_reason(tmp_path):
+    pgdata = tmp_path / "state" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "postmaster.pid").write_text(f"{os.getpid()}\n")
+    pgdata.chmod(0)
+    try:
+        stopped = consolidate("db", "stop", "--home", str(tmp_path / "state"))
+    finally:
+        pgdata.chmod(0o700)
+    assert stopped.returncode == 4, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert f"could not stop the embedded PostgreSQL in {pgdata}" in stopped.stderr
+    assert "Permission denied" in stopped.stderr
+
+
 def server_settings(dsn, *names):
     with psycopg.connect(dsn) as connection:
         return tuple(connection.execute(f"SHOW {name}").fetchone()[0] for name in names)

@@ -20,6 +20,7 @@ from loader.cli import render
 from loader.database import (
     DEFAULT_HOME,
     BadDsn,
+    EmbeddedServerError,
     Target,
     embedded_dsn,
     plain_identifier_problem,
@@ -571,10 +572,15 @@ def db_env(dsn: Dsn = None, home: Home = DEFAULT_HOME, schema: Schema = "public"
 
 @db_app.command("stop")
 def db_stop(home: Home = DEFAULT_HOME) -> None:
-    """Stop the embedded PostgreSQL.
+    """Stop the embedded PostgreSQL (fast: open connections are closed). Exit 4 when pg_ctl cannot stop it.
 
     Example: consolidate db stop --home ./.consolidate"""
-    render.err.print("stopped" if stop_embedded(home) else "not running")
+    try:
+        stopped = stop_embedded(home)
+    except EmbeddedServerError as error:
+        render.error(error)
+        raise typer.Exit(ExitCode.DATABASE_UNAVAILABLE) from None
+    render.err.print("stopped" if stopped else "not running")
 
 
 @cache_app.command("warm")
