@@ -75,13 +75,26 @@ OPTIONS_WITH_A_VALUE = {"--log-level", "--log-level-file", "--log-format", "--lo
 def dbt_subcommand(arguments: list[str]) -> str | None:
     """The dbt command `arguments` run (`build`, `clean`, `docs`...): the first word that is neither an
     option nor an option's value."""
-    words = iter(arguments)
-    for word in words:
-        if word in OPTIONS_WITH_A_VALUE:
-            next(words, None)
+    return None if (position := subcommand_position(arguments)) is None else arguments[position]
+
+
+def subcommand_position(arguments: list[str]) -> int | None:
+    """Where dbt_subcommand stands in `arguments`."""
+    skip_value = False
+    for position, word in enumerate(arguments):
+        if skip_value:
+            skip_value = False
+        elif word in OPTIONS_WITH_A_VALUE:
+            skip_value = True
         elif not word.startswith("-"):
-            return word
+            return position
     return None
+
+
+def without_subcommand(arguments: list[str]) -> list[str]:
+    """`arguments` but the dbt command: its options, wherever they stand."""
+    position = subcommand_position(arguments)
+    return arguments if position is None else arguments[:position] + arguments[position + 1:]
 
 
 def clean(target: Target, home: Path) -> list[Path]:
@@ -193,6 +206,8 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
         return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
     with connection_for(target, connection) as recording:
         record_invocation(recording, command, invoked_at, invocation.invocation_id)
+        if invocation.success and not warnings and (warning := left_some_memory_models_behind(recording, command, target.schema)):
+            warnings.append(warning)
     outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None, warnings=warnings)
     for unique_id, status, message in invocation.results:
         if status in ("error", "fail", "runtime error"):
@@ -214,12 +229,24 @@ def incremental_over_stale_marts(connection: psycopg.Connection, command: list[s
     """For a dbt `build` or `run` without --full-refresh (`consolidate dbt`, plain dbt's users): a warning when
     the memory models hold no state an incremental build can continue from (can_build_incrementally), which
     `consolidate build` answers with a full refresh."""
-    if command[:1] not in (["build"], ["run"]) or {"--full-refresh", "-f"} & set(command) \
+    if (subcommand := dbt_subcommand(command)) not in ("build", "run") or {"--full-refresh", "-f"} & set(command) \
             or not ledger.relation_exists(connection, *MEMORY_RANKED) or can_build_incrementally(connection, schema):
         return None
     return (f"the last dbt invocation that built memory models failed, died or built only some of them: this "
-            f"incremental `dbt {command[0]}` recomputes only what changed since and keeps marts that may not hold "
+            f"incremental `dbt {subcommand}` recomputes only what changed since and keeps marts that may not hold "
             "what int_memory_ranked does; `consolidate build` (or --full-refresh) rebuilds them from raw")
+
+
+def left_some_memory_models_behind(connection: psycopg.Connection, command: list[str], schema: str) -> str | None:
+    """After a dbt `build` or `run` that passed: a warning when it built only some of the memory models (a
+    selection), so that the marts may not hold what int_memory_ranked does (said now, not only before the
+    next incremental invocation)."""
+    if (subcommand := dbt_subcommand(command)) not in ("build", "run") \
+            or ledger.memory_models_left_whole(connection, schema):
+        return None
+    return (f"this `dbt {subcommand}` built only some of the memory models: the marts may not hold what "
+            "int_memory_ranked does; `consolidate build` (or --full-refresh) rebuilds them from raw, an "
+            "incremental `dbt build` would keep them")
 
 
 # Options of `dbt build` that leave what it builds, and how, as a plain build would (--empty, --vars,
@@ -228,6 +255,11 @@ PLAIN_BUILD_FLAGS = {"--full-refresh", "--no-write-json", "--write-json", "--fai
                      "--partial-parse", "--no-partial-parse", "--debug", "-d", "--quiet", "-q", "--use-colors",
                      "--no-use-colors", "--warn-error", "--no-version-check", "--version-check"}
 PLAIN_BUILD_OPTIONS = {"--threads", "--log-level", "--log-level-file", "--log-format", "--printer-width"}
+
+
+def builds_every_node(command: list[str]) -> bool:
+    """Whether the dbt command line `command` is a `build` of every model (its options before or after `build`)."""
+    return dbt_subcommand(command) == "build" and selects_every_model(without_subcommand(command))
 
 
 def selects_every_model(arguments: list[str]) -> bool:
@@ -258,10 +290,9 @@ def record_invocation(connection: psycopg.Connection, command: list[str], invoke
     compiled from) whether it built every node: a later sync leaves the views alone only after a complete
     passing build compiled from the same (selection). A row started before `invoked_at` is an earlier
     invocation's (dbt failed before starting this one)."""
-    complete = command[:1] == ["build"] and selects_every_model(command[1:])
     connection.execute(
         sql.SQL("UPDATE {} SET complete = %s WHERE invocation_id = %s AND started_at >= %s").format(
-            ledger.table("memory_builds")), (complete, invocation_id, invoked_at))
+            ledger.table("memory_builds")), (builds_every_node(command), invocation_id, invoked_at))
 
 
 # What an incremental build needs from the previous one (a column only this project's models have).
