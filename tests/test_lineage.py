@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from loader.pipeline import run, sync
+from loader.pipeline import load, run, sync
 from loader.verify.lineage import versions
 
 from conftest import change, consolidate, fetch, numbered_v2_file, rows_by_rowid
@@ -60,3 +60,28 @@ def test_lineage_after_a_row_level_change_load_shows_rows_of_earlier_parts_as_cu
     shown = consolidate("lineage", "key-1", "--namespace", "default", "--json", target=target, home=home)  # the CLI
     assert shown.returncode == 0, shown.stderr
     assert [(v["load_id"], v["role"]) for v in json.loads(shown.stdout)] == [(first, "winner")]
+
+
+def test_lineage_between_a_load_and_its_build_shows_the_loaded_rows_as_pending(tmp_path, target, home):
+    """`load` without `build` (README: a step of its own): the rows of the file's new current load are not
+    ranked yet. They are `pending`, not an `earlier load`, and the marts' winner stays marked as theirs."""
+    root = tmp_path / "tree"
+    db = numbered_v2_file(root / "app/.swarm/memory.db", 5)
+    first = run([root], target, home, backup_to=None, quiet=True).loaded.load_id
+    change(db, ("UPDATE memory_entries SET value = '\"changed\"', updated_at = updated_at + 100 WHERE key = 'key-2'",))
+    second = load([root], target, home).load_id
+    (current,) = fetch(target, "SELECT load_id FROM consolidate.current_loads")
+    assert current == (second,) and second != first
+
+    roles = sorted((version.load_id, version.role) for version in versions(target, "key-2", "default"))
+    assert roles == sorted([(first, "winner"), (second, "pending")])
+    told = consolidate("lineage", "key-2", "--namespace", "default", target=target, home=home)
+    assert told.returncode == 0 and "pending" in told.stdout
+    assert "`consolidate build` ranks it" in " ".join(told.stderr.split())
+
+    # a full reload (load --force) too: every row of the new load is pending until the build
+    forced = load([root], target, home, force=True).load_id
+    assert sorted(v.role for v in versions(target, "key-3", "default") if v.load_id == forced) == ["pending"]
+    assert sync([root], target, home, quiet=True).build.success
+    assert sorted((v.load_id, v.role) for v in versions(target, "key-2", "default")) == sorted(
+        [(first, "changed in a later load"), (forced, "winner"), (second, "earlier load")])

@@ -323,7 +323,8 @@ def lineage(key: str, namespace: str | None, versions: list[Version], as_json: b
         table.add_column(column)
     for v in versions:
         table.add_row("[green]winner[/green]" if v.winner else v.role, Text(v.namespace),
-                      file_label(v.source_db if v.write_id is None else "PostgreSQL"), str(v.source_rowid),
+                      file_label(v.source_db if v.write_id is None else "PostgreSQL"),
+                      "" if v.write_id is not None else str(v.source_rowid),
                       v.load_id or f"write {v.write_id}", "" if v.updated_at is None else str(v.updated_at),
                       "" if v.accessed_at is None else str(v.accessed_at),
                       Text(v.value_preview))
@@ -334,6 +335,9 @@ def lineage(key: str, namespace: str | None, versions: list[Version], as_json: b
         elif v.retired_by is not None:
             out.print(Text(f"rowid {v.source_rowid} of load {v.load_id}: {v.retired_as} in {v.source_db} "
                            f"by load {v.retired_by} at {v.retired_at:%Y-%m-%d %H:%M:%S%z}"), soft_wrap=True)
+    if any(v.role == "pending" for v in versions):
+        warning("pending: a version loaded or written since the last build, which the marts do not rank yet "
+                "(the winner shown is the marts'): `consolidate build` ranks it")
 
 
 # -------------------------------------------------------------------------------------------- status

@@ -17,15 +17,17 @@ from loader.relations import MEMORY_ALL_LOADS, MEMORY_RANKED
 # `deleted in a later load` or `changed in a later load` when a row-level change load retired it
 # (loader/load/delta.py: `retired_by` names that load, `retired_at` when it ran, `retired_as` deleted or
 # changed: deleted when its ledger records the rowid as deleted), else `earlier load` (a file's older load,
-# replaced whole); for a write the build has not ranked yet (written to the log by hand) pending. Current is
-# what the marts rank: a file's current rows, whose load may be an earlier one its current load applies on;
-# the ranked rows name that load.
+# replaced whole); pending for a current version the marts do not rank yet: a file's current row loaded
+# since the last build (`load` without `build`), a write the build has not ranked (written to the log by
+# hand). Current is what the marts rank: a file's current rows, whose load may be an earlier one its current
+# load applies on; the ranked rows name that load.
 VERSIONS_QUERY = sql.SQL("""
 SELECT v.key, v.namespace, v.source_path, v.source_table, v.source_rowid, v.load_id,
        l.source_db, v.updated_at, v.accessed_at, v.value, v.data_type,
        CASE WHEN r.is_winner THEN 'winner'
             WHEN r.is_winner IS NOT NULL THEN 'superseded'
             WHEN x.load_id IS NOT NULL THEN retired.retired_as || ' in a later load'
+            WHEN current_part.part_load_id IS NOT NULL THEN 'pending'
             ELSE 'earlier load' END AS role,
        false AS deleted, NULL::bigint AS write_id, NULL::timestamptz AS written_at, NULL AS written_by,
        NULL AS db_user, NULL AS via, x.load_id AS retired_by, retiring.started_at AS retired_at,
@@ -39,6 +41,8 @@ LEFT JOIN {retired_rows} AS x
        ON r.load_id IS NULL AND x.row_load_id = v.load_id AND x.source_path = v.source_path
       AND x.source_table = v.source_table AND x.source_rowid = v.source_rowid
 LEFT JOIN {load_files} AS retiring ON retiring.load_id = x.load_id AND retiring.source_path = x.source_path
+LEFT JOIN {current_load_parts} AS current_part
+       ON r.load_id IS NULL AND current_part.part_load_id = v.load_id AND current_part.source_path = v.source_path
 LEFT JOIN LATERAL (
     SELECT CASE WHEN EXISTS (SELECT 1 FROM {deleted_rows} AS d
                              WHERE d.load_id = x.load_id AND d.source_path = x.source_path
@@ -61,7 +65,8 @@ WHERE w.key = %(key)s AND (%(namespace)s::text IS NULL OR w.namespace = %(namesp
 ORDER BY 2, 23 NULLS LAST, 24 DESC, 3, 5
 """).format(all_loads=sql.Identifier(*MEMORY_ALL_LOADS), load_files=ledger.table("load_files"),
            ranked=sql.Identifier(*MEMORY_RANKED), memory_writes=sql.Identifier(ledger.WRITE_LOG_SCHEMA, "memory_writes"),
-           retired_rows=ledger.table("retired_rows"), deleted_rows=ledger.table("deleted_rows"))
+           retired_rows=ledger.table("retired_rows"), deleted_rows=ledger.table("deleted_rows"),
+           current_load_parts=ledger.table("current_load_parts"))
 
 
 class NotBuilt(Exception):
