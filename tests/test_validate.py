@@ -20,12 +20,13 @@ from psycopg.rows import dict_row
 
 from loader.fixtures.claude_flow_v2 import V2_DDL
 from loader.load.secret_policy import existing_policy
+from loader.serve.client import MemoryClient
 from loader.sources.snapshot import SQLITE_HEADER
 from loader.verify.results import ValidationError
 from loader.verify.rules import epoch_timestamp, normalized_value, text_timestamp
 from loader.verify.validate import validate
 
-from conftest import consolidate, read_private_copy
+from conftest import consolidate, read_private_copy, v2_file
 
 EVERY_ROW = 100_000
 BROKEN_JSON = '{"truncated": '
@@ -403,3 +404,34 @@ def test_epoch_rule_reads_seconds_and_milliseconds_by_magnitude(text, expected):
     ("garbage", None)])
 def test_text_timestamps_are_naive_utc_and_impossible_dates_are_null(text, expected):
     assert as_datetime(text_timestamp(text)) == expected
+
+
+def test_validate_says_when_writes_in_postgresql_came_after_the_counts_it_reports(tmp_path, target, home):
+    """kept / superseded / moved come from the reconciliation mart, which builds count: a write in
+    PostgreSQL that beats a file's row moves it from kept to superseded at once in the marts, and in those
+    counts at the next build. validate names the files such writes touched since; the build recounts."""
+    root = tmp_path / "tree"
+    a = v2_file(root / "a" / "memory.db", [(f"k{n}", f'"a{n}"', "default", 1_750_000_000 + n) for n in range(4)])
+    v2_file(root / "b" / "memory.db", [("other", '"b"', "default", 1_750_000_000)])
+    assert consolidate("run", str(root), "--no-backup", target=target, home=home).returncode == 0
+    rows_of_a = len(read_private_copy(a, tmp_path / "copy", "SELECT key FROM memory_entries"))
+
+    def file_a(result) -> dict:
+        (found,) = [f for f in json.loads(result.stdout)["files"] if f["source_path"] == str(a)]
+        return found
+
+    with MemoryClient(target.dsn) as client:
+        client.set("k1", {"written": "in postgresql"})  # newer than a's row: a's row loses
+        client.set("brand-new", 1)  # no file has a row of it
+    checked = consolidate("validate", "--json", target=target, home=home)
+    assert checked.returncode == 0, checked.stderr
+    assert (file_a(checked)["kept"], file_a(checked)["written_since_counted"]) == (rows_of_a, 1)
+    assert [f["written_since_counted"] for f in json.loads(checked.stdout)["files"] if f["source_path"] != str(a)] == [0]
+    told = consolidate("validate", target=target, home=home)
+    assert "`consolidate build` recounts" in " ".join(told.stderr.split()) and "a/memory.db" in told.stderr
+
+    assert consolidate("build", target=target, home=home).returncode == 0
+    recounted = consolidate("validate", "--json", target=target, home=home)
+    assert (file_a(recounted)["kept"], file_a(recounted)["superseded"], file_a(recounted)["written_since_counted"]) \
+        == (rows_of_a - 1, 1, 0)
+    assert "recounts" not in consolidate("validate", target=target, home=home).stderr

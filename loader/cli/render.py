@@ -293,6 +293,12 @@ def print_validation_problems(report: ValidationReport) -> None:
         err.print(f"[yellow]note:[/yellow] {len(report.outside_backup)} file(s) lie under none of the roots the backup "
                   f"{escape(str(report.backup_dir))} was made of, so it was not checked for them (back up their roots "
                   f"too): {escape(', '.join(f.source_path for f in report.outside_backup))}")
+    recounted_later = [f for f in report.files if f.written_since_counted]
+    if recounted_later:
+        err.print(f"[yellow]note:[/yellow] kept / superseded / moved are the last build's: since it, PostgreSQL wrote "
+                  f"{sum(f.written_since_counted for f in recounted_later):,} entries with rows of "
+                  f"{len(recounted_later)} file(s) ({escape(', '.join(f.source_db for f in recounted_later))}), "
+                  "which may have moved those rows between them; `consolidate build` recounts", soft_wrap=True)
     for f in report.files:
         for problem in f.problems:
             err.print(f"[red]{escape(str(f.source_db))}[/red]: {escape(str(problem))}")

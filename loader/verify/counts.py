@@ -10,6 +10,7 @@ from psycopg.rows import dict_row
 from loader import ledger
 from loader.ledger import LEDGER_SCHEMA, CurrentLoad, not_retired
 from loader.load.raw_contract import MEMORY_KINDS, MEMORY_TABLES, RAW_SCHEMAS
+from loader.relations import MEMORY_RANKED
 from loader.verify.results import TableCount
 
 
@@ -55,6 +56,27 @@ def reconciliation_row(connection: psycopg.Connection, schema: str, current: Cur
             "SELECT load_id, kept, superseded, moved, flagged FROM {}.reconciliation WHERE source_path = %s").format(
             sql.Identifier(schema)), [current.source_path]).fetchone()
     return row or {}
+
+
+def written_since_counted(connection: psycopg.Connection, schema: str) -> dict[str, int]:
+    """{source_path: entries with a current row of that file that PostgreSQL wrote since the reconciliation
+    mart counted it}. Its kept / superseded / moved are the latest build's: such a write may move the file's
+    row from kept to superseded (or back) until the next build recounts."""
+    return dict(connection.execute(sql.SQL("""
+        WITH counted AS (
+            SELECT write_watermark FROM {builds}
+            WHERE marts_schema = %s AND reconciled ORDER BY started_at DESC LIMIT 1
+        ), written AS (
+            SELECT DISTINCT namespace, key FROM {writes}
+            WHERE write_id > (SELECT coalesce(max(write_watermark), 0) FROM counted)
+        )
+        SELECT ranked.source_path, count(DISTINCT (ranked.namespace, ranked.key))
+        FROM written
+        JOIN {ranked} AS ranked ON ranked.namespace = written.namespace AND ranked.key = written.key
+        WHERE ranked.source_path IS NOT NULL
+        GROUP BY 1""").format(builds=ledger.table("memory_builds"),
+                              writes=sql.Identifier(ledger.WRITE_LOG_SCHEMA, "memory_writes"),
+                              ranked=sql.Identifier(*MEMORY_RANKED)), (schema,)).fetchall())
 
 
 def count_problems(current: CurrentLoad, tables: list[TableCount], reconciliation: dict) -> list[str]:

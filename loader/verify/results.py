@@ -56,6 +56,9 @@ class FileValidation:
     spot_checked: int
     mismatches: list[Mismatch]
     problems: list[str]
+    # entries with a row of the file written in PostgreSQL since the build that counted kept / superseded /
+    # moved (those counts are that build's; the next build recounts)
+    written_since_counted: int = 0
     # a backup was given, but the file lies under none of the roots it was made of: not checked against it
     outside_backup: bool = False
 

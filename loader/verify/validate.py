@@ -62,6 +62,7 @@ from loader.verify.counts import (
     raw_rows_by_file,
     reconciliation_row,
     table_counts,
+    written_since_counted,
 )
 from loader.verify.results import FileValidation, ValidationError, ValidationReport, store
 from loader.verify.spot_check import Options, SpotCheck, check_source, compare_sample, fetch_sampled_rows
@@ -93,6 +94,7 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
         require_relations(connection, target.schema)
         currents = ledger.current_loads(connection)
         raw_counts = raw_rows_by_file(connection)
+        written_since = written_since_counted(connection, target.schema)
         recorded = ledger.secret_policies(connection)
         gone = ledger.gone_files(connection)
         sources = [check_source(connection, current, options, gone) for current in currents]
@@ -100,7 +102,8 @@ def validate(target: Target, *, sample_size: int = 20, backup_dir: Path | None =
                                    [(current, sample) for current, (_, sample) in zip(currents, sources)])
         files = [validate_file(connection, current, options, raw_counts, status, gone.gone_since(current.source_path),
                                compare_sample(current, sample, found,
-                                              policy_of_load(recorded.get(current.load_id), options.secret_policy)))
+                                              policy_of_load(recorded.get(current.load_id), options.secret_policy)),
+                               written_since.get(current.source_path, 0))
                  for current, (status, sample) in zip(currents, sources)]
         connection.commit()
         never_loaded = {path: error for path, error in ledger.never_loaded_files(connection).items()
@@ -131,7 +134,8 @@ def require_relations(connection: psycopg.Connection, schema: str) -> None:
 
 def validate_file(connection: psycopg.Connection, current: CurrentLoad, options: Options,
                   raw_counts: dict[tuple[str, str], dict[tuple[str, str], int]],
-                  checksum_status: str, gone_since: datetime | None, spot: SpotCheck) -> FileValidation:
+                  checksum_status: str, gone_since: datetime | None, spot: SpotCheck,
+                  written_since_counted: int) -> FileValidation:
     tables = table_counts(connection, current, raw_counts)
     reconciliation = reconciliation_row(connection, options.schema, current)
     backup_status, backup_problems = backup_check(options.backup, current)
@@ -150,5 +154,5 @@ def validate_file(connection: psycopg.Connection, current: CurrentLoad, options:
         kept=reconciliation.get("kept"), superseded=reconciliation.get("superseded"),
         moved=reconciliation.get("moved"), flagged=reconciliation.get("flagged", 0) if is_memory_file else None,
         checksum_status=checksum_status, backup_checksum_status=backup_status, spot_checked=spot.checked,
-        mismatches=spot.mismatches, problems=problems,
+        mismatches=spot.mismatches, problems=problems, written_since_counted=written_since_counted,
         outside_backup=options.backup is not None and not options.backup.covers(current.source_path))
