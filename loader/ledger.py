@@ -830,6 +830,14 @@ def current_checksums(connection: psycopg.Connection, source_path: str) -> tuple
     return (current[2], current[3]) if current else None
 
 
+def current_table_counts(connection: psycopg.Connection, source_path: str) -> dict[str, tuple[int, int]]:
+    """{source_table: (rows in SQLite, the file's rows in raw now)} of the file's current load ({} when none)."""
+    return {table: (in_sqlite, loaded) for table, in_sqlite, loaded in connection.execute(
+        f"SELECT t.source_table, t.rows_in_sqlite, t.rows_loaded FROM {LEDGER_SCHEMA}.current_loads AS c "
+        f"JOIN {LEDGER_SCHEMA}.load_tables AS t USING (load_id, source_path) WHERE c.source_path = %s",
+        (source_path,)).fetchall()}
+
+
 def known_files(target: Target) -> dict[str, KnownFile]:
     """Every source path's current load: checksums, kind and table counts (empty before the first
     load). Discovery takes unchanged files' kind and counts from here instead of copying them."""

@@ -87,11 +87,24 @@ def test_unchanged_file_is_skipped_and_a_changed_file_stores_only_its_new_rows(t
     first = run_load([folder], target)
     second = run_load([folder], target)
     assert [f.status for f in second.files] == ["unchanged"]
+
+    def counts_in_sqlite() -> dict[str, int]:  # the file's tables (sqlite_sequence too), counted by sqlite3
+        names = read_private_copy(database, tmp_path / "copy", "SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {name: read_private_copy(database, tmp_path / "copy", f'SELECT count(*) FROM "{name}"')[0][0]
+                for (name,) in names}
+
+    # an unchanged file reports the rows its current load holds, and that it stored none
+    (unchanged,) = second.files
+    assert unchanged.tables == counts_in_sqlite() and sum(unchanged.tables.values()) > 0
+    assert (unchanged.rows_in_sqlite, unchanged.rows_loaded, unchanged.rows_stored) \
+        == (sum(counts_in_sqlite().values()), sum(counts_in_sqlite().values()), 0)
     with sqlite3.connect(database) as connection:
         connection.execute("INSERT INTO memory_entries (key, value, namespace) VALUES ('k', 'v', 'n')")
     connection.close()
     third = run_load([folder], target)
     assert [f.status for f in third.files] == ["loaded"]
+    (after_change,) = run_load([folder], target).files  # unchanged since the change load: the file's rows now
+    assert (after_change.status, after_change.tables, after_change.rows_stored) == ("unchanged", counts_in_sqlite(), 0)
     with target.connect() as connection:
         per_load = dict(connection.execute(
             "SELECT _load_id, count(*) FROM raw_claude_flow_v2.memory_entries GROUP BY 1").fetchall())

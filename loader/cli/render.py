@@ -163,8 +163,8 @@ def load_table(outcome: LoadOutcome) -> Table:
         table.add_column(column, justify="right" if column.startswith("rows") else "left")
     for f in outcome.files:
         note_text = "see below" if f.error else (f"copy of {escape(str(f.source.copy_of))}" if f.source.copy_of else
-                                                  f"{f.rows_stored:,} changed rows stored" if f.rows_stored < f.rows_loaded
-                                                  else "")
+                                                  f"{f.rows_stored:,} changed rows stored"
+                                                  if f.status == "loaded" and f.rows_stored < f.rows_loaded else "")
         table.add_row(file_label(f.source.source_db), f.source.kind, f.status, f"{f.rows_in_sqlite:,}",
                       f"{f.rows_loaded:,}", note_text)
     return table

@@ -85,6 +85,7 @@ class FileOutcome:
     rows_in_sqlite: int = 0
     rows_loaded: int = 0  # the file's rows in raw now (a change load: its stored rows and the unchanged ones)
     rows_stored: int = 0  # rows this load wrote to raw (a change load: the inserted and changed ones only)
+    # an unchanged file: rows_in_sqlite, rows_loaded and tables are its current load's, rows_stored 0
     error: str | None = None
     tables: dict[str, int] = field(default_factory=dict)
     # Tables read by the Python fallback, with the ledger's note (why, and what was stored as hex).
@@ -683,7 +684,12 @@ def load_one(worker: Worker, load_id: str, source: SourceFile, policy: SecretPol
     if source.error is not None:
         return record_outcome_without_rows(connection, load_id, source, "failed", source.error)
     if not force and ledger.current_checksums(connection, str(source.path)) == source.identity:
-        return record_outcome_without_rows(connection, load_id, source, "unchanged")
+        unchanged = record_outcome_without_rows(connection, load_id, source, "unchanged")
+        counts = ledger.current_table_counts(connection, str(source.path))  # as its current load left them
+        unchanged.tables = {table: in_raw for table, (_, in_raw) in counts.items()}
+        unchanged.rows_in_sqlite = sum(in_sqlite for in_sqlite, _ in counts.values())
+        unchanged.rows_loaded = sum(unchanged.tables.values())
+        return unchanged
     try:
         return load_file(worker, load_id, source, policy, full=force)
     except (TableFailed, FileFailed) as error:
