@@ -102,10 +102,24 @@ def test_a_value_the_column_cannot_hold_refuses_the_copy_naming_it(tmp_path, tar
     assert result.returncode == 5
     assert reason in report["message"] and "workflow_entity" in report["message"]
     assert "Nothing was written" in report["message"]
-    if column != "name":  # PostgreSQL's own refusal names the COPY line; ours names the row and column
-        assert "id='w2'" in report["message"] and column in report["message"]
+    # ours, and PostgreSQL's own refusal (which names a COPY line), name the row and column
+    assert "row id='w2'" in report["message"] and f"column {column}" in report["message"]
     assert fetch(target, "SELECT count(*) FROM app.workflow_entity") == [(0,)]
     assert fetch(target, "SELECT status FROM consolidate.app_copies") == [("refused",)]
+
+
+def test_a_row_whose_parent_is_missing_refuses_the_copy_naming_it(tmp_path, target):
+    """A foreign key SQLite did not enforce (foreign_keys off, its default): PostgreSQL refuses the COPY;
+    the refusal names the row by its key and the missing parent."""
+    source = app_pair(tmp_path, target, GOOD_ROW)
+    with sqlite3.connect(source) as connection:
+        connection.execute("UPDATE execution_entity SET workflowId = 'gone' WHERE id = 2")
+    connection.close()
+    result, report = app_copy(source, target)
+    assert result.returncode == 5, report
+    assert "table execution_entity, row id=2:" in report["message"], report["message"]
+    assert "(gone) is not present in table \"workflow_entity\"" in report["message"]
+    assert fetch(target, "SELECT count(*) FROM app.execution_entity") == [(0,)]
 
 
 def test_missing_schema_and_foreign_files_are_usage_errors(tmp_path, target):

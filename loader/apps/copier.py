@@ -11,6 +11,8 @@ each attempt (consolidate.app_copies).
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -212,17 +214,51 @@ def copy_rows(connection: psycopg.Connection, schema: target_db.TargetSchema, so
     columns = [c.column for c in plan.converters]
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
         schema.relation(plan.name), sql.SQL(", ").join(map(sql.Identifier, columns)))
-    with connection.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in source.rows(plan.name, columns):
-            values = []
-            for converter, value in zip(plan.converters, row):
-                try:
-                    values.append(converter.convert(value)[0])
-                except ConversionError as error:
-                    key = ", ".join(f"{k}={row[columns.index(k)]!r}" for k in plan.key_columns) or "?"
-                    raise Refused(f"{source.path}: table {plan.name}, row {key}, column {converter.column} "
-                                  f"({converter.type.declared}): {error}. Nothing was written.") from None
-            copy.write_row(values)
+    try:
+        with connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in source.rows(plan.name, columns):
+                values = []
+                for converter, value in zip(plan.converters, row):
+                    try:
+                        values.append(converter.convert(value)[0])
+                    except ConversionError as error:
+                        raise Refused(f"{source.path}: table {plan.name}, row {row_key(plan, columns, row)}, column "
+                                      f"{converter.column} ({converter.type.declared}): {error}. Nothing was written.") from None
+                copy.write_row(values)
+    except (psycopg.DataError, psycopg.IntegrityError) as error:
+        row = refused_row(error, source, plan, columns)
+        if row is None:
+            raise  # refused_on_bad_data names the table
+        detail = f" ({error.diag.message_detail.strip()})" if error.diag.message_detail else ""
+        column = COPY_COLUMN.search(error.diag.context or "")
+        raise Refused(f"{source.path}: table {plan.name}, row {row_key(plan, columns, row)}"
+                      + (f", column {column.group(1)}" if column else "")
+                      + f": {error.diag.message_primary}{detail}. Nothing was written.") from None
+
+
+def row_key(plan: TablePlan, columns: list[str], row: tuple) -> str:
+    """A source row as its key's values (`id='t1Ya8fgFFvCXEwf9'`)."""
+    return ", ".join(f"{k}={row[columns.index(k)]!r}" for k in plan.key_columns) or "?"
+
+
+# Where COPY says it was when PostgreSQL refused a value ("COPY t, line 2, column name: ...") and what a
+# broken foreign key's detail names ('Key ("workflowId")=(abc) is not present in table "workflow_entity".').
+COPY_LINE = re.compile(r"^COPY [^,]+, line (\d+)")
+COPY_COLUMN = re.compile(r"^COPY [^,]+, line \d+, column ([^:]+):")
+MISSING_PARENT = re.compile(r'^Key \("?([^,()"]+)"?\)=\((.*)\) is not present in table')
+
+
+def refused_row(error: psycopg.Error, source: source_db.SourceDatabase, plan: TablePlan,
+                columns: list[str]) -> tuple | None:
+    """The source row PostgreSQL refused in a COPY: the one at the line COPY names (the source's rows come in
+    the same order when read again), or the first holding the value a broken foreign key names."""
+    rows = source.rows(plan.name, columns)
+    if line := COPY_LINE.search(error.diag.context or ""):
+        return next(itertools.islice(rows, int(line.group(1)) - 1, None), None)
+    if (missing := MISSING_PARENT.search(error.diag.message_detail or "")) and missing.group(1) in columns:
+        position, value = columns.index(missing.group(1)), missing.group(2)
+        return next((row for row in rows if row[position] is not None and str(row[position]) == value), None)
+    return None
 
 
 def move_sequences(connection: psycopg.Connection, schema: target_db.TargetSchema, copied: set[str]) -> list[dict]:
