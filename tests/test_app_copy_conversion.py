@@ -12,6 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from conftest import consolidate, fetch, make_db
 
@@ -120,6 +121,28 @@ def test_a_row_whose_parent_is_missing_refuses_the_copy_naming_it(tmp_path, targ
     assert "table execution_entity, row id=2:" in report["message"], report["message"]
     assert "(gone) is not present in table \"workflow_entity\"" in report["message"]
     assert fetch(target, "SELECT count(*) FROM app.execution_entity") == [(0,)]
+
+
+def test_a_role_that_may_not_use_the_schema_is_told_which_grant_is_missing(tmp_path, target):
+    """README step 2's GRANT forgotten: the role app-copy connects as may not use the application's schema.
+    A usage error naming the grant (it was a traceback, exit 1, nothing on stdout with --json)."""
+    source = app_pair(tmp_path, target, GOOD_ROW)
+    with target.connect() as connection:
+        connection.execute("CREATE ROLE outsider LOGIN")
+        owner = connection.execute("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'app'").fetchone()[0]
+    try:
+        result = consolidate("app-copy", str(source), "--schema", "app", "--json",
+                             "--dsn", make_conninfo(target.dsn, user="outsider"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        report = json.loads(result.stdout)
+        assert report["exit_code"] == 2
+        assert "role outsider may not use schema app" in report["error"]
+        assert f"GRANT {owner} TO outsider" in report["error"]
+    finally:
+        with target.connect() as connection:
+            connection.execute("DROP OWNED BY outsider")
+            connection.execute("DROP ROLE outsider")
+    assert fetch(target, "SELECT count(*) FROM app.workflow_entity") == [(0,)]
 
 
 def test_missing_schema_and_foreign_files_are_usage_errors(tmp_path, target):

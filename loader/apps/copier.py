@@ -354,10 +354,21 @@ def app_copy(source_path: Path, target: Target, schema: str, *, replace: bool = 
                 result.status, result.message = REFUSED, str(refusal)
             except RollBack:
                 pass
+            except psycopg.errors.InsufficientPrivilege as error:
+                raise AppCopyUsageError(not_permitted(connection, schema, error)) from None
             if result.status != VERIFIED:
                 with connection.transaction():
                     record(connection, result, started_at)
     return result
+
+
+def not_permitted(connection: psycopg.Connection, schema: str, error: psycopg.Error) -> str:
+    """What to do when the role app-copy connects as may not read or write the application's schema."""
+    role, owner = connection.execute("SELECT current_user, (SELECT nspowner::regrole::text FROM pg_namespace "
+                                     "WHERE nspname = %s)", [schema]).fetchone()
+    return (f"role {role} may not use schema {schema}: {error.diag.message_primary}. app-copy writes as the role "
+            f"that owns the schema's tables: GRANT {owner or 'the application role'} TO {role} (README, step 2 of "
+            "the procedure). Nothing was written.")
 
 
 def run(connection: psycopg.Connection, source: source_db.SourceDatabase, application: Application,
