@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from conftest import consolidate, fetch, make_db
+from conftest import consolidate, fetch, make_db, read_private_copy
 
 MIGRATIONS = [(1588102412422, "InitialMigration1588102412422"), (1747824239000, "AddProjectDescriptionColumn1747824239000")]
 
@@ -86,6 +86,24 @@ def test_values_take_their_column_types(tmp_path, target):
     assert {s["table"]: s["to"] for s in report["sequences"]} == {"execution_entity": 2}
     workflow = next(t for t in report["tables"] if t["table"] == "workflow_entity")
     assert "versionId" in workflow["note"]  # left to its default, and said so
+
+
+def test_an_id_autoincrement_handed_out_to_a_deleted_row_is_not_handed_out_again(tmp_path, target):
+    """SQLite's AUTOINCREMENT never reuses an id (sqlite_sequence keeps the largest handed out, a deleted
+    row's included): nor does the application's serial after the copy."""
+    source = app_pair(tmp_path, target, GOOD_ROW)  # executions 1 and 2
+    with sqlite3.connect(source) as connection:
+        connection.execute("INSERT INTO execution_entity (workflowId, finished) VALUES ('w1', 1)")
+        connection.execute("DELETE FROM execution_entity WHERE id = 3")
+    connection.close()
+    handed_out = read_private_copy(source, tmp_path / "copy",
+                                   "SELECT seq FROM sqlite_sequence WHERE name = 'execution_entity'")
+    assert handed_out == [(3,)]
+    result, report = app_copy(source, target)
+    assert result.returncode == 0, report
+    assert {s["table"]: s["to"] for s in report["sequences"]}["execution_entity"] == 3
+    assert fetch(target, "INSERT INTO app.execution_entity (\"workflowId\", finished) VALUES ('w1', true) RETURNING id") \
+        == [(4,)]
 
 
 @pytest.mark.parametrize(("column", "value", "reason"), [

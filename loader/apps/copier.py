@@ -261,14 +261,19 @@ def refused_row(error: psycopg.Error, source: source_db.SourceDatabase, plan: Ta
     return None
 
 
-def move_sequences(connection: psycopg.Connection, schema: target_db.TargetSchema, copied: set[str]) -> list[dict]:
-    """Every sequence feeding a copied table's column: past the largest copied value (never backwards)."""
+def move_sequences(connection: psycopg.Connection, schema: target_db.TargetSchema, copied: set[str],
+                   high_water: dict[tuple[str, str], int]) -> list[dict]:
+    """Every sequence feeding a copied table's column: past the largest copied value and past the ids the
+    source's AUTOINCREMENT handed out (`high_water`: a deleted row's id is not handed out again), never
+    backwards."""
     moved = []
     for use in schema.sequences:
         if use.table not in copied:
             continue
-        largest = connection.execute(sql.SQL("SELECT max({}) FROM {}").format(
+        copied_largest = connection.execute(sql.SQL("SELECT max({}) FROM {}").format(
             sql.Identifier(use.column), schema.relation(use.table))).fetchone()[0]
+        largest = max((value for value in (copied_largest, high_water.get((use.table, use.column)))
+                       if value is not None), default=None)
         last, called = connection.execute(
             sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(use.sequence))).fetchone()
         current = last if called else last - 1
@@ -406,7 +411,8 @@ def run(connection: psycopg.Connection, source: source_db.SourceDatabase, applic
     else:
         started = time.monotonic()
         clear_and_copy(connection, schema, source, plans)
-        result.sequences = move_sequences(connection, schema, {p.name for p in plans if p.copies})
+        result.sequences = move_sequences(connection, schema, {p.name for p in plans if p.copies},
+                                          source.autoincrement_high_water())
         result.copy_seconds = round(time.monotonic() - started, 3)
     started = time.monotonic()
     result.tables = verify_tables(connection, schema, source, plans)

@@ -49,6 +49,19 @@ class SourceDatabase:
         while batch := cursor.fetchmany(FETCH_ROWS):
             yield from batch
 
+    def autoincrement_high_water(self) -> dict[tuple[str, str], int]:
+        """{(table, its INTEGER PRIMARY KEY column): the largest id AUTOINCREMENT has handed out}: SQLite's
+        sqlite_sequence, which counts the ids of deleted rows too (never handed out again)."""
+        if not self.connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            return {}
+        high_water = {}
+        for table, handed_out in self.connection.execute("SELECT name, seq FROM sqlite_sequence"):
+            keys = [(row[1], row[2]) for row in self.connection.execute(f"PRAGMA table_info({quote(table)})")
+                    if row[5]]
+            if len(keys) == 1 and keys[0][1].upper() == "INTEGER" and isinstance(handed_out, int):
+                high_water[(table, keys[0][0])] = handed_out
+        return high_water
+
     def migrations(self) -> list[Migration]:
         if MIGRATIONS_TABLE not in self.tables():
             return []
