@@ -28,3 +28,5 @@ class ExitCode(IntEnum):
     # The Redis cache cannot be reached (`cache warm`, `cache stats`; `sync` / `run --redis-url`: the marts were
     # built, but Redis could not be told what changed: the next build told empties it).
     CACHE_UNAVAILABLE = 7
+    # Interrupted (Ctrl-C, SIGINT): what the command had committed stays, the step it was in is rolled back.
+    INTERRUPTED = 130

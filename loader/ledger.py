@@ -541,6 +541,12 @@ $$;
 -- that had no other version is no longer in them (`consolidate lineage` shows its last value).
 ALTER TABLE {LEDGER_SCHEMA}.split_brain ADD COLUMN IF NOT EXISTS deleted_entries jsonb NOT NULL DEFAULT '[]';
 """,
+    # 17: an app-copy interrupted (Ctrl-C) before it committed is an attempt too (loader/apps/copier.py).
+    f"""
+ALTER TABLE {LEDGER_SCHEMA}.app_copies DROP CONSTRAINT IF EXISTS app_copies_status_check;
+ALTER TABLE {LEDGER_SCHEMA}.app_copies ADD CONSTRAINT app_copies_status_check
+    CHECK (status IN ('verified', 'mismatch', 'refused', 'interrupted'));
+""",
 ]
 
 VERSION_DDL = f"""

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from conftest import consolidate, fetch, make_db, read_private_copy
+from conftest import AMBIENT_SETTINGS, consolidate, fetch, make_db, read_private_copy
 
 MIGRATIONS = [(1588102412422, "InitialMigration1588102412422"), (1747824239000, "AddProjectDescriptionColumn1747824239000")]
 
@@ -161,6 +166,36 @@ def test_a_role_that_may_not_use_the_schema_is_told_which_grant_is_missing(tmp_p
             connection.execute("DROP OWNED BY outsider")
             connection.execute("DROP ROLE outsider")
     assert fetch(target, "SELECT count(*) FROM app.workflow_entity") == [(0,)]
+
+
+def test_an_interrupted_copy_writes_nothing_and_is_recorded(tmp_path, target):
+    """Ctrl-C in the middle of the COPY: nothing kept, the attempt is a row of the ledger, and the command
+    says so (exit 130, with --json a document): it ended in silence."""
+    source = app_pair(tmp_path, target, GOOD_ROW)
+    with sqlite3.connect(source) as connection:
+        connection.executemany("INSERT INTO execution_entity (workflowId, finished) VALUES ('w1', 1)",
+                               [()] * 300_000)
+    connection.close()
+    environment = {k: v for k, v in os.environ.items() if k not in AMBIENT_SETTINGS}
+    process = subprocess.Popen([sys.executable, "-m", "loader", "app-copy", str(source), "--schema", "app",
+                                "--dsn", target.dsn, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=environment)
+    try:
+        deadline = time.monotonic() + 120
+        while not fetch(target, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY %%execution_entity%%' "
+                                "AND pid <> pg_backend_pid()"):
+            assert process.poll() is None and time.monotonic() < deadline, "the copy ended before it was caught"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    assert "interrupted" in stderr and json.loads(stdout)["exit_code"] == 130
+    assert fetch(target, "SELECT status, message FROM consolidate.app_copies") == [
+        ("interrupted", "interrupted before it committed: nothing was written")]
+    assert fetch(target, "SELECT (SELECT count(*) FROM app.workflow_entity), (SELECT count(*) FROM app.execution_entity)") \
+        == [(0, 0)]
 
 
 def test_missing_schema_and_foreign_files_are_usage_errors(tmp_path, target):

@@ -33,7 +33,7 @@ from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import LEDGER_SCHEMA, now
 
-VERIFIED, MISMATCH, REFUSED = "verified", "mismatch", "refused"
+VERIFIED, MISMATCH, REFUSED, INTERRUPTED = "verified", "mismatch", "refused", "interrupted"
 LOCK_TIMEOUT = "10s"
 
 
@@ -67,7 +67,7 @@ class TableReport:
 class AppCopyResult:
     copy_id: str
     mode: str                   # copy / verify
-    status: str                 # verified / mismatch / refused
+    status: str                 # verified / mismatch / refused (interrupted: only in the ledger)
     source_path: str
     schema: str
     replace: bool
@@ -361,6 +361,11 @@ def app_copy(source_path: Path, target: Target, schema: str, *, replace: bool = 
                 pass
             except psycopg.errors.InsufficientPrivilege as error:
                 raise AppCopyUsageError(not_permitted(connection, schema, error)) from None
+            except KeyboardInterrupt:  # recorded, then the command ends as every interrupted one does
+                result.status, result.message = INTERRUPTED, "interrupted before it committed: nothing was written"
+                with contextlib.suppress(psycopg.Error), connection.transaction():
+                    record(connection, result, started_at)
+                raise
             if result.status != VERIFIED:
                 with connection.transaction():
                     record(connection, result, started_at)
