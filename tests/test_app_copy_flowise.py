@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,25 @@ def check_rows(source: Path, database, scratch: Path) -> None:
                                    for i, created, deployed, data in flows)
     credentials = read_private_copy(source, scratch / "c", 'SELECT id, "encryptedData" FROM credential')
     assert sorted(database.fetch('SELECT id::text, "encryptedData" FROM flowise.credential')) == sorted(credentials)
+
+
+def test_login_sessions_are_not_copied_and_do_not_refuse_the_copy(realdata, installed, schemas, tmp_path):
+    """Flowise 3's SQLite file keeps its login sessions in login_sessions (connect-sqlite3); on PostgreSQL
+    Flowise keeps them in public.login_sessions, outside its schema. A file with a live session copies, the
+    sessions left behind and said so (it was refused: a table with no counterpart)."""
+    version = VERSIONS[0]
+    (source,) = [path for path in realdata_files(realdata) if sorted(
+        name for (name,) in read_private_copy(path, tmp_path / "m", "SELECT name FROM migrations")) == sorted(installed[version])]
+    copy = tmp_path / "with-session" / "database.sqlite"
+    copy.parent.mkdir()
+    shutil.copyfile(source, copy)
+    with sqlite3.connect(copy) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS login_sessions (sid PRIMARY KEY, expired, sess)")
+        connection.execute("INSERT INTO login_sessions VALUES ('sid1', 1999999999000, '{\"cookie\": {}}')")
+    connection.close()
+    result = consolidate("app-copy", str(copy), "--schema", "flowise", "--dsn", schemas[version].admin.dsn,
+                         "--json", "--replace")
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report.get("message")
+    (sessions,) = [t for t in report["tables"] if t["table"] == "login_sessions"]
+    assert sessions["action"] == "skipped" and sessions["source_rows"] == 1 and "sign in again" in sessions["note"]

@@ -22,6 +22,9 @@ class Application:
     postgres_only_migrations: frozenset[str] = field(default_factory=frozenset)
     # The environment variables that point the application at a PostgreSQL schema (for messages).
     postgres_settings: str = ""
+    # Tables of the SQLite file whose rows the application keeps elsewhere on PostgreSQL, or not at all,
+    # and that need not move: table -> what they hold and what happens without them.
+    transient_tables: dict[str, str] = field(default_factory=dict)
 
 
 N8N = Application(
@@ -50,6 +53,10 @@ FLOWISE = Application(
     first_start_tables={"role": None},
     postgres_only_migrations=frozenset({"FieldTypes", "ModifyExecutionSessionIdFieldType"}),
     postgres_settings="DATABASE_TYPE=postgres DATABASE_HOST/PORT/NAME/USER/PASSWORD",
+    # Flowise 3's express-session store (connect-sqlite3); on PostgreSQL it is connect-pg-simple's
+    # public.login_sessions (dist/enterprise/middleware/passport/SessionPersistance.js)
+    transient_tables={"login_sessions": "login sessions, not copied: Flowise keeps them in public.login_sessions "
+                                        "on PostgreSQL, and its users sign in again"},
 )
 
 APPLICATIONS = (N8N, FLOWISE)

@@ -173,9 +173,10 @@ def plan_tables(source: source_db.SourceDatabase, schema: target_db.TargetSchema
         source_rows = source.count(name) if name in source_tables else None
         table = schema.tables.get(name)
         if table is None:
-            if source_rows:
+            if source_rows and name not in application.transient_tables:
                 problems.append(f"table {name} ({source_rows} rows) has no counterpart in schema {schema.name}")
-            plans.append(TablePlan(name, source_rows, 0, [], [], "skipped", "not in the target; empty in the source"))
+            plans.append(TablePlan(name, source_rows, 0, [], [], "skipped",
+                                   application.transient_tables.get(name, "not in the target; empty in the source")))
             continue
         before = counts[name]
         if name not in source_tables:
