@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
@@ -198,6 +199,29 @@ def test_an_interrupted_copy_writes_nothing_and_is_recorded(tmp_path, target):
         == [(0, 0)]
 
 
+def test_a_copy_while_the_application_is_connected_is_refused(tmp_path, target):
+    """README step 1, stop the application: a session of the role owning the schema (the application's)
+    refuses a copy, which would replace rows under it; verifying is allowed."""
+    source = app_pair(tmp_path, target, GOOD_ROW)
+    with target.connect() as connection:
+        connection.execute("CREATE ROLE running_app LOGIN")
+        connection.execute("ALTER SCHEMA app OWNER TO running_app")
+    try:
+        with psycopg.connect(make_conninfo(target.dsn, user="running_app", application_name="n8n-worker")):
+            result, report = app_copy(source, target)
+            assert result.returncode == 5 and "1 session(s) of n8n-worker" in report["message"], report
+            assert "stop it first" in report["message"]
+            assert fetch(target, "SELECT count(*) FROM app.workflow_entity") == [(0,)]
+            verified, _ = app_copy(source, target, "--verify-only")
+            assert verified.returncode == 1  # compared (the schema is empty): not refused
+        result, report = app_copy(source, target)
+        assert result.returncode == 0, report
+    finally:
+        with target.connect() as connection:
+            connection.execute("ALTER SCHEMA app OWNER TO current_user")
+            connection.execute("DROP ROLE running_app")
+
+
 def test_missing_schema_and_foreign_files_are_usage_errors(tmp_path, target):
     source = app_pair(tmp_path, target, GOOD_ROW)
     result = consolidate("app-copy", str(source), "--schema", "nowhere", "--dsn", target.dsn)
@@ -207,6 +231,11 @@ def test_missing_schema_and_foreign_files_are_usage_errors(tmp_path, target):
     assert result.returncode == 2 and "neither an n8n nor a Flowise database" in result.stderr
     result = consolidate("app-copy", str(tmp_path / "absent.sqlite"), "--schema", "app", "--dsn", target.dsn)
     assert result.returncode == 3
+    result = consolidate("app-copy", str(tmp_path / "app"), "--schema", "app", "--dsn", target.dsn)
+    assert result.returncode == 3 and "a folder, not a database file" in result.stderr
+    flowise = make_db(tmp_path / "flowise.sqlite", "CREATE TABLE chat_flow (id TEXT PRIMARY KEY)")
+    result = consolidate("app-copy", str(flowise), "--schema", "app", "--dsn", target.dsn)
+    assert result.returncode == 2 and "schema app is n8n's, and the source is a flowise database" in result.stderr
 
 
 def test_a_source_column_the_target_lacks_is_refused(tmp_path, target):

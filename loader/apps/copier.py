@@ -373,6 +373,21 @@ def app_copy(source_path: Path, target: Target, schema: str, *, replace: bool = 
     return result
 
 
+def application_sessions(connection: psycopg.Connection, schema: str) -> str | None:
+    """The sessions of the role owning `schema` (the application's) on this database, described; None when
+    there are none, or when app-copy itself connects as that role (its sessions are then not told apart).
+    A copy under a running application replaces rows it holds in memory."""
+    sessions = connection.execute(
+        "SELECT count(*), string_agg(DISTINCT nullif(application_name, ''), ', ') FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND usesysid = (SELECT nspowner FROM pg_namespace WHERE nspname = %s) "
+        "AND usesysid <> (SELECT oid FROM pg_roles WHERE rolname = current_user)", [schema]).fetchone()
+    count, names = sessions
+    if not count:
+        return None
+    return f"{count} session(s)" + (f" of {names}" if names else "")
+
+
 def not_permitted(connection: psycopg.Connection, schema: str, error: psycopg.Error) -> str:
     """What to do when the role app-copy connects as may not read or write the application's schema."""
     role, owner = connection.execute("SELECT current_user, (SELECT nspowner::regrole::text FROM pg_namespace "
@@ -395,10 +410,15 @@ def run(connection: psycopg.Connection, source: source_db.SourceDatabase, applic
         raise Refused(f"another app-copy into schema {schema_name} is running") from None
     schema = target_db.inspect(connection, schema_name)
     target_application = recognise(set(schema.tables))
-    if target_application is not application:
-        raise Refused(f"schema {schema_name} is not a {application.name} schema"
-                      + (f" (it is {target_application.name}'s)" if target_application else "")
-                      + f": start {application.name} once against it so it builds its own tables")
+    if target_application is not None and target_application is not application:
+        raise AppCopyUsageError(f"schema {schema_name} is {target_application.name}'s, and the source is a "
+                                f"{application.name} database: copy it into the schema {application.name} built")
+    if target_application is None:
+        raise Refused(f"schema {schema_name} holds no {application.name} tables: start {application.name} once "
+                      f"against it ({application.postgres_settings}) so it builds its own tables")
+    if not verify_only and (running := application_sessions(connection, schema_name)):
+        raise Refused(f"{application.name} is connected to schema {schema_name}'s database as its owner "
+                      f"({running}): stop it first (step 1 of the procedure). Nothing was written.")
     result.versions = compare(application, source.migrations(), target_db.migrations(connection, schema), schema_name)
     if not result.versions.matches:
         raise Refused(result.versions.message)

@@ -74,7 +74,8 @@ def open_source(path: Path) -> Iterator[SourceDatabase]:
     """The source as a private consistent copy (main file, WAL replayed), removed on exit. The source
     itself is never opened."""
     if not path.is_file():
-        raise SourceUnreadable(f"{path}: no such file")
+        raise SourceUnreadable(f"{path}: " + ("a folder, not a database file (the application's database.sqlite)"
+                                              if path.is_dir() else "no such file"))
     try:
         with private_copy(path) as snapshot:
             connection = sqlite3.connect(f"file:{snapshot.path}?mode=ro", uri=True)

@@ -452,7 +452,8 @@ def app_copy(
     schema already holds application data (unless --replace). Recorded in consolidate.app_copies.
 
     Exit 0 verified; 1 a table differs (the copy is rolled back); 2 bad usage (no such schema, not an
-    n8n/Flowise file, a role that may not use the schema); 3 the source cannot be read; 4 PostgreSQL unavailable; 5 refused, nothing written.
+    n8n/Flowise file, a role that may not use the schema); 3 the source cannot be read; 4 PostgreSQL unavailable; 5 refused, nothing written (versions differ, data
+    in the schema, a value that does not fit, the application connected as the schema's owner).
 
     Example: consolidate app-copy /srv/n8n/database.sqlite --schema n8n --dsn postgresql://consolidate@db/apps
     """

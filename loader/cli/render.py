@@ -64,7 +64,7 @@ def error(message: object, as_json: bool = False, exit_code: int | None = None) 
 
 def database_unavailable(message: str) -> None:
     err.print(f"[red]PostgreSQL unavailable:[/red] {escape(message)}\n"
-              "Nothing half-done was kept (each file loads, and each build and record commits, in one "
+              "Nothing half-done was kept (each file load, build, copy and record commits in one "
               "transaction). Run the same command again once the server is back.")
 
 
