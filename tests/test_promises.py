@@ -298,7 +298,7 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     found = consolidate("lineage", "alpha", "--json", target=target, home=home)
     assert found.returncode == 0 and {v["role"] for v in json.loads(found.stdout)} == {"winner", "superseded"}
     missing = consolidate("lineage", "no-such-key", "--json", target=target, home=home)
-    assert missing.returncode == 6 and json.loads(missing.stdout) == []
+    assert missing.returncode == 6 and json.loads(missing.stdout) == [] and "no entry with key" in missing.stderr
     elsewhere = consolidate("lineage", "alpha", "--schema", "no_such_schema", target=target, home=home)
     assert elsewhere.returncode == 2 and "no_such_schema.unified_memory" in elsewhere.stderr, elsewhere.stderr
 

@@ -475,9 +475,14 @@ def test_cache_commands_never_print_the_redis_password(redis_with_password, shap
     assert json.loads(stats.stdout)["connected"] is True and "***" in json.loads(stats.stdout)["url"]
     refused = consolidate("cache", "stats", "--json", "--redis-url", wrong)
     warm = consolidate("cache", "warm", "--redis-url", wrong, "--home", str(tmp_path / "state"))
-    assert (refused.returncode, warm.returncode) == (ExitCode.CACHE_UNAVAILABLE, ExitCode.CACHE_UNAVAILABLE)
+    warm_json = consolidate("cache", "warm", "--json", "--redis-url", wrong, "--home", str(tmp_path / "state"))
+    assert (refused.returncode, warm.returncode, warm_json.returncode) == (ExitCode.CACHE_UNAVAILABLE,) * 3
     assert json.loads(refused.stdout)["connected"] is False
-    outputs = "".join(r.stdout + r.stderr for r in (stats, refused, warm))
+    # every --json document carries the code the command exits with (README), an error's its reason too
+    assert (json.loads(stats.stdout)["exit_code"], json.loads(refused.stdout)["exit_code"]) == (0, ExitCode.CACHE_UNAVAILABLE)
+    warmed = json.loads(warm_json.stdout)
+    assert warmed["exit_code"] == ExitCode.CACHE_UNAVAILABLE and "cannot be reached" in warmed["error"]
+    outputs = "".join(r.stdout + r.stderr for r in (stats, refused, warm, warm_json))
     assert not shown(forms, outputs)
 
 

@@ -318,11 +318,12 @@ def validated(report: ValidationReport, as_json: bool) -> None:
 # ------------------------------------------------------------------------------------------- lineage
 
 def lineage(key: str, namespace: str | None, versions: list[Version], as_json: bool) -> None:
+    if not versions:  # on stderr with --json too: the document is the list of versions, empty
+        err.print(f"no entry with key {escape(repr(key))}" + (f" in namespace {escape(repr(namespace))}" if namespace else ""))
     if as_json:
         print_json([v.to_json() for v in versions])
         return
     if not versions:
-        err.print(f"no entry with key {escape(repr(key))}" + (f" in namespace {escape(repr(namespace))}" if namespace else ""))
         return
     table = Table(title=f"versions of {key!r}")
     for column in ("", "namespace", "source", "rowid", "load", "updated_at", "accessed_at", "value"):
@@ -623,7 +624,9 @@ def shell_exports(variables: dict[str, str]) -> None:
 def cache_warmed(url: str, warmed: int | None, as_json: bool) -> None:
     """`warmed` None: Redis could not be reached."""
     if as_json:
-        print_json({"url": url, "connected": warmed is not None, "cached": warmed or 0})
+        print_json({"url": url, "connected": warmed is not None, "cached": warmed or 0,
+                    **({} if warmed is not None else {"error": f"Redis at {url} cannot be reached"}),
+                    "exit_code": int(ExitCode.OK if warmed is not None else ExitCode.CACHE_UNAVAILABLE)})
     elif warmed is None:
         error(f"Redis at {url} cannot be reached")
     else:
@@ -634,7 +637,7 @@ def cache_stats(stats: dict, as_json: bool) -> None:
     """The server's figures: the counters of this process (hits, misses, errors) are always 0 here."""
     stats = {name: value for name, value in stats.items() if name not in ("hits", "misses", "errors")}
     if as_json:
-        print_json(stats)
+        print_json({**stats, "exit_code": int(ExitCode.OK if stats["connected"] else ExitCode.CACHE_UNAVAILABLE)})
         return
     table = Table(title=f"Redis cache {stats['url']}")
     table.add_column("")
