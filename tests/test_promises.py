@@ -292,6 +292,8 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert [r["status"] for r in sources["results"]] == ["pass"]
     unknown = dbt("no-such-command")
     assert unknown.returncode == 2 and "No such command 'no-such-command'" in unknown.stderr
+    version = dbt("--version")  # dbt's options without a command take none of the project's
+    assert version.returncode == 0 and "installed: 1.11." in version.stdout, version.stderr[-2000:]
     plain = consolidate("build", target=target, home=home)
     assert plain.returncode == 0 and "build passed" in plain.stdout  # the outcome on stdout, dbt's progress not
 

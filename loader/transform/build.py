@@ -53,7 +53,10 @@ class BuildOutcome:
 
 
 def dbt_arguments(command: list[str], home: Path, quiet: bool) -> list[str]:
-    """`command` (a dbt command and its own arguments) pointed at the project, its profile and `home`."""
+    """`command` (a dbt command and its own arguments) pointed at the project, its profile and `home`; dbt's
+    options without a command (`--version`, `--help`) as they are."""
+    if dbt_subcommand(command) is None:
+        return command
     arguments = [
         *command,
         "--project-dir", str(PROJECT_DIR),
