@@ -151,3 +151,20 @@ def test_an_empty_main_file_whose_wal_sqlite_cannot_read_is_warned_about(tmp_pat
     for name in ("garbage.db", "truncated.db"):
         assert f"SQLite reads no table from its WAL ({name}-wal)" in reasons[name]
 
+
+
+def test_a_root_under_which_no_database_is_found_is_a_warning(tmp_path):
+    """A mistyped root that exists (an empty folder, one of other files) would load nothing and pass."""
+    empty, other, with_db = tmp_path / "empty", tmp_path / "other", tmp_path / "with-db"
+    empty.mkdir()
+    other.mkdir()
+    (other / "notes.txt").write_text("not a database")
+    (with_db / ".swarm").mkdir(parents=True)
+    with sqlite3.connect(with_db / ".swarm" / "memory.db") as connection:
+        connection.execute("CREATE TABLE memory_entries (key TEXT)")
+    connection.close()
+    found = discover([empty, other, with_db])
+    assert [f.path.parent.parent for f in found.files] == [with_db]
+    assert sorted(w.path for w in found.warnings if w.reason == "no SQLite database found under it") \
+        == sorted([empty, other])
+    assert not [w for w in discover([with_db]).warnings if "no SQLite database" in w.reason]

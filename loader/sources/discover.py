@@ -394,7 +394,16 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
     for copy, original in copies:
         copy.kind, copy.tables, copy.error = original.kind, original.tables, original.error
     warnings.extend(unreadable_wal_warning(source) for source in files if reads_nothing_from_its_wal(source))
+    warnings.extend(DiscoveryWarning(root, "no SQLite database found under it") for root in roots_without_files(roots, files))
     return Discovery(files=files, warnings=warnings)
+
+
+def roots_without_files(roots: list[Path], files: list[SourceFile]) -> list[Path]:
+    """The roots (that exist) under which no database was found: a mistyped root that exists passes silently
+    otherwise (nothing to load, nothing to reconcile)."""
+    reached = [path for source in files for path in (source.found_as or source.path, source.path, *source.link_paths)]
+    return [root.absolute() for root in roots if root.exists() and not any(
+        path == root.absolute() or root.absolute() in path.parents for path in reached)]
 
 
 def reads_nothing_from_its_wal(source: SourceFile) -> bool:
