@@ -162,10 +162,26 @@ def test_a_role_that_may_not_use_the_schema_is_told_which_grant_is_missing(tmp_p
         assert report["exit_code"] == 2
         assert "role outsider may not use schema app" in report["error"]
         assert f"GRANT {owner} TO outsider" in report["error"]
+        # granted, the copy itself may go on; the ledger's schema needs CREATE on the database, which is said
+        # as PostgreSQL says it (not as the grant above): the schema and its tables owned by an application
+        # role of their own (a member of the superuser that made them could create anything)
+        with target.connect() as connection:
+            connection.execute("CREATE ROLE app_owner")
+            connection.execute("ALTER SCHEMA app OWNER TO app_owner")
+            for (table,) in connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'app'").fetchall():
+                connection.execute(f'ALTER TABLE app."{table}" OWNER TO app_owner')
+            connection.execute("GRANT app_owner TO outsider")
+        result = consolidate("app-copy", str(source), "--schema", "app", "--json",
+                             "--dsn", make_conninfo(target.dsn, user="outsider"))
+        report = json.loads(result.stdout)
+        assert result.returncode == 2 and "lacks a privilege app-copy needs: permission denied for database" \
+            in report["error"], report
     finally:
         with target.connect() as connection:
             connection.execute("DROP OWNED BY outsider")
             connection.execute("DROP ROLE outsider")
+            connection.execute("DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_owner') THEN "
+                               "REASSIGN OWNED BY app_owner TO CURRENT_USER; DROP ROLE app_owner; END IF; END $$")
     assert fetch(target, "SELECT count(*) FROM app.workflow_entity") == [(0,)]
 
 

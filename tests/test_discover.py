@@ -168,3 +168,7 @@ def test_a_root_under_which_no_database_is_found_is_a_warning(tmp_path):
     assert sorted(w.path for w in found.warnings if w.reason == "no SQLite database found under it") \
         == sorted([empty, other])
     assert not [w for w in discover([with_db]).warnings if "no SQLite database" in w.reason]
+    # a root that is a link to a folder another root holds too: its databases are found (once)
+    (tmp_path / "link").symlink_to(with_db)
+    for roots in ([with_db, tmp_path / "link"], [tmp_path / "link", with_db]):
+        assert not [w for w in discover(roots).warnings if "no SQLite database" in w.reason], roots

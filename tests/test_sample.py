@@ -133,6 +133,23 @@ def test_refuses_a_root_that_is_a_file(tmp_path):
         write_sample(tmp_path / "tree")
 
 
+def test_an_interrupted_sample_leaves_nothing_behind_and_can_be_written_again(tmp_path, monkeypatch):
+    """Ctrl-C halfway (here: as the application files start, after the claude-flow files): the files
+    written so far go, so that the same command runs again (a non-empty folder is refused)."""
+    from loader.fixtures import sample
+
+    def interrupted(root):
+        assert any(root.rglob("memory.db"))  # the claude-flow files were written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample, "write_other_app_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_sample(tmp_path / "tree")
+    assert list((tmp_path / "tree").iterdir()) == []
+    monkeypatch.undo()
+    assert len(write_sample(tmp_path / "tree")) == 10
+
+
 def test_writes_into_an_existing_empty_directory(tmp_path):
     written = write_sample(tmp_path)
     databases = sorted(path for path in tmp_path.rglob("*")

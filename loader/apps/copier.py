@@ -363,9 +363,10 @@ def app_copy(source_path: Path, target: Target, schema: str, *, replace: bool = 
             except psycopg.errors.InsufficientPrivilege as error:
                 raise AppCopyUsageError(not_permitted(connection, schema, error)) from None
             except KeyboardInterrupt:  # recorded, then the command ends as every interrupted one does
-                result.status, result.message = INTERRUPTED, "interrupted before it committed: nothing was written"
                 with contextlib.suppress(psycopg.Error), connection.transaction():
-                    record(connection, result, started_at)
+                    if not recorded(connection, result.copy_id):  # it may come as the copy commits
+                        result.status, result.message = INTERRUPTED, "interrupted before it committed: nothing was written"
+                        record(connection, result, started_at)
                 raise
             if result.status != VERIFIED:
                 with connection.transaction():
@@ -388,13 +389,26 @@ def application_sessions(connection: psycopg.Connection, schema: str) -> str | N
     return f"{count} session(s)" + (f" of {names}" if names else "")
 
 
+def recorded(connection: psycopg.Connection, copy_id: str) -> bool:
+    """Whether the ledger holds this attempt (a copy commits its own row with it)."""
+    if not ledger.relation_exists(connection, LEDGER_SCHEMA, "app_copies"):
+        return False
+    return connection.execute(f"SELECT 1 FROM {LEDGER_SCHEMA}.app_copies WHERE copy_id = %s",
+                              [copy_id]).fetchone() is not None
+
+
 def not_permitted(connection: psycopg.Connection, schema: str, error: psycopg.Error) -> str:
-    """What to do when the role app-copy connects as may not read or write the application's schema."""
-    role, owner = connection.execute("SELECT current_user, (SELECT nspowner::regrole::text FROM pg_namespace "
-                                     "WHERE nspname = %s)", [schema]).fetchone()
+    """What to do when the role app-copy connects as lacks a privilege: the README's grant when it is not a
+    member of the role owning the application's schema, else PostgreSQL's own words (CREATE on the
+    database for the ledger's schema, say)."""
+    role, owner, member = connection.execute(
+        "SELECT current_user, nspowner::regrole::text, pg_has_role(current_user, nspowner, 'MEMBER') "
+        "FROM pg_namespace RIGHT JOIN (VALUES (%s)) AS wanted (name) ON nspname = wanted.name", [schema]).fetchone()
+    if member is not False:
+        return f"role {role} lacks a privilege app-copy needs: {error.diag.message_primary}. Nothing was written."
     return (f"role {role} may not use schema {schema}: {error.diag.message_primary}. app-copy writes as the role "
-            f"that owns the schema's tables: GRANT {owner or 'the application role'} TO {role} (README, step 2 of "
-            "the procedure). Nothing was written.")
+            f"that owns the schema's tables: GRANT {owner} TO {role} (README, step 2 of the procedure). "
+            "Nothing was written.")
 
 
 def run(connection: psycopg.Connection, source: source_db.SourceDatabase, application: Application,
@@ -476,5 +490,7 @@ def refused_on_bad_data(table: str, doing: str) -> Iterator[None]:
     try:
         yield
     except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.NotSupportedError) as error:
+        if isinstance(error, psycopg.errors.InsufficientPrivilege):
+            raise  # not the data's fault: app_copy says which privilege is missing
         context = f" ({error.diag.context.strip()})" if error.diag.context else ""
         raise Refused(f"table {table}, {doing}: {error.diag.message_primary}{context}. Nothing was written.") from None

@@ -685,9 +685,9 @@ def main() -> None:
                                "exit_code": ExitCode.DATABASE_UNAVAILABLE})
         sys.exit(ExitCode.DATABASE_UNAVAILABLE)
     if exit_code == ExitCode.INTERRUPTED:  # typer's answer to a KeyboardInterrupt, which it leaves unsaid
-        render.error("interrupted: what the command had committed stays, the step it was in was rolled back "
-                     "(nothing half-done is kept); run the same command again", asked_for_json(sys.argv),
-                     ExitCode.INTERRUPTED)
+        render.error("interrupted: PostgreSQL keeps what the command had committed and nothing of the "
+                     "transaction it was in; a file it was writing (a backup, an archive, a rollback file) may be "
+                     "incomplete", asked_for_json(sys.argv), ExitCode.INTERRUPTED)
     sys.exit(exit_code if isinstance(exit_code, int) else ExitCode.OK)
 
 

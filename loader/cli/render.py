@@ -295,10 +295,10 @@ def print_validation_problems(report: ValidationReport) -> None:
                   f"too): {escape(', '.join(f.source_path for f in report.outside_backup))}")
     recounted_later = [f for f in report.files if f.written_since_counted]
     if recounted_later:
+        written = ", ".join(f"{f.source_db}: {f.written_since_counted:,}" for f in recounted_later)
         err.print(f"[yellow]note:[/yellow] kept / superseded / moved are the last build's: since it, PostgreSQL wrote "
-                  f"{sum(f.written_since_counted for f in recounted_later):,} entries with rows of "
-                  f"{len(recounted_later)} file(s) ({escape(', '.join(f.source_db for f in recounted_later))}), "
-                  "which may have moved those rows between them; `consolidate build` recounts", soft_wrap=True)
+                  f"entries with rows of {len(recounted_later)} file(s) ({escape(written)} entries), which may have "
+                  "moved those rows between them; `consolidate build` recounts", soft_wrap=True)
     for f in report.files:
         for problem in f.problems:
             err.print(f"[red]{escape(str(f.source_db))}[/red]: {escape(str(problem))}")

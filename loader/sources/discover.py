@@ -403,7 +403,8 @@ def roots_without_files(roots: list[Path], files: list[SourceFile]) -> list[Path
     otherwise (nothing to load, nothing to reconcile)."""
     reached = [path for source in files for path in (source.found_as or source.path, source.path, *source.link_paths)]
     return [root.absolute() for root in roots if root.exists() and not any(
-        path == root.absolute() or root.absolute() in path.parents for path in reached)]
+        path == under or under in path.parents for path in reached
+        for under in (root.absolute(), Path(os.path.realpath(root))))]
 
 
 def reads_nothing_from_its_wal(source: SourceFile) -> bool:

@@ -209,7 +209,8 @@ def invoke_dbt(command: list[str], target: Target, home: Path, connection: psyco
         return BuildOutcome(success=False, crashed=True, failures=[str(gone)])
     with connection_for(target, connection) as recording:
         record_invocation(recording, command, invoked_at, invocation.invocation_id)
-        if invocation.success and not warnings and (warning := left_some_memory_models_behind(recording, command, target.schema)):
+        if invocation.success and not warnings and (warning := left_some_memory_models_behind(
+                recording, command, invocation.invocation_id, invoked_at)):
             warnings.append(warning)
     outcome = BuildOutcome(success=invocation.success, crashed=invocation.exception is not None, warnings=warnings)
     for unique_id, status, message in invocation.results:
@@ -240,12 +241,14 @@ def incremental_over_stale_marts(connection: psycopg.Connection, command: list[s
             "what int_memory_ranked does; `consolidate build` (or --full-refresh) rebuilds them from raw")
 
 
-def left_some_memory_models_behind(connection: psycopg.Connection, command: list[str], schema: str) -> str | None:
+def left_some_memory_models_behind(connection: psycopg.Connection, command: list[str], invocation_id: str,
+                                   invoked_at) -> str | None:
     """After a dbt `build` or `run` that passed: a warning when it built only some of the memory models (a
-    selection), so that the marts may not hold what int_memory_ranked does (said now, not only before the
-    next incremental invocation)."""
-    if (subcommand := dbt_subcommand(command)) not in ("build", "run") \
-            or ledger.memory_models_left_whole(connection, schema):
+    selection; its on-run-start row in consolidate.memory_builds says `some`), so that the marts may not hold
+    what int_memory_ranked does (said now, not only before the next incremental invocation)."""
+    if (subcommand := dbt_subcommand(command)) not in ("build", "run") or not connection.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE invocation_id = %s AND started_at >= %s AND memory_models = 'some'").format(
+                ledger.table("memory_builds")), (invocation_id, invoked_at)).fetchone():
         return None
     return (f"this `dbt {subcommand}` built only some of the memory models: the marts may not hold what "
             "int_memory_ranked does; `consolidate build` (or --full-refresh) rebuilds them from raw, an "

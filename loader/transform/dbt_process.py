@@ -102,6 +102,8 @@ def invoke_here(arguments: list[str], environment: dict[str, str], run_results: 
     output = contextlib.redirect_stdout(sys.stderr) if to_stderr else contextlib.nullcontext()
     with temporary_environment(environment), dbt_argv(arguments), output:
         result = dbtRunner().invoke(arguments)
+    if isinstance(result.exception, KeyboardInterrupt):  # dbt makes Ctrl-C a failed result: it is Ctrl-C
+        raise KeyboardInterrupt
     if run_results is not None and hasattr(result.result, "write"):
         result.result.write(str(run_results))
     # a node's result (build, run, test...) names its node; run-operation's names only its macro
