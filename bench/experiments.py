@@ -1,5 +1,6 @@
-"""What the loader proposals in BENCHMARKS.md would buy, measured on a bench corpus (not used by the
-loader; each variant loads the corpus's memory_entries into raw_claude_flow_v2.memory_entries of a fresh
+"""What the loader proposals in BENCHMARKS.md would buy, measured on a bench corpus before the loader took
+one of them (duckdb-pg is `consolidate load`'s path now; "today's" below is the CSV path it had then). Not
+used by the loader; each variant loads the corpus's memory_entries into raw_claude_flow_v2.memory_entries of a fresh
 database, with the same lineage columns as `consolidate load`, one transaction per file).
 
     python -m bench.experiments CORPUS --dsn DSN [--variants csv-file,fifo,fifo-2,duckdb-pg,duckdb-pg-2]

@@ -32,7 +32,6 @@ import multiprocessing
 import os
 import random
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import generate  # noqa: E402
+from bench.parallel_run import redis_server  # noqa: E402
 from bench.runner import Server, machine, source_revision  # noqa: E402
 from loader.serve.cache import Cache  # noqa: E402
 from loader.serve.client import MemoryClient  # noqa: E402
@@ -102,29 +102,6 @@ def batches_of(keys: list[tuple[str, str]], size: int) -> list[tuple[list[str], 
 
 
 # ----------------------------------------------------------------------------------------- setup
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server = subprocess.Popen([shutil.which("redis-server"), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                               "--appendonly", "no", "--dir", str(folder)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(500):
-        try:
-            redis.Redis.from_url(url).ping()
-            return server, url
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    server.terminate()
-    raise RuntimeError("redis-server did not start")
-
 
 def consolidated(server: Server, corpus: Path, out: Path, label: str, prefix: str) -> str:
     dsn = server.recreate(f"{prefix}_latency_{label.lower()}")
@@ -272,14 +249,15 @@ def measure_size(rows: int, args, server: Server) -> dict:
     load_before = os.getloadavg()
     dsn = consolidated(server, corpus, args.out, label, args.db_prefix)
     keys, entries = sample_keys(dsn, args.seed)
-    redis_server, redis_url = start_redis(args.out / f"latency-redis-{label}")
+    (args.out / f"latency-redis-{label}").mkdir(parents=True, exist_ok=True)
     try:
-        copy = private_copy(sqlite_file, args.out / f"latency-sqlite-{label}")
-        paths = measure_paths(dsn, redis_url, copy, keys, args.reads, args.seed)
-        staleness = measure_staleness(dsn, redis_url, args.seed)
+        with redis_server(args.out / f"latency-redis-{label}") as redis_url:
+            if redis_url is None:
+                raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+            copy = private_copy(sqlite_file, args.out / f"latency-sqlite-{label}")
+            paths = measure_paths(dsn, redis_url, copy, keys, args.reads, args.seed)
+            staleness = measure_staleness(dsn, redis_url, args.seed)
     finally:
-        redis_server.terminate()
-        redis_server.wait(10)
         shutil.rmtree(args.out / f"latency-sqlite-{label}", ignore_errors=True)
         if not args.keep_databases:
             server.drop(f"{args.db_prefix}_latency_{label.lower()}")

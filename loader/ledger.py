@@ -590,16 +590,6 @@ def relation_exists(connection: psycopg.Connection, schema: str, name: str) -> b
     return row is not None
 
 
-# The change tables' INSERT heads: change detection (loader/operate/change_detection.py) and a change load
-# (loader/load/delta.py) each fill them with a statement of their own.
-INSERT_LOAD_CHANGES = (f"INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, "
-                       "inserted, updated, deleted, unchanged, detected_at)")
-INSERT_DELETED_ROWS = (f"INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, "
-                       "row_md5, previous_load_id)")
-INSERT_RETIRED_ROWS = (f"INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, "
-                       "source_rowid, raw_schema, raw_table, load_id)")
-
-
 def missing_relations(connection: psycopg.Connection, names: Sequence[tuple[str, str]]) -> list[str]:
     """`schema.name` of each of `names` (schema, name) that does not exist (relation_exists)."""
     return [f"{schema}.{name}" for schema, name in names if not relation_exists(connection, schema, name)]
@@ -757,6 +747,21 @@ def tables_loaded(connection: psycopg.Connection, load_id: str, *, changes_at_le
         [load_id, changes_at_least]).fetchall()
 
 
+# The change tables' INSERT heads: change detection (loader/operate/change_detection.py) and a change load
+# (loader/load/delta.py) each fill them with a statement of their own.
+INSERT_LOAD_CHANGES = (f"INSERT INTO {LEDGER_SCHEMA}.load_changes (load_id, previous_load_id, source_path, source_table, "
+                       "inserted, updated, deleted, unchanged, detected_at)")
+INSERT_DELETED_ROWS = (f"INSERT INTO {LEDGER_SCHEMA}.deleted_rows (load_id, source_path, source_table, source_rowid, "
+                       "row_md5, previous_load_id)")
+INSERT_RETIRED_ROWS = (f"INSERT INTO {LEDGER_SCHEMA}.retired_rows (row_load_id, source_path, source_table, "
+                       "source_rowid, raw_schema, raw_table, load_id)")
+
+
+def who() -> str:
+    """The operator a ledger record names (user@host)."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
 # ---------------------------------------------------------------------------------- current loads
 
 @dataclass(frozen=True)
@@ -816,11 +821,6 @@ def never_loaded_files(connection: psycopg.Connection) -> dict[str, str]:
         f"FROM {LEDGER_SCHEMA}.load_files AS f WHERE NOT EXISTS (SELECT 1 FROM {LEDGER_SCHEMA}.current_loads AS c "
         "WHERE c.source_path = f.source_path) ORDER BY f.source_path, f.started_at DESC, f.load_id DESC").fetchall()
     return {path: error for path, status, error in rows if status == "failed"}
-
-
-def who() -> str:
-    """The operator a ledger record names (user@host)."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def current_load_of(connection: psycopg.Connection, source_path: str) -> tuple[str, str, str, str | None] | None:

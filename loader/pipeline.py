@@ -380,8 +380,8 @@ def watch(roots: Sequence[Path], target: Target, home: Path, interval: float,
                 with discovered_for_loading(roots, home, target) as found:
                     state = discovery_state(found)
                     if state == last_state:
-                        report = SyncReport(started_at=started, finished_at=ledger.now(),
-                                                             idle=True, checked=len(found.files))
+                        report = SyncReport(started_at=started, finished_at=ledger.now(), idle=True,
+                                            checked=len(found.files))
                     else:
                         report = sync(roots, target, home, policy=policy, build=build, found=found, cache=cache)
                         if not report.owes_a_retry:

@@ -27,7 +27,7 @@ from loader.fixtures.sample import write_sample
 from loader.operate.archive import ArchiveError, archive, remove_archived_originals, verify_archive
 from loader.operate.status import UNCHANGED, status
 from loader.pipeline import run, sync
-from loader.sources.snapshot import ArchiveUnreadable, archived_copy
+from loader.sources.snapshot import EVERY_SIDE_FILE, ArchiveUnreadable, archived_copy
 
 from conftest import change, consolidate, fetch, independent_row_count, numbered_v2_file, sha256, write_and_run_sample
 
@@ -38,7 +38,6 @@ DIND_COPY = "opt/sutazaiapp/docker/dind/.swarm/memory.db"  # discovery finds the
 DIND_ORIGINAL = "opt/sutazaiapp/backups/2025-08-19/.swarm/memory.db"
 NOT_SQLITE = "opt/sutazaiapp/.swarm/ruvector.db"
 ORPHAN_WAL = "opt/sutazaiapp/old/.swarm/memory.db-wal"
-SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def loaded_sample(tmp_path, target, home) -> Path:
 
 
 def sidecars(path: Path) -> list[Path]:
-    return [path.with_name(path.name + suffix) for suffix in SIDE_SUFFIXES]
+    return [path.with_name(path.name + suffix) for suffix in EVERY_SIDE_FILE]
 
 
 def zip_manifest(archive_path: Path) -> dict:

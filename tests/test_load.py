@@ -154,7 +154,7 @@ def test_files_loading_at_once_that_need_the_same_new_raw_table_get_every_column
     assert {reader for reader, _ in ledger_readers(target).values()} == {"duckdb"}
 
 
-def test_one_worker_and_two_load_the_same_rows(realdata, server_dsn, tmp_path):
+def test_one_worker_and_two_load_the_same_rows(realdata, server_dsn):
     from conftest import fresh_database
     contents = []
     for jobs in (1, 2):

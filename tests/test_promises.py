@@ -328,7 +328,7 @@ def test_build_json_dbt_passthrough_and_lineage_exit_codes(tmp_path, target, hom
     assert stale.returncode == 1 and [r["status"] for r in sources["results"]] == ["error"], stale.stdout[-2000:]
 
 
-def test_dbt_connects_as_the_dsn_says_with_what_libpq_fills_in_and_the_dsns_other_settings(tmp_path, target, home):
+def test_dbt_connects_as_the_dsn_says_with_what_libpq_fills_in_and_the_dsns_other_settings(target, home):
     """dbt's profile is filled from the DSN as libpq resolves it: a database left to PGDATABASE is that
     database (not "postgres"), and settings the profile has no field for (options, sslmode) reach dbt."""
     params = conninfo_to_dict(target.dsn)

@@ -186,9 +186,9 @@ def loaded(outcome: LoadOutcome, as_json: bool) -> None:
 
 # -------------------------------------------------------------------------------------- build, run
 
-def print_build_failures(outcome: BuildOutcome) -> None:
+def print_build_failures(outcome: BuildOutcome, to: Console = err) -> None:
     for failure in outcome.failures:
-        err.print(f"[red]failed:[/red] {escape(str(failure))}")
+        to.print(f"[red]failed:[/red] {escape(str(failure))}", soft_wrap=True)
 
 
 def built(outcome: BuildOutcome, as_json: bool) -> None:
@@ -196,8 +196,7 @@ def built(outcome: BuildOutcome, as_json: bool) -> None:
     if as_json:
         print_json({**outcome.to_json(), "exit_code": int(outcome.exit_code)})
         return
-    for failure in outcome.failures:
-        out.print(f"[red]failed:[/red] {escape(str(failure))}", soft_wrap=True)
+    print_build_failures(outcome, out)
     if outcome.skipped:
         out.print("build skipped: nothing changed since the last passing build")
     elif outcome.success:
@@ -524,8 +523,8 @@ def print_sync_problems(report: SyncReport) -> None:
         err.print(f"[yellow]warning:[/yellow] {escape(split.message())}")
     for f in report.failed:
         err.print(f"[red]could not load[/red] {escape(str(f.source_path))}: {escape(f.error or '')}")
-    for failure in report.build.failures if report.build else []:
-        err.print(f"[red]failed:[/red] {escape(failure)}")
+    if report.build:
+        print_build_failures(report.build)
     print_redis_untold(report.redis)
 
 

@@ -90,6 +90,7 @@ from loader.ledger import exists as ledger_exists
 from loader.sources.discover import DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
     CHANGE_DETECTING_SUFFIXES,
+    EVERY_SIDE_FILE,
     ZIP_READ_ERRORS,
     SourceKeptChanging,
     consistent_copy,
@@ -106,7 +107,7 @@ ARCHIVE_FILE = re.compile(r"consolidate-archive-\d{8}T\d{6}Z-[0-9a-f]+\.zip(\.sh
 # The bytes archived per file, and their labels in reasons: main file, WAL, hot journal.
 ARCHIVED_SUFFIXES = CHANGE_DETECTING_SUFFIXES
 SUFFIX_LABELS = {"": "main file", "-wal": "-wal", "-journal": "-journal"}
-REMOVED_SUFFIXES = ("", "-wal", "-shm", "-journal")
+REMOVED_SUFFIXES = ("", *EVERY_SIDE_FILE)
 QUARANTINE_PREFIX = ".consolidate-quarantine-"
 # The raw tables the reconciliation mart counts: the dbt macro memory_raw_tables().
 MEMORY_RAW_TABLES = ["raw_claude_flow_v2.memory_entries", "raw_claude_flow_v3.memory_entries",

@@ -81,6 +81,7 @@ from loader.load.raw_contract import MEMORY_NAMESPACES, MEMORY_TABLES
 from loader.operate.cutover import not_a_loaded_memory_file
 from loader.relations import MEMORY_RANKED
 from loader.sources.snapshot import (
+    EVERY_SIDE_FILE,
     ArchiveUnreadable,
     Snapshot,
     SourceKeptChanging,
@@ -495,7 +496,7 @@ JSON_COLUMNS = {"value", "content", "metadata", "tags"}
 TEXT_TIME_COLUMNS = {"created_at", "updated_at", "accessed_at"}
 
 
-def canonical_json(text: str) -> str | None:
+def sorted_json_text(text: str) -> str | None:
     try:
         return json.dumps(json.loads(text), sort_keys=True)
     except ValueError:
@@ -526,7 +527,7 @@ def says_the_same(column: str, own, new) -> bool:
         return False
     if column in TEXT_TIME_COLUMNS:
         return instant(own) is not None and instant(own) == instant(new)
-    return column in JSON_COLUMNS and canonical_json(own) is not None and canonical_json(own) == canonical_json(new)
+    return column in JSON_COLUMNS and sorted_json_text(own) is not None and sorted_json_text(own) == sorted_json_text(new)
 
 
 def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan) -> list[tuple[str, str]]:
@@ -710,9 +711,9 @@ def remove_leftovers_of_killed_rollbacks(destination: Path) -> list[str]:
     prefix = f".{destination.name}.rollback-{socket.gethostname()}-"
     for leftover in sorted(destination.parent.glob(f"{glob.escape(prefix)}*-*")):
         pid = leftover.name.removeprefix(prefix).split("-")[0]
-        if not pid.isdigit() or process_alive(int(pid)) or leftover.name.endswith(("-wal", "-shm", "-journal")):
+        if not pid.isdigit() or process_alive(int(pid)) or leftover.name.endswith(EVERY_SIDE_FILE):
             continue
-        for part in (leftover, *(side_file(leftover, s) for s in ("-wal", "-shm", "-journal"))):
+        for part in (leftover, *(side_file(leftover, s) for s in EVERY_SIDE_FILE)):
             part.unlink(missing_ok=True)
         notes.append(f"removed {leftover.name}, the partial file of a rollback to {destination.name} that was "
                      f"killed (process {pid})")
@@ -746,7 +747,7 @@ def move_into_place(written: Path, destination: Path, overwrite: bool) -> None:
         # the replaced file's side files are set aside first and put back if the replace fails, so a
         # failed rollback leaves the old FILE whole
         aside = []
-        for suffix in ("-wal", "-shm", "-journal"):
+        for suffix in EVERY_SIDE_FILE:
             side = side_file(destination, suffix)
             if side.exists():
                 aside.append((side, written.with_name(f"{written.name}.replaced{suffix}")))
@@ -773,7 +774,7 @@ def check_destination(connection: psycopg.Connection, source: Path, destination:
         raise DestinationRefused(f"{destination.parent} is not a folder")
     if destination.is_dir():
         raise DestinationRefused(f"{destination} is a folder: give the path of the new SQLite file")
-    source_files = [source, *(side_file(source, suffix) for suffix in ("-wal", "-shm", "-journal"))]
+    source_files = [source, *(side_file(source, suffix) for suffix in EVERY_SIDE_FILE)]
     if any(destination == path or (destination.exists() and path.exists() and os.path.samefile(destination, path))
            for path in source_files):
         raise DestinationRefused(f"{destination} is the source itself (or one of its files): a rollback never touches it")
@@ -884,7 +885,7 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
             except OSError as error:  # a full disk, a folder made read-only meanwhile
                 raise WritingFailed(f"writing {destination}: {error}") from error
             finally:
-                for leftover in (written, *(side_file(written, s) for s in ("-wal", "-shm", "-journal"))):
+                for leftover in (written, *(side_file(written, s) for s in EVERY_SIDE_FILE)):
                     leftover.unlink(missing_ok=True)
         with connection.transaction():
             connection.execute(RECORD, (source_path, str(destination), ledger.who(), load_id, report.sha256,

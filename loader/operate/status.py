@@ -257,7 +257,7 @@ def compare_with_disk(path: Path, current: CurrentLoad | None) -> str | None:
 
 # --------------------------------------------------------------------------------------------- report
 
-def current_load_of(row: dict) -> CurrentLoad | None:
+def current_load_from_row(row: dict) -> CurrentLoad | None:
     if row["current_load_id"] is None:
         return None
     return CurrentLoad(source_path=row["source_path"], source_db=row["current_source_db"], kind=row["current_kind"],
@@ -274,7 +274,7 @@ def failure_of(row: dict) -> Failure | None:
 
 def file_status(row: dict, now: datetime, gone: GoneFiles, cut_over: CutOver | None = None) -> FileStatus:
     path = row["source_path"]
-    current = current_load_of(row)
+    current = current_load_from_row(row)
     synced_at = row["synced_at"]
     on_disk = compare_with_disk(Path(path), current)
     if on_disk == MISSING:  # not on disk: why, as the ledger says (a file back on disk counts from disk)

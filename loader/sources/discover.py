@@ -30,6 +30,8 @@ from pathlib import Path
 from loader.exit_codes import ExitCode
 from loader.ledger import KnownFile
 from loader.sources.snapshot import (
+    EVERY_SIDE_FILE,
+    SIDE_FILES,
     SQLITE_HEADER,
     Snapshot,
     SourceKeptChanging,
@@ -40,7 +42,6 @@ from loader.sources.snapshot import (
 )
 from loader.sources.sqlite_reader import list_tables
 
-SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
 DATABASE_LOOKING_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
 # Files hashed, copied and counted two at a time: sha256 and file copies release the GIL.
 DISCOVERY_JOBS = 2
@@ -135,7 +136,7 @@ def has_sqlite_header(path: Path) -> bool:
 
 def looks_like_database(path: Path) -> bool:
     return path.suffix.lower() in DATABASE_LOOKING_SUFFIXES or any(
-        side_file(path, suffix).exists() for suffix in ("-wal", "-journal"))
+        side_file(path, suffix).exists() for suffix in SIDE_FILES)
 
 
 def unreadable_source(path: Path, root: Path, error: OSError) -> SourceFile:
@@ -315,7 +316,7 @@ def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryW
         for path in walk_files(root, exclude):
             path = path.absolute()
             real = Path(os.path.realpath(path))
-            if real.name.endswith(SIDE_SUFFIXES):
+            if real.name.endswith(EVERY_SIDE_FILE):
                 main = real.with_name(real.name.rsplit("-", 1)[0])
                 if real.name.endswith("-wal") and not main.exists() and real not in found:
                     warnings.append(DiscoveryWarning(path, "orphan WAL: its main database file is missing, nothing to recover"))

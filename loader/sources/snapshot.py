@@ -21,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+# A database's side files that hold its content (its WAL, a hot rollback journal), and all of them (with the
+# WAL's shared-memory index, -shm, which holds none).
 SIDE_FILES = ("-wal", "-journal")
+EVERY_SIDE_FILE = ("-wal", "-shm", "-journal")
 SQLITE_HEADER = b"SQLite format 3\x00"
 CHUNK_BYTES = 1 << 20  # read and hashed a MiB at a time
 
@@ -104,7 +107,7 @@ def fold_into_single_file(path: Path) -> None:
 
 COPY_ATTEMPTS = 5
 RETRY_PAUSE_SECONDS = 0.1
-CHANGE_DETECTING_SUFFIXES = ("", "-wal", "-journal")
+CHANGE_DETECTING_SUFFIXES = ("", *SIDE_FILES)
 
 
 class SourceKeptChanging(Exception):

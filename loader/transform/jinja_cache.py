@@ -5,8 +5,8 @@ source, and keeps what Jinja compiled only for the life of the process. A one-sh
 with one build, so it compiled all of them every time: about a quarter of its nodes' time on a 2-core
 machine. `install` has dbt's Jinja environments keep the compiled code objects (marshal, as Jinja's own
 bytecode cache stores them) in a folder, keyed by the template's source, the environment's class and
-extensions, and the versions of Python, Jinja and dbt-common; a later process loads them instead of
-compiling. Anything the cache cannot read or write is compiled as before. What is in the folder runs as
+extensions, and the versions of Python, Jinja and dbt's packages (cache_files.dbt_versions); a later
+process loads them instead of compiling. Anything the cache cannot read or write is compiled as before. What is in the folder runs as
 dbt's templates do, so it is the user's own (HOME/dbt/jinja-cache, made with mode 0700), and a folder
 someone else owns or others may write to is not used.
 """
@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import marshal
-import sys
-from importlib.metadata import version
 from pathlib import Path
 from types import CodeType
 
-from loader.transform.cache_files import private_folder, store
+from loader.transform.cache_files import dbt_versions, private_folder, store
 
 FOLDER_VARIABLE = "CONSOLIDATE_JINJA_CACHE"
 
@@ -37,7 +35,7 @@ def install(folder: Path) -> None:
     environment_class.compile = compile_source  # as dbt has it, unless the folder can serve
     if not private_folder(folder):
         return  # code others could write is never loaded
-    versions = f"{sys.version}\0{jinja2.__version__}\0{version('dbt-common')}"
+    versions = "\0".join([*dbt_versions(), jinja2.__version__])
 
     @internalcode  # as Jinja's own compile: left out of the tracebacks Jinja shows for a template
     def compile(self, source, name=None, filename=None, raw=False, defer_init=False):
