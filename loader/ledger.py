@@ -774,6 +774,10 @@ class KnownFile:
     tables: dict[str, int]
     stat: dict | None = None
 
+    @property
+    def identity(self) -> tuple[str, str | None]:
+        return (self.sha256, self.wal_sha256)
+
 
 @dataclass(frozen=True)
 class CurrentLoad:

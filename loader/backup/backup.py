@@ -118,6 +118,11 @@ class BackupEntry:
     tables: dict[str, int] = field(default_factory=dict)
     copy_attempts: int = 0
 
+    @property
+    def identity(self) -> tuple[str | None, str | None]:
+        """The bytes it is, as the ledger compares them: (sha256 of the main file, of the -wal)."""
+        return (self.sha256, self.wal_sha256)
+
     def to_json(self) -> dict:
         return {"path": str(self.path), "root": str(self.root), "source_db": self.source_db,
                 "kind": self.kind, "status": self.status, "reason": self.reason,
@@ -257,7 +262,7 @@ def record_backup(entry: BackupEntry, source: SourceFile, copied: Snapshot, tabl
                         " from the copy it was made from")
         return
     entry.status = BACKED_UP
-    if (copied.sha256, copied.wal_sha256) != source.identity:
+    if copied.identity != source.identity:
         entry.reason = "changed after discovery; the backup holds its newer content"
 
 

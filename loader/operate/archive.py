@@ -387,7 +387,7 @@ def checksum_refusal(current: CurrentLoad, sha256: str | None, wal_sha256: str |
                      copy_of: str | None = None) -> str | None:
     """Why these bytes are not the ones the current load (of `copy_of`, for a copy) migrated; None when
     they are."""
-    changed = differing_parts((current.sha256, current.wal_sha256), (sha256, wal_sha256))
+    changed = differing_parts(current.identity, (sha256, wal_sha256))
     if not changed:
         return None
     parts = ' and the '.join(changed)

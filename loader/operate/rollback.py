@@ -857,7 +857,7 @@ def rollback(target: Target, source: Path | str, destination: Path | str, *, ove
                 snapshot = source_copy(connection, source, Path(folder))
             except (OSError, SourceKeptChanging, ArchiveUnreadable) as error:
                 raise RollbackError(f"{source_path}: cannot be copied: {error}") from error
-            if (snapshot.sha256, snapshot.wal_sha256) != (sha256, wal_sha256):
+            if snapshot.identity != (sha256, wal_sha256):
                 raise RollbackError(f"{source_path}: changed since its current load {load_id}; run `consolidate "
                                     "sync` first so PostgreSQL, and the rollback, hold those changes")
             with target.connect() as reading:  # one snapshot of PostgreSQL for every read

@@ -252,7 +252,7 @@ def compare_with_disk(path: Path, current: CurrentLoad | None) -> str | None:
     main, wal = disk_checksums(path)
     if main is None:
         return MISSING
-    return UNCHANGED if (main, wal) == (current.sha256, current.wal_sha256) else CHANGED
+    return UNCHANGED if (main, wal) == current.identity else CHANGED
 
 
 # --------------------------------------------------------------------------------------------- report

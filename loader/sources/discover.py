@@ -342,7 +342,7 @@ def originals_by_identity(sources: list[SourceFile], known: dict[str, KnownFile]
         remembered = known.get(str(source.path))
         if remembered is None:
             return 2
-        return 0 if (remembered.sha256, remembered.wal_sha256) == source.identity else 1
+        return 0 if remembered.identity == source.identity else 1
 
     originals: dict[tuple, SourceFile] = {}
     for source in sources:
@@ -386,7 +386,7 @@ def discover(roots: list[Path], exclude: list[Path] = (), known: dict[str, Known
                 copies.append((source, original))
                 continue
             remembered = known.get(str(source.path))
-            if remembered is not None and (remembered.sha256, remembered.wal_sha256) == source.identity:
+            if remembered is not None and remembered.identity == source.identity:
                 source.kind, source.tables = remembered.kind, dict(remembered.tables)
             else:
                 to_inspect.append(source)

@@ -123,6 +123,11 @@ class Snapshot:
     wal_sha256: str | None
     attempts: int = 1
 
+    @property
+    def identity(self) -> tuple[str | None, str | None]:
+        """The bytes it is, as the ledger compares them: (sha256 of the main file, of the -wal)."""
+        return (self.sha256, self.wal_sha256)
+
 
 def sha256_or_none(path: Path) -> str | None:
     try:

@@ -67,7 +67,7 @@ def backup_check(backup: BackupIndex | None, current: CurrentLoad) -> tuple[str 
         entry = entries.get(str(entry.copy_of))
     if entry is None or entry.status != BACKED_UP:
         return NOT_BACKED_UP, ["not in the backup"]
-    if (entry.sha256, entry.wal_sha256) != current.identity:
+    if entry.identity != current.identity:
         return BACKUP_DIFFERS, ["the backup holds other bytes than the current load"]
     problems = backup.file_problems.get(repr(entry.backup), [])
     return (BACKUP_DIFFERS if problems else BACKUP_MATCHES), problems

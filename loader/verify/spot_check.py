@@ -110,7 +110,7 @@ def check_source(connection: psycopg.Connection, current: CurrentLoad, options: 
     (its current load's bytes), one forgotten (loader/operate/forget.py) or missing is not checked."""
     try:
         with private_copy(Path(current.source_path)) as snapshot:
-            if (snapshot.sha256, snapshot.wal_sha256) != current.identity:
+            if snapshot.identity != current.identity:
                 return CHANGED, Sample()
             return UNCHANGED, sample_file(connection, snapshot.path, current, options)
     except FileNotFoundError:
