@@ -292,3 +292,24 @@ def write_and_run_sample(root: Path, target, home: Path) -> dict:
     result = consolidate("run", str(root), "--json", target=target, home=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout)
+
+
+# ------------------------------------------------------------------------------- the client's tests
+
+def new_key(label: str) -> str:
+    """A key no other test uses."""
+    return f"test:{label}:{uuid.uuid4().hex[:8]}"
+
+
+def served_in_process(client, key: str, namespace: str) -> bool:
+    """Whether a get of the entry is answered by the client's near cache."""
+    hits = client.near_cache.hits
+    client.get(key, namespace)
+    return client.near_cache.hits == hits + 1
+
+
+def write_past_the_client(target: Target, key: str, namespace: str, value) -> None:
+    """A write by another connection, which no client or cache knows of (psql would do the same)."""
+    with target.connect() as connection:
+        connection.execute("UPDATE unified_memory SET value = %s::jsonb WHERE key = %s AND namespace = %s",
+                           (json.dumps(value), key, namespace))

@@ -8,7 +8,6 @@ import json
 import logging
 import socket
 import subprocess
-import uuid
 
 import pytest
 import redis
@@ -17,7 +16,7 @@ from loader.pipeline import sync
 from loader.serve.cache import Cache, cache_key
 from loader.serve.client import MemoryClient, warm_cache
 
-from conftest import consolidate, fetch, v2_file, write
+from conftest import consolidate, fetch, new_key, v2_file, write, write_past_the_client
 
 LIVE = "(expires_at IS NULL OR expires_at > now())"
 
@@ -57,10 +56,6 @@ def closed_port():
         yield blocker.getsockname()[1]
 
 
-def new_key(label: str) -> str:
-    return f"test:{label}:{uuid.uuid4().hex[:8]}"
-
-
 def live_entry(target, condition: str) -> tuple[str, str, object]:
     return fetch(target, f"SELECT key, namespace, value FROM unified_memory WHERE {LIVE} AND {condition} "
                          "ORDER BY id LIMIT 1")[0]
@@ -68,13 +63,6 @@ def live_entry(target, condition: str) -> tuple[str, str, object]:
 
 def cached_keys(redis_db: redis.Redis) -> set[str]:
     return set(redis_db.scan_iter(match="mem:*"))
-
-
-def change_in_postgresql(target, key: str, namespace: str, value) -> None:
-    """A write that bypasses the client, so the cache cannot know about it."""
-    with target.connect() as connection:
-        connection.execute("UPDATE unified_memory SET value = %s::jsonb WHERE key = %s AND namespace = %s",
-                           (json.dumps(value), key, namespace))
 
 
 # -- cache-aside reads -----------------------------------------------------------------------------
@@ -106,7 +94,7 @@ def test_first_read_caches_until_expires_at(consolidated, client, redis_db):
 def test_second_read_is_a_hit_served_by_redis(consolidated, client, cache):
     key, namespace, value = live_entry(consolidated, "expires_at IS NULL AND namespace <> 'default'")
     client.get(key, namespace)
-    change_in_postgresql(consolidated, key, namespace, "changed behind the cache's back")
+    write_past_the_client(consolidated, key, namespace, "changed behind the cache's back")
     assert client.get(key, namespace) == value
     assert (cache.hits, cache.misses) == (1, 1)
 

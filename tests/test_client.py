@@ -8,7 +8,6 @@ import json
 import math
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -18,7 +17,7 @@ import pytest
 from loader.database import Target
 from loader.serve.client import MemoryClient
 
-from conftest import fetch
+from conftest import fetch, new_key
 
 PERFORMANCE = "performance-metrics"
 LIVE = "(expires_at IS NULL OR expires_at > now())"
@@ -36,10 +35,6 @@ def row_of(target: Target, key: str, namespace: str) -> dict | None:
                                     (key, namespace))
         row = cursor.fetchone()
         return None if row is None else dict(zip([c.name for c in cursor.description], row))
-
-
-def new_key(label: str) -> str:
-    return f"test:{label}:{uuid.uuid4().hex[:8]}"
 
 
 def test_get_returns_every_live_consolidated_value(consolidated, client):

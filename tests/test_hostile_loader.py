@@ -28,7 +28,7 @@ from loader.load.load import load
 from loader.load.secret_policy import SecretPolicy
 from loader.sources.discover import discover
 
-from conftest import consolidate, make_db
+from conftest import consolidate, fetch, make_db
 
 KEY = b"hostile test key"
 LINEAGE = ["_load_id", "_source_path", "_source_sha256", "_source_rowid", "_loaded_at", "_binary_columns"]
@@ -95,11 +95,6 @@ def raw_rows(target, schema: str, table: str, columns: list[str], source: Path) 
         rows = connection.execute(sql.SQL("SELECT _source_rowid, {}, _binary_columns FROM {} WHERE _source_path = %s").format(
             sql.SQL(", ").join(map(sql.Identifier, columns)), sql.Identifier(schema, table)), [str(source)]).fetchall()
     return {row[0]: (list(row[1:-1]), row[-1]) for row in rows}
-
-
-def fetch(target, query: str, parameters=()) -> list[tuple]:
-    with target.connect() as connection:
-        return connection.execute(query, parameters).fetchall()
 
 
 def ledger_tables(target, source: Path) -> dict:

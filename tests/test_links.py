@@ -7,7 +7,6 @@ counts come from sqlite3 on other private copies; checksums from plain hashlib."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,16 +18,12 @@ from loader.operate import archive as archive_module
 from loader.operate.archive import archive, remove_archived_originals
 from loader.sources.discover import discover
 
-from conftest import consolidate, fetch
+from conftest import consolidate, fetch, sha256
 
 WAL_ONLY_ROWS = "claude-flow/ChrisRoyse__myclaudeflowsetup"  # rows that live only in its -wal
 PLAIN_V2 = "claude-flow/00greena__emoji-monogram-generator"
 OTHER_V2 = "claude-flow/Agentist-Elder__transformers-predictions"
 THIRD_V2 = "claude-flow/Bexshmex__GuitarSettings"
-
-
-def sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def private_copy_of(realdata: Path, name: str, folder: Path, file_name: str = "memory.db") -> Path:

@@ -5,7 +5,6 @@ itself: its `consolidated` database holds only what the build made."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -16,22 +15,9 @@ from loader.serve.cache import Cache
 from loader.serve.client import MemoryClient
 from loader.serve.near_cache import TRIGGERS, WATCHED_TABLES, install_notify_triggers
 
-from conftest import consolidate, fetch, wait_for
+from conftest import consolidate, fetch, served_in_process, wait_for, write_past_the_client
 
 MAX_STALENESS = 0.25          # NearCache's default
-
-
-def served_in_process(client: MemoryClient, key: str, namespace: str) -> bool:
-    hits = client.near_cache.hits
-    client.get(key, namespace)
-    return client.near_cache.hits == hits + 1
-
-
-def write_elsewhere(target, key: str, namespace: str, value) -> None:
-    """A write by another connection that no client knows of (psql would do the same)."""
-    with target.connect() as connection:
-        connection.execute("UPDATE unified_memory SET value = %s::jsonb WHERE key = %s AND namespace = %s",
-                           (json.dumps(value), key, namespace))
 
 
 def stored_value(target, key: str, namespace: str):
@@ -49,7 +35,7 @@ def test_after_consolidate_run_a_near_cache_client_serves_and_sees_writes_from_e
         assert client.get(key, namespace) == built_value
         assert wait_for(lambda: served_in_process(client, key, namespace), 5)
 
-        write_elsewhere(consolidated, key, namespace, {"written": "elsewhere"})
+        write_past_the_client(consolidated, key, namespace, {"written": "elsewhere"})
         written = time.monotonic()
         assert wait_for(lambda: client.get(key, namespace) == {"written": "elsewhere"}, MAX_STALENESS)
         assert time.monotonic() - written < MAX_STALENESS
@@ -64,7 +50,7 @@ def test_after_consolidate_run_a_near_cache_client_serves_and_sees_writes_from_e
         assert client.near_cache.wait_until_serving(10), client.near_cache.stats()
         assert wait_for(lambda: served_in_process(client, key, namespace), 5)
 
-        write_elsewhere(consolidated, key, namespace, {"written": "after the rebuild"})
+        write_past_the_client(consolidated, key, namespace, {"written": "after the rebuild"})
         written = time.monotonic()
         assert wait_for(lambda: client.get(key, namespace) == {"written": "after the rebuild"}, MAX_STALENESS)
         assert time.monotonic() - written < MAX_STALENESS

@@ -37,7 +37,7 @@ from loader.serve.near_cache import (
     install_notify_triggers,
 )
 
-from conftest import fetch, wait_for
+from conftest import fetch, served_in_process, wait_for
 
 MAX_STALENESS = 0.25          # NearCache's default, the bound the test holds the processes to
 LIVE = "(expires_at IS NULL OR expires_at > now())"
@@ -61,12 +61,6 @@ def near(with_triggers, redis_server):
 
 def new_namespace() -> str:
     return f"near-{uuid.uuid4().hex[:8]}"
-
-
-def served_in_process(client: MemoryClient, key: str, namespace: str) -> bool:
-    hits = client.near_cache.hits
-    client.get(key, namespace)
-    return client.near_cache.hits == hits + 1
 
 
 # -- the triggers ------------------------------------------------------------------------------------

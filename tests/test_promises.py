@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from loader.database import Target
 
 import conftest
-from conftest import AMBIENT_SETTINGS, consolidate, fetch
+from conftest import AMBIENT_SETTINGS, consolidate, fetch, free_port
 
 T0 = 1_750_000_000  # epoch seconds
 
@@ -45,12 +44,6 @@ def small_tree(root: Path) -> Path:
 def sqlite_rows(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as connection:
         return connection.execute("SELECT count(*) FROM memory_entries").fetchone()[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]  # nothing listens once the probe is closed
 
 
 def relation(target: Target, schema: str, name: str) -> str | None:
@@ -192,7 +185,7 @@ def test_a_new_embedded_server_gets_minimal_wal_and_an_existing_one_keeps_its_se
 def test_postgresql_down_from_the_start_exits_4_without_a_traceback(tmp_path, command):
     tree = small_tree(tmp_path / "tree")
     before = {path: path.read_bytes() for path in tree.rglob("*") if path.is_file()}
-    dsn = f"postgresql://postgres@127.0.0.1:{closed_port()}/postgres?connect_timeout=5"
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=5"
     arguments = [str(tree) if part == "TREE" else part for part in command]
     result = consolidate(*arguments, "--dsn", dsn, "--home", str(tmp_path / "state"))
     assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
