@@ -71,7 +71,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from loader import __version__
-from loader.backup.destination import Problem, destination_refusal, is_new_or_empty, make_staging_folder, publish_folder
+from loader.backup.destination import (
+    Problem,
+    destination_refusal,
+    flush_to_disk,
+    is_new_or_empty,
+    make_staging_folder,
+    publish_folder,
+)
 from loader.exit_codes import ExitCode
 from loader.parallel import run_in_order
 from loader.sources.discover import Discovery, SourceFile, discover
@@ -285,11 +292,6 @@ def backup_into_single_file(copy: Path, target: Path) -> None:
 def count_rows(database: Path) -> dict[str, int]:
     """Row count per ordinary table, as discovery and load count them."""
     return {table.name: table.row_count for table in list_tables(database)}
-
-
-def flush_to_disk(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def backup_relative_path(source: SourceFile, roots: list[Path]) -> str:

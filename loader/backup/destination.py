@@ -24,6 +24,15 @@ class Problem:
         return {"path": self.path, "problem": self.problem, "source": self.source}
 
 
+def flush_to_disk(path: Path) -> None:
+    """What was written to the file or folder `path` (a folder: its entries) reaches the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def root_overlap(destination: Path, roots: list[Path], exclude: list[Path] = ()) -> str | None:
     """Why `destination` may not be used with `roots`, or None. A folder inside one that discovery
     never searches (`exclude`: the tool's own state folder) is fine."""

@@ -81,8 +81,8 @@ import psycopg
 from psycopg import sql
 
 from loader import __version__, ledger
-from loader.backup.backup import backup_relative_path, flush_to_disk
-from loader.backup.destination import Problem, destination_refusal, make_staging_folder, publish_files
+from loader.backup.backup import backup_relative_path
+from loader.backup.destination import Problem, destination_refusal, flush_to_disk, make_staging_folder, publish_files
 from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import LATEST_FILE_ROWS, LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists

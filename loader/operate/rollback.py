@@ -74,6 +74,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from loader import ledger
+from loader.backup.destination import flush_to_disk
 from loader.database import Target
 from loader.ledger import LEDGER_SCHEMA, WRITE_LOG_SCHEMA, in_state, ledger_path, state_loads
 from loader.load import raw_tables
@@ -730,19 +731,11 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def move_into_place(written: Path, destination: Path, overwrite: bool) -> None:
     """`written` becomes `destination` in one step: a hard link that fails if destination exists, or with
     `overwrite` a rename over it (its stale -wal / -shm / -journal removed first: SQLite would replay
     them into the new file)."""
-    fsync(written)
+    flush_to_disk(written)
     if overwrite:
         # the replaced file's side files are set aside first and put back if the replace fails, so a
         # failed rollback leaves the old FILE whole
@@ -766,7 +759,7 @@ def move_into_place(written: Path, destination: Path, overwrite: bool) -> None:
         except FileExistsError:
             raise DestinationRefused(f"{destination} exists (--overwrite to replace it)") from None
         written.unlink()
-    fsync(destination.parent)
+    flush_to_disk(destination.parent)
 
 
 def check_destination(connection: psycopg.Connection, source: Path, destination: Path, overwrite: bool) -> None:
