@@ -898,7 +898,8 @@ def file_labels(connection: psycopg.Connection, wanted: dict[str, str]) -> dict[
     """The source_db of each file a load is about to record ({path: the label discovery gives it, relative
     to the root given}): the one the ledger knows the path by (its latest row's), so that a file keeps its
     first load's label whatever root a later sync is given; for a new file, the label wanted, or, when
-    another path has it already, the shortest longer end of its path that no other file has."""
+    another file has it already or it names the end of another file's path too (`.swarm/memory.db` of one
+    service among others), the shortest longer end of its path that names it alone."""
     known = dict(connection.execute(
         f"SELECT source_path, source_db FROM {LATEST_FILE_ROWS} AS latest WHERE source_path = ANY(%s)",
         (list(wanted),)).fetchall())
@@ -906,6 +907,12 @@ def file_labels(connection: psycopg.Connection, wanted: dict[str, str]) -> dict[
         return {path: known[path] for path in wanted}
     taken = {label for (label,) in connection.execute(f"SELECT DISTINCT source_db FROM {LEDGER_SCHEMA}.load_files")}
     taken |= set(known.values())
+    paths = {path for (path,) in connection.execute(f"SELECT DISTINCT source_path FROM {LEDGER_SCHEMA}.load_files")}
+    ends_of: dict[str, set[str]] = {}  # every end of every file's path -> the paths ending so
+    for path in paths | set(wanted):
+        parts = Path(path).parts
+        for count in range(1, len(parts)):
+            ends_of.setdefault("/".join(parts[-count:]), set()).add(path)
     labels = {}
     for path, label in wanted.items():
         if path in known:
@@ -913,7 +920,8 @@ def file_labels(connection: psycopg.Connection, wanted: dict[str, str]) -> dict[
             continue
         parts = Path(path).parts
         ends = ["/".join(parts[-count:]) for count in range(len(Path(label).parts) + 1, len(parts))]
-        labels[path] = next((end for end in [label, *ends] if end not in taken), path)
+        labels[path] = next((end for end in [label, *ends]
+                             if end not in taken and not ends_of.get(end, set()) - {path}), path)
         taken.add(labels[path])
     return labels
 

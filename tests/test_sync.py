@@ -133,7 +133,8 @@ def test_a_sync_after_an_insert_and_an_update_shows_both_in_unified_memory(tmp_p
 def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_path, target, home):
     """source_db is the path relative to the root a sync is given; a file synced later under its own
     folder (one service's sync) keeps the label its first load gave it, in the ledger and in the marts; a new
-    file whose label another file has gets a longer end of its path."""
+    file whose label another file has, or names the end of another file's path too, gets a longer end of its
+    path: the one that names it alone."""
     root = tmp_path / "tree"
     db = v2_file(root / "svc-a/.swarm/memory.db", [("alpha", '{"v": 1}', "default", T0)])
     do_sync(root, target, home)
@@ -148,18 +149,31 @@ def test_a_file_synced_under_another_root_keeps_the_label_of_its_first_load(tmp_
         marts = connection.execute("SELECT DISTINCT source_db FROM unified_memory").fetchall()
     assert labels == marts == [("svc-a/.swarm/memory.db",)]
 
-    # two new files, each first synced under its own folder: the second would get the first's label, so it
-    # gets a longer end of its path; a sync of the whole tree keeps all three
+    # two new files, each first synced under its own folder: `.swarm/memory.db` (relative to that folder) ends
+    # svc-a's path too, and then the other's, so each gets the end of its path that is its own; a sync of the
+    # whole tree keeps all three
     for name in ("svc-b", "svc-c"):
         v2_file(root / name / ".swarm/memory.db", [(f"{name}-key", '1', "default", T0)])
         do_sync(root / name, target, home)
     do_sync(root, target, home)
     expected = {f"{name}-key": label for name, label in (("alpha", "svc-a/.swarm/memory.db"),
-                                                           ("svc-b", ".swarm/memory.db"),
+                                                           ("svc-b", "svc-b/.swarm/memory.db"),
                                                            ("svc-c", "svc-c/.swarm/memory.db"))}
     with target.connect() as connection:
         by_key = dict(connection.execute("SELECT key, source_db FROM unified_memory WHERE key <> 'beta'"))
     assert by_key == {key.replace("alpha-key", "alpha"): label for key, label in expected.items()}
+
+
+def test_files_of_several_roots_get_labels_that_name_them_alone(tmp_path, target, home):
+    """Each of two roots holds `.swarm/memory.db`; a later root holds `a/.swarm/memory.db` too. No label is the
+    end of another file's path: a label names one file (it named the later one as the earlier's)."""
+    two, later = tmp_path / "two", tmp_path / "later"
+    for folder in (two / "a", two / "b", later / "a"):
+        v2_file(folder / ".swarm/memory.db", [(f"{folder.parent.name}-{folder.name}", "1", "default", T0)])
+    report = sync([two / "a", two / "b"], target, home, policy=POLICY, build=False)
+    assert sorted(f.source_db for f in report.files) == ["a/.swarm/memory.db", "b/.swarm/memory.db"]
+    report = sync([later], target, home, policy=POLICY, build=False)
+    assert [f.source_db for f in report.files] == ["later/a/.swarm/memory.db"]  # not the earlier a's label
 
 
 def test_a_copy_that_appears_later_under_a_path_sorting_first_is_the_copy_and_loads_nothing(tmp_path, target, home):
