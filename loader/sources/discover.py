@@ -403,9 +403,12 @@ def roots_without_files(roots: list[Path], files: list[SourceFile]) -> list[Path
     """The roots (that exist) under which no database was found: a mistyped root that exists passes silently
     otherwise (nothing to load, nothing to reconcile)."""
     reached = [path for source in files for path in (source.found_as or source.path, source.path, *source.link_paths)]
-    return [root.absolute() for root in roots if root.exists() and not any(
-        path == under or under in path.parents for path in reached
-        for under in (root.absolute(), Path(os.path.realpath(root))))]
+
+    def holds_a_file(root: Path) -> bool:
+        forms = {root.absolute(), Path(os.path.realpath(root))}
+        return any(path in forms or not forms.isdisjoint(path.parents) for path in reached)
+
+    return [root.absolute() for root in roots if root.exists() and not holds_a_file(root)]
 
 
 def reads_nothing_from_its_wal(source: SourceFile) -> bool:

@@ -6,9 +6,9 @@ with one build, so it compiled all of them every time: about a quarter of its no
 machine. `install` has dbt's Jinja environments keep the compiled code objects (marshal, as Jinja's own
 bytecode cache stores them) in a folder, keyed by the template's source, the environment's class and
 extensions, and the versions of Python, Jinja and dbt's packages (cache_files.dbt_versions); a later
-process loads them instead of compiling. Anything the cache cannot read or write is compiled as before. What is in the folder runs as
-dbt's templates do, so it is the user's own (HOME/dbt/jinja-cache, made with mode 0700), and a folder
-someone else owns or others may write to is not used.
+process loads them instead of compiling. Anything the cache cannot read or write is compiled as before.
+What is in the folder runs as dbt's templates do, so it is the user's own (HOME/dbt/jinja-cache, made
+with mode 0700), and a folder someone else owns or others may write to is not used.
 """
 
 from __future__ import annotations
