@@ -7,6 +7,8 @@ plain SQL on the marts, never from the rollback code; SOURCE's bytes never chang
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +25,8 @@ import psycopg
 import pytest
 
 from loader.database import Target
+from loader.fixtures.claude_flow_v3 import V3_DDL
+from loader.fixtures.extended_memory import EXTENDED_MEMORY_DDL
 from loader.pipeline import run, sync
 from loader.serve.client import MemoryClient
 
@@ -842,3 +846,98 @@ def test_a_write_keeps_an_entry_that_was_never_read_unread(tmp_path, target, hom
     rows = dict(read_private_copy(destination, tmp_path / "read",
                                   "SELECT key, accessed_at FROM memory_entries WHERE key IN ('key-1', 'brand new')"))
     assert rows["key-1"] is None and rows["brand new"] is not None
+
+
+def test_a_changed_entry_keeps_its_rows_own_bytes_of_every_column_postgresql_did_not_change(tmp_path, target, home):
+    """A write that changes one column of an entry rewrites that column (and updated_at) only: every other
+    column keeps the row's own bytes and SQLite type, whatever spelling PostgreSQL's value has (a
+    `__compressed__` value, `1e2`, `-0.0`, `1e400`, metadata that is not JSON or not an object; v3's NULL
+    type, status and metadata, tags that are a JSON string; extended-memory text that is not JSON), and a
+    value staging could not read (it is flagged) stays the row's, where PostgreSQL holds NULL or a write's
+    fill-in (created_at now(), access_count 0). The v3 view reads and writes beside entries of a v2 file
+    whose metadata is a JSON string (it took the claude_flow_v3 key out of every metadata, a scalar too)."""
+    base = 1_750_000_000
+    compressed = "__compressed__" + base64.b64encode(b'{"z":1}').decode()
+    v2 = numbered_v2_file(tmp_path / "tree/v2/.swarm/memory.db", 1)
+    v2_rows = {  # key: (value, metadata, created_at, access_count, ttl, expires_at, accessed_at)
+        "compressed": (compressed, None, base, 3, None, None, base),
+        "exponent": ("1e2", None, base, 3, None, None, base),
+        "negative-zero": ("-0.0", None, base, 3, None, None, base),
+        "beyond-double": ("1e400", None, base, 3, None, None, base),
+        "text-metadata": ('"v"', "plain text", base, 3, None, None, base),
+        "empty-metadata": ('"v"', "", base, 3, None, None, base),
+        "array-metadata": ('"v"', "[1,2]", base, 3, None, None, base),
+        "blob-metadata": ('"v"', b"\x01\x02", base, 3, None, None, base),
+        "unreadable-fields": ('"v"', None, "garbage", 2**40, "abc", "never", "yesterday"),
+        "null-fields": ('"v"', None, None, None, 1.5, None, None),
+    }
+    change(v2, *[("INSERT INTO memory_entries (key, value, namespace, metadata, created_at, updated_at, access_count, "
+                  "ttl, expires_at, accessed_at) VALUES (?, ?, 'odd', ?, ?, ?, ?, ?, ?, ?)",
+                  (key, value, metadata, created, base, count, ttl, expires, accessed))
+                 for key, (value, metadata, created, count, ttl, expires, accessed) in v2_rows.items()])
+    v3 = tmp_path / "tree/v3/.swarm/memory.db"
+    v3.parent.mkdir(parents=True)
+    v3_rows = {  # id: (key, type, tags, metadata, status)
+        "e1": ("null-metadata", "semantic", None, None, "active"),
+        "e2": ("array-metadata", "semantic", None, "[1,2]", "active"),
+        "e3": ("text-metadata", "semantic", None, "some text", "active"),
+        "e4": ("null-type", None, None, '{"a": 1}', "active"),
+        "e5": ("null-status", "semantic", None, '{"a": 1}', None),
+        "e6": ("string-tags", "semantic", '"foo"', '{"a": 1}', "active"),
+        "e7": ("null-tags", "semantic", "null", '{"a": 1}', "active"),
+    }
+    with contextlib.closing(sqlite3.connect(v3)) as connection:
+        connection.executescript(V3_DDL)
+        connection.executemany("INSERT INTO memory_entries (id, key, namespace, content, type, tags, metadata, status, "
+                               "created_at, updated_at) VALUES (?, ?, 'odd-v3', '\"v\"', ?, ?, ?, ?, ?, ?)",
+                               [(entry_id, *row, base * 1000, base * 1000) for entry_id, row in v3_rows.items()])
+        connection.commit()
+    extended = tmp_path / "tree/ext/extended_memory.db"
+    extended.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(extended)) as connection:
+        connection.executescript(EXTENDED_MEMORY_DDL)
+        connection.execute("INSERT INTO memory_store VALUES ('not-json', 'not json', 'str', '2025-01-01 00:00:00', "
+                           "'2025-01-01 00:00:00', 'garbage', NULL)")
+        connection.commit()
+    run([tmp_path / "tree"], target, home, backup_to=None, quiet=True)
+    value_written = [key for key in v2_rows if v2_rows[key][0] == '"v"']
+    with psycopg.connect(target.dsn, autocommit=True) as connection:
+        for key in v2_rows:
+            column, value = ("value", "changed") if key in value_written else ("metadata", '{"m": 1}')
+            connection.execute(f"UPDATE compat.memory_entries SET {column} = %s WHERE namespace = 'odd' AND key = %s",
+                               (value, key))
+        connection.execute("UPDATE compat_claude_flow_v3.memory_entries SET content = 'changed' "
+                           "WHERE namespace = 'odd-v3'")
+        # the view is read beside the v2 file's entries (their metadata a JSON string among them)
+        assert connection.execute("SELECT count(*) FROM compat_claude_flow_v3.memory_entries WHERE namespace = 'odd'"
+                                  ).fetchone() == (len(v2_rows),)
+        connection.execute("UPDATE compat_extended_memory.memory_store SET updated_at = '2026-01-01 00:00:00' "
+                           "WHERE key = 'not-json'")
+
+    def written_and_source(source: Path, table: str, label: str) -> tuple[dict, dict]:
+        destination = tmp_path / "rollback" / label / source.name
+        destination.parent.mkdir(parents=True)
+        result = consolidate("rollback", str(source), "--to", str(destination), "--json", target=target, home=home)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        by_key = {}
+        for path, folder in ((destination, "written"), (source, "source")):
+            rows = typed_rows(opened_copy(path, tmp_path / label / folder), table)
+            by_key[folder] = {row["key"][1]: row for row in rows.values()}
+        return by_key["written"], by_key["source"]
+
+    written, source = written_and_source(v2, "memory_entries", "v2")
+    for key in v2_rows:
+        changed = {"value", "updated_at"} if key in value_written else {"metadata", "updated_at"}
+        assert {c: v for c, v in written[key].items() if c not in changed} == \
+            {c: v for c, v in source[key].items() if c not in changed}, key
+        assert written[key]["value" if key in value_written else "metadata"][1] in ("changed", '{"m": 1}'), key
+        assert written[key]["updated_at"][1] > base, key
+    written, source = written_and_source(v3, "memory_entries", "v3")
+    for _, (key, *_) in v3_rows.items():
+        assert written[key]["content"] == ("text", "changed"), key
+        assert {c: v for c, v in written[key].items() if c not in ("content", "updated_at")} == \
+            {c: v for c, v in source[key].items() if c not in ("content", "updated_at")}, key
+    written, source = written_and_source(extended, "memory_store", "extended")
+    assert written["not-json"]["updated_at"] == ("text", "2026-01-01 00:00:00.000000")
+    assert {c: v for c, v in written["not-json"].items() if c != "updated_at"} == \
+        {c: v for c, v in source["not-json"].items() if c != "updated_at"}

@@ -29,9 +29,12 @@ holds it, with PostgreSQL's state.
     the metadata, extended-memory's `type` as compat_extended_memory.memory_store shows it (the same SQL
     function, consolidate.extended_memory_type: the type kept when it fits the value, else named from
     it). A column the marts hold NULL that SOURCE declares NOT NULL keeps its row's (or its default)
-    value, and a value PostgreSQL holds unchanged keeps the row's own text (the same JSON, the same
-    instant; TEXT whose bytes are not UTF-8, which PostgreSQL holds as binary, keeps its own bytes when
-    PostgreSQL's bytes are those). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 the id
+    value, and a column PostgreSQL did not change keeps the row's own bytes and SQLite type: one whose
+    value PostgreSQL's state gives as staging's reading of the row gives it (columns_as_the_row_has_them:
+    its own JSON text, a `__compressed__` value, metadata that is not JSON, v3's NULL type or status, a
+    value staging could not read and PostgreSQL holds none of or only a write's fill-in of created_at or
+    access_count), or that says the same (says_the_same: the same JSON or instant; TEXT whose bytes are
+    not UTF-8, which PostgreSQL holds as binary, when PostgreSQL's bytes are those). An entry SOURCE has no row of becomes a new row: v2 the next id, v3 the id
     compat_claude_flow_v3.memory_entries shows it by: its own v3 id (metadata claude_flow_v3.id) when it
     has one, else `unified-<mart id>` (negated for performance_metrics, as compat.memory_entries numbers
     them); a v3 id another row of FILE already holds (v3's id is its primary key: hostile data, two
@@ -180,21 +183,13 @@ entries AS MATERIALIZED (
     FROM candidates
     GROUP BY namespace, key
 )
-SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart, state.id, state.data_type,
-       state.value::text AS value_json, state.value #>> '{{}}' AS value_string,
-       state.metadata::text AS metadata,
-       (CASE WHEN jsonb_typeof(state.metadata) = 'object' THEN state.metadata - 'claude_flow_v3'
-             ELSE state.metadata END)::text AS metadata_without_v3,
-       {v3_fields},
-       consolidate.extended_memory_type(state.value, state.data_type, state.metadata) AS extended_type,
-       consolidate.extended_memory_value(state.value, state.data_type) AS extended_value,
-       state.created_at, state.updated_at, state.accessed_at, state.expires_at, state.access_count, state.ttl,
+SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart, state.id,
+       {state_fields}, {own_fields}, own.source_rowid IS NOT NULL AS has_own,
        state.source_path = %(source_path)s AND state.load_id IN {current_loads}
            AND state.source_table = %(source_table)s AS won_by_another_row,
-       own.created_at AS own_created_at, own.updated_at AS own_updated_at, own.accessed_at AS own_accessed_at,
-       own.expires_at AS own_expires_at, state.source_path AS value_from
+       state.source_path AS value_from
 FROM entries
--- the source's row of the entry as staging read it: a time PostgreSQL holds as that row's own keeps its bytes
+-- the source's row of the entry as staging read it: a column PostgreSQL holds as that row gives it keeps its bytes
 LEFT JOIN {ranked} AS own
        ON own.source_path = %(source_path)s AND own.source_table = %(source_table)s
       AND own.source_rowid = entries.rowids[1] AND own.write_id IS NULL AND own.load_id IN {current_loads}
@@ -222,12 +217,27 @@ SELECT to_regprocedure('consolidate.extended_memory_type(jsonb, text, jsonb)') I
 
 # v3's own fields, which staging keeps under the metadata's `claude_flow_v3` (compat_claude_flow_v3's rule).
 V3_FIELDS = ("id", "type", "tags", "status", "owner_id")
+# What row_values reads of an entry's state, by the expression over a row with the marts' (or a version's)
+# columns that gives it; {r} is the row's alias.
+STATE_FIELDS = {
+    "data_type": "{r}.data_type",
+    "value_json": "{r}.value::text",
+    "value_string": "{r}.value #>> ARRAY[]::text[]",  # the scalar as text (a string without its quotes)
+    "metadata": "{r}.metadata::text",
+    "metadata_without_v3": "(CASE WHEN jsonb_typeof({r}.metadata) = 'object' THEN {r}.metadata - 'claude_flow_v3' "
+                           "ELSE {r}.metadata END)::text",
+    **{f"v3_{name}": f"CASE WHEN jsonb_typeof({{r}}.metadata -> 'claude_flow_v3') = 'object' "
+                     f"THEN {{r}}.metadata -> 'claude_flow_v3' ->> '{name}' END" for name in V3_FIELDS},
+    "extended_type": "consolidate.extended_memory_type({r}.value, {r}.data_type, {r}.metadata)",
+    "extended_value": "consolidate.extended_memory_value({r}.value, {r}.data_type)",
+    **{name: f"{{r}}.{name}" for name in ("created_at", "updated_at", "accessed_at", "expires_at", "access_count", "ttl")},
+}
+OWN = "own_"  # the prefix of the same fields read from the source's own row (as staging read it)
 
 
-def v3_fields(metadata: str) -> sql.Composable:
-    return sql.SQL(", ").join(
-        sql.SQL("CASE WHEN jsonb_typeof({m} -> 'claude_flow_v3') = 'object' THEN {m} -> 'claude_flow_v3' ->> {f} END AS {a}")
-        .format(m=sql.SQL(metadata), f=sql.Literal(name), a=sql.Identifier("v3_" + name)) for name in V3_FIELDS)
+def state_fields(row: str, prefix: str = "") -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL(expression.format(r=row) + " AS {}").format(sql.Identifier(prefix + name))
+                              for name, expression in STATE_FIELDS.items())
 
 
 def raw_memory_table(connection: psycopg.Connection, load_id: str, source_path: str, table: str) -> tuple[str, str] | None:
@@ -274,7 +284,8 @@ def read_state(connection: psycopg.Connection, target: Target, source_path: str,
              "unified_memory": sql.Identifier(target.schema, "unified_memory"),
              "performance_metrics": sql.Identifier(target.schema, "performance_metrics"),
              "ranked": sql.Identifier(*MEMORY_RANKED),
-             "v3_fields": v3_fields("state.metadata"), "current_loads": state_loads("load_id"),
+             "state_fields": state_fields("state"), "own_fields": state_fields("own", OWN),
+             "current_loads": state_loads("load_id"),
              "current_row": in_state("source", MEMORY_TABLES[kind], "load_id")}
     parameters = {"load_id": load_id, "source_path": source_path, "source_table": MEMORY_TABLES[kind]}
     untouched = sql.SQL(UNTOUCHED_ROWS).format(**names)
@@ -332,12 +343,26 @@ TIME_COLUMNS = {"created_at": "created_at", "updated_at": "updated_at", "accesse
                 "last_accessed_at": "accessed_at", "expires_at": "expires_at"}
 
 
-def times_as_the_row_has_them(entry: dict) -> set[str]:
-    """The time columns whose instant in PostgreSQL is the source row's own, as staging read it: the row
-    keeps its own bytes of them (a REAL time, milliseconds in a seconds column), not the source's units
-    written again from the instant."""
-    return {column for column, field in TIME_COLUMNS.items()
-            if entry[field] is not None and entry[field] == entry["own_" + field]}
+# The aggregates a write made in PostgreSQL fills in when no version holds one (the earliest created_at:
+# now(); the largest access_count: 0), where staging could not read the row's own (or it had none).
+FILLED_IN_BY_WRITES = {"created_at", "access_count"}
+
+
+def columns_as_the_row_has_them(kind: str, entry: dict) -> set[str]:
+    """The columns whose value PostgreSQL's state gives as the source row's own (as staging read it) gives
+    it: the row keeps its own bytes of them (its own JSON text, `__compressed__` form, a REAL time,
+    milliseconds in a seconds column, metadata that is not JSON...), not the value written again from
+    PostgreSQL's. So do created_at and access_count when staging read none from the row: PostgreSQL's is
+    then a write's fill-in (a value the row holds that staging could not read stays the row's)."""
+    if not entry["has_own"]:
+        return set()
+    own = {name: entry[OWN + name] for name in STATE_FIELDS} | {"id": entry["id"], "mart": entry["mart"]}
+    from_state, from_own = row_values(kind, entry), row_values(kind, own)
+    same = {column for column, value in from_state.items()
+            if value == from_own[column] and type(value) is type(from_own[column])}
+    same |= {column for column, field in TIME_COLUMNS.items()
+             if entry[field] is not None and entry[field] == own[field]}
+    return same | {column for column in FILLED_IN_BY_WRITES if own[column] is None}
 
 
 def marts_v3_id(entry: dict) -> str:
@@ -397,8 +422,8 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
                                    "reason": "extended-memory has no namespace column: only namespace "
                                              f"{EXTENDED_NAMESPACE!r} fits"})
         elif rowids:
-            kept_times = times_as_the_row_has_them(entry)
-            values = {column: value for column, value in row_values(kind, entry).items() if column not in kept_times}
+            kept = columns_as_the_row_has_them(kind, entry)
+            values = {column: value for column, value in row_values(kind, entry).items() if column not in kept}
             if kind == "claude-flow-v3" and shown_v3_id(entry) is not None:
                 # the id the view shows the entry by: an INSERT through it may have given a new one
                 values = {"id": shown_v3_id(entry), **values}
@@ -542,6 +567,9 @@ def write_memory_table(connection: sqlite3.Connection, table: Table, plan: Plan)
     as_they_were, changes = [], []
     for rowid, values, name in plan.updates:
         values = settable(table, values)
+        if not values:
+            as_they_were.append(name)
+            continue
         kept = connection.execute(f"SELECT {', '.join(map(quote, values))} FROM main.{quote(table.name)} "
                                   f"WHERE {table.rowid} = ?", (rowid,)).fetchone()
         values = {c: v for (c, v), own in zip(values.items(), kept) if not says_the_same(c, own, v)}

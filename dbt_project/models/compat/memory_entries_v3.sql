@@ -18,7 +18,8 @@ with entries as (
         namespace,
         {{ compat_text_value('value', 'data_type') }} as content,
         metadata -> 'claude_flow_v3' as v3_fields,
-        metadata - 'claude_flow_v3' as metadata,
+        -- another file's metadata may be a JSON scalar or array, which holds no claude_flow_v3 to take out
+        case when jsonb_typeof(metadata) = 'object' then metadata - 'claude_flow_v3' else metadata end as metadata,
         created_at,
         updated_at,
         expires_at,
