@@ -909,8 +909,8 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_every_column_postgresql_did
         connection.execute("UPDATE compat_claude_flow_v3.memory_entries SET content = 'changed' "
                            "WHERE namespace = 'odd-v3'")
         # the view is read beside the v2 file's entries (their metadata a JSON string among them)
-        assert connection.execute("SELECT count(*) FROM compat_claude_flow_v3.memory_entries WHERE namespace = 'odd'"
-                                  ).fetchone() == (len(v2_rows),)
+        assert connection.execute("SELECT metadata FROM compat_claude_flow_v3.memory_entries "
+                                  "WHERE namespace = 'odd' AND key = 'text-metadata'").fetchone() == ('"plain text"',)
         connection.execute("UPDATE compat_extended_memory.memory_store SET updated_at = '2026-01-01 00:00:00' "
                            "WHERE key = 'not-json'")
 
