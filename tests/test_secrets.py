@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from loader.database import Target
 from loader.exit_codes import ExitCode
 
-from conftest import AMBIENT_SETTINGS, RedisServer, consolidate, make_db, read_private_copy
+from conftest import AMBIENT_SETTINGS, REPO, RedisServer, consolidate, make_db, read_private_copy
 
 SECRET_COLUMNS = {  # the documented default policy: (database, table, column)
     ("n8n", "credentials_entity", "data"), ("n8n", "user", "password"),
@@ -564,3 +564,20 @@ def test_the_password_can_come_from_pgpassword_or_pgpass(password_protected, tmp
     assert report["reconciled"] and not report["build"]["skipped"] and report["validation"]["passed"]
     for result in (refused, with_variable, with_file):
         assert not shown(forms_of(password), result.stdout + result.stderr)
+
+    # plain dbt with the checkout's profile (README "Driving dbt"): the password from PGPASSWORD, else ~/.pgpass
+    dbt_environment = {**environment, "CONSOLIDATE_PG_HOST": socket_folder, "CONSOLIDATE_PG_USER": PASSWORD_ROLE,
+                       "CONSOLIDATE_PG_DBNAME": "consolidate_pw_files",
+                       "CONSOLIDATE_PG_PORT": conninfo_to_dict(admin_dsn).get("port", "5432"), "DBT_LOG_PATH": str(tmp_path / "dbt-logs"),
+                       "DBT_TARGET_PATH": str(tmp_path / "dbt-target")}
+
+    def dbt_debug(**variables: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).with_name("dbt")), "debug", "--no-use-colors", "--profiles-dir", "profiles"],
+                              cwd=REPO, capture_output=True, text=True, env={**dbt_environment, **variables}, timeout=300)
+
+    with_file = dbt_debug()
+    pgpass.unlink()
+    with_variable, without = dbt_debug(PGPASSWORD=password), dbt_debug()
+    for connected in (with_file, with_variable):
+        assert connected.returncode == 0 and "Connection test: [OK" in connected.stdout, connected.stdout[-2000:]
+    assert without.returncode != 0 and "no password supplied" in without.stdout, without.stdout[-2000:]
