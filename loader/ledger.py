@@ -595,6 +595,20 @@ def missing_relations(connection: psycopg.Connection, names: Sequence[tuple[str,
     return [f"{schema}.{name}" for schema, name in names if not relation_exists(connection, schema, name)]
 
 
+def not_built(connection: psycopg.Connection, missing: list[str], schema: str) -> str:
+    """What to do when `missing` relations of the marts in `schema` are not there: build, or, when builds
+    made the marts in another schema, name it (a --schema left out)."""
+    message = f"{', '.join(missing)} not found: load and build first (consolidate run)"
+    if relation_exists(connection, LEDGER_SCHEMA, "builds"):
+        built = [name for (name,) in connection.execute(
+            sql.SQL("SELECT marts_schema FROM {} WHERE marts_schema <> %s GROUP BY marts_schema "
+                    "ORDER BY max(built_at) DESC").format(sql.Identifier(LEDGER_SCHEMA, "builds")), (schema,))]
+        if built:
+            message += (f"; the marts were built in schema {', '.join(map(repr, built))}, not {schema!r}: "
+                        f"give --schema {built[0]} (or set CONSOLIDATE_TARGET_SCHEMA)")
+    return message
+
+
 def exists(connection: psycopg.Connection) -> bool:
     """Whether a load has ever written a ledger here (its loads, files and current loads)."""
     return all(relation_exists(connection, LEDGER_SCHEMA, name) for name in ("loads", "load_files", "current_loads"))

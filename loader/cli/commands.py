@@ -646,7 +646,12 @@ def redacted_message(error: BaseException) -> str:
 
 # A server that answers and refuses what the DSN asks for: the DSN is wrong, not the server away.
 CONNECTION_REFUSED = re.compile(r'(database|role) "[^"]*" does not exist|password authentication failed|'
-                                r'no password supplied|no pg_hba\.conf entry|permission denied for database')
+                                r'no password supplied|no pg_hba\.conf entry|permission denied for database|'
+                                r'server does not support SSL')
+# What the role needs of a server of your own (README "Pointing it at a production server").
+PRIVILEGES_NEEDED = ("the role needs CONNECT, CREATE and TEMPORARY on the database and CREATE on the marts' "
+                     "schema (--schema; since PostgreSQL 15 only the database's owner may create in `public`): "
+                     "see README, \"Pointing it at a production server\"")
 
 
 def asked_for_json(argv: list[str]) -> bool:
@@ -673,8 +678,10 @@ def main() -> None:
     except typer.Abort:
         rich_utils.rich_abort_error()
         sys.exit(1)
-    except (BadDsn, ledger.LedgerTooNew) as error:
+    except (BadDsn, ledger.LedgerTooNew, build_stage.NotPermitted) as error:
         usage_failure(redacted_message(error))
+    except psycopg.errors.InsufficientPrivilege as error:
+        usage_failure(f"PostgreSQL refused: {redacted_message(error).splitlines()[0]}; {PRIVILEGES_NEEDED}")
     except psycopg.OperationalError as error:
         message = redacted_message(error)
         if CONNECTION_REFUSED.search(message):

@@ -187,14 +187,17 @@ BEGIN
     FROM {raw_table} WHERE _load_id = {load_id} AND _source_path = {source_path} AND {key} IS NULL
     ORDER BY _source_rowid LIMIT 1;
     IF problem IS NULL THEN
-        CREATE TEMP TABLE consolidate_index_trial (namespace text, key text) ON COMMIT DROP;
-        CREATE INDEX ON consolidate_index_trial (namespace, key);
         FOR candidate IN
             SELECT _source_rowid AS rowid, {namespace} AS namespace, {key} AS key, {v3_id} AS v3_id
             FROM {raw_table} WHERE _load_id = {load_id} AND _source_path = {source_path}
               AND (octet_length({namespace}) + octet_length({key}) > {trial} OR octet_length({v3_id}) > {trial})
             ORDER BY _source_rowid
         LOOP
+            -- made for the first long key only: a load without one needs no TEMPORARY privilege
+            IF to_regclass('pg_temp.consolidate_index_trial') IS NULL THEN
+                CREATE TEMP TABLE consolidate_index_trial (namespace text, key text) ON COMMIT DROP;
+                CREATE INDEX ON consolidate_index_trial (namespace, key);
+            END IF;
             BEGIN
                 INSERT INTO consolidate_index_trial VALUES (candidate.namespace, candidate.key), (candidate.v3_id, '');
             EXCEPTION WHEN program_limit_exceeded THEN
@@ -205,7 +208,7 @@ BEGIN
                 EXIT;
             END;
         END LOOP;
-        DROP TABLE consolidate_index_trial;
+        DROP TABLE IF EXISTS pg_temp.consolidate_index_trial;
     END IF;
     IF problem IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = {code}, MESSAGE = problem || {why};

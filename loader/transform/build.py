@@ -382,6 +382,35 @@ def selection(connection, schema: str, project: str) -> tuple[list[str], list[st
             [f"source:{source}+" for source in APP_SOURCES])
 
 
+class NotPermitted(Exception):
+    """The role may not create what a build creates; the message names the privileges it lacks."""
+
+
+# What a build needs of the role: temporary tables (dbt's incremental models write their rows there first)
+# and creating tables in the marts' schema (in the database, while that schema does not exist).
+MISSING_PRIVILEGES = """
+SELECT array_remove(ARRAY[
+    CASE WHEN NOT has_database_privilege(current_database(), 'TEMPORARY')
+         THEN format('TEMPORARY ON DATABASE %%I', current_database()) END,
+    CASE WHEN to_regnamespace(quote_ident(%(schema)s)) IS NULL AND NOT has_database_privilege(current_database(), 'CREATE')
+         THEN format('CREATE ON DATABASE %%I', current_database())
+         WHEN to_regnamespace(quote_ident(%(schema)s)) IS NOT NULL AND NOT has_schema_privilege(quote_ident(%(schema)s), 'CREATE')
+         THEN format('CREATE ON SCHEMA %%I', %(schema)s::text) END
+], NULL)
+"""
+
+
+def check_privileges(connection: psycopg.Connection, schema: str) -> None:
+    """Raise NotPermitted, before dbt starts, when the role lacks a privilege every build needs."""
+    (missing,) = connection.execute(MISSING_PRIVILEGES, {"schema": schema}).fetchone()
+    if missing:
+        role = connection.execute("SELECT current_user").fetchone()[0]
+        raise NotPermitted(
+            f"role {role!r} may not build the marts in schema {schema!r}: it lacks {' and '.join(missing)} "
+            f"({'; '.join(f'GRANT {privilege} TO {role}' for privilege in missing)}; since PostgreSQL 15 only "
+            "the database's owner may create in `public`: grant it, or give --schema another schema)")
+
+
 def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool = False,
           unit_tests: bool = True, only_what_changed: bool = False) -> BuildOutcome:
     """dbt build: incremental unless `full_refresh` or there is no state to continue from. The ledger and
@@ -394,6 +423,7 @@ def build(target: Target, home: Path, *, quiet: bool = False, full_refresh: bool
     with target.connect(connect_timeout=10, autocommit=True) as connection:
         take_dbt_lock(connection)
         raw_tables.bootstrap(connection)
+        check_privileges(connection, target.schema)
         full_refresh = full_refresh or not can_build_incrementally(connection, target.schema)
         project = project_digest()
         select, exclude = selection(connection, target.schema, project) if only_what_changed and not full_refresh \

@@ -139,6 +139,6 @@ def versions(target: Target, key: str, namespace: str | None = None) -> list[Ver
                   (ledger.LEDGER_SCHEMA, "retired_rows"), (ledger.WRITE_LOG_SCHEMA, "memory_writes")]
         missing = ledger.missing_relations(connection, needed)
         if missing:
-            raise NotBuilt(f"{', '.join(missing)} not found: load and build first (consolidate run)")
+            raise NotBuilt(ledger.not_built(connection, missing, target.schema))
         rows = connection.execute(VERSIONS_QUERY, {"key": key, "namespace": namespace}).fetchall()
     return [Version(*row[:22]) for row in rows]

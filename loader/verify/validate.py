@@ -129,7 +129,7 @@ def require_relations(connection: psycopg.Connection, schema: str) -> None:
     needed = [(LEDGER_SCHEMA, "current_loads"), MEMORY_RANKED, *((schema, mart) for mart in MARTS)]
     missing = ledger.missing_relations(connection, needed)
     if missing:
-        raise ValidationError(f"{', '.join(missing)} not found: load and build first (consolidate run)")
+        raise ValidationError(ledger.not_built(connection, missing, schema))
 
 
 def validate_file(connection: psycopg.Connection, current: CurrentLoad, options: Options,
