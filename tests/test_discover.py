@@ -172,3 +172,19 @@ def test_a_root_under_which_no_database_is_found_is_a_warning(tmp_path):
     (tmp_path / "link").symlink_to(with_db)
     for roots in ([with_db, tmp_path / "link"], [tmp_path / "link", with_db]):
         assert not [w for w in discover(roots).warnings if "no SQLite database" in w.reason], roots
+
+
+def test_a_quarantine_folder_an_interrupted_archive_left_is_not_a_source(tmp_path):
+    """kill -9 of `archive --remove-originals` can leave a file's parts in its quarantine folder, inside
+    the root: loading them would make a second source of the archived file's rows."""
+    tree = tmp_path / "tree"
+    (tree / "app" / ".swarm").mkdir(parents=True)
+    for folder in (tree / "app" / ".swarm", tree / "app" / ".swarm" / ".consolidate-quarantine-20261204T000000Z-ab12"):
+        folder.mkdir(exist_ok=True)
+        with sqlite3.connect(folder / "memory.db") as connection:
+            connection.execute("CREATE TABLE memory_entries (key TEXT)")
+        connection.close()
+    found = discover([tree])
+    assert [f.path for f in found.files] == [tree / "app" / ".swarm" / "memory.db"]
+    (warning,) = [w for w in found.warnings if "archive --remove-originals" in w.reason]
+    assert warning.path.name.startswith(".consolidate-quarantine-") and "not loaded" in warning.reason

@@ -87,7 +87,7 @@ from loader.database import Target
 from loader.exit_codes import ExitCode
 from loader.ledger import LATEST_FILE_ROWS, LEDGER_SCHEMA, CurrentLoad, current_loads, relation_exists
 from loader.ledger import exists as ledger_exists
-from loader.sources.discover import DiscoveryWarning, SourceFile, discover
+from loader.sources.discover import QUARANTINE_PREFIX, DiscoveryWarning, SourceFile, discover
 from loader.sources.snapshot import (
     CHANGE_DETECTING_SUFFIXES,
     EVERY_SIDE_FILE,
@@ -108,7 +108,6 @@ ARCHIVE_FILE = re.compile(r"consolidate-archive-\d{8}T\d{6}Z-[0-9a-f]+\.zip(\.sh
 ARCHIVED_SUFFIXES = CHANGE_DETECTING_SUFFIXES
 SUFFIX_LABELS = {"": "main file", "-wal": "-wal", "-journal": "-journal"}
 REMOVED_SUFFIXES = ("", *EVERY_SIDE_FILE)
-QUARANTINE_PREFIX = ".consolidate-quarantine-"
 # The raw tables the reconciliation mart counts: the dbt macro memory_raw_tables().
 MEMORY_RAW_TABLES = ["raw_claude_flow_v2.memory_entries", "raw_claude_flow_v3.memory_entries",
                      "raw_extended_memory.memory_store"]

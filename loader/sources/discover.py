@@ -159,9 +159,15 @@ def is_inside(path: str, folders: list[str]) -> bool:
     return any(path == folder or path.startswith(folder + os.sep) for folder in folders)
 
 
-def walk_files(root: Path, exclude: list[Path] = ()):
+# The folder `consolidate archive --remove-originals` moves a file's parts into before it deletes them
+# (loader/operate/archive.py): what a removal it could not finish left there is no source of its own.
+QUARANTINE_PREFIX = ".consolidate-quarantine-"
+
+
+def walk_files(root: Path, exclude: list[Path] = (), quarantines: list[Path] | None = None):
     """Every regular file under root, following symlinks but never a directory twice, and never
-    inside an excluded folder (the tool's own state: its backups are SQLite files too)."""
+    inside an excluded folder (the tool's own state: its backups are SQLite files too) or a quarantine
+    folder of the archive's (each one met is added to `quarantines`)."""
     if root.is_file():
         yield root
         return
@@ -173,7 +179,9 @@ def walk_files(root: Path, exclude: list[Path] = ()):
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders.sort()
+        if quarantines is not None:
+            quarantines.extend(Path(folder) / name for name in sorted(subfolders) if name.startswith(QUARANTINE_PREFIX))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(QUARANTINE_PREFIX))
         for name in sorted(names):
             path = Path(folder) / name
             if path.is_file():
@@ -313,7 +321,8 @@ def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryW
             warnings.append(DiscoveryWarning(root, "does not exist"))
             continue
         base = root if root.is_dir() else root.parent
-        for path in walk_files(root, exclude):
+        quarantines: list[Path] = []
+        for path in walk_files(root, exclude, quarantines):
             path = path.absolute()
             real = Path(os.path.realpath(path))
             if real.name.endswith(EVERY_SIDE_FILE):
@@ -330,7 +339,14 @@ def candidates(roots: list[Path], exclude: list[Path], warnings: list[DiscoveryW
                 candidate.base, candidate.found_as = base, path  # named after a path without a link
             if linked and path not in candidate.link_paths:
                 candidate.link_paths.append(path)
+        warnings.extend(DiscoveryWarning(folder.absolute(), QUARANTINE_LEFT) for folder in quarantines)
     return [candidate for candidate in found.values() if candidate is not None]
+
+
+QUARANTINE_LEFT = ("left by a `consolidate archive --remove-originals` that was interrupted (or that kept a file "
+                   "there, as it said): not loaded. A file whose removal the ledger records (`status` shows it "
+                   "archived) is in the archive: delete the folder once `consolidate archive --verify` passes on "
+                   "it; move any other file back to its place by hand")
 
 
 def originals_by_identity(sources: list[SourceFile], known: dict[str, KnownFile]) -> dict[tuple, SourceFile]:
