@@ -277,12 +277,20 @@ def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback
     finally:
         client.close()
     with target.connect() as connection:
-        for entry_id, key in (("entry_1800000000000_given", "given-an-id"), (taken_id, "given-a-taken-id"),
+        for entry_id, key in (("entry_1800000000000_given", "given-an-id"),
                               ("entry_1800000000001_new", "new-by-the-app"), (None, "new-without-an-id"),
                               ("unified-1", "new-with-a-marts-id")):
             connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, 'rollback-test', %s)",
                                (entry_id, key, f"inserted {key}"))
         connection.commit()
+    # an id another entry has is refused, as v3's primary key refuses it: nothing written
+    _, file_namespace, file_key, _ = v3_app["rows"][2]
+    with target.connect() as connection, pytest.raises(psycopg.errors.UniqueViolation,
+                                                      match=f"is the id of another entry .*'{file_key}'"):
+        connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, 'given-a-taken-id', "
+                           "'rollback-test', 'inserted given-a-taken-id')", (taken_id,))
+    assert fetch(target, "SELECT count(*) FROM raw_postgres.memory_writes WHERE value #>> '{}' = %s",
+                 ("inserted given-a-taken-id",)) == [(0,)]
     view = {key: (entry_id, mart_id) for key, entry_id, mart_id in fetch(
         target, f"SELECT v.key, v.id, u.id FROM {V3_VIEW} AS v JOIN unified_memory AS u USING (namespace, key) "
                 "WHERE namespace = 'rollback-test'")}
@@ -294,10 +302,7 @@ def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback
         assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'again' WHERE id = 'entry_1800000000001_new'").rowcount == 1
         connection.commit()
     assert view_by_id(target, "entry_1800000000001_new") == [("rollback-test", "new-by-the-app", "again")]
-    # two entries with one v3 id: both match
-    _, file_namespace, file_key, _ = v3_app["rows"][2]
-    assert {(namespace, key) for namespace, key, _ in view_by_id(target, taken_id)} == \
-        {(file_namespace, file_key), ("rollback-test", "given-a-taken-id")}
+    assert {(namespace, key) for namespace, key, _ in view_by_id(target, taken_id)} == {(file_namespace, file_key)}
 
     destination = tmp_path / "rollback" / "memory.db"
     destination.parent.mkdir()
@@ -364,15 +369,12 @@ def test_the_v3_view_refuses_what_v3s_table_refuses_and_rollback_names_an_entry_
 
 def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_rollback(v3_app, target, tmp_path):
     """An INSERT through the v3 view that gives an entry of the file a new v3 id (v3 writes with INSERT OR
-    REPLACE and ids it generates) changes the id the view shows it by: the rollback of the file writes that
-    entry's row with the view's id, for every entry the view's and the file's ids agree (two rows that
-    trade ids included), but for an id another row of the file holds (v3's primary key): `unified-<id>`,
-    as for a new row. Every row no write touched is the source's, byte for byte."""
+    REPLACE and ids it generates) changes the id the view shows it by, and the rollback of the file writes
+    that entry's row with it. An id another entry has is refused (v3's primary key): two entries trading
+    ids cannot, as in v3's own table. Every row no write touched is the source's, byte for byte."""
     rows = v3_app["rows"]  # (id, namespace, key, content), by id
-    renewed, kept, updated, taking, first, second = rows[:6]
-    taken_id = rows[6][0]
-    given = {renewed: "entry_1800000000002_renewed", kept: None, taking: taken_id, first: second[0],
-             second: first[0]}
+    renewed, kept, updated, taking = rows[:4]
+    given = {renewed: "entry_1800000000002_renewed", kept: None}
     with target.connect() as connection:
         for (_, namespace, key, _), entry_id in given.items():
             connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, %s, %s)",
@@ -380,6 +382,10 @@ def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_roll
         assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'updated by id' WHERE id = %s",
                                   (updated[0],)).rowcount == 1
         connection.commit()
+    for entry_id in (rows[4][0], given[renewed]):  # another row's own id, and the id just given
+        with target.connect() as connection, pytest.raises(psycopg.errors.UniqueViolation, match="another entry"):
+            connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, %s, 'taken')",
+                               (entry_id, taking[2], taking[1]))
     view = {(namespace, key): (entry_id, mart_id) for namespace, key, entry_id, mart_id in fetch(
         target, f"SELECT v.namespace, v.key, v.id, u.id FROM {V3_VIEW} AS v JOIN unified_memory AS u "
                 "USING (namespace, key)")}
@@ -403,12 +409,9 @@ def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_roll
     assert {r: row for r, row in written.items() if entry_of(row) not in touched} == \
         {r: row for r, row in source.items() if entry_of(row) not in touched}
     assert set(written) == set(source)  # each entry in its own row
-    ids = {entry_of(row): row["id"][1] for row in written.values()}
-    taking_entry = (taking[1], taking[2])
-    assert ids == {**expected_view, taking_entry: f"unified-{view[taking_entry][1]}"}
+    assert {entry_of(row): row["id"][1] for row in written.values()} == expected_view
     for rowid, row in written.items():  # what PostgreSQL does not hold stays the row's own
         assert row["embedding"] == source[rowid]["embedding"], rowid
-    assert ids[(renewed[1], renewed[2])] == "entry_1800000000002_renewed"
 
 
 def test_two_files_with_one_v3_id_under_different_keys_build_and_both_rows_match_it(tmp_path, target, home, realdata):

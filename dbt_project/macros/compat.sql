@@ -222,6 +222,7 @@ declare
     base_metadata jsonb;
     kept_v3_fields jsonb;
     v3_fields jsonb;
+    holder record;
 begin
     {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
     {{ compat_refuses_null(['key', 'content']) }}
@@ -247,6 +248,19 @@ begin
         kept_v3_fields := jsonb_strip_nulls(jsonb_build_object('id', coalesce(
             case when NEW.id !~ '^unified--?[0-9]+$' then NEW.id end,
             current_metadata -> 'claude_flow_v3' ->> 'id')));
+        -- an id another entry has is refused, as v3's primary key refuses it (an UPDATE by that id would
+        -- change both); the lock orders two writers giving one new id
+        if NEW.id !~ '^unified--?[0-9]+$' then
+            perform pg_advisory_xact_lock(hashtext('consolidate.v3_id'), hashtext(NEW.id));
+            execute format('select namespace, key from %I.unified_memory where {{ compat_v3_id('metadata', 'id') | replace("'", "''") }} = $1 '
+                           'and (namespace, key) is distinct from ($2, $3) limit 1', marts_schema)
+                into holder using NEW.id, entry_namespace, NEW.key;
+            if holder.key is not null then
+                raise exception 'compat_claude_flow_v3.memory_entries: id % is the id of another entry (namespace %, key %): claude-flow v3''s id is its primary key',
+                    quote_literal(NEW.id), quote_literal(holder.namespace), quote_literal(holder.key)
+                    using errcode = 'unique_violation';
+            end if;
+        end if;
     end if;
     -- what claude-flow v3's own table refuses (its CHECKs) is refused here too: a rollback could not write it
     if NEW.type is not null and NEW.type not in ('semantic', 'episodic', 'procedural', 'working', 'pattern')
