@@ -547,6 +547,12 @@ ALTER TABLE {LEDGER_SCHEMA}.app_copies DROP CONSTRAINT IF EXISTS app_copies_stat
 ALTER TABLE {LEDGER_SCHEMA}.app_copies ADD CONSTRAINT app_copies_status_check
     CHECK (status IN ('verified', 'mismatch', 'refused', 'interrupted'));
 """,
+    # 18: which fields a write gave (consolidate.write_memory_entry's p_given): a rollback tells a value the
+    # writer gave from one the write path filled in (loader/operate/rollback.py columns_as_the_row_has_them).
+    f"""
+-- NULL: a delete, or a write from before this column.
+ALTER TABLE {WRITE_LOG_SCHEMA}.memory_writes ADD COLUMN IF NOT EXISTS given text[];
+""",
 ]
 
 VERSION_DDL = f"""
@@ -601,7 +607,7 @@ def not_built(connection: psycopg.Connection, missing: list[str], schema: str) -
     message = f"{', '.join(missing)} not found: load and build first (consolidate run)"
     if relation_exists(connection, LEDGER_SCHEMA, "builds"):
         built = [name for (name,) in connection.execute(
-            sql.SQL("SELECT marts_schema FROM {} WHERE marts_schema <> %s GROUP BY marts_schema "
+            sql.SQL("SELECT marts_schema FROM {} WHERE build_passed AND marts_schema <> %s GROUP BY marts_schema "
                     "ORDER BY max(built_at) DESC").format(sql.Identifier(LEDGER_SCHEMA, "builds")), (schema,))]
         if built:
             message += (f"; the marts were built in schema {', '.join(map(repr, built))}, not {schema!r}: "

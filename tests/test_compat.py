@@ -268,7 +268,8 @@ def test_a_v3_application_reads_updates_and_deletes_its_rows_by_their_ids(v3_app
 def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback_agrees(v3_app, target, tmp_path):
     """An entry created in PostgreSQL is `unified-<id>`, unless an INSERT through the v3 view gave it a v3
     id (not one of the marts' `unified-<n>`); a rollback of the file writes its new rows with the view's
-    id (but `unified-<id>` for one whose v3 id another row of the file holds: v3's primary key)."""
+    id (but `unified-<id>` for one whose v3 id another row of the file holds: v3's primary key). The view
+    refuses to give an entry an id another entry has; the client's metadata can."""
     taken_id = v3_app["rows"][2][0]
     client = MemoryClient(target.dsn, source=v3_app["file"])
     try:
@@ -291,6 +292,12 @@ def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback
                            "'rollback-test', 'inserted given-a-taken-id')", (taken_id,))
     assert fetch(target, "SELECT count(*) FROM raw_postgres.memory_writes WHERE value #>> '{}' = %s",
                  ("inserted given-a-taken-id",)) == [(0,)]
+    # a metadata naming claude_flow_v3 written through the client is taken as given: it can repeat an id
+    client = MemoryClient(target.dsn, source=v3_app["file"])
+    try:
+        client.set("given-a-taken-id", {"made": "again"}, "rollback-test", metadata={"claude_flow_v3": {"id": taken_id}})
+    finally:
+        client.close()
     view = {key: (entry_id, mart_id) for key, entry_id, mart_id in fetch(
         target, f"SELECT v.key, v.id, u.id FROM {V3_VIEW} AS v JOIN unified_memory AS u USING (namespace, key) "
                 "WHERE namespace = 'rollback-test'")}
@@ -302,7 +309,8 @@ def test_entries_made_in_postgresql_have_the_id_the_view_gives_them_and_rollback
         assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'again' WHERE id = 'entry_1800000000001_new'").rowcount == 1
         connection.commit()
     assert view_by_id(target, "entry_1800000000001_new") == [("rollback-test", "new-by-the-app", "again")]
-    assert {(namespace, key) for namespace, key, _ in view_by_id(target, taken_id)} == {(file_namespace, file_key)}
+    assert {(namespace, key) for namespace, key, _ in view_by_id(target, taken_id)} == \
+        {(file_namespace, file_key), ("rollback-test", "given-a-taken-id")}
 
     destination = tmp_path / "rollback" / "memory.db"
     destination.parent.mkdir()
@@ -370,10 +378,14 @@ def test_the_v3_view_refuses_what_v3s_table_refuses_and_rollback_names_an_entry_
 def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_rollback(v3_app, target, tmp_path):
     """An INSERT through the v3 view that gives an entry of the file a new v3 id (v3 writes with INSERT OR
     REPLACE and ids it generates) changes the id the view shows it by, and the rollback of the file writes
-    that entry's row with it. An id another entry has is refused (v3's primary key): two entries trading
-    ids cannot, as in v3's own table. Every row no write touched is the source's, byte for byte."""
+    that entry's row with it. The view refuses an id another entry has (v3's primary key); a metadata
+    naming claude_flow_v3 written through the client is taken as given, and can give one: the rollback
+    then writes every entry the view's id where the file's rows can hold it (two rows that trade ids
+    included), else `unified-<id>`, as for a new row. Every row no write touched is the source's, byte for
+    byte."""
     rows = v3_app["rows"]  # (id, namespace, key, content), by id
-    renewed, kept, updated, taking = rows[:4]
+    renewed, kept, updated, taking, first, second = rows[:6]
+    taken_id = rows[6][0]
     given = {renewed: "entry_1800000000002_renewed", kept: None}
     with target.connect() as connection:
         for (_, namespace, key, _), entry_id in given.items():
@@ -382,17 +394,29 @@ def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_roll
         assert connection.execute(f"UPDATE {V3_VIEW} SET content = 'updated by id' WHERE id = %s",
                                   (updated[0],)).rowcount == 1
         connection.commit()
-    for entry_id in (rows[4][0], given[renewed]):  # another row's own id, and the id just given
+    for entry_id in (taken_id, given[renewed]):  # another row's own id, and the id just given
         with target.connect() as connection, pytest.raises(psycopg.errors.UniqueViolation, match="another entry"):
             connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, %s, 'taken')",
                                (entry_id, taking[2], taking[1]))
+    # an entry re-written with its own id passes (v3's INSERT OR REPLACE of its row)
+    with target.connect() as connection:
+        connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, %s, %s)",
+                           (given[renewed], renewed[2], renewed[1], f"inserted again {renewed[2]}"))
+        connection.commit()
+    client_given = {taking: taken_id, first: second[0], second: first[0]}
+    client = MemoryClient(target.dsn)
+    try:
+        for (_, namespace, key, _), entry_id in client_given.items():
+            client.set(key, f"set again {key}", namespace, metadata={"claude_flow_v3": {"id": entry_id}})
+    finally:
+        client.close()
     view = {(namespace, key): (entry_id, mart_id) for namespace, key, entry_id, mart_id in fetch(
         target, f"SELECT v.namespace, v.key, v.id, u.id FROM {V3_VIEW} AS v JOIN unified_memory AS u "
                 "USING (namespace, key)")}
     # the view shows each entry by the id last given to it, else by the id its file gave it
     expected_view = {(namespace, key): entry_id for entry_id, namespace, key, _ in rows}
     expected_view.update({(namespace, key): entry_id or own_id
-                          for (own_id, namespace, key, _), entry_id in given.items()})
+                          for (own_id, namespace, key, _), entry_id in (*given.items(), *client_given.items())})
     assert {entry: view[entry][0] for entry in expected_view} == expected_view
 
     destination = tmp_path / "rollback" / "memory.db"
@@ -404,12 +428,14 @@ def test_an_existing_entry_given_a_new_id_through_the_v3_view_has_it_in_the_roll
     source = typed_rows(opened_copy(v3_app["file"], tmp_path / "source"), "memory_entries")
     written = typed_rows(opened_copy(destination, tmp_path / "written"), "memory_entries")
 
-    touched = {(namespace, key) for _, namespace, key, _ in (*given, updated)}
+    touched = {(namespace, key) for _, namespace, key, _ in (*given, *client_given, updated)}
     assert sorted((e["namespace"], e["key"]) for e in report["changed"]) == sorted(touched)
     assert {r: row for r, row in written.items() if entry_of(row) not in touched} == \
         {r: row for r, row in source.items() if entry_of(row) not in touched}
     assert set(written) == set(source)  # each entry in its own row
-    assert {entry_of(row): row["id"][1] for row in written.values()} == expected_view
+    taking_entry = (taking[1], taking[2])
+    assert {entry_of(row): row["id"][1] for row in written.values()} == \
+        {**expected_view, taking_entry: f"unified-{view[taking_entry][1]}"}
     for rowid, row in written.items():  # what PostgreSQL does not hold stays the row's own
         assert row["embedding"] == source[rowid]["embedding"], rowid
 
@@ -425,6 +451,17 @@ def test_two_files_with_one_v3_id_under_different_keys_build_and_both_rows_match
     result = consolidate("run", str(tree), "--no-backup", target=target, home=home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert {(n, k) for n, k, _ in view_by_id(target, entry_id)} == {(namespace, key), (namespace, key + "-copy")}
+    # each may still be written with its own id (v3's INSERT OR REPLACE of its row); another entry may not take it
+    with target.connect() as connection:
+        for own_key in (key, key + "-copy"):
+            connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, %s, %s, %s)",
+                               (entry_id, own_key, namespace, f"rewritten {own_key}"))
+        connection.commit()
+    assert sorted(view_by_id(target, entry_id)) == [(namespace, key, f"rewritten {key}"),
+                                                    (namespace, key + "-copy", f"rewritten {key}-copy")]
+    with target.connect() as connection, pytest.raises(psycopg.errors.UniqueViolation, match="another entry"):
+        connection.execute(f"INSERT INTO {V3_VIEW} (id, key, namespace, content) VALUES (%s, 'a-third', %s, 'x')",
+                           (entry_id, namespace))
 
 
 def test_a_lookup_by_id_through_the_v3_view_uses_the_index_on_its_expression(consolidated):

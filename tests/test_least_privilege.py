@@ -54,13 +54,13 @@ def test_what_the_role_lacks_is_named_in_one_line_with_exit_2(role, target, tmp_
 
     # CREATE on the database, no TEMPORARY: the files load (no key long enough to need a scratch index),
     # the build is refused before dbt starts, naming both privileges it lacks (public is not its own)
-    grant(as_role_admin := target, f"CREATE ON DATABASE {database}", name)
+    grant(target, f"CREATE ON DATABASE {database}", name)
     result = consolidate("run", str(tree), "--no-backup", "--json", target=as_role, home=tmp_path / "state")
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     for lacking in (f"GRANT TEMPORARY ON DATABASE {database} TO {name}", f"GRANT CREATE ON SCHEMA public TO {name}"):
         assert lacking in result.stderr, result.stderr[-2000:]
-    assert fetch(as_role_admin, "SELECT status, count(*) FROM consolidate.load_files GROUP BY status") == [("loaded", 1)]
+    assert fetch(target, "SELECT status, count(*) FROM consolidate.load_files GROUP BY status") == [("loaded", 1)]
 
     # with TEMPORARY, and the marts in a schema of its own: the run reconciles
     grant(target, f"TEMPORARY ON DATABASE {database}", name)
@@ -73,3 +73,19 @@ def test_what_the_role_lacks_is_named_in_one_line_with_exit_2(role, target, tmp_
     # a command given the other schema names the one the marts were built in
     result = consolidate("validate", "--json", target=as_role, home=tmp_path / "state")
     assert result.returncode == 2 and "give --schema marts" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_mixed_case_marts_schema_the_role_may_not_create_in_is_named(role, target, tmp_path):
+    name, as_role = role
+    database = conninfo_to_dict(target.dsn)["dbname"]
+    grant(target, f"CREATE, TEMPORARY ON DATABASE {database}", name)
+    with target.connect(autocommit=True) as admin:
+        admin.execute('CREATE SCHEMA "Marts"')
+    result = consolidate("build", "--schema", "Marts", "--json", target=as_role, home=tmp_path / "state")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f'GRANT CREATE ON SCHEMA "Marts" TO {name}' in result.stderr, result.stderr[-2000:]
+    grant(target, 'CREATE ON SCHEMA "Marts"', name)
+    with target.connect(autocommit=True) as admin:  # the role may use it too, as a schema's owner would grant
+        admin.execute(sql.SQL('GRANT USAGE ON SCHEMA "Marts" TO {}').format(sql.Identifier(name)))
+    result = consolidate("build", "--schema", "Marts", "--json", target=as_role, home=tmp_path / "state")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -854,7 +854,7 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_every_column_postgresql_did
     `__compressed__` value, `1e2`, `-0.0`, `1e400`, metadata that is not JSON or not an object; v3's NULL
     type, status and metadata, tags that are a JSON string; extended-memory text that is not JSON), and a
     value staging could not read (it is flagged) stays the row's, where PostgreSQL holds NULL or a write's
-    fill-in (created_at now(), access_count 0). The v3 view reads and writes beside entries of a v2 file
+    fill-in (created_at now(), access_count 0), unless a write gave it. The v3 view reads and writes beside entries of a v2 file
     whose metadata is a JSON string (it took the claude_flow_v3 key out of every metadata, a scalar too)."""
     base = 1_750_000_000
     compressed = "__compressed__" + base64.b64encode(b'{"z":1}').decode()
@@ -870,6 +870,7 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_every_column_postgresql_did
         "blob-metadata": ('"v"', b"\x01\x02", base, 3, None, None, base),
         "unreadable-fields": ('"v"', None, "garbage", 2**40, "abc", "never", "yesterday"),
         "null-fields": ('"v"', None, None, None, 1.5, None, None),
+        "given-fields": ('"v"', None, None, None, None, None, None),  # a write gives them: written
     }
     change(v2, *[("INSERT INTO memory_entries (key, value, namespace, metadata, created_at, updated_at, access_count, "
                   "ttl, expires_at, accessed_at) VALUES (?, ?, 'odd', ?, ?, ?, ?, ?, ?, ?)",
@@ -906,6 +907,8 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_every_column_postgresql_did
             column, value = ("value", "changed") if key in value_written else ("metadata", '{"m": 1}')
             connection.execute(f"UPDATE compat.memory_entries SET {column} = %s WHERE namespace = 'odd' AND key = %s",
                                (value, key))
+        connection.execute("UPDATE compat.memory_entries SET access_count = 5, created_at = 1700000000 "
+                           "WHERE namespace = 'odd' AND key = 'given-fields'")
         connection.execute("UPDATE compat_claude_flow_v3.memory_entries SET content = 'changed' "
                            "WHERE namespace = 'odd-v3'")
         # the view is read beside the v2 file's entries (their metadata a JSON string among them)
@@ -926,8 +929,11 @@ def test_a_changed_entry_keeps_its_rows_own_bytes_of_every_column_postgresql_did
         return by_key["written"], by_key["source"]
 
     written, source = written_and_source(v2, "memory_entries", "v2")
+    assert [written["given-fields"][column] for column in ("access_count", "created_at")] == \
+        [("integer", 5), ("integer", 1_700_000_000)]
     for key in v2_rows:
         changed = {"value", "updated_at"} if key in value_written else {"metadata", "updated_at"}
+        changed |= {"access_count", "created_at"} if key == "given-fields" else set()
         assert {c: v for c, v in written[key].items() if c not in changed} == \
             {c: v for c, v in source[key].items() if c not in changed}, key
         assert written[key]["value" if key in value_written else "metadata"][1] in ("changed", '{"m": 1}'), key

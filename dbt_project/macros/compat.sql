@@ -248,9 +248,10 @@ begin
         kept_v3_fields := jsonb_strip_nulls(jsonb_build_object('id', coalesce(
             case when NEW.id !~ '^unified--?[0-9]+$' then NEW.id end,
             current_metadata -> 'claude_flow_v3' ->> 'id')));
-        -- an id another entry has is refused, as v3's primary key refuses it (an UPDATE by that id would
-        -- change both); the lock orders two writers giving one new id
-        if NEW.id !~ '^unified--?[0-9]+$' then
+        -- an id new to the entry that another entry has is refused, as v3's primary key refuses it (an
+        -- UPDATE by that id would change both; two files may have given one id to two entries, each of
+        -- which may still be written with it); the lock orders two writers giving one new id
+        if NEW.id !~ '^unified--?[0-9]+$' and NEW.id is distinct from current_metadata -> 'claude_flow_v3' ->> 'id' then
             perform pg_advisory_xact_lock(hashtext('consolidate.v3_id'), hashtext(NEW.id));
             execute format('select namespace, key from %I.unified_memory where {{ compat_v3_id('metadata', 'id') | replace("'", "''") }} = $1 '
                            'and (namespace, key) is distinct from ($2, $3) limit 1', marts_schema)

@@ -220,7 +220,8 @@ begin
                 jsonb_build_object('id', newest_metadata -> 'claude_flow_v3' -> 'id'));
         end if;
         insert into {{ write_log }} (via, operation, key, namespace, value, data_type, metadata, created_at,
-                                     updated_at, accessed_at, expires_at, access_count, ttl, home_source_path)
+                                     updated_at, accessed_at, expires_at, access_count, ttl, home_source_path,
+                                     given)
         values (
             p_via, 'upsert', p_key, p_namespace,
             case when 'value' = any(p_given) then coalesce(p_value, 'null'::jsonb) else newest_value end,
@@ -240,7 +241,8 @@ begin
             case when 'expires_at' = any(p_given) then p_expires_at when has_value then newest_expires_at end,
             case when 'access_count' = any(p_given) then p_access_count else coalesce(max_access_count, 0) end,
             case when 'ttl' = any(p_given) then p_ttl when has_value then newest_ttl end,
-            home_file)
+            home_file,
+            p_given)
         returning write_id into new_write_id;
     end if;
 

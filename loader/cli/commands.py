@@ -681,7 +681,8 @@ def main() -> None:
     except (BadDsn, ledger.LedgerTooNew, build_stage.NotPermitted) as error:
         usage_failure(redacted_message(error))
     except psycopg.errors.InsufficientPrivilege as error:
-        usage_failure(f"PostgreSQL refused: {redacted_message(error).splitlines()[0]}; {PRIVILEGES_NEEDED}")
+        refusal = redacted_message(error).splitlines()[0]
+        usage_failure(f"PostgreSQL refused: {refusal}" + ("" if refusal.startswith("must be") else f"; {PRIVILEGES_NEEDED}"))
     except psycopg.OperationalError as error:
         message = redacted_message(error)
         if CONNECTION_REFUSED.search(message):

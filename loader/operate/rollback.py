@@ -187,7 +187,9 @@ SELECT entries.namespace, entries.key, entries.rowids AS base_rowids, state.mart
        {state_fields}, {own_fields}, own.source_rowid IS NOT NULL AS has_own,
        state.source_path = %(source_path)s AND state.load_id IN {current_loads}
            AND state.source_table = %(source_table)s AS won_by_another_row,
-       state.source_path AS value_from
+       state.source_path AS value_from,
+       ARRAY(SELECT DISTINCT field FROM {write_log} AS written, unnest(written.given) AS field
+             WHERE written.namespace = entries.namespace AND written.key = entries.key) AS written_fields
 FROM entries
 -- the source's row of the entry as staging read it: a column PostgreSQL holds as that row gives it keeps its bytes
 LEFT JOIN {ranked} AS own
@@ -338,13 +340,8 @@ def row_values(kind: str, entry: dict) -> dict[str, object]:
             "accessed_at": naive_utc_text(entry["accessed_at"]), "access_count": entry["access_count"]}
 
 
-# The source kinds' time columns, by the field of PostgreSQL's state each is written from.
-TIME_COLUMNS = {"created_at": "created_at", "updated_at": "updated_at", "accessed_at": "accessed_at",
-                "last_accessed_at": "accessed_at", "expires_at": "expires_at"}
-
-
-# The aggregates a write made in PostgreSQL fills in when no version holds one (the earliest created_at:
-# now(); the largest access_count: 0), where staging could not read the row's own (or it had none).
+# The aggregates a write made in PostgreSQL fills in when no version holds one and the writer gave none
+# (the earliest created_at: the write's now(); the largest access_count: 0).
 FILLED_IN_BY_WRITES = {"created_at", "access_count"}
 
 
@@ -352,17 +349,17 @@ def columns_as_the_row_has_them(kind: str, entry: dict) -> set[str]:
     """The columns whose value PostgreSQL's state gives as the source row's own (as staging read it) gives
     it: the row keeps its own bytes of them (its own JSON text, `__compressed__` form, a REAL time,
     milliseconds in a seconds column, metadata that is not JSON...), not the value written again from
-    PostgreSQL's. So do created_at and access_count when staging read none from the row: PostgreSQL's is
-    then a write's fill-in (a value the row holds that staging could not read stays the row's)."""
+    PostgreSQL's. So do created_at and access_count when staging read none from the row and no write gave
+    one: PostgreSQL's is then a write's fill-in (a value the row holds that staging could not read stays
+    the row's)."""
     if not entry["has_own"]:
         return set()
-    own = {name: entry[OWN + name] for name in STATE_FIELDS} | {"id": entry["id"], "mart": entry["mart"]}
+    own = {name: entry[OWN + name] for name in STATE_FIELDS}
     from_state, from_own = row_values(kind, entry), row_values(kind, own)
     same = {column for column, value in from_state.items()
             if value == from_own[column] and type(value) is type(from_own[column])}
-    same |= {column for column, field in TIME_COLUMNS.items()
-             if entry[field] is not None and entry[field] == own[field]}
-    return same | {column for column in FILLED_IN_BY_WRITES if own[column] is None}
+    return same | {column for column in FILLED_IN_BY_WRITES
+                   if own[column] is None and column not in entry["written_fields"]}
 
 
 def marts_v3_id(entry: dict) -> str:

@@ -394,7 +394,8 @@ SELECT array_remove(ARRAY[
          THEN format('TEMPORARY ON DATABASE %%I', current_database()) END,
     CASE WHEN to_regnamespace(quote_ident(%(schema)s)) IS NULL AND NOT has_database_privilege(current_database(), 'CREATE')
          THEN format('CREATE ON DATABASE %%I', current_database())
-         WHEN to_regnamespace(quote_ident(%(schema)s)) IS NOT NULL AND NOT has_schema_privilege(quote_ident(%(schema)s), 'CREATE')
+         WHEN to_regnamespace(quote_ident(%(schema)s)) IS NOT NULL
+              AND NOT has_schema_privilege(to_regnamespace(quote_ident(%(schema)s)), 'CREATE')
          THEN format('CREATE ON SCHEMA %%I', %(schema)s::text) END
 ], NULL)
 """
@@ -404,9 +405,9 @@ def check_privileges(connection: psycopg.Connection, schema: str) -> None:
     """Raise NotPermitted, before dbt starts, when the role lacks a privilege every build needs."""
     (missing,) = connection.execute(MISSING_PRIVILEGES, {"schema": schema}).fetchone()
     if missing:
-        role = connection.execute("SELECT current_user").fetchone()[0]
+        role = connection.execute("SELECT quote_ident(current_user)").fetchone()[0]
         raise NotPermitted(
-            f"role {role!r} may not build the marts in schema {schema!r}: it lacks {' and '.join(missing)} "
+            f"role {role} may not build the marts in schema {schema!r}: it lacks {' and '.join(missing)} "
             f"({'; '.join(f'GRANT {privilege} TO {role}' for privilege in missing)}; since PostgreSQL 15 only "
             "the database's owner may create in `public`: grant it, or give --schema another schema)")
 
