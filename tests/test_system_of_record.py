@@ -383,6 +383,28 @@ def blocked_backends(connection: psycopg.Connection) -> int:
                               "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()").fetchone()[0]
 
 
+def test_a_read_through_the_client_never_deadlocks_with_dml_on_the_mart_row(migrated):
+    """An UPDATE on unified_memory locks the entry's row, then its trigger takes the entry's lock; a read
+    through the client takes the entry's lock, then records the access on the row. The read leaves a
+    locked row to the statement holding it (which recomputes it, this access included): both go through,
+    where the read used to wait for the row and the two deadlocked."""
+    target, _tree, _home = migrated
+    ((key, ns),) = migrated_entries(target, "command-history", 1)
+    before = entry(target, key, ns)
+    read: list = []
+    with psycopg.connect(target.dsn) as updating, MemoryClient(target.dsn) as client:
+        updating.execute("SELECT 1 FROM unified_memory WHERE namespace = %s AND key = %s FOR UPDATE", (ns, key))
+        reader = threading.Thread(target=lambda: read.append(client.get(key, ns)))
+        reader.start()
+        reader.join(timeout=20)
+        assert not reader.is_alive() and read == [before["value"]]  # it did not wait for the row
+        updating.execute("UPDATE unified_memory SET value = '\"after the read\"' WHERE namespace = %s AND key = %s",
+                         (ns, key))
+        updating.commit()
+    after = entry(target, key, ns)
+    assert after["value"] == "after the read" and after["access_count"] == (before["access_count"] or 0) + 1
+
+
 def test_a_read_through_the_client_is_counted_and_kept_by_a_full_refresh(migrated):
     target, _tree, home = migrated
     ((key, ns),) = migrated_entries(target, "command-history", 1)

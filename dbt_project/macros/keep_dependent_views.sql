@@ -5,7 +5,8 @@
     `create or replace view` with its definition naming the new relation and its options
     (security_invoker, security_barrier, check_option), which keeps the view, its INSTEAD OF triggers and
     its grants. So the compatibility views, active_sessions and a user's own views never vanish while a
-    full refresh runs, nor stay gone when it dies. The definitions are read with an empty search_path, so
+    full refresh runs, nor stay gone when it dies: a view writers keep busy past three deadlocks fails
+    the model instead (its transaction rolls back, the old table and the view stay). The definitions are read with an empty search_path, so
     every relation in them is named with its schema (the backup's name, as quote_ident spells it, also
     qualifies its columns, and is replaced everywhere). A view that cannot be re-pointed
     (its columns no longer fit the new relation) is left to the CASCADE, as before, and its own model makes
@@ -43,10 +44,16 @@ begin
                                        quote_ident({{ dbt.string_literal(relation.identifier) }})));
                 exit;
             exception
-                -- another model re-pointing the same view holds a relation it reads: once it commits, again
+                -- another model re-pointing the same view holds a relation it reads: once it commits, again.
+                -- A writer through the view waiting for this model's lock on the marts holds the view: the
+                -- model fails and rolls back (the old table and the view stay) rather than drop the view
                 when deadlock_detected then
                     if attempt = 3 then
-                        raise notice 'view % is left to be made again by its model: %', dependent.view_oid, sqlerrm;
+                        raise exception 'view % could not be re-pointed at the new %: writers through it kept it '
+                                        'busy (%); nothing of this model is kept, the view stays as it was: '
+                                        'run the full refresh again', dependent.view_oid::regclass,
+                                        {{ dbt.string_literal(relation | string) }}, sqlerrm
+                            using errcode = 'lock_not_available';
                     end if;
                 when others then
                     raise notice 'view % is left to be made again by its model: %', dependent.view_oid, sqlerrm;

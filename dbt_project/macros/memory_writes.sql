@@ -289,10 +289,15 @@ begin
         last_accessed_at = greatest(ranked.last_accessed_at, p_accessed_at),
         max_access_count = greatest(ranked.max_access_count, new_count)
     where {{ this_entry }};
+    -- a mart row locked is an UPDATE or DELETE on the mart waiting for this entry's lock (its trigger takes
+    -- it after the row's): waiting for the row would deadlock. It recomputes the row once this commits,
+    -- this access included (memory_accesses).
     update {{ unified }} as ranked set
         accessed_at = greatest(ranked.accessed_at, p_accessed_at),
         access_count = greatest(ranked.access_count, new_count)
-    where {{ this_entry }};
+    where {{ this_entry }}
+      and ranked.ctid in (select free.ctid from {{ unified }} as free
+                          where free.namespace = p_namespace and free.key = p_key for update skip locked);
     perform set_config('consolidate.maintaining_marts', coalesce(previous_setting, ''), true);
 end
 $fn$;
