@@ -215,6 +215,22 @@ def test_expired_entries_are_never_served(near, redis_server):
     assert not redis.Redis.from_url(redis_server.url).exists(cache_key(namespace, "k"))
 
 
+def test_a_performance_metric_expired_through_the_view_is_served_from_no_cache(near, redis_server, with_triggers):
+    """performance_metrics holds a metric's value, not its expiry: an expiry written through the view
+    changes no row of it, and the write path tells the caches itself."""
+    key = f"metric-{uuid.uuid4().hex[:8]}"
+    near.set(key, {"duration": 1}, "performance-metrics")
+    assert wait_for(lambda: served_in_process(near, key, "performance-metrics"))
+    assert redis.Redis.from_url(redis_server.url).exists(cache_key("performance-metrics", key))
+    with psycopg.connect(with_triggers.dsn, autocommit=True) as connection:
+        connection.execute("UPDATE compat.memory_entries SET expires_at = extract(epoch from now())::bigint - 60 "
+                           "WHERE namespace = 'performance-metrics' AND key = %s", (key,))
+    expired = time.monotonic()
+    assert wait_for(lambda: near.get(key, "performance-metrics") is None, MAX_STALENESS)
+    assert time.monotonic() - expired <= MAX_STALENESS + 0.05
+    assert not redis.Redis.from_url(redis_server.url).exists(cache_key("performance-metrics", key))
+
+
 def test_fills_are_void_after_an_invalidation_and_the_cache_is_bounded_in_count_bytes_and_age(with_triggers):
     with NearCache(with_triggers.dsn, max_entries=3, max_bytes=2_000, max_entry_age=0.5) as bounded:
         assert bounded.wait_until_serving(10)

@@ -256,6 +256,15 @@ begin
     end if;
 
     perform consolidate.refresh_memory_entry(p_namespace, p_key);
+    -- performance_metrics holds the value of a metric, not its expiry: a write that changes only that leaves
+    -- its row (whose triggers tell the caches) as it was, so the caches are told here
+    if p_namespace = '{{ var("performance_metrics_namespace") }}' then
+        perform pg_notify('{{ var("notify_channel") }}', case
+            when octet_length(json_build_object('schema', p_schema, 'namespace', p_namespace, 'key', p_key)::text)
+                 > {{ var('notify_max_payload_bytes') }}
+            then json_build_object('schema', p_schema, 'flush', true)::text
+            else json_build_object('schema', p_schema, 'namespace', p_namespace, 'key', p_key)::text end);
+    end if;
     return new_write_id;
 end
 $fn$;
