@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import subprocess
+import time
 
 import pytest
 import redis
@@ -204,6 +205,27 @@ def test_delete_invalidates_the_cached_value(client, redis_db):
 
 
 # -- Redis unreachable -----------------------------------------------------------------------------
+
+def test_an_invalidation_redis_did_not_take_empties_the_cache_before_it_is_read_again(consolidated, redis_url,
+                                                                                        redis_db):
+    """A write whose invalidation timed out (Redis paused) left the old value cached for up to an hour,
+    for the writer too: the cache that skipped it now removes every cached value as Redis answers again."""
+    key, namespace, _ = live_entry(consolidated, "expires_at IS NULL AND namespace = 'default'")
+    cache = Cache(redis_url, timeout=0.2, retry_interval=0.1)
+    try:
+        with MemoryClient(consolidated.dsn, cache=cache, pool_size=1) as client:
+            client.set(key, {"version": "old"}, namespace)
+            assert client.get(key, namespace) == {"version": "old"}
+            assert redis_db.exists(cache_key(namespace, key))         # cached
+            redis_db.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+            client.set(key, {"version": "new"}, namespace)              # committed; its invalidation times out
+            time.sleep(1.2)
+            assert json.loads(redis_db.get(cache_key(namespace, key))) == {"version": "old"}
+            assert client.get(key, namespace) == {"version": "new"}
+            assert json.loads(redis_db.get(cache_key(namespace, key))) == {"version": "new"}
+    finally:
+        cache.close()
+
 
 def test_unreachable_redis_falls_back_to_postgresql_with_one_warning(consolidated, closed_port, caplog):
     entries = fetch(consolidated, f"SELECT key, namespace, value FROM unified_memory WHERE {LIVE} ORDER BY id LIMIT 5")

@@ -26,9 +26,10 @@ is not tried again for `retry_interval` seconds; no Redis error ever reaches the
 Known limits: writes that bypass the client (SQL, a `consolidate build`) leave no marker (only a near
 cache's listener, when one runs, invalidates them and bumps their fence), a fill whose read took longer
 than FENCE_TTL_MS is checked by version only, and an invalidation skipped while Redis was unreachable
-leaves a stale value in a Redis that comes back; either stays cached at most MAX_TTL_SECONDS.
-`consolidate cache warm` after such an outage, or a FLUSHDB, clears it (and so does a near-cache client
-whenever its invalidation channels reconnect).
+leaves a stale value in a Redis that comes back until the Cache that skipped it reaches Redis again: it
+then removes every cached value first (as a near-cache client does whenever its invalidation channels
+reconnect). A process killed between its commit and its invalidation leaves the value for at most
+MAX_TTL_SECONDS.
 """
 
 from __future__ import annotations
@@ -203,6 +204,8 @@ class Cache:
         self._warned = False
         self._warning_lock = threading.Lock()
         self._unreachable_until = 0.0
+        # an invalidation Redis did not take: every cached value is removed before Redis is used again
+        self._flush_owed = False
         self._lookup_many = self._redis.register_script(LOOKUP_MANY_SCRIPT)
         self._fill = self._redis.register_script(FILL_SCRIPT)
         self._invalidate = self._redis.register_script(INVALIDATE_SCRIPT)
@@ -257,12 +260,12 @@ class Cache:
         return bool(self._guarded(
             lambda: self._invalidate(keys=[cache_key(namespace, key), version_key(namespace, key), fence_key(namespace, key)],
                                      args=["" if version is None else version, MAX_TTL_SECONDS * 1000, FENCE_TTL_MS]),
-            fallback=False))
+            fallback=False, owes_a_flush=True))
 
     def invalidate_all(self) -> bool:
         """Remove every cached value (`mem:*`), after bumping the global fence so that no fill that
         looked up before can store afterwards; False when Redis was unreachable."""
-        return self._guarded(self._invalidate_all, fallback=False)
+        return self._guarded(self._invalidate_all, fallback=False, owes_a_flush=True)
 
     # -- warming and statistics ------------------------------------------------------------------
 
@@ -323,14 +326,21 @@ class Cache:
     def _count_keys(self) -> int:
         return sum(1 for _ in self._redis.scan_iter(match=f"{KEY_PREFIX}:*", count=1000))
 
-    def _guarded(self, operation: Callable[[], T], fallback: T) -> T:
-        """Run a Redis operation; on any Redis error warn (once), back off, and return fallback."""
+    def _guarded(self, operation: Callable[[], T], fallback: T, owes_a_flush: bool = False) -> T:
+        """Run a Redis operation; on any Redis error warn (once), back off, and return fallback. An
+        invalidation (`owes_a_flush`) that Redis did not take leaves a value it should have removed: the
+        next operation Redis answers first removes every cached value (invalidate_all)."""
         if time.monotonic() < self._unreachable_until:
             self.errors += 1
+            self._flush_owed = self._flush_owed or owes_a_flush
             return fallback
         try:
+            if self._flush_owed:
+                self._invalidate_all()
+                self._flush_owed = False
             return operation()
         except RedisError as error:
+            self._flush_owed = self._flush_owed or owes_a_flush
             self._mark_unreachable(error)
             return fallback
 
