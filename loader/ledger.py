@@ -548,7 +548,7 @@ ALTER TABLE {LEDGER_SCHEMA}.app_copies ADD CONSTRAINT app_copies_status_check
     CHECK (status IN ('verified', 'mismatch', 'refused', 'interrupted'));
 """,
     # 18: which fields a write gave (consolidate.write_memory_entry's p_given): a rollback tells a value the
-    # writer gave from one the write path filled in (loader/operate/rollback.py columns_as_the_row_has_them).
+    # writer gave from one the write path filled in (loader/operate/rollback.py columns_postgresql_changed).
     f"""
 -- NULL: a delete, or a write from before this column.
 ALTER TABLE {WRITE_LOG_SCHEMA}.memory_writes ADD COLUMN IF NOT EXISTS given text[];

@@ -222,6 +222,7 @@ declare
     base_metadata jsonb;
     kept_v3_fields jsonb;
     v3_fields jsonb;
+    given_v3_id text;
     holder record;
 begin
     {{ trigger_writes_delete('marts_schema', 'OLD.namespace', 'OLD') }}
@@ -245,20 +246,20 @@ begin
                                    ('last_accessed_at', 'accessed_at'), ('access_count', 'access_count')]) }}
         -- the v3 id the INSERT gives (v3 addresses its rows by the ids it generates), else the entry's own
         {{ compat_current_metadata('entry_namespace') }}
+        given_v3_id := case when NEW.id !~ '^unified--?[0-9]+$' then NEW.id end;
         kept_v3_fields := jsonb_strip_nulls(jsonb_build_object('id', coalesce(
-            case when NEW.id !~ '^unified--?[0-9]+$' then NEW.id end,
-            current_metadata -> 'claude_flow_v3' ->> 'id')));
+            given_v3_id, current_metadata -> 'claude_flow_v3' ->> 'id')));
         -- an id new to the entry that another entry has is refused, as v3's primary key refuses it (an
         -- UPDATE by that id would change both; two files may have given one id to two entries, each of
         -- which may still be written with it); the lock orders two writers giving one new id
-        if NEW.id !~ '^unified--?[0-9]+$' and NEW.id is distinct from current_metadata -> 'claude_flow_v3' ->> 'id' then
-            perform pg_advisory_xact_lock(hashtext('consolidate.v3_id'), hashtext(NEW.id));
+        if given_v3_id is distinct from current_metadata -> 'claude_flow_v3' ->> 'id' and given_v3_id is not null then
+            perform pg_advisory_xact_lock(hashtext('consolidate.v3_id'), hashtext(given_v3_id));
             execute format('select namespace, key from %I.unified_memory where {{ compat_v3_id('metadata', 'id') | replace("'", "''") }} = $1 '
                            'and (namespace, key) is distinct from ($2, $3) limit 1', marts_schema)
-                into holder using NEW.id, entry_namespace, NEW.key;
+                into holder using given_v3_id, entry_namespace, NEW.key;
             if holder.key is not null then
                 raise exception 'compat_claude_flow_v3.memory_entries: id % is the id of another entry (namespace %, key %): claude-flow v3''s id is its primary key',
-                    quote_literal(NEW.id), quote_literal(holder.namespace), quote_literal(holder.key)
+                    quote_literal(given_v3_id), quote_literal(holder.namespace), quote_literal(holder.key)
                     using errcode = 'unique_violation';
             end if;
         end if;

@@ -30,7 +30,7 @@ holds it, with PostgreSQL's state.
     function, consolidate.extended_memory_type: the type kept when it fits the value, else named from
     it). A column the marts hold NULL that SOURCE declares NOT NULL keeps its row's (or its default)
     value, and a column PostgreSQL did not change keeps the row's own bytes and SQLite type: one whose
-    value PostgreSQL's state gives as staging's reading of the row gives it (columns_as_the_row_has_them:
+    value PostgreSQL's state gives as staging's reading of the row gives it (columns_postgresql_changed:
     its own JSON text, a `__compressed__` value, metadata that is not JSON, v3's NULL type or status, a
     value staging could not read and PostgreSQL holds none of or only a write's fill-in of created_at or
     access_count), or that says the same (says_the_same: the same JSON or instant; TEXT whose bytes are
@@ -345,21 +345,22 @@ def row_values(kind: str, entry: dict) -> dict[str, object]:
 FILLED_IN_BY_WRITES = {"created_at", "access_count"}
 
 
-def columns_as_the_row_has_them(kind: str, entry: dict) -> set[str]:
-    """The columns whose value PostgreSQL's state gives as the source row's own (as staging read it) gives
-    it: the row keeps its own bytes of them (its own JSON text, `__compressed__` form, a REAL time,
-    milliseconds in a seconds column, metadata that is not JSON...), not the value written again from
-    PostgreSQL's. So do created_at and access_count when staging read none from the row and no write gave
-    one: PostgreSQL's is then a write's fill-in (a value the row holds that staging could not read stays
-    the row's)."""
+def columns_postgresql_changed(kind: str, entry: dict) -> dict[str, object]:
+    """row_values, less the columns whose value PostgreSQL's state gives as the source row's own (as
+    staging read it) gives it: the row keeps its own bytes of those (its own JSON text, `__compressed__`
+    form, a REAL time, milliseconds in a seconds column, metadata that is not JSON...), not the value
+    written again from PostgreSQL's. So it does of created_at and access_count when staging read none from
+    the row and no write gave one: PostgreSQL's is then a write's fill-in (a value the row holds that
+    staging could not read stays the row's)."""
+    from_state = row_values(kind, entry)
     if not entry["has_own"]:
-        return set()
+        return from_state
     own = {name: entry[OWN + name] for name in STATE_FIELDS}
-    from_state, from_own = row_values(kind, entry), row_values(kind, own)
-    same = {column for column, value in from_state.items()
-            if value == from_own[column] and type(value) is type(from_own[column])}
-    return same | {column for column in FILLED_IN_BY_WRITES
-                   if own[column] is None and column not in entry["written_fields"]}
+    from_own = row_values(kind, own)
+    filled_in = {column for column in FILLED_IN_BY_WRITES
+                 if own[column] is None and column not in entry["written_fields"]}
+    return {column: value for column, value in from_state.items()
+            if column not in filled_in and not (value == from_own[column] and type(value) is type(from_own[column]))}
 
 
 def marts_v3_id(entry: dict) -> str:
@@ -419,8 +420,7 @@ def plan_memory_table(kind: str, untouched: list[int], entries: list[dict], repo
                                    "reason": "extended-memory has no namespace column: only namespace "
                                              f"{EXTENDED_NAMESPACE!r} fits"})
         elif rowids:
-            kept = columns_as_the_row_has_them(kind, entry)
-            values = {column: value for column, value in row_values(kind, entry).items() if column not in kept}
+            values = columns_postgresql_changed(kind, entry)
             if kind == "claude-flow-v3" and shown_v3_id(entry) is not None:
                 # the id the view shows the entry by: an INSERT through it may have given a new one
                 values = {"id": shown_v3_id(entry), **values}
